@@ -1,0 +1,553 @@
+//! The policy model with the names and shapes of the user's specification
+//! (shared/seed/network-api.txt): [`NetworkPolicy`], [`Rule`], [`Destination`] and friends.
+
+use std::fmt;
+use std::str::FromStr;
+
+use crate::domain::{DomainName, DomainSuffix};
+use crate::error::PolicyError;
+
+/// An IPv4 or IPv6 network, e.g. `10.0.0.0/8` or `2001:db8::/32`.
+pub type IpNetwork = ipnet::IpNet;
+
+/// What to do with traffic.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Hash)]
+pub enum Action {
+    /// Permit the traffic.
+    Allow,
+    /// Drop the traffic (silently by default; see the engine's deny mode).
+    Deny,
+}
+
+/// Which way traffic flows, seen from the sandbox.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Hash)]
+pub enum Direction {
+    /// Traffic entering the sandbox through published ports, judged on the connecting peer.
+    Inbound,
+    /// Traffic leaving the sandbox, judged on its destination.
+    Outbound,
+}
+
+/// A transport protocol a rule can be limited to.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Hash)]
+pub enum Protocol {
+    /// ICMP over IPv4.
+    Icmpv4,
+    /// ICMP over IPv6.
+    Icmpv6,
+    /// TCP.
+    Tcp,
+    /// UDP.
+    Udp,
+}
+
+impl Protocol {
+    /// True for the protocols that carry ports.
+    pub fn has_ports(self) -> bool {
+        matches!(self, Protocol::Tcp | Protocol::Udp)
+    }
+}
+
+/// An inclusive range of ports; `start <= end` always holds.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Hash)]
+pub struct PortRange {
+    start: u16,
+    end: u16,
+}
+
+impl PortRange {
+    /// Matches exactly `port`.
+    pub fn single(port: u16) -> PortRange {
+        PortRange {
+            start: port,
+            end: port,
+        }
+    }
+
+    /// Matches `start..=end`; a start above the end is an error.
+    pub fn range(start: u16, end: u16) -> Result<PortRange, PolicyError> {
+        if start > end {
+            return Err(PolicyError::PortRangeOrder { start, end });
+        }
+        Ok(PortRange { start, end })
+    }
+
+    /// First port of the range.
+    pub fn start(&self) -> u16 {
+        self.start
+    }
+
+    /// Last port of the range (inclusive).
+    pub fn end(&self) -> u16 {
+        self.end
+    }
+
+    /// True when `port` lies in the range, edges included.
+    pub fn contains(&self, port: u16) -> bool {
+        self.start <= port && port <= self.end
+    }
+}
+
+/// A predefined set of addresses. See [`DestinationGroup::networks`] for the exact ranges.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Hash)]
+pub enum DestinationGroup {
+    /// 169.254.0.0/16, fe80::/10.
+    LinkLocal,
+    /// 127.0.0.0/8, ::1 (and the gateway's alias for the host's loopback, which the engine
+    /// judges as 127.0.0.1).
+    Loopback,
+    /// Cloud metadata endpoints: 169.254.169.254, fd00:ec2::254.
+    Metadata,
+    /// 224.0.0.0/4, ff00::/8.
+    Multicast,
+    /// 10.0.0.0/8, 172.16.0.0/12, 192.168.0.0/16, 100.64.0.0/10 (CGNAT), fc00::/7 (ULA).
+    Private,
+}
+
+impl DestinationGroup {
+    /// Every group, in the order `public_only()` denies them.
+    pub const ALL: [DestinationGroup; 5] = [
+        DestinationGroup::Loopback,
+        DestinationGroup::Private,
+        DestinationGroup::LinkLocal,
+        DestinationGroup::Metadata,
+        DestinationGroup::Multicast,
+    ];
+
+    /// The name used in policy files and on the command line (`group:NAME`).
+    pub fn name(self) -> &'static str {
+        match self {
+            DestinationGroup::LinkLocal => "link-local",
+            DestinationGroup::Loopback => "loopback",
+            DestinationGroup::Metadata => "metadata",
+            DestinationGroup::Multicast => "multicast",
+            DestinationGroup::Private => "private",
+        }
+    }
+}
+
+impl FromStr for DestinationGroup {
+    type Err = PolicyError;
+    fn from_str(s: &str) -> Result<Self, Self::Err> {
+        match s.to_ascii_lowercase().as_str() {
+            "link-local" | "link_local" | "linklocal" => Ok(DestinationGroup::LinkLocal),
+            "loopback" => Ok(DestinationGroup::Loopback),
+            "metadata" => Ok(DestinationGroup::Metadata),
+            "multicast" => Ok(DestinationGroup::Multicast),
+            "private" => Ok(DestinationGroup::Private),
+            _ => Err(PolicyError::Group {
+                input: s.to_owned(),
+            }),
+        }
+    }
+}
+
+/// What a rule's address side matches.
+#[derive(Debug, Clone, PartialEq, Eq, Hash)]
+pub enum Destination {
+    /// Any address.
+    Any,
+    /// Addresses inside a network. IPv4-mapped (`::ffff:0:0/96`) and NAT64 (`64:ff9b::/96`)
+    /// networks are read as the IPv4 networks they embed.
+    Cidr(IpNetwork),
+    /// Addresses that this sandbox's DNS lookups of exactly this name answered.
+    Domain(DomainName),
+    /// Addresses that this sandbox's DNS lookups of names strictly below this suffix answered.
+    DomainSuffix(DomainSuffix),
+    /// A predefined group of addresses.
+    Group(DestinationGroup),
+}
+
+impl Destination {
+    /// A [`Destination::Domain`] from text, validated.
+    pub fn domain(name: &str) -> Result<Destination, PolicyError> {
+        DomainName::new(name).map(Destination::Domain)
+    }
+
+    /// A [`Destination::DomainSuffix`] from text (`.x.com`, `*.x.com` or `x.com`), validated.
+    pub fn domain_suffix(suffix: &str) -> Result<Destination, PolicyError> {
+        DomainSuffix::new(suffix).map(Destination::DomainSuffix)
+    }
+
+    /// True for the name-based destinations.
+    pub fn is_name(&self) -> bool {
+        matches!(self, Destination::Domain(_) | Destination::DomainSuffix(_))
+    }
+}
+
+/// One policy rule; `None` filters match everything.
+#[derive(Debug, Clone, PartialEq, Eq, Hash)]
+pub struct Rule {
+    /// What to do when this rule is the first to match.
+    pub action: Action,
+    /// What addresses (or names) it matches.
+    pub destination: Destination,
+    /// Which direction it applies to.
+    pub direction: Direction,
+    /// Port filter.
+    pub ports: Option<PortRange>,
+    /// Protocol filter.
+    pub protocol: Option<Protocol>,
+}
+
+impl Rule {
+    /// An outbound allow rule for `destination`, any port and protocol.
+    pub fn allow_outbound(destination: Destination) -> Rule {
+        Rule::new(Action::Allow, Direction::Outbound, destination)
+    }
+
+    /// An outbound deny rule for `destination`, any port and protocol.
+    pub fn deny_outbound(destination: Destination) -> Rule {
+        Rule::new(Action::Deny, Direction::Outbound, destination)
+    }
+
+    /// *Extension:* an inbound allow rule for peers in `source`.
+    pub fn allow_inbound(source: Destination) -> Rule {
+        Rule::new(Action::Allow, Direction::Inbound, source)
+    }
+
+    /// *Extension:* an inbound deny rule for peers in `source`.
+    pub fn deny_inbound(source: Destination) -> Rule {
+        Rule::new(Action::Deny, Direction::Inbound, source)
+    }
+
+    fn new(action: Action, direction: Direction, destination: Destination) -> Rule {
+        Rule {
+            action,
+            destination,
+            direction,
+            ports: None,
+            protocol: None,
+        }
+    }
+
+    /// *Extension:* the same rule limited to `ports`.
+    pub fn with_ports(mut self, ports: PortRange) -> Rule {
+        self.ports = Some(ports);
+        self
+    }
+
+    /// *Extension:* the same rule limited to `protocol`.
+    pub fn with_protocol(mut self, protocol: Protocol) -> Rule {
+        self.protocol = Some(protocol);
+        self
+    }
+
+    /// True when the rule has neither a port nor a protocol filter.
+    pub fn is_unfiltered(&self) -> bool {
+        self.ports.is_none() && self.protocol.is_none()
+    }
+
+    /// Checks that the rule can mean something: no ports on ICMP, no names inbound.
+    pub fn validate(&self) -> Result<(), PolicyError> {
+        if let (Some(_), Some(p)) = (self.ports, self.protocol)
+            && !p.has_ports()
+        {
+            return Err(PolicyError::Rule {
+                why: format!("{self}: ICMP has no ports; drop the port filter"),
+            });
+        }
+        if self.direction == Direction::Inbound && self.destination.is_name() {
+            return Err(PolicyError::Rule {
+                why: format!(
+                    "{self}: inbound rules match the connecting peer's address, which no DNS \
+                     lookup names; use an address, CIDR or group"
+                ),
+            });
+        }
+        Ok(())
+    }
+}
+
+/// A network access policy: ordered rules, first match wins, else `default_action`.
+#[derive(Debug, Clone, PartialEq, Eq, Hash)]
+pub struct NetworkPolicy {
+    /// Action when no rule matches.
+    pub default_action: Action,
+    /// Rules in evaluation order.
+    pub rules: Vec<Rule>,
+}
+
+impl NetworkPolicy {
+    /// Unrestricted network access, private addresses and the host included.
+    pub fn allow_all() -> NetworkPolicy {
+        NetworkPolicy {
+            default_action: Action::Allow,
+            rules: Vec::new(),
+        }
+    }
+
+    /// Deny all traffic; the sandbox gets no network interface at all.
+    pub fn none() -> NetworkPolicy {
+        NetworkPolicy {
+            default_action: Action::Deny,
+            rules: Vec::new(),
+        }
+    }
+
+    /// The default: deny loopback, private, link-local, metadata and multicast addresses;
+    /// allow the rest.
+    pub fn public_only() -> NetworkPolicy {
+        NetworkPolicy {
+            default_action: Action::Allow,
+            rules: DestinationGroup::ALL
+                .into_iter()
+                .map(|g| Rule::deny_outbound(Destination::Group(g)))
+                .collect(),
+        }
+    }
+
+    /// A preset by its CLI name: `public-only`, `allow-all` or `none`.
+    pub fn preset(name: &str) -> Result<NetworkPolicy, PolicyError> {
+        match name.to_ascii_lowercase().replace('_', "-").as_str() {
+            "public-only" => Ok(NetworkPolicy::public_only()),
+            "allow-all" => Ok(NetworkPolicy::allow_all()),
+            "none" => Ok(NetworkPolicy::none()),
+            _ => Err(PolicyError::Preset {
+                input: name.to_owned(),
+            }),
+        }
+    }
+
+    /// True when nothing can ever be allowed, in either direction: the sandbox then gets no
+    /// network interface (as `none()` specifies).
+    pub fn is_offline(&self) -> bool {
+        self.default_action == Action::Deny && self.rules.iter().all(|r| r.action == Action::Deny)
+    }
+
+    /// Checks every rule ([`Rule::validate`]); the error names the rule's index.
+    pub fn validate(&self) -> Result<(), PolicyError> {
+        for (i, rule) in self.rules.iter().enumerate() {
+            rule.validate().map_err(|e| match e {
+                PolicyError::Rule { why } => PolicyError::Rule {
+                    why: format!("rule {i}: {why}"),
+                },
+                other => other,
+            })?;
+        }
+        Ok(())
+    }
+}
+
+impl Default for NetworkPolicy {
+    fn default() -> NetworkPolicy {
+        NetworkPolicy::public_only()
+    }
+}
+
+/// What happens when a secret's placeholder heads for a host outside its allow list.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Hash, Default)]
+pub enum ViolationAction {
+    /// Drop the request; the sandbox sees a connection reset.
+    #[default]
+    Block,
+    /// Drop the request and log a warning on the host.
+    BlockAndLog,
+    /// Drop the request, log an error and stop the whole sandbox.
+    BlockAndTerminate,
+}
+
+impl fmt::Display for Action {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        f.write_str(match self {
+            Action::Allow => "allow",
+            Action::Deny => "deny",
+        })
+    }
+}
+
+impl FromStr for Action {
+    type Err = PolicyError;
+    fn from_str(s: &str) -> Result<Self, Self::Err> {
+        match s.to_ascii_lowercase().as_str() {
+            "allow" => Ok(Action::Allow),
+            "deny" => Ok(Action::Deny),
+            _ => Err(PolicyError::Action {
+                input: s.to_owned(),
+            }),
+        }
+    }
+}
+
+impl fmt::Display for Direction {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        f.write_str(match self {
+            Direction::Inbound => "inbound",
+            Direction::Outbound => "outbound",
+        })
+    }
+}
+
+impl FromStr for Direction {
+    type Err = PolicyError;
+    fn from_str(s: &str) -> Result<Self, Self::Err> {
+        match s.to_ascii_lowercase().as_str() {
+            "inbound" | "in" => Ok(Direction::Inbound),
+            "outbound" | "out" => Ok(Direction::Outbound),
+            _ => Err(PolicyError::Direction {
+                input: s.to_owned(),
+            }),
+        }
+    }
+}
+
+impl fmt::Display for Protocol {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        f.write_str(match self {
+            Protocol::Icmpv4 => "icmpv4",
+            Protocol::Icmpv6 => "icmpv6",
+            Protocol::Tcp => "tcp",
+            Protocol::Udp => "udp",
+        })
+    }
+}
+
+/// Parses `tcp`, `udp`, `icmpv4`, `icmpv6`. Plain `icmp` depends on the address family and
+/// is resolved by the DEST parser, not here.
+impl FromStr for Protocol {
+    type Err = PolicyError;
+    fn from_str(s: &str) -> Result<Self, Self::Err> {
+        match s.to_ascii_lowercase().as_str() {
+            "tcp" => Ok(Protocol::Tcp),
+            "udp" => Ok(Protocol::Udp),
+            "icmpv4" | "icmp4" => Ok(Protocol::Icmpv4),
+            "icmpv6" | "icmp6" => Ok(Protocol::Icmpv6),
+            _ => Err(PolicyError::Protocol {
+                input: s.to_owned(),
+            }),
+        }
+    }
+}
+
+impl fmt::Display for PortRange {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        if self.start == self.end {
+            write!(f, "{}", self.start)
+        } else {
+            write!(f, "{}-{}", self.start, self.end)
+        }
+    }
+}
+
+impl FromStr for PortRange {
+    type Err = PolicyError;
+    fn from_str(s: &str) -> Result<Self, Self::Err> {
+        let port = |t: &str| {
+            t.trim().parse::<u16>().map_err(|_| PolicyError::Port {
+                input: s.to_owned(),
+            })
+        };
+        match s.split_once('-') {
+            Some((a, b)) => PortRange::range(port(a)?, port(b)?),
+            None => Ok(PortRange::single(port(s)?)),
+        }
+    }
+}
+
+impl fmt::Display for DestinationGroup {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        f.write_str(self.name())
+    }
+}
+
+/// Displays in the CLI's DEST syntax (without port and protocol).
+impl fmt::Display for Destination {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        match self {
+            Destination::Any => f.write_str("any"),
+            Destination::Cidr(net) if net.prefix_len() == net.max_prefix_len() => {
+                write!(f, "{}", net.addr())
+            }
+            Destination::Cidr(net) => write!(f, "{net}"),
+            Destination::Domain(name) => write!(f, "{name}"),
+            Destination::DomainSuffix(suffix) => write!(f, "{suffix}"),
+            Destination::Group(group) => write!(f, "group:{group}"),
+        }
+    }
+}
+
+/// Displays as `ACTION DIRECTION DEST[:PORTS][/PROTO]`, e.g.
+/// `allow outbound *.example.com:443/tcp` or `deny outbound [2001:db8::/32]:80`.
+impl fmt::Display for Rule {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        write!(f, "{} {} ", self.action, self.direction)?;
+        let v6 = matches!(&self.destination, Destination::Cidr(IpNetwork::V6(_)));
+        match self.ports {
+            Some(ports) if v6 => write!(f, "[{}]:{ports}", self.destination)?,
+            Some(ports) => write!(f, "{}:{ports}", self.destination)?,
+            None => write!(f, "{}", self.destination)?,
+        }
+        if let Some(protocol) = self.protocol {
+            write!(f, "/{protocol}")?;
+        }
+        Ok(())
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn port_range_edges_are_inclusive() {
+        let r = PortRange::range(8000, 8100).unwrap();
+        assert!(!r.contains(7999));
+        assert!(r.contains(8000));
+        assert!(r.contains(8100));
+        assert!(!r.contains(8101));
+        assert!(PortRange::single(0).contains(0));
+        assert!(PortRange::range(0, 65535).unwrap().contains(65535));
+        assert_eq!(
+            PortRange::range(10, 9),
+            Err(PolicyError::PortRangeOrder { start: 10, end: 9 })
+        );
+        assert_eq!("443".parse::<PortRange>().unwrap(), PortRange::single(443));
+        assert!("9-8".parse::<PortRange>().is_err());
+        assert!("70000".parse::<PortRange>().is_err());
+        assert!("".parse::<PortRange>().is_err());
+    }
+
+    #[test]
+    fn presets_have_the_specified_shape() {
+        assert_eq!(NetworkPolicy::default(), NetworkPolicy::public_only());
+        let p = NetworkPolicy::public_only();
+        assert_eq!(p.default_action, Action::Allow);
+        assert_eq!(p.rules.len(), 5);
+        assert!(p.rules.iter().all(|r| r.action == Action::Deny
+            && r.direction == Direction::Outbound
+            && r.is_unfiltered()));
+        assert!(NetworkPolicy::none().is_offline());
+        assert!(!NetworkPolicy::allow_all().is_offline());
+        assert!(!NetworkPolicy::public_only().is_offline());
+        assert_eq!(NetworkPolicy::preset("public_only").unwrap(), p);
+        assert!(NetworkPolicy::preset("public").is_err());
+    }
+
+    #[test]
+    fn rules_print_in_dest_syntax() {
+        let r = Rule::allow_outbound(Destination::domain_suffix(".Example.com").unwrap())
+            .with_ports(PortRange::single(443))
+            .with_protocol(Protocol::Tcp);
+        assert_eq!(r.to_string(), "allow outbound *.example.com:443/tcp");
+        let r = Rule::deny_outbound(Destination::Cidr("2001:db8::/32".parse().unwrap()))
+            .with_ports(PortRange::range(80, 90).unwrap());
+        assert_eq!(r.to_string(), "deny outbound [2001:db8::/32]:80-90");
+        let r = Rule::deny_inbound(Destination::Group(DestinationGroup::LinkLocal));
+        assert_eq!(r.to_string(), "deny inbound group:link-local");
+    }
+
+    #[test]
+    fn contradictory_rules_are_rejected() {
+        let r = Rule::allow_outbound(Destination::Any)
+            .with_ports(PortRange::single(1))
+            .with_protocol(Protocol::Icmpv4);
+        assert!(r.validate().is_err());
+        let r = Rule::allow_inbound(Destination::domain("a.example").unwrap());
+        assert!(r.validate().is_err());
+        let p = NetworkPolicy {
+            default_action: Action::Deny,
+            rules: vec![Rule::allow_outbound(Destination::Any), r],
+        };
+        assert!(p.validate().unwrap_err().to_string().contains("rule 1"));
+    }
+}

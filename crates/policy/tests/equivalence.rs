@@ -1,0 +1,258 @@
+//! The compiled matcher gives exactly the answers of the plain first-match walk, for
+//! connection decisions and DNS name decisions, on random policies and flows.
+//!
+//! Policies and flows are drawn from small pools of addresses, networks, names and ports so
+//! that rules overlap, nest, shadow each other and hit range edges often.
+
+#![allow(clippy::unwrap_used, clippy::expect_used)] // Test code: a panic is the failure report.
+
+use std::net::{IpAddr, Ipv4Addr, Ipv6Addr};
+
+use ipnet::IpNet;
+use moat_policy::{
+    Action, Destination, DestinationGroup, Direction, DomainName, DomainSuffix, Flow,
+    NetworkPolicy, PortRange, Protocol, Rule, decide_first_match, decide_name_first_match,
+};
+use proptest::prelude::*;
+
+const V4_OCTETS: [u8; 6] = [0, 1, 2, 127, 128, 255];
+const PORTS: [u16; 8] = [0, 1, 52, 53, 80, 443, 8000, 65535];
+const NAMES: [&str; 9] = [
+    "t", "a.t", "b.t", "a.a.t", "b.a.t", "c.b.a.t", "u", "a.u", "at",
+];
+
+fn v4() -> impl Strategy<Value = Ipv4Addr> {
+    prop_oneof![
+        4 => (0..6usize, 0..6usize, 0..6usize, 0..6usize).prop_map(|(a, b, c, d)| {
+            Ipv4Addr::new(
+                [10, 127, 169, 203, 0, 224][a],
+                V4_OCTETS[b],
+                V4_OCTETS[c],
+                V4_OCTETS[d],
+            )
+        }),
+        1 => prop::sample::select(vec![
+            Ipv4Addr::new(169, 254, 169, 254),
+            Ipv4Addr::new(172, 16, 0, 1),
+            Ipv4Addr::new(192, 168, 1, 1),
+            Ipv4Addr::new(100, 64, 0, 1),
+            Ipv4Addr::new(8, 8, 8, 8),
+        ]),
+    ]
+}
+
+fn v6() -> impl Strategy<Value = Ipv6Addr> {
+    prop_oneof![
+        (0..4usize, 0..3u16, 0..3u16).prop_map(|(p, x, y)| {
+            let top = [0x2001, 0xfd00, 0xfe80, 0xff02][p];
+            Ipv6Addr::new(top, 0xdb8 * u16::from(p == 0), x, 0, 0, 0, y, 1)
+        }),
+        prop::sample::select(vec![
+            Ipv6Addr::LOCALHOST,
+            Ipv6Addr::UNSPECIFIED,
+            "fd00:ec2::254".parse().unwrap()
+        ]),
+        v4().prop_map(|a| a.to_ipv6_mapped()),
+        v4().prop_map(|a| {
+            let [a, b, c, d] = a.octets();
+            Ipv6Addr::new(
+                0x64,
+                0xff9b,
+                0,
+                0,
+                0,
+                0,
+                u16::from_be_bytes([a, b]),
+                u16::from_be_bytes([c, d]),
+            )
+        }),
+    ]
+}
+
+fn addr() -> impl Strategy<Value = IpAddr> {
+    prop_oneof![3 => v4().prop_map(IpAddr::V4), 2 => v6().prop_map(IpAddr::V6)]
+}
+
+fn net() -> impl Strategy<Value = IpNet> {
+    prop_oneof![
+        (v4(), 0..=32u8).prop_map(|(a, l)| IpNet::V4(ipnet::Ipv4Net::new(a, l).unwrap()).trunc()),
+        (
+            v6(),
+            prop::sample::select(vec![0u8, 8, 16, 32, 64, 96, 104, 112, 120, 127, 128])
+        )
+            .prop_map(|(a, l)| IpNet::V6(ipnet::Ipv6Net::new(a, l).unwrap()).trunc()),
+    ]
+}
+
+fn name() -> impl Strategy<Value = DomainName> {
+    prop::sample::select(NAMES.to_vec()).prop_map(|n| DomainName::new(n).unwrap())
+}
+
+fn group() -> impl Strategy<Value = DestinationGroup> {
+    prop::sample::select(DestinationGroup::ALL.to_vec())
+}
+
+fn ports() -> impl Strategy<Value = Option<PortRange>> {
+    prop_oneof![
+        2 => Just(None),
+        1 => prop::sample::select(PORTS.to_vec()).prop_map(|p| Some(PortRange::single(p))),
+        1 => (prop::sample::select(PORTS.to_vec()), prop::sample::select(PORTS.to_vec()))
+            .prop_map(|(a, b)| Some(PortRange::range(a.min(b), a.max(b)).unwrap())),
+    ]
+}
+
+fn protocol() -> impl Strategy<Value = Protocol> {
+    prop::sample::select(vec![
+        Protocol::Tcp,
+        Protocol::Udp,
+        Protocol::Icmpv4,
+        Protocol::Icmpv6,
+    ])
+}
+
+fn rule() -> impl Strategy<Value = Rule> {
+    let address_dest = prop_oneof![
+        1 => Just(Destination::Any),
+        4 => net().prop_map(Destination::Cidr),
+        2 => group().prop_map(Destination::Group),
+    ];
+    let name_dest = prop_oneof![
+        name().prop_map(Destination::Domain),
+        name().prop_map(|n| Destination::DomainSuffix(DomainSuffix::new(n.as_str()).unwrap())),
+    ];
+    let dest_and_direction = prop_oneof![
+        3 => (address_dest, prop::bool::weighted(0.2)).prop_map(|(d, inbound)| {
+            (d, if inbound { Direction::Inbound } else { Direction::Outbound })
+        }),
+        2 => name_dest.prop_map(|d| (d, Direction::Outbound)),
+    ];
+    (
+        dest_and_direction,
+        prop::bool::ANY,
+        ports(),
+        prop::option::weighted(0.3, protocol()),
+    )
+        .prop_map(|((destination, direction), allow, ports, protocol)| {
+            // ICMP has no ports: such rules are refused by validation, so keep them out.
+            let ports = if protocol.is_some_and(|p| !p.has_ports()) {
+                None
+            } else {
+                ports
+            };
+            Rule {
+                action: if allow { Action::Allow } else { Action::Deny },
+                destination,
+                direction,
+                ports,
+                protocol,
+            }
+        })
+}
+
+fn policy() -> impl Strategy<Value = NetworkPolicy> {
+    (prop::bool::ANY, prop::collection::vec(rule(), 0..24)).prop_map(|(allow, rules)| {
+        NetworkPolicy {
+            default_action: if allow { Action::Allow } else { Action::Deny },
+            rules,
+        }
+    })
+}
+
+#[derive(Debug, Clone)]
+struct FlowCase {
+    direction: Direction,
+    protocol: Protocol,
+    addr: IpAddr,
+    port: Option<u16>,
+    names: Vec<DomainName>,
+    sni: Option<DomainName>,
+}
+
+fn flow() -> impl Strategy<Value = FlowCase> {
+    (
+        prop::bool::weighted(0.2),
+        protocol(),
+        addr(),
+        prop::sample::select(PORTS.to_vec()),
+        prop::bool::weighted(0.05),
+        prop::collection::vec(name(), 0..3),
+        prop::option::weighted(0.4, name()),
+    )
+        .prop_map(
+            |(inbound, protocol, addr, port, drop_port, names, sni)| FlowCase {
+                direction: if inbound {
+                    Direction::Inbound
+                } else {
+                    Direction::Outbound
+                },
+                protocol,
+                addr,
+                // Port-less for ICMP; now and then port-less TCP/UDP, and ported ICMP, as edges.
+                port: if protocol.has_ports() != drop_port {
+                    Some(port)
+                } else {
+                    None
+                },
+                names,
+                sni,
+            },
+        )
+}
+
+proptest! {
+    #![proptest_config(ProptestConfig::with_cases(10_000))]
+
+    #[test]
+    fn compiled_equals_first_match_walk(
+        policy in policy(),
+        flows in prop::collection::vec(flow(), 1..16),
+        names in prop::collection::vec(name(), 1..4),
+    ) {
+        let compiled = policy.compile().unwrap();
+        for f in &flows {
+            let flow = Flow {
+                direction: f.direction,
+                protocol: f.protocol,
+                addr: f.addr,
+                port: f.port,
+                names: &f.names,
+                sni: f.sni.as_ref(),
+            };
+            prop_assert_eq!(compiled.decide(&flow), decide_first_match(&policy, &flow), "flow {:?}", f);
+        }
+        for n in &names {
+            prop_assert_eq!(compiled.decide_name(n), decide_name_first_match(&policy, n), "name {}", n);
+        }
+    }
+}
+
+/// Large policies go through the same code with deeper prefix forests and longer port maps.
+#[test]
+fn compiled_equals_walk_on_large_random_policies() {
+    let mut runner = proptest::test_runner::TestRunner::new(ProptestConfig::with_cases(20));
+    let large = prop::collection::vec(rule(), 200..400);
+    runner
+        .run(
+            &(large, prop::collection::vec(flow(), 200)),
+            |(rules, flows)| {
+                let policy = NetworkPolicy {
+                    default_action: Action::Deny,
+                    rules,
+                };
+                let compiled = policy.compile().unwrap();
+                for f in &flows {
+                    let flow = Flow {
+                        direction: f.direction,
+                        protocol: f.protocol,
+                        addr: f.addr,
+                        port: f.port,
+                        names: &f.names,
+                        sni: f.sni.as_ref(),
+                    };
+                    prop_assert_eq!(compiled.decide(&flow), decide_first_match(&policy, &flow));
+                }
+                Ok(())
+            },
+        )
+        .unwrap();
+}
