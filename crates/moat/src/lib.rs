@@ -3,6 +3,7 @@
 //!
 //! This crate is the public facade of shared/API.md. The policy model is complete; the
 //! sandbox and the engine arrive in their own crates.
+#![forbid(unsafe_code)]
 
 pub use moat_policy::{
     Action, CompiledPolicy, DecidedBy, Decision, Destination, DestinationGroup, Direction,

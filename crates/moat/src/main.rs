@@ -1,9 +1,14 @@
 //! The `moat` command line (shared/API.md §3).
+#![forbid(unsafe_code)]
 
 use std::path::{Path, PathBuf};
 use std::process::ExitCode;
 
-use clap::{Args, Parser, Subcommand};
+mod run;
+
+use std::ffi::OsString;
+
+use clap::{Args, CommandFactory, FromArgMatches, Parser, Subcommand};
 use moat_policy::{
     Direction, DomainName, Flow, FlowTarget, NetworkPolicy, PolicyFileError, canonical_addr,
 };
@@ -18,9 +23,51 @@ struct Cli {
 
 #[derive(Subcommand)]
 enum Command {
+    /// Run a command in a sandbox whose network goes only through moat's policy.
+    Run(RunArgs),
     /// Check policy files and explain decisions.
     #[command(subcommand)]
     Policy(PolicyCommand),
+}
+
+#[derive(Args)]
+#[command(
+    after_help = "DEST = IP | CIDR | DOMAIN | *.SUFFIX | any | group:private|loopback|link-local|metadata|multicast,\n       optional :PORT or :START-END, optional /tcp /udp /icmp\n\nThe exit status is the command's (128+N when signal N killed it); 125 when moat itself failed."
+)]
+struct RunArgs {
+    /// public-only (default), allow-all, none, or a TOML/JSON policy file.
+    #[arg(long, value_name = "POLICY")]
+    policy: Option<String>,
+    /// Allow outbound traffic to DEST (before the policy's own rules, in command-line order).
+    #[arg(long, value_name = "DEST")]
+    allow: Vec<String>,
+    /// Deny outbound traffic to DEST (before the policy's own rules, in command-line order).
+    #[arg(long, value_name = "DEST")]
+    deny: Vec<String>,
+    /// Upstream DNS resolver, IP[:PORT]; repeatable, tried in order (default: the host's resolv.conf).
+    #[arg(long, value_name = "IP[:PORT]")]
+    dns: Vec<String>,
+    /// At most N concurrent connections (TCP connections and UDP flows).
+    #[arg(long, value_name = "N", default_value_t = 1024)]
+    max_connections: usize,
+    /// Refuse denied connections at once (TCP RST, ICMP prohibited) instead of dropping them.
+    #[arg(long)]
+    reject: bool,
+    /// Append audit events (JSON lines) to FILE; "-" for stderr.
+    #[arg(long, value_name = "FILE")]
+    audit: Option<String>,
+    /// Host directory to mount writable at the same path, and start in.
+    #[arg(short = 'w', long, value_name = "DIR")]
+    workdir: Option<std::path::PathBuf>,
+    /// Set an environment variable inside the sandbox.
+    #[arg(short = 'e', long = "env", value_name = "K=V")]
+    env: Vec<String>,
+    /// The sandbox's name (also its host name).
+    #[arg(long, default_value = "moat", value_name = "NAME")]
+    name: String,
+    /// The command and its arguments.
+    #[arg(last = true, required = true, value_name = "COMMAND")]
+    command: Vec<OsString>,
 }
 
 #[derive(Subcommand)]
@@ -53,8 +100,26 @@ struct ExplainArgs {
 }
 
 fn main() -> ExitCode {
-    let cli = Cli::parse();
+    // A sandbox's supervisor is this same program started again: it never returns here.
+    if let Some(code) = moat_sandbox::supervisor_entry() {
+        std::process::exit(code);
+    }
+    let matches = Cli::command().get_matches();
+    let cli = match Cli::from_arg_matches(&matches) {
+        Ok(cli) => cli,
+        Err(e) => e.exit(),
+    };
     let result = match cli.command {
+        Command::Run(args) => {
+            let run_matches = matches.subcommand_matches("run");
+            return match run::run(run_options(args, run_matches)) {
+                Ok(code) => ExitCode::from(code.clamp(0, 255) as u8),
+                Err(e) => {
+                    eprintln!("moat: {e:#}");
+                    ExitCode::from(run::SETUP_FAILED as u8)
+                }
+            };
+        }
         Command::Policy(PolicyCommand::Check { file }) => check(&file),
         Command::Policy(PolicyCommand::Explain(args)) => explain(&args),
     };
@@ -64,6 +129,37 @@ fn main() -> ExitCode {
             eprintln!("moat: {e:#}");
             ExitCode::FAILURE
         }
+    }
+}
+
+/// `--allow` and `--deny` merged in the order they were given.
+fn run_options(args: RunArgs, matches: Option<&clap::ArgMatches>) -> run::RunOptions {
+    let mut rules: Vec<(usize, bool, String)> = Vec::new();
+    for (id, allow, values) in [("allow", true, &args.allow), ("deny", false, &args.deny)] {
+        let indices: Vec<usize> = matches
+            .and_then(|m| m.indices_of(id))
+            .map(Iterator::collect)
+            .unwrap_or_default();
+        for (i, value) in values.iter().enumerate() {
+            rules.push((
+                indices.get(i).copied().unwrap_or(usize::MAX),
+                allow,
+                value.clone(),
+            ));
+        }
+    }
+    rules.sort_by_key(|r| r.0);
+    run::RunOptions {
+        policy: args.policy,
+        rules: rules.into_iter().map(|(_, a, d)| (a, d)).collect(),
+        dns: args.dns,
+        max_connections: Some(args.max_connections),
+        reject: args.reject,
+        audit: args.audit,
+        workdir: args.workdir,
+        env: args.env,
+        name: args.name,
+        command: args.command,
     }
 }
 
@@ -98,7 +194,7 @@ fn check(file: &Path) -> anyhow::Result<()> {
 }
 
 /// A preset name, else a file.
-fn policy_arg(text: &str) -> anyhow::Result<NetworkPolicy> {
+pub(crate) fn policy_arg(text: &str) -> anyhow::Result<NetworkPolicy> {
     match NetworkPolicy::preset(text) {
         Ok(p) => Ok(p),
         Err(preset_err) => {

@@ -12,6 +12,7 @@
 //! assert_eq!(policy.reason(&decision), "rule 1: deny outbound group:private");
 //! # Ok::<(), moat_policy::PolicyError>(())
 //! ```
+#![forbid(unsafe_code)]
 
 mod addr;
 mod compiled;

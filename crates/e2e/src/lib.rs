@@ -1,0 +1,343 @@
+//! The end-to-end test topology of shared/DESIGN.md, built and torn down by a guard:
+//!
+//! ```text
+//!   [world ns]  servers (world.py) on TEST-NET and private addresses on its loopback
+//!       │ veth 172.31.0.0/30, fd00:ffff::/64
+//!   [host ns]   moat runs here; default route → world; resolv.conf → the world's DNS
+//!       │ TAP (made by moat)
+//!   [sandbox]   curl, dig, python3 — real clients
+//! ```
+//!
+//! Nothing leaves the namespaces a test made: the host namespace's only route leads to the
+//! world namespace. Every client call has a timeout; the guard removes the namespaces and
+//! ends the servers it started (by pid), also when a test panics.
+#![forbid(unsafe_code)]
+#![allow(clippy::unwrap_used, clippy::expect_used)] // Test support: a panic is the failure report.
+
+use std::io::{BufRead, BufReader, Read};
+use std::path::{Path, PathBuf};
+use std::process::{Child, Command, Output, Stdio};
+use std::sync::atomic::{AtomicUsize, Ordering};
+use std::time::{Duration, Instant};
+
+/// Addresses on the world's loopback.
+pub const WORLD_ADDRS: &[&str] = &[
+    "203.0.113.10/32",
+    "203.0.113.11/32",
+    "198.51.100.53/32",
+    "198.51.100.99/32",
+    "10.1.0.10/32",
+    "172.16.5.5/32",
+    "192.168.7.7/32",
+    "100.64.1.1/32",
+    "169.254.169.254/32",
+];
+/// IPv6 addresses on the world's loopback.
+pub const WORLD_ADDRS6: &[&str] = &["2001:db8::10/128", "2001:db8::11/128", "fd00:1::10/128"];
+/// The world's DNS server.
+pub const WORLD_DNS: &str = "198.51.100.53";
+/// The host namespace's address as the world sees it.
+pub const HOST_ADDR: &str = "172.31.0.1";
+
+static COUNTER: AtomicUsize = AtomicUsize::new(0);
+
+/// Runs a command to completion, failing the test with its output when it fails.
+pub fn sh(args: &[&str]) {
+    let out = Command::new(args[0])
+        .args(&args[1..])
+        .output()
+        .unwrap_or_else(|e| panic!("{args:?}: {e}"));
+    assert!(
+        out.status.success(),
+        "{args:?} failed: {}",
+        String::from_utf8_lossy(&out.stderr)
+    );
+}
+
+/// Path to the moat binary under test: `MOAT_BIN`, else the one beside this test binary.
+pub fn moat_bin() -> PathBuf {
+    if let Some(p) = std::env::var_os("MOAT_BIN") {
+        return PathBuf::from(p);
+    }
+    let exe = std::env::current_exe().unwrap();
+    // target/<profile>/deps/<test> → target/<profile>/moat
+    let dir = exe.parent().and_then(Path::parent).unwrap();
+    let bin = dir.join("moat");
+    assert!(
+        bin.exists(),
+        "{} not built: run `cargo build -p moat` first (or set MOAT_BIN)",
+        bin.display()
+    );
+    bin
+}
+
+/// Fails the test unless it runs as root (namespaces, veth).
+pub fn require_root() {
+    assert!(
+        nix_geteuid() == 0,
+        "end-to-end tests build network namespaces and must run as root (CI does)"
+    );
+}
+
+fn nix_geteuid() -> u32 {
+    // /proc/self/status "Uid:\treal\teffective..."
+    let status = std::fs::read_to_string("/proc/self/status").unwrap_or_default();
+    status
+        .lines()
+        .find_map(|l| l.strip_prefix("Uid:"))
+        .and_then(|l| l.split_whitespace().nth(1))
+        .and_then(|u| u.parse().ok())
+        .unwrap_or(u32::MAX)
+}
+
+/// A world namespace with servers, and a host namespace routed to it.
+pub struct World {
+    /// The world namespace's name.
+    pub world: String,
+    /// The host namespace's name.
+    pub host: String,
+    /// Scratch directory (logs, policy files), removed on drop.
+    pub dir: PathBuf,
+    server: Option<Child>,
+    extra: Vec<Child>,
+}
+
+impl Default for World {
+    fn default() -> World {
+        World::new()
+    }
+}
+
+impl World {
+    /// Builds the topology and starts the world's servers.
+    pub fn new() -> World {
+        require_root();
+        let n = COUNTER.fetch_add(1, Ordering::SeqCst);
+        let id = format!("{}x{n}", std::process::id() % 100_000);
+        let dir = std::env::temp_dir().join(format!("moat-e2e-{id}"));
+        let _ = std::fs::remove_dir_all(&dir);
+        std::fs::create_dir_all(&dir).unwrap();
+        let mut w = World {
+            world: format!("moatw{id}"),
+            host: format!("moath{id}"),
+            dir,
+            server: None,
+            extra: Vec::new(),
+        };
+        w.build(&id);
+        w
+    }
+
+    fn build(&mut self, id: &str) {
+        let (wn, hn) = (self.world.clone(), self.host.clone());
+        sh(&["ip", "netns", "add", &wn]);
+        sh(&["ip", "netns", "add", &hn]);
+        let (vh, vw) = (format!("vh{id}"), format!("vw{id}"));
+        sh(&[
+            "ip", "link", "add", &vh, "netns", &hn, "type", "veth", "peer", "name", &vw, "netns",
+            &wn,
+        ]);
+        for (ns, dev, v4, v6) in [
+            (&hn, &vh, "172.31.0.1/30", "fd00:ffff::1/64"),
+            (&wn, &vw, "172.31.0.2/30", "fd00:ffff::2/64"),
+        ] {
+            sh(&["ip", "-n", ns, "link", "set", "lo", "up"]);
+            sh(&["ip", "-n", ns, "addr", "add", v4, "dev", dev]);
+            sh(&["ip", "-n", ns, "-6", "addr", "add", v6, "dev", dev, "nodad"]);
+            sh(&["ip", "-n", ns, "link", "set", dev, "up"]);
+        }
+        sh(&[
+            "ip",
+            "-n",
+            &hn,
+            "route",
+            "add",
+            "default",
+            "via",
+            "172.31.0.2",
+        ]);
+        sh(&[
+            "ip",
+            "-n",
+            &hn,
+            "-6",
+            "route",
+            "add",
+            "default",
+            "via",
+            "fd00:ffff::2",
+        ]);
+        for a in WORLD_ADDRS {
+            sh(&["ip", "-n", &wn, "addr", "add", a, "dev", "lo"]);
+        }
+        for a in WORLD_ADDRS6 {
+            sh(&[
+                "ip", "-n", &wn, "-6", "addr", "add", a, "dev", "lo", "nodad",
+            ]);
+        }
+        // `ip netns exec` puts this over the host namespace's /etc/resolv.conf.
+        let etc = PathBuf::from("/etc/netns").join(&hn);
+        std::fs::create_dir_all(&etc).unwrap();
+        std::fs::write(etc.join("resolv.conf"), format!("nameserver {WORLD_DNS}\n")).unwrap();
+
+        let script = Path::new(env!("CARGO_MANIFEST_DIR")).join("world.py");
+        let mut child = Command::new("ip")
+            .args(["netns", "exec", &wn, "python3", "-u"])
+            .arg(&script)
+            .arg(self.log_path())
+            .args(
+                WORLD_ADDRS
+                    .iter()
+                    .chain(WORLD_ADDRS6)
+                    .map(|a| a.split('/').next().unwrap_or(a)),
+            )
+            .stdin(Stdio::piped())
+            .stdout(Stdio::piped())
+            .stderr(Stdio::inherit())
+            .spawn()
+            .unwrap();
+        let mut line = String::new();
+        BufReader::new(child.stdout.take().unwrap())
+            .read_line(&mut line)
+            .unwrap();
+        assert_eq!(line.trim(), "ready", "world servers did not start");
+        self.server = Some(child);
+    }
+
+    /// The world servers' request log.
+    pub fn log_path(&self) -> PathBuf {
+        self.dir.join("world.jsonl")
+    }
+
+    /// Every logged request so far.
+    pub fn log(&self) -> Vec<serde_json::Value> {
+        std::fs::read_to_string(self.log_path())
+            .unwrap_or_default()
+            .lines()
+            .filter_map(|l| serde_json::from_str(l).ok())
+            .collect()
+    }
+
+    /// Writes a file into the scratch directory and returns its path.
+    pub fn file(&self, name: &str, text: &str) -> PathBuf {
+        let p = self.dir.join(name);
+        std::fs::write(&p, text).unwrap();
+        p
+    }
+
+    /// A command that runs in the host namespace.
+    pub fn in_host(&self, program: impl AsRef<std::ffi::OsStr>) -> Command {
+        let mut c = Command::new("ip");
+        c.args(["netns", "exec", &self.host]).arg(program);
+        c
+    }
+
+    /// Starts a background process in the host namespace, ended on drop.
+    pub fn spawn_in_host(&mut self, args: &[&str]) {
+        let child = self
+            .in_host(args[0])
+            .args(&args[1..])
+            .stdin(Stdio::piped())
+            .stdout(Stdio::null())
+            .spawn()
+            .unwrap();
+        self.extra.push(child);
+    }
+
+    /// Runs `moat ARGS` in the host namespace, killed after `timeout`.
+    pub fn moat(&self, args: &[&str], timeout: Duration) -> Output {
+        let mut cmd = self.in_host(moat_bin());
+        cmd.args(args);
+        run_with_timeout(cmd, timeout)
+    }
+
+    /// Runs `moat run MOAT_ARGS -- sh -c SCRIPT` with the world's DNS and an audit log;
+    /// returns the output and the audit events.
+    pub fn run_sh(
+        &self,
+        moat_args: &[&str],
+        script: &str,
+        timeout: Duration,
+    ) -> (Output, Vec<serde_json::Value>) {
+        let audit = self.dir.join(format!(
+            "audit-{}.jsonl",
+            COUNTER.fetch_add(1, Ordering::SeqCst)
+        ));
+        let audit_s = audit.to_str().unwrap().to_owned();
+        let mut args = vec!["run", "--audit", &audit_s];
+        args.extend_from_slice(moat_args);
+        args.extend_from_slice(&["--", "sh", "-c", script]);
+        let out = self.moat(&args, timeout);
+        let events = std::fs::read_to_string(&audit)
+            .unwrap_or_default()
+            .lines()
+            .filter_map(|l| serde_json::from_str(l).ok())
+            .collect();
+        (out, events)
+    }
+}
+
+impl Drop for World {
+    fn drop(&mut self) {
+        for mut c in self.extra.drain(..).chain(self.server.take()) {
+            let _ = c.kill();
+            let _ = c.wait();
+        }
+        let _ = Command::new("ip")
+            .args(["netns", "del", &self.world])
+            .status();
+        let _ = Command::new("ip")
+            .args(["netns", "del", &self.host])
+            .status();
+        let _ = std::fs::remove_dir_all(PathBuf::from("/etc/netns").join(&self.host));
+        let _ = std::fs::remove_dir_all(&self.dir);
+    }
+}
+
+/// Runs `cmd` with piped output, killing it after `timeout`.
+pub fn run_with_timeout(mut cmd: Command, timeout: Duration) -> Output {
+    let mut child = cmd
+        .stdin(Stdio::null())
+        .stdout(Stdio::piped())
+        .stderr(Stdio::piped())
+        .spawn()
+        .unwrap();
+    let mut stdout = child.stdout.take().unwrap();
+    let mut stderr = child.stderr.take().unwrap();
+    let out_t = std::thread::spawn(move || {
+        let mut v = Vec::new();
+        let _ = stdout.read_to_end(&mut v);
+        v
+    });
+    let err_t = std::thread::spawn(move || {
+        let mut v = Vec::new();
+        let _ = stderr.read_to_end(&mut v);
+        v
+    });
+    let deadline = Instant::now() + timeout;
+    let status = loop {
+        if let Some(status) = child.try_wait().unwrap() {
+            break status;
+        }
+        if Instant::now() >= deadline {
+            let _ = child.kill();
+            break child.wait().unwrap();
+        }
+        std::thread::sleep(Duration::from_millis(10));
+    };
+    Output {
+        status,
+        stdout: out_t.join().unwrap(),
+        stderr: err_t.join().unwrap(),
+    }
+}
+
+/// Stdout as text.
+pub fn stdout(out: &Output) -> String {
+    String::from_utf8_lossy(&out.stdout).into_owned()
+}
+
+/// Stderr as text.
+pub fn stderr(out: &Output) -> String {
+    String::from_utf8_lossy(&out.stderr).into_owned()
+}

@@ -1,0 +1,282 @@
+//! The packet path end to end: a real sandbox, real clients, the real moat binary in the
+//! host namespace, servers in the world namespace.
+#![allow(clippy::unwrap_used, clippy::expect_used)] // Test code: a panic is the failure report.
+
+use std::time::{Duration, Instant};
+
+use moat_e2e::{HOST_ADDR, WORLD_DNS, World, stderr, stdout};
+use serde_json::Value;
+
+const T: Duration = Duration::from_secs(60);
+
+fn dns_arg() -> String {
+    format!("--dns={WORLD_DNS}")
+}
+
+fn deny_events<'a>(events: &'a [Value], dst: &str) -> Vec<&'a Value> {
+    events
+        .iter()
+        .filter(|e| e["event"] == "connect" && e["decision"] == "deny" && e["dst"] == dst)
+        .collect()
+}
+
+#[test]
+fn default_policy_reaches_public_hosts() {
+    let w = World::new();
+    let (out, events) = w.run_sh(&[], "curl -sS -m 10 http://203.0.113.10/hello", T);
+    assert!(out.status.success(), "{}", stderr(&out));
+    let body: Value = serde_json::from_str(stdout(&out).trim()).unwrap();
+    assert_eq!(body["path"], "/hello");
+    // The request left from a host socket, not from the sandbox's address.
+    assert_eq!(body["client"], format!("::ffff:{HOST_ADDR}"));
+    assert!(
+        w.log()
+            .iter()
+            .any(|l| l["server"] == "http" && l["path"] == "/hello")
+    );
+    let allow = events
+        .iter()
+        .find(|e| e["event"] == "connect" && e["decision"] == "allow")
+        .unwrap();
+    assert_eq!(allow["dst"], "203.0.113.10");
+    assert_eq!(allow["rule"], "default");
+    assert!(
+        events
+            .iter()
+            .any(|e| e["event"] == "close" && e["bytes_down"].as_u64().unwrap() > 0)
+    );
+}
+
+#[test]
+fn default_policy_denies_private_metadata_loopback_and_ula() {
+    let w = World::new();
+    let targets = [
+        ("10.1.0.10", "http://10.1.0.10/", 1),
+        ("172.16.5.5", "http://172.16.5.5/", 1),
+        ("192.168.7.7", "http://192.168.7.7/", 1),
+        ("100.64.1.1", "http://100.64.1.1/", 1),
+        ("169.254.169.254", "http://169.254.169.254/", 2),
+        ("fd00:1::10", "http://[fd00:1::10]/", 1),
+        ("10.0.2.2", "http://10.0.2.2:8123/", 0),
+        ("10.1.0.10", "http://[::ffff:10.1.0.10]/", 1),
+    ];
+    let script: String = targets
+        .iter()
+        .map(|(_, url, _)| {
+            format!("curl -sS --connect-timeout 1 -m 2 {url} && echo REACHED {url}; ")
+        })
+        .collect();
+    let (out, events) = w.run_sh(&[], &script, T);
+    assert!(!stdout(&out).contains("REACHED"), "{}", stdout(&out));
+    for (dst, _, rule) in targets {
+        let denies = deny_events(&events, dst);
+        assert!(!denies.is_empty(), "no deny event for {dst}: {events:?}");
+        assert_eq!(denies[0]["rule"], rule, "{dst}: {:?}", denies[0]);
+        assert!(
+            denies[0]["reason"].as_str().unwrap().contains("group:"),
+            "{:?}",
+            denies[0]
+        );
+    }
+    assert!(
+        w.log().iter().all(|l| l["server"] != "http"),
+        "a denied request arrived: {:?}",
+        w.log()
+    );
+}
+
+#[test]
+fn allow_all_reaches_private_hosts_and_the_host_loopback() {
+    let mut w = World::new();
+    w.spawn_in_host(&[
+        "python3",
+        "-m",
+        "http.server",
+        "8123",
+        "--bind",
+        "127.0.0.1",
+    ]);
+    std::thread::sleep(Duration::from_millis(500));
+    let (out, _) = w.run_sh(
+        &["--policy", "allow-all"],
+        "curl -sS -m 10 http://10.1.0.10/private && curl -sS -m 10 -o /dev/null -w 'host %{http_code}\\n' http://10.0.2.2:8123/",
+        T,
+    );
+    assert!(out.status.success(), "{}", stderr(&out));
+    assert!(stdout(&out).contains("\"/private\""), "{}", stdout(&out));
+    assert!(stdout(&out).contains("host 200"), "{}", stdout(&out));
+}
+
+#[test]
+fn policy_none_has_no_interface_but_runs_commands() {
+    let w = World::new();
+    let out = w.moat(
+        &[
+            "run",
+            "--policy",
+            "none",
+            "--",
+            "sh",
+            "-c",
+            "ip -o link | cut -d: -f2; echo data > /workspace/f && cat /workspace/f",
+        ],
+        T,
+    );
+    assert!(out.status.success(), "{}", stderr(&out));
+    let text = stdout(&out);
+    let links: Vec<&str> = text
+        .lines()
+        .filter(|l| !l.contains("data"))
+        .map(str::trim)
+        .collect();
+    assert_eq!(links, ["lo"], "{text}");
+    assert!(text.contains("data"));
+}
+
+#[test]
+fn a_deny_by_default_file_allows_exactly_its_rule() {
+    let w = World::new();
+    let policy = w.file(
+        "only80.toml",
+        "default_action = \"deny\"\n[[rules]]\naction = \"allow\"\ndestination = \"203.0.113.10\"\nprotocol = \"tcp\"\nports = 80\n",
+    );
+    let script = "curl -sS -m 5 -o /dev/null -w 'a %{http_code}\\n' http://203.0.113.10/; \
+                  curl -sS --connect-timeout 1 -m 2 http://203.0.113.10:8080/ && echo REACHED-8080; \
+                  curl -sS --connect-timeout 1 -m 2 http://203.0.113.11/ && echo REACHED-11; true";
+    let (out, events) = w.run_sh(&["--policy", policy.to_str().unwrap()], script, T);
+    let text = stdout(&out);
+    assert!(text.contains("a 200"), "{text}\n{}", stderr(&out));
+    assert!(!text.contains("REACHED"), "{text}");
+    assert_eq!(deny_events(&events, "203.0.113.11")[0]["rule"], "default");
+    assert!(
+        events
+            .iter()
+            .any(|e| e["decision"] == "deny" && e["port"] == 8080)
+    );
+}
+
+#[test]
+fn udp_echo_to_allowed_hosts_only() {
+    let w = World::new();
+    let script = r#"python3 - <<'PY'
+import socket
+for host in ["203.0.113.10", "10.1.0.10"]:
+    s = socket.socket(socket.AF_INET, socket.SOCK_DGRAM)
+    s.settimeout(1.5)
+    s.sendto(b"ping-" + host.encode(), (host, 7777))
+    try:
+        print("echo", s.recvfrom(100)[0].decode())
+    except socket.timeout:
+        print("timeout", host)
+PY"#;
+    let (out, events) = w.run_sh(&[], script, T);
+    let text = stdout(&out);
+    assert!(
+        text.contains("echo ping-203.0.113.10"),
+        "{text}\n{}",
+        stderr(&out)
+    );
+    assert!(text.contains("timeout 10.1.0.10"), "{text}");
+    assert!(!deny_events(&events, "10.1.0.10").is_empty());
+}
+
+#[test]
+fn ipv6_http_and_dns_through_the_gateway() {
+    let w = World::new();
+    let dns = dns_arg();
+    let script = "curl -sS -m 10 'http://[2001:db8::10]/six' && dig +short +time=2 +tries=1 api.example.test A && dig +short +time=2 +tries=1 api.example.test AAAA && dig +tcp +short +time=2 +tries=1 www.example.test A";
+    let (out, _) = w.run_sh(&[&dns], script, T);
+    let text = stdout(&out);
+    assert!(out.status.success(), "{text}\n{}", stderr(&out));
+    assert!(text.contains("\"/six\""), "{text}");
+    let lines: Vec<&str> = text.lines().skip(1).collect();
+    assert_eq!(
+        lines,
+        ["203.0.113.10", "2001:db8::10", "203.0.113.10"],
+        "{text}"
+    );
+}
+
+#[test]
+fn dns_uses_the_host_resolv_conf_by_default() {
+    let w = World::new();
+    let (out, _) = w.run_sh(&[], "dig +short +time=2 +tries=1 other.example.test", T);
+    assert_eq!(stdout(&out).trim(), "203.0.113.11", "{}", stderr(&out));
+}
+
+#[test]
+fn max_connections_refuses_the_next_and_recovers() {
+    let w = World::new();
+    let script = r#"python3 - <<'PY'
+import socket
+def dial():
+    s = socket.create_connection(("203.0.113.10", 2222), timeout=3)
+    assert s.recv(7) == b"BANNER\n"
+    return s
+held = [dial() for _ in range(5)]
+try:
+    dial()
+    print("sixth: connected")
+except ConnectionRefusedError:
+    print("sixth: refused")
+for s in held:
+    s.close()
+import time
+time.sleep(0.5)
+dial().close()
+print("after: ok")
+PY"#;
+    let (out, events) = w.run_sh(&["--max-connections", "5"], script, T);
+    let text = stdout(&out);
+    assert!(text.contains("sixth: refused"), "{text}\n{}", stderr(&out));
+    assert!(text.contains("after: ok"), "{text}");
+    assert!(events.iter().any(|e| e["rule"] == "max_connections"));
+}
+
+#[test]
+fn denied_connections_time_out_or_are_refused_fast() {
+    let w = World::new();
+    let time_it = "python3 - <<'PY'\nimport socket, time\nfor port, host in [(80, '10.1.0.10'), (81, '203.0.113.10')]:\n    t = time.monotonic()\n    try:\n        socket.create_connection((host, port), timeout=2).close()\n        r = 'connected'\n    except ConnectionRefusedError:\n        r = 'refused'\n    except (socket.timeout, TimeoutError):\n        r = 'timeout'\n    print(host, port, r, round(time.monotonic() - t, 3))\nPY";
+    let (out, _) = w.run_sh(&[], time_it, T);
+    let text = stdout(&out);
+    let line = |host: &str| {
+        text.lines()
+            .find(|l| l.starts_with(host))
+            .unwrap_or_else(|| panic!("{text}\n{}", stderr(&out)))
+            .to_owned()
+    };
+    assert!(line("10.1.0.10").contains("timeout"), "{text}");
+    let closed = line("203.0.113.10");
+    assert!(closed.contains("refused"), "{text}");
+    let secs: f64 = closed.split_whitespace().last().unwrap().parse().unwrap();
+    assert!(secs < 1.0, "closed port took {secs}s");
+
+    let (out, _) = w.run_sh(&["--reject"], time_it, T);
+    let text = stdout(&out);
+    let denied = text
+        .lines()
+        .find(|l| l.starts_with("10.1.0.10"))
+        .unwrap()
+        .to_owned();
+    assert!(denied.contains("refused"), "{text}");
+    let secs: f64 = denied.split_whitespace().last().unwrap().parse().unwrap();
+    assert!(secs < 1.0, "rejected connect took {secs}s");
+}
+
+#[test]
+fn exit_statuses_propagate() {
+    let w = World::new();
+    for (script, code) in [("exit 0", 0), ("exit 3", 3), ("kill -KILL $$", 137)] {
+        let started = Instant::now();
+        let out = w.moat(&["run", "--", "sh", "-c", script], T);
+        assert_eq!(out.status.code(), Some(code), "{script}: {}", stderr(&out));
+        assert!(started.elapsed() < Duration::from_secs(10));
+    }
+    let out = w.moat(&["run", "--", "/nonexistent/program"], T);
+    assert_eq!(out.status.code(), Some(127), "{}", stderr(&out));
+    assert!(
+        stderr(&out).contains("/nonexistent/program"),
+        "{}",
+        stderr(&out)
+    );
+}

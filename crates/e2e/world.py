@@ -1,0 +1,200 @@
+#!/usr/bin/env python3
+"""The test world's servers, run inside the world network namespace.
+
+Every server listens on all addresses (IPv4 and IPv6) of the namespace and appends one JSON
+line per request to the log file given on the command line, so tests can assert what
+arrived where. Bounded: request bodies are streamed, never stored.
+
+  HTTP echo      tcp 80, 8080   answers JSON: method, path, host, client, server address
+  TCP sink       tcp 9000       reads to EOF, answers the SHA-256 of what arrived
+  TCP source     tcp 9001       reads "N\\n", sends N bytes of a fixed pattern, closes
+  TCP banner     tcp 2222, 443  sends "BANNER\\n" on connect (a server-first protocol)
+  UDP echo       udp 7777       echoes each datagram (on each address given after the log)
+  DNS            udp+tcp 53     answers *.example.test from a table
+"""
+import hashlib
+import json
+import socket
+import socketserver
+import struct
+import sys
+import threading
+from http.server import BaseHTTPRequestHandler, ThreadingHTTPServer
+
+LOG = open(sys.argv[1], "a", buffering=1)
+LOCK = threading.Lock()
+
+def log(**fields):
+    with LOCK:
+        LOG.write(json.dumps(fields) + "\n")
+
+PATTERN = bytes(range(256)) * 256  # 64 KiB
+
+# name -> list of (qtype, rdata-bytes)
+A, AAAA = 1, 28
+def a(ip): return (A, socket.inet_pton(socket.AF_INET, ip))
+def aaaa(ip): return (AAAA, socket.inet_pton(socket.AF_INET6, ip))
+TABLE = {
+    "api.example.test": [a("203.0.113.10"), aaaa("2001:db8::10")],
+    "www.example.test": [a("203.0.113.10"), aaaa("2001:db8::10")],
+    "other.example.test": [a("203.0.113.11")],
+    "private.example.test": [a("10.1.0.10")],
+    "loopback.example.test": [a("127.0.0.1")],
+    "metadata.example.test": [a("169.254.169.254")],
+}
+
+def dns_answer(query):
+    if len(query) < 12:
+        return None
+    qid, flags, qd = struct.unpack(">HHH", query[:6])
+    if flags & 0x8000 or qd < 1:
+        return None
+    i, labels = 12, []
+    while i < len(query) and query[i] != 0:
+        n = query[i]
+        labels.append(query[i + 1:i + 1 + n].decode("ascii", "replace"))
+        i += 1 + n
+    qend = i + 5
+    if qend > len(query):
+        return None
+    qtype = struct.unpack(">H", query[i + 1:i + 3])[0]
+    name = ".".join(labels).lower()
+    log(server="dns", name=name, qtype=qtype)
+    records = TABLE.get(name)
+    if records is None and name.endswith(".example.test"):
+        records = [a("203.0.113.10"), aaaa("2001:db8::10")]
+    rcode = 0 if records is not None else 3
+    answers = [r for r in (records or []) if r[0] == qtype]
+    out = struct.pack(">HHHHHH", qid, 0x8180 | (flags & 0x0100) | rcode, 1, len(answers), 0, 0)
+    out += query[12:qend]
+    for rtype, rdata in answers:
+        out += struct.pack(">HHHIH", 0xC00C, rtype, 1, 30, len(rdata)) + rdata
+    return out
+
+class DnsUdp(socketserver.BaseRequestHandler):
+    def handle(self):
+        data, sock = self.request
+        answer = dns_answer(data)
+        if answer:
+            sock.sendto(answer, self.client_address)
+
+class DnsTcp(socketserver.BaseRequestHandler):
+    def handle(self):
+        while True:
+            head = self.request.recv(2)
+            if len(head) < 2:
+                return
+            n = struct.unpack(">H", head)[0]
+            data = b""
+            while len(data) < n:
+                chunk = self.request.recv(n - len(data))
+                if not chunk:
+                    return
+                data += chunk
+            answer = dns_answer(data)
+            if answer:
+                self.request.sendall(struct.pack(">H", len(answer)) + answer)
+
+class Echo(BaseHTTPRequestHandler):
+    protocol_version = "HTTP/1.1"
+    def log_message(self, *args):
+        pass
+    def handle_any(self):
+        length = int(self.headers.get("Content-Length") or 0)
+        digest, left = hashlib.sha256(), length
+        while left > 0:
+            chunk = self.rfile.read(min(left, 65536))
+            if not chunk:
+                break
+            digest.update(chunk)
+            left -= len(chunk)
+        local = self.connection.getsockname()
+        info = {
+            "server": "http", "method": self.command, "path": self.path,
+            "host": self.headers.get("Host"), "client": self.client_address[0],
+            "local": local[0], "port": local[1], "body_len": length,
+            "body_sha256": digest.hexdigest(),
+        }
+        log(**info)
+        body = (json.dumps(info) + "\n").encode()
+        self.send_response(200)
+        self.send_header("Content-Type", "application/json")
+        self.send_header("Content-Length", str(len(body)))
+        self.end_headers()
+        self.wfile.write(body)
+    do_GET = do_POST = do_PUT = handle_any
+
+class Sink(socketserver.BaseRequestHandler):
+    def handle(self):
+        digest, total = hashlib.sha256(), 0
+        while True:
+            chunk = self.request.recv(1 << 20)
+            if not chunk:
+                break
+            digest.update(chunk)
+            total += len(chunk)
+        log(server="sink", client=self.client_address[0], bytes=total)
+        self.request.sendall((digest.hexdigest() + "\n").encode())
+
+class Source(socketserver.BaseRequestHandler):
+    def handle(self):
+        line = b""
+        while not line.endswith(b"\n") and len(line) < 32:
+            c = self.request.recv(1)
+            if not c:
+                return
+            line += c
+        n = int(line)
+        log(server="source", client=self.client_address[0], bytes=n)
+        while n > 0:
+            k = min(n, len(PATTERN))
+            self.request.sendall(PATTERN[:k])
+            n -= k
+
+class Banner(socketserver.BaseRequestHandler):
+    def handle(self):
+        log(server="banner", client=self.client_address[0])
+        self.request.sendall(b"BANNER\n")
+        self.request.recv(1024)
+
+class UdpEcho(socketserver.BaseRequestHandler):
+    def handle(self):
+        data, sock = self.request
+        log(server="udp", client=self.client_address[0], bytes=len(data))
+        sock.sendto(data, self.client_address)
+
+class Dual:
+    address_family = socket.AF_INET6
+    allow_reuse_address = True
+    daemon_threads = True
+    def server_bind(self):
+        self.socket.setsockopt(socket.IPPROTO_IPV6, socket.IPV6_V6ONLY, 0)
+        super().server_bind()
+
+class TcpServer(Dual, socketserver.ThreadingTCPServer):
+    request_queue_size = 1024
+class UdpServer(Dual, socketserver.ThreadingUDPServer):
+    pass
+class HttpServer(Dual, ThreadingHTTPServer):
+    request_queue_size = 1024
+
+class Udp4(socketserver.ThreadingUDPServer):
+    allow_reuse_address = True
+    daemon_threads = True
+class Udp6(socketserver.ThreadingUDPServer):
+    address_family = socket.AF_INET6
+    allow_reuse_address = True
+    daemon_threads = True
+
+servers = [HttpServer(("::", 80), Echo), HttpServer(("::", 8080), Echo),
+           TcpServer(("::", 9000), Sink), TcpServer(("::", 9001), Source),
+           TcpServer(("::", 2222), Banner), TcpServer(("::", 443), Banner),
+           TcpServer(("::", 53), DnsTcp)]
+# UDP answers must come from the address that was asked: one socket per address.
+for addr in sys.argv[2:]:
+    cls = Udp6 if ":" in addr else Udp4
+    servers += [cls((addr, 7777), UdpEcho), cls((addr, 53), DnsUdp)]
+for s in servers:
+    threading.Thread(target=s.serve_forever, daemon=True).start()
+print("ready", flush=True)
+sys.stdin.read()  # runs until the harness closes our stdin (or kills us)

@@ -1,0 +1,165 @@
+//! The audit log: one JSON object per line for every decision (shared/API.md §5).
+//!
+//! Common fields: `ts` (RFC 3339, UTC, microseconds), `sandbox`, `event`, `decision`,
+//! `rule` (an index, `"default"`, or a built-in such as `"max_connections"`), `reason`.
+//! Secrets' values never reach this module.
+
+use std::io::Write;
+use std::time::{SystemTime, UNIX_EPOCH};
+
+use serde_json::{Map, Value};
+
+/// Where audit events go.
+pub struct AuditLog {
+    sandbox: String,
+    out: Option<Box<dyn Write + Send>>,
+    /// Events that could not be written (the sink failed).
+    pub write_errors: u64,
+}
+
+impl std::fmt::Debug for AuditLog {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.debug_struct("AuditLog")
+            .field("sandbox", &self.sandbox)
+            .field("enabled", &self.out.is_some())
+            .finish()
+    }
+}
+
+impl AuditLog {
+    /// A log for sandbox `sandbox` writing to `out` (`None` = discard).
+    pub fn new(sandbox: &str, out: Option<Box<dyn Write + Send>>) -> AuditLog {
+        AuditLog {
+            sandbox: sandbox.to_owned(),
+            out,
+            write_errors: 0,
+        }
+    }
+
+    /// Writes one event. `fields` are added after the common ones.
+    pub fn event(
+        &mut self,
+        event: &str,
+        decision: &str,
+        rule: &str,
+        reason: &str,
+        fields: Vec<(&str, Value)>,
+    ) {
+        let Some(out) = self.out.as_mut() else {
+            return;
+        };
+        let mut map = Map::new();
+        map.insert("ts".into(), Value::String(rfc3339(SystemTime::now())));
+        map.insert("sandbox".into(), Value::String(self.sandbox.clone()));
+        map.insert("event".into(), Value::String(event.into()));
+        map.insert("decision".into(), Value::String(decision.into()));
+        map.insert(
+            "rule".into(),
+            match rule.parse::<u64>() {
+                Ok(i) => Value::from(i),
+                Err(_) => Value::String(rule.into()),
+            },
+        );
+        map.insert("reason".into(), Value::String(reason.into()));
+        for (k, v) in fields {
+            map.insert(k.into(), v);
+        }
+        let mut line = Value::Object(map).to_string();
+        line.push('\n');
+        if out
+            .write_all(line.as_bytes())
+            .and_then(|()| out.flush())
+            .is_err()
+        {
+            self.write_errors += 1;
+        }
+    }
+}
+
+/// `2026-11-28T01:02:03.456789Z`.
+pub fn rfc3339(t: SystemTime) -> String {
+    let d = t.duration_since(UNIX_EPOCH).unwrap_or_default();
+    let secs = d.as_secs();
+    let (days, rem) = (secs / 86_400, secs % 86_400);
+    let (y, m, day) = civil_from_days(days as i64);
+    format!(
+        "{y:04}-{m:02}-{day:02}T{:02}:{:02}:{:02}.{:06}Z",
+        rem / 3600,
+        rem % 3600 / 60,
+        rem % 60,
+        d.subsec_micros()
+    )
+}
+
+/// Days since 1970-01-01 to (year, month, day) in the proleptic Gregorian calendar
+/// (H. Hinnant's `civil_from_days`).
+fn civil_from_days(z: i64) -> (i64, u32, u32) {
+    let z = z + 719_468;
+    let era = z.div_euclid(146_097);
+    let doe = z.rem_euclid(146_097);
+    let yoe = (doe - doe / 1460 + doe / 36_524 - doe / 146_096) / 365;
+    let y = yoe + era * 400;
+    let doy = doe - (365 * yoe + yoe / 4 - yoe / 100);
+    let mp = (5 * doy + 2) / 153;
+    let d = (doy - (153 * mp + 2) / 5 + 1) as u32;
+    let m = if mp < 10 { mp + 3 } else { mp - 9 } as u32;
+    (if m <= 2 { y + 1 } else { y }, m, d)
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use std::sync::{Arc, Mutex};
+    use std::time::Duration;
+
+    #[test]
+    fn timestamps() {
+        assert_eq!(rfc3339(UNIX_EPOCH), "1970-01-01T00:00:00.000000Z");
+        let t = UNIX_EPOCH + Duration::from_micros(1_795_827_723_456_789);
+        assert_eq!(rfc3339(t), "2026-11-28T01:02:03.456789Z");
+        let leap = UNIX_EPOCH + Duration::from_secs(951_782_400); // 2000-02-29
+        assert!(rfc3339(leap).starts_with("2000-02-29T00:00:00"));
+    }
+
+    #[derive(Clone)]
+    struct Shared(Arc<Mutex<Vec<u8>>>);
+    impl Write for Shared {
+        fn write(&mut self, b: &[u8]) -> std::io::Result<usize> {
+            self.0.lock().unwrap().extend_from_slice(b);
+            Ok(b.len())
+        }
+        fn flush(&mut self) -> std::io::Result<()> {
+            Ok(())
+        }
+    }
+
+    #[test]
+    fn events_are_json_lines() {
+        let buf = Shared(Arc::new(Mutex::new(Vec::new())));
+        let mut log = AuditLog::new("agent", Some(Box::new(buf.clone())));
+        log.event(
+            "connect",
+            "deny",
+            "1",
+            "rule 1: deny outbound group:private",
+            vec![("port", Value::from(80))],
+        );
+        log.event(
+            "connect",
+            "allow",
+            "default",
+            "no rule matched; default allow",
+            vec![],
+        );
+        let text = String::from_utf8(buf.0.lock().unwrap().clone()).unwrap();
+        let lines: Vec<Value> = text
+            .lines()
+            .map(|l| serde_json::from_str(l).unwrap())
+            .collect();
+        assert_eq!(lines.len(), 2);
+        assert_eq!(lines[0]["rule"], 1);
+        assert_eq!(lines[0]["sandbox"], "agent");
+        assert_eq!(lines[0]["port"], 80);
+        assert_eq!(lines[1]["rule"], "default");
+    }
+}

@@ -1,0 +1,1338 @@
+//! The engine's event loop: one thread per sandbox owns the frame device, the smoltcp
+//! stack and every host socket, and moves bytes between them without hand-offs.
+//!
+//! # Theory of operation
+//! Each frame from the sandbox is classified ([`crate::wire::classify`]) before smoltcp
+//! sees it:
+//! - **ARP and neighbour discovery** go to smoltcp, which answers for every address
+//!   (`any_ip`), except questions about the sandbox's own address.
+//! - **TCP**: a SYN for a new flow is judged by the policy. Denied: dropped (or answered
+//!   with RST in reject mode). Allowed: moat dials the destination from a host socket first
+//!   and holds the SYN; when the dial succeeds, a smoltcp socket listening on the exact
+//!   destination is created and the SYN fed to it, so the handshake completes only for
+//!   reachable destinations; a refused or failed dial answers the SYN with RST. Segments of
+//!   known flows go to smoltcp; others are dropped. Data moves between the smoltcp socket's
+//!   buffers and the host socket with one copy each way; FIN on either side becomes a
+//!   half-close on the other; RST on either side aborts both.
+//! - **UDP**: never enters smoltcp. Each (sandbox address, destination) pair is a flow with
+//!   a connected host socket, so replies come only from the destination; flows expire after
+//!   an idle timeout. DNS to the gateway is forwarded to the upstream resolvers.
+//! - **ICMP echo** to the gateway is answered by smoltcp; to other destinations it is
+//!   judged and, not being relayed yet, dropped (counted).
+//!
+//! The gateway's address stands for the host's loopback: flows to it (other than DNS) are
+//! judged as 127.0.0.1 / ::1 (the Loopback group) and dialed there.
+//!
+//! Every resource is bounded: `max_connections` counts TCP connections and UDP flows, DNS
+//! queries in flight are capped, dials time out, UDP flows and DNS queries expire.
+
+use std::collections::{HashMap, HashSet};
+use std::io::{self, Read, Write};
+use std::net::{IpAddr, Ipv4Addr, Ipv6Addr, Shutdown, SocketAddr};
+use std::sync::Arc;
+use std::sync::atomic::{AtomicBool, Ordering};
+use std::time::{Duration, Instant};
+
+use mio::net::{TcpStream, UdpSocket};
+use mio::{Events, Interest, Poll, Token, Waker};
+use moat_policy::{CompiledPolicy, Decision, Direction, Flow, Protocol};
+use serde_json::Value;
+use smoltcp::iface::{Config, Interface, SocketHandle, SocketSet};
+use smoltcp::socket::tcp;
+use smoltcp::wire::{EthernetAddress, HardwareAddress, IpCidr, IpListenEndpoint};
+
+use crate::audit::AuditLog;
+use crate::device::{ETH_HEADER, FrameDevice, StackDevice};
+use crate::dns;
+use crate::wire::{self, Frame, L4, Link};
+
+/// How denied flows are answered.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Default)]
+pub enum DenyMode {
+    /// Drop silently (the specification's meaning of Deny).
+    #[default]
+    Drop,
+    /// Answer TCP with RST and UDP with ICMP administratively prohibited.
+    Reject,
+}
+
+/// The link between the sandbox and the engine.
+#[derive(Debug, Clone, Copy)]
+pub struct LinkConfig {
+    /// The gateway's MAC (moat).
+    pub gateway_mac: [u8; 6],
+    /// The gateway's IPv4 address.
+    pub gateway_v4: Ipv4Addr,
+    /// The sandbox's IPv4 address.
+    pub guest_v4: Ipv4Addr,
+    /// IPv4 prefix length.
+    pub prefix_v4: u8,
+    /// The gateway's IPv6 address.
+    pub gateway_v6: Ipv6Addr,
+    /// The sandbox's IPv6 address.
+    pub guest_v6: Ipv6Addr,
+    /// IPv6 prefix length.
+    pub prefix_v6: u8,
+    /// The link MTU (IP packet size).
+    pub mtu: usize,
+}
+
+impl Default for LinkConfig {
+    fn default() -> LinkConfig {
+        LinkConfig {
+            gateway_mac: [0x02, 0x6d, 0x6f, 0x61, 0x74, 0x01],
+            gateway_v4: Ipv4Addr::new(10, 0, 2, 2),
+            guest_v4: Ipv4Addr::new(10, 0, 2, 100),
+            prefix_v4: 24,
+            gateway_v6: Ipv6Addr::new(0xfd00, 0x6d6f, 0x6174, 0, 0, 0, 0, 2),
+            guest_v6: Ipv6Addr::new(0xfd00, 0x6d6f, 0x6174, 0, 0, 0, 0, 0x100),
+            prefix_v6: 64,
+            mtu: 65520,
+        }
+    }
+}
+
+/// Everything the engine needs.
+#[derive(Debug)]
+pub struct EngineConfig {
+    /// The compiled policy.
+    pub policy: CompiledPolicy,
+    /// How denies are answered.
+    pub deny_mode: DenyMode,
+    /// At most this many TCP connections and UDP flows at once.
+    pub max_connections: usize,
+    /// Upstream DNS resolvers, tried in order.
+    pub dns_servers: Vec<SocketAddr>,
+    /// The link's addresses.
+    pub link: LinkConfig,
+    /// Where audit events go.
+    pub audit: AuditLog,
+    /// Upstream dial timeout.
+    pub connect_timeout: Duration,
+    /// UDP flows idle this long are closed.
+    pub udp_idle_timeout: Duration,
+    /// Per-upstream DNS timeout.
+    pub dns_timeout: Duration,
+    /// smoltcp socket buffer size per direction (pages are committed only when used).
+    pub tcp_buffer: usize,
+}
+
+impl EngineConfig {
+    /// A configuration with moat's defaults for everything but the policy and audit log.
+    pub fn new(policy: CompiledPolicy, audit: AuditLog) -> EngineConfig {
+        EngineConfig {
+            policy,
+            deny_mode: DenyMode::Drop,
+            max_connections: 1024,
+            dns_servers: Vec::new(),
+            link: LinkConfig::default(),
+            audit,
+            connect_timeout: Duration::from_secs(15),
+            udp_idle_timeout: Duration::from_secs(60),
+            dns_timeout: Duration::from_secs(2),
+            tcp_buffer: 1 << 20,
+        }
+    }
+}
+
+/// What the engine counted; returned when it stops.
+#[derive(Debug, Clone, Default, PartialEq, Eq)]
+pub struct Counters {
+    /// Frames read from the sandbox.
+    pub frames_in: u64,
+    /// Frames dropped: not from the sandbox's addresses.
+    pub dropped_spoofed: u64,
+    /// Frames dropped: unsupported protocol, fragment, malformed, stray segment.
+    pub dropped_unsupported: u64,
+    /// Flows allowed.
+    pub allowed: u64,
+    /// Flows denied by policy.
+    pub denied: u64,
+    /// Flows refused by `max_connections`.
+    pub over_limit: u64,
+    /// Upstream dials that failed.
+    pub dial_failures: u64,
+    /// DNS queries forwarded.
+    pub dns_queries: u64,
+    /// DNS queries answered with SERVFAIL (all upstreams failed).
+    pub dns_servfail: u64,
+    /// ICMP echo requests dropped (not relayed).
+    pub icmp_dropped: u64,
+    /// Frames the device refused.
+    pub tx_errors: u64,
+}
+
+/// A running engine; stop it to get its counters.
+#[derive(Debug)]
+pub struct EngineHandle {
+    thread: Option<std::thread::JoinHandle<io::Result<Counters>>>,
+    waker: Arc<Waker>,
+    stop: Arc<AtomicBool>,
+}
+
+impl EngineHandle {
+    /// Stops the engine, closing every flow, and returns its counters.
+    pub fn stop(mut self) -> io::Result<Counters> {
+        self.stop.store(true, Ordering::SeqCst);
+        let _ = self.waker.wake();
+        match self.thread.take().map(|t| t.join()) {
+            Some(Ok(result)) => result,
+            Some(Err(_)) => Err(io::Error::other("the engine thread panicked")),
+            None => Ok(Counters::default()),
+        }
+    }
+}
+
+impl Drop for EngineHandle {
+    fn drop(&mut self) {
+        self.stop.store(true, Ordering::SeqCst);
+        let _ = self.waker.wake();
+        if let Some(t) = self.thread.take() {
+            let _ = t.join();
+        }
+    }
+}
+
+const TAP: Token = Token(0);
+const WAKE: Token = Token(1);
+const FIRST_FLOW: usize = 2;
+/// Frames read per wake before the loop services sockets again.
+const RX_BATCH: usize = 256;
+/// DNS queries in flight at once.
+const MAX_DNS_IN_FLIGHT: usize = 256;
+/// How often idle flows and deadlines are checked.
+const SWEEP: Duration = Duration::from_millis(200);
+
+/// Starts the engine on its own thread.
+pub fn spawn(
+    device: Box<dyn FrameDevice + Send>,
+    config: EngineConfig,
+) -> io::Result<EngineHandle> {
+    let poll = Poll::new()?;
+    let waker = Arc::new(Waker::new(poll.registry(), WAKE)?);
+    let stop = Arc::new(AtomicBool::new(false));
+    let stop2 = stop.clone();
+    let thread = std::thread::Builder::new()
+        .name("moat-engine".into())
+        .spawn(move || Engine::new(poll, device, config)?.run(&stop2))?;
+    Ok(EngineHandle {
+        thread: Some(thread),
+        waker,
+        stop,
+    })
+}
+
+enum TcpState {
+    /// Dialing upstream; the sandbox's SYN waits here.
+    Connecting {
+        syn: Vec<u8>,
+        seq: u32,
+        deadline: Instant,
+    },
+    /// Relaying through a smoltcp socket.
+    Open { handle: SocketHandle },
+}
+
+struct TcpFlow {
+    guest: SocketAddr,
+    remote: SocketAddr,
+    stream: TcpStream,
+    state: TcpState,
+    host_eof: bool,
+    host_write_shut: bool,
+    up: u64,
+    down: u64,
+    started: Instant,
+}
+
+struct UdpFlow {
+    guest: SocketAddr,
+    remote: SocketAddr,
+    sock: UdpSocket,
+    last: Instant,
+    up: u64,
+    down: u64,
+    started: Instant,
+}
+
+struct DnsQuery {
+    guest: SocketAddr,
+    /// The address the sandbox sent the query to (answers come from it).
+    asked: SocketAddr,
+    original_id: u16,
+    message: Vec<u8>,
+    server: usize,
+    /// The socket of the current attempt.
+    sock: Option<UdpSocket>,
+    deadline: Instant,
+}
+
+enum FlowEntry {
+    Tcp(TcpFlow),
+    Udp(UdpFlow),
+    Dns(DnsQuery),
+}
+
+struct Engine {
+    poll: Poll,
+    device: Box<dyn FrameDevice + Send>,
+    iface: Interface,
+    sockets: SocketSet<'static>,
+    cfg: EngineConfig,
+    link: Link,
+    flows: Vec<Option<FlowEntry>>,
+    free: Vec<usize>,
+    tcp_index: HashMap<(SocketAddr, SocketAddr), usize>,
+    udp_index: HashMap<(SocketAddr, SocketAddr), usize>,
+    /// TCP connections and UDP flows open (bounded by `max_connections`).
+    active: usize,
+    dns_in_flight: usize,
+    dirty: HashSet<usize>,
+    rx_buf: Vec<u8>,
+    tx_buf: Vec<u8>,
+    scratch: Vec<u8>,
+    counters: Counters,
+    epoch: Instant,
+    rng: u64,
+}
+
+fn smol_now(epoch: Instant) -> smoltcp::time::Instant {
+    smoltcp::time::Instant::from_micros(epoch.elapsed().as_micros() as i64)
+}
+
+impl Engine {
+    fn new(
+        poll: Poll,
+        device: Box<dyn FrameDevice + Send>,
+        cfg: EngineConfig,
+    ) -> io::Result<Engine> {
+        if let Some(fd) = device.raw_fd() {
+            poll.registry()
+                .register(&mut mio::unix::SourceFd(&fd), TAP, Interest::READABLE)?;
+        }
+        let epoch = Instant::now();
+        let seed = std::time::SystemTime::now()
+            .duration_since(std::time::UNIX_EPOCH)
+            .unwrap_or_default()
+            .as_nanos() as u64
+            | 1;
+        let gateway_mac = EthernetAddress(cfg.link.gateway_mac);
+        let mut config = Config::new(HardwareAddress::Ethernet(gateway_mac));
+        config.random_seed = seed;
+        let max_frame = cfg.link.mtu + ETH_HEADER;
+        let mut tx_buf = Vec::with_capacity(max_frame);
+        let mut device = device;
+        let mut tx_errors = 0;
+        let mut iface = {
+            let mut dev = StackDevice {
+                rx: None,
+                dev: device.as_mut(),
+                tx_buf: &mut tx_buf,
+                max_frame,
+                tx_errors: &mut tx_errors,
+            };
+            Interface::new(config, &mut dev, smol_now(epoch))
+        };
+        iface.set_any_ip(true);
+        let link_cfg = cfg.link;
+        iface.update_ip_addrs(|addrs| {
+            let _ = addrs.push(IpCidr::new(link_cfg.gateway_v4.into(), link_cfg.prefix_v4));
+            let _ = addrs.push(IpCidr::new(link_cfg.gateway_v6.into(), link_cfg.prefix_v6));
+        });
+        let _ = iface
+            .routes_mut()
+            .add_default_ipv4_route(link_cfg.gateway_v4);
+        let _ = iface
+            .routes_mut()
+            .add_default_ipv6_route(link_cfg.gateway_v6);
+        Ok(Engine {
+            poll,
+            device,
+            iface,
+            sockets: SocketSet::new(Vec::new()),
+            link: Link {
+                gateway_mac,
+                guest_mac: EthernetAddress::BROADCAST,
+            },
+            cfg,
+            flows: Vec::new(),
+            free: Vec::new(),
+            tcp_index: HashMap::new(),
+            udp_index: HashMap::new(),
+            active: 0,
+            dns_in_flight: 0,
+            dirty: HashSet::new(),
+            rx_buf: vec![0; max_frame.max(65536 + ETH_HEADER)],
+            tx_buf,
+            scratch: vec![0; 65536],
+            counters: Counters::default(),
+            epoch,
+            rng: seed,
+        })
+    }
+
+    fn run(mut self, stop: &AtomicBool) -> io::Result<Counters> {
+        let mut events = Events::with_capacity(1024);
+        let mut rx_pending = false;
+        let mut next_sweep = Instant::now() + SWEEP;
+        loop {
+            let now = Instant::now();
+            let mut timeout = next_sweep.saturating_duration_since(now);
+            if let Some(d) = self.iface.poll_delay(smol_now(self.epoch), &self.sockets) {
+                timeout = timeout.min(Duration::from_micros(d.total_micros()));
+            }
+            if rx_pending {
+                timeout = Duration::ZERO;
+            }
+            match self.poll.poll(&mut events, Some(timeout)) {
+                Ok(()) => {}
+                Err(e) if e.kind() == io::ErrorKind::Interrupted => continue,
+                Err(e) => return Err(e),
+            }
+            if stop.load(Ordering::SeqCst) {
+                break;
+            }
+            let mut tap_ready = rx_pending;
+            for event in events.iter() {
+                match event.token() {
+                    TAP => tap_ready = true,
+                    WAKE => {}
+                    Token(t) => {
+                        let id = t - FIRST_FLOW;
+                        self.on_host_event(id);
+                    }
+                }
+            }
+            if tap_ready {
+                rx_pending = self.read_frames()?;
+            }
+            self.service_dirty();
+            self.egress();
+            if Instant::now() >= next_sweep {
+                self.sweep();
+                next_sweep = Instant::now() + SWEEP;
+            }
+        }
+        self.close_all();
+        Ok(self.counters)
+    }
+
+    /// Reads up to a batch of frames; `true` when more may be waiting.
+    fn read_frames(&mut self) -> io::Result<bool> {
+        for _ in 0..RX_BATCH {
+            let mut buf = std::mem::take(&mut self.rx_buf);
+            let got = self.device.recv(&mut buf);
+            let result = match got {
+                Ok(Some(len)) => {
+                    self.counters.frames_in += 1;
+                    self.on_frame(&buf[..len]);
+                    Ok(true)
+                }
+                Ok(None) => Ok(false),
+                Err(e) => Err(e),
+            };
+            self.rx_buf = buf;
+            if !result? {
+                return Ok(false);
+            }
+        }
+        Ok(true)
+    }
+
+    /// Hands one frame to smoltcp.
+    fn feed(&mut self, frame: &[u8]) {
+        let max_frame = self.cfg.link.mtu + ETH_HEADER;
+        let mut dev = StackDevice {
+            rx: Some(frame),
+            dev: self.device.as_mut(),
+            tx_buf: &mut self.tx_buf,
+            max_frame,
+            tx_errors: &mut self.counters.tx_errors,
+        };
+        let now = smol_now(self.epoch);
+        let _ = self
+            .iface
+            .poll_ingress_single(now, &mut dev, &mut self.sockets);
+    }
+
+    fn egress(&mut self) {
+        let max_frame = self.cfg.link.mtu + ETH_HEADER;
+        let mut dev = StackDevice {
+            rx: None,
+            dev: self.device.as_mut(),
+            tx_buf: &mut self.tx_buf,
+            max_frame,
+            tx_errors: &mut self.counters.tx_errors,
+        };
+        let now = smol_now(self.epoch);
+        self.iface.poll_maintenance(now);
+        // Bounded: each round sends what the sockets have ready.
+        for _ in 0..64 {
+            if self.iface.poll_egress(now, &mut dev, &mut self.sockets)
+                == smoltcp::iface::PollResult::None
+            {
+                break;
+            }
+        }
+    }
+
+    fn send_frame(&mut self, frame: &[u8]) {
+        if self.device.send(frame).is_err() {
+            self.counters.tx_errors += 1;
+        }
+    }
+
+    fn is_guest(&self, addr: IpAddr) -> bool {
+        addr == IpAddr::V4(self.cfg.link.guest_v4) || addr == IpAddr::V6(self.cfg.link.guest_v6)
+    }
+
+    fn on_frame(&mut self, frame: &[u8]) {
+        if let Some(mac) = wire::source_mac(frame) {
+            self.link.guest_mac = mac;
+        }
+        match wire::classify(frame) {
+            Frame::Arp { request, target } => {
+                if !(request && target == self.cfg.link.guest_v4) {
+                    self.feed(frame);
+                }
+            }
+            Frame::Ip { src, dst, l4 } => match l4 {
+                L4::Tcp {
+                    src_port,
+                    dst_port,
+                    syn,
+                    ack,
+                    rst,
+                    seq,
+                    seg_len,
+                } => {
+                    if !self.is_guest(src) {
+                        self.counters.dropped_spoofed += 1;
+                        return;
+                    }
+                    let guest = SocketAddr::new(src, src_port);
+                    let remote = SocketAddr::new(dst, dst_port);
+                    self.on_tcp(frame, guest, remote, syn && !ack && !rst, rst, seq, seg_len);
+                }
+                L4::Udp {
+                    src_port,
+                    dst_port,
+                    offset,
+                    len,
+                } => {
+                    if !self.is_guest(src) {
+                        self.counters.dropped_spoofed += 1;
+                        return;
+                    }
+                    let guest = SocketAddr::new(src, src_port);
+                    let remote = SocketAddr::new(dst, dst_port);
+                    self.on_udp(frame, guest, remote, offset, len);
+                }
+                L4::EchoRequest { .. } => {
+                    if dst == self.gateway_for(dst) {
+                        self.feed(frame);
+                    } else {
+                        let flow = Flow {
+                            direction: Direction::Outbound,
+                            protocol: if dst.is_ipv4() {
+                                Protocol::Icmpv4
+                            } else {
+                                Protocol::Icmpv6
+                            },
+                            addr: dst,
+                            port: None,
+                            names: &[],
+                            sni: None,
+                        };
+                        let decision = self.cfg.policy.decide(&flow);
+                        if !decision.is_allow() {
+                            self.audit_deny(
+                                "icmp",
+                                SocketAddr::new(src, 0),
+                                SocketAddr::new(dst, 0),
+                                &decision,
+                            );
+                        }
+                        self.counters.icmp_dropped += 1;
+                    }
+                }
+                L4::NeighborSolicit { target } => {
+                    if target != self.cfg.link.guest_v6 {
+                        self.feed(frame);
+                    }
+                }
+                L4::IcmpOther => {
+                    if src.is_ipv6() {
+                        self.feed(frame);
+                    } else {
+                        self.counters.dropped_unsupported += 1;
+                    }
+                }
+                L4::RouterSolicit | L4::Unsupported => self.counters.dropped_unsupported += 1,
+            },
+            Frame::Other => self.counters.dropped_unsupported += 1,
+        }
+    }
+
+    fn gateway_for(&self, addr: IpAddr) -> IpAddr {
+        match addr {
+            IpAddr::V4(_) => IpAddr::V4(self.cfg.link.gateway_v4),
+            IpAddr::V6(_) => IpAddr::V6(self.cfg.link.gateway_v6),
+        }
+    }
+
+    /// Where a flow to `remote` is judged and dialed: the gateway stands for the host's
+    /// loopback.
+    fn upstream(&self, remote: SocketAddr) -> SocketAddr {
+        match remote.ip() {
+            ip if ip == IpAddr::V4(self.cfg.link.gateway_v4) => {
+                SocketAddr::new(Ipv4Addr::LOCALHOST.into(), remote.port())
+            }
+            ip if ip == IpAddr::V6(self.cfg.link.gateway_v6) => {
+                SocketAddr::new(Ipv6Addr::LOCALHOST.into(), remote.port())
+            }
+            _ => remote,
+        }
+    }
+
+    fn judge(&self, protocol: Protocol, target: SocketAddr) -> Decision {
+        self.cfg.policy.decide(&Flow {
+            direction: Direction::Outbound,
+            protocol,
+            addr: target.ip(),
+            port: Some(target.port()),
+            names: &[],
+            sni: None,
+        })
+    }
+
+    fn audit_deny(
+        &mut self,
+        proto: &str,
+        guest: SocketAddr,
+        remote: SocketAddr,
+        decision: &Decision,
+    ) {
+        self.counters.denied += 1;
+        let reason = self.cfg.policy.reason(decision);
+        self.cfg.audit.event(
+            "connect",
+            "deny",
+            &decision.rule_label(),
+            &reason,
+            vec![
+                ("proto", Value::from(proto)),
+                ("src", Value::from(guest.to_string())),
+                ("dst", Value::from(remote.ip().to_string())),
+                ("port", Value::from(remote.port())),
+            ],
+        );
+    }
+
+    fn audit_allow(
+        &mut self,
+        proto: &str,
+        guest: SocketAddr,
+        remote: SocketAddr,
+        rule: &str,
+        reason: &str,
+    ) {
+        self.counters.allowed += 1;
+        self.cfg.audit.event(
+            "connect",
+            "allow",
+            rule,
+            reason,
+            vec![
+                ("proto", Value::from(proto)),
+                ("src", Value::from(guest.to_string())),
+                ("dst", Value::from(remote.ip().to_string())),
+                ("port", Value::from(remote.port())),
+            ],
+        );
+    }
+
+    fn audit_limit(&mut self, proto: &str, guest: SocketAddr, remote: SocketAddr) {
+        self.counters.over_limit += 1;
+        let reason = format!(
+            "{} concurrent connections (max_connections)",
+            self.cfg.max_connections
+        );
+        self.cfg.audit.event(
+            "connect",
+            "deny",
+            "max_connections",
+            &reason,
+            vec![
+                ("proto", Value::from(proto)),
+                ("src", Value::from(guest.to_string())),
+                ("dst", Value::from(remote.ip().to_string())),
+                ("port", Value::from(remote.port())),
+            ],
+        );
+    }
+
+    /// An empty slot for a new flow; fill it with `self.flows[id] = Some(..)`, or give it
+    /// back with `self.free.push(id)`.
+    fn slot(&mut self) -> usize {
+        self.free.pop().unwrap_or_else(|| {
+            self.flows.push(None);
+            self.flows.len() - 1
+        })
+    }
+
+    fn reset_guest(&mut self, guest: SocketAddr, remote: SocketAddr, seq: u32, seg_len: u32) {
+        let mut out = std::mem::take(&mut self.scratch);
+        if wire::tcp_reset(&mut out, &self.link, remote, guest, seq, seg_len) {
+            self.send_frame(&out);
+        }
+        out.resize(65536, 0);
+        self.scratch = out;
+    }
+
+    #[allow(clippy::too_many_arguments)] // One segment's fields, as classified.
+    fn on_tcp(
+        &mut self,
+        frame: &[u8],
+        guest: SocketAddr,
+        remote: SocketAddr,
+        new_syn: bool,
+        rst: bool,
+        seq: u32,
+        seg_len: u32,
+    ) {
+        if let Some(&id) = self.tcp_index.get(&(guest, remote)) {
+            if let Some(FlowEntry::Tcp(flow)) = &self.flows[id] {
+                if matches!(flow.state, TcpState::Open { .. }) {
+                    self.feed(frame);
+                    self.dirty.insert(id);
+                } else if rst {
+                    self.remove(id, "reset by the sandbox while connecting");
+                }
+            }
+            return;
+        }
+        if !new_syn {
+            self.counters.dropped_unsupported += 1;
+            return;
+        }
+        let upstream = self.upstream(remote);
+        let is_dns = remote.port() == 53
+            && upstream.ip().is_loopback()
+            && self.gateway_for(remote.ip()) == remote.ip();
+        let (upstream, rule, reason) = if is_dns {
+            match self.cfg.dns_servers.first() {
+                Some(&server) => (
+                    server,
+                    "dns".to_owned(),
+                    format!("DNS over TCP to the gateway, forwarded to {server}"),
+                ),
+                None => {
+                    self.reset_guest(guest, remote, seq, seg_len);
+                    return;
+                }
+            }
+        } else {
+            let decision = self.judge(Protocol::Tcp, upstream);
+            if !decision.is_allow() {
+                self.audit_deny("tcp", guest, remote, &decision);
+                if self.cfg.deny_mode == DenyMode::Reject {
+                    self.reset_guest(guest, remote, seq, seg_len);
+                }
+                return;
+            }
+            (
+                upstream,
+                decision.rule_label(),
+                self.cfg.policy.reason(&decision),
+            )
+        };
+        if self.active >= self.cfg.max_connections {
+            self.audit_limit("tcp", guest, remote);
+            self.reset_guest(guest, remote, seq, seg_len);
+            return;
+        }
+        let mut stream = match TcpStream::connect(upstream) {
+            Ok(s) => s,
+            Err(_) => {
+                self.counters.dial_failures += 1;
+                self.reset_guest(guest, remote, seq, seg_len);
+                return;
+            }
+        };
+        let id = self.slot();
+        if self
+            .poll
+            .registry()
+            .register(
+                &mut stream,
+                Token(id + FIRST_FLOW),
+                Interest::READABLE | Interest::WRITABLE,
+            )
+            .is_err()
+        {
+            self.free.push(id);
+            self.reset_guest(guest, remote, seq, seg_len);
+            return;
+        }
+        self.flows[id] = Some(FlowEntry::Tcp(TcpFlow {
+            guest,
+            remote,
+            stream,
+            state: TcpState::Connecting {
+                syn: frame.to_vec(),
+                seq,
+                deadline: Instant::now() + self.cfg.connect_timeout,
+            },
+            host_eof: false,
+            host_write_shut: false,
+            up: 0,
+            down: 0,
+            started: Instant::now(),
+        }));
+        self.tcp_index.insert((guest, remote), id);
+        self.active += 1;
+        self.audit_allow("tcp", guest, remote, &rule, &reason);
+    }
+
+    fn on_host_event(&mut self, id: usize) {
+        let Some(Some(entry)) = self.flows.get_mut(id) else {
+            return;
+        };
+        match entry {
+            FlowEntry::Tcp(flow) => {
+                if let TcpState::Connecting { .. } = flow.state {
+                    self.finish_connect(id);
+                } else {
+                    self.dirty.insert(id);
+                }
+            }
+            FlowEntry::Udp(_) => self.udp_readable(id),
+            FlowEntry::Dns(_) => self.dns_readable(id),
+        }
+    }
+
+    fn finish_connect(&mut self, id: usize) {
+        let Some(Some(FlowEntry::Tcp(flow))) = self.flows.get_mut(id) else {
+            return;
+        };
+        let outcome = match flow.stream.take_error() {
+            Ok(Some(e)) | Err(e) => Err(e),
+            Ok(None) => match flow.stream.peer_addr() {
+                Ok(_) => Ok(()),
+                Err(e) if e.kind() == io::ErrorKind::NotConnected => return,
+                Err(e) => Err(e),
+            },
+        };
+        match outcome {
+            Err(e) => {
+                self.counters.dial_failures += 1;
+                if let TcpState::Connecting { seq, .. } = flow.state {
+                    let (guest, remote) = (flow.guest, flow.remote);
+                    self.reset_guest(guest, remote, seq, 1);
+                }
+                self.remove(id, &format!("upstream connect failed: {e}"));
+            }
+            Ok(()) => {
+                let _ = flow.stream.set_nodelay(true);
+                let TcpState::Connecting { syn, .. } = std::mem::replace(
+                    &mut flow.state,
+                    TcpState::Open {
+                        handle: SocketHandle::default(),
+                    },
+                ) else {
+                    return;
+                };
+                let size = self.cfg.tcp_buffer;
+                let mut socket = tcp::Socket::new(
+                    tcp::SocketBuffer::new(vec![0u8; size]),
+                    tcp::SocketBuffer::new(vec![0u8; size]),
+                );
+                socket.set_nagle_enabled(false);
+                let endpoint = IpListenEndpoint {
+                    addr: Some(flow.remote.ip().into()),
+                    port: flow.remote.port(),
+                };
+                if socket.listen(endpoint).is_err() {
+                    self.remove(id, "cannot listen");
+                    return;
+                }
+                let handle = self.sockets.add(socket);
+                flow.state = TcpState::Open { handle };
+                self.feed(&syn);
+                self.dirty.insert(id);
+            }
+        }
+    }
+
+    fn service_dirty(&mut self) {
+        let dirty: Vec<usize> = self.dirty.drain().collect();
+        for id in dirty {
+            self.relay(id);
+        }
+    }
+
+    /// Moves bytes both ways for one open TCP flow, and ends it when both sides are done.
+    fn relay(&mut self, id: usize) {
+        let Some(Some(FlowEntry::Tcp(flow))) = self.flows.get_mut(id) else {
+            return;
+        };
+        let TcpState::Open { handle } = flow.state else {
+            return;
+        };
+        let socket = self.sockets.get_mut::<tcp::Socket>(handle);
+        let mut failed: Option<String> = None;
+        // Sandbox → host.
+        while socket.can_recv() {
+            let stream = &mut flow.stream;
+            let r = socket.recv(|buf| match stream.write(buf) {
+                Ok(n) => (n, Ok(n)),
+                Err(e) => (0, Err(e)),
+            });
+            match r {
+                Ok(Ok(0)) => break,
+                Ok(Ok(n)) => flow.up += n as u64,
+                Ok(Err(e)) if e.kind() == io::ErrorKind::WouldBlock => break,
+                Ok(Err(e)) if e.kind() == io::ErrorKind::Interrupted => continue,
+                Ok(Err(e)) => {
+                    failed = Some(format!("upstream write failed: {e}"));
+                    break;
+                }
+                Err(_) => break,
+            }
+        }
+        // The sandbox sent FIN and everything before it is upstream: half-close.
+        let guest_fin = matches!(
+            socket.state(),
+            tcp::State::CloseWait
+                | tcp::State::LastAck
+                | tcp::State::Closing
+                | tcp::State::TimeWait
+                | tcp::State::Closed
+        );
+        if guest_fin && socket.recv_queue() == 0 && !flow.host_write_shut {
+            let _ = flow.stream.shutdown(Shutdown::Write);
+            flow.host_write_shut = true;
+        }
+        // Host → sandbox.
+        while failed.is_none() && !flow.host_eof && socket.can_send() {
+            enum Got {
+                Data(usize),
+                Eof,
+                Block,
+                Fail(io::Error),
+            }
+            let stream = &mut flow.stream;
+            let r = socket.send(|buf| match stream.read(buf) {
+                Ok(0) => (0, Got::Eof),
+                Ok(n) => (n, Got::Data(n)),
+                Err(e) if e.kind() == io::ErrorKind::WouldBlock => (0, Got::Block),
+                Err(e) => (0, Got::Fail(e)),
+            });
+            match r {
+                Ok(Got::Data(n)) => flow.down += n as u64,
+                Ok(Got::Eof) => {
+                    flow.host_eof = true;
+                    socket.close();
+                }
+                Ok(Got::Block) | Err(_) => break,
+                Ok(Got::Fail(e)) if e.kind() == io::ErrorKind::Interrupted => continue,
+                Ok(Got::Fail(e)) => failed = Some(format!("upstream read failed: {e}")),
+            }
+        }
+        if let Some(reason) = failed {
+            socket.abort();
+            self.remove(id, &reason);
+            return;
+        }
+        let state = socket.state();
+        if matches!(state, tcp::State::Closed | tcp::State::TimeWait) {
+            let reason = if flow.host_eof && flow.host_write_shut {
+                "closed"
+            } else {
+                "reset"
+            };
+            self.remove(id, reason);
+        }
+    }
+
+    fn on_udp(
+        &mut self,
+        frame: &[u8],
+        guest: SocketAddr,
+        remote: SocketAddr,
+        offset: usize,
+        len: usize,
+    ) {
+        let Some(payload) = frame.get(offset..offset + len) else {
+            self.counters.dropped_unsupported += 1;
+            return;
+        };
+        if remote.port() == 53 && remote.ip() == self.gateway_for(remote.ip()) {
+            self.dns_query(guest, remote, payload);
+            return;
+        }
+        if let Some(&id) = self.udp_index.get(&(guest, remote)) {
+            if let Some(FlowEntry::Udp(flow)) = &mut self.flows[id] {
+                flow.last = Instant::now();
+                if flow.sock.send(payload).is_ok() {
+                    flow.up += payload.len() as u64;
+                }
+            }
+            return;
+        }
+        let upstream = self.upstream(remote);
+        let decision = self.judge(Protocol::Udp, upstream);
+        if !decision.is_allow() {
+            self.audit_deny("udp", guest, remote, &decision);
+            if self.cfg.deny_mode == DenyMode::Reject {
+                let mut out = std::mem::take(&mut self.scratch);
+                if wire::admin_prohibited(
+                    &mut out,
+                    &self.link,
+                    self.gateway_for(remote.ip()),
+                    wire::ip_payload(frame),
+                ) {
+                    self.send_frame(&out);
+                }
+                out.resize(65536, 0);
+                self.scratch = out;
+            }
+            return;
+        }
+        if self.active >= self.cfg.max_connections {
+            self.audit_limit("udp", guest, remote);
+            return;
+        }
+        let bind: SocketAddr = match upstream {
+            SocketAddr::V4(_) => (Ipv4Addr::UNSPECIFIED, 0).into(),
+            SocketAddr::V6(_) => (Ipv6Addr::UNSPECIFIED, 0).into(),
+        };
+        let Ok(mut sock) = UdpSocket::bind(bind) else {
+            self.counters.dial_failures += 1;
+            return;
+        };
+        if sock.connect(upstream).is_err() {
+            self.counters.dial_failures += 1;
+            return;
+        }
+        let sent = sock.send(payload).is_ok();
+        let id = self.slot();
+        if self
+            .poll
+            .registry()
+            .register(&mut sock, Token(id + FIRST_FLOW), Interest::READABLE)
+            .is_err()
+        {
+            self.free.push(id);
+            return;
+        }
+        self.flows[id] = Some(FlowEntry::Udp(UdpFlow {
+            guest,
+            remote,
+            sock,
+            last: Instant::now(),
+            up: if sent { payload.len() as u64 } else { 0 },
+            down: 0,
+            started: Instant::now(),
+        }));
+        self.udp_index.insert((guest, remote), id);
+        self.active += 1;
+        let (rule, reason) = (decision.rule_label(), self.cfg.policy.reason(&decision));
+        self.audit_allow("udp", guest, remote, &rule, &reason);
+    }
+
+    fn udp_readable(&mut self, id: usize) {
+        let mut buf = std::mem::take(&mut self.scratch);
+        let mut out = std::mem::take(&mut self.tx_buf);
+        for _ in 0..RX_BATCH {
+            let Some(Some(FlowEntry::Udp(flow))) = self.flows.get_mut(id) else {
+                break;
+            };
+            match flow.sock.recv(&mut buf) {
+                Ok(n) => {
+                    flow.down += n as u64;
+                    flow.last = Instant::now();
+                    let (remote, guest) = (flow.remote, flow.guest);
+                    if wire::udp_to_guest(&mut out, &self.link, remote, guest, &buf[..n]) {
+                        self.send_frame(&out);
+                    }
+                }
+                Err(e) if e.kind() == io::ErrorKind::WouldBlock => break,
+                // ICMP errors surface as errors on a connected UDP socket; keep the flow.
+                Err(_) => continue,
+            }
+        }
+        self.scratch = buf;
+        self.tx_buf = out;
+    }
+
+    fn next_random(&mut self) -> u64 {
+        // xorshift64: query IDs need only be unpredictable to the network, not secret.
+        self.rng ^= self.rng << 13;
+        self.rng ^= self.rng >> 7;
+        self.rng ^= self.rng << 17;
+        self.rng
+    }
+
+    fn dns_query(&mut self, guest: SocketAddr, asked: SocketAddr, payload: &[u8]) {
+        if !dns::is_query(payload) {
+            self.counters.dropped_unsupported += 1;
+            return;
+        }
+        if self.dns_in_flight >= MAX_DNS_IN_FLIGHT {
+            self.counters.dropped_unsupported += 1;
+            return;
+        }
+        let Some(original_id) = dns::id(payload) else {
+            return;
+        };
+        let mut message = payload.to_vec();
+        let our_id = self.next_random() as u16;
+        dns::set_id(&mut message, our_id);
+        self.counters.dns_queries += 1;
+        let id = self.slot();
+        self.flows[id] = Some(FlowEntry::Dns(DnsQuery {
+            guest,
+            asked,
+            original_id,
+            message,
+            server: 0,
+            sock: None,
+            deadline: Instant::now(),
+        }));
+        self.dns_in_flight += 1;
+        self.dns_try(id, 0);
+    }
+
+    /// Sends query `id` to upstream `server` (or answers SERVFAIL when none is left).
+    fn dns_try(&mut self, id: usize, mut server: usize) {
+        loop {
+            let Some(&upstream) = self.cfg.dns_servers.get(server) else {
+                self.dns_fail(id);
+                return;
+            };
+            let Some(Some(FlowEntry::Dns(q))) = self.flows.get_mut(id) else {
+                return;
+            };
+            let bind: SocketAddr = match upstream {
+                SocketAddr::V4(_) => (Ipv4Addr::UNSPECIFIED, 0).into(),
+                SocketAddr::V6(_) => (Ipv6Addr::UNSPECIFIED, 0).into(),
+            };
+            let attempt = UdpSocket::bind(bind).and_then(|s| {
+                s.connect(upstream)?;
+                s.send(&q.message)?;
+                Ok(s)
+            });
+            match attempt {
+                Ok(mut sock) => {
+                    if let Some(old) = q.sock.as_mut() {
+                        let _ = self.poll.registry().deregister(old);
+                    }
+                    if self
+                        .poll
+                        .registry()
+                        .register(&mut sock, Token(id + FIRST_FLOW), Interest::READABLE)
+                        .is_err()
+                    {
+                        server += 1;
+                        continue;
+                    }
+                    q.sock = Some(sock);
+                    q.server = server;
+                    q.deadline = Instant::now() + self.cfg.dns_timeout;
+                    return;
+                }
+                Err(_) => server += 1,
+            }
+        }
+    }
+
+    fn dns_fail(&mut self, id: usize) {
+        let Some(Some(FlowEntry::Dns(q))) = self.flows.get_mut(id) else {
+            return;
+        };
+        let mut query = q.message.clone();
+        dns::set_id(&mut query, q.original_id);
+        let (guest, asked) = (q.guest, q.asked);
+        if let Some(answer) = dns::servfail(&query) {
+            self.counters.dns_servfail += 1;
+            let mut out = std::mem::take(&mut self.tx_buf);
+            if wire::udp_to_guest(&mut out, &self.link, asked, guest, &answer) {
+                self.send_frame(&out);
+            }
+            self.tx_buf = out;
+        }
+        self.remove(id, "dns failed");
+    }
+
+    fn dns_readable(&mut self, id: usize) {
+        let mut buf = std::mem::take(&mut self.scratch);
+        let mut answered = false;
+        while let Some(Some(FlowEntry::Dns(q))) = self.flows.get_mut(id) {
+            let Some(sock) = q.sock.as_ref() else { break };
+            match sock.recv(&mut buf) {
+                Ok(n) => {
+                    let msg = &mut buf[..n];
+                    if !dns::is_response(msg) || dns::id(msg) != dns::id(&q.message) {
+                        continue;
+                    }
+                    dns::set_id(msg, q.original_id);
+                    let (guest, asked) = (q.guest, q.asked);
+                    let mut out = std::mem::take(&mut self.tx_buf);
+                    if wire::udp_to_guest(&mut out, &self.link, asked, guest, msg) {
+                        self.send_frame(&out);
+                    }
+                    self.tx_buf = out;
+                    answered = true;
+                    break;
+                }
+                Err(e) if e.kind() == io::ErrorKind::WouldBlock => break,
+                // Transport error (e.g. ICMP port unreachable): next upstream.
+                Err(_) => {
+                    let next = q.server + 1;
+                    self.scratch = buf;
+                    self.dns_try(id, next);
+                    return;
+                }
+            }
+        }
+        self.scratch = buf;
+        if answered {
+            self.remove(id, "answered");
+        }
+    }
+
+    /// Idle UDP flows, dial and DNS deadlines, TCP flows smoltcp has finished.
+    fn sweep(&mut self) {
+        let now = Instant::now();
+        for id in 0..self.flows.len() {
+            let action = match &self.flows[id] {
+                Some(FlowEntry::Udp(f))
+                    if now.duration_since(f.last) >= self.cfg.udp_idle_timeout =>
+                {
+                    Some(0)
+                }
+                Some(FlowEntry::Dns(q)) if now >= q.deadline => Some(1),
+                Some(FlowEntry::Tcp(f)) => match f.state {
+                    TcpState::Connecting { deadline, .. } if now >= deadline => Some(2),
+                    TcpState::Open { .. } => Some(3),
+                    _ => None,
+                },
+                _ => None,
+            };
+            match action {
+                Some(0) => self.remove(id, "idle"),
+                Some(1) => {
+                    let next = match &self.flows[id] {
+                        Some(FlowEntry::Dns(q)) => q.server + 1,
+                        _ => continue,
+                    };
+                    self.dns_try(id, next);
+                }
+                Some(2) => {
+                    if let Some(FlowEntry::Tcp(f)) = &self.flows[id]
+                        && let TcpState::Connecting { seq, .. } = f.state
+                    {
+                        let (guest, remote) = (f.guest, f.remote);
+                        self.counters.dial_failures += 1;
+                        self.reset_guest(guest, remote, seq, 1);
+                    }
+                    self.remove(id, "upstream connect timed out");
+                }
+                Some(3) => self.relay(id),
+                _ => {}
+            }
+        }
+    }
+
+    fn remove(&mut self, id: usize, why: &str) {
+        let Some(entry) = self.flows.get_mut(id).and_then(Option::take) else {
+            return;
+        };
+        self.free.push(id);
+        let registry = self.poll.registry();
+        match entry {
+            FlowEntry::Tcp(mut flow) => {
+                let _ = registry.deregister(&mut flow.stream);
+                if let TcpState::Open { handle } = flow.state {
+                    self.sockets.remove(handle);
+                }
+                self.tcp_index.remove(&(flow.guest, flow.remote));
+                self.active -= 1;
+                self.audit_close(
+                    "tcp",
+                    flow.guest,
+                    flow.remote,
+                    flow.up,
+                    flow.down,
+                    flow.started,
+                    why,
+                );
+            }
+            FlowEntry::Udp(mut flow) => {
+                let _ = registry.deregister(&mut flow.sock);
+                self.udp_index.remove(&(flow.guest, flow.remote));
+                self.active -= 1;
+                self.audit_close(
+                    "udp",
+                    flow.guest,
+                    flow.remote,
+                    flow.up,
+                    flow.down,
+                    flow.started,
+                    why,
+                );
+            }
+            FlowEntry::Dns(mut q) => {
+                if let Some(sock) = q.sock.as_mut() {
+                    let _ = registry.deregister(sock);
+                }
+                self.dns_in_flight -= 1;
+            }
+        }
+    }
+
+    #[allow(clippy::too_many_arguments)] // The fields of one audit event.
+    fn audit_close(
+        &mut self,
+        proto: &str,
+        guest: SocketAddr,
+        remote: SocketAddr,
+        up: u64,
+        down: u64,
+        started: Instant,
+        why: &str,
+    ) {
+        self.cfg.audit.event(
+            "close",
+            "allow",
+            "-",
+            why,
+            vec![
+                ("proto", Value::from(proto)),
+                ("src", Value::from(guest.to_string())),
+                ("dst", Value::from(remote.ip().to_string())),
+                ("port", Value::from(remote.port())),
+                ("bytes_up", Value::from(up)),
+                ("bytes_down", Value::from(down)),
+                (
+                    "duration_ms",
+                    Value::from(started.elapsed().as_millis() as u64),
+                ),
+            ],
+        );
+    }
+
+    fn close_all(&mut self) {
+        for id in 0..self.flows.len() {
+            if let Some(Some(FlowEntry::Tcp(flow))) = self.flows.get_mut(id)
+                && let TcpState::Open { handle } = flow.state
+            {
+                self.sockets.get_mut::<tcp::Socket>(handle).abort();
+            }
+            self.remove(id, "sandbox stopped");
+        }
+        self.egress();
+    }
+}

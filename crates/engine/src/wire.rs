@@ -1,0 +1,534 @@
+//! Reading the sandbox's frames before the stack does, and writing the few frames the engine
+//! sends itself (UDP replies, resets, ICMP errors). Every parser here takes hostile bytes:
+//! it checks lengths first and returns `None` for anything malformed.
+//!
+//! RFCs: 791 (IPv4), 8200 (IPv6), 9293 (TCP), 768 (UDP), 792 and 4443 (ICMP), 4861 (NDP).
+
+use std::net::{IpAddr, Ipv4Addr, Ipv6Addr, SocketAddr};
+
+use smoltcp::phy::ChecksumCapabilities;
+use smoltcp::wire::{
+    ArpOperation, ArpPacket, ArpRepr, EthernetAddress, EthernetFrame, EthernetProtocol,
+    EthernetRepr, Icmpv4DstUnreachable, Icmpv4Packet, Icmpv4Repr, Icmpv6DstUnreachable,
+    Icmpv6Packet, Icmpv6Repr, IpAddress, IpProtocol, Ipv4Packet, Ipv4Repr, Ipv6Packet, Ipv6Repr,
+    TcpControl, TcpPacket, TcpRepr, TcpSeqNumber, UdpPacket, UdpRepr,
+};
+
+/// What a frame from the sandbox is, as far as the engine's decisions go.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum Frame {
+    /// ARP; `target` is the address asked about.
+    Arp {
+        /// The ARP operation is a request.
+        request: bool,
+        /// The protocol address asked about.
+        target: Ipv4Addr,
+    },
+    /// An IP packet with a transport the engine knows.
+    Ip {
+        /// Source address.
+        src: IpAddr,
+        /// Destination address.
+        dst: IpAddr,
+        /// The transport part.
+        l4: L4,
+    },
+    /// Anything else: dropped.
+    Other,
+}
+
+/// The transport part of an IP packet.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum L4 {
+    /// TCP.
+    Tcp {
+        /// Source port.
+        src_port: u16,
+        /// Destination port.
+        dst_port: u16,
+        /// SYN set.
+        syn: bool,
+        /// ACK set.
+        ack: bool,
+        /// RST set.
+        rst: bool,
+        /// Sequence number.
+        seq: u32,
+        /// Segment length in sequence space (payload, SYN, FIN).
+        seg_len: u32,
+    },
+    /// UDP; the payload is `frame[offset..offset + len]`.
+    Udp {
+        /// Source port.
+        src_port: u16,
+        /// Destination port.
+        dst_port: u16,
+        /// Payload offset in the frame.
+        offset: usize,
+        /// Payload length.
+        len: usize,
+    },
+    /// ICMP echo request; the data is `frame[offset..offset + len]`.
+    EchoRequest {
+        /// Identifier.
+        ident: u16,
+        /// Sequence number.
+        seq: u16,
+        /// Data offset in the frame.
+        offset: usize,
+        /// Data length.
+        len: usize,
+    },
+    /// IPv6 neighbour solicitation for `target`.
+    NeighborSolicit {
+        /// The address asked about.
+        target: Ipv6Addr,
+    },
+    /// IPv6 router solicitation.
+    RouterSolicit,
+    /// Other ICMP (replies, errors, NDP adverts): handled by the stack or dropped.
+    IcmpOther,
+    /// An IPv4 fragment or an unknown transport: dropped.
+    Unsupported,
+}
+
+/// Classifies one Ethernet frame from the sandbox.
+pub fn classify(frame: &[u8]) -> Frame {
+    let Ok(eth) = EthernetFrame::new_checked(frame) else {
+        return Frame::Other;
+    };
+    let base = EthernetFrame::<&[u8]>::header_len();
+    match eth.ethertype() {
+        EthernetProtocol::Arp => {
+            match ArpPacket::new_checked(eth.payload()).and_then(|p| ArpRepr::parse(&p)) {
+                Ok(ArpRepr::EthernetIpv4 {
+                    operation,
+                    target_protocol_addr,
+                    ..
+                }) => Frame::Arp {
+                    request: operation == ArpOperation::Request,
+                    target: target_protocol_addr,
+                },
+                _ => Frame::Other,
+            }
+        }
+        EthernetProtocol::Ipv4 => {
+            let Ok(ip) = Ipv4Packet::new_checked(eth.payload()) else {
+                return Frame::Other;
+            };
+            let (src, dst) = (IpAddr::V4(ip.src_addr()), IpAddr::V4(ip.dst_addr()));
+            if ip.more_frags() || ip.frag_offset() != 0 {
+                return Frame::Ip {
+                    src,
+                    dst,
+                    l4: L4::Unsupported,
+                };
+            }
+            let off = base + usize::from(ip.header_len());
+            let total = usize::from(ip.total_len()) - usize::from(ip.header_len());
+            let l4 = transport(ip.next_header(), &frame[off..off + total], off, false);
+            Frame::Ip { src, dst, l4 }
+        }
+        EthernetProtocol::Ipv6 => {
+            let Ok(ip) = Ipv6Packet::new_checked(eth.payload()) else {
+                return Frame::Other;
+            };
+            let (src, dst) = (IpAddr::V6(ip.src_addr()), IpAddr::V6(ip.dst_addr()));
+            let off = base + ip.header_len();
+            let len = usize::from(ip.payload_len());
+            // Extension headers are not followed: such packets are unsupported (dropped).
+            let l4 = transport(ip.next_header(), &frame[off..off + len], off, true);
+            Frame::Ip { src, dst, l4 }
+        }
+        _ => Frame::Other,
+    }
+}
+
+fn transport(proto: IpProtocol, p: &[u8], off: usize, v6: bool) -> L4 {
+    match proto {
+        IpProtocol::Tcp => match TcpPacket::new_checked(p) {
+            Ok(t) => {
+                let payload = p.len() - usize::from(t.header_len());
+                L4::Tcp {
+                    src_port: t.src_port(),
+                    dst_port: t.dst_port(),
+                    syn: t.syn(),
+                    ack: t.ack(),
+                    rst: t.rst(),
+                    seq: t.seq_number().0 as u32,
+                    seg_len: payload as u32 + u32::from(t.syn()) + u32::from(t.fin()),
+                }
+            }
+            Err(_) => L4::Unsupported,
+        },
+        IpProtocol::Udp => match UdpPacket::new_checked(p) {
+            Ok(u) => L4::Udp {
+                src_port: u.src_port(),
+                dst_port: u.dst_port(),
+                offset: off + 8,
+                len: usize::from(u.len()).saturating_sub(8),
+            },
+            Err(_) => L4::Unsupported,
+        },
+        IpProtocol::Icmp if !v6 => match Icmpv4Packet::new_checked(p) {
+            Ok(i) if i.msg_type() == smoltcp::wire::Icmpv4Message::EchoRequest && p.len() >= 8 => {
+                L4::EchoRequest {
+                    ident: i.echo_ident(),
+                    seq: i.echo_seq_no(),
+                    offset: off + 8,
+                    len: p.len() - 8,
+                }
+            }
+            Ok(_) => L4::IcmpOther,
+            Err(_) => L4::Unsupported,
+        },
+        IpProtocol::Icmpv6 if v6 => match Icmpv6Packet::new_checked(p) {
+            Ok(i) => match i.msg_type() {
+                smoltcp::wire::Icmpv6Message::EchoRequest if p.len() >= 8 => L4::EchoRequest {
+                    ident: i.echo_ident(),
+                    seq: i.echo_seq_no(),
+                    offset: off + 8,
+                    len: p.len() - 8,
+                },
+                smoltcp::wire::Icmpv6Message::NeighborSolicit if p.len() >= 24 => {
+                    let mut t = [0u8; 16];
+                    t.copy_from_slice(&p[8..24]);
+                    L4::NeighborSolicit {
+                        target: Ipv6Addr::from(t),
+                    }
+                }
+                smoltcp::wire::Icmpv6Message::RouterSolicit => L4::RouterSolicit,
+                _ => L4::IcmpOther,
+            },
+            Err(_) => L4::Unsupported,
+        },
+        _ => L4::Unsupported,
+    }
+}
+
+/// Addresses of the two ends of the link.
+#[derive(Debug, Clone, Copy)]
+pub struct Link {
+    /// The gateway's (moat's) MAC.
+    pub gateway_mac: EthernetAddress,
+    /// The sandbox's MAC, as last seen.
+    pub guest_mac: EthernetAddress,
+}
+
+fn checksums() -> ChecksumCapabilities {
+    ChecksumCapabilities::default()
+}
+
+/// Writes Ethernet + IP headers for a packet from `src` to `dst` with an L4 part of
+/// `l4_len` bytes into `out`; returns the offset of the L4 part.
+fn ip_headers(
+    out: &mut Vec<u8>,
+    link: &Link,
+    src: IpAddr,
+    dst: IpAddr,
+    proto: IpProtocol,
+    l4_len: usize,
+) -> Option<usize> {
+    let eth_len = EthernetFrame::<&[u8]>::header_len();
+    match (src, dst) {
+        (IpAddr::V4(s), IpAddr::V4(d)) => {
+            let ip = Ipv4Repr {
+                src_addr: s,
+                dst_addr: d,
+                next_header: proto,
+                payload_len: l4_len,
+                hop_limit: 64,
+            };
+            out.clear();
+            out.resize(eth_len + ip.buffer_len() + l4_len, 0);
+            let mut eth = EthernetFrame::new_unchecked(&mut out[..]);
+            EthernetRepr {
+                src_addr: link.gateway_mac,
+                dst_addr: link.guest_mac,
+                ethertype: EthernetProtocol::Ipv4,
+            }
+            .emit(&mut eth);
+            let mut pkt = Ipv4Packet::new_unchecked(&mut out[eth_len..]);
+            ip.emit(&mut pkt, &checksums());
+            Some(eth_len + ip.buffer_len())
+        }
+        (IpAddr::V6(s), IpAddr::V6(d)) => {
+            let ip = Ipv6Repr {
+                src_addr: s,
+                dst_addr: d,
+                next_header: proto,
+                payload_len: l4_len,
+                hop_limit: 64,
+            };
+            out.clear();
+            out.resize(eth_len + ip.buffer_len() + l4_len, 0);
+            let mut eth = EthernetFrame::new_unchecked(&mut out[..]);
+            EthernetRepr {
+                src_addr: link.gateway_mac,
+                dst_addr: link.guest_mac,
+                ethertype: EthernetProtocol::Ipv6,
+            }
+            .emit(&mut eth);
+            let mut pkt = Ipv6Packet::new_unchecked(&mut out[eth_len..]);
+            ip.emit(&mut pkt);
+            Some(eth_len + ip.buffer_len())
+        }
+        _ => None,
+    }
+}
+
+/// A UDP datagram from `src` (the remote end) to `dst` (the sandbox) carrying `payload`.
+pub fn udp_to_guest(
+    out: &mut Vec<u8>,
+    link: &Link,
+    src: SocketAddr,
+    dst: SocketAddr,
+    payload: &[u8],
+) -> bool {
+    let Some(off) = ip_headers(
+        out,
+        link,
+        src.ip(),
+        dst.ip(),
+        IpProtocol::Udp,
+        8 + payload.len(),
+    ) else {
+        return false;
+    };
+    let mut pkt = UdpPacket::new_unchecked(&mut out[off..]);
+    UdpRepr {
+        src_port: src.port(),
+        dst_port: dst.port(),
+    }
+    .emit(
+        &mut pkt,
+        &IpAddress::from(src.ip()),
+        &IpAddress::from(dst.ip()),
+        payload.len(),
+        |b| b.copy_from_slice(payload),
+        &checksums(),
+    );
+    true
+}
+
+/// A reset answering a segment from the sandbox (`guest` → `remote`) with sequence number
+/// `seq` and sequence length `seg_len` (RFC 9293 §3.10.7.1: RST with ACK of SEG.SEQ+SEG.LEN).
+pub fn tcp_reset(
+    out: &mut Vec<u8>,
+    link: &Link,
+    remote: SocketAddr,
+    guest: SocketAddr,
+    seq: u32,
+    seg_len: u32,
+) -> bool {
+    let tcp = TcpRepr {
+        src_port: remote.port(),
+        dst_port: guest.port(),
+        control: TcpControl::Rst,
+        seq_number: TcpSeqNumber(0),
+        ack_number: Some(TcpSeqNumber(seq.wrapping_add(seg_len) as i32)),
+        window_len: 0,
+        window_scale: None,
+        max_seg_size: None,
+        sack_permitted: false,
+        sack_ranges: [None; 3],
+        timestamp: None,
+        payload: &[],
+    };
+    let Some(off) = ip_headers(
+        out,
+        link,
+        remote.ip(),
+        guest.ip(),
+        IpProtocol::Tcp,
+        tcp.buffer_len(),
+    ) else {
+        return false;
+    };
+    let mut pkt = TcpPacket::new_unchecked(&mut out[off..]);
+    tcp.emit(
+        &mut pkt,
+        &IpAddress::from(remote.ip()),
+        &IpAddress::from(guest.ip()),
+        &checksums(),
+    );
+    true
+}
+
+/// ICMP "administratively prohibited" (RFC 1812 §5.2.7.1 type 3 code 13; RFC 4443 type 1
+/// code 1) for the IP packet `original` (starting at its IP header) sent by the sandbox.
+pub fn admin_prohibited(out: &mut Vec<u8>, link: &Link, gateway: IpAddr, original: &[u8]) -> bool {
+    match gateway {
+        IpAddr::V4(gw) => {
+            let Ok(orig) = Ipv4Packet::new_checked(original) else {
+                return false;
+            };
+            let Ok(header) = Ipv4Repr::parse(&orig, &checksums()) else {
+                return false;
+            };
+            let hl = usize::from(orig.header_len());
+            let data = &original[hl..original.len().min(hl + 8)];
+            let icmp = Icmpv4Repr::DstUnreachable {
+                reason: Icmpv4DstUnreachable::CommProhibited,
+                header,
+                data,
+            };
+            let guest = IpAddr::V4(orig.src_addr());
+            let Some(off) = ip_headers(
+                out,
+                link,
+                IpAddr::V4(gw),
+                guest,
+                IpProtocol::Icmp,
+                icmp.buffer_len(),
+            ) else {
+                return false;
+            };
+            let mut pkt = Icmpv4Packet::new_unchecked(&mut out[off..]);
+            icmp.emit(&mut pkt, &checksums());
+            true
+        }
+        IpAddr::V6(gw) => {
+            let Ok(orig) = Ipv6Packet::new_checked(original) else {
+                return false;
+            };
+            let Ok(header) = Ipv6Repr::parse(&orig) else {
+                return false;
+            };
+            // RFC 4443 §2.4(c): as much of the invoking packet as fits in the minimum MTU.
+            let data = &original[40..original.len().min(1232 - 48 + 40)];
+            let icmp = Icmpv6Repr::DstUnreachable {
+                reason: Icmpv6DstUnreachable::AdminProhibit,
+                header,
+                data,
+            };
+            let guest = orig.src_addr();
+            let Some(off) = ip_headers(
+                out,
+                link,
+                IpAddr::V6(gw),
+                IpAddr::V6(guest),
+                IpProtocol::Icmpv6,
+                icmp.buffer_len(),
+            ) else {
+                return false;
+            };
+            let mut pkt = Icmpv6Packet::new_unchecked(&mut out[off..]);
+            icmp.emit(&gw, &guest, &mut pkt, &checksums());
+            true
+        }
+    }
+}
+
+/// The IP packet inside an Ethernet frame.
+pub fn ip_payload(frame: &[u8]) -> &[u8] {
+    frame
+        .get(EthernetFrame::<&[u8]>::header_len()..)
+        .unwrap_or(&[])
+}
+
+/// The frame's source MAC, if it is a unicast address.
+pub fn source_mac(frame: &[u8]) -> Option<EthernetAddress> {
+    let eth = EthernetFrame::new_checked(frame).ok()?;
+    let mac = eth.src_addr();
+    mac.is_unicast().then_some(mac)
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn link() -> Link {
+        Link {
+            gateway_mac: EthernetAddress([2, 0, 0, 0, 0, 1]),
+            guest_mac: EthernetAddress([2, 0, 0, 0, 0, 2]),
+        }
+    }
+
+    #[test]
+    fn udp_round_trips_through_the_classifier() {
+        let mut out = Vec::new();
+        let src: SocketAddr = "203.0.113.10:53".parse().unwrap();
+        let dst: SocketAddr = "10.0.2.100:40000".parse().unwrap();
+        assert!(udp_to_guest(&mut out, &link(), src, dst, b"hello"));
+        match classify(&out) {
+            Frame::Ip {
+                src: s,
+                dst: d,
+                l4:
+                    L4::Udp {
+                        src_port,
+                        dst_port,
+                        offset,
+                        len,
+                    },
+            } => {
+                assert_eq!((s, d, src_port, dst_port), (src.ip(), dst.ip(), 53, 40000));
+                assert_eq!(&out[offset..offset + len], b"hello");
+            }
+            other => panic!("{other:?}"),
+        }
+        let src: SocketAddr = "[2001:db8::10]:53".parse().unwrap();
+        let dst: SocketAddr = "[fd00::100]:40000".parse().unwrap();
+        assert!(udp_to_guest(&mut out, &link(), src, dst, b"v6"));
+        assert!(matches!(
+            classify(&out),
+            Frame::Ip {
+                l4: L4::Udp { len: 2, .. },
+                ..
+            }
+        ));
+        assert!(!udp_to_guest(
+            &mut out,
+            &link(),
+            "1.2.3.4:1".parse().unwrap(),
+            dst,
+            b""
+        ));
+    }
+
+    #[test]
+    fn resets_acknowledge_the_syn() {
+        let mut out = Vec::new();
+        let remote: SocketAddr = "203.0.113.10:80".parse().unwrap();
+        let guest: SocketAddr = "10.0.2.100:40000".parse().unwrap();
+        assert!(tcp_reset(&mut out, &link(), remote, guest, 1000, 1));
+        match classify(&out) {
+            Frame::Ip {
+                l4:
+                    L4::Tcp {
+                        rst,
+                        ack,
+                        src_port: 80,
+                        dst_port: 40000,
+                        ..
+                    },
+                ..
+            } => assert!(rst && ack),
+            other => panic!("{other:?}"),
+        }
+        let ip = Ipv4Packet::new_checked(ip_payload(&out)).unwrap();
+        let tcp = TcpPacket::new_checked(ip.payload()).unwrap();
+        assert_eq!(tcp.ack_number().0, 1001);
+        assert!(tcp.verify_checksum(&IpAddress::from(remote.ip()), &IpAddress::from(guest.ip())));
+    }
+
+    #[test]
+    fn hostile_bytes_are_other_or_unsupported() {
+        for len in 0..80 {
+            let junk: Vec<u8> = (0..len).map(|i| (i * 37 + 11) as u8).collect();
+            let _ = classify(&junk);
+        }
+        // An IPv4 header claiming more bytes than the frame has.
+        let mut out = Vec::new();
+        assert!(udp_to_guest(
+            &mut out,
+            &link(),
+            "203.0.113.1:1".parse().unwrap(),
+            "10.0.2.100:2".parse().unwrap(),
+            b"abc"
+        ));
+        out.truncate(out.len() - 2);
+        assert_eq!(classify(&out), Frame::Other);
+    }
+}

@@ -1,0 +1,361 @@
+//! `moat run`: build the sandbox, start the engine on its TAP, run the command, propagate
+//! its exit status, and leave nothing behind.
+
+use std::ffi::OsString;
+use std::io::{self, Write};
+use std::net::{IpAddr, SocketAddr};
+use std::os::fd::AsFd;
+use std::path::PathBuf;
+use std::time::{Duration, Instant};
+
+use anyhow::{Context, bail};
+use moat_engine::{AuditLog, DenyMode, EngineConfig, LinkConfig, TapDevice};
+use moat_policy::{DestSpec, NetworkPolicy, Rule};
+use moat_sandbox::{NetSpec, Sandbox, SandboxConfig, SpawnSpec};
+use nix::sys::signal::{SigSet, SigmaskHow, Signal};
+use nix::sys::signalfd::{SfdFlags, SignalFd};
+
+/// Exit status for moat's own failures (the command never ran), as container runtimes do.
+pub const SETUP_FAILED: i32 = 125;
+
+/// What `moat run` was asked to do.
+#[derive(Debug, Default)]
+pub struct RunOptions {
+    /// Preset name or policy file.
+    pub policy: Option<String>,
+    /// `--allow`/`--deny` rules in command-line order: (allow?, DEST).
+    pub rules: Vec<(bool, String)>,
+    /// `--dns` upstreams.
+    pub dns: Vec<String>,
+    /// `--max-connections`.
+    pub max_connections: Option<usize>,
+    /// `--reject`.
+    pub reject: bool,
+    /// `--audit FILE` ("-" = stderr).
+    pub audit: Option<String>,
+    /// `-w DIR`.
+    pub workdir: Option<PathBuf>,
+    /// `-e K=V`.
+    pub env: Vec<String>,
+    /// `--name`.
+    pub name: String,
+    /// The command.
+    pub command: Vec<OsString>,
+}
+
+/// Builds the policy: the base (preset or file), with the command line's rules first.
+pub fn build_policy(base: Option<&str>, rules: &[(bool, String)]) -> anyhow::Result<NetworkPolicy> {
+    let mut policy = match base {
+        None => NetworkPolicy::public_only(),
+        Some(text) => crate::policy_arg(text)?,
+    };
+    let mut extra = Vec::with_capacity(rules.len());
+    for (allow, dest) in rules {
+        let spec = DestSpec::parse(dest)
+            .with_context(|| format!("--{} {dest}", if *allow { "allow" } else { "deny" }))?;
+        let mut rule = if *allow {
+            Rule::allow_outbound(spec.destination)
+        } else {
+            Rule::deny_outbound(spec.destination)
+        };
+        rule.ports = spec.ports;
+        rule.protocol = spec.protocol;
+        extra.push(rule);
+    }
+    extra.append(&mut policy.rules);
+    policy.rules = extra;
+    Ok(policy)
+}
+
+/// `nameserver` lines of a resolv.conf, as socket addresses on port 53.
+pub fn resolv_conf_servers(text: &str) -> Vec<SocketAddr> {
+    text.lines()
+        .filter_map(|line| {
+            let mut words = line.split_whitespace();
+            (words.next() == Some("nameserver"))
+                .then(|| words.next())
+                .flatten()
+        })
+        .filter_map(|addr| addr.split('%').next()?.parse::<IpAddr>().ok())
+        .map(|ip| SocketAddr::new(ip, 53))
+        .collect()
+}
+
+fn parse_dns(text: &str) -> anyhow::Result<SocketAddr> {
+    if let Ok(sa) = text.parse::<SocketAddr>() {
+        return Ok(sa);
+    }
+    match text.parse::<IpAddr>() {
+        Ok(ip) => Ok(SocketAddr::new(ip, 53)),
+        Err(_) => {
+            bail!("--dns {text}: expected IP or IP:PORT (e.g. 192.0.2.53 or [2001:db8::53]:5353)")
+        }
+    }
+}
+
+/// The command's environment: a few harmless host variables, then `-e` settings. Nothing
+/// else of moat's environment (tokens, keys) reaches the sandbox.
+fn command_env(extra: &[String]) -> anyhow::Result<Vec<(OsString, OsString)>> {
+    let mut env: Vec<(OsString, OsString)> = Vec::new();
+    let mut set = |k: &str, v: OsString| {
+        env.retain(|(key, _)| key != k);
+        env.push((k.into(), v));
+    };
+    set(
+        "PATH",
+        "/usr/local/sbin:/usr/local/bin:/usr/sbin:/usr/bin:/sbin:/bin".into(),
+    );
+    set("HOME", "/root".into());
+    set("USER", "root".into());
+    for key in ["TERM", "LANG", "LC_ALL", "TZ", "COLORTERM"] {
+        if let Some(v) = std::env::var_os(key) {
+            set(key, v);
+        }
+    }
+    for kv in extra {
+        let Some((k, v)) = kv.split_once('=') else {
+            bail!("-e {kv}: expected KEY=VALUE");
+        };
+        if k.is_empty() || k.contains('\0') || v.contains('\0') {
+            bail!("-e {kv}: expected KEY=VALUE");
+        }
+        set(k, v.into());
+    }
+    Ok(env)
+}
+
+fn open_audit(target: Option<&str>) -> anyhow::Result<Option<Box<dyn Write + Send>>> {
+    Ok(match target {
+        None => None,
+        Some("-") => Some(Box::new(io::stderr())),
+        Some(path) => Some(Box::new(
+            std::fs::OpenOptions::new()
+                .create(true)
+                .append(true)
+                .open(path)
+                .with_context(|| format!("--audit {path}: cannot open for appending"))?,
+        )),
+    })
+}
+
+/// Runs the command; returns the exit status for moat to exit with.
+pub fn run(opts: RunOptions) -> anyhow::Result<i32> {
+    if opts.command.is_empty() {
+        bail!(
+            "nothing to run: give the command after --, e.g. moat run -- curl https://example.com"
+        );
+    }
+    if !moat_sandbox::valid_name(&opts.name) {
+        bail!(
+            "--name {}: expected 1-63 characters of a-z, 0-9, - and _",
+            opts.name
+        );
+    }
+    let policy = build_policy(opts.policy.as_deref(), &opts.rules)?;
+    let compiled = policy.compile()?;
+    let env = command_env(&opts.env)?;
+    let dns_servers = if opts.dns.is_empty() {
+        std::fs::read_to_string("/etc/resolv.conf")
+            .map(|t| resolv_conf_servers(&t))
+            .unwrap_or_default()
+    } else {
+        opts.dns
+            .iter()
+            .map(|d| parse_dns(d))
+            .collect::<anyhow::Result<_>>()?
+    };
+    let audit = AuditLog::new(&opts.name, open_audit(opts.audit.as_deref())?);
+
+    let link = LinkConfig::default();
+    let network = (!policy.is_offline()).then(|| NetSpec {
+        tap_name: "eth0".into(),
+        mtu: link.mtu as u32,
+        guest_v4: link.guest_v4,
+        gateway_v4: link.gateway_v4,
+        prefix_v4: link.prefix_v4,
+        guest_v6: link.guest_v6,
+        gateway_v6: link.gateway_v6,
+        prefix_v6: link.prefix_v6,
+    });
+    let (workdir, workdir_host) = match &opts.workdir {
+        Some(dir) => {
+            let dir = dir
+                .canonicalize()
+                .with_context(|| format!("-w {}: no such directory", dir.display()))?;
+            (dir.clone(), Some(dir))
+        }
+        None => (PathBuf::from("/workspace"), None),
+    };
+    let hosts = format!(
+        "127.0.0.1\tlocalhost\n::1\tlocalhost ip6-localhost ip6-loopback\n{}\t{name}\n{}\thost.moat.internal\n",
+        link.guest_v4,
+        link.gateway_v4,
+        name = opts.name
+    );
+    let config = SandboxConfig {
+        name: opts.name.clone(),
+        workdir: workdir.clone(),
+        workdir_host,
+        resolv_conf: network
+            .as_ref()
+            .map(|_| format!("nameserver {}\n", link.gateway_v4)),
+        hosts: Some(hosts),
+        network,
+        helper: None,
+    };
+
+    // Signals are taken through a signalfd; block them before any thread starts so every
+    // thread inherits the mask.
+    let mut mask = SigSet::empty();
+    for s in [
+        Signal::SIGINT,
+        Signal::SIGTERM,
+        Signal::SIGHUP,
+        Signal::SIGQUIT,
+    ] {
+        mask.add(s);
+    }
+    nix::sys::signal::sigprocmask(SigmaskHow::SIG_BLOCK, Some(&mask), None)?;
+    let sigfd = SignalFd::with_flags(&mask, SfdFlags::SFD_CLOEXEC | SfdFlags::SFD_NONBLOCK)?;
+
+    let mut sandbox = Sandbox::start(&config)?;
+    let engine = match sandbox.take_tap() {
+        Some(tap) => {
+            let mut cfg = EngineConfig::new(compiled, audit);
+            cfg.deny_mode = if opts.reject {
+                DenyMode::Reject
+            } else {
+                DenyMode::Drop
+            };
+            cfg.max_connections = opts.max_connections.unwrap_or(1024);
+            cfg.dns_servers = dns_servers;
+            cfg.link = link;
+            Some(moat_engine::spawn(Box::new(TapDevice::new(tap)?), cfg)?)
+        }
+        None => None,
+    };
+
+    let spec = SpawnSpec::new(opts.command.clone(), env, workdir);
+    let stdin = io::stdin();
+    let stdout = io::stdout();
+    let stderr = io::stderr();
+    let pid = match sandbox.spawn(spec, [stdin.as_fd(), stdout.as_fd(), stderr.as_fd()]) {
+        Ok(pid) => pid,
+        Err(e) => {
+            eprintln!("moat: {e}");
+            drop(engine);
+            let _ = sandbox.stop();
+            return Ok(127);
+        }
+    };
+
+    let status = wait_with_signals(&mut sandbox, &sigfd, pid)?;
+    if let Some(engine) = engine {
+        let _ = engine.stop();
+    }
+    let _ = sandbox.stop();
+    Ok(status)
+}
+
+/// Waits for the command, forwarding signals sent to moat (not those the terminal sent to
+/// the whole process group, which the command got too).
+fn wait_with_signals(sandbox: &mut Sandbox, sigfd: &SignalFd, pid: i32) -> anyhow::Result<i32> {
+    const SI_USER: i32 = 0;
+    const SI_QUEUE: i32 = -1;
+    let mut kill_deadline: Option<Instant> = None;
+    loop {
+        if let Some(status) = sandbox
+            .next_exit(false)?
+            .and_then(|(p, s)| (p == pid).then_some(s))
+        {
+            return Ok(status.shell_code());
+        }
+        let timeout = match kill_deadline {
+            Some(d) => {
+                let left = d.saturating_duration_since(Instant::now());
+                if left.is_zero() {
+                    // The command ignored the forwarded signal: end the whole sandbox.
+                    return Ok(128 + Signal::SIGKILL as i32);
+                }
+                nix::poll::PollTimeout::try_from(left.as_millis().min(60_000) as i32)
+                    .unwrap_or(nix::poll::PollTimeout::MAX)
+            }
+            None => nix::poll::PollTimeout::NONE,
+        };
+        let mut fds = [
+            nix::poll::PollFd::new(sandbox.event_fd(), nix::poll::PollFlags::POLLIN),
+            nix::poll::PollFd::new(sigfd.as_fd(), nix::poll::PollFlags::POLLIN),
+        ];
+        match nix::poll::poll(&mut fds, timeout) {
+            Ok(_) | Err(nix::errno::Errno::EINTR) => {}
+            Err(e) => return Err(e.into()),
+        }
+        let signal_ready = fds[1].any().unwrap_or(false);
+        if signal_ready {
+            while let Ok(Some(info)) = sigfd.read_signal() {
+                let from_kill = info.ssi_code == SI_USER || info.ssi_code == SI_QUEUE;
+                let signo = info.ssi_signo as i32;
+                let terminating = signo == Signal::SIGTERM as i32 || signo == Signal::SIGHUP as i32;
+                if from_kill || terminating {
+                    if let Ok(sig) = Signal::try_from(signo) {
+                        let _ = nix::sys::signal::kill(nix::unistd::Pid::from_raw(pid), sig);
+                    }
+                    if terminating && kill_deadline.is_none() {
+                        kill_deadline = Some(Instant::now() + Duration::from_secs(10));
+                    }
+                }
+            }
+        }
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn resolv_conf_nameservers() {
+        let text = "# comment\nnameserver 127.0.0.53\nsearch example\nnameserver fe80::1%eth0\nnameserver ::1\nnameserver bogus\n";
+        let servers = resolv_conf_servers(text);
+        assert_eq!(
+            servers,
+            vec![
+                "127.0.0.53:53".parse::<SocketAddr>().unwrap(),
+                "[fe80::1]:53".parse().unwrap(),
+                "[::1]:53".parse().unwrap()
+            ]
+        );
+    }
+
+    #[test]
+    fn cli_rules_come_first_in_order() {
+        let p = build_policy(
+            Some("none"),
+            &[
+                (true, "203.0.113.10:80/tcp".into()),
+                (false, "group:private".into()),
+            ],
+        )
+        .unwrap();
+        let shown: Vec<String> = p.rules.iter().map(ToString::to_string).collect();
+        assert_eq!(
+            shown,
+            [
+                "allow outbound 203.0.113.10:80/tcp",
+                "deny outbound group:private"
+            ]
+        );
+        let p = build_policy(None, &[(true, "10.0.0.0/8".into())]).unwrap();
+        assert_eq!(p.rules.len(), 6);
+        assert_eq!(p.rules[0].to_string(), "allow outbound 10.0.0.0/8");
+    }
+
+    #[test]
+    fn environment_is_chosen_not_inherited() {
+        let env = command_env(&["A=1".into(), "PATH=/x".into()]).unwrap();
+        assert!(env.contains(&("A".into(), "1".into())));
+        assert!(env.contains(&("PATH".into(), "/x".into())));
+        assert_eq!(env.iter().filter(|(k, _)| k == "PATH").count(), 1);
+        assert!(command_env(&["NOEQUALS".into()]).is_err());
+    }
+}

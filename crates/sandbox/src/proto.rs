@@ -1,0 +1,246 @@
+//! The control channel between moat and the sandbox's supervisor: JSON messages over a
+//! `SOCK_SEQPACKET` socket pair (one message per packet, boundaries kept), with file
+//! descriptors passed alongside (`SCM_RIGHTS`) for the TAP, the command's stdio and opened
+//! files.
+
+use std::ffi::OsString;
+use std::io::{self, IoSlice, IoSliceMut};
+use std::net::{Ipv4Addr, Ipv6Addr};
+use std::os::fd::{OwnedFd, RawFd};
+use std::os::unix::ffi::{OsStrExt, OsStringExt};
+use std::path::PathBuf;
+
+use nix::sys::socket::{ControlMessage, ControlMessageOwned, MsgFlags, recvmsg, sendmsg};
+use serde::{Deserialize, Serialize};
+
+/// Largest control message; file contents never travel here (descriptors do).
+pub const MAX_MESSAGE: usize = 256 * 1024;
+/// At most this many descriptors ride on one message.
+const MAX_FDS: usize = 4;
+
+/// What the supervisor needs to build the sandbox.
+#[derive(Debug, Clone, Serialize, Deserialize)]
+pub struct Spec {
+    /// The sandbox's name, also its host name.
+    pub name: String,
+    /// The host uid that root inside the sandbox maps to.
+    pub outside_uid: u32,
+    /// The host gid that root inside the sandbox maps to.
+    pub outside_gid: u32,
+    /// Where the new root is assembled (an empty host directory).
+    pub root_dir: PathBuf,
+    /// The work directory's path inside the sandbox.
+    pub workdir: PathBuf,
+    /// The host directory mounted writable at `workdir`.
+    pub workdir_host: PathBuf,
+    /// Host file to mount over /etc/resolv.conf, if any.
+    pub resolv_conf: Option<PathBuf>,
+    /// Host file to mount over /etc/hosts, if any.
+    pub hosts: Option<PathBuf>,
+    /// The sandbox's interface; `None` means no interface but `lo`.
+    pub network: Option<NetSpec>,
+}
+
+/// The sandbox's one network interface.
+#[derive(Debug, Clone, Serialize, Deserialize)]
+pub struct NetSpec {
+    /// Interface name inside the sandbox.
+    pub tap_name: String,
+    /// Interface MTU.
+    pub mtu: u32,
+    /// The sandbox's IPv4 address.
+    pub guest_v4: Ipv4Addr,
+    /// The gateway (moat's stack).
+    pub gateway_v4: Ipv4Addr,
+    /// Prefix length of the link.
+    pub prefix_v4: u8,
+    /// The sandbox's IPv6 address.
+    pub guest_v6: Ipv6Addr,
+    /// The IPv6 gateway.
+    pub gateway_v6: Ipv6Addr,
+    /// IPv6 prefix length of the link.
+    pub prefix_v6: u8,
+}
+
+/// A command to start inside the sandbox.
+#[derive(Debug, Clone, Serialize, Deserialize)]
+pub struct SpawnSpec {
+    /// Program and arguments, as bytes.
+    pub argv: Vec<Vec<u8>>,
+    /// The complete environment, `KEY=VALUE` as bytes.
+    pub env: Vec<Vec<u8>>,
+    /// Working directory inside the sandbox.
+    pub cwd: PathBuf,
+}
+
+impl SpawnSpec {
+    /// Builds a spec from OS strings.
+    pub fn new(argv: Vec<OsString>, env: Vec<(OsString, OsString)>, cwd: PathBuf) -> SpawnSpec {
+        SpawnSpec {
+            argv: argv.into_iter().map(OsStringExt::into_vec).collect(),
+            env: env
+                .into_iter()
+                .map(|(k, v)| {
+                    let mut kv = k.into_vec();
+                    kv.push(b'=');
+                    kv.extend_from_slice(v.as_bytes());
+                    kv
+                })
+                .collect(),
+            cwd,
+        }
+    }
+}
+
+/// moat → supervisor.
+#[derive(Debug, Clone, Serialize, Deserialize)]
+pub enum Request {
+    /// Start a command; three descriptors follow: stdin, stdout, stderr.
+    Spawn(SpawnSpec),
+    /// Send a signal to a command started earlier (by its host pid).
+    Signal {
+        /// The pid from [`Reply::Spawned`].
+        pid: i32,
+        /// The signal number.
+        signal: i32,
+    },
+    /// Open a file inside the sandbox's view; the reply carries its descriptor.
+    Open {
+        /// Path inside the sandbox.
+        path: PathBuf,
+        /// Open for writing (create, truncate) instead of reading.
+        write: bool,
+    },
+    /// List a directory inside the sandbox's view.
+    List {
+        /// Path inside the sandbox.
+        path: PathBuf,
+    },
+    /// Remove a file or an empty directory inside the sandbox's view.
+    Remove {
+        /// Path inside the sandbox.
+        path: PathBuf,
+    },
+    /// Kill everything in the sandbox and exit.
+    Stop,
+}
+
+/// supervisor → moat.
+#[derive(Debug, Clone, Serialize, Deserialize)]
+pub enum Reply {
+    /// The sandbox is built; with a network, the TAP descriptor comes along.
+    Ready,
+    /// Building the sandbox failed at `stage`.
+    SetupFailed {
+        /// Which step failed.
+        stage: String,
+        /// The OS error.
+        error: String,
+    },
+    /// A command started; `pid` is its pid in moat's pid namespace.
+    Spawned {
+        /// The command's host pid.
+        pid: i32,
+    },
+    /// A command could not be started.
+    SpawnFailed {
+        /// Why.
+        error: String,
+    },
+    /// A command ended.
+    Exited {
+        /// The command's host pid.
+        pid: i32,
+        /// Its exit code, when it exited.
+        code: Option<i32>,
+        /// The signal that killed it, when one did.
+        signal: Option<i32>,
+    },
+    /// A file was opened; its descriptor comes along.
+    Opened,
+    /// Directory entries.
+    Listed {
+        /// Entry names.
+        entries: Vec<Vec<u8>>,
+    },
+    /// A request without a result succeeded.
+    Done,
+    /// A request failed.
+    Failed {
+        /// The OS error.
+        error: String,
+    },
+}
+
+/// Sends one message with optional descriptors.
+pub fn send<T: Serialize>(sock: RawFd, msg: &T, fds: &[RawFd]) -> io::Result<()> {
+    let bytes = serde_json::to_vec(msg).map_err(io::Error::other)?;
+    if bytes.len() > MAX_MESSAGE {
+        return Err(io::Error::new(
+            io::ErrorKind::InvalidInput,
+            "control message too large",
+        ));
+    }
+    let iov = [IoSlice::new(&bytes)];
+    let cmsg = [ControlMessage::ScmRights(fds)];
+    let cmsgs: &[ControlMessage<'_>] = if fds.is_empty() { &[] } else { &cmsg };
+    loop {
+        match sendmsg::<()>(sock, &iov, cmsgs, MsgFlags::MSG_NOSIGNAL, None) {
+            Ok(_) => return Ok(()),
+            Err(nix::errno::Errno::EINTR) => continue,
+            Err(e) => return Err(e.into()),
+        }
+    }
+}
+
+/// Receives one message and its descriptors; `Ok(None)` when the peer has gone.
+pub fn recv<T: for<'de> Deserialize<'de>>(sock: RawFd) -> io::Result<Option<(T, Vec<OwnedFd>)>> {
+    let mut buf = vec![0u8; MAX_MESSAGE];
+    let mut space = nix::cmsg_space!([RawFd; MAX_FDS]);
+    let (len, fds) = loop {
+        let mut iov = [IoSliceMut::new(&mut buf)];
+        match recvmsg::<()>(sock, &mut iov, Some(&mut space), MsgFlags::MSG_CMSG_CLOEXEC) {
+            Ok(msg) => {
+                let mut fds = Vec::new();
+                for c in msg.cmsgs().map_err(io::Error::from)? {
+                    if let ControlMessageOwned::ScmRights(raw) = c {
+                        fds.extend(raw.into_iter().map(crate::sys::own_fd));
+                    }
+                }
+                if msg.flags.contains(MsgFlags::MSG_TRUNC)
+                    || msg.flags.contains(MsgFlags::MSG_CTRUNC)
+                {
+                    return Err(io::Error::new(
+                        io::ErrorKind::InvalidData,
+                        "control message truncated",
+                    ));
+                }
+                break (msg.bytes, fds);
+            }
+            Err(nix::errno::Errno::EINTR) => continue,
+            Err(e) => return Err(e.into()),
+        }
+    };
+    if len == 0 {
+        return Ok(None);
+    }
+    let msg = serde_json::from_slice(&buf[..len]).map_err(io::Error::other)?;
+    Ok(Some((msg, fds)))
+}
+
+/// A connected `SOCK_SEQPACKET` pair, both ends close-on-exec.
+pub fn socket_pair() -> io::Result<(OwnedFd, OwnedFd)> {
+    use nix::sys::socket::{AddressFamily, SockFlag, SockType, socketpair};
+    socketpair(
+        AddressFamily::Unix,
+        SockType::SeqPacket,
+        None,
+        SockFlag::SOCK_CLOEXEC,
+    )
+    .map_err(io::Error::from)
+}
+
+/// `true` when `fd` is an open descriptor (used to check inherited channels).
+pub fn is_open(fd: RawFd) -> bool {
+    std::path::Path::new(&format!("/proc/self/fd/{fd}")).exists()
+}

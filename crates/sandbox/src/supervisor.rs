@@ -1,0 +1,717 @@
+//! The supervisor: a fresh exec of the host program that builds the sandbox and then runs
+//! commands in it on moat's request.
+//!
+//! # Theory of operation
+//! moat starts the supervisor with one end of a control socket (see [`crate::proto`]). The
+//! supervisor, single-threaded, then:
+//! 1. unshares the user, mount, pid, uts, ipc and network namespaces and maps root inside
+//!    to the invoking user outside (`0 UID 1`), so a normal user can do all that follows;
+//! 2. brings up `lo`, creates the TAP (when the sandbox has a network), sets its address,
+//!    MTU and routes, and hands the TAP's descriptor to moat;
+//! 3. assembles a new root on a tmpfs — the host's top-level directories bound read-only, a
+//!    private /tmp, a minimal /dev, the writable work directory, resolv.conf and hosts — and
+//!    pivots into it;
+//! 4. forks PID 1 of the new pid namespace, which mounts /proc (with /proc/sys read-only)
+//!    and reaps orphans; when it dies the kernel kills everything in the sandbox;
+//! 5. serves requests: spawn (fork; the child drops every capability, sets no_new_privs and
+//!    execs), signal, file open/list/remove, stop.
+//!
+//! The supervisor dies with moat (`PR_SET_PDEATHSIG`), and PID 1 with the supervisor, so no
+//! sandbox process outlives moat, whatever kills it.
+
+use std::ffi::{CString, OsStr};
+use std::io::{self, Read, Write};
+use std::os::fd::{AsFd, AsRawFd, OwnedFd, RawFd};
+use std::os::unix::ffi::OsStrExt;
+use std::os::unix::fs::symlink;
+use std::path::{Component, Path, PathBuf};
+
+use nix::errno::Errno;
+use nix::mount::{MntFlags, MsFlags, mount, umount2};
+use nix::sched::{CloneFlags, unshare};
+use nix::sys::signal::{SigSet, SigmaskHow, Signal, kill, sigprocmask};
+use nix::sys::signalfd::{SfdFlags, SignalFd};
+use nix::sys::wait::{WaitPidFlag, WaitStatus, waitpid};
+use nix::unistd::{ForkResult, Pid};
+
+use crate::proto::{self, NetSpec, Reply, Request, SpawnSpec, Spec};
+use crate::sys;
+
+/// The environment variable that marks a process as a supervisor and names its channel fd.
+pub const SUPERVISOR_ENV: &str = "__MOAT_SANDBOX_SUPERVISOR_FD";
+
+/// Runs the supervisor when this process was started as one; call it first in `main`.
+/// Returns the exit code to exit with, or `None` for a normal start.
+pub fn supervisor_entry() -> Option<i32> {
+    let fd: RawFd = std::env::var(SUPERVISOR_ENV).ok()?.parse().ok()?;
+    if fd < 3 || !proto::is_open(fd) {
+        return Some(125);
+    }
+    let ctl = sys::own_fd(fd);
+    Some(run(ctl))
+}
+
+type Stage<T> = Result<T, (&'static str, io::Error)>;
+
+fn at<T, E: Into<io::Error>>(stage: &'static str, r: Result<T, E>) -> Stage<T> {
+    r.map_err(|e| (stage, e.into()))
+}
+
+fn run(ctl: OwnedFd) -> i32 {
+    let _ = nix::sys::prctl::set_pdeathsig(Signal::SIGKILL);
+    let _ = nix::fcntl::fcntl(
+        ctl.as_fd(),
+        nix::fcntl::FcntlArg::F_SETFD(nix::fcntl::FdFlag::FD_CLOEXEC),
+    );
+    let spec: Spec = match proto::recv(ctl.as_raw_fd()) {
+        Ok(Some((spec, _))) => spec,
+        _ => return 125,
+    };
+    let built = build(&spec);
+    match built {
+        Ok((tap, pid1)) => {
+            let fds: Vec<RawFd> = tap.iter().map(AsRawFd::as_raw_fd).collect();
+            if proto::send(ctl.as_raw_fd(), &Reply::Ready, &fds).is_err() {
+                return 125;
+            }
+            drop(tap);
+            serve(&ctl, pid1)
+        }
+        Err((stage, error)) => {
+            let _ = proto::send(
+                ctl.as_raw_fd(),
+                &Reply::SetupFailed {
+                    stage: stage.to_owned(),
+                    error: error.to_string(),
+                },
+                &[],
+            );
+            125
+        }
+    }
+}
+
+/// Steps 1–4; returns the TAP (if any) and PID 1.
+fn build(spec: &Spec) -> Stage<(Option<OwnedFd>, Pid)> {
+    // Signals are taken through a signalfd; children unblock them before exec.
+    let mut mask = SigSet::empty();
+    mask.add(Signal::SIGCHLD);
+    mask.add(Signal::SIGINT);
+    mask.add(Signal::SIGQUIT);
+    at(
+        "block signals",
+        sigprocmask(SigmaskHow::SIG_BLOCK, Some(&mask), None),
+    )?;
+
+    let flags = CloneFlags::CLONE_NEWUSER
+        | CloneFlags::CLONE_NEWNS
+        | CloneFlags::CLONE_NEWPID
+        | CloneFlags::CLONE_NEWUTS
+        | CloneFlags::CLONE_NEWIPC
+        | CloneFlags::CLONE_NEWNET;
+    at(
+        "create namespaces (user, mount, pid, uts, ipc, net)",
+        unshare(flags),
+    )?;
+    at(
+        "write /proc/self/setgroups",
+        std::fs::write("/proc/self/setgroups", "deny"),
+    )?;
+    at(
+        "write /proc/self/uid_map",
+        std::fs::write("/proc/self/uid_map", format!("0 {} 1", spec.outside_uid)),
+    )?;
+    at(
+        "write /proc/self/gid_map",
+        std::fs::write("/proc/self/gid_map", format!("0 {} 1", spec.outside_gid)),
+    )?;
+    at("set host name", nix::unistd::sethostname(&spec.name))?;
+
+    at("bring up lo", sys::set_up("lo"))?;
+    let tap = match &spec.network {
+        Some(net) => Some(network(net)?),
+        None => None,
+    };
+    build_root(spec)?;
+    // PID 1 mounts the sandbox's /proc while the host's is still visible: the kernel
+    // refuses a new proc mount in a user namespace where no full proc mount is visible.
+    let pid1 = start_pid1(&spec.root_dir)?;
+    enter_root(&spec.root_dir)?;
+    Ok((tap, pid1))
+}
+
+fn network(net: &NetSpec) -> Stage<OwnedFd> {
+    let tap = at(
+        "open /dev/net/tun and create the TAP",
+        sys::open_tap(&net.tap_name),
+    )?;
+    at("set the TAP's MTU", sys::set_mtu(&net.tap_name, net.mtu))?;
+    at(
+        "set the TAP's IPv4 address",
+        sys::set_ipv4(&net.tap_name, net.guest_v4, net.prefix_v4),
+    )?;
+    let v6_conf = Path::new("/proc/sys/net/ipv6/conf").join(&net.tap_name);
+    let ipv6 = v6_conf.exists();
+    if ipv6 {
+        // The address is configured statically: no duplicate address detection (the link
+        // has one other node, moat) and no router advertisements to act on.
+        at(
+            "disable IPv6 DAD",
+            std::fs::write(v6_conf.join("accept_dad"), "0"),
+        )?;
+        at(
+            "disable IPv6 RA",
+            std::fs::write(v6_conf.join("accept_ra"), "0"),
+        )?;
+    }
+    at("bring up the TAP", sys::set_up(&net.tap_name))?;
+    let dev = at(
+        "interface name",
+        CString::new(net.tap_name.as_str()).map_err(io::Error::other),
+    )?;
+    at(
+        "add the IPv4 default route",
+        sys::add_default_route_v4(&dev, net.gateway_v4),
+    )?;
+    if ipv6 {
+        let index = at("find the TAP's index", sys::if_index(&net.tap_name))?;
+        at(
+            "set the TAP's IPv6 address",
+            sys::add_ipv6(index, net.guest_v6, net.prefix_v6),
+        )?;
+        at(
+            "add the IPv6 default route",
+            sys::add_default_route_v6(index, net.gateway_v6),
+        )?;
+    }
+    Ok(tap)
+}
+
+/// Top-level host entries that the sandbox gets fresh instead of bound.
+const NOT_BOUND: &[&str] = &["proc", "dev", "sys", "tmp"];
+/// Device nodes bound into the sandbox's /dev; nothing else of the host's /dev is visible.
+const DEVICES: &[&str] = &["null", "zero", "full", "random", "urandom", "tty"];
+
+fn bind(src: &Path, dst: &Path, recursive: bool) -> nix::Result<()> {
+    let mut flags = MsFlags::MS_BIND;
+    if recursive {
+        flags |= MsFlags::MS_REC;
+    }
+    mount(Some(src), dst, None::<&str>, flags, None::<&str>)
+}
+
+fn tmpfs(dst: &Path, options: &str) -> nix::Result<()> {
+    mount(
+        Some("tmpfs"),
+        dst,
+        Some("tmpfs"),
+        MsFlags::MS_NOSUID | MsFlags::MS_NODEV,
+        Some(options),
+    )
+}
+
+fn cpath(path: &Path) -> io::Result<CString> {
+    CString::new(path.as_os_str().as_bytes()).map_err(io::Error::other)
+}
+
+fn build_root(spec: &Spec) -> Stage<()> {
+    let root = &spec.root_dir;
+    at(
+        "make mounts private",
+        mount(
+            None::<&str>,
+            "/",
+            None::<&str>,
+            MsFlags::MS_REC | MsFlags::MS_PRIVATE,
+            None::<&str>,
+        ),
+    )?;
+    at("mount the root tmpfs", tmpfs(root, "mode=0755,size=16m"))?;
+    let entries = at("list /", std::fs::read_dir("/"))?;
+    for entry in entries.flatten() {
+        let name = entry.file_name();
+        if NOT_BOUND.iter().any(|n| OsStr::new(n) == name) {
+            continue;
+        }
+        let host = Path::new("/").join(&name);
+        let inside = root.join(&name);
+        let Ok(meta) = std::fs::symlink_metadata(&host) else {
+            continue;
+        };
+        if meta.file_type().is_symlink() {
+            let target = at("read a top-level symlink", std::fs::read_link(&host))?;
+            at("copy a top-level symlink", symlink(target, &inside))?;
+        } else if meta.is_dir() {
+            at("create a mount point", std::fs::create_dir(&inside))?;
+            at("bind a host directory", bind(&host, &inside, true))?;
+            at(
+                "make a host directory read-only",
+                sys::make_readonly_recursive(&at("path", cpath(&inside))?),
+            )?;
+        }
+    }
+
+    let dev = root.join("dev");
+    at("create /dev", std::fs::create_dir(&dev))?;
+    at("mount /dev", tmpfs(&dev, "mode=0755,size=1m"))?;
+    for name in DEVICES {
+        let host = Path::new("/dev").join(name);
+        if host.exists() {
+            at(
+                "create a device mount point",
+                std::fs::File::create(dev.join(name)),
+            )?;
+            at("bind a device", bind(&host, &dev.join(name), false))?;
+        }
+    }
+    for (link, target) in [
+        ("fd", "/proc/self/fd"),
+        ("stdin", "/proc/self/fd/0"),
+        ("stdout", "/proc/self/fd/1"),
+        ("stderr", "/proc/self/fd/2"),
+        ("ptmx", "pts/ptmx"),
+    ] {
+        at("create a /dev link", symlink(target, dev.join(link)))?;
+    }
+    at("create /dev/shm", std::fs::create_dir(dev.join("shm")))?;
+    at("mount /dev/shm", tmpfs(&dev.join("shm"), "mode=1777"))?;
+    at("create /dev/pts", std::fs::create_dir(dev.join("pts")))?;
+    // A private devpts instance for programs that open pseudo-terminals; optional.
+    let _ = mount(
+        Some("devpts"),
+        &dev.join("pts"),
+        Some("devpts"),
+        MsFlags::MS_NOSUID | MsFlags::MS_NOEXEC,
+        Some("newinstance,ptmxmode=0666,mode=620"),
+    );
+
+    let tmp = root.join("tmp");
+    at("create /tmp", std::fs::create_dir(&tmp))?;
+    at("mount /tmp", tmpfs(&tmp, "mode=1777"))?;
+    at("create /proc", std::fs::create_dir(root.join("proc")))?;
+    let sysfs = root.join("sys");
+    at("create /sys", std::fs::create_dir(&sysfs))?;
+    if bind(Path::new("/sys"), &sysfs, true).is_ok() {
+        at(
+            "make /sys read-only",
+            sys::make_readonly_recursive(&at("path", cpath(&sysfs))?),
+        )?;
+    }
+
+    let workdir = inside_root(root, &spec.workdir);
+    if !workdir.exists() {
+        at(
+            "create the work directory's mount point (its parent must exist in the sandbox or be /)",
+            std::fs::create_dir_all(&workdir),
+        )?;
+    }
+    at(
+        "bind the work directory",
+        bind(&spec.workdir_host, &workdir, false),
+    )?;
+
+    for (file, source) in [
+        ("etc/resolv.conf", &spec.resolv_conf),
+        ("etc/hosts", &spec.hosts),
+    ] {
+        if let Some(source) = source
+            && let Some(target) = resolve_inside(root, Path::new(file))
+        {
+            at("bind resolv.conf / hosts", bind(source, &target, false))?;
+        }
+    }
+
+    Ok(())
+}
+
+/// Pivots into the assembled root, drops the host's, and makes `/` read-only.
+fn enter_root(root: &Path) -> Stage<()> {
+    let old = root.join(".oldroot");
+    at("create the old-root mount point", std::fs::create_dir(&old))?;
+    at(
+        "pivot into the new root",
+        nix::unistd::pivot_root(root, &old),
+    )?;
+    at("enter the new root", nix::unistd::chdir("/"))?;
+    at(
+        "detach the old root",
+        umount2("/.oldroot", MntFlags::MNT_DETACH),
+    )?;
+    at(
+        "remove the old-root mount point",
+        std::fs::remove_dir("/.oldroot"),
+    )?;
+    at(
+        "make / read-only",
+        mount(
+            None::<&str>,
+            "/",
+            None::<&str>,
+            MsFlags::MS_REMOUNT
+                | MsFlags::MS_BIND
+                | MsFlags::MS_RDONLY
+                | MsFlags::MS_NOSUID
+                | MsFlags::MS_NODEV,
+            None::<&str>,
+        ),
+    )?;
+    Ok(())
+}
+
+/// `path` (absolute, inside the sandbox) under `root`, without `..`.
+fn inside_root(root: &Path, path: &Path) -> PathBuf {
+    let mut out = root.to_path_buf();
+    for c in path.components() {
+        if let Component::Normal(part) = c {
+            out.push(part);
+        }
+    }
+    out
+}
+
+/// Follows symlinks of `rel` as the sandbox will see them (absolute targets are taken
+/// relative to `root`); `None` when the file does not exist there.
+fn resolve_inside(root: &Path, rel: &Path) -> Option<PathBuf> {
+    let mut current = inside_root(root, rel);
+    for _ in 0..8 {
+        let meta = std::fs::symlink_metadata(&current).ok()?;
+        if !meta.file_type().is_symlink() {
+            return meta.is_file().then_some(current);
+        }
+        let target = std::fs::read_link(&current).ok()?;
+        current = if target.is_absolute() {
+            inside_root(root, &target)
+        } else {
+            current.parent()?.join(target)
+        };
+    }
+    None
+}
+
+/// Forks PID 1 of the new pid namespace and waits until it has mounted `root`/proc.
+fn start_pid1(root: &Path) -> Stage<Pid> {
+    let (ready_r, ready_w) = at("create a pipe", nix::unistd::pipe())?;
+    match at("fork PID 1", sys::fork())? {
+        ForkResult::Child => {
+            drop(ready_r);
+            let code = pid1(root, ready_w);
+            std::process::exit(code);
+        }
+        ForkResult::Parent { child } => {
+            drop(ready_w);
+            let mut byte = [0u8; 1];
+            let mut r = std::fs::File::from(ready_r);
+            match r.read(&mut byte) {
+                Ok(1) => Ok(child),
+                _ => Err((
+                    "mount /proc in the sandbox",
+                    io::Error::other("PID 1 failed to mount /proc"),
+                )),
+            }
+        }
+    }
+}
+
+fn pid1(root: &Path, ready: OwnedFd) -> i32 {
+    let _ = nix::sys::prctl::set_pdeathsig(Signal::SIGKILL);
+    let proc_flags = MsFlags::MS_NOSUID | MsFlags::MS_NODEV | MsFlags::MS_NOEXEC;
+    let proc_dir = root.join("proc");
+    if mount(
+        Some("proc"),
+        &proc_dir,
+        Some("proc"),
+        proc_flags,
+        None::<&str>,
+    )
+    .is_err()
+    {
+        return 1;
+    }
+    // Kernel tunables stay out of reach, even of a root that still had capabilities.
+    for name in ["sys", "sysrq-trigger"] {
+        let p = &proc_dir.join(name);
+        if !p.exists() {
+            continue;
+        }
+        if bind(p, p, true).is_err() {
+            return 1;
+        }
+        let Ok(c) = cpath(p) else { return 1 };
+        if sys::make_readonly_recursive(&c).is_err() {
+            return 1;
+        }
+    }
+    let mut w = std::fs::File::from(ready);
+    if w.write_all(&[1]).is_err() {
+        return 1;
+    }
+    drop(w);
+    // Reap orphans forever; SIGCHLD is blocked (inherited mask), so wait for it.
+    let mut mask = SigSet::empty();
+    mask.add(Signal::SIGCHLD);
+    loop {
+        let _ = mask.wait();
+        while let Ok(status) = waitpid(Pid::from_raw(-1), Some(WaitPidFlag::WNOHANG)) {
+            if status == WaitStatus::StillAlive {
+                break;
+            }
+        }
+    }
+}
+
+/// Step 5: requests until Stop or until moat goes away.
+fn serve(ctl: &OwnedFd, pid1: Pid) -> i32 {
+    let mut mask = SigSet::empty();
+    mask.add(Signal::SIGCHLD);
+    let Ok(sigfd) = SignalFd::with_flags(&mask, SfdFlags::SFD_CLOEXEC | SfdFlags::SFD_NONBLOCK)
+    else {
+        return 125;
+    };
+    let mut children: Vec<Pid> = Vec::new();
+    loop {
+        let mut fds = [
+            nix::poll::PollFd::new(ctl.as_fd(), nix::poll::PollFlags::POLLIN),
+            nix::poll::PollFd::new(sigfd.as_fd(), nix::poll::PollFlags::POLLIN),
+        ];
+        match nix::poll::poll(&mut fds, nix::poll::PollTimeout::NONE) {
+            Ok(_) | Err(Errno::EINTR) => {}
+            Err(_) => break,
+        }
+        let ctl_ready = fds[0].any().unwrap_or(false);
+        let sig_ready = fds[1].any().unwrap_or(false);
+        if sig_ready {
+            while let Ok(Some(_)) = sigfd.read_signal() {}
+            if reap(ctl, &mut children, pid1) {
+                break;
+            }
+        }
+        if ctl_ready {
+            match proto::recv::<Request>(ctl.as_raw_fd()) {
+                Ok(Some((Request::Stop, _))) | Ok(None) | Err(_) => break,
+                Ok(Some((request, fds))) => {
+                    let reply = handle(request, fds, &mut children);
+                    let (reply, fd) = match reply {
+                        Ok((reply, fd)) => (reply, fd),
+                        Err(e) => (
+                            Reply::Failed {
+                                error: e.to_string(),
+                            },
+                            None,
+                        ),
+                    };
+                    let raw: Vec<RawFd> = fd.iter().map(AsRawFd::as_raw_fd).collect();
+                    if proto::send(ctl.as_raw_fd(), &reply, &raw).is_err() {
+                        break;
+                    }
+                }
+            }
+        }
+    }
+    // Killing PID 1 kills every process in the sandbox's pid namespace.
+    let _ = kill(pid1, Signal::SIGKILL);
+    while waitpid(Pid::from_raw(-1), None).is_ok() {}
+    0
+}
+
+/// Reaps ended children, reporting commands; `true` when PID 1 itself is gone.
+fn reap(ctl: &OwnedFd, children: &mut Vec<Pid>, pid1: Pid) -> bool {
+    loop {
+        let status = match waitpid(Pid::from_raw(-1), Some(WaitPidFlag::WNOHANG)) {
+            Ok(WaitStatus::StillAlive) | Err(_) => return false,
+            Ok(status) => status,
+        };
+        let (pid, code, signal) = match status {
+            WaitStatus::Exited(pid, code) => (pid, Some(code), None),
+            WaitStatus::Signaled(pid, sig, _) => (pid, None, Some(sig as i32)),
+            _ => continue,
+        };
+        if pid == pid1 {
+            return true;
+        }
+        if let Some(i) = children.iter().position(|&c| c == pid) {
+            children.swap_remove(i);
+            let _ = proto::send(
+                ctl.as_raw_fd(),
+                &Reply::Exited {
+                    pid: pid.as_raw(),
+                    code,
+                    signal,
+                },
+                &[],
+            );
+        }
+    }
+}
+
+fn handle(
+    request: Request,
+    fds: Vec<OwnedFd>,
+    children: &mut Vec<Pid>,
+) -> io::Result<(Reply, Option<OwnedFd>)> {
+    match request {
+        Request::Spawn(spec) => Ok((spawn(&spec, fds, children), None)),
+        Request::Signal { pid, signal } => {
+            let pid = Pid::from_raw(pid);
+            if !children.contains(&pid) {
+                return Err(io::Error::new(io::ErrorKind::NotFound, "no such command"));
+            }
+            let signal = Signal::try_from(signal).map_err(io::Error::from)?;
+            kill(pid, signal).map_err(io::Error::from)?;
+            Ok((Reply::Done, None))
+        }
+        Request::Open { path, write } => {
+            let file = if write {
+                std::fs::OpenOptions::new()
+                    .write(true)
+                    .create(true)
+                    .truncate(true)
+                    .open(&path)?
+            } else {
+                std::fs::File::open(&path)?
+            };
+            Ok((Reply::Opened, Some(OwnedFd::from(file))))
+        }
+        Request::List { path } => {
+            let mut entries = Vec::new();
+            for entry in std::fs::read_dir(&path)? {
+                entries.push(entry?.file_name().as_bytes().to_vec());
+                if entries.len() >= 10_000 {
+                    break;
+                }
+            }
+            entries.sort();
+            Ok((Reply::Listed { entries }, None))
+        }
+        Request::Remove { path } => {
+            let meta = std::fs::symlink_metadata(&path)?;
+            if meta.is_dir() {
+                std::fs::remove_dir(&path)?;
+            } else {
+                std::fs::remove_file(&path)?;
+            }
+            Ok((Reply::Done, None))
+        }
+        Request::Stop => Ok((Reply::Done, None)),
+    }
+}
+
+/// Finds `program` on the `PATH` of the command's own environment, as the shell would.
+fn find_program(program: &[u8], env: &[Vec<u8>]) -> Option<CString> {
+    if program.contains(&b'/') {
+        return CString::new(program).ok();
+    }
+    let path = env
+        .iter()
+        .find_map(|kv| kv.strip_prefix(b"PATH="))
+        .unwrap_or(b"/usr/local/sbin:/usr/local/bin:/usr/sbin:/usr/bin:/sbin:/bin");
+    for dir in path.split(|&b| b == b':') {
+        let dir = if dir.is_empty() { &b"."[..] } else { dir };
+        let mut full = dir.to_vec();
+        full.push(b'/');
+        full.extend_from_slice(program);
+        let p = Path::new(OsStr::from_bytes(&full));
+        if let Ok(meta) = std::fs::metadata(p)
+            && meta.is_file()
+            && nix::unistd::access(p, nix::unistd::AccessFlags::X_OK).is_ok()
+        {
+            return CString::new(full).ok();
+        }
+    }
+    None
+}
+
+fn spawn(spec: &SpawnSpec, fds: Vec<OwnedFd>, children: &mut Vec<Pid>) -> Reply {
+    let failed = |error: String| Reply::SpawnFailed { error };
+    let [stdin, stdout, stderr]: [OwnedFd; 3] = match fds.try_into() {
+        Ok(fds) => fds,
+        Err(_) => return failed("spawn needs three descriptors (stdin, stdout, stderr)".into()),
+    };
+    let Some(first) = spec.argv.first() else {
+        return failed("empty command".into());
+    };
+    let Some(program) = find_program(first, &spec.env) else {
+        return failed(format!(
+            "{}: command not found in the sandbox",
+            String::from_utf8_lossy(first)
+        ));
+    };
+    let (Ok(argv), Ok(env)) = (
+        spec.argv
+            .iter()
+            .map(|a| CString::new(a.clone()))
+            .collect::<Result<Vec<_>, _>>(),
+        spec.env
+            .iter()
+            .map(|a| CString::new(a.clone()))
+            .collect::<Result<Vec<_>, _>>(),
+    ) else {
+        return failed("an argument or variable contains a NUL byte".into());
+    };
+    let Ok((err_r, err_w)) = nix::unistd::pipe2(nix::fcntl::OFlag::O_CLOEXEC) else {
+        return failed("cannot create a pipe".into());
+    };
+    match sys::fork() {
+        Err(e) => failed(format!("fork: {e}")),
+        Ok(ForkResult::Child) => {
+            drop(err_r);
+            let errno = exec_child(&program, &argv, &env, &spec.cwd, [stdin, stdout, stderr]);
+            let mut w = std::fs::File::from(err_w);
+            let _ = w.write_all(&errno.to_ne_bytes());
+            std::process::exit(127);
+        }
+        Ok(ForkResult::Parent { child }) => {
+            drop(err_w);
+            let mut buf = [0u8; 4];
+            let mut r = std::fs::File::from(err_r);
+            match r.read(&mut buf) {
+                Ok(4) => {
+                    let _ = waitpid(child, None);
+                    let err = io::Error::from_raw_os_error(i32::from_ne_bytes(buf));
+                    failed(format!("{}: {err}", String::from_utf8_lossy(first)))
+                }
+                _ => {
+                    children.push(child);
+                    Reply::Spawned {
+                        pid: child.as_raw(),
+                    }
+                }
+            }
+        }
+    }
+}
+
+/// In the forked child: stdio, working directory, signals, privileges, exec. Returns the
+/// errno of the step that failed.
+fn exec_child(
+    program: &CString,
+    argv: &[CString],
+    env: &[CString],
+    cwd: &Path,
+    stdio: [OwnedFd; 3],
+) -> i32 {
+    let [stdin, stdout, stderr] = &stdio;
+    for result in [
+        nix::unistd::dup2_stdin(stdin),
+        nix::unistd::dup2_stdout(stdout),
+        nix::unistd::dup2_stderr(stderr),
+    ] {
+        if let Err(e) = result {
+            return e as i32;
+        }
+    }
+    drop(stdio);
+    if let Err(e) = nix::unistd::chdir(cwd) {
+        return e as i32;
+    }
+    let _ = sigprocmask(SigmaskHow::SIG_SETMASK, Some(&SigSet::empty()), None);
+    if let Err(e) = nix::sys::prctl::set_no_new_privs() {
+        return e as i32;
+    }
+    if let Err(e) = sys::drop_all_capabilities() {
+        return e.raw_os_error().unwrap_or(libc::EPERM);
+    }
+    match nix::unistd::execve(program, argv, env) {
+        Err(e) => e as i32,
+        Ok(never) => match never {},
+    }
+}

@@ -1,0 +1,347 @@
+//! The sandbox's system calls that have no safe wrapper: the TAP device, interface and
+//! route ioctls, capabilities and recursive read-only remounts. This is the only module in
+//! moat with `unsafe`; each block says why it is sound.
+//!
+//! References: Documentation/networking/tuntap.rst (TUNSETIFF), netdevice(7) (SIOCSIF*),
+//! route(4)/ipv6(7) (SIOCADDRT), capabilities(7), mount_setattr(2).
+#![allow(unsafe_code)] // The one place moat talks to the kernel without a safe wrapper.
+
+use std::ffi::CStr;
+use std::io;
+use std::net::{Ipv4Addr, Ipv6Addr};
+use std::os::fd::{AsRawFd, FromRawFd, OwnedFd, RawFd};
+
+/// Maximum interface name length including the NUL, `IFNAMSIZ` in <net/if.h>.
+const IFNAMSIZ: usize = 16;
+
+fn cvt(ret: libc::c_int) -> io::Result<libc::c_int> {
+    if ret < 0 {
+        Err(io::Error::last_os_error())
+    } else {
+        Ok(ret)
+    }
+}
+
+/// An `ifreq` with the interface name filled in.
+fn ifreq(name: &str) -> io::Result<libc::ifreq> {
+    if name.is_empty() || name.len() >= IFNAMSIZ || name.contains('\0') {
+        return Err(io::Error::new(
+            io::ErrorKind::InvalidInput,
+            "bad interface name",
+        ));
+    }
+    // SAFETY: ifreq is a plain C struct of integers, arrays and unions; all-zero is valid.
+    let mut req: libc::ifreq = unsafe { std::mem::zeroed() };
+    for (dst, src) in req.ifr_name.iter_mut().zip(name.bytes()) {
+        *dst = src as libc::c_char;
+    }
+    Ok(req)
+}
+
+/// Opens `/dev/net/tun` and attaches a TAP interface `name` (no packet-info header) in the
+/// caller's network namespace. The interface lives as long as the returned descriptor.
+pub fn open_tap(name: &str) -> io::Result<OwnedFd> {
+    let path = c"/dev/net/tun";
+    // SAFETY: `path` is a NUL-terminated string; open returns a new descriptor or -1.
+    let fd = cvt(unsafe {
+        libc::open(
+            path.as_ptr(),
+            libc::O_RDWR | libc::O_CLOEXEC | libc::O_NONBLOCK,
+        )
+    })?;
+    // SAFETY: `fd` was just returned by open and is owned by nobody else.
+    let fd = unsafe { OwnedFd::from_raw_fd(fd) };
+    let mut req = ifreq(name)?;
+    req.ifr_ifru.ifru_flags = (libc::IFF_TAP | libc::IFF_NO_PI) as libc::c_short;
+    // SAFETY: TUNSETIFF reads and writes one `ifreq`, which `req` is and outlives the call.
+    cvt(unsafe { libc::ioctl(fd.as_raw_fd(), libc::TUNSETIFF as _, &mut req) })?;
+    Ok(fd)
+}
+
+fn inet_socket(family: libc::c_int) -> io::Result<OwnedFd> {
+    // SAFETY: plain socket(2) call; the result is checked and owned below.
+    let fd = cvt(unsafe { libc::socket(family, libc::SOCK_DGRAM | libc::SOCK_CLOEXEC, 0) })?;
+    // SAFETY: `fd` is a fresh descriptor owned by nobody else.
+    Ok(unsafe { OwnedFd::from_raw_fd(fd) })
+}
+
+fn sockaddr_v4(addr: Ipv4Addr) -> libc::sockaddr {
+    let sin = libc::sockaddr_in {
+        sin_family: libc::AF_INET as libc::sa_family_t,
+        sin_port: 0,
+        sin_addr: libc::in_addr {
+            s_addr: u32::from(addr).to_be(),
+        },
+        sin_zero: [0; 8],
+    };
+    // SAFETY: sockaddr_in and sockaddr have the same size (16 bytes) on Linux, and the
+    // kernel reads `sockaddr` fields of AF_INET as a sockaddr_in.
+    unsafe { std::mem::transmute::<libc::sockaddr_in, libc::sockaddr>(sin) }
+}
+
+fn ioctl_ifreq(sock: RawFd, request: libc::c_ulong, req: &mut libc::ifreq) -> io::Result<()> {
+    // SAFETY: every SIOC*IF* request used here reads or writes exactly one `ifreq`.
+    cvt(unsafe { libc::ioctl(sock, request as _, req as *mut libc::ifreq) }).map(drop)
+}
+
+/// Sets `name`'s IPv4 address and netmask.
+pub fn set_ipv4(name: &str, addr: Ipv4Addr, prefix: u8) -> io::Result<()> {
+    let sock = inet_socket(libc::AF_INET)?;
+    let mut req = ifreq(name)?;
+    req.ifr_ifru.ifru_addr = sockaddr_v4(addr);
+    ioctl_ifreq(sock.as_raw_fd(), libc::SIOCSIFADDR, &mut req)?;
+    let mask = u32::MAX.checked_shl(32 - u32::from(prefix)).unwrap_or(0);
+    req.ifr_ifru.ifru_netmask = sockaddr_v4(Ipv4Addr::from(mask));
+    ioctl_ifreq(sock.as_raw_fd(), libc::SIOCSIFNETMASK, &mut req)
+}
+
+/// Sets `name`'s MTU.
+pub fn set_mtu(name: &str, mtu: u32) -> io::Result<()> {
+    let sock = inet_socket(libc::AF_INET)?;
+    let mut req = ifreq(name)?;
+    req.ifr_ifru.ifru_mtu = mtu as libc::c_int;
+    ioctl_ifreq(sock.as_raw_fd(), libc::SIOCSIFMTU, &mut req)
+}
+
+/// Brings `name` up.
+pub fn set_up(name: &str) -> io::Result<()> {
+    let sock = inet_socket(libc::AF_INET)?;
+    let mut req = ifreq(name)?;
+    ioctl_ifreq(sock.as_raw_fd(), libc::SIOCGIFFLAGS, &mut req)?;
+    // SAFETY: SIOCGIFFLAGS filled the flags member of the union.
+    let flags = unsafe { req.ifr_ifru.ifru_flags };
+    req.ifr_ifru.ifru_flags = flags | (libc::IFF_UP | libc::IFF_RUNNING) as libc::c_short;
+    ioctl_ifreq(sock.as_raw_fd(), libc::SIOCSIFFLAGS, &mut req)
+}
+
+/// The kernel's `struct rtentry` (include/uapi/linux/route.h), which the libc crate lacks.
+#[repr(C)]
+struct RtEntry {
+    rt_pad1: libc::c_ulong,
+    rt_dst: libc::sockaddr,
+    rt_gateway: libc::sockaddr,
+    rt_genmask: libc::sockaddr,
+    rt_flags: libc::c_ushort,
+    rt_pad2: libc::c_short,
+    rt_pad3: libc::c_ulong,
+    rt_pad4: *mut libc::c_void,
+    rt_metric: libc::c_short,
+    rt_dev: *mut libc::c_char,
+    rt_mtu: libc::c_ulong,
+    rt_window: libc::c_ulong,
+    rt_irtt: libc::c_ushort,
+}
+
+/// Adds the IPv4 default route via `gateway` on `dev`.
+pub fn add_default_route_v4(dev: &CStr, gateway: Ipv4Addr) -> io::Result<()> {
+    let sock = inet_socket(libc::AF_INET)?;
+    let mut rt = RtEntry {
+        rt_pad1: 0,
+        rt_dst: sockaddr_v4(Ipv4Addr::UNSPECIFIED),
+        rt_gateway: sockaddr_v4(gateway),
+        rt_genmask: sockaddr_v4(Ipv4Addr::UNSPECIFIED),
+        rt_flags: libc::RTF_UP | libc::RTF_GATEWAY,
+        rt_pad2: 0,
+        rt_pad3: 0,
+        rt_pad4: std::ptr::null_mut(),
+        rt_metric: 0,
+        rt_dev: dev.as_ptr().cast_mut(),
+        rt_mtu: 0,
+        rt_window: 0,
+        rt_irtt: 0,
+    };
+    // SAFETY: SIOCADDRT reads one `struct rtentry`, laid out as the kernel's; `rt_dev`
+    // points to a NUL-terminated name that outlives the call, and the kernel only reads it.
+    cvt(unsafe {
+        libc::ioctl(
+            sock.as_raw_fd(),
+            libc::SIOCADDRT as _,
+            &mut rt as *mut RtEntry,
+        )
+    })
+    .map(drop)
+}
+
+/// The interface index of `name` in the caller's network namespace.
+pub fn if_index(name: &str) -> io::Result<u32> {
+    let sock = inet_socket(libc::AF_INET)?;
+    let mut req = ifreq(name)?;
+    ioctl_ifreq(sock.as_raw_fd(), libc::SIOCGIFINDEX, &mut req)?;
+    // SAFETY: SIOCGIFINDEX filled the ifindex member of the union.
+    Ok(unsafe { req.ifr_ifru.ifru_ifindex } as u32)
+}
+
+fn in6(addr: Ipv6Addr) -> libc::in6_addr {
+    libc::in6_addr {
+        s6_addr: addr.octets(),
+    }
+}
+
+/// Adds an IPv6 address to interface `ifindex`.
+pub fn add_ipv6(ifindex: u32, addr: Ipv6Addr, prefix: u8) -> io::Result<()> {
+    let sock = inet_socket(libc::AF_INET6)?;
+    let mut req = libc::in6_ifreq {
+        ifr6_addr: in6(addr),
+        ifr6_prefixlen: u32::from(prefix),
+        ifr6_ifindex: ifindex as libc::c_int,
+    };
+    // SAFETY: SIOCSIFADDR on an AF_INET6 socket reads one `in6_ifreq` (ipv6(7)).
+    cvt(unsafe {
+        libc::ioctl(
+            sock.as_raw_fd(),
+            libc::SIOCSIFADDR as _,
+            &mut req as *mut libc::in6_ifreq,
+        )
+    })
+    .map(drop)
+}
+
+/// The kernel's `struct in6_rtmsg` (include/uapi/linux/ipv6_route.h); the libc crate's
+/// has private fields.
+#[repr(C)]
+struct In6RtMsg {
+    rtmsg_dst: libc::in6_addr,
+    rtmsg_src: libc::in6_addr,
+    rtmsg_gateway: libc::in6_addr,
+    rtmsg_type: u32,
+    rtmsg_dst_len: u16,
+    rtmsg_src_len: u16,
+    rtmsg_metric: u32,
+    rtmsg_info: libc::c_ulong,
+    rtmsg_flags: u32,
+    rtmsg_ifindex: libc::c_int,
+}
+
+/// Adds the IPv6 default route via `gateway` on interface `ifindex`.
+pub fn add_default_route_v6(ifindex: u32, gateway: Ipv6Addr) -> io::Result<()> {
+    let sock = inet_socket(libc::AF_INET6)?;
+    let mut rt = In6RtMsg {
+        rtmsg_dst: in6(Ipv6Addr::UNSPECIFIED),
+        rtmsg_src: in6(Ipv6Addr::UNSPECIFIED),
+        rtmsg_gateway: in6(gateway),
+        rtmsg_type: 0,
+        rtmsg_dst_len: 0,
+        rtmsg_src_len: 0,
+        rtmsg_metric: 1,
+        rtmsg_info: 0,
+        rtmsg_flags: u32::from(libc::RTF_UP | libc::RTF_GATEWAY),
+        rtmsg_ifindex: ifindex as libc::c_int,
+    };
+    // SAFETY: SIOCADDRT on an AF_INET6 socket reads one `in6_rtmsg` (ipv6_route ioctl).
+    cvt(unsafe {
+        libc::ioctl(
+            sock.as_raw_fd(),
+            libc::SIOCADDRT as _,
+            &mut rt as *mut In6RtMsg,
+        )
+    })
+    .map(drop)
+}
+
+/// Makes the mount at `path` and every mount below it read-only (mount_setattr(2),
+/// Linux 5.12+), without touching other flags.
+pub fn make_readonly_recursive(path: &CStr) -> io::Result<()> {
+    #[repr(C)]
+    struct MountAttr {
+        attr_set: u64,
+        attr_clr: u64,
+        propagation: u64,
+        userns_fd: u64,
+    }
+    const MOUNT_ATTR_RDONLY: u64 = 0x0000_0001;
+    let attr = MountAttr {
+        attr_set: MOUNT_ATTR_RDONLY,
+        attr_clr: 0,
+        propagation: 0,
+        userns_fd: 0,
+    };
+    // SAFETY: mount_setattr reads `size` bytes of `attr`, which is a `struct mount_attr`
+    // (include/uapi/linux/mount.h) that outlives the call; `path` is NUL-terminated.
+    let ret = unsafe {
+        libc::syscall(
+            libc::SYS_mount_setattr,
+            libc::AT_FDCWD,
+            path.as_ptr(),
+            libc::AT_RECURSIVE as libc::c_uint,
+            &attr as *const MountAttr,
+            std::mem::size_of::<MountAttr>(),
+        )
+    };
+    if ret < 0 {
+        Err(io::Error::last_os_error())
+    } else {
+        Ok(())
+    }
+}
+
+/// Drops every capability: the bounding and ambient sets, then the effective, permitted and
+/// inheritable sets (capabilities(7)). Call last before exec.
+pub fn drop_all_capabilities() -> io::Result<()> {
+    // PR_CAPBSET_DROP each capability the kernel knows; EINVAL past the last one ends it.
+    for cap in 0..64 {
+        // SAFETY: prctl with integer arguments only.
+        let ret = unsafe { libc::prctl(libc::PR_CAPBSET_DROP, cap as libc::c_ulong, 0, 0, 0) };
+        if ret < 0 {
+            let err = io::Error::last_os_error();
+            if err.raw_os_error() == Some(libc::EINVAL) {
+                break;
+            }
+            return Err(err);
+        }
+    }
+    // SAFETY: prctl with integer arguments only.
+    cvt(unsafe {
+        libc::prctl(
+            libc::PR_CAP_AMBIENT,
+            libc::PR_CAP_AMBIENT_CLEAR_ALL as libc::c_ulong,
+            0,
+            0,
+            0,
+        )
+    })?;
+    #[repr(C)]
+    struct CapHeader {
+        version: u32,
+        pid: libc::c_int,
+    }
+    #[repr(C)]
+    #[derive(Clone, Copy)]
+    struct CapData {
+        effective: u32,
+        permitted: u32,
+        inheritable: u32,
+    }
+    const LINUX_CAPABILITY_VERSION_3: u32 = 0x2008_0522;
+    let header = CapHeader {
+        version: LINUX_CAPABILITY_VERSION_3,
+        pid: 0,
+    };
+    let data = [CapData {
+        effective: 0,
+        permitted: 0,
+        inheritable: 0,
+    }; 2];
+    // SAFETY: capset reads a version-3 header and two data structs, which these are.
+    let ret =
+        unsafe { libc::syscall(libc::SYS_capset, &header as *const CapHeader, data.as_ptr()) };
+    if ret < 0 {
+        return Err(io::Error::last_os_error());
+    }
+    Ok(())
+}
+
+/// Forks. In the child only async-signal-safe work may follow when the caller has threads;
+/// the supervisor that calls this is single-threaded.
+pub fn fork() -> io::Result<nix::unistd::ForkResult> {
+    // SAFETY: the supervisor process is single-threaded (it is a fresh exec and starts no
+    // threads), so the child may run arbitrary code after the fork.
+    unsafe { nix::unistd::fork() }.map_err(io::Error::from)
+}
+
+/// Takes ownership of a descriptor the kernel handed over (SCM_RIGHTS, an inherited
+/// channel). The caller must not use `fd` elsewhere.
+pub fn own_fd(fd: RawFd) -> OwnedFd {
+    // SAFETY: callers pass descriptors that were just received from the kernel or inherited
+    // at exec and are owned by no other object in this process.
+    unsafe { OwnedFd::from_raw_fd(fd) }
+}
