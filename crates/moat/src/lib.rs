@@ -1,10 +1,32 @@
 //! moat: run untrusted code in a Linux sandbox whose only way to the network is moat's own
 //! user-space stack, where every flow is judged by a [`NetworkPolicy`] first.
 //!
-//! This crate is the public facade of shared/API.md. The policy model is complete; the
-//! sandbox and the engine arrive in their own crates.
+//! This crate is the public facade of shared/API.md:
+//!
+//! ```no_run
+//! use moat::{NetworkPolicy, Sandbox};
+//!
+//! fn main() -> Result<(), moat::Error> {
+//!     moat::init(); // first thing: a sandbox's supervisor is this program started again
+//!     let sb = Sandbox::builder("agent")
+//!         .network(|n| n.policy(NetworkPolicy::public_only()))
+//!         .env("LANG", "C.UTF-8")
+//!         .create()?;
+//!     let out = sb.exec("sh", ["-c", "echo hello > /workspace/out.txt; cat /workspace/out.txt"])?;
+//!     assert_eq!(out.stdout, b"hello\n");
+//!     assert_eq!(sb.fs().read("/workspace/out.txt")?, b"hello\n");
+//!     sb.stop()
+//! }
+//! ```
 #![forbid(unsafe_code)]
 
+mod api;
+pub mod cli;
+
+pub use api::{
+    AuditSink, Child, DenyMode, Error, ExitStatus, Fs, NetworkBuilder, Output, Sandbox,
+    SandboxBuilder, init,
+};
 pub use moat_policy::{
     Action, CompiledPolicy, DecidedBy, Decision, Destination, DestinationGroup, Direction,
     DomainName, DomainSuffix, Flow, IpNetwork, NetworkPolicy, PolicyError, PolicyFileError,

@@ -1,14 +1,13 @@
 //! The `moat` command line (shared/API.md §3).
 #![forbid(unsafe_code)]
 
+use std::ffi::OsString;
 use std::path::{Path, PathBuf};
 use std::process::ExitCode;
 
-mod run;
-
-use std::ffi::OsString;
-
 use clap::{Args, CommandFactory, FromArgMatches, Parser, Subcommand};
+use moat::cli as run;
+use moat::cli::policy_arg;
 use moat_policy::{
     Direction, DomainName, Flow, FlowTarget, NetworkPolicy, PolicyFileError, canonical_addr,
 };
@@ -191,23 +190,6 @@ fn check(file: &Path) -> anyhow::Result<()> {
         println!("note: nothing can ever be allowed: the sandbox gets no network interface");
     }
     Ok(())
-}
-
-/// A preset name, else a file.
-pub(crate) fn policy_arg(text: &str) -> anyhow::Result<NetworkPolicy> {
-    match NetworkPolicy::preset(text) {
-        Ok(p) => Ok(p),
-        Err(preset_err) => {
-            let path = Path::new(text);
-            if path.exists() {
-                Ok(load(path)?)
-            } else {
-                Err(anyhow::anyhow!(
-                    "{preset_err}; no file {text:?} exists either"
-                ))
-            }
-        }
-    }
 }
 
 fn explain(args: &ExplainArgs) -> anyhow::Result<()> {

@@ -1,5 +1,6 @@
-//! `moat run`: build the sandbox, start the engine on its TAP, run the command, propagate
-//! its exit status, and leave nothing behind.
+//! The command line's work, shared by the `moat` binary: `moat run` (build the sandbox,
+//! start the engine on its TAP, run the command, propagate its exit status, leave nothing
+//! behind) and reading `--policy` arguments.
 
 use std::ffi::OsString;
 use std::io::{self, Write};
@@ -43,11 +44,28 @@ pub struct RunOptions {
     pub command: Vec<OsString>,
 }
 
+/// A preset name (`public-only`, `allow-all`, `none`), else a policy file.
+pub fn policy_arg(text: &str) -> anyhow::Result<NetworkPolicy> {
+    match NetworkPolicy::preset(text) {
+        Ok(p) => Ok(p),
+        Err(preset_err) => {
+            let path = std::path::Path::new(text);
+            if path.exists() {
+                Ok(NetworkPolicy::from_file(path)?)
+            } else {
+                Err(anyhow::anyhow!(
+                    "{preset_err}; no file {text:?} exists either"
+                ))
+            }
+        }
+    }
+}
+
 /// Builds the policy: the base (preset or file), with the command line's rules first.
 pub fn build_policy(base: Option<&str>, rules: &[(bool, String)]) -> anyhow::Result<NetworkPolicy> {
     let mut policy = match base {
         None => NetworkPolicy::public_only(),
-        Some(text) => crate::policy_arg(text)?,
+        Some(text) => policy_arg(text)?,
     };
     let mut extra = Vec::with_capacity(rules.len());
     for (allow, dest) in rules {

@@ -1,0 +1,145 @@
+//! The Rust API (shared/API.md §1) against real sandboxes. This test binary is also the
+//! sandboxes' supervisor, so it runs without the libtest harness and calls `moat::init()`
+//! first, as every program using the API must.
+#![allow(clippy::unwrap_used, clippy::expect_used)] // Test code: a panic is the failure report.
+
+use std::io::{Read, Write};
+use std::net::TcpListener;
+use std::time::Duration;
+
+use moat::{ExitStatus, NetworkPolicy, Sandbox};
+
+fn offline_exec_fs_and_status() {
+    let sb = Sandbox::builder("api-offline")
+        .network(|n| n.policy(NetworkPolicy::none()))
+        .env("GREETING", "hi")
+        .create()
+        .unwrap();
+    let out = sb
+        .exec("sh", ["-c", "echo $GREETING; echo err >&2; exit 3"])
+        .unwrap();
+    assert_eq!(out.status, ExitStatus::Code(3));
+    assert_eq!(out.stdout, b"hi\n");
+    assert_eq!(out.stderr, b"err\n");
+    let links = sb.exec("ip", ["-o", "link"]).unwrap();
+    let text = String::from_utf8_lossy(&links.stdout).into_owned();
+    assert_eq!(text.lines().count(), 1, "{text}");
+    assert!(text.contains(": lo:"), "{text}");
+
+    sb.fs()
+        .write("/workspace/in.txt", b"from the host")
+        .unwrap();
+    let out = sb
+        .exec(
+            "sh",
+            [
+                "-c",
+                "cat /workspace/in.txt; echo made > /workspace/out.txt",
+            ],
+        )
+        .unwrap();
+    assert_eq!(out.stdout, b"from the host");
+    assert_eq!(sb.fs().read("/workspace/out.txt").unwrap(), b"made\n");
+    let names = sb.fs().list("/workspace").unwrap();
+    assert_eq!(names, ["in.txt", "out.txt"]);
+    sb.fs().remove("/workspace/in.txt").unwrap();
+    assert_eq!(sb.fs().list("/workspace").unwrap(), ["out.txt"]);
+    // Outside the work directory the host is read-only.
+    assert!(sb.fs().write("/etc/moat-test", b"x").is_err());
+    let out = sb.exec("sh", ["-c", "touch /usr/moat-test"]).unwrap();
+    assert_ne!(out.status, ExitStatus::Code(0));
+    sb.stop().unwrap();
+    assert!(
+        sb.exec("true", [""; 0]).is_err(),
+        "a stopped sandbox runs nothing"
+    );
+}
+
+fn network_to_the_host_loopback_through_the_gateway() {
+    let listener = TcpListener::bind("127.0.0.1:0").unwrap();
+    let port = listener.local_addr().unwrap().port();
+    let server = std::thread::spawn(move || {
+        let (mut conn, _) = listener.accept().unwrap();
+        conn.set_read_timeout(Some(Duration::from_secs(10)))
+            .unwrap();
+        let mut buf = [0u8; 1024];
+        let n = conn.read(&mut buf).unwrap();
+        assert!(String::from_utf8_lossy(&buf[..n]).starts_with("GET /api "));
+        conn.write_all(b"HTTP/1.1 200 OK\r\nContent-Length: 5\r\nConnection: close\r\n\r\nhello")
+            .unwrap();
+    });
+    let sb = Sandbox::builder("api-net")
+        .network(|n| n.policy(NetworkPolicy::allow_all()))
+        .create()
+        .unwrap();
+    let url = format!("http://10.0.2.2:{port}/api");
+    let out = sb.exec("curl", ["-sS", "-m", "10", url.as_str()]).unwrap();
+    assert_eq!(
+        out.status,
+        ExitStatus::Code(0),
+        "{}",
+        String::from_utf8_lossy(&out.stderr)
+    );
+    assert_eq!(out.stdout, b"hello");
+    server.join().unwrap();
+
+    // The default policy (public_only) denies the host's loopback.
+    let sb2 = Sandbox::builder("api-default").create().unwrap();
+    let out = sb2
+        .exec(
+            "curl",
+            ["-sS", "--connect-timeout", "1", "-m", "2", url.as_str()],
+        )
+        .unwrap();
+    assert_ne!(out.status, ExitStatus::Code(0));
+}
+
+fn spawn_and_signal() {
+    let sb = Sandbox::builder("api-signal")
+        .network(|n| n.policy(NetworkPolicy::none()))
+        .create()
+        .unwrap();
+    let mut child = sb.spawn("sleep", &["30"]).unwrap();
+    child.signal(15).unwrap();
+    assert_eq!(child.wait().unwrap(), ExitStatus::Signal(15));
+    let mut cat = sb.spawn("cat", &[]).unwrap();
+    cat.stdin.take().unwrap().write_all(b"piped").unwrap();
+    let mut out = String::new();
+    cat.stdout.take().unwrap().read_to_string(&mut out).unwrap();
+    assert_eq!(out, "piped");
+    assert_eq!(cat.wait().unwrap(), ExitStatus::Code(0));
+}
+
+fn bad_names_are_errors() {
+    assert!(Sandbox::builder("Not Valid").create().is_err());
+}
+
+fn main() {
+    moat::init();
+    let tests: [(&str, fn()); 4] = [
+        ("offline_exec_fs_and_status", offline_exec_fs_and_status),
+        (
+            "network_to_the_host_loopback_through_the_gateway",
+            network_to_the_host_loopback_through_the_gateway,
+        ),
+        ("spawn_and_signal", spawn_and_signal),
+        ("bad_names_are_errors", bad_names_are_errors),
+    ];
+    let (mut passed, mut failed) = (0, 0);
+    for (name, test) in tests {
+        match std::panic::catch_unwind(test) {
+            Ok(()) => {
+                println!("test {name} ... ok");
+                passed += 1;
+            }
+            Err(_) => {
+                println!("test {name} ... FAILED");
+                failed += 1;
+            }
+        }
+    }
+    println!("{passed} passed, {failed} failed");
+    if failed > 0 {
+        std::process::exit(1);
+    }
+}
