@@ -22,6 +22,7 @@
 
 mod api;
 pub mod cli;
+pub mod demo;
 
 pub use api::{
     AuditSink, Child, DenyMode, Error, ExitStatus, Fs, NetworkBuilder, Output, Sandbox,

@@ -24,6 +24,8 @@ struct Cli {
 enum Command {
     /// Run a command in a sandbox whose network goes only through moat's policy.
     Run(RunArgs),
+    /// A self-contained tour: sandboxes under several policies on a throwaway local world.
+    Demo,
     /// Check policy files and explain decisions.
     #[command(subcommand)]
     Policy(PolicyCommand),
@@ -116,6 +118,15 @@ fn main() -> ExitCode {
                 Err(e) => {
                     eprintln!("moat: {e:#}");
                     ExitCode::from(run::SETUP_FAILED as u8)
+                }
+            };
+        }
+        Command::Demo => {
+            return match moat::demo::demo() {
+                Ok(code) => ExitCode::from(code.clamp(0, 255) as u8),
+                Err(e) => {
+                    eprintln!("moat demo: {e:#}");
+                    ExitCode::FAILURE
                 }
             };
         }

@@ -22,6 +22,24 @@ use std::process::{Child, Command, Stdio};
 use std::time::{Duration, Instant};
 
 pub use proto::{NetSpec, SpawnSpec};
+
+/// Interface setup in the caller's own network namespace, for tools that build a
+/// throwaway world (`moat demo`): bring an interface up, add IPv4 addresses.
+pub mod netconf {
+    use std::io;
+    use std::net::Ipv4Addr;
+
+    /// Brings interface `name` up.
+    pub fn set_up(name: &str) -> io::Result<()> {
+        crate::sys::set_up(name)
+    }
+
+    /// Sets the IPv4 address of `name`, which may be an alias such as `lo:1` (the legacy
+    /// way to hold several IPv4 addresses on one interface).
+    pub fn set_ipv4(name: &str, addr: Ipv4Addr, prefix: u8) -> io::Result<()> {
+        crate::sys::set_ipv4(name, addr, prefix)
+    }
+}
 pub use supervisor::{SUPERVISOR_ENV, supervisor_entry};
 
 use proto::{Reply, Request, Spec};
