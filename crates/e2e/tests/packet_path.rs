@@ -280,3 +280,28 @@ fn exit_statuses_propagate() {
         stderr(&out)
     );
 }
+
+#[test]
+fn ping_the_gateway_and_allowed_hosts_not_denied_ones() {
+    let w = World::new();
+    let script = "ping -c 1 -W 2 10.0.2.2 >/dev/null && echo gateway-ok; \
+                  ping -c 2 -W 2 203.0.113.10 >/dev/null && echo public-ok; \
+                  ping -c 2 -W 2 2001:db8::10 >/dev/null && echo public6-ok; \
+                  ping -c 1 -W 1 10.1.0.10 >/dev/null && echo private-REACHED; true";
+    let (out, events) = w.run_sh(&[], script, T);
+    let text = stdout(&out);
+    for want in ["gateway-ok", "public-ok", "public6-ok"] {
+        assert!(text.contains(want), "{want}: {text}\n{}", stderr(&out));
+    }
+    assert!(!text.contains("REACHED"), "{text}");
+    assert!(
+        events
+            .iter()
+            .any(|e| e["proto"] == "icmp" && e["decision"] == "deny" && e["dst"] == "10.1.0.10")
+    );
+    assert!(
+        events.iter().any(|e| e["proto"] == "icmp"
+            && e["decision"] == "allow"
+            && e["dst"] == "203.0.113.10")
+    );
+}

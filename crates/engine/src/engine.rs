@@ -18,7 +18,9 @@
 //!   a connected host socket, so replies come only from the destination; flows expire after
 //!   an idle timeout. DNS to the gateway is forwarded to the upstream resolvers.
 //! - **ICMP echo** to the gateway is answered by smoltcp; to other destinations it is
-//!   judged and, not being relayed yet, dropped (counted).
+//!   judged and relayed through a ping socket (or a raw one with `CAP_NET_RAW`), one per
+//!   (sandbox identifier, destination), see `icmp.rs`.
+//! - **Router solicitations** get a router advertisement for the link's prefix.
 //!
 //! The gateway's address stands for the host's loopback: flows to it (other than DNS) are
 //! judged as 127.0.0.1 / ::1 (the Loopback group) and dialed there.
@@ -44,6 +46,7 @@ use smoltcp::wire::{EthernetAddress, HardwareAddress, IpCidr, IpListenEndpoint};
 use crate::audit::AuditLog;
 use crate::device::{ETH_HEADER, FrameDevice, StackDevice};
 use crate::dns;
+use crate::icmp::{self, EchoKind};
 use crate::wire::{self, Frame, L4, Link};
 
 /// How denied flows are answered.
@@ -156,8 +159,10 @@ pub struct Counters {
     pub dns_queries: u64,
     /// DNS queries answered with SERVFAIL (all upstreams failed).
     pub dns_servfail: u64,
-    /// ICMP echo requests dropped (not relayed).
+    /// ICMP echo requests that could not be relayed (no ping or raw socket, or too many).
     pub icmp_dropped: u64,
+    /// ICMP echo requests relayed.
+    pub icmp_relayed: u64,
     /// Frames the device refused.
     pub tx_errors: u64,
 }
@@ -200,6 +205,12 @@ const FIRST_FLOW: usize = 2;
 const RX_BATCH: usize = 256;
 /// DNS queries in flight at once.
 const MAX_DNS_IN_FLIGHT: usize = 256;
+/// ICMP echo flows (sandbox identifier × destination) at once.
+const MAX_ECHO_FLOWS: usize = 64;
+/// An echo flow without requests for this long is closed.
+const ECHO_IDLE: Duration = Duration::from_secs(10);
+/// The gateway's link-local address, the source of its router advertisements.
+const GATEWAY_LINK_LOCAL: Ipv6Addr = Ipv6Addr::new(0xfe80, 0, 0, 0, 0, 0, 0, 1);
 /// How often idle flows and deadlines are checked.
 const SWEEP: Duration = Duration::from_millis(200);
 
@@ -267,10 +278,21 @@ struct DnsQuery {
     deadline: Instant,
 }
 
+struct EchoFlow {
+    guest: IpAddr,
+    dst: IpAddr,
+    guest_ident: u16,
+    our_ident: u16,
+    kind: EchoKind,
+    sock: UdpSocket,
+    last: Instant,
+}
+
 enum FlowEntry {
     Tcp(TcpFlow),
     Udp(UdpFlow),
     Dns(DnsQuery),
+    Echo(EchoFlow),
 }
 
 struct Engine {
@@ -284,6 +306,7 @@ struct Engine {
     free: Vec<usize>,
     tcp_index: HashMap<(SocketAddr, SocketAddr), usize>,
     udp_index: HashMap<(SocketAddr, SocketAddr), usize>,
+    echo_index: HashMap<(IpAddr, IpAddr, u16), usize>,
     /// TCP connections and UDP flows open (bounded by `max_connections`).
     active: usize,
     dns_in_flight: usize,
@@ -338,6 +361,7 @@ impl Engine {
         iface.update_ip_addrs(|addrs| {
             let _ = addrs.push(IpCidr::new(link_cfg.gateway_v4.into(), link_cfg.prefix_v4));
             let _ = addrs.push(IpCidr::new(link_cfg.gateway_v6.into(), link_cfg.prefix_v6));
+            let _ = addrs.push(IpCidr::new(GATEWAY_LINK_LOCAL.into(), 64));
         });
         let _ = iface
             .routes_mut()
@@ -359,6 +383,7 @@ impl Engine {
             free: Vec::new(),
             tcp_index: HashMap::new(),
             udp_index: HashMap::new(),
+            echo_index: HashMap::new(),
             active: 0,
             dns_in_flight: 0,
             dirty: HashSet::new(),
@@ -528,36 +553,40 @@ impl Engine {
                     let remote = SocketAddr::new(dst, dst_port);
                     self.on_udp(frame, guest, remote, offset, len);
                 }
-                L4::EchoRequest { .. } => {
-                    if dst == self.gateway_for(dst) {
-                        self.feed(frame);
-                    } else {
-                        let flow = Flow {
-                            direction: Direction::Outbound,
-                            protocol: if dst.is_ipv4() {
-                                Protocol::Icmpv4
-                            } else {
-                                Protocol::Icmpv6
-                            },
-                            addr: dst,
-                            port: None,
-                            names: &[],
-                            sni: None,
-                        };
-                        let decision = self.cfg.policy.decide(&flow);
-                        if !decision.is_allow() {
-                            self.audit_deny(
-                                "icmp",
-                                SocketAddr::new(src, 0),
-                                SocketAddr::new(dst, 0),
-                                &decision,
-                            );
+                L4::EchoRequest {
+                    ident,
+                    seq,
+                    offset,
+                    len,
+                } => {
+                    if !self.is_guest(src) {
+                        self.counters.dropped_spoofed += 1;
+                    } else if dst == self.gateway_for(dst) {
+                        // The gateway answers its own echoes.
+                        if let Some(data) = frame.get(offset..offset + len) {
+                            let mut out = std::mem::take(&mut self.tx_buf);
+                            if wire::echo_reply(&mut out, &self.link, dst, src, ident, seq, data) {
+                                self.send_frame(&out);
+                            }
+                            self.tx_buf = out;
                         }
-                        self.counters.icmp_dropped += 1;
+                    } else if let Some(data) = frame.get(offset..offset + len) {
+                        self.on_echo(frame, src, dst, ident, seq, data);
                     }
                 }
                 L4::NeighborSolicit { target } => {
-                    if target != self.cfg.link.guest_v6 {
+                    // Every address but the sandbox's own is at the gateway. Duplicate
+                    // address detection (from ::) gets no answer.
+                    if let IpAddr::V6(from) = src
+                        && target != self.cfg.link.guest_v6
+                        && !from.is_unspecified()
+                    {
+                        let mut out = std::mem::take(&mut self.tx_buf);
+                        if wire::neighbor_advert(&mut out, &self.link, target, from) {
+                            self.send_frame(&out);
+                        }
+                        self.tx_buf = out;
+                        // smoltcp learns the sandbox's MAC from the solicitation.
                         self.feed(frame);
                     }
                 }
@@ -568,7 +597,8 @@ impl Engine {
                         self.counters.dropped_unsupported += 1;
                     }
                 }
-                L4::RouterSolicit | L4::Unsupported => self.counters.dropped_unsupported += 1,
+                L4::RouterSolicit => self.router_advert(src),
+                L4::Unsupported => self.counters.dropped_unsupported += 1,
             },
             Frame::Other => self.counters.dropped_unsupported += 1,
         }
@@ -809,6 +839,7 @@ impl Engine {
             }
             FlowEntry::Udp(_) => self.udp_readable(id),
             FlowEntry::Dns(_) => self.dns_readable(id),
+            FlowEntry::Echo(_) => self.echo_readable(id),
         }
     }
 
@@ -1203,6 +1234,153 @@ impl Engine {
         }
     }
 
+    /// Relays an echo request from the sandbox, if the policy allows it.
+    fn on_echo(
+        &mut self,
+        frame: &[u8],
+        guest: IpAddr,
+        dst: IpAddr,
+        ident: u16,
+        seq: u16,
+        data: &[u8],
+    ) {
+        let key = (guest, dst, ident);
+        let id = match self.echo_index.get(&key) {
+            Some(&id) => id,
+            None => match self.open_echo(frame, guest, dst, ident) {
+                Some(id) => id,
+                None => return,
+            },
+        };
+        let mut out = std::mem::take(&mut self.tx_buf);
+        if let Some(Some(FlowEntry::Echo(e))) = self.flows.get_mut(id) {
+            e.last = Instant::now();
+            icmp::request(&mut out, dst.is_ipv6(), e.kind, e.our_ident, seq, data);
+            if e.sock.send(&out).is_ok() {
+                self.counters.icmp_relayed += 1;
+            }
+        }
+        self.tx_buf = out;
+    }
+
+    /// Judges a new echo flow and opens its socket.
+    fn open_echo(&mut self, frame: &[u8], guest: IpAddr, dst: IpAddr, ident: u16) -> Option<usize> {
+        let judged = self.upstream(SocketAddr::new(dst, 0)).ip();
+        let decision = self.cfg.policy.decide(&Flow {
+            direction: Direction::Outbound,
+            protocol: if dst.is_ipv4() {
+                Protocol::Icmpv4
+            } else {
+                Protocol::Icmpv6
+            },
+            addr: judged,
+            port: None,
+            names: &[],
+            sni: None,
+        });
+        let (g, d) = (SocketAddr::new(guest, ident), SocketAddr::new(dst, 0));
+        if !decision.is_allow() {
+            self.audit_deny("icmp", g, d, &decision);
+            if self.cfg.deny_mode == DenyMode::Reject {
+                let mut out = std::mem::take(&mut self.scratch);
+                if wire::admin_prohibited(
+                    &mut out,
+                    &self.link,
+                    self.gateway_for(dst),
+                    wire::ip_payload(frame),
+                ) {
+                    self.send_frame(&out);
+                }
+                out.resize(65536, 0);
+                self.scratch = out;
+            }
+            return None;
+        }
+        if self.echo_index.len() >= MAX_ECHO_FLOWS {
+            self.counters.icmp_dropped += 1;
+            return None;
+        }
+        let Ok((mut sock, kind)) = icmp::open(judged) else {
+            self.counters.icmp_dropped += 1;
+            return None;
+        };
+        let id = self.slot();
+        if self
+            .poll
+            .registry()
+            .register(&mut sock, Token(id + FIRST_FLOW), Interest::READABLE)
+            .is_err()
+        {
+            self.free.push(id);
+            self.counters.icmp_dropped += 1;
+            return None;
+        }
+        let our_ident = self.next_random() as u16;
+        self.flows[id] = Some(FlowEntry::Echo(EchoFlow {
+            guest,
+            dst,
+            guest_ident: ident,
+            our_ident,
+            kind,
+            sock,
+            last: Instant::now(),
+        }));
+        self.echo_index.insert((guest, dst, ident), id);
+        let (rule, reason) = (decision.rule_label(), self.cfg.policy.reason(&decision));
+        self.audit_allow("icmp", g, d, &rule, &reason);
+        Some(id)
+    }
+
+    fn echo_readable(&mut self, id: usize) {
+        let mut buf = std::mem::take(&mut self.scratch);
+        let mut out = std::mem::take(&mut self.tx_buf);
+        while let Some(Some(FlowEntry::Echo(e))) = self.flows.get_mut(id) {
+            let n = match e.sock.recv(&mut buf) {
+                Ok(n) => n,
+                Err(err) if err.kind() == io::ErrorKind::WouldBlock => break,
+                Err(_) => continue,
+            };
+            let Some((ident, seq, data)) = icmp::reply(&buf[..n], e.dst.is_ipv6(), e.kind) else {
+                continue;
+            };
+            if e.kind == EchoKind::Raw && ident != e.our_ident {
+                continue; // someone else's ping to the same host
+            }
+            let (src, guest, guest_ident) = (e.dst, e.guest, e.guest_ident);
+            if wire::echo_reply(&mut out, &self.link, src, guest, guest_ident, seq, data) {
+                self.send_frame(&out);
+            }
+        }
+        self.scratch = buf;
+        self.tx_buf = out;
+    }
+
+    /// Answers a router solicitation (RFC 4861 §6.2.6) with the link's prefix.
+    fn router_advert(&mut self, from: IpAddr) {
+        let IpAddr::V6(from) = from else { return };
+        let dst = if from.is_unspecified() {
+            Ipv6Addr::new(0xff02, 0, 0, 0, 0, 0, 0, 1)
+        } else {
+            from
+        };
+        let link = self.cfg.link;
+        let bits = 128 - u32::from(link.prefix_v6.min(128));
+        let prefix = u128::from(link.gateway_v6) & u128::MAX.checked_shl(bits).unwrap_or(0);
+        let mut out = std::mem::take(&mut self.tx_buf);
+        if wire::router_advert(
+            &mut out,
+            &self.link,
+            GATEWAY_LINK_LOCAL,
+            dst,
+            Ipv6Addr::from(prefix),
+            link.prefix_v6,
+            link.mtu as u32,
+        ) {
+            self.send_frame(&out);
+        }
+        self.tx_buf = out;
+    }
+
     /// Idle UDP flows, dial and DNS deadlines, TCP flows smoltcp has finished.
     fn sweep(&mut self) {
         let now = Instant::now();
@@ -1214,6 +1392,7 @@ impl Engine {
                     Some(0)
                 }
                 Some(FlowEntry::Dns(q)) if now >= q.deadline => Some(1),
+                Some(FlowEntry::Echo(e)) if now.duration_since(e.last) >= ECHO_IDLE => Some(0),
                 Some(FlowEntry::Tcp(f)) => match f.state {
                     TcpState::Connecting { deadline, .. } if now >= deadline => Some(2),
                     TcpState::Open { .. } => Some(3),
@@ -1283,6 +1462,10 @@ impl Engine {
                     flow.started,
                     why,
                 );
+            }
+            FlowEntry::Echo(mut e) => {
+                let _ = registry.deregister(&mut e.sock);
+                self.echo_index.remove(&(e.guest, e.dst, e.guest_ident));
             }
             FlowEntry::Dns(mut q) => {
                 if let Some(sock) = q.sock.as_mut() {

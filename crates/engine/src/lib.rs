@@ -7,6 +7,7 @@ mod audit;
 mod device;
 mod dns;
 mod engine;
+mod icmp;
 mod wire;
 
 pub use audit::{AuditLog, rfc3339};

@@ -420,6 +420,143 @@ pub fn admin_prohibited(out: &mut Vec<u8>, link: &Link, gateway: IpAddr, origina
     }
 }
 
+/// An ICMP echo reply from `src` (the pinged host) to `dst` (the sandbox).
+pub fn echo_reply(
+    out: &mut Vec<u8>,
+    link: &Link,
+    src: IpAddr,
+    dst: IpAddr,
+    ident: u16,
+    seq: u16,
+    data: &[u8],
+) -> bool {
+    match (src, dst) {
+        (IpAddr::V4(_), IpAddr::V4(_)) => {
+            let icmp = Icmpv4Repr::EchoReply {
+                ident,
+                seq_no: seq,
+                data,
+            };
+            let Some(off) = ip_headers(out, link, src, dst, IpProtocol::Icmp, icmp.buffer_len())
+            else {
+                return false;
+            };
+            icmp.emit(
+                &mut Icmpv4Packet::new_unchecked(&mut out[off..]),
+                &checksums(),
+            );
+            true
+        }
+        (IpAddr::V6(s6), IpAddr::V6(d6)) => {
+            let icmp = Icmpv6Repr::EchoReply {
+                ident,
+                seq_no: seq,
+                data,
+            };
+            let Some(off) = ip_headers(out, link, src, dst, IpProtocol::Icmpv6, icmp.buffer_len())
+            else {
+                return false;
+            };
+            icmp.emit(
+                &s6,
+                &d6,
+                &mut Icmpv6Packet::new_unchecked(&mut out[off..]),
+                &checksums(),
+            );
+            true
+        }
+        _ => false,
+    }
+}
+
+/// A router advertisement (RFC 4861 §4.2) from the gateway's link-local address `router`
+/// to `dst`, announcing itself as default router, the link MTU and the on-link prefix for
+/// address autoconfiguration.
+pub fn router_advert(
+    out: &mut Vec<u8>,
+    link: &Link,
+    router: Ipv6Addr,
+    dst: Ipv6Addr,
+    prefix: Ipv6Addr,
+    prefix_len: u8,
+    mtu: u32,
+) -> bool {
+    use smoltcp::time::Duration;
+    use smoltcp::wire::{
+        NdiscPrefixInfoFlags, NdiscPrefixInformation, NdiscRepr, NdiscRouterFlags,
+        RawHardwareAddress,
+    };
+    let ra = Icmpv6Repr::Ndisc(NdiscRepr::RouterAdvert {
+        hop_limit: 64,
+        flags: NdiscRouterFlags::empty(),
+        router_lifetime: Duration::from_secs(1800),
+        reachable_time: Duration::from_millis(0),
+        retrans_time: Duration::from_millis(0),
+        lladdr: Some(RawHardwareAddress::from(link.gateway_mac)),
+        mtu: Some(mtu),
+        prefix_info: Some(NdiscPrefixInformation {
+            prefix_len,
+            flags: NdiscPrefixInfoFlags::ON_LINK | NdiscPrefixInfoFlags::ADDRCONF,
+            valid_lifetime: Duration::from_secs(86_400),
+            preferred_lifetime: Duration::from_secs(14_400),
+            prefix,
+        }),
+    });
+    // RFC 4861 §6.1.2: hop limit 255 proves the advertisement came from the link.
+    let Some(off) = ip_headers(
+        out,
+        link,
+        IpAddr::V6(router),
+        IpAddr::V6(dst),
+        IpProtocol::Icmpv6,
+        ra.buffer_len(),
+    ) else {
+        return false;
+    };
+    let eth = EthernetFrame::<&[u8]>::header_len();
+    Ipv6Packet::new_unchecked(&mut out[eth..]).set_hop_limit(255);
+    ra.emit(
+        &router,
+        &dst,
+        &mut Icmpv6Packet::new_unchecked(&mut out[off..]),
+        &checksums(),
+    );
+    true
+}
+
+/// A neighbour advertisement (RFC 4861 §7.2.4) saying that `target` is at the gateway's
+/// MAC, sent to `dst` (the soliciting node).
+pub fn neighbor_advert(out: &mut Vec<u8>, link: &Link, target: Ipv6Addr, dst: Ipv6Addr) -> bool {
+    use smoltcp::wire::{NdiscNeighborFlags, NdiscRepr, RawHardwareAddress};
+    let na = Icmpv6Repr::Ndisc(NdiscRepr::NeighborAdvert {
+        flags: NdiscNeighborFlags::ROUTER
+            | NdiscNeighborFlags::SOLICITED
+            | NdiscNeighborFlags::OVERRIDE,
+        target_addr: target,
+        lladdr: Some(RawHardwareAddress::from(link.gateway_mac)),
+    });
+    let Some(off) = ip_headers(
+        out,
+        link,
+        IpAddr::V6(target),
+        IpAddr::V6(dst),
+        IpProtocol::Icmpv6,
+        na.buffer_len(),
+    ) else {
+        return false;
+    };
+    // RFC 4861 §7.1.2: neighbour discovery messages carry hop limit 255.
+    let eth = EthernetFrame::<&[u8]>::header_len();
+    Ipv6Packet::new_unchecked(&mut out[eth..]).set_hop_limit(255);
+    na.emit(
+        &target,
+        &dst,
+        &mut Icmpv6Packet::new_unchecked(&mut out[off..]),
+        &checksums(),
+    );
+    true
+}
+
 /// The IP packet inside an Ethernet frame.
 pub fn ip_payload(frame: &[u8]) -> &[u8] {
     frame
@@ -511,6 +648,51 @@ mod tests {
         let tcp = TcpPacket::new_checked(ip.payload()).unwrap();
         assert_eq!(tcp.ack_number().0, 1001);
         assert!(tcp.verify_checksum(&IpAddress::from(remote.ip()), &IpAddress::from(guest.ip())));
+    }
+
+    #[test]
+    fn echo_replies_and_router_adverts_parse_back() {
+        let mut out = Vec::new();
+        let (src, dst): (IpAddr, IpAddr) = (
+            "203.0.113.10".parse().unwrap(),
+            "10.0.2.100".parse().unwrap(),
+        );
+        assert!(echo_reply(&mut out, &link(), src, dst, 7, 9, b"data"));
+        let ip = Ipv4Packet::new_checked(ip_payload(&out)).unwrap();
+        let icmp = Icmpv4Packet::new_checked(ip.payload()).unwrap();
+        assert!(icmp.verify_checksum());
+        assert_eq!(
+            Icmpv4Repr::parse(&icmp, &checksums()).unwrap(),
+            Icmpv4Repr::EchoReply {
+                ident: 7,
+                seq_no: 9,
+                data: b"data"
+            }
+        );
+
+        let router: Ipv6Addr = "fe80::1".parse().unwrap();
+        let all: Ipv6Addr = "ff02::1".parse().unwrap();
+        assert!(router_advert(
+            &mut out,
+            &link(),
+            router,
+            all,
+            "fd00:6d6f:6174::".parse().unwrap(),
+            64,
+            65520
+        ));
+        let ip = Ipv6Packet::new_checked(ip_payload(&out)).unwrap();
+        assert_eq!(ip.hop_limit(), 255);
+        let icmp = Icmpv6Packet::new_checked(ip.payload()).unwrap();
+        match Icmpv6Repr::parse(&router, &all, &icmp, &checksums()).unwrap() {
+            Icmpv6Repr::Ndisc(smoltcp::wire::NdiscRepr::RouterAdvert {
+                mtu, prefix_info, ..
+            }) => {
+                assert_eq!(mtu, Some(65520));
+                assert_eq!(prefix_info.unwrap().prefix_len, 64);
+            }
+            other => panic!("{other:?}"),
+        }
     }
 
     #[test]

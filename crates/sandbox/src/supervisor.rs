@@ -164,6 +164,9 @@ fn network(net: &NetSpec) -> Stage<OwnedFd> {
             std::fs::write(v6_conf.join("accept_ra"), "0"),
         )?;
     }
+    // Let the sandbox's root (gid 0, the one group mapped) ping with unprivileged ICMP sockets (a per-namespace
+    // setting); moat relays the echoes it allows. Not fatal where /proc/sys is read-only.
+    let _ = std::fs::write("/proc/sys/net/ipv4/ping_group_range", "0 0");
     at("bring up the TAP", sys::set_up(&net.tap_name))?;
     let dev = at(
         "interface name",

@@ -274,21 +274,20 @@ pub fn make_readonly_recursive(path: &CStr) -> io::Result<()> {
     }
 }
 
-/// Drops every capability: the bounding and ambient sets, then the effective, permitted and
-/// inheritable sets (capabilities(7)). Call last before exec.
+/// Drops every capability for good: locks the secure bits so that neither uid 0 nor a
+/// uid change brings capabilities back, clears the ambient set, then the effective,
+/// permitted and inheritable sets (capabilities(7)). With `no_new_privs` (set by the
+/// caller) set-user-ID bits and file capabilities grant nothing either.
+///
+/// The bounding set is left as it is: a program with file capabilities (ping) then still
+/// runs, without them, instead of failing with EPERM ("capability-dumb" check in execve).
 pub fn drop_all_capabilities() -> io::Result<()> {
-    // PR_CAPBSET_DROP each capability the kernel knows; EINVAL past the last one ends it.
-    for cap in 0..64 {
-        // SAFETY: prctl with integer arguments only.
-        let ret = unsafe { libc::prctl(libc::PR_CAPBSET_DROP, cap as libc::c_ulong, 0, 0, 0) };
-        if ret < 0 {
-            let err = io::Error::last_os_error();
-            if err.raw_os_error() == Some(libc::EINVAL) {
-                break;
-            }
-            return Err(err);
-        }
-    }
+    // SECBIT_NOROOT, _NO_SETUID_FIXUP and _NO_CAP_AMBIENT_RAISE, each with its lock
+    // (include/uapi/linux/securebits.h). KEEP_CAPS stays unlocked: programs such as ping
+    // set it, and with empty permitted and ambient sets it keeps nothing.
+    const SECURE_BITS: libc::c_ulong = 0x01 | 0x02 | 0x04 | 0x08 | 0x40 | 0x80;
+    // SAFETY: prctl with integer arguments only.
+    cvt(unsafe { libc::prctl(libc::PR_SET_SECUREBITS, SECURE_BITS, 0, 0, 0) })?;
     // SAFETY: prctl with integer arguments only.
     cvt(unsafe {
         libc::prctl(
