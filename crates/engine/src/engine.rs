@@ -245,6 +245,8 @@ enum TcpState {
 }
 
 struct TcpFlow {
+    /// The rule that allowed it (the audit log's `rule`).
+    rule: String,
     guest: SocketAddr,
     remote: SocketAddr,
     stream: TcpStream,
@@ -257,6 +259,8 @@ struct TcpFlow {
 }
 
 struct UdpFlow {
+    /// The rule that allowed it (the audit log's `rule`).
+    rule: String,
     guest: SocketAddr,
     remote: SocketAddr,
     sock: UdpSocket,
@@ -806,6 +810,7 @@ impl Engine {
             return;
         }
         self.flows[id] = Some(FlowEntry::Tcp(TcpFlow {
+            rule: rule.clone(),
             guest,
             remote,
             stream,
@@ -1059,6 +1064,7 @@ impl Engine {
             return;
         }
         self.flows[id] = Some(FlowEntry::Udp(UdpFlow {
+            rule: decision.rule_label(),
             guest,
             remote,
             sock,
@@ -1441,6 +1447,7 @@ impl Engine {
                 self.active -= 1;
                 self.audit_close(
                     "tcp",
+                    &flow.rule,
                     flow.guest,
                     flow.remote,
                     flow.up,
@@ -1455,6 +1462,7 @@ impl Engine {
                 self.active -= 1;
                 self.audit_close(
                     "udp",
+                    &flow.rule,
                     flow.guest,
                     flow.remote,
                     flow.up,
@@ -1480,6 +1488,7 @@ impl Engine {
     fn audit_close(
         &mut self,
         proto: &str,
+        rule: &str,
         guest: SocketAddr,
         remote: SocketAddr,
         up: u64,
@@ -1490,7 +1499,7 @@ impl Engine {
         self.cfg.audit.event(
             "close",
             "allow",
-            "-",
+            rule,
             why,
             vec![
                 ("proto", Value::from(proto)),

@@ -13,3 +13,31 @@ mod wire;
 pub use audit::{AuditLog, rfc3339};
 pub use device::{FrameDevice, MemoryDevice, TapDevice};
 pub use engine::{Counters, DenyMode, EngineConfig, EngineHandle, LinkConfig, spawn};
+
+/// Entry points for the fuzz targets in `fuzz/` (not a stable API): every parser of bytes
+/// from the sandbox or the network.
+#[doc(hidden)]
+pub mod fuzzing {
+    /// Classifies a frame as the engine does before the stack sees it.
+    pub fn frame(data: &[u8]) {
+        let _ = crate::wire::classify(data);
+    }
+
+    /// The DNS message helpers on arbitrary bytes.
+    pub fn dns_message(data: &[u8]) {
+        let _ = crate::dns::is_query(data);
+        let _ = crate::dns::is_response(data);
+        let _ = crate::dns::servfail(data);
+        let mut copy = data.to_vec();
+        crate::dns::set_id(&mut copy, 1);
+    }
+
+    /// An echo reply as read from a ping or raw socket.
+    pub fn echo_reply(data: &[u8]) {
+        for v6 in [false, true] {
+            for kind in [crate::icmp::EchoKind::Ping, crate::icmp::EchoKind::Raw] {
+                let _ = crate::icmp::reply(data, v6, kind);
+            }
+        }
+    }
+}

@@ -695,6 +695,67 @@ mod tests {
         }
     }
 
+    /// Valid frames with random bytes changed, and random bytes: never a panic.
+    #[test]
+    fn mutated_frames_never_panic() {
+        let mut seeds = Vec::new();
+        let mut out = Vec::new();
+        udp_to_guest(
+            &mut out,
+            &link(),
+            "203.0.113.1:53".parse().unwrap(),
+            "10.0.2.100:9".parse().unwrap(),
+            b"payload",
+        );
+        seeds.push(out.clone());
+        udp_to_guest(
+            &mut out,
+            &link(),
+            "[2001:db8::1]:53".parse().unwrap(),
+            "[fd00::1]:9".parse().unwrap(),
+            b"payload",
+        );
+        seeds.push(out.clone());
+        tcp_reset(
+            &mut out,
+            &link(),
+            "203.0.113.1:80".parse().unwrap(),
+            "10.0.2.100:9".parse().unwrap(),
+            1,
+            1,
+        );
+        seeds.push(out.clone());
+        echo_reply(
+            &mut out,
+            &link(),
+            "2001:db8::1".parse().unwrap(),
+            "fd00::1".parse().unwrap(),
+            1,
+            2,
+            b"x",
+        );
+        seeds.push(out.clone());
+        let mut rng = 0x2545_f491_4f6c_dd1du64;
+        let mut next = || {
+            rng ^= rng << 13;
+            rng ^= rng >> 7;
+            rng ^= rng << 17;
+            rng
+        };
+        for _ in 0..20_000 {
+            let mut frame = seeds[(next() % seeds.len() as u64) as usize].clone();
+            for _ in 0..(next() % 4 + 1) {
+                let i = (next() % frame.len() as u64) as usize;
+                frame[i] = next() as u8;
+            }
+            let cut = (next() % (frame.len() as u64 + 1)) as usize;
+            frame.truncate(cut);
+            let _ = classify(&frame);
+            crate::fuzzing::dns_message(&frame);
+            crate::fuzzing::echo_reply(&frame);
+        }
+    }
+
     #[test]
     fn hostile_bytes_are_other_or_unsupported() {
         for len in 0..80 {
