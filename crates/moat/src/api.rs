@@ -88,6 +88,9 @@ impl AuditSink {
 #[derive(Debug, Clone)]
 pub struct NetworkBuilder {
     policy: NetworkPolicy,
+    block_domains: Vec<String>,
+    block_domain_suffixes: Vec<String>,
+    dns_rebind_protection: bool,
     max_connections: usize,
     dns_servers: Vec<SocketAddr>,
     deny_mode: DenyMode,
@@ -97,6 +100,9 @@ impl Default for NetworkBuilder {
     fn default() -> NetworkBuilder {
         NetworkBuilder {
             policy: NetworkPolicy::public_only(),
+            block_domains: Vec::new(),
+            block_domain_suffixes: Vec::new(),
+            dns_rebind_protection: true,
             max_connections: 1024,
             dns_servers: Vec::new(),
             deny_mode: DenyMode::Drop,
@@ -108,6 +114,27 @@ impl NetworkBuilder {
     /// Replaces the default `public_only()` policy.
     pub fn policy(mut self, policy: NetworkPolicy) -> NetworkBuilder {
         self.policy = policy;
+        self
+    }
+
+    /// Lookups of exactly `domain` (any letter case, trailing dot ignored) answer NXDOMAIN
+    /// and never leave the host. Repeatable. An invalid name fails [`SandboxBuilder::create`].
+    pub fn block_domain(mut self, domain: impl Into<String>) -> NetworkBuilder {
+        self.block_domains.push(domain.into());
+        self
+    }
+
+    /// Lookups of every name strictly below `suffix` (`.tracking.com` or `tracking.com`)
+    /// answer NXDOMAIN and never leave the host. Repeatable.
+    pub fn block_domain_suffix(mut self, suffix: impl Into<String>) -> NetworkBuilder {
+        self.block_domain_suffixes.push(suffix.into());
+        self
+    }
+
+    /// Removes DNS answers that point at private, loopback, link-local, metadata or
+    /// unspecified addresses. Default `true`.
+    pub fn dns_rebind_protection(mut self, enabled: bool) -> NetworkBuilder {
+        self.dns_rebind_protection = enabled;
         self
     }
 
@@ -207,6 +234,18 @@ impl SandboxBuilder {
         }
         let policy = self.network.policy;
         let compiled = policy.compile()?;
+        let block_domains = self
+            .network
+            .block_domains
+            .iter()
+            .map(|d| moat_policy::DomainName::new(d))
+            .collect::<Result<Vec<_>, _>>()?;
+        let block_domain_suffixes = self
+            .network
+            .block_domain_suffixes
+            .iter()
+            .map(|d| moat_policy::DomainSuffix::new(d))
+            .collect::<Result<Vec<_>, _>>()?;
         let link = LinkConfig::default();
         let offline = policy.is_offline();
         let network = (!offline).then(|| NetSpec {
@@ -240,6 +279,9 @@ impl SandboxBuilder {
             Some(tap) => {
                 let mut cfg = EngineConfig::new(compiled, audit);
                 cfg.deny_mode = self.network.deny_mode;
+                cfg.block_domains = block_domains;
+                cfg.block_domain_suffixes = block_domain_suffixes;
+                cfg.dns_rebind_protection = self.network.dns_rebind_protection;
                 cfg.max_connections = self.network.max_connections;
                 cfg.dns_servers = if self.network.dns_servers.is_empty() {
                     std::fs::read_to_string("/etc/resolv.conf")

@@ -28,6 +28,12 @@ pub struct RunOptions {
     pub rules: Vec<(bool, String)>,
     /// `--dns` upstreams.
     pub dns: Vec<String>,
+    /// `--block-domain`.
+    pub block_domains: Vec<String>,
+    /// `--block-domain-suffix`.
+    pub block_domain_suffixes: Vec<String>,
+    /// `--no-dns-rebind-protection`.
+    pub no_dns_rebind_protection: bool,
     /// `--max-connections`.
     pub max_connections: Option<usize>,
     /// `--reject`.
@@ -182,6 +188,18 @@ pub fn run(opts: RunOptions) -> anyhow::Result<i32> {
             .map(|d| parse_dns(d))
             .collect::<anyhow::Result<_>>()?
     };
+    let block_domains = opts
+        .block_domains
+        .iter()
+        .map(|d| moat_policy::DomainName::new(d).with_context(|| format!("--block-domain {d}")))
+        .collect::<anyhow::Result<Vec<_>>>()?;
+    let block_domain_suffixes = opts
+        .block_domain_suffixes
+        .iter()
+        .map(|d| {
+            moat_policy::DomainSuffix::new(d).with_context(|| format!("--block-domain-suffix {d}"))
+        })
+        .collect::<anyhow::Result<Vec<_>>>()?;
     let audit = AuditLog::new(&opts.name, open_audit(opts.audit.as_deref())?);
 
     let link = LinkConfig::default();
@@ -247,6 +265,9 @@ pub fn run(opts: RunOptions) -> anyhow::Result<i32> {
             };
             cfg.max_connections = opts.max_connections.unwrap_or(1024);
             cfg.dns_servers = dns_servers;
+            cfg.block_domains = block_domains;
+            cfg.block_domain_suffixes = block_domain_suffixes;
+            cfg.dns_rebind_protection = !opts.no_dns_rebind_protection;
             cfg.link = link;
             Some(moat_engine::spawn(Box::new(TapDevice::new(tap)?), cfg)?)
         }

@@ -48,6 +48,15 @@ struct RunArgs {
     /// Upstream DNS resolver, IP[:PORT]; repeatable, tried in order (default: the host's resolv.conf).
     #[arg(long, value_name = "IP[:PORT]")]
     dns: Vec<String>,
+    /// Answer NXDOMAIN for lookups of exactly NAME (never sent upstream); repeatable.
+    #[arg(long, value_name = "NAME")]
+    block_domain: Vec<String>,
+    /// Answer NXDOMAIN for lookups of every name below SUFFIX (.tracking.com); repeatable.
+    #[arg(long, value_name = "SUFFIX")]
+    block_domain_suffix: Vec<String>,
+    /// Keep DNS answers that point at private, loopback, link-local or metadata addresses.
+    #[arg(long)]
+    no_dns_rebind_protection: bool,
     /// At most N concurrent connections (TCP connections and UDP flows).
     #[arg(long, value_name = "N", default_value_t = 1024)]
     max_connections: usize,
@@ -163,6 +172,9 @@ fn run_options(args: RunArgs, matches: Option<&clap::ArgMatches>) -> run::RunOpt
         policy: args.policy,
         rules: rules.into_iter().map(|(_, a, d)| (a, d)).collect(),
         dns: args.dns,
+        block_domains: args.block_domain,
+        block_domain_suffixes: args.block_domain_suffix,
+        no_dns_rebind_protection: args.no_dns_rebind_protection,
         max_connections: Some(args.max_connections),
         reject: args.reject,
         audit: args.audit,

@@ -3,6 +3,10 @@
 //! are tried in order on timeout or transport error, and when all fail the sandbox gets a
 //! SERVFAIL built from its own question (RFC 1035 §4.1).
 
+pub mod filter;
+pub mod message;
+pub mod pins;
+
 /// Length of the DNS header (RFC 1035 §4.1.1).
 pub const HEADER_LEN: usize = 12;
 

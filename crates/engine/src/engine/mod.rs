@@ -37,15 +37,22 @@ use std::time::{Duration, Instant};
 
 use mio::net::{TcpStream, UdpSocket};
 use mio::{Events, Interest, Poll, Token, Waker};
-use moat_policy::{CompiledPolicy, Decision, Direction, Flow, Protocol};
+use moat_policy::{
+    CompiledPolicy, DecidedBy, Decision, Direction, DomainName, DomainSuffix, Flow, Protocol,
+    canonical_addr,
+};
 use serde_json::Value;
 use smoltcp::iface::{Config, Interface, SocketHandle, SocketSet};
 use smoltcp::socket::tcp;
 use smoltcp::wire::{EthernetAddress, HardwareAddress, IpCidr, IpListenEndpoint};
 
+mod intercept;
+
+use self::intercept::{DnsQuery, DnsStream, ReplyTo};
 use crate::audit::AuditLog;
 use crate::device::{ETH_HEADER, FrameDevice, StackDevice};
-use crate::dns;
+use crate::dns::filter::DnsRules;
+use crate::dns::pins::Pins;
 use crate::icmp::{self, EchoKind};
 use crate::wire::{self, Frame, L4, Link};
 
@@ -118,6 +125,12 @@ pub struct EngineConfig {
     pub dns_timeout: Duration,
     /// smoltcp socket buffer size per direction (pages are committed only when used).
     pub tcp_buffer: usize,
+    /// Names whose lookups answer NXDOMAIN (`block_domain`).
+    pub block_domains: Vec<DomainName>,
+    /// Suffixes below which lookups answer NXDOMAIN (`block_domain_suffix`).
+    pub block_domain_suffixes: Vec<DomainSuffix>,
+    /// Remove answers that point inward (`dns_rebind_protection`).
+    pub dns_rebind_protection: bool,
 }
 
 impl EngineConfig {
@@ -134,6 +147,9 @@ impl EngineConfig {
             udp_idle_timeout: Duration::from_secs(60),
             dns_timeout: Duration::from_secs(2),
             tcp_buffer: 1 << 20,
+            block_domains: Vec::new(),
+            block_domain_suffixes: Vec::new(),
+            dns_rebind_protection: true,
         }
     }
 }
@@ -159,6 +175,8 @@ pub struct Counters {
     pub dns_queries: u64,
     /// DNS queries answered with SERVFAIL (all upstreams failed).
     pub dns_servfail: u64,
+    /// Port-53 messages that were not DNS queries, dropped.
+    pub dns_dropped: u64,
     /// ICMP echo requests that could not be relayed (no ping or raw socket, or too many).
     pub icmp_dropped: u64,
     /// ICMP echo requests relayed.
@@ -200,17 +218,21 @@ impl Drop for EngineHandle {
 
 const TAP: Token = Token(0);
 const WAKE: Token = Token(1);
-const FIRST_FLOW: usize = 2;
+pub(crate) const FIRST_FLOW: usize = 2;
 /// Frames read per wake before the loop services sockets again.
 const RX_BATCH: usize = 256;
 /// DNS queries in flight at once.
-const MAX_DNS_IN_FLIGHT: usize = 256;
+pub(crate) const MAX_DNS_IN_FLIGHT: usize = 256;
 /// ICMP echo flows (sandbox identifier × destination) at once.
 const MAX_ECHO_FLOWS: usize = 64;
 /// An echo flow without requests for this long is closed.
 const ECHO_IDLE: Duration = Duration::from_secs(10);
 /// The gateway's link-local address, the source of its router advertisements.
 const GATEWAY_LINK_LOCAL: Ipv6Addr = Ipv6Addr::new(0xfe80, 0, 0, 0, 0, 0, 0, 1);
+/// (address, name) pins held at most.
+const MAX_PINS: usize = 65_536;
+/// How long a pin outlives its TTL.
+const PIN_GRACE: Duration = Duration::from_secs(120);
 /// How often idle flows and deadlines are checked.
 const SWEEP: Duration = Duration::from_millis(200);
 
@@ -270,18 +292,6 @@ struct UdpFlow {
     started: Instant,
 }
 
-struct DnsQuery {
-    guest: SocketAddr,
-    /// The address the sandbox sent the query to (answers come from it).
-    asked: SocketAddr,
-    original_id: u16,
-    message: Vec<u8>,
-    server: usize,
-    /// The socket of the current attempt.
-    sock: Option<UdpSocket>,
-    deadline: Instant,
-}
-
 struct EchoFlow {
     guest: IpAddr,
     dst: IpAddr,
@@ -296,6 +306,7 @@ enum FlowEntry {
     Tcp(TcpFlow),
     Udp(UdpFlow),
     Dns(DnsQuery),
+    DnsTcp(DnsStream),
     Echo(EchoFlow),
 }
 
@@ -311,6 +322,9 @@ struct Engine {
     tcp_index: HashMap<(SocketAddr, SocketAddr), usize>,
     udp_index: HashMap<(SocketAddr, SocketAddr), usize>,
     echo_index: HashMap<(IpAddr, IpAddr, u16), usize>,
+    dns_rules: DnsRules,
+    pins: Pins,
+    next_pin_sweep: Instant,
     /// TCP connections and UDP flows open (bounded by `max_connections`).
     active: usize,
     dns_in_flight: usize,
@@ -373,6 +387,12 @@ impl Engine {
         let _ = iface
             .routes_mut()
             .add_default_ipv6_route(link_cfg.gateway_v6);
+        let dns_rules = DnsRules::new(
+            cfg.policy.policy(),
+            &cfg.block_domains,
+            &cfg.block_domain_suffixes,
+            cfg.dns_rebind_protection,
+        );
         Ok(Engine {
             poll,
             device,
@@ -388,6 +408,9 @@ impl Engine {
             tcp_index: HashMap::new(),
             udp_index: HashMap::new(),
             echo_index: HashMap::new(),
+            dns_rules,
+            pins: Pins::new(MAX_PINS, PIN_GRACE),
+            next_pin_sweep: Instant::now(),
             active: 0,
             dns_in_flight: 0,
             dirty: HashSet::new(),
@@ -629,13 +652,16 @@ impl Engine {
         }
     }
 
+    /// Judges an outbound flow, with the names this sandbox's lookups pinned to the
+    /// address.
     fn judge(&self, protocol: Protocol, target: SocketAddr) -> Decision {
+        let names = self.pins.names(canonical_addr(target.ip()), Instant::now());
         self.cfg.policy.decide(&Flow {
             direction: Direction::Outbound,
             protocol,
             addr: target.ip(),
             port: Some(target.port()),
-            names: &[],
+            names: &names,
             sni: None,
         })
     }
@@ -659,6 +685,7 @@ impl Engine {
                 ("src", Value::from(guest.to_string())),
                 ("dst", Value::from(remote.ip().to_string())),
                 ("port", Value::from(remote.port())),
+                ("domain", self.pinned_domain(remote.ip())),
             ],
         );
     }
@@ -682,8 +709,24 @@ impl Engine {
                 ("src", Value::from(guest.to_string())),
                 ("dst", Value::from(remote.ip().to_string())),
                 ("port", Value::from(remote.port())),
+                ("domain", self.pinned_domain(remote.ip())),
             ],
         );
+    }
+
+    /// The audit log's `domain`: the names this sandbox's lookups pinned to `addr`.
+    fn pinned_domain(&self, addr: IpAddr) -> Value {
+        let names = self.pins.names(canonical_addr(addr), Instant::now());
+        match names.len() {
+            0 => Value::Null,
+            1 => Value::from(names[0].as_str()),
+            _ => Value::from(
+                names
+                    .iter()
+                    .map(|n| n.as_str().to_owned())
+                    .collect::<Vec<_>>(),
+            ),
+        }
     }
 
     fn audit_limit(&mut self, proto: &str, guest: SocketAddr, remote: SocketAddr) {
@@ -736,13 +779,19 @@ impl Engine {
         seg_len: u32,
     ) {
         if let Some(&id) = self.tcp_index.get(&(guest, remote)) {
-            if let Some(FlowEntry::Tcp(flow)) = &self.flows[id] {
-                if matches!(flow.state, TcpState::Open { .. }) {
+            match &self.flows[id] {
+                Some(FlowEntry::Tcp(flow)) if matches!(flow.state, TcpState::Open { .. }) => {
                     self.feed(frame);
                     self.dirty.insert(id);
-                } else if rst {
-                    self.remove(id, "reset by the sandbox while connecting");
                 }
+                Some(FlowEntry::DnsTcp(_)) => {
+                    self.feed(frame);
+                    self.dirty.insert(id);
+                }
+                Some(FlowEntry::Tcp(_)) if rst => {
+                    self.remove(id, "reset by the sandbox while connecting")
+                }
+                _ => {}
             }
             return;
         }
@@ -750,37 +799,36 @@ impl Engine {
             self.counters.dropped_unsupported += 1;
             return;
         }
+        if remote.port() == 53 {
+            // Every DNS-over-TCP flow is answered here, whatever address it was sent to.
+            self.open_dns_stream(frame, guest, remote, seq, seg_len);
+            return;
+        }
         let upstream = self.upstream(remote);
-        let is_dns = remote.port() == 53
-            && upstream.ip().is_loopback()
-            && self.gateway_for(remote.ip()) == remote.ip();
-        let (upstream, rule, reason) = if is_dns {
-            match self.cfg.dns_servers.first() {
-                Some(&server) => (
-                    server,
-                    "dns".to_owned(),
-                    format!("DNS over TCP to the gateway, forwarded to {server}"),
-                ),
-                None => {
-                    self.reset_guest(guest, remote, seq, seg_len);
-                    return;
-                }
-            }
-        } else {
-            let decision = self.judge(Protocol::Tcp, upstream);
-            if !decision.is_allow() {
-                self.audit_deny("tcp", guest, remote, &decision);
-                if self.cfg.deny_mode == DenyMode::Reject {
-                    self.reset_guest(guest, remote, seq, seg_len);
-                }
+        let decision = self.judge(Protocol::Tcp, upstream);
+        // DNS over TLS would carry lookups past the interceptor: only a rule that names
+        // port 853 explicitly allows it.
+        let dot_refused = remote.port() == 853
+            && decision.is_allow()
+            && !matches!(decision.by, DecidedBy::Rule(i) if self.cfg.policy.policy().rules.get(i).is_some_and(|r| r.ports.is_some()));
+        if !decision.is_allow() || dot_refused {
+            if dot_refused {
+                self.audit_bypass(
+                    "tcp",
+                    guest,
+                    remote,
+                    "DNS over TLS is refused unless a rule allows port 853 explicitly",
+                );
+                self.reset_guest(guest, remote, seq, seg_len);
                 return;
             }
-            (
-                upstream,
-                decision.rule_label(),
-                self.cfg.policy.reason(&decision),
-            )
-        };
+            self.audit_deny("tcp", guest, remote, &decision);
+            if self.cfg.deny_mode == DenyMode::Reject {
+                self.reset_guest(guest, remote, seq, seg_len);
+            }
+            return;
+        }
+        let (rule, reason) = (decision.rule_label(), self.cfg.policy.reason(&decision));
         if self.active >= self.cfg.max_connections {
             self.audit_limit("tcp", guest, remote);
             self.reset_guest(guest, remote, seq, seg_len);
@@ -830,6 +878,67 @@ impl Engine {
         self.audit_allow("tcp", guest, remote, &rule, &reason);
     }
 
+    /// Accepts a DNS-over-TCP connection from the sandbox; it is answered here.
+    fn open_dns_stream(
+        &mut self,
+        syn: &[u8],
+        guest: SocketAddr,
+        remote: SocketAddr,
+        seq: u32,
+        seg_len: u32,
+    ) {
+        if self.active >= self.cfg.max_connections {
+            self.audit_limit("tcp", guest, remote);
+            self.reset_guest(guest, remote, seq, seg_len);
+            return;
+        }
+        // DNS messages are at most 64 KiB: small buffers suffice.
+        let size = 128 * 1024;
+        let mut socket = tcp::Socket::new(
+            tcp::SocketBuffer::new(vec![0u8; size]),
+            tcp::SocketBuffer::new(vec![0u8; size]),
+        );
+        socket.set_nagle_enabled(false);
+        let endpoint = IpListenEndpoint {
+            addr: Some(remote.ip().into()),
+            port: remote.port(),
+        };
+        if socket.listen(endpoint).is_err() {
+            return;
+        }
+        let handle = self.sockets.add(socket);
+        let id = self.slot();
+        self.flows[id] = Some(FlowEntry::DnsTcp(DnsStream {
+            guest,
+            remote,
+            handle,
+            inbuf: Vec::new(),
+            pending: 0,
+            started: Instant::now(),
+        }));
+        self.tcp_index.insert((guest, remote), id);
+        self.active += 1;
+        self.feed(syn);
+        self.dirty.insert(id);
+    }
+
+    /// Audits a refused attempt to use a DNS transport that would bypass the interceptor.
+    fn audit_bypass(&mut self, proto: &str, guest: SocketAddr, remote: SocketAddr, reason: &str) {
+        self.counters.denied += 1;
+        self.cfg.audit.event(
+            "connect",
+            "deny",
+            "dns_bypass",
+            reason,
+            vec![
+                ("proto", Value::from(proto)),
+                ("src", Value::from(guest.to_string())),
+                ("dst", Value::from(remote.ip().to_string())),
+                ("port", Value::from(remote.port())),
+            ],
+        );
+    }
+
     fn on_host_event(&mut self, id: usize) {
         let Some(Some(entry)) = self.flows.get_mut(id) else {
             return;
@@ -844,6 +953,9 @@ impl Engine {
             }
             FlowEntry::Udp(_) => self.udp_readable(id),
             FlowEntry::Dns(_) => self.dns_readable(id),
+            FlowEntry::DnsTcp(_) => {
+                self.dirty.insert(id);
+            }
             FlowEntry::Echo(_) => self.echo_readable(id),
         }
     }
@@ -910,6 +1022,10 @@ impl Engine {
 
     /// Moves bytes both ways for one open TCP flow, and ends it when both sides are done.
     fn relay(&mut self, id: usize) {
+        if let Some(Some(FlowEntry::DnsTcp(_))) = self.flows.get(id) {
+            self.dns_stream_relay(id);
+            return;
+        }
         let Some(Some(FlowEntry::Tcp(flow))) = self.flows.get_mut(id) else {
             return;
         };
@@ -1004,8 +1120,37 @@ impl Engine {
             self.counters.dropped_unsupported += 1;
             return;
         };
-        if remote.port() == 53 && remote.ip() == self.gateway_for(remote.ip()) {
-            self.dns_query(guest, remote, payload);
+        if remote.port() == 53 {
+            // Every DNS datagram is answered here, whatever address it was sent to.
+            self.dns_from_guest(
+                payload,
+                ReplyTo::Udp {
+                    guest,
+                    asked: remote,
+                },
+            );
+            return;
+        }
+        // DNS over QUIC, mDNS, LLMNR and NetBIOS name service would resolve names past the
+        // interceptor: refused at once, so stub resolvers fall back to port 53.
+        if matches!(remote.port(), 853 | 5353 | 5355 | 137) {
+            self.audit_bypass(
+                "udp",
+                guest,
+                remote,
+                "DoQ, mDNS, LLMNR and NetBIOS name service are refused; use DNS on port 53",
+            );
+            let mut out = std::mem::take(&mut self.scratch);
+            if wire::admin_prohibited(
+                &mut out,
+                &self.link,
+                self.gateway_for(remote.ip()),
+                wire::ip_payload(frame),
+            ) {
+                self.send_frame(&out);
+            }
+            out.resize(65536, 0);
+            self.scratch = out;
             return;
         }
         if let Some(&id) = self.udp_index.get(&(guest, remote)) {
@@ -1110,134 +1255,6 @@ impl Engine {
         self.rng ^= self.rng >> 7;
         self.rng ^= self.rng << 17;
         self.rng
-    }
-
-    fn dns_query(&mut self, guest: SocketAddr, asked: SocketAddr, payload: &[u8]) {
-        if !dns::is_query(payload) {
-            self.counters.dropped_unsupported += 1;
-            return;
-        }
-        if self.dns_in_flight >= MAX_DNS_IN_FLIGHT {
-            self.counters.dropped_unsupported += 1;
-            return;
-        }
-        let Some(original_id) = dns::id(payload) else {
-            return;
-        };
-        let mut message = payload.to_vec();
-        let our_id = self.next_random() as u16;
-        dns::set_id(&mut message, our_id);
-        self.counters.dns_queries += 1;
-        let id = self.slot();
-        self.flows[id] = Some(FlowEntry::Dns(DnsQuery {
-            guest,
-            asked,
-            original_id,
-            message,
-            server: 0,
-            sock: None,
-            deadline: Instant::now(),
-        }));
-        self.dns_in_flight += 1;
-        self.dns_try(id, 0);
-    }
-
-    /// Sends query `id` to upstream `server` (or answers SERVFAIL when none is left).
-    fn dns_try(&mut self, id: usize, mut server: usize) {
-        loop {
-            let Some(&upstream) = self.cfg.dns_servers.get(server) else {
-                self.dns_fail(id);
-                return;
-            };
-            let Some(Some(FlowEntry::Dns(q))) = self.flows.get_mut(id) else {
-                return;
-            };
-            let bind: SocketAddr = match upstream {
-                SocketAddr::V4(_) => (Ipv4Addr::UNSPECIFIED, 0).into(),
-                SocketAddr::V6(_) => (Ipv6Addr::UNSPECIFIED, 0).into(),
-            };
-            let attempt = UdpSocket::bind(bind).and_then(|s| {
-                s.connect(upstream)?;
-                s.send(&q.message)?;
-                Ok(s)
-            });
-            match attempt {
-                Ok(mut sock) => {
-                    if let Some(old) = q.sock.as_mut() {
-                        let _ = self.poll.registry().deregister(old);
-                    }
-                    if self
-                        .poll
-                        .registry()
-                        .register(&mut sock, Token(id + FIRST_FLOW), Interest::READABLE)
-                        .is_err()
-                    {
-                        server += 1;
-                        continue;
-                    }
-                    q.sock = Some(sock);
-                    q.server = server;
-                    q.deadline = Instant::now() + self.cfg.dns_timeout;
-                    return;
-                }
-                Err(_) => server += 1,
-            }
-        }
-    }
-
-    fn dns_fail(&mut self, id: usize) {
-        let Some(Some(FlowEntry::Dns(q))) = self.flows.get_mut(id) else {
-            return;
-        };
-        let mut query = q.message.clone();
-        dns::set_id(&mut query, q.original_id);
-        let (guest, asked) = (q.guest, q.asked);
-        if let Some(answer) = dns::servfail(&query) {
-            self.counters.dns_servfail += 1;
-            let mut out = std::mem::take(&mut self.tx_buf);
-            if wire::udp_to_guest(&mut out, &self.link, asked, guest, &answer) {
-                self.send_frame(&out);
-            }
-            self.tx_buf = out;
-        }
-        self.remove(id, "dns failed");
-    }
-
-    fn dns_readable(&mut self, id: usize) {
-        let mut buf = std::mem::take(&mut self.scratch);
-        let mut answered = false;
-        while let Some(Some(FlowEntry::Dns(q))) = self.flows.get_mut(id) {
-            let Some(sock) = q.sock.as_ref() else { break };
-            match sock.recv(&mut buf) {
-                Ok(n) => {
-                    let msg = &mut buf[..n];
-                    if !dns::is_response(msg) || dns::id(msg) != dns::id(&q.message) {
-                        continue;
-                    }
-                    dns::set_id(msg, q.original_id);
-                    let (guest, asked) = (q.guest, q.asked);
-                    let mut out = std::mem::take(&mut self.tx_buf);
-                    if wire::udp_to_guest(&mut out, &self.link, asked, guest, msg) {
-                        self.send_frame(&out);
-                    }
-                    self.tx_buf = out;
-                    answered = true;
-                    break;
-                }
-                Err(e) if e.kind() == io::ErrorKind::WouldBlock => break,
-                // Transport error (e.g. ICMP port unreachable): next upstream.
-                Err(_) => {
-                    let next = q.server + 1;
-                    self.scratch = buf;
-                    self.dns_try(id, next);
-                    return;
-                }
-            }
-        }
-        self.scratch = buf;
-        if answered {
-            self.remove(id, "answered");
-        }
     }
 
     /// Relays an echo request from the sandbox, if the policy allows it.
@@ -1390,6 +1407,10 @@ impl Engine {
     /// Idle UDP flows, dial and DNS deadlines, TCP flows smoltcp has finished.
     fn sweep(&mut self) {
         let now = Instant::now();
+        if now >= self.next_pin_sweep {
+            self.pins.sweep(now);
+            self.next_pin_sweep = now + Duration::from_secs(10);
+        }
         for id in 0..self.flows.len() {
             let action = match &self.flows[id] {
                 Some(FlowEntry::Udp(f))
@@ -1399,6 +1420,7 @@ impl Engine {
                 }
                 Some(FlowEntry::Dns(q)) if now >= q.deadline => Some(1),
                 Some(FlowEntry::Echo(e)) if now.duration_since(e.last) >= ECHO_IDLE => Some(0),
+                Some(FlowEntry::DnsTcp(_)) => Some(3),
                 Some(FlowEntry::Tcp(f)) => match f.state {
                     TcpState::Connecting { deadline, .. } if now >= deadline => Some(2),
                     TcpState::Open { .. } => Some(3),
@@ -1480,6 +1502,13 @@ impl Engine {
                     let _ = registry.deregister(sock);
                 }
                 self.dns_in_flight -= 1;
+                self.dns_stream_done(q.reply);
+            }
+            FlowEntry::DnsTcp(s) => {
+                self.sockets.remove(s.handle);
+                self.tcp_index.remove(&(s.guest, s.remote));
+                self.active -= 1;
+                self.audit_close("tcp", "dns", s.guest, s.remote, 0, 0, s.started, why);
             }
         }
     }
@@ -1522,6 +1551,9 @@ impl Engine {
                 && let TcpState::Open { handle } = flow.state
             {
                 self.sockets.get_mut::<tcp::Socket>(handle).abort();
+            }
+            if let Some(Some(FlowEntry::DnsTcp(s))) = self.flows.get(id) {
+                self.sockets.get_mut::<tcp::Socket>(s.handle).abort();
             }
             self.remove(id, "sandbox stopped");
         }
