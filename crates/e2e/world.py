@@ -30,10 +30,12 @@ def log(**fields):
 
 PATTERN = bytes(range(256)) * 256  # 64 KiB
 
-# name -> list of (qtype, rdata-bytes)
-A, AAAA = 1, 28
+# name -> list of (qtype, rdata-bytes), or ("cname", target)
+A, AAAA, CNAME = 1, 28, 5
 def a(ip): return (A, socket.inet_pton(socket.AF_INET, ip))
 def aaaa(ip): return (AAAA, socket.inet_pton(socket.AF_INET6, ip))
+def enc(name):
+    return b"".join(bytes([len(l)]) + l.encode() for l in name.split(".") if l) + b"\0"
 TABLE = {
     "api.example.test": [a("203.0.113.10"), aaaa("2001:db8::10")],
     "www.example.test": [a("203.0.113.10"), aaaa("2001:db8::10")],
@@ -41,7 +43,33 @@ TABLE = {
     "private.example.test": [a("10.1.0.10")],
     "loopback.example.test": [a("127.0.0.1")],
     "metadata.example.test": [a("169.254.169.254")],
+    "mixed.example.test": [a("10.1.0.10"), a("203.0.113.10")],
+    "alias.example.test": [("cname", "x.tracking.example.test")],
+    "clean-alias.example.test": [("cname", "api.example.test")],
 }
+ROTATE = ["203.0.113.10", "203.0.113.11"]
+rotation = [0]
+
+def records_for(name):
+    if name == "rotate.example.test":
+        with LOCK:
+            rotation[0] += 1
+            return [a(ROTATE[rotation[0] % 2])]
+    records = TABLE.get(name)
+    if records is None and name.endswith(".example.test"):
+        records = [a("203.0.113.10"), aaaa("2001:db8::10")]
+    return records
+
+def lookup(name, qtype, depth=0):
+    """(answers, exists): answers as (owner, type, rdata)."""
+    records = records_for(name)
+    if records is None:
+        return [], False
+    for r in records:
+        if r[0] == "cname" and depth < 8:
+            rest, exists = lookup(r[1], qtype, depth + 1)
+            return [(name, CNAME, enc(r[1]))] + rest, exists
+    return [(name, t, d) for t, d in records if t == qtype], True
 
 def dns_answer(query):
     if len(query) < 12:
@@ -60,20 +88,18 @@ def dns_answer(query):
     qtype = struct.unpack(">H", query[i + 1:i + 3])[0]
     name = ".".join(labels).lower()
     log(server="dns", name=name, qtype=qtype)
-    records = TABLE.get(name)
-    if records is None and name.endswith(".example.test"):
-        records = [a("203.0.113.10"), aaaa("2001:db8::10")]
-    rcode = 0 if records is not None else 3
-    answers = [r for r in (records or []) if r[0] == qtype]
+    answers, exists = lookup(name, qtype)
+    rcode = 0 if exists else 3
     out = struct.pack(">HHHHHH", qid, 0x8180 | (flags & 0x0100) | rcode, 1, len(answers), 0, 0)
     out += query[12:qend]
-    for rtype, rdata in answers:
-        out += struct.pack(">HHHIH", 0xC00C, rtype, 1, 30, len(rdata)) + rdata
+    for owner, rtype, rdata in answers:
+        out += enc(owner) + struct.pack(">HHIH", rtype, 1, 30, len(rdata)) + rdata
     return out
 
 class DnsUdp(socketserver.BaseRequestHandler):
     def handle(self):
         data, sock = self.request
+        log(server="dns-raw", local=self.server.server_address[0], bytes=len(data))
         answer = dns_answer(data)
         if answer:
             sock.sendto(answer, self.client_address)
