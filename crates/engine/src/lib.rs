@@ -8,6 +8,7 @@ mod device;
 mod dns;
 mod engine;
 mod icmp;
+mod tls;
 mod wire;
 
 pub use audit::{AuditLog, rfc3339};
@@ -30,6 +31,11 @@ pub mod fuzzing {
         let _ = crate::dns::servfail(data);
         let mut copy = data.to_vec();
         crate::dns::set_id(&mut copy, 1);
+    }
+
+    /// The server name in a client's first bytes.
+    pub fn client_hello(data: &[u8]) {
+        let _ = crate::tls::sni::parse(data);
     }
 
     /// An echo reply as read from a ping or raw socket.

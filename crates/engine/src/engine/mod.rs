@@ -54,6 +54,7 @@ use crate::device::{ETH_HEADER, FrameDevice, StackDevice};
 use crate::dns::filter::DnsRules;
 use crate::dns::pins::Pins;
 use crate::icmp::{self, EchoKind};
+use crate::tls::sni::{self, Sni};
 use crate::wire::{self, Frame, L4, Link};
 
 /// How denied flows are answered.
@@ -229,6 +230,9 @@ const MAX_ECHO_FLOWS: usize = 64;
 const ECHO_IDLE: Duration = Duration::from_secs(10);
 /// The gateway's link-local address, the source of its router advertisements.
 const GATEWAY_LINK_LOCAL: Ipv6Addr = Ipv6Addr::new(0xfe80, 0, 0, 0, 0, 0, 0, 1);
+/// TCP ports whose first bytes are read for a TLS server name (when the policy has domain
+/// rules).
+const TLS_PORTS: [u16; 1] = [443];
 /// (address, name) pins held at most.
 const MAX_PINS: usize = 65_536;
 /// How long a pin outlives its TTL.
@@ -266,9 +270,30 @@ enum TcpState {
     Open { handle: SocketHandle },
 }
 
+/// What the TLS server-name check lets a flow do.
+enum Gate {
+    /// Relay the sandbox's bytes.
+    Open,
+    /// Hold them: the ClientHello is not complete yet.
+    Wait,
+    /// The flow was reset.
+    Aborted,
+}
+
+/// Whether a TCP flow's first bytes must be read for a TLS server name before they may
+/// leave (on TLS ports when the policy has domain rules).
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+enum SniCheck {
+    /// Nothing to check.
+    Off,
+    /// Waiting for the ClientHello; the server's bytes are relayed meanwhile.
+    Pending,
+}
+
 struct TcpFlow {
     /// The rule that allowed it (the audit log's `rule`).
     rule: String,
+    sni: SniCheck,
     guest: SocketAddr,
     remote: SocketAddr,
     stream: TcpStream,
@@ -323,12 +348,16 @@ struct Engine {
     udp_index: HashMap<(SocketAddr, SocketAddr), usize>,
     echo_index: HashMap<(IpAddr, IpAddr, u16), usize>,
     dns_rules: DnsRules,
+    /// The policy has Domain/DomainSuffix rules (so TLS server names matter).
+    has_name_rules: bool,
     pins: Pins,
     next_pin_sweep: Instant,
     /// TCP connections and UDP flows open (bounded by `max_connections`).
     active: usize,
     dns_in_flight: usize,
     dirty: HashSet<usize>,
+    /// Aborted flows to remove once their RST is out.
+    doomed: Vec<(usize, String)>,
     rx_buf: Vec<u8>,
     tx_buf: Vec<u8>,
     scratch: Vec<u8>,
@@ -387,6 +416,12 @@ impl Engine {
         let _ = iface
             .routes_mut()
             .add_default_ipv6_route(link_cfg.gateway_v6);
+        let has_name_rules = cfg
+            .policy
+            .policy()
+            .rules
+            .iter()
+            .any(|r| r.destination.is_name());
         let dns_rules = DnsRules::new(
             cfg.policy.policy(),
             &cfg.block_domains,
@@ -409,11 +444,13 @@ impl Engine {
             udp_index: HashMap::new(),
             echo_index: HashMap::new(),
             dns_rules,
+            has_name_rules,
             pins: Pins::new(MAX_PINS, PIN_GRACE),
             next_pin_sweep: Instant::now(),
             active: 0,
             dns_in_flight: 0,
             dirty: HashSet::new(),
+            doomed: Vec::new(),
             rx_buf: vec![0; max_frame.max(65536 + ETH_HEADER)],
             tx_buf,
             scratch: vec![0; 65536],
@@ -460,6 +497,9 @@ impl Engine {
             }
             self.service_dirty();
             self.egress();
+            for (id, why) in std::mem::take(&mut self.doomed) {
+                self.remove(id, &why);
+            }
             if Instant::now() >= next_sweep {
                 self.sweep();
                 next_sweep = Instant::now() + SWEEP;
@@ -869,6 +909,11 @@ impl Engine {
             },
             host_eof: false,
             host_write_shut: false,
+            sni: if TLS_PORTS.contains(&remote.port()) && self.has_name_rules {
+                SniCheck::Pending
+            } else {
+                SniCheck::Off
+            },
             up: 0,
             down: 0,
             started: Instant::now(),
@@ -1026,6 +1071,11 @@ impl Engine {
             self.dns_stream_relay(id);
             return;
         }
+        let may_send_up = match self.sni_gate(id) {
+            Gate::Open => true,
+            Gate::Wait => false,
+            Gate::Aborted => return,
+        };
         let Some(Some(FlowEntry::Tcp(flow))) = self.flows.get_mut(id) else {
             return;
         };
@@ -1035,7 +1085,7 @@ impl Engine {
         let socket = self.sockets.get_mut::<tcp::Socket>(handle);
         let mut failed: Option<String> = None;
         // Sandbox → host.
-        while socket.can_recv() {
+        while may_send_up && socket.can_recv() {
             let stream = &mut flow.stream;
             let r = socket.recv(|buf| match stream.write(buf) {
                 Ok(n) => (n, Ok(n)),
@@ -1093,8 +1143,7 @@ impl Engine {
             }
         }
         if let Some(reason) = failed {
-            socket.abort();
-            self.remove(id, &reason);
+            self.abort(id, handle, &reason);
             return;
         }
         let state = socket.state();
@@ -1106,6 +1155,71 @@ impl Engine {
             };
             self.remove(id, reason);
         }
+    }
+
+    /// For a flow waiting on its TLS server name: reads the ClientHello (without taking it
+    /// from the stream) and judges the flow again with the name; a deny resets it.
+    fn sni_gate(&mut self, id: usize) -> Gate {
+        let Some(Some(FlowEntry::Tcp(flow))) = self.flows.get(id) else {
+            return Gate::Open;
+        };
+        let (TcpState::Open { handle }, SniCheck::Pending) = (&flow.state, flow.sni) else {
+            return Gate::Open;
+        };
+        let handle = *handle;
+        let (guest, remote) = (flow.guest, flow.remote);
+        let socket = self.sockets.get_mut::<tcp::Socket>(handle);
+        let n = socket
+            .peek_slice(&mut self.scratch[..sni::MAX_RECORD])
+            .unwrap_or(0);
+        let guest_done = !socket.may_recv()
+            && socket.state() != tcp::State::SynReceived
+            && socket.state() != tcp::State::Listen;
+        let name = match sni::parse(&self.scratch[..n]) {
+            Sni::Incomplete if n < sni::MAX_RECORD && !guest_done => return Gate::Wait,
+            Sni::Name(name) => Some(name),
+            _ => None,
+        };
+        if let Some(Some(FlowEntry::Tcp(flow))) = self.flows.get_mut(id) {
+            flow.sni = SniCheck::Off;
+        }
+        let Some(name) = name else { return Gate::Open };
+        let upstream = self.upstream(remote);
+        let names = self
+            .pins
+            .names(canonical_addr(upstream.ip()), Instant::now());
+        let decision = self.cfg.policy.decide(&Flow {
+            direction: Direction::Outbound,
+            protocol: Protocol::Tcp,
+            addr: upstream.ip(),
+            port: Some(upstream.port()),
+            names: &names,
+            sni: Some(&name),
+        });
+        if decision.is_allow() {
+            return Gate::Open;
+        }
+        self.counters.denied += 1;
+        let reason = format!(
+            "TLS server name {name}: {}",
+            self.cfg.policy.reason(&decision)
+        );
+        self.cfg.audit.event(
+            "connect",
+            "deny",
+            &decision.rule_label(),
+            &reason,
+            vec![
+                ("proto", Value::from("tcp")),
+                ("src", Value::from(guest.to_string())),
+                ("dst", Value::from(remote.ip().to_string())),
+                ("port", Value::from(remote.port())),
+                ("domain", self.pinned_domain(remote.ip())),
+                ("sni", Value::from(name.as_str())),
+            ],
+        );
+        self.abort(id, handle, "denied by its TLS server name");
+        Gate::Aborted
     }
 
     fn on_udp(
@@ -1453,6 +1567,13 @@ impl Engine {
         }
     }
 
+    /// Resets the sandbox's side of TCP flow `id`; the flow is removed after the next
+    /// egress, once smoltcp has sent the RST.
+    fn abort(&mut self, id: usize, handle: SocketHandle, why: &str) {
+        self.sockets.get_mut::<tcp::Socket>(handle).abort();
+        self.doomed.push((id, why.to_owned()));
+    }
+
     fn remove(&mut self, id: usize, why: &str) {
         let Some(entry) = self.flows.get_mut(id).and_then(Option::take) else {
             return;
@@ -1555,8 +1676,11 @@ impl Engine {
             if let Some(Some(FlowEntry::DnsTcp(s))) = self.flows.get(id) {
                 self.sockets.get_mut::<tcp::Socket>(s.handle).abort();
             }
+        }
+        // The resets go out before the sockets are dropped.
+        self.egress();
+        for id in 0..self.flows.len() {
             self.remove(id, "sandbox stopped");
         }
-        self.egress();
     }
 }
