@@ -46,6 +46,8 @@ TABLE = {
     "mixed.example.test": [a("10.1.0.10"), a("203.0.113.10")],
     "alias.example.test": [("cname", "x.tracking.example.test")],
     "clean-alias.example.test": [("cname", "api.example.test")],
+    # 40 addresses: more than a 512-byte UDP answer holds.
+    "big.example.test": [a("203.0.113.%d" % i) for i in range(100, 140)],
 }
 ROTATE = ["203.0.113.10", "203.0.113.11"]
 rotation = [0]

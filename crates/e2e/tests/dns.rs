@@ -394,3 +394,18 @@ fn a_deny_domain_rule_blocks_by_name_and_by_sni() {
     assert_eq!(sni_deny["decision"], "deny");
     assert_eq!(sni_deny["rule"], 0);
 }
+
+#[test]
+fn answers_too_big_for_udp_are_truncated_and_retried_over_tcp() {
+    let w = World::new();
+    let script = "dig +noedns +ignore +time=3 +tries=1 +noall +comments big.example.test A | grep -o 'flags: [a-z ]*'; \
+                  echo count $(dig +noedns +time=3 +tries=1 +short big.example.test A | wc -l)";
+    let (out, _) = w.run_sh(&[&dns()], script, T);
+    let text = stdout(&out);
+    let flags = text
+        .lines()
+        .find(|l| l.starts_with("flags:"))
+        .unwrap_or_else(|| panic!("{text}\n{}", stderr(&out)));
+    assert!(flags.split_whitespace().any(|f| f == "tc"), "{flags}");
+    assert!(text.contains("count 40"), "{text}");
+}

@@ -21,6 +21,7 @@ mod dest;
 mod domain;
 mod error;
 mod file;
+mod permit;
 mod types;
 
 pub use addr::{canonical_addr, canonical_net, never_reachable};
@@ -30,6 +31,7 @@ pub use dest::{DestSpec, FlowTarget, parse_cidr};
 pub use domain::{DomainName, DomainSuffix};
 pub use error::{PolicyError, PolicyFileError};
 pub use file::PolicyFormat;
+pub use permit::{NamePermit, Permit};
 pub use types::{
     Action, Destination, DestinationGroup, Direction, IpNetwork, NetworkPolicy, PortRange,
     Protocol, Rule, ViolationAction,

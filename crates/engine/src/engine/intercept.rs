@@ -20,7 +20,7 @@ use std::time::Instant;
 
 use mio::net::UdpSocket;
 use mio::{Interest, Token};
-use moat_policy::{DecidedBy, DomainName, canonical_addr};
+use moat_policy::{DecidedBy, DomainName, NamePermit, canonical_addr};
 use serde_json::Value;
 use smoltcp::socket::tcp;
 
@@ -52,6 +52,8 @@ pub(super) struct DnsQuery {
     pub(super) client_limit: usize,
     /// The rule that let the name be forwarded.
     pub(super) rule: String,
+    /// The policy's leave to forward the lookup.
+    pub(super) permit: NamePermit,
     pub(super) server: usize,
     /// The socket of the current attempt.
     pub(super) sock: Option<UdpSocket>,
@@ -124,27 +126,29 @@ impl Engine {
             self.dns_deliver(reply, &msg.reply_with(rcode::NXDOMAIN).to_bytes());
             return;
         }
-        let decision = self.cfg.policy.decide_name(&name);
-        if !decision.is_allow() {
-            let reason = match decision.by {
-                DecidedBy::Default => {
-                    "no rule could allow a connection to this name (DNS is egress)".to_owned()
-                }
-                _ => self.cfg.policy.reason(&decision),
-            };
-            let rule = decision.rule_label();
-            self.audit_dns(
-                name.as_str(),
-                qtype,
-                "deny",
-                &rule,
-                &reason,
-                Some("policy"),
-                &[],
-            );
-            self.dns_deliver(reply, &msg.reply_with(rcode::NXDOMAIN).to_bytes());
-            return;
-        }
+        let permit = match self.cfg.policy.permit_name(&name) {
+            Ok(permit) => permit,
+            Err(decision) => {
+                let reason = match decision.by {
+                    DecidedBy::Default => {
+                        "no rule could allow a connection to this name (DNS is egress)".to_owned()
+                    }
+                    _ => self.cfg.policy.reason(&decision),
+                };
+                let rule = decision.rule_label();
+                self.audit_dns(
+                    name.as_str(),
+                    qtype,
+                    "deny",
+                    &rule,
+                    &reason,
+                    Some("policy"),
+                    &[],
+                );
+                self.dns_deliver(reply, &msg.reply_with(rcode::NXDOMAIN).to_bytes());
+                return;
+            }
+        };
         if self.dns_in_flight >= MAX_DNS_IN_FLIGHT || self.cfg.dns_servers.is_empty() {
             self.counters.dns_servfail += 1;
             self.dns_deliver(reply, &msg.reply_with(rcode::SERVFAIL).to_bytes());
@@ -167,7 +171,8 @@ impl Engine {
             question,
             name,
             client_limit: msg.udp_limit(),
-            rule: decision.rule_label(),
+            rule: permit.decision().rule_label(),
+            permit,
             server: 0,
             sock: None,
             deadline: Instant::now(),
@@ -186,15 +191,7 @@ impl Engine {
             let Some(Some(FlowEntry::Dns(q))) = self.flows.get_mut(id) else {
                 return;
             };
-            let bind: SocketAddr = match upstream {
-                SocketAddr::V4(_) => (std::net::Ipv4Addr::UNSPECIFIED, 0).into(),
-                SocketAddr::V6(_) => (std::net::Ipv6Addr::UNSPECIFIED, 0).into(),
-            };
-            let attempt = UdpSocket::bind(bind).and_then(|s| {
-                s.connect(upstream)?;
-                s.send(&q.message)?;
-                Ok(s)
-            });
+            let attempt = super::dial::resolver(upstream, &q.permit, &q.message);
             match attempt {
                 Ok(mut sock) => {
                     if let Some(old) = q.sock.as_mut() {

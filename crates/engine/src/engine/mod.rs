@@ -38,14 +38,15 @@ use std::time::{Duration, Instant};
 use mio::net::{TcpStream, UdpSocket};
 use mio::{Events, Interest, Poll, Token, Waker};
 use moat_policy::{
-    CompiledPolicy, DecidedBy, Decision, Direction, DomainName, DomainSuffix, Flow, Protocol,
-    canonical_addr,
+    CompiledPolicy, DecidedBy, Decision, Direction, DomainName, DomainSuffix, Flow, Permit,
+    Protocol, canonical_addr,
 };
 use serde_json::Value;
 use smoltcp::iface::{Config, Interface, SocketHandle, SocketSet};
 use smoltcp::socket::tcp;
 use smoltcp::wire::{EthernetAddress, HardwareAddress, IpCidr, IpListenEndpoint};
 
+mod dial;
 mod intercept;
 
 use self::intercept::{DnsQuery, DnsStream, ReplyTo};
@@ -693,10 +694,10 @@ impl Engine {
     }
 
     /// Judges an outbound flow, with the names this sandbox's lookups pinned to the
-    /// address.
-    fn judge(&self, protocol: Protocol, target: SocketAddr) -> Decision {
+    /// address; an allow comes with the permit to dial.
+    fn judge(&self, protocol: Protocol, target: SocketAddr) -> Result<Permit, Decision> {
         let names = self.pins.names(canonical_addr(target.ip()), Instant::now());
-        self.cfg.policy.decide(&Flow {
+        self.cfg.policy.permit(&Flow {
             direction: Direction::Outbound,
             protocol,
             addr: target.ip(),
@@ -845,14 +846,14 @@ impl Engine {
             return;
         }
         let upstream = self.upstream(remote);
-        let decision = self.judge(Protocol::Tcp, upstream);
+        let verdict = self.judge(Protocol::Tcp, upstream);
         // DNS over TLS would carry lookups past the interceptor: only a rule that names
         // port 853 explicitly allows it.
         let dot_refused = remote.port() == 853
-            && decision.is_allow()
-            && !matches!(decision.by, DecidedBy::Rule(i) if self.cfg.policy.policy().rules.get(i).is_some_and(|r| r.ports.is_some()));
-        if !decision.is_allow() || dot_refused {
-            if dot_refused {
+            && verdict.as_ref().is_ok_and(|p| !matches!(p.decision().by, DecidedBy::Rule(i) if self.cfg.policy.policy().rules.get(i).is_some_and(|r| r.ports.is_some())));
+        let permit = match verdict {
+            Ok(permit) if !dot_refused => permit,
+            Ok(_) => {
                 self.audit_bypass(
                     "tcp",
                     guest,
@@ -862,19 +863,24 @@ impl Engine {
                 self.reset_guest(guest, remote, seq, seg_len);
                 return;
             }
-            self.audit_deny("tcp", guest, remote, &decision);
-            if self.cfg.deny_mode == DenyMode::Reject {
-                self.reset_guest(guest, remote, seq, seg_len);
+            Err(decision) => {
+                self.audit_deny("tcp", guest, remote, &decision);
+                if self.cfg.deny_mode == DenyMode::Reject {
+                    self.reset_guest(guest, remote, seq, seg_len);
+                }
+                return;
             }
-            return;
-        }
-        let (rule, reason) = (decision.rule_label(), self.cfg.policy.reason(&decision));
+        };
+        let (rule, reason) = (
+            permit.decision().rule_label(),
+            self.cfg.policy.reason(permit.decision()),
+        );
         if self.active >= self.cfg.max_connections {
             self.audit_limit("tcp", guest, remote);
             self.reset_guest(guest, remote, seq, seg_len);
             return;
         }
-        let mut stream = match TcpStream::connect(upstream) {
+        let mut stream = match dial::tcp(upstream, &permit) {
             Ok(s) => s,
             Err(_) => {
                 self.counters.dial_failures += 1;
@@ -1277,40 +1283,22 @@ impl Engine {
             return;
         }
         let upstream = self.upstream(remote);
-        let decision = self.judge(Protocol::Udp, upstream);
-        if !decision.is_allow() {
-            self.audit_deny("udp", guest, remote, &decision);
-            if self.cfg.deny_mode == DenyMode::Reject {
-                let mut out = std::mem::take(&mut self.scratch);
-                if wire::admin_prohibited(
-                    &mut out,
-                    &self.link,
-                    self.gateway_for(remote.ip()),
-                    wire::ip_payload(frame),
-                ) {
-                    self.send_frame(&out);
-                }
-                out.resize(65536, 0);
-                self.scratch = out;
+        let permit = match self.judge(Protocol::Udp, upstream) {
+            Ok(permit) => permit,
+            Err(decision) => {
+                self.deny_udp(frame, guest, remote, &decision);
+                return;
             }
-            return;
-        }
+        };
+        let decision = *permit.decision();
         if self.active >= self.cfg.max_connections {
             self.audit_limit("udp", guest, remote);
             return;
         }
-        let bind: SocketAddr = match upstream {
-            SocketAddr::V4(_) => (Ipv4Addr::UNSPECIFIED, 0).into(),
-            SocketAddr::V6(_) => (Ipv6Addr::UNSPECIFIED, 0).into(),
-        };
-        let Ok(mut sock) = UdpSocket::bind(bind) else {
+        let Ok(mut sock) = dial::udp(upstream, &permit) else {
             self.counters.dial_failures += 1;
             return;
         };
-        if sock.connect(upstream).is_err() {
-            self.counters.dial_failures += 1;
-            return;
-        }
         let sent = sock.send(payload).is_ok();
         let id = self.slot();
         if self
@@ -1336,6 +1324,30 @@ impl Engine {
         self.active += 1;
         let (rule, reason) = (decision.rule_label(), self.cfg.policy.reason(&decision));
         self.audit_allow("udp", guest, remote, &rule, &reason);
+    }
+
+    /// Audits a denied UDP flow and, in reject mode, answers ICMP prohibited.
+    fn deny_udp(
+        &mut self,
+        frame: &[u8],
+        guest: SocketAddr,
+        remote: SocketAddr,
+        decision: &Decision,
+    ) {
+        self.audit_deny("udp", guest, remote, decision);
+        if self.cfg.deny_mode == DenyMode::Reject {
+            let mut out = std::mem::take(&mut self.scratch);
+            if wire::admin_prohibited(
+                &mut out,
+                &self.link,
+                self.gateway_for(remote.ip()),
+                wire::ip_payload(frame),
+            ) {
+                self.send_frame(&out);
+            }
+            out.resize(65536, 0);
+            self.scratch = out;
+        }
     }
 
     fn udp_readable(&mut self, id: usize) {
@@ -1403,7 +1415,8 @@ impl Engine {
     /// Judges a new echo flow and opens its socket.
     fn open_echo(&mut self, frame: &[u8], guest: IpAddr, dst: IpAddr, ident: u16) -> Option<usize> {
         let judged = self.upstream(SocketAddr::new(dst, 0)).ip();
-        let decision = self.cfg.policy.decide(&Flow {
+        let names = self.pins.names(canonical_addr(judged), Instant::now());
+        let verdict = self.cfg.policy.permit(&Flow {
             direction: Direction::Outbound,
             protocol: if dst.is_ipv4() {
                 Protocol::Icmpv4
@@ -1412,32 +1425,35 @@ impl Engine {
             },
             addr: judged,
             port: None,
-            names: &[],
+            names: &names,
             sni: None,
         });
         let (g, d) = (SocketAddr::new(guest, ident), SocketAddr::new(dst, 0));
-        if !decision.is_allow() {
-            self.audit_deny("icmp", g, d, &decision);
-            if self.cfg.deny_mode == DenyMode::Reject {
-                let mut out = std::mem::take(&mut self.scratch);
-                if wire::admin_prohibited(
-                    &mut out,
-                    &self.link,
-                    self.gateway_for(dst),
-                    wire::ip_payload(frame),
-                ) {
-                    self.send_frame(&out);
+        let permit = match verdict {
+            Ok(permit) => permit,
+            Err(decision) => {
+                self.audit_deny("icmp", g, d, &decision);
+                if self.cfg.deny_mode == DenyMode::Reject {
+                    let mut out = std::mem::take(&mut self.scratch);
+                    if wire::admin_prohibited(
+                        &mut out,
+                        &self.link,
+                        self.gateway_for(dst),
+                        wire::ip_payload(frame),
+                    ) {
+                        self.send_frame(&out);
+                    }
+                    out.resize(65536, 0);
+                    self.scratch = out;
                 }
-                out.resize(65536, 0);
-                self.scratch = out;
+                return None;
             }
-            return None;
-        }
+        };
         if self.echo_index.len() >= MAX_ECHO_FLOWS {
             self.counters.icmp_dropped += 1;
             return None;
         }
-        let Ok((mut sock, kind)) = icmp::open(judged) else {
+        let Ok((mut sock, kind)) = dial::echo(judged, &permit) else {
             self.counters.icmp_dropped += 1;
             return None;
         };
@@ -1463,7 +1479,10 @@ impl Engine {
             last: Instant::now(),
         }));
         self.echo_index.insert((guest, dst, ident), id);
-        let (rule, reason) = (decision.rule_label(), self.cfg.policy.reason(&decision));
+        let (rule, reason) = (
+            permit.decision().rule_label(),
+            self.cfg.policy.reason(permit.decision()),
+        );
         self.audit_allow("icmp", g, d, &rule, &reason);
         Some(id)
     }
