@@ -277,6 +277,76 @@ impl World {
     }
 }
 
+/// A `moat` process running in the background, ended (SIGTERM, then SIGKILL) on drop.
+pub struct Background {
+    child: Child,
+}
+
+impl Background {
+    /// The process id.
+    pub fn id(&self) -> u32 {
+        self.child.id()
+    }
+
+    /// Ends the process and returns what it printed.
+    pub fn finish(mut self) -> Output {
+        let _ = Command::new("kill")
+            .args(["-TERM", &self.child.id().to_string()])
+            .status();
+        let deadline = Instant::now() + Duration::from_secs(15);
+        while Instant::now() < deadline {
+            if self.child.try_wait().ok().flatten().is_some() {
+                break;
+            }
+            std::thread::sleep(Duration::from_millis(20));
+        }
+        let _ = self.child.kill();
+        let status = self.child.wait().unwrap();
+        let mut stdout = Vec::new();
+        let mut stderr = Vec::new();
+        if let Some(mut o) = self.child.stdout.take() {
+            let _ = o.read_to_end(&mut stdout);
+        }
+        if let Some(mut e) = self.child.stderr.take() {
+            let _ = e.read_to_end(&mut stderr);
+        }
+        Output {
+            status,
+            stdout,
+            stderr,
+        }
+    }
+}
+
+impl Drop for Background {
+    fn drop(&mut self) {
+        let _ = self.child.kill();
+        let _ = self.child.wait();
+    }
+}
+
+impl World {
+    /// Starts `moat ARGS` in the host namespace in the background.
+    pub fn spawn_moat(&self, args: &[&str]) -> Background {
+        let child = self
+            .in_host(moat_bin())
+            .args(args)
+            .stdin(Stdio::null())
+            .stdout(Stdio::piped())
+            .stderr(Stdio::piped())
+            .spawn()
+            .unwrap();
+        Background { child }
+    }
+
+    /// Runs a python3 script in the host namespace (bounded by `timeout`).
+    pub fn host_python(&self, script: &str, timeout: Duration) -> Output {
+        let mut cmd = self.in_host("python3");
+        cmd.args(["-c", script]);
+        run_with_timeout(cmd, timeout)
+    }
+}
+
 impl Drop for World {
     fn drop(&mut self) {
         for mut c in self.extra.drain(..).chain(self.server.take()) {

@@ -13,7 +13,10 @@ mod wire;
 
 pub use audit::{AuditLog, rfc3339};
 pub use device::{FrameDevice, MemoryDevice, TapDevice};
-pub use engine::{Counters, DenyMode, EngineConfig, EngineHandle, LinkConfig, spawn};
+pub use engine::{
+    Counters, DenyMode, EngineConfig, EngineHandle, LinkConfig, MAX_PUBLISHED, Published,
+    PublishedSocket, spawn,
+};
 
 /// Entry points for the fuzz targets in `fuzz/` (not a stable API): every parser of bytes
 /// from the sandbox or the network.

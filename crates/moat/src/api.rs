@@ -39,6 +39,9 @@ pub enum Error {
     /// Building, running or talking to the sandbox failed.
     #[error(transparent)]
     Sandbox(#[from] moat_sandbox::SandboxError),
+    /// A port could not be published.
+    #[error(transparent)]
+    Publish(#[from] crate::publish::PublishError),
     /// An I/O operation on moat's side failed.
     #[error("{what}: {source}")]
     Io {
@@ -183,9 +186,23 @@ pub struct SandboxBuilder {
     workdir_host: Option<PathBuf>,
     audit: Option<AuditSink>,
     helper: Option<PathBuf>,
+    publish: Vec<String>,
 }
 
 impl SandboxBuilder {
+    /// Publishes guest TCP port `guest` on the host's 127.0.0.1:`host`. The port is bound
+    /// by [`SandboxBuilder::create`], which fails if it is taken.
+    pub fn port(mut self, host: u16, guest: u16) -> SandboxBuilder {
+        self.publish.push(format!("{host}:{guest}"));
+        self
+    }
+
+    /// *Extension:* publishes a port given as `[HOST_IP:]HOST_PORT:GUEST_PORT[/tcp|/udp]`.
+    pub fn publish(mut self, spec: impl Into<String>) -> SandboxBuilder {
+        self.publish.push(spec.into());
+        self
+    }
+
     /// Configures the network.
     pub fn network(mut self, f: impl FnOnce(NetworkBuilder) -> NetworkBuilder) -> SandboxBuilder {
         self.network = f(self.network);
@@ -248,6 +265,21 @@ impl SandboxBuilder {
             .collect::<Result<Vec<_>, _>>()?;
         let link = LinkConfig::default();
         let offline = policy.is_offline();
+        let specs = self
+            .publish
+            .iter()
+            .map(|p| p.parse::<crate::publish::PublishSpec>())
+            .collect::<Result<Vec<_>, _>>()?;
+        if offline && !specs.is_empty() {
+            return Err(Error::Io {
+                what: "publish ports",
+                source: io::Error::new(
+                    io::ErrorKind::InvalidInput,
+                    "this policy allows nothing, so the sandbox has no interface to publish on",
+                ),
+            });
+        }
+        let published = crate::publish::bind_all(&specs)?;
         let network = (!offline).then(|| NetSpec {
             tap_name: "eth0".into(),
             mtu: link.mtu as u32,
@@ -282,6 +314,7 @@ impl SandboxBuilder {
                 cfg.block_domains = block_domains;
                 cfg.block_domain_suffixes = block_domain_suffixes;
                 cfg.dns_rebind_protection = self.network.dns_rebind_protection;
+                cfg.published = published;
                 cfg.max_connections = self.network.max_connections;
                 cfg.dns_servers = if self.network.dns_servers.is_empty() {
                     std::fs::read_to_string("/etc/resolv.conf")
@@ -364,6 +397,7 @@ impl Sandbox {
             workdir_host: None,
             audit: None,
             helper: None,
+            publish: Vec::new(),
         }
     }
 

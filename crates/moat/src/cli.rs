@@ -34,6 +34,8 @@ pub struct RunOptions {
     pub block_domain_suffixes: Vec<String>,
     /// `--no-dns-rebind-protection`.
     pub no_dns_rebind_protection: bool,
+    /// `-p, --publish`.
+    pub publish: Vec<String>,
     /// `--max-connections`.
     pub max_connections: Option<usize>,
     /// `--reject`.
@@ -200,6 +202,18 @@ pub fn run(opts: RunOptions) -> anyhow::Result<i32> {
             moat_policy::DomainSuffix::new(d).with_context(|| format!("--block-domain-suffix {d}"))
         })
         .collect::<anyhow::Result<Vec<_>>>()?;
+    let publish = opts
+        .publish
+        .iter()
+        .map(|p| p.parse::<crate::publish::PublishSpec>())
+        .collect::<Result<Vec<_>, _>>()?;
+    if !publish.is_empty() && policy.is_offline() {
+        bail!(
+            "--publish needs a network, and this policy allows nothing (no interface is created); add an inbound allow rule or use another policy"
+        );
+    }
+    // Bound now, before anything runs: a taken port stops moat here.
+    let published = crate::publish::bind_all(&publish)?;
     let audit = AuditLog::new(&opts.name, open_audit(opts.audit.as_deref())?);
 
     let link = LinkConfig::default();
@@ -268,6 +282,7 @@ pub fn run(opts: RunOptions) -> anyhow::Result<i32> {
             cfg.block_domains = block_domains;
             cfg.block_domain_suffixes = block_domain_suffixes;
             cfg.dns_rebind_protection = !opts.no_dns_rebind_protection;
+            cfg.published = published;
             cfg.link = link;
             Some(moat_engine::spawn(Box::new(TapDevice::new(tap)?), cfg)?)
         }

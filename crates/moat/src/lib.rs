@@ -23,6 +23,7 @@
 mod api;
 pub mod cli;
 pub mod demo;
+pub mod publish;
 
 pub use api::{
     AuditSink, Child, DenyMode, Error, ExitStatus, Fs, NetworkBuilder, Output, Sandbox,

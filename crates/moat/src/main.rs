@@ -57,6 +57,10 @@ struct RunArgs {
     /// Keep DNS answers that point at private, loopback, link-local or metadata addresses.
     #[arg(long)]
     no_dns_rebind_protection: bool,
+    /// Publish a sandbox port on the host: [HOST_IP:]HOST_PORT:GUEST_PORT[/tcp|/udp]
+    /// (HOST_IP defaults to 127.0.0.1); repeatable.
+    #[arg(short = 'p', long, value_name = "SPEC")]
+    publish: Vec<String>,
     /// At most N concurrent connections (TCP connections and UDP flows).
     #[arg(long, value_name = "N", default_value_t = 1024)]
     max_connections: usize,
@@ -175,6 +179,7 @@ fn run_options(args: RunArgs, matches: Option<&clap::ArgMatches>) -> run::RunOpt
         block_domains: args.block_domain,
         block_domain_suffixes: args.block_domain_suffix,
         no_dns_rebind_protection: args.no_dns_rebind_protection,
+        publish: args.publish,
         max_connections: Some(args.max_connections),
         reject: args.reject,
         audit: args.audit,

@@ -47,8 +47,11 @@ use smoltcp::socket::tcp;
 use smoltcp::wire::{EthernetAddress, HardwareAddress, IpCidr, IpListenEndpoint};
 
 mod dial;
+mod inbound;
 mod intercept;
 
+use self::inbound::{Listener, UdpIn};
+pub use self::inbound::{Published, PublishedSocket};
 use self::intercept::{DnsQuery, DnsStream, ReplyTo};
 use crate::audit::AuditLog;
 use crate::device::{ETH_HEADER, FrameDevice, StackDevice};
@@ -133,6 +136,8 @@ pub struct EngineConfig {
     pub block_domain_suffixes: Vec<DomainSuffix>,
     /// Remove answers that point inward (`dns_rebind_protection`).
     pub dns_rebind_protection: bool,
+    /// Published ports, bound before the sandbox starts.
+    pub published: Vec<Published>,
 }
 
 impl EngineConfig {
@@ -152,6 +157,7 @@ impl EngineConfig {
             block_domains: Vec::new(),
             block_domain_suffixes: Vec::new(),
             dns_rebind_protection: true,
+            published: Vec::new(),
         }
     }
 }
@@ -220,7 +226,11 @@ impl Drop for EngineHandle {
 
 const TAP: Token = Token(0);
 const WAKE: Token = Token(1);
-pub(crate) const FIRST_FLOW: usize = 2;
+/// Tokens of published ports start here.
+pub(crate) const LISTENER_BASE: usize = 2;
+/// Published ports at most.
+pub const MAX_PUBLISHED: usize = 256;
+pub(crate) const FIRST_FLOW: usize = LISTENER_BASE + MAX_PUBLISHED;
 /// Frames read per wake before the loop services sockets again.
 const RX_BATCH: usize = 256;
 /// DNS queries in flight at once.
@@ -301,6 +311,8 @@ struct TcpFlow {
     state: TcpState,
     host_eof: bool,
     host_write_shut: bool,
+    /// Entered through a published port.
+    inbound: bool,
     up: u64,
     down: u64,
     started: Instant,
@@ -333,6 +345,7 @@ enum FlowEntry {
     Udp(UdpFlow),
     Dns(DnsQuery),
     DnsTcp(DnsStream),
+    UdpIn(UdpIn),
     Echo(EchoFlow),
 }
 
@@ -348,6 +361,10 @@ struct Engine {
     tcp_index: HashMap<(SocketAddr, SocketAddr), usize>,
     udp_index: HashMap<(SocketAddr, SocketAddr), usize>,
     echo_index: HashMap<(IpAddr, IpAddr, u16), usize>,
+    listeners: Vec<Listener>,
+    udp_in_by_peer: HashMap<(usize, SocketAddr), usize>,
+    udp_in_by_guest: HashMap<(SocketAddr, SocketAddr), usize>,
+    ephemeral: u16,
     dns_rules: DnsRules,
     /// The policy has Domain/DomainSuffix rules (so TLS server names matter).
     has_name_rules: bool,
@@ -375,7 +392,7 @@ impl Engine {
     fn new(
         poll: Poll,
         device: Box<dyn FrameDevice + Send>,
-        cfg: EngineConfig,
+        mut cfg: EngineConfig,
     ) -> io::Result<Engine> {
         if let Some(fd) = device.raw_fd() {
             poll.registry()
@@ -429,7 +446,8 @@ impl Engine {
             &cfg.block_domain_suffixes,
             cfg.dns_rebind_protection,
         );
-        Ok(Engine {
+        let published = std::mem::take(&mut cfg.published);
+        let mut engine = Engine {
             poll,
             device,
             iface,
@@ -444,6 +462,10 @@ impl Engine {
             tcp_index: HashMap::new(),
             udp_index: HashMap::new(),
             echo_index: HashMap::new(),
+            listeners: Vec::new(),
+            udp_in_by_peer: HashMap::new(),
+            udp_in_by_guest: HashMap::new(),
+            ephemeral: 49152,
             dns_rules,
             has_name_rules,
             pins: Pins::new(MAX_PINS, PIN_GRACE),
@@ -458,7 +480,9 @@ impl Engine {
             counters: Counters::default(),
             epoch,
             rng: seed,
-        })
+        };
+        engine.register_listeners(published)?;
+        Ok(engine)
     }
 
     fn run(mut self, stop: &AtomicBool) -> io::Result<Counters> {
@@ -487,10 +511,8 @@ impl Engine {
                 match event.token() {
                     TAP => tap_ready = true,
                     WAKE => {}
-                    Token(t) => {
-                        let id = t - FIRST_FLOW;
-                        self.on_host_event(id);
-                    }
+                    Token(t) if t >= FIRST_FLOW => self.on_host_event(t - FIRST_FLOW),
+                    Token(t) => self.on_listener(t - LISTENER_BASE),
                 }
             }
             if tap_ready {
@@ -915,6 +937,7 @@ impl Engine {
             },
             host_eof: false,
             host_write_shut: false,
+            inbound: false,
             sni: if TLS_PORTS.contains(&remote.port()) && self.has_name_rules {
                 SniCheck::Pending
             } else {
@@ -1008,6 +1031,7 @@ impl Engine {
                 self.dirty.insert(id);
             }
             FlowEntry::Echo(_) => self.echo_readable(id),
+            FlowEntry::UdpIn(_) => {}
         }
     }
 
@@ -1240,6 +1264,9 @@ impl Engine {
             self.counters.dropped_unsupported += 1;
             return;
         };
+        if self.udp_in_reply(guest, remote, payload) {
+            return;
+        }
         if remote.port() == 53 {
             // Every DNS datagram is answered here, whatever address it was sent to.
             self.dns_from_guest(
@@ -1554,6 +1581,11 @@ impl Engine {
                 Some(FlowEntry::Dns(q)) if now >= q.deadline => Some(1),
                 Some(FlowEntry::Echo(e)) if now.duration_since(e.last) >= ECHO_IDLE => Some(0),
                 Some(FlowEntry::DnsTcp(_)) => Some(3),
+                Some(FlowEntry::UdpIn(f))
+                    if now.duration_since(f.last) >= self.cfg.udp_idle_timeout =>
+                {
+                    Some(0)
+                }
                 Some(FlowEntry::Tcp(f)) => match f.state {
                     TcpState::Connecting { deadline, .. } if now >= deadline => Some(2),
                     TcpState::Open { .. } => Some(3),
@@ -1601,6 +1633,9 @@ impl Engine {
         let registry = self.poll.registry();
         match entry {
             FlowEntry::Tcp(mut flow) => {
+                if flow.inbound && why != "closed" {
+                    inbound::reset(&flow.stream);
+                }
                 let _ = registry.deregister(&mut flow.stream);
                 if let TcpState::Open { handle } = flow.state {
                     self.sockets.remove(handle);
@@ -1643,6 +1678,14 @@ impl Engine {
                 }
                 self.dns_in_flight -= 1;
                 self.dns_stream_done(q.reply);
+            }
+            FlowEntry::UdpIn(f) => {
+                self.udp_in_by_peer.remove(&(f.listener, f.peer));
+                self.udp_in_by_guest.remove(&(f.guest, f.source));
+                self.active -= 1;
+                self.audit_close(
+                    "udp", &f.rule, f.peer, f.guest, f.up, f.down, f.started, why,
+                );
             }
             FlowEntry::DnsTcp(s) => {
                 self.sockets.remove(s.handle);
