@@ -36,6 +36,8 @@ pub struct RunOptions {
     pub no_dns_rebind_protection: bool,
     /// `-p, --publish`.
     pub publish: Vec<String>,
+    /// `--mtu`.
+    pub mtu: Option<u32>,
     /// `--max-connections`.
     pub max_connections: Option<usize>,
     /// `--reject`.
@@ -216,7 +218,14 @@ pub fn run(opts: RunOptions) -> anyhow::Result<i32> {
     let published = crate::publish::bind_all(&publish)?;
     let audit = AuditLog::new(&opts.name, open_audit(opts.audit.as_deref())?);
 
-    let link = LinkConfig::default();
+    let mut link = LinkConfig::default();
+    if let Some(mtu) = opts.mtu {
+        // IPv6 needs 1280 (RFC 8200 §5); the TAP takes at most 65521.
+        if !(1280..=65520).contains(&mtu) {
+            bail!("--mtu {mtu}: expected 1280 to 65520");
+        }
+        link.mtu = mtu as usize;
+    }
     let network = (!policy.is_offline()).then(|| NetSpec {
         tap_name: "eth0".into(),
         mtu: link.mtu as u32,

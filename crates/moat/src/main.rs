@@ -23,7 +23,7 @@ struct Cli {
 #[derive(Subcommand)]
 enum Command {
     /// Run a command in a sandbox whose network goes only through moat's policy.
-    Run(RunArgs),
+    Run(Box<RunArgs>),
     /// A self-contained tour: sandboxes under several policies on a throwaway local world.
     Demo,
     /// Check policy files and explain decisions.
@@ -61,6 +61,9 @@ struct RunArgs {
     /// (HOST_IP defaults to 127.0.0.1); repeatable.
     #[arg(short = 'p', long, value_name = "SPEC")]
     publish: Vec<String>,
+    /// The sandbox interface's MTU (1280-65520; default 65520: large frames cost less).
+    #[arg(long, value_name = "BYTES")]
+    mtu: Option<u32>,
     /// At most N concurrent connections (TCP connections and UDP flows).
     #[arg(long, value_name = "N", default_value_t = 1024)]
     max_connections: usize,
@@ -126,7 +129,7 @@ fn main() -> ExitCode {
     let result = match cli.command {
         Command::Run(args) => {
             let run_matches = matches.subcommand_matches("run");
-            return match run::run(run_options(args, run_matches)) {
+            return match run::run(run_options(*args, run_matches)) {
                 Ok(code) => ExitCode::from(code.clamp(0, 255) as u8),
                 Err(e) => {
                     eprintln!("moat: {e:#}");
@@ -180,6 +183,7 @@ fn run_options(args: RunArgs, matches: Option<&clap::ArgMatches>) -> run::RunOpt
         block_domain_suffixes: args.block_domain_suffix,
         no_dns_rebind_protection: args.no_dns_rebind_protection,
         publish: args.publish,
+        mtu: args.mtu,
         max_connections: Some(args.max_connections),
         reject: args.reject,
         audit: args.audit,

@@ -241,6 +241,7 @@ impl Engine {
             tcp::SocketBuffer::new(vec![0u8; size]),
         );
         socket.set_nagle_enabled(false);
+        socket.set_ack_delay(None);
         let remote = IpEndpoint::new(guest.ip().into(), guest.port());
         let local = IpEndpoint::new(source.ip().into(), source.port());
         if socket.connect(self.iface.context(), remote, local).is_err() {

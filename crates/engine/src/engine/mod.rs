@@ -973,6 +973,7 @@ impl Engine {
             tcp::SocketBuffer::new(vec![0u8; size]),
         );
         socket.set_nagle_enabled(false);
+        socket.set_ack_delay(None);
         let endpoint = IpListenEndpoint {
             addr: Some(remote.ip().into()),
             port: remote.port(),
@@ -1072,6 +1073,7 @@ impl Engine {
                     tcp::SocketBuffer::new(vec![0u8; size]),
                 );
                 socket.set_nagle_enabled(false);
+                socket.set_ack_delay(None);
                 let endpoint = IpListenEndpoint {
                     addr: Some(flow.remote.ip().into()),
                     port: flow.remote.port(),

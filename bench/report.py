@@ -1,0 +1,72 @@
+#!/usr/bin/env python3
+"""Turns bench/run's raw JSON lines into the results table (markdown on stdout)."""
+import json, os, platform, statistics, subprocess, sys, time
+
+raw, secs, reps = sys.argv[1], sys.argv[2], sys.argv[3]
+rows = [json.loads(l) for l in open(raw) if l.strip()]
+PATHS = ["veth", "moat", "pasta", "slirp4netns"]
+
+def med(v):
+    return statistics.median(v) if v else 0.0
+
+def span(v):
+    return f"{min(v):.2f}–{max(v):.2f}" if v else "-"
+
+def ratio(a, b):
+    return f"{a / b:.2f}×" if b else "n/a"
+
+cpu = "unknown"
+try:
+    for line in open("/proc/cpuinfo"):
+        if line.startswith("model name"):
+            cpu = line.split(":", 1)[1].strip()
+            break
+except OSError:
+    pass
+print("# moat benchmark results\n")
+print(f"- date: {time.strftime('%Y-%m-%d %H:%M UTC', time.gmtime())}")
+print(f"- machine: {os.cpu_count()} cores, {cpu}, kernel {platform.release()}")
+print(f"- iperf3 {secs} s per run, {reps} interleaved repetitions; medians, min–max in Gbit/s")
+print("- paths: veth = the kernel path (host namespace straight to the world over veth); moat, pasta and slirp4netns each carry a namespace's traffic to the same world\n")
+
+print("## Bulk TCP\n")
+print("| MTU | direction | streams | veth | moat | pasta | slirp4netns | moat/veth | moat/pasta | moat/slirp4netns |")
+print("|---|---|---|---|---|---|---|---|---|---|")
+for mode in ["best", "1500"]:
+    for d in ["up", "down"]:
+        for s in [1, 4]:
+            vals = {p: [r["gbps"] for r in rows if r["kind"] == "bulk" and r["mode"] == mode and r["dir"] == d and r["streams"] == s and r["path"] == p] for p in PATHS}
+            m = {p: med(v) for p, v in vals.items()}
+            cells = " | ".join(f"{m[p]:.2f} ({span(vals[p])})" for p in PATHS)
+            label = "65520" if mode == "best" else "1500"
+            dname = "sandbox→world" if d == "up" else "world→sandbox"
+            print(f"| {label} | {dname} | {s} | {cells} | {ratio(m['moat'], m['veth'])} | {ratio(m['moat'], m['pasta'])} | {ratio(m['moat'], m['slirp4netns'])} |")
+
+print("\n## Connections (connect + request + response + close)\n")
+print("| concurrency | path | conn/s (median) | p50 µs | p99 µs |")
+print("|---|---|---|---|---|")
+conn = {}
+for c in [1, 32]:
+    for p in PATHS:
+        rs = [r["result"] for r in rows if r["kind"] == "conn" and r["conc"] == c and r["path"] == p]
+        rate = med([r.get("per_sec", 0) for r in rs])
+        p50 = med([r.get("p50_us", 0) for r in rs])
+        p99 = med([r.get("p99_us", 0) for r in rs])
+        conn[(c, p)] = (rate, p50, p99)
+        print(f"| {c} | {p} | {rate:.0f} | {p50:.0f} | {p99:.0f} |")
+best_peer = {c: max(conn[(c, 'pasta')][0], conn[(c, 'slirp4netns')][0]) for c in [1, 32]}
+print()
+for c in [1, 32]:
+    print(f"- concurrency {c}: moat / better peer = {ratio(conn[(c, 'moat')][0], best_peer[c])}; moat / veth = {ratio(conn[(c, 'moat')][0], conn[(c, 'veth')][0])}")
+print(f"- connect latency added over veth (p50, concurrency 1): moat {conn[(1, 'moat')][1] - conn[(1, 'veth')][1]:.0f} µs, pasta {conn[(1, 'pasta')][1] - conn[(1, 'veth')][1]:.0f} µs, slirp4netns {conn[(1, 'slirp4netns')][1] - conn[(1, 'veth')][1]:.0f} µs")
+
+print("\n## Start-up (wall time, median of 10)\n")
+for r in rows:
+    if r["kind"] == "start":
+        print(f"- {r['path']}: {med(r['ms']):.1f} ms (min {min(r['ms']):.1f}, max {max(r['ms']):.1f})")
+
+print("\n## Memory (moat process RSS)\n")
+for r in rows:
+    if r["kind"] == "rss":
+        print(f"- idle: {r['idle_kib'] / 1024:.1f} MiB")
+        print(f"- with {r['held']} open idle TCP connections: {r['busy_kib'] / 1024:.1f} MiB")
