@@ -24,10 +24,11 @@ use mio::net::{TcpListener, TcpStream, UdpSocket};
 use mio::{Interest, Token};
 use moat_policy::{Decision, Flow, Protocol, canonical_addr};
 use serde_json::Value;
-use smoltcp::socket::tcp;
 use smoltcp::wire::IpEndpoint;
 
-use super::{Engine, FIRST_FLOW, FlowEntry, LISTENER_BASE, SniCheck, TcpFlow, TcpState};
+use super::{
+    Engine, FIRST_FLOW, FlowEntry, LISTENER_BASE, SniCheck, TcpFlow, TcpState, take_socket,
+};
 use crate::wire;
 
 /// A published port's host socket, bound by moat before the sandbox starts.
@@ -236,12 +237,7 @@ impl Engine {
         let guest = SocketAddr::new(self.guest_addr_like(host), guest_port);
         let source = self.inbound_source(peer, guest.ip());
         let size = self.cfg.tcp_buffer;
-        let mut socket = tcp::Socket::new(
-            tcp::SocketBuffer::new(vec![0u8; size]),
-            tcp::SocketBuffer::new(vec![0u8; size]),
-        );
-        socket.set_nagle_enabled(false);
-        socket.set_ack_delay(None);
+        let mut socket = take_socket(&mut self.tcp_pool, size);
         let remote = IpEndpoint::new(guest.ip().into(), guest.port());
         let local = IpEndpoint::new(source.ip().into(), source.port());
         if socket.connect(self.iface.context(), remote, local).is_err() {

@@ -354,6 +354,7 @@ struct Engine {
     device: Box<dyn FrameDevice + Send>,
     iface: Interface,
     sockets: SocketSet<'static>,
+    tcp_pool: Vec<tcp::Socket<'static>>,
     cfg: EngineConfig,
     link: Link,
     flows: Vec<Option<FlowEntry>>,
@@ -382,6 +383,25 @@ struct Engine {
     counters: Counters,
     epoch: Instant,
     rng: u64,
+}
+
+/// smoltcp sockets kept for reuse: a socket's buffers (a megabyte each way by default)
+/// are allocated and zeroed once, not for every connection — zeroing them per connection
+/// was most of the cost of a short connection.
+const TCP_POOL: usize = 64;
+
+/// A closed smoltcp TCP socket with `size`-byte buffers, from the pool when one fits.
+fn take_socket(pool: &mut Vec<tcp::Socket<'static>>, size: usize) -> tcp::Socket<'static> {
+    if let Some(i) = pool.iter().position(|s| s.recv_capacity() == size) {
+        return pool.swap_remove(i);
+    }
+    let mut socket = tcp::Socket::new(
+        tcp::SocketBuffer::new(vec![0u8; size]),
+        tcp::SocketBuffer::new(vec![0u8; size]),
+    );
+    socket.set_nagle_enabled(false);
+    socket.set_ack_delay(None);
+    socket
 }
 
 fn smol_now(epoch: Instant) -> smoltcp::time::Instant {
@@ -452,6 +472,7 @@ impl Engine {
             device,
             iface,
             sockets: SocketSet::new(Vec::new()),
+            tcp_pool: Vec::new(),
             link: Link {
                 gateway_mac,
                 guest_mac: EthernetAddress::BROADCAST,
@@ -968,12 +989,7 @@ impl Engine {
         }
         // DNS messages are at most 64 KiB: small buffers suffice.
         let size = 128 * 1024;
-        let mut socket = tcp::Socket::new(
-            tcp::SocketBuffer::new(vec![0u8; size]),
-            tcp::SocketBuffer::new(vec![0u8; size]),
-        );
-        socket.set_nagle_enabled(false);
-        socket.set_ack_delay(None);
+        let mut socket = take_socket(&mut self.tcp_pool, size);
         let endpoint = IpListenEndpoint {
             addr: Some(remote.ip().into()),
             port: remote.port(),
@@ -1068,12 +1084,7 @@ impl Engine {
                     return;
                 };
                 let size = self.cfg.tcp_buffer;
-                let mut socket = tcp::Socket::new(
-                    tcp::SocketBuffer::new(vec![0u8; size]),
-                    tcp::SocketBuffer::new(vec![0u8; size]),
-                );
-                socket.set_nagle_enabled(false);
-                socket.set_ack_delay(None);
+                let mut socket = take_socket(&mut self.tcp_pool, size);
                 let endpoint = IpListenEndpoint {
                     addr: Some(flow.remote.ip().into()),
                     port: flow.remote.port(),
@@ -1620,6 +1631,17 @@ impl Engine {
         }
     }
 
+    /// Takes a socket out of the set and keeps it for reuse. Outside the set an abort
+    /// sends nothing; it only makes the socket reusable.
+    fn recycle(&mut self, handle: SocketHandle) {
+        // With only TCP sockets in the set, every socket removed is a TCP one.
+        let smoltcp::socket::Socket::Tcp(mut socket) = self.sockets.remove(handle);
+        socket.abort();
+        if self.tcp_pool.len() < TCP_POOL {
+            self.tcp_pool.push(socket);
+        }
+    }
+
     /// Resets the sandbox's side of TCP flow `id`; the flow is removed after the next
     /// egress, once smoltcp has sent the RST.
     fn abort(&mut self, id: usize, handle: SocketHandle, why: &str) {
@@ -1640,7 +1662,7 @@ impl Engine {
                 }
                 let _ = registry.deregister(&mut flow.stream);
                 if let TcpState::Open { handle } = flow.state {
-                    self.sockets.remove(handle);
+                    self.recycle(handle);
                 }
                 self.tcp_index.remove(&(flow.guest, flow.remote));
                 self.active -= 1;
@@ -1690,7 +1712,7 @@ impl Engine {
                 );
             }
             FlowEntry::DnsTcp(s) => {
-                self.sockets.remove(s.handle);
+                self.recycle(s.handle);
                 self.tcp_index.remove(&(s.guest, s.remote));
                 self.active -= 1;
                 self.audit_close("tcp", "dns", s.guest, s.remote, 0, 0, s.started, why);
