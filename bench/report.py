@@ -60,6 +60,27 @@ for c in [1, 32]:
     print(f"- concurrency {c}: moat / better peer = {ratio(conn[(c, 'moat')][0], best_peer[c])}; moat / veth = {ratio(conn[(c, 'moat')][0], conn[(c, 'veth')][0])}")
 print(f"- connect latency added over veth (p50, concurrency 1): moat {conn[(1, 'moat')][1] - conn[(1, 'veth')][1]:.0f} µs, pasta {conn[(1, 'pasta')][1] - conn[(1, 'veth')][1]:.0f} µs, slirp4netns {conn[(1, 'slirp4netns')][1] - conn[(1, 'veth')][1]:.0f} µs")
 
+print("\n## DNS (UDP A queries; moat: the sandbox asks the gateway, moat forwards to the same server)\n")
+print("| concurrency | path | queries/s | p50 µs | p99 µs |")
+print("|---|---|---|---|---|")
+dns = {}
+for c in [1, 16]:
+    for p in ["direct", "moat"]:
+        rs = [r["result"] for r in rows if r["kind"] == "dns" and r["conc"] == c and r["path"] == p]
+        q = med([r.get("per_sec", 0) for r in rs]); p50 = med([r.get("p50_us", 0) for r in rs]); p99 = med([r.get("p99_us", 0) for r in rs])
+        dns[(c, p)] = q
+        print(f"| {c} | {p} | {q:.0f} | {p50:.0f} | {p99:.0f} |")
+for c in [1, 16]:
+    print(f"- concurrency {c}: moat / direct = {ratio(dns[(c, 'moat')], dns[(c, 'direct')])}")
+
+print(f"\n## Published port (iperf3, 1 stream, MTU 65520, {max(int(secs) // 2, 1)} s runs)\n")
+print("| direction | veth (host → world) | moat published port (host → sandbox) | ratio |")
+print("|---|---|---|---|")
+for d, label in [("up", "client sends"), ("down", "client receives")]:
+    v = [r["veth"] for r in rows if r["kind"] == "publish" and r["dir"] == d]
+    m = [r["moat"] for r in rows if r["kind"] == "publish" and r["dir"] == d]
+    print(f"| {label} | {med(v):.2f} ({span(v)}) | {med(m):.2f} ({span(m)}) | {ratio(med(m), med(v))} |")
+
 print("\n## Start-up (wall time, median of 10)\n")
 for r in rows:
     if r["kind"] == "start":

@@ -7,6 +7,9 @@
 //! moat-bench hold ADDR COUNT SECS        open COUNT connections, print "holding", keep them SECS
 //! moat-bench park ADDR SECS              accept connections and keep them open, up to 10,000,
 //!                                        for SECS
+//! moat-bench dnsserve ADDR               answer every A query with 203.0.113.10 (UDP)
+//! moat-bench dnsload SERVER CONC SECS    A queries over UDP, CONC at once, for SECS; prints
+//!                                        JSON (queries/s, latency p50/p99)
 //! ```
 //! Every loop is bounded by its duration; every socket call has a timeout.
 #![forbid(unsafe_code)]
@@ -40,6 +43,8 @@ fn main() {
         Some("connrate") => connrate(arg(&args, 2), arg(&args, 3), arg(&args, 4)),
         Some("hold") => hold(arg(&args, 2), arg(&args, 3), arg(&args, 4)),
         Some("park") => park(arg(&args, 2), arg(&args, 3)),
+        Some("dnsserve") => dnsserve(arg(&args, 2)),
+        Some("dnsload") => dnsload(arg(&args, 2), arg(&args, 3), arg(&args, 4)),
         _ => usage(),
     }
 }
@@ -172,4 +177,103 @@ fn park(addr: SocketAddr, secs: f64) {
         }
     });
     std::thread::sleep(Duration::from_secs_f64(secs));
+}
+
+/// A query for `bench.example.test` type A with id `id`.
+fn dns_query(id: u16) -> Vec<u8> {
+    let mut q = id.to_be_bytes().to_vec();
+    q.extend_from_slice(&[0x01, 0x00, 0, 1, 0, 0, 0, 0, 0, 0]);
+    for label in ["bench", "example", "test"] {
+        q.push(label.len() as u8);
+        q.extend_from_slice(label.as_bytes());
+    }
+    q.extend_from_slice(&[0, 0, 1, 0, 1]);
+    q
+}
+
+fn dnsserve(addr: SocketAddr) {
+    let sock = std::net::UdpSocket::bind(addr).unwrap_or_else(|e| {
+        eprintln!("bind {addr}: {e}");
+        std::process::exit(1)
+    });
+    println!("dns on {addr}");
+    let mut buf = [0u8; 1500];
+    loop {
+        let Ok((n, peer)) = sock.recv_from(&mut buf) else { continue };
+        let q = &buf[..n];
+        if n < 17 || q[2] & 0x80 != 0 {
+            continue;
+        }
+        let mut a = q.to_vec();
+        a[2] = 0x81;
+        a[3] = 0x80;
+        a[6..8].copy_from_slice(&[0, 1]); // one answer
+        a[8..12].fill(0);
+        a.extend_from_slice(&[0xc0, 0x0c, 0, 1, 0, 1, 0, 0, 0, 30, 0, 4, 203, 0, 113, 10]);
+        let _ = sock.send_to(&a, peer);
+    }
+}
+
+fn dnsload(server: SocketAddr, conc: usize, secs: f64) {
+    let stop = Arc::new(AtomicBool::new(false));
+    let started = Instant::now();
+    let workers: Vec<_> = (0..conc.max(1))
+        .map(|w| {
+            let stop = stop.clone();
+            std::thread::spawn(move || {
+                let mut lat = Vec::new();
+                let mut errors = 0u64;
+                let bind: SocketAddr = if server.is_ipv4() { "0.0.0.0:0" } else { "[::]:0" }.parse().unwrap_or(server);
+                let Ok(sock) = std::net::UdpSocket::bind(bind) else { return (lat, 1) };
+                if sock.connect(server).is_err() || sock.set_read_timeout(Some(Duration::from_secs(2))).is_err() {
+                    return (lat, 1);
+                }
+                let mut buf = [0u8; 1500];
+                let mut id = (w as u16).wrapping_mul(7919);
+                while !stop.load(Ordering::Relaxed) {
+                    id = id.wrapping_add(1);
+                    let t = Instant::now();
+                    if sock.send(&dns_query(id)).is_err() {
+                        errors += 1;
+                        continue;
+                    }
+                    loop {
+                        match sock.recv(&mut buf) {
+                            Ok(n) if n >= 2 && buf[..2] == id.to_be_bytes() => {
+                                lat.push(t.elapsed().as_micros() as u64);
+                                break;
+                            }
+                            Ok(_) => continue,
+                            Err(_) => {
+                                errors += 1;
+                                break;
+                            }
+                        }
+                    }
+                }
+                (lat, errors)
+            })
+        })
+        .collect();
+    std::thread::sleep(Duration::from_secs_f64(secs));
+    stop.store(true, Ordering::Relaxed);
+    let elapsed = started.elapsed().as_secs_f64();
+    let mut all = Vec::new();
+    let mut errors = 0;
+    for w in workers {
+        if let Ok((lat, e)) = w.join() {
+            all.extend(lat);
+            errors += e;
+        }
+    }
+    all.sort_unstable();
+    let pct = |p: f64| all.get(((all.len() as f64 * p) as usize).min(all.len().saturating_sub(1))).copied().unwrap_or(0);
+    let out = serde_json::json!({
+        "queries": all.len(),
+        "errors": errors,
+        "per_sec": all.len() as f64 / elapsed,
+        "p50_us": pct(0.50),
+        "p99_us": pct(0.99),
+    });
+    println!("{out}");
 }
