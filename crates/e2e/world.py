@@ -8,7 +8,7 @@ arrived where. Bounded: request bodies are streamed, never stored.
   HTTP echo      tcp 80, 8080   answers JSON: method, path, host, client, server address
   TCP sink       tcp 9000       reads to EOF, answers the SHA-256 of what arrived
   TCP source     tcp 9001       reads "N\\n", sends N bytes of a fixed pattern, closes
-  TCP banner     tcp 2222, 443  sends "BANNER\\n" on connect (a server-first protocol)
+  TCP banner     tcp 2222, 443, 853  sends "BANNER\\n" on connect (a server-first protocol)
   UDP echo       udp 7777       echoes each datagram (on each address given after the log)
   DNS            udp+tcp 53     answers *.example.test from a table
 """
@@ -217,7 +217,7 @@ class Udp6(socketserver.ThreadingUDPServer):
 servers = [HttpServer(("::", 80), Echo), HttpServer(("::", 8080), Echo),
            TcpServer(("::", 9000), Sink), TcpServer(("::", 9001), Source),
            TcpServer(("::", 2222), Banner), TcpServer(("::", 443), Banner),
-           TcpServer(("::", 53), DnsTcp)]
+           TcpServer(("::", 853), Banner), TcpServer(("::", 53), DnsTcp)]
 # UDP answers must come from the address that was asked: one socket per address.
 for addr in sys.argv[2:]:
     cls = Udp6 if ":" in addr else Udp4
