@@ -81,7 +81,7 @@ for d, label in [("up", "client sends"), ("down", "client receives")]:
     m = [r["moat"] for r in rows if r["kind"] == "publish" and r["dir"] == d]
     print(f"| {label} | {med(v):.2f} ({span(v)}) | {med(m):.2f} ({span(m)}) | {ratio(med(m), med(v))} |")
 
-print("\n## Start-up (wall time, median of 10)\n")
+print("\n## Start-up (wall time, median of 8)\n")
 for r in rows:
     if r["kind"] == "start":
         print(f"- {r['path']}: {med(r['ms']):.1f} ms (min {min(r['ms']):.1f}, max {max(r['ms']):.1f})")

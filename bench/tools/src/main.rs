@@ -199,7 +199,9 @@ fn dnsserve(addr: SocketAddr) {
     println!("dns on {addr}");
     let mut buf = [0u8; 1500];
     loop {
-        let Ok((n, peer)) = sock.recv_from(&mut buf) else { continue };
+        let Ok((n, peer)) = sock.recv_from(&mut buf) else {
+            continue;
+        };
         let q = &buf[..n];
         if n < 17 || q[2] & 0x80 != 0 {
             continue;
@@ -223,9 +225,19 @@ fn dnsload(server: SocketAddr, conc: usize, secs: f64) {
             std::thread::spawn(move || {
                 let mut lat = Vec::new();
                 let mut errors = 0u64;
-                let bind: SocketAddr = if server.is_ipv4() { "0.0.0.0:0" } else { "[::]:0" }.parse().unwrap_or(server);
-                let Ok(sock) = std::net::UdpSocket::bind(bind) else { return (lat, 1) };
-                if sock.connect(server).is_err() || sock.set_read_timeout(Some(Duration::from_secs(2))).is_err() {
+                let bind: SocketAddr = if server.is_ipv4() {
+                    "0.0.0.0:0"
+                } else {
+                    "[::]:0"
+                }
+                .parse()
+                .unwrap_or(server);
+                let Ok(sock) = std::net::UdpSocket::bind(bind) else {
+                    return (lat, 1);
+                };
+                if sock.connect(server).is_err()
+                    || sock.set_read_timeout(Some(Duration::from_secs(2))).is_err()
+                {
                     return (lat, 1);
                 }
                 let mut buf = [0u8; 1500];
@@ -267,7 +279,11 @@ fn dnsload(server: SocketAddr, conc: usize, secs: f64) {
         }
     }
     all.sort_unstable();
-    let pct = |p: f64| all.get(((all.len() as f64 * p) as usize).min(all.len().saturating_sub(1))).copied().unwrap_or(0);
+    let pct = |p: f64| {
+        all.get(((all.len() as f64 * p) as usize).min(all.len().saturating_sub(1)))
+            .copied()
+            .unwrap_or(0)
+    };
     let out = serde_json::json!({
         "queries": all.len(),
         "errors": errors,

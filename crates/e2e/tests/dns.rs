@@ -418,12 +418,27 @@ fn dns_bypass_transports_are_refused() {
     let text = stdout(&out);
     assert!(text.contains("dot refused"), "{text}\n{}", stderr(&out));
     for port in [853, 5353, 5355, 137] {
-        assert!(text.contains(&format!("udp {port} refused")), "{port}: {text}");
+        assert!(
+            text.contains(&format!("udp {port} refused")),
+            "{port}: {text}"
+        );
     }
     let bypass = events.iter().filter(|e| e["rule"] == "dns_bypass").count();
     assert_eq!(bypass, 5, "{events:?}");
-    assert!(!w.log().iter().any(|l| l["server"] == "banner"), "DoT reached the world");
+    assert!(
+        !w.log().iter().any(|l| l["server"] == "banner"),
+        "DoT reached the world"
+    );
     // A rule that names port 853 explicitly allows DNS over TLS.
-    let (out, _) = w.run_sh(&["--policy", "allow-all", "--allow", "203.0.113.10:853/tcp"], script, T);
-    assert!(stdout(&out).contains("dot connected"), "{}\n{}", stdout(&out), stderr(&out));
+    let (out, _) = w.run_sh(
+        &["--policy", "allow-all", "--allow", "203.0.113.10:853/tcp"],
+        script,
+        T,
+    );
+    assert!(
+        stdout(&out).contains("dot connected"),
+        "{}\n{}",
+        stdout(&out),
+        stderr(&out)
+    );
 }

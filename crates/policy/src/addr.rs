@@ -81,6 +81,7 @@ const NAT64_PREFIX: [u16; 6] = [0x64, 0xff9b, 0, 0, 0, 0];
 
 /// The address a flow is judged as: an IPv6 address embedding an IPv4 address becomes that
 /// IPv4 address; everything else is unchanged.
+#[inline]
 pub fn canonical_addr(addr: IpAddr) -> IpAddr {
     match addr {
         IpAddr::V4(_) => addr,
@@ -91,6 +92,7 @@ pub fn canonical_addr(addr: IpAddr) -> IpAddr {
     }
 }
 
+#[inline]
 fn embedded_v4(v6: Ipv6Addr) -> Option<Ipv4Addr> {
     if let Some(v4) = v6.to_ipv4_mapped() {
         return Some(v4);
@@ -129,6 +131,7 @@ pub fn canonical_net(net: IpNet) -> IpNet {
 /// True for addresses no flow may reach, whatever the rules say: `0.0.0.0/8` ("this
 /// network", RFC 1122 §3.2.1.3 — connecting there reaches the host itself on Linux) and `::`.
 /// `addr` must be canonical.
+#[inline]
 pub fn never_reachable(addr: IpAddr) -> bool {
     match addr {
         IpAddr::V4(v4) => v4.octets()[0] == 0,

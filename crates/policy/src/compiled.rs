@@ -58,7 +58,8 @@ impl NetworkPolicy {
     /// Validates the policy and compiles it into indexes.
     pub fn compile(&self) -> Result<CompiledPolicy, PolicyError> {
         self.validate()?;
-        if self.rules.len() >= NONE as usize {
+        // Rule indices stay below 2^31: packed slots use the top bit.
+        if self.rules.len() >= (WIDE - 1) as usize {
             return Err(PolicyError::Rule {
                 why: format!("{} rules are more than moat can index", self.rules.len()),
             });
@@ -434,6 +435,31 @@ impl SlotsBuilder {
     }
 }
 
+/// Marks a packed slot that is an index into the `wide` table.
+const WIDE: u32 = 1 << 31;
+
+/// Packs a slot into 4 bytes: its port-less answer when it has no port steps (rule indices
+/// stay below 2^31, [`NONE`] is itself), else `WIDE | index` into `wide`.
+fn pack(slot: Slot, wide: &mut Vec<Slot>) -> u32 {
+    if slot.steps == NONE {
+        return slot.portless;
+    }
+    wide.push(slot);
+    WIDE | (wide.len() - 1) as u32
+}
+
+fn unpack(packed: u32, wide: &[Slot]) -> Slot {
+    if packed == NONE || packed & WIDE == 0 {
+        return Slot {
+            portless: packed,
+            steps: NONE,
+        };
+    }
+    wide.get((packed & !WIDE) as usize)
+        .copied()
+        .unwrap_or(EMPTY_SLOT)
+}
+
 /// A link in the chain of enclosing CIDRs that have port step maps for one slot.
 #[derive(Debug, Clone, Copy)]
 struct StepLink {
@@ -455,7 +481,10 @@ struct AddrIndex<A> {
     /// First address of each interval, starting at 0.
     starts: Sorted<A>,
     /// Per slot, per interval.
-    slots: [Vec<Slot>; 8],
+    /// Per slot, per interval, a [`Slot`] packed into 4 bytes (see [`pack`]); the few with
+    /// port steps live in `wide`. Keeping these tables small keeps them in cache.
+    slots: [Vec<u32>; 8],
+    wide: Vec<Slot>,
     links: Vec<StepLink>,
 }
 
@@ -494,6 +523,7 @@ impl<A: AddrBits> AddrIndex<A> {
         let mut ends: Vec<A> = Vec::with_capacity(prefixes.len());
         let mut starts = Vec::new();
         let mut slots: [Vec<Slot>; 8] = Default::default();
+
         let mut stack: Vec<usize> = Vec::new();
         let mut next = 0;
         for b in points {
@@ -546,17 +576,26 @@ impl<A: AddrBits> AddrIndex<A> {
                 }
             }
         }
+        let mut wide = Vec::new();
+        let packed = slots.map(|column| {
+            column
+                .into_iter()
+                .map(|slot| pack(slot, &mut wide))
+                .collect()
+        });
         AddrIndex {
             starts: Sorted::new(starts),
-            slots,
+            slots: packed,
+            wide,
             links,
         }
     }
 
     fn lookup(&self, addr: A, slot: usize, port: Option<u16>, arena: &StepArena) -> u32 {
-        let Some(&here) = self.slots[slot].get(self.starts.last_at_or_below(addr)) else {
+        let Some(&packed) = self.slots[slot].get(self.starts.last_at_or_below(addr)) else {
             return NONE;
         };
+        let here = unpack(packed, &self.wide);
         let mut best = here.portless;
         if let Some(port) = port {
             let mut link = here.steps;
@@ -652,7 +691,10 @@ impl NameTrie {
             {
                 visit(key, Some(&name[end + 1..]));
             }
-            let label_start = name[..end].rfind('.').map_or(0, |d| d + 1);
+            let label_start = name.as_bytes()[..end]
+                .iter()
+                .rposition(|&b| b == b'.')
+                .map_or(0, |d| d + 1);
             match self.nodes[node].children.get(&name[label_start..end]) {
                 Some(&child) => node = child as usize,
                 None => return,
