@@ -130,19 +130,23 @@ fn connrate(addr: SocketAddr, conc: usize, secs: f64) {
             errors += e;
         }
     }
-    all.sort_unstable();
+    print_report("connections", &mut all, errors, elapsed);
+}
+
+/// Prints one JSON line: count, errors, rate, latency p50/p99 (µs).
+fn print_report(count_key: &str, latencies: &mut [u64], errors: u64, elapsed: f64) {
+    latencies.sort_unstable();
     let pct = |p: f64| {
-        all.get(((all.len() as f64 * p) as usize).min(all.len().saturating_sub(1)))
-            .copied()
-            .unwrap_or(0)
+        let i = ((latencies.len() as f64 * p) as usize).min(latencies.len().saturating_sub(1));
+        latencies.get(i).copied().unwrap_or(0)
     };
-    let out = serde_json::json!({
-        "connections": all.len(),
+    let mut out = serde_json::json!({
         "errors": errors,
-        "per_sec": all.len() as f64 / elapsed,
+        "per_sec": latencies.len() as f64 / elapsed,
         "p50_us": pct(0.50),
         "p99_us": pct(0.99),
     });
+    out[count_key] = serde_json::Value::from(latencies.len());
     println!("{out}");
 }
 
@@ -278,18 +282,5 @@ fn dnsload(server: SocketAddr, conc: usize, secs: f64) {
             errors += e;
         }
     }
-    all.sort_unstable();
-    let pct = |p: f64| {
-        all.get(((all.len() as f64 * p) as usize).min(all.len().saturating_sub(1)))
-            .copied()
-            .unwrap_or(0)
-    };
-    let out = serde_json::json!({
-        "queries": all.len(),
-        "errors": errors,
-        "per_sec": all.len() as f64 / elapsed,
-        "p50_us": pct(0.50),
-        "p99_us": pct(0.99),
-    });
-    println!("{out}");
+    print_report("queries", &mut all, errors, elapsed);
 }

@@ -13,7 +13,7 @@ use std::sync::{Arc, Mutex, MutexGuard};
 
 use moat_engine::{AuditLog, EngineConfig, EngineHandle, LinkConfig, TapDevice};
 use moat_policy::NetworkPolicy;
-use moat_sandbox::{NetSpec, SandboxConfig, SpawnSpec};
+use moat_sandbox::{SandboxConfig, SpawnSpec};
 
 pub use moat_engine::DenyMode;
 pub use moat_sandbox::ExitStatus;
@@ -280,27 +280,13 @@ impl SandboxBuilder {
             });
         }
         let published = crate::publish::bind_all(&specs)?;
-        let network = (!offline).then(|| NetSpec {
-            tap_name: "eth0".into(),
-            mtu: link.mtu as u32,
-            guest_v4: link.guest_v4,
-            gateway_v4: link.gateway_v4,
-            prefix_v4: link.prefix_v4,
-            guest_v6: link.guest_v6,
-            gateway_v6: link.gateway_v6,
-            prefix_v6: link.prefix_v6,
-        });
-        let hosts = format!(
-            "127.0.0.1\tlocalhost\n::1\tlocalhost ip6-localhost ip6-loopback\n{}\t{}\n{}\thost.moat.internal\n",
-            link.guest_v4, self.name, link.gateway_v4
-        );
+        let network = (!offline).then(|| crate::setup::net_spec(&link));
+        let hosts = crate::setup::hosts_file(&self.name, &link);
         let config = SandboxConfig {
             name: self.name.clone(),
             workdir: self.workdir.clone(),
             workdir_host: self.workdir_host,
-            resolv_conf: network
-                .as_ref()
-                .map(|_| format!("nameserver {}\n", link.gateway_v4)),
+            resolv_conf: network.as_ref().map(|_| crate::setup::resolv_conf(&link)),
             hosts: Some(hosts),
             network,
             helper: self.helper,

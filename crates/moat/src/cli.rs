@@ -12,7 +12,7 @@ use std::time::{Duration, Instant};
 use anyhow::{Context, bail};
 use moat_engine::{AuditLog, DenyMode, EngineConfig, LinkConfig, TapDevice};
 use moat_policy::{DestSpec, NetworkPolicy, Rule};
-use moat_sandbox::{NetSpec, Sandbox, SandboxConfig, SpawnSpec};
+use moat_sandbox::{Sandbox, SandboxConfig, SpawnSpec};
 use nix::sys::signal::{SigSet, SigmaskHow, Signal};
 use nix::sys::signalfd::{SfdFlags, SignalFd};
 
@@ -226,16 +226,7 @@ pub fn run(opts: RunOptions) -> anyhow::Result<i32> {
         }
         link.mtu = mtu as usize;
     }
-    let network = (!policy.is_offline()).then(|| NetSpec {
-        tap_name: "eth0".into(),
-        mtu: link.mtu as u32,
-        guest_v4: link.guest_v4,
-        gateway_v4: link.gateway_v4,
-        prefix_v4: link.prefix_v4,
-        guest_v6: link.guest_v6,
-        gateway_v6: link.gateway_v6,
-        prefix_v6: link.prefix_v6,
-    });
+    let network = (!policy.is_offline()).then(|| crate::setup::net_spec(&link));
     let (workdir, workdir_host) = match &opts.workdir {
         Some(dir) => {
             let dir = dir
@@ -245,19 +236,12 @@ pub fn run(opts: RunOptions) -> anyhow::Result<i32> {
         }
         None => (PathBuf::from("/workspace"), None),
     };
-    let hosts = format!(
-        "127.0.0.1\tlocalhost\n::1\tlocalhost ip6-localhost ip6-loopback\n{}\t{name}\n{}\thost.moat.internal\n",
-        link.guest_v4,
-        link.gateway_v4,
-        name = opts.name
-    );
+    let hosts = crate::setup::hosts_file(&opts.name, &link);
     let config = SandboxConfig {
         name: opts.name.clone(),
         workdir: workdir.clone(),
         workdir_host,
-        resolv_conf: network
-            .as_ref()
-            .map(|_| format!("nameserver {}\n", link.gateway_v4)),
+        resolv_conf: network.as_ref().map(|_| crate::setup::resolv_conf(&link)),
         hosts: Some(hosts),
         network,
         helper: None,

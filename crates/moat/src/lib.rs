@@ -24,6 +24,7 @@ mod api;
 pub mod cli;
 pub mod demo;
 pub mod publish;
+mod setup;
 
 pub use api::{
     AuditSink, Child, DenyMode, Error, ExitStatus, Fs, NetworkBuilder, Output, Sandbox,

@@ -294,23 +294,8 @@ impl Sandbox {
     /// Receives the next reply, queueing exit notifications that arrive in between.
     fn recv_reply(&mut self) -> Result<(Reply, Vec<OwnedFd>), SandboxError> {
         loop {
-            match proto::recv::<Reply>(self.ctl.as_raw_fd()) {
-                Ok(Some((Reply::Exited { pid, code, signal }, _))) => {
-                    let status = match (code, signal) {
-                        (Some(c), _) => ExitStatus::Code(c),
-                        (None, Some(s)) => ExitStatus::Signal(s),
-                        (None, None) => ExitStatus::Code(255),
-                    };
-                    self.exits.push_back((pid, status));
-                }
-                Ok(Some(reply)) => return Ok(reply),
-                Ok(None) => {
-                    return Err(SandboxError::Channel(io::Error::new(
-                        io::ErrorKind::UnexpectedEof,
-                        "the supervisor exited",
-                    )));
-                }
-                Err(e) => return Err(SandboxError::Channel(e)),
+            if let (Some(reply), fds) = self.recv_reply_or_exit()? {
+                return Ok((reply, fds));
             }
         }
     }
