@@ -355,6 +355,12 @@ impl StepArena {
         steps.get(i.wrapping_sub(1)).map_or(NONE, |s| s.1)
     }
 
+    /// The steps of map `map`.
+    fn steps_of(&self, map: u32) -> &[(u16, u32)] {
+        let (offset, len) = self.maps[map as usize];
+        &self.steps[offset as usize..(offset + len) as usize]
+    }
+
     /// The smallest index any port of map `map` can get.
     fn min(&self, map: u32) -> u32 {
         let (offset, len) = self.maps[map as usize];
@@ -433,6 +439,40 @@ impl SlotsBuilder {
             },
         })
     }
+}
+
+/// Marks a [`Slot::steps`] that is one merged step map (in the [`StepArena`]) rather than
+/// a chain of [`StepLink`]s.
+const MERGED: u32 = 1 << 31;
+/// Merged step maps longer than this stay chains (bounds memory on deep port-scoped nests).
+const MERGE_CAP: usize = 64;
+
+/// The pointwise minimum of two step functions (each starting at port 0).
+fn merge_steps(a: &[(u16, u32)], b: &[(u16, u32)]) -> Vec<(u16, u32)> {
+    let (mut i, mut j) = (0, 0);
+    let (mut va, mut vb) = (NONE, NONE);
+    let mut out: Vec<(u16, u32)> = Vec::with_capacity(a.len() + b.len());
+    while i < a.len() || j < b.len() {
+        let next = match (a.get(i), b.get(j)) {
+            (Some(x), Some(y)) => x.0.min(y.0),
+            (Some(x), None) => x.0,
+            (None, Some(y)) => y.0,
+            (None, None) => break,
+        };
+        while i < a.len() && a[i].0 == next {
+            va = a[i].1;
+            i += 1;
+        }
+        while j < b.len() && b[j].0 == next {
+            vb = b[j].1;
+            j += 1;
+        }
+        let v = va.min(vb);
+        if out.last().is_none_or(|&(_, last)| last != v) {
+            out.push((next, v));
+        }
+    }
+    out
 }
 
 /// Marks a packed slot that is an index into the `wide` table.
@@ -543,16 +583,47 @@ impl<A: AddrBits> AddrIndex<A> {
                             steps: up.steps,
                         },
                         Some(map) => {
-                            let id = arena.push(&map.steps);
-                            let above = links.get(up.steps as usize).map_or(NONE, |l| l.chain_min);
-                            links.push(StepLink {
-                                map: id,
-                                up: up.steps,
-                                chain_min: arena.min(id).min(above),
-                            });
-                            Slot {
-                                portless: up.portless.min(map.portless),
-                                steps: (links.len() - 1) as u32,
+                            let portless = up.portless.min(map.portless);
+                            // One map for the whole chain when it stays small: a lookup then
+                            // reads one map instead of walking the enclosing CIDRs.
+                            let merged = match up.steps {
+                                NONE => Some(map.steps.clone()),
+                                s if s & MERGED != 0 => {
+                                    Some(merge_steps(arena.steps_of(s & !MERGED), &map.steps))
+                                }
+                                _ => None,
+                            }
+                            .filter(|m| m.len() <= MERGE_CAP);
+                            if let Some(m) = merged {
+                                Slot {
+                                    portless,
+                                    steps: MERGED | arena.push(&m),
+                                }
+                            } else {
+                                // A chain link; a merged map above becomes the chain's end.
+                                let up_link = if up.steps != NONE && up.steps & MERGED != 0 {
+                                    let above = up.steps & !MERGED;
+                                    links.push(StepLink {
+                                        map: above,
+                                        up: NONE,
+                                        chain_min: arena.min(above),
+                                    });
+                                    (links.len() - 1) as u32
+                                } else {
+                                    up.steps
+                                };
+                                let id = arena.push(&map.steps);
+                                let above =
+                                    links.get(up_link as usize).map_or(NONE, |l| l.chain_min);
+                                links.push(StepLink {
+                                    map: id,
+                                    up: up_link,
+                                    chain_min: arena.min(id).min(above),
+                                });
+                                Slot {
+                                    portless,
+                                    steps: (links.len() - 1) as u32,
+                                }
                             }
                         }
                     }
@@ -599,6 +670,9 @@ impl<A: AddrBits> AddrIndex<A> {
         let mut best = here.portless;
         if let Some(port) = port {
             let mut link = here.steps;
+            if link != NONE && link & MERGED != 0 {
+                return best.min(arena.get(link & !MERGED, port));
+            }
             while let Some(l) = self.links.get(link as usize) {
                 if l.chain_min >= best {
                     break;
