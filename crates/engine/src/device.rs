@@ -97,6 +97,30 @@ impl FrameDevice for MemoryDevice {
     }
 }
 
+/// A [`MemoryDevice`] shared between a test and the engine's thread.
+#[derive(Debug, Clone, Default)]
+pub struct SharedMemoryDevice(pub std::sync::Arc<std::sync::Mutex<MemoryDevice>>);
+
+impl FrameDevice for SharedMemoryDevice {
+    fn recv(&mut self, buf: &mut [u8]) -> io::Result<Option<usize>> {
+        self.0
+            .lock()
+            .map_err(|_| io::Error::other("poisoned"))?
+            .recv(buf)
+    }
+
+    fn send(&mut self, frame: &[u8]) -> io::Result<()> {
+        self.0
+            .lock()
+            .map_err(|_| io::Error::other("poisoned"))?
+            .send(frame)
+    }
+
+    fn raw_fd(&self) -> Option<RawFd> {
+        None
+    }
+}
+
 /// smoltcp's view of the device: at most one frame handed in by the engine, and transmits
 /// that go straight to the [`FrameDevice`] through one reused buffer.
 pub struct StackDevice<'a> {

@@ -12,7 +12,7 @@ mod tls;
 mod wire;
 
 pub use audit::{AuditLog, rfc3339};
-pub use device::{FrameDevice, MemoryDevice, TapDevice};
+pub use device::{FrameDevice, MemoryDevice, SharedMemoryDevice, TapDevice};
 pub use engine::{
     Counters, DenyMode, EngineConfig, EngineHandle, LinkConfig, MAX_PUBLISHED, Published,
     PublishedSocket, spawn,

@@ -519,6 +519,11 @@ impl Engine {
             if rx_pending {
                 timeout = Duration::ZERO;
             }
+            // A device without a descriptor (the in-memory one of the tests) is polled.
+            let pollable = self.device.raw_fd().is_some();
+            if !pollable {
+                timeout = timeout.min(Duration::from_millis(1));
+            }
             match self.poll.poll(&mut events, Some(timeout)) {
                 Ok(()) => {}
                 Err(e) if e.kind() == io::ErrorKind::Interrupted => continue,
@@ -527,7 +532,7 @@ impl Engine {
             if stop.load(Ordering::SeqCst) {
                 break;
             }
-            let mut tap_ready = rx_pending;
+            let mut tap_ready = rx_pending || !pollable;
             for event in events.iter() {
                 match event.token() {
                     TAP => tap_ready = true,
