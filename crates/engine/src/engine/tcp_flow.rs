@@ -1,0 +1,408 @@
+//! TCP flows from the sandbox: judging the SYN, dialing upstream before the handshake
+//! completes, relaying with half-close, the TLS server-name gate, resets and the socket
+//! pool. See the theory of operation in `mod.rs`.
+
+use super::*;
+
+impl Engine {
+    #[allow(clippy::too_many_arguments)] // One segment's fields, as classified.
+    pub(super) fn on_tcp(
+        &mut self,
+        frame: &[u8],
+        guest: SocketAddr,
+        remote: SocketAddr,
+        new_syn: bool,
+        rst: bool,
+        seq: u32,
+        seg_len: u32,
+    ) {
+        if let Some(&id) = self.tcp_index.get(&(guest, remote)) {
+            match &self.flows[id] {
+                Some(FlowEntry::Tcp(flow)) if matches!(flow.state, TcpState::Open { .. }) => {
+                    self.feed(frame);
+                    self.dirty.insert(id);
+                }
+                Some(FlowEntry::DnsTcp(_)) => {
+                    self.feed(frame);
+                    self.dirty.insert(id);
+                }
+                Some(FlowEntry::Tcp(_)) if rst => {
+                    self.remove(id, "reset by the sandbox while connecting")
+                }
+                _ => {}
+            }
+            return;
+        }
+        if !new_syn {
+            self.counters.dropped_unsupported += 1;
+            return;
+        }
+        if remote.port() == 53 {
+            // Every DNS-over-TCP flow is answered here, whatever address it was sent to.
+            self.open_dns_stream(frame, guest, remote, seq, seg_len);
+            return;
+        }
+        let upstream = self.upstream(remote);
+        let verdict = self.judge(Protocol::Tcp, upstream);
+        // DNS over TLS would carry lookups past the interceptor: only a rule that names
+        // port 853 explicitly allows it.
+        let dot_refused = remote.port() == 853
+            && verdict.as_ref().is_ok_and(|p| !matches!(p.decision().by, DecidedBy::Rule(i) if self.cfg.policy.policy().rules.get(i).is_some_and(|r| r.ports.is_some())));
+        let permit = match verdict {
+            Ok(permit) if !dot_refused => permit,
+            Ok(_) => {
+                self.audit_bypass(
+                    "tcp",
+                    guest,
+                    remote,
+                    "DNS over TLS is refused unless a rule allows port 853 explicitly",
+                );
+                self.reset_guest(guest, remote, seq, seg_len);
+                return;
+            }
+            Err(decision) => {
+                self.audit_deny("tcp", guest, remote, &decision);
+                if self.cfg.deny_mode == DenyMode::Reject {
+                    self.reset_guest(guest, remote, seq, seg_len);
+                }
+                return;
+            }
+        };
+        let (rule, reason) = (
+            permit.decision().rule_label(),
+            self.cfg.policy.reason(permit.decision()),
+        );
+        if self.active >= self.cfg.max_connections {
+            self.audit_limit("tcp", guest, remote);
+            self.reset_guest(guest, remote, seq, seg_len);
+            return;
+        }
+        let mut stream = match dial::tcp(upstream, &permit) {
+            Ok(s) => s,
+            Err(_) => {
+                self.counters.dial_failures += 1;
+                self.reset_guest(guest, remote, seq, seg_len);
+                return;
+            }
+        };
+        let id = self.slot();
+        if self
+            .poll
+            .registry()
+            .register(
+                &mut stream,
+                Token(id + FIRST_FLOW),
+                Interest::READABLE | Interest::WRITABLE,
+            )
+            .is_err()
+        {
+            self.free.push(id);
+            self.reset_guest(guest, remote, seq, seg_len);
+            return;
+        }
+        self.flows[id] = Some(FlowEntry::Tcp(TcpFlow {
+            rule: rule.clone(),
+            guest,
+            remote,
+            stream,
+            state: TcpState::Connecting {
+                syn: frame.to_vec(),
+                seq,
+                deadline: Instant::now() + self.cfg.connect_timeout,
+            },
+            host_eof: false,
+            host_write_shut: false,
+            inbound: false,
+            sni: if TLS_PORTS.contains(&remote.port()) && self.has_name_rules {
+                SniCheck::Pending
+            } else {
+                SniCheck::Off
+            },
+            up: 0,
+            down: 0,
+            started: Instant::now(),
+        }));
+        self.tcp_index.insert((guest, remote), id);
+        self.active += 1;
+        self.audit_allow("tcp", guest, remote, &rule, &reason);
+    }
+
+    /// Accepts a DNS-over-TCP connection from the sandbox; it is answered here.
+    pub(super) fn open_dns_stream(
+        &mut self,
+        syn: &[u8],
+        guest: SocketAddr,
+        remote: SocketAddr,
+        seq: u32,
+        seg_len: u32,
+    ) {
+        if self.active >= self.cfg.max_connections {
+            self.audit_limit("tcp", guest, remote);
+            self.reset_guest(guest, remote, seq, seg_len);
+            return;
+        }
+        // DNS messages are at most 64 KiB: small buffers suffice.
+        let size = 128 * 1024;
+        let mut socket = take_socket(&mut self.tcp_pool, size);
+        let endpoint = IpListenEndpoint {
+            addr: Some(remote.ip().into()),
+            port: remote.port(),
+        };
+        if socket.listen(endpoint).is_err() {
+            return;
+        }
+        let handle = self.sockets.add(socket);
+        let id = self.slot();
+        self.flows[id] = Some(FlowEntry::DnsTcp(DnsStream {
+            guest,
+            remote,
+            handle,
+            inbuf: Vec::new(),
+            pending: 0,
+            started: Instant::now(),
+        }));
+        self.tcp_index.insert((guest, remote), id);
+        self.active += 1;
+        self.feed(syn);
+        self.dirty.insert(id);
+    }
+
+    pub(super) fn finish_connect(&mut self, id: usize) {
+        let Some(Some(FlowEntry::Tcp(flow))) = self.flows.get_mut(id) else {
+            return;
+        };
+        let outcome = match flow.stream.take_error() {
+            Ok(Some(e)) | Err(e) => Err(e),
+            Ok(None) => match flow.stream.peer_addr() {
+                Ok(_) => Ok(()),
+                Err(e) if e.kind() == io::ErrorKind::NotConnected => return,
+                Err(e) => Err(e),
+            },
+        };
+        match outcome {
+            Err(e) => {
+                self.counters.dial_failures += 1;
+                if let TcpState::Connecting { seq, .. } = flow.state {
+                    let (guest, remote) = (flow.guest, flow.remote);
+                    self.reset_guest(guest, remote, seq, 1);
+                }
+                self.remove(id, &format!("upstream connect failed: {e}"));
+            }
+            Ok(()) => {
+                let _ = flow.stream.set_nodelay(true);
+                let TcpState::Connecting { syn, .. } = std::mem::replace(
+                    &mut flow.state,
+                    TcpState::Open {
+                        handle: SocketHandle::default(),
+                    },
+                ) else {
+                    return;
+                };
+                let size = self.cfg.tcp_buffer;
+                let mut socket = take_socket(&mut self.tcp_pool, size);
+                let endpoint = IpListenEndpoint {
+                    addr: Some(flow.remote.ip().into()),
+                    port: flow.remote.port(),
+                };
+                if socket.listen(endpoint).is_err() {
+                    self.remove(id, "cannot listen");
+                    return;
+                }
+                let handle = self.sockets.add(socket);
+                flow.state = TcpState::Open { handle };
+                self.feed(&syn);
+                self.dirty.insert(id);
+            }
+        }
+    }
+
+    /// Moves bytes both ways for one open TCP flow, and ends it when both sides are done.
+    pub(super) fn relay(&mut self, id: usize) {
+        if let Some(Some(FlowEntry::DnsTcp(_))) = self.flows.get(id) {
+            self.dns_stream_relay(id);
+            return;
+        }
+        let may_send_up = match self.sni_gate(id) {
+            Gate::Open => true,
+            Gate::Wait => false,
+            Gate::Aborted => return,
+        };
+        let Some(Some(FlowEntry::Tcp(flow))) = self.flows.get_mut(id) else {
+            return;
+        };
+        let TcpState::Open { handle } = flow.state else {
+            return;
+        };
+        let socket = self.sockets.get_mut::<tcp::Socket>(handle);
+        let mut failed: Option<String> = None;
+        // Sandbox → host.
+        while may_send_up && socket.can_recv() {
+            let stream = &mut flow.stream;
+            let r = socket.recv(|buf| match stream.write(buf) {
+                Ok(n) => (n, Ok(n)),
+                Err(e) => (0, Err(e)),
+            });
+            match r {
+                Ok(Ok(0)) => break,
+                Ok(Ok(n)) => flow.up += n as u64,
+                Ok(Err(e)) if e.kind() == io::ErrorKind::WouldBlock => break,
+                Ok(Err(e)) if e.kind() == io::ErrorKind::Interrupted => continue,
+                Ok(Err(e)) => {
+                    failed = Some(format!("upstream write failed: {e}"));
+                    break;
+                }
+                Err(_) => break,
+            }
+        }
+        // The sandbox sent FIN and everything before it is upstream: half-close.
+        let guest_fin = matches!(
+            socket.state(),
+            tcp::State::CloseWait
+                | tcp::State::LastAck
+                | tcp::State::Closing
+                | tcp::State::TimeWait
+                | tcp::State::Closed
+        );
+        if guest_fin && socket.recv_queue() == 0 && !flow.host_write_shut {
+            let _ = flow.stream.shutdown(Shutdown::Write);
+            flow.host_write_shut = true;
+        }
+        // Host → sandbox.
+        while failed.is_none() && !flow.host_eof && socket.can_send() {
+            enum Got {
+                Data(usize),
+                Eof,
+                Block,
+                Fail(io::Error),
+            }
+            let stream = &mut flow.stream;
+            let r = socket.send(|buf| match stream.read(buf) {
+                Ok(0) => (0, Got::Eof),
+                Ok(n) => (n, Got::Data(n)),
+                Err(e) if e.kind() == io::ErrorKind::WouldBlock => (0, Got::Block),
+                Err(e) => (0, Got::Fail(e)),
+            });
+            match r {
+                Ok(Got::Data(n)) => flow.down += n as u64,
+                Ok(Got::Eof) => {
+                    flow.host_eof = true;
+                    socket.close();
+                }
+                Ok(Got::Block) | Err(_) => break,
+                Ok(Got::Fail(e)) if e.kind() == io::ErrorKind::Interrupted => continue,
+                Ok(Got::Fail(e)) => failed = Some(format!("upstream read failed: {e}")),
+            }
+        }
+        if let Some(reason) = failed {
+            self.abort(id, handle, &reason);
+            return;
+        }
+        let state = socket.state();
+        if matches!(state, tcp::State::Closed | tcp::State::TimeWait) {
+            let reason = if flow.host_eof && flow.host_write_shut {
+                "closed"
+            } else {
+                "reset"
+            };
+            self.remove(id, reason);
+        }
+    }
+
+    /// For a flow waiting on its TLS server name: reads the ClientHello (without taking it
+    /// from the stream) and judges the flow again with the name; a deny resets it.
+    pub(super) fn sni_gate(&mut self, id: usize) -> Gate {
+        let Some(Some(FlowEntry::Tcp(flow))) = self.flows.get(id) else {
+            return Gate::Open;
+        };
+        let (TcpState::Open { handle }, SniCheck::Pending) = (&flow.state, flow.sni) else {
+            return Gate::Open;
+        };
+        let handle = *handle;
+        let (guest, remote) = (flow.guest, flow.remote);
+        let socket = self.sockets.get_mut::<tcp::Socket>(handle);
+        let n = socket
+            .peek_slice(&mut self.scratch[..sni::MAX_RECORD])
+            .unwrap_or(0);
+        let guest_done = !socket.may_recv()
+            && socket.state() != tcp::State::SynReceived
+            && socket.state() != tcp::State::Listen;
+        let name = match sni::parse(&self.scratch[..n]) {
+            Sni::Incomplete if n < sni::MAX_RECORD && !guest_done => return Gate::Wait,
+            Sni::Name(name) => Some(name),
+            _ => None,
+        };
+        if let Some(Some(FlowEntry::Tcp(flow))) = self.flows.get_mut(id) {
+            flow.sni = SniCheck::Off;
+        }
+        let Some(name) = name else { return Gate::Open };
+        let upstream = self.upstream(remote);
+        let names = self
+            .pins
+            .names(canonical_addr(upstream.ip()), Instant::now());
+        let decision = self.cfg.policy.decide(&Flow {
+            direction: Direction::Outbound,
+            protocol: Protocol::Tcp,
+            addr: upstream.ip(),
+            port: Some(upstream.port()),
+            names: &names,
+            sni: Some(&name),
+        });
+        if decision.is_allow() {
+            return Gate::Open;
+        }
+        self.counters.denied += 1;
+        let reason = format!(
+            "TLS server name {name}: {}",
+            self.cfg.policy.reason(&decision)
+        );
+        self.cfg.audit.event(
+            "connect",
+            "deny",
+            &decision.rule_label(),
+            &reason,
+            vec![
+                ("proto", Value::from("tcp")),
+                ("src", Value::from(guest.to_string())),
+                ("dst", Value::from(remote.ip().to_string())),
+                ("port", Value::from(remote.port())),
+                ("domain", self.pinned_domain(remote.ip())),
+                ("sni", Value::from(name.as_str())),
+            ],
+        );
+        self.abort(id, handle, "denied by its TLS server name");
+        Gate::Aborted
+    }
+
+    pub(super) fn reset_guest(
+        &mut self,
+        guest: SocketAddr,
+        remote: SocketAddr,
+        seq: u32,
+        seg_len: u32,
+    ) {
+        let mut out = std::mem::take(&mut self.scratch);
+        if wire::tcp_reset(&mut out, &self.link, remote, guest, seq, seg_len) {
+            self.send_frame(&out);
+        }
+        out.resize(65536, 0);
+        self.scratch = out;
+    }
+
+    /// Resets the sandbox's side of TCP flow `id`; the flow is removed after the next
+    /// egress, once smoltcp has sent the RST.
+    pub(super) fn abort(&mut self, id: usize, handle: SocketHandle, why: &str) {
+        self.sockets.get_mut::<tcp::Socket>(handle).abort();
+        self.doomed.push((id, why.to_owned()));
+    }
+
+    /// Takes a socket out of the set and keeps it for reuse. Outside the set an abort
+    /// sends nothing; it only makes the socket reusable.
+    pub(super) fn recycle(&mut self, handle: SocketHandle) {
+        // With only TCP sockets in the set, every socket removed is a TCP one.
+        let smoltcp::socket::Socket::Tcp(mut socket) = self.sockets.remove(handle);
+        socket.abort();
+        if self.tcp_pool.len() < TCP_POOL {
+            self.tcp_pool.push(socket);
+        }
+    }
+}
