@@ -60,17 +60,7 @@ impl Engine {
             Err(decision) => {
                 self.audit_deny("icmp", g, d, &decision);
                 if self.cfg.deny_mode == DenyMode::Reject {
-                    let mut out = std::mem::take(&mut self.scratch);
-                    if wire::admin_prohibited(
-                        &mut out,
-                        &self.link,
-                        self.gateway_for(dst),
-                        wire::ip_payload(frame),
-                    ) {
-                        self.send_frame(&out);
-                    }
-                    out.resize(65536, 0);
-                    self.scratch = out;
+                    self.send_prohibited(frame, dst);
                 }
                 return None;
             }

@@ -620,6 +620,22 @@ impl Engine {
         }
     }
 
+    /// Answers the sandbox's IP packet in `frame` with ICMP "administratively prohibited"
+    /// from the gateway of `toward`'s family (reject mode, refused DNS bypasses).
+    fn send_prohibited(&mut self, frame: &[u8], toward: IpAddr) {
+        let mut out = std::mem::take(&mut self.scratch);
+        if wire::admin_prohibited(
+            &mut out,
+            &self.link,
+            self.gateway_for(toward),
+            wire::ip_payload(frame),
+        ) {
+            self.send_frame(&out);
+        }
+        out.resize(65536, 0);
+        self.scratch = out;
+    }
+
     fn send_frame(&mut self, frame: &[u8]) {
         if self.device.send(frame).is_err() {
             self.counters.tx_errors += 1;

@@ -40,17 +40,7 @@ impl Engine {
                 remote,
                 "DoQ, mDNS, LLMNR and NetBIOS name service are refused; use DNS on port 53",
             );
-            let mut out = std::mem::take(&mut self.scratch);
-            if wire::admin_prohibited(
-                &mut out,
-                &self.link,
-                self.gateway_for(remote.ip()),
-                wire::ip_payload(frame),
-            ) {
-                self.send_frame(&out);
-            }
-            out.resize(65536, 0);
-            self.scratch = out;
+            self.send_prohibited(frame, remote.ip());
             return;
         }
         if let Some(&id) = self.udp_index.get(&(guest, remote)) {
@@ -116,17 +106,7 @@ impl Engine {
     ) {
         self.audit_deny("udp", guest, remote, decision);
         if self.cfg.deny_mode == DenyMode::Reject {
-            let mut out = std::mem::take(&mut self.scratch);
-            if wire::admin_prohibited(
-                &mut out,
-                &self.link,
-                self.gateway_for(remote.ip()),
-                wire::ip_payload(frame),
-            ) {
-                self.send_frame(&out);
-            }
-            out.resize(65536, 0);
-            self.scratch = out;
+            self.send_prohibited(frame, remote.ip());
         }
     }
 
