@@ -73,17 +73,10 @@ impl Engine {
             self.counters.icmp_dropped += 1;
             return None;
         };
-        let id = self.slot();
-        if self
-            .poll
-            .registry()
-            .register(&mut sock, Token(id + FIRST_FLOW), Interest::READABLE)
-            .is_err()
-        {
-            self.free.push(id);
+        let Some(id) = self.register_new(&mut sock, Interest::READABLE) else {
             self.counters.icmp_dropped += 1;
             return None;
-        }
+        };
         let our_ident = self.next_random() as u16;
         self.flows[id] = Some(FlowEntry::Echo(EchoFlow {
             guest,

@@ -26,9 +26,7 @@ use moat_policy::{Decision, Flow, Protocol, canonical_addr};
 use serde_json::Value;
 use smoltcp::wire::IpEndpoint;
 
-use super::{
-    Engine, FIRST_FLOW, FlowEntry, LISTENER_BASE, SniCheck, TcpFlow, TcpState, take_socket,
-};
+use super::{Engine, FlowEntry, LISTENER_BASE, SniCheck, TcpFlow, TcpState, take_socket};
 use crate::wire;
 
 /// A published port's host socket, bound by moat before the sandbox starts.
@@ -245,21 +243,11 @@ impl Engine {
             return;
         }
         let _ = stream.set_nodelay(true);
-        let id = self.slot();
-        if self
-            .poll
-            .registry()
-            .register(
-                &mut stream,
-                Token(id + FIRST_FLOW),
-                Interest::READABLE | Interest::WRITABLE,
-            )
-            .is_err()
-        {
-            self.free.push(id);
+        let Some(id) = self.register_new(&mut stream, Interest::READABLE | Interest::WRITABLE)
+        else {
             reset(&stream);
             return;
-        }
+        };
         let handle = self.sockets.add(socket);
         self.flows[id] = Some(FlowEntry::Tcp(TcpFlow {
             rule: rule.clone(),

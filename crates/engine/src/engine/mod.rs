@@ -857,6 +857,26 @@ impl Engine {
         );
     }
 
+    /// Takes a slot for a new flow and registers its host socket under the slot's token;
+    /// `None` (and the slot given back) when registration fails.
+    fn register_new(
+        &mut self,
+        source: &mut impl mio::event::Source,
+        interest: Interest,
+    ) -> Option<usize> {
+        let id = self.slot();
+        if self
+            .poll
+            .registry()
+            .register(source, Token(id + FIRST_FLOW), interest)
+            .is_err()
+        {
+            self.free.push(id);
+            return None;
+        }
+        Some(id)
+    }
+
     /// An empty slot for a new flow; fill it with `self.flows[id] = Some(..)`, or give it
     /// back with `self.free.push(id)`.
     fn slot(&mut self) -> usize {

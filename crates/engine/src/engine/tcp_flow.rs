@@ -85,21 +85,11 @@ impl Engine {
                 return;
             }
         };
-        let id = self.slot();
-        if self
-            .poll
-            .registry()
-            .register(
-                &mut stream,
-                Token(id + FIRST_FLOW),
-                Interest::READABLE | Interest::WRITABLE,
-            )
-            .is_err()
-        {
-            self.free.push(id);
+        let Some(id) = self.register_new(&mut stream, Interest::READABLE | Interest::WRITABLE)
+        else {
             self.reset_guest(guest, remote, seq, seg_len);
             return;
-        }
+        };
         self.flows[id] = Some(FlowEntry::Tcp(TcpFlow {
             rule: rule.clone(),
             guest,

@@ -70,16 +70,9 @@ impl Engine {
             return;
         };
         let sent = sock.send(payload).is_ok();
-        let id = self.slot();
-        if self
-            .poll
-            .registry()
-            .register(&mut sock, Token(id + FIRST_FLOW), Interest::READABLE)
-            .is_err()
-        {
-            self.free.push(id);
+        let Some(id) = self.register_new(&mut sock, Interest::READABLE) else {
             return;
-        }
+        };
         self.flows[id] = Some(FlowEntry::Udp(UdpFlow {
             rule: decision.rule_label(),
             guest,
