@@ -4,11 +4,14 @@
 //! engine has classified and judged them.
 
 use std::collections::VecDeque;
-use std::io;
+use std::io::{self, IoSlice, IoSliceMut};
+use std::num::NonZeroUsize;
 use std::os::fd::{AsFd, AsRawFd, OwnedFd, RawFd};
 
 use smoltcp::phy::{self, Checksum, ChecksumCapabilities, DeviceCapabilities, Medium};
 use smoltcp::time::Instant;
+
+use crate::offload::{self, TcpOffload, VNET_HDR_LEN};
 
 /// Ethernet header length.
 pub const ETH_HEADER: usize = 14;
@@ -17,32 +20,93 @@ pub const ETH_HEADER: usize = 14;
 pub trait FrameDevice {
     /// Reads one frame into `buf`; `Ok(None)` when none is waiting.
     fn recv(&mut self, buf: &mut [u8]) -> io::Result<Option<usize>>;
-    /// Writes one frame. A full queue drops it (the guest's stack retransmits).
+    /// Writes one frame, checksums complete. A full queue drops it (the guest's stack
+    /// retransmits).
     fn send(&mut self, frame: &[u8]) -> io::Result<()>;
     /// The descriptor to wait on for readability, if the device has one.
     fn raw_fd(&self) -> Option<RawFd>;
+    /// Whether the device offloads TCP (see the `offload` module): it takes TCP segments of
+    /// up to 64 KiB with the checksum left to the sandbox's kernel, through
+    /// [`FrameDevice::send_tcp`]. `false` (the default) for devices that carry plain frames.
+    fn offloads_tcp(&self) -> bool {
+        false
+    }
+    /// Writes a TCP frame whose checksum field holds the pseudo-header sum, as the
+    /// `offload` module prepares it. Only called when [`FrameDevice::offloads_tcp`].
+    fn send_tcp(&mut self, frame: &[u8], offload: &TcpOffload) -> io::Result<()> {
+        let _ = (frame, offload);
+        Err(io::Error::new(
+            io::ErrorKind::Unsupported,
+            "this device does not offload TCP",
+        ))
+    }
 }
 
-/// A TAP interface opened without packet information (`IFF_TAP | IFF_NO_PI`), non-blocking.
+/// A TAP interface opened without packet information (`IFF_TAP | IFF_NO_PI`), non-blocking;
+/// with [`TapDevice::with_offloads`], one opened with a virtio-net header and TCP offloads.
 #[derive(Debug)]
 pub struct TapDevice {
     fd: OwnedFd,
+    /// Frames carry a virtio-net header and TCP is offloaded.
+    offloads: bool,
 }
 
 impl TapDevice {
-    /// Wraps a TAP descriptor (made non-blocking here).
+    /// Wraps a plain TAP descriptor (made non-blocking here).
     pub fn new(fd: OwnedFd) -> io::Result<TapDevice> {
         let flags = nix::fcntl::fcntl(fd.as_fd(), nix::fcntl::FcntlArg::F_GETFL)?;
         let flags = nix::fcntl::OFlag::from_bits_retain(flags) | nix::fcntl::OFlag::O_NONBLOCK;
         nix::fcntl::fcntl(fd.as_fd(), nix::fcntl::FcntlArg::F_SETFL(flags))?;
-        Ok(TapDevice { fd })
+        Ok(TapDevice {
+            fd,
+            offloads: false,
+        })
+    }
+
+    /// Wraps a TAP descriptor opened with `IFF_VNET_HDR`, a [`VNET_HDR_LEN`]-byte header and
+    /// `TUN_F_CSUM | TUN_F_TSO4 | TUN_F_TSO6`, as `moat_sandbox` opens it.
+    pub fn with_offloads(fd: OwnedFd) -> io::Result<TapDevice> {
+        let mut dev = TapDevice::new(fd)?;
+        dev.offloads = true;
+        Ok(dev)
+    }
+
+    fn write_with(&mut self, header: &[u8], frame: &[u8]) -> io::Result<()> {
+        loop {
+            let wrote = if self.offloads {
+                nix::sys::uio::writev(&self.fd, &[IoSlice::new(header), IoSlice::new(frame)])
+            } else {
+                nix::unistd::write(&self.fd, frame)
+            };
+            match wrote {
+                Ok(_) => return Ok(()),
+                // The TAP's queue is full: drop, as a wire would; TCP recovers.
+                Err(nix::errno::Errno::EAGAIN) => return Ok(()),
+                Err(nix::errno::Errno::EINTR) => continue,
+                Err(e) => return Err(e.into()),
+            }
+        }
     }
 }
 
 impl FrameDevice for TapDevice {
     fn recv(&mut self, buf: &mut [u8]) -> io::Result<Option<usize>> {
+        let mut header = [0u8; VNET_HDR_LEN];
         loop {
-            match nix::unistd::read(&self.fd, buf) {
+            // Whatever the header says (checksum partial, a 64 KiB segment), the frame is
+            // complete as it is: its IP length covers it, and TCP checksums are not checked
+            // on this link.
+            let got = if self.offloads {
+                nix::sys::uio::readv(
+                    &self.fd,
+                    &mut [IoSliceMut::new(&mut header), IoSliceMut::new(buf)],
+                )
+                // A read shorter than the header is an empty frame, dropped as malformed.
+                .map(|n| n.saturating_sub(VNET_HDR_LEN))
+            } else {
+                nix::unistd::read(&self.fd, buf)
+            };
+            match got {
                 Ok(n) => return Ok(Some(n)),
                 Err(nix::errno::Errno::EAGAIN) => return Ok(None),
                 Err(nix::errno::Errno::EINTR) => continue,
@@ -52,19 +116,19 @@ impl FrameDevice for TapDevice {
     }
 
     fn send(&mut self, frame: &[u8]) -> io::Result<()> {
-        loop {
-            match nix::unistd::write(&self.fd, frame) {
-                Ok(_) => return Ok(()),
-                // The TAP's queue is full: drop, as a wire would; TCP recovers.
-                Err(nix::errno::Errno::EAGAIN) => return Ok(()),
-                Err(nix::errno::Errno::EINTR) => continue,
-                Err(e) => return Err(e.into()),
-            }
-        }
+        self.write_with(&offload::PLAIN_HEADER, frame)
     }
 
     fn raw_fd(&self) -> Option<RawFd> {
         Some(self.fd.as_raw_fd())
+    }
+
+    fn offloads_tcp(&self) -> bool {
+        self.offloads
+    }
+
+    fn send_tcp(&mut self, frame: &[u8], offload: &TcpOffload) -> io::Result<()> {
+        self.write_with(&offload.header(), frame)
     }
 }
 
@@ -144,6 +208,8 @@ pub struct Tx<'a, 'b> {
     dev: &'a mut dyn FrameDevice,
     buf: &'a mut Vec<u8>,
     errors: &'a mut u64,
+    /// The payload size smoltcp asked this segment to be split into.
+    segment: Option<u16>,
     _frame: std::marker::PhantomData<&'b ()>,
 }
 
@@ -157,10 +223,24 @@ impl phy::TxToken for Tx<'_, '_> {
     fn consume<R, F: FnOnce(&mut [u8]) -> R>(self, len: usize, f: F) -> R {
         self.buf.resize(len, 0);
         let r = f(&mut self.buf[..len]);
-        if self.dev.send(&self.buf[..len]).is_err() {
+        let frame = &mut self.buf[..len];
+        let sent = if self.dev.offloads_tcp() {
+            // smoltcp left the TCP checksum out (see `capabilities`).
+            match offload::prepare_tcp(frame, self.segment) {
+                Some(o) => self.dev.send_tcp(frame, &o),
+                None => self.dev.send(frame),
+            }
+        } else {
+            self.dev.send(frame)
+        };
+        if sent.is_err() {
             *self.errors += 1;
         }
         r
+    }
+
+    fn set_meta(&mut self, meta: phy::PacketMeta) {
+        self.segment = meta.segmentation_offload_size.map(|s| s.get());
     }
 }
 
@@ -182,6 +262,7 @@ impl<'a> phy::Device for StackDevice<'a> {
                 dev: &mut *self.dev,
                 buf: &mut *self.tx_buf,
                 errors: &mut *self.tx_errors,
+                segment: None,
                 _frame: std::marker::PhantomData,
             },
         ))
@@ -192,6 +273,7 @@ impl<'a> phy::Device for StackDevice<'a> {
             dev: &mut *self.dev,
             buf: &mut *self.tx_buf,
             errors: &mut *self.tx_errors,
+            segment: None,
             _frame: std::marker::PhantomData,
         })
     }
@@ -202,7 +284,21 @@ impl<'a> phy::Device for StackDevice<'a> {
         caps.max_transmission_unit = self.max_frame;
         let mut checksum = ChecksumCapabilities::default();
         checksum.ipv4 = Checksum::Both;
-        checksum.tcp = Checksum::Both;
+        if self.dev.offloads_tcp() {
+            // The sandbox's kernel fills TCP checksums of what moat sends, and leaves its
+            // own unfilled; nothing on this link can corrupt a frame.
+            checksum.tcp = Checksum::None;
+            // One 64 KiB IP packet per segment, split by the sandbox's kernel at the MSS
+            // it announced. The MTU is raised to match because smoltcp 0.14 drops IPv6
+            // packets over the MTU even when it asked for them to be segmented; the
+            // segment size still comes from the sandbox's MSS, which its link sets.
+            let most = ETH_HEADER + offload::MAX_IP_PACKET;
+            caps.max_transmission_unit = most;
+            caps.segmentation.tcpv4 = NonZeroUsize::new(most);
+            caps.segmentation.tcpv6 = NonZeroUsize::new(most);
+        } else {
+            checksum.tcp = Checksum::Both;
+        }
         caps.checksum = checksum;
         caps
     }

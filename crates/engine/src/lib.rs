@@ -8,6 +8,7 @@ mod device;
 mod dns;
 mod engine;
 mod icmp;
+mod offload;
 mod tls;
 mod wire;
 
@@ -17,14 +18,18 @@ pub use engine::{
     Counters, DenyMode, EngineConfig, EngineHandle, LinkConfig, MAX_PUBLISHED, Published,
     PublishedSocket, spawn,
 };
+pub use offload::{TcpOffload, VNET_HDR_LEN};
 
 /// Entry points for the fuzz targets in `fuzz/` (not a stable API): every parser of bytes
 /// from the sandbox or the network.
 #[doc(hidden)]
 pub mod fuzzing {
-    /// Classifies a frame as the engine does before the stack sees it.
+    /// Classifies a frame as the engine does before the stack sees it, and prepares it
+    /// for an offloading device.
     pub fn frame(data: &[u8]) {
         let _ = crate::wire::classify(data);
+        let mut copy = data.to_vec();
+        let _ = crate::offload::prepare_tcp(&mut copy, Some(1460));
     }
 
     /// The DNS message helpers on arbitrary bytes.

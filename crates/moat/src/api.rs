@@ -310,7 +310,7 @@ impl SandboxBuilder {
                     self.network.dns_servers
                 };
                 cfg.link = link;
-                let device = TapDevice::new(tap).map_err(io_err("use the TAP"))?;
+                let device = TapDevice::with_offloads(tap).map_err(io_err("use the TAP"))?;
                 Some(
                     moat_engine::spawn(Box::new(device), cfg)
                         .map_err(io_err("start the engine"))?,

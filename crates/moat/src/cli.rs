@@ -277,7 +277,8 @@ pub fn run(opts: RunOptions) -> anyhow::Result<i32> {
             cfg.dns_rebind_protection = !opts.no_dns_rebind_protection;
             cfg.published = published;
             cfg.link = link;
-            Some(moat_engine::spawn(Box::new(TapDevice::new(tap)?), cfg)?)
+            let device = TapDevice::with_offloads(tap)?;
+            Some(moat_engine::spawn(Box::new(device), cfg)?)
         }
         None => None,
     };
