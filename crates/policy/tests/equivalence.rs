@@ -17,8 +17,21 @@ use proptest::prelude::*;
 
 const V4_OCTETS: [u8; 6] = [0, 1, 2, 127, 128, 255];
 const PORTS: [u16; 8] = [0, 1, 52, 53, 80, 443, 8000, 65535];
-const NAMES: [&str; 9] = [
-    "t", "a.t", "b.t", "a.a.t", "b.a.t", "c.b.a.t", "u", "a.u", "at",
+/// Short labels, one label under two parents, and long labels of equal length that differ
+/// only past the bytes the matcher keeps inline.
+const NAMES: [&str; 12] = [
+    "t",
+    "a.t",
+    "b.t",
+    "a.a.t",
+    "b.a.t",
+    "c.b.a.t",
+    "u",
+    "a.u",
+    "at",
+    "longlabel-number-one.t",
+    "longlabel-number-two.t",
+    "a.longlabel-number-one.t",
 ];
 
 fn v4() -> impl Strategy<Value = Ipv4Addr> {
