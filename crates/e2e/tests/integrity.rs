@@ -5,40 +5,57 @@ use std::time::Duration;
 
 use moat_e2e::{World, stderr, stdout};
 
+/// Python for both tests: `up` sends `n` bytes of `pattern` to the world's sink and checks
+/// the SHA-256 it answers; `down` asks the world's source for `n` bytes and checks them
+/// against its fixed pattern. Each returns "ok" or what went wrong.
+const TRANSFER: &str = r#"
+import hashlib, socket
+SOURCE_PATTERN = bytes(range(256)) * 256
+def up(host, n, pattern):
+    # Send n bytes, half-close, read the sink's hash of what arrived.
+    s = socket.create_connection((host, 9000), timeout=60)
+    h = hashlib.sha256()
+    left = n
+    while left:
+        k = min(left, len(pattern))
+        s.sendall(pattern[:k]); h.update(pattern[:k]); left -= k
+    s.shutdown(socket.SHUT_WR)
+    got = s.makefile().readline().strip()
+    return "ok" if got == h.hexdigest() else "MISMATCH " + got
+def down(host, n):
+    # Ask for n bytes, hash them as they arrive, compare with the expected pattern.
+    s = socket.create_connection((host, 9001), timeout=60)
+    s.sendall(b"%d\n" % n)
+    h, total = hashlib.sha256(), 0
+    while True:
+        b = s.recv(1 << 20)
+        if not b:
+            break
+        h.update(b); total += len(b)
+    e = hashlib.sha256()
+    left = n
+    while left:
+        k = min(left, len(SOURCE_PATTERN)); e.update(SOURCE_PATTERN[:k]); left -= k
+    return "ok" if (total == n and h.hexdigest() == e.hexdigest()) else "MISMATCH %d" % total
+"#;
+
+/// `body` run by python3 inside the sandbox after [`TRANSFER`].
+fn python(body: &str) -> String {
+    format!("python3 - <<'PY'\n{TRANSFER}{body}PY")
+}
+
 /// 1 GiB up (sink hashes what arrived) and 1 GiB down (source sends a known pattern).
 #[test]
 fn one_gib_each_way_arrives_intact() {
     let w = World::new();
-    let script = r#"python3 - <<'PY'
-import hashlib, socket
+    let script = python(
+        r#"
 N = 1 << 30
-PATTERN = bytes(range(256)) * 256
-# Up: send N bytes, half-close, read the sink's hash of what arrived.
-s = socket.create_connection(("203.0.113.10", 9000), timeout=60)
-h = hashlib.sha256()
-left = N
-while left:
-    k = min(left, len(PATTERN))
-    s.sendall(PATTERN[:k]); h.update(PATTERN[:k]); left -= k
-s.shutdown(socket.SHUT_WR)
-got = s.makefile().readline().strip()
-print("up", "ok" if got == h.hexdigest() else "MISMATCH " + got)
-# Down: ask for N bytes, hash them as they arrive, compare with the expected pattern.
-s = socket.create_connection(("203.0.113.10", 9001), timeout=60)
-s.sendall(b"%d\n" % N)
-h, total = hashlib.sha256(), 0
-while True:
-    b = s.recv(1 << 20)
-    if not b:
-        break
-    h.update(b); total += len(b)
-e = hashlib.sha256()
-left = N
-while left:
-    k = min(left, len(PATTERN)); e.update(PATTERN[:k]); left -= k
-print("down", "ok" if (total == N and h.hexdigest() == e.hexdigest()) else "MISMATCH %d" % total)
-PY"#;
-    let (out, events) = w.run_sh(&[], script, Duration::from_secs(600));
+print("up", up("203.0.113.10", N, SOURCE_PATTERN))
+print("down", down("203.0.113.10", N))
+"#,
+    );
+    let (out, events) = w.run_sh(&[], &script, Duration::from_secs(600));
     let text = stdout(&out);
     assert!(text.contains("up ok"), "{text}\n{}", stderr(&out));
     assert!(text.contains("down ok"), "{text}");
@@ -58,10 +75,10 @@ PY"#;
 #[test]
 fn offloaded_segments_cross_a_1500_byte_link_intact() {
     let w = World::new();
-    let script = r#"python3 - <<'PY'
-import fcntl, hashlib, socket, struct
+    let script = python(
+        r#"
+import fcntl, struct
 N = 1 << 28
-PATTERN = bytes(range(251)) * 261
 def stats():
     # /proc/net/dev is the sandbox's own network namespace (its /sys is the host's).
     for line in open("/proc/net/dev"):
@@ -73,37 +90,17 @@ def avg(before, after, d):
     return (after[d + "_bytes"] - before[d + "_bytes"]) // max(after[d + "_packets"] - before[d + "_packets"], 1)
 for host in ("203.0.113.10", "2001:db8::10"):
     before = stats()
-    s = socket.create_connection((host, 9000), timeout=60)
-    h = hashlib.sha256()
-    left = N
-    while left:
-        k = min(left, len(PATTERN))
-        s.sendall(PATTERN[:k]); h.update(PATTERN[:k]); left -= k
-    s.shutdown(socket.SHUT_WR)
-    got = s.makefile().readline().strip()
-    print("up", host, "ok" if got == h.hexdigest() else "MISMATCH " + got)
+    print("up", host, up(host, N, bytes(range(251)) * 261))
     print("avg_tx", host, avg(before, stats(), "tx"))
     before = stats()
-    s = socket.create_connection((host, 9001), timeout=60)
-    s.sendall(b"%d\n" % N)
-    h, total = hashlib.sha256(), 0
-    while True:
-        b = s.recv(1 << 20)
-        if not b:
-            break
-        h.update(b); total += len(b)
-    e = hashlib.sha256()
-    left = N
-    P = bytes(range(256)) * 256
-    while left:
-        k = min(left, len(P)); e.update(P[:k]); left -= k
-    print("down", host, "ok" if (total == N and h.hexdigest() == e.hexdigest()) else "MISMATCH %d" % total)
+    print("down", host, down(host, N))
     print("avg_rx", host, avg(before, stats(), "rx"))
 SIOCGIFMTU = 0x8921
 req = fcntl.ioctl(socket.socket(), SIOCGIFMTU, struct.pack("16si", b"eth0", 0))
 print("mtu", struct.unpack("16si", req)[1])
-PY"#;
-    let (out, _) = w.run_sh(&["--mtu", "1500"], script, Duration::from_secs(600));
+"#,
+    );
+    let (out, _) = w.run_sh(&["--mtu", "1500"], &script, Duration::from_secs(600));
     let text = stdout(&out);
     for host in ["203.0.113.10", "2001:db8::10"] {
         assert!(
