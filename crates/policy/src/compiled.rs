@@ -541,15 +541,19 @@ struct Wide {
 }
 
 impl Wide {
-    /// `steps`: the slot's whole step map, when the slot has one that says everything
-    /// (a merged map, or a name key's map).
-    fn new(slot: Slot, steps: Option<&[(u16, u32)]>) -> Wide {
-        let plain = Wide {
+    /// `slot` with no range kept inline.
+    fn plain(slot: Slot) -> Wide {
+        Wide {
             slot,
             ranged: NONE,
             lo: 0,
             hi: 0,
-        };
+        }
+    }
+
+    /// `steps`: the slot's whole step map, when the slot has one that says everything
+    /// (a merged map, or a name key's map).
+    fn new(slot: Slot, steps: Option<&[(u16, u32)]>) -> Wide {
         let p = slot.portless;
         let range = |lo: u16, hi: u16, ranged: u32| Wide {
             slot,
@@ -562,7 +566,7 @@ impl Wide {
             Some(&[(0, v), (a, w)]) if v == p && w < p => range(a, u16::MAX, w),
             Some(&[(0, v), (c, w)]) if w == p && v < p => range(0, c - 1, v),
             Some(&[(0, v), (a, w), (c, x)]) if v == p && x == p && w < p => range(a, c - 1, w),
-            _ => plain,
+            _ => Wide::plain(slot),
         }
     }
 
@@ -601,25 +605,15 @@ fn pack(wide: Wide, table: &mut Vec<Wide>, seen: &mut FastMap<Wide, u32>) -> u32
 
 fn unpack(packed: u32, table: &[Wide]) -> Wide {
     if packed == NONE || packed & WIDE == 0 {
-        return Wide {
-            slot: Slot {
-                portless: packed,
-                steps: NONE,
-            },
-            ranged: NONE,
-            lo: 0,
-            hi: 0,
-        };
+        return Wide::plain(Slot {
+            portless: packed,
+            steps: NONE,
+        });
     }
     table
         .get((packed & !WIDE) as usize)
         .copied()
-        .unwrap_or(Wide {
-            slot: EMPTY_SLOT,
-            ranged: NONE,
-            lo: 0,
-            hi: 0,
-        })
+        .unwrap_or(Wide::plain(EMPTY_SLOT))
 }
 
 /// A link in the chain of enclosing CIDRs that have port step maps for one slot.
