@@ -39,13 +39,17 @@ fn processes_with_cmdline(marker: &str) -> Vec<String> {
     found
 }
 
+/// State directories of runs named `name` under root's state base.
 fn state_dirs(name: &str) -> Vec<String> {
-    std::fs::read_dir(std::env::temp_dir())
-        .unwrap()
-        .flatten()
-        .map(|e| e.file_name().to_string_lossy().into_owned())
-        .filter(|n| n.starts_with(&format!("moat-{name}-")))
-        .collect()
+    std::fs::read_dir(std::env::temp_dir().join("moat-0"))
+        .map(|entries| {
+            entries
+                .flatten()
+                .map(|e| e.file_name().to_string_lossy().into_owned())
+                .filter(|n| n.starts_with(&format!("{name}-")))
+                .collect()
+        })
+        .unwrap_or_default()
 }
 
 /// Starts `moat run` with a long sleep; returns the child and the sandbox's netns.
@@ -137,8 +141,9 @@ fn sigkill_of_moat_takes_the_sandbox_down() {
     nix_kill(child.id(), "KILL");
     wait(&mut child, Duration::from_secs(15));
     assert_gone(&ns, marker);
+    // What SIGKILL leaves is swept by the next start (boundary.rs checks that).
     for dir in state_dirs("e2ekill") {
-        let _ = std::fs::remove_dir_all(std::env::temp_dir().join(dir));
+        let _ = std::fs::remove_dir_all(std::env::temp_dir().join("moat-0").join(dir));
     }
 }
 

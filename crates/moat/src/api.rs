@@ -42,6 +42,9 @@ pub enum Error {
     /// A port could not be published.
     #[error(transparent)]
     Publish(#[from] crate::publish::PublishError),
+    /// A path could not be granted.
+    #[error(transparent)]
+    Grant(#[from] crate::setup::GrantError),
     /// An I/O operation on moat's side failed.
     #[error("{what}: {source}")]
     Io {
@@ -187,9 +190,45 @@ pub struct SandboxBuilder {
     audit: Option<AuditSink>,
     helper: Option<PathBuf>,
     publish: Vec<String>,
+    ro: Vec<PathBuf>,
+    rw: Vec<PathBuf>,
+    limits: moat_sandbox::Limits,
 }
 
 impl SandboxBuilder {
+    /// *Extension:* makes host `path` visible, read-only, at the same path inside
+    /// (repeatable). Nothing of the host beyond the system directories is visible otherwise.
+    pub fn ro(mut self, path: impl Into<PathBuf>) -> SandboxBuilder {
+        self.ro.push(path.into());
+        self
+    }
+
+    /// *Extension:* makes host `path` visible and writable at the same path inside
+    /// (repeatable). Set-id bits cannot be set on what the sandbox writes there.
+    pub fn rw(mut self, path: impl Into<PathBuf>) -> SandboxBuilder {
+        self.rw.push(path.into());
+        self
+    }
+
+    /// *Extension:* at most `bytes` of memory for everything in the sandbox (its tmpfs
+    /// files included); the kernel kills a process that goes over.
+    pub fn memory(mut self, bytes: u64) -> SandboxBuilder {
+        self.limits.memory = Some(bytes);
+        self
+    }
+
+    /// *Extension:* at most `n` processes and threads in the sandbox (default 4096).
+    pub fn pids_limit(mut self, n: u64) -> SandboxBuilder {
+        self.limits.pids = Some(n);
+        self
+    }
+
+    /// *Extension:* at most `cpus` CPUs' worth of time (1.5 = one and a half cores).
+    pub fn cpus(mut self, cpus: f64) -> SandboxBuilder {
+        self.limits.cpus = Some(cpus);
+        self
+    }
+
     /// Publishes guest TCP port `guest` on the host's 127.0.0.1:`host`. The port is bound
     /// by [`SandboxBuilder::create`], which fails if it is taken.
     pub fn port(mut self, host: u16, guest: u16) -> SandboxBuilder {
@@ -210,7 +249,7 @@ impl SandboxBuilder {
     }
 
     /// Sets an environment variable for commands (the environment is otherwise minimal:
-    /// PATH, HOME, USER; nothing of the host's).
+    /// the caller's PATH, HOME, USER; nothing else of the host's).
     pub fn env(mut self, key: impl Into<OsString>, value: impl Into<OsString>) -> SandboxBuilder {
         let key = key.into();
         self.env.retain(|(k, _)| *k != key);
@@ -282,15 +321,16 @@ impl SandboxBuilder {
         let published = crate::publish::bind_all(&specs)?;
         let network = (!offline).then(|| crate::setup::net_spec(&link));
         let hosts = crate::setup::hosts_file(&self.name, &link);
-        let config = SandboxConfig {
-            name: self.name.clone(),
-            workdir: self.workdir.clone(),
-            workdir_host: self.workdir_host,
-            resolv_conf: network.as_ref().map(|_| crate::setup::resolv_conf(&link)),
-            hosts: Some(hosts),
-            network,
-            helper: self.helper,
-        };
+        let mut config = SandboxConfig::new(self.name.clone());
+        config.workdir = self.workdir.clone();
+        config.workdir_host = self.workdir_host;
+        config.resolv_conf = network.as_ref().map(|_| crate::setup::resolv_conf(&link));
+        config.hosts = Some(hosts);
+        config.network = network;
+        config.helper = self.helper;
+        config.grants = crate::setup::grants(&self.ro, &self.rw)?;
+        config.limits = crate::setup::limits(&self.limits);
+        config.asked_limits = self.limits;
         let audit = AuditLog::new(&self.name, self.audit.map(AuditSink::open).transpose()?);
         let mut inner = moat_sandbox::Sandbox::start(&config)?;
         let engine = match inner.take_tap() {
@@ -318,14 +358,7 @@ impl SandboxBuilder {
             }
             None => None,
         };
-        let mut env: Vec<(OsString, OsString)> = vec![
-            (
-                "PATH".into(),
-                "/usr/local/sbin:/usr/local/bin:/usr/sbin:/usr/bin:/sbin:/bin".into(),
-            ),
-            ("HOME".into(), "/root".into()),
-            ("USER".into(), "root".into()),
-        ];
+        let mut env = crate::setup::base_env();
         for (k, v) in self.env {
             env.retain(|(key, _)| *key != k);
             env.push((k, v));
@@ -384,6 +417,9 @@ impl Sandbox {
             audit: None,
             helper: None,
             publish: Vec::new(),
+            ro: Vec::new(),
+            rw: Vec::new(),
+            limits: moat_sandbox::Limits::default(),
         }
     }
 
@@ -437,7 +473,7 @@ impl Sandbox {
         let pid = {
             let mut guard = lock(&self.inner);
             let sandbox = guard.as_mut().ok_or_else(stopped)?;
-            sandbox.spawn(spec, [in_r.as_fd(), out_w.as_fd(), err_w.as_fd()])?
+            sandbox.spawn(spec, &[in_r.as_fd(), out_w.as_fd(), err_w.as_fd()])?
         };
         Ok(Child {
             pid,

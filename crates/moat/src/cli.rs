@@ -18,6 +18,12 @@ use nix::sys::signalfd::{SfdFlags, SignalFd};
 
 /// Exit status for moat's own failures (the command never ran), as container runtimes do.
 pub const SETUP_FAILED: i32 = 125;
+/// Exit status when a resource limit (`--memory`, `--pids-limit`) ended the run.
+pub const LIMIT_EXCEEDED: i32 = 122;
+/// Exit status when the command could not be executed (found, but not runnable).
+pub const NOT_EXECUTABLE: i32 = 126;
+/// Exit status when the command is not found in the sandbox.
+pub const NOT_FOUND: i32 = 127;
 
 /// What `moat run` was asked to do.
 #[derive(Debug, Default)]
@@ -46,8 +52,20 @@ pub struct RunOptions {
     pub audit: Option<String>,
     /// `-w DIR`.
     pub workdir: Option<PathBuf>,
-    /// `-e K=V`.
+    /// `-e K=V` or `-e K` (the caller's value).
     pub env: Vec<String>,
+    /// `--ro PATH`, in order.
+    pub ro: Vec<PathBuf>,
+    /// `--rw PATH`, in order.
+    pub rw: Vec<PathBuf>,
+    /// `--preserve-fds N`: pass moat's descriptors 3..3+N on to the command.
+    pub preserve_fds: usize,
+    /// `--memory SIZE`.
+    pub memory: Option<String>,
+    /// `--pids-limit N`.
+    pub pids_limit: Option<u64>,
+    /// `--cpus F`.
+    pub cpus: Option<f64>,
     /// `--name`.
     pub name: String,
     /// The command.
@@ -124,30 +142,29 @@ fn parse_dns(text: &str) -> anyhow::Result<SocketAddr> {
 /// The command's environment: a few harmless host variables, then `-e` settings. Nothing
 /// else of moat's environment (tokens, keys) reaches the sandbox.
 fn command_env(extra: &[String]) -> anyhow::Result<Vec<(OsString, OsString)>> {
-    let mut env: Vec<(OsString, OsString)> = Vec::new();
+    let mut env = crate::setup::base_env();
     let mut set = |k: &str, v: OsString| {
         env.retain(|(key, _)| key != k);
         env.push((k.into(), v));
     };
-    set(
-        "PATH",
-        "/usr/local/sbin:/usr/local/bin:/usr/sbin:/usr/bin:/sbin:/bin".into(),
-    );
-    set("HOME", "/root".into());
-    set("USER", "root".into());
     for key in ["TERM", "LANG", "LC_ALL", "TZ", "COLORTERM"] {
         if let Some(v) = std::env::var_os(key) {
             set(key, v);
         }
     }
     for kv in extra {
-        let Some((k, v)) = kv.split_once('=') else {
-            bail!("-e {kv}: expected KEY=VALUE");
+        let (k, v) = match kv.split_once('=') {
+            Some((k, v)) => (k, OsString::from(v)),
+            // `-e K`: the caller's own value, as podman and docker do; unset stays unset.
+            None => match std::env::var_os(kv) {
+                Some(v) => (kv.as_str(), v),
+                None => continue,
+            },
         };
-        if k.is_empty() || k.contains('\0') || v.contains('\0') {
-            bail!("-e {kv}: expected KEY=VALUE");
+        if k.is_empty() || k.contains('\0') || v.as_encoded_bytes().contains(&0) {
+            bail!("-e {kv}: expected KEY=VALUE or KEY");
         }
-        set(k, v.into());
+        set(k, v);
     }
     Ok(env)
 }
@@ -168,6 +185,21 @@ fn open_audit(target: Option<&str>) -> anyhow::Result<Option<Box<dyn Write + Sen
 
 /// Runs the command; returns the exit status for moat to exit with.
 pub fn run(opts: RunOptions) -> anyhow::Result<i32> {
+    // First, before moat opens anything that could take their numbers.
+    if opts.preserve_fds > moat_sandbox::MAX_PRESERVED_FDS {
+        bail!(
+            "--preserve-fds {}: at most {}",
+            opts.preserve_fds,
+            moat_sandbox::MAX_PRESERVED_FDS
+        );
+    }
+    let preserved = moat_sandbox::take_inherited_fds(opts.preserve_fds).with_context(|| {
+        format!(
+            "--preserve-fds {}: descriptors 3 to {} must be open",
+            opts.preserve_fds,
+            2 + opts.preserve_fds
+        )
+    })?;
     if opts.command.is_empty() {
         bail!(
             "nothing to run: give the command after --, e.g. moat run -- curl https://example.com"
@@ -237,31 +269,49 @@ pub fn run(opts: RunOptions) -> anyhow::Result<i32> {
         None => (PathBuf::from("/workspace"), None),
     };
     let hosts = crate::setup::hosts_file(&opts.name, &link);
-    let config = SandboxConfig {
-        name: opts.name.clone(),
-        workdir: workdir.clone(),
-        workdir_host,
-        resolv_conf: network.as_ref().map(|_| crate::setup::resolv_conf(&link)),
-        hosts: Some(hosts),
-        network,
-        helper: None,
+    let asked = moat_sandbox::Limits {
+        memory: opts
+            .memory
+            .as_deref()
+            .map(|m| {
+                moat_sandbox::parse_size(m)
+                    .with_context(|| format!("--memory {m}: expected a size such as 512m or 2g"))
+            })
+            .transpose()?,
+        pids: opts.pids_limit,
+        cpus: opts.cpus,
     };
+    if asked.pids == Some(0) {
+        bail!("--pids-limit 0: expected at least 1");
+    }
+    if let Some(c) = asked.cpus
+        && !(c.is_finite() && c >= 0.01)
+    {
+        bail!("--cpus {c}: expected a number of CPUs such as 0.5 or 2");
+    }
+    let mut config = SandboxConfig::new(opts.name.clone());
+    config.workdir = workdir.clone();
+    config.workdir_host = workdir_host;
+    config.resolv_conf = network.as_ref().map(|_| crate::setup::resolv_conf(&link));
+    config.hosts = Some(hosts);
+    config.network = network;
+    config.grants = crate::setup::grants(&opts.ro, &opts.rw)?;
+    config.limits = crate::setup::limits(&asked);
+    config.asked_limits = asked;
 
     // Signals are taken through a signalfd; block them before any thread starts so every
     // thread inherits the mask.
     let mut mask = SigSet::empty();
-    for s in [
-        Signal::SIGINT,
-        Signal::SIGTERM,
-        Signal::SIGHUP,
-        Signal::SIGQUIT,
-    ] {
-        mask.add(s);
+    for s in FORWARDED.iter().chain(&[Signal::SIGWINCH]) {
+        mask.add(*s);
     }
     nix::sys::signal::sigprocmask(SigmaskHow::SIG_BLOCK, Some(&mask), None)?;
     let sigfd = SignalFd::with_flags(&mask, SfdFlags::SFD_CLOEXEC | SfdFlags::SFD_NONBLOCK)?;
 
     let mut sandbox = Sandbox::start(&config)?;
+    for note in sandbox.limit_notes() {
+        eprintln!("moat: note: {note}");
+    }
     let engine = match sandbox.take_tap() {
         Some(tap) => {
             let mut cfg = EngineConfig::new(compiled, audit);
@@ -283,33 +333,101 @@ pub fn run(opts: RunOptions) -> anyhow::Result<i32> {
         None => None,
     };
 
-    let spec = SpawnSpec::new(opts.command.clone(), env, workdir);
-    let stdin = io::stdin();
-    let stdout = io::stdout();
-    let stderr = io::stderr();
-    let pid = match sandbox.spawn(spec, [stdin.as_fd(), stdout.as_fd(), stderr.as_fd()]) {
+    let mut streams = crate::terminal::Streams::new().context("set up the command's terminal")?;
+    let mut spec = SpawnSpec::new(opts.command.clone(), env, workdir);
+    spec.terminal = streams.is_terminal();
+    let mut fds: Vec<std::os::fd::BorrowedFd<'_>> = streams.fds().to_vec();
+    fds.extend(preserved.iter().map(AsFd::as_fd));
+    let spawned = sandbox.spawn(spec, &fds);
+    drop(fds);
+    let pid = match spawned {
         Ok(pid) => pid,
         Err(e) => {
-            eprintln!("moat: {e}");
             drop(engine);
             let _ = sandbox.stop();
-            return Ok(127);
+            drop(streams);
+            let (message, code) = spawn_failure(&e.to_string(), &opts.command[0]);
+            eprintln!("moat: {message}");
+            return Ok(code);
         }
     };
+    streams.started()?;
+    drop(preserved);
 
-    let status = wait_with_signals(&mut sandbox, &sigfd, pid)?;
+    let ended = wait_with_signals(&mut sandbox, &sigfd, pid, &streams)?;
     if let Some(engine) = engine {
         let _ = engine.stop();
     }
+    let hit = sandbox.limit_hit();
     let _ = sandbox.stop();
-    Ok(status)
+    streams.finish();
+    match hit {
+        Some(hit) => {
+            eprintln!("moat: {hit}");
+            Ok(LIMIT_EXCEEDED)
+        }
+        None => Ok(ended),
+    }
 }
 
-/// Waits for the command, forwarding signals sent to moat (not those the terminal sent to
-/// the whole process group, which the command got too).
-fn wait_with_signals(sandbox: &mut Sandbox, sigfd: &SignalFd, pid: i32) -> anyhow::Result<i32> {
-    const SI_USER: i32 = 0;
-    const SI_QUEUE: i32 = -1;
+/// The message and exit status for a command that could not be started: 127 when it is
+/// not in the sandbox (with the `--ro` that would show it, when the host has it), 126
+/// when it is there but cannot be executed.
+fn spawn_failure(error: &str, command: &OsString) -> (String, i32) {
+    // ENOENT from exec: a path given with a slash that the sandbox does not have.
+    if error.contains("command not found") || error.ends_with("(os error 2)") {
+        let hint = host_program(command).map_or_else(
+            || {
+                " (the sandbox sees the system directories /usr, /bin, /sbin, /lib, /etc and /opt, the work directory and what --ro/--rw grant)".to_owned()
+            },
+            |path| {
+                let dir = path.parent().unwrap_or(&path).display().to_string();
+                format!(
+                    "; the host has it at {}, which the sandbox does not see: add --ro {dir}",
+                    path.display()
+                )
+            },
+        );
+        (format!("{error}{hint}"), NOT_FOUND)
+    } else {
+        (error.to_owned(), NOT_EXECUTABLE)
+    }
+}
+
+/// Where the host's PATH finds `command`, if anywhere.
+fn host_program(command: &OsString) -> Option<PathBuf> {
+    let command = std::path::Path::new(command);
+    if command.components().count() > 1 {
+        return command.exists().then(|| command.to_owned());
+    }
+    std::env::split_paths(&std::env::var_os("PATH")?)
+        .map(|dir| dir.join(command))
+        .find(|p| p.is_file())
+        .and_then(|p| p.canonicalize().ok())
+}
+
+/// Signals moat passes on to the command. The command runs in a session of its own, so a
+/// terminal's Ctrl-C reaches moat only, and moat hands it on.
+const FORWARDED: [Signal; 6] = [
+    Signal::SIGINT,
+    Signal::SIGQUIT,
+    Signal::SIGTERM,
+    Signal::SIGHUP,
+    Signal::SIGUSR1,
+    Signal::SIGUSR2,
+];
+
+/// How often moat looks at the sandbox's limit counters while the command runs.
+const LIMIT_CHECK: Duration = Duration::from_millis(200);
+
+/// Waits for the command, forwarding the signals moat gets and copying window-size
+/// changes; returns early (the caller stops the sandbox) when a resource limit was hit.
+fn wait_with_signals(
+    sandbox: &mut Sandbox,
+    sigfd: &SignalFd,
+    pid: i32,
+    streams: &crate::terminal::Streams,
+) -> anyhow::Result<i32> {
     let mut kill_deadline: Option<Instant> = None;
     loop {
         if let Some(status) = sandbox
@@ -318,18 +436,20 @@ fn wait_with_signals(sandbox: &mut Sandbox, sigfd: &SignalFd, pid: i32) -> anyho
         {
             return Ok(status.shell_code());
         }
-        let timeout = match kill_deadline {
-            Some(d) => {
-                let left = d.saturating_duration_since(Instant::now());
-                if left.is_zero() {
-                    // The command ignored the forwarded signal: end the whole sandbox.
-                    return Ok(128 + Signal::SIGKILL as i32);
-                }
-                nix::poll::PollTimeout::try_from(left.as_millis().min(60_000) as i32)
-                    .unwrap_or(nix::poll::PollTimeout::MAX)
+        if sandbox.limit_hit().is_some() {
+            return Ok(LIMIT_EXCEEDED);
+        }
+        let mut wait = LIMIT_CHECK;
+        if let Some(d) = kill_deadline {
+            let left = d.saturating_duration_since(Instant::now());
+            if left.is_zero() {
+                // The command ignored the forwarded signal: end the whole sandbox.
+                return Ok(128 + Signal::SIGKILL as i32);
             }
-            None => nix::poll::PollTimeout::NONE,
-        };
+            wait = wait.min(left);
+        }
+        let timeout = nix::poll::PollTimeout::try_from(wait.as_millis() as i32)
+            .unwrap_or(nix::poll::PollTimeout::MAX);
         let mut fds = [
             nix::poll::PollFd::new(sandbox.event_fd(), nix::poll::PollFlags::POLLIN),
             nix::poll::PollFd::new(sigfd.as_fd(), nix::poll::PollFlags::POLLIN),
@@ -338,16 +458,23 @@ fn wait_with_signals(sandbox: &mut Sandbox, sigfd: &SignalFd, pid: i32) -> anyho
             Ok(_) | Err(nix::errno::Errno::EINTR) => {}
             Err(e) => return Err(e.into()),
         }
-        let signal_ready = fds[1].any().unwrap_or(false);
-        if signal_ready {
-            while let Ok(Some(info)) = sigfd.read_signal() {
-                let from_kill = info.ssi_code == SI_USER || info.ssi_code == SI_QUEUE;
-                let signo = info.ssi_signo as i32;
-                let terminating = signo == Signal::SIGTERM as i32 || signo == Signal::SIGHUP as i32;
-                if from_kill || terminating {
-                    if let Ok(sig) = Signal::try_from(signo) {
-                        let _ = nix::sys::signal::kill(nix::unistd::Pid::from_raw(pid), sig);
-                    }
+        if !fds[1].any().unwrap_or(false) {
+            continue;
+        }
+        while let Ok(Some(info)) = sigfd.read_signal() {
+            let Ok(signal) = Signal::try_from(info.ssi_signo as i32) else {
+                continue;
+            };
+            match signal {
+                Signal::SIGWINCH => streams.resize(),
+                // What a terminal sends goes to the command's whole process group, as the
+                // terminal would have done had the command been in moat's.
+                Signal::SIGINT | Signal::SIGQUIT => {
+                    let _ = nix::sys::signal::kill(nix::unistd::Pid::from_raw(-pid), signal);
+                }
+                _ => {
+                    let _ = nix::sys::signal::kill(nix::unistd::Pid::from_raw(pid), signal);
+                    let terminating = matches!(signal, Signal::SIGTERM | Signal::SIGHUP);
                     if terminating && kill_deadline.is_none() {
                         kill_deadline = Some(Instant::now() + Duration::from_secs(10));
                     }
@@ -404,6 +531,32 @@ mod tests {
         assert!(env.contains(&("A".into(), "1".into())));
         assert!(env.contains(&("PATH".into(), "/x".into())));
         assert_eq!(env.iter().filter(|(k, _)| k == "PATH").count(), 1);
-        assert!(command_env(&["NOEQUALS".into()]).is_err());
+        // cargo sets CARGO_MANIFEST_DIR for this test process: it must not pass through
+        // unless asked for, and `-e K` passes the caller's value.
+        let host = std::env::var_os("CARGO_MANIFEST_DIR").expect("set by cargo test");
+        assert!(!env.iter().any(|(k, _)| k == "CARGO_MANIFEST_DIR"));
+        let keys: Vec<&OsString> = env.iter().map(|(k, _)| k).collect();
+        assert!(
+            keys.iter().all(|k| [
+                "A",
+                "PATH",
+                "HOME",
+                "USER",
+                "TERM",
+                "LANG",
+                "LC_ALL",
+                "TZ",
+                "COLORTERM"
+            ]
+            .iter()
+            .any(|allowed| k.as_os_str() == *allowed)),
+            "{keys:?}"
+        );
+        let env = command_env(&["CARGO_MANIFEST_DIR".into()]).unwrap();
+        assert!(env.contains(&("CARGO_MANIFEST_DIR".into(), host)));
+        // A variable the caller does not have stays unset; an empty name is an error.
+        let env = command_env(&["MOAT_SURELY_UNSET_VARIABLE".into()]).unwrap();
+        assert!(!env.iter().any(|(k, _)| k == "MOAT_SURELY_UNSET_VARIABLE"));
+        assert!(command_env(&["=x".into()]).is_err());
     }
 }

@@ -25,6 +25,7 @@ pub mod cli;
 pub mod demo;
 pub mod publish;
 mod setup;
+mod terminal;
 
 pub use api::{
     AuditSink, Child, DenyMode, Error, ExitStatus, Fs, NetworkBuilder, Output, Sandbox,

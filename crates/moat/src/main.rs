@@ -33,7 +33,7 @@ enum Command {
 
 #[derive(Args)]
 #[command(
-    after_help = "DEST = IP | CIDR | DOMAIN | *.SUFFIX | any | group:private|loopback|link-local|metadata|multicast,\n       optional :PORT or :START-END, optional /tcp /udp /icmp\n\nThe exit status is the command's (128+N when signal N killed it); 125 when moat itself failed."
+    after_help = "DEST = IP | CIDR | DOMAIN | *.SUFFIX | any | group:private|loopback|link-local|metadata|multicast,\n       optional :PORT or :START-END, optional /tcp /udp /icmp\n\nThe sandbox sees /usr, /bin, /sbin, /lib*, /etc (secrets masked) and /opt read-only, a fresh\nHOME (/root), /tmp and /run, the work directory, and what --ro/--rw grant; nothing else of the host.\n\nThe exit status is the command's (128+N when signal N killed it); 125 when moat itself failed,\n126 when the command cannot be executed, 127 when it is not found, 122 when a limit ended the run."
 )]
 struct RunArgs {
     /// public-only (default), allow-all, none, or a TOML/JSON policy file.
@@ -76,9 +76,27 @@ struct RunArgs {
     /// Host directory to mount writable at the same path, and start in.
     #[arg(short = 'w', long, value_name = "DIR")]
     workdir: Option<std::path::PathBuf>,
-    /// Set an environment variable inside the sandbox.
+    /// Set an environment variable inside the sandbox (K alone: the caller's value).
     #[arg(short = 'e', long = "env", value_name = "K=V")]
     env: Vec<String>,
+    /// Make a host path visible inside, read-only, at the same path; repeatable.
+    #[arg(long, value_name = "PATH")]
+    ro: Vec<PathBuf>,
+    /// Make a host path visible and writable inside, at the same path; repeatable.
+    #[arg(long, value_name = "PATH")]
+    rw: Vec<PathBuf>,
+    /// Pass moat's descriptors 3 to 2+N on to the command (all others are closed).
+    #[arg(long, value_name = "N", default_value_t = 0)]
+    preserve_fds: usize,
+    /// Memory for everything in the sandbox, e.g. 512m or 2g (the kernel kills what goes over).
+    #[arg(long, value_name = "SIZE")]
+    memory: Option<String>,
+    /// At most N processes and threads in the sandbox (default 4096).
+    #[arg(long, value_name = "N")]
+    pids_limit: Option<u64>,
+    /// CPUs' worth of time, e.g. 0.5 or 2.
+    #[arg(long, value_name = "F")]
+    cpus: Option<f64>,
     /// The sandbox's name (also its host name).
     #[arg(long, default_value = "moat", value_name = "NAME")]
     name: String,
@@ -189,6 +207,12 @@ fn run_options(args: RunArgs, matches: Option<&clap::ArgMatches>) -> run::RunOpt
         audit: args.audit,
         workdir: args.workdir,
         env: args.env,
+        ro: args.ro,
+        rw: args.rw,
+        preserve_fds: args.preserve_fds,
+        memory: args.memory,
+        pids_limit: args.pids_limit,
+        cpus: args.cpus,
         name: args.name,
         command: args.command,
     }

@@ -1,8 +1,11 @@
 //! What `moat run` and the Rust API both give a sandbox: its interface, /etc/hosts and
 //! /etc/resolv.conf, from the engine's link addresses.
 
+use std::ffi::OsString;
+use std::path::{Path, PathBuf};
+
 use moat_engine::LinkConfig;
-use moat_sandbox::NetSpec;
+use moat_sandbox::{Grant, Limits, NetSpec};
 
 /// The sandbox's one interface.
 pub(crate) fn net_spec(link: &LinkConfig) -> NetSpec {
@@ -30,4 +33,75 @@ pub(crate) fn hosts_file(name: &str, link: &LinkConfig) -> String {
 /// /etc/resolv.conf: the gateway, where moat answers DNS.
 pub(crate) fn resolv_conf(link: &LinkConfig) -> String {
     format!("nameserver {}\n", link.gateway_v4)
+}
+
+/// The environment every command starts from: the caller's `PATH` (a directory the
+/// sandbox does not see is simply skipped), and `HOME` and `USER` for the sandbox's root.
+pub(crate) fn base_env() -> Vec<(OsString, OsString)> {
+    let path = std::env::var_os("PATH")
+        .filter(|p| !p.is_empty())
+        .unwrap_or_else(|| DEFAULT_PATH.into());
+    vec![
+        ("PATH".into(), path),
+        ("HOME".into(), moat_sandbox::DEFAULT_HOME.into()),
+        ("USER".into(), "root".into()),
+    ]
+}
+
+/// PATH when the caller has none.
+const DEFAULT_PATH: &str = "/usr/local/sbin:/usr/local/bin:/usr/sbin:/usr/bin:/sbin:/bin";
+
+/// Why a grant was refused.
+#[derive(Debug, thiserror::Error)]
+#[non_exhaustive]
+pub enum GrantError {
+    /// The path does not exist on the host.
+    #[error("--{flag} {path}: {source}")]
+    Missing {
+        /// `ro` or `rw`.
+        flag: &'static str,
+        /// The path as given.
+        path: String,
+        /// The OS error.
+        source: std::io::Error,
+    },
+    /// The path would show the whole host.
+    #[error(
+        "--{flag} /: granting the root would show the whole host; grant the directories the command needs"
+    )]
+    Root {
+        /// `ro` or `rw`.
+        flag: &'static str,
+    },
+}
+
+/// `--ro` and `--rw` paths as grants: absolute, symlinks resolved (a link cannot point a
+/// grant somewhere else later), in the order given, read-only ones first.
+pub(crate) fn grants(ro: &[PathBuf], rw: &[PathBuf]) -> Result<Vec<Grant>, GrantError> {
+    let mut out = Vec::with_capacity(ro.len() + rw.len());
+    for (paths, writable, flag) in [(ro, false, "ro"), (rw, true, "rw")] {
+        for path in paths {
+            let canonical = path.canonicalize().map_err(|source| GrantError::Missing {
+                flag,
+                path: path.display().to_string(),
+                source,
+            })?;
+            if canonical == Path::new("/") {
+                return Err(GrantError::Root { flag });
+            }
+            out.push(Grant {
+                path: canonical,
+                writable,
+            });
+        }
+    }
+    Ok(out)
+}
+
+/// The sandbox's limits: what was asked, and the default process limit otherwise.
+pub(crate) fn limits(asked: &Limits) -> Limits {
+    Limits {
+        pids: asked.pids.or(Some(moat_sandbox::DEFAULT_PIDS_LIMIT)),
+        ..*asked
+    }
 }

@@ -1,5 +1,6 @@
-//! moat's sandbox: Linux namespaces (user, mount, pid, uts, ipc, net) with the host's root
-//! read-only, a private /tmp, a writable work directory, and — when the sandbox has a
+//! moat's sandbox: Linux namespaces (user, mount, pid, uts, ipc, net) that see the host's
+//! system directories read-only and nothing else of it unless granted, a private /tmp and
+//! home, a writable work directory, a seccomp filter, limits, and — when the sandbox has a
 //! network — a TAP whose descriptor moat's engine holds, so every frame the sandbox sends
 //! ends in moat.
 //!
@@ -8,7 +9,9 @@
 //! of operation and `proto.rs` for the control channel.
 #![deny(unsafe_code)]
 
+mod limits;
 mod proto;
+mod seccomp;
 mod supervisor;
 mod sys;
 
@@ -21,7 +24,26 @@ use std::path::{Path, PathBuf};
 use std::process::{Child, Command, Stdio};
 use std::time::{Duration, Instant};
 
-pub use proto::{NetSpec, SpawnSpec};
+pub use limits::{LimitHit, Limits, parse_size};
+pub use proto::{Grant, MAX_PRESERVED_FDS, NetSpec, SpawnSpec, TmpfsSizes};
+pub use seccomp::SeccompError;
+
+/// Terminal helpers for relaying a pseudo-terminal (window size).
+pub mod tty {
+    pub use crate::sys::WindowSize;
+    use std::io;
+    use std::os::fd::{AsRawFd, BorrowedFd};
+
+    /// The window size of the terminal on `fd`.
+    pub fn window_size(fd: BorrowedFd<'_>) -> io::Result<WindowSize> {
+        crate::sys::window_size(fd.as_raw_fd())
+    }
+
+    /// Sets the window size of the terminal on `fd` (its foreground group gets SIGWINCH).
+    pub fn set_window_size(fd: BorrowedFd<'_>, size: WindowSize) -> io::Result<()> {
+        crate::sys::set_window_size(fd.as_raw_fd(), size)
+    }
+}
 
 /// Interface setup in the caller's own network namespace, for tools that build a
 /// throwaway world (`moat demo`): bring an interface up, add IPv4 addresses.
@@ -120,7 +142,48 @@ pub struct SandboxConfig {
     /// The program to run as supervisor; it must call [`supervisor_entry`] first. Default:
     /// this program.
     pub helper: Option<PathBuf>,
+    /// Host paths granted at their own path (`--ro`, `--rw`), in order; absolute.
+    pub grants: Vec<Grant>,
+    /// The fresh writable home directory's path inside.
+    pub home: PathBuf,
+    /// Sizes of /tmp, the home directory and /dev/shm.
+    pub sizes: TmpfsSizes,
+    /// Limits for the whole sandbox.
+    pub limits: Limits,
+    /// The limits the user asked for (the rest of `limits` are defaults): a limit that
+    /// cannot be applied as asked is reported only for these.
+    pub asked_limits: Limits,
 }
+
+impl SandboxConfig {
+    /// A sandbox named `name` with the defaults: work directory `/workspace` (private), no
+    /// network, home `/root`, default sizes and limits, no grants.
+    pub fn new(name: impl Into<String>) -> SandboxConfig {
+        SandboxConfig {
+            name: name.into(),
+            workdir: PathBuf::from("/workspace"),
+            workdir_host: None,
+            network: None,
+            resolv_conf: None,
+            hosts: None,
+            helper: None,
+            grants: Vec::new(),
+            home: PathBuf::from(DEFAULT_HOME),
+            sizes: TmpfsSizes::default(),
+            limits: Limits {
+                pids: Some(DEFAULT_PIDS_LIMIT),
+                ..Limits::default()
+            },
+            asked_limits: Limits::default(),
+        }
+    }
+}
+
+/// The home directory inside: the sandbox's user is root there.
+pub const DEFAULT_HOME: &str = "/root";
+/// Processes a sandbox may hold unless told otherwise: plenty for a parallel build, and a
+/// fork bomb stops there.
+pub const DEFAULT_PIDS_LIMIT: u64 = 4096;
 
 /// How a command ended.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
@@ -150,6 +213,8 @@ pub struct Sandbox {
     state_dir: PathBuf,
     workdir: PathBuf,
     exits: VecDeque<(i32, ExitStatus)>,
+    cgroup: Option<limits::Cgroup>,
+    notes: Vec<String>,
 }
 
 /// Valid sandbox names: `[a-z0-9_-]{1,63}` (also the sandbox's host name).
@@ -160,13 +225,91 @@ pub fn valid_name(name: &str) -> bool {
             .all(|b| b.is_ascii_lowercase() || b.is_ascii_digit() || b == b'-' || b == b'_')
 }
 
+/// Takes moat's descriptors 3..3+`count`, inherited from its caller, to hand to a command
+/// on purpose (`--preserve-fds`). Call it before opening anything, so that none of the
+/// numbers is one of moat's own; fails if one is not open.
+pub fn take_inherited_fds(count: usize) -> io::Result<Vec<OwnedFd>> {
+    (3..3 + count as RawFd).map(sys::take_inherited).collect()
+}
+
+/// Where this user's sandboxes keep their state: `$TMPDIR/moat-UID`, mode 0700, one
+/// directory per run inside. Every sandbox hides this directory from its own view
+/// wherever a grant would show it, so no sandbox sees another's state or work directory.
+pub fn state_base() -> PathBuf {
+    std::env::temp_dir().join(format!("moat-{}", nix::unistd::geteuid()))
+}
+
+/// The file in a run's state directory naming the moat process that owns it.
+const OWNER_FILE: &str = "owner";
+
 fn make_state_dir(name: &str) -> Result<PathBuf, SandboxError> {
-    let base = std::env::temp_dir();
-    let template = base.join(format!("moat-{name}-XXXXXX"));
-    nix::unistd::mkdtemp(&template).map_err(|e| SandboxError::StateDir {
-        dir: base,
-        source: e.into(),
-    })
+    use std::os::unix::fs::{DirBuilderExt, MetadataExt, PermissionsExt};
+    let base = state_base();
+    let err = |source: io::Error| SandboxError::StateDir {
+        dir: base.clone(),
+        source,
+    };
+    match std::fs::DirBuilder::new().mode(0o700).create(&base) {
+        Ok(()) => {}
+        Err(e) if e.kind() == io::ErrorKind::AlreadyExists => {}
+        Err(e) => return Err(err(e)),
+    }
+    // Someone else's directory, or a link planted in a shared /tmp, is not ours to use.
+    let meta = std::fs::symlink_metadata(&base).map_err(err)?;
+    if !meta.is_dir() || meta.uid() != nix::unistd::geteuid().as_raw() {
+        return Err(err(io::Error::other(
+            "exists but is not a directory owned by you; remove it or set TMPDIR",
+        )));
+    }
+    if meta.permissions().mode() & 0o077 != 0 {
+        std::fs::set_permissions(&base, std::fs::Permissions::from_mode(0o700)).map_err(err)?;
+    }
+    sweep_stale(&base);
+    let dir =
+        nix::unistd::mkdtemp(&base.join(format!("{name}-XXXXXX"))).map_err(|e| err(e.into()))?;
+    let me = std::process::id();
+    let owner = format!("{me} {}\n", process_start(me).unwrap_or(0));
+    // Written aside and renamed: a concurrent sweep sees no owner file or a whole one.
+    let partial = dir.join(format!("{OWNER_FILE}.new"));
+    std::fs::write(&partial, owner).map_err(err)?;
+    std::fs::rename(&partial, dir.join(OWNER_FILE)).map_err(err)?;
+    Ok(dir)
+}
+
+/// The start time of process `pid` (field 22 of /proc/PID/stat, in clock ticks since
+/// boot): with the pid it names a process uniquely, pid reuse included.
+fn process_start(pid: u32) -> Option<u64> {
+    let stat = std::fs::read_to_string(format!("/proc/{pid}/stat")).ok()?;
+    // The command name (field 2) may hold spaces and parentheses: count from the last ')'.
+    let rest = &stat[stat.rfind(')')? + 1..];
+    rest.split_whitespace().nth(19)?.parse().ok()
+}
+
+/// Removes the state directories of runs whose moat process is gone (killed by SIGKILL,
+/// or a signal it could not catch). A directory without a readable owner file is left for
+/// a minute: its run may be starting right now.
+fn sweep_stale(base: &Path) {
+    let Ok(entries) = std::fs::read_dir(base) else {
+        return;
+    };
+    for entry in entries.flatten() {
+        let dir = entry.path();
+        let owner = std::fs::read_to_string(dir.join(OWNER_FILE)).ok();
+        let mut words = owner.as_deref().unwrap_or("").split_whitespace();
+        let pid = words.next().and_then(|w| w.parse::<u32>().ok());
+        let start = words.next().and_then(|w| w.parse::<u64>().ok());
+        let alive = match (pid, start) {
+            (Some(pid), Some(start)) => process_start(pid) == Some(start),
+            _ => entry
+                .metadata()
+                .and_then(|m| m.modified())
+                .map(|t| t.elapsed().unwrap_or_default() < Duration::from_secs(60))
+                .unwrap_or(false),
+        };
+        if !alive {
+            let _ = std::fs::remove_dir_all(&dir);
+        }
+    }
 }
 
 impl Sandbox {
@@ -218,7 +361,19 @@ impl Sandbox {
             resolv_conf,
             hosts,
             network: config.network.clone(),
+            grants: config.grants.clone(),
+            hidden: vec![state_base()],
+            home: config.home.clone(),
+            sizes: config.sizes,
+            rlimits: Vec::new(),
         };
+        let mut spec = spec;
+        let unique = state_dir
+            .file_name()
+            .map(|n| n.to_string_lossy().into_owned())
+            .unwrap_or_else(|| config.name.clone());
+        let applied = limits::apply(&unique, &config.limits, &config.asked_limits);
+        spec.rlimits = applied.rlimits;
 
         let (ours, theirs) = proto::socket_pair().map_err(SandboxError::Channel)?;
         // The supervisor inherits its end across exec; ours stays close-on-exec.
@@ -251,7 +406,18 @@ impl Sandbox {
             state_dir,
             workdir: config.workdir.clone(),
             exits: VecDeque::new(),
+            cgroup: applied.cgroup,
+            notes: applied.notes,
         };
+        // Into the group before the supervisor builds anything: the supervisor waits for
+        // the spec sent below, so every process of the sandbox starts inside.
+        if let (Some(cgroup), Some(child)) = (&sandbox.cgroup, &sandbox.supervisor) {
+            cgroup.add(child.id()).map_err(|e| SandboxError::Setup {
+                stage: format!("move the supervisor into {}", cgroup.describe()),
+                error: e.to_string(),
+                hint: "",
+            })?;
+        }
         proto::send(sandbox.ctl.as_raw_fd(), &spec, &[]).map_err(SandboxError::Channel)?;
         match sandbox.recv_reply()? {
             (Reply::Ready, mut fds) => {
@@ -274,6 +440,16 @@ impl Sandbox {
                 "unexpected reply {other:?}"
             )))),
         }
+    }
+
+    /// One line for each limit that could not be applied as asked.
+    pub fn limit_notes(&self) -> &[String] {
+        &self.notes
+    }
+
+    /// The limit that was exceeded, if one was (read from the sandbox's control group).
+    pub fn limit_hit(&self) -> Option<LimitHit> {
+        self.cgroup.as_ref().and_then(limits::Cgroup::exceeded)
     }
 
     /// Takes the TAP's descriptor (once), for the engine.
@@ -309,14 +485,16 @@ impl Sandbox {
         self.recv_reply()
     }
 
-    /// Starts a command with the given standard streams; returns its pid (in moat's pid
-    /// namespace, so moat can signal it directly).
-    pub fn spawn(
-        &mut self,
-        spec: SpawnSpec,
-        stdio: [BorrowedFd<'_>; 3],
-    ) -> Result<i32, SandboxError> {
-        let fds = stdio.map(|f| f.as_raw_fd());
+    /// Starts a command with the given descriptors — stdin, stdout, stderr, then any it
+    /// gets as 3, 4, ... — and returns its pid (in moat's pid namespace, so moat can signal
+    /// it directly). It gets nothing else of moat's.
+    pub fn spawn(&mut self, spec: SpawnSpec, fds: &[BorrowedFd<'_>]) -> Result<i32, SandboxError> {
+        if fds.len() < 3 || fds.len() > 3 + MAX_PRESERVED_FDS {
+            return Err(SandboxError::Spawn(format!(
+                "a command takes stdin, stdout, stderr and at most {MAX_PRESERVED_FDS} more descriptors"
+            )));
+        }
+        let fds: Vec<RawFd> = fds.iter().map(AsRawFd::as_raw_fd).collect();
         match self.request(&Request::Spawn(spec), &fds)?.0 {
             Reply::Spawned { pid } => Ok(pid),
             Reply::SpawnFailed { error } | Reply::Failed { error } => {
@@ -508,6 +686,9 @@ impl Sandbox {
             }
         }
         self.tap = None;
+        if let Some(cgroup) = self.cgroup.take() {
+            cgroup.remove();
+        }
         let _ = std::fs::remove_dir_all(&self.state_dir);
     }
 }

@@ -15,8 +15,10 @@ use serde::{Deserialize, Serialize};
 
 /// Largest control message; file contents never travel here (descriptors do).
 pub const MAX_MESSAGE: usize = 256 * 1024;
-/// At most this many descriptors ride on one message.
-const MAX_FDS: usize = 4;
+/// At most this many descriptors ride on one message: stdio and the preserved ones.
+const MAX_FDS: usize = 3 + MAX_PRESERVED_FDS;
+/// At most this many descriptors beyond stdio are passed to a command (`--preserve-fds`).
+pub const MAX_PRESERVED_FDS: usize = 64;
 
 /// What the supervisor needs to build the sandbox.
 #[derive(Debug, Clone, Serialize, Deserialize)]
@@ -39,6 +41,58 @@ pub struct Spec {
     pub hosts: Option<PathBuf>,
     /// The sandbox's interface; `None` means no interface but `lo`.
     pub network: Option<NetSpec>,
+    /// Host paths granted at their own path inside, in order.
+    pub grants: Vec<Grant>,
+    /// Host paths hidden wherever they would be visible (moat's own state).
+    pub hidden: Vec<PathBuf>,
+    /// The fresh writable home directory's path inside.
+    pub home: PathBuf,
+    /// Sizes of the sandbox's own file systems.
+    pub sizes: TmpfsSizes,
+    /// Resource limits set on every command (the fallback where no cgroup could be made).
+    pub rlimits: Vec<RLimit>,
+}
+
+/// A host path made visible inside the sandbox at the same path.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+pub struct Grant {
+    /// The path (absolute, without symlinks).
+    pub path: PathBuf,
+    /// Writable (`--rw`) rather than read-only (`--ro`).
+    pub writable: bool,
+}
+
+/// Bytes each of the sandbox's memory-backed file systems may hold.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize, Deserialize)]
+pub struct TmpfsSizes {
+    /// `/tmp`.
+    pub tmp: u64,
+    /// The home directory.
+    pub home: u64,
+    /// `/dev/shm`.
+    pub shm: u64,
+}
+
+impl Default for TmpfsSizes {
+    /// /tmp and the home directory 1 GiB each (enough for a package cache), /dev/shm
+    /// 64 MiB (the container runtimes' default). Under a memory limit their pages count
+    /// against it too.
+    fn default() -> TmpfsSizes {
+        TmpfsSizes {
+            tmp: 1 << 30,
+            home: 1 << 30,
+            shm: 64 << 20,
+        }
+    }
+}
+
+/// A resource limit (setrlimit(2)), soft and hard alike.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize, Deserialize)]
+pub enum RLimit {
+    /// RLIMIT_NPROC: processes of the sandbox's user (counted per user namespace).
+    Processes(u64),
+    /// RLIMIT_AS: address space of each process, in bytes.
+    AddressSpace(u64),
 }
 
 /// The sandbox's one network interface.
@@ -71,6 +125,8 @@ pub struct SpawnSpec {
     pub env: Vec<Vec<u8>>,
     /// Working directory inside the sandbox.
     pub cwd: PathBuf,
+    /// Standard input is a terminal to make the command's controlling terminal.
+    pub terminal: bool,
 }
 
 impl SpawnSpec {
@@ -88,6 +144,7 @@ impl SpawnSpec {
                 })
                 .collect(),
             cwd,
+            terminal: false,
         }
     }
 }
@@ -95,7 +152,8 @@ impl SpawnSpec {
 /// moat → supervisor.
 #[derive(Debug, Clone, Serialize, Deserialize)]
 pub enum Request {
-    /// Start a command; three descriptors follow: stdin, stdout, stderr.
+    /// Start a command; three descriptors follow (stdin, stdout, stderr), then the ones it
+    /// gets as 3, 4, ... (at most [`MAX_PRESERVED_FDS`]).
     Spawn(SpawnSpec),
     /// Send a signal to a command started earlier (by its host pid).
     Signal {

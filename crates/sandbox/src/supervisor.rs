@@ -2,19 +2,29 @@
 //! commands in it on moat's request.
 //!
 //! # Theory of operation
-//! moat starts the supervisor with one end of a control socket (see [`crate::proto`]). The
-//! supervisor, single-threaded, then:
-//! 1. unshares the user, mount, pid, uts, ipc and network namespaces and maps root inside
-//!    to the invoking user outside (`0 UID 1`), so a normal user can do all that follows;
+//! moat starts the supervisor with one end of a control socket (see [`crate::proto`]) and,
+//! where it could make one, moves it into the sandbox's control group first (see
+//! [`crate::limits`]). The supervisor, single-threaded, then:
+//! 1. closes every descriptor it inherited but its channel, and unshares the user, mount,
+//!    pid, uts, ipc and network namespaces, mapping root inside to the invoking user
+//!    outside (`0 UID 1`), so a normal user can do all that follows;
 //! 2. brings up `lo`, creates the TAP (when the sandbox has a network), sets its address,
 //!    MTU and routes, and hands the TAP's descriptor to moat;
-//! 3. assembles a new root on a tmpfs — the host's top-level directories bound read-only, a
-//!    private /tmp, a minimal /dev, the writable work directory, resolv.conf and hosts — and
-//!    pivots into it;
+//! 3. assembles a new root on a tmpfs, deny by default: the system directories (`/usr`,
+//!    `/bin`, `/sbin`, `/lib*`, `/etc`, `/opt`) bound read-only; fresh bounded tmpfs for
+//!    `/tmp`, the home directory, `/run` and `/dev/shm`; a minimal `/dev`; `/sys`
+//!    read-only; the `--ro`/`--rw` grants; the work directory; moat's resolv.conf and hosts
+//!    read-only; the secrets of `/etc` masked; moat's own state hidden wherever a grant
+//!    would show it. Every mount is nosuid and nodev (the device binds of `/dev` aside).
+//!    Then it pivots into it;
 //! 4. forks PID 1 of the new pid namespace, which mounts /proc (with /proc/sys read-only)
 //!    and reaps orphans; when it dies the kernel kills everything in the sandbox;
-//! 5. serves requests: spawn (fork; the child drops every capability, sets no_new_privs and
-//!    execs), signal, file open/list/remove, stop.
+//! 5. compiles the seccomp filter ([`crate::seccomp`]) and serves requests: spawn, signal,
+//!    file open/list/remove, stop. A command is forked and, before exec, gets exactly the
+//!    descriptors moat passed (stdio and `--preserve-fds`), a session of its own (its
+//!    pseudo-terminal as controlling terminal when it has one), a fresh session keyring,
+//!    the rlimits that stand in for a missing control group, no capabilities,
+//!    `no_new_privs` and the seccomp filter.
 //!
 //! The supervisor dies with moat (`PR_SET_PDEATHSIG`), and PID 1 with the supervisor, so no
 //! sandbox process outlives moat, whatever kills it.
@@ -23,7 +33,7 @@ use std::ffi::{CString, OsStr};
 use std::io::{self, Read, Write};
 use std::os::fd::{AsFd, AsRawFd, OwnedFd, RawFd};
 use std::os::unix::ffi::OsStrExt;
-use std::os::unix::fs::symlink;
+use std::os::unix::fs::{PermissionsExt, symlink};
 use std::path::{Component, Path, PathBuf};
 
 use nix::errno::Errno;
@@ -34,7 +44,8 @@ use nix::sys::signalfd::{SfdFlags, SignalFd};
 use nix::sys::wait::{WaitPidFlag, WaitStatus, waitpid};
 use nix::unistd::{ForkResult, Pid};
 
-use crate::proto::{self, NetSpec, Reply, Request, SpawnSpec, Spec};
+use crate::proto::{self, NetSpec, RLimit, Reply, Request, SpawnSpec, Spec};
+use crate::seccomp::Filters;
 use crate::sys;
 
 /// The environment variable that marks a process as a supervisor and names its channel fd.
@@ -63,19 +74,36 @@ fn run(ctl: OwnedFd) -> i32 {
         ctl.as_fd(),
         nix::fcntl::FcntlArg::F_SETFD(nix::fcntl::FdFlag::FD_CLOEXEC),
     );
+    // Whatever moat's caller left open (a shell's `7<>FILE`) stops here: the supervisor,
+    // PID 1 and the commands hold only what they are handed.
+    let raw = ctl.as_raw_fd();
+    if sys::close_range(3, raw - 1).is_err() || sys::close_from(raw + 1).is_err() {
+        return 125;
+    }
     let spec: Spec = match proto::recv(ctl.as_raw_fd()) {
         Ok(Some((spec, _))) => spec,
         _ => return 125,
     };
-    let built = build(&spec);
+    let built = build(&spec).and_then(|(tap, pid1)| {
+        let filters = at(
+            "compile the seccomp filter",
+            Filters::build().map_err(io::Error::other),
+        )?;
+        Ok((tap, pid1, filters))
+    });
     match built {
-        Ok((tap, pid1)) => {
+        Ok((tap, pid1, filters)) => {
             let fds: Vec<RawFd> = tap.iter().map(AsRawFd::as_raw_fd).collect();
             if proto::send(ctl.as_raw_fd(), &Reply::Ready, &fds).is_err() {
                 return 125;
             }
             drop(tap);
-            serve(&ctl, pid1)
+            let commands = Commands {
+                filters,
+                rlimits: spec.rlimits.clone(),
+                children: Vec::new(),
+            };
+            serve(&ctl, pid1, commands)
         }
         Err((stage, error)) => {
             let _ = proto::send(
@@ -190,10 +218,27 @@ fn network(net: &NetSpec) -> Stage<OwnedFd> {
     Ok(tap)
 }
 
-/// Top-level host entries that the sandbox gets fresh instead of bound.
-const NOT_BOUND: &[&str] = &["proc", "dev", "sys", "tmp"];
+/// Top-level host directories bound read-only at their own paths (when the host has them;
+/// a top-level symlink such as `/bin -> usr/bin` is copied). Nothing else of the host's
+/// root is visible unless granted.
+const SYSTEM_DIRS: &[&str] = &[
+    "usr", "bin", "sbin", "lib", "lib32", "lib64", "libx32", "etc", "opt",
+];
 /// Device nodes bound into the sandbox's /dev; nothing else of the host's /dev is visible.
 const DEVICES: &[&str] = &["null", "zero", "full", "random", "urandom", "tty"];
+/// Files whose contents are secrets, masked by an empty device (they read as empty).
+const MASKED_FILES: &[&str] = &[
+    "etc/shadow",
+    "etc/shadow-",
+    "etc/gshadow",
+    "etc/gshadow-",
+    "etc/security/opasswd",
+    "etc/krb5.keytab",
+];
+/// Directories whose contents are secrets, masked by an empty read-only one.
+const MASKED_DIRS: &[&str] = &["etc/ssl/private", "etc/pki/tls/private"];
+/// Where ssh keeps host keys: every `ssh_host_*` file but the `.pub` ones is masked.
+const SSH_DIR: &str = "etc/ssh";
 
 fn bind(src: &Path, dst: &Path, recursive: bool) -> nix::Result<()> {
     let mut flags = MsFlags::MS_BIND;
@@ -217,6 +262,39 @@ fn cpath(path: &Path) -> io::Result<CString> {
     CString::new(path.as_os_str().as_bytes()).map_err(io::Error::other)
 }
 
+/// Sets nosuid and nodev (and read-only when asked) on the mount tree at `path`.
+fn restrict(path: &Path, readonly: bool) -> io::Result<()> {
+    sys::restrict_recursive(
+        &cpath(path)?,
+        sys::Restrict {
+            readonly,
+            nodev: true,
+            noexec: false,
+        },
+    )
+}
+
+/// Binds host `src` at `dst` (recursively), nosuid and nodev, read-only unless `writable`.
+fn bind_restricted(src: &Path, dst: &Path, writable: bool) -> io::Result<()> {
+    bind(src, dst, true)?;
+    restrict(dst, !writable)
+}
+
+/// Creates a mount point at `dst` of the same kind (directory or file) as host `src`.
+fn mount_point_like(src: &Path, dst: &Path) -> io::Result<()> {
+    if dst.symlink_metadata().is_ok() {
+        return Ok(());
+    }
+    if std::fs::metadata(src)?.is_dir() {
+        std::fs::create_dir_all(dst)
+    } else {
+        if let Some(parent) = dst.parent() {
+            std::fs::create_dir_all(parent)?;
+        }
+        std::fs::File::create(dst).map(drop)
+    }
+}
+
 fn build_root(spec: &Spec) -> Stage<()> {
     let root = &spec.root_dir;
     at(
@@ -230,14 +308,80 @@ fn build_root(spec: &Spec) -> Stage<()> {
         ),
     )?;
     at("mount the root tmpfs", tmpfs(root, "mode=0755,size=16m"))?;
-    let entries = at("list /", std::fs::read_dir("/"))?;
-    for entry in entries.flatten() {
-        let name = entry.file_name();
-        if NOT_BOUND.iter().any(|n| OsStr::new(n) == name) {
-            continue;
+    system_dirs(root)?;
+    dev(root, spec.sizes.shm)?;
+    fresh_dirs(spec)?;
+
+    let sysfs = root.join("sys");
+    at("create /sys", std::fs::create_dir(&sysfs))?;
+    if bind(Path::new("/sys"), &sysfs, true).is_ok() {
+        at(
+            "make /sys read-only",
+            sys::restrict_recursive(
+                &at("path", cpath(&sysfs))?,
+                sys::Restrict {
+                    readonly: true,
+                    nodev: true,
+                    noexec: true,
+                },
+            ),
+        )?;
+    }
+
+    for grant in &spec.grants {
+        let inside = inside_root(root, &grant.path);
+        at(
+            "create a grant's mount point (its parent inside the sandbox must be writable or new)",
+            mount_point_like(&grant.path, &inside),
+        )?;
+        at(
+            "bind a granted path",
+            bind_restricted(&grant.path, &inside, grant.writable),
+        )?;
+    }
+
+    let workdir = inside_root(root, &spec.workdir);
+    if !workdir.exists() {
+        at(
+            "create the work directory's mount point (its parent must exist in the sandbox or be /)",
+            std::fs::create_dir_all(&workdir),
+        )?;
+    }
+    at(
+        "bind the work directory",
+        bind_restricted(&spec.workdir_host, &workdir, true),
+    )?;
+
+    for (file, source) in [
+        ("etc/resolv.conf", &spec.resolv_conf),
+        ("etc/hosts", &spec.hosts),
+    ] {
+        if let Some(source) = source
+            && let Some(target) = resolve_inside(root, Path::new(file))
+        {
+            at("bind resolv.conf / hosts", bind(source, &target, false))?;
+            at(
+                "make resolv.conf / hosts read-only",
+                restrict(&target, true),
+            )?;
         }
-        let host = Path::new("/").join(&name);
-        let inside = root.join(&name);
+    }
+
+    mask_secrets(root)?;
+    for hidden in &spec.hidden {
+        let inside = inside_root(root, hidden);
+        if inside.is_dir() {
+            at("hide moat's state", empty_dir_over(&inside))?;
+        }
+    }
+    Ok(())
+}
+
+/// The system directories, read-only, and copies of top-level symlinks among them.
+fn system_dirs(root: &Path) -> Stage<()> {
+    for name in SYSTEM_DIRS {
+        let host = Path::new("/").join(name);
+        let inside = root.join(name);
         let Ok(meta) = std::fs::symlink_metadata(&host) else {
             continue;
         };
@@ -246,14 +390,17 @@ fn build_root(spec: &Spec) -> Stage<()> {
             at("copy a top-level symlink", symlink(target, &inside))?;
         } else if meta.is_dir() {
             at("create a mount point", std::fs::create_dir(&inside))?;
-            at("bind a host directory", bind(&host, &inside, true))?;
             at(
-                "make a host directory read-only",
-                sys::make_readonly_recursive(&at("path", cpath(&inside))?),
+                "bind a system directory read-only",
+                bind_restricted(&host, &inside, false),
             )?;
         }
     }
+    Ok(())
+}
 
+/// A minimal /dev: a few device nodes, a private devpts, a bounded /dev/shm.
+fn dev(root: &Path, shm_size: u64) -> Stage<()> {
     let dev = root.join("dev");
     at("create /dev", std::fs::create_dir(&dev))?;
     at("mount /dev", tmpfs(&dev, "mode=0755,size=1m"))?;
@@ -277,7 +424,10 @@ fn build_root(spec: &Spec) -> Stage<()> {
         at("create a /dev link", symlink(target, dev.join(link)))?;
     }
     at("create /dev/shm", std::fs::create_dir(dev.join("shm")))?;
-    at("mount /dev/shm", tmpfs(&dev.join("shm"), "mode=1777"))?;
+    at(
+        "mount /dev/shm",
+        tmpfs(&dev.join("shm"), &format!("mode=1777,size={shm_size}")),
+    )?;
     at("create /dev/pts", std::fs::create_dir(dev.join("pts")))?;
     // A private devpts instance for programs that open pseudo-terminals; optional.
     let _ = mount(
@@ -287,44 +437,81 @@ fn build_root(spec: &Spec) -> Stage<()> {
         MsFlags::MS_NOSUID | MsFlags::MS_NOEXEC,
         Some("newinstance,ptmxmode=0666,mode=620"),
     );
+    Ok(())
+}
 
+/// The sandbox's own writable places: /tmp, the home directory and /run (each a bounded
+/// tmpfs), and /var as a skeleton of links into them; plus the /proc mount point.
+fn fresh_dirs(spec: &Spec) -> Stage<()> {
+    let root = &spec.root_dir;
     let tmp = root.join("tmp");
     at("create /tmp", std::fs::create_dir(&tmp))?;
-    at("mount /tmp", tmpfs(&tmp, "mode=1777"))?;
-    at("create /proc", std::fs::create_dir(root.join("proc")))?;
-    let sysfs = root.join("sys");
-    at("create /sys", std::fs::create_dir(&sysfs))?;
-    if bind(Path::new("/sys"), &sysfs, true).is_ok() {
-        at(
-            "make /sys read-only",
-            sys::make_readonly_recursive(&at("path", cpath(&sysfs))?),
-        )?;
-    }
-
-    let workdir = inside_root(root, &spec.workdir);
-    if !workdir.exists() {
-        at(
-            "create the work directory's mount point (its parent must exist in the sandbox or be /)",
-            std::fs::create_dir_all(&workdir),
-        )?;
-    }
     at(
-        "bind the work directory",
-        bind(&spec.workdir_host, &workdir, false),
+        "mount /tmp",
+        tmpfs(&tmp, &format!("mode=1777,size={}", spec.sizes.tmp)),
     )?;
+    let home = inside_root(root, &spec.home);
+    at("create the home directory", std::fs::create_dir_all(&home))?;
+    at(
+        "mount the home directory",
+        tmpfs(&home, &format!("mode=0700,size={}", spec.sizes.home)),
+    )?;
+    let run = root.join("run");
+    at("create /run", std::fs::create_dir(&run))?;
+    at("mount /run", tmpfs(&run, "mode=0755,size=4m"))?;
+    at("create /run/lock", std::fs::create_dir(run.join("lock")))?;
+    at(
+        "open /run/lock to all",
+        std::fs::set_permissions(run.join("lock"), std::fs::Permissions::from_mode(0o1777)),
+    )?;
+    let var = root.join("var");
+    at("create /var", std::fs::create_dir(&var))?;
+    for (link, target) in [("tmp", "/tmp"), ("run", "/run"), ("lock", "/run/lock")] {
+        at("create a /var link", symlink(target, var.join(link)))?;
+    }
+    at("create /proc", std::fs::create_dir(root.join("proc")))?;
+    Ok(())
+}
 
-    for (file, source) in [
-        ("etc/resolv.conf", &spec.resolv_conf),
-        ("etc/hosts", &spec.hosts),
-    ] {
-        if let Some(source) = source
-            && let Some(target) = resolve_inside(root, Path::new(file))
-        {
-            at("bind resolv.conf / hosts", bind(source, &target, false))?;
+/// Masks the secrets of /etc that exist on this host.
+fn mask_secrets(root: &Path) -> Stage<()> {
+    let mut files: Vec<PathBuf> = MASKED_FILES.iter().map(|f| root.join(f)).collect();
+    if let Ok(entries) = std::fs::read_dir(root.join(SSH_DIR)) {
+        for entry in entries.flatten() {
+            let name = entry.file_name();
+            let name = name.as_bytes();
+            if name.starts_with(b"ssh_host_") && !name.ends_with(b".pub") {
+                files.push(entry.path());
+            }
         }
     }
-
+    for file in files {
+        if file.symlink_metadata().is_ok_and(|m| m.is_file()) {
+            at(
+                "mask a secret file",
+                bind(Path::new("/dev/null"), &file, false),
+            )?;
+        }
+    }
+    for dir in MASKED_DIRS {
+        let dir = root.join(dir);
+        if dir.symlink_metadata().is_ok_and(|m| m.is_dir()) {
+            at("mask a secret directory", empty_dir_over(&dir))?;
+        }
+    }
     Ok(())
+}
+
+/// Mounts an empty, read-only, inaccessible directory over `dir`.
+fn empty_dir_over(dir: &Path) -> io::Result<()> {
+    mount(
+        Some("tmpfs"),
+        dir,
+        Some("tmpfs"),
+        MsFlags::MS_NOSUID | MsFlags::MS_NODEV | MsFlags::MS_NOEXEC | MsFlags::MS_RDONLY,
+        Some("mode=000,size=4k"),
+    )
+    .map_err(io::Error::from)
 }
 
 /// Pivots into the assembled root, drops the host's, and makes `/` read-only.
@@ -440,7 +627,12 @@ fn pid1(root: &Path, ready: OwnedFd) -> i32 {
             return 1;
         }
         let Ok(c) = cpath(p) else { return 1 };
-        if sys::make_readonly_recursive(&c).is_err() {
+        let how = sys::Restrict {
+            readonly: true,
+            nodev: true,
+            noexec: true,
+        };
+        if sys::restrict_recursive(&c, how).is_err() {
             return 1;
         }
     }
@@ -462,15 +654,21 @@ fn pid1(root: &Path, ready: OwnedFd) -> i32 {
     }
 }
 
+/// What every command is started with, and the commands started so far.
+struct Commands {
+    filters: Filters,
+    rlimits: Vec<RLimit>,
+    children: Vec<Pid>,
+}
+
 /// Step 5: requests until Stop or until moat goes away.
-fn serve(ctl: &OwnedFd, pid1: Pid) -> i32 {
+fn serve(ctl: &OwnedFd, pid1: Pid, mut commands: Commands) -> i32 {
     let mut mask = SigSet::empty();
     mask.add(Signal::SIGCHLD);
     let Ok(sigfd) = SignalFd::with_flags(&mask, SfdFlags::SFD_CLOEXEC | SfdFlags::SFD_NONBLOCK)
     else {
         return 125;
     };
-    let mut children: Vec<Pid> = Vec::new();
     loop {
         let mut fds = [
             nix::poll::PollFd::new(ctl.as_fd(), nix::poll::PollFlags::POLLIN),
@@ -484,7 +682,7 @@ fn serve(ctl: &OwnedFd, pid1: Pid) -> i32 {
         let sig_ready = fds[1].any().unwrap_or(false);
         if sig_ready {
             while let Ok(Some(_)) = sigfd.read_signal() {}
-            if reap(ctl, &mut children, pid1) {
+            if reap(ctl, &mut commands.children, pid1) {
                 break;
             }
         }
@@ -492,7 +690,7 @@ fn serve(ctl: &OwnedFd, pid1: Pid) -> i32 {
             match proto::recv::<Request>(ctl.as_raw_fd()) {
                 Ok(Some((Request::Stop, _))) | Ok(None) | Err(_) => break,
                 Ok(Some((request, fds))) => {
-                    let reply = handle(request, fds, &mut children);
+                    let reply = handle(request, fds, &mut commands);
                     let (reply, fd) = match reply {
                         Ok((reply, fd)) => (reply, fd),
                         Err(e) => (
@@ -549,13 +747,13 @@ fn reap(ctl: &OwnedFd, children: &mut Vec<Pid>, pid1: Pid) -> bool {
 fn handle(
     request: Request,
     fds: Vec<OwnedFd>,
-    children: &mut Vec<Pid>,
+    commands: &mut Commands,
 ) -> io::Result<(Reply, Option<OwnedFd>)> {
     match request {
-        Request::Spawn(spec) => Ok((spawn(&spec, fds, children), None)),
+        Request::Spawn(spec) => Ok((spawn(&spec, fds, commands), None)),
         Request::Signal { pid, signal } => {
             let pid = Pid::from_raw(pid);
-            if !children.contains(&pid) {
+            if !commands.children.contains(&pid) {
                 return Err(io::Error::new(io::ErrorKind::NotFound, "no such command"));
             }
             let signal = Signal::try_from(signal).map_err(io::Error::from)?;
@@ -623,12 +821,11 @@ fn find_program(program: &[u8], env: &[Vec<u8>]) -> Option<CString> {
     None
 }
 
-fn spawn(spec: &SpawnSpec, fds: Vec<OwnedFd>, children: &mut Vec<Pid>) -> Reply {
+fn spawn(spec: &SpawnSpec, fds: Vec<OwnedFd>, commands: &mut Commands) -> Reply {
     let failed = |error: String| Reply::SpawnFailed { error };
-    let [stdin, stdout, stderr]: [OwnedFd; 3] = match fds.try_into() {
-        Ok(fds) => fds,
-        Err(_) => return failed("spawn needs three descriptors (stdin, stdout, stderr)".into()),
-    };
+    if fds.len() < 3 {
+        return failed("spawn needs three descriptors (stdin, stdout, stderr)".into());
+    }
     let Some(first) = spec.argv.first() else {
         return failed("empty command".into());
     };
@@ -653,17 +850,31 @@ fn spawn(spec: &SpawnSpec, fds: Vec<OwnedFd>, children: &mut Vec<Pid>) -> Reply 
     let Ok((err_r, err_w)) = nix::unistd::pipe2(nix::fcntl::OFlag::O_CLOEXEC) else {
         return failed("cannot create a pipe".into());
     };
+    let exec = Exec {
+        program: &program,
+        argv: &argv,
+        env: &env,
+        cwd: &spec.cwd,
+        terminal: spec.terminal,
+        rlimits: &commands.rlimits,
+        filters: &commands.filters,
+    };
     match sys::fork() {
         Err(e) => failed(format!("fork: {e}")),
         Ok(ForkResult::Child) => {
             drop(err_r);
-            let errno = exec_child(&program, &argv, &env, &spec.cwd, [stdin, stdout, stderr]);
-            let mut w = std::fs::File::from(err_w);
+            // Without its descriptors the command must not run; the exit status says so.
+            let Ok(report) = sys::arrange_fds(fds, err_w) else {
+                std::process::exit(127);
+            };
+            let errno = exec.run();
+            let mut w = std::fs::File::from(sys::own_fd(report));
             let _ = w.write_all(&errno.to_ne_bytes());
             std::process::exit(127);
         }
         Ok(ForkResult::Parent { child }) => {
             drop(err_w);
+            drop(fds);
             let mut buf = [0u8; 4];
             let mut r = std::fs::File::from(err_r);
             match r.read(&mut buf) {
@@ -673,7 +884,7 @@ fn spawn(spec: &SpawnSpec, fds: Vec<OwnedFd>, children: &mut Vec<Pid>) -> Reply 
                     failed(format!("{}: {err}", String::from_utf8_lossy(first)))
                 }
                 _ => {
-                    children.push(child);
+                    commands.children.push(child);
                     Reply::Spawned {
                         pid: child.as_raw(),
                     }
@@ -683,38 +894,63 @@ fn spawn(spec: &SpawnSpec, fds: Vec<OwnedFd>, children: &mut Vec<Pid>) -> Reply 
     }
 }
 
-/// In the forked child: stdio, working directory, signals, privileges, exec. Returns the
-/// errno of the step that failed.
-fn exec_child(
-    program: &CString,
-    argv: &[CString],
-    env: &[CString],
-    cwd: &Path,
-    stdio: [OwnedFd; 3],
-) -> i32 {
-    let [stdin, stdout, stderr] = &stdio;
-    for result in [
-        nix::unistd::dup2_stdin(stdin),
-        nix::unistd::dup2_stdout(stdout),
-        nix::unistd::dup2_stderr(stderr),
-    ] {
-        if let Err(e) = result {
+/// What the forked child needs to become the command.
+struct Exec<'a> {
+    program: &'a CString,
+    argv: &'a [CString],
+    env: &'a [CString],
+    cwd: &'a Path,
+    terminal: bool,
+    rlimits: &'a [RLimit],
+    filters: &'a Filters,
+}
+
+impl Exec<'_> {
+    /// In the forked child, its descriptors already in place: session, terminal, working
+    /// directory, signals, keyring, limits, privileges, seccomp, exec. Returns the errno of
+    /// the step that failed.
+    fn run(&self) -> i32 {
+        // A session of its own: no controlling terminal of the host, and a process group
+        // that a kill(0, ...) inside cannot leave.
+        if let Err(e) = nix::unistd::setsid() {
             return e as i32;
         }
-    }
-    drop(stdio);
-    if let Err(e) = nix::unistd::chdir(cwd) {
-        return e as i32;
-    }
-    let _ = sigprocmask(SigmaskHow::SIG_SETMASK, Some(&SigSet::empty()), None);
-    if let Err(e) = nix::sys::prctl::set_no_new_privs() {
-        return e as i32;
-    }
-    if let Err(e) = sys::drop_all_capabilities() {
-        return e.raw_os_error().unwrap_or(libc::EPERM);
-    }
-    match nix::unistd::execve(program, argv, env) {
-        Err(e) => e as i32,
-        Ok(never) => match never {},
+        if self.terminal
+            && let Err(e) = sys::set_controlling_terminal(0)
+        {
+            return e.raw_os_error().unwrap_or(libc::ENOTTY);
+        }
+        if let Err(e) = nix::unistd::chdir(self.cwd) {
+            return e as i32;
+        }
+        let _ = sigprocmask(SigmaskHow::SIG_SETMASK, Some(&SigSet::empty()), None);
+        // Not fatal where the kernel has no keys (CONFIG_KEYS=n): there is nothing to reach.
+        if let Err(e) = sys::fresh_session_keyring()
+            && e.raw_os_error() != Some(libc::ENOSYS)
+        {
+            return e.raw_os_error().unwrap_or(libc::EPERM);
+        }
+        for limit in self.rlimits {
+            let (resource, value) = match *limit {
+                RLimit::Processes(n) => (nix::sys::resource::Resource::RLIMIT_NPROC, n),
+                RLimit::AddressSpace(n) => (nix::sys::resource::Resource::RLIMIT_AS, n),
+            };
+            if let Err(e) = nix::sys::resource::setrlimit(resource, value, value) {
+                return e as i32;
+            }
+        }
+        if let Err(e) = nix::sys::prctl::set_no_new_privs() {
+            return e as i32;
+        }
+        if let Err(e) = sys::drop_all_capabilities() {
+            return e.raw_os_error().unwrap_or(libc::EPERM);
+        }
+        if self.filters.apply().is_err() {
+            return libc::EPERM;
+        }
+        match nix::unistd::execve(self.program, self.argv, self.env) {
+            Err(e) => e as i32,
+            Ok(never) => match never {},
+        }
     }
 }

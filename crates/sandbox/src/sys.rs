@@ -1,9 +1,11 @@
 //! The sandbox's system calls that have no safe wrapper: the TAP device, interface and
-//! route ioctls, capabilities and recursive read-only remounts. This is the only module in
+//! route ioctls, capabilities, recursive mount attributes, descriptor ranges, the session
+//! keyring and terminal ioctls. This is the only module in
 //! moat with `unsafe`; each block says why it is sound.
 //!
 //! References: Documentation/networking/tuntap.rst (TUNSETIFF), netdevice(7) (SIOCSIF*),
-//! route(4)/ipv6(7) (SIOCADDRT), capabilities(7), mount_setattr(2).
+//! route(4)/ipv6(7) (SIOCADDRT), capabilities(7), mount_setattr(2), close_range(2), keyctl(2),
+//! tty_ioctl(4).
 #![allow(unsafe_code)] // The one place moat talks to the kernel without a safe wrapper.
 
 use std::ffi::CStr;
@@ -260,9 +262,26 @@ pub fn add_default_route_v6(ifindex: u32, gateway: Ipv6Addr) -> io::Result<()> {
     .map(drop)
 }
 
-/// Makes the mount at `path` and every mount below it read-only (mount_setattr(2),
-/// Linux 5.12+), without touching other flags.
-pub fn make_readonly_recursive(path: &CStr) -> io::Result<()> {
+/// `MOUNT_ATTR_*` bits of mount_setattr(2) (include/uapi/linux/mount.h).
+const MOUNT_ATTR_RDONLY: u64 = 0x0000_0001;
+const MOUNT_ATTR_NOSUID: u64 = 0x0000_0002;
+const MOUNT_ATTR_NODEV: u64 = 0x0000_0004;
+const MOUNT_ATTR_NOEXEC: u64 = 0x0000_0008;
+
+/// Flags that [`restrict_recursive`] sets on a mount tree.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub struct Restrict {
+    /// Read-only.
+    pub readonly: bool,
+    /// No device nodes (`nodev`); device binds in /dev are the one place without it.
+    pub nodev: bool,
+    /// No programs (`noexec`).
+    pub noexec: bool,
+}
+
+/// Sets `nosuid` — and `nodev`, read-only, `noexec` as asked — on the mount at `path` and
+/// every mount below it (mount_setattr(2), Linux 5.12+), without touching other flags.
+pub fn restrict_recursive(path: &CStr, how: Restrict) -> io::Result<()> {
     #[repr(C)]
     struct MountAttr {
         attr_set: u64,
@@ -270,9 +289,18 @@ pub fn make_readonly_recursive(path: &CStr) -> io::Result<()> {
         propagation: u64,
         userns_fd: u64,
     }
-    const MOUNT_ATTR_RDONLY: u64 = 0x0000_0001;
+    let mut set = MOUNT_ATTR_NOSUID;
+    if how.readonly {
+        set |= MOUNT_ATTR_RDONLY;
+    }
+    if how.nodev {
+        set |= MOUNT_ATTR_NODEV;
+    }
+    if how.noexec {
+        set |= MOUNT_ATTR_NOEXEC;
+    }
     let attr = MountAttr {
-        attr_set: MOUNT_ATTR_RDONLY,
+        attr_set: set,
         attr_clr: 0,
         propagation: 0,
         userns_fd: 0,
@@ -294,6 +322,132 @@ pub fn make_readonly_recursive(path: &CStr) -> io::Result<()> {
     } else {
         Ok(())
     }
+}
+
+/// Closes every descriptor from `first` up (close_range(2), Linux 5.9+).
+pub fn close_from(first: RawFd) -> io::Result<()> {
+    // SAFETY: close_range takes integers only; closing descriptors this process owns is
+    // what the caller asks for, and no Rust object of the caller uses them afterwards (the
+    // callers are a freshly forked child about to exec and the supervisor's first step).
+    let ret = unsafe { libc::syscall(libc::SYS_close_range, first as libc::c_uint, u32::MAX, 0) };
+    if ret < 0 {
+        Err(io::Error::last_os_error())
+    } else {
+        Ok(())
+    }
+}
+
+/// Closes every descriptor in `first..=last`.
+pub fn close_range(first: RawFd, last: RawFd) -> io::Result<()> {
+    if last < first {
+        return Ok(());
+    }
+    // SAFETY: as in `close_from`: integers only, and the caller owns the range.
+    let ret = unsafe {
+        libc::syscall(
+            libc::SYS_close_range,
+            first as libc::c_uint,
+            last as libc::c_uint,
+            0,
+        )
+    };
+    if ret < 0 {
+        Err(io::Error::last_os_error())
+    } else {
+        Ok(())
+    }
+}
+
+/// In a forked child about to exec: puts `fds[i]` at descriptor `i` (inherited across
+/// exec), moves `keep` to the lowest free number above them (close-on-exec), and closes
+/// every other descriptor. Returns `keep`'s new number.
+pub fn arrange_fds(fds: Vec<OwnedFd>, keep: OwnedFd) -> io::Result<RawFd> {
+    let count = fds.len() as RawFd;
+    // Lift every descriptor above the target range first, so that no dup2 below
+    // overwrites one that is still to be placed.
+    let mut lifted = Vec::with_capacity(fds.len());
+    for fd in &fds {
+        // SAFETY: F_DUPFD_CLOEXEC duplicates a descriptor we own; integers only.
+        lifted.push(cvt(unsafe {
+            libc::fcntl(fd.as_raw_fd(), libc::F_DUPFD_CLOEXEC, count)
+        })?);
+    }
+    // SAFETY: as above.
+    let kept = cvt(unsafe { libc::fcntl(keep.as_raw_fd(), libc::F_DUPFD_CLOEXEC, count) })?;
+    for (target, fd) in lifted.iter().enumerate() {
+        // SAFETY: dup2 onto 0..count: those numbers are replaced on purpose; the OwnedFds
+        // that may hold them are forgotten below instead of being closed twice.
+        cvt(unsafe { libc::dup2(*fd, target as RawFd) })?;
+    }
+    // Every descriptor from `count` up but `kept` is closed here, the originals included.
+    for fd in fds {
+        std::mem::forget(fd);
+    }
+    std::mem::forget(keep);
+    close_range(count, kept - 1)?;
+    close_from(kept + 1)?;
+    Ok(kept)
+}
+
+/// Joins a new, empty, anonymous session keyring (keyctl(2), KEYCTL_JOIN_SESSION_KEYRING
+/// with a NULL name), so nothing the caller's session keyring holds is reachable.
+pub fn fresh_session_keyring() -> io::Result<()> {
+    const KEYCTL_JOIN_SESSION_KEYRING: libc::c_long = 1;
+    // SAFETY: keyctl with a NULL name pointer creates an anonymous keyring; no memory is
+    // read or written.
+    let ret = unsafe {
+        libc::syscall(
+            libc::SYS_keyctl,
+            KEYCTL_JOIN_SESSION_KEYRING,
+            std::ptr::null::<libc::c_char>(),
+        )
+    };
+    if ret < 0 {
+        Err(io::Error::last_os_error())
+    } else {
+        Ok(())
+    }
+}
+
+/// Makes the terminal on `fd` the calling session leader's controlling terminal
+/// (TIOCSCTTY, tty_ioctl(4)).
+pub fn set_controlling_terminal(fd: RawFd) -> io::Result<()> {
+    // SAFETY: TIOCSCTTY takes an integer argument (0: do not steal); no memory is passed.
+    cvt(unsafe { libc::ioctl(fd, libc::TIOCSCTTY as _, 0 as libc::c_int) }).map(drop)
+}
+
+/// A terminal's window size: rows and columns.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub struct WindowSize {
+    /// Rows.
+    pub rows: u16,
+    /// Columns.
+    pub cols: u16,
+}
+
+/// The window size of the terminal on `fd` (TIOCGWINSZ).
+pub fn window_size(fd: RawFd) -> io::Result<WindowSize> {
+    // SAFETY: winsize is four u16s; all-zero is valid.
+    let mut ws: libc::winsize = unsafe { std::mem::zeroed() };
+    // SAFETY: TIOCGWINSZ writes one `winsize`, which `ws` is and outlives the call.
+    cvt(unsafe { libc::ioctl(fd, libc::TIOCGWINSZ as _, &mut ws as *mut libc::winsize) })?;
+    Ok(WindowSize {
+        rows: ws.ws_row,
+        cols: ws.ws_col,
+    })
+}
+
+/// Sets the window size of the terminal on `fd` (TIOCSWINSZ); the kernel then sends
+/// SIGWINCH to the terminal's foreground process group.
+pub fn set_window_size(fd: RawFd, size: WindowSize) -> io::Result<()> {
+    let ws = libc::winsize {
+        ws_row: size.rows,
+        ws_col: size.cols,
+        ws_xpixel: 0,
+        ws_ypixel: 0,
+    };
+    // SAFETY: TIOCSWINSZ reads one `winsize`, which `ws` is and outlives the call.
+    cvt(unsafe { libc::ioctl(fd, libc::TIOCSWINSZ as _, &ws as *const libc::winsize) }).map(drop)
 }
 
 /// Drops every capability for good: locks the secure bits so that neither uid 0 nor a
@@ -357,6 +511,16 @@ pub fn fork() -> io::Result<nix::unistd::ForkResult> {
     // SAFETY: the supervisor process is single-threaded (it is a fresh exec and starts no
     // threads), so the child may run arbitrary code after the fork.
     unsafe { nix::unistd::fork() }.map_err(io::Error::from)
+}
+
+/// Takes ownership of descriptor `fd`, inherited from moat's caller, after checking that
+/// it is open; it is made close-on-exec.
+pub fn take_inherited(fd: RawFd) -> io::Result<OwnedFd> {
+    // SAFETY: F_GETFD only reads the descriptor's flags.
+    cvt(unsafe { libc::fcntl(fd, libc::F_GETFD) })?;
+    // SAFETY: F_SETFD only sets the descriptor's flags.
+    cvt(unsafe { libc::fcntl(fd, libc::F_SETFD, libc::FD_CLOEXEC) })?;
+    Ok(own_fd(fd))
 }
 
 /// Takes ownership of a descriptor the kernel handed over (SCM_RIGHTS, an inherited

@@ -1,0 +1,791 @@
+//! The sandbox boundary beside the network: the terminal, signals, host unix sockets,
+//! set-id files, inherited descriptors, keyrings, host secrets, moat's own state, limits.
+//!
+//! Each test pairs the blocked path with a control that shows the path was exercised (the
+//! attempt ran inside, or the same thing works where it is meant to). Runs that need no
+//! network use `--policy none` in the test's own namespace: nothing is dialled.
+#![allow(clippy::unwrap_used, clippy::expect_used)] // Test code: a panic is the failure report.
+
+use std::os::unix::fs::PermissionsExt;
+use std::process::{Command, Stdio};
+use std::time::Duration;
+
+use moat_e2e::{As, Running, Scratch, World, moat_bin, run_with_timeout, stderr, stdout, test_uid};
+
+const T: Duration = Duration::from_secs(60);
+
+fn uid_of(who: As) -> u32 {
+    match who {
+        As::Root => 0,
+        As::User => test_uid(),
+    }
+}
+
+/// Runs a python3 script on the host (the test's own process space), bounded.
+fn host_python(script: &str, timeout: Duration) -> std::process::Output {
+    let mut c = Command::new("python3");
+    c.args(["-c", script]);
+    run_with_timeout(c, timeout)
+}
+
+/// Finding 1: a command cannot push input into the host terminal (TIOCSTI through
+/// /dev/tty or a terminal descriptor), with stdin redirected or on the terminal itself.
+#[test]
+fn terminal_injection_does_not_reach_the_host() {
+    let s = Scratch::new("tty");
+    for who in As::BOTH {
+        let bin = match who {
+            As::Root => moat_bin(),
+            As::User => s.user_bin(),
+        };
+        let runner = match who {
+            As::Root => String::new(),
+            As::User => format!("'runuser', '-u', '{}', '--', ", moat_e2e::TEST_USER),
+        };
+        // The inner script tries every way to the terminal and says what happened.
+        let inner = r#"
+import os, fcntl, termios
+def sti(fd, what):
+    try:
+        for c in b"echo INJECTED\n":
+            fcntl.ioctl(fd, termios.TIOCSTI, bytes([c]))
+        print("TIOCSTI-OK", what, flush=True)
+    except OSError as e:
+        print("TIOCSTI-DENIED", what, e.errno, flush=True)
+try:
+    fd = os.open("/dev/tty", os.O_RDWR)
+    sti(fd, "devtty")
+except OSError as e:
+    print("NO-DEVTTY", e.errno, flush=True)
+for fd in (0, 1, 2):
+    sti(fd, "fd%d" % fd)
+"#;
+        // On a pseudo-terminal of its own: moat under it, then the terminal's input queue
+        // is read back — injected bytes would be there.
+        let outer = format!(
+            r#"
+import os, pty, select, sys, time
+inner = {inner:?}
+for stdin_mode in ("devnull", "tty"):
+    pid, master = pty.fork()
+    if pid == 0:
+        if stdin_mode == "devnull":
+            fd = os.open("/dev/null", os.O_RDONLY)
+            os.dup2(fd, 0)
+        os.execvp("{runner_bin}", [{runner}"{bin}", "run", "--policy", "none", "--", "python3", "-c", inner])
+    out = b""
+    deadline = time.time() + 30
+    while time.time() < deadline:
+        r, _, _ = select.select([master], [], [], 0.2)
+        if r:
+            try:
+                b = os.read(master, 4096)
+            except OSError:
+                break
+            if not b:
+                break
+            out += b
+        elif os.waitpid(pid, os.WNOHANG)[0]:
+            break
+    # Whatever sits in the terminal's input queue now would be read by the host shell.
+    import termios
+    queued = b""
+    try:
+        os.waitpid(pid, 0)
+    except ChildProcessError:
+        pass
+    print(stdin_mode, "OUTPUT", out.decode(errors="replace").replace("\r", "").replace("\n", " | "))
+"#,
+            runner_bin = if who == As::Root {
+                bin.to_str().unwrap()
+            } else {
+                "runuser"
+            },
+            bin = bin.display(),
+        );
+        let out = host_python(&outer, T);
+        let text = stdout(&out);
+        // Controls: the attempts ran inside, in both modes.
+        for mode in ["devnull", "tty"] {
+            let line = text
+                .lines()
+                .find(|l| l.starts_with(mode))
+                .unwrap_or_else(|| panic!("{who:?} {mode}: {text}\n{}", stderr(&out)));
+            assert!(line.contains("fd0"), "{who:?} {mode}: {line}");
+            assert!(!line.contains("TIOCSTI-OK"), "{who:?} {mode}: {line}");
+            // Nothing came back as input: an injected line would be echoed by the terminal
+            // as "echo INJECTED" and, read by a shell, run.
+            assert!(!line.contains("echo INJECTED"), "{who:?} {mode}: {line}");
+        }
+        let devnull = text.lines().find(|l| l.starts_with("devnull")).unwrap();
+        assert!(
+            devnull.contains("NO-DEVTTY"),
+            "no controlling terminal inside: {devnull}"
+        );
+    }
+}
+
+/// Finding 2: signals to the process group (and -1) stay inside; moat forwards the signals
+/// it gets (SIGUSR1 included) and cleans up after them.
+#[test]
+fn signals_stay_inside_the_sandbox() {
+    let s = Scratch::new("sig");
+    for who in As::BOTH {
+        let moat = match who {
+            As::Root => moat_bin().display().to_string(),
+            As::User => format!(
+                "runuser -u {} -- {}",
+                moat_e2e::TEST_USER,
+                s.user_bin().display()
+            ),
+        };
+        let script = format!(
+            "sleep 30 & {moat} run --policy none -- python3 -c 'import os, signal; print(\"inside\", flush=True); os.kill(0, signal.SIGTERM); os.kill(-1, signal.SIGTERM)'; \
+             echo \"moat-exit $?\"; kill -0 $! && echo sibling-alive; kill $!; echo shell-alive"
+        );
+        let mut c = Command::new("setsid");
+        c.args(["bash", "-c", &script]);
+        let out = run_with_timeout(c, T);
+        let text = stdout(&out);
+        assert!(text.contains("inside"), "{who:?}: the command ran: {text}");
+        assert!(text.contains("sibling-alive"), "{who:?}: {text}");
+        assert!(text.contains("shell-alive"), "{who:?}: {text}");
+        assert!(
+            text.contains("moat-exit 143"),
+            "{who:?}: the command itself got SIGTERM: {text}"
+        );
+    }
+}
+
+/// moat forwards SIGUSR1 (it used to die of it) and leaves no state behind.
+#[test]
+fn sigusr1_is_forwarded_and_state_removed() {
+    let s = Scratch::new("usr1");
+    let (mut child, line) = Running::start(As::Root.moat(
+        &s,
+        &[
+            "run",
+            "--policy",
+            "none",
+            "--name",
+            "e2eusr1",
+            "--",
+            "sh",
+            "-c",
+            "trap 'echo got-usr1; exit 3' USR1; echo ready; while :; do sleep 0.05; done",
+        ],
+    ));
+    assert_eq!(line, "ready");
+    let ours = state_dirs("e2eusr1");
+    assert_eq!(ours.len(), 1, "a state directory while running: {ours:?}");
+    Command::new("kill")
+        .args(["-USR1", &child.id().to_string()])
+        .status()
+        .unwrap();
+    let (status, rest) = child.wait(T);
+    assert!(rest.contains("got-usr1"), "{rest}");
+    assert_eq!(status.code(), Some(3));
+    assert!(
+        !std::path::Path::new(&ours[0]).exists(),
+        "state directory left behind"
+    );
+}
+
+/// State directories of runs named `name` (all users' bases under the temp dir).
+fn state_dirs(name: &str) -> Vec<String> {
+    let mut found = Vec::new();
+    for base in std::fs::read_dir(std::env::temp_dir()).unwrap().flatten() {
+        let base_name = base.file_name().to_string_lossy().into_owned();
+        if !base_name.starts_with("moat-") || !base.path().is_dir() {
+            continue;
+        }
+        if let Ok(entries) = std::fs::read_dir(base.path()) {
+            for e in entries.flatten() {
+                if e.file_name()
+                    .to_string_lossy()
+                    .starts_with(&format!("{name}-"))
+                {
+                    found.push(e.path().display().to_string());
+                }
+            }
+        }
+    }
+    found
+}
+
+/// Finding 3: unix sockets on the host's disk are out of reach under every policy; a
+/// grant shows them (the control: the same client reaches the same server).
+#[test]
+fn host_unix_sockets_are_not_reachable() {
+    let s = Scratch::new("unix");
+    // A listener in a directory under /run, where the system's sockets live, and one under
+    // /var/tmp; both accept anyone (mode 0777) and log each connection.
+    let run_dir = std::path::PathBuf::from(format!("/run/moat-e2e-{}", std::process::id()));
+    let _ = std::fs::remove_dir_all(&run_dir);
+    std::fs::create_dir_all(&run_dir).unwrap();
+    std::fs::set_permissions(&run_dir, std::fs::Permissions::from_mode(0o755)).unwrap();
+    struct Cleanup(std::path::PathBuf, std::process::Child);
+    impl Drop for Cleanup {
+        fn drop(&mut self) {
+            let _ = self.1.kill();
+            let _ = self.1.wait();
+            let _ = std::fs::remove_dir_all(&self.0);
+        }
+    }
+    let sock = run_dir.join("api.sock");
+    let log = s.path("accepted.log");
+    let server = Command::new("python3")
+        .args([
+            "-c",
+            &format!(
+                "import socket, os\ns = socket.socket(socket.AF_UNIX)\ns.bind({sock:?})\nos.chmod({sock:?}, 0o777)\ns.listen(16)\nprint('ready', flush=True)\nwhile True:\n    c, _ = s.accept()\n    open({log:?}, 'a').write('accepted\\n')\n    c.sendall(b'hello\\n')\n    c.close()\n",
+                sock = sock.display().to_string(),
+                log = log.display().to_string()
+            ),
+        ])
+        .stdout(Stdio::piped())
+        .spawn()
+        .unwrap();
+    let mut guard = Cleanup(run_dir.clone(), server);
+    let mut line = String::new();
+    std::io::BufRead::read_line(
+        &mut std::io::BufReader::new(guard.1.stdout.take().unwrap()),
+        &mut line,
+    )
+    .unwrap();
+    assert_eq!(line.trim(), "ready");
+    let client = format!(
+        "python3 -c \"import socket\ns = socket.socket(socket.AF_UNIX)\ntry:\n    s.connect('{}')\n    print('CONNECTED', s.recv(10))\nexcept OSError as e:\n    print('REFUSED', type(e).__name__)\"",
+        sock.display()
+    );
+    let accepted = || {
+        std::fs::read_to_string(&log)
+            .unwrap_or_default()
+            .lines()
+            .count()
+    };
+    for who in As::BOTH {
+        let out = who.run_offline(&s, &[], &client, T);
+        let text = stdout(&out);
+        assert!(text.contains("REFUSED"), "{who:?}: {text} {}", stderr(&out));
+    }
+    assert_eq!(accepted(), 0, "a sandbox reached the host's socket");
+    // Under the network policies, in a world of namespaces (root).
+    let w = World::new();
+    for policy in ["public-only", "allow-all"] {
+        let (out, _) = w.run_sh(&["--policy", policy], &client, T);
+        assert!(
+            stdout(&out).contains("REFUSED"),
+            "{policy}: {}",
+            stdout(&out)
+        );
+    }
+    assert_eq!(accepted(), 0, "a sandbox reached the host's socket");
+    // Control: granted on purpose, the same client reaches the same server.
+    let out = As::Root.run_offline(&s, &["--ro", run_dir.to_str().unwrap()], &client, T);
+    assert!(stdout(&out).contains("CONNECTED"), "{}", stdout(&out));
+    assert_eq!(accepted(), 1);
+}
+
+/// Finding 4: nothing written through a writable grant or the work directory carries a
+/// set-user-ID or set-group-ID bit, however it was made.
+#[test]
+fn no_set_id_files_through_the_work_dir() {
+    let s = Scratch::new("suid");
+    for who in As::BOTH {
+        let dir = s.owned_dir(&format!("work-{who:?}"), uid_of(who));
+        let script = "cp /usr/bin/id s1; chmod 4755 s1; chmod g+s s1; \
+             cp /usr/bin/id s2; chmod 755 s2; \
+             install -m 4755 /usr/bin/id s3; \
+             python3 -c \"import os; os.close(os.open('s4', os.O_CREAT | os.O_WRONLY, 0o6755))\"; \
+             python3 -c \"import os; os.mknod('s5', 0o104755)\"; \
+             mkdir -p sub && cp -p /usr/bin/id sub/s6 && chmod u+s sub/s6; ls -l; true";
+        let out = who.run_offline(&s, &["-w", dir.to_str().unwrap()], script, T);
+        let mut seen = 0;
+        for name in ["s1", "s2", "s3", "s4", "s5", "sub/s6"] {
+            let p = dir.join(name);
+            if let Ok(meta) = std::fs::metadata(&p) {
+                seen += 1;
+                let mode = meta.permissions().mode();
+                assert_eq!(
+                    mode & 0o6000,
+                    0,
+                    "{who:?}: {name} has mode {mode:o}\n{}",
+                    stdout(&out)
+                );
+            }
+        }
+        // Controls: the copies were made, and an ordinary chmod works.
+        assert!(seen >= 3, "{who:?}: {}\n{}", stdout(&out), stderr(&out));
+        for made in ["s1", "s2", "sub/s6"] {
+            assert!(dir.join(made).exists(), "{who:?}: {made}: {}", stderr(&out));
+        }
+        let s2 = std::fs::metadata(dir.join("s2"))
+            .unwrap()
+            .permissions()
+            .mode();
+        assert_eq!(s2 & 0o777, 0o755, "{who:?}");
+    }
+}
+
+/// Finding 5: descriptors the caller left open do not reach the command, unless passed
+/// with --preserve-fds.
+#[test]
+fn inherited_descriptors_are_closed() {
+    let s = Scratch::new("fds");
+    for who in As::BOTH {
+        let file = s.path(&format!("shared-{who:?}"));
+        std::fs::write(&file, "").unwrap();
+        std::fs::set_permissions(&file, std::fs::Permissions::from_mode(0o666)).unwrap();
+        let moat = match who {
+            As::Root => moat_bin().display().to_string(),
+            As::User => format!(
+                "runuser -u {} -- {}",
+                moat_e2e::TEST_USER,
+                s.user_bin().display()
+            ),
+        };
+        let f = file.display();
+        let script = format!(
+            "exec 7<>{f}; {moat} run --policy none -- sh -c 'echo LEAK >&7; ls /proc/self/fd | tr \"\\n\" \" \"; echo'; \
+             exec 3<>{f}; {moat} run --policy none --preserve-fds 1 -- sh -c 'echo PASSED >&3'"
+        );
+        let mut c = Command::new("bash");
+        c.args(["-c", &script]);
+        let out = run_with_timeout(c, T);
+        let text = std::fs::read_to_string(&file).unwrap();
+        assert!(!text.contains("LEAK"), "{who:?}: {text}");
+        // Control: passed on purpose, the same kind of descriptor works.
+        assert!(text.contains("PASSED"), "{who:?}: {text} {}", stderr(&out));
+        let listed = stdout(&out);
+        let fds: Vec<&str> = listed
+            .lines()
+            .next()
+            .unwrap_or("")
+            .split_whitespace()
+            .collect();
+        // ls lists 0, 1, 2 and the directory it reads; nothing else.
+        assert!(fds.len() <= 4 && !fds.contains(&"7"), "{who:?}: {fds:?}");
+    }
+}
+
+/// Finding 6: a key in the caller's session keyring cannot be read inside.
+#[test]
+fn session_keyring_is_not_shared() {
+    let s = Scratch::new("keys");
+    for who in As::BOTH {
+        let moat: Vec<String> = match who {
+            As::Root => vec![moat_bin().display().to_string()],
+            As::User => vec![
+                "runuser".into(),
+                "-u".into(),
+                moat_e2e::TEST_USER.into(),
+                "--".into(),
+                s.user_bin().display().to_string(),
+            ],
+        };
+        // Inside and outside alike: find the key in the session keyring and read it.
+        let reader = r#"
+import ctypes, os
+libc = ctypes.CDLL(None, use_errno=True)
+libc.syscall.restype = ctypes.c_long
+KEYCTL_SEARCH, KEYCTL_READ, SESSION = 10, 11, -3
+SYS_keyctl = 250
+kid = libc.syscall(SYS_keyctl, KEYCTL_SEARCH, SESSION, b"user", b"moat-e2e-key", 0)
+if kid < 0:
+    print("NOKEY", ctypes.get_errno(), flush=True)
+else:
+    buf = ctypes.create_string_buffer(64)
+    n = libc.syscall(SYS_keyctl, KEYCTL_READ, kid, buf, 64)
+    print("KEY", buf.raw[:max(n, 0)].decode(), flush=True)
+"#;
+        let outer = format!(
+            r#"
+import ctypes, subprocess
+libc = ctypes.CDLL(None, use_errno=True)
+libc.syscall.restype = ctypes.c_long
+SYS_add_key, SYS_keyctl = 248, 250
+# A session keyring of this test's own, inherited by what it starts (and readable by all
+# possessors, so the test user's moat could read it if the sandbox let it).
+assert libc.syscall(SYS_keyctl, 1, b"moat-e2e-session") >= 0
+kid = libc.syscall(SYS_add_key, b"user", b"moat-e2e-key", b"SECRET-VALUE", 12, -3)
+assert kid >= 0
+libc.syscall(SYS_keyctl, 5, kid, 0x3f3f3f3f)              # setperm: all may read
+reader = {reader:?}
+print("HOST", subprocess.run(["python3", "-c", reader], capture_output=True, text=True).stdout.strip())
+args = {moat:?} + ["run", "--policy", "none", "--", "python3", "-c", reader]
+print("SANDBOX", subprocess.run(args, capture_output=True, text=True, stdin=subprocess.DEVNULL).stdout.strip())
+"#
+        );
+        let out = host_python(&outer, T);
+        let text = stdout(&out);
+        assert!(
+            text.contains("HOST KEY SECRET-VALUE"),
+            "{who:?}: control: {text} {}",
+            stderr(&out)
+        );
+        let inside = text
+            .lines()
+            .find(|l| l.starts_with("SANDBOX"))
+            .unwrap_or("");
+        assert!(
+            inside.contains("NOKEY"),
+            "{who:?}: the command ran: {inside}"
+        );
+        assert!(!text.contains("SANDBOX KEY"), "{who:?}: {text}");
+    }
+}
+
+/// Finding 7: host secrets — /etc/shadow, private keys, home directories — are not
+/// readable; a grant shows what it names.
+#[test]
+fn host_secrets_are_hidden() {
+    let s = Scratch::new("secrets");
+    // A home directory with a readable secret, as a user's ~/.ssh or cloud credentials.
+    let home = std::path::PathBuf::from(format!("/home/moat-e2e-victim-{}", std::process::id()));
+    struct Remove(std::path::PathBuf);
+    impl Drop for Remove {
+        fn drop(&mut self) {
+            let _ = std::fs::remove_dir_all(&self.0);
+        }
+    }
+    let _cleanup = Remove(home.clone());
+    std::fs::create_dir_all(home.join(".ssh")).unwrap();
+    std::fs::write(home.join(".ssh/id_ed25519"), "PRIVATE-KEY-MATERIAL\n").unwrap();
+    for p in [&home, &home.join(".ssh")] {
+        std::fs::set_permissions(p, std::fs::Permissions::from_mode(0o755)).unwrap();
+    }
+    std::fs::set_permissions(
+        home.join(".ssh/id_ed25519"),
+        std::fs::Permissions::from_mode(0o644),
+    )
+    .unwrap();
+    let key = home.join(".ssh/id_ed25519");
+    let script = format!(
+        "cat {key} 2>&1; echo; echo shadow-bytes $(cat /etc/shadow 2>/dev/null | wc -c); \
+         ls /etc/ssl/private 2>&1 | head -3; ls /root 2>&1 | head -3; ls -d /home /srv /mnt /media /var/lib /run/* 2>&1; echo done",
+        key = key.display()
+    );
+    let host_shadow = std::fs::read_to_string("/etc/shadow").unwrap_or_default();
+    assert!(!host_shadow.is_empty(), "control: the host has /etc/shadow");
+    for who in As::BOTH {
+        let out = who.run_offline(&s, &[], &script, T);
+        let text = stdout(&out);
+        assert!(text.contains("done"), "{who:?}: {text} {}", stderr(&out));
+        assert!(!text.contains("PRIVATE-KEY-MATERIAL"), "{who:?}: {text}");
+        assert!(text.contains("shadow-bytes 0"), "{who:?}: {text}");
+        assert!(!text.contains("snakeoil"), "{who:?}: {text}");
+        for hidden in ["/home", "/srv", "/mnt", "/media", "/var/lib"] {
+            assert!(
+                text.contains(&format!("cannot access '{hidden}'")),
+                "{who:?}: {hidden} visible: {text}"
+            );
+        }
+        // Control: granted, the same file is read.
+        let out = who.run_offline(&s, &["--ro", home.to_str().unwrap()], &script, T);
+        assert!(
+            stdout(&out).contains("PRIVATE-KEY-MATERIAL"),
+            "{who:?}: {}",
+            stdout(&out)
+        );
+    }
+}
+
+/// Also seen: resolv.conf and hosts were writable inside.
+#[test]
+fn resolv_conf_and_hosts_are_read_only() {
+    let w = World::new();
+    let (out, _) = w.run_sh(
+        &[],
+        "grep -c host.moat.internal /etc/hosts; grep -c nameserver /etc/resolv.conf; \
+         (echo 6.6.6.6 evil >> /etc/hosts) 2>&1; (echo nameserver 6.6.6.6 > /etc/resolv.conf) 2>&1; \
+         grep -c 6.6.6.6 /etc/hosts /etc/resolv.conf; true",
+        T,
+    );
+    let text = stdout(&out);
+    let lines: Vec<&str> = text.lines().collect();
+    assert_eq!(
+        lines.first(),
+        Some(&"1"),
+        "control: moat's hosts file: {text}"
+    );
+    assert_eq!(
+        lines.get(1),
+        Some(&"1"),
+        "control: moat's resolv.conf: {text}"
+    );
+    assert_eq!(text.matches("Read-only file system").count(), 2, "{text}");
+    assert!(
+        text.contains("/etc/hosts:0") && text.contains("/etc/resolv.conf:0"),
+        "{text}"
+    );
+}
+
+/// Also seen: state left after SIGKILL is swept at the next start.
+#[test]
+fn stale_state_is_swept_at_the_next_start() {
+    let s = Scratch::new("stale");
+    let (mut child, _) = Running::start(As::Root.moat(
+        &s,
+        &[
+            "run",
+            "--policy",
+            "none",
+            "--name",
+            "e2estale",
+            "--",
+            "sh",
+            "-c",
+            "echo ready; exec sleep 60",
+        ],
+    ));
+    let dirs = state_dirs("e2estale");
+    assert_eq!(dirs.len(), 1, "{dirs:?}");
+    Command::new("kill")
+        .args(["-KILL", &child.id().to_string()])
+        .status()
+        .unwrap();
+    child.wait(T);
+    assert!(
+        std::path::Path::new(&dirs[0]).exists(),
+        "control: SIGKILL leaves the state directory"
+    );
+    let out = As::Root.run_offline(&s, &[], "true", T);
+    assert!(out.status.success(), "{}", stderr(&out));
+    assert!(
+        !std::path::Path::new(&dirs[0]).exists(),
+        "the next start did not sweep {}",
+        dirs[0]
+    );
+}
+
+/// Also seen: with TMPDIR on a directory the sandbox can see, one sandbox read another's
+/// work directory. moat's state is hidden wherever it would be visible.
+#[test]
+fn one_sandbox_cannot_see_anothers_state() {
+    let s = Scratch::new("tmpdir");
+    let shared = s.owned_dir("shared", 0);
+    let tmpdir = shared.display().to_string();
+    // The first sandbox leaves a marker in its private work directory and waits.
+    let mut first_cmd = As::Root.moat(
+        &s,
+        &[
+            "run",
+            "--policy",
+            "none",
+            "--name",
+            "e2efirst",
+            "--",
+            "sh",
+            "-c",
+            "echo MARKER-CONTENT > /workspace/marker; echo ready; exec sleep 60",
+        ],
+    );
+    first_cmd.env("TMPDIR", &tmpdir);
+    let (_first, line) = Running::start(first_cmd);
+    assert_eq!(line, "ready");
+    // Control: the marker is there on the host, under the shared TMPDIR.
+    let on_host = Command::new("grep")
+        .args(["-rl", "MARKER-CONTENT", &tmpdir])
+        .output()
+        .unwrap();
+    assert!(!stdout(&on_host).trim().is_empty(), "control: {}", tmpdir);
+    // The second sandbox sees the shared directory (granted writable) but not the state.
+    let mut cmd = As::Root.moat(
+        &s,
+        &[
+            "run",
+            "--policy",
+            "none",
+            "--rw",
+            &tmpdir,
+            "--",
+            "sh",
+            "-c",
+            &format!("ls {tmpdir}; grep -rl MARKER-CONTENT {tmpdir} 2>&1; echo searched"),
+        ],
+    );
+    cmd.env("TMPDIR", &tmpdir);
+    let out = run_with_timeout(cmd, T);
+    let text = stdout(&out);
+    assert!(text.contains("searched"), "{text} {}", stderr(&out));
+    assert!(
+        !text.contains("workspace") && !text.contains("/work/marker"),
+        "{text}"
+    );
+    assert!(
+        !text.lines().any(|l| l.ends_with("marker")),
+        "another sandbox's work directory is visible: {text}"
+    );
+}
+
+/// Also seen: no limits. A fork bomb stops at --pids-limit, a memory hog at --memory,
+/// and moat says which limit ended the run; /tmp and /dev/shm are bounded.
+#[test]
+fn limits_stop_fork_bombs_and_memory_hogs() {
+    let s = Scratch::new("limits");
+    // A bounded fork bomb: each process starts two more until forks fail.
+    let bomb = "python3 -c \"\nimport os, time\nn = 0\nfor i in range(400):\n    try:\n        if os.fork() == 0:\n            time.sleep(20); os._exit(0)\n        n += 1\n    except OSError:\n        print('fork-failed-after', n, flush=True); break\ntime.sleep(5)\n\"";
+    let out = As::Root.run_offline(&s, &["--pids-limit", "100"], bomb, T);
+    let err = stderr(&out);
+    assert_eq!(out.status.code(), Some(122), "{err} {}", stdout(&out));
+    assert!(
+        err.contains("limit of 100 processes") && err.contains("--pids-limit"),
+        "{err}"
+    );
+    // Control: without the flag the same program starts all 400.
+    let out = As::Root.run_offline(
+        &s,
+        &[],
+        &bomb
+            .replace("time.sleep(20)", "time.sleep(1)")
+            .replace("time.sleep(5)", "print('started', n)"),
+        T,
+    );
+    assert!(stdout(&out).contains("started 400"), "{}", stdout(&out));
+
+    let hog = "python3 -c \"\nchunks = []\nfor i in range(1024):\n    chunks.append(bytearray(1 << 20))\nprint('allocated 1 GiB', flush=True)\n\"";
+    let out = As::Root.run_offline(&s, &["--memory", "256m"], hog, T);
+    let err = stderr(&out);
+    assert_eq!(out.status.code(), Some(122), "{err} {}", stdout(&out));
+    assert!(
+        err.contains("out of memory") && err.contains("256 MiB"),
+        "{err}"
+    );
+    assert!(!stdout(&out).contains("allocated"), "{}", stdout(&out));
+    // Control: with room it completes.
+    let out = As::Root.run_offline(&s, &["--memory", "2g"], hog, T);
+    assert!(stdout(&out).contains("allocated 1 GiB"), "{}", stderr(&out));
+
+    // Bounded file systems (they were half of RAM each).
+    let out = As::Root.run_offline(
+        &s,
+        &[],
+        "df -k /tmp /dev/shm /root | awk 'NR>1 {print $6, $2}'",
+        T,
+    );
+    let text = stdout(&out);
+    for (mount, max_kib) in [
+        ("/tmp", 1 << 20),
+        ("/dev/shm", 64 << 10),
+        ("/root", 1 << 20),
+    ] {
+        let size: u64 = text
+            .lines()
+            .find_map(|l| l.strip_prefix(&format!("{mount} ")))
+            .and_then(|v| v.trim().parse().ok())
+            .unwrap_or_else(|| panic!("{mount}: {text}"));
+        assert!(size <= max_kib, "{mount} {size} KiB: {text}");
+    }
+
+    // As a normal user (no control group here): the process limit still holds, through
+    // RLIMIT_NPROC, and --cpus says it could not be applied.
+    let out = As::User.run_offline(&s, &["--pids-limit", "50", "--cpus", "1"], bomb, T);
+    let text = stdout(&out);
+    let err = stderr(&out);
+    let n: u32 = text
+        .lines()
+        .find_map(|l| l.strip_prefix("fork-failed-after "))
+        .and_then(|v| v.trim().parse().ok())
+        .unwrap_or_else(|| panic!("{text} {err}"));
+    assert!(n < 60, "{n} forks under --pids-limit 50");
+    assert!(err.contains("--cpus not applied"), "{err}");
+}
+
+/// A pseudo-terminal: `moat run -- sh` answers commands, Ctrl-C interrupts a sleep inside
+/// while moat and the shell live on, a window-size change is seen inside, and the
+/// terminal's mode is restored at the end.
+#[test]
+fn interactive_shell_through_a_pseudo_terminal() {
+    let script = format!(
+        r#"
+import os, pty, select, time, fcntl, termios, struct
+pid, master = pty.fork()
+if pid == 0:
+    os.environ["PS1"] = "PROMPT$ "
+    os.execv("{bin}", ["moat", "run", "--policy", "none", "-e", "PS1", "--", "sh", "-i"])
+buf = b""
+def expect(token, timeout=15):
+    global buf
+    deadline = time.time() + timeout
+    while token.encode() not in buf:
+        r, _, _ = select.select([master], [], [], max(0.0, deadline - time.time()))
+        if not r:
+            raise SystemExit("timeout waiting for %r in %r" % (token, buf[-300:]))
+        buf += os.read(master, 4096)
+    i = buf.index(token.encode()) + len(token)
+    buf = buf[i:]
+def send(s):
+    os.write(master, s.encode())
+expect("PROMPT$ ")
+send("echo hel''lo\n"); expect("hello"); print("echoed", flush=True)
+fcntl.ioctl(master, termios.TIOCSWINSZ, struct.pack("HHHH", 33, 111, 0, 0))
+time.sleep(0.5)
+expect("PROMPT$ ")
+send("stty size\n"); expect("33 111"); print("resized", flush=True)
+send("sleep 100\n"); time.sleep(1.0)
+send("\x03"); expect("PROMPT$ ", timeout=10)
+send("echo status$?\n"); expect("status130"); print("interrupted", flush=True)
+send("echo still-here\n"); expect("still-here"); print("alive", flush=True)
+send("exit 7\n")
+_, status = os.waitpid(pid, 0)
+print("exit", os.waitstatus_to_exitcode(status), flush=True)
+after = termios.tcgetattr(master)
+print("restored", bool(after[3] & termios.ICANON) and bool(after[3] & termios.ECHO), flush=True)
+"#,
+        bin = moat_bin().display()
+    );
+    let out = host_python(&script, T);
+    let text = stdout(&out);
+    for want in [
+        "echoed",
+        "resized",
+        "interrupted",
+        "alive",
+        "exit 7",
+        "restored True",
+    ] {
+        assert!(text.contains(want), "{want}: {text}\n{}", stderr(&out));
+    }
+}
+
+/// pip, npm and git write under HOME with the default view.
+#[test]
+fn package_tools_write_under_home() {
+    let s = Scratch::new("tools");
+    for who in As::BOTH {
+        let work = s.owned_dir(&format!("work-{who:?}"), uid_of(who));
+        // A wheel built by hand (a zip with its metadata), installed without an index.
+        let wheel = work.join("moatdemo-1.0-py3-none-any.whl");
+        let make = format!(
+            "import zipfile\nz = zipfile.ZipFile({w:?}, 'w')\nz.writestr('moatdemo.py', 'X = 42\\n')\nz.writestr('moatdemo-1.0.dist-info/METADATA', 'Metadata-Version: 2.1\\nName: moatdemo\\nVersion: 1.0\\n')\nz.writestr('moatdemo-1.0.dist-info/WHEEL', 'Wheel-Version: 1.0\\nGenerator: moat-e2e\\nRoot-Is-Purelib: true\\nTag: py3-none-any\\n')\nz.writestr('moatdemo-1.0.dist-info/RECORD', '')\nz.close()\n",
+            w = wheel.display().to_string()
+        );
+        assert!(host_python(&make, T).status.success());
+        sh_chown(&wheel, uid_of(who));
+        let script = format!(
+            "cd {work} && /usr/bin/python3 -m pip install --user --break-system-packages --no-index --no-cache-dir -q {whl} 2>&1 | tail -2; \
+             /usr/bin/python3 -c 'import moatdemo; print(\"pip-ok\", moatdemo.X)'; \
+             (command -v npm >/dev/null && npm config set moat-test yes >/dev/null 2>&1 && echo npm-$(npm config get moat-test)) || echo npm-absent; \
+             git config --global user.name moat && echo git-$(git config --global user.name); ls -A $HOME",
+            work = work.display(),
+            whl = wheel.file_name().unwrap().to_string_lossy()
+        );
+        let out = who.run_offline(&s, &["-w", work.to_str().unwrap()], &script, T);
+        let text = stdout(&out);
+        assert!(
+            text.contains("pip-ok 42"),
+            "{who:?}: {text} {}",
+            stderr(&out)
+        );
+        assert!(
+            text.contains("npm-yes") || text.contains("npm-absent"),
+            "{who:?}: {text}"
+        );
+        assert!(text.contains("git-moat"), "{who:?}: {text}");
+    }
+}
+
+fn sh_chown(path: &std::path::Path, uid: u32) {
+    moat_e2e::sh(&["chown", &uid.to_string(), path.to_str().unwrap()]);
+}
