@@ -550,6 +550,15 @@ fn stale_state_is_swept_at_the_next_start() {
         std::path::Path::new(&dirs[0]).exists(),
         "control: SIGKILL leaves the state directory"
     );
+    // Its control group (the default process limit made one) is left too.
+    let group = pids_group(&dirs[0]);
+    if let Some(group) = &group {
+        assert!(
+            group.exists(),
+            "control: SIGKILL leaves {}",
+            group.display()
+        );
+    }
     let out = As::Root.run_offline(&s, &[], "true", T);
     assert!(out.status.success(), "{}", stderr(&out));
     assert!(
@@ -557,6 +566,33 @@ fn stale_state_is_swept_at_the_next_start() {
         "the next start did not sweep {}",
         dirs[0]
     );
+    if let Some(group) = &group {
+        assert!(
+            !group.exists(),
+            "the next start did not remove {}",
+            group.display()
+        );
+    }
+}
+
+/// The cgroup v1 pids group of the run whose state directory is `state_dir`, where this
+/// machine has that controller.
+fn pids_group(state_dir: &str) -> Option<std::path::PathBuf> {
+    let own = std::fs::read_to_string("/proc/self/cgroup").ok()?;
+    let path = own.lines().find_map(|l| {
+        let mut parts = l.splitn(3, ':');
+        let (_, controllers, path) = (parts.next()?, parts.next()?, parts.next()?);
+        (controllers == "pids").then(|| path.to_owned())
+    })?;
+    let name = std::path::Path::new(state_dir)
+        .file_name()?
+        .to_string_lossy()
+        .into_owned();
+    Some(
+        std::path::Path::new("/sys/fs/cgroup/pids")
+            .join(path.trim_start_matches('/'))
+            .join(format!("moat-{name}")),
+    )
 }
 
 /// Also seen: with TMPDIR on a directory the sandbox can see, one sandbox read another's

@@ -308,6 +308,7 @@ fn sweep_stale(base: &Path) {
         };
         if !alive {
             let _ = std::fs::remove_dir_all(&dir);
+            limits::remove_leftovers(&entry.file_name().to_string_lossy());
         }
     }
 }

@@ -233,6 +233,34 @@ fn own_group(cgroup_file: &str, controller: Option<&str>) -> Option<(String, Str
     })
 }
 
+/// Removes the (empty) groups a run named `name` left behind when its moat was killed
+/// before it could remove them; groups that still hold processes stay.
+pub fn remove_leftovers(name: &str) {
+    let proc_cgroup = std::fs::read_to_string("/proc/self/cgroup").unwrap_or_default();
+    let leaf = format!("moat-{name}");
+    let mut dirs = Vec::new();
+    for controller in ["pids", "memory", "cpu"] {
+        if let Some((mount, path)) = own_group(&proc_cgroup, Some(controller)) {
+            dirs.push(
+                Path::new(CGROUP_ROOT)
+                    .join(mount)
+                    .join(path.trim_start_matches('/'))
+                    .join(&leaf),
+            );
+        }
+    }
+    if let Some((_, path)) = own_group(&proc_cgroup, None) {
+        dirs.push(
+            Path::new(CGROUP_ROOT)
+                .join(path.trim_start_matches('/'))
+                .join(&leaf),
+        );
+    }
+    for dir in dirs {
+        let _ = std::fs::remove_dir(dir);
+    }
+}
+
 /// Applies `limits` for sandbox `name` (unique per run): a control group where one can
 /// be made, else rlimits, with a note for each limit that could not be applied as asked.
 /// `asked` names the limits the user set (the others are defaults: no note for them).
