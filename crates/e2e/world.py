@@ -14,6 +14,7 @@ arrived where. Bounded: request bodies are streamed, never stored.
 """
 import hashlib
 import json
+import re
 import socket
 import socketserver
 import struct
@@ -179,11 +180,37 @@ class Source(socketserver.BaseRequestHandler):
             self.request.sendall(PATTERN[:k])
             n -= k
 
+NAME_RE = re.compile(rb"[a-z0-9-]+(?:\.[a-z0-9-]+)*\.example\.test")
+
 class Banner(socketserver.BaseRequestHandler):
     def handle(self):
-        log(server="banner", client=self.client_address[0])
+        log(server="banner", client=self.client_address[0], port=self.server.server_address[1])
         self.request.sendall(b"BANNER\n")
-        self.request.recv(1024)
+        # What arrived, until the client stops sending (bounded): its length and every
+        # test name in it (a ClientHello's server name), so tests can tell what got through.
+        self.request.settimeout(1.0)
+        data = b""
+        try:
+            while len(data) < 65536:
+                b = self.request.recv(4096)
+                if not b:
+                    break
+                data += b
+        except OSError:
+            pass
+        log(server="banner-data", client=self.client_address[0],
+            port=self.server.server_address[1], bytes=len(data),
+            names=sorted(set(n.decode() for n in NAME_RE.findall(data + b" " + tls_payload(data)))))
+
+def tls_payload(data):
+    """The payloads of the TLS records at the start of `data`, joined (a name split over
+    records is whole again)."""
+    out, pos = b"", 0
+    while pos + 5 <= len(data) and data[pos] in (20, 21, 22, 23):
+        n = int.from_bytes(data[pos + 3:pos + 5], "big")
+        out += data[pos + 5:pos + 5 + n]
+        pos += 5 + n
+    return out
 
 class UdpEcho(socketserver.BaseRequestHandler):
     def handle(self):

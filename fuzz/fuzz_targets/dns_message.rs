@@ -1,4 +1,5 @@
-//! Fuzz target: `moat_engine::fuzzing::dns_message` on arbitrary bytes must never panic.
+//! Fuzz target: the DNS message parser (`Message::parse`) and helpers
+//! (`moat_engine::fuzzing::dns_message`) must never panic on arbitrary bytes.
 #![no_main]
 
 libfuzzer_sys::fuzz_target!(|data: &[u8]| {

@@ -32,8 +32,9 @@ pub mod fuzzing {
         let _ = crate::offload::prepare_tcp(&mut copy, Some(1460));
     }
 
-    /// The DNS message helpers on arbitrary bytes.
+    /// The DNS message parser and helpers on arbitrary bytes.
     pub fn dns_message(data: &[u8]) {
+        let _ = crate::dns::message::Message::parse(data);
         let _ = crate::dns::is_query(data);
         let _ = crate::dns::is_response(data);
         let _ = crate::dns::servfail(data);
@@ -41,7 +42,7 @@ pub mod fuzzing {
         crate::dns::set_id(&mut copy, 1);
     }
 
-    /// The server name in a client's first bytes.
+    /// The server name in a client's first bytes (one or several TLS records).
     pub fn client_hello(data: &[u8]) {
         let _ = crate::tls::sni::parse(data);
     }

@@ -311,44 +311,56 @@ impl Engine {
         let (guest, remote) = (flow.guest, flow.remote);
         let socket = self.sockets.get_mut::<tcp::Socket>(handle);
         let n = socket
-            .peek_slice(&mut self.scratch[..sni::MAX_RECORD])
+            .peek_slice(&mut self.scratch[..sni::MAX_PEEK])
             .unwrap_or(0);
         let guest_done = !socket.may_recv()
             && socket.state() != tcp::State::SynReceived
             && socket.state() != tcp::State::Listen;
-        let name = match sni::parse(&self.scratch[..n]) {
-            Sni::Incomplete if n < sni::MAX_RECORD && !guest_done => return Gate::Wait,
-            Sni::Name(name) => Some(name),
-            _ => None,
-        };
+        let parsed = sni::parse(&self.scratch[..n]);
+        if parsed == Sni::Incomplete && !guest_done {
+            return Gate::Wait;
+        }
         if let Some(Some(FlowEntry::Tcp(flow))) = self.flows.get_mut(id) {
             flow.sni = SniCheck::Off;
         }
-        let Some(name) = name else { return Gate::Open };
-        let upstream = self.upstream(remote);
-        let names = self
-            .pins
-            .names(canonical_addr(upstream.ip()), Instant::now());
-        let decision = self.cfg.policy.decide(&Flow {
-            direction: Direction::Outbound,
-            protocol: Protocol::Tcp,
-            addr: upstream.ip(),
-            port: Some(upstream.port()),
-            names: &names,
-            sni: Some(&name),
-        });
-        if decision.is_allow() {
-            return Gate::Open;
-        }
+        let (label, reason, name) = match parsed {
+            Sni::Name(name) => {
+                let upstream = self.upstream(remote);
+                let names = self
+                    .pins
+                    .names(canonical_addr(upstream.ip()), Instant::now());
+                let decision = self.cfg.policy.decide(&Flow {
+                    direction: Direction::Outbound,
+                    protocol: Protocol::Tcp,
+                    addr: upstream.ip(),
+                    port: Some(upstream.port()),
+                    names: &names,
+                    sni: Some(&name),
+                });
+                if decision.is_allow() {
+                    return Gate::Open;
+                }
+                let reason = format!(
+                    "TLS server name {name}: {}",
+                    self.cfg.policy.reason(&decision)
+                );
+                (decision.rule_label(), reason, Value::from(name.as_str()))
+            }
+            // Not TLS, or TLS without a server name: the address and its pins decided.
+            Sni::NotTls | Sni::Absent => return Gate::Open,
+            // Domain rules cannot be checked against a hello that cannot be read (cut
+            // short, malformed, interleaved, too large): fail closed.
+            Sni::Incomplete | Sni::Unreadable => (
+                "sni".to_owned(),
+                "the TLS ClientHello could not be read, so the policy's domain rules cannot be checked".to_owned(),
+                Value::Null,
+            ),
+        };
         self.counters.denied += 1;
-        let reason = format!(
-            "TLS server name {name}: {}",
-            self.cfg.policy.reason(&decision)
-        );
         self.cfg.audit.event(
             "connect",
             "deny",
-            &decision.rule_label(),
+            &label,
             &reason,
             vec![
                 ("proto", Value::from("tcp")),
@@ -356,10 +368,10 @@ impl Engine {
                 ("dst", Value::from(remote.ip().to_string())),
                 ("port", Value::from(remote.port())),
                 ("domain", self.pinned_domain(remote.ip())),
-                ("sni", Value::from(name.as_str())),
+                ("sni", name),
             ],
         );
-        self.abort(id, handle, "denied by its TLS server name");
+        self.abort(id, handle, "denied by its TLS ClientHello");
         Gate::Aborted
     }
 
