@@ -31,9 +31,24 @@ pub const WORLD_ADDRS: &[&str] = &[
     "192.168.7.7/32",
     "100.64.1.1/32",
     "169.254.169.254/32",
+    // Special-purpose ranges that are not globally reachable (benchmarking, reserved, IETF
+    // protocol assignments) and Azure's platform endpoint.
+    "198.18.0.10/32",
+    "240.0.0.10/32",
+    "192.0.0.8/32",
+    "168.63.129.16/32",
 ];
 /// IPv6 addresses on the world's loopback.
-pub const WORLD_ADDRS6: &[&str] = &["2001:db8::10/128", "2001:db8::11/128", "fd00:1::10/128"];
+pub const WORLD_ADDRS6: &[&str] = &[
+    "2001:db8::10/128",
+    "2001:db8::11/128",
+    "fd00:1::10/128",
+    // 10.1.0.10 carried in 6to4, Teredo (inverted) and local-use NAT64; deprecated site-local.
+    "2002:a01:a::1/128",
+    "2001:0:1:2:3:4:f5fe:fff5/128",
+    "64:ff9b:1::a01:a/128",
+    "fec0::10/128",
+];
 /// The world's DNS server.
 pub const WORLD_DNS: &str = "198.51.100.53";
 /// The host namespace's address as the world sees it.

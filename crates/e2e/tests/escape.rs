@@ -180,3 +180,113 @@ fn an_unreadable_client_hello_fails_closed_under_domain_rules() {
     assert!(stdout(&out).contains("closed"), "{}", stdout(&out));
     assert!(names_received(&w).contains(&"evil.example.test".to_owned()));
 }
+
+/// Under the default policy, special-purpose ranges that are not globally reachable and
+/// IPv6 forms that carry a private IPv4 address reach nothing — though the world has a
+/// server at each — while public and documentation addresses do (control).
+#[test]
+fn special_purpose_ranges_and_embedded_ipv4_are_denied_by_default() {
+    let w = World::new();
+    let denied = [
+        "198.18.0.10",
+        "240.0.0.10",
+        "192.0.0.8",
+        "168.63.129.16",
+        "2002:a01:a::1",
+        "2001:0:1:2:3:4:f5fe:fff5",
+        "64:ff9b:1::a01:a",
+        "fec0::10",
+    ];
+    let allowed = ["203.0.113.10", "2001:db8::10"];
+    let url = |a: &str| {
+        if a.contains(':') {
+            format!("http://[{a}]/")
+        } else {
+            format!("http://{a}/")
+        }
+    };
+    let script: String = denied
+        .iter()
+        .chain(&allowed)
+        .map(|a| {
+            format!(
+                "echo {a} $(curl -sS -m 5 -o /dev/null -w '%{{http_code}}' {} 2>/dev/null || echo failed); ",
+                url(a)
+            )
+        })
+        .collect();
+    let (out, events) = w.run_sh(&["--reject"], &script, T);
+    let text = stdout(&out);
+    for a in allowed {
+        assert!(
+            text.contains(&format!("{a} 200")),
+            "control {a}: {text}\n{}",
+            stderr(&out)
+        );
+    }
+    let reached: Vec<String> = w
+        .log()
+        .iter()
+        .filter(|e| e["server"] == "http")
+        .filter_map(|e| e["local"].as_str().map(str::to_owned))
+        .collect();
+    for a in denied {
+        assert!(
+            text.contains(&format!("{a} failed")) || text.contains(&format!("{a} 000")),
+            "{a}: {text}"
+        );
+        assert!(
+            !reached
+                .iter()
+                .any(|l| l == a || l.ends_with(&format!(":{a}"))),
+            "{a} reached the world: {reached:?}"
+        );
+        assert!(
+            events
+                .iter()
+                .any(|e| e["event"] == "connect" && e["decision"] == "deny" && e["dst"] == a),
+            "no deny event for {a}: {events:#?}"
+        );
+    }
+}
+
+/// `--policy none --allow any:PORT` is legal but reaches the host's loopback, metadata and
+/// private addresses: `moat run` warns and names the fix, and with the fix those are denied
+/// while the public host on that port still answers.
+#[test]
+fn an_unguarded_any_allow_is_warned_about() {
+    let w = World::new();
+    let script = "for a in 10.1.0.10 203.0.113.10; do echo $a $(curl -sS -m 5 -o /dev/null -w '%{http_code}' http://$a:8080/ 2>/dev/null || echo failed); done";
+    let (out, _) = w.run_sh(
+        &["--policy", "none", "--reject", "--allow", "any:8080"],
+        script,
+        T,
+    );
+    let err = stderr(&out);
+    assert!(err.contains("moat: warning: rule 0 (allow outbound any:8080) also allows loopback, metadata, private"), "{err}");
+    // Control: the trap is real — the private address answers.
+    assert!(stdout(&out).contains("10.1.0.10 200"), "{}", stdout(&out));
+    let (out, _) = w.run_sh(
+        &[
+            "--policy",
+            "none",
+            "--reject",
+            "--deny",
+            "group:loopback",
+            "--deny",
+            "group:metadata",
+            "--deny",
+            "group:private",
+            "--allow",
+            "any:8080",
+        ],
+        script,
+        T,
+    );
+    assert!(!stderr(&out).contains("warning"), "{}", stderr(&out));
+    let text = stdout(&out);
+    assert!(
+        text.contains("203.0.113.10 200") && !text.contains("10.1.0.10 200"),
+        "{text}"
+    );
+}

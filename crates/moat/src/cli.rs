@@ -213,6 +213,9 @@ pub fn run(opts: RunOptions) -> anyhow::Result<i32> {
     }
     let policy = build_policy(opts.policy.as_deref(), &opts.rules)?;
     let compiled = policy.compile()?;
+    for warning in policy.warnings() {
+        eprintln!("moat: warning: {warning}");
+    }
     let env = command_env(&opts.env)?;
     let dns_servers = if opts.dns.is_empty() {
         std::fs::read_to_string("/etc/resolv.conf")
@@ -521,7 +524,7 @@ mod tests {
             ]
         );
         let p = build_policy(None, &[(true, "10.0.0.0/8".into())]).unwrap();
-        assert_eq!(p.rules.len(), 6);
+        assert_eq!(p.rules.len(), 6 + moat_policy::SPECIAL_PURPOSE.len());
         assert_eq!(p.rules[0].to_string(), "allow outbound 10.0.0.0/8");
     }
 

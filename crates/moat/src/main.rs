@@ -245,6 +245,9 @@ fn check(file: &Path) -> anyhow::Result<()> {
     if policy.is_offline() {
         println!("note: nothing can ever be allowed: the sandbox gets no network interface");
     }
+    for warning in policy.warnings() {
+        println!("warning: {warning}");
+    }
     Ok(())
 }
 

@@ -238,3 +238,35 @@ fn explain_rejects_bad_input_clearly() {
     assert_eq!(out.status.code(), Some(1));
     assert!(stderr.contains("tcp needs a port"), "{stderr}");
 }
+
+/// An allow of `any` that no deny of loopback, metadata and private precedes is legal but
+/// a trap: `policy check` says so and names the fix; guarded, it says nothing.
+#[test]
+fn check_warns_about_unguarded_any_allows() {
+    let trap = TempPolicy::new(
+        "trap.toml",
+        "default_action = \"deny\"\n[[rules]]\naction = \"allow\"\ndestination = \"any\"\nports = \"8088\"\n",
+    );
+    let out = moat(&["policy", "check", trap.path.to_str().unwrap()]);
+    let (stdout, stderr) = text(&out);
+    assert!(out.status.success(), "{stderr}");
+    assert!(
+        stdout.contains(
+            "warning: rule 0 (allow outbound any:8088) also allows loopback, metadata, private"
+        ),
+        "{stdout}"
+    );
+    assert!(
+        stdout.contains("--deny group:loopback --deny group:metadata --deny group:private"),
+        "{stdout}"
+    );
+    let guarded = TempPolicy::new(
+        "guarded.toml",
+        "default_action = \"deny\"\n[[rules]]\naction = \"deny\"\ndestination = \"group:loopback\"\n[[rules]]\naction = \"deny\"\ndestination = \"group:metadata\"\n[[rules]]\naction = \"deny\"\ndestination = \"group:private\"\n[[rules]]\naction = \"allow\"\ndestination = \"any\"\nports = \"8088\"\n",
+    );
+    let out = moat(&["policy", "check", guarded.path.to_str().unwrap()]);
+    let (stdout, stderr) = text(&out);
+    assert!(out.status.success(), "{stderr}");
+    assert!(stdout.contains("ok: 4 rules"), "{stdout}");
+    assert!(!stdout.contains("warning"), "{stdout}");
+}

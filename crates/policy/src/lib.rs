@@ -34,5 +34,5 @@ pub use file::PolicyFormat;
 pub use permit::{NamePermit, Permit};
 pub use types::{
     Action, Destination, DestinationGroup, Direction, IpNetwork, NetworkPolicy, PortRange,
-    Protocol, Rule, ViolationAction,
+    Protocol, Rule, SPECIAL_PURPOSE, ViolationAction,
 };

@@ -10,6 +10,37 @@ use crate::error::PolicyError;
 /// An IPv4 or IPv6 network, e.g. `10.0.0.0/8` or `2001:db8::/32`.
 pub type IpNetwork = ipnet::IpNet;
 
+/// The entries of the IANA IPv4 and IPv6 Special-Purpose Address Registries (RFC 6890)
+/// that are not globally reachable and belong to no [`DestinationGroup`], with their
+/// source: `public_only` denies them after the groups. Exceptions inside them that the
+/// registries mark reachable (anycast services such as AMT or AS112) stay denied: nothing a
+/// sandbox runs needs them. The documentation ranges (192.0.2.0/24, 198.51.100.0/24,
+/// 203.0.113.0/24, 2001:db8::/32, 3fff::/20) are not here: never routed on the internet,
+/// they stand in for public hosts in tests. `0.0.0.0/8` and `::` are never reachable under
+/// any policy; IPv4-mapped, NAT64, 6to4 and Teredo addresses are judged as the IPv4
+/// address they carry, so the IPv4 entries cover them.
+pub const SPECIAL_PURPOSE: &[(&str, &str)] = &[
+    ("192.0.0.0/24", "IETF protocol assignments (RFC 6890)"),
+    ("192.88.99.0/24", "deprecated 6to4 relay anycast (RFC 7526)"),
+    ("198.18.0.0/15", "benchmarking (RFC 2544)"),
+    (
+        "240.0.0.0/4",
+        "reserved (RFC 1112), with 255.255.255.255, limited broadcast (RFC 919)",
+    ),
+    ("100::/64", "discard-only (RFC 6666)"),
+    ("100:0:0:1::/64", "dummy prefix (RFC 9780)"),
+    (
+        "64:ff9b:1::/48",
+        "local-use IPv4/IPv6 translation (RFC 8215); its /96 layout is judged as IPv4",
+    ),
+    (
+        "2001::/23",
+        "IETF protocol assignments (RFC 2928); Teredo in it is judged as IPv4",
+    ),
+    ("5f00::/16", "SRv6 SIDs (RFC 9602)"),
+    ("fec0::/10", "deprecated site-local (RFC 3879)"),
+];
+
 /// What to do with traffic.
 #[derive(Debug, Clone, Copy, PartialEq, Eq, Hash)]
 pub enum Action {
@@ -285,15 +316,21 @@ impl NetworkPolicy {
         }
     }
 
-    /// The default: deny loopback, private, link-local, metadata and multicast addresses;
-    /// allow the rest.
+    /// The default: deny loopback, private, link-local, metadata and multicast addresses,
+    /// and the other special-purpose ranges that are not globally reachable
+    /// ([`SPECIAL_PURPOSE`]); allow the rest.
     pub fn public_only() -> NetworkPolicy {
+        let groups = DestinationGroup::ALL
+            .into_iter()
+            .map(|g| Rule::deny_outbound(Destination::Group(g)));
+        let special = SPECIAL_PURPOSE.iter().filter_map(|(cidr, _)| {
+            cidr.parse::<IpNetwork>()
+                .ok()
+                .map(|net| Rule::deny_outbound(Destination::Cidr(net)))
+        });
         NetworkPolicy {
             default_action: Action::Allow,
-            rules: DestinationGroup::ALL
-                .into_iter()
-                .map(|g| Rule::deny_outbound(Destination::Group(g)))
-                .collect(),
+            rules: groups.chain(special).collect(),
         }
     }
 
@@ -313,6 +350,54 @@ impl NetworkPolicy {
     /// network interface (as `none()` specifies).
     pub fn is_offline(&self) -> bool {
         self.default_action == Action::Deny && self.rules.iter().all(|r| r.action == Action::Deny)
+    }
+
+    /// Legal rules that are probably not what was meant, each as one line saying what to
+    /// do. Today: an outbound allow rule for `any` (a port-only rule included) that no
+    /// earlier rule guards with unfiltered denies of loopback, metadata and private — it
+    /// lets the sandbox reach the host's own services, the cloud's metadata endpoint and
+    /// the private network behind the host.
+    pub fn warnings(&self) -> Vec<String> {
+        const GUARDS: [DestinationGroup; 3] = [
+            DestinationGroup::Loopback,
+            DestinationGroup::Metadata,
+            DestinationGroup::Private,
+        ];
+        let mut out = Vec::new();
+        for (i, rule) in self.rules.iter().enumerate() {
+            if rule.action != Action::Allow
+                || rule.direction != Direction::Outbound
+                || rule.destination != Destination::Any
+            {
+                continue;
+            }
+            let guarded = |g: DestinationGroup| {
+                self.rules[..i].iter().any(|r| {
+                    r.action == Action::Deny
+                        && r.direction == Direction::Outbound
+                        && r.destination == Destination::Group(g)
+                        && r.is_unfiltered()
+                })
+            };
+            let missing: Vec<String> = GUARDS
+                .into_iter()
+                .filter(|g| !guarded(*g))
+                .map(|g| g.to_string())
+                .collect();
+            if missing.is_empty() {
+                continue;
+            }
+            let fix: Vec<String> = missing
+                .iter()
+                .map(|g| format!("--deny group:{g}"))
+                .collect();
+            out.push(format!(
+                "rule {i} ({rule}) also allows {}: put {} before it (or deny them first in the policy file)",
+                missing.join(", "),
+                fix.join(" ")
+            ));
+        }
+        out
     }
 
     /// Checks every rule ([`Rule::validate`]); the error names the rule's index.
@@ -512,7 +597,7 @@ mod tests {
         assert_eq!(NetworkPolicy::default(), NetworkPolicy::public_only());
         let p = NetworkPolicy::public_only();
         assert_eq!(p.default_action, Action::Allow);
-        assert_eq!(p.rules.len(), 5);
+        assert_eq!(p.rules.len(), 5 + SPECIAL_PURPOSE.len());
         assert!(p.rules.iter().all(|r| r.action == Action::Deny
             && r.direction == Direction::Outbound
             && r.is_unfiltered()));
@@ -549,5 +634,105 @@ mod tests {
             rules: vec![Rule::allow_outbound(Destination::Any), r],
         };
         assert!(p.validate().unwrap_err().to_string().contains("rule 1"));
+    }
+
+    #[test]
+    fn public_only_denies_special_purpose_ranges_but_not_documentation() {
+        use crate::Flow;
+        let compiled = NetworkPolicy::public_only().compile().unwrap();
+        let judge = |a: &str| {
+            let flow = Flow {
+                direction: Direction::Outbound,
+                protocol: Protocol::Tcp,
+                addr: a.parse().unwrap(),
+                port: Some(443),
+                names: &[],
+                sni: None,
+            };
+            compiled.decide(&flow).is_allow()
+        };
+        for denied in [
+            "168.63.129.16",
+            "198.18.0.1",
+            "198.19.255.255",
+            "240.0.0.1",
+            "255.255.255.255",
+            "192.0.0.8",
+            "192.88.99.1",
+            "fec0::1",
+            "100::1",
+            "5f00::1",
+            "2001:2::1",
+            "64:ff9b:1:1::1",
+            // IPv4 carried in 6to4, Teredo and local NAT64 is judged as IPv4.
+            "2002:7f00:1::1",
+            "2002:a9fe:a9fe::",
+            "2001:0:1:2:3:4:f5fe:fffe",
+            "64:ff9b:1::a00:1",
+        ] {
+            assert!(!judge(denied), "{denied} should be denied");
+        }
+        for allowed in [
+            "192.0.2.1",
+            "198.51.100.1",
+            "203.0.113.10",
+            "2001:db8::1",
+            "3fff::1",
+            "8.8.8.8",
+            "2606:4700::1111",
+            "2002:808:808::1",
+            "64:ff9b:1::808:808",
+        ] {
+            assert!(judge(allowed), "{allowed} should be allowed");
+        }
+    }
+
+    #[test]
+    fn any_allows_without_guards_are_warned_about() {
+        let any_port = |p: u16| {
+            let mut r = Rule::allow_outbound(Destination::Any);
+            r.ports = Some(PortRange::single(p));
+            r
+        };
+        let mut p = NetworkPolicy::none();
+        p.rules.push(any_port(8088));
+        let w = p.warnings();
+        assert_eq!(w.len(), 1, "{w:?}");
+        assert!(w[0].contains("loopback, metadata, private"), "{}", w[0]);
+        assert!(w[0].contains("--deny group:loopback --deny group:metadata --deny group:private"));
+        // Guarded: no warning; partly guarded: names only what is missing.
+        let mut guarded = NetworkPolicy::none();
+        for g in [
+            DestinationGroup::Private,
+            DestinationGroup::Loopback,
+            DestinationGroup::Metadata,
+        ] {
+            guarded
+                .rules
+                .push(Rule::deny_outbound(Destination::Group(g)));
+        }
+        guarded.rules.push(any_port(8088));
+        assert!(guarded.warnings().is_empty());
+        guarded.rules.remove(0);
+        let w = guarded.warnings();
+        assert!(
+            w.len() == 1 && w[0].contains("also allows private:"),
+            "{w:?}"
+        );
+        // A deny with a port filter does not guard; presets and allows of other
+        // destinations are not warned about.
+        let mut filtered = NetworkPolicy::none();
+        let mut d = Rule::deny_outbound(Destination::Group(DestinationGroup::Loopback));
+        d.ports = Some(PortRange::single(22));
+        filtered.rules.push(d);
+        filtered.rules.push(Rule::allow_outbound(Destination::Any));
+        assert_eq!(filtered.warnings().len(), 1);
+        for preset in [
+            NetworkPolicy::public_only(),
+            NetworkPolicy::allow_all(),
+            NetworkPolicy::none(),
+        ] {
+            assert!(preset.warnings().is_empty());
+        }
     }
 }

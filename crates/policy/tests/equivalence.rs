@@ -79,6 +79,46 @@ fn v6() -> impl Strategy<Value = Ipv6Addr> {
                 u16::from_be_bytes([c, d]),
             )
         }),
+        // Local-use NAT64 (/96 layout), 6to4 and Teredo carry an IPv4 address too.
+        v4().prop_map(|a| {
+            let [a, b, c, d] = a.octets();
+            Ipv6Addr::new(
+                0x64,
+                0xff9b,
+                1,
+                0,
+                0,
+                0,
+                u16::from_be_bytes([a, b]),
+                u16::from_be_bytes([c, d]),
+            )
+        }),
+        (v4(), 0..3u16).prop_map(|(a, site)| {
+            let [a, b, c, d] = a.octets();
+            Ipv6Addr::new(
+                0x2002,
+                u16::from_be_bytes([a, b]),
+                u16::from_be_bytes([c, d]),
+                site,
+                0,
+                0,
+                0,
+                1,
+            )
+        }),
+        (v4(), 0..3u16).prop_map(|(a, server)| {
+            let [a, b, c, d] = (!u32::from(a)).to_be_bytes();
+            Ipv6Addr::new(
+                0x2001,
+                0,
+                server,
+                1,
+                0x8000,
+                0x1234,
+                u16::from_be_bytes([a, b]),
+                u16::from_be_bytes([c, d]),
+            )
+        }),
     ]
 }
 
