@@ -99,10 +99,17 @@ def dns_answer(query):
         out += enc(owner) + struct.pack(">HHIH", rtype, 1, 30, len(rdata)) + rdata
     return out
 
+def log_raw_query(transport, local, data):
+    """What a query carried: its size, its section counts, and whether the test marker
+    EXFIL rode along anywhere in it."""
+    counts = list(struct.unpack(">HHHH", data[4:12])) if len(data) >= 12 else []
+    log(server="dns-raw", transport=transport, local=local, bytes=len(data),
+        counts=counts, marker=b"EXFIL" in data)
+
 class DnsUdp(socketserver.BaseRequestHandler):
     def handle(self):
         data, sock = self.request
-        log(server="dns-raw", local=self.server.server_address[0], bytes=len(data))
+        log_raw_query("udp", self.server.server_address[0], data)
         answer = dns_answer(data)
         if answer:
             sock.sendto(answer, self.client_address)
@@ -120,6 +127,7 @@ class DnsTcp(socketserver.BaseRequestHandler):
                 if not chunk:
                     return
                 data += chunk
+            log_raw_query("tcp", self.server.server_address[0], data)
             answer = dns_answer(data)
             if answer:
                 self.request.sendall(struct.pack(">H", len(answer)) + answer)

@@ -290,3 +290,182 @@ fn an_unguarded_any_allow_is_warned_about() {
         "{text}"
     );
 }
+
+/// A server on the host namespace, bound to every interface, that logs the local address
+/// of each connection it accepts.
+const HOST_SERVER: &str = r#"
+import socket, sys, threading
+log = open(sys.argv[1], "a", buffering=1)
+s = socket.socket(socket.AF_INET6)
+s.setsockopt(socket.IPPROTO_IPV6, socket.IPV6_V6ONLY, 0)
+s.setsockopt(socket.SOL_SOCKET, socket.SO_REUSEADDR, 1)
+s.bind(("::", 8089))
+s.listen(64)
+while True:
+    c, _ = s.accept()
+    log.write(c.getsockname()[0] + "\n")
+    c.sendall(b"HTTP/1.0 200 OK\r\nContent-Length: 5\r\n\r\nhost\n")
+    c.close()
+"#;
+
+/// The host's own addresses are the `Loopback` group: a host service bound to every
+/// interface is out of reach by each of them under the default policy — addresses added
+/// while moat runs too — and reachable when a rule names it (control).
+#[test]
+fn the_hosts_own_addresses_are_loopback() {
+    let mut w = World::new();
+    // Public-looking addresses on the host namespace's interface (documentation ranges:
+    // they stand for a host with a public address).
+    let dev = format!("vh{}", w.host.trim_start_matches("moath"));
+    for a in ["198.51.100.200/32", "2001:db8:ffff::200/128"] {
+        let fam = if a.contains(':') { "-6" } else { "-4" };
+        moat_e2e::sh(
+            &[
+                "ip", "-n", &w.host, fam, "addr", "add", a, "dev", &dev, "nodad",
+            ]
+            .into_iter()
+            .filter(|x| !(fam == "-4" && *x == "nodad"))
+            .collect::<Vec<_>>(),
+        );
+    }
+    let log = w.dir.join("host-server.log");
+    let server = w.file("host_server.py", HOST_SERVER);
+    w.spawn_in_host(&["python3", server.to_str().unwrap(), log.to_str().unwrap()]);
+    std::thread::sleep(Duration::from_millis(300));
+    let work = w.dir.join("work");
+    std::fs::create_dir_all(&work).unwrap();
+    let curl = |a: &str| {
+        let u = if a.contains(':') {
+            format!("[{a}]")
+        } else {
+            a.to_owned()
+        };
+        format!("echo {a} $(curl -sS -m 3 http://{u}:8089/ 2>/dev/null || echo failed); ")
+    };
+    // The last address is added on the host after the command started.
+    let script = format!(
+        "{}{}{}while [ ! -f {w}/go ]; do sleep 0.05; done; {}",
+        curl("198.51.100.200"),
+        curl("2001:db8:ffff::200"),
+        curl("172.31.0.3"),
+        curl("198.51.100.201"),
+        w = work.display()
+    );
+    let host = w.host.clone();
+    let dev2 = dev.clone();
+    let work2 = work.clone();
+    let adder = std::thread::spawn(move || {
+        std::thread::sleep(Duration::from_secs(2));
+        moat_e2e::sh(&[
+            "ip",
+            "-n",
+            &host,
+            "addr",
+            "add",
+            "198.51.100.201/32",
+            "dev",
+            &dev2,
+        ]);
+        std::thread::sleep(Duration::from_millis(300));
+        std::fs::write(work2.join("go"), "").unwrap();
+    });
+    let (out, events) = w.run_sh(&["--reject", "-w", work.to_str().unwrap()], &script, T);
+    adder.join().unwrap();
+    let text = stdout(&out);
+    for a in [
+        "198.51.100.200",
+        "2001:db8:ffff::200",
+        "172.31.0.3",
+        "198.51.100.201",
+    ] {
+        assert!(
+            text.contains(&format!("{a} failed")),
+            "{a}: {text}\n{}",
+            stderr(&out)
+        );
+        assert!(
+            events
+                .iter()
+                .any(|e| e["event"] == "connect" && e["decision"] == "deny" && e["dst"] == a),
+            "no deny event for {a}: {events:#?}"
+        );
+    }
+    let reached = std::fs::read_to_string(&log).unwrap_or_default();
+    assert!(
+        reached.trim().is_empty(),
+        "the host service was reached: {reached}"
+    );
+    // Control: named by a rule, the same service answers on the same address.
+    let (out, _) = w.run_sh(
+        &["--allow", "198.51.100.200:8089/tcp"],
+        &curl("198.51.100.200"),
+        T,
+    );
+    assert!(
+        stdout(&out).contains("198.51.100.200 host"),
+        "{}",
+        stdout(&out)
+    );
+    assert!(
+        std::fs::read_to_string(&log)
+            .unwrap_or_default()
+            .contains("198.51.100.200")
+    );
+}
+
+/// moat is the only author of what goes upstream: a query with answer, authority and
+/// additional records, EDNS options, trailing bytes or 51 KB of padding reaches the
+/// resolver as one question and, at most, an OPT record with nothing in it — and is still
+/// answered (control).
+#[test]
+fn dns_queries_are_written_anew_upstream() {
+    let w = World::new();
+    let script = r#"python3 - <<'PY'
+import socket, struct
+def name(n):
+    return b"".join(bytes([len(l)]) + l.encode() for l in n.split(".")) + b"\0"
+q = name("www.example.test") + struct.pack(">HH", 1, 1)
+smuggle = name("EXFIL.smuggle.test") + struct.pack(">HHIH", 1, 1, 60, 4) + b"\xc0\x00\x02\x01"
+option = struct.pack(">HH", 65001, 9) + b"EXFIL-opt"
+opt = b"\0" + struct.pack(">HHIH", 41, 4096, 0x8000, len(option)) + option
+msg = struct.pack(">HHHHHH", 0x4242, 0x0100, 1, 1, 1, 2) + q + smuggle + smuggle + smuggle + opt + b"EXFIL-trailing"
+u = socket.socket(socket.AF_INET, socket.SOCK_DGRAM)
+u.settimeout(5)
+u.sendto(msg, ("10.0.2.2", 53))
+r = u.recv(4096)
+print("udp answers", struct.unpack(">H", r[6:8])[0], "rcode", r[3] & 15)
+big = struct.pack(">HHHHHH", 0x4343, 0x0100, 1, 0, 0, 0) + q + b"EXFIL" * 10200
+t = socket.create_connection(("10.0.2.2", 53), timeout=5)
+t.sendall(struct.pack(">H", len(big)) + big)
+n = struct.unpack(">H", t.recv(2))[0]
+r = b""
+while len(r) < n:
+    r += t.recv(n - len(r))
+print("tcp answers", struct.unpack(">H", r[6:8])[0], "rcode", r[3] & 15)
+PY"#;
+    let (out, _) = w.run_sh(&[], script, T);
+    let text = stdout(&out);
+    assert!(
+        text.contains("udp answers 1 rcode 0"),
+        "{text}\n{}",
+        stderr(&out)
+    );
+    assert!(text.contains("tcp answers 1 rcode 0"), "{text}");
+    let raw: Vec<serde_json::Value> = w
+        .log()
+        .into_iter()
+        .filter(|e| e["server"] == "dns-raw")
+        .collect();
+    assert!(raw.len() >= 2, "control: the resolver was asked: {raw:?}");
+    for e in &raw {
+        assert_eq!(e["marker"], false, "{e}");
+        let counts: Vec<u64> = e["counts"]
+            .as_array()
+            .unwrap()
+            .iter()
+            .map(|c| c.as_u64().unwrap())
+            .collect();
+        assert!(counts[..3] == [1, 0, 0] && counts[3] <= 1, "{e}");
+        assert!(e["bytes"].as_u64().unwrap() < 100, "{e}");
+    }
+}

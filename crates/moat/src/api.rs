@@ -193,9 +193,17 @@ pub struct SandboxBuilder {
     ro: Vec<PathBuf>,
     rw: Vec<PathBuf>,
     limits: moat_sandbox::Limits,
+    simulated_hosts: Vec<IpAddr>,
 }
 
 impl SandboxBuilder {
+    /// Addresses on this host that stand for other machines (`moat demo`'s world), judged
+    /// as what they are rather than as the host's loopback.
+    pub(crate) fn simulated_hosts(mut self, addrs: Vec<IpAddr>) -> SandboxBuilder {
+        self.simulated_hosts = addrs;
+        self
+    }
+
     /// *Extension:* makes host `path` visible, read-only, at the same path inside
     /// (repeatable). Nothing of the host beyond the system directories is visible otherwise.
     pub fn ro(mut self, path: impl Into<PathBuf>) -> SandboxBuilder {
@@ -350,6 +358,7 @@ impl SandboxBuilder {
                     self.network.dns_servers
                 };
                 cfg.link = link;
+                cfg.simulated_hosts = self.simulated_hosts;
                 let device = TapDevice::with_offloads(tap).map_err(io_err("use the TAP"))?;
                 Some(
                     moat_engine::spawn(Box::new(device), cfg)
@@ -420,6 +429,7 @@ impl Sandbox {
             ro: Vec::new(),
             rw: Vec::new(),
             limits: moat_sandbox::Limits::default(),
+            simulated_hosts: Vec::new(),
         }
     }
 

@@ -4,7 +4,7 @@
 //! each attempt did and why. Nothing leaves this machine: the namespace has no route out.
 
 use std::io::{Read, Write};
-use std::net::{Ipv4Addr, SocketAddr, TcpListener};
+use std::net::{IpAddr, Ipv4Addr, SocketAddr, TcpListener};
 use std::sync::{Arc, Mutex};
 use std::time::Duration;
 
@@ -169,6 +169,8 @@ fn in_world() -> anyhow::Result<i32> {
         let audit = Captured::default();
         let sb = Sandbox::builder(format!("demo{}", n + 1))
             .network(|net| net.policy(sc.policy.clone()))
+            // The world's machines live on this namespace's loopback; they are not the host.
+            .simulated_hosts(WORLD.iter().map(|(a, _)| IpAddr::V4(*a)).collect())
             .audit(AuditSink::Writer(Box::new(audit.clone())))
             .create()?;
         let mut args = vec!["-c", CLIENT, "client"];

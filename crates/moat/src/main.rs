@@ -273,6 +273,7 @@ fn explain(args: &ExplainArgs) -> anyhow::Result<()> {
         port: target.port,
         names: &names,
         sni: sni.as_ref(),
+        local: false,
     };
     let decision = compiled.decide(&flow);
     let shown = match target.port {

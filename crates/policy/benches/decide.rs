@@ -149,6 +149,7 @@ fn batch(compiled: &CompiledPolicy, flows: &[FlowSpec]) -> u32 {
             port: Some(f.port),
             names: &f.names,
             sni: f.sni.as_ref(),
+            local: false,
         };
         allowed += u32::from(compiled.decide(black_box(&flow)).is_allow());
     }

@@ -29,6 +29,10 @@
 //! keys, each key one cache line, with the keys' smallest indices apart so a key that
 //! cannot win is never read; rule actions are a bitset.
 //!
+//! - **The host's own addresses** belong to the `Loopback` group but are known only to the
+//!   engine, which marks such a flow `local`: the matcher then also takes the first
+//!   `Loopback` group rule whose filters admit the flow, if it comes earlier.
+//!
 //! Index building is O(n log n) in the number of rules; a decision is one binary search over
 //! the intervals plus one step per enclosing prefix and per label of each name involved.
 
@@ -43,7 +47,9 @@ use crate::addr::{canonical_addr, canonical_net, never_reachable};
 use crate::decide::{DecidedBy, Decision, Flow};
 use crate::domain::DomainName;
 use crate::error::PolicyError;
-use crate::types::{Action, Destination, Direction, NetworkPolicy, PortRange, Protocol, Rule};
+use crate::types::{
+    Action, Destination, DestinationGroup, Direction, NetworkPolicy, PortRange, Protocol, Rule,
+};
 
 /// "No rule": larger than every rule index, so `min` ignores it.
 const NONE: u32 = u32::MAX;
@@ -64,6 +70,9 @@ pub struct CompiledPolicy {
     first_deny_any: u32,
     /// First outbound allow rule on an address (any, CIDR, group).
     first_address_allow: u32,
+    /// The `Loopback` group's rules, in order: they also match the host's own addresses,
+    /// which only the engine knows (a flow's `local`).
+    loopback_rules: Vec<u32>,
 }
 
 impl NetworkPolicy {
@@ -162,6 +171,13 @@ impl NetworkPolicy {
             steps,
             first_deny_any,
             first_address_allow,
+            loopback_rules: self
+                .rules
+                .iter()
+                .enumerate()
+                .filter(|(_, r)| r.destination == Destination::Group(DestinationGroup::Loopback))
+                .map(|(i, _)| i as u32)
+                .collect(),
         })
     }
 }
@@ -189,7 +205,29 @@ impl CompiledPolicy {
         if !flow.names.is_empty() || flow.sni.is_some() {
             best = self.names_best(flow, slot, best);
         }
+        if flow.local {
+            best = best.min(self.first_loopback_rule(flow, best));
+        }
         self.decision(best, self.policy.default_action)
+    }
+
+    /// The first `Loopback` group rule before `limit` whose filters admit `flow` (the group
+    /// holds a local address whatever it is); `NONE` when there is none.
+    fn first_loopback_rule(&self, flow: &Flow<'_>, limit: u32) -> u32 {
+        for &i in &self.loopback_rules {
+            if i >= limit {
+                break;
+            }
+            let r = &self.policy.rules[i as usize];
+            let protocol_ok = r.protocol.is_none_or(|p| p == flow.protocol);
+            let port_ok = r
+                .ports
+                .is_none_or(|ports| flow.port.is_some_and(|p| ports.contains(p)));
+            if r.direction == flow.direction && protocol_ok && port_ok {
+                return i;
+            }
+        }
+        NONE
     }
 
     /// Judges a DNS lookup of `name`: same answer as [`crate::decide_name_first_match`].

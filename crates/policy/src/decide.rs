@@ -27,7 +27,9 @@ use std::net::{IpAddr, SocketAddr};
 
 use crate::addr::{canonical_addr, canonical_net, never_reachable};
 use crate::domain::DomainName;
-use crate::types::{Action, Destination, Direction, NetworkPolicy, Protocol, Rule};
+use crate::types::{
+    Action, Destination, DestinationGroup, Direction, NetworkPolicy, Protocol, Rule,
+};
 
 /// One connection or datagram flow to be judged.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
@@ -44,6 +46,9 @@ pub struct Flow<'a> {
     pub names: &'a [DomainName],
     /// The TLS ClientHello's server name, when one was read.
     pub sni: Option<&'a DomainName>,
+    /// `addr` is one of the host's own addresses (its local routing table: every address of
+    /// its interfaces and their broadcast addresses), so the `Loopback` group holds it.
+    pub local: bool,
 }
 
 impl<'a> Flow<'a> {
@@ -56,6 +61,7 @@ impl<'a> Flow<'a> {
             port: protocol.has_ports().then_some(dst.port()),
             names: &[],
             sni: None,
+            local: false,
         }
     }
 
@@ -68,7 +74,14 @@ impl<'a> Flow<'a> {
             port: protocol.has_ports().then_some(guest_port),
             names: &[],
             sni: None,
+            local: false,
         }
+    }
+
+    /// The same flow, its address one of the host's own (or not).
+    pub fn with_local(mut self, local: bool) -> Flow<'a> {
+        self.local = local;
+        self
     }
 
     /// The same flow with the names DNS bound to its address.
@@ -166,7 +179,9 @@ impl Rule {
         match &self.destination {
             Destination::Any => true,
             Destination::Cidr(net) => canonical_net(*net).contains(&addr),
-            Destination::Group(group) => group.contains(addr),
+            Destination::Group(group) => {
+                group.contains(addr) || (*group == DestinationGroup::Loopback && flow.local)
+            }
             Destination::Domain(_) | Destination::DomainSuffix(_) => {
                 let pinned = flow.names.iter().any(name_matches);
                 let sni = flow.sni.map(name_matches);

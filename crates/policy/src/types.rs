@@ -648,6 +648,7 @@ mod tests {
                 port: Some(443),
                 names: &[],
                 sni: None,
+                local: false,
             };
             compiled.decide(&flow).is_allow()
         };

@@ -219,6 +219,8 @@ struct FlowCase {
     port: Option<u16>,
     names: Vec<DomainName>,
     sni: Option<DomainName>,
+    /// One of the host's own addresses (the engine's knowledge): in the Loopback group.
+    local: bool,
 }
 
 fn flow() -> impl Strategy<Value = FlowCase> {
@@ -230,9 +232,11 @@ fn flow() -> impl Strategy<Value = FlowCase> {
         prop::bool::weighted(0.05),
         prop::collection::vec(name(), 0..3),
         prop::option::weighted(0.4, name()),
+        prop::bool::weighted(0.2),
     )
         .prop_map(
-            |(inbound, protocol, addr, port, drop_port, names, sni)| FlowCase {
+            |(inbound, protocol, addr, port, drop_port, names, sni, local)| FlowCase {
+                local,
                 direction: if inbound {
                     Direction::Inbound
                 } else {
@@ -270,6 +274,7 @@ proptest! {
                 port: f.port,
                 names: &f.names,
                 sni: f.sni.as_ref(),
+                local: f.local,
             };
             prop_assert_eq!(compiled.decide(&flow), decide_first_match(&policy, &flow), "flow {:?}", f);
         }
@@ -301,6 +306,7 @@ fn compiled_equals_walk_on_large_random_policies() {
                         port: f.port,
                         names: &f.names,
                         sni: f.sni.as_ref(),
+                        local: f.local,
                     };
                     prop_assert_eq!(compiled.decide(&flow), decide_first_match(&policy, &flow));
                 }

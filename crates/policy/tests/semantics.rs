@@ -40,6 +40,7 @@ fn tcp(addr: &str, port: u16) -> Flow<'static> {
         port: Some(port),
         names: &[],
         sni: None,
+        local: false,
     }
 }
 

@@ -86,6 +86,8 @@ pub struct DnsRules {
     exact: HashSet<DomainName>,
     suffixes: HashSet<DomainName>,
     rebind_protection: bool,
+    /// The host's own addresses: as inward as its loopback.
+    host: HashSet<IpAddr>,
     exempt: Vec<Net>,
 }
 
@@ -114,6 +116,7 @@ impl DnsRules {
             suffixes: block_suffix.iter().map(|s| s.parent().clone()).collect(),
             rebind_protection,
             exempt,
+            host: HashSet::new(),
         }
     }
 
@@ -139,6 +142,11 @@ impl DnsRules {
         None
     }
 
+    /// The host's own addresses, which answers must not point at either.
+    pub fn set_host_addrs(&mut self, host: HashSet<IpAddr>) {
+        self.host = host;
+    }
+
     /// True when an answer's address must be removed (rebind protection).
     pub fn strip(&self, addr: IpAddr) -> bool {
         if !self.rebind_protection {
@@ -147,7 +155,8 @@ impl DnsRules {
         let a = canonical_addr(addr);
         let never_exempt = moat_policy::never_reachable(a)
             || DestinationGroup::Loopback.contains(a)
-            || DestinationGroup::Metadata.contains(a);
+            || DestinationGroup::Metadata.contains(a)
+            || self.host.contains(&a);
         if never_exempt {
             return true;
         }
@@ -394,5 +403,16 @@ mod tests {
             other => panic!("{other:?}"),
         }
         assert_eq!(chain(&m), vec![n("b.example.net")]);
+    }
+
+    #[test]
+    fn rebind_strips_the_hosts_own_addresses() {
+        let mut r = rules(NetworkPolicy::allow_all(), true);
+        let host: IpAddr = "198.51.100.200".parse().unwrap();
+        assert!(!r.strip(host), "control: a public address passes");
+        r.set_host_addrs([host].into_iter().collect());
+        assert!(r.strip(host));
+        assert!(r.strip("::ffff:198.51.100.200".parse().unwrap()));
+        assert!(!r.strip("198.51.100.201".parse().unwrap()));
     }
 }

@@ -167,10 +167,20 @@ pub mod flags {
     pub const RCODE: u16 = 0x000f;
     /// Opcode mask.
     pub const OPCODE: u16 = 0x7800;
+    /// Checking disabled (RFC 4035 §3.2.2).
+    pub const CD: u16 = 0x0010;
 }
+
+/// The DO ("DNSSEC OK") bit of an OPT record's TTL field (RFC 3225 §3).
+const OPT_DO: u32 = 0x0000_8000;
+/// The largest EDNS UDP payload size moat asks upstream for (RFC 6891 §6.2.5 suggests
+/// 4096 as a starting point).
+const MAX_EDNS_PAYLOAD: u16 = 4096;
 
 /// Response codes.
 pub mod rcode {
+    /// Format error: the query could not be interpreted.
+    pub const FORMERR: u16 = 1;
     /// Server failure.
     pub const SERVFAIL: u16 = 2;
     /// Name does not exist.
@@ -362,6 +372,36 @@ impl Message {
             .iter()
             .find(|r| r.rtype == rtype::OPT)
             .map_or(512, |r| usize::from(r.class).max(512))
+    }
+
+    /// The query moat sends upstream for this one, with ID `id`, written anew from its
+    /// parsed form: the first question, the RD and CD flags, and — when the sandbox used
+    /// EDNS — an OPT record with only the payload size (512 to 4096) and the DO bit. Nothing
+    /// else the sandbox put in its message (more questions, answer, authority or additional
+    /// records, EDNS options, trailing bytes) leaves the host: moat is the only author of
+    /// what goes upstream. `None` without a question.
+    pub fn upstream_query(&self, id: u16) -> Option<Vec<u8>> {
+        let question = self.questions.first()?.clone();
+        let opt = self
+            .additional
+            .iter()
+            .find(|r| r.rtype == rtype::OPT)
+            .map(|opt| Record {
+                name: Name(Vec::new()),
+                rtype: rtype::OPT,
+                class: opt.class.clamp(512, MAX_EDNS_PAYLOAD),
+                ttl: opt.ttl & OPT_DO,
+                data: RData::Other(Vec::new()),
+            });
+        let query = Message {
+            id,
+            flags: self.flags & (flags::RD | flags::CD),
+            questions: vec![question],
+            answers: Vec::new(),
+            authority: Vec::new(),
+            additional: opt.into_iter().collect(),
+        };
+        Some(query.to_bytes())
     }
 
     /// Serializes the message.
@@ -643,5 +683,71 @@ mod tests {
         assert_eq!(Name(vec![b"a.b".to_vec()]).to_text(), None);
         assert_eq!(Name(vec![vec![0xff]]).to_text(), None);
         assert_eq!(Name::default().to_text().unwrap(), "");
+    }
+
+    #[test]
+    fn upstream_queries_are_written_anew() {
+        // A query carrying two questions, an answer, an additional A record, EDNS with
+        // options and odd flags, then trailing bytes.
+        let mut m = Message {
+            id: 0x1234,
+            flags: flags::RD | flags::CD | 0x0400 | 0x0020,
+            ..Message::default()
+        };
+        for q in ["www.example.test", "exfil-secret.evil.test"] {
+            m.questions.push(Question {
+                name: name(q),
+                qtype: 1,
+                qclass: 1,
+            });
+        }
+        let smuggle = Record {
+            name: name("smuggle.evil.test"),
+            rtype: 1,
+            class: 1,
+            ttl: 60,
+            data: RData::A(Ipv4Addr::new(192, 0, 2, 1)),
+        };
+        m.answers.push(smuggle.clone());
+        m.additional.push(smuggle);
+        m.additional.push(Record {
+            name: Name(Vec::new()),
+            rtype: rtype::OPT,
+            class: 65000,
+            ttl: 0x00ff_ffff,
+            data: RData::Other(b"\x00\x0a\x00\x08EXFIL123".to_vec()),
+        });
+        let mut bytes = m.to_bytes();
+        bytes.extend_from_slice(b"trailing EXFIL");
+        let parsed = Message::parse(&bytes).unwrap();
+        let up = parsed.upstream_query(0xbeef).unwrap();
+        assert!(!up.windows(5).any(|w| w == b"EXFIL"), "{up:?}");
+        assert!(!up.windows(5).any(|w| w == b"exfil"));
+        assert!(!up.windows(7).any(|w| w == b"smuggle"));
+        let back = Message::parse(&up).unwrap();
+        assert_eq!(back.id, 0xbeef);
+        assert_eq!(back.flags, flags::RD | flags::CD);
+        assert_eq!(back.questions.len(), 1);
+        assert_eq!(back.questions[0].name, name("www.example.test"));
+        assert!(back.answers.is_empty() && back.authority.is_empty());
+        assert_eq!(back.additional.len(), 1);
+        let opt = &back.additional[0];
+        assert_eq!((opt.rtype, opt.class, opt.ttl), (rtype::OPT, 4096, OPT_DO));
+        assert_eq!(opt.data, RData::Other(Vec::new()));
+        // Without EDNS, none is added; a small payload size is raised to 512.
+        let plain = Message {
+            id: 1,
+            flags: flags::RD,
+            questions: vec![Question {
+                name: name("a.example.test"),
+                qtype: 28,
+                qclass: 1,
+            }],
+            ..Message::default()
+        };
+        let up = Message::parse(&plain.upstream_query(7).unwrap()).unwrap();
+        assert!(up.additional.is_empty());
+        assert_eq!(up.questions, plain.questions);
+        assert!(Message::default().upstream_query(1).is_none());
     }
 }

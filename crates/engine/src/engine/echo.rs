@@ -53,6 +53,7 @@ impl Engine {
             port: None,
             names: &names,
             sni: None,
+            local: self.host_addrs.contains(judged),
         });
         let (g, d) = (SocketAddr::new(guest, ident), SocketAddr::new(dst, 0));
         let permit = match verdict {

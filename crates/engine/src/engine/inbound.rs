@@ -145,9 +145,9 @@ impl Engine {
     }
 
     fn judge_inbound(&self, protocol: Protocol, peer: IpAddr, guest_port: u16) -> Decision {
-        self.cfg
-            .policy
-            .decide(&Flow::inbound(protocol, peer, guest_port))
+        self.cfg.policy.decide(
+            &Flow::inbound(protocol, peer, guest_port).with_local(self.host_addrs.contains(peer)),
+        )
     }
 
     fn audit_inbound(

@@ -4,8 +4,9 @@
 //!
 //! A query is parsed; a blocked name (block lists, or a deny rule that names it first) or a
 //! name no rule could allow a connection to (DNS is egress) gets NXDOMAIN without leaving
-//! the host; otherwise the message goes upstream unchanged but for a random ID, to the
-//! resolvers in order (next on timeout or transport error). The answer is checked (it must
+//! the host; otherwise a query written anew from the parsed one (its question, RD/CD, EDNS
+//! payload size and DO bit only, a random ID) goes upstream, to the resolvers in order (next
+//! on timeout or transport error). The answer is checked (it must
 //! answer our question), its CNAME chain is checked against the block lists, addresses
 //! pointing inward are removed (rebind protection; an answer left without addresses becomes
 //! NXDOMAIN), the remaining addresses are pinned to the names, and the sandbox gets it with
@@ -154,9 +155,13 @@ impl Engine {
             self.dns_deliver(reply, &msg.reply_with(rcode::SERVFAIL).to_bytes());
             return;
         }
-        let mut message = payload.to_vec();
         let our_id = self.next_random() as u16;
-        crate::dns::set_id(&mut message, our_id);
+        // Written anew, not forwarded: nothing but the question leaves (see
+        // `Message::upstream_query`).
+        let Some(message) = msg.upstream_query(our_id) else {
+            self.dns_deliver(reply, &msg.reply_with(rcode::FORMERR).to_bytes());
+            return;
+        };
         self.counters.dns_queries += 1;
         if let ReplyTo::Tcp { flow } = reply
             && let Some(Some(FlowEntry::DnsTcp(s))) = self.flows.get_mut(flow)

@@ -48,6 +48,7 @@ use smoltcp::wire::{EthernetAddress, HardwareAddress, IpCidr, IpListenEndpoint};
 
 mod dial;
 mod echo;
+mod host_addrs;
 mod inbound;
 mod intercept;
 mod tcp_flow;
@@ -63,6 +64,7 @@ use crate::dns::pins::Pins;
 use crate::icmp::{self, EchoKind};
 use crate::tls::sni::{self, Sni};
 use crate::wire::{self, Frame, L4, Link};
+use host_addrs::HostAddrs;
 
 /// How denied flows are answered.
 #[derive(Debug, Clone, Copy, PartialEq, Eq, Default)]
@@ -144,6 +146,10 @@ pub struct EngineConfig {
     /// After any activity, keep polling without sleeping for this long (zero: always
     /// sleep until an event). Trades a little CPU right after traffic for latency.
     pub busy_poll: Duration,
+    /// Addresses of the host that stand for other machines and are judged as what they
+    /// are, not as the host's loopback: `moat demo` simulates its world on its own
+    /// namespace's loopback. Empty for every real run.
+    pub simulated_hosts: Vec<IpAddr>,
 }
 
 impl EngineConfig {
@@ -165,6 +171,7 @@ impl EngineConfig {
             dns_rebind_protection: true,
             published: Vec::new(),
             busy_poll: Duration::from_micros(100),
+            simulated_hosts: Vec::new(),
         }
     }
 }
@@ -233,8 +240,10 @@ impl Drop for EngineHandle {
 
 const TAP: Token = Token(0);
 const WAKE: Token = Token(1);
+/// The netlink socket that says when the host's addresses change.
+const HOST_ADDRS: Token = Token(2);
 /// Tokens of published ports start here.
-pub(crate) const LISTENER_BASE: usize = 2;
+pub(crate) const LISTENER_BASE: usize = 3;
 /// Published ports at most.
 pub const MAX_PUBLISHED: usize = 256;
 pub(crate) const FIRST_FLOW: usize = LISTENER_BASE + MAX_PUBLISHED;
@@ -374,6 +383,8 @@ struct Engine {
     udp_in_by_guest: HashMap<(SocketAddr, SocketAddr), usize>,
     ephemeral: u16,
     dns_rules: DnsRules,
+    /// The host's own addresses: judged as the `Loopback` group.
+    host_addrs: HostAddrs,
     /// The policy has Domain/DomainSuffix rules (so TLS server names matter).
     has_name_rules: bool,
     pins: Pins,
@@ -473,6 +484,16 @@ impl Engine {
             &cfg.block_domain_suffixes,
             cfg.dns_rebind_protection,
         );
+        let mut dns_rules = dns_rules;
+        let host_addrs = HostAddrs::new(&cfg.simulated_hosts);
+        if let Some(fd) = host_addrs.watch_fd() {
+            poll.registry().register(
+                &mut mio::unix::SourceFd(&fd),
+                HOST_ADDRS,
+                Interest::READABLE,
+            )?;
+        }
+        dns_rules.set_host_addrs(host_addrs.set().clone());
         let published = std::mem::take(&mut cfg.published);
         let mut engine = Engine {
             poll,
@@ -495,6 +516,7 @@ impl Engine {
             udp_in_by_guest: HashMap::new(),
             ephemeral: 49152,
             dns_rules,
+            host_addrs,
             has_name_rules,
             pins: Pins::new(MAX_PINS, PIN_GRACE),
             next_pin_sweep: Instant::now(),
@@ -556,6 +578,7 @@ impl Engine {
                 match event.token() {
                     TAP => tap_ready = true,
                     WAKE => {}
+                    HOST_ADDRS => self.refresh_host_addrs(),
                     Token(t) if t >= FIRST_FLOW => self.on_host_event(t - FIRST_FLOW),
                     Token(t) => self.on_listener(t - LISTENER_BASE),
                 }
@@ -569,6 +592,9 @@ impl Engine {
                 self.remove(id, &why);
             }
             if Instant::now() >= next_sweep {
+                if !self.host_addrs.is_watched() {
+                    self.refresh_host_addrs();
+                }
                 self.sweep();
                 next_sweep = Instant::now() + SWEEP;
             }
@@ -776,6 +802,13 @@ impl Engine {
         }
     }
 
+    /// Reads the host's addresses again (they changed, or may have).
+    fn refresh_host_addrs(&mut self) {
+        if self.host_addrs.refresh() {
+            self.dns_rules.set_host_addrs(self.host_addrs.set().clone());
+        }
+    }
+
     /// Judges an outbound flow, with the names this sandbox's lookups pinned to the
     /// address; an allow comes with the permit to dial.
     fn judge(&self, protocol: Protocol, target: SocketAddr) -> Result<Permit, Decision> {
@@ -787,6 +820,7 @@ impl Engine {
             port: Some(target.port()),
             names: &names,
             sni: None,
+            local: self.host_addrs.contains(target.ip()),
         })
     }
 

@@ -336,6 +336,7 @@ impl Engine {
                     port: Some(upstream.port()),
                     names: &names,
                     sni: Some(&name),
+                    local: self.host_addrs.contains(upstream.ip()),
                 });
                 if decision.is_allow() {
                     return Gate::Open;
