@@ -141,10 +141,17 @@ fn sigkill_of_moat_takes_the_sandbox_down() {
     nix_kill(child.id(), "KILL");
     wait(&mut child, Duration::from_secs(15));
     assert_gone(&ns, marker);
-    // What SIGKILL leaves is swept by the next start (boundary.rs checks that).
-    for dir in state_dirs("e2ekill") {
-        let _ = std::fs::remove_dir_all(std::env::temp_dir().join("moat-0").join(dir));
-    }
+    // SIGKILL gives moat no chance to clean up; the next start sweeps what it left.
+    let next = w.moat(
+        &["run", "--policy", "none", "--", "true"],
+        Duration::from_secs(30),
+    );
+    assert!(next.status.success(), "{}", stderr(&next));
+    assert_eq!(
+        state_dirs("e2ekill"),
+        Vec::<String>::new(),
+        "state of the killed run left behind"
+    );
 }
 
 fn nix_kill(pid: u32, signal: &str) {
@@ -204,7 +211,7 @@ fn rootless_basic_allow_and_deny() {
             "--",
             "sh",
             "-c",
-            "id -u; curl -sS -m 10 -o /dev/null -w 'public %{http_code}\\n' http://203.0.113.10/; \
+            "id -u; cat /proc/self/uid_map; curl -sS -m 10 -o /dev/null -w 'public %{http_code}\\n' http://203.0.113.10/; \
              curl -sS --connect-timeout 1 -m 2 http://10.1.0.10/ && echo REACHED; true",
         ]);
     let out = run_with_timeout(cmd, Duration::from_secs(60));
@@ -216,6 +223,15 @@ fn rootless_basic_allow_and_deny() {
         Some("0"),
         "root inside the user namespace"
     );
+    // ...which is the test user outside: moat really ran unprivileged.
+    let uid = moat_e2e::test_uid().to_string();
+    let map: Vec<&str> = text
+        .lines()
+        .nth(1)
+        .unwrap_or("")
+        .split_whitespace()
+        .collect();
+    assert_eq!(map, ["0", uid.as_str(), "1"], "{text}");
     let events = std::fs::read_to_string(&audit).unwrap();
     assert!(
         events.contains("\"decision\":\"deny\"") && events.contains("10.1.0.10"),

@@ -58,7 +58,9 @@ fn default_policy_denies_private_metadata_loopback_and_ula() {
         ("169.254.169.254", "http://169.254.169.254/", 2),
         ("fd00:1::10", "http://[fd00:1::10]/", 1),
         ("10.0.2.2", "http://10.0.2.2:8123/", 0),
-        ("10.1.0.10", "http://[::ffff:10.1.0.10]/", 1),
+        // IPv6 on the wire (a mapped address would leave the sandbox as IPv4, and match
+        // 10.1.0.10's own event): the NAT64 form, judged as 10.1.0.10.
+        ("64:ff9b::a01:a", "http://[64:ff9b::a01:a]/", 1),
     ];
     let script: String = targets
         .iter()
@@ -231,6 +233,49 @@ PY"#;
     assert!(text.contains("sixth: refused"), "{text}\n{}", stderr(&out));
     assert!(text.contains("after: ok"), "{text}");
     assert!(events.iter().any(|e| e["rule"] == "max_connections"));
+}
+
+/// UDP flows count toward max_connections like TCP connections: with three held, a
+/// fourth (another local port) gets nothing back, and the world's echo server never sees it.
+#[test]
+fn max_connections_counts_udp_flows() {
+    let w = World::new();
+    let script = r#"python3 - <<'PY'
+import socket
+def flow(tag):
+    s = socket.socket(socket.AF_INET, socket.SOCK_DGRAM)
+    s.settimeout(1.5)
+    s.sendto(tag.encode(), ("203.0.113.10", 7777))
+    try:
+        print("echo", s.recvfrom(100)[0].decode(), flush=True)
+    except socket.timeout:
+        print("timeout", tag, flush=True)
+    return s
+held = [flow("udp-flow-%d" % i) for i in range(3)]
+flow("udp-flow-over")
+PY"#;
+    let (out, events) = w.run_sh(&["--max-connections", "3"], script, T);
+    let text = stdout(&out);
+    for i in 0..3 {
+        assert!(
+            text.contains(&format!("echo udp-flow-{i}")),
+            "{text}\n{}",
+            stderr(&out)
+        );
+    }
+    assert!(text.contains("timeout udp-flow-over"), "{text}");
+    let echoed = w
+        .log()
+        .iter()
+        .filter(|e| e["server"] == "udp" && e["bytes"] == "udp-flow-over".len())
+        .count();
+    assert_eq!(echoed, 0, "the fourth flow reached the world");
+    assert!(
+        events
+            .iter()
+            .any(|e| e["rule"] == "max_connections" && e["proto"] == "udp"),
+        "{events:#?}"
+    );
 }
 
 #[test]

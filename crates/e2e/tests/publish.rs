@@ -87,6 +87,56 @@ fn a_udp_echo_inside_answers_through_a_published_port() {
     drop(moat);
 }
 
+/// Inbound rules hold on published UDP ports: a rule denying the host's loopback on guest
+/// port 5353 silences that port, while 5354, published the same way, answers (control).
+#[test]
+fn an_inbound_rule_holds_on_a_published_udp_port() {
+    let w = World::new();
+    let policy = w.file(
+        "inbound-udp.toml",
+        "default_action = \"allow\"\n[[rules]]\naction = \"deny\"\ndirection = \"inbound\"\ndestination = \"127.0.0.0/8\"\nprotocol = \"udp\"\nports = \"5353\"\n",
+    );
+    let audit = w.dir.join("udp-inbound-audit.jsonl");
+    let server = "import socket, threading\ndef serve(port):\n    s = socket.socket(socket.AF_INET, socket.SOCK_DGRAM)\n    s.bind(('0.0.0.0', port))\n    while True:\n        d, a = s.recvfrom(2048)\n        print('got', port, flush=True)\n        s.sendto(b'echo%d:' % port + d, a)\nthreading.Thread(target=serve, args=(5354,), daemon=True).start()\nserve(5353)\n";
+    let moat = w.spawn_moat(&[
+        "run",
+        "--policy",
+        policy.to_str().unwrap(),
+        "--audit",
+        audit.to_str().unwrap(),
+        "-p",
+        "15363:5353/udp",
+        "-p",
+        "15364:5354/udp",
+        "--",
+        "python3",
+        "-c",
+        server,
+    ]);
+    let client = "import socket, time\nfor port in (15364, 15363):\n    s = socket.socket(socket.AF_INET, socket.SOCK_DGRAM)\n    s.settimeout(0.5)\n    got = None\n    for i in range(20):\n        s.sendto(b'ping', ('127.0.0.1', port))\n        try:\n            got = s.recvfrom(100)[0].decode()\n            break\n        except (socket.timeout, ConnectionRefusedError):\n            time.sleep(0.1)\n    print(port, got, flush=True)\n";
+    let out = w.host_python(client, T);
+    let text = stdout(&out);
+    let result = moat.finish();
+    assert!(
+        text.contains("15364 echo5354:ping"),
+        "{text}{}",
+        stderr(&out)
+    );
+    assert!(text.contains("15363 None"), "{text}");
+    let inside = stdout(&result);
+    assert!(
+        inside.contains("got 5354") && !inside.contains("got 5353"),
+        "{inside}"
+    );
+    let events = std::fs::read_to_string(&audit).unwrap_or_default();
+    assert!(
+        events.lines().any(|l| l.contains("\"decision\":\"deny\"")
+            && l.contains("inbound")
+            && l.contains("udp")),
+        "{events}"
+    );
+}
+
 #[test]
 fn an_inbound_deny_rule_refuses_the_published_port_not_outbound_traffic() {
     let w = World::new();

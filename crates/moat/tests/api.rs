@@ -83,7 +83,14 @@ fn network_to_the_host_loopback_through_the_gateway() {
     assert_eq!(out.stdout, b"hello");
     server.join().unwrap();
 
-    // The default policy (public_only) denies the host's loopback.
+    // The default policy (public_only) denies the host's loopback: nothing reaches a live
+    // listener...
+    let listener = TcpListener::bind("127.0.0.1:0").unwrap();
+    listener.set_nonblocking(true).unwrap();
+    let url = format!(
+        "http://10.0.2.2:{}/api",
+        listener.local_addr().unwrap().port()
+    );
     let sb2 = Sandbox::builder("api-default").create().unwrap();
     let out = sb2
         .exec(
@@ -92,6 +99,20 @@ fn network_to_the_host_loopback_through_the_gateway() {
         )
         .unwrap();
     assert_ne!(out.status, ExitStatus::Code(0));
+    assert!(
+        listener.accept().is_err(),
+        "a connection arrived under the default policy"
+    );
+    // ...that the allow-all sandbox does reach (control: the listener was live).
+    let _ = sb.exec("curl", ["-sS", "-m", "5", url.as_str()]).unwrap();
+    let deadline = std::time::Instant::now() + Duration::from_secs(5);
+    while listener.accept().is_err() {
+        assert!(
+            std::time::Instant::now() < deadline,
+            "control: the allow-all sandbox did not reach the listener"
+        );
+        std::thread::sleep(Duration::from_millis(20));
+    }
 }
 
 fn spawn_and_signal() {
