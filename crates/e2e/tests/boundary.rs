@@ -785,6 +785,51 @@ print("restored", bool(after[3] & termios.ICANON) and bool(after[3] & termios.EC
     }
 }
 
+/// Grants and work directories under /var/tmp (where /var is the sandbox's own skeleton of
+/// links) appear at their path inside, and nothing is created on the host's side.
+#[test]
+fn grants_under_var_tmp_land_inside() {
+    let dir = std::path::PathBuf::from(format!("/var/tmp/moat-e2e-var-{}", std::process::id()));
+    let _ = std::fs::remove_dir_all(&dir);
+    std::fs::create_dir_all(dir.join("work")).unwrap();
+    std::fs::create_dir_all(dir.join("ro")).unwrap();
+    std::fs::write(dir.join("ro/file"), "granted\n").unwrap();
+    struct Remove(std::path::PathBuf);
+    impl Drop for Remove {
+        fn drop(&mut self) {
+            let _ = std::fs::remove_dir_all(&self.0);
+        }
+    }
+    let _cleanup = Remove(dir.clone());
+    let s = Scratch::new("vartmp");
+    let work = dir.join("work");
+    let ro = dir.join("ro");
+    let out = As::Root.run_offline(
+        &s,
+        &["-w", work.to_str().unwrap(), "--ro", ro.to_str().unwrap()],
+        "pwd; cat ../ro/file; echo made > here",
+        T,
+    );
+    let text = stdout(&out);
+    // /var/tmp is a link to the sandbox's /tmp, so the shell may show either spelling.
+    assert!(
+        text.lines().next().unwrap_or("").ends_with("/work"),
+        "{text} {}",
+        stderr(&out)
+    );
+    assert!(text.contains("granted"), "{text}");
+    assert_eq!(
+        std::fs::read_to_string(work.join("here")).unwrap(),
+        "made\n"
+    );
+    // Nothing appeared on the host under /tmp (where an absolute /var/tmp link would lead).
+    assert!(
+        !std::path::Path::new("/tmp")
+            .join(dir.file_name().unwrap())
+            .exists()
+    );
+}
+
 /// pip, npm and git write under HOME with the default view.
 #[test]
 fn package_tools_write_under_home() {

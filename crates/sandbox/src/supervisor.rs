@@ -280,8 +280,31 @@ fn bind_restricted(src: &Path, dst: &Path, writable: bool) -> io::Result<()> {
     restrict(dst, !writable)
 }
 
+/// Fails unless `path`, with every symlink on the way resolved, lies inside `root`: a mount
+/// point must never be made (or a mount placed) on the host's side of the new root, which
+/// an absolute symlink inside a bound directory would lead to before the pivot.
+fn within_root(root: &Path, path: &Path) -> io::Result<()> {
+    let mut existing = path;
+    while existing.symlink_metadata().is_err() {
+        existing = existing.parent().unwrap_or(root);
+    }
+    let real = existing.canonicalize()?;
+    if real.starts_with(root.canonicalize()?) {
+        Ok(())
+    } else {
+        Err(io::Error::new(
+            io::ErrorKind::InvalidInput,
+            format!(
+                "{} leads outside the sandbox through a symbolic link",
+                path.strip_prefix(root).unwrap_or(path).display()
+            ),
+        ))
+    }
+}
+
 /// Creates a mount point at `dst` of the same kind (directory or file) as host `src`.
-fn mount_point_like(src: &Path, dst: &Path) -> io::Result<()> {
+fn mount_point_like(root: &Path, src: &Path, dst: &Path) -> io::Result<()> {
+    within_root(root, dst)?;
     if dst.symlink_metadata().is_ok() {
         return Ok(());
     }
@@ -332,7 +355,7 @@ fn build_root(spec: &Spec) -> Stage<()> {
         let inside = inside_root(root, &grant.path);
         at(
             "create a grant's mount point (its parent inside the sandbox must be writable or new)",
-            mount_point_like(&grant.path, &inside),
+            mount_point_like(root, &grant.path, &inside),
         )?;
         at(
             "bind a granted path",
@@ -341,6 +364,10 @@ fn build_root(spec: &Spec) -> Stage<()> {
     }
 
     let workdir = inside_root(root, &spec.workdir);
+    at(
+        "place the work directory inside the sandbox",
+        within_root(root, &workdir),
+    )?;
     if !workdir.exists() {
         at(
             "create the work directory's mount point (its parent must exist in the sandbox or be /)",
@@ -370,7 +397,7 @@ fn build_root(spec: &Spec) -> Stage<()> {
     mask_secrets(root)?;
     for hidden in &spec.hidden {
         let inside = inside_root(root, hidden);
-        if inside.is_dir() {
+        if within_root(root, &inside).is_ok() && inside.is_dir() {
             at("hide moat's state", empty_dir_over(&inside))?;
         }
     }
@@ -466,7 +493,13 @@ fn fresh_dirs(spec: &Spec) -> Stage<()> {
     )?;
     let var = root.join("var");
     at("create /var", std::fs::create_dir(&var))?;
-    for (link, target) in [("tmp", "/tmp"), ("run", "/run"), ("lock", "/run/lock")] {
+    // Relative links: they resolve the same inside, and before the pivot (when mount
+    // points for grants are made under `root`) they stay inside the new root.
+    for (link, target) in [
+        ("tmp", "../tmp"),
+        ("run", "../run"),
+        ("lock", "../run/lock"),
+    ] {
         at("create a /var link", symlink(target, var.join(link)))?;
     }
     at("create /proc", std::fs::create_dir(root.join("proc")))?;
