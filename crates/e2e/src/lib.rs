@@ -548,6 +548,17 @@ impl As {
         }
     }
 
+    /// How a shell script starts moat as this user (a command line to prefix arguments to).
+    pub fn shell_command(self, scratch: &Scratch) -> String {
+        match self {
+            As::Root => moat_bin().display().to_string(),
+            As::User => {
+                ensure_test_user();
+                format!("runuser -u {TEST_USER} -- {}", scratch.user_bin().display())
+            }
+        }
+    }
+
     /// Runs `moat run --policy none MOAT_ARGS -- sh -c SCRIPT` as this user (bounded).
     pub fn run_offline(
         self,

@@ -131,14 +131,7 @@ for stdin_mode in ("devnull", "tty"):
 fn signals_stay_inside_the_sandbox() {
     let s = Scratch::new("sig");
     for who in As::BOTH {
-        let moat = match who {
-            As::Root => moat_bin().display().to_string(),
-            As::User => format!(
-                "runuser -u {} -- {}",
-                moat_e2e::TEST_USER,
-                s.user_bin().display()
-            ),
-        };
+        let moat = who.shell_command(&s);
         let script = format!(
             "sleep 30 & {moat} run --policy none -- python3 -c 'import os, signal; print(\"inside\", flush=True); os.kill(0, signal.SIGTERM); os.kill(-1, signal.SIGTERM)'; \
              echo \"moat-exit $?\"; kill -0 $! && echo sibling-alive; kill $!; echo shell-alive"
@@ -337,14 +330,7 @@ fn inherited_descriptors_are_closed() {
         let file = s.path(&format!("shared-{who:?}"));
         std::fs::write(&file, "").unwrap();
         std::fs::set_permissions(&file, std::fs::Permissions::from_mode(0o666)).unwrap();
-        let moat = match who {
-            As::Root => moat_bin().display().to_string(),
-            As::User => format!(
-                "runuser -u {} -- {}",
-                moat_e2e::TEST_USER,
-                s.user_bin().display()
-            ),
-        };
+        let moat = who.shell_command(&s);
         let f = file.display();
         let script = format!(
             "exec 7<>{f}; {moat} run --policy none -- sh -c 'echo LEAK >&7; ls /proc/self/fd | tr \"\\n\" \" \"; echo'; \
