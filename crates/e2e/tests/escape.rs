@@ -469,3 +469,63 @@ PY"#;
         assert!(e["bytes"].as_u64().unwrap() < 100, "{e}");
     }
 }
+
+/// Held by the review, kept held: private, metadata, CGNAT and host-loopback targets in
+/// other spellings (integer, hex, octal, IPv4-mapped, NAT64) reach nothing under the
+/// default policy; the public server in the same spellings does (control).
+#[test]
+fn inward_targets_in_every_spelling_reach_nothing() {
+    let w = World::new();
+    let denied = [
+        "http://167837706/",           // 10.1.0.10
+        "http://0x0a01000a/",          // 10.1.0.10
+        "http://012.1.0.012/",         // 10.1.0.10
+        "http://[::ffff:a01:a]/",      // 10.1.0.10, IPv4 on the wire
+        "http://[64:ff9b::a01:a]/",    // 10.1.0.10 through NAT64
+        "http://2852039166/",          // 169.254.169.254
+        "http://0xa9.0xfe.0xa9.0xfe/", // 169.254.169.254
+        "http://0x64400101/",          // 100.64.1.1
+        "http://0xa000202:8123/",      // 10.0.2.2: the host's loopback
+    ];
+    let allowed = ["http://3405803786/", "http://0xcb.0.0x71.0xa/"]; // 203.0.113.10
+    let script: String = denied
+        .iter()
+        .chain(&allowed)
+        .map(|u| {
+            format!("echo {u} $(curl -sS -m 5 -o /dev/null -w '%{{http_code}}' {u} 2>/dev/null || echo failed); ")
+        })
+        .collect();
+    let (out, events) = w.run_sh(&["--reject"], &script, T);
+    let text = stdout(&out);
+    for u in allowed {
+        assert!(
+            text.contains(&format!("{u} 200")),
+            "control {u}: {text}\n{}",
+            stderr(&out)
+        );
+    }
+    for u in denied {
+        assert!(!text.contains(&format!("{u} 200")), "{u}: {text}");
+    }
+    let reached: Vec<String> = w
+        .log()
+        .iter()
+        .filter(|e| e["server"] == "http")
+        .filter_map(|e| e["local"].as_str().map(str::to_owned))
+        .collect();
+    assert!(
+        reached.iter().any(|l| l.ends_with("203.0.113.10")),
+        "control: {reached:?}"
+    );
+    for inward in ["10.1.0.10", "169.254.169.254", "100.64.1.1"] {
+        assert!(
+            !reached.iter().any(|l| l.ends_with(inward)),
+            "{inward} reached: {reached:?}"
+        );
+    }
+    let denials = events
+        .iter()
+        .filter(|e| e["event"] == "connect" && e["decision"] == "deny")
+        .count();
+    assert!(denials >= denied.len(), "{denials} denials: {events:#?}");
+}
