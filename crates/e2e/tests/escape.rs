@@ -74,37 +74,45 @@ fn names_received(w: &World) -> Vec<String> {
         .collect()
 }
 
-/// A ClientHello split over two records (the server name in the second) is read whole:
-/// a deny rule for the name resets it and the server never sees the name.
-#[test]
-fn a_split_client_hello_cannot_carry_a_denied_name() {
+/// Runs `moat run ARGS` with split and whole hellos naming `forbidden` and a split one
+/// naming `permitted`; checks that the forbidden ones were reset and never reached the
+/// server, while the permitted one arrived whole (control). Returns the audit events.
+fn split_hellos(args: &[&str], forbidden: &str, permitted: &str) -> Vec<serde_json::Value> {
     let w = World::new();
     let (out, events) = w.run_sh(
-        &["--deny", "blocked.example.test"],
+        args,
         &hello_script(&[
-            "blocked.example.test:split",
-            "blocked.example.test:whole",
-            "fine.example.test:split",
+            &format!("{forbidden}:split"),
+            &format!("{forbidden}:whole"),
+            &format!("{permitted}:split"),
         ]),
         T,
     );
     let text = stdout(&out);
     assert!(
-        text.contains("blocked.example.test split reset"),
+        text.contains(&format!("{forbidden} split reset")),
         "{text}\n{}",
         stderr(&out)
     );
-    assert!(text.contains("blocked.example.test whole reset"), "{text}");
-    // Control: the same split shape with a permitted name arrives whole.
-    assert!(text.contains("fine.example.test split closed"), "{text}");
-    let received = names_received(&w);
+    assert!(text.contains(&format!("{forbidden} whole reset")), "{text}");
     assert!(
-        received.contains(&"fine.example.test".to_owned()),
-        "{received:?}"
+        text.contains(&format!("{permitted} split closed")),
+        "{text}"
     );
-    assert!(
-        !received.contains(&"blocked.example.test".to_owned()),
-        "{received:?}"
+    let received = names_received(&w);
+    assert!(received.contains(&permitted.to_owned()), "{received:?}");
+    assert!(!received.contains(&forbidden.to_owned()), "{received:?}");
+    events
+}
+
+/// A ClientHello split over two records (the server name in the second) is read whole:
+/// a deny rule for the name resets it and the server never sees the name.
+#[test]
+fn a_split_client_hello_cannot_carry_a_denied_name() {
+    let events = split_hellos(
+        &["--deny", "blocked.example.test"],
+        "blocked.example.test",
+        "fine.example.test",
     );
     let denials = events
         .iter()
@@ -117,35 +125,10 @@ fn a_split_client_hello_cannot_carry_a_denied_name() {
 /// Under allow-only domain rules the server name must agree with the rule, split or not.
 #[test]
 fn a_split_client_hello_cannot_leave_an_allow_list() {
-    let w = World::new();
-    let (out, events) = w.run_sh(
+    let events = split_hellos(
         &["--policy", "none", "--allow", "api.example.test:443/tcp"],
-        &hello_script(&[
-            "elsewhere.example.test:split",
-            "elsewhere.example.test:whole",
-            "api.example.test:split",
-        ]),
-        T,
-    );
-    let text = stdout(&out);
-    assert!(
-        text.contains("elsewhere.example.test split reset"),
-        "{text}\n{}",
-        stderr(&out)
-    );
-    assert!(
-        text.contains("elsewhere.example.test whole reset"),
-        "{text}"
-    );
-    assert!(text.contains("api.example.test split closed"), "{text}");
-    let received = names_received(&w);
-    assert!(
-        received.contains(&"api.example.test".to_owned()),
-        "{received:?}"
-    );
-    assert!(
-        !received.contains(&"elsewhere.example.test".to_owned()),
-        "{received:?}"
+        "elsewhere.example.test",
+        "api.example.test",
     );
     assert!(
         events.iter().any(|e| e["event"] == "connect"

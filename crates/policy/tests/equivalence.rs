@@ -54,6 +54,21 @@ fn v4() -> impl Strategy<Value = Ipv4Addr> {
     ]
 }
 
+/// `a` in a NAT64 prefix's /96 layout: `64:ff9b:SEG3::a.b.c.d` (0: well-known, 1: local-use).
+fn nat64(seg3: u16, a: Ipv4Addr) -> Ipv6Addr {
+    let [a, b, c, d] = a.octets();
+    Ipv6Addr::new(
+        0x64,
+        0xff9b,
+        seg3,
+        0,
+        0,
+        0,
+        u16::from_be_bytes([a, b]),
+        u16::from_be_bytes([c, d]),
+    )
+}
+
 fn v6() -> impl Strategy<Value = Ipv6Addr> {
     prop_oneof![
         (0..4usize, 0..3u16, 0..3u16).prop_map(|(p, x, y)| {
@@ -66,33 +81,9 @@ fn v6() -> impl Strategy<Value = Ipv6Addr> {
             "fd00:ec2::254".parse().unwrap()
         ]),
         v4().prop_map(|a| a.to_ipv6_mapped()),
-        v4().prop_map(|a| {
-            let [a, b, c, d] = a.octets();
-            Ipv6Addr::new(
-                0x64,
-                0xff9b,
-                0,
-                0,
-                0,
-                0,
-                u16::from_be_bytes([a, b]),
-                u16::from_be_bytes([c, d]),
-            )
-        }),
+        v4().prop_map(|a| nat64(0, a)),
         // Local-use NAT64 (/96 layout), 6to4 and Teredo carry an IPv4 address too.
-        v4().prop_map(|a| {
-            let [a, b, c, d] = a.octets();
-            Ipv6Addr::new(
-                0x64,
-                0xff9b,
-                1,
-                0,
-                0,
-                0,
-                u16::from_be_bytes([a, b]),
-                u16::from_be_bytes([c, d]),
-            )
-        }),
+        v4().prop_map(|a| nat64(1, a)),
         (v4(), 0..3u16).prop_map(|(a, site)| {
             let [a, b, c, d] = a.octets();
             Ipv6Addr::new(
