@@ -91,3 +91,7 @@ for r in rows:
     if r["kind"] == "rss":
         print(f"- idle: {r['idle_kib'] / 1024:.1f} MiB")
         print(f"- with {r['held']} open idle TCP connections: {r['busy_kib'] / 1024:.1f} MiB")
+    if r["kind"] == "rss_stalled":
+        print(f"- with {r['stalled']} connections whose far side never reads, both ways "
+              f"(default --max-buffer-memory, 256 MiB): peak {r['peak_kib'] / 1024:.1f} MiB "
+              f"(target ≤ 256 MiB)")

@@ -8,6 +8,7 @@ arrived where. Bounded: request bodies are streamed, never stored.
   HTTP echo      tcp 80, 8080   answers JSON: method, path, host, client, server address
   TCP sink       tcp 9000       reads to EOF, answers the SHA-256 of what arrived
   TCP source     tcp 9001       reads "N\\n", sends N bytes of a fixed pattern, closes
+  TCP flood      tcp 9002       sends as fast as it is taken (64 MiB at most), never reads
   TCP banner     tcp 2222, 443, 853  sends "BANNER\\n" on connect (a server-first protocol)
   UDP echo       udp 7777       echoes each datagram (on each address given after the log)
   DNS            udp+tcp 53     answers *.example.test from a table
@@ -188,6 +189,17 @@ class Source(socketserver.BaseRequestHandler):
             self.request.sendall(PATTERN[:k])
             n -= k
 
+class Flood(socketserver.BaseRequestHandler):
+    def handle(self):
+        chunk, sent = bytes(65536), 0
+        self.request.settimeout(120)
+        try:
+            while sent < (64 << 20):
+                sent += self.request.send(chunk)
+        except OSError:
+            pass
+        log(server="flood", client=self.client_address[0], bytes=sent)
+
 NAME_RE = re.compile(rb"[a-z0-9-]+(?:\.[a-z0-9-]+)*\.example\.test")
 
 class Banner(socketserver.BaseRequestHandler):
@@ -251,6 +263,7 @@ class Udp6(socketserver.ThreadingUDPServer):
 
 servers = [HttpServer(("::", 80), Echo), HttpServer(("::", 8080), Echo),
            TcpServer(("::", 9000), Sink), TcpServer(("::", 9001), Source),
+           TcpServer(("::", 9002), Flood),
            TcpServer(("::", 2222), Banner), TcpServer(("::", 443), Banner),
            TcpServer(("::", 853), Banner), TcpServer(("::", 53), DnsTcp)]
 # UDP answers must come from the address that was asked: one socket per address.

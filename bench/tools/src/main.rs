@@ -7,6 +7,11 @@
 //! moat-bench hold ADDR COUNT SECS        open COUNT connections, print "holding", keep them SECS
 //! moat-bench park ADDR SECS              accept connections and keep them open, up to 10,000,
 //!                                        for SECS
+//! moat-bench flood ADDR SECS             accept connections (up to 10,000), write to each as
+//!                                        fast as it takes, never read, for SECS
+//! moat-bench stall ADDR COUNT SECS       open COUNT connections, write to each as fast as it
+//!                                        takes, never read; print "stalled N" once every
+//!                                        connection is blocked (or 20 s passed), keep going SECS
 //! moat-bench dnsserve ADDR               answer every A query with 203.0.113.10 (UDP)
 //! moat-bench dnsload SERVER CONC SECS    A queries over UDP, CONC at once, for SECS; prints
 //!                                        JSON (queries/s, latency p50/p99)
@@ -25,7 +30,7 @@ const RESPONSE: &[u8] = b"HTTP/1.0 200 OK\r\nContent-Length: 26\r\n\r\nabcdefghi
 
 fn usage() -> ! {
     eprintln!(
-        "usage: moat-bench serve ADDR | connrate ADDR CONC SECS | hold ADDR COUNT SECS | park ADDR SECS"
+        "usage: moat-bench serve ADDR | connrate ADDR CONC SECS | hold ADDR COUNT SECS | park ADDR SECS | flood ADDR SECS | stall ADDR COUNT SECS | dnsserve ADDR | dnsload SERVER CONC SECS"
     );
     std::process::exit(2)
 }
@@ -43,6 +48,8 @@ fn main() {
         Some("connrate") => connrate(arg(&args, 2), arg(&args, 3), arg(&args, 4)),
         Some("hold") => hold(arg(&args, 2), arg(&args, 3), arg(&args, 4)),
         Some("park") => park(arg(&args, 2), arg(&args, 3)),
+        Some("flood") => flood(arg(&args, 2), arg(&args, 3)),
+        Some("stall") => stall(arg(&args, 2), arg(&args, 3), arg(&args, 4)),
         Some("dnsserve") => dnsserve(arg(&args, 2)),
         Some("dnsload") => dnsload(arg(&args, 2), arg(&args, 3), arg(&args, 4)),
         _ => usage(),
@@ -181,6 +188,76 @@ fn park(addr: SocketAddr, secs: f64) {
         }
     });
     std::thread::sleep(Duration::from_secs_f64(secs));
+}
+
+/// Writes to every stream until each would block; returns the bytes written. Streams
+/// that fail are dropped.
+fn write_all_until_blocked(streams: &mut Vec<TcpStream>, chunk: &[u8]) -> usize {
+    let mut total = 0;
+    streams.retain_mut(|s| {
+        // Bounded: a stream takes at most its buffers' worth before it blocks.
+        for _ in 0..4096 {
+            match s.write(chunk) {
+                Ok(0) => return false,
+                Ok(n) => total += n,
+                Err(e) if e.kind() == std::io::ErrorKind::WouldBlock => return true,
+                Err(_) => return false,
+            }
+        }
+        true
+    });
+    total
+}
+
+fn flood(addr: SocketAddr, secs: f64) {
+    let listener = TcpListener::bind(addr).unwrap_or_else(|e| {
+        eprintln!("bind {addr}: {e}");
+        std::process::exit(1)
+    });
+    let _ = listener.set_nonblocking(true);
+    println!("flooding on {addr}");
+    let chunk = vec![0x5a; 64 * 1024];
+    let mut streams = Vec::new();
+    let end = Instant::now() + Duration::from_secs_f64(secs);
+    while Instant::now() < end {
+        while let Ok((s, _)) = listener.accept() {
+            if streams.len() < 10_000 && s.set_nonblocking(true).is_ok() {
+                streams.push(s);
+            }
+        }
+        write_all_until_blocked(&mut streams, &chunk);
+        std::thread::sleep(Duration::from_millis(20));
+    }
+}
+
+fn stall(addr: SocketAddr, count: usize, secs: f64) {
+    let mut streams = Vec::with_capacity(count);
+    for _ in 0..count {
+        match TcpStream::connect_timeout(&addr, Duration::from_secs(5)) {
+            Ok(s) if s.set_nonblocking(true).is_ok() => streams.push(s),
+            Ok(_) => {}
+            Err(e) => {
+                eprintln!("connect {addr}: {e}");
+                break;
+            }
+        }
+    }
+    let chunk = vec![0xa5; 64 * 1024];
+    let start = Instant::now();
+    let mut quiet = 0;
+    // Until every connection is blocked both ways for a second, or 20 s.
+    while quiet < 50 && start.elapsed() < Duration::from_secs(20) {
+        let n = write_all_until_blocked(&mut streams, &chunk);
+        quiet = if n == 0 { quiet + 1 } else { 0 };
+        std::thread::sleep(Duration::from_millis(20));
+    }
+    println!("stalled {}", streams.len());
+    let _ = std::io::stdout().flush();
+    let end = Instant::now() + Duration::from_secs_f64(secs);
+    while Instant::now() < end {
+        write_all_until_blocked(&mut streams, &chunk);
+        std::thread::sleep(Duration::from_millis(100));
+    }
 }
 
 /// A query for `bench.example.test` type A with id `id`.

@@ -512,3 +512,86 @@ fn inward_targets_in_every_spelling_reach_nothing() {
         .count();
     assert!(denials >= denied.len(), "{denials} denials: {events:#?}");
 }
+
+/// Python for inside the sandbox: opens `N` connections to the world's flood server
+/// (which sends and never reads), sends on each until nothing more is taken, never reads,
+/// says how many it holds, and keeps them a few seconds.
+const STALL_CLIENT: &str = r#"
+import socket, sys, time
+n = int(sys.argv[1])
+socks = [socket.create_connection(("203.0.113.10", 9002), timeout=5) for _ in range(n)]
+for s in socks:
+    s.setblocking(False)
+chunk, quiet, start = bytes(65536), 0, time.time()
+while quiet < 20 and time.time() - start < 20:
+    moved = 0
+    for s in socks:
+        for _ in range(256):
+            try:
+                moved += s.send(chunk)
+            except BlockingIOError:
+                break
+    quiet = quiet + 1 if moved == 0 else 0
+    time.sleep(0.05)
+print("stalled", len(socks), flush=True)
+time.sleep(2)
+"#;
+
+/// The resident memory of process `pid` in KiB, or `None` once it is gone.
+fn rss_kib(pid: u32) -> Option<u64> {
+    std::fs::read_to_string(format!("/proc/{pid}/status"))
+        .ok()?
+        .lines()
+        .find_map(|l| l.strip_prefix("VmRSS:"))
+        .and_then(|v| v.split_whitespace().next()?.parse().ok())
+}
+
+#[test]
+fn connections_whose_far_side_never_reads_stay_within_the_buffer_budget() {
+    // 150 connections that fill both ways: without a budget moat's socket buffers would
+    // hold a megabyte or more each (the review measured ~2 GiB for 1,024).
+    let w = World::new();
+    let script = format!("python3 - 150 <<'PY'\n{STALL_CLIENT}PY");
+    let run = w.spawn_moat(&[
+        "run",
+        "--max-buffer-memory",
+        "16m",
+        "--",
+        "sh",
+        "-c",
+        &script,
+    ]);
+    let (mut peak, start) = (0, std::time::Instant::now());
+    while let Some(kib) = rss_kib(run.id()) {
+        peak = peak.max(kib);
+        if start.elapsed() > T {
+            break;
+        }
+        std::thread::sleep(Duration::from_millis(50));
+    }
+    let out = run.finish();
+    assert!(
+        stdout(&out).contains("stalled 150"),
+        "every connection was opened and filled: {} {}",
+        stdout(&out),
+        stderr(&out)
+    );
+    // The 16 MiB of buffers, plus the process itself.
+    assert!(peak > 0 && peak < 32 * 1024, "moat's peak RSS {peak} KiB");
+    // The path was exercised: the flood server sent on every connection.
+    let deadline = std::time::Instant::now() + Duration::from_secs(10);
+    let flooded = loop {
+        let sent: Vec<u64> = w
+            .log()
+            .iter()
+            .filter(|e| e["server"] == "flood")
+            .filter_map(|e| e["bytes"].as_u64())
+            .collect();
+        if sent.len() >= 150 || std::time::Instant::now() > deadline {
+            break sent;
+        }
+        std::thread::sleep(Duration::from_millis(100));
+    };
+    assert_eq!(flooded.len(), 150, "{flooded:?}");
+    assert!(flooded.iter().all(|&b| b >= 64 * 1024), "{flooded:?}");
+}

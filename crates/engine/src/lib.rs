@@ -15,8 +15,8 @@ mod wire;
 pub use audit::{AuditLog, rfc3339};
 pub use device::{FrameDevice, MemoryDevice, SharedMemoryDevice, TapDevice};
 pub use engine::{
-    Counters, DenyMode, EngineConfig, EngineHandle, LinkConfig, MAX_PUBLISHED, Published,
-    PublishedSocket, spawn,
+    Counters, DEFAULT_MAX_BUFFER_MEMORY, DenyMode, EngineConfig, EngineHandle, LinkConfig,
+    MAX_PUBLISHED, MIN_BUFFER_MEMORY, Published, PublishedSocket, spawn,
 };
 pub use offload::{TcpOffload, VNET_HDR_LEN};
 
@@ -40,6 +40,31 @@ pub mod fuzzing {
         let _ = crate::dns::servfail(data);
         let mut copy = data.to_vec();
         crate::dns::set_id(&mut copy, 1);
+    }
+
+    /// DNS-over-TCP framing: the bytes pushed in pieces (cut where the input's first
+    /// byte says), then every whole message taken out and parsed.
+    pub fn dns_tcp_stream(data: &[u8]) {
+        let (step, stream) = match data.split_first() {
+            Some((&s, rest)) => (usize::from(s).max(1), rest),
+            None => return,
+        };
+        let mut framing = crate::dns::framing::TcpFraming::default();
+        for piece in stream.chunks(step) {
+            let mut piece = piece;
+            while !piece.is_empty() {
+                let took = framing.push(piece);
+                piece = &piece[took..];
+                while let Some(message) = framing.next_message() {
+                    assert!(message.len() <= 65535);
+                    let _ = crate::dns::message::Message::parse(&message);
+                }
+                if took == 0 {
+                    break;
+                }
+            }
+            assert!(framing.held() <= crate::dns::framing::TcpFraming::MAX);
+        }
     }
 
     /// The server name in a client's first bytes (one or several TLS records).

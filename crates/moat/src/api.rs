@@ -98,6 +98,7 @@ pub struct NetworkBuilder {
     block_domain_suffixes: Vec<String>,
     dns_rebind_protection: bool,
     max_connections: usize,
+    max_buffer_memory: usize,
     dns_servers: Vec<SocketAddr>,
     deny_mode: DenyMode,
 }
@@ -110,6 +111,7 @@ impl Default for NetworkBuilder {
             block_domain_suffixes: Vec::new(),
             dns_rebind_protection: true,
             max_connections: 1024,
+            max_buffer_memory: moat_engine::DEFAULT_MAX_BUFFER_MEMORY,
             dns_servers: Vec::new(),
             deny_mode: DenyMode::Drop,
         }
@@ -148,6 +150,16 @@ impl NetworkBuilder {
     /// refused. Default 1024.
     pub fn max_connections(mut self, max: usize) -> NetworkBuilder {
         self.max_connections = max;
+        self
+    }
+
+    /// *Extension:* what the connections' socket buffers may hold in all, the engine's
+    /// own frames and bookkeeping included. Past it, new connections get smaller windows,
+    /// data waits (the peer's TCP window closes) and, when not even a small window fits,
+    /// connections are refused (audit rule `max_buffer_memory`). Default 256 MiB; at
+    /// least 4 MiB (less is an error at `create`).
+    pub fn max_buffer_memory(mut self, bytes: u64) -> NetworkBuilder {
+        self.max_buffer_memory = usize::try_from(bytes).unwrap_or(usize::MAX);
         self
     }
 
@@ -310,6 +322,19 @@ impl SandboxBuilder {
             .iter()
             .map(|d| moat_policy::DomainSuffix::new(d))
             .collect::<Result<Vec<_>, _>>()?;
+        if self.network.max_buffer_memory < moat_engine::MIN_BUFFER_MEMORY {
+            return Err(Error::Io {
+                what: "set max_buffer_memory",
+                source: io::Error::new(
+                    io::ErrorKind::InvalidInput,
+                    format!(
+                        "{} bytes is below the least accepted, {} MiB",
+                        self.network.max_buffer_memory,
+                        moat_engine::MIN_BUFFER_MEMORY >> 20
+                    ),
+                ),
+            });
+        }
         let link = LinkConfig::default();
         let offline = policy.is_offline();
         let specs = self
@@ -350,6 +375,7 @@ impl SandboxBuilder {
                 cfg.dns_rebind_protection = self.network.dns_rebind_protection;
                 cfg.published = published;
                 cfg.max_connections = self.network.max_connections;
+                cfg.max_buffer_memory = self.network.max_buffer_memory;
                 cfg.dns_servers = if self.network.dns_servers.is_empty() {
                     std::fs::read_to_string("/etc/resolv.conf")
                         .map(|t| crate::cli::resolv_conf_servers(&t))
@@ -360,6 +386,7 @@ impl SandboxBuilder {
                 cfg.link = link;
                 cfg.simulated_hosts = self.simulated_hosts;
                 let device = TapDevice::with_offloads(tap).map_err(io_err("use the TAP"))?;
+                moat_sandbox::memory::large_allocations_from_fresh_pages();
                 Some(
                     moat_engine::spawn(Box::new(device), cfg)
                         .map_err(io_err("start the engine"))?,

@@ -46,6 +46,8 @@ pub struct RunOptions {
     pub mtu: Option<u32>,
     /// `--max-connections`.
     pub max_connections: Option<usize>,
+    /// `--max-buffer-memory SIZE`.
+    pub max_buffer_memory: Option<String>,
     /// `--reject`.
     pub reject: bool,
     /// `--audit FILE` ("-" = stderr).
@@ -284,6 +286,19 @@ pub fn run(opts: RunOptions) -> anyhow::Result<i32> {
         pids: opts.pids_limit,
         cpus: opts.cpus,
     };
+    let max_buffer_memory = match opts.max_buffer_memory.as_deref() {
+        None => moat_engine::DEFAULT_MAX_BUFFER_MEMORY,
+        Some(m) => {
+            let bytes = moat_sandbox::parse_size(m).with_context(|| {
+                format!("--max-buffer-memory {m}: expected a size such as 64m or 1g")
+            })?;
+            let min = moat_engine::MIN_BUFFER_MEMORY;
+            if bytes < min as u64 {
+                bail!("--max-buffer-memory {m}: expected at least {}m", min >> 20);
+            }
+            usize::try_from(bytes).unwrap_or(usize::MAX)
+        }
+    };
     if asked.pids == Some(0) {
         bail!("--pids-limit 0: expected at least 1");
     }
@@ -324,6 +339,7 @@ pub fn run(opts: RunOptions) -> anyhow::Result<i32> {
                 DenyMode::Drop
             };
             cfg.max_connections = opts.max_connections.unwrap_or(1024);
+            cfg.max_buffer_memory = max_buffer_memory;
             cfg.dns_servers = dns_servers;
             cfg.block_domains = block_domains;
             cfg.block_domain_suffixes = block_domain_suffixes;
@@ -331,6 +347,7 @@ pub fn run(opts: RunOptions) -> anyhow::Result<i32> {
             cfg.published = published;
             cfg.link = link;
             let device = TapDevice::with_offloads(tap)?;
+            moat_sandbox::memory::large_allocations_from_fresh_pages();
             Some(moat_engine::spawn(Box::new(device), cfg)?)
         }
         None => None,

@@ -67,6 +67,10 @@ struct RunArgs {
     /// At most N concurrent connections (TCP connections and UDP flows).
     #[arg(long, value_name = "N", default_value_t = 1024)]
     max_connections: usize,
+    /// Memory the connections' buffers may hold in all, e.g. 64m (default 256m; at least
+    /// 4m): past it, windows shrink and new connections are refused.
+    #[arg(long, value_name = "SIZE")]
+    max_buffer_memory: Option<String>,
     /// Refuse denied connections at once (TCP RST, ICMP prohibited) instead of dropping them.
     #[arg(long)]
     reject: bool,
@@ -203,6 +207,7 @@ fn run_options(args: RunArgs, matches: Option<&clap::ArgMatches>) -> run::RunOpt
         publish: args.publish,
         mtu: args.mtu,
         max_connections: Some(args.max_connections),
+        max_buffer_memory: args.max_buffer_memory,
         reject: args.reject,
         audit: args.audit,
         workdir: args.workdir,

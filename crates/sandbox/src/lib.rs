@@ -45,6 +45,16 @@ pub mod tty {
     }
 }
 
+/// The allocator's side of moat's memory budget.
+pub mod memory {
+    /// Makes large allocations (128 KiB and up) fresh anonymous mappings, committed page
+    /// by page as they are written and given back when freed. The engine's buffer budget
+    /// counts on it; call it before starting an engine.
+    pub fn large_allocations_from_fresh_pages() {
+        crate::sys::large_allocations_from_fresh_pages()
+    }
+}
+
 /// Interface setup in the caller's own network namespace, for tools that build a
 /// throwaway world (`moat demo`): bring an interface up, add IPv4 addresses.
 pub mod netconf {

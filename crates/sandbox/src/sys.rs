@@ -530,3 +530,23 @@ pub fn own_fd(fd: RawFd) -> OwnedFd {
     // at exec and are owned by no other object in this process.
     unsafe { OwnedFd::from_raw_fd(fd) }
 }
+
+/// Allocations of at least this many bytes come straight from `mmap`.
+#[cfg(target_env = "gnu")]
+const MMAP_THRESHOLD: libc::c_int = 128 * 1024;
+
+/// Makes every allocation of 128 KiB or more a fresh anonymous mapping, given back to the
+/// kernel when freed. glibc otherwise raises its mmap threshold after the first large
+/// free and serves later large allocations from its heap, zeroing (and so committing)
+/// them at once and keeping them after they are freed. The engine's socket buffers rely on
+/// fresh pages: a buffer costs memory only as it is written, which is what its memory
+/// budget charges (mallopt(3), M_MMAP_THRESHOLD). Setting the threshold also ends glibc's
+/// adjustment of it. Elsewhere than glibc the call does not exist and this does nothing.
+pub fn large_allocations_from_fresh_pages() {
+    #[cfg(target_env = "gnu")]
+    // SAFETY: mallopt only sets an allocator parameter; any value is accepted or refused
+    // with 0, and no memory is touched.
+    unsafe {
+        libc::mallopt(libc::M_MMAP_THRESHOLD, MMAP_THRESHOLD);
+    }
+}

@@ -1,9 +1,12 @@
-//! DNS forwarding at the message level: the sandbox's query is sent upstream unchanged but
-//! for its ID (replaced by a random one while in flight, restored in the answer), upstreams
-//! are tried in order on timeout or transport error, and when all fail the sandbox gets a
-//! SERVFAIL built from its own question (RFC 1035 §4.1).
+//! DNS forwarding at the message level: the sandbox's query is parsed and written anew for
+//! the upstream (its first question and EDNS payload size and DO bit only, under a random
+//! ID while in flight; the sandbox's ID is restored in the answer, see
+//! `message::Message::upstream_query`), upstreams are tried in order on timeout or transport
+//! error, and when all fail the sandbox gets a SERVFAIL built from its own question (RFC 1035
+//! §4.1). Over TCP, messages are cut out of the stream by `framing`.
 
 pub mod filter;
+pub mod framing;
 pub mod message;
 pub mod pins;
 

@@ -26,7 +26,7 @@ use moat_policy::{Decision, Flow, Protocol, canonical_addr};
 use serde_json::Value;
 use smoltcp::wire::IpEndpoint;
 
-use super::{Engine, FlowEntry, LISTENER_BASE, SniCheck, TcpFlow, TcpState, take_socket};
+use super::{Engine, FlowEntry, LISTENER_BASE, SniCheck, TcpFlow, TcpState};
 use crate::wire;
 
 /// A published port's host socket, bound by moat before the sandbox starts.
@@ -234,17 +234,27 @@ impl Engine {
         }
         let guest = SocketAddr::new(self.guest_addr_like(host), guest_port);
         let source = self.inbound_source(peer, guest.ip());
-        let size = self.cfg.tcp_buffer;
-        let mut socket = take_socket(&mut self.tcp_pool, size);
+        let Some((mut socket, mem)) = self.connection_socket() else {
+            let why = format!(
+                "the connections' buffers hold {} KiB of max_buffer_memory",
+                self.budget.charged() / 1024
+            );
+            self.counters.over_limit += 1;
+            self.audit_inbound("deny", "max_buffer_memory", &why, "tcp", peer, guest_port);
+            reset(&stream);
+            return;
+        };
         let remote = IpEndpoint::new(guest.ip().into(), guest.port());
         let local = IpEndpoint::new(source.ip().into(), source.port());
         if socket.connect(self.iface.context(), remote, local).is_err() {
+            self.give_back(socket, mem);
             reset(&stream);
             return;
         }
         let _ = stream.set_nodelay(true);
         let Some(id) = self.register_new(&mut stream, Interest::READABLE | Interest::WRITABLE)
         else {
+            self.give_back(socket, mem);
             reset(&stream);
             return;
         };
@@ -256,6 +266,7 @@ impl Engine {
             remote: source,
             stream,
             state: TcpState::Open { handle },
+            mem,
             host_eof: false,
             host_write_shut: false,
             inbound: true,

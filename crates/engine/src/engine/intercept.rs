@@ -27,6 +27,7 @@ use smoltcp::socket::tcp;
 
 use super::{Engine, FIRST_FLOW, FlowEntry, MAX_DNS_IN_FLIGHT};
 use crate::dns::filter;
+use crate::dns::framing::TcpFraming;
 use crate::dns::message::{Message, Question, flags, rcode};
 use crate::wire;
 
@@ -66,7 +67,9 @@ pub(super) struct DnsStream {
     pub(super) guest: SocketAddr,
     pub(super) remote: SocketAddr,
     pub(super) handle: smoltcp::iface::SocketHandle,
-    pub(super) inbuf: Vec<u8>,
+    /// What the socket's buffers are charged.
+    pub(super) mem: super::budget::Grant,
+    pub(super) framing: TcpFraming,
     pub(super) pending: usize,
     pub(super) started: Instant,
 }
@@ -448,14 +451,10 @@ impl Engine {
             return;
         };
         let socket = self.sockets.get_mut::<tcp::Socket>(s.handle);
-        // Two bytes of length and at most 65535 of message.
-        const MAX: usize = 2 + 65535;
-        while socket.can_recv() && s.inbuf.len() < MAX && s.pending < MAX_PENDING_PER_STREAM {
-            let room = MAX - s.inbuf.len();
-            let inbuf = &mut s.inbuf;
+        while socket.can_recv() && s.framing.room() > 0 && s.pending < MAX_PENDING_PER_STREAM {
+            let framing = &mut s.framing;
             let got = socket.recv(|buf| {
-                let n = buf.len().min(room);
-                inbuf.extend_from_slice(&buf[..n]);
+                let n = framing.push(buf);
                 (n, n)
             });
             if !matches!(got, Ok(n) if n > 0) {
@@ -463,13 +462,11 @@ impl Engine {
             }
         }
         let mut queries = Vec::new();
-        while s.inbuf.len() >= 2 && s.pending + queries.len() < MAX_PENDING_PER_STREAM {
-            let len = usize::from(u16::from_be_bytes([s.inbuf[0], s.inbuf[1]]));
-            if s.inbuf.len() < 2 + len {
+        while s.pending + queries.len() < MAX_PENDING_PER_STREAM {
+            let Some(query) = s.framing.next_message() else {
                 break;
-            }
-            queries.push(s.inbuf[2..2 + len].to_vec());
-            s.inbuf.drain(..2 + len);
+            };
+            queries.push(query);
         }
         let state = socket.state();
         let guest_done = matches!(

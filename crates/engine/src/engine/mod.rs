@@ -26,7 +26,8 @@
 //! judged as 127.0.0.1 / ::1 (the Loopback group) and dialed there.
 //!
 //! Every resource is bounded: `max_connections` counts TCP connections and UDP flows, DNS
-//! queries in flight are capped, dials time out, UDP flows and DNS queries expire.
+//! queries in flight are capped, dials time out, UDP flows and DNS queries expire, and the
+//! TCP socket buffers share `max_buffer_memory` (see `budget.rs`).
 
 use std::collections::{HashMap, HashSet};
 use std::io::{self, Read, Write};
@@ -46,6 +47,7 @@ use smoltcp::iface::{Config, Interface, SocketHandle, SocketSet};
 use smoltcp::socket::tcp;
 use smoltcp::wire::{EthernetAddress, HardwareAddress, IpCidr, IpListenEndpoint};
 
+mod budget;
 mod dial;
 mod echo;
 mod host_addrs;
@@ -54,6 +56,7 @@ mod intercept;
 mod tcp_flow;
 mod udp_flow;
 
+use self::budget::{Budget, Grant};
 use self::inbound::{Listener, UdpIn};
 pub use self::inbound::{Published, PublishedSocket};
 use self::intercept::{DnsQuery, DnsStream, ReplyTo};
@@ -133,8 +136,12 @@ pub struct EngineConfig {
     pub udp_idle_timeout: Duration,
     /// Per-upstream DNS timeout.
     pub dns_timeout: Duration,
-    /// smoltcp socket buffer size per direction (pages are committed only when used).
+    /// A TCP connection's send buffer (host → sandbox) in bytes; its receive buffer is a
+    /// half of it while memory is plentiful, less under `max_buffer_memory`.
     pub tcp_buffer: usize,
+    /// What the TCP connections' buffers may hold in all, the engine's own frames and
+    /// bookkeeping included (see `budget.rs`).
+    pub max_buffer_memory: usize,
     /// Names whose lookups answer NXDOMAIN (`block_domain`).
     pub block_domains: Vec<DomainName>,
     /// Suffixes below which lookups answer NXDOMAIN (`block_domain_suffix`).
@@ -166,6 +173,7 @@ impl EngineConfig {
             udp_idle_timeout: Duration::from_secs(60),
             dns_timeout: Duration::from_secs(2),
             tcp_buffer: 1 << 20,
+            max_buffer_memory: DEFAULT_MAX_BUFFER_MEMORY,
             block_domains: Vec::new(),
             block_domain_suffixes: Vec::new(),
             dns_rebind_protection: true,
@@ -175,6 +183,11 @@ impl EngineConfig {
         }
     }
 }
+
+/// The default of [`EngineConfig::max_buffer_memory`]: 256 MiB.
+pub const DEFAULT_MAX_BUFFER_MEMORY: usize = 256 << 20;
+/// The smallest [`EngineConfig::max_buffer_memory`] accepted.
+pub const MIN_BUFFER_MEMORY: usize = 4 << 20;
 
 /// What the engine counted; returned when it stops.
 #[derive(Debug, Clone, Default, PartialEq, Eq)]
@@ -189,7 +202,7 @@ pub struct Counters {
     pub allowed: u64,
     /// Flows denied by policy.
     pub denied: u64,
-    /// Flows refused by `max_connections`.
+    /// Flows refused by `max_connections` or `max_buffer_memory`.
     pub over_limit: u64,
     /// Upstream dials that failed.
     pub dial_failures: u64,
@@ -287,11 +300,12 @@ pub fn spawn(
 }
 
 enum TcpState {
-    /// Dialing upstream; the sandbox's SYN waits here.
+    /// Dialing upstream; the sandbox's SYN waits here, with the socket that will take it.
     Connecting {
         syn: Vec<u8>,
         seq: u32,
         deadline: Instant,
+        socket: Box<tcp::Socket<'static>>,
     },
     /// Relaying through a smoltcp socket.
     Open { handle: SocketHandle },
@@ -325,6 +339,8 @@ struct TcpFlow {
     remote: SocketAddr,
     stream: TcpStream,
     state: TcpState,
+    /// What the smoltcp socket's buffers are charged.
+    mem: Grant,
     host_eof: bool,
     host_write_shut: bool,
     /// Entered through a published port.
@@ -370,7 +386,9 @@ struct Engine {
     device: Box<dyn FrameDevice + Send>,
     iface: Interface,
     sockets: SocketSet<'static>,
-    tcp_pool: Vec<tcp::Socket<'static>>,
+    /// Closed sockets kept for reuse, with what their buffers are charged.
+    tcp_pool: Vec<(tcp::Socket<'static>, Grant)>,
+    budget: Budget,
     cfg: EngineConfig,
     link: Link,
     flows: Vec<Option<FlowEntry>>,
@@ -403,19 +421,17 @@ struct Engine {
     rng: u64,
 }
 
-/// smoltcp sockets kept for reuse: a socket's buffers (a megabyte each way by default)
-/// are allocated and zeroed once, not for every connection — zeroing them per connection
-/// was most of the cost of a short connection.
+/// smoltcp sockets kept for reuse: a socket is allocated once, not for every connection.
+/// Their buffers stay charged to the budget; they are dropped when it runs short.
 const TCP_POOL: usize = 64;
+/// A DNS-over-TCP connection's buffers each way: DNS messages are at most 64 KiB.
+const DNS_STREAM_BUFFER: usize = 128 * 1024;
 
-/// A closed smoltcp TCP socket with `size`-byte buffers, from the pool when one fits.
-fn take_socket(pool: &mut Vec<tcp::Socket<'static>>, size: usize) -> tcp::Socket<'static> {
-    if let Some(i) = pool.iter().position(|s| s.recv_capacity() == size) {
-        return pool.swap_remove(i);
-    }
+/// A new smoltcp TCP socket with the given buffer capacities.
+fn new_socket(rx: usize, tx: usize) -> tcp::Socket<'static> {
     let mut socket = tcp::Socket::new(
-        tcp::SocketBuffer::new(vec![0u8; size]),
-        tcp::SocketBuffer::new(vec![0u8; size]),
+        tcp::SocketBuffer::new(vec![0u8; rx]),
+        tcp::SocketBuffer::new(vec![0u8; tx]),
     );
     socket.set_nagle_enabled(false);
     socket.set_ack_delay(None);
@@ -501,6 +517,11 @@ impl Engine {
             iface,
             sockets: SocketSet::new(Vec::new()),
             tcp_pool: Vec::new(),
+            budget: Budget::new(
+                cfg.max_buffer_memory.max(MIN_BUFFER_MEMORY),
+                cfg.max_connections,
+                cfg.tcp_buffer / 2,
+            ),
             link: Link {
                 gateway_mac,
                 guest_mac: EthernetAddress::BROADCAST,
@@ -888,16 +909,37 @@ impl Engine {
     }
 
     fn audit_limit(&mut self, proto: &str, guest: SocketAddr, remote: SocketAddr) {
-        self.counters.over_limit += 1;
         let reason = format!(
             "{} concurrent connections (max_connections)",
             self.cfg.max_connections
         );
+        self.audit_refused("max_connections", &reason, proto, guest, remote);
+    }
+
+    /// Audits a connection refused because the buffer budget has no room for it.
+    fn audit_memory(&mut self, proto: &str, guest: SocketAddr, remote: SocketAddr) {
+        let reason = format!(
+            "the connections' buffers hold {} KiB of max_buffer_memory ({} KiB)",
+            self.budget.charged() / 1024,
+            self.cfg.max_buffer_memory / 1024
+        );
+        self.audit_refused("max_buffer_memory", &reason, proto, guest, remote);
+    }
+
+    fn audit_refused(
+        &mut self,
+        rule: &str,
+        reason: &str,
+        proto: &str,
+        guest: SocketAddr,
+        remote: SocketAddr,
+    ) {
+        self.counters.over_limit += 1;
         self.cfg.audit.event(
             "connect",
             "deny",
-            "max_connections",
-            &reason,
+            rule,
+            reason,
             vec![
                 ("proto", Value::from(proto)),
                 ("src", Value::from(guest.to_string())),
@@ -1056,8 +1098,9 @@ impl Engine {
                     inbound::reset(&flow.stream);
                 }
                 let _ = registry.deregister(&mut flow.stream);
-                if let TcpState::Open { handle } = flow.state {
-                    self.recycle(handle);
+                match flow.state {
+                    TcpState::Open { handle } => self.recycle(handle, flow.mem),
+                    TcpState::Connecting { socket, .. } => self.give_back(*socket, flow.mem),
                 }
                 self.tcp_index.remove(&(flow.guest, flow.remote));
                 self.active -= 1;
@@ -1107,7 +1150,7 @@ impl Engine {
                 );
             }
             FlowEntry::DnsTcp(s) => {
-                self.recycle(s.handle);
+                self.recycle(s.handle, s.mem);
                 self.tcp_index.remove(&(s.guest, s.remote));
                 self.active -= 1;
                 self.audit_close("tcp", "dns", s.guest, s.remote, 0, 0, s.started, why);

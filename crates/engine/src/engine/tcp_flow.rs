@@ -3,6 +3,7 @@
 //! pool. See the theory of operation in `mod.rs`.
 
 use super::*;
+use crate::dns::framing::TcpFraming;
 
 impl Engine {
     #[allow(clippy::too_many_arguments)] // One segment's fields, as classified.
@@ -77,9 +78,15 @@ impl Engine {
             self.reset_guest(guest, remote, seq, seg_len);
             return;
         }
+        let Some((socket, mem)) = self.connection_socket() else {
+            self.audit_memory("tcp", guest, remote);
+            self.reset_guest(guest, remote, seq, seg_len);
+            return;
+        };
         let mut stream = match dial::tcp(upstream, &permit) {
             Ok(s) => s,
             Err(_) => {
+                self.give_back(socket, mem);
                 self.counters.dial_failures += 1;
                 self.reset_guest(guest, remote, seq, seg_len);
                 return;
@@ -87,6 +94,7 @@ impl Engine {
         };
         let Some(id) = self.register_new(&mut stream, Interest::READABLE | Interest::WRITABLE)
         else {
+            self.give_back(socket, mem);
             self.reset_guest(guest, remote, seq, seg_len);
             return;
         };
@@ -99,7 +107,9 @@ impl Engine {
                 syn: frame.to_vec(),
                 seq,
                 deadline: Instant::now() + self.cfg.connect_timeout,
+                socket: Box::new(socket),
             },
+            mem,
             host_eof: false,
             host_write_shut: false,
             inbound: false,
@@ -131,14 +141,17 @@ impl Engine {
             self.reset_guest(guest, remote, seq, seg_len);
             return;
         }
-        // DNS messages are at most 64 KiB: small buffers suffice.
-        let size = 128 * 1024;
-        let mut socket = take_socket(&mut self.tcp_pool, size);
+        let Some((mut socket, mem)) = self.dns_socket() else {
+            self.audit_memory("tcp", guest, remote);
+            self.reset_guest(guest, remote, seq, seg_len);
+            return;
+        };
         let endpoint = IpListenEndpoint {
             addr: Some(remote.ip().into()),
             port: remote.port(),
         };
         if socket.listen(endpoint).is_err() {
+            self.give_back(socket, mem);
             return;
         }
         let handle = self.sockets.add(socket);
@@ -147,7 +160,8 @@ impl Engine {
             guest,
             remote,
             handle,
-            inbuf: Vec::new(),
+            mem,
+            framing: TcpFraming::default(),
             pending: 0,
             started: Instant::now(),
         }));
@@ -180,25 +194,28 @@ impl Engine {
             }
             Ok(()) => {
                 let _ = flow.stream.set_nodelay(true);
-                let TcpState::Connecting { syn, .. } = std::mem::replace(
+                let TcpState::Connecting {
+                    syn, mut socket, ..
+                } = std::mem::replace(
                     &mut flow.state,
                     TcpState::Open {
                         handle: SocketHandle::default(),
                     },
-                ) else {
+                )
+                else {
                     return;
                 };
-                let size = self.cfg.tcp_buffer;
-                let mut socket = take_socket(&mut self.tcp_pool, size);
                 let endpoint = IpListenEndpoint {
                     addr: Some(flow.remote.ip().into()),
                     port: flow.remote.port(),
                 };
                 if socket.listen(endpoint).is_err() {
+                    let mem = std::mem::take(&mut flow.mem);
+                    self.give_back(*socket, mem);
                     self.remove(id, "cannot listen");
                     return;
                 }
-                let handle = self.sockets.add(socket);
+                let handle = self.sockets.add(*socket);
                 flow.state = TcpState::Open { handle };
                 self.feed(&syn);
                 self.dirty.insert(id);
@@ -257,7 +274,8 @@ impl Engine {
             let _ = flow.stream.shutdown(Shutdown::Write);
             flow.host_write_shut = true;
         }
-        // Host → sandbox.
+        // Host → sandbox, into send-buffer pages the budget allows (when it has none,
+        // the host socket is left unread; the sweep comes back to it).
         while failed.is_none() && !flow.host_eof && socket.can_send() {
             enum Got {
                 Data(usize),
@@ -265,15 +283,31 @@ impl Engine {
                 Block,
                 Fail(io::Error),
             }
+            let mut room = self.budget.send_room(&flow.mem);
+            if room == 0 && !self.tcp_pool.is_empty() {
+                for (_, pooled) in self.tcp_pool.drain(..) {
+                    self.budget.release(&pooled);
+                }
+                room = self.budget.send_room(&flow.mem);
+            }
+            if room == 0 {
+                break;
+            }
             let stream = &mut flow.stream;
-            let r = socket.send(|buf| match stream.read(buf) {
-                Ok(0) => (0, Got::Eof),
-                Ok(n) => (n, Got::Data(n)),
-                Err(e) if e.kind() == io::ErrorKind::WouldBlock => (0, Got::Block),
-                Err(e) => (0, Got::Fail(e)),
+            let r = socket.send(|buf| {
+                let n = buf.len().min(room);
+                match stream.read(&mut buf[..n]) {
+                    Ok(0) => (0, Got::Eof),
+                    Ok(n) => (n, Got::Data(n)),
+                    Err(e) if e.kind() == io::ErrorKind::WouldBlock => (0, Got::Block),
+                    Err(e) => (0, Got::Fail(e)),
+                }
             });
             match r {
-                Ok(Got::Data(n)) => flow.down += n as u64,
+                Ok(Got::Data(n)) => {
+                    self.budget.wrote(&mut flow.mem, n);
+                    flow.down += n as u64;
+                }
                 Ok(Got::Eof) => {
                     flow.host_eof = true;
                     socket.close();
@@ -400,12 +434,74 @@ impl Engine {
 
     /// Takes a socket out of the set and keeps it for reuse. Outside the set an abort
     /// sends nothing; it only makes the socket reusable.
-    pub(super) fn recycle(&mut self, handle: SocketHandle) {
+    pub(super) fn recycle(&mut self, handle: SocketHandle, mem: Grant) {
         // With only TCP sockets in the set, every socket removed is a TCP one.
-        let smoltcp::socket::Socket::Tcp(mut socket) = self.sockets.remove(handle);
+        let smoltcp::socket::Socket::Tcp(socket) = self.sockets.remove(handle);
+        self.give_back(socket, mem);
+    }
+
+    /// Keeps a socket outside the set for reuse (its buffers stay charged), or drops it
+    /// and gives its charge back when the pool is full.
+    pub(super) fn give_back(&mut self, mut socket: tcp::Socket<'static>, mem: Grant) {
         socket.abort();
         if self.tcp_pool.len() < TCP_POOL {
-            self.tcp_pool.push(socket);
+            self.tcp_pool.push((socket, mem));
+        } else {
+            self.budget.release(&mem);
+        }
+    }
+
+    /// A socket for a new TCP connection, with the largest receive buffer the budget
+    /// has room for; `None` when it has none even after the pool is given up.
+    pub(super) fn connection_socket(&mut self) -> Option<(tcp::Socket<'static>, Grant)> {
+        let mut rx = self.budget.receive_size();
+        if rx != Some(self.budget.rx_full()) && !self.tcp_pool.is_empty() {
+            self.empty_pool();
+            rx = self.budget.receive_size();
+        }
+        Some(self.take_socket(rx?, self.cfg.tcp_buffer, false))
+    }
+
+    /// A socket for a DNS-over-TCP connection (small buffers, charged whole).
+    pub(super) fn dns_socket(&mut self) -> Option<(tcp::Socket<'static>, Grant)> {
+        let want = Grant::whole(DNS_STREAM_BUFFER, DNS_STREAM_BUFFER).total();
+        if !self.budget.fits(want) {
+            self.empty_pool();
+        }
+        self.budget
+            .fits(want)
+            .then(|| self.take_socket(DNS_STREAM_BUFFER, DNS_STREAM_BUFFER, true))
+    }
+
+    /// A closed socket with these buffer capacities: from the pool when one fits (its
+    /// buffers are charged already), else a new one, charged.
+    fn take_socket(&mut self, rx: usize, tx: usize, whole: bool) -> (tcp::Socket<'static>, Grant) {
+        let fits = |(s, _): &(tcp::Socket<'static>, Grant)| {
+            s.recv_capacity() == rx && s.send_capacity() == tx
+        };
+        if let Some(i) = self.tcp_pool.iter().position(fits) {
+            let (socket, mut mem) = self.tcp_pool.swap_remove(i);
+            // Opening the socket again restarts its rings at position 0.
+            mem.tx_written = 0;
+            return (socket, mem);
+        }
+        let mem = if whole {
+            Grant::whole(rx, tx)
+        } else {
+            Grant {
+                rx,
+                tx_cap: tx,
+                ..Grant::default()
+            }
+        };
+        self.budget.charge(&mem);
+        (new_socket(rx, tx), mem)
+    }
+
+    /// Drops every pooled socket and gives its charge back.
+    fn empty_pool(&mut self) {
+        for (_, mem) in self.tcp_pool.drain(..) {
+            self.budget.release(&mem);
         }
     }
 }
