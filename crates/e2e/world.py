@@ -235,7 +235,8 @@ def tls_payload(data):
 class UdpEcho(socketserver.BaseRequestHandler):
     def handle(self):
         data, sock = self.request
-        log(server="udp", client=self.client_address[0], bytes=len(data))
+        log(server="udp", client=self.client_address[0], local=self.server.server_address[0],
+            bytes=len(data))
         sock.sendto(data, self.client_address)
 
 class Dual:

@@ -409,36 +409,3 @@ fn answers_too_big_for_udp_are_truncated_and_retried_over_tcp() {
     assert!(flags.split_whitespace().any(|f| f == "tc"), "{flags}");
     assert!(text.contains("count 40"), "{text}");
 }
-
-#[test]
-fn dns_bypass_transports_are_refused() {
-    let w = World::new();
-    let script = "python3 - <<'PY'\nimport socket\ntry:\n    s = socket.create_connection(('203.0.113.10', 853), timeout=3)\n    print('dot', 'connected', s.recv(7))\nexcept OSError as e:\n    print('dot', 'refused', type(e).__name__)\nfor port in [853, 5353, 5355, 137]:\n    u = socket.socket(socket.AF_INET, socket.SOCK_DGRAM)\n    u.settimeout(2)\n    u.connect(('203.0.113.10', port))\n    u.send(b'query')\n    try:\n        u.recv(100)\n        print('udp', port, 'answered')\n    except socket.timeout:\n        print('udp', port, 'timeout')\n    except OSError as e:\n        print('udp', port, 'refused')\nPY";
-    let (out, events) = w.run_sh(&["--policy", "allow-all"], script, T);
-    let text = stdout(&out);
-    assert!(text.contains("dot refused"), "{text}\n{}", stderr(&out));
-    for port in [853, 5353, 5355, 137] {
-        assert!(
-            text.contains(&format!("udp {port} refused")),
-            "{port}: {text}"
-        );
-    }
-    let bypass = events.iter().filter(|e| e["rule"] == "dns_bypass").count();
-    assert_eq!(bypass, 5, "{events:?}");
-    assert!(
-        !w.log().iter().any(|l| l["server"] == "banner"),
-        "DoT reached the world"
-    );
-    // A rule that names port 853 explicitly allows DNS over TLS.
-    let (out, _) = w.run_sh(
-        &["--policy", "allow-all", "--allow", "203.0.113.10:853/tcp"],
-        script,
-        T,
-    );
-    assert!(
-        stdout(&out).contains("dot connected"),
-        "{}\n{}",
-        stdout(&out),
-        stderr(&out)
-    );
-}
