@@ -222,6 +222,18 @@ mod tests {
     #[test]
     fn every_target_form_parses() {
         assert_eq!(spec("any").destination, Destination::Any);
+        assert_eq!(spec("ANY").destination, Destination::Any);
+        assert_eq!(spec("*").destination, Destination::Any);
+        assert_eq!(spec("*:443").destination, Destination::Any);
+        assert_eq!(
+            spec("[2001:db8::1]").destination,
+            Destination::Cidr("2001:db8::1/128".parse().unwrap())
+        );
+        assert_eq!(spec("[2001:db8::1]").ports, None);
+        assert_eq!(
+            spec("[2001:db8::1]:443").ports,
+            Some(PortRange::single(443))
+        );
         assert_eq!(
             spec("10.0.0.0/8").destination,
             Destination::Cidr("10.0.0.0/8".parse().unwrap())
@@ -300,6 +312,14 @@ mod tests {
             "*.",
         ] {
             assert!(DestSpec::parse(bad).is_err(), "{bad:?} should be an error");
+        }
+        // Digits and dots only: judged as a mistyped address, not as a name.
+        for address_like in ["300.1.1.1", "1.2.3"] {
+            assert!(
+                matches!(DestSpec::parse(address_like), Err(PolicyError::Cidr { .. })),
+                "{address_like}: {:?}",
+                DestSpec::parse(address_like)
+            );
         }
         let e = DestSpec::parse("group:privat").unwrap_err().to_string();
         assert!(e.contains("expected one of private, loopback"), "{e}");

@@ -231,6 +231,18 @@ mod tests {
     }
 
     #[test]
+    fn debug_shows_the_type_and_the_text() {
+        assert_eq!(
+            format!("{:?}", name("API.example.test")),
+            "DomainName(\"api.example.test\")"
+        );
+        assert_eq!(
+            format!("{:?}", DomainSuffix::new("*.example.test").unwrap()),
+            "DomainSuffix(\"example.test\")"
+        );
+    }
+
+    #[test]
     fn canonical_form_is_lowercase_without_trailing_dot() {
         assert_eq!(name("API.Example.COM.").as_str(), "api.example.com");
         assert_eq!(name("_dmarc.example.com").as_str(), "_dmarc.example.com");

@@ -415,4 +415,45 @@ ports = 8000
         assert_eq!(line_col("é\nx", 3), (2, 1));
         assert_eq!(line_col("", 10), (1, 1));
     }
+
+    #[test]
+    fn the_format_comes_from_the_extension_then_the_text() {
+        let detect = |path: &str, text: &str| PolicyFormat::detect(Path::new(path), text);
+        assert_eq!(detect("p.json", "default_action = 1"), PolicyFormat::Json);
+        assert_eq!(detect("p.JSON", ""), PolicyFormat::Json);
+        assert_eq!(detect("p.toml", " {"), PolicyFormat::Toml);
+        assert_eq!(detect("p.TOML", "{"), PolicyFormat::Toml);
+        assert_eq!(detect("policy", "\n  {\"rules\": []}"), PolicyFormat::Json);
+        assert_eq!(detect("policy.conf", "rules = []"), PolicyFormat::Toml);
+    }
+
+    #[test]
+    fn files_are_read_and_errors_say_where() {
+        let dir = std::env::temp_dir().join(format!("moat-policy-file-{}", std::process::id()));
+        std::fs::create_dir_all(&dir).unwrap();
+        let path = dir.join("p.json");
+        std::fs::write(&path, r#"{"default_action": "deny", "rules": [{"action": "allow", "destination": "203.0.113.10"}]}"#).unwrap();
+        let p = NetworkPolicy::from_file(&path).unwrap();
+        assert_eq!(p.default_action, Action::Deny);
+        assert_eq!(p.rules.len(), 1);
+        let missing = NetworkPolicy::from_file(dir.join("absent.toml")).unwrap_err();
+        assert!(matches!(missing, PolicyFileError::Read { .. }), "{missing}");
+        assert_eq!(missing.location(), None);
+        let _ = std::fs::remove_dir_all(&dir);
+
+        let bad = toml("default_action = \"deny\"\n\n[[rules]]\naction = \"maybe\"\n").unwrap_err();
+        assert_eq!(bad.location(), Some((4, 10)), "{bad}");
+    }
+
+    #[test]
+    fn wrong_types_say_what_was_expected() {
+        let ports = toml("[[rules]]\naction = \"allow\"\ndestination = \"any\"\nports = true\n")
+            .unwrap_err()
+            .to_string();
+        assert!(ports.contains("a port (443) or a port range"), "{ports}");
+        let dest = toml("[[rules]]\naction = \"allow\"\ndestination = 5\n")
+            .unwrap_err()
+            .to_string();
+        assert!(dest.contains("a destination string"), "{dest}");
+    }
 }

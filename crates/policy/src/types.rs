@@ -728,6 +728,13 @@ mod tests {
         filtered.rules.push(d);
         filtered.rules.push(Rule::allow_outbound(Destination::Any));
         assert_eq!(filtered.warnings().len(), 1);
+        // Only outbound allows of `any` are traps.
+        let mut quiet = NetworkPolicy::none();
+        quiet.rules.push(Rule::deny_outbound(Destination::Any));
+        let mut inbound = Rule::allow_outbound(Destination::Any);
+        inbound.direction = Direction::Inbound;
+        quiet.rules.push(inbound);
+        assert!(quiet.warnings().is_empty(), "{:?}", quiet.warnings());
         for preset in [
             NetworkPolicy::public_only(),
             NetworkPolicy::allow_all(),
@@ -735,5 +742,60 @@ mod tests {
         ] {
             assert!(preset.warnings().is_empty());
         }
+    }
+
+    #[test]
+    fn names_parse_in_every_accepted_spelling() {
+        for g in [
+            DestinationGroup::LinkLocal,
+            DestinationGroup::Loopback,
+            DestinationGroup::Metadata,
+            DestinationGroup::Multicast,
+            DestinationGroup::Private,
+        ] {
+            assert_eq!(g.to_string().parse::<DestinationGroup>().unwrap(), g);
+            assert_eq!(
+                g.to_string()
+                    .to_uppercase()
+                    .parse::<DestinationGroup>()
+                    .unwrap(),
+                g
+            );
+        }
+        for (text, d) in [
+            ("inbound", Direction::Inbound),
+            ("in", Direction::Inbound),
+            ("outbound", Direction::Outbound),
+            ("OUT", Direction::Outbound),
+        ] {
+            assert_eq!(text.parse::<Direction>().unwrap(), d);
+        }
+        assert!("sideways".parse::<Direction>().is_err());
+        assert_eq!(
+            NetworkPolicy::preset("public_only").unwrap(),
+            NetworkPolicy::public_only()
+        );
+        assert_eq!(
+            NetworkPolicy::preset("Allow-All").unwrap(),
+            NetworkPolicy::allow_all()
+        );
+        assert_eq!(
+            NetworkPolicy::preset("none").unwrap(),
+            NetworkPolicy::none()
+        );
+        assert!(NetworkPolicy::preset("some").is_err());
+    }
+
+    #[test]
+    fn offline_means_nothing_can_be_allowed() {
+        assert!(NetworkPolicy::none().is_offline());
+        let mut denies = NetworkPolicy::none();
+        denies.rules.push(Rule::deny_outbound(Destination::Any));
+        assert!(denies.is_offline());
+        let mut one_allow = NetworkPolicy::none();
+        one_allow.rules.push(Rule::allow_outbound(Destination::Any));
+        assert!(!one_allow.is_offline());
+        assert!(!NetworkPolicy::allow_all().is_offline());
+        assert!(!NetworkPolicy::public_only().is_offline());
     }
 }

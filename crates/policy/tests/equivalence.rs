@@ -306,3 +306,100 @@ fn compiled_equals_walk_on_large_random_policies() {
         )
         .unwrap();
 }
+
+/// Port maps longer than the matcher merges (dozens of ranged rules on nested networks)
+/// are kept as chains of maps; every port at and around each range's edges, on addresses
+/// in each level of the nest, gets the walk's answer. The random policies above draw from
+/// a few ports only, so their maps stay short.
+#[test]
+fn long_port_maps_on_nested_networks_equal_the_walk() {
+    let mut seed: u64 = 0x9e37_79b9_7f4a_7c15;
+    let mut next = move |below: u64| {
+        seed ^= seed << 13;
+        seed ^= seed >> 7;
+        seed ^= seed << 17;
+        seed % below
+    };
+    let nests: [(&[&str], &[&str]); 2] = [
+        (
+            &["10.0.0.0/8", "10.1.0.0/16", "10.1.2.0/24", "10.1.2.128/25"],
+            &["10.9.9.9", "10.1.9.9", "10.1.2.9", "10.1.2.200", "11.0.0.1"],
+        ),
+        (
+            &["2001:db8::/32", "2001:db8:1::/48", "2001:db8:1:2::/64"],
+            &[
+                "2001:db8:9::1",
+                "2001:db8:1:9::1",
+                "2001:db8:1:2::1",
+                "2001:db9::1",
+            ],
+        ),
+    ];
+    for round in 0..24 {
+        let (nets, addrs) = nests[round % 2];
+        let mut rules = Vec::new();
+        let mut edges = vec![0u16, 65535];
+        for (depth, net) in nets.iter().enumerate() {
+            // Some levels get few ranges, some many: merged maps, chains, and both mixed.
+            let count = [2, 40, 5, 60][(depth + round) % 4];
+            for _ in 0..count {
+                let start = next(65000) as u16;
+                let end = start.saturating_add(next(400) as u16);
+                edges.extend([start.saturating_sub(1), start, end, end.saturating_add(1)]);
+                rules.push(Rule {
+                    action: if next(2) == 0 {
+                        Action::Allow
+                    } else {
+                        Action::Deny
+                    },
+                    destination: Destination::Cidr(net.parse().unwrap()),
+                    direction: Direction::Outbound,
+                    ports: Some(PortRange::range(start, end).unwrap()),
+                    protocol: [None, Some(Protocol::Tcp), Some(Protocol::Udp)][next(3) as usize],
+                });
+            }
+            if next(4) == 0 {
+                rules.push(Rule {
+                    action: Action::Deny,
+                    destination: Destination::Cidr(net.parse().unwrap()),
+                    direction: Direction::Outbound,
+                    ports: None,
+                    protocol: Some(Protocol::Udp),
+                });
+            }
+        }
+        // Shuffle so that inner networks' rules come before and after the outer ones'.
+        for i in (1..rules.len()).rev() {
+            rules.swap(i, next(i as u64 + 1) as usize);
+        }
+        let policy = NetworkPolicy {
+            default_action: if round % 3 == 0 {
+                Action::Allow
+            } else {
+                Action::Deny
+            },
+            rules,
+        };
+        let compiled = policy.compile().unwrap();
+        for addr in addrs {
+            for protocol in [Protocol::Tcp, Protocol::Udp] {
+                for &port in &edges {
+                    let flow = Flow {
+                        direction: Direction::Outbound,
+                        protocol,
+                        addr: addr.parse().unwrap(),
+                        port: Some(port),
+                        names: &[],
+                        sni: None,
+                        local: false,
+                    };
+                    assert_eq!(
+                        compiled.decide(&flow),
+                        decide_first_match(&policy, &flow),
+                        "round {round}, {addr} {protocol:?} port {port}"
+                    );
+                }
+            }
+        }
+    }
+}

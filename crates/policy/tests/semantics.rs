@@ -629,3 +629,107 @@ fn dns_is_egress() {
         allow(DecidedBy::Default)
     );
 }
+
+#[test]
+fn decisions_name_what_decided_them() {
+    let rule = Decision {
+        action: Action::Deny,
+        by: DecidedBy::Rule(3),
+    };
+    let default = Decision {
+        action: Action::Allow,
+        by: DecidedBy::Default,
+    };
+    let unreachable = Decision {
+        action: Action::Deny,
+        by: DecidedBy::Unreachable,
+    };
+    assert_eq!(rule.rule_label(), "3");
+    assert_eq!(default.rule_label(), "default");
+    assert_eq!(unreachable.rule_label(), "unreachable");
+    assert_eq!(DecidedBy::Rule(3).to_string(), "rule 3");
+    assert_eq!(DecidedBy::Default.to_string(), "default");
+    assert_eq!(DecidedBy::Unreachable.to_string(), "unreachable");
+    let policy = NetworkPolicy::public_only();
+    let judged = judge(&policy, &tcp("10.1.0.10", 80));
+    assert!(
+        judged
+            .reason(&policy)
+            .starts_with(&format!("rule {}: ", judged.rule_label())),
+        "{}",
+        judged.reason(&policy)
+    );
+    assert_eq!(default.reason(&policy), "no rule matched; default allow");
+}
+
+#[test]
+fn a_compiled_policy_keeps_the_policy_it_came_from() {
+    let policy = domain_policy(
+        Action::Deny,
+        vec![Rule::allow_outbound(
+            Destination::domain("api.example.test").unwrap(),
+        )],
+    );
+    assert_eq!(policy.compile().unwrap().policy(), &policy);
+}
+
+#[test]
+fn a_network_at_the_last_address_of_another_keeps_the_outer_rules() {
+    // 10.0.0.255/32 starts where 10.0.0.0/24 ends: both apply to it.
+    let rule = |action: Action, net: &str, port: u16| Rule {
+        action,
+        destination: Destination::Cidr(net.parse().unwrap()),
+        direction: Direction::Outbound,
+        ports: Some(PortRange::single(port)),
+        protocol: Some(Protocol::Tcp),
+    };
+    let policy = domain_policy(
+        Action::Allow,
+        vec![
+            rule(Action::Deny, "10.0.0.0/24", 22),
+            rule(Action::Deny, "10.0.0.255/32", 80),
+        ],
+    );
+    assert_eq!(
+        judge(&policy, &tcp("10.0.0.255", 22)),
+        deny(DecidedBy::Rule(0))
+    );
+    assert_eq!(
+        judge(&policy, &tcp("10.0.0.255", 80)),
+        deny(DecidedBy::Rule(1))
+    );
+    assert_eq!(
+        judge(&policy, &tcp("10.0.0.254", 80)),
+        allow(DecidedBy::Default)
+    );
+}
+
+#[test]
+fn an_early_ranged_rule_in_a_long_port_map_still_wins() {
+    // Rule 0 is one port of a map too long to merge (a chain of maps); rule 1 matches every
+    // port of an inner network. Port 5000 must still be decided by rule 0.
+    let ranged = |action: Action, net: &str, port: u16| Rule {
+        action,
+        destination: Destination::Cidr(net.parse().unwrap()),
+        direction: Direction::Outbound,
+        ports: Some(PortRange::single(port)),
+        protocol: None,
+    };
+    let mut rules = vec![
+        ranged(Action::Deny, "10.0.0.0/8", 5000),
+        Rule::allow_outbound(Destination::Cidr("10.1.0.0/16".parse().unwrap())),
+    ];
+    for i in 0..80 {
+        rules.push(ranged(Action::Allow, "10.0.0.0/8", 100 + 2 * i));
+        rules.push(ranged(Action::Deny, "10.1.0.0/16", 300 + 2 * i));
+    }
+    let policy = domain_policy(Action::Allow, rules);
+    assert_eq!(
+        judge(&policy, &tcp("10.1.0.1", 5000)),
+        deny(DecidedBy::Rule(0))
+    );
+    assert_eq!(
+        judge(&policy, &tcp("10.1.0.1", 5001)),
+        allow(DecidedBy::Rule(1))
+    );
+}

@@ -281,6 +281,12 @@ mod tests {
     }
 
     #[test]
+    fn blocks_are_labelled_for_the_audit_log() {
+        assert_eq!(Blocked::List.label(), "block_domain");
+        assert_eq!(Blocked::SuffixList.label(), "block_domain_suffix");
+    }
+
+    #[test]
     fn block_lists() {
         let r = rules(NetworkPolicy::public_only(), true);
         assert_eq!(r.blocked(&n("ads.example.test")), Some(Blocked::List));
@@ -403,6 +409,49 @@ mod tests {
             other => panic!("{other:?}"),
         }
         assert_eq!(chain(&m), vec![n("b.example.net")]);
+    }
+
+    #[test]
+    fn ipv6_answers_and_hints_and_dname_chains() {
+        let r = rules(NetworkPolicy::public_only(), true);
+        let rec = |rtype, data| Record {
+            name: name("a.example.test"),
+            rtype,
+            class: 1,
+            ttl: 30,
+            data,
+        };
+        let v6 = |s: &str| s.parse::<std::net::Ipv6Addr>().unwrap();
+        let hints = [v6("fd00::1").octets(), v6("2001:db8::11").octets()].concat();
+        let mut m = Message {
+            answers: vec![
+                rec(rtype::DNAME, RData::Name(name("c.example.net"))),
+                rec(rtype::NS, RData::Name(name("ns.example.net"))),
+                rec(rtype::AAAA, RData::Aaaa(v6("fd00::1"))),
+                rec(rtype::AAAA, RData::Aaaa(v6("2001:db8::10"))),
+                rec(
+                    rtype::HTTPS,
+                    // Key 2 (no-default-alpn) has an empty value of its own: it stays.
+                    RData::Svcb(1, name(""), vec![(2, Vec::new()), (SVC_IPV6HINT, hints)]),
+                ),
+            ],
+            ..Message::default()
+        };
+        assert_eq!(r.filter(&mut m), (2, 1));
+        let addrs: Vec<IpAddr> = addresses(&m).into_iter().map(|(a, _)| a).collect();
+        assert_eq!(
+            addrs,
+            [
+                IpAddr::V6(v6("2001:db8::10")),
+                IpAddr::V6(v6("2001:db8::11"))
+            ]
+        );
+        assert_eq!(m.answers.len(), 4, "the inward AAAA is gone");
+        match &m.answers[3].data {
+            RData::Svcb(_, _, params) => assert_eq!(params.len(), 2, "{params:?}"),
+            other => panic!("{other:?}"),
+        }
+        assert_eq!(chain(&m), vec![n("c.example.net")], "NS is not a chain");
     }
 
     #[test]

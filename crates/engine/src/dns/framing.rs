@@ -79,6 +79,8 @@ mod tests {
         assert_eq!(f.next_message(), Some(Vec::new()));
         assert_eq!(f.next_message(), None);
         assert_eq!(f.held(), 1);
+        f.push(&[3, b'x', b'y']);
+        assert_eq!(f.held(), 4);
     }
 
     #[test]
@@ -104,14 +106,22 @@ mod tests {
             let mut f = TcpFraming::default();
             let mut got = Vec::new();
             let (mut at, mut cut) = (0, cuts.iter().cycle());
-            while at < stream.len() {
+            // Bounded: every round takes bytes, and no piece holds more than 64 messages.
+            for _ in 0..=stream.len() {
+                if at == stream.len() {
+                    break;
+                }
                 let step = cut.next().copied().unwrap_or(stream.len());
                 let end = (at + step).min(stream.len());
-                at += f.push(&stream[at..end]);
-                while let Some(m) = f.next_message() {
+                let took = f.push(&stream[at..end]);
+                prop_assert!(took > 0, "no room with {} bytes held", f.held());
+                at += took;
+                for _ in 0..64 {
+                    let Some(m) = f.next_message() else { break };
                     got.push(m);
                 }
             }
+            prop_assert_eq!(at, stream.len());
             prop_assert_eq!(got, whole_messages(&stream));
         }
     }

@@ -183,6 +183,8 @@ mod tests {
     #[test]
     fn plentiful_memory_gives_full_receive_rings() {
         let mut b = Budget::new(256 * MIB, 1024, 256 * 1024);
+        assert_eq!(b.rx_full(), 256 * 1024);
+        assert_eq!(Budget::new(MIB, 1, 1024).rx_full(), RX_FLOOR);
         let g = fresh(&mut b, MIB).unwrap();
         assert_eq!(g.rx, 256 * 1024);
         assert_eq!(b.charged(), 256 * 1024);
@@ -194,10 +196,57 @@ mod tests {
         let mut b = Budget::new(256 * MIB, 1024, 256 * 1024);
         let grants: Vec<Grant> = (0..1024).map(|_| fresh(&mut b, MIB).unwrap()).collect();
         assert_eq!(grants[0].rx, 256 * 1024);
-        assert_eq!(grants[1023].rx, RX_FLOOR);
+        assert_eq!(grants[1023].rx, 16 * 1024, "the documented floor");
         let rx: usize = grants.iter().map(|g| g.rx).sum();
         assert!(rx <= b.flows / 4 + 1024 * RX_FLOOR, "{rx}");
         assert!(b.charged() <= b.flows);
+        // Given back, the rings are full size again.
+        for g in &grants {
+            b.release(g);
+        }
+        assert_eq!((b.charged(), b.receive_size()), (0, Some(256 * 1024)));
+    }
+
+    #[test]
+    fn receive_rings_halve_to_what_fits_exactly() {
+        const KIB: usize = 1024;
+        // 8 MiB: 7 MiB for the flows, a quarter of it (1,792 KiB) for receive rings, and
+        // sends up to 7 MiB less 4 floors (7,104 KiB).
+        let mut b = Budget::new(8 * MIB, 4, 256 * KIB);
+        b.charge(&Grant {
+            rx: 1536 * KIB,
+            ..Grant::default()
+        });
+        assert_eq!(
+            b.receive_size(),
+            Some(256 * KIB),
+            "fills the quarter exactly"
+        );
+        b.charge(&Grant {
+            rx: 64 * KIB,
+            ..Grant::default()
+        });
+        assert_eq!(
+            b.receive_size(),
+            Some(128 * KIB),
+            "192 KiB left: half a full ring"
+        );
+
+        let mut b = Budget::new(8 * MIB, 4, 256 * KIB);
+        b.charge(&Grant {
+            tx_charged: 6976 * KIB,
+            ..Grant::default()
+        });
+        assert_eq!(
+            b.receive_size(),
+            Some(128 * KIB),
+            "reaches the send limit exactly"
+        );
+        b.charge(&Grant {
+            tx_charged: 64 * KIB,
+            ..Grant::default()
+        });
+        assert_eq!(b.receive_size(), Some(64 * KIB));
     }
 
     #[test]
@@ -258,8 +307,10 @@ mod tests {
     fn whole_rings_fit_or_are_refused() {
         let mut b = Budget::new(MIB, 1, 64 * 1024);
         let g = Grant::whole(128 * 1024, 128 * 1024);
+        assert_eq!(g.total(), 256 * 1024);
         let mut n = 0;
-        while b.fits(g.total()) {
+        // Bounded: a megabyte holds few of them.
+        while b.fits(g.total()) && n < 100 {
             b.charge(&g);
             n += 1;
         }
