@@ -231,6 +231,14 @@ mod tests {
             Some(128 * KIB),
             "192 KiB left: half a full ring"
         );
+        // Releasing a small ring gives back only that much.
+        let small = Grant {
+            rx: 128 * KIB,
+            ..Grant::default()
+        };
+        b.charge(&small);
+        b.release(&small);
+        assert_eq!(b.receive_size(), Some(128 * KIB));
 
         let mut b = Budget::new(8 * MIB, 4, 256 * KIB);
         b.charge(&Grant {
