@@ -596,6 +596,16 @@ fn connections_whose_far_side_never_reads_stay_within_the_buffer_budget() {
     };
     assert_eq!(flooded.len(), 150, "{flooded:?}");
     assert!(flooded.iter().all(|&b| b >= 64 * 1024), "{flooded:?}");
+    // The cap is checked: too small or not a size is a usage error that says what to do.
+    for (bad, says) in [("1m", "at least 4m"), ("lots", "a size such as 64m")] {
+        let out = w.moat(&["run", "--max-buffer-memory", bad, "--", "true"], T);
+        assert!(
+            !out.status.success() && stderr(&out).contains(says),
+            "{bad}: {:?} {}",
+            out.status,
+            stderr(&out)
+        );
+    }
 }
 
 #[test]
