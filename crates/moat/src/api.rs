@@ -110,7 +110,7 @@ impl Default for NetworkBuilder {
             block_domains: Vec::new(),
             block_domain_suffixes: Vec::new(),
             dns_rebind_protection: true,
-            max_connections: 1024,
+            max_connections: moat_engine::DEFAULT_MAX_CONNECTIONS,
             max_buffer_memory: moat_engine::DEFAULT_MAX_BUFFER_MEMORY,
             dns_servers: Vec::new(),
             deny_mode: DenyMode::Drop,

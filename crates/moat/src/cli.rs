@@ -338,7 +338,9 @@ pub fn run(opts: RunOptions) -> anyhow::Result<i32> {
             } else {
                 DenyMode::Drop
             };
-            cfg.max_connections = opts.max_connections.unwrap_or(1024);
+            cfg.max_connections = opts
+                .max_connections
+                .unwrap_or(moat_engine::DEFAULT_MAX_CONNECTIONS);
             cfg.max_buffer_memory = max_buffer_memory;
             cfg.dns_servers = dns_servers;
             cfg.block_domains = block_domains;

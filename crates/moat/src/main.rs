@@ -65,7 +65,7 @@ struct RunArgs {
     #[arg(long, value_name = "BYTES")]
     mtu: Option<u32>,
     /// At most N concurrent connections (TCP connections and UDP flows).
-    #[arg(long, value_name = "N", default_value_t = 1024)]
+    #[arg(long, value_name = "N", default_value_t = moat_engine::DEFAULT_MAX_CONNECTIONS)]
     max_connections: usize,
     /// Memory the connections' buffers may hold in all, e.g. 64m (default 256m; at least
     /// 4m): past it, windows shrink and new connections are refused.

@@ -25,6 +25,7 @@ use moat_policy::{DecidedBy, DomainName, NamePermit, canonical_addr};
 use serde_json::Value;
 use smoltcp::socket::tcp;
 
+use super::close::CloseReason;
 use super::{Engine, FIRST_FLOW, FlowEntry, MAX_DNS_IN_FLIGHT};
 use crate::dns::filter;
 use crate::dns::framing::TcpFraming;
@@ -246,7 +247,7 @@ impl Engine {
             &[],
         );
         self.dns_deliver(reply, &answer.to_bytes());
-        self.remove(id, "dns failed");
+        self.remove(id, CloseReason::DnsFailed);
     }
 
     /// An upstream socket of query `id` is readable.
@@ -262,7 +263,7 @@ impl Engine {
                         continue;
                     }
                     if self.dns_answer(id, &buf[..n]) {
-                        self.remove(id, "answered");
+                        self.remove(id, CloseReason::Answered);
                         break;
                     }
                 }
@@ -481,7 +482,7 @@ impl Engine {
             self.dns_from_guest(&q, ReplyTo::Tcp { flow: id });
         }
         if closed {
-            self.remove(id, "closed");
+            self.remove(id, CloseReason::Closed);
         }
     }
 

@@ -48,6 +48,7 @@ use smoltcp::socket::tcp;
 use smoltcp::wire::{EthernetAddress, HardwareAddress, IpCidr, IpListenEndpoint};
 
 mod budget;
+mod close;
 mod dial;
 mod echo;
 mod host_addrs;
@@ -57,6 +58,7 @@ mod tcp_flow;
 mod udp_flow;
 
 use self::budget::{Budget, Grant};
+use self::close::CloseReason;
 use self::inbound::{Listener, UdpIn};
 pub use self::inbound::{Published, PublishedSocket};
 use self::intercept::{DnsQuery, DnsStream, ReplyTo};
@@ -165,7 +167,7 @@ impl EngineConfig {
         EngineConfig {
             policy,
             deny_mode: DenyMode::Drop,
-            max_connections: 1024,
+            max_connections: DEFAULT_MAX_CONNECTIONS,
             dns_servers: Vec::new(),
             link: LinkConfig::default(),
             audit,
@@ -184,6 +186,8 @@ impl EngineConfig {
     }
 }
 
+/// The default of [`EngineConfig::max_connections`].
+pub const DEFAULT_MAX_CONNECTIONS: usize = 1024;
 /// The default of [`EngineConfig::max_buffer_memory`]: 256 MiB.
 pub const DEFAULT_MAX_BUFFER_MEMORY: usize = 256 << 20;
 /// The smallest [`EngineConfig::max_buffer_memory`] accepted.
@@ -412,13 +416,27 @@ struct Engine {
     dns_in_flight: usize,
     dirty: HashSet<usize>,
     /// Aborted flows to remove once their RST is out.
-    doomed: Vec<(usize, String)>,
+    doomed: Vec<(usize, CloseReason)>,
     rx_buf: Vec<u8>,
     tx_buf: Vec<u8>,
     scratch: Vec<u8>,
     counters: Counters,
     epoch: Instant,
     rng: u64,
+}
+
+/// What the sweep does with a flow.
+enum Due {
+    /// Idle past its timeout: remove it.
+    Expire,
+    /// A DNS query timed out at its resolver: ask the next one.
+    NextResolver,
+    /// The upstream dial took too long: reset the sandbox's SYN and remove it.
+    DialTimedOut,
+    /// Move its bytes along (and end it if both sides are done).
+    Relay,
+    /// Nothing yet.
+    Nothing,
 }
 
 /// smoltcp sockets kept for reuse: a socket is allocated once, not for every connection.
@@ -610,7 +628,7 @@ impl Engine {
             self.service_dirty();
             self.egress();
             for (id, why) in std::mem::take(&mut self.doomed) {
-                self.remove(id, &why);
+                self.remove(id, why);
             }
             if Instant::now() >= next_sweep {
                 if !self.host_addrs.is_watched() {
@@ -1040,37 +1058,37 @@ impl Engine {
             self.next_pin_sweep = now + Duration::from_secs(10);
         }
         for id in 0..self.flows.len() {
-            let action = match &self.flows[id] {
+            let due = match &self.flows[id] {
                 Some(FlowEntry::Udp(f))
                     if now.duration_since(f.last) >= self.cfg.udp_idle_timeout =>
                 {
-                    Some(0)
+                    Due::Expire
                 }
-                Some(FlowEntry::Dns(q)) if now >= q.deadline => Some(1),
-                Some(FlowEntry::Echo(e)) if now.duration_since(e.last) >= ECHO_IDLE => Some(0),
-                Some(FlowEntry::DnsTcp(_)) => Some(3),
+                Some(FlowEntry::Dns(q)) if now >= q.deadline => Due::NextResolver,
+                Some(FlowEntry::Echo(e)) if now.duration_since(e.last) >= ECHO_IDLE => Due::Expire,
+                Some(FlowEntry::DnsTcp(_)) => Due::Relay,
                 Some(FlowEntry::UdpIn(f))
                     if now.duration_since(f.last) >= self.cfg.udp_idle_timeout =>
                 {
-                    Some(0)
+                    Due::Expire
                 }
                 Some(FlowEntry::Tcp(f)) => match f.state {
-                    TcpState::Connecting { deadline, .. } if now >= deadline => Some(2),
-                    TcpState::Open { .. } => Some(3),
-                    _ => None,
+                    TcpState::Connecting { deadline, .. } if now >= deadline => Due::DialTimedOut,
+                    TcpState::Open { .. } => Due::Relay,
+                    _ => Due::Nothing,
                 },
-                _ => None,
+                _ => Due::Nothing,
             };
-            match action {
-                Some(0) => self.remove(id, "idle"),
-                Some(1) => {
+            match due {
+                Due::Expire => self.remove(id, CloseReason::Idle),
+                Due::NextResolver => {
                     let next = match &self.flows[id] {
                         Some(FlowEntry::Dns(q)) => q.server + 1,
                         _ => continue,
                     };
                     self.dns_try(id, next);
                 }
-                Some(2) => {
+                Due::DialTimedOut => {
                     if let Some(FlowEntry::Tcp(f)) = &self.flows[id]
                         && let TcpState::Connecting { seq, .. } = f.state
                     {
@@ -1078,15 +1096,17 @@ impl Engine {
                         self.counters.dial_failures += 1;
                         self.reset_guest(guest, remote, seq, 1);
                     }
-                    self.remove(id, "upstream connect timed out");
+                    self.remove(id, CloseReason::ConnectTimedOut);
                 }
-                Some(3) => self.relay(id),
-                _ => {}
+                // Relaying again picks up flows that were waiting on the buffer budget and
+                // TCP connections smoltcp has finished.
+                Due::Relay => self.relay(id),
+                Due::Nothing => {}
             }
         }
     }
 
-    fn remove(&mut self, id: usize, why: &str) {
+    fn remove(&mut self, id: usize, why: CloseReason) {
         let Some(entry) = self.flows.get_mut(id).and_then(Option::take) else {
             return;
         };
@@ -1094,7 +1114,7 @@ impl Engine {
         let registry = self.poll.registry();
         match entry {
             FlowEntry::Tcp(mut flow) => {
-                if flow.inbound && why != "closed" {
+                if flow.inbound && !why.is_clean() {
                     inbound::reset(&flow.stream);
                 }
                 let _ = registry.deregister(&mut flow.stream);
@@ -1112,7 +1132,7 @@ impl Engine {
                     flow.up,
                     flow.down,
                     flow.started,
-                    why,
+                    &why,
                 );
             }
             FlowEntry::Udp(mut flow) => {
@@ -1127,7 +1147,7 @@ impl Engine {
                     flow.up,
                     flow.down,
                     flow.started,
-                    why,
+                    &why,
                 );
             }
             FlowEntry::Echo(mut e) => {
@@ -1146,14 +1166,14 @@ impl Engine {
                 self.udp_in_by_guest.remove(&(f.guest, f.source));
                 self.active -= 1;
                 self.audit_close(
-                    "udp", &f.rule, f.peer, f.guest, f.up, f.down, f.started, why,
+                    "udp", &f.rule, f.peer, f.guest, f.up, f.down, f.started, &why,
                 );
             }
             FlowEntry::DnsTcp(s) => {
                 self.recycle(s.handle, s.mem);
                 self.tcp_index.remove(&(s.guest, s.remote));
                 self.active -= 1;
-                self.audit_close("tcp", "dns", s.guest, s.remote, 0, 0, s.started, why);
+                self.audit_close("tcp", "dns", s.guest, s.remote, 0, 0, s.started, &why);
             }
         }
     }
@@ -1168,13 +1188,13 @@ impl Engine {
         up: u64,
         down: u64,
         started: Instant,
-        why: &str,
+        why: &CloseReason,
     ) {
         self.cfg.audit.event(
             "close",
             "allow",
             rule,
-            why,
+            &why.to_string(),
             vec![
                 ("proto", Value::from(proto)),
                 ("src", Value::from(guest.to_string())),
@@ -1204,7 +1224,7 @@ impl Engine {
         // The resets go out before the sockets are dropped.
         self.egress();
         for id in 0..self.flows.len() {
-            self.remove(id, "sandbox stopped");
+            self.remove(id, CloseReason::SandboxStopped);
         }
     }
 }

@@ -28,7 +28,7 @@ impl Engine {
                     self.dirty.insert(id);
                 }
                 Some(FlowEntry::Tcp(_)) if rst => {
-                    self.remove(id, "reset by the sandbox while connecting")
+                    self.remove(id, CloseReason::ResetWhileConnecting)
                 }
                 _ => {}
             }
@@ -190,7 +190,7 @@ impl Engine {
                     let (guest, remote) = (flow.guest, flow.remote);
                     self.reset_guest(guest, remote, seq, 1);
                 }
-                self.remove(id, &format!("upstream connect failed: {e}"));
+                self.remove(id, CloseReason::ConnectFailed(e.to_string()));
             }
             Ok(()) => {
                 let _ = flow.stream.set_nodelay(true);
@@ -212,7 +212,7 @@ impl Engine {
                 if socket.listen(endpoint).is_err() {
                     let mem = std::mem::take(&mut flow.mem);
                     self.give_back(*socket, mem);
-                    self.remove(id, "cannot listen");
+                    self.remove(id, CloseReason::CannotListen);
                     return;
                 }
                 let handle = self.sockets.add(*socket);
@@ -241,7 +241,7 @@ impl Engine {
             return;
         };
         let socket = self.sockets.get_mut::<tcp::Socket>(handle);
-        let mut failed: Option<String> = None;
+        let mut failed: Option<CloseReason> = None;
         // Sandbox → host.
         while may_send_up && socket.can_recv() {
             let stream = &mut flow.stream;
@@ -255,7 +255,7 @@ impl Engine {
                 Ok(Err(e)) if e.kind() == io::ErrorKind::WouldBlock => break,
                 Ok(Err(e)) if e.kind() == io::ErrorKind::Interrupted => continue,
                 Ok(Err(e)) => {
-                    failed = Some(format!("upstream write failed: {e}"));
+                    failed = Some(CloseReason::UpstreamWrite(e.to_string()));
                     break;
                 }
                 Err(_) => break,
@@ -314,19 +314,19 @@ impl Engine {
                 }
                 Ok(Got::Block) | Err(_) => break,
                 Ok(Got::Fail(e)) if e.kind() == io::ErrorKind::Interrupted => continue,
-                Ok(Got::Fail(e)) => failed = Some(format!("upstream read failed: {e}")),
+                Ok(Got::Fail(e)) => failed = Some(CloseReason::UpstreamRead(e.to_string())),
             }
         }
         if let Some(reason) = failed {
-            self.abort(id, handle, &reason);
+            self.abort(id, handle, reason);
             return;
         }
         let state = socket.state();
         if matches!(state, tcp::State::Closed | tcp::State::TimeWait) {
             let reason = if flow.host_eof && flow.host_write_shut {
-                "closed"
+                CloseReason::Closed
             } else {
-                "reset"
+                CloseReason::Reset
             };
             self.remove(id, reason);
         }
@@ -406,7 +406,7 @@ impl Engine {
                 ("sni", name),
             ],
         );
-        self.abort(id, handle, "denied by its TLS ClientHello");
+        self.abort(id, handle, CloseReason::DeniedByClientHello);
         Gate::Aborted
     }
 
@@ -427,9 +427,9 @@ impl Engine {
 
     /// Resets the sandbox's side of TCP flow `id`; the flow is removed after the next
     /// egress, once smoltcp has sent the RST.
-    pub(super) fn abort(&mut self, id: usize, handle: SocketHandle, why: &str) {
+    pub(super) fn abort(&mut self, id: usize, handle: SocketHandle, why: CloseReason) {
         self.sockets.get_mut::<tcp::Socket>(handle).abort();
-        self.doomed.push((id, why.to_owned()));
+        self.doomed.push((id, why));
     }
 
     /// Takes a socket out of the set and keeps it for reuse. Outside the set an abort

@@ -1,0 +1,97 @@
+//! Why a flow ended. Every removal names one of these; its text is the audit log's
+//! `close` event `reason`, and [`CloseReason::is_clean`] says whether the far end of a
+//! published port gets an orderly close or a reset.
+
+use std::fmt;
+
+/// Why a flow was removed.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub(crate) enum CloseReason {
+    /// Both sides finished, each with a FIN.
+    Closed,
+    /// A side reset, or the connection ended without both FINs.
+    Reset,
+    /// The sandbox reset a TCP connection while moat was still dialing for it.
+    ResetWhileConnecting,
+    /// No traffic for the idle timeout (UDP flows, echo flows).
+    Idle,
+    /// The upstream dial did not finish in time.
+    ConnectTimedOut,
+    /// The upstream dial failed.
+    ConnectFailed(String),
+    /// The smoltcp socket could not take the connection.
+    CannotListen,
+    /// Writing to the upstream failed.
+    UpstreamWrite(String),
+    /// Reading from the upstream failed.
+    UpstreamRead(String),
+    /// The TLS server name in the ClientHello was denied, or could not be read.
+    DeniedByClientHello,
+    /// A DNS query was answered.
+    Answered,
+    /// Every upstream resolver failed a DNS query.
+    DnsFailed,
+    /// The sandbox stopped.
+    SandboxStopped,
+}
+
+impl CloseReason {
+    /// True for an orderly close (FIN both ways); anything else resets the host side of a
+    /// published port.
+    pub(crate) fn is_clean(&self) -> bool {
+        *self == CloseReason::Closed
+    }
+}
+
+impl fmt::Display for CloseReason {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        match self {
+            CloseReason::Closed => f.write_str("closed"),
+            CloseReason::Reset => f.write_str("reset"),
+            CloseReason::ResetWhileConnecting => {
+                f.write_str("reset by the sandbox while connecting")
+            }
+            CloseReason::Idle => f.write_str("idle"),
+            CloseReason::ConnectTimedOut => f.write_str("upstream connect timed out"),
+            CloseReason::ConnectFailed(e) => write!(f, "upstream connect failed: {e}"),
+            CloseReason::CannotListen => f.write_str("cannot listen"),
+            CloseReason::UpstreamWrite(e) => write!(f, "upstream write failed: {e}"),
+            CloseReason::UpstreamRead(e) => write!(f, "upstream read failed: {e}"),
+            CloseReason::DeniedByClientHello => f.write_str("denied by its TLS ClientHello"),
+            CloseReason::Answered => f.write_str("answered"),
+            CloseReason::DnsFailed => f.write_str("dns failed"),
+            CloseReason::SandboxStopped => f.write_str("sandbox stopped"),
+        }
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn only_an_orderly_close_is_clean() {
+        assert!(CloseReason::Closed.is_clean());
+        for other in [
+            CloseReason::Reset,
+            CloseReason::Idle,
+            CloseReason::SandboxStopped,
+            CloseReason::UpstreamRead("connection reset by peer".into()),
+        ] {
+            assert!(!other.is_clean(), "{other}");
+        }
+    }
+
+    #[test]
+    fn the_audit_text_names_the_cause() {
+        assert_eq!(CloseReason::Closed.to_string(), "closed");
+        assert_eq!(
+            CloseReason::ConnectFailed("connection refused".into()).to_string(),
+            "upstream connect failed: connection refused"
+        );
+        assert_eq!(
+            CloseReason::DeniedByClientHello.to_string(),
+            "denied by its TLS ClientHello"
+        );
+    }
+}
