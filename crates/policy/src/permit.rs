@@ -6,7 +6,7 @@
 use std::net::IpAddr;
 
 use crate::compiled::CompiledPolicy;
-use crate::decide::{Decision, Flow};
+use crate::decide::{DecidedBy, Decision, Flow};
 use crate::domain::DomainName;
 
 /// The policy allowed a flow to `addr`.
@@ -14,6 +14,7 @@ use crate::domain::DomainName;
 pub struct Permit {
     decision: Decision,
     addr: IpAddr,
+    names_ports: bool,
 }
 
 impl Permit {
@@ -25,6 +26,12 @@ impl Permit {
     /// The address the flow was judged for.
     pub fn addr(&self) -> IpAddr {
         self.addr
+    }
+
+    /// True when the allowing rule names ports (not the default, not a port-less rule):
+    /// the engine lets DNS over TLS through only on such an explicit allow.
+    pub fn rule_names_ports(&self) -> bool {
+        self.names_ports
     }
 }
 
@@ -52,12 +59,41 @@ impl CompiledPolicy {
     pub fn permit(&self, flow: &Flow<'_>) -> Result<Permit, Decision> {
         let decision = self.decide(flow);
         if decision.is_allow() {
+            let names_ports = match decision.by {
+                DecidedBy::Rule(i) => self
+                    .policy()
+                    .rules
+                    .get(i)
+                    .is_some_and(|r| r.ports.is_some()),
+                DecidedBy::Default | DecidedBy::Unreachable => false,
+            };
             Ok(Permit {
                 decision,
                 addr: flow.addr,
+                names_ports,
             })
         } else {
             Err(decision)
+        }
+    }
+
+    /// The decision when a `Domain` or `DomainSuffix` deny rule decides a lookup of `name`
+    /// (an address rule or the default deciding gives `None`): names a DNS answer's CNAME
+    /// chain passes through are held to these.
+    pub fn name_rule_denies(&self, name: &DomainName) -> Option<Decision> {
+        let decision = self.decide_name(name);
+        match decision.by {
+            DecidedBy::Rule(i)
+                if !decision.is_allow()
+                    && self
+                        .policy()
+                        .rules
+                        .get(i)
+                        .is_some_and(|r| r.destination.is_name()) =>
+            {
+                Some(decision)
+            }
+            _ => None,
         }
     }
 
@@ -98,5 +134,57 @@ mod tests {
             p.permit_name(&DomainName::new("example.com").unwrap())
                 .is_ok()
         );
+    }
+
+    #[test]
+    fn permits_say_whether_their_rule_names_ports() {
+        use crate::types::{Destination, PortRange, Rule};
+        let mut policy = NetworkPolicy::none();
+        let mut dot = Rule::allow_outbound(Destination::Cidr("203.0.113.10/32".parse().unwrap()));
+        dot.ports = Some(PortRange::single(853));
+        policy.rules.push(dot);
+        policy.rules.push(Rule::allow_outbound(Destination::Cidr(
+            "203.0.113.0/24".parse().unwrap(),
+        )));
+        let p = policy.compile().unwrap();
+        let flow = |to: &str| Flow::outbound(Protocol::Tcp, to.parse().unwrap());
+        assert!(
+            p.permit(&flow("203.0.113.10:853"))
+                .unwrap()
+                .rule_names_ports()
+        );
+        assert!(
+            !p.permit(&flow("203.0.113.11:853"))
+                .unwrap()
+                .rule_names_ports()
+        );
+        let default = NetworkPolicy::allow_all().compile().unwrap();
+        assert!(
+            !default
+                .permit(&flow("198.51.100.1:853"))
+                .unwrap()
+                .rule_names_ports()
+        );
+    }
+
+    #[test]
+    fn only_name_rules_deny_names_for_cname_chains() {
+        use crate::types::{Destination, Rule};
+        let mut policy = NetworkPolicy::public_only();
+        policy.rules.insert(
+            0,
+            Rule::deny_outbound(Destination::domain_suffix("tracking.example.test").unwrap()),
+        );
+        let p = policy.compile().unwrap();
+        let name = |n: &str| DomainName::new(n).unwrap();
+        let denied = p
+            .name_rule_denies(&name("x.tracking.example.test"))
+            .unwrap();
+        assert_eq!(denied.rule_label(), "0");
+        assert_eq!(p.name_rule_denies(&name("api.example.test")), None);
+        // A lookup denied by no name rule (the default of `none`) is not a name denial.
+        let none = NetworkPolicy::none().compile().unwrap();
+        assert!(none.permit_name(&name("api.example.test")).is_err());
+        assert_eq!(none.name_rule_denies(&name("api.example.test")), None);
     }
 }

@@ -329,22 +329,10 @@ impl Engine {
                 .blocked(link)
                 .map(|b| b.label().to_owned())
                 .or_else(|| {
-                    let d = self.cfg.policy.decide_name(link);
-                    match d.by {
-                        DecidedBy::Rule(i)
-                            if !d.is_allow()
-                                && self
-                                    .cfg
-                                    .policy
-                                    .policy()
-                                    .rules
-                                    .get(i)
-                                    .is_some_and(|r| r.destination.is_name()) =>
-                        {
-                            Some(d.rule_label())
-                        }
-                        _ => None,
-                    }
+                    self.cfg
+                        .policy
+                        .name_rule_denies(link)
+                        .map(|d| d.rule_label())
                 });
             if let Some(by) = blocked {
                 let reason =

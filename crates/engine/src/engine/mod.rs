@@ -39,8 +39,8 @@ use std::time::{Duration, Instant};
 use mio::net::{TcpStream, UdpSocket};
 use mio::{Events, Interest, Poll, Token, Waker};
 use moat_policy::{
-    CompiledPolicy, DecidedBy, Decision, Direction, DomainName, DomainSuffix, Flow, Permit,
-    Protocol, canonical_addr,
+    CompiledPolicy, Decision, Direction, DomainName, DomainSuffix, Flow, Permit, Protocol,
+    canonical_addr,
 };
 use serde_json::Value;
 use smoltcp::iface::{Config, Interface, SocketHandle, SocketSet};

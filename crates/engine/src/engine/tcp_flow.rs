@@ -47,8 +47,8 @@ impl Engine {
         let verdict = self.judge(Protocol::Tcp, upstream);
         // DNS over TLS would carry lookups past the interceptor: only a rule that names
         // port 853 explicitly allows it.
-        let dot_refused = remote.port() == 853
-            && verdict.as_ref().is_ok_and(|p| !matches!(p.decision().by, DecidedBy::Rule(i) if self.cfg.policy.policy().rules.get(i).is_some_and(|r| r.ports.is_some())));
+        let dot_refused =
+            remote.port() == 853 && verdict.as_ref().is_ok_and(|p| !p.rule_names_ports());
         let permit = match verdict {
             Ok(permit) if !dot_refused => permit,
             Ok(_) => {
