@@ -11,7 +11,7 @@ use std::time::{Duration, Instant};
 
 use anyhow::{Context, bail};
 use moat_engine::{AuditLog, DenyMode, EngineConfig, LinkConfig, TapDevice};
-use moat_policy::{DestSpec, NetworkPolicy, Rule};
+use moat_policy::{DestSpec, NetworkPolicy, PolicyFileError, PolicyFormat, Rule};
 use moat_sandbox::{Sandbox, SandboxConfig, SpawnSpec};
 use nix::sys::signal::{SigSet, SigmaskHow, Signal};
 use nix::sys::signalfd::{SfdFlags, SignalFd};
@@ -74,6 +74,16 @@ pub struct RunOptions {
     pub command: Vec<OsString>,
 }
 
+/// Reads a policy file, TOML or JSON (by its extension, else its first character). The
+/// policy crate only parses; reading files is the caller's part.
+pub fn read_policy_file(path: &std::path::Path) -> Result<NetworkPolicy, PolicyFileError> {
+    let text = std::fs::read_to_string(path).map_err(|source| PolicyFileError::Read {
+        path: path.to_owned(),
+        source,
+    })?;
+    NetworkPolicy::from_text(path, &text, PolicyFormat::detect(path, &text))
+}
+
 /// A preset name (`public-only`, `allow-all`, `none`), else a policy file.
 pub fn policy_arg(text: &str) -> anyhow::Result<NetworkPolicy> {
     match NetworkPolicy::preset(text) {
@@ -81,7 +91,7 @@ pub fn policy_arg(text: &str) -> anyhow::Result<NetworkPolicy> {
         Err(preset_err) => {
             let path = std::path::Path::new(text);
             if path.exists() {
-                Ok(NetworkPolicy::from_file(path)?)
+                Ok(read_policy_file(path)?)
             } else {
                 Err(anyhow::anyhow!(
                     "{preset_err}; no file {text:?} exists either"

@@ -224,7 +224,7 @@ fn run_options(args: RunArgs, matches: Option<&clap::ArgMatches>) -> run::RunOpt
 }
 
 fn load(path: &Path) -> Result<NetworkPolicy, PolicyFileError> {
-    NetworkPolicy::from_file(path)
+    moat::cli::read_policy_file(path)
 }
 
 fn check(file: &Path) -> anyhow::Result<()> {

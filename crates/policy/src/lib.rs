@@ -1,6 +1,6 @@
 //! moat's network policy, pure: the model of the user's specification, what it means for a
 //! flow or a DNS name, a compiled matcher that answers the same in a few lookups, and
-//! policy files.
+//! policy files parsed from text (reading them is the caller's part: no I/O here).
 //!
 //! ```
 //! use moat_policy::{Action, Flow, NetworkPolicy, Protocol};
