@@ -352,6 +352,31 @@ impl NetworkPolicy {
         self.default_action == Action::Deny && self.rules.iter().all(|r| r.action == Action::Deny)
     }
 
+    /// True when a rule names a domain or a suffix (so TLS server names and DNS pins
+    /// matter).
+    pub fn has_name_rules(&self) -> bool {
+        self.rules.iter().any(|r| r.destination.is_name())
+    }
+
+    /// The networks that outbound allow rules without a port filter name explicitly
+    /// (CIDRs, and groups' networks): DNS answers pointing into them are the user's
+    /// choice, so rebind protection lets them through.
+    pub fn explicitly_allowed_networks(&self) -> Vec<IpNetwork> {
+        let mut out = Vec::new();
+        for r in &self.rules {
+            if r.action != Action::Allow || r.direction != Direction::Outbound || r.ports.is_some()
+            {
+                continue;
+            }
+            match &r.destination {
+                Destination::Cidr(net) => out.push(*net),
+                Destination::Group(g) => out.extend(g.networks().iter().copied()),
+                _ => {}
+            }
+        }
+        out
+    }
+
     /// Legal rules that are probably not what was meant, each as one line saying what to
     /// do. Today: an outbound allow rule for `any` (a port-only rule included) that no
     /// earlier rule guards with unfiltered denies of loopback, metadata and private — it
@@ -797,5 +822,34 @@ mod tests {
         assert!(!one_allow.is_offline());
         assert!(!NetworkPolicy::allow_all().is_offline());
         assert!(!NetworkPolicy::public_only().is_offline());
+    }
+
+    #[test]
+    fn what_the_engine_reads_off_a_policy() {
+        let mut p = NetworkPolicy::none();
+        assert!(!p.has_name_rules());
+        assert!(p.explicitly_allowed_networks().is_empty());
+        p.rules.push(Rule::allow_outbound(Destination::Cidr(
+            "10.1.0.0/16".parse().unwrap(),
+        )));
+        p.rules.push(Rule::allow_outbound(Destination::Group(
+            DestinationGroup::Loopback,
+        )));
+        let mut ported = Rule::allow_outbound(Destination::Cidr("10.2.0.0/16".parse().unwrap()));
+        ported.ports = Some(PortRange::single(80));
+        p.rules.push(ported);
+        p.rules.push(Rule::deny_outbound(Destination::Cidr(
+            "10.3.0.0/16".parse().unwrap(),
+        )));
+        let mut inbound = Rule::allow_outbound(Destination::Cidr("10.4.0.0/16".parse().unwrap()));
+        inbound.direction = Direction::Inbound;
+        p.rules.push(inbound);
+        let mut expected = vec!["10.1.0.0/16".parse::<IpNetwork>().unwrap()];
+        expected.extend(DestinationGroup::Loopback.networks().iter().copied());
+        assert_eq!(p.explicitly_allowed_networks(), expected);
+        p.rules.push(Rule::deny_outbound(
+            Destination::domain("api.example.test").unwrap(),
+        ));
+        assert!(p.has_name_rules());
     }
 }

@@ -13,8 +13,7 @@ use std::net::IpAddr;
 
 use ipnet_lite::Net;
 use moat_policy::{
-    Action, Destination, DestinationGroup, Direction, DomainName, DomainSuffix, NetworkPolicy,
-    canonical_addr, canonical_net,
+    DestinationGroup, DomainName, DomainSuffix, NetworkPolicy, canonical_addr, canonical_net,
 };
 
 use super::message::{Message, RData, SVC_IPV4HINT, SVC_IPV6HINT, rtype};
@@ -99,18 +98,11 @@ impl DnsRules {
         block_suffix: &[DomainSuffix],
         rebind_protection: bool,
     ) -> DnsRules {
-        let mut exempt = Vec::new();
-        for r in &policy.rules {
-            if r.action != Action::Allow || r.direction != Direction::Outbound || r.ports.is_some()
-            {
-                continue;
-            }
-            match &r.destination {
-                Destination::Cidr(net) => exempt.push(net_of(*net)),
-                Destination::Group(g) => exempt.extend(g.networks().iter().map(|n| net_of(*n))),
-                _ => {}
-            }
-        }
+        let exempt: Vec<Net> = policy
+            .explicitly_allowed_networks()
+            .into_iter()
+            .map(net_of)
+            .collect();
         DnsRules {
             exact: block.iter().cloned().collect(),
             suffixes: block_suffix.iter().map(|s| s.parent().clone()).collect(),
@@ -265,7 +257,7 @@ pub fn chain(msg: &Message) -> Vec<DomainName> {
 mod tests {
     use super::super::message::{Question, Record, name};
     use super::*;
-    use moat_policy::{PortRange, Rule};
+    use moat_policy::{Action, Destination, PortRange, Rule};
 
     fn n(s: &str) -> DomainName {
         DomainName::new(s).unwrap()

@@ -506,12 +506,7 @@ impl Engine {
         let _ = iface
             .routes_mut()
             .add_default_ipv6_route(link_cfg.gateway_v6);
-        let has_name_rules = cfg
-            .policy
-            .policy()
-            .rules
-            .iter()
-            .any(|r| r.destination.is_name());
+        let has_name_rules = cfg.policy.policy().has_name_rules();
         let dns_rules = DnsRules::new(
             cfg.policy.policy(),
             &cfg.block_domains,
