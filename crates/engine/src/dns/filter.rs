@@ -263,6 +263,17 @@ mod tests {
         DomainName::new(s).unwrap()
     }
 
+    /// An answer record for a.example.test.
+    fn answer(rtype: u16, data: RData) -> Record {
+        Record {
+            name: name("a.example.test"),
+            rtype,
+            class: 1,
+            ttl: 30,
+            data,
+        }
+    }
+
     fn rules(policy: NetworkPolicy, rebind: bool) -> DnsRules {
         DnsRules::new(
             &policy,
@@ -354,13 +365,6 @@ mod tests {
     #[test]
     fn filtering_answers_and_hints() {
         let r = rules(NetworkPolicy::public_only(), true);
-        let rec = |rtype, data| Record {
-            name: name("a.example.test"),
-            rtype,
-            class: 1,
-            ttl: 30,
-            data,
-        };
         let mut m = Message {
             questions: vec![Question {
                 name: name("a.example.test"),
@@ -368,10 +372,10 @@ mod tests {
                 qclass: 1,
             }],
             answers: vec![
-                rec(rtype::CNAME, RData::Name(name("b.example.net"))),
-                rec(rtype::A, RData::A("10.1.0.10".parse().unwrap())),
-                rec(rtype::A, RData::A("203.0.113.10".parse().unwrap())),
-                rec(
+                answer(rtype::CNAME, RData::Name(name("b.example.net"))),
+                answer(rtype::A, RData::A("10.1.0.10".parse().unwrap())),
+                answer(rtype::A, RData::A("203.0.113.10".parse().unwrap())),
+                answer(
                     rtype::HTTPS,
                     RData::Svcb(
                         1,
@@ -406,22 +410,15 @@ mod tests {
     #[test]
     fn ipv6_answers_and_hints_and_dname_chains() {
         let r = rules(NetworkPolicy::public_only(), true);
-        let rec = |rtype, data| Record {
-            name: name("a.example.test"),
-            rtype,
-            class: 1,
-            ttl: 30,
-            data,
-        };
         let v6 = |s: &str| s.parse::<std::net::Ipv6Addr>().unwrap();
         let hints = [v6("fd00::1").octets(), v6("2001:db8::11").octets()].concat();
         let mut m = Message {
             answers: vec![
-                rec(rtype::DNAME, RData::Name(name("c.example.net"))),
-                rec(rtype::NS, RData::Name(name("ns.example.net"))),
-                rec(rtype::AAAA, RData::Aaaa(v6("fd00::1"))),
-                rec(rtype::AAAA, RData::Aaaa(v6("2001:db8::10"))),
-                rec(
+                answer(rtype::DNAME, RData::Name(name("c.example.net"))),
+                answer(rtype::NS, RData::Name(name("ns.example.net"))),
+                answer(rtype::AAAA, RData::Aaaa(v6("fd00::1"))),
+                answer(rtype::AAAA, RData::Aaaa(v6("2001:db8::10"))),
+                answer(
                     rtype::HTTPS,
                     // Key 2 (no-default-alpn) has an empty value of its own: it stays.
                     RData::Svcb(1, name(""), vec![(2, Vec::new()), (SVC_IPV6HINT, hints)]),
