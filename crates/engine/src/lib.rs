@@ -16,7 +16,8 @@ pub use audit::{AuditLog, rfc3339};
 pub use device::{FrameDevice, MemoryDevice, SharedMemoryDevice, TapDevice};
 pub use engine::{
     Counters, DEFAULT_MAX_BUFFER_MEMORY, DEFAULT_MAX_CONNECTIONS, DenyMode, EngineConfig,
-    EngineHandle, LinkConfig, MAX_PUBLISHED, MIN_BUFFER_MEMORY, Published, PublishedSocket, spawn,
+    EngineHandle, LinkConfig, MAX_MTU, MAX_PUBLISHED, MIN_BUFFER_MEMORY, MIN_MTU, Published,
+    PublishedSocket, spawn,
 };
 pub use offload::{TcpOffload, VNET_HDR_LEN};
 

@@ -267,11 +267,8 @@ pub fn run(opts: RunOptions) -> anyhow::Result<i32> {
 
     let mut link = LinkConfig::default();
     if let Some(mtu) = opts.mtu {
-        // IPv6 needs 1280 (RFC 8200 §5); the TAP takes at most 65521.
-        if !(1280..=65520).contains(&mtu) {
-            bail!("--mtu {mtu}: expected 1280 to 65520");
-        }
-        link.mtu = mtu as usize;
+        link.set_mtu(mtu as usize)
+            .map_err(|e| anyhow::anyhow!("--mtu {mtu}: {e}"))?;
     }
     let network = (!policy.is_offline()).then(|| crate::setup::net_spec(&link));
     let (workdir, workdir_host) = match &opts.workdir {

@@ -135,9 +135,26 @@ fn bad_names_are_errors() {
     assert!(Sandbox::builder("Not Valid").create().is_err());
 }
 
+fn network_options_out_of_range_are_errors() {
+    for mtu in [1279, 65521] {
+        let err = Sandbox::builder("mtu")
+            .network(|n| n.mtu(mtu))
+            .create()
+            .err()
+            .unwrap_or_else(|| panic!("MTU {mtu} accepted"));
+        assert!(err.to_string().contains("expected 1280 to 65520"), "{err}");
+    }
+    let err = Sandbox::builder("buffers")
+        .network(|n| n.max_buffer_memory(1 << 20))
+        .create()
+        .err()
+        .expect("1 MiB of buffers accepted");
+    assert!(err.to_string().contains("4 MiB"), "{err}");
+}
+
 fn main() {
     moat::init();
-    let tests: [(&str, fn()); 4] = [
+    let tests: [(&str, fn()); 5] = [
         ("offline_exec_fs_and_status", offline_exec_fs_and_status),
         (
             "network_to_the_host_loopback_through_the_gateway",
@@ -145,6 +162,10 @@ fn main() {
         ),
         ("spawn_and_signal", spawn_and_signal),
         ("bad_names_are_errors", bad_names_are_errors),
+        (
+            "network_options_out_of_range_are_errors",
+            network_options_out_of_range_are_errors,
+        ),
     ];
     let (mut passed, mut failed) = (0, 0);
     for (name, test) in tests {

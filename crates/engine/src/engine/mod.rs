@@ -102,6 +102,22 @@ pub struct LinkConfig {
     pub mtu: usize,
 }
 
+/// The smallest link MTU: IPv6 needs 1280 (RFC 8200 §5).
+pub const MIN_MTU: usize = 1280;
+/// The largest link MTU: the TAP takes at most 65521.
+pub const MAX_MTU: usize = 65520;
+
+impl LinkConfig {
+    /// Sets the link MTU, when it lies within [`MIN_MTU`]..=[`MAX_MTU`].
+    pub fn set_mtu(&mut self, mtu: usize) -> Result<(), String> {
+        if !(MIN_MTU..=MAX_MTU).contains(&mtu) {
+            return Err(format!("expected {MIN_MTU} to {MAX_MTU}"));
+        }
+        self.mtu = mtu;
+        Ok(())
+    }
+}
+
 impl Default for LinkConfig {
     fn default() -> LinkConfig {
         LinkConfig {
