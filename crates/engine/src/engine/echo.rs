@@ -1,149 +1,170 @@
-//! ICMP echo relay and router advertisements.
+//! ICMP echo (ping) from the sandbox to the world: one flow per (sandbox address,
+//! destination, sandbox identifier), judged by its first request (as `icmpv4`/`icmpv6`,
+//! no port) and relayed through a ping socket, or a raw one with `CAP_NET_RAW` (see
+//! `icmp.rs`). Replies come back with the sandbox's identifier; a raw socket sees every
+//! reply, so those with another identifier are someone else's. Echoes to the gateway are
+//! answered by `ingress.rs` and never reach here. At most 64 flows; idle ones expire
+//! after ten seconds.
 
-use super::*;
+use std::io;
+use std::net::{IpAddr, SocketAddr};
+use std::time::{Duration, Instant};
 
-impl Engine {
-    /// Relays an echo request from the sandbox, if the policy allows it.
-    pub(super) fn on_echo(
-        &mut self,
-        frame: &[u8],
-        guest: IpAddr,
-        dst: IpAddr,
-        ident: u16,
-        seq: u16,
-        data: &[u8],
-    ) {
-        let key = (guest, dst, ident);
-        let id = match self.echo_index.get(&key) {
-            Some(&id) => id,
-            None => match self.open_echo(frame, guest, dst, ident) {
-                Some(id) => id,
-                None => return,
-            },
-        };
-        let mut out = std::mem::take(&mut self.tx_buf);
-        if let Some(Some(FlowEntry::Echo(e))) = self.flows.get_mut(id) {
-            e.last = Instant::now();
-            icmp::request(&mut out, dst.is_ipv6(), e.kind, e.our_ident, seq, data);
-            if e.sock.send(&out).is_ok() {
-                self.counters.icmp_relayed += 1;
-            }
-        }
-        self.tx_buf = out;
+use mio::net::UdpSocket;
+use mio::{Interest, Registry};
+use moat_policy::Protocol;
+
+use super::config::DenyMode;
+use super::cx::Cx;
+use super::dial;
+use super::table::{Due, EchoKey, Flow, FlowId, FlowKey, FlowTable};
+use crate::icmp::{self, EchoKind};
+
+/// An echo flow without requests for this long is closed.
+const ECHO_IDLE: Duration = Duration::from_secs(10);
+
+/// One echo flow.
+pub(super) struct EchoFlow {
+    guest: IpAddr,
+    dst: IpAddr,
+    guest_ident: u16,
+    /// The identifier on the wire (a raw socket's own; a ping socket's is the kernel's).
+    our_ident: u16,
+    kind: EchoKind,
+    sock: UdpSocket,
+    last: Instant,
+}
+
+/// One echo request from the sandbox.
+#[derive(Debug, Clone, Copy)]
+pub(super) struct Request<'a> {
+    pub(super) frame: &'a [u8],
+    pub(super) guest: IpAddr,
+    pub(super) dst: IpAddr,
+    pub(super) ident: u16,
+    pub(super) seq: u16,
+    pub(super) data: &'a [u8],
+}
+
+/// Relays an echo request from the sandbox, if the policy allows it.
+pub(super) fn on_request(table: &mut FlowTable, cx: &mut Cx, req: Request<'_>) {
+    let id = match table.find_echo(&(req.guest, req.dst, req.ident)) {
+        Some(id) => id,
+        None => match open(table, cx, &req) {
+            Some(id) => id,
+            None => return,
+        },
+    };
+    let Some(Flow::Echo(e)) = table.get_mut(id) else {
+        return;
+    };
+    e.last = Instant::now();
+    let mut out = std::mem::take(&mut cx.scratch);
+    icmp::request(
+        &mut out,
+        req.dst.is_ipv6(),
+        e.kind,
+        e.our_ident,
+        req.seq,
+        req.data,
+    );
+    if e.sock.send(&out).is_ok() {
+        cx.counters.icmp_relayed += 1;
     }
+    out.resize(65536, 0);
+    cx.scratch = out;
+}
 
-    /// Judges a new echo flow and opens its socket.
-    pub(super) fn open_echo(
-        &mut self,
-        frame: &[u8],
-        guest: IpAddr,
-        dst: IpAddr,
-        ident: u16,
-    ) -> Option<usize> {
-        let judged = self.upstream(SocketAddr::new(dst, 0)).ip();
-        let names = self.pins.names(canonical_addr(judged), Instant::now());
-        let verdict = self.cfg.policy.permit(&Flow {
-            direction: Direction::Outbound,
-            protocol: if dst.is_ipv4() {
-                Protocol::Icmpv4
-            } else {
-                Protocol::Icmpv6
-            },
-            addr: judged,
-            port: None,
-            names: &names,
-            sni: None,
-            local: self.host_addrs.contains(judged),
-        });
-        let (g, d) = (SocketAddr::new(guest, ident), SocketAddr::new(dst, 0));
-        let permit = match verdict {
-            Ok(permit) => permit,
-            Err(decision) => {
-                self.audit_deny("icmp", g, d, &decision);
-                if self.cfg.deny_mode == DenyMode::Reject {
-                    self.send_prohibited(frame, dst);
-                }
-                return None;
+/// Judges a new echo flow and opens its socket.
+fn open(table: &mut FlowTable, cx: &mut Cx, req: &Request<'_>) -> Option<FlowId> {
+    let judged = cx.stack.upstream(SocketAddr::new(req.dst, 0)).ip();
+    let protocol = if req.dst.is_ipv4() {
+        Protocol::Icmpv4
+    } else {
+        Protocol::Icmpv6
+    };
+    let key = FlowKey {
+        guest: SocketAddr::new(req.guest, req.ident),
+        host: SocketAddr::new(req.dst, 0),
+    };
+    let permit = match cx.judge(protocol, judged, None) {
+        Ok(permit) => permit,
+        Err(decision) => {
+            cx.audit_deny("icmp", key, &decision);
+            if cx.cfg.deny_mode == DenyMode::Reject {
+                cx.stack.send_prohibited(req.frame, req.dst);
             }
-        };
-        if self.echo_index.len() >= MAX_ECHO_FLOWS {
-            self.counters.icmp_dropped += 1;
             return None;
         }
-        let Ok((mut sock, kind)) = dial::echo(judged, &permit) else {
-            self.counters.icmp_dropped += 1;
-            return None;
-        };
-        let Some(id) = self.register_new(&mut sock, Interest::READABLE) else {
-            self.counters.icmp_dropped += 1;
-            return None;
-        };
-        let our_ident = self.next_random() as u16;
-        self.flows[id] = Some(FlowEntry::Echo(EchoFlow {
-            guest,
-            dst,
-            guest_ident: ident,
-            our_ident,
-            kind,
-            sock,
-            last: Instant::now(),
-        }));
-        self.echo_index.insert((guest, dst, ident), id);
-        let (rule, reason) = (
-            permit.decision().rule_label(),
-            self.cfg.policy.reason(permit.decision()),
-        );
-        self.audit_allow("icmp", g, d, &rule, &reason);
-        Some(id)
+    };
+    if table.echo_full() {
+        cx.counters.icmp_dropped += 1;
+        return None;
     }
+    let Ok((mut sock, kind)) = dial::echo(judged, &permit) else {
+        cx.counters.icmp_dropped += 1;
+        return None;
+    };
+    let Some(id) = table.open(&mut sock, Interest::READABLE) else {
+        cx.counters.icmp_dropped += 1;
+        return None;
+    };
+    let flow = EchoFlow {
+        guest: req.guest,
+        dst: req.dst,
+        guest_ident: req.ident,
+        our_ident: cx.next_random() as u16,
+        kind,
+        sock,
+        last: Instant::now(),
+    };
+    table.insert(id, Flow::Echo(flow));
+    let (rule, reason) = cx.explain(permit.decision());
+    cx.audit_allow("icmp", key, &rule, &reason);
+    Some(id)
+}
 
-    pub(super) fn echo_readable(&mut self, id: usize) {
-        let mut buf = std::mem::take(&mut self.scratch);
-        let mut out = std::mem::take(&mut self.tx_buf);
-        while let Some(Some(FlowEntry::Echo(e))) = self.flows.get_mut(id) {
-            let n = match e.sock.recv(&mut buf) {
-                Ok(n) => n,
-                Err(err) if err.kind() == io::ErrorKind::WouldBlock => break,
-                Err(_) => continue,
-            };
-            let Some((ident, seq, data)) = icmp::reply(&buf[..n], e.dst.is_ipv6(), e.kind) else {
-                continue;
-            };
-            if e.kind == EchoKind::Raw && ident != e.our_ident {
-                continue; // someone else's ping to the same host
-            }
-            let (src, guest, guest_ident) = (e.dst, e.guest, e.guest_ident);
-            if wire::echo_reply(&mut out, &self.link, src, guest, guest_ident, seq, data) {
-                self.send_frame(&out);
-            }
+/// The flow's socket has replies: each goes to the sandbox with its identifier.
+pub(super) fn readable(table: &mut FlowTable, cx: &mut Cx, id: FlowId) {
+    let Some(Flow::Echo(e)) = table.get_mut(id) else {
+        return;
+    };
+    let mut buf = std::mem::take(&mut cx.scratch);
+    loop {
+        let n = match e.sock.recv(&mut buf) {
+            Ok(n) => n,
+            Err(err) if err.kind() == io::ErrorKind::WouldBlock => break,
+            Err(_) => continue,
+        };
+        let Some((ident, seq, data)) = icmp::reply(&buf[..n], e.dst.is_ipv6(), e.kind) else {
+            continue;
+        };
+        if e.kind == EchoKind::Raw && ident != e.our_ident {
+            continue; // someone else's ping to the same host
         }
-        self.scratch = buf;
-        self.tx_buf = out;
+        cx.stack
+            .echo_reply(e.dst, e.guest, e.guest_ident, seq, data);
+    }
+    cx.scratch = buf;
+}
+
+impl EchoFlow {
+    pub(super) fn key(&self) -> EchoKey {
+        (self.guest, self.dst, self.guest_ident)
     }
 
-    /// Answers a router solicitation (RFC 4861 §6.2.6) with the link's prefix.
-    pub(super) fn router_advert(&mut self, from: IpAddr) {
-        let IpAddr::V6(from) = from else { return };
-        let dst = if from.is_unspecified() {
-            Ipv6Addr::new(0xff02, 0, 0, 0, 0, 0, 0, 1)
+    /// What the sweep should do.
+    pub(super) fn due(&self, now: Instant) -> Due {
+        if now.duration_since(self.last) >= ECHO_IDLE {
+            Due::Expire
         } else {
-            from
-        };
-        let link = self.cfg.link;
-        let bits = 128 - u32::from(link.prefix_v6.min(128));
-        let prefix = u128::from(link.gateway_v6) & u128::MAX.checked_shl(bits).unwrap_or(0);
-        let mut out = std::mem::take(&mut self.tx_buf);
-        if wire::router_advert(
-            &mut out,
-            &self.link,
-            GATEWAY_LINK_LOCAL,
-            dst,
-            Ipv6Addr::from(prefix),
-            link.prefix_v6,
-            link.mtu as u32,
-        ) {
-            self.send_frame(&out);
+            Due::Nothing
         }
-        self.tx_buf = out;
+    }
+
+    /// Releases the socket (called by the flow table; echo flows are not audited when
+    /// they end).
+    pub(super) fn close(mut self, registry: &Registry) {
+        let _ = registry.deregister(&mut self.sock);
     }
 }

@@ -17,17 +17,17 @@
 
 use std::io;
 use std::net::{IpAddr, SocketAddr};
-use std::os::fd::AsFd;
-use std::time::Instant;
+use std::time::{Duration, Instant};
 
 use mio::net::{TcpListener, TcpStream, UdpSocket};
-use mio::{Interest, Token};
-use moat_policy::{Decision, Flow, Protocol, canonical_addr};
-use serde_json::Value;
+use mio::{Interest, Registry, Token};
+use moat_policy::{Protocol, canonical_addr};
 use smoltcp::wire::IpEndpoint;
 
-use super::{Engine, FlowEntry, LISTENER_BASE, SniCheck, TcpFlow, TcpState};
-use crate::wire;
+use super::close::CloseReason;
+use super::cx::{Cx, Tally};
+use super::table::{Due, Flow, FlowKey, FlowTable};
+use super::tcp_flow::{self, TcpFlow};
 
 /// A published port's host socket, bound by moat before the sandbox starts.
 #[derive(Debug)]
@@ -47,13 +47,23 @@ pub struct Published {
     pub guest_port: u16,
 }
 
-/// A published port inside the engine.
-pub(super) struct Listener {
-    pub(super) socket: ListenerSocket,
-    pub(super) guest_port: u16,
+/// Connections accepted or datagrams read per event before the loop moves on.
+const ACCEPT_BATCH: usize = 256;
+
+/// The published ports inside the engine.
+pub(super) struct Listeners {
+    list: Vec<Listener>,
+    /// The last port handed to a peer shown as the gateway.
+    ephemeral: u16,
 }
 
-pub(super) enum ListenerSocket {
+/// A published port inside the engine.
+struct Listener {
+    socket: ListenerSocket,
+    guest_port: u16,
+}
+
+enum ListenerSocket {
     Tcp(TcpListener),
     Udp(UdpSocket),
 }
@@ -63,318 +73,271 @@ pub(super) struct UdpIn {
     pub(super) listener: usize,
     pub(super) peer: SocketAddr,
     /// The sandbox's address and port.
-    pub(super) guest: SocketAddr,
+    guest: SocketAddr,
     /// The source the sandbox sees.
-    pub(super) source: SocketAddr,
-    pub(super) last: Instant,
-    pub(super) up: u64,
-    pub(super) down: u64,
-    pub(super) started: Instant,
-    pub(super) rule: String,
+    source: SocketAddr,
+    last: Instant,
+    tally: Tally,
+    rule: String,
 }
 
-/// Resets a host connection (SO_LINGER 0, then close).
-pub(super) fn reset(stream: &TcpStream) {
-    let linger = libc_linger();
-    let _ =
-        nix::sys::socket::setsockopt(&stream.as_fd(), nix::sys::socket::sockopt::Linger, &linger);
-}
-
-fn libc_linger() -> nix::libc::linger {
-    nix::libc::linger {
-        l_onoff: 1,
-        l_linger: 0,
-    }
-}
-
-impl Engine {
-    /// Registers the published sockets with the loop.
-    pub(super) fn register_listeners(&mut self, published: Vec<Published>) -> io::Result<()> {
+impl Listeners {
+    /// Registers the published sockets with `registry`, the `i`th under token `base + i`.
+    pub(super) fn register(
+        registry: &Registry,
+        base: usize,
+        published: Vec<Published>,
+    ) -> io::Result<Listeners> {
+        let mut list = Vec::new();
         for (i, p) in published.into_iter().enumerate() {
-            let token = Token(LISTENER_BASE + i);
+            let token = Token(base + i);
             let socket = match p.socket {
                 PublishedSocket::Tcp(l) => {
                     l.set_nonblocking(true)?;
                     let mut l = TcpListener::from_std(l);
-                    self.poll
-                        .registry()
-                        .register(&mut l, token, Interest::READABLE)?;
+                    registry.register(&mut l, token, Interest::READABLE)?;
                     ListenerSocket::Tcp(l)
                 }
                 PublishedSocket::Udp(u) => {
                     u.set_nonblocking(true)?;
                     let mut u = UdpSocket::from_std(u);
-                    self.poll
-                        .registry()
-                        .register(&mut u, token, Interest::READABLE)?;
+                    registry.register(&mut u, token, Interest::READABLE)?;
                     ListenerSocket::Udp(u)
                 }
             };
-            self.listeners.push(Listener {
+            list.push(Listener {
                 socket,
                 guest_port: p.guest_port,
             });
         }
-        Ok(())
+        Ok(Listeners {
+            list,
+            ephemeral: 49152,
+        })
     }
 
-    /// The sandbox's address in the family of `host`.
-    fn guest_addr_like(&self, host: IpAddr) -> IpAddr {
-        match host {
-            IpAddr::V4(_) => IpAddr::V4(self.cfg.link.guest_v4),
-            IpAddr::V6(_) => IpAddr::V6(self.cfg.link.guest_v6),
-        }
-    }
-
-    /// The source the sandbox sees for `peer` reaching it over a listener of `family`.
-    fn inbound_source(&mut self, peer: SocketAddr, guest: IpAddr) -> SocketAddr {
+    /// The source the sandbox sees for `peer` reaching it at `guest`.
+    fn inbound_source(&mut self, cx: &Cx, peer: SocketAddr, guest: IpAddr) -> SocketAddr {
         let ip = canonical_addr(peer.ip());
         let routable = !ip.is_loopback() && !ip.is_unspecified() && ip.is_ipv4() == guest.is_ipv4();
         if routable {
             SocketAddr::new(ip, peer.port())
         } else {
-            let port = self.next_ephemeral();
-            SocketAddr::new(self.gateway_for(guest), port)
+            // RFC 6335 dynamic ports.
+            self.ephemeral = self.ephemeral.checked_add(1).unwrap_or(49152).max(49152);
+            SocketAddr::new(cx.stack.gateway_for(guest), self.ephemeral)
         }
     }
+}
 
-    fn next_ephemeral(&mut self) -> u16 {
-        // RFC 6335 dynamic ports.
-        self.ephemeral = self.ephemeral.checked_add(1).unwrap_or(49152).max(49152);
-        self.ephemeral
+/// Published port `index` is readable.
+pub(super) fn on_ready(
+    listeners: &mut Listeners,
+    table: &mut FlowTable,
+    cx: &mut Cx,
+    index: usize,
+) {
+    match listeners.list.get(index).map(|l| &l.socket) {
+        Some(ListenerSocket::Tcp(_)) => accept_all(listeners, table, cx, index),
+        Some(ListenerSocket::Udp(_)) => udp_readable(listeners, table, cx, index),
+        None => {}
     }
+}
 
-    fn judge_inbound(&self, protocol: Protocol, peer: IpAddr, guest_port: u16) -> Decision {
-        self.cfg.policy.decide(
-            &Flow::inbound(protocol, peer, guest_port).with_local(self.host_addrs.contains(peer)),
-        )
-    }
-
-    fn audit_inbound(
-        &mut self,
-        decision: &str,
-        rule: &str,
-        reason: &str,
-        proto: &str,
-        peer: SocketAddr,
-        guest_port: u16,
-    ) {
-        self.cfg.audit.event(
-            "connect",
-            decision,
-            rule,
-            reason,
-            vec![
-                ("direction", Value::from("inbound")),
-                ("proto", Value::from(proto)),
-                ("src", Value::from(peer.to_string())),
-                ("dst", Value::from(self.cfg.link.guest_v4.to_string())),
-                ("port", Value::from(guest_port)),
-            ],
-        );
-    }
-
-    /// A published port's socket is readable.
-    pub(super) fn on_listener(&mut self, index: usize) {
-        let Some(listener) = self.listeners.get(index) else {
-            return;
-        };
-        match &listener.socket {
-            ListenerSocket::Tcp(_) => self.accept_all(index),
-            ListenerSocket::Udp(_) => self.udp_in_readable(index),
-        }
-    }
-
-    fn accept_all(&mut self, index: usize) {
-        for _ in 0..256 {
-            let Some(Listener {
-                socket: ListenerSocket::Tcp(l),
-                guest_port,
-            }) = self.listeners.get(index)
-            else {
-                return;
-            };
-            let guest_port = *guest_port;
-            let local = l.local_addr().map(|a| a.ip());
-            match l.accept() {
-                Ok((stream, peer)) => {
-                    let host = local.unwrap_or(peer.ip());
-                    self.inbound_tcp(stream, peer, host, guest_port);
-                }
-                Err(e) if e.kind() == io::ErrorKind::WouldBlock => return,
-                Err(_) => return,
-            }
-        }
-    }
-
-    fn inbound_tcp(
-        &mut self,
-        mut stream: TcpStream,
-        peer: SocketAddr,
-        host: IpAddr,
-        guest_port: u16,
-    ) {
-        let decision = self.judge_inbound(Protocol::Tcp, peer.ip(), guest_port);
-        let (rule, reason) = (decision.rule_label(), self.cfg.policy.reason(&decision));
-        if !decision.is_allow() {
-            self.counters.denied += 1;
-            self.audit_inbound("deny", &rule, &reason, "tcp", peer, guest_port);
-            reset(&stream);
-            return;
-        }
-        if self.active >= self.cfg.max_connections {
-            self.counters.over_limit += 1;
-            let why = format!(
-                "{} concurrent connections (max_connections)",
-                self.cfg.max_connections
-            );
-            self.audit_inbound("deny", "max_connections", &why, "tcp", peer, guest_port);
-            reset(&stream);
-            return;
-        }
-        let guest = SocketAddr::new(self.guest_addr_like(host), guest_port);
-        let source = self.inbound_source(peer, guest.ip());
-        let Some((mut socket, mem)) = self.connection_socket() else {
-            let why = format!(
-                "the connections' buffers hold {} KiB of max_buffer_memory",
-                self.budget.charged() / 1024
-            );
-            self.counters.over_limit += 1;
-            self.audit_inbound("deny", "max_buffer_memory", &why, "tcp", peer, guest_port);
-            reset(&stream);
-            return;
-        };
-        let remote = IpEndpoint::new(guest.ip().into(), guest.port());
-        let local = IpEndpoint::new(source.ip().into(), source.port());
-        if socket.connect(self.iface.context(), remote, local).is_err() {
-            self.give_back(socket, mem);
-            reset(&stream);
-            return;
-        }
-        let _ = stream.set_nodelay(true);
-        let Some(id) = self.register_new(&mut stream, Interest::READABLE | Interest::WRITABLE)
+fn accept_all(listeners: &mut Listeners, table: &mut FlowTable, cx: &mut Cx, index: usize) {
+    for _ in 0..ACCEPT_BATCH {
+        let Some(Listener {
+            socket: ListenerSocket::Tcp(l),
+            guest_port,
+        }) = listeners.list.get(index)
         else {
-            self.give_back(socket, mem);
-            reset(&stream);
             return;
         };
-        let handle = self.sockets.add(socket);
-        self.flows[id] = Some(FlowEntry::Tcp(TcpFlow {
-            rule: rule.clone(),
-            sni: SniCheck::Off,
-            guest,
-            remote: source,
-            stream,
-            state: TcpState::Open { handle },
-            mem,
-            host_eof: false,
-            host_write_shut: false,
-            inbound: true,
-            up: 0,
-            down: 0,
-            started: Instant::now(),
-        }));
-        self.tcp_index.insert((guest, source), id);
-        self.active += 1;
-        self.counters.allowed += 1;
-        self.audit_inbound("allow", &rule, &reason, "tcp", peer, guest_port);
-        self.dirty.insert(id);
-    }
-
-    fn udp_in_readable(&mut self, index: usize) {
-        let mut buf = std::mem::take(&mut self.scratch);
-        for _ in 0..256 {
-            let Some(Listener {
-                socket: ListenerSocket::Udp(sock),
-                guest_port,
-            }) = self.listeners.get(index)
-            else {
-                break;
-            };
-            let guest_port = *guest_port;
-            let host = sock.local_addr().map(|a| a.ip());
-            let (n, peer) = match sock.recv_from(&mut buf) {
-                Ok(got) => got,
-                Err(e) if e.kind() == io::ErrorKind::WouldBlock => break,
-                Err(_) => continue,
-            };
-            let id = match self.udp_in_by_peer.get(&(index, peer)) {
-                Some(&id) => id,
-                None => {
-                    let decision = self.judge_inbound(Protocol::Udp, peer.ip(), guest_port);
-                    let (rule, reason) = (decision.rule_label(), self.cfg.policy.reason(&decision));
-                    if !decision.is_allow() {
-                        self.counters.denied += 1;
-                        self.audit_inbound("deny", &rule, &reason, "udp", peer, guest_port);
-                        continue;
-                    }
-                    if self.active >= self.cfg.max_connections {
-                        self.counters.over_limit += 1;
-                        continue;
-                    }
-                    let guest = SocketAddr::new(
-                        self.guest_addr_like(host.unwrap_or(peer.ip())),
-                        guest_port,
-                    );
-                    let source = self.inbound_source(peer, guest.ip());
-                    let id = self.slot();
-                    self.flows[id] = Some(FlowEntry::UdpIn(UdpIn {
-                        listener: index,
-                        peer,
-                        guest,
-                        source,
-                        last: Instant::now(),
-                        up: 0,
-                        down: 0,
-                        started: Instant::now(),
-                        rule: rule.clone(),
-                    }));
-                    self.udp_in_by_peer.insert((index, peer), id);
-                    self.udp_in_by_guest.insert((guest, source), id);
-                    self.active += 1;
-                    self.counters.allowed += 1;
-                    self.audit_inbound("allow", &rule, &reason, "udp", peer, guest_port);
-                    id
-                }
-            };
-            let Some(Some(FlowEntry::UdpIn(flow))) = self.flows.get_mut(id) else {
-                continue;
-            };
-            flow.last = Instant::now();
-            flow.down += n as u64;
-            let (source, guest) = (flow.source, flow.guest);
-            let mut out = std::mem::take(&mut self.tx_buf);
-            if wire::udp_to_guest(&mut out, &self.link, source, guest, &buf[..n]) {
-                self.send_frame(&out);
+        let guest_port = *guest_port;
+        let local = l.local_addr().map(|a| a.ip());
+        match l.accept() {
+            Ok((stream, peer)) => {
+                let host = local.unwrap_or(peer.ip());
+                accept(listeners, table, cx, stream, peer, host, guest_port);
             }
-            self.tx_buf = out;
+            Err(_) => return,
         }
-        self.scratch = buf;
     }
+}
 
-    /// A datagram from the sandbox that answers an inbound UDP flow; `true` if it was one.
-    pub(super) fn udp_in_reply(
-        &mut self,
-        guest: SocketAddr,
-        remote: SocketAddr,
-        payload: &[u8],
-    ) -> bool {
-        let Some(&id) = self.udp_in_by_guest.get(&(guest, remote)) else {
-            return false;
+/// Judges a peer's connection to published port `guest_port` (reached at host address
+/// `host`) and, allowed, connects a socket to the sandbox for it.
+fn accept(
+    listeners: &mut Listeners,
+    table: &mut FlowTable,
+    cx: &mut Cx,
+    mut stream: TcpStream,
+    peer: SocketAddr,
+    host: IpAddr,
+    guest_port: u16,
+) {
+    let decision = cx.judge_inbound(Protocol::Tcp, peer.ip(), guest_port);
+    let (rule, reason) = cx.explain(&decision);
+    if !decision.is_allow() {
+        cx.counters.denied += 1;
+        cx.audit_inbound("deny", &rule, &reason, "tcp", peer, guest_port);
+        tcp_flow::reset_host(&stream);
+        return;
+    }
+    if table.connections_full() {
+        cx.counters.over_limit += 1;
+        let why = cx.limit_reason();
+        cx.audit_inbound("deny", "max_connections", &why, "tcp", peer, guest_port);
+        tcp_flow::reset_host(&stream);
+        return;
+    }
+    let guest = SocketAddr::new(cx.stack.guest_addr_like(host), guest_port);
+    let source = listeners.inbound_source(cx, peer, guest.ip());
+    let Some((mut socket, mem)) = cx.pool.connection_socket() else {
+        let why = format!(
+            "the connections' buffers hold {} KiB of max_buffer_memory",
+            cx.pool.charged() / 1024
+        );
+        cx.counters.over_limit += 1;
+        cx.audit_inbound("deny", "max_buffer_memory", &why, "tcp", peer, guest_port);
+        tcp_flow::reset_host(&stream);
+        return;
+    };
+    let remote = IpEndpoint::new(guest.ip().into(), guest.port());
+    let local = IpEndpoint::new(source.ip().into(), source.port());
+    if socket
+        .connect(cx.stack.iface.context(), remote, local)
+        .is_err()
+    {
+        cx.pool.give_back(socket, mem);
+        tcp_flow::reset_host(&stream);
+        return;
+    }
+    let _ = stream.set_nodelay(true);
+    let Some(id) = table.open(&mut stream, Interest::READABLE | Interest::WRITABLE) else {
+        cx.pool.give_back(socket, mem);
+        tcp_flow::reset_host(&stream);
+        return;
+    };
+    let handle = cx.stack.sockets.add(socket);
+    let key = FlowKey {
+        guest,
+        host: source,
+    };
+    let flow = TcpFlow::published(key, rule.clone(), stream, handle, mem);
+    table.insert(id, Flow::Tcp(flow));
+    cx.counters.allowed += 1;
+    cx.audit_inbound("allow", &rule, &reason, "tcp", peer, guest_port);
+    table.touch(id);
+}
+
+fn udp_readable(listeners: &mut Listeners, table: &mut FlowTable, cx: &mut Cx, index: usize) {
+    let mut buf = std::mem::take(&mut cx.scratch);
+    for _ in 0..ACCEPT_BATCH {
+        let Some(Listener {
+            socket: ListenerSocket::Udp(sock),
+            guest_port,
+        }) = listeners.list.get(index)
+        else {
+            break;
         };
-        let Some(Some(FlowEntry::UdpIn(flow))) = self.flows.get_mut(id) else {
-            return false;
+        let guest_port = *guest_port;
+        let host = sock.local_addr().map(|a| a.ip());
+        let (n, peer) = match sock.recv_from(&mut buf) {
+            Ok(got) => got,
+            Err(e) if e.kind() == io::ErrorKind::WouldBlock => break,
+            Err(_) => continue,
+        };
+        let id = match table.find_udp_in_by_peer(index, peer) {
+            Some(id) => id,
+            None => {
+                let decision = cx.judge_inbound(Protocol::Udp, peer.ip(), guest_port);
+                let (rule, reason) = cx.explain(&decision);
+                if !decision.is_allow() {
+                    cx.counters.denied += 1;
+                    cx.audit_inbound("deny", &rule, &reason, "udp", peer, guest_port);
+                    continue;
+                }
+                if table.connections_full() {
+                    cx.counters.over_limit += 1;
+                    continue;
+                }
+                let guest = SocketAddr::new(
+                    cx.stack.guest_addr_like(host.unwrap_or(peer.ip())),
+                    guest_port,
+                );
+                let source = listeners.inbound_source(cx, peer, guest.ip());
+                let id = table.reserve();
+                let flow = UdpIn {
+                    listener: index,
+                    peer,
+                    guest,
+                    source,
+                    last: Instant::now(),
+                    tally: Tally::new(),
+                    rule: rule.clone(),
+                };
+                table.insert(id, Flow::UdpIn(flow));
+                cx.counters.allowed += 1;
+                cx.audit_inbound("allow", &rule, &reason, "udp", peer, guest_port);
+                id
+            }
+        };
+        let Some(Flow::UdpIn(flow)) = table.get_mut(id) else {
+            continue;
         };
         flow.last = Instant::now();
-        flow.up += payload.len() as u64;
-        let (index, peer) = (flow.listener, flow.peer);
-        if let Some(Listener {
-            socket: ListenerSocket::Udp(sock),
-            ..
-        }) = self.listeners.get(index)
-        {
-            let _ = sock.send_to(payload, peer);
+        flow.tally.down += n as u64;
+        cx.stack.udp_to_guest(flow.source, flow.guest, &buf[..n]);
+    }
+    cx.scratch = buf;
+}
+
+/// A datagram from the sandbox that answers an inbound UDP flow; `true` if it was one.
+pub(super) fn reply(
+    listeners: &Listeners,
+    table: &mut FlowTable,
+    key: FlowKey,
+    payload: &[u8],
+) -> bool {
+    let Some(id) = table.find_udp_in(&key) else {
+        return false;
+    };
+    let Some(Flow::UdpIn(flow)) = table.get_mut(id) else {
+        return false;
+    };
+    flow.last = Instant::now();
+    flow.tally.up += payload.len() as u64;
+    if let Some(Listener {
+        socket: ListenerSocket::Udp(sock),
+        ..
+    }) = listeners.list.get(flow.listener)
+    {
+        let _ = sock.send_to(payload, flow.peer);
+    }
+    true
+}
+
+impl UdpIn {
+    /// The sandbox's end and the source it sees.
+    pub(super) fn key(&self) -> FlowKey {
+        FlowKey {
+            guest: self.guest,
+            host: self.source,
         }
-        true
+    }
+
+    /// What the sweep should do.
+    pub(super) fn due(&self, now: Instant, idle: Duration) -> Due {
+        if now.duration_since(self.last) >= idle {
+            Due::Expire
+        } else {
+            Due::Nothing
+        }
+    }
+
+    /// Audits the end (called by the flow table; the listener's socket stays).
+    pub(super) fn close(self, cx: &mut Cx, why: &CloseReason) {
+        cx.audit_close("udp", &self.rule, self.peer, self.guest, &self.tally, why);
     }
 }

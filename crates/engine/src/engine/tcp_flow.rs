@@ -1,507 +1,437 @@
-//! TCP flows from the sandbox: judging the SYN, dialing upstream before the handshake
-//! completes, relaying with half-close, the TLS server-name gate, resets and the socket
-//! pool. See the theory of operation in `mod.rs`.
+//! A TCP flow: **the state of one TCP connection through moat** ([`TcpState`]) and its
+//! transitions, for connections the sandbox opens and those that enter through a
+//! published port (`inbound.rs` accepts them; they start relaying at once).
+//!
+//! # Theory of operation
+//! ```text
+//!  SYN ──judged──▶ Dialing ──host connected──▶ Relaying ──both halves finished──▶ Closing
+//!   │ denied: dropped   │ failed, timed out:        │ reset, host error,           │ smoltcp done:
+//!   │ (RST in reject)   │ RST to the sandbox        │ ClientHello denied: RST      │ removed, "closed"
+//!   ▼                   ▼                           ▼                              ▼
+//!                              removed by the flow table (table.rs)
+//! ```
+//! - **Judged SYN** ([`open`]): a SYN for a new connection is judged by the policy with
+//!   the names this sandbox's lookups pinned to the address. Port 53 is never judged or
+//!   relayed: DNS over TCP is answered by moat (`dns_flow.rs`). DNS over TLS (853) needs a
+//!   rule that names the port. `max_connections` and the buffer budget may refuse it (RST).
+//! - **Dialing**: moat connects from a host socket first and holds the SYN, with the
+//!   smoltcp socket that will take it; the handshake with the sandbox completes only for
+//!   reachable destinations. The dial has `connect_timeout`.
+//! - **Relaying**: the SYN is fed to a smoltcp socket listening on the exact destination;
+//!   bytes pass through the flow's [`Stream`] (`stream.rs`), which handles back-pressure,
+//!   half-close, and the TLS server-name check on TLS ports when the policy has domain
+//!   rules.
+//! - **Closing**: both directions finished with FIN; smoltcp completes the exchange of
+//!   FINs and the flow ends as "closed". A connection that ends any other way is "reset".
 
-use super::*;
-use crate::dns::framing::TcpFraming;
+use std::io;
+use std::os::fd::AsFd;
+use std::time::Instant;
 
-impl Engine {
-    #[allow(clippy::too_many_arguments)] // One segment's fields, as classified.
-    pub(super) fn on_tcp(
-        &mut self,
-        frame: &[u8],
-        guest: SocketAddr,
-        remote: SocketAddr,
-        new_syn: bool,
-        rst: bool,
+use mio::net::TcpStream;
+use mio::{Interest, Registry};
+use moat_policy::Protocol;
+use smoltcp::iface::SocketHandle;
+use smoltcp::socket::tcp;
+use smoltcp::wire::IpListenEndpoint;
+
+use super::budget::Grant;
+use super::close::CloseReason;
+use super::config::DenyMode;
+use super::cx::Cx;
+use super::dial;
+use super::dns_flow;
+use super::stream::{Hello, Stage, Stream};
+use super::table::{Due, Flow, FlowId, FlowKey, FlowTable};
+use crate::tls::sni::Sni;
+
+/// TCP ports whose first bytes are read for a TLS server name (when the policy has domain
+/// rules).
+const TLS_PORTS: [u16; 1] = [443];
+
+/// One TCP segment from the sandbox, as classified.
+#[derive(Debug, Clone, Copy)]
+pub(super) struct Segment<'a> {
+    /// The whole frame.
+    pub(super) frame: &'a [u8],
+    pub(super) key: FlowKey,
+    /// A SYN without ACK or RST: the start of a connection.
+    pub(super) opens: bool,
+    pub(super) rst: bool,
+    pub(super) seq: u32,
+    /// Sequence space taken (payload, plus one for SYN or FIN).
+    pub(super) len: u32,
+}
+
+/// Where a connection came from.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub(super) enum Origin {
+    /// The sandbox connected out.
+    Sandbox,
+    /// A peer connected to a published port.
+    Published,
+}
+
+/// Where a TCP flow is in its life (see the module header).
+pub(super) enum TcpState {
+    /// Dialing upstream; the sandbox's SYN waits here, with the socket that will take it.
+    Dialing {
+        syn: Vec<u8>,
         seq: u32,
-        seg_len: u32,
-    ) {
-        if let Some(&id) = self.tcp_index.get(&(guest, remote)) {
-            match &self.flows[id] {
-                Some(FlowEntry::Tcp(flow)) if matches!(flow.state, TcpState::Open { .. }) => {
-                    self.feed(frame);
-                    self.dirty.insert(id);
-                }
-                Some(FlowEntry::DnsTcp(_)) => {
-                    self.feed(frame);
-                    self.dirty.insert(id);
-                }
-                Some(FlowEntry::Tcp(_)) if rst => {
-                    self.remove(id, CloseReason::ResetWhileConnecting)
-                }
-                _ => {}
+        deadline: Instant,
+        socket: Box<tcp::Socket<'static>>,
+    },
+    /// Relaying through smoltcp socket `handle`.
+    Relaying { handle: SocketHandle },
+    /// Both directions finished; smoltcp is finishing the exchange of FINs.
+    Closing { handle: SocketHandle },
+}
+
+/// One TCP connection.
+pub(super) struct TcpFlow {
+    key: FlowKey,
+    /// The rule that allowed it (the audit log's `rule`).
+    rule: String,
+    origin: Origin,
+    /// The host's side.
+    host: TcpStream,
+    /// What the smoltcp socket's buffers are charged.
+    mem: Grant,
+    state: TcpState,
+    stream: Stream,
+}
+
+/// What a step of a flow asks of the table.
+enum Step {
+    Continue,
+    Remove(CloseReason),
+    /// The sandbox's socket was reset: remove after the RST is out.
+    Doom(CloseReason),
+}
+
+/// A segment from the sandbox.
+pub(super) fn on_segment(table: &mut FlowTable, cx: &mut Cx, seg: Segment<'_>) {
+    if let Some(id) = table.find_tcp(&seg.key) {
+        match table.get(id) {
+            Some(Flow::Tcp(flow)) if !matches!(flow.state, TcpState::Dialing { .. }) => {
+                cx.stack.feed(seg.frame);
+                table.touch(id);
+            }
+            Some(Flow::DnsStream(_)) => {
+                cx.stack.feed(seg.frame);
+                table.touch(id);
+            }
+            Some(Flow::Tcp(_)) if seg.rst => {
+                table.remove(id, CloseReason::ResetWhileConnecting, cx);
+            }
+            _ => {}
+        }
+        return;
+    }
+    if !seg.opens {
+        cx.counters.dropped_unsupported += 1;
+        return;
+    }
+    if seg.key.host.port() == 53 {
+        // Every DNS-over-TCP flow is answered here, whatever address it was sent to.
+        dns_flow::open_stream(table, cx, seg);
+        return;
+    }
+    open(table, cx, seg);
+}
+
+/// Judges a SYN for a new connection and, allowed, starts dialing.
+fn open(table: &mut FlowTable, cx: &mut Cx, seg: Segment<'_>) {
+    let key = seg.key;
+    let upstream = cx.stack.upstream(key.host);
+    let verdict = cx.judge(Protocol::Tcp, upstream.ip(), Some(upstream.port()));
+    // DNS over TLS would carry lookups past the interceptor: only a rule that names
+    // port 853 explicitly allows it.
+    let dot_refused =
+        key.host.port() == 853 && verdict.as_ref().is_ok_and(|p| !p.rule_names_ports());
+    let permit = match verdict {
+        Ok(permit) if !dot_refused => permit,
+        Ok(_) => {
+            cx.audit_bypass(
+                "tcp",
+                key,
+                "DNS over TLS is refused unless a rule allows port 853 explicitly",
+            );
+            cx.stack.reset_guest(key, seg.seq, seg.len);
+            return;
+        }
+        Err(decision) => {
+            cx.audit_deny("tcp", key, &decision);
+            if cx.cfg.deny_mode == DenyMode::Reject {
+                cx.stack.reset_guest(key, seg.seq, seg.len);
             }
             return;
         }
-        if !new_syn {
-            self.counters.dropped_unsupported += 1;
+    };
+    let (rule, reason) = cx.explain(permit.decision());
+    if table.connections_full() {
+        cx.audit_limit("tcp", key);
+        cx.stack.reset_guest(key, seg.seq, seg.len);
+        return;
+    }
+    let Some((socket, mem)) = cx.pool.connection_socket() else {
+        cx.audit_memory("tcp", key);
+        cx.stack.reset_guest(key, seg.seq, seg.len);
+        return;
+    };
+    let mut host = match dial::tcp(upstream, &permit) {
+        Ok(s) => s,
+        Err(_) => {
+            cx.pool.give_back(socket, mem);
+            cx.counters.dial_failures += 1;
+            cx.stack.reset_guest(key, seg.seq, seg.len);
             return;
         }
-        if remote.port() == 53 {
-            // Every DNS-over-TCP flow is answered here, whatever address it was sent to.
-            self.open_dns_stream(frame, guest, remote, seq, seg_len);
-            return;
-        }
-        let upstream = self.upstream(remote);
-        let verdict = self.judge(Protocol::Tcp, upstream);
-        // DNS over TLS would carry lookups past the interceptor: only a rule that names
-        // port 853 explicitly allows it.
-        let dot_refused =
-            remote.port() == 853 && verdict.as_ref().is_ok_and(|p| !p.rule_names_ports());
-        let permit = match verdict {
-            Ok(permit) if !dot_refused => permit,
-            Ok(_) => {
-                self.audit_bypass(
-                    "tcp",
-                    guest,
-                    remote,
-                    "DNS over TLS is refused unless a rule allows port 853 explicitly",
-                );
-                self.reset_guest(guest, remote, seq, seg_len);
-                return;
-            }
-            Err(decision) => {
-                self.audit_deny("tcp", guest, remote, &decision);
-                if self.cfg.deny_mode == DenyMode::Reject {
-                    self.reset_guest(guest, remote, seq, seg_len);
-                }
-                return;
-            }
-        };
-        let (rule, reason) = (
-            permit.decision().rule_label(),
-            self.cfg.policy.reason(permit.decision()),
-        );
-        if self.active >= self.cfg.max_connections {
-            self.audit_limit("tcp", guest, remote);
-            self.reset_guest(guest, remote, seq, seg_len);
-            return;
-        }
-        let Some((socket, mem)) = self.connection_socket() else {
-            self.audit_memory("tcp", guest, remote);
-            self.reset_guest(guest, remote, seq, seg_len);
-            return;
-        };
-        let mut stream = match dial::tcp(upstream, &permit) {
-            Ok(s) => s,
-            Err(_) => {
-                self.give_back(socket, mem);
-                self.counters.dial_failures += 1;
-                self.reset_guest(guest, remote, seq, seg_len);
-                return;
-            }
-        };
-        let Some(id) = self.register_new(&mut stream, Interest::READABLE | Interest::WRITABLE)
-        else {
-            self.give_back(socket, mem);
-            self.reset_guest(guest, remote, seq, seg_len);
-            return;
-        };
-        self.flows[id] = Some(FlowEntry::Tcp(TcpFlow {
-            rule: rule.clone(),
-            guest,
-            remote,
-            stream,
-            state: TcpState::Connecting {
-                syn: frame.to_vec(),
-                seq,
-                deadline: Instant::now() + self.cfg.connect_timeout,
-                socket: Box::new(socket),
-            },
+    };
+    let Some(id) = table.open(&mut host, Interest::READABLE | Interest::WRITABLE) else {
+        cx.pool.give_back(socket, mem);
+        cx.stack.reset_guest(key, seg.seq, seg.len);
+        return;
+    };
+    let stage = if TLS_PORTS.contains(&key.host.port()) && cx.has_name_rules {
+        Stage::AwaitClientHello
+    } else {
+        Stage::Opaque
+    };
+    let flow = TcpFlow {
+        key,
+        rule: rule.clone(),
+        origin: Origin::Sandbox,
+        host,
+        mem,
+        state: TcpState::Dialing {
+            syn: seg.frame.to_vec(),
+            seq: seg.seq,
+            deadline: Instant::now() + cx.cfg.connect_timeout,
+            socket: Box::new(socket),
+        },
+        stream: Stream::new(stage),
+    };
+    table.insert(id, Flow::Tcp(flow));
+    cx.audit_allow("tcp", key, &rule, &reason);
+}
+
+/// The flow's host socket is ready: the dial finished, or bytes can move.
+pub(super) fn on_host_ready(table: &mut FlowTable, cx: &mut Cx, id: FlowId) {
+    let Some(Flow::Tcp(flow)) = table.get_mut(id) else {
+        return;
+    };
+    if !matches!(flow.state, TcpState::Dialing { .. }) {
+        table.touch(id);
+        return;
+    }
+    match flow.dialed(cx) {
+        Ok(false) => {}
+        Ok(true) => table.touch(id),
+        Err(why) => table.remove(id, why, cx),
+    }
+}
+
+/// Moves the flow's bytes along, and ends it when smoltcp is done with it.
+pub(super) fn relay(table: &mut FlowTable, cx: &mut Cx, id: FlowId) {
+    let Some(Flow::Tcp(flow)) = table.get_mut(id) else {
+        return;
+    };
+    match flow.step(cx) {
+        Step::Continue => {}
+        Step::Remove(why) => table.remove(id, why, cx),
+        Step::Doom(why) => table.doom(id, why),
+    }
+}
+
+/// The dial did not finish within `connect_timeout`: the sandbox's SYN gets RST.
+pub(super) fn dial_timed_out(table: &mut FlowTable, cx: &mut Cx, id: FlowId) {
+    if let Some(Flow::Tcp(flow)) = table.get(id)
+        && let TcpState::Dialing { seq, .. } = flow.state
+    {
+        cx.counters.dial_failures += 1;
+        cx.stack.reset_guest(flow.key, seq, 1);
+    }
+    table.remove(id, CloseReason::ConnectTimedOut, cx);
+}
+
+impl TcpFlow {
+    /// A connection from a peer of a published port, relaying at once through `handle`
+    /// (connecting to the sandbox).
+    pub(super) fn published(
+        key: FlowKey,
+        rule: String,
+        host: TcpStream,
+        handle: SocketHandle,
+        mem: Grant,
+    ) -> TcpFlow {
+        TcpFlow {
+            key,
+            rule,
+            origin: Origin::Published,
+            host,
             mem,
-            host_eof: false,
-            host_write_shut: false,
-            inbound: false,
-            sni: if TLS_PORTS.contains(&remote.port()) && self.has_name_rules {
-                SniCheck::Pending
-            } else {
-                SniCheck::Off
-            },
-            up: 0,
-            down: 0,
-            started: Instant::now(),
-        }));
-        self.tcp_index.insert((guest, remote), id);
-        self.active += 1;
-        self.audit_allow("tcp", guest, remote, &rule, &reason);
+            state: TcpState::Relaying { handle },
+            stream: Stream::new(Stage::Opaque),
+        }
     }
 
-    /// Accepts a DNS-over-TCP connection from the sandbox; it is answered here.
-    pub(super) fn open_dns_stream(
-        &mut self,
-        syn: &[u8],
-        guest: SocketAddr,
-        remote: SocketAddr,
-        seq: u32,
-        seg_len: u32,
-    ) {
-        if self.active >= self.cfg.max_connections {
-            self.audit_limit("tcp", guest, remote);
-            self.reset_guest(guest, remote, seq, seg_len);
-            return;
-        }
-        let Some((mut socket, mem)) = self.dns_socket() else {
-            self.audit_memory("tcp", guest, remote);
-            self.reset_guest(guest, remote, seq, seg_len);
-            return;
-        };
-        let endpoint = IpListenEndpoint {
-            addr: Some(remote.ip().into()),
-            port: remote.port(),
-        };
-        if socket.listen(endpoint).is_err() {
-            self.give_back(socket, mem);
-            return;
-        }
-        let handle = self.sockets.add(socket);
-        let id = self.slot();
-        self.flows[id] = Some(FlowEntry::DnsTcp(DnsStream {
-            guest,
-            remote,
-            handle,
-            mem,
-            framing: TcpFraming::default(),
-            pending: 0,
-            started: Instant::now(),
-        }));
-        self.tcp_index.insert((guest, remote), id);
-        self.active += 1;
-        self.feed(syn);
-        self.dirty.insert(id);
+    pub(super) fn key(&self) -> FlowKey {
+        self.key
     }
 
-    pub(super) fn finish_connect(&mut self, id: usize) {
-        let Some(Some(FlowEntry::Tcp(flow))) = self.flows.get_mut(id) else {
-            return;
-        };
-        let outcome = match flow.stream.take_error() {
+    /// What the sweep should do.
+    pub(super) fn due(&self, now: Instant) -> Due {
+        match self.state {
+            TcpState::Dialing { deadline, .. } if now >= deadline => Due::DialTimedOut,
+            TcpState::Dialing { .. } => Due::Nothing,
+            TcpState::Relaying { .. } | TcpState::Closing { .. } => Due::Relay,
+        }
+    }
+
+    /// Dialing: whether the host connection is up (`Ok(false)`: not yet); up, the held
+    /// SYN goes to a socket listening on the destination and the flow is relaying.
+    fn dialed(&mut self, cx: &mut Cx) -> Result<bool, CloseReason> {
+        let outcome = match self.host.take_error() {
             Ok(Some(e)) | Err(e) => Err(e),
-            Ok(None) => match flow.stream.peer_addr() {
+            Ok(None) => match self.host.peer_addr() {
                 Ok(_) => Ok(()),
-                Err(e) if e.kind() == io::ErrorKind::NotConnected => return,
+                Err(e) if e.kind() == io::ErrorKind::NotConnected => return Ok(false),
                 Err(e) => Err(e),
             },
         };
-        match outcome {
-            Err(e) => {
-                self.counters.dial_failures += 1;
-                if let TcpState::Connecting { seq, .. } = flow.state {
-                    let (guest, remote) = (flow.guest, flow.remote);
-                    self.reset_guest(guest, remote, seq, 1);
-                }
-                self.remove(id, CloseReason::ConnectFailed(e.to_string()));
-            }
-            Ok(()) => {
-                let _ = flow.stream.set_nodelay(true);
-                let TcpState::Connecting {
-                    syn, mut socket, ..
-                } = std::mem::replace(
-                    &mut flow.state,
-                    TcpState::Open {
-                        handle: SocketHandle::default(),
-                    },
-                )
-                else {
-                    return;
-                };
-                let endpoint = IpListenEndpoint {
-                    addr: Some(flow.remote.ip().into()),
-                    port: flow.remote.port(),
-                };
-                if socket.listen(endpoint).is_err() {
-                    let mem = std::mem::take(&mut flow.mem);
-                    self.give_back(*socket, mem);
-                    self.remove(id, CloseReason::CannotListen);
-                    return;
-                }
-                let handle = self.sockets.add(*socket);
-                flow.state = TcpState::Open { handle };
-                self.feed(&syn);
-                self.dirty.insert(id);
-            }
+        let TcpState::Dialing { seq, socket, .. } = &mut self.state else {
+            return Ok(false);
+        };
+        if let Err(e) = outcome {
+            cx.counters.dial_failures += 1;
+            cx.stack.reset_guest(self.key, *seq, 1);
+            return Err(CloseReason::ConnectFailed(e.to_string()));
         }
+        let _ = self.host.set_nodelay(true);
+        let endpoint = IpListenEndpoint {
+            addr: Some(self.key.host.ip().into()),
+            port: self.key.host.port(),
+        };
+        if socket.listen(endpoint).is_err() {
+            return Err(CloseReason::CannotListen);
+        }
+        let placeholder = TcpState::Relaying {
+            handle: SocketHandle::default(),
+        };
+        let TcpState::Dialing { syn, socket, .. } = std::mem::replace(&mut self.state, placeholder)
+        else {
+            unreachable!("matched as Dialing above");
+        };
+        let handle = cx.stack.sockets.add(*socket);
+        self.state = TcpState::Relaying { handle };
+        cx.stack.feed(&syn);
+        Ok(true)
     }
 
-    /// Moves bytes both ways for one open TCP flow, and ends it when both sides are done.
-    pub(super) fn relay(&mut self, id: usize) {
-        if let Some(Some(FlowEntry::DnsTcp(_))) = self.flows.get(id) {
-            self.dns_stream_relay(id);
-            return;
-        }
-        let may_send_up = match self.sni_gate(id) {
-            Gate::Open => true,
-            Gate::Wait => false,
-            Gate::Aborted => return,
+    /// Relaying or closing: moves bytes and says what the table should do.
+    fn step(&mut self, cx: &mut Cx) -> Step {
+        let handle = match self.state {
+            TcpState::Dialing { .. } => return Step::Continue,
+            TcpState::Relaying { handle } => handle,
+            TcpState::Closing { handle } => {
+                return if is_done(cx.stack.tcp(handle).state()) {
+                    Step::Remove(CloseReason::Closed)
+                } else {
+                    Step::Continue
+                };
+            }
         };
-        let Some(Some(FlowEntry::Tcp(flow))) = self.flows.get_mut(id) else {
-            return;
-        };
-        let TcpState::Open { handle } = flow.state else {
-            return;
-        };
-        let socket = self.sockets.get_mut::<tcp::Socket>(handle);
-        let mut failed: Option<CloseReason> = None;
-        // Sandbox → host.
-        while may_send_up && socket.can_recv() {
-            let stream = &mut flow.stream;
-            let r = socket.recv(|buf| match stream.write(buf) {
-                Ok(n) => (n, Ok(n)),
-                Err(e) => (0, Err(e)),
-            });
-            match r {
-                Ok(Ok(0)) => break,
-                Ok(Ok(n)) => flow.up += n as u64,
-                Ok(Err(e)) if e.kind() == io::ErrorKind::WouldBlock => break,
-                Ok(Err(e)) if e.kind() == io::ErrorKind::Interrupted => continue,
-                Ok(Err(e)) => {
-                    failed = Some(CloseReason::UpstreamWrite(e.to_string()));
-                    break;
-                }
-                Err(_) => break,
-            }
+        if let Some(step) = self.check_client_hello(cx, handle) {
+            return step;
         }
-        // The sandbox sent FIN and everything before it is upstream: half-close.
-        let guest_fin = matches!(
-            socket.state(),
-            tcp::State::CloseWait
-                | tcp::State::LastAck
-                | tcp::State::Closing
-                | tcp::State::TimeWait
-                | tcp::State::Closed
-        );
-        if guest_fin && socket.recv_queue() == 0 && !flow.host_write_shut {
-            let _ = flow.stream.shutdown(Shutdown::Write);
-            flow.host_write_shut = true;
+        let socket = cx.stack.sockets.get_mut::<tcp::Socket>(handle);
+        if let Err(why) = self
+            .stream
+            .pump(socket, &mut self.host, &mut cx.pool, &mut self.mem)
+        {
+            socket.abort();
+            return Step::Doom(why);
         }
-        // Host → sandbox, into send-buffer pages the budget allows (when it has none,
-        // the host socket is left unread; the sweep comes back to it).
-        while failed.is_none() && !flow.host_eof && socket.can_send() {
-            enum Got {
-                Data(usize),
-                Eof,
-                Block,
-                Fail(io::Error),
-            }
-            let mut room = self.budget.send_room(&flow.mem);
-            if room == 0 && !self.tcp_pool.is_empty() {
-                for (_, pooled) in self.tcp_pool.drain(..) {
-                    self.budget.release(&pooled);
-                }
-                room = self.budget.send_room(&flow.mem);
-            }
-            if room == 0 {
-                break;
-            }
-            let stream = &mut flow.stream;
-            let r = socket.send(|buf| {
-                let n = buf.len().min(room);
-                match stream.read(&mut buf[..n]) {
-                    Ok(0) => (0, Got::Eof),
-                    Ok(n) => (n, Got::Data(n)),
-                    Err(e) if e.kind() == io::ErrorKind::WouldBlock => (0, Got::Block),
-                    Err(e) => (0, Got::Fail(e)),
-                }
-            });
-            match r {
-                Ok(Got::Data(n)) => {
-                    self.budget.wrote(&mut flow.mem, n);
-                    flow.down += n as u64;
-                }
-                Ok(Got::Eof) => {
-                    flow.host_eof = true;
-                    socket.close();
-                }
-                Ok(Got::Block) | Err(_) => break,
-                Ok(Got::Fail(e)) if e.kind() == io::ErrorKind::Interrupted => continue,
-                Ok(Got::Fail(e)) => failed = Some(CloseReason::UpstreamRead(e.to_string())),
-            }
-        }
-        if let Some(reason) = failed {
-            self.abort(id, handle, reason);
-            return;
-        }
-        let state = socket.state();
-        if matches!(state, tcp::State::Closed | tcp::State::TimeWait) {
-            let reason = if flow.host_eof && flow.host_write_shut {
+        if is_done(socket.state()) {
+            return Step::Remove(if self.stream.finished() {
                 CloseReason::Closed
             } else {
                 CloseReason::Reset
-            };
-            self.remove(id, reason);
+            });
         }
+        if self.stream.finished() {
+            self.state = TcpState::Closing { handle };
+        }
+        Step::Continue
     }
 
-    /// For a flow waiting on its TLS server name: reads the ClientHello (without taking it
-    /// from the stream) and judges the flow again with the name; a deny resets it.
-    pub(super) fn sni_gate(&mut self, id: usize) -> Gate {
-        let Some(Some(FlowEntry::Tcp(flow))) = self.flows.get(id) else {
-            return Gate::Open;
+    /// When the stream waits on a ClientHello that has arrived: judges the flow again
+    /// with its server name; a deny (or a hello that cannot be read) resets it.
+    fn check_client_hello(&mut self, cx: &mut Cx, handle: SocketHandle) -> Option<Step> {
+        let socket = cx.stack.sockets.get_mut::<tcp::Socket>(handle);
+        let Hello::Ready(parsed) = self.stream.client_hello(socket, &mut cx.scratch) else {
+            return None;
         };
-        let (TcpState::Open { handle }, SniCheck::Pending) = (&flow.state, flow.sni) else {
-            return Gate::Open;
-        };
-        let handle = *handle;
-        let (guest, remote) = (flow.guest, flow.remote);
-        let socket = self.sockets.get_mut::<tcp::Socket>(handle);
-        let n = socket
-            .peek_slice(&mut self.scratch[..sni::MAX_PEEK])
-            .unwrap_or(0);
-        let guest_done = !socket.may_recv()
-            && socket.state() != tcp::State::SynReceived
-            && socket.state() != tcp::State::Listen;
-        let parsed = sni::parse(&self.scratch[..n]);
-        if parsed == Sni::Incomplete && !guest_done {
-            return Gate::Wait;
-        }
-        if let Some(Some(FlowEntry::Tcp(flow))) = self.flows.get_mut(id) {
-            flow.sni = SniCheck::Off;
-        }
-        let (label, reason, name) = match parsed {
+        let (rule, reason, name) = match parsed {
             Sni::Name(name) => {
-                let upstream = self.upstream(remote);
-                let names = self
-                    .pins
-                    .names(canonical_addr(upstream.ip()), Instant::now());
-                let decision = self.cfg.policy.decide(&Flow {
-                    direction: Direction::Outbound,
-                    protocol: Protocol::Tcp,
-                    addr: upstream.ip(),
-                    port: Some(upstream.port()),
-                    names: &names,
-                    sni: Some(&name),
-                    local: self.host_addrs.contains(upstream.ip()),
-                });
+                let decision = cx.judge_sni(cx.stack.upstream(self.key.host), &name);
                 if decision.is_allow() {
-                    return Gate::Open;
+                    return None;
                 }
-                let reason = format!(
-                    "TLS server name {name}: {}",
-                    self.cfg.policy.reason(&decision)
-                );
-                (decision.rule_label(), reason, Value::from(name.as_str()))
+                let (rule, why) = cx.explain(&decision);
+                (rule, format!("TLS server name {name}: {why}"), Some(name))
             }
             // Not TLS, or TLS without a server name: the address and its pins decided.
-            Sni::NotTls | Sni::Absent => return Gate::Open,
+            Sni::NotTls | Sni::Absent => return None,
             // Domain rules cannot be checked against a hello that cannot be read (cut
             // short, malformed, interleaved, too large): fail closed.
             Sni::Incomplete | Sni::Unreadable => (
                 "sni".to_owned(),
                 "the TLS ClientHello could not be read, so the policy's domain rules cannot be checked".to_owned(),
-                Value::Null,
+                None,
             ),
         };
-        self.counters.denied += 1;
-        self.cfg.audit.event(
-            "connect",
-            "deny",
-            &label,
-            &reason,
-            vec![
-                ("proto", Value::from("tcp")),
-                ("src", Value::from(guest.to_string())),
-                ("dst", Value::from(remote.ip().to_string())),
-                ("port", Value::from(remote.port())),
-                ("domain", self.pinned_domain(remote.ip())),
-                ("sni", name),
-            ],
-        );
-        self.abort(id, handle, CloseReason::DeniedByClientHello);
-        Gate::Aborted
+        cx.audit_sni_deny(self.key, &rule, &reason, name.as_ref());
+        cx.stack.tcp(handle).abort();
+        Some(Step::Doom(CloseReason::DeniedByClientHello))
     }
 
-    pub(super) fn reset_guest(
-        &mut self,
-        guest: SocketAddr,
-        remote: SocketAddr,
-        seq: u32,
-        seg_len: u32,
-    ) {
-        let mut out = std::mem::take(&mut self.scratch);
-        if wire::tcp_reset(&mut out, &self.link, remote, guest, seq, seg_len) {
-            self.send_frame(&out);
-        }
-        out.resize(65536, 0);
-        self.scratch = out;
-    }
-
-    /// Resets the sandbox's side of TCP flow `id`; the flow is removed after the next
-    /// egress, once smoltcp has sent the RST.
-    pub(super) fn abort(&mut self, id: usize, handle: SocketHandle, why: CloseReason) {
-        self.sockets.get_mut::<tcp::Socket>(handle).abort();
-        self.doomed.push((id, why));
-    }
-
-    /// Takes a socket out of the set and keeps it for reuse. Outside the set an abort
-    /// sends nothing; it only makes the socket reusable.
-    pub(super) fn recycle(&mut self, handle: SocketHandle, mem: Grant) {
-        // With only TCP sockets in the set, every socket removed is a TCP one.
-        let smoltcp::socket::Socket::Tcp(socket) = self.sockets.remove(handle);
-        self.give_back(socket, mem);
-    }
-
-    /// Keeps a socket outside the set for reuse (its buffers stay charged), or drops it
-    /// and gives its charge back when the pool is full.
-    pub(super) fn give_back(&mut self, mut socket: tcp::Socket<'static>, mem: Grant) {
-        socket.abort();
-        if self.tcp_pool.len() < TCP_POOL {
-            self.tcp_pool.push((socket, mem));
-        } else {
-            self.budget.release(&mem);
+    /// Resets the sandbox's side (the engine is stopping).
+    pub(super) fn abort_guest(&mut self, cx: &mut Cx) {
+        if let TcpState::Relaying { handle } | TcpState::Closing { handle } = self.state {
+            cx.stack.tcp(handle).abort();
         }
     }
 
-    /// A socket for a new TCP connection, with the largest receive buffer the budget
-    /// has room for; `None` when it has none even after the pool is given up.
-    pub(super) fn connection_socket(&mut self) -> Option<(tcp::Socket<'static>, Grant)> {
-        let mut rx = self.budget.receive_size();
-        if rx != Some(self.budget.rx_full()) && !self.tcp_pool.is_empty() {
-            self.empty_pool();
-            rx = self.budget.receive_size();
+    /// Releases the flow's sockets and audits its end (called by the flow table).
+    pub(super) fn close(mut self, registry: &Registry, cx: &mut Cx, why: &CloseReason) {
+        if self.origin == Origin::Published && !why.is_clean() {
+            reset_host(&self.host);
         }
-        Some(self.take_socket(rx?, self.cfg.tcp_buffer, false))
-    }
-
-    /// A socket for a DNS-over-TCP connection (small buffers, charged whole).
-    pub(super) fn dns_socket(&mut self) -> Option<(tcp::Socket<'static>, Grant)> {
-        let want = Grant::whole(DNS_STREAM_BUFFER, DNS_STREAM_BUFFER).total();
-        if !self.budget.fits(want) {
-            self.empty_pool();
-        }
-        self.budget
-            .fits(want)
-            .then(|| self.take_socket(DNS_STREAM_BUFFER, DNS_STREAM_BUFFER, true))
-    }
-
-    /// A closed socket with these buffer capacities: from the pool when one fits (its
-    /// buffers are charged already), else a new one, charged.
-    fn take_socket(&mut self, rx: usize, tx: usize, whole: bool) -> (tcp::Socket<'static>, Grant) {
-        let fits = |(s, _): &(tcp::Socket<'static>, Grant)| {
-            s.recv_capacity() == rx && s.send_capacity() == tx
-        };
-        if let Some(i) = self.tcp_pool.iter().position(fits) {
-            let (socket, mut mem) = self.tcp_pool.swap_remove(i);
-            // Opening the socket again restarts its rings at position 0.
-            mem.tx_written = 0;
-            return (socket, mem);
-        }
-        let mem = if whole {
-            Grant::whole(rx, tx)
-        } else {
-            Grant {
-                rx,
-                tx_cap: tx,
-                ..Grant::default()
+        let _ = registry.deregister(&mut self.host);
+        match self.state {
+            TcpState::Relaying { handle } | TcpState::Closing { handle } => {
+                cx.pool.recycle(&mut cx.stack.sockets, handle, self.mem);
             }
-        };
-        self.budget.charge(&mem);
-        (new_socket(rx, tx), mem)
-    }
-
-    /// Drops every pooled socket and gives its charge back.
-    fn empty_pool(&mut self) {
-        for (_, mem) in self.tcp_pool.drain(..) {
-            self.budget.release(&mem);
+            TcpState::Dialing { socket, .. } => cx.pool.give_back(*socket, self.mem),
         }
+        let (src, dst) = (self.key.guest, self.key.host);
+        cx.audit_close("tcp", &self.rule, src, dst, &self.stream.tally, why);
     }
+}
+
+/// smoltcp is done with the socket.
+fn is_done(state: tcp::State) -> bool {
+    matches!(state, tcp::State::Closed | tcp::State::TimeWait)
+}
+
+/// Resets a host connection (SO_LINGER 0, then close).
+pub(super) fn reset_host(stream: &TcpStream) {
+    let linger = nix::libc::linger {
+        l_onoff: 1,
+        l_linger: 0,
+    };
+    let _ =
+        nix::sys::socket::setsockopt(&stream.as_fd(), nix::sys::socket::sockopt::Linger, &linger);
 }

@@ -1,130 +1,149 @@
-//! UDP flows from the sandbox: one connected host socket per (sandbox address,
-//! destination), replies only from the destination, idle expiry; DNS on port 53 goes to
-//! the interceptor, other resolver transports are refused.
+//! A UDP flow from the sandbox: its state and what happens to its datagrams.
+//!
+//! # Theory of operation
+//! UDP never enters smoltcp. Each (sandbox address and port, destination) pair is a flow,
+//! judged by its first datagram, with a host socket *connected* to the destination, so
+//! replies come only from there (the kernel drops the rest). A flow idle for
+//! `udp_idle_timeout` expires. DNS (port 53) does not reach this file: the interceptor
+//! answers it (`dns_flow.rs`); other resolver transports (DNS over QUIC, mDNS, LLMNR,
+//! NetBIOS name service) are refused at once with ICMP, so stub resolvers fall back to
+//! port 53.
 
-use super::*;
+use std::io;
+use std::time::{Duration, Instant};
 
-impl Engine {
-    pub(super) fn on_udp(
-        &mut self,
-        frame: &[u8],
-        guest: SocketAddr,
-        remote: SocketAddr,
-        offset: usize,
-        len: usize,
-    ) {
-        let Some(payload) = frame.get(offset..offset + len) else {
-            self.counters.dropped_unsupported += 1;
-            return;
-        };
-        if self.udp_in_reply(guest, remote, payload) {
+use mio::net::UdpSocket;
+use mio::{Interest, Registry};
+use moat_policy::Protocol;
+
+use super::close::CloseReason;
+use super::config::DenyMode;
+use super::cx::{Cx, Tally};
+use super::dial;
+use super::table::{Due, Flow, FlowId, FlowKey, FlowTable};
+
+/// Datagrams read from one host socket per event before the loop moves on.
+const RX_BATCH: usize = 256;
+
+/// One UDP flow.
+pub(super) struct UdpFlow {
+    key: FlowKey,
+    /// The rule that allowed it (the audit log's `rule`).
+    rule: String,
+    /// Connected to the destination.
+    sock: UdpSocket,
+    /// The last datagram either way.
+    last: Instant,
+    tally: Tally,
+}
+
+/// A datagram from the sandbox (not DNS, not an answer to a published port's peer).
+pub(super) fn on_datagram(
+    table: &mut FlowTable,
+    cx: &mut Cx,
+    frame: &[u8],
+    key: FlowKey,
+    payload: &[u8],
+) {
+    // DNS over QUIC, mDNS, LLMNR and NetBIOS name service would resolve names past the
+    // interceptor: refused at once, so stub resolvers fall back to port 53.
+    if matches!(key.host.port(), 853 | 5353 | 5355 | 137) {
+        cx.audit_bypass(
+            "udp",
+            key,
+            "DoQ, mDNS, LLMNR and NetBIOS name service are refused; use DNS on port 53",
+        );
+        cx.stack.send_prohibited(frame, key.host.ip());
+        return;
+    }
+    if let Some(id) = table.find_udp(&key) {
+        if let Some(Flow::Udp(flow)) = table.get_mut(id) {
+            flow.last = Instant::now();
+            if flow.sock.send(payload).is_ok() {
+                flow.tally.up += payload.len() as u64;
+            }
+        }
+        return;
+    }
+    let upstream = cx.stack.upstream(key.host);
+    let permit = match cx.judge(Protocol::Udp, upstream.ip(), Some(upstream.port())) {
+        Ok(permit) => permit,
+        Err(decision) => {
+            cx.audit_deny("udp", key, &decision);
+            if cx.cfg.deny_mode == DenyMode::Reject {
+                cx.stack.send_prohibited(frame, key.host.ip());
+            }
             return;
         }
-        if remote.port() == 53 {
-            // Every DNS datagram is answered here, whatever address it was sent to.
-            self.dns_from_guest(
-                payload,
-                ReplyTo::Udp {
-                    guest,
-                    asked: remote,
-                },
-            );
-            return;
-        }
-        // DNS over QUIC, mDNS, LLMNR and NetBIOS name service would resolve names past the
-        // interceptor: refused at once, so stub resolvers fall back to port 53.
-        if matches!(remote.port(), 853 | 5353 | 5355 | 137) {
-            self.audit_bypass(
-                "udp",
-                guest,
-                remote,
-                "DoQ, mDNS, LLMNR and NetBIOS name service are refused; use DNS on port 53",
-            );
-            self.send_prohibited(frame, remote.ip());
-            return;
-        }
-        if let Some(&id) = self.udp_index.get(&(guest, remote)) {
-            if let Some(FlowEntry::Udp(flow)) = &mut self.flows[id] {
+    };
+    let (rule, reason) = cx.explain(permit.decision());
+    if table.connections_full() {
+        cx.audit_limit("udp", key);
+        return;
+    }
+    let Ok(mut sock) = dial::udp(upstream, &permit) else {
+        cx.counters.dial_failures += 1;
+        return;
+    };
+    let sent = sock.send(payload).is_ok();
+    let Some(id) = table.open(&mut sock, Interest::READABLE) else {
+        return;
+    };
+    let mut tally = Tally::new();
+    if sent {
+        tally.up = payload.len() as u64;
+    }
+    let flow = UdpFlow {
+        key,
+        rule: rule.clone(),
+        sock,
+        last: Instant::now(),
+        tally,
+    };
+    table.insert(id, Flow::Udp(flow));
+    cx.audit_allow("udp", key, &rule, &reason);
+}
+
+/// The flow's host socket has datagrams: each goes to the sandbox.
+pub(super) fn readable(table: &mut FlowTable, cx: &mut Cx, id: FlowId) {
+    let Some(Flow::Udp(flow)) = table.get_mut(id) else {
+        return;
+    };
+    let mut buf = std::mem::take(&mut cx.scratch);
+    for _ in 0..RX_BATCH {
+        match flow.sock.recv(&mut buf) {
+            Ok(n) => {
+                flow.tally.down += n as u64;
                 flow.last = Instant::now();
-                if flow.sock.send(payload).is_ok() {
-                    flow.up += payload.len() as u64;
-                }
+                cx.stack
+                    .udp_to_guest(flow.key.host, flow.key.guest, &buf[..n]);
             }
-            return;
+            Err(e) if e.kind() == io::ErrorKind::WouldBlock => break,
+            // ICMP errors surface as errors on a connected UDP socket; keep the flow.
+            Err(_) => continue,
         }
-        let upstream = self.upstream(remote);
-        let permit = match self.judge(Protocol::Udp, upstream) {
-            Ok(permit) => permit,
-            Err(decision) => {
-                self.deny_udp(frame, guest, remote, &decision);
-                return;
-            }
-        };
-        let decision = *permit.decision();
-        if self.active >= self.cfg.max_connections {
-            self.audit_limit("udp", guest, remote);
-            return;
-        }
-        let Ok(mut sock) = dial::udp(upstream, &permit) else {
-            self.counters.dial_failures += 1;
-            return;
-        };
-        let sent = sock.send(payload).is_ok();
-        let Some(id) = self.register_new(&mut sock, Interest::READABLE) else {
-            return;
-        };
-        self.flows[id] = Some(FlowEntry::Udp(UdpFlow {
-            rule: decision.rule_label(),
-            guest,
-            remote,
-            sock,
-            last: Instant::now(),
-            up: if sent { payload.len() as u64 } else { 0 },
-            down: 0,
-            started: Instant::now(),
-        }));
-        self.udp_index.insert((guest, remote), id);
-        self.active += 1;
-        let (rule, reason) = (decision.rule_label(), self.cfg.policy.reason(&decision));
-        self.audit_allow("udp", guest, remote, &rule, &reason);
+    }
+    cx.scratch = buf;
+}
+
+impl UdpFlow {
+    pub(super) fn key(&self) -> FlowKey {
+        self.key
     }
 
-    /// Audits a denied UDP flow and, in reject mode, answers ICMP prohibited.
-    pub(super) fn deny_udp(
-        &mut self,
-        frame: &[u8],
-        guest: SocketAddr,
-        remote: SocketAddr,
-        decision: &Decision,
-    ) {
-        self.audit_deny("udp", guest, remote, decision);
-        if self.cfg.deny_mode == DenyMode::Reject {
-            self.send_prohibited(frame, remote.ip());
+    /// What the sweep should do.
+    pub(super) fn due(&self, now: Instant, idle: Duration) -> Due {
+        if now.duration_since(self.last) >= idle {
+            Due::Expire
+        } else {
+            Due::Nothing
         }
     }
 
-    pub(super) fn udp_readable(&mut self, id: usize) {
-        let mut buf = std::mem::take(&mut self.scratch);
-        let mut out = std::mem::take(&mut self.tx_buf);
-        for _ in 0..RX_BATCH {
-            let Some(Some(FlowEntry::Udp(flow))) = self.flows.get_mut(id) else {
-                break;
-            };
-            match flow.sock.recv(&mut buf) {
-                Ok(n) => {
-                    flow.down += n as u64;
-                    flow.last = Instant::now();
-                    let (remote, guest) = (flow.remote, flow.guest);
-                    if wire::udp_to_guest(&mut out, &self.link, remote, guest, &buf[..n]) {
-                        self.send_frame(&out);
-                    }
-                }
-                Err(e) if e.kind() == io::ErrorKind::WouldBlock => break,
-                // ICMP errors surface as errors on a connected UDP socket; keep the flow.
-                Err(_) => continue,
-            }
-        }
-        self.scratch = buf;
-        self.tx_buf = out;
+    /// Releases the socket and audits the end (called by the flow table).
+    pub(super) fn close(mut self, registry: &Registry, cx: &mut Cx, why: &CloseReason) {
+        let _ = registry.deregister(&mut self.sock);
+        let (src, dst) = (self.key.guest, self.key.host);
+        cx.audit_close("udp", &self.rule, src, dst, &self.tally, why);
     }
 }

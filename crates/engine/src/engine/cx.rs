@@ -1,0 +1,330 @@
+//! What every flow consults while it handles an event: the stack, the socket pool, the
+//! policy with this sandbox's DNS pins and the host's addresses, the audit log and the
+//! counters. The flow table and the flows are kept apart from it, so a flow borrowed from
+//! the table can use all of this at once.
+//!
+//! Judging happens here ([`Cx::judge`], [`Cx::judge_sni`], [`Cx::judge_inbound`]), and so
+//! does the audit log's wording of `connect` and `close` events: every flow kind writes
+//! them the same way.
+
+use std::net::{IpAddr, SocketAddr};
+use std::time::{Duration, Instant};
+
+use moat_policy::{Decision, Direction, DomainName, Flow, Permit, Protocol, canonical_addr};
+use serde_json::Value;
+
+use super::close::CloseReason;
+use super::config::{Counters, EngineConfig};
+use super::host_addrs::HostAddrs;
+use super::pool::SocketPool;
+use super::stack::Stack;
+use super::table::FlowKey;
+use crate::dns::filter::DnsRules;
+use crate::dns::pins::Pins;
+
+/// How often expired pins are dropped.
+const PIN_SWEEP: Duration = Duration::from_secs(10);
+
+/// The engine's shared services (see the module header).
+pub(super) struct Cx {
+    pub(super) stack: Stack,
+    pub(super) pool: SocketPool,
+    /// The configuration (the published ports taken out).
+    pub(super) cfg: EngineConfig,
+    pub(super) dns_rules: DnsRules,
+    /// The host's own addresses: judged as the `Loopback` group.
+    pub(super) host_addrs: HostAddrs,
+    /// The policy has Domain/DomainSuffix rules (so TLS server names matter).
+    pub(super) has_name_rules: bool,
+    /// Addresses this sandbox's lookups answered, with their names.
+    pub(super) pins: Pins,
+    next_pin_sweep: Instant,
+    pub(super) counters: Counters,
+    /// A reused buffer for reading host sockets and peeking at the sandbox's bytes.
+    pub(super) scratch: Vec<u8>,
+    rng: u64,
+}
+
+/// A flow's byte counts and start, for its `close` event.
+#[derive(Debug, Clone, Copy)]
+pub(super) struct Tally {
+    /// Bytes from the sandbox.
+    pub(super) up: u64,
+    /// Bytes to the sandbox.
+    pub(super) down: u64,
+    pub(super) started: Instant,
+}
+
+impl Tally {
+    pub(super) fn new() -> Tally {
+        Tally {
+            up: 0,
+            down: 0,
+            started: Instant::now(),
+        }
+    }
+}
+
+impl Cx {
+    #[allow(clippy::too_many_arguments)] // The parts the engine assembles, each its own.
+    pub(super) fn new(
+        stack: Stack,
+        pool: SocketPool,
+        cfg: EngineConfig,
+        dns_rules: DnsRules,
+        host_addrs: HostAddrs,
+        pins: Pins,
+        seed: u64,
+    ) -> Cx {
+        Cx {
+            stack,
+            pool,
+            has_name_rules: cfg.policy.policy().has_name_rules(),
+            cfg,
+            dns_rules,
+            host_addrs,
+            pins,
+            next_pin_sweep: Instant::now(),
+            counters: Counters::default(),
+            scratch: vec![0; 65536],
+            rng: seed,
+        }
+    }
+
+    /// A random number for query IDs and ICMP identifiers.
+    pub(super) fn next_random(&mut self) -> u64 {
+        // xorshift64: query IDs need only be unpredictable to the network, not secret.
+        self.rng ^= self.rng << 13;
+        self.rng ^= self.rng >> 7;
+        self.rng ^= self.rng << 17;
+        self.rng
+    }
+
+    /// Reads the host's addresses again (they changed, or may have).
+    pub(super) fn refresh_host_addrs(&mut self) {
+        if self.host_addrs.refresh() {
+            self.dns_rules.set_host_addrs(self.host_addrs.set().clone());
+        }
+    }
+
+    /// Drops pins past their TTL and grace, every few seconds.
+    pub(super) fn sweep_pins(&mut self, now: Instant) {
+        if now >= self.next_pin_sweep {
+            self.pins.sweep(now);
+            self.next_pin_sweep = now + PIN_SWEEP;
+        }
+    }
+
+    /// Judges an outbound flow of `protocol` to `target` (port `None` for ICMP), with the
+    /// names this sandbox's lookups pinned to the address; an allow comes with the permit
+    /// to dial.
+    pub(super) fn judge(
+        &self,
+        protocol: Protocol,
+        target: IpAddr,
+        port: Option<u16>,
+    ) -> Result<Permit, Decision> {
+        let names = self.pins.names(canonical_addr(target), Instant::now());
+        self.cfg.policy.permit(&Flow {
+            direction: Direction::Outbound,
+            protocol,
+            addr: target,
+            port,
+            names: &names,
+            sni: None,
+            local: self.host_addrs.contains(target),
+        })
+    }
+
+    /// Judges an outbound TCP flow to `target` again, now with its TLS server name.
+    pub(super) fn judge_sni(&self, target: SocketAddr, name: &DomainName) -> Decision {
+        let names = self.pins.names(canonical_addr(target.ip()), Instant::now());
+        self.cfg.policy.decide(&Flow {
+            direction: Direction::Outbound,
+            protocol: Protocol::Tcp,
+            addr: target.ip(),
+            port: Some(target.port()),
+            names: &names,
+            sni: Some(name),
+            local: self.host_addrs.contains(target.ip()),
+        })
+    }
+
+    /// Judges a peer reaching published port `guest_port`.
+    pub(super) fn judge_inbound(
+        &self,
+        protocol: Protocol,
+        peer: IpAddr,
+        guest_port: u16,
+    ) -> Decision {
+        self.cfg.policy.decide(
+            &Flow::inbound(protocol, peer, guest_port).with_local(self.host_addrs.contains(peer)),
+        )
+    }
+
+    /// The rule label and the reason the audit log gives for `decision`.
+    pub(super) fn explain(&self, decision: &Decision) -> (String, String) {
+        (decision.rule_label(), self.cfg.policy.reason(decision))
+    }
+
+    /// The fields every outbound `connect` event has.
+    fn connect_fields(proto: &str, key: FlowKey) -> Vec<(&'static str, Value)> {
+        vec![
+            ("proto", Value::from(proto)),
+            ("src", Value::from(key.guest.to_string())),
+            ("dst", Value::from(key.host.ip().to_string())),
+            ("port", Value::from(key.host.port())),
+        ]
+    }
+
+    /// Audits a flow the policy denied.
+    pub(super) fn audit_deny(&mut self, proto: &str, key: FlowKey, decision: &Decision) {
+        self.counters.denied += 1;
+        let (rule, reason) = self.explain(decision);
+        let mut fields = Cx::connect_fields(proto, key);
+        fields.push(("domain", self.pinned_domain(key.host.ip())));
+        self.cfg
+            .audit
+            .event("connect", "deny", &rule, &reason, fields);
+    }
+
+    /// Audits a flow the policy denied by its TLS server name (`None`: the ClientHello
+    /// could not be read).
+    pub(super) fn audit_sni_deny(
+        &mut self,
+        key: FlowKey,
+        rule: &str,
+        reason: &str,
+        sni: Option<&DomainName>,
+    ) {
+        self.counters.denied += 1;
+        let mut fields = Cx::connect_fields("tcp", key);
+        fields.push(("domain", self.pinned_domain(key.host.ip())));
+        fields.push(("sni", sni.map_or(Value::Null, |n| Value::from(n.as_str()))));
+        self.cfg
+            .audit
+            .event("connect", "deny", rule, reason, fields);
+    }
+
+    /// Audits a flow the policy allowed.
+    pub(super) fn audit_allow(&mut self, proto: &str, key: FlowKey, rule: &str, reason: &str) {
+        self.counters.allowed += 1;
+        let mut fields = Cx::connect_fields(proto, key);
+        fields.push(("domain", self.pinned_domain(key.host.ip())));
+        self.cfg
+            .audit
+            .event("connect", "allow", rule, reason, fields);
+    }
+
+    /// The audit log's `domain`: the names this sandbox's lookups pinned to `addr`.
+    fn pinned_domain(&self, addr: IpAddr) -> Value {
+        let names = self.pins.names(canonical_addr(addr), Instant::now());
+        match names.len() {
+            0 => Value::Null,
+            1 => Value::from(names[0].as_str()),
+            _ => Value::from(
+                names
+                    .iter()
+                    .map(|n| n.as_str().to_owned())
+                    .collect::<Vec<_>>(),
+            ),
+        }
+    }
+
+    /// Audits a flow refused by `max_connections`.
+    pub(super) fn audit_limit(&mut self, proto: &str, key: FlowKey) {
+        let reason = self.limit_reason();
+        self.audit_refused("max_connections", &reason, proto, key);
+    }
+
+    /// Why `max_connections` refused a flow.
+    pub(super) fn limit_reason(&self) -> String {
+        format!(
+            "{} concurrent connections (max_connections)",
+            self.cfg.max_connections
+        )
+    }
+
+    /// Audits a connection refused because the buffer budget has no room for it.
+    pub(super) fn audit_memory(&mut self, proto: &str, key: FlowKey) {
+        let reason = format!(
+            "the connections' buffers hold {} KiB of max_buffer_memory ({} KiB)",
+            self.pool.charged() / 1024,
+            self.cfg.max_buffer_memory / 1024
+        );
+        self.audit_refused("max_buffer_memory", &reason, proto, key);
+    }
+
+    fn audit_refused(&mut self, rule: &str, reason: &str, proto: &str, key: FlowKey) {
+        self.counters.over_limit += 1;
+        let fields = Cx::connect_fields(proto, key);
+        self.cfg
+            .audit
+            .event("connect", "deny", rule, reason, fields);
+    }
+
+    /// Audits a refused attempt to use a DNS transport that would bypass the interceptor.
+    pub(super) fn audit_bypass(&mut self, proto: &str, key: FlowKey, reason: &str) {
+        self.counters.denied += 1;
+        let fields = Cx::connect_fields(proto, key);
+        self.cfg
+            .audit
+            .event("connect", "deny", "dns_bypass", reason, fields);
+    }
+
+    /// Audits a peer's connection to a published port.
+    pub(super) fn audit_inbound(
+        &mut self,
+        decision: &str,
+        rule: &str,
+        reason: &str,
+        proto: &str,
+        peer: SocketAddr,
+        guest_port: u16,
+    ) {
+        let guest = self.stack.addrs.guest_v4;
+        self.cfg.audit.event(
+            "connect",
+            decision,
+            rule,
+            reason,
+            vec![
+                ("direction", Value::from("inbound")),
+                ("proto", Value::from(proto)),
+                ("src", Value::from(peer.to_string())),
+                ("dst", Value::from(guest.to_string())),
+                ("port", Value::from(guest_port)),
+            ],
+        );
+    }
+
+    /// Audits the end of a flow from `src` to `dst`.
+    pub(super) fn audit_close(
+        &mut self,
+        proto: &str,
+        rule: &str,
+        src: SocketAddr,
+        dst: SocketAddr,
+        tally: &Tally,
+        why: &CloseReason,
+    ) {
+        self.cfg.audit.event(
+            "close",
+            "allow",
+            rule,
+            &why.to_string(),
+            vec![
+                ("proto", Value::from(proto)),
+                ("src", Value::from(src.to_string())),
+                ("dst", Value::from(dst.ip().to_string())),
+                ("port", Value::from(dst.port())),
+                ("bytes_up", Value::from(tally.up)),
+                ("bytes_down", Value::from(tally.down)),
+                (
+                    "duration_ms",
+                    Value::from(tally.started.elapsed().as_millis() as u64),
+                ),
+            ],
+        );
+    }
+}

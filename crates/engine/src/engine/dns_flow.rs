@@ -1,0 +1,609 @@
+//! DNS interception in the engine: every UDP and TCP port-53 flow from the sandbox,
+//! whatever address it was sent to, is answered here (shared/DESIGN.md, "DNS is forwarded
+//! at the message level").
+//!
+//! A query is parsed; a blocked name (block lists, or a deny rule that names it first) or a
+//! name no rule could allow a connection to (DNS is egress) gets NXDOMAIN without leaving
+//! the host; otherwise a query written anew from the parsed one (its question, RD/CD, EDNS
+//! payload size and DO bit only, a random ID) goes upstream, to the resolvers in order (next
+//! on timeout or transport error). The answer is checked (it must
+//! answer our question), its CNAME chain is checked against the block lists, addresses
+//! pointing inward are removed (rebind protection; an answer left without addresses becomes
+//! NXDOMAIN), the remaining addresses are pinned to the names, and the sandbox gets it with
+//! its own ID — truncated (TC) when larger than its UDP limit, so it retries over TCP.
+//!
+//! Over TCP the sandbox's stream is terminated here (never relayed): length-prefixed
+//! queries (RFC 1035 §4.2.2) are taken one by one through the same steps, and answers
+//! written back in the same framing.
+
+use std::net::SocketAddr;
+use std::time::Instant;
+
+use mio::Registry;
+use mio::net::UdpSocket;
+use moat_policy::{DecidedBy, DomainName, NamePermit, canonical_addr};
+use serde_json::Value;
+use smoltcp::iface::SocketHandle;
+use smoltcp::socket::tcp;
+use smoltcp::wire::IpListenEndpoint;
+
+use super::budget::Grant;
+use super::close::CloseReason;
+use super::cx::{Cx, Tally};
+use super::dial;
+use super::table::{Due, Flow, FlowId, FlowKey, FlowTable};
+use super::tcp_flow::Segment;
+use crate::dns::filter;
+use crate::dns::framing::TcpFraming;
+use crate::dns::message::{Message, Question, flags, rcode};
+
+/// Where an answer goes.
+#[derive(Debug, Clone, Copy)]
+pub(super) enum ReplyTo {
+    /// A UDP datagram from `asked` to `guest`.
+    Udp {
+        guest: SocketAddr,
+        asked: SocketAddr,
+    },
+    /// The DNS-over-TCP flow `flow`.
+    Tcp { flow: FlowId },
+}
+
+/// A query in flight upstream.
+pub(super) struct DnsQuery {
+    reply: ReplyTo,
+    original_id: u16,
+    /// The message as sent upstream (with moat's ID).
+    message: Vec<u8>,
+    question: Question,
+    name: DomainName,
+    client_limit: usize,
+    /// The rule that let the name be forwarded.
+    rule: String,
+    /// The policy's leave to forward the lookup.
+    permit: NamePermit,
+    server: usize,
+    /// The socket of the current attempt.
+    sock: Option<UdpSocket>,
+    deadline: Instant,
+}
+
+/// A DNS-over-TCP connection from the sandbox, answered here.
+pub(super) struct DnsStream {
+    key: FlowKey,
+    handle: SocketHandle,
+    /// What the socket's buffers are charged.
+    mem: Grant,
+    framing: TcpFraming,
+    /// Its queries upstream now.
+    pending: usize,
+    started: Instant,
+}
+
+/// Queries one DNS-over-TCP connection may have upstream at once.
+const MAX_PENDING_PER_STREAM: usize = 16;
+
+/// A DNS message from the sandbox.
+pub(super) fn from_guest(table: &mut FlowTable, cx: &mut Cx, payload: &[u8], reply: ReplyTo) {
+    let Ok(msg) = Message::parse(payload) else {
+        // Not DNS: dropped, never forwarded (port 53 is not a tunnel).
+        cx.counters.dns_dropped += 1;
+        return;
+    };
+    if msg.flags & flags::QR != 0 || msg.questions.len() != 1 {
+        cx.counters.dns_dropped += 1;
+        return;
+    }
+    if msg.flags & flags::OPCODE != 0 {
+        deliver(table, cx, reply, &msg.reply_with(rcode::NOTIMP).to_bytes());
+        return;
+    }
+    let question = msg.questions[0].clone();
+    let qtype = question.qtype;
+    let shown = question
+        .name
+        .to_text()
+        .unwrap_or_else(|| "(not a host name)".to_owned());
+    let Some(name) = question
+        .name
+        .to_text()
+        .and_then(|t| DomainName::new(&t).ok())
+    else {
+        let event = Lookup::denied(&shown, qtype, "invalid", "not a valid host name");
+        audit_dns(cx, event, None);
+        deliver(
+            table,
+            cx,
+            reply,
+            &msg.reply_with(rcode::NXDOMAIN).to_bytes(),
+        );
+        return;
+    };
+    if let Some(blocked) = cx.dns_rules.blocked(&name) {
+        let reason = format!("{} is on the {} list", name, blocked.label());
+        let event = Lookup::denied(name.as_str(), qtype, blocked.label(), &reason);
+        audit_dns(cx, event, Some(blocked.label()));
+        deliver(
+            table,
+            cx,
+            reply,
+            &msg.reply_with(rcode::NXDOMAIN).to_bytes(),
+        );
+        return;
+    }
+    let permit = match cx.cfg.policy.permit_name(&name) {
+        Ok(permit) => permit,
+        Err(decision) => {
+            let reason = match decision.by {
+                DecidedBy::Default => {
+                    "no rule could allow a connection to this name (DNS is egress)".to_owned()
+                }
+                _ => cx.cfg.policy.reason(&decision),
+            };
+            let rule = decision.rule_label();
+            let event = Lookup::denied(name.as_str(), qtype, &rule, &reason);
+            audit_dns(cx, event, Some("policy"));
+            deliver(
+                table,
+                cx,
+                reply,
+                &msg.reply_with(rcode::NXDOMAIN).to_bytes(),
+            );
+            return;
+        }
+    };
+    if table.dns_full() || cx.cfg.dns_servers.is_empty() {
+        cx.counters.dns_servfail += 1;
+        deliver(
+            table,
+            cx,
+            reply,
+            &msg.reply_with(rcode::SERVFAIL).to_bytes(),
+        );
+        return;
+    }
+    let our_id = cx.next_random() as u16;
+    // Written anew, not forwarded: nothing but the question leaves (see
+    // `Message::upstream_query`).
+    let Some(message) = msg.upstream_query(our_id) else {
+        deliver(table, cx, reply, &msg.reply_with(rcode::FORMERR).to_bytes());
+        return;
+    };
+    cx.counters.dns_queries += 1;
+    if let ReplyTo::Tcp { flow } = reply
+        && let Some(Flow::DnsStream(s)) = table.get_mut(flow)
+    {
+        s.pending += 1;
+    }
+    let id = table.reserve();
+    let query = DnsQuery {
+        reply,
+        original_id: msg.id,
+        message,
+        question,
+        name,
+        client_limit: msg.udp_limit(),
+        rule: permit.decision().rule_label(),
+        permit,
+        server: 0,
+        sock: None,
+        deadline: Instant::now(),
+    };
+    table.insert(id, Flow::DnsQuery(query));
+    try_from(table, cx, id, 0);
+}
+
+/// Query `id` timed out at its resolver: the next one is asked.
+pub(super) fn next_resolver(table: &mut FlowTable, cx: &mut Cx, id: FlowId) {
+    if let Some(Flow::DnsQuery(q)) = table.get(id) {
+        let next = q.server + 1;
+        try_from(table, cx, id, next);
+    }
+}
+
+/// Sends query `id` to upstream `server`, or the next that works; SERVFAIL when none.
+fn try_from(table: &mut FlowTable, cx: &mut Cx, id: FlowId, mut server: usize) {
+    loop {
+        let Some(&upstream) = cx.cfg.dns_servers.get(server) else {
+            fail(table, cx, id);
+            return;
+        };
+        let Some(Flow::DnsQuery(q)) = table.get(id) else {
+            return;
+        };
+        let Ok(mut sock) = dial::resolver(upstream, &q.permit, &q.message) else {
+            server += 1;
+            continue;
+        };
+        if table.register(id, &mut sock).is_err() {
+            server += 1;
+            continue;
+        }
+        let Some(Flow::DnsQuery(q)) = table.get_mut(id) else {
+            return;
+        };
+        let old = q.sock.replace(sock);
+        q.server = server;
+        q.deadline = Instant::now() + cx.cfg.dns_timeout;
+        if let Some(mut old) = old {
+            let _ = table.registry().deregister(&mut old);
+        }
+        return;
+    }
+}
+
+fn fail(table: &mut FlowTable, cx: &mut Cx, id: FlowId) {
+    let Some(Flow::DnsQuery(q)) = table.get(id) else {
+        return;
+    };
+    let answer = Message {
+        id: q.original_id,
+        flags: flags::QR | flags::RD | flags::RA | rcode::SERVFAIL,
+        questions: vec![q.question.clone()],
+        ..Message::default()
+    };
+    let (reply, name, qtype) = (q.reply, q.name.clone(), q.question.qtype);
+    cx.counters.dns_servfail += 1;
+    let event = Lookup::allowed(
+        name.as_str(),
+        qtype,
+        "-",
+        "every upstream resolver failed: SERVFAIL",
+    );
+    audit_dns(cx, event, None);
+    deliver(table, cx, reply, &answer.to_bytes());
+    table.remove(id, CloseReason::DnsFailed, cx);
+}
+
+/// An upstream socket of query `id` is readable.
+pub(super) fn readable(table: &mut FlowTable, cx: &mut Cx, id: FlowId) {
+    let mut buf = std::mem::take(&mut cx.scratch);
+    while let Some(Flow::DnsQuery(q)) = table.get(id) {
+        let Some(sock) = q.sock.as_ref() else { break };
+        match sock.recv(&mut buf) {
+            Ok(n) => {
+                if crate::dns::id(&buf[..n]) != crate::dns::id(&q.message)
+                    || !crate::dns::is_response(&buf[..n])
+                {
+                    continue;
+                }
+                if answer(table, cx, id, &buf[..n]) {
+                    table.remove(id, CloseReason::Answered, cx);
+                    break;
+                }
+            }
+            Err(e) if e.kind() == std::io::ErrorKind::WouldBlock => break,
+            // Transport error (e.g. ICMP port unreachable): next upstream.
+            Err(_) => {
+                let next = q.server + 1;
+                cx.scratch = buf;
+                try_from(table, cx, id, next);
+                return;
+            }
+        }
+    }
+    cx.scratch = buf;
+}
+
+/// Processes an upstream answer for query `id`; `false` when it does not answer our
+/// question (ignored: a late or forged datagram).
+fn answer(table: &mut FlowTable, cx: &mut Cx, id: FlowId, bytes: &[u8]) -> bool {
+    let Some(Flow::DnsQuery(q)) = table.get(id) else {
+        return true;
+    };
+    let (reply, original_id, name, question, limit, rule) = (
+        q.reply,
+        q.original_id,
+        q.name.clone(),
+        q.question.clone(),
+        q.client_limit,
+        q.rule.clone(),
+    );
+    let qtype = question.qtype;
+    let Ok(mut msg) = Message::parse(bytes) else {
+        let fail = Message {
+            id: original_id,
+            flags: flags::QR | flags::RD | flags::RA | rcode::SERVFAIL,
+            questions: vec![question],
+            ..Message::default()
+        };
+        let event = Lookup::allowed(
+            name.as_str(),
+            qtype,
+            &rule,
+            "malformed upstream answer: SERVFAIL",
+        );
+        audit_dns(cx, event, None);
+        deliver(table, cx, reply, &fail.to_bytes());
+        return true;
+    };
+    let same = msg.questions.len() == 1
+        && msg.questions[0].qtype == question.qtype
+        && msg.questions[0].name.eq_ignore_case(&question.name);
+    if !same {
+        return false;
+    }
+    msg.id = original_id;
+    // A CNAME chain through a blocked name is blocked too.
+    let chain = filter::chain(&msg);
+    for link in &chain {
+        let blocked = cx
+            .dns_rules
+            .blocked(link)
+            .map(|b| b.label().to_owned())
+            .or_else(|| cx.cfg.policy.name_rule_denies(link).map(|d| d.rule_label()));
+        if let Some(by) = blocked {
+            let reason =
+                format!("the answer's CNAME chain passes through {link}, which is blocked");
+            let event = Lookup::denied(name.as_str(), qtype, &by, &reason);
+            audit_dns(cx, event, Some("cname"));
+            deliver(
+                table,
+                cx,
+                reply,
+                &msg.reply_with(rcode::NXDOMAIN).to_bytes(),
+            );
+            return true;
+        }
+    }
+    let (before, after) = cx.dns_rules.filter(&mut msg);
+    if before > 0 && after == 0 {
+        let reason = "every address in the answer points inward (rebind protection)";
+        let event = Lookup::denied(name.as_str(), qtype, "rebind", reason);
+        audit_dns(cx, event, Some("rebind_protection"));
+        deliver(
+            table,
+            cx,
+            reply,
+            &msg.reply_with(rcode::NXDOMAIN).to_bytes(),
+        );
+        return true;
+    }
+    let now = Instant::now();
+    let addresses = filter::addresses(&msg);
+    for (addr, ttl) in &addresses {
+        let addr = canonical_addr(*addr);
+        cx.pins.pin(addr, &name, *ttl, now);
+        for link in &chain {
+            cx.pins.pin(addr, link, *ttl, now);
+        }
+    }
+    let shown: Vec<String> = addresses.iter().map(|(a, _)| a.to_string()).collect();
+    let reason = if before > after {
+        format!(
+            "forwarded; {} inward address(es) removed (rebind protection)",
+            before - after
+        )
+    } else {
+        "forwarded".to_owned()
+    };
+    let mut event = Lookup::allowed(name.as_str(), qtype, &rule, &reason);
+    event.answers = &shown;
+    audit_dns(cx, event, None);
+    let mut bytes = msg.to_bytes();
+    if matches!(reply, ReplyTo::Udp { .. }) && bytes.len() > limit {
+        // RFC 1035 §4.2.1 / RFC 6891 §7: too big for the client's UDP limit; TC tells
+        // it to ask again over TCP, which is intercepted the same way.
+        let mut tc = msg.reply_with(msg.rcode());
+        tc.flags |= flags::TC;
+        tc.flags |= msg.flags & 0x0400; // keep AA
+        bytes = tc.to_bytes();
+    }
+    deliver(table, cx, reply, &bytes);
+    true
+}
+
+/// Sends an answer to the sandbox.
+fn deliver(table: &mut FlowTable, cx: &mut Cx, reply: ReplyTo, bytes: &[u8]) {
+    match reply {
+        ReplyTo::Udp { guest, asked } => cx.stack.udp_to_guest(asked, guest, bytes),
+        ReplyTo::Tcp { flow } => {
+            let Some(Flow::DnsStream(s)) = table.get(flow) else {
+                return;
+            };
+            let socket = cx.stack.tcp(s.handle);
+            let Ok(len) = u16::try_from(bytes.len()) else {
+                return;
+            };
+            if socket.send_capacity() - socket.send_queue() >= bytes.len() + 2 {
+                let _ = socket.send_slice(&len.to_be_bytes());
+                let _ = socket.send_slice(bytes);
+            }
+            table.touch(flow);
+        }
+    }
+}
+
+/// A query has ended (called by the flow table): its DNS-over-TCP flow may take more.
+pub(super) fn query_done(table: &mut FlowTable, reply: ReplyTo) {
+    if let ReplyTo::Tcp { flow } = reply
+        && let Some(Flow::DnsStream(s)) = table.get_mut(flow)
+    {
+        s.pending = s.pending.saturating_sub(1);
+        table.touch(flow);
+    }
+}
+
+/// Accepts a DNS-over-TCP connection from the sandbox; it is answered here.
+pub(super) fn open_stream(table: &mut FlowTable, cx: &mut Cx, syn: Segment<'_>) {
+    let key = syn.key;
+    if table.connections_full() {
+        cx.audit_limit("tcp", key);
+        cx.stack.reset_guest(key, syn.seq, syn.len);
+        return;
+    }
+    let Some((mut socket, mem)) = cx.pool.dns_socket() else {
+        cx.audit_memory("tcp", key);
+        cx.stack.reset_guest(key, syn.seq, syn.len);
+        return;
+    };
+    let endpoint = IpListenEndpoint {
+        addr: Some(key.host.ip().into()),
+        port: key.host.port(),
+    };
+    if socket.listen(endpoint).is_err() {
+        cx.pool.give_back(socket, mem);
+        return;
+    }
+    let handle = cx.stack.sockets.add(socket);
+    let id = table.reserve();
+    let stream = DnsStream {
+        key,
+        handle,
+        mem,
+        framing: TcpFraming::default(),
+        pending: 0,
+        started: Instant::now(),
+    };
+    table.insert(id, Flow::DnsStream(stream));
+    cx.stack.feed(syn.frame);
+    table.touch(id);
+}
+
+/// Moves a DNS-over-TCP flow along: reads whole queries, closes when the sandbox has.
+pub(super) fn stream_relay(table: &mut FlowTable, cx: &mut Cx, id: FlowId) {
+    let Some(Flow::DnsStream(s)) = table.get_mut(id) else {
+        return;
+    };
+    let socket = cx.stack.tcp(s.handle);
+    while socket.can_recv() && s.framing.room() > 0 && s.pending < MAX_PENDING_PER_STREAM {
+        let framing = &mut s.framing;
+        let got = socket.recv(|buf| {
+            let n = framing.push(buf);
+            (n, n)
+        });
+        if !matches!(got, Ok(n) if n > 0) {
+            break;
+        }
+    }
+    let mut queries = Vec::new();
+    while s.pending + queries.len() < MAX_PENDING_PER_STREAM {
+        let Some(query) = s.framing.next_message() else {
+            break;
+        };
+        queries.push(query);
+    }
+    let state = socket.state();
+    let guest_done = matches!(
+        state,
+        tcp::State::CloseWait | tcp::State::LastAck | tcp::State::Closed | tcp::State::TimeWait
+    );
+    if guest_done && s.pending == 0 && queries.is_empty() && state == tcp::State::CloseWait {
+        socket.close();
+    }
+    let closed = matches!(socket.state(), tcp::State::Closed | tcp::State::TimeWait);
+    for q in queries {
+        from_guest(table, cx, &q, ReplyTo::Tcp { flow: id });
+    }
+    if closed {
+        table.remove(id, CloseReason::Closed, cx);
+    }
+}
+
+impl DnsQuery {
+    /// What the sweep should do.
+    pub(super) fn due(&self, now: Instant) -> Due {
+        if now >= self.deadline {
+            Due::NextResolver
+        } else {
+            Due::Nothing
+        }
+    }
+
+    /// Releases the upstream socket (called by the flow table); the answer's destination
+    /// is returned for [`query_done`].
+    pub(super) fn close(mut self, registry: &Registry) -> ReplyTo {
+        if let Some(sock) = self.sock.as_mut() {
+            let _ = registry.deregister(sock);
+        }
+        self.reply
+    }
+}
+
+impl DnsStream {
+    pub(super) fn key(&self) -> FlowKey {
+        self.key
+    }
+
+    /// Resets the sandbox's side (the engine is stopping).
+    pub(super) fn abort_guest(&mut self, cx: &mut Cx) {
+        cx.stack.tcp(self.handle).abort();
+    }
+
+    /// Gives the socket back and audits the end (called by the flow table).
+    pub(super) fn close(self, cx: &mut Cx, why: &CloseReason) {
+        cx.pool
+            .recycle(&mut cx.stack.sockets, self.handle, self.mem);
+        let tally = Tally {
+            up: 0,
+            down: 0,
+            started: self.started,
+        };
+        let (src, dst) = (self.key.guest, self.key.host);
+        cx.audit_close("tcp", "dns", src, dst, &tally, why);
+    }
+}
+
+/// One `dns` audit event.
+struct Lookup<'a> {
+    name: &'a str,
+    qtype: u16,
+    decision: &'a str,
+    rule: &'a str,
+    reason: &'a str,
+    answers: &'a [String],
+}
+
+impl<'a> Lookup<'a> {
+    fn denied(name: &'a str, qtype: u16, rule: &'a str, reason: &'a str) -> Lookup<'a> {
+        Lookup {
+            name,
+            qtype,
+            decision: "deny",
+            rule,
+            reason,
+            answers: &[],
+        }
+    }
+
+    fn allowed(name: &'a str, qtype: u16, rule: &'a str, reason: &'a str) -> Lookup<'a> {
+        Lookup {
+            decision: "allow",
+            ..Lookup::denied(name, qtype, rule, reason)
+        }
+    }
+}
+
+/// Writes a `dns` event; `blocked_by` names what blocked a denied lookup.
+fn audit_dns(cx: &mut Cx, event: Lookup<'_>, blocked_by: Option<&str>) {
+    let mut fields = vec![
+        ("name", Value::from(event.name)),
+        ("qtype", Value::from(qtype_name(event.qtype))),
+        ("answers", Value::from(event.answers.to_vec())),
+    ];
+    if let Some(b) = blocked_by {
+        fields.push(("blocked_by", Value::from(b)));
+    }
+    cx.cfg
+        .audit
+        .event("dns", event.decision, event.rule, event.reason, fields);
+}
+
+/// The mnemonic of a query type, or its number.
+fn qtype_name(t: u16) -> String {
+    use crate::dns::message::rtype;
+    match t {
+        rtype::A => "A".into(),
+        rtype::AAAA => "AAAA".into(),
+        rtype::CNAME => "CNAME".into(),
+        rtype::MX => "MX".into(),
+        rtype::NS => "NS".into(),
+        rtype::PTR => "PTR".into(),
+        rtype::SOA => "SOA".into(),
+        rtype::SRV => "SRV".into(),
+        rtype::TXT => "TXT".into(),
+        rtype::SVCB => "SVCB".into(),
+        rtype::HTTPS => "HTTPS".into(),
+        other => format!("TYPE{other}"),
+    }
+}

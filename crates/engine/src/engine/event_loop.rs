@@ -1,0 +1,210 @@
+//! The engine's thread: poll, route each event to its flow, run the timers. It knows the
+//! tokens and the order of a turn, and nothing of any protocol.
+//!
+//! One turn: wait for events (or the sweep's or smoltcp's next deadline); read a batch of
+//! frames from the sandbox and route each (`ingress.rs`); route host-socket events to
+//! their flows (`table.rs` finds them by token); move the bytes of every flow an event
+//! marked; send what smoltcp has ready; remove the flows whose resets are now out; every
+//! 200 ms, sweep (`table::sweep`).
+
+use std::io;
+use std::sync::atomic::{AtomicBool, Ordering};
+use std::time::{Duration, Instant};
+
+use mio::{Events, Interest, Poll, Token};
+
+use super::budget::Budget;
+use super::config::{Counters, EngineConfig, MIN_BUFFER_MEMORY};
+use super::cx::Cx;
+use super::host_addrs::HostAddrs;
+use super::inbound::{self, Listeners};
+use super::pool::SocketPool;
+use super::stack::Stack;
+use super::table::{self, Flow, FlowId, FlowTable};
+use super::{dns_flow, echo, ingress, tcp_flow, udp_flow};
+use crate::device::{ETH_HEADER, FrameDevice};
+use crate::dns::filter::DnsRules;
+use crate::dns::pins::Pins;
+
+/// The frame device.
+const TAP: Token = Token(0);
+/// `EngineHandle::stop` wakes the loop.
+pub(super) const WAKE: Token = Token(1);
+/// The netlink socket that says when the host's addresses change.
+const HOST_ADDRS: Token = Token(2);
+/// Tokens of published ports start here.
+const LISTENER_BASE: usize = 3;
+/// Published ports at most.
+pub const MAX_PUBLISHED: usize = 256;
+/// Tokens of flows start here (see `table.rs`).
+pub(super) const FIRST_FLOW: usize = LISTENER_BASE + MAX_PUBLISHED;
+/// Frames read per wake before the loop services sockets again.
+const RX_BATCH: usize = 256;
+/// How often idle flows and deadlines are checked.
+const SWEEP: Duration = Duration::from_millis(200);
+/// (address, name) pins held at most.
+const MAX_PINS: usize = 65_536;
+/// How long a pin outlives its TTL.
+const PIN_GRACE: Duration = Duration::from_secs(120);
+
+/// The engine: the poll, the flows, what they share, and the published ports.
+pub(super) struct Engine {
+    poll: Poll,
+    table: FlowTable,
+    cx: Cx,
+    listeners: Listeners,
+    rx_buf: Vec<u8>,
+}
+
+impl Engine {
+    pub(super) fn new(
+        poll: Poll,
+        device: Box<dyn FrameDevice + Send>,
+        mut cfg: EngineConfig,
+    ) -> io::Result<Engine> {
+        let registry = poll.registry();
+        if let Some(fd) = device.raw_fd() {
+            registry.register(&mut mio::unix::SourceFd(&fd), TAP, Interest::READABLE)?;
+        }
+        let seed = std::time::SystemTime::now()
+            .duration_since(std::time::UNIX_EPOCH)
+            .unwrap_or_default()
+            .as_nanos() as u64
+            | 1;
+        let max_frame = cfg.link.mtu + ETH_HEADER;
+        let stack = Stack::new(device, cfg.link, seed);
+        let host_addrs = HostAddrs::new(&cfg.simulated_hosts);
+        if let Some(fd) = host_addrs.watch_fd() {
+            registry.register(
+                &mut mio::unix::SourceFd(&fd),
+                HOST_ADDRS,
+                Interest::READABLE,
+            )?;
+        }
+        let mut dns_rules = DnsRules::new(
+            cfg.policy.policy(),
+            &cfg.block_domains,
+            &cfg.block_domain_suffixes,
+            cfg.dns_rebind_protection,
+        );
+        dns_rules.set_host_addrs(host_addrs.set().clone());
+        let budget = Budget::new(
+            cfg.max_buffer_memory.max(MIN_BUFFER_MEMORY),
+            cfg.max_connections,
+            cfg.tcp_buffer / 2,
+        );
+        let pool = SocketPool::new(budget, cfg.tcp_buffer);
+        let listeners =
+            Listeners::register(registry, LISTENER_BASE, std::mem::take(&mut cfg.published))?;
+        let table = FlowTable::new(registry.try_clone()?, cfg.max_connections);
+        let pins = Pins::new(MAX_PINS, PIN_GRACE);
+        let cx = Cx::new(stack, pool, cfg, dns_rules, host_addrs, pins, seed);
+        Ok(Engine {
+            poll,
+            table,
+            cx,
+            listeners,
+            rx_buf: vec![0; max_frame.max(65536 + ETH_HEADER)],
+        })
+    }
+
+    pub(super) fn run(mut self, stop: &AtomicBool) -> io::Result<Counters> {
+        let mut events = Events::with_capacity(1024);
+        let mut rx_pending = false;
+        let mut next_sweep = Instant::now() + SWEEP;
+        let mut last_active = Instant::now();
+        // A device without a descriptor (the in-memory one of the tests) is polled.
+        let pollable = self.cx.stack.raw_fd().is_some();
+        loop {
+            let now = Instant::now();
+            let mut timeout = next_sweep.saturating_duration_since(now);
+            if let Some(d) = self.cx.stack.poll_delay() {
+                timeout = timeout.min(d);
+            }
+            // Busy-poll briefly after activity: the next frame of an exchange (the
+            // client's ACK and request after a SYN-ACK, the server's answer after a
+            // request) usually comes within tens of microseconds, and catching it without
+            // sleeping saves a wake-up on each hop.
+            if rx_pending || now.duration_since(last_active) < self.cx.cfg.busy_poll {
+                timeout = Duration::ZERO;
+            }
+            if !pollable {
+                timeout = timeout.min(Duration::from_millis(1));
+            }
+            match self.poll.poll(&mut events, Some(timeout)) {
+                Ok(()) => {}
+                Err(e) if e.kind() == io::ErrorKind::Interrupted => continue,
+                Err(e) => return Err(e),
+            }
+            if stop.load(Ordering::SeqCst) {
+                break;
+            }
+            if !events.is_empty() {
+                last_active = Instant::now();
+            } else if timeout.is_zero() && !rx_pending {
+                // Spinning: let a task woken onto this core (the sandbox's client, often)
+                // run first.
+                std::thread::yield_now();
+            }
+            let mut tap_ready = rx_pending || !pollable;
+            for event in events.iter() {
+                match event.token() {
+                    TAP => tap_ready = true,
+                    WAKE => {}
+                    HOST_ADDRS => self.cx.refresh_host_addrs(),
+                    token => self.on_socket(token),
+                }
+            }
+            if tap_ready {
+                rx_pending = self.read_frames()?;
+            }
+            for id in self.table.take_dirty() {
+                table::service(&mut self.table, &mut self.cx, id);
+            }
+            self.cx.stack.egress();
+            self.table.remove_doomed(&mut self.cx);
+            if Instant::now() >= next_sweep {
+                if !self.cx.host_addrs.is_watched() {
+                    self.cx.refresh_host_addrs();
+                }
+                table::sweep(&mut self.table, &mut self.cx);
+                next_sweep = Instant::now() + SWEEP;
+            }
+        }
+        self.table.close_all(&mut self.cx);
+        let mut counters = self.cx.counters;
+        counters.tx_errors += self.cx.stack.tx_errors;
+        Ok(counters)
+    }
+
+    /// Reads up to a batch of frames; `true` when more may be waiting.
+    fn read_frames(&mut self) -> io::Result<bool> {
+        for _ in 0..RX_BATCH {
+            let Some(len) = self.cx.stack.recv(&mut self.rx_buf)? else {
+                return Ok(false);
+            };
+            self.cx.counters.frames_in += 1;
+            let frame = &self.rx_buf[..len];
+            ingress::on_frame(&self.listeners, &mut self.table, &mut self.cx, frame);
+        }
+        Ok(true)
+    }
+
+    /// A published port's or a flow's host socket is ready.
+    fn on_socket(&mut self, token: Token) {
+        let (table, cx) = (&mut self.table, &mut self.cx);
+        let Some(id) = FlowId::from_token(token) else {
+            let index = token.0 - LISTENER_BASE;
+            inbound::on_ready(&mut self.listeners, table, cx, index);
+            return;
+        };
+        match table.get(id) {
+            Some(Flow::Tcp(_)) => tcp_flow::on_host_ready(table, cx, id),
+            Some(Flow::Udp(_)) => udp_flow::readable(table, cx, id),
+            Some(Flow::DnsQuery(_)) => dns_flow::readable(table, cx, id),
+            Some(Flow::Echo(_)) => echo::readable(table, cx, id),
+            Some(Flow::DnsStream(_)) => table.touch(id),
+            Some(Flow::UdpIn(_)) | None => {}
+        }
+    }
+}

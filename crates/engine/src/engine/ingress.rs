@@ -1,0 +1,153 @@
+//! A frame from the sandbox: classified ([`crate::wire::classify`]) before smoltcp sees
+//! it, and routed to the flow kind that owns it.
+//!
+//! - **ARP and neighbour discovery** go to smoltcp, which answers for every address
+//!   (`any_ip`), except questions about the sandbox's own address; neighbour
+//!   solicitations are answered here too (smoltcp learns the sandbox's MAC from them).
+//! - **TCP** goes to `tcp_flow.rs` (port 53 on to `dns_flow.rs`).
+//! - **UDP**: an answer to a published port's peer goes to `inbound.rs`, port 53 to the
+//!   DNS interceptor, the rest to `udp_flow.rs`.
+//! - **ICMP echo** to the gateway is answered here; to anywhere else it goes to `echo.rs`.
+//! - **Router solicitations** get a router advertisement for the link's prefix.
+//!
+//! Transport traffic whose source is not the sandbox's address is dropped and counted
+//! (`dropped_spoofed`), as are frames of unsupported protocols (`dropped_unsupported`).
+
+use std::net::{IpAddr, SocketAddr};
+
+use super::cx::Cx;
+use super::dns_flow::{self, ReplyTo};
+use super::echo::{self, Request};
+use super::inbound::{self, Listeners};
+use super::table::{FlowKey, FlowTable};
+use super::tcp_flow::{self, Segment};
+use super::udp_flow;
+use crate::wire::{self, Frame, L4};
+
+/// Routes one frame from the sandbox.
+pub(super) fn on_frame(listeners: &Listeners, table: &mut FlowTable, cx: &mut Cx, frame: &[u8]) {
+    cx.stack.learn_guest_mac(frame);
+    let (src, dst, l4) = match wire::classify(frame) {
+        Frame::Arp { request, target } => {
+            if !(request && target == cx.stack.addrs.guest_v4) {
+                cx.stack.feed(frame);
+            }
+            return;
+        }
+        Frame::Ip { src, dst, l4 } => (src, dst, l4),
+        Frame::Other => {
+            cx.counters.dropped_unsupported += 1;
+            return;
+        }
+    };
+    let from_guest = cx.stack.is_guest(src);
+    match l4 {
+        L4::Tcp {
+            src_port,
+            dst_port,
+            syn,
+            ack,
+            rst,
+            seq,
+            seg_len,
+        } => {
+            if !from_guest {
+                cx.counters.dropped_spoofed += 1;
+                return;
+            }
+            let seg = Segment {
+                frame,
+                key: FlowKey {
+                    guest: SocketAddr::new(src, src_port),
+                    host: SocketAddr::new(dst, dst_port),
+                },
+                opens: syn && !ack && !rst,
+                rst,
+                seq,
+                len: seg_len,
+            };
+            tcp_flow::on_segment(table, cx, seg);
+        }
+        L4::Udp {
+            src_port,
+            dst_port,
+            offset,
+            len,
+        } => {
+            if !from_guest {
+                cx.counters.dropped_spoofed += 1;
+                return;
+            }
+            let Some(payload) = frame.get(offset..offset + len) else {
+                cx.counters.dropped_unsupported += 1;
+                return;
+            };
+            let key = FlowKey {
+                guest: SocketAddr::new(src, src_port),
+                host: SocketAddr::new(dst, dst_port),
+            };
+            if inbound::reply(listeners, table, key, payload) {
+                return;
+            }
+            if dst_port == 53 {
+                // Every DNS datagram is answered here, whatever address it was sent to.
+                let reply = ReplyTo::Udp {
+                    guest: key.guest,
+                    asked: key.host,
+                };
+                dns_flow::from_guest(table, cx, payload, reply);
+                return;
+            }
+            udp_flow::on_datagram(table, cx, frame, key, payload);
+        }
+        L4::EchoRequest {
+            ident,
+            seq,
+            offset,
+            len,
+        } => {
+            if !from_guest {
+                cx.counters.dropped_spoofed += 1;
+                return;
+            }
+            let Some(data) = frame.get(offset..offset + len) else {
+                return;
+            };
+            if dst == cx.stack.gateway_for(dst) {
+                // The gateway answers its own echoes.
+                cx.stack.echo_reply(dst, src, ident, seq, data);
+            } else {
+                let req = Request {
+                    frame,
+                    guest: src,
+                    dst,
+                    ident,
+                    seq,
+                    data,
+                };
+                echo::on_request(table, cx, req);
+            }
+        }
+        L4::NeighborSolicit { target } => {
+            // Every address but the sandbox's own is at the gateway. Duplicate address
+            // detection (from ::) gets no answer.
+            if let IpAddr::V6(from) = src
+                && target != cx.stack.addrs.guest_v6
+                && !from.is_unspecified()
+            {
+                cx.stack.neighbor_advert(target, from);
+                // smoltcp learns the sandbox's MAC from the solicitation.
+                cx.stack.feed(frame);
+            }
+        }
+        L4::IcmpOther => {
+            if src.is_ipv6() {
+                cx.stack.feed(frame);
+            } else {
+                cx.counters.dropped_unsupported += 1;
+            }
+        }
+        L4::RouterSolicit => cx.stack.router_advert(src),
+        L4::Unsupported => cx.counters.dropped_unsupported += 1,
+    }
+}

@@ -1,0 +1,147 @@
+//! smoltcp TCP sockets kept for reuse, and the buffer budget they are charged to.
+//!
+//! # Theory of operation
+//! A socket's rings are allocated once, when it is made, and charged to the [`Budget`]
+//! (see `budget.rs`). A connection that ends gives its socket back here; the next
+//! connection whose buffer sizes match takes it instead of allocating (at most
+//! [`TCP_POOL`] are kept). Pooled sockets stay charged, so when the budget runs short the
+//! pool is emptied first: a new connection's receive ring, or a send ring's next page,
+//! always comes before a socket nobody uses.
+
+use smoltcp::iface::{SocketHandle, SocketSet};
+use smoltcp::socket::tcp;
+
+use super::budget::{Budget, Grant};
+
+/// smoltcp sockets kept for reuse.
+const TCP_POOL: usize = 64;
+/// A DNS-over-TCP connection's buffers each way: DNS messages are at most 64 KiB.
+const DNS_STREAM_BUFFER: usize = 128 * 1024;
+
+/// Closed sockets kept for reuse, and the budget every socket is charged to.
+pub(super) struct SocketPool {
+    pooled: Vec<(tcp::Socket<'static>, Grant)>,
+    budget: Budget,
+    /// A connection's send ring capacity.
+    tcp_buffer: usize,
+}
+
+impl SocketPool {
+    pub(super) fn new(budget: Budget, tcp_buffer: usize) -> SocketPool {
+        SocketPool {
+            pooled: Vec::new(),
+            budget,
+            tcp_buffer,
+        }
+    }
+
+    /// Bytes the budget has charged.
+    pub(super) fn charged(&self) -> usize {
+        self.budget.charged()
+    }
+
+    /// A socket for a new TCP connection, with the largest receive buffer the budget
+    /// has room for; `None` when it has none even after the pool is given up.
+    pub(super) fn connection_socket(&mut self) -> Option<(tcp::Socket<'static>, Grant)> {
+        let mut rx = self.budget.receive_size();
+        if rx != Some(self.budget.rx_full()) && !self.pooled.is_empty() {
+            self.empty();
+            rx = self.budget.receive_size();
+        }
+        Some(self.take(rx?, self.tcp_buffer, false))
+    }
+
+    /// A socket for a DNS-over-TCP connection (small buffers, charged whole).
+    pub(super) fn dns_socket(&mut self) -> Option<(tcp::Socket<'static>, Grant)> {
+        let want = Grant::whole(DNS_STREAM_BUFFER, DNS_STREAM_BUFFER).total();
+        if !self.budget.fits(want) {
+            self.empty();
+        }
+        self.budget
+            .fits(want)
+            .then(|| self.take(DNS_STREAM_BUFFER, DNS_STREAM_BUFFER, true))
+    }
+
+    /// How many bytes may be written into `mem`'s send ring now, after giving up the
+    /// pool if that is what it takes (`usize::MAX`: no limit).
+    pub(super) fn send_room(&mut self, mem: &Grant) -> usize {
+        let room = self.budget.send_room(mem);
+        if room == 0 && !self.pooled.is_empty() {
+            self.empty();
+            return self.budget.send_room(mem);
+        }
+        room
+    }
+
+    /// Records `n` bytes written into `mem`'s send ring (within [`Self::send_room`]).
+    pub(super) fn wrote(&mut self, mem: &mut Grant, n: usize) {
+        self.budget.wrote(mem, n);
+    }
+
+    /// Takes socket `handle` out of the set and keeps it for reuse. Outside the set an
+    /// abort sends nothing; it only makes the socket reusable.
+    pub(super) fn recycle(
+        &mut self,
+        sockets: &mut SocketSet<'static>,
+        handle: SocketHandle,
+        mem: Grant,
+    ) {
+        // With only TCP sockets in the set, every socket removed is a TCP one.
+        let smoltcp::socket::Socket::Tcp(socket) = sockets.remove(handle);
+        self.give_back(socket, mem);
+    }
+
+    /// Keeps a socket outside the set for reuse (its buffers stay charged), or drops it
+    /// and gives its charge back when the pool is full.
+    pub(super) fn give_back(&mut self, mut socket: tcp::Socket<'static>, mem: Grant) {
+        socket.abort();
+        if self.pooled.len() < TCP_POOL {
+            self.pooled.push((socket, mem));
+        } else {
+            self.budget.release(&mem);
+        }
+    }
+
+    /// A closed socket with these buffer capacities: from the pool when one fits (its
+    /// buffers are charged already), else a new one, charged.
+    fn take(&mut self, rx: usize, tx: usize, whole: bool) -> (tcp::Socket<'static>, Grant) {
+        let fits = |(s, _): &(tcp::Socket<'static>, Grant)| {
+            s.recv_capacity() == rx && s.send_capacity() == tx
+        };
+        if let Some(i) = self.pooled.iter().position(fits) {
+            let (socket, mut mem) = self.pooled.swap_remove(i);
+            // Opening the socket again restarts its rings at position 0.
+            mem.tx_written = 0;
+            return (socket, mem);
+        }
+        let mem = if whole {
+            Grant::whole(rx, tx)
+        } else {
+            Grant {
+                rx,
+                tx_cap: tx,
+                ..Grant::default()
+            }
+        };
+        self.budget.charge(&mem);
+        (new_socket(rx, tx), mem)
+    }
+
+    /// Drops every pooled socket and gives its charge back.
+    fn empty(&mut self) {
+        for (_, mem) in self.pooled.drain(..) {
+            self.budget.release(&mem);
+        }
+    }
+}
+
+/// A new smoltcp TCP socket with the given buffer capacities.
+fn new_socket(rx: usize, tx: usize) -> tcp::Socket<'static> {
+    let mut socket = tcp::Socket::new(
+        tcp::SocketBuffer::new(vec![0u8; rx]),
+        tcp::SocketBuffer::new(vec![0u8; tx]),
+    );
+    socket.set_nagle_enabled(false);
+    socket.set_ack_delay(None);
+    socket
+}

@@ -1,0 +1,192 @@
+//! The stream stage of a TCP flow: every byte between the sandbox's socket (smoltcp) and
+//! the host's socket passes through one [`Stream`]. **This is where TLS interception and
+//! secret substitution plug in**, as further [`Stage`]s.
+//!
+//! # Theory of operation
+//! [`Stream::pump`] moves what it can each way and is the only place that handles
+//! back-pressure and half-close:
+//! - *sandbox → host*: bytes leave the socket's receive ring only as fast as the host
+//!   socket takes them, so a slow host closes the sandbox's window. When the sandbox has
+//!   sent FIN and every byte before it is upstream, the host socket's write side is shut
+//!   (the up half is finished).
+//! - *host → sandbox*: the host socket is read only into the room the socket's send
+//!   ring has and the buffer budget allows (see `budget.rs`); when there is none it is
+//!   left unread and the host's window closes. End of file closes the socket's send side
+//!   (FIN to the sandbox; the down half is finished).
+//!
+//! The stage decides what happens to the bytes on the way:
+//! - [`Stage::Opaque`] relays them unchanged;
+//! - [`Stage::AwaitClientHello`] holds the sandbox's bytes until its TLS ClientHello is
+//!   complete ([`Stream::client_hello`]); the flow judges the server name and either
+//!   opens the stream (it becomes opaque) or resets the flow. The server's bytes pass
+//!   meanwhile.
+//!
+//! A stage that rewrites bytes (a TLS session terminated on each side, an HTTP
+//! substitution) takes the sandbox's bytes from the receive ring and gives the host what
+//! it produced, and the reverse; back-pressure and half-close stay here, around it.
+
+use std::io::{self, Read, Write};
+use std::net::Shutdown;
+
+use mio::net::TcpStream;
+use smoltcp::socket::tcp;
+
+use super::budget::Grant;
+use super::close::CloseReason;
+use super::cx::Tally;
+use super::pool::SocketPool;
+use crate::tls::sni::{self, Sni};
+
+/// What happens to the bytes on their way.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub(super) enum Stage {
+    /// Relayed unchanged.
+    Opaque,
+    /// The sandbox's bytes wait for its ClientHello to be judged.
+    AwaitClientHello,
+}
+
+/// One direction of a stream.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+enum Half {
+    /// Bytes may still come.
+    Open,
+    /// The sender finished, and the receiver has been told.
+    Finished,
+}
+
+/// What [`Stream::client_hello`] found.
+pub(super) enum Hello {
+    /// The stream does not wait for a ClientHello.
+    NotAwaited,
+    /// Not all of it has arrived yet.
+    Wait,
+    /// What the sandbox's first bytes say (the stream stops waiting either way).
+    Ready(Sni),
+}
+
+/// The bytes of one TCP flow (see the module header).
+pub(super) struct Stream {
+    stage: Stage,
+    /// Sandbox → host.
+    up: Half,
+    /// Host → sandbox.
+    down: Half,
+    /// Bytes moved each way.
+    pub(super) tally: Tally,
+}
+
+impl Stream {
+    pub(super) fn new(stage: Stage) -> Stream {
+        Stream {
+            stage,
+            up: Half::Open,
+            down: Half::Open,
+            tally: Tally::new(),
+        }
+    }
+
+    /// Both directions are finished: the connection ends in order.
+    pub(super) fn finished(&self) -> bool {
+        self.up == Half::Finished && self.down == Half::Finished
+    }
+
+    /// For a stream waiting on the sandbox's ClientHello: reads what has arrived (without
+    /// taking it from the socket) into `scratch` and parses it.
+    pub(super) fn client_hello(
+        &mut self,
+        socket: &mut tcp::Socket<'static>,
+        scratch: &mut [u8],
+    ) -> Hello {
+        if self.stage != Stage::AwaitClientHello {
+            return Hello::NotAwaited;
+        }
+        let window = &mut scratch[..sni::MAX_PEEK];
+        let n = socket.peek_slice(window).unwrap_or(0);
+        let guest_done = !socket.may_recv()
+            && socket.state() != tcp::State::SynReceived
+            && socket.state() != tcp::State::Listen;
+        let parsed = sni::parse(&window[..n]);
+        if parsed == Sni::Incomplete && !guest_done {
+            return Hello::Wait;
+        }
+        self.stage = Stage::Opaque;
+        Hello::Ready(parsed)
+    }
+
+    /// Moves bytes both ways as far as the sockets and the budget allow; an error is why
+    /// the flow must be reset.
+    pub(super) fn pump(
+        &mut self,
+        socket: &mut tcp::Socket<'static>,
+        host: &mut TcpStream,
+        pool: &mut SocketPool,
+        mem: &mut Grant,
+    ) -> Result<(), CloseReason> {
+        // Sandbox → host.
+        while self.stage == Stage::Opaque && socket.can_recv() {
+            let r = socket.recv(|buf| match host.write(buf) {
+                Ok(n) => (n, Ok(n)),
+                Err(e) => (0, Err(e)),
+            });
+            match r {
+                Ok(Ok(0)) => break,
+                Ok(Ok(n)) => self.tally.up += n as u64,
+                Ok(Err(e)) if e.kind() == io::ErrorKind::WouldBlock => break,
+                Ok(Err(e)) if e.kind() == io::ErrorKind::Interrupted => continue,
+                Ok(Err(e)) => return Err(CloseReason::UpstreamWrite(e.to_string())),
+                Err(_) => break,
+            }
+        }
+        // The sandbox sent FIN and everything before it is upstream: half-close.
+        let guest_fin = matches!(
+            socket.state(),
+            tcp::State::CloseWait
+                | tcp::State::LastAck
+                | tcp::State::Closing
+                | tcp::State::TimeWait
+                | tcp::State::Closed
+        );
+        if self.up == Half::Open && guest_fin && socket.recv_queue() == 0 {
+            let _ = host.shutdown(Shutdown::Write);
+            self.up = Half::Finished;
+        }
+        // Host → sandbox, into send-ring pages the budget allows (when it has none, the
+        // host socket is left unread; the sweep comes back to it).
+        while self.down == Half::Open && socket.can_send() {
+            enum Got {
+                Data(usize),
+                Eof,
+                Block,
+                Fail(io::Error),
+            }
+            let room = pool.send_room(mem);
+            if room == 0 {
+                break;
+            }
+            let r = socket.send(|buf| {
+                let n = buf.len().min(room);
+                match host.read(&mut buf[..n]) {
+                    Ok(0) => (0, Got::Eof),
+                    Ok(n) => (n, Got::Data(n)),
+                    Err(e) if e.kind() == io::ErrorKind::WouldBlock => (0, Got::Block),
+                    Err(e) => (0, Got::Fail(e)),
+                }
+            });
+            match r {
+                Ok(Got::Data(n)) => {
+                    pool.wrote(mem, n);
+                    self.tally.down += n as u64;
+                }
+                Ok(Got::Eof) => {
+                    self.down = Half::Finished;
+                    socket.close();
+                }
+                Ok(Got::Block) | Err(_) => break,
+                Ok(Got::Fail(e)) if e.kind() == io::ErrorKind::Interrupted => continue,
+                Ok(Got::Fail(e)) => return Err(CloseReason::UpstreamRead(e.to_string())),
+            }
+        }
+        Ok(())
+    }
+}

@@ -1,0 +1,428 @@
+//! The flow table: every flow the engine holds, in one place. This is where flows get a
+//! slot and a poll token, where they are found by their key, where the limits are
+//! counted, where idle ones expire, and where every flow is removed, with a
+//! [`CloseReason`] that becomes the audit log's `close` event.
+//!
+//! # Theory of operation
+//! A flow lives in a slot of one vector; its index is its [`FlowId`], and the host socket
+//! it owns is registered with the poll under the token `FIRST_FLOW + id`, so an event
+//! leads straight back to its flow. Freed slots are reused. Each kind is also found by
+//! its key: TCP connections (and DNS over TCP) and UDP flows by their [`FlowKey`], echo
+//! flows by (sandbox address, destination, identifier), inbound UDP flows by both their
+//! peer and their key.
+//!
+//! A flow is created in two steps — [`FlowTable::open`] (a slot, its socket registered)
+//! then [`FlowTable::insert`] (indexed and counted) — and removed in one,
+//! [`FlowTable::remove`], which unindexes it, gives back its counts and hands it to its
+//! kind's `close` to release its sockets and write the `close` event. TCP connections, UDP
+//! flows and inbound UDP flows count toward `max_connections`; DNS queries toward their
+//! own cap. A flow that must reset the sandbox first is *doomed*: removed after the next
+//! egress, once smoltcp has sent the RST.
+//!
+//! The sweep ([`sweep`], every 200 ms) asks each flow what is due (see [`Due`]).
+
+use std::collections::{HashMap, HashSet};
+use std::io;
+use std::net::{IpAddr, SocketAddr};
+use std::time::Instant;
+
+use mio::{Interest, Registry, Token};
+
+use super::close::CloseReason;
+use super::cx::Cx;
+use super::dns_flow::{self, DnsQuery, DnsStream};
+use super::echo::EchoFlow;
+use super::event_loop::FIRST_FLOW;
+use super::inbound::UdpIn;
+use super::tcp_flow::{self, TcpFlow};
+use super::udp_flow::UdpFlow;
+
+/// A flow's slot in the table.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Hash)]
+pub(super) struct FlowId(usize);
+
+impl FlowId {
+    /// The poll token of the flow's host socket.
+    pub(super) fn token(self) -> Token {
+        Token(FIRST_FLOW + self.0)
+    }
+
+    /// The flow a poll token belongs to.
+    pub(super) fn from_token(token: Token) -> Option<FlowId> {
+        token.0.checked_sub(FIRST_FLOW).map(FlowId)
+    }
+}
+
+/// The two ends of a flow: the sandbox's, and the one it talks to as the sandbox sees it
+/// (for outbound flows the destination it addressed; for inbound ones the source it is
+/// shown).
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Hash)]
+pub(super) struct FlowKey {
+    /// The sandbox's address and port.
+    pub(super) guest: SocketAddr,
+    /// The other end's address and port, as the sandbox sees it.
+    pub(super) host: SocketAddr,
+}
+
+/// An echo flow's key: the sandbox's address, the destination, the sandbox's identifier.
+pub(super) type EchoKey = (IpAddr, IpAddr, u16);
+
+/// Every kind of flow.
+pub(super) enum Flow {
+    /// A TCP connection, outbound or through a published port.
+    Tcp(TcpFlow),
+    /// A UDP flow from the sandbox.
+    Udp(UdpFlow),
+    /// A peer of a published UDP port.
+    UdpIn(UdpIn),
+    /// ICMP echo to one destination.
+    Echo(EchoFlow),
+    /// A DNS query upstream.
+    DnsQuery(DnsQuery),
+    /// A DNS-over-TCP connection from the sandbox, answered by moat.
+    DnsStream(DnsStream),
+}
+
+/// Where a flow is indexed.
+enum Index {
+    Tcp(FlowKey),
+    Udp(FlowKey),
+    UdpIn {
+        listener: usize,
+        peer: SocketAddr,
+        key: FlowKey,
+    },
+    Echo(EchoKey),
+    None,
+}
+
+impl Flow {
+    fn index(&self) -> Index {
+        match self {
+            Flow::Tcp(f) => Index::Tcp(f.key()),
+            Flow::DnsStream(s) => Index::Tcp(s.key()),
+            Flow::Udp(f) => Index::Udp(f.key()),
+            Flow::UdpIn(f) => Index::UdpIn {
+                listener: f.listener,
+                peer: f.peer,
+                key: f.key(),
+            },
+            Flow::Echo(e) => Index::Echo(e.key()),
+            Flow::DnsQuery(_) => Index::None,
+        }
+    }
+
+    /// Whether it counts toward `max_connections`.
+    fn is_connection(&self) -> bool {
+        !matches!(self, Flow::Echo(_) | Flow::DnsQuery(_))
+    }
+}
+
+/// What the sweep does with a flow.
+pub(super) enum Due {
+    /// Idle past its timeout: remove it.
+    Expire,
+    /// A DNS query timed out at its resolver: ask the next one.
+    NextResolver,
+    /// The upstream dial took too long: reset the sandbox's SYN and remove it.
+    DialTimedOut,
+    /// Move its bytes along (and end it if both sides are done).
+    Relay,
+    /// Nothing yet.
+    Nothing,
+}
+
+/// The flows (see the module header).
+pub(super) struct FlowTable {
+    slots: Vec<Option<Flow>>,
+    free: Vec<usize>,
+    registry: Registry,
+    tcp: HashMap<FlowKey, FlowId>,
+    udp: HashMap<FlowKey, FlowId>,
+    udp_in_by_peer: HashMap<(usize, SocketAddr), FlowId>,
+    udp_in: HashMap<FlowKey, FlowId>,
+    echo: HashMap<EchoKey, FlowId>,
+    /// Flows counted toward `max_connections`.
+    connections: usize,
+    max_connections: usize,
+    dns_in_flight: usize,
+    /// Flows with work to do before the loop sleeps.
+    dirty: HashSet<FlowId>,
+    /// Flows to remove once their RST is out.
+    doomed: Vec<(FlowId, CloseReason)>,
+}
+
+/// DNS queries in flight at once.
+pub(super) const MAX_DNS_IN_FLIGHT: usize = 256;
+/// ICMP echo flows (sandbox identifier × destination) at once.
+const MAX_ECHO_FLOWS: usize = 64;
+
+impl FlowTable {
+    /// An empty table whose flows register their sockets with `registry`.
+    pub(super) fn new(registry: Registry, max_connections: usize) -> FlowTable {
+        FlowTable {
+            slots: Vec::new(),
+            free: Vec::new(),
+            registry,
+            tcp: HashMap::new(),
+            udp: HashMap::new(),
+            udp_in_by_peer: HashMap::new(),
+            udp_in: HashMap::new(),
+            echo: HashMap::new(),
+            connections: 0,
+            max_connections,
+            dns_in_flight: 0,
+            dirty: HashSet::new(),
+            doomed: Vec::new(),
+        }
+    }
+
+    pub(super) fn get(&self, id: FlowId) -> Option<&Flow> {
+        self.slots.get(id.0).and_then(Option::as_ref)
+    }
+
+    pub(super) fn get_mut(&mut self, id: FlowId) -> Option<&mut Flow> {
+        self.slots.get_mut(id.0).and_then(Option::as_mut)
+    }
+
+    /// The TCP connection (or DNS-over-TCP one) on `key`.
+    pub(super) fn find_tcp(&self, key: &FlowKey) -> Option<FlowId> {
+        self.tcp.get(key).copied()
+    }
+
+    /// The UDP flow on `key`.
+    pub(super) fn find_udp(&self, key: &FlowKey) -> Option<FlowId> {
+        self.udp.get(key).copied()
+    }
+
+    /// The inbound UDP flow the sandbox answers on `key`.
+    pub(super) fn find_udp_in(&self, key: &FlowKey) -> Option<FlowId> {
+        self.udp_in.get(key).copied()
+    }
+
+    /// The inbound UDP flow of `peer` on published port `listener`.
+    pub(super) fn find_udp_in_by_peer(&self, listener: usize, peer: SocketAddr) -> Option<FlowId> {
+        self.udp_in_by_peer.get(&(listener, peer)).copied()
+    }
+
+    /// The echo flow on `key`.
+    pub(super) fn find_echo(&self, key: &EchoKey) -> Option<FlowId> {
+        self.echo.get(key).copied()
+    }
+
+    /// Whether `max_connections` flows are open.
+    pub(super) fn connections_full(&self) -> bool {
+        self.connections >= self.max_connections
+    }
+
+    /// Whether as many DNS queries are upstream as may be.
+    pub(super) fn dns_full(&self) -> bool {
+        self.dns_in_flight >= MAX_DNS_IN_FLIGHT
+    }
+
+    /// Whether as many echo flows are open as may be.
+    pub(super) fn echo_full(&self) -> bool {
+        self.echo.len() >= MAX_ECHO_FLOWS
+    }
+
+    /// The registry flows' sockets are registered with.
+    pub(super) fn registry(&self) -> &Registry {
+        &self.registry
+    }
+
+    /// A slot for a new flow without a socket of its own yet; fill it with
+    /// [`Self::insert`] (or give it back with [`Self::release`]).
+    pub(super) fn reserve(&mut self) -> FlowId {
+        FlowId(self.free.pop().unwrap_or_else(|| {
+            self.slots.push(None);
+            self.slots.len() - 1
+        }))
+    }
+
+    /// Gives back a slot that was reserved and never filled.
+    pub(super) fn release(&mut self, id: FlowId) {
+        if self.slots.get(id.0).is_some_and(Option::is_none) {
+            self.free.push(id.0);
+        }
+    }
+
+    /// A slot for a new flow with `source` registered under its token; `None` (and
+    /// nothing taken) when registration fails.
+    pub(super) fn open(
+        &mut self,
+        source: &mut impl mio::event::Source,
+        interest: Interest,
+    ) -> Option<FlowId> {
+        let id = self.reserve();
+        if self
+            .registry
+            .register(source, id.token(), interest)
+            .is_err()
+        {
+            self.release(id);
+            return None;
+        }
+        Some(id)
+    }
+
+    /// Registers another socket of flow `id` (a DNS query's next attempt).
+    pub(super) fn register(
+        &self,
+        id: FlowId,
+        source: &mut impl mio::event::Source,
+    ) -> io::Result<()> {
+        self.registry
+            .register(source, id.token(), Interest::READABLE)
+    }
+
+    /// Puts `flow` in slot `id`, indexes and counts it.
+    pub(super) fn insert(&mut self, id: FlowId, flow: Flow) {
+        match flow.index() {
+            Index::Tcp(key) => {
+                self.tcp.insert(key, id);
+            }
+            Index::Udp(key) => {
+                self.udp.insert(key, id);
+            }
+            Index::UdpIn {
+                listener,
+                peer,
+                key,
+            } => {
+                self.udp_in_by_peer.insert((listener, peer), id);
+                self.udp_in.insert(key, id);
+            }
+            Index::Echo(key) => {
+                self.echo.insert(key, id);
+            }
+            Index::None => {}
+        }
+        if flow.is_connection() {
+            self.connections += 1;
+        }
+        if matches!(flow, Flow::DnsQuery(_)) {
+            self.dns_in_flight += 1;
+        }
+        if let Some(slot) = self.slots.get_mut(id.0) {
+            *slot = Some(flow);
+        }
+    }
+
+    /// Marks flow `id` as having work to do in this turn of the loop.
+    pub(super) fn touch(&mut self, id: FlowId) {
+        self.dirty.insert(id);
+    }
+
+    /// The flows marked since the last call.
+    pub(super) fn take_dirty(&mut self) -> Vec<FlowId> {
+        self.dirty.drain().collect()
+    }
+
+    /// Removes flow `id` after the next egress (its RST goes out first).
+    pub(super) fn doom(&mut self, id: FlowId, why: CloseReason) {
+        self.doomed.push((id, why));
+    }
+
+    /// Removes the doomed flows.
+    pub(super) fn remove_doomed(&mut self, cx: &mut Cx) {
+        for (id, why) in std::mem::take(&mut self.doomed) {
+            self.remove(id, why, cx);
+        }
+    }
+
+    /// Removes flow `id`: unindexed, uncounted, its sockets released and its end audited.
+    pub(super) fn remove(&mut self, id: FlowId, why: CloseReason, cx: &mut Cx) {
+        let Some(flow) = self.slots.get_mut(id.0).and_then(Option::take) else {
+            return;
+        };
+        self.free.push(id.0);
+        match flow.index() {
+            Index::Tcp(key) => {
+                self.tcp.remove(&key);
+            }
+            Index::Udp(key) => {
+                self.udp.remove(&key);
+            }
+            Index::UdpIn {
+                listener,
+                peer,
+                key,
+            } => {
+                self.udp_in_by_peer.remove(&(listener, peer));
+                self.udp_in.remove(&key);
+            }
+            Index::Echo(key) => {
+                self.echo.remove(&key);
+            }
+            Index::None => {}
+        }
+        if flow.is_connection() {
+            self.connections -= 1;
+        }
+        let registry = &self.registry;
+        match flow {
+            Flow::Tcp(f) => f.close(registry, cx, &why),
+            Flow::Udp(f) => f.close(registry, cx, &why),
+            Flow::UdpIn(f) => f.close(cx, &why),
+            Flow::Echo(f) => f.close(registry),
+            Flow::DnsStream(s) => s.close(cx, &why),
+            Flow::DnsQuery(q) => {
+                self.dns_in_flight -= 1;
+                let reply = q.close(registry);
+                dns_flow::query_done(self, reply);
+            }
+        }
+    }
+
+    /// Resets every TCP connection, sends the resets, and removes every flow.
+    pub(super) fn close_all(&mut self, cx: &mut Cx) {
+        for flow in self.slots.iter_mut().flatten() {
+            match flow {
+                Flow::Tcp(f) => f.abort_guest(cx),
+                Flow::DnsStream(s) => s.abort_guest(cx),
+                _ => {}
+            }
+        }
+        // The resets go out before the sockets are dropped.
+        cx.stack.egress();
+        for id in 0..self.slots.len() {
+            self.remove(FlowId(id), CloseReason::SandboxStopped, cx);
+        }
+    }
+}
+
+/// Runs what is due: idle flows expire, dials and DNS queries time out, and TCP flows
+/// are relayed again (those waiting on the buffer budget, and those smoltcp has
+/// finished).
+pub(super) fn sweep(table: &mut FlowTable, cx: &mut Cx) {
+    let now = Instant::now();
+    cx.sweep_pins(now);
+    for slot in 0..table.slots.len() {
+        let id = FlowId(slot);
+        let due = match table.get(id) {
+            Some(Flow::Tcp(f)) => f.due(now),
+            Some(Flow::Udp(f)) => f.due(now, cx.cfg.udp_idle_timeout),
+            Some(Flow::UdpIn(f)) => f.due(now, cx.cfg.udp_idle_timeout),
+            Some(Flow::Echo(e)) => e.due(now),
+            Some(Flow::DnsQuery(q)) => q.due(now),
+            Some(Flow::DnsStream(_)) => Due::Relay,
+            None => Due::Nothing,
+        };
+        match due {
+            Due::Expire => table.remove(id, CloseReason::Idle, cx),
+            Due::NextResolver => dns_flow::next_resolver(table, cx, id),
+            Due::DialTimedOut => tcp_flow::dial_timed_out(table, cx, id),
+            Due::Relay => service(table, cx, id),
+            Due::Nothing => {}
+        }
+    }
+}
+
+/// Moves a flow's bytes along: what the loop does for the flows an event marked.
+pub(super) fn service(table: &mut FlowTable, cx: &mut Cx, id: FlowId) {
+    match table.get(id) {
+        Some(Flow::Tcp(_)) => tcp_flow::relay(table, cx, id),
+        Some(Flow::DnsStream(_)) => dns_flow::stream_relay(table, cx, id),
+        _ => {}
+    }
+}
