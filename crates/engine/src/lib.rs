@@ -1,6 +1,6 @@
 //! moat's engine: the user-space TCP/IP stack behind the sandbox's interface. Every frame
 //! the sandbox sends ends here, is judged against the policy, and only then leaves through
-//! a host socket. See `engine.rs` for the theory of operation.
+//! a host socket. See `engine/mod.rs` for the theory of operation and the layout.
 #![forbid(unsafe_code)]
 
 mod audit;

@@ -21,11 +21,19 @@
 #![forbid(unsafe_code)]
 
 mod api;
-pub mod cli;
-pub mod demo;
-pub mod publish;
+mod builder;
+mod cli;
+mod demo;
+mod publish;
 mod setup;
 mod terminal;
+
+/// The `moat` binary's entry point (parses the command line, runs it, returns the exit
+/// status). Not an API: the binary is this crate's only caller.
+#[doc(hidden)]
+pub fn command_line() -> std::process::ExitCode {
+    cli::main()
+}
 
 pub use api::{
     AuditSink, Child, DenyMode, Error, ExitStatus, Fs, NetworkBuilder, Output, Sandbox,

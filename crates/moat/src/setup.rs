@@ -2,6 +2,7 @@
 //! /etc/resolv.conf, from the engine's link addresses.
 
 use std::ffi::OsString;
+use std::net::{IpAddr, SocketAddr};
 use std::path::{Path, PathBuf};
 
 use moat_engine::LinkConfig;
@@ -28,6 +29,21 @@ pub(crate) fn hosts_file(name: &str, link: &LinkConfig) -> String {
         "127.0.0.1\tlocalhost\n::1\tlocalhost ip6-localhost ip6-loopback\n{}\t{name}\n{}\thost.moat.internal\n",
         link.guest_v4, link.gateway_v4
     )
+}
+
+/// `nameserver` lines of a resolv.conf, as socket addresses on port 53: the upstream
+/// resolvers when none are given.
+pub(crate) fn resolv_conf_servers(text: &str) -> Vec<SocketAddr> {
+    text.lines()
+        .filter_map(|line| {
+            let mut words = line.split_whitespace();
+            (words.next() == Some("nameserver"))
+                .then(|| words.next())
+                .flatten()
+        })
+        .filter_map(|addr| addr.split('%').next()?.parse::<IpAddr>().ok())
+        .map(|ip| SocketAddr::new(ip, 53))
+        .collect()
 }
 
 /// /etc/resolv.conf: the gateway, where moat answers DNS.

@@ -607,3 +607,71 @@ fn qtype_name(t: u16) -> String {
         other => format!("TYPE{other}"),
     }
 }
+
+#[cfg(test)]
+mod tests {
+    #![allow(clippy::unwrap_used, clippy::expect_used)] // Test code: a panic is the failure report.
+
+    use std::net::Ipv4Addr;
+
+    use moat_policy::NetworkPolicy;
+
+    use super::*;
+    use crate::dns::message::{name, rtype};
+    use crate::engine::config::DenyMode;
+    use crate::engine::testing::{Harness, udp, udp_to_guest};
+
+    fn query(host: &str) -> Vec<u8> {
+        Message {
+            id: 0x1234,
+            flags: flags::RD,
+            questions: vec![Question {
+                name: name(host),
+                qtype: rtype::A,
+                qclass: 1,
+            }],
+            ..Message::default()
+        }
+        .to_bytes()
+    }
+
+    /// The rcode of the answer the sandbox got from port 53.
+    fn answer(h: &mut Harness) -> Option<u16> {
+        h.sent()
+            .iter()
+            .filter_map(|f| udp_to_guest(f))
+            .filter(|(src, _)| *src == 53)
+            .find_map(|(_, data)| Message::parse(&data).ok())
+            .filter(|m| m.id == 0x1234)
+            .map(|m| m.rcode())
+    }
+
+    #[test]
+    fn a_name_no_rule_allows_is_answered_here() {
+        let mut h = Harness::new(NetworkPolicy::none(), DenyMode::Drop);
+        // Sent to any address: port 53 is answered by moat.
+        h.frame(&udp(
+            Ipv4Addr::new(198, 51, 100, 53),
+            53,
+            &query("api.example.com"),
+        ));
+        assert_eq!(answer(&mut h), Some(rcode::NXDOMAIN));
+        assert!(h.audit().contains("DNS is egress"), "{}", h.audit());
+    }
+
+    #[test]
+    fn without_resolvers_an_allowed_name_gets_servfail_and_nothing_waits() {
+        let mut h = Harness::new(NetworkPolicy::allow_all(), DenyMode::Drop);
+        h.frame(&udp(
+            Ipv4Addr::new(10, 0, 2, 2),
+            53,
+            &query("api.example.com"),
+        ));
+        assert_eq!(answer(&mut h), Some(rcode::SERVFAIL));
+        assert!(!h.table.dns_full());
+        // Not DNS: dropped and counted, never answered or forwarded.
+        h.frame(&udp(Ipv4Addr::new(10, 0, 2, 2), 53, b"not dns at all"));
+        assert_eq!(answer(&mut h), None);
+        assert_eq!(h.cx.counters.dns_dropped, 1);
+    }
+}

@@ -11,7 +11,7 @@ use std::io;
 use std::sync::atomic::{AtomicBool, Ordering};
 use std::time::{Duration, Instant};
 
-use mio::{Events, Interest, Poll, Token};
+use mio::{Events, Interest, Poll, Registry, Token};
 
 use super::budget::Budget;
 use super::config::{Counters, EngineConfig, MIN_BUFFER_MEMORY};
@@ -60,45 +60,14 @@ impl Engine {
     pub(super) fn new(
         poll: Poll,
         device: Box<dyn FrameDevice + Send>,
-        mut cfg: EngineConfig,
+        cfg: EngineConfig,
     ) -> io::Result<Engine> {
-        let registry = poll.registry();
         if let Some(fd) = device.raw_fd() {
-            registry.register(&mut mio::unix::SourceFd(&fd), TAP, Interest::READABLE)?;
+            poll.registry()
+                .register(&mut mio::unix::SourceFd(&fd), TAP, Interest::READABLE)?;
         }
-        let seed = std::time::SystemTime::now()
-            .duration_since(std::time::UNIX_EPOCH)
-            .unwrap_or_default()
-            .as_nanos() as u64
-            | 1;
         let max_frame = cfg.link.mtu + ETH_HEADER;
-        let stack = Stack::new(device, cfg.link, seed);
-        let host_addrs = HostAddrs::new(&cfg.simulated_hosts);
-        if let Some(fd) = host_addrs.watch_fd() {
-            registry.register(
-                &mut mio::unix::SourceFd(&fd),
-                HOST_ADDRS,
-                Interest::READABLE,
-            )?;
-        }
-        let mut dns_rules = DnsRules::new(
-            cfg.policy.policy(),
-            &cfg.block_domains,
-            &cfg.block_domain_suffixes,
-            cfg.dns_rebind_protection,
-        );
-        dns_rules.set_host_addrs(host_addrs.set().clone());
-        let budget = Budget::new(
-            cfg.max_buffer_memory.max(MIN_BUFFER_MEMORY),
-            cfg.max_connections,
-            cfg.tcp_buffer / 2,
-        );
-        let pool = SocketPool::new(budget, cfg.tcp_buffer);
-        let listeners =
-            Listeners::register(registry, LISTENER_BASE, std::mem::take(&mut cfg.published))?;
-        let table = FlowTable::new(registry.try_clone()?, cfg.max_connections);
-        let pins = Pins::new(MAX_PINS, PIN_GRACE);
-        let cx = Cx::new(stack, pool, cfg, dns_rules, host_addrs, pins, seed);
+        let (table, cx, listeners) = parts(poll.registry(), device, cfg)?;
         Ok(Engine {
             poll,
             table,
@@ -207,4 +176,47 @@ impl Engine {
             Some(Flow::UdpIn(_)) | None => {}
         }
     }
+}
+
+/// What the loop drives, made from the configuration: the flow table (registering with
+/// `registry`), what flows share, and the published ports. Tests drive flows through
+/// these without the loop.
+pub(super) fn parts(
+    registry: &Registry,
+    device: Box<dyn FrameDevice + Send>,
+    mut cfg: EngineConfig,
+) -> io::Result<(FlowTable, Cx, Listeners)> {
+    let seed = std::time::SystemTime::now()
+        .duration_since(std::time::UNIX_EPOCH)
+        .unwrap_or_default()
+        .as_nanos() as u64
+        | 1;
+    let stack = Stack::new(device, cfg.link, seed);
+    let host_addrs = HostAddrs::new(&cfg.simulated_hosts);
+    if let Some(fd) = host_addrs.watch_fd() {
+        registry.register(
+            &mut mio::unix::SourceFd(&fd),
+            HOST_ADDRS,
+            Interest::READABLE,
+        )?;
+    }
+    let mut dns_rules = DnsRules::new(
+        cfg.policy.policy(),
+        &cfg.block_domains,
+        &cfg.block_domain_suffixes,
+        cfg.dns_rebind_protection,
+    );
+    dns_rules.set_host_addrs(host_addrs.set().clone());
+    let budget = Budget::new(
+        cfg.max_buffer_memory.max(MIN_BUFFER_MEMORY),
+        cfg.max_connections,
+        cfg.tcp_buffer / 2,
+    );
+    let pool = SocketPool::new(budget, cfg.tcp_buffer);
+    let published = std::mem::take(&mut cfg.published);
+    let listeners = Listeners::register(registry, LISTENER_BASE, published)?;
+    let table = FlowTable::new(registry.try_clone()?, cfg.max_connections);
+    let pins = Pins::new(MAX_PINS, PIN_GRACE);
+    let cx = Cx::new(stack, pool, cfg, dns_rules, host_addrs, pins, seed);
+    Ok((table, cx, listeners))
 }

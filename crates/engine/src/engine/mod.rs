@@ -127,3 +127,6 @@ pub fn spawn(
         stop,
     })
 }
+
+#[cfg(test)]
+mod testing;

@@ -435,3 +435,121 @@ pub(super) fn reset_host(stream: &TcpStream) {
     let _ =
         nix::sys::socket::setsockopt(&stream.as_fd(), nix::sys::socket::sockopt::Linger, &linger);
 }
+
+#[cfg(test)]
+mod tests {
+    #![allow(clippy::unwrap_used, clippy::expect_used)] // Test code: a panic is the failure report.
+
+    use std::net::{Ipv4Addr, SocketAddr, TcpListener};
+    use std::time::Duration;
+
+    use moat_policy::NetworkPolicy;
+    use smoltcp::wire::TcpControl;
+
+    use super::*;
+    use crate::engine::testing::{Harness, key_to, syn, tcp_to_guest};
+
+    const GATEWAY: Ipv4Addr = Ipv4Addr::new(10, 0, 2, 2);
+
+    /// Whether the sandbox got a RST from `port` since the last look.
+    fn sent_reset(h: &mut Harness, port: u16) -> bool {
+        h.sent()
+            .iter()
+            .filter_map(|f| tcp_to_guest(f))
+            .any(|(src, control, _)| src == port && control == TcpControl::Rst)
+    }
+
+    fn state(h: &Harness, id: FlowId) -> &'static str {
+        match h.table.get(id) {
+            Some(Flow::Tcp(f)) => match f.state {
+                TcpState::Dialing { .. } => "dialing",
+                TcpState::Relaying { .. } => "relaying",
+                TcpState::Closing { .. } => "closing",
+            },
+            _ => "gone",
+        }
+    }
+
+    #[test]
+    fn an_allowed_syn_waits_for_the_dial_then_is_answered() {
+        let server = TcpListener::bind("127.0.0.1:0").unwrap();
+        let port = server.local_addr().unwrap().port();
+        let mut h = Harness::new(NetworkPolicy::allow_all(), DenyMode::Drop);
+        h.frame(&syn(GATEWAY, port));
+        let key = key_to(SocketAddr::new(GATEWAY.into(), port));
+        let id = h.table.find_tcp(&key).expect("the SYN opened a flow");
+        assert_eq!(state(&h, id), "dialing");
+        // Nothing answers the sandbox before the host's connection is up.
+        assert!(h.sent().iter().all(|f| tcp_to_guest(f).is_none()));
+        assert!(
+            h.audit().contains("\"decision\":\"allow\""),
+            "{}",
+            h.audit()
+        );
+
+        let (_conn, _) = server.accept().unwrap();
+        let relaying = h.until(|h| {
+            on_host_ready(&mut h.table, &mut h.cx, id);
+            state(h, id) == "relaying"
+        });
+        assert!(relaying, "the dial never finished");
+        h.cx.stack.egress();
+        let answered = h
+            .sent()
+            .iter()
+            .filter_map(|f| tcp_to_guest(f))
+            .any(|(src, control, ack)| src == port && control == TcpControl::Syn && ack);
+        assert!(answered, "no SYN-ACK from {GATEWAY}:{port}");
+
+        // Removed by the table: unindexed, and its end audited with the reason.
+        h.table.remove(id, CloseReason::Reset, &mut h.cx);
+        assert!(h.table.find_tcp(&key).is_none());
+        assert_eq!(state(&h, id), "gone");
+        let audit = h.audit();
+        assert!(
+            audit.contains("\"event\":\"close\"") && audit.contains("\"reason\":\"reset\""),
+            "{audit}"
+        );
+    }
+
+    #[test]
+    fn a_denied_syn_is_never_dialed_and_reset_in_reject_mode() {
+        let server = TcpListener::bind("127.0.0.1:0").unwrap();
+        server.set_nonblocking(true).unwrap();
+        let port = server.local_addr().unwrap().port();
+        // public_only denies the host's loopback, which the gateway stands for.
+        let mut h = Harness::new(NetworkPolicy::public_only(), DenyMode::Reject);
+        h.frame(&syn(GATEWAY, port));
+        let key = key_to(SocketAddr::new(GATEWAY.into(), port));
+        assert!(h.table.find_tcp(&key).is_none());
+        let reset = sent_reset(&mut h, port);
+        assert!(reset, "no RST for the denied SYN");
+        assert!(h.audit().contains("\"decision\":\"deny\""), "{}", h.audit());
+        std::thread::sleep(Duration::from_millis(50));
+        assert!(server.accept().is_err(), "a denied flow was dialed");
+    }
+
+    #[test]
+    fn a_dial_past_its_deadline_resets_the_sandbox() {
+        let server = TcpListener::bind("127.0.0.1:0").unwrap();
+        let port = server.local_addr().unwrap().port();
+        let mut h = Harness::new(NetworkPolicy::allow_all(), DenyMode::Drop);
+        h.frame(&syn(GATEWAY, port));
+        let key = key_to(SocketAddr::new(GATEWAY.into(), port));
+        let id = h.table.find_tcp(&key).unwrap();
+        let due = match h.table.get(id) {
+            Some(Flow::Tcp(f)) => f.due(Instant::now() + Duration::from_secs(16)),
+            _ => Due::Nothing,
+        };
+        assert!(matches!(due, Due::DialTimedOut));
+        dial_timed_out(&mut h.table, &mut h.cx, id);
+        assert_eq!(state(&h, id), "gone");
+        let reset = sent_reset(&mut h, port);
+        assert!(reset);
+        assert!(
+            h.audit().contains("upstream connect timed out"),
+            "{}",
+            h.audit()
+        );
+    }
+}

@@ -147,3 +147,62 @@ impl UdpFlow {
         cx.audit_close("udp", &self.rule, src, dst, &self.tally, why);
     }
 }
+
+#[cfg(test)]
+mod tests {
+    #![allow(clippy::unwrap_used, clippy::expect_used)] // Test code: a panic is the failure report.
+
+    use std::net::{Ipv4Addr, SocketAddr};
+
+    use moat_policy::NetworkPolicy;
+
+    use super::*;
+    use crate::engine::testing::{Harness, key_to, udp, udp_to_guest};
+
+    const GATEWAY: Ipv4Addr = Ipv4Addr::new(10, 0, 2, 2);
+
+    #[test]
+    fn a_datagram_opens_a_flow_and_replies_come_back() {
+        let server = std::net::UdpSocket::bind("127.0.0.1:0").unwrap();
+        server
+            .set_read_timeout(Some(Duration::from_secs(3)))
+            .unwrap();
+        let port = server.local_addr().unwrap().port();
+        let mut h = Harness::new(NetworkPolicy::allow_all(), DenyMode::Drop);
+        h.frame(&udp(GATEWAY, port, b"ping"));
+        let mut buf = [0u8; 16];
+        let (n, from) = server.recv_from(&mut buf).unwrap();
+        assert_eq!(&buf[..n], b"ping");
+        server.send_to(b"pong", from).unwrap();
+
+        let key = key_to(SocketAddr::new(GATEWAY.into(), port));
+        let id = h.table.find_udp(&key).expect("the datagram opened a flow");
+        let back = h.until(|h| {
+            readable(&mut h.table, &mut h.cx, id);
+            h.sent()
+                .iter()
+                .filter_map(|f| udp_to_guest(f))
+                .any(|(src, data)| src == port && data == b"pong")
+        });
+        assert!(back, "the reply did not reach the sandbox");
+        let due = match h.table.get(id) {
+            Some(Flow::Udp(f)) => f.due(
+                Instant::now() + Duration::from_secs(61),
+                Duration::from_secs(60),
+            ),
+            _ => Due::Nothing,
+        };
+        assert!(matches!(due, Due::Expire));
+    }
+
+    #[test]
+    fn resolver_bypasses_are_refused_with_icmp() {
+        let mut h = Harness::new(NetworkPolicy::allow_all(), DenyMode::Drop);
+        h.frame(&udp(Ipv4Addr::new(203, 0, 113, 10), 5353, b"query"));
+        let key = key_to(SocketAddr::new(Ipv4Addr::new(203, 0, 113, 10).into(), 5353));
+        assert!(h.table.find_udp(&key).is_none());
+        // The refusal is an ICMP error to the sandbox, and the audit says why.
+        assert!(!h.sent().is_empty());
+        assert!(h.audit().contains("dns_bypass"), "{}", h.audit());
+    }
+}

@@ -1,20 +1,22 @@
-//! The command line's work, shared by the `moat` binary: `moat run` (build the sandbox,
-//! start the engine on its TAP, run the command, propagate its exit status, leave nothing
-//! behind) and reading `--policy` arguments.
+//! `moat run`: its flags turned into the Rust API's [`SandboxBuilder`] (one assembly path,
+//! see `builder.rs`), then the command run with the caller's terminal, signals forwarded,
+//! its exit status propagated and nothing left behind; and reading `--policy` arguments.
 
 use std::ffi::OsString;
-use std::io::{self, Write};
 use std::net::{IpAddr, SocketAddr};
 use std::os::fd::AsFd;
 use std::path::PathBuf;
 use std::time::{Duration, Instant};
 
 use anyhow::{Context, bail};
-use moat_engine::{AuditLog, DenyMode, EngineConfig, LinkConfig, TapDevice};
+use moat_engine::LinkConfig;
 use moat_policy::{DestSpec, NetworkPolicy, PolicyFileError, PolicyFormat, Rule};
-use moat_sandbox::{Sandbox, SandboxConfig, SpawnSpec};
+use moat_sandbox::SpawnSpec;
 use nix::sys::signal::{SigSet, SigmaskHow, Signal};
 use nix::sys::signalfd::{SfdFlags, SignalFd};
+
+use crate::builder::Started;
+use crate::{AuditSink, DenyMode, Sandbox, SandboxBuilder};
 
 /// Exit status for moat's own failures (the command never ran), as container runtimes do.
 pub const SETUP_FAILED: i32 = 125;
@@ -125,20 +127,6 @@ pub fn build_policy(base: Option<&str>, rules: &[(bool, String)]) -> anyhow::Res
     Ok(policy)
 }
 
-/// `nameserver` lines of a resolv.conf, as socket addresses on port 53.
-pub fn resolv_conf_servers(text: &str) -> Vec<SocketAddr> {
-    text.lines()
-        .filter_map(|line| {
-            let mut words = line.split_whitespace();
-            (words.next() == Some("nameserver"))
-                .then(|| words.next())
-                .flatten()
-        })
-        .filter_map(|addr| addr.split('%').next()?.parse::<IpAddr>().ok())
-        .map(|ip| SocketAddr::new(ip, 53))
-        .collect()
-}
-
 fn parse_dns(text: &str) -> anyhow::Result<SocketAddr> {
     if let Ok(sa) = text.parse::<SocketAddr>() {
         return Ok(sa);
@@ -151,10 +139,11 @@ fn parse_dns(text: &str) -> anyhow::Result<SocketAddr> {
     }
 }
 
-/// The command's environment: a few harmless host variables, then `-e` settings. Nothing
-/// else of moat's environment (tokens, keys) reaches the sandbox.
+/// What the command's environment gets on top of the base one: a few harmless host
+/// variables, then `-e` settings. Nothing else of moat's environment (tokens, keys)
+/// reaches the sandbox.
 fn command_env(extra: &[String]) -> anyhow::Result<Vec<(OsString, OsString)>> {
-    let mut env = crate::setup::base_env();
+    let mut env: Vec<(OsString, OsString)> = Vec::new();
     let mut set = |k: &str, v: OsString| {
         env.retain(|(key, _)| key != k);
         env.push((k.into(), v));
@@ -181,22 +170,138 @@ fn command_env(extra: &[String]) -> anyhow::Result<Vec<(OsString, OsString)>> {
     Ok(env)
 }
 
-fn open_audit(target: Option<&str>) -> anyhow::Result<Option<Box<dyn Write + Send>>> {
-    Ok(match target {
+/// `moat run`'s flags as the [`SandboxBuilder`] of the Rust API: the CLI builds its
+/// sandbox the same way a program does (see `builder.rs`). What is checked here is what
+/// only flags have (their spelling, sizes in text) so that errors name the flag.
+pub(crate) fn builder(opts: &RunOptions) -> anyhow::Result<SandboxBuilder> {
+    if !moat_sandbox::valid_name(&opts.name) {
+        bail!(
+            "--name {}: expected 1-63 characters of a-z, 0-9, - and _",
+            opts.name
+        );
+    }
+    let policy = build_policy(opts.policy.as_deref(), &opts.rules)?;
+    let dns_servers = opts
+        .dns
+        .iter()
+        .map(|d| parse_dns(d))
+        .collect::<anyhow::Result<Vec<_>>>()?;
+    for d in &opts.block_domains {
+        moat_policy::DomainName::new(d).with_context(|| format!("--block-domain {d}"))?;
+    }
+    for d in &opts.block_domain_suffixes {
+        moat_policy::DomainSuffix::new(d).with_context(|| format!("--block-domain-suffix {d}"))?;
+    }
+    if !opts.publish.is_empty() && policy.is_offline() {
+        bail!(
+            "--publish needs a network, and this policy allows nothing (no interface is created); add an inbound allow rule or use another policy"
+        );
+    }
+    if let Some(mtu) = opts.mtu {
+        LinkConfig::default()
+            .set_mtu(mtu as usize)
+            .map_err(|e| anyhow::anyhow!("--mtu {mtu}: {e}"))?;
+    }
+    let max_buffer_memory = match opts.max_buffer_memory.as_deref() {
         None => None,
-        Some("-") => Some(Box::new(io::stderr())),
-        Some(path) => Some(Box::new(
-            std::fs::OpenOptions::new()
-                .create(true)
-                .append(true)
-                .open(path)
-                .with_context(|| format!("--audit {path}: cannot open for appending"))?,
-        )),
-    })
+        Some(m) => {
+            let bytes = moat_sandbox::parse_size(m).with_context(|| {
+                format!("--max-buffer-memory {m}: expected a size such as 64m or 1g")
+            })?;
+            let min = moat_engine::MIN_BUFFER_MEMORY;
+            if bytes < min as u64 {
+                bail!("--max-buffer-memory {m}: expected at least {}m", min >> 20);
+            }
+            Some(bytes)
+        }
+    };
+    if opts.max_connections == Some(0) {
+        bail!("--max-connections 0: expected at least 1");
+    }
+    let memory = opts
+        .memory
+        .as_deref()
+        .map(|m| {
+            moat_sandbox::parse_size(m)
+                .with_context(|| format!("--memory {m}: expected a size such as 512m or 2g"))
+        })
+        .transpose()?;
+    if opts.pids_limit == Some(0) {
+        bail!("--pids-limit 0: expected at least 1");
+    }
+    if let Some(c) = opts.cpus
+        && !(c.is_finite() && c >= 0.01)
+    {
+        bail!("--cpus {c}: expected a number of CPUs such as 0.5 or 2");
+    }
+    let env = command_env(&opts.env)?;
+
+    let mut b = Sandbox::builder(opts.name.clone()).network(|mut n| {
+        n = n
+            .policy(policy)
+            .dns_rebind_protection(!opts.no_dns_rebind_protection)
+            .deny_mode(if opts.reject {
+                DenyMode::Reject
+            } else {
+                DenyMode::Drop
+            });
+        for d in &opts.block_domains {
+            n = n.block_domain(d);
+        }
+        for d in &opts.block_domain_suffixes {
+            n = n.block_domain_suffix(d);
+        }
+        for addr in dns_servers {
+            n = n.dns_server_addr(addr);
+        }
+        if let Some(max) = opts.max_connections {
+            n = n.max_connections(max);
+        }
+        if let Some(bytes) = max_buffer_memory {
+            n = n.max_buffer_memory(bytes);
+        }
+        if let Some(mtu) = opts.mtu {
+            n = n.mtu(mtu);
+        }
+        n
+    });
+    if let Some(dir) = &opts.workdir {
+        let dir = dir
+            .canonicalize()
+            .with_context(|| format!("-w {}: no such directory", dir.display()))?;
+        b = b.workdir(dir.clone()).workdir_from_host(dir);
+    }
+    for spec in &opts.publish {
+        b = b.publish(spec.clone());
+    }
+    for path in &opts.ro {
+        b = b.ro(path.clone());
+    }
+    for path in &opts.rw {
+        b = b.rw(path.clone());
+    }
+    if let Some(bytes) = memory {
+        b = b.memory(bytes);
+    }
+    if let Some(n) = opts.pids_limit {
+        b = b.pids_limit(n);
+    }
+    if let Some(c) = opts.cpus {
+        b = b.cpus(c);
+    }
+    for (k, v) in env {
+        b = b.env(k, v);
+    }
+    b = match opts.audit.as_deref() {
+        None => b,
+        Some("-") => b.audit(AuditSink::Stderr),
+        Some(path) => b.audit(AuditSink::file(path)),
+    };
+    Ok(b)
 }
 
 /// Runs the command; returns the exit status for moat to exit with.
-pub fn run(opts: RunOptions) -> anyhow::Result<i32> {
+pub(crate) fn run(opts: RunOptions) -> anyhow::Result<i32> {
     // First, before moat opens anything that could take their numbers.
     if opts.preserve_fds > moat_sandbox::MAX_PRESERVED_FDS {
         bail!(
@@ -217,112 +322,11 @@ pub fn run(opts: RunOptions) -> anyhow::Result<i32> {
             "nothing to run: give the command after --, e.g. moat run -- curl https://example.com"
         );
     }
-    if !moat_sandbox::valid_name(&opts.name) {
-        bail!(
-            "--name {}: expected 1-63 characters of a-z, 0-9, - and _",
-            opts.name
-        );
-    }
-    let policy = build_policy(opts.policy.as_deref(), &opts.rules)?;
-    let compiled = policy.compile()?;
-    for warning in policy.warnings() {
+    let builder = builder(&opts)?;
+    for warning in builder.policy_warnings() {
         eprintln!("moat: warning: {warning}");
     }
-    let env = command_env(&opts.env)?;
-    let dns_servers = if opts.dns.is_empty() {
-        std::fs::read_to_string("/etc/resolv.conf")
-            .map(|t| resolv_conf_servers(&t))
-            .unwrap_or_default()
-    } else {
-        opts.dns
-            .iter()
-            .map(|d| parse_dns(d))
-            .collect::<anyhow::Result<_>>()?
-    };
-    let block_domains = opts
-        .block_domains
-        .iter()
-        .map(|d| moat_policy::DomainName::new(d).with_context(|| format!("--block-domain {d}")))
-        .collect::<anyhow::Result<Vec<_>>>()?;
-    let block_domain_suffixes = opts
-        .block_domain_suffixes
-        .iter()
-        .map(|d| {
-            moat_policy::DomainSuffix::new(d).with_context(|| format!("--block-domain-suffix {d}"))
-        })
-        .collect::<anyhow::Result<Vec<_>>>()?;
-    let publish = opts
-        .publish
-        .iter()
-        .map(|p| p.parse::<crate::publish::PublishSpec>())
-        .collect::<Result<Vec<_>, _>>()?;
-    if !publish.is_empty() && policy.is_offline() {
-        bail!(
-            "--publish needs a network, and this policy allows nothing (no interface is created); add an inbound allow rule or use another policy"
-        );
-    }
-    // Bound now, before anything runs: a taken port stops moat here.
-    let published = crate::publish::bind_all(&publish)?;
-    let audit = AuditLog::new(&opts.name, open_audit(opts.audit.as_deref())?);
-
-    let mut link = LinkConfig::default();
-    if let Some(mtu) = opts.mtu {
-        link.set_mtu(mtu as usize)
-            .map_err(|e| anyhow::anyhow!("--mtu {mtu}: {e}"))?;
-    }
-    let network = (!policy.is_offline()).then(|| crate::setup::net_spec(&link));
-    let (workdir, workdir_host) = match &opts.workdir {
-        Some(dir) => {
-            let dir = dir
-                .canonicalize()
-                .with_context(|| format!("-w {}: no such directory", dir.display()))?;
-            (dir.clone(), Some(dir))
-        }
-        None => (PathBuf::from("/workspace"), None),
-    };
-    let hosts = crate::setup::hosts_file(&opts.name, &link);
-    let asked = moat_sandbox::Limits {
-        memory: opts
-            .memory
-            .as_deref()
-            .map(|m| {
-                moat_sandbox::parse_size(m)
-                    .with_context(|| format!("--memory {m}: expected a size such as 512m or 2g"))
-            })
-            .transpose()?,
-        pids: opts.pids_limit,
-        cpus: opts.cpus,
-    };
-    let max_buffer_memory = match opts.max_buffer_memory.as_deref() {
-        None => moat_engine::DEFAULT_MAX_BUFFER_MEMORY,
-        Some(m) => {
-            let bytes = moat_sandbox::parse_size(m).with_context(|| {
-                format!("--max-buffer-memory {m}: expected a size such as 64m or 1g")
-            })?;
-            let min = moat_engine::MIN_BUFFER_MEMORY;
-            if bytes < min as u64 {
-                bail!("--max-buffer-memory {m}: expected at least {}m", min >> 20);
-            }
-            usize::try_from(bytes).unwrap_or(usize::MAX)
-        }
-    };
-    if asked.pids == Some(0) {
-        bail!("--pids-limit 0: expected at least 1");
-    }
-    if let Some(c) = asked.cpus
-        && !(c.is_finite() && c >= 0.01)
-    {
-        bail!("--cpus {c}: expected a number of CPUs such as 0.5 or 2");
-    }
-    let mut config = SandboxConfig::new(opts.name.clone());
-    config.workdir = workdir.clone();
-    config.workdir_host = workdir_host;
-    config.resolv_conf = network.as_ref().map(|_| crate::setup::resolv_conf(&link));
-    config.hosts = Some(hosts);
-    config.network = network;
-    config.grants = crate::setup::grants(&opts.ro, &opts.rw)?;
-    config.limits = crate::setup::limits(&asked);
-    config.asked_limits = asked;
+    let assembly = builder.assemble()?;
 
     // Signals are taken through a signalfd; block them before any thread starts so every
     // thread inherits the mask.
@@ -333,34 +337,15 @@ pub fn run(opts: RunOptions) -> anyhow::Result<i32> {
     nix::sys::signal::sigprocmask(SigmaskHow::SIG_BLOCK, Some(&mask), None)?;
     let sigfd = SignalFd::with_flags(&mask, SfdFlags::SFD_CLOEXEC | SfdFlags::SFD_NONBLOCK)?;
 
-    let mut sandbox = Sandbox::start(&config)?;
+    let Started {
+        mut sandbox,
+        engine,
+        env,
+        workdir,
+    } = assembly.start()?;
     for note in sandbox.limit_notes() {
         eprintln!("moat: note: {note}");
     }
-    let engine = match sandbox.take_tap() {
-        Some(tap) => {
-            let mut cfg = EngineConfig::new(compiled, audit);
-            cfg.deny_mode = if opts.reject {
-                DenyMode::Reject
-            } else {
-                DenyMode::Drop
-            };
-            cfg.max_connections = opts
-                .max_connections
-                .unwrap_or(moat_engine::DEFAULT_MAX_CONNECTIONS);
-            cfg.max_buffer_memory = max_buffer_memory;
-            cfg.dns_servers = dns_servers;
-            cfg.block_domains = block_domains;
-            cfg.block_domain_suffixes = block_domain_suffixes;
-            cfg.dns_rebind_protection = !opts.no_dns_rebind_protection;
-            cfg.published = published;
-            cfg.link = link;
-            let device = TapDevice::with_offloads(tap)?;
-            moat_sandbox::memory::large_allocations_from_fresh_pages();
-            Some(moat_engine::spawn(Box::new(device), cfg)?)
-        }
-        None => None,
-    };
 
     let mut streams = crate::terminal::Streams::new().context("set up the command's terminal")?;
     let mut spec = SpawnSpec::new(opts.command.clone(), env, workdir);
@@ -452,7 +437,7 @@ const LIMIT_CHECK: Duration = Duration::from_millis(200);
 /// Waits for the command, forwarding the signals moat gets and copying window-size
 /// changes; returns early (the caller stops the sandbox) when a resource limit was hit.
 fn wait_with_signals(
-    sandbox: &mut Sandbox,
+    sandbox: &mut moat_sandbox::Sandbox,
     sigfd: &SignalFd,
     pid: i32,
     streams: &crate::terminal::Streams,
@@ -520,7 +505,7 @@ mod tests {
     #[test]
     fn resolv_conf_nameservers() {
         let text = "# comment\nnameserver 127.0.0.53\nsearch example\nnameserver fe80::1%eth0\nnameserver ::1\nnameserver bogus\n";
-        let servers = resolv_conf_servers(text);
+        let servers = crate::setup::resolv_conf_servers(text);
         assert_eq!(
             servers,
             vec![

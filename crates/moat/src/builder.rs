@@ -1,0 +1,589 @@
+//! Building a sandbox: [`NetworkBuilder`] and [`SandboxBuilder`] (shared/API.md §1–2),
+//! and the one path from settings to a running sandbox that the Rust API and the CLI
+//! share: settings → [`SandboxBuilder::assemble`] (every check, ports bound, audit log
+//! opened; nothing runs) → [`Assembly::start`] (the namespaces, then the engine on the
+//! sandbox's TAP). `moat run` turns its flags into a `SandboxBuilder` and comes the same
+//! way; no other code builds a sandbox or an engine configuration. Defaults live once, in
+//! [`NetworkBuilder::default`] and the engine's constants.
+
+use std::ffi::OsString;
+use std::io;
+use std::net::{IpAddr, SocketAddr};
+use std::path::PathBuf;
+
+use moat_engine::{AuditLog, EngineConfig, EngineHandle, LinkConfig, TapDevice};
+use moat_policy::NetworkPolicy;
+use moat_sandbox::SandboxConfig;
+
+use crate::api::{AuditSink, DenyMode, Error, Sandbox, io_err};
+
+/// Network settings (shared/API.md §2), used in [`SandboxBuilder::network`].
+#[derive(Debug, Clone)]
+pub struct NetworkBuilder {
+    policy: NetworkPolicy,
+    block_domains: Vec<String>,
+    block_domain_suffixes: Vec<String>,
+    dns_rebind_protection: bool,
+    max_connections: usize,
+    max_buffer_memory: usize,
+    mtu: Option<usize>,
+    dns_servers: Vec<SocketAddr>,
+    deny_mode: DenyMode,
+}
+
+impl Default for NetworkBuilder {
+    fn default() -> NetworkBuilder {
+        NetworkBuilder {
+            policy: NetworkPolicy::public_only(),
+            block_domains: Vec::new(),
+            block_domain_suffixes: Vec::new(),
+            dns_rebind_protection: true,
+            max_connections: moat_engine::DEFAULT_MAX_CONNECTIONS,
+            max_buffer_memory: moat_engine::DEFAULT_MAX_BUFFER_MEMORY,
+            mtu: None,
+            dns_servers: Vec::new(),
+            deny_mode: DenyMode::Drop,
+        }
+    }
+}
+
+impl NetworkBuilder {
+    /// Replaces the default `public_only()` policy.
+    pub fn policy(mut self, policy: NetworkPolicy) -> NetworkBuilder {
+        self.policy = policy;
+        self
+    }
+
+    /// Lookups of exactly `domain` (any letter case, trailing dot ignored) answer NXDOMAIN
+    /// and never leave the host. Repeatable. An invalid name fails [`SandboxBuilder::create`].
+    pub fn block_domain(mut self, domain: impl Into<String>) -> NetworkBuilder {
+        self.block_domains.push(domain.into());
+        self
+    }
+
+    /// Lookups of every name strictly below `suffix` (`.tracking.com` or `tracking.com`)
+    /// answer NXDOMAIN and never leave the host. Repeatable.
+    pub fn block_domain_suffix(mut self, suffix: impl Into<String>) -> NetworkBuilder {
+        self.block_domain_suffixes.push(suffix.into());
+        self
+    }
+
+    /// Removes DNS answers that point at private, loopback, link-local, metadata or
+    /// unspecified addresses. Default `true`.
+    pub fn dns_rebind_protection(mut self, enabled: bool) -> NetworkBuilder {
+        self.dns_rebind_protection = enabled;
+        self
+    }
+
+    /// At most `max` concurrent connections (TCP connections and UDP flows); the next is
+    /// refused. Default 1024.
+    pub fn max_connections(mut self, max: usize) -> NetworkBuilder {
+        self.max_connections = max;
+        self
+    }
+
+    /// *Extension:* what the connections' socket buffers may hold in all, the engine's
+    /// own frames and bookkeeping included. Past it, new connections get smaller windows,
+    /// data waits (the peer's TCP window closes) and, when not even a small window fits,
+    /// connections are refused (audit rule `max_buffer_memory`). Default 256 MiB; at
+    /// least 4 MiB (less is an error at `create`).
+    pub fn max_buffer_memory(mut self, bytes: u64) -> NetworkBuilder {
+        self.max_buffer_memory = usize::try_from(bytes).unwrap_or(usize::MAX);
+        self
+    }
+
+    /// *Extension:* the sandbox interface's MTU, 1280 to 65520 (outside: an error at
+    /// `create`). Default 65520: large frames cost less. The CLI's `--mtu`.
+    pub fn mtu(mut self, bytes: u32) -> NetworkBuilder {
+        self.mtu = Some(usize::try_from(bytes).unwrap_or(usize::MAX));
+        self
+    }
+
+    /// *Extension:* an upstream resolver (`ip` or `ip:port`), tried in the order added.
+    /// Default: the host's resolv.conf. An unparsable address is ignored with no effect
+    /// other than this resolver missing; prefer [`NetworkBuilder::dns_server_addr`].
+    pub fn dns_server(self, addr: impl AsRef<str>) -> NetworkBuilder {
+        let text = addr.as_ref();
+        let parsed = text.parse::<SocketAddr>().ok().or_else(|| {
+            text.parse::<IpAddr>()
+                .ok()
+                .map(|ip| SocketAddr::new(ip, 53))
+        });
+        match parsed {
+            Some(sa) => self.dns_server_addr(sa),
+            None => self,
+        }
+    }
+
+    /// *Extension:* an upstream resolver.
+    pub fn dns_server_addr(mut self, addr: SocketAddr) -> NetworkBuilder {
+        self.dns_servers.push(addr);
+        self
+    }
+
+    /// *Extension:* how denied flows are answered. Default [`DenyMode::Drop`].
+    pub fn deny_mode(mut self, mode: DenyMode) -> NetworkBuilder {
+        self.deny_mode = mode;
+        self
+    }
+}
+
+/// Builds a [`Sandbox`].
+pub struct SandboxBuilder {
+    name: String,
+    network: NetworkBuilder,
+    env: Vec<(OsString, OsString)>,
+    workdir: PathBuf,
+    workdir_host: Option<PathBuf>,
+    audit: Option<AuditSink>,
+    helper: Option<PathBuf>,
+    publish: Vec<String>,
+    ro: Vec<PathBuf>,
+    rw: Vec<PathBuf>,
+    limits: moat_sandbox::Limits,
+    simulated_hosts: Vec<IpAddr>,
+}
+
+impl SandboxBuilder {
+    /// What the policy's author may have overlooked (printed by `moat run`).
+    pub(crate) fn policy_warnings(&self) -> Vec<String> {
+        self.network.policy.warnings()
+    }
+
+    pub(crate) fn new(name: String) -> SandboxBuilder {
+        SandboxBuilder {
+            name,
+            network: NetworkBuilder::default(),
+            env: Vec::new(),
+            workdir: PathBuf::from("/workspace"),
+            workdir_host: None,
+            audit: None,
+            helper: None,
+            publish: Vec::new(),
+            ro: Vec::new(),
+            rw: Vec::new(),
+            limits: moat_sandbox::Limits::default(),
+            simulated_hosts: Vec::new(),
+        }
+    }
+
+    /// Addresses on this host that stand for other machines (`moat demo`'s world), judged
+    /// as what they are rather than as the host's loopback.
+    pub(crate) fn simulated_hosts(mut self, addrs: Vec<IpAddr>) -> SandboxBuilder {
+        self.simulated_hosts = addrs;
+        self
+    }
+
+    /// *Extension:* makes host `path` visible, read-only, at the same path inside
+    /// (repeatable). Nothing of the host beyond the system directories is visible otherwise.
+    pub fn ro(mut self, path: impl Into<PathBuf>) -> SandboxBuilder {
+        self.ro.push(path.into());
+        self
+    }
+
+    /// *Extension:* makes host `path` visible and writable at the same path inside
+    /// (repeatable). Set-id bits cannot be set on what the sandbox writes there.
+    pub fn rw(mut self, path: impl Into<PathBuf>) -> SandboxBuilder {
+        self.rw.push(path.into());
+        self
+    }
+
+    /// *Extension:* at most `bytes` of memory for everything in the sandbox (its tmpfs
+    /// files included); the kernel kills a process that goes over.
+    pub fn memory(mut self, bytes: u64) -> SandboxBuilder {
+        self.limits.memory = Some(bytes);
+        self
+    }
+
+    /// *Extension:* at most `n` processes and threads in the sandbox (default 4096).
+    pub fn pids_limit(mut self, n: u64) -> SandboxBuilder {
+        self.limits.pids = Some(n);
+        self
+    }
+
+    /// *Extension:* at most `cpus` CPUs' worth of time (1.5 = one and a half cores).
+    pub fn cpus(mut self, cpus: f64) -> SandboxBuilder {
+        self.limits.cpus = Some(cpus);
+        self
+    }
+
+    /// Publishes guest TCP port `guest` on the host's 127.0.0.1:`host`. The port is bound
+    /// by [`SandboxBuilder::create`], which fails if it is taken.
+    pub fn port(mut self, host: u16, guest: u16) -> SandboxBuilder {
+        self.publish.push(format!("{host}:{guest}"));
+        self
+    }
+
+    /// *Extension:* publishes a port given as `[HOST_IP:]HOST_PORT:GUEST_PORT[/tcp|/udp]`.
+    pub fn publish(mut self, spec: impl Into<String>) -> SandboxBuilder {
+        self.publish.push(spec.into());
+        self
+    }
+
+    /// Configures the network.
+    pub fn network(mut self, f: impl FnOnce(NetworkBuilder) -> NetworkBuilder) -> SandboxBuilder {
+        self.network = f(self.network);
+        self
+    }
+
+    /// Sets an environment variable for commands (the environment is otherwise minimal:
+    /// the caller's PATH, HOME, USER; nothing else of the host's).
+    pub fn env(mut self, key: impl Into<OsString>, value: impl Into<OsString>) -> SandboxBuilder {
+        let key = key.into();
+        self.env.retain(|(k, _)| *k != key);
+        self.env.push((key, value.into()));
+        self
+    }
+
+    /// The writable work directory's path inside the sandbox (default `/workspace`), backed
+    /// by a private directory removed at stop.
+    pub fn workdir(mut self, path: impl Into<PathBuf>) -> SandboxBuilder {
+        self.workdir = path.into();
+        self
+    }
+
+    /// *Extension:* back the work directory with an existing host directory.
+    pub fn workdir_from_host(mut self, host_dir: impl Into<PathBuf>) -> SandboxBuilder {
+        self.workdir_host = Some(host_dir.into());
+        self
+    }
+
+    /// Sends audit events to `sink`.
+    pub fn audit(mut self, sink: AuditSink) -> SandboxBuilder {
+        self.audit = Some(sink);
+        self
+    }
+
+    /// *Extension:* the program to start as the sandbox's supervisor (it must call
+    /// [`crate::init`] first). Default: this program.
+    pub fn helper(mut self, program: impl Into<PathBuf>) -> SandboxBuilder {
+        self.helper = Some(program.into());
+        self
+    }
+
+    /// Builds the sandbox and starts its network engine.
+    pub fn create(self) -> Result<Sandbox, Error> {
+        let started = self.assemble()?.start()?;
+        Ok(Sandbox::from_parts(started))
+    }
+
+    /// Checks every setting and turns them into the sandbox's and the engine's
+    /// configuration, binding the published ports and opening the audit log. Nothing runs
+    /// yet. The CLI comes through here too (see `cli/run.rs`).
+    pub(crate) fn assemble(self) -> Result<Assembly, Error> {
+        if !moat_sandbox::valid_name(&self.name) {
+            return Err(Error::Name(self.name));
+        }
+        let invalid = |what: &'static str, message: String| Error::Io {
+            what,
+            source: io::Error::new(io::ErrorKind::InvalidInput, message),
+        };
+        let net = self.network;
+        let compiled = net.policy.compile()?;
+        let block_domains = net
+            .block_domains
+            .iter()
+            .map(|d| moat_policy::DomainName::new(d))
+            .collect::<Result<Vec<_>, _>>()?;
+        let block_domain_suffixes = net
+            .block_domain_suffixes
+            .iter()
+            .map(|d| moat_policy::DomainSuffix::new(d))
+            .collect::<Result<Vec<_>, _>>()?;
+        if net.max_buffer_memory < moat_engine::MIN_BUFFER_MEMORY {
+            return Err(invalid(
+                "set max_buffer_memory",
+                format!(
+                    "{} bytes is below the least accepted, {} MiB",
+                    net.max_buffer_memory,
+                    moat_engine::MIN_BUFFER_MEMORY >> 20
+                ),
+            ));
+        }
+        if net.max_connections == 0 {
+            return Err(invalid(
+                "set max_connections",
+                "0 would refuse every connection; expected at least 1".to_owned(),
+            ));
+        }
+        if self.limits.pids == Some(0) {
+            return Err(invalid("set pids_limit", "expected at least 1".to_owned()));
+        }
+        if let Some(c) = self.limits.cpus
+            && !(c.is_finite() && c >= 0.01)
+        {
+            return Err(invalid(
+                "set cpus",
+                format!("{c}: expected a number of CPUs such as 0.5 or 2"),
+            ));
+        }
+        let mut link = LinkConfig::default();
+        if let Some(mtu) = net.mtu {
+            link.set_mtu(mtu)
+                .map_err(|e| invalid("set the MTU", format!("MTU {mtu}: {e}")))?;
+        }
+        let offline = net.policy.is_offline();
+        let specs = self
+            .publish
+            .iter()
+            .map(|p| p.parse::<crate::publish::PublishSpec>())
+            .collect::<Result<Vec<_>, _>>()?;
+        if offline && !specs.is_empty() {
+            return Err(invalid(
+                "publish ports",
+                "this policy allows nothing, so the sandbox has no interface to publish on; add an inbound allow rule or use another policy".to_owned(),
+            ));
+        }
+        let network = (!offline).then(|| crate::setup::net_spec(&link));
+        let mut sandbox = SandboxConfig::new(self.name.clone());
+        sandbox.workdir = self.workdir.clone();
+        sandbox.workdir_host = self.workdir_host;
+        sandbox.resolv_conf = network.as_ref().map(|_| crate::setup::resolv_conf(&link));
+        sandbox.hosts = Some(crate::setup::hosts_file(&self.name, &link));
+        sandbox.network = network;
+        sandbox.helper = self.helper;
+        sandbox.grants = crate::setup::grants(&self.ro, &self.rw)?;
+        sandbox.limits = crate::setup::limits(&self.limits);
+        sandbox.asked_limits = self.limits;
+        // Bound now, before anything runs: a taken port stops here.
+        let published = crate::publish::bind_all(&specs)?;
+        let audit = AuditLog::new(&self.name, self.audit.map(AuditSink::open).transpose()?);
+        let mut engine = EngineConfig::new(compiled, audit);
+        engine.deny_mode = net.deny_mode;
+        engine.block_domains = block_domains;
+        engine.block_domain_suffixes = block_domain_suffixes;
+        engine.dns_rebind_protection = net.dns_rebind_protection;
+        engine.published = published;
+        engine.max_connections = net.max_connections;
+        engine.max_buffer_memory = net.max_buffer_memory;
+        engine.dns_servers = if net.dns_servers.is_empty() {
+            std::fs::read_to_string("/etc/resolv.conf")
+                .map(|t| crate::setup::resolv_conf_servers(&t))
+                .unwrap_or_default()
+        } else {
+            net.dns_servers
+        };
+        engine.link = link;
+        engine.simulated_hosts = self.simulated_hosts;
+        let mut env = crate::setup::base_env();
+        for (k, v) in self.env {
+            env.retain(|(key, _)| *key != k);
+            env.push((k, v));
+        }
+        Ok(Assembly {
+            sandbox,
+            engine,
+            env,
+            workdir: self.workdir,
+        })
+    }
+}
+
+/// A sandbox ready to start: what [`SandboxBuilder::assemble`] made of the settings.
+#[derive(Debug)]
+pub(crate) struct Assembly {
+    /// The namespaces, mounts, limits and interface.
+    pub(crate) sandbox: SandboxConfig,
+    /// The engine's configuration (used when the sandbox has an interface).
+    pub(crate) engine: EngineConfig,
+    /// The environment commands start with.
+    pub(crate) env: Vec<(OsString, OsString)>,
+    /// The work directory inside.
+    pub(crate) workdir: PathBuf,
+}
+
+/// A started sandbox, its engine, and what its commands start with.
+pub(crate) struct Started {
+    pub(crate) sandbox: moat_sandbox::Sandbox,
+    pub(crate) engine: Option<EngineHandle>,
+    pub(crate) env: Vec<(OsString, OsString)>,
+    pub(crate) workdir: PathBuf,
+}
+
+impl Assembly {
+    /// Starts the sandbox and, when it has an interface, the engine on its TAP.
+    pub(crate) fn start(self) -> Result<Started, Error> {
+        let mut sandbox = moat_sandbox::Sandbox::start(&self.sandbox)?;
+        let engine = match sandbox.take_tap() {
+            Some(tap) => {
+                let device = TapDevice::with_offloads(tap).map_err(io_err("use the TAP"))?;
+                moat_sandbox::memory::large_allocations_from_fresh_pages();
+                Some(
+                    moat_engine::spawn(Box::new(device), self.engine)
+                        .map_err(io_err("start the engine"))?,
+                )
+            }
+            None => None,
+        };
+        Ok(Started {
+            sandbox,
+            engine,
+            env: self.env,
+            workdir: self.workdir,
+        })
+    }
+}
+
+/// The one assembly path: `moat run`'s flags and the same settings made through the API
+/// come out as the same sandbox and engine.
+#[cfg(test)]
+mod tests {
+    use moat_policy::{NetworkPolicy, Rule};
+
+    use crate::cli::run::{RunOptions, builder};
+    use crate::{DenyMode, Sandbox};
+
+    /// The parts of an assembly that say what sandbox and engine would start.
+    fn describe(a: &crate::builder::Assembly) -> String {
+        let e = &a.engine;
+        format!(
+            "{:?}\npolicy {:?}\ndeny {:?} dns {:?} max {} mem {} link {:?}\nblock {:?} {:?} rebind {}\ntimeouts {:?} {:?} {:?} busy {:?} buf {} sim {:?}\nenv {:?}\nworkdir {:?}",
+            a.sandbox,
+            e.policy.policy(),
+            e.deny_mode,
+            e.dns_servers,
+            e.max_connections,
+            e.max_buffer_memory,
+            e.link,
+            e.block_domains,
+            e.block_domain_suffixes,
+            e.dns_rebind_protection,
+            e.connect_timeout,
+            e.udp_idle_timeout,
+            e.dns_timeout,
+            e.busy_poll,
+            e.tcp_buffer,
+            e.simulated_hosts,
+            a.env,
+            a.workdir,
+        )
+    }
+
+    #[test]
+    fn the_cli_and_the_api_assemble_the_same_sandbox() {
+        let base = std::env::temp_dir().join(format!("moat-assembly-{}", std::process::id()));
+        let (work, shared) = (base.join("work"), base.join("shared"));
+        std::fs::create_dir_all(&work).unwrap();
+        std::fs::create_dir_all(&shared).unwrap();
+        let work = work.canonicalize().unwrap();
+        let shared = shared.canonicalize().unwrap();
+        let opts = RunOptions {
+            policy: Some("allow-all".into()),
+            rules: vec![(false, "198.51.100.0/24:22/tcp".into())],
+            dns: vec!["192.0.2.53".into(), "[2001:db8::53]:5353".into()],
+            block_domains: vec!["ads.example".into()],
+            block_domain_suffixes: vec!["tracker.example".into()],
+            no_dns_rebind_protection: true,
+            mtu: Some(1500),
+            max_connections: Some(7),
+            max_buffer_memory: Some("64m".into()),
+            reject: true,
+            workdir: Some(work.clone()),
+            env: vec!["GREETING=hello".into()],
+            ro: vec!["/usr".into()],
+            rw: vec![shared.clone()],
+            memory: Some("512m".into()),
+            pids_limit: Some(50),
+            cpus: Some(1.5),
+            name: "same".into(),
+            command: vec!["true".into()],
+            ..RunOptions::default()
+        };
+        let from_cli = builder(&opts).unwrap().assemble().unwrap();
+
+        let mut policy = NetworkPolicy::allow_all();
+        let mut rule = Rule::deny_outbound(moat_policy::Destination::Cidr(
+            "198.51.100.0/24".parse().unwrap(),
+        ));
+        rule.ports = Some(moat_policy::PortRange::single(22));
+        rule.protocol = Some(moat_policy::Protocol::Tcp);
+        policy.rules.insert(0, rule);
+        let mut api = Sandbox::builder("same")
+            .network(|n| {
+                n.policy(policy)
+                    .block_domain("ads.example")
+                    .block_domain_suffix("tracker.example")
+                    .dns_rebind_protection(false)
+                    .dns_server("192.0.2.53")
+                    .dns_server("[2001:db8::53]:5353")
+                    .max_connections(7)
+                    .max_buffer_memory(64 << 20)
+                    .mtu(1500)
+                    .deny_mode(DenyMode::Reject)
+            })
+            .workdir(work.clone())
+            .workdir_from_host(work.clone())
+            .ro("/usr")
+            .rw(shared.clone())
+            .memory(512 << 20)
+            .pids_limit(50)
+            .cpus(1.5);
+        // `moat run` passes these through from the caller, as a program would.
+        for key in ["TERM", "LANG", "LC_ALL", "TZ", "COLORTERM"] {
+            if let Some(v) = std::env::var_os(key) {
+                api = api.env(key, v);
+            }
+        }
+        let from_api = api.env("GREETING", "hello").assemble().unwrap();
+        let _ = std::fs::remove_dir_all(&base);
+
+        assert_eq!(describe(&from_cli), describe(&from_api));
+        // The flags took effect: this is not two sets of defaults compared.
+        let e = &from_cli.engine;
+        assert_eq!(e.max_connections, 7);
+        assert_eq!(e.max_buffer_memory, 64 << 20);
+        assert_eq!(e.link.mtu, 1500);
+        assert_eq!(e.deny_mode, DenyMode::Reject);
+        assert!(!e.dns_rebind_protection);
+        assert_eq!(e.dns_servers.len(), 2);
+        let rules = &e.policy.policy().rules;
+        assert!(
+            rules[0].to_string().contains("198.51.100.0/24"),
+            "{rules:?}"
+        );
+        assert_eq!(from_cli.workdir, work);
+        assert_eq!(
+            from_cli.sandbox.workdir_host.as_deref(),
+            Some(work.as_path())
+        );
+        assert_eq!(from_cli.sandbox.asked_limits.pids, Some(50));
+        assert!(
+            from_cli
+                .env
+                .iter()
+                .any(|(k, v)| k == "GREETING" && v == "hello")
+        );
+        let grants = format!("{:?}", from_cli.sandbox.grants);
+        assert!(grants.contains(shared.to_str().unwrap()), "{grants}");
+    }
+
+    #[test]
+    fn settings_out_of_range_are_errors_both_ways() {
+        let opts = RunOptions {
+            name: "zero".into(),
+            max_connections: Some(0),
+            command: vec!["true".into()],
+            ..RunOptions::default()
+        };
+        let cli = builder(&opts)
+            .err()
+            .map(|e| e.to_string())
+            .unwrap_or_default();
+        assert!(cli.contains("--max-connections 0"), "{cli}");
+        let api = Sandbox::builder("zero")
+            .network(|n| n.max_connections(0))
+            .assemble()
+            .err()
+            .map(|e| e.to_string())
+            .unwrap_or_default();
+        assert!(api.contains("max_connections"), "{api}");
+        let api = Sandbox::builder("zero")
+            .pids_limit(0)
+            .assemble()
+            .err()
+            .map(|e| e.to_string())
+            .unwrap_or_default();
+        assert!(api.contains("pids_limit"), "{api}");
+        assert!(Sandbox::builder("fine").assemble().is_ok());
+    }
+}

@@ -1,0 +1,322 @@
+//! The `moat` command line (shared/API.md §3): the flags, and the subcommands that are
+//! not `run` (`policy check`, `policy explain`). `moat run` is in `run.rs`, `moat demo` in
+//! `demo.rs`. None of this is part of the library's API: the binary calls
+//! [`crate::command_line`].
+
+pub(crate) mod run;
+
+use std::ffi::OsString;
+use std::path::{Path, PathBuf};
+use std::process::ExitCode;
+
+use self::run::policy_arg;
+use clap::{Args, CommandFactory, FromArgMatches, Parser, Subcommand};
+use moat_policy::{
+    Direction, DomainName, Flow, FlowTarget, NetworkPolicy, PolicyFileError, canonical_addr,
+};
+
+/// Run untrusted code behind a policy-enforcing user-space network.
+#[derive(Parser)]
+#[command(name = "moat", version, about, propagate_version = true)]
+struct Cli {
+    #[command(subcommand)]
+    command: Command,
+}
+
+#[derive(Subcommand)]
+enum Command {
+    /// Run a command in a sandbox whose network goes only through moat's policy.
+    Run(Box<RunArgs>),
+    /// A self-contained tour: sandboxes under several policies on a throwaway local world.
+    Demo,
+    /// Check policy files and explain decisions.
+    #[command(subcommand)]
+    Policy(PolicyCommand),
+}
+
+#[derive(Args)]
+#[command(
+    after_help = "DEST = IP | CIDR | DOMAIN | *.SUFFIX | any | group:private|loopback|link-local|metadata|multicast,\n       optional :PORT or :START-END, optional /tcp /udp /icmp\n\nThe sandbox sees /usr, /bin, /sbin, /lib*, /etc (secrets masked) and /opt read-only, a fresh\nHOME (/root), /tmp and /run, the work directory, and what --ro/--rw grant; nothing else of the host.\n\nThe exit status is the command's (128+N when signal N killed it); 125 when moat itself failed,\n126 when the command cannot be executed, 127 when it is not found, 122 when a limit ended the run."
+)]
+struct RunArgs {
+    /// public-only (default), allow-all, none, or a TOML/JSON policy file.
+    #[arg(long, value_name = "POLICY")]
+    policy: Option<String>,
+    /// Allow outbound traffic to DEST (before the policy's own rules, in command-line order).
+    #[arg(long, value_name = "DEST")]
+    allow: Vec<String>,
+    /// Deny outbound traffic to DEST (before the policy's own rules, in command-line order).
+    #[arg(long, value_name = "DEST")]
+    deny: Vec<String>,
+    /// Upstream DNS resolver, IP[:PORT]; repeatable, tried in order (default: the host's resolv.conf).
+    #[arg(long, value_name = "IP[:PORT]")]
+    dns: Vec<String>,
+    /// Answer NXDOMAIN for lookups of exactly NAME (never sent upstream); repeatable.
+    #[arg(long, value_name = "NAME")]
+    block_domain: Vec<String>,
+    /// Answer NXDOMAIN for lookups of every name below SUFFIX (.tracking.com); repeatable.
+    #[arg(long, value_name = "SUFFIX")]
+    block_domain_suffix: Vec<String>,
+    /// Keep DNS answers that point at private, loopback, link-local or metadata addresses.
+    #[arg(long)]
+    no_dns_rebind_protection: bool,
+    /// Publish a sandbox port on the host: [HOST_IP:]HOST_PORT:GUEST_PORT[/tcp|/udp]
+    /// (HOST_IP defaults to 127.0.0.1); repeatable.
+    #[arg(short = 'p', long, value_name = "SPEC")]
+    publish: Vec<String>,
+    /// The sandbox interface's MTU (1280-65520; default 65520: large frames cost less).
+    #[arg(long, value_name = "BYTES")]
+    mtu: Option<u32>,
+    /// At most N concurrent connections (TCP connections and UDP flows).
+    #[arg(long, value_name = "N", default_value_t = moat_engine::DEFAULT_MAX_CONNECTIONS)]
+    max_connections: usize,
+    /// Memory the connections' buffers may hold in all, e.g. 64m (default 256m; at least
+    /// 4m): past it, windows shrink and new connections are refused.
+    #[arg(long, value_name = "SIZE")]
+    max_buffer_memory: Option<String>,
+    /// Refuse denied connections at once (TCP RST, ICMP prohibited) instead of dropping them.
+    #[arg(long)]
+    reject: bool,
+    /// Append audit events (JSON lines) to FILE; "-" for stderr.
+    #[arg(long, value_name = "FILE")]
+    audit: Option<String>,
+    /// Host directory to mount writable at the same path, and start in.
+    #[arg(short = 'w', long, value_name = "DIR")]
+    workdir: Option<std::path::PathBuf>,
+    /// Set an environment variable inside the sandbox (K alone: the caller's value).
+    #[arg(short = 'e', long = "env", value_name = "K=V")]
+    env: Vec<String>,
+    /// Make a host path visible inside, read-only, at the same path; repeatable.
+    #[arg(long, value_name = "PATH")]
+    ro: Vec<PathBuf>,
+    /// Make a host path visible and writable inside, at the same path; repeatable.
+    #[arg(long, value_name = "PATH")]
+    rw: Vec<PathBuf>,
+    /// Pass moat's descriptors 3 to 2+N on to the command (all others are closed).
+    #[arg(long, value_name = "N", default_value_t = 0)]
+    preserve_fds: usize,
+    /// Memory for everything in the sandbox, e.g. 512m or 2g (the kernel kills what goes over).
+    #[arg(long, value_name = "SIZE")]
+    memory: Option<String>,
+    /// At most N processes and threads in the sandbox (default 4096).
+    #[arg(long, value_name = "N")]
+    pids_limit: Option<u64>,
+    /// CPUs' worth of time, e.g. 0.5 or 2.
+    #[arg(long, value_name = "F")]
+    cpus: Option<f64>,
+    /// The sandbox's name (also its host name).
+    #[arg(long, default_value = "moat", value_name = "NAME")]
+    name: String,
+    /// The command and its arguments.
+    #[arg(last = true, required = true, value_name = "COMMAND")]
+    command: Vec<OsString>,
+}
+
+#[derive(Subcommand)]
+enum PolicyCommand {
+    /// Validate a policy file and print its rules, normalized; exit 1 with file:line:col on error.
+    Check {
+        /// A TOML or JSON policy file.
+        file: PathBuf,
+    },
+    /// Print the decision for a flow and the rule that made it.
+    Explain(ExplainArgs),
+}
+
+#[derive(Args)]
+struct ExplainArgs {
+    /// A preset (public-only, allow-all, none) or a policy file.
+    policy: String,
+    /// The flow's remote end: ADDR[:PORT][/PROTO], e.g. 10.1.2.3:80/tcp or '[2001:db8::1]:443'.
+    #[arg(long, value_name = "ADDR[:PORT][/PROTO]")]
+    to: String,
+    /// A name whose DNS answer contained ADDR (the pin set); repeatable.
+    #[arg(long, value_name = "NAME")]
+    domain: Vec<String>,
+    /// The TLS SNI the client sent.
+    #[arg(long, value_name = "NAME")]
+    sni: Option<String>,
+    /// Judge an inbound flow (a peer at ADDR connecting to published guest port PORT).
+    #[arg(long)]
+    inbound: bool,
+}
+
+/// The `moat` binary.
+pub(crate) fn main() -> ExitCode {
+    // A sandbox's supervisor is this same program started again: it never returns here.
+    if let Some(code) = moat_sandbox::supervisor_entry() {
+        std::process::exit(code);
+    }
+    let matches = Cli::command().get_matches();
+    let cli = match Cli::from_arg_matches(&matches) {
+        Ok(cli) => cli,
+        Err(e) => e.exit(),
+    };
+    let result = match cli.command {
+        Command::Run(args) => {
+            let run_matches = matches.subcommand_matches("run");
+            return match run::run(run_options(*args, run_matches)) {
+                Ok(code) => ExitCode::from(code.clamp(0, 255) as u8),
+                Err(e) => {
+                    eprintln!("moat: {e:#}");
+                    ExitCode::from(run::SETUP_FAILED as u8)
+                }
+            };
+        }
+        Command::Demo => {
+            return match crate::demo::demo() {
+                Ok(code) => ExitCode::from(code.clamp(0, 255) as u8),
+                Err(e) => {
+                    eprintln!("moat demo: {e:#}");
+                    ExitCode::FAILURE
+                }
+            };
+        }
+        Command::Policy(PolicyCommand::Check { file }) => check(&file),
+        Command::Policy(PolicyCommand::Explain(args)) => explain(&args),
+    };
+    match result {
+        Ok(()) => ExitCode::SUCCESS,
+        Err(e) => {
+            eprintln!("moat: {e:#}");
+            ExitCode::FAILURE
+        }
+    }
+}
+
+/// `--allow` and `--deny` merged in the order they were given.
+fn run_options(args: RunArgs, matches: Option<&clap::ArgMatches>) -> run::RunOptions {
+    let mut rules: Vec<(usize, bool, String)> = Vec::new();
+    for (id, allow, values) in [("allow", true, &args.allow), ("deny", false, &args.deny)] {
+        let indices: Vec<usize> = matches
+            .and_then(|m| m.indices_of(id))
+            .map(Iterator::collect)
+            .unwrap_or_default();
+        for (i, value) in values.iter().enumerate() {
+            rules.push((
+                indices.get(i).copied().unwrap_or(usize::MAX),
+                allow,
+                value.clone(),
+            ));
+        }
+    }
+    rules.sort_by_key(|r| r.0);
+    run::RunOptions {
+        policy: args.policy,
+        rules: rules.into_iter().map(|(_, a, d)| (a, d)).collect(),
+        dns: args.dns,
+        block_domains: args.block_domain,
+        block_domain_suffixes: args.block_domain_suffix,
+        no_dns_rebind_protection: args.no_dns_rebind_protection,
+        publish: args.publish,
+        mtu: args.mtu,
+        max_connections: Some(args.max_connections),
+        max_buffer_memory: args.max_buffer_memory,
+        reject: args.reject,
+        audit: args.audit,
+        workdir: args.workdir,
+        env: args.env,
+        ro: args.ro,
+        rw: args.rw,
+        preserve_fds: args.preserve_fds,
+        memory: args.memory,
+        pids_limit: args.pids_limit,
+        cpus: args.cpus,
+        name: args.name,
+        command: args.command,
+    }
+}
+
+fn load(path: &Path) -> Result<NetworkPolicy, PolicyFileError> {
+    run::read_policy_file(path)
+}
+
+fn check(file: &Path) -> anyhow::Result<()> {
+    let policy = load(file)?;
+    policy
+        .compile()
+        .map_err(|e| anyhow::anyhow!("{}: {e}", file.display()))?;
+    println!(
+        "{}: ok: {} rule{}, default {}",
+        file.display(),
+        policy.rules.len(),
+        if policy.rules.len() == 1 { "" } else { "s" },
+        policy.default_action
+    );
+    let width = policy.rules.len().saturating_sub(1).to_string().len();
+    for (i, rule) in policy.rules.iter().enumerate() {
+        println!("  {i:>width$}  {rule}");
+    }
+    println!(
+        "  {:>width$}  {} (no rule matched)",
+        "-", policy.default_action
+    );
+    if policy.is_offline() {
+        println!("note: nothing can ever be allowed: the sandbox gets no network interface");
+    }
+    for warning in policy.warnings() {
+        println!("warning: {warning}");
+    }
+    Ok(())
+}
+
+fn explain(args: &ExplainArgs) -> anyhow::Result<()> {
+    let policy = policy_arg(&args.policy)?;
+    let compiled = policy.compile()?;
+    let target = FlowTarget::parse(&args.to)?;
+    let names = args
+        .domain
+        .iter()
+        .map(|n| DomainName::new(n))
+        .collect::<Result<Vec<_>, _>>()?;
+    let sni = args.sni.as_deref().map(DomainName::new).transpose()?;
+    let direction = if args.inbound {
+        Direction::Inbound
+    } else {
+        Direction::Outbound
+    };
+    let flow = Flow {
+        direction,
+        protocol: target.protocol,
+        addr: target.addr,
+        port: target.port,
+        names: &names,
+        sni: sni.as_ref(),
+        local: false,
+    };
+    let decision = compiled.decide(&flow);
+    let shown = match target.port {
+        Some(port) if target.addr.is_ipv6() => format!("[{}]:{port}", target.addr),
+        Some(port) => format!("{}:{port}", target.addr),
+        None => target.addr.to_string(),
+    };
+    println!("decision: {}", decision.action);
+    println!("rule:     {}", decision.rule_label());
+    println!("reason:   {}", compiled.reason(&decision));
+    print!("flow:     {direction} {} {shown}", target.protocol);
+    let judged = canonical_addr(target.addr);
+    if judged != target.addr {
+        print!(" (judged as {judged})");
+    }
+    println!();
+    if !names.is_empty() {
+        let list: Vec<&str> = names.iter().map(DomainName::as_str).collect();
+        println!("names:    {}", list.join(", "));
+    }
+    if let Some(sni) = &sni {
+        println!("sni:      {sni}");
+    }
+    for name in &names {
+        let d = compiled.decide_name(name);
+        let what = if d.is_allow() {
+            "forwarded upstream"
+        } else {
+            "answered NXDOMAIN, never sent upstream"
+        };
+        println!(
+            "dns:      a lookup of {name} is {what} ({})",
+            compiled.reason(&d)
+        );
+    }
+    Ok(())
+}
