@@ -168,3 +168,74 @@ impl EchoFlow {
         let _ = registry.deregister(&mut self.sock);
     }
 }
+
+#[cfg(test)]
+mod tests {
+    #![allow(clippy::unwrap_used, clippy::expect_used)] // Test code: a panic is the failure report.
+
+    use std::net::Ipv4Addr;
+
+    use moat_policy::NetworkPolicy;
+    use smoltcp::wire::Icmpv4Message;
+
+    use super::*;
+    use crate::engine::testing::{Harness, echo_request, icmp_to_guest};
+
+    const GATEWAY: Ipv4Addr = Ipv4Addr::new(10, 0, 2, 2);
+    const WORLD: Ipv4Addr = Ipv4Addr::new(203, 0, 113, 10);
+
+    #[test]
+    fn the_gateway_answers_and_a_denied_echo_is_refused_unsent() {
+        let mut h = Harness::new(NetworkPolicy::none(), DenyMode::Reject);
+        // The gateway's own echo is answered, whatever the policy.
+        h.frame(&echo_request(GATEWAY));
+        let replies: Vec<_> = h.sent().iter().filter_map(|f| icmp_to_guest(f)).collect();
+        assert!(
+            replies.contains(&(GATEWAY, Icmpv4Message::EchoReply)),
+            "{replies:?}"
+        );
+        // Elsewhere it is judged: denied, nothing is opened or relayed, and in reject
+        // mode the sandbox hears so from the gateway.
+        h.frame(&echo_request(WORLD));
+        assert!(
+            h.table
+                .find_echo(&(h.cx.stack.addrs.guest_v4.into(), WORLD.into(), 7))
+                .is_none()
+        );
+        assert_eq!(h.cx.counters.icmp_relayed, 0);
+        let refusals: Vec<_> = h.sent().iter().filter_map(|f| icmp_to_guest(f)).collect();
+        assert!(
+            refusals.contains(&(GATEWAY, Icmpv4Message::DstUnreachable)),
+            "{refusals:?}"
+        );
+        let audit = h.audit();
+        assert!(
+            audit.contains("\"proto\":\"icmp\"") && audit.contains("\"decision\":\"deny\""),
+            "{audit}"
+        );
+    }
+
+    #[test]
+    fn an_echo_flow_expires_when_idle() {
+        let mut h = Harness::new(NetworkPolicy::allow_all(), DenyMode::Drop);
+        let sock = UdpSocket::bind("127.0.0.1:0".parse().unwrap()).unwrap();
+        let flow = EchoFlow {
+            guest: h.cx.stack.addrs.guest_v4.into(),
+            dst: Ipv4Addr::LOCALHOST.into(),
+            guest_ident: 7,
+            our_ident: 9,
+            kind: EchoKind::Ping,
+            sock,
+            last: Instant::now(),
+        };
+        assert!(matches!(flow.due(Instant::now()), Due::Nothing));
+        assert!(matches!(flow.due(Instant::now() + ECHO_IDLE), Due::Expire));
+        let key = flow.key();
+        let id = h.table.reserve();
+        h.table.insert(id, Flow::Echo(flow));
+        assert_eq!(h.table.find_echo(&key), Some(id));
+        h.table
+            .remove(id, crate::engine::close::CloseReason::Idle, &mut h.cx);
+        assert_eq!(h.table.find_echo(&key), None);
+    }
+}

@@ -13,8 +13,8 @@ use moat_policy::NetworkPolicy;
 use smoltcp::phy::ChecksumCapabilities;
 use smoltcp::wire::{
     ArpOperation, ArpPacket, ArpRepr, EthernetAddress, EthernetFrame, EthernetProtocol,
-    EthernetRepr, IpAddress, IpProtocol, Ipv4Packet, Ipv4Repr, TcpControl, TcpPacket, TcpRepr,
-    TcpSeqNumber, UdpPacket, UdpRepr,
+    EthernetRepr, Icmpv4Message, Icmpv4Packet, Icmpv4Repr, IpAddress, IpProtocol, Ipv4Packet,
+    Ipv4Repr, TcpControl, TcpPacket, TcpRepr, TcpSeqNumber, UdpPacket, UdpRepr,
 };
 
 use super::config::{DenyMode, EngineConfig, LinkConfig};
@@ -182,6 +182,31 @@ pub(super) fn syn(dst: Ipv4Addr, port: u16) -> Vec<u8> {
         &ChecksumCapabilities::default(),
     );
     f
+}
+
+/// An ICMP echo request from the sandbox to `dst` (identifier 7, sequence 1).
+pub(super) fn echo_request(dst: Ipv4Addr) -> Vec<u8> {
+    let icmp = Icmpv4Repr::EchoRequest {
+        ident: 7,
+        seq_no: 1,
+        data: b"ping",
+    };
+    let (mut f, off) = ipv4(IpProtocol::Icmp, dst, icmp.buffer_len());
+    icmp.emit(
+        &mut Icmpv4Packet::new_unchecked(&mut f[off..]),
+        &ChecksumCapabilities::default(),
+    );
+    f
+}
+
+/// An ICMP message to the sandbox: (source, type).
+pub(super) fn icmp_to_guest(frame: &[u8]) -> Option<(Ipv4Addr, Icmpv4Message)> {
+    let ip = Ipv4Packet::new_checked(frame.get(14..)?).ok()?;
+    if ip.next_header() != IpProtocol::Icmp {
+        return None;
+    }
+    let icmp = Icmpv4Packet::new_checked(ip.payload()).ok()?;
+    Some((ip.src_addr(), icmp.msg_type()))
 }
 
 /// A UDP datagram from the sandbox to `dst`.
