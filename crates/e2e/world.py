@@ -12,8 +12,15 @@ arrived where. Bounded: request bodies are streamed, never stored.
   TCP banner     tcp 2222, 443, 853  sends "BANNER\\n" on connect (a server-first protocol)
   UDP echo       udp 7777       echoes each datagram (on each address given after the log)
   DNS            udp+tcp 53     answers *.example.test from a table
+  HTTPS echo     tcp 8443       the HTTP echo over TLS, certificate from the world's own test CA
+                                (world-ca.pem beside the log; *.example.test, 203.0.113.10);
+                                logs the server name and ALPN it saw
+  HTTPS untrusted tcp 9443      the same with a self-signed certificate no CA signed
 """
 import hashlib
+import os
+import ssl
+import subprocess
 import json
 import re
 import socket
@@ -147,12 +154,16 @@ class Echo(BaseHTTPRequestHandler):
             digest.update(chunk)
             left -= len(chunk)
         local = self.connection.getsockname()
+        tls = isinstance(self.connection, ssl.SSLSocket)
         info = {
-            "server": "http", "method": self.command, "path": self.path,
+            "server": "https" if tls else "http", "method": self.command, "path": self.path,
             "host": self.headers.get("Host"), "client": self.client_address[0],
             "local": local[0], "port": local[1], "body_len": length,
             "body_sha256": digest.hexdigest(),
         }
+        if tls:
+            info["sni"] = getattr(self.connection, "sni", None)
+            info["alpn"] = self.connection.selected_alpn_protocol()
         log(**info)
         body = (json.dumps(info) + "\n").encode()
         self.send_response(200)
@@ -262,11 +273,51 @@ class Udp6(socketserver.ThreadingUDPServer):
     allow_reuse_address = True
     daemon_threads = True
 
+def make_certs(d):
+    """The world's test CA, a server certificate it signs, and a self-signed one."""
+    def openssl(*args):
+        subprocess.run(("openssl",) + args, check=True, capture_output=True)
+    ec = ("-newkey", "ec", "-pkeyopt", "ec_paramgen_curve:prime256v1", "-nodes")
+    path = lambda name: os.path.join(d, name)
+    openssl("req", "-x509", *ec, "-keyout", path("world-ca.key"), "-out", path("world-ca.pem"),
+            "-days", "2", "-subj", "/CN=moat test world CA")
+    openssl("req", *ec, "-keyout", path("server.key"), "-out", path("server.csr"),
+            "-subj", "/CN=example.test")
+    with open(path("server.ext"), "w") as f:
+        f.write("subjectAltName=DNS:example.test,DNS:*.example.test,IP:203.0.113.10,IP:2001:db8::10\n"
+                "basicConstraints=CA:FALSE\nextendedKeyUsage=serverAuth\n")
+    openssl("x509", "-req", "-in", path("server.csr"), "-CA", path("world-ca.pem"),
+            "-CAkey", path("world-ca.key"), "-CAcreateserial", "-out", path("server.pem"),
+            "-days", "2", "-extfile", path("server.ext"))
+    openssl("req", "-x509", *ec, "-keyout", path("untrusted.key"), "-out", path("untrusted.pem"),
+            "-days", "2", "-subj", "/CN=untrusted.example.test",
+            "-addext", "subjectAltName=DNS:*.example.test,IP:203.0.113.10")
+
+def remember_sni(sock, name, _ctx):
+    sock.sni = name
+
+def https_server(port, cert, key):
+    ctx = ssl.SSLContext(ssl.PROTOCOL_TLS_SERVER)
+    ctx.load_cert_chain(cert, key)
+    ctx.set_alpn_protocols(["http/1.1"])
+    ctx.sni_callback = remember_sni
+    server = HttpServer(("::", port), Echo)
+    # The handshake happens in the request's own thread, on its first read.
+    server.socket = ctx.wrap_socket(server.socket, server_side=True,
+                                    do_handshake_on_connect=False)
+    return server
+
+CERTS = os.path.dirname(os.path.abspath(sys.argv[1]))
+make_certs(CERTS)
+
 servers = [HttpServer(("::", 80), Echo), HttpServer(("::", 8080), Echo),
            TcpServer(("::", 9000), Sink), TcpServer(("::", 9001), Source),
            TcpServer(("::", 9002), Flood),
            TcpServer(("::", 2222), Banner), TcpServer(("::", 443), Banner),
-           TcpServer(("::", 853), Banner), TcpServer(("::", 53), DnsTcp)]
+           TcpServer(("::", 853), Banner), TcpServer(("::", 53), DnsTcp),
+           https_server(8443, os.path.join(CERTS, "server.pem"), os.path.join(CERTS, "server.key")),
+           https_server(9443, os.path.join(CERTS, "untrusted.pem"),
+                        os.path.join(CERTS, "untrusted.key"))]
 # UDP answers must come from the address that was asked: one socket per address.
 for addr in sys.argv[2:]:
     cls = Udp6 if ":" in addr else Udp4

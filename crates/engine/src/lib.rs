@@ -15,11 +15,12 @@ mod wire;
 pub use audit::{AuditLog, rfc3339};
 pub use device::{FrameDevice, MemoryDevice, SharedMemoryDevice, TapDevice};
 pub use engine::{
-    Counters, DEFAULT_MAX_BUFFER_MEMORY, DEFAULT_MAX_CONNECTIONS, DenyMode, EngineConfig,
-    EngineHandle, LinkConfig, MAX_MTU, MAX_PUBLISHED, MIN_BUFFER_MEMORY, MIN_MTU, Published,
-    PublishedSocket, spawn,
+    Counters, DEFAULT_MAX_BUFFER_MEMORY, DEFAULT_MAX_CONNECTIONS, DEFAULT_TLS_PORTS, DenyMode,
+    EngineConfig, EngineHandle, LinkConfig, MAX_MTU, MAX_PUBLISHED, MIN_BUFFER_MEMORY, MIN_MTU,
+    Published, PublishedSocket, TlsConfig, spawn,
 };
 pub use offload::{TcpOffload, VNET_HDR_LEN};
+pub use tls::ca::{CaError, FRESH_CA_DAYS, InterceptCa, LeafName, STABLE_CA_DAYS};
 
 /// Entry points for the fuzz targets in `fuzz/` (not a stable API): every parser of bytes
 /// from the sandbox or the network.

@@ -357,7 +357,24 @@ pub fn tcp_reset(
 
 /// ICMP "administratively prohibited" (RFC 1812 §5.2.7.1 type 3 code 13; RFC 4443 type 1
 /// code 1) for the IP packet `original` (starting at its IP header) sent by the sandbox.
-pub fn admin_prohibited(out: &mut Vec<u8>, link: &Link, gateway: IpAddr, original: &[u8]) -> bool {
+/// Which ICMP destination-unreachable answer a refused packet gets.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum Unreachable {
+    /// Administratively prohibited (a deny in reject mode, a refused DNS bypass).
+    Prohibited,
+    /// Port unreachable (QUIC to an intercepted port: clients fall back to TCP at once).
+    Port,
+}
+
+/// An ICMP destination-unreachable answer from `gateway` to the sandbox's IP packet
+/// `original`, saying `why`.
+pub fn unreachable(
+    out: &mut Vec<u8>,
+    link: &Link,
+    gateway: IpAddr,
+    original: &[u8],
+    why: Unreachable,
+) -> bool {
     match gateway {
         IpAddr::V4(gw) => {
             let Ok(orig) = Ipv4Packet::new_checked(original) else {
@@ -369,7 +386,10 @@ pub fn admin_prohibited(out: &mut Vec<u8>, link: &Link, gateway: IpAddr, origina
             let hl = usize::from(orig.header_len());
             let data = &original[hl..original.len().min(hl + 8)];
             let icmp = Icmpv4Repr::DstUnreachable {
-                reason: Icmpv4DstUnreachable::CommProhibited,
+                reason: match why {
+                    Unreachable::Prohibited => Icmpv4DstUnreachable::CommProhibited,
+                    Unreachable::Port => Icmpv4DstUnreachable::PortUnreachable,
+                },
                 header,
                 data,
             };
@@ -398,7 +418,10 @@ pub fn admin_prohibited(out: &mut Vec<u8>, link: &Link, gateway: IpAddr, origina
             // RFC 4443 §2.4(c): as much of the invoking packet as fits in the minimum MTU.
             let data = &original[40..original.len().min(1232 - 48 + 40)];
             let icmp = Icmpv6Repr::DstUnreachable {
-                reason: Icmpv6DstUnreachable::AdminProhibit,
+                reason: match why {
+                    Unreachable::Prohibited => Icmpv6DstUnreachable::AdminProhibit,
+                    Unreachable::Port => Icmpv6DstUnreachable::PortUnreachable,
+                },
                 header,
                 data,
             };

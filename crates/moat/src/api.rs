@@ -43,6 +43,9 @@ pub enum Error {
     /// A port could not be published.
     #[error(transparent)]
     Publish(#[from] crate::publish::PublishError),
+    /// TLS interception could not be set up.
+    #[error(transparent)]
+    Tls(#[from] crate::tls::TlsError),
     /// A path could not be granted.
     #[error(transparent)]
     Grant(#[from] crate::setup::GrantError),

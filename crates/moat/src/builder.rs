@@ -16,6 +16,7 @@ use moat_policy::NetworkPolicy;
 use moat_sandbox::SandboxConfig;
 
 use crate::api::{AuditSink, DenyMode, Error, Sandbox, io_err};
+use crate::tls::TlsBuilder;
 
 /// Network settings (shared/API.md §2), used in [`SandboxBuilder::network`].
 #[derive(Debug, Clone)]
@@ -29,6 +30,7 @@ pub struct NetworkBuilder {
     mtu: Option<usize>,
     dns_servers: Vec<SocketAddr>,
     deny_mode: DenyMode,
+    tls: Option<TlsBuilder>,
 }
 
 impl Default for NetworkBuilder {
@@ -43,6 +45,7 @@ impl Default for NetworkBuilder {
             mtu: None,
             dns_servers: Vec::new(),
             deny_mode: DenyMode::Drop,
+            tls: None,
         }
     }
 }
@@ -118,6 +121,13 @@ impl NetworkBuilder {
     /// *Extension:* an upstream resolver.
     pub fn dns_server_addr(mut self, addr: SocketAddr) -> NetworkBuilder {
         self.dns_servers.push(addr);
+        self
+    }
+
+    /// Turns TLS interception on and configures it (off by default): the sandbox trusts
+    /// a CA of moat's, moat verifies the servers, and the plaintext passes through moat.
+    pub fn tls(mut self, f: impl FnOnce(TlsBuilder) -> TlsBuilder) -> NetworkBuilder {
+        self.tls = Some(f(self.tls.take().unwrap_or_default()));
         self
     }
 
@@ -366,6 +376,12 @@ impl SandboxBuilder {
         engine.link = link;
         engine.simulated_hosts = self.simulated_hosts;
         let mut env = crate::setup::base_env();
+        if let Some(tls) = net.tls.as_ref().filter(|_| !offline) {
+            let trust = tls.assemble(&self.name)?;
+            engine.tls = Some(trust.engine);
+            sandbox.files.extend(trust.files);
+            env.extend(trust.env);
+        }
         for (k, v) in self.env {
             env.retain(|(key, _)| *key != k);
             env.push((k, v));
@@ -436,8 +452,19 @@ mod tests {
     /// The parts of an assembly that say what sandbox and engine would start.
     fn describe(a: &crate::builder::Assembly) -> String {
         let e = &a.engine;
+        let tls = e.tls.as_ref().map(|t| {
+            format!(
+                "ports {:?} bypass {:?} quic {} verify {} roots {} ca {}",
+                t.ports,
+                t.bypass,
+                t.block_quic,
+                t.verify_upstream,
+                t.roots.len(),
+                t.ca.fingerprint()
+            )
+        });
         format!(
-            "{:?}\npolicy {:?}\ndeny {:?} dns {:?} max {} mem {} link {:?}\nblock {:?} {:?} rebind {}\ntimeouts {:?} {:?} {:?} busy {:?} buf {} sim {:?}\nenv {:?}\nworkdir {:?}",
+            "{:?}\npolicy {:?}\ndeny {:?} dns {:?} max {} mem {} link {:?}\nblock {:?} {:?} rebind {}\ntimeouts {:?} {:?} {:?} busy {:?} buf {} sim {:?}\ntls {tls:?}\nenv {:?}\nworkdir {:?}",
             a.sandbox,
             e.policy.policy(),
             e.deny_mode,
@@ -467,6 +494,8 @@ mod tests {
         std::fs::create_dir_all(&shared).unwrap();
         let work = work.canonicalize().unwrap();
         let shared = shared.canonicalize().unwrap();
+        let (ca_cert, _) = crate::tls::ca_init(&base.join("ca")).unwrap();
+        let ca_key = base.join("ca/ca-key.pem");
         let opts = RunOptions {
             policy: Some("allow-all".into()),
             rules: vec![(false, "198.51.100.0/24:22/tcp".into())],
@@ -485,6 +514,15 @@ mod tests {
             memory: Some("512m".into()),
             pids_limit: Some(50),
             cpus: Some(1.5),
+            tls: Some(crate::cli::run::TlsOptions {
+                bypass: vec!["*.pinned.example".into()],
+                ports: vec![8443],
+                ca_cert: Some(ca_cert.clone()),
+                ca_key: Some(ca_key.clone()),
+                upstream_cas: vec![ca_cert.clone()],
+                no_verify_upstream: false,
+                allow_quic: true,
+            }),
             name: "same".into(),
             command: vec!["true".into()],
             ..RunOptions::default()
@@ -510,6 +548,14 @@ mod tests {
                     .max_buffer_memory(64 << 20)
                     .mtu(1500)
                     .deny_mode(DenyMode::Reject)
+                    .tls(|t| {
+                        t.bypass("*.pinned.example")
+                            .intercepted_ports(vec![8443])
+                            .intercept_ca_cert(&ca_cert)
+                            .intercept_ca_key(&ca_key)
+                            .upstream_ca_cert(&ca_cert)
+                            .block_quic(false)
+                    })
             })
             .workdir(work.clone())
             .workdir_from_host(work.clone())
@@ -547,6 +593,9 @@ mod tests {
             Some(work.as_path())
         );
         assert_eq!(from_cli.sandbox.asked_limits.pids, Some(50));
+        let tls = e.tls.as_ref().unwrap();
+        assert_eq!(tls.ports, vec![8443]);
+        assert!(!tls.block_quic);
         assert!(
             from_cli
                 .env

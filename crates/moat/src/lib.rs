@@ -27,6 +27,7 @@ mod demo;
 mod publish;
 mod setup;
 mod terminal;
+mod tls;
 
 /// The `moat` binary's entry point (parses the command line, runs it, returns the exit
 /// status). Not an API: the binary is this crate's only caller.
@@ -44,3 +45,4 @@ pub use moat_policy::{
     DomainName, DomainSuffix, Flow, IpNetwork, NetworkPolicy, PolicyError, PolicyFileError,
     PortRange, Protocol, Rule, ViolationAction,
 };
+pub use tls::{TlsBuilder, TlsError};

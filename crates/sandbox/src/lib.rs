@@ -149,6 +149,10 @@ pub struct SandboxConfig {
     pub resolv_conf: Option<String>,
     /// Contents of the sandbox's /etc/hosts, if it gets its own.
     pub hosts: Option<String>,
+    /// Files whose contents replace those of existing files inside, read-only (the trust
+    /// bundle with moat's interception CA over the system bundles). Paths inside that do
+    /// not exist are skipped; symlinks are followed inside the sandbox.
+    pub files: Vec<(PathBuf, String)>,
     /// The program to run as supervisor; it must call [`supervisor_entry`] first. Default:
     /// this program.
     pub helper: Option<PathBuf>,
@@ -176,6 +180,7 @@ impl SandboxConfig {
             network: None,
             resolv_conf: None,
             hosts: None,
+            files: Vec::new(),
             helper: None,
             grants: Vec::new(),
             home: PathBuf::from(DEFAULT_HOME),
@@ -362,6 +367,12 @@ impl Sandbox {
             };
         let resolv_conf = write_file("resolv.conf", &config.resolv_conf)?;
         let hosts = write_file("hosts", &config.hosts)?;
+        let mut files = Vec::new();
+        for (i, (inside, text)) in config.files.iter().enumerate() {
+            if let Some(source) = write_file(&format!("file{i}"), &Some(text.clone()))? {
+                files.push((inside.clone(), source));
+            }
+        }
         let spec = Spec {
             name: config.name.clone(),
             outside_uid: nix::unistd::geteuid().as_raw(),
@@ -371,6 +382,7 @@ impl Sandbox {
             workdir_host,
             resolv_conf,
             hosts,
+            files,
             network: config.network.clone(),
             grants: config.grants.clone(),
             hidden: vec![state_base()],

@@ -39,6 +39,9 @@ pub struct Spec {
     pub resolv_conf: Option<PathBuf>,
     /// Host file to mount over /etc/hosts, if any.
     pub hosts: Option<PathBuf>,
+    /// Host files mounted read-only over files inside (path inside, host file); an
+    /// inside path that does not exist is skipped.
+    pub files: Vec<(PathBuf, PathBuf)>,
     /// The sandbox's interface; `None` means no interface but `lo`.
     pub network: Option<NetSpec>,
     /// Host paths granted at their own path inside, in order.

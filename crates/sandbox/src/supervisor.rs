@@ -393,6 +393,18 @@ fn build_root(spec: &Spec) -> Stage<()> {
             )?;
         }
     }
+    for (inside, source) in &spec.files {
+        let relative = inside.strip_prefix("/").unwrap_or(inside);
+        if let Some(target) = resolve_inside(root, relative)
+            && target.is_file()
+        {
+            at("bind a file moat provides", bind(source, &target, false))?;
+            at(
+                "make a file moat provides read-only",
+                restrict(&target, true),
+            )?;
+        }
+    }
 
     mask_secrets(root)?;
     for hidden in &spec.hidden {

@@ -27,6 +27,10 @@ pub(crate) enum CloseReason {
     UpstreamRead(String),
     /// The TLS server name in the ClientHello was denied, or could not be read.
     DeniedByClientHello,
+    /// TLS interception failed (the sandbox was sent an alert).
+    Tls(String),
+    /// The connection did not finish closing in time after both sides were done.
+    CloseTimedOut,
     /// A DNS query was answered.
     Answered,
     /// Every upstream resolver failed a DNS query.
@@ -58,6 +62,8 @@ impl fmt::Display for CloseReason {
             CloseReason::UpstreamWrite(e) => write!(f, "upstream write failed: {e}"),
             CloseReason::UpstreamRead(e) => write!(f, "upstream read failed: {e}"),
             CloseReason::DeniedByClientHello => f.write_str("denied by its TLS ClientHello"),
+            CloseReason::Tls(e) => write!(f, "tls interception failed: {e}"),
+            CloseReason::CloseTimedOut => f.write_str("close timed out"),
             CloseReason::Answered => f.write_str("answered"),
             CloseReason::DnsFailed => f.write_str("dns failed"),
             CloseReason::SandboxStopped => f.write_str("sandbox stopped"),

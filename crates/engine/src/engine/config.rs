@@ -2,12 +2,15 @@
 //! gives back ([`Counters`]), with moat's defaults, each defined here once.
 
 use std::net::{IpAddr, Ipv4Addr, Ipv6Addr, SocketAddr};
+use std::sync::Arc;
 use std::time::Duration;
 
 use moat_policy::{CompiledPolicy, DomainName, DomainSuffix};
+use rustls::pki_types::CertificateDer;
 
 use super::inbound::Published;
 use crate::audit::AuditLog;
+use crate::tls::ca::InterceptCa;
 
 /// How denied flows are answered.
 #[derive(Debug, Clone, Copy, PartialEq, Eq, Default)]
@@ -109,6 +112,8 @@ pub struct EngineConfig {
     /// After any activity, keep polling without sleeping for this long (zero: always
     /// sleep until an event). Trades a little CPU right after traffic for latency.
     pub busy_poll: Duration,
+    /// TLS interception, when on.
+    pub tls: Option<TlsConfig>,
     /// Addresses of the host that stand for other machines and are judged as what they
     /// are, not as the host's loopback: `moat demo` simulates its world on its own
     /// namespace's loopback. Empty for every real run.
@@ -136,9 +141,30 @@ impl EngineConfig {
             published: Vec::new(),
             busy_poll: Duration::from_micros(100),
             simulated_hosts: Vec::new(),
+            tls: None,
         }
     }
 }
+
+/// TLS interception (shared/API.md `TlsBuilder`), as the engine takes it.
+#[derive(Debug, Clone)]
+pub struct TlsConfig {
+    /// The CA the sandbox trusts; leaves are signed with it.
+    pub ca: Arc<InterceptCa>,
+    /// TCP ports where TLS is intercepted.
+    pub ports: Vec<u16>,
+    /// Names not intercepted: `api.x.com` (exactly) or `*.x.com` (strictly below).
+    pub bypass: Vec<String>,
+    /// UDP to intercepted ports is refused (QUIC), so clients fall back to TCP.
+    pub block_quic: bool,
+    /// Upstream certificates are verified against `roots`.
+    pub verify_upstream: bool,
+    /// The roots upstream chains are verified against (the host's, plus any given).
+    pub roots: Vec<CertificateDer<'static>>,
+}
+
+/// The default of [`TlsConfig::ports`].
+pub const DEFAULT_TLS_PORTS: [u16; 1] = [443];
 
 /// The default of [`EngineConfig::max_connections`].
 pub const DEFAULT_MAX_CONNECTIONS: usize = 1024;

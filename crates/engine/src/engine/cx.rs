@@ -19,6 +19,7 @@ use super::host_addrs::HostAddrs;
 use super::pool::SocketPool;
 use super::stack::Stack;
 use super::table::FlowKey;
+use super::tls_stage::TlsShared;
 use crate::dns::filter::DnsRules;
 use crate::dns::pins::Pins;
 
@@ -42,7 +43,21 @@ pub(super) struct Cx {
     pub(super) counters: Counters,
     /// A reused buffer for reading host sockets and peeking at the sandbox's bytes.
     pub(super) scratch: Vec<u8>,
+    /// TLS interception, when on.
+    pub(super) tls: Option<TlsShared>,
     rng: u64,
+}
+
+/// A `tls` audit event's own fields.
+pub(super) struct TlsAudit<'a> {
+    /// The server name (or the address, without one).
+    pub(super) sni: &'a str,
+    /// `intercepted` or `bypassed`.
+    pub(super) action: &'a str,
+    /// Whether the server's chain was verified (intercepted connections that came up).
+    pub(super) verified: Option<bool>,
+    /// The protocol the server chose.
+    pub(super) alpn: Option<&'a str>,
 }
 
 /// A flow's byte counts and start, for its `close` event.
@@ -74,9 +89,11 @@ impl Cx {
         dns_rules: DnsRules,
         host_addrs: HostAddrs,
         pins: Pins,
+        tls: Option<TlsShared>,
         seed: u64,
     ) -> Cx {
         Cx {
+            tls,
             stack,
             pool,
             has_name_rules: cfg.policy.policy().has_name_rules(),
@@ -270,6 +287,40 @@ impl Cx {
         self.cfg
             .audit
             .event("connect", "deny", "dns_bypass", reason, fields);
+    }
+
+    /// Audits what TLS interception did with a connection; `failed` is why it could not
+    /// (a `deny`).
+    pub(super) fn audit_tls(
+        &mut self,
+        key: FlowKey,
+        rule: &str,
+        tls: &TlsAudit<'_>,
+        failed: Option<&str>,
+    ) {
+        let mut fields = Cx::connect_fields("tcp", key);
+        fields.push(("sni", Value::from(tls.sni)));
+        fields.push(("tls", Value::from(tls.action)));
+        if let Some(v) = tls.verified {
+            fields.push(("upstream_verified", Value::from(v)));
+        }
+        if let Some(alpn) = tls.alpn {
+            fields.push(("alpn", Value::from(alpn)));
+        }
+        let (decision, reason) = match failed {
+            Some(why) => ("deny", why.to_owned()),
+            None => ("allow", format!("TLS {}", tls.action)),
+        };
+        self.cfg.audit.event("tls", decision, rule, &reason, fields);
+    }
+
+    /// Audits UDP refused because it would be QUIC to an intercepted port.
+    pub(super) fn audit_refused_quic(&mut self, key: FlowKey) {
+        let fields = Cx::connect_fields("udp", key);
+        let reason = "QUIC to an intercepted port is refused so that clients use TLS over TCP (--tls-allow-quic lets it pass)";
+        self.cfg
+            .audit
+            .event("connect", "deny", "block_quic", reason, fields);
     }
 
     /// Audits a peer's connection to a published port.

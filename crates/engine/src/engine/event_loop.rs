@@ -21,6 +21,7 @@ use super::inbound::{self, Listeners};
 use super::pool::SocketPool;
 use super::stack::Stack;
 use super::table::{self, Flow, FlowId, FlowTable};
+use super::tls_stage::TlsShared;
 use super::{dns_flow, echo, ingress, tcp_flow, udp_flow};
 use crate::device::{ETH_HEADER, FrameDevice};
 use crate::dns::filter::DnsRules;
@@ -217,6 +218,17 @@ pub(super) fn parts(
     let listeners = Listeners::register(registry, LISTENER_BASE, published)?;
     let table = FlowTable::new(registry.try_clone()?, cfg.max_connections);
     let pins = Pins::new(MAX_PINS, PIN_GRACE);
-    let cx = Cx::new(stack, pool, cfg, dns_rules, host_addrs, pins, seed);
+    let tls = cfg
+        .tls
+        .as_ref()
+        .map(TlsShared::new)
+        .transpose()
+        .map_err(|e| {
+            io::Error::new(
+                io::ErrorKind::InvalidInput,
+                format!("TLS interception: {e}"),
+            )
+        })?;
+    let cx = Cx::new(stack, pool, cfg, dns_rules, host_addrs, pins, tls, seed);
     Ok((table, cx, listeners))
 }

@@ -37,6 +37,7 @@
 //! | `table.rs` | the flow table: slots, tokens, keys, limits, expiry, and every removal |
 //! | `tcp_flow.rs` | a TCP flow's state (judged SYN → dialing → relaying → closing) |
 //! | `stream.rs` | the stream stage inside a TCP flow: where TLS and secrets plug in |
+//! | `tls_stage.rs` | TLS interception, the stream stage that terminates both legs |
 //! | `udp_flow.rs`, `echo.rs`, `dns_flow.rs` | UDP flows, ICMP echo, DNS interception |
 //! | `inbound.rs` | published ports |
 //! | `stack.rs` | the smoltcp interface and the frames moat writes itself |
@@ -67,11 +68,12 @@ mod stack;
 mod stream;
 mod table;
 mod tcp_flow;
+mod tls_stage;
 mod udp_flow;
 
 pub use self::config::{
-    Counters, DEFAULT_MAX_BUFFER_MEMORY, DEFAULT_MAX_CONNECTIONS, DenyMode, EngineConfig,
-    LinkConfig, MAX_MTU, MIN_BUFFER_MEMORY, MIN_MTU,
+    Counters, DEFAULT_MAX_BUFFER_MEMORY, DEFAULT_MAX_CONNECTIONS, DEFAULT_TLS_PORTS, DenyMode,
+    EngineConfig, LinkConfig, MAX_MTU, MIN_BUFFER_MEMORY, MIN_MTU, TlsConfig,
 };
 pub use self::event_loop::MAX_PUBLISHED;
 use self::event_loop::{Engine, WAKE};

@@ -22,7 +22,7 @@ use smoltcp::wire::{EthernetAddress, HardwareAddress, IpCidr};
 use super::config::LinkConfig;
 use super::table::FlowKey;
 use crate::device::{ETH_HEADER, FrameDevice, StackDevice};
-use crate::wire::{self, Link};
+use crate::wire::{self, Link, Unreachable};
 
 /// The gateway's link-local address, the source of its router advertisements.
 const GATEWAY_LINK_LOCAL: Ipv6Addr = Ipv6Addr::new(0xfe80, 0, 0, 0, 0, 0, 0, 1);
@@ -195,9 +195,15 @@ impl Stack {
     /// Answers the sandbox's IP packet in `frame` with ICMP "administratively prohibited"
     /// from the gateway of `toward`'s family (reject mode, refused DNS bypasses).
     pub(super) fn send_prohibited(&mut self, frame: &[u8], toward: IpAddr) {
+        self.send_unreachable(frame, toward, Unreachable::Prohibited);
+    }
+
+    /// Answers the sandbox's IP packet in `frame` with ICMP destination unreachable,
+    /// saying `why`, from the gateway of `toward`'s family.
+    pub(super) fn send_unreachable(&mut self, frame: &[u8], toward: IpAddr, why: Unreachable) {
         let gateway = self.gateway_for(toward);
         self.send_built(|out, link| {
-            wire::admin_prohibited(out, link, gateway, wire::ip_payload(frame))
+            wire::unreachable(out, link, gateway, wire::ip_payload(frame), why)
         });
     }
 

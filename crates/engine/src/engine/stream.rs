@@ -18,8 +18,10 @@
 //! - [`Stage::Opaque`] relays them unchanged;
 //! - [`Stage::AwaitClientHello`] holds the sandbox's bytes until its TLS ClientHello is
 //!   complete ([`Stream::client_hello`]); the flow judges the server name and either
-//!   opens the stream (it becomes opaque) or resets the flow. The server's bytes pass
-//!   meanwhile.
+//!   opens the stream (opaque, or intercepted on an intercepted port) or resets the
+//!   flow. The server's bytes pass meanwhile.
+//! - [`Stage::Tls`] terminates TLS on both sides (`tls_stage.rs`); it moves records and
+//!   plaintext itself, within the same room and budget.
 //!
 //! A stage that rewrites bytes (a TLS session terminated on each side, an HTTP
 //! substitution) takes the sandbox's bytes from the receive ring and gives the host what
@@ -35,15 +37,27 @@ use super::budget::Grant;
 use super::close::CloseReason;
 use super::cx::Tally;
 use super::pool::SocketPool;
+use super::tls_stage::{Intercept, TlsNote, TlsShared};
 use crate::tls::sni::{self, Sni};
 
 /// What happens to the bytes on their way.
-#[derive(Debug, Clone, Copy, PartialEq, Eq)]
 pub(super) enum Stage {
     /// Relayed unchanged.
     Opaque,
     /// The sandbox's bytes wait for its ClientHello to be judged.
     AwaitClientHello,
+    /// TLS is terminated on both sides, plaintext between (`tls_stage.rs`).
+    Tls(Box<Intercept>),
+}
+
+/// Why a stream cannot go on.
+#[derive(Debug)]
+pub(super) enum Broken {
+    /// A socket failed: the flow is reset.
+    Reset(CloseReason),
+    /// Interception failed; the sandbox was sent a TLS alert, so the flow closes in
+    /// order for the alert to arrive.
+    Tls(String),
 }
 
 /// One direction of a stream.
@@ -98,7 +112,7 @@ impl Stream {
         socket: &mut tcp::Socket<'static>,
         scratch: &mut [u8],
     ) -> Hello {
-        if self.stage != Stage::AwaitClientHello {
+        if !matches!(self.stage, Stage::AwaitClientHello) {
             return Hello::NotAwaited;
         }
         let window = &mut scratch[..sni::MAX_PEEK];
@@ -114,9 +128,51 @@ impl Stream {
         Hello::Ready(parsed)
     }
 
-    /// Moves bytes both ways as far as the sockets and the budget allow; an error is why
-    /// the flow must be reset.
+    /// The server name of an intercepted stream's ClientHello.
+    pub(super) fn server_name(&self) -> Option<String> {
+        match &self.stage {
+            Stage::Tls(t) => t.sni().map(|n| n.as_str().to_owned()),
+            _ => None,
+        }
+    }
+
+    /// From now on the stream is intercepted (its ClientHello was judged and not
+    /// bypassed).
+    pub(super) fn intercept(&mut self, intercept: Intercept) {
+        self.stage = Stage::Tls(Box::new(intercept));
+    }
+
+    /// Moves bytes both ways as far as the sockets and the budget allow; a note is
+    /// something for the audit log, an error why the flow cannot go on.
     pub(super) fn pump(
+        &mut self,
+        socket: &mut tcp::Socket<'static>,
+        host: &mut TcpStream,
+        pool: &mut SocketPool,
+        mem: &mut Grant,
+        tls: Option<&mut TlsShared>,
+        scratch: &mut [u8],
+    ) -> Result<Option<TlsNote>, Broken> {
+        if let Stage::Tls(intercept) = &mut self.stage {
+            let Some(shared) = tls else {
+                return Err(Broken::Tls("interception is not configured".into()));
+            };
+            let note = intercept
+                .pump(socket, host, pool, mem, shared, &mut self.tally, scratch)
+                .map_err(|f| Broken::Tls(f.0))?;
+            if intercept.finished() {
+                self.up = Half::Finished;
+                self.down = Half::Finished;
+            }
+            return Ok(note);
+        }
+        self.relay(socket, host, pool, mem)
+            .map(|()| None)
+            .map_err(Broken::Reset)
+    }
+
+    /// The opaque relay.
+    fn relay(
         &mut self,
         socket: &mut tcp::Socket<'static>,
         host: &mut TcpStream,
@@ -124,7 +180,7 @@ impl Stream {
         mem: &mut Grant,
     ) -> Result<(), CloseReason> {
         // Sandbox → host.
-        while self.stage == Stage::Opaque && socket.can_recv() {
+        while matches!(self.stage, Stage::Opaque) && socket.can_recv() {
             let r = socket.recv(|buf| match host.write(buf) {
                 Ok(n) => (n, Ok(n)),
                 Err(e) => (0, Err(e)),

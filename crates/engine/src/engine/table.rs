@@ -126,6 +126,8 @@ pub(super) enum Due {
     NextResolver,
     /// The upstream dial took too long: reset the sandbox's SYN and remove it.
     DialTimedOut,
+    /// A connection took too long to finish closing: reset it.
+    CloseTimedOut,
     /// Move its bytes along (and end it if both sides are done).
     Relay,
     /// Nothing yet.
@@ -412,6 +414,7 @@ pub(super) fn sweep(table: &mut FlowTable, cx: &mut Cx) {
             Due::Expire => table.remove(id, CloseReason::Idle, cx),
             Due::NextResolver => dns_flow::next_resolver(table, cx, id),
             Due::DialTimedOut => tcp_flow::dial_timed_out(table, cx, id),
+            Due::CloseTimedOut => tcp_flow::close_timed_out(table, cx, id),
             Due::Relay => service(table, cx, id),
             Due::Nothing => {}
         }

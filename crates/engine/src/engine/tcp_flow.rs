@@ -26,11 +26,11 @@
 
 use std::io;
 use std::os::fd::AsFd;
-use std::time::Instant;
+use std::time::{Duration, Instant};
 
 use mio::net::TcpStream;
 use mio::{Interest, Registry};
-use moat_policy::Protocol;
+use moat_policy::{DomainName, Protocol};
 use smoltcp::iface::SocketHandle;
 use smoltcp::socket::tcp;
 use smoltcp::wire::IpListenEndpoint;
@@ -38,16 +38,19 @@ use smoltcp::wire::IpListenEndpoint;
 use super::budget::Grant;
 use super::close::CloseReason;
 use super::config::DenyMode;
-use super::cx::Cx;
+use super::cx::{Cx, TlsAudit};
 use super::dial;
 use super::dns_flow;
-use super::stream::{Hello, Stage, Stream};
+use super::stream::{Broken, Hello, Stage, Stream};
 use super::table::{Due, Flow, FlowId, FlowKey, FlowTable};
+use super::tls_stage::{Intercept, TlsNote};
 use crate::tls::sni::Sni;
 
 /// TCP ports whose first bytes are read for a TLS server name (when the policy has domain
 /// rules).
 const TLS_PORTS: [u16; 1] = [443];
+/// How long a connection may take to finish closing once both sides are done.
+const CLOSING: Duration = Duration::from_secs(30);
 
 /// One TCP segment from the sandbox, as classified.
 #[derive(Debug, Clone, Copy)]
@@ -83,8 +86,13 @@ pub(super) enum TcpState {
     },
     /// Relaying through smoltcp socket `handle`.
     Relaying { handle: SocketHandle },
-    /// Both directions finished; smoltcp is finishing the exchange of FINs.
-    Closing { handle: SocketHandle },
+    /// Both directions finished (or interception failed and its alert is on the way);
+    /// smoltcp is finishing the exchange of FINs, until `deadline`.
+    Closing {
+        handle: SocketHandle,
+        why: CloseReason,
+        deadline: Instant,
+    },
 }
 
 /// One TCP connection.
@@ -193,7 +201,11 @@ fn open(table: &mut FlowTable, cx: &mut Cx, seg: Segment<'_>) {
         cx.stack.reset_guest(key, seg.seq, seg.len);
         return;
     };
-    let stage = if TLS_PORTS.contains(&key.host.port()) && cx.has_name_rules {
+    let intercepted = cx
+        .tls
+        .as_ref()
+        .is_some_and(|t| t.intercepts(key.host.port()));
+    let stage = if intercepted || (TLS_PORTS.contains(&key.host.port()) && cx.has_name_rules) {
         Stage::AwaitClientHello
     } else {
         Stage::Opaque
@@ -244,6 +256,14 @@ pub(super) fn relay(table: &mut FlowTable, cx: &mut Cx, id: FlowId) {
     }
 }
 
+/// The connection did not finish closing in time: reset, and removed after the RST.
+pub(super) fn close_timed_out(table: &mut FlowTable, cx: &mut Cx, id: FlowId) {
+    if let Some(Flow::Tcp(flow)) = table.get_mut(id) {
+        flow.abort_guest(cx);
+        table.doom(id, CloseReason::CloseTimedOut);
+    }
+}
+
 /// The dial did not finish within `connect_timeout`: the sandbox's SYN gets RST.
 pub(super) fn dial_timed_out(table: &mut FlowTable, cx: &mut Cx, id: FlowId) {
     if let Some(Flow::Tcp(flow)) = table.get(id)
@@ -285,6 +305,7 @@ impl TcpFlow {
         match self.state {
             TcpState::Dialing { deadline, .. } if now >= deadline => Due::DialTimedOut,
             TcpState::Dialing { .. } => Due::Nothing,
+            TcpState::Closing { deadline, .. } if now >= deadline => Due::CloseTimedOut,
             TcpState::Relaying { .. } | TcpState::Closing { .. } => Due::Relay,
         }
     }
@@ -331,12 +352,12 @@ impl TcpFlow {
 
     /// Relaying or closing: moves bytes and says what the table should do.
     fn step(&mut self, cx: &mut Cx) -> Step {
-        let handle = match self.state {
+        let handle = match &self.state {
             TcpState::Dialing { .. } => return Step::Continue,
-            TcpState::Relaying { handle } => handle,
-            TcpState::Closing { handle } => {
-                return if is_done(cx.stack.tcp(handle).state()) {
-                    Step::Remove(CloseReason::Closed)
+            TcpState::Relaying { handle } => *handle,
+            TcpState::Closing { handle, why, .. } => {
+                return if is_done(cx.stack.tcp(*handle).state()) {
+                    Step::Remove(why.clone())
                 } else {
                     Step::Continue
                 };
@@ -346,13 +367,54 @@ impl TcpFlow {
             return step;
         }
         let socket = cx.stack.sockets.get_mut::<tcp::Socket>(handle);
-        if let Err(why) = self
-            .stream
-            .pump(socket, &mut self.host, &mut cx.pool, &mut self.mem)
-        {
-            socket.abort();
-            return Step::Doom(why);
+        let pumped = self.stream.pump(
+            socket,
+            &mut self.host,
+            &mut cx.pool,
+            &mut self.mem,
+            cx.tls.as_mut(),
+            &mut cx.scratch,
+        );
+        match pumped {
+            Ok(None) => {}
+            Ok(Some(TlsNote::Intercepted {
+                name,
+                alpn,
+                verified,
+            })) => {
+                let audit = TlsAudit {
+                    sni: &name,
+                    action: "intercepted",
+                    verified: Some(verified),
+                    alpn: alpn.as_deref(),
+                };
+                cx.audit_tls(self.key, &self.rule, &audit, None);
+            }
+            Err(Broken::Reset(why)) => {
+                cx.stack.tcp(handle).abort();
+                return Step::Doom(why);
+            }
+            Err(Broken::Tls(why)) => {
+                // The alert goes out before the FIN; the server's side ends now.
+                let name = self.stream.server_name().unwrap_or_default();
+                let audit = TlsAudit {
+                    sni: &name,
+                    action: "intercepted",
+                    verified: None,
+                    alpn: None,
+                };
+                cx.audit_tls(self.key, &self.rule, &audit, Some(&why));
+                let _ = self.host.shutdown(std::net::Shutdown::Both);
+                cx.stack.tcp(handle).close();
+                self.state = TcpState::Closing {
+                    handle,
+                    why: CloseReason::Tls(why),
+                    deadline: Instant::now() + CLOSING,
+                };
+                return Step::Continue;
+            }
         }
+        let socket = cx.stack.tcp(handle);
         if is_done(socket.state()) {
             return Step::Remove(if self.stream.finished() {
                 CloseReason::Closed
@@ -361,7 +423,11 @@ impl TcpFlow {
             });
         }
         if self.stream.finished() {
-            self.state = TcpState::Closing { handle };
+            self.state = TcpState::Closing {
+                handle,
+                why: CloseReason::Closed,
+                deadline: Instant::now() + CLOSING,
+            };
         }
         Step::Continue
     }
@@ -377,13 +443,19 @@ impl TcpFlow {
             Sni::Name(name) => {
                 let decision = cx.judge_sni(cx.stack.upstream(self.key.host), &name);
                 if decision.is_allow() {
+                    self.choose_interception(cx, Some(&name));
                     return None;
                 }
                 let (rule, why) = cx.explain(&decision);
                 (rule, format!("TLS server name {name}: {why}"), Some(name))
             }
-            // Not TLS, or TLS without a server name: the address and its pins decided.
-            Sni::NotTls | Sni::Absent => return None,
+            // TLS without a server name: the address and its pins decided.
+            Sni::Absent => {
+                self.choose_interception(cx, None);
+                return None;
+            }
+            // Not TLS: passed as it is.
+            Sni::NotTls => return None,
             // Domain rules cannot be checked against a hello that cannot be read (cut
             // short, malformed, interleaved, too large): fail closed.
             Sni::Incomplete | Sni::Unreadable => (
@@ -397,9 +469,34 @@ impl TcpFlow {
         Some(Step::Doom(CloseReason::DeniedByClientHello))
     }
 
+    /// On an intercepted port, a judged ClientHello for `name` (`None`: no server name)
+    /// is intercepted unless a `bypass` pattern names it.
+    fn choose_interception(&mut self, cx: &mut Cx, name: Option<&DomainName>) {
+        let Some(tls) = cx.tls.as_ref() else {
+            return;
+        };
+        if !tls.intercepts(self.key.host.port()) {
+            return;
+        }
+        if let Some(name) = name
+            && tls.bypasses(name)
+        {
+            let audit = TlsAudit {
+                sni: name.as_str(),
+                action: "bypassed",
+                verified: None,
+                alpn: None,
+            };
+            cx.audit_tls(self.key, &self.rule, &audit, None);
+            return;
+        }
+        self.stream
+            .intercept(Intercept::new(self.key.host.ip(), name.cloned()));
+    }
+
     /// Resets the sandbox's side (the engine is stopping).
     pub(super) fn abort_guest(&mut self, cx: &mut Cx) {
-        if let TcpState::Relaying { handle } | TcpState::Closing { handle } = self.state {
+        if let TcpState::Relaying { handle } | TcpState::Closing { handle, .. } = self.state {
             cx.stack.tcp(handle).abort();
         }
     }
@@ -411,7 +508,7 @@ impl TcpFlow {
         }
         let _ = registry.deregister(&mut self.host);
         match self.state {
-            TcpState::Relaying { handle } | TcpState::Closing { handle } => {
+            TcpState::Relaying { handle } | TcpState::Closing { handle, .. } => {
                 cx.pool.recycle(&mut cx.stack.sockets, handle, self.mem);
             }
             TcpState::Dialing { socket, .. } => cx.pool.give_back(*socket, self.mem),

@@ -21,6 +21,7 @@ use super::config::DenyMode;
 use super::cx::{Cx, Tally};
 use super::dial;
 use super::table::{Due, Flow, FlowId, FlowKey, FlowTable};
+use crate::wire::Unreachable;
 
 /// Datagrams read from one host socket per event before the loop moves on.
 const RX_BATCH: usize = 256;
@@ -54,6 +55,19 @@ pub(super) fn on_datagram(
             "DoQ, mDNS, LLMNR and NetBIOS name service are refused; use DNS on port 53",
         );
         cx.stack.send_prohibited(frame, key.host.ip());
+        return;
+    }
+    // QUIC to an intercepted port would carry TLS past the interceptor: refused at once
+    // (port unreachable), so clients fall back to TCP without waiting.
+    if cx
+        .tls
+        .as_ref()
+        .is_some_and(|t| t.blocks_quic(key.host.port()))
+    {
+        cx.counters.denied += 1;
+        cx.audit_refused_quic(key);
+        cx.stack
+            .send_unreachable(frame, key.host.ip(), Unreachable::Port);
         return;
     }
     if let Some(id) = table.find_udp(&key) {

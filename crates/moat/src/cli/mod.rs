@@ -32,6 +32,17 @@ enum Command {
     /// Check policy files and explain decisions.
     #[command(subcommand)]
     Policy(PolicyCommand),
+    /// A stable TLS interception CA under the user's data directory.
+    #[command(subcommand)]
+    Ca(CaCommand),
+}
+
+#[derive(Subcommand)]
+enum CaCommand {
+    /// Make the CA (kept if it exists): ca.pem and ca-key.pem (mode 0600).
+    Init,
+    /// Print the CA's certificate, fingerprint and how to use it.
+    Show,
 }
 
 #[derive(Args)]
@@ -104,6 +115,31 @@ struct RunArgs {
     /// CPUs' worth of time, e.g. 0.5 or 2.
     #[arg(long, value_name = "F")]
     cpus: Option<f64>,
+    /// Intercept TLS on the intercepted ports (443 unless --tls-port): the sandbox trusts a
+    /// CA of moat's; moat verifies the servers.
+    #[arg(long)]
+    tls_intercept: bool,
+    /// Do not intercept NAME (or *.SUFFIX, every name below); repeatable.
+    #[arg(long, value_name = "PATTERN", requires = "tls_intercept")]
+    tls_bypass: Vec<String>,
+    /// Intercept TLS on TCP port N instead of 443; repeatable.
+    #[arg(long, value_name = "N", requires = "tls_intercept")]
+    tls_port: Vec<u16>,
+    /// The interception CA's PEM certificate (with --tls-ca-key; see `moat ca init`).
+    #[arg(long, value_name = "FILE", requires = "tls_intercept")]
+    tls_ca_cert: Option<PathBuf>,
+    /// The interception CA's PEM key.
+    #[arg(long, value_name = "FILE", requires = "tls_intercept")]
+    tls_ca_key: Option<PathBuf>,
+    /// Also trust the PEM CA certificate(s) in FILE when verifying servers; repeatable.
+    #[arg(long, value_name = "FILE", requires = "tls_intercept")]
+    tls_upstream_ca: Vec<PathBuf>,
+    /// Accept any server certificate.
+    #[arg(long, requires = "tls_intercept")]
+    tls_no_verify_upstream: bool,
+    /// Let UDP to intercepted ports (QUIC) pass under the policy instead of refusing it.
+    #[arg(long, requires = "tls_intercept")]
+    tls_allow_quic: bool,
     /// The sandbox's name (also its host name).
     #[arg(long, default_value = "moat", value_name = "NAME")]
     name: String,
@@ -173,6 +209,7 @@ pub(crate) fn main() -> ExitCode {
             };
         }
         Command::Policy(PolicyCommand::Check { file }) => check(&file),
+        Command::Ca(what) => ca(&what),
         Command::Policy(PolicyCommand::Explain(args)) => explain(&args),
     };
     match result {
@@ -222,6 +259,15 @@ fn run_options(args: RunArgs, matches: Option<&clap::ArgMatches>) -> run::RunOpt
         memory: args.memory,
         pids_limit: args.pids_limit,
         cpus: args.cpus,
+        tls: args.tls_intercept.then_some(run::TlsOptions {
+            bypass: args.tls_bypass,
+            ports: args.tls_port,
+            ca_cert: args.tls_ca_cert,
+            ca_key: args.tls_ca_key,
+            upstream_cas: args.tls_upstream_ca,
+            no_verify_upstream: args.tls_no_verify_upstream,
+            allow_quic: args.tls_allow_quic,
+        }),
         name: args.name,
         command: args.command,
     }
@@ -229,6 +275,26 @@ fn run_options(args: RunArgs, matches: Option<&clap::ArgMatches>) -> run::RunOpt
 
 fn load(path: &Path) -> Result<NetworkPolicy, PolicyFileError> {
     run::read_policy_file(path)
+}
+
+/// `moat ca init|show`.
+fn ca(what: &CaCommand) -> anyhow::Result<()> {
+    let dir = crate::tls::ca_dir().ok_or_else(|| {
+        anyhow::anyhow!("neither XDG_DATA_HOME nor HOME is set: nowhere to keep the CA")
+    })?;
+    match what {
+        CaCommand::Init => {
+            let (cert, made) = crate::tls::ca_init(&dir)?;
+            if made {
+                println!("made a CA: {}", cert.display());
+            } else {
+                println!("the CA exists: {}", cert.display());
+            }
+            print!("{}", crate::tls::ca_show(&dir)?);
+        }
+        CaCommand::Show => print!("{}", crate::tls::ca_show(&dir)?),
+    }
+    Ok(())
 }
 
 fn check(file: &Path) -> anyhow::Result<()> {

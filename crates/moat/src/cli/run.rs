@@ -70,10 +70,31 @@ pub struct RunOptions {
     pub pids_limit: Option<u64>,
     /// `--cpus F`.
     pub cpus: Option<f64>,
+    /// `--tls-intercept` and the `--tls-*` settings.
+    pub tls: Option<TlsOptions>,
     /// `--name`.
     pub name: String,
     /// The command.
     pub command: Vec<OsString>,
+}
+
+/// `--tls-*` (with `--tls-intercept`).
+#[derive(Debug, Default, Clone)]
+pub struct TlsOptions {
+    /// `--tls-bypass`.
+    pub bypass: Vec<String>,
+    /// `--tls-port` (empty: the default, 443).
+    pub ports: Vec<u16>,
+    /// `--tls-ca-cert`.
+    pub ca_cert: Option<PathBuf>,
+    /// `--tls-ca-key`.
+    pub ca_key: Option<PathBuf>,
+    /// `--tls-upstream-ca`.
+    pub upstream_cas: Vec<PathBuf>,
+    /// `--tls-no-verify-upstream`.
+    pub no_verify_upstream: bool,
+    /// `--tls-allow-quic`.
+    pub allow_quic: bool,
 }
 
 /// Reads a policy file, TOML or JSON (by its extension, else its first character). The
@@ -262,6 +283,27 @@ pub(crate) fn builder(opts: &RunOptions) -> anyhow::Result<SandboxBuilder> {
         }
         if let Some(mtu) = opts.mtu {
             n = n.mtu(mtu);
+        }
+        if let Some(tls) = &opts.tls {
+            n = n.tls(|mut t| {
+                for pattern in &tls.bypass {
+                    t = t.bypass(pattern.clone());
+                }
+                if !tls.ports.is_empty() {
+                    t = t.intercepted_ports(tls.ports.clone());
+                }
+                if let Some(cert) = &tls.ca_cert {
+                    t = t.intercept_ca_cert(cert.clone());
+                }
+                if let Some(key) = &tls.ca_key {
+                    t = t.intercept_ca_key(key.clone());
+                }
+                for ca in &tls.upstream_cas {
+                    t = t.upstream_ca_cert(ca.clone());
+                }
+                t.verify_upstream(!tls.no_verify_upstream)
+                    .block_quic(!tls.allow_quic)
+            });
         }
         n
     });

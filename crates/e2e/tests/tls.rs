@@ -1,0 +1,298 @@
+//! TLS interception end to end: real clients inside (curl, python3, openssl s_client), the
+//! world's HTTPS echo servers (a certificate from the world's own test CA on 8443, a
+//! self-signed one on 9443), and what arrived where.
+#![allow(clippy::unwrap_used, clippy::expect_used)] // Test code: a panic is the failure report.
+
+use std::time::Duration;
+
+use moat_e2e::{WORLD_DNS, World, stderr, stdout};
+use serde_json::Value;
+
+const T: Duration = Duration::from_secs(90);
+
+fn dns_arg() -> String {
+    format!("--dns={WORLD_DNS}")
+}
+
+/// The world's test CA, which moat is told to trust for upstreams.
+fn world_ca(w: &World) -> String {
+    w.dir.join("world-ca.pem").to_str().unwrap().to_owned()
+}
+
+fn tls_events(events: &[Value]) -> Vec<&Value> {
+    events.iter().filter(|e| e["event"] == "tls").collect()
+}
+
+/// The issuer's common name of the certificate a client inside is shown.
+const SHOW_ISSUER: &str = "openssl s_client -connect api.example.test:8443 -servername api.example.test </dev/null 2>/dev/null | openssl x509 -noout -issuer";
+
+#[test]
+fn intercepted_https_works_with_no_flags_inside_and_is_verified_upstream() {
+    let w = World::new();
+    let ca = world_ca(&w);
+    let script = format!(
+        "curl -sS -m 20 https://api.example.test:8443/curl; echo; \
+         python3 -c \"import urllib.request; print(urllib.request.urlopen('https://api.example.test:8443/python', timeout=20).read().decode())\"; \
+         {SHOW_ISSUER}; \
+         echo | openssl s_client -connect api.example.test:8443 -servername api.example.test -verify_return_error 2>&1 | grep -q 'Verify return code: 0 (ok)' && echo verified-inside"
+    );
+    let (out, events) = w.run_sh(
+        &[
+            &dns_arg(),
+            "--tls-intercept",
+            "--tls-port",
+            "8443",
+            "--tls-upstream-ca",
+            &ca,
+        ],
+        &script,
+        T,
+    );
+    let text = stdout(&out);
+    assert!(out.status.success(), "{text}\n{}", stderr(&out));
+    // Both clients got the server's answer, through moat.
+    assert!(
+        text.contains("\"path\": \"/curl\""),
+        "{text}\n{}",
+        stderr(&out)
+    );
+    assert!(text.contains("\"path\": \"/python\""), "{text}");
+    // The chain they saw is moat's, and openssl verified it with the sandbox's bundle.
+    assert!(text.contains("issuer=CN = moat moat"), "{text}");
+    assert!(text.contains("verified-inside"), "{text}");
+    // The server saw TLS from moat with the sandbox's server name.
+    let arrived: Vec<Value> = w
+        .log()
+        .into_iter()
+        .filter(|l| l["server"] == "https" && l["port"] == 8443)
+        .collect();
+    assert!(
+        arrived
+            .iter()
+            .any(|l| l["path"] == "/curl" && l["sni"] == "api.example.test"),
+        "{arrived:?}"
+    );
+    let tls = tls_events(&events);
+    assert!(
+        tls.iter().any(|e| e["tls"] == "intercepted"
+            && e["decision"] == "allow"
+            && e["sni"] == "api.example.test"
+            && e["upstream_verified"] == true),
+        "{tls:?}"
+    );
+}
+
+#[test]
+fn an_untrusted_upstream_fails_at_once_with_an_alert_unless_verification_is_off() {
+    let w = World::new();
+    // The world's CA is not given: 9443's self-signed certificate is trusted by nothing.
+    let script = "s=$(date +%s%N); curl -sS -m 20 https://api.example.test:9443/x; echo \"exit=$?\"; e=$(date +%s%N); echo \"ms=$(( (e - s) / 1000000 ))\"";
+    let (out, events) = w.run_sh(
+        &[&dns_arg(), "--tls-intercept", "--tls-port", "9443"],
+        script,
+        T,
+    );
+    let text = stdout(&out);
+    let err = stderr(&out);
+    assert!(text.contains("exit=35"), "{text}\n{err}");
+    assert!(err.contains("alert"), "{err}");
+    let ms: u64 = text
+        .lines()
+        .find_map(|l| l.strip_prefix("ms="))
+        .and_then(|v| v.trim().parse().ok())
+        .unwrap();
+    assert!(ms < 2000, "the failure took {ms} ms");
+    assert!(
+        !w.log()
+            .iter()
+            .any(|l| l["server"] == "https" && l["path"] == "/x"),
+        "a request reached the untrusted server"
+    );
+    let tls = tls_events(&events);
+    assert!(
+        tls.iter().any(|e| e["decision"] == "deny"
+            && e["reason"].as_str().unwrap_or("").contains("certificate")),
+        "{tls:?}"
+    );
+
+    // Verification off: the same request arrives.
+    let (out, _) = w.run_sh(
+        &[
+            &dns_arg(),
+            "--tls-intercept",
+            "--tls-port",
+            "9443",
+            "--tls-no-verify-upstream",
+        ],
+        "curl -sS -m 20 https://api.example.test:9443/unverified",
+        T,
+    );
+    assert!(out.status.success(), "{}", stderr(&out));
+    assert!(
+        w.log()
+            .iter()
+            .any(|l| l["server"] == "https" && l["path"] == "/unverified")
+    );
+}
+
+#[test]
+fn bypassed_names_and_other_ports_pass_untouched() {
+    let w = World::new();
+    let ca = world_ca(&w);
+    // Bypassed: the client sees the server's own certificate (issued by the world's CA).
+    let script = format!(
+        "{SHOW_ISSUER}; curl -sS -m 20 --cacert {ca} https://other.example.test:8443/intercepted-with-world-ca; echo \"curl=$?\""
+    );
+    let (out, events) = w.run_sh(
+        &[
+            &dns_arg(),
+            "--tls-intercept",
+            "--tls-port",
+            "8443",
+            "--tls-upstream-ca",
+            &ca,
+            "--tls-bypass",
+            "api.example.test",
+            "--ro",
+            w.dir.to_str().unwrap(),
+        ],
+        &script,
+        T,
+    );
+    let text = stdout(&out);
+    assert!(
+        text.contains("issuer=CN = moat test world CA"),
+        "{text}\n{}",
+        stderr(&out)
+    );
+    // Control: a name not bypassed is intercepted, so a client that trusts only the
+    // world's CA refuses moat's certificate (curl 60: the peer's certificate cannot be
+    // verified).
+    assert!(text.contains("curl=60"), "{text}\n{}", stderr(&out));
+    let tls = tls_events(&events);
+    assert!(
+        tls.iter()
+            .any(|e| e["tls"] == "bypassed" && e["sni"] == "api.example.test"),
+        "{tls:?}"
+    );
+    assert!(
+        tls.iter()
+            .any(|e| e["tls"] == "intercepted" && e["sni"] == "other.example.test"),
+        "{tls:?}"
+    );
+
+    // A port that is not intercepted: the world's banner server on 443 gets the sandbox's
+    // own ClientHello (its server name in the clear), untouched.
+    let (out, events) = w.run_sh(
+        &[&dns_arg(), "--tls-intercept", "--tls-port", "8443"],
+        "echo | timeout 10 openssl s_client -connect api.example.test:443 -servername untouched.example.test >/dev/null 2>&1; echo done",
+        T,
+    );
+    assert!(stdout(&out).contains("done"), "{}", stderr(&out));
+    assert!(
+        w.log().iter().any(|l| l["server"] == "banner-data"
+            && l["port"] == 443
+            && l.to_string().contains("untouched.example.test")),
+        "{:?}",
+        w.log()
+    );
+    assert!(tls_events(&events).is_empty(), "{events:?}");
+}
+
+#[test]
+fn quic_to_intercepted_ports_is_refused_at_once_unless_allowed() {
+    let w = World::new();
+    // UDP to 7777 (the world's echo) made an intercepted port: refused with ICMP at once.
+    let script = "python3 - <<'PY'\nimport socket, time\nu = socket.socket(socket.AF_INET, socket.SOCK_DGRAM)\nu.settimeout(5)\nu.connect(('203.0.113.10', 7777))\nstart = time.time()\ntry:\n    u.send(b'quic?')\n    print('answer', u.recv(100))\nexcept ConnectionRefusedError:\n    print('refused', round(time.time() - start, 3))\nexcept socket.timeout:\n    print('timeout')\nPY";
+    let (out, events) = w.run_sh(&["--tls-intercept", "--tls-port", "7777"], script, T);
+    let text = stdout(&out);
+    let secs: f64 = text
+        .lines()
+        .find_map(|l| l.strip_prefix("refused "))
+        .and_then(|v| v.trim().parse().ok())
+        .unwrap_or_else(|| panic!("{text}\n{}", stderr(&out)));
+    assert!(secs < 1.0, "{secs}");
+    assert!(
+        events
+            .iter()
+            .any(|e| e["event"] == "connect" && e["rule"] == "block_quic"),
+        "{events:?}"
+    );
+    // Allowed: the echo round-trips.
+    let (out, _) = w.run_sh(
+        &["--tls-intercept", "--tls-port", "7777", "--tls-allow-quic"],
+        script,
+        T,
+    );
+    assert!(stdout(&out).contains("answer b'quic?'"), "{}", stdout(&out));
+}
+
+#[test]
+fn a_given_ca_signs_and_half_a_ca_is_refused() {
+    let w = World::new();
+    let ca = world_ca(&w);
+    let data = w.dir.join("data");
+    let init = w
+        .in_host(moat_e2e::moat_bin())
+        .args(["ca", "init"])
+        .env("XDG_DATA_HOME", &data)
+        .output()
+        .unwrap();
+    assert!(init.status.success(), "{}", stderr(&init));
+    let cert = data.join("moat/ca.pem");
+    let key = data.join("moat/ca-key.pem");
+    let (cert, key) = (cert.to_str().unwrap(), key.to_str().unwrap());
+    let (out, _) = w.run_sh(
+        &[
+            &dns_arg(),
+            "--tls-intercept",
+            "--tls-port",
+            "8443",
+            "--tls-upstream-ca",
+            &ca,
+            "--tls-ca-cert",
+            cert,
+            "--tls-ca-key",
+            key,
+        ],
+        SHOW_ISSUER,
+        T,
+    );
+    assert!(
+        stdout(&out).contains("issuer=CN = moat interception CA"),
+        "{}\n{}",
+        stdout(&out),
+        stderr(&out)
+    );
+    // A certificate without its key, and a key that is not the certificate's: errors
+    // before anything runs.
+    let out = w.moat(
+        &[
+            "run",
+            "--tls-intercept",
+            "--tls-ca-cert",
+            cert,
+            "--",
+            "true",
+        ],
+        T,
+    );
+    assert_eq!(out.status.code(), Some(125), "{}", stderr(&out));
+    assert!(stderr(&out).contains("--tls-ca-key"), "{}", stderr(&out));
+    let world_key = w.dir.join("world-ca.key");
+    let out = w.moat(
+        &[
+            "run",
+            "--tls-intercept",
+            "--tls-ca-cert",
+            cert,
+            "--tls-ca-key",
+            world_key.to_str().unwrap(),
+            "--",
+            "true",
+        ],
+        T,
+    );
+    assert_eq!(out.status.code(), Some(125), "{}", stderr(&out));
+    assert!(stderr(&out).contains("does not match"), "{}", stderr(&out));
+}

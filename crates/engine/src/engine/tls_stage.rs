@@ -1,0 +1,661 @@
+//! TLS interception: the stream stage that terminates the sandbox's TLS with a leaf from
+//! moat's CA and opens its own, verified TLS to the server, with plaintext between.
+//!
+//! # Theory of operation
+//! The TCP flow decides (see `tcp_flow.rs`): on an intercepted port, once the sandbox's
+//! ClientHello has arrived and been judged, a server name matching a `bypass` pattern (or
+//! bytes that are not TLS) passes opaque; anything else enters this stage. Then:
+//! 1. **Hello.** The ClientHello goes into a rustls [`Acceptor`]; its server name and
+//!    ALPN list are read.
+//! 2. **Upstream first.** A rustls client handshakes with the server (already dialed) with
+//!    the sandbox's server name (or the address when it sent none) and its ALPN list, and
+//!    verifies the server's chain (system roots plus `upstream_ca_cert`s, unless
+//!    `verify_upstream(false)`). The sandbox waits meanwhile.
+//! 3. **Then the sandbox.** Only when the upstream is up does the sandbox's handshake
+//!    finish, with a leaf for its name and the one ALPN protocol the server chose — so h2
+//!    stays h2 end to end. If the upstream failed (refused, reset, certificate not
+//!    trusted), the sandbox gets a TLS alert at once (`access_denied`) and the reason goes
+//!    to the audit log; it never waits for a timeout.
+//! 4. **Open.** Plaintext moves between the two rustls connections. Back-pressure: a
+//!    side's plaintext is taken only when the other side has sent everything it had; TLS
+//!    records go into the sandbox's socket only within its room and the buffer budget,
+//!    and the host socket is read only when the sandbox's side is flushed. Half-close: a
+//!    `close_notify` (or a TCP FIN) from one side becomes a `close_notify` and then a FIN
+//!    on the other.
+//!
+//! Everything is sans-IO inside the engine's loop: rustls never touches a socket itself
+//! except the host's non-blocking `TcpStream`, and the sandbox's socket through
+//! [`SocketWriter`].
+
+use std::io::{self, Read, Write};
+use std::net::{IpAddr, Shutdown};
+use std::sync::Arc;
+
+use mio::net::TcpStream;
+use moat_policy::{DomainName, DomainSuffix};
+use rustls::pki_types::ServerName;
+use rustls::server::{Accepted, Acceptor, ClientHello, ResolvesServerCert};
+use rustls::sign::CertifiedKey;
+use rustls::{ClientConfig, ClientConnection, RootCertStore, ServerConfig, ServerConnection};
+use smoltcp::socket::tcp;
+
+use super::budget::Grant;
+use super::config::TlsConfig;
+use super::cx::Tally;
+use super::pool::SocketPool;
+use crate::tls::ca::{InterceptCa, LeafCache, LeafName};
+
+/// Leaves kept at once.
+const LEAF_CACHE: usize = 1024;
+/// Plaintext moved per step between the legs.
+const CHUNK: usize = 16 * 1024;
+
+/// A `bypass` pattern: one name, or every name strictly below one.
+#[derive(Debug, Clone)]
+enum Bypass {
+    Exact(DomainName),
+    Below(DomainSuffix),
+}
+
+/// What every intercepted connection shares: the CA, its leaves, the upstream client
+/// configuration and the settings.
+pub(super) struct TlsShared {
+    ca: Arc<InterceptCa>,
+    leaves: LeafCache,
+    client: Arc<ClientConfig>,
+    /// The server side's configuration when the upstream failed: it has no certificate,
+    /// so rustls answers the sandbox's hello with an alert.
+    refuse: Arc<ServerConfig>,
+    ports: Vec<u16>,
+    bypass: Vec<Bypass>,
+    block_quic: bool,
+    verify: bool,
+}
+
+impl TlsShared {
+    /// The shared state for `cfg`; an error names what is wrong with it.
+    pub(super) fn new(cfg: &TlsConfig) -> Result<TlsShared, String> {
+        let provider = Arc::new(rustls::crypto::ring::default_provider());
+        let mut roots = RootCertStore::empty();
+        for root in &cfg.roots {
+            // A bundle holds some certificates webpki cannot use; skip those.
+            let _ = roots.add(root.clone());
+        }
+        let builder = ClientConfig::builder_with_provider(provider.clone())
+            .with_safe_default_protocol_versions()
+            .map_err(|e| e.to_string())?;
+        let client = if cfg.verify_upstream {
+            builder.with_root_certificates(roots).with_no_client_auth()
+        } else {
+            builder
+                .dangerous()
+                .with_custom_certificate_verifier(Arc::new(AcceptAny(provider.clone())))
+                .with_no_client_auth()
+        };
+        let refuse = ServerConfig::builder_with_provider(provider)
+            .with_safe_default_protocol_versions()
+            .map_err(|e| e.to_string())?
+            .with_no_client_auth()
+            .with_cert_resolver(Arc::new(Fixed(None)));
+        let bypass = cfg
+            .bypass
+            .iter()
+            .map(|p| {
+                if p.starts_with("*.") || p.starts_with('.') {
+                    DomainSuffix::new(p).map(Bypass::Below)
+                } else {
+                    DomainName::new(p).map(Bypass::Exact)
+                }
+                .map_err(|e| format!("bypass {p}: {e}"))
+            })
+            .collect::<Result<Vec<_>, _>>()?;
+        Ok(TlsShared {
+            ca: cfg.ca.clone(),
+            leaves: LeafCache::new(LEAF_CACHE),
+            client: Arc::new(client),
+            refuse: Arc::new(refuse),
+            ports: cfg.ports.clone(),
+            bypass,
+            block_quic: cfg.block_quic,
+            verify: cfg.verify_upstream,
+        })
+    }
+
+    /// Whether TCP port `port` is intercepted.
+    pub(super) fn intercepts(&self, port: u16) -> bool {
+        self.ports.contains(&port)
+    }
+
+    /// Whether UDP to `port` is refused (QUIC to an intercepted port).
+    pub(super) fn blocks_quic(&self, port: u16) -> bool {
+        self.block_quic && self.intercepts(port)
+    }
+
+    /// Whether `name` passes without interception.
+    pub(super) fn bypasses(&self, name: &DomainName) -> bool {
+        self.bypass.iter().any(|b| match b {
+            Bypass::Exact(n) => n == name,
+            Bypass::Below(s) => s.matches(name),
+        })
+    }
+}
+
+/// Accepts any upstream certificate (`verify_upstream(false)`), still checking the
+/// handshake's signatures.
+#[derive(Debug)]
+struct AcceptAny(Arc<rustls::crypto::CryptoProvider>);
+
+impl rustls::client::danger::ServerCertVerifier for AcceptAny {
+    fn verify_server_cert(
+        &self,
+        _end_entity: &rustls::pki_types::CertificateDer<'_>,
+        _intermediates: &[rustls::pki_types::CertificateDer<'_>],
+        _server_name: &ServerName<'_>,
+        _ocsp_response: &[u8],
+        _now: rustls::pki_types::UnixTime,
+    ) -> Result<rustls::client::danger::ServerCertVerified, rustls::Error> {
+        Ok(rustls::client::danger::ServerCertVerified::assertion())
+    }
+
+    fn verify_tls12_signature(
+        &self,
+        message: &[u8],
+        cert: &rustls::pki_types::CertificateDer<'_>,
+        dss: &rustls::DigitallySignedStruct,
+    ) -> Result<rustls::client::danger::HandshakeSignatureValid, rustls::Error> {
+        rustls::crypto::verify_tls12_signature(
+            message,
+            cert,
+            dss,
+            &self.0.signature_verification_algorithms,
+        )
+    }
+
+    fn verify_tls13_signature(
+        &self,
+        message: &[u8],
+        cert: &rustls::pki_types::CertificateDer<'_>,
+        dss: &rustls::DigitallySignedStruct,
+    ) -> Result<rustls::client::danger::HandshakeSignatureValid, rustls::Error> {
+        rustls::crypto::verify_tls13_signature(
+            message,
+            cert,
+            dss,
+            &self.0.signature_verification_algorithms,
+        )
+    }
+
+    fn supported_verify_schemes(&self) -> Vec<rustls::SignatureScheme> {
+        self.0.signature_verification_algorithms.supported_schemes()
+    }
+}
+
+/// One certificate for every hello (or none: an alert).
+#[derive(Debug)]
+struct Fixed(Option<Arc<CertifiedKey>>);
+
+impl ResolvesServerCert for Fixed {
+    fn resolve(&self, _hello: ClientHello<'_>) -> Option<Arc<CertifiedKey>> {
+        self.0.clone()
+    }
+}
+
+/// Where an intercepted connection is.
+enum Phase {
+    /// Reading the sandbox's ClientHello.
+    Hello(Box<Acceptor>),
+    /// Handshaking with the server; the sandbox's hello waits, accepted.
+    Upstream {
+        accepted: Box<Accepted>,
+        client: Box<ClientConnection>,
+        name: LeafName,
+    },
+    /// Both legs are up.
+    Open {
+        server: Box<ServerConnection>,
+        client: Box<ClientConnection>,
+    },
+    /// Failed; an alert may be on its way to the sandbox.
+    Failed,
+}
+
+/// What happened in a step that the flow reports.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub(super) enum TlsNote {
+    /// Both legs are up.
+    Intercepted {
+        /// The name the leaf was made for.
+        name: String,
+        /// The protocol the server chose.
+        alpn: Option<String>,
+        /// Whether the server's chain was verified.
+        verified: bool,
+    },
+}
+
+/// Why an intercepted connection failed; the sandbox was sent an alert where it could be.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub(super) struct TlsFailure(pub(super) String);
+
+/// An intercepted connection (see the module header).
+pub(super) struct Intercept {
+    phase: Phase,
+    /// The destination, for a hello without a server name.
+    addr: IpAddr,
+    /// The server name the ClientHello carried, as judged.
+    sni: Option<DomainName>,
+    /// The sandbox finished sending (close_notify or FIN) and the server was told.
+    up_done: bool,
+    /// The server finished sending and the sandbox was told.
+    down_done: bool,
+    host_shut: bool,
+}
+
+/// Writes into the sandbox's socket, within the buffer budget.
+struct SocketWriter<'a> {
+    socket: &'a mut tcp::Socket<'static>,
+    pool: &'a mut SocketPool,
+    mem: &'a mut Grant,
+}
+
+impl Write for SocketWriter<'_> {
+    fn write(&mut self, buf: &[u8]) -> io::Result<usize> {
+        let room = self.pool.send_room(self.mem);
+        let n = buf.len().min(room);
+        let sent = self
+            .socket
+            .send_slice(&buf[..n])
+            .map_err(|e| io::Error::other(e.to_string()))?;
+        if sent == 0 {
+            return Err(io::ErrorKind::WouldBlock.into());
+        }
+        self.pool.wrote(self.mem, sent);
+        Ok(sent)
+    }
+
+    fn flush(&mut self) -> io::Result<()> {
+        Ok(())
+    }
+}
+
+/// Whether an I/O error only means "not now".
+fn would_block(e: &io::Error) -> bool {
+    matches!(
+        e.kind(),
+        io::ErrorKind::WouldBlock | io::ErrorKind::Interrupted
+    )
+}
+
+impl Intercept {
+    /// A connection to `addr` whose ClientHello (naming `sni`) is about to be read.
+    pub(super) fn new(addr: IpAddr, sni: Option<DomainName>) -> Intercept {
+        Intercept {
+            phase: Phase::Hello(Box::default()),
+            addr,
+            sni,
+            up_done: false,
+            down_done: false,
+            host_shut: false,
+        }
+    }
+
+    /// The server name of the ClientHello.
+    pub(super) fn sni(&self) -> Option<&DomainName> {
+        self.sni.as_ref()
+    }
+
+    /// Both directions finished in order.
+    pub(super) fn finished(&self) -> bool {
+        self.up_done && self.down_done
+    }
+
+    /// Moves the connection along as far as the sockets and the budget allow.
+    #[allow(clippy::too_many_arguments)] // The two sockets, the budget and the shared state.
+    pub(super) fn pump(
+        &mut self,
+        socket: &mut tcp::Socket<'static>,
+        host: &mut TcpStream,
+        pool: &mut SocketPool,
+        mem: &mut Grant,
+        shared: &mut TlsShared,
+        tally: &mut Tally,
+        buf: &mut [u8],
+    ) -> Result<Option<TlsNote>, TlsFailure> {
+        let mut note = None;
+        if let Phase::Hello(_) = self.phase {
+            self.read_hello(socket, shared)?;
+        }
+        if let Phase::Upstream { .. } = self.phase {
+            note = self.handshake_upstream(socket, host, pool, mem, shared)?;
+        }
+        if let Phase::Open { .. } = self.phase {
+            self.relay(socket, host, pool, mem, tally, buf)?;
+        }
+        if let Phase::Failed = self.phase {
+            // The alert is queued; the flow closes.
+            return Err(TlsFailure("failed".into()));
+        }
+        Ok(note)
+    }
+
+    fn read_hello(
+        &mut self,
+        socket: &mut tcp::Socket<'static>,
+        shared: &mut TlsShared,
+    ) -> Result<(), TlsFailure> {
+        let Phase::Hello(acceptor) = &mut self.phase else {
+            return Ok(());
+        };
+        while socket.can_recv() {
+            let got = socket.recv(|data| {
+                let mut slice: &[u8] = data;
+                match acceptor.read_tls(&mut slice) {
+                    Ok(n) => (n, Ok(n)),
+                    Err(e) => (0, Err(e)),
+                }
+            });
+            match got {
+                Ok(Ok(0)) | Err(_) => break,
+                Ok(Ok(_)) => {}
+                Ok(Err(e)) => return self.fail(format!("reading the ClientHello: {e}")),
+            }
+        }
+        let accepted = match acceptor.accept() {
+            Ok(None) => return Ok(()),
+            Ok(Some(accepted)) => accepted,
+            Err((e, mut alert)) => {
+                let _ = alert.write(&mut socket_sink(socket));
+                return self.fail(format!("the sandbox's ClientHello: {e}"));
+            }
+        };
+        let hello = accepted.client_hello();
+        let (name, server_name) = match hello.server_name().map(str::to_owned) {
+            Some(sni) => match ServerName::try_from(sni.clone()) {
+                Ok(sn) => (LeafName::Dns(sni), sn),
+                Err(_) => return self.fail(format!("server name {sni:?} is not a host name")),
+            },
+            None => (
+                LeafName::Ip(self.addr),
+                ServerName::IpAddress(self.addr.into()),
+            ),
+        };
+        let alpn: Vec<Vec<u8>> = hello
+            .alpn()
+            .map(|list| list.map(<[u8]>::to_vec).collect())
+            .unwrap_or_default();
+        let client = match ClientConnection::new_with_alpn(shared.client.clone(), server_name, alpn)
+        {
+            Ok(c) => c,
+            Err(e) => return self.fail(format!("starting TLS to the server: {e}")),
+        };
+        self.phase = Phase::Upstream {
+            accepted: Box::new(accepted),
+            client: Box::new(client),
+            name,
+        };
+        Ok(())
+    }
+
+    fn handshake_upstream(
+        &mut self,
+        socket: &mut tcp::Socket<'static>,
+        host: &mut TcpStream,
+        pool: &mut SocketPool,
+        mem: &mut Grant,
+        shared: &mut TlsShared,
+    ) -> Result<Option<TlsNote>, TlsFailure> {
+        let Phase::Upstream { client, .. } = &mut self.phase else {
+            return Ok(None);
+        };
+        let failure = 'hs: loop {
+            while client.wants_write() {
+                match client.write_tls(host) {
+                    Ok(_) => {}
+                    Err(e) if would_block(&e) => break,
+                    Err(e) => break 'hs Some(format!("the server: {e}")),
+                }
+            }
+            if !client.is_handshaking() {
+                break None;
+            }
+            match client.read_tls(host) {
+                Ok(0) => {
+                    break Some("the server closed the connection during the handshake".to_owned());
+                }
+                Ok(_) => {}
+                Err(e) if would_block(&e) => return Ok(None),
+                Err(e) => break Some(format!("the server: {e}")),
+            }
+            if let Err(e) = client.process_new_packets() {
+                // Tell the server too, then the sandbox.
+                let _ = client.write_tls(host);
+                break Some(format!("the server's TLS: {e}"));
+            }
+        };
+        if let Some(why) = failure {
+            return self.refuse(socket, shared, why);
+        }
+        let Phase::Upstream {
+            accepted,
+            client,
+            name,
+        } = std::mem::replace(&mut self.phase, Phase::Failed)
+        else {
+            return Ok(None);
+        };
+        let alpn = client.alpn_protocol().map(<[u8]>::to_vec);
+        let leaf = match shared.leaves.get(&shared.ca, &name) {
+            Ok(leaf) => leaf,
+            Err(e) => return self.fail(format!("making a certificate for {name}: {e}")),
+        };
+        let mut config = (*shared.refuse).clone();
+        config.cert_resolver = Arc::new(Fixed(Some(leaf)));
+        config.alpn_protocols = alpn.iter().cloned().collect();
+        let server = match accepted.into_connection(Arc::new(config)) {
+            Ok(server) => server,
+            Err((e, mut alert)) => {
+                let _ = alert.write(&mut SocketWriter { socket, pool, mem });
+                return self.fail(format!("the sandbox's handshake: {e}"));
+            }
+        };
+        self.phase = Phase::Open {
+            server: Box::new(server),
+            client,
+        };
+        Ok(Some(TlsNote::Intercepted {
+            name: name.to_string(),
+            alpn: alpn.map(|p| String::from_utf8_lossy(&p).into_owned()),
+            verified: shared.verify,
+        }))
+    }
+
+    /// The upstream failed: the sandbox's hello is answered with an alert.
+    fn refuse(
+        &mut self,
+        socket: &mut tcp::Socket<'static>,
+        shared: &TlsShared,
+        why: String,
+    ) -> Result<Option<TlsNote>, TlsFailure> {
+        if let Phase::Upstream { accepted, .. } = std::mem::replace(&mut self.phase, Phase::Failed)
+            && let Err((_, mut alert)) = accepted.into_connection(shared.refuse.clone())
+        {
+            let _ = alert.write(&mut socket_sink(socket));
+        }
+        Err(TlsFailure(why))
+    }
+
+    fn fail<T>(&mut self, why: String) -> Result<T, TlsFailure> {
+        self.phase = Phase::Failed;
+        Err(TlsFailure(why))
+    }
+
+    fn relay(
+        &mut self,
+        socket: &mut tcp::Socket<'static>,
+        host: &mut TcpStream,
+        pool: &mut SocketPool,
+        mem: &mut Grant,
+        tally: &mut Tally,
+        buf: &mut [u8],
+    ) -> Result<(), TlsFailure> {
+        let Phase::Open { server, client } = &mut self.phase else {
+            return Ok(());
+        };
+        let chunk = buf.len().min(CHUNK);
+        let buf = &mut buf[..chunk];
+        // The sandbox's records.
+        while socket.can_recv() && server.wants_read() {
+            let got = socket.recv(|data| {
+                let mut slice: &[u8] = data;
+                match server.read_tls(&mut slice) {
+                    Ok(n) => (n, Ok(n)),
+                    Err(e) => (0, Err(e)),
+                }
+            });
+            match got {
+                Ok(Ok(0)) | Err(_) => break,
+                Ok(Ok(_)) => {}
+                Ok(Err(e)) => return Err(TlsFailure(format!("the sandbox's TLS: {e}"))),
+            }
+            if let Err(e) = server.process_new_packets() {
+                let _ = server.write_tls(&mut SocketWriter { socket, pool, mem });
+                return Err(TlsFailure(format!("the sandbox's TLS: {e}")));
+            }
+        }
+        // Its plaintext, to the server, when the server has taken what came before.
+        while !self.up_done && !client.wants_write() {
+            match server.reader().read(buf) {
+                Ok(0) => {
+                    client.send_close_notify();
+                    self.up_done = true;
+                }
+                Ok(n) => {
+                    tally.up += n as u64;
+                    if client.writer().write_all(&buf[..n]).is_err() {
+                        return Err(TlsFailure("the server's TLS refused data".into()));
+                    }
+                }
+                Err(e) if e.kind() == io::ErrorKind::WouldBlock => {
+                    // A FIN without close_notify ends the sandbox's side too.
+                    let fin = matches!(
+                        socket.state(),
+                        tcp::State::CloseWait | tcp::State::LastAck | tcp::State::Closed
+                    );
+                    if fin && socket.recv_queue() == 0 {
+                        client.send_close_notify();
+                        self.up_done = true;
+                    }
+                    break;
+                }
+                Err(_) => {
+                    client.send_close_notify();
+                    self.up_done = true;
+                }
+            }
+        }
+        // Records to the server.
+        while client.wants_write() {
+            match client.write_tls(host) {
+                Ok(_) => {}
+                Err(e) if would_block(&e) => break,
+                Err(e) => return Err(TlsFailure(format!("writing to the server: {e}"))),
+            }
+        }
+        if self.up_done && !client.wants_write() && !self.host_shut {
+            let _ = host.shutdown(Shutdown::Write);
+            self.host_shut = true;
+        }
+        // The server's records, when the sandbox's side has sent what it had.
+        let mut host_eof = false;
+        while !self.down_done && !server.wants_write() && client.wants_read() {
+            match client.read_tls(host) {
+                Ok(0) => {
+                    host_eof = true;
+                    break;
+                }
+                Ok(_) => {}
+                Err(e) if would_block(&e) => break,
+                Err(e) => return Err(TlsFailure(format!("reading from the server: {e}"))),
+            }
+            if let Err(e) = client.process_new_packets() {
+                let _ = client.write_tls(host);
+                return Err(TlsFailure(format!("the server's TLS: {e}")));
+            }
+            // Its plaintext, to the sandbox.
+            if Self::plaintext_down(server, client, buf, tally)? {
+                server.send_close_notify();
+                self.down_done = true;
+            }
+            if server.wants_write() {
+                break;
+            }
+        }
+        if !self.down_done
+            && !server.wants_write()
+            && Self::plaintext_down(server, client, buf, tally)?
+        {
+            server.send_close_notify();
+            self.down_done = true;
+        }
+        if host_eof && !self.down_done {
+            // The server closed without close_notify: the sandbox sees an orderly end.
+            server.send_close_notify();
+            self.down_done = true;
+        }
+        // Records to the sandbox.
+        while server.wants_write() {
+            match server.write_tls(&mut SocketWriter { socket, pool, mem }) {
+                Ok(_) => {}
+                Err(e) if would_block(&e) => break,
+                Err(e) => return Err(TlsFailure(format!("writing to the sandbox: {e}"))),
+            }
+        }
+        if self.down_done && !server.wants_write() && socket.may_send() {
+            socket.close();
+        }
+        Ok(())
+    }
+
+    /// Moves the server's plaintext to the sandbox's TLS; `true` when the server has
+    /// finished (close_notify, or end of file).
+    fn plaintext_down(
+        server: &mut ServerConnection,
+        client: &mut ClientConnection,
+        buf: &mut [u8],
+        tally: &mut Tally,
+    ) -> Result<bool, TlsFailure> {
+        loop {
+            match client.reader().read(buf) {
+                Ok(0) => return Ok(true),
+                Ok(n) => {
+                    tally.down += n as u64;
+                    if server.writer().write_all(&buf[..n]).is_err() {
+                        return Err(TlsFailure("the sandbox's TLS refused data".into()));
+                    }
+                    if server.wants_write() {
+                        return Ok(false);
+                    }
+                }
+                Err(e) if e.kind() == io::ErrorKind::WouldBlock => return Ok(false),
+                Err(e) if e.kind() == io::ErrorKind::UnexpectedEof => return Ok(true),
+                Err(e) => return Err(TlsFailure(format!("the server's TLS: {e}"))),
+            }
+        }
+    }
+}
+
+/// Writes an alert straight into the socket's send buffer (a few bytes: no budget).
+fn socket_sink<'a>(socket: &'a mut tcp::Socket<'static>) -> impl Write + 'a {
+    struct Sink<'a>(&'a mut tcp::Socket<'static>);
+    impl Write for Sink<'_> {
+        fn write(&mut self, buf: &[u8]) -> io::Result<usize> {
+            self.0
+                .send_slice(buf)
+                .map_err(|e| io::Error::other(e.to_string()))
+        }
+        fn flush(&mut self) -> io::Result<()> {
+            Ok(())
+        }
+    }
+    Sink(socket)
+}
