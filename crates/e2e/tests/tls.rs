@@ -33,6 +33,7 @@ fn intercepted_https_works_with_no_flags_inside_and_is_verified_upstream() {
     let script = format!(
         "curl -sS -m 20 https://api.example.test:8443/curl; echo; \
          python3 -c \"import urllib.request; print(urllib.request.urlopen('https://api.example.test:8443/python', timeout=20).read().decode())\"; \
+         node -e \"require('https').get('https://api.example.test:8443/node', r => r.on('data', d => process.stdout.write(d)))\"; \
          {SHOW_ISSUER}; \
          echo | openssl s_client -connect api.example.test:8443 -servername api.example.test -verify_return_error 2>&1 | grep -q 'Verify return code: 0 (ok)' && echo verified-inside"
     );
@@ -57,6 +58,7 @@ fn intercepted_https_works_with_no_flags_inside_and_is_verified_upstream() {
         stderr(&out)
     );
     assert!(text.contains("\"path\": \"/python\""), "{text}");
+    assert!(text.contains("\"path\": \"/node\""), "{text}");
     // The chain they saw is moat's, and openssl verified it with the sandbox's bundle.
     assert!(text.contains("issuer=CN = moat moat"), "{text}");
     assert!(text.contains("verified-inside"), "{text}");
@@ -295,4 +297,63 @@ fn a_given_ca_signs_and_half_a_ca_is_refused() {
     );
     assert_eq!(out.status.code(), Some(125), "{}", stderr(&out));
     assert!(stderr(&out).contains("does not match"), "{}", stderr(&out));
+}
+
+#[test]
+fn ech_is_removed_from_https_answers_while_intercepting() {
+    let w = World::new();
+    let script = "dig +short +time=5 +tries=1 HTTPS ech.example.test";
+    let (out, _) = w.run_sh(&[&dns_arg(), "--tls-intercept"], script, T);
+    let text = stdout(&out);
+    // The record arrived, without its ECH configuration.
+    assert!(text.contains("alpn=\"h2\""), "{text}\n{}", stderr(&out));
+    assert!(!text.contains("ech="), "{text}");
+    // Control: without interception it is passed whole.
+    let (out, _) = w.run_sh(&[&dns_arg()], script, T);
+    assert!(stdout(&out).contains("ech="), "{}", stdout(&out));
+}
+
+#[test]
+fn a_host_other_than_the_server_name_gets_403_and_never_arrives() {
+    let w = World::new();
+    let ca = world_ca(&w);
+    let script = "curl -sS -m 20 https://api.example.test:8443/plain; echo; \
+                  curl -sS -m 20 -w 'status=%{http_code}' -H 'Host: other.example.test' https://api.example.test:8443/fronted";
+    let (out, events) = w.run_sh(
+        &[
+            &dns_arg(),
+            "--tls-intercept",
+            "--tls-port",
+            "8443",
+            "--tls-upstream-ca",
+            &ca,
+        ],
+        script,
+        T,
+    );
+    let text = stdout(&out);
+    // Control: the same connection setup with its own host arrives.
+    assert!(
+        text.contains("\"path\": \"/plain\""),
+        "{text}\n{}",
+        stderr(&out)
+    );
+    assert!(text.contains("status=403"), "{text}");
+    assert!(
+        text.contains("other.example.test, but the TLS server name is api.example.test"),
+        "{text}"
+    );
+    assert!(
+        !w.log().iter().any(|l| l["path"] == "/fronted"),
+        "the fronted request reached the server"
+    );
+    let tls = tls_events(&events);
+    assert!(
+        tls.iter().any(|e| e["decision"] == "deny"
+            && e["reason"]
+                .as_str()
+                .unwrap_or("")
+                .contains("domain fronting")),
+        "{tls:?}"
+    );
 }

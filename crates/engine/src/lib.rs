@@ -7,6 +7,7 @@ mod audit;
 mod device;
 mod dns;
 mod engine;
+mod http;
 mod icmp;
 mod offload;
 mod tls;
@@ -26,6 +27,24 @@ pub use tls::ca::{CaError, FRESH_CA_DAYS, InterceptCa, LeafName, STABLE_CA_DAYS}
 /// from the sandbox or the network.
 #[doc(hidden)]
 pub mod fuzzing {
+    /// HTTP/1.1 request framing and authority checks, on bytes split in two at `data[0]`.
+    pub fn h1_requests(data: &[u8]) {
+        use crate::http::h1::{Authority, Requests};
+        let Some((&cut, rest)) = data.split_first() else {
+            return;
+        };
+        let Ok(name) = moat_policy::DomainName::new("api.example.test") else {
+            return;
+        };
+        let mut requests = Requests::new(Authority::Name(name));
+        let cut = usize::from(cut).min(rest.len());
+        let mut out = Vec::new();
+        if requests.push(&rest[..cut], &mut out).is_ok() {
+            let _ = requests.push(&rest[cut..], &mut out);
+        }
+        assert!(out.len() <= rest.len());
+    }
+
     /// Classifies a frame as the engine does before the stack sees it, and prepares it
     /// for an offloading device.
     pub fn frame(data: &[u8]) {

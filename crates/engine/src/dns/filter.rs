@@ -16,7 +16,7 @@ use moat_policy::{
     DestinationGroup, DomainName, DomainSuffix, NetworkPolicy, canonical_addr, canonical_net,
 };
 
-use super::message::{Message, RData, SVC_IPV4HINT, SVC_IPV6HINT, rtype};
+use super::message::{Message, RData, SVC_ECH, SVC_IPV4HINT, SVC_IPV6HINT, rtype};
 
 /// Minimal network containment on canonical addresses, to avoid exposing ipnet here.
 mod ipnet_lite {
@@ -88,6 +88,8 @@ pub struct DnsRules {
     /// The host's own addresses: as inward as its loopback.
     host: HashSet<IpAddr>,
     exempt: Vec<Net>,
+    /// Remove SVCB/HTTPS `ech` parameters (TLS interception is on).
+    strip_ech: bool,
 }
 
 impl DnsRules {
@@ -109,7 +111,15 @@ impl DnsRules {
             rebind_protection,
             exempt,
             host: HashSet::new(),
+            strip_ech: false,
         }
+    }
+
+    /// Removes the `ech` parameter from SVCB/HTTPS answers (TLS interception is on: a
+    /// client with an ECH configuration would hide the server name moat must check and
+    /// serve a certificate for).
+    pub fn strip_ech(&mut self, strip: bool) {
+        self.strip_ech = strip;
     }
 
     /// Whether a block list covers `name`.
@@ -184,6 +194,9 @@ impl DnsRules {
     }
 
     fn filter_hints(&self, params: &mut Vec<(u16, Vec<u8>)>) {
+        if self.strip_ech {
+            params.retain(|(k, _)| *k != SVC_ECH);
+        }
         for (key, value) in params.iter_mut() {
             let width = match *key {
                 SVC_IPV4HINT => 4,
@@ -272,6 +285,30 @@ mod tests {
             ttl: 30,
             data,
         }
+    }
+
+    #[test]
+    fn ech_is_removed_only_while_interception_is_on() {
+        let https = |params: Vec<(u16, Vec<u8>)>| Message {
+            answers: vec![answer(rtype::HTTPS, RData::Svcb(1, name(""), params))],
+            ..Message::default()
+        };
+        let params = vec![(1, b"\x02h2".to_vec()), (SVC_ECH, b"config".to_vec())];
+        let kept_keys = |m: &Message| match &m.answers[0].data {
+            RData::Svcb(_, _, p) => p.iter().map(|(k, _)| *k).collect::<Vec<_>>(),
+            other => panic!("{other:?}"),
+        };
+        let mut r = rules(NetworkPolicy::public_only(), true);
+        let mut m = https(params.clone());
+        r.filter(&mut m);
+        assert_eq!(kept_keys(&m), vec![1, SVC_ECH]);
+        r.strip_ech(true);
+        let mut m = https(params);
+        r.filter(&mut m);
+        assert_eq!(kept_keys(&m), vec![1], "alpn stays, ech goes");
+        // It is still an answer that serializes and parses back.
+        let back = Message::parse(&m.to_bytes()).unwrap();
+        assert_eq!(kept_keys(&back), vec![1]);
     }
 
     fn rules(policy: NetworkPolicy, rebind: bool) -> DnsRules {

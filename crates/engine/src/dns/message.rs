@@ -43,6 +43,8 @@ pub mod rtype {
 pub const SVC_IPV4HINT: u16 = 4;
 /// See [`SVC_IPV4HINT`].
 pub const SVC_IPV6HINT: u16 = 6;
+/// The SVCB parameter key of an Encrypted ClientHello configuration (RFC 9848 / ECH).
+pub const SVC_ECH: u16 = 5;
 
 /// Why bytes are not a DNS message.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]

@@ -208,6 +208,7 @@ pub(super) fn parts(
         cfg.dns_rebind_protection,
     );
     dns_rules.set_host_addrs(host_addrs.set().clone());
+    dns_rules.strip_ech(cfg.tls.is_some());
     let budget = Budget::new(
         cfg.max_buffer_memory.max(MIN_BUFFER_MEMORY),
         cfg.max_connections,

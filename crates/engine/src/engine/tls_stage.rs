@@ -23,6 +23,10 @@
 //!    `close_notify` (or a TCP FIN) from one side becomes a `close_notify` and then a FIN
 //!    on the other.
 //!
+//! On HTTP/1.1 (the protocol chosen, or none named) every request's host must be the one
+//! the handshake named (`http/h1.rs`); another gets `403 Forbidden` with a one-line reason
+//! and the connection ends (domain fronting).
+//!
 //! Everything is sans-IO inside the engine's loop: rustls never touches a socket itself
 //! except the host's non-blocking `TcpStream`, and the sandbox's socket through
 //! [`SocketWriter`].
@@ -43,6 +47,7 @@ use super::budget::Grant;
 use super::config::TlsConfig;
 use super::cx::Tally;
 use super::pool::SocketPool;
+use crate::http::h1::{Authority, Requests};
 use crate::tls::ca::{InterceptCa, LeafCache, LeafName};
 
 /// Leaves kept at once.
@@ -214,6 +219,8 @@ enum Phase {
     Open {
         server: Box<ServerConnection>,
         client: Box<ClientConnection>,
+        /// HTTP/1.1 requests read for their host (when the protocol is HTTP/1.1).
+        requests: Option<Requests>,
     },
     /// Failed; an alert may be on its way to the sandbox.
     Failed,
@@ -249,6 +256,8 @@ pub(super) struct Intercept {
     /// The server finished sending and the sandbox was told.
     down_done: bool,
     host_shut: bool,
+    /// The sandbox's plaintext that may pass, reused.
+    pass: Vec<u8>,
 }
 
 /// Writes into the sandbox's socket, within the buffer budget.
@@ -296,6 +305,7 @@ impl Intercept {
             up_done: false,
             down_done: false,
             host_shut: false,
+            pass: Vec::new(),
         }
     }
 
@@ -458,9 +468,19 @@ impl Intercept {
                 return self.fail(format!("the sandbox's handshake: {e}"));
             }
         };
+        // HTTP/1.1 (chosen, or no protocol named) is read for its host; h2 and other
+        // protocols pass unread for now.
+        let requests = match alpn.as_deref() {
+            None | Some(b"http/1.1") => Some(Requests::new(match &self.sni {
+                Some(name) => Authority::Name(name.clone()),
+                None => Authority::Ip(self.addr),
+            })),
+            Some(_) => None,
+        };
         self.phase = Phase::Open {
             server: Box::new(server),
             client,
+            requests,
         };
         Ok(Some(TlsNote::Intercepted {
             name: name.to_string(),
@@ -498,9 +518,15 @@ impl Intercept {
         tally: &mut Tally,
         buf: &mut [u8],
     ) -> Result<(), TlsFailure> {
-        let Phase::Open { server, client } = &mut self.phase else {
+        let Phase::Open {
+            server,
+            client,
+            requests,
+        } = &mut self.phase
+        else {
             return Ok(());
         };
+        let pass = &mut self.pass;
         let chunk = buf.len().min(CHUNK);
         let buf = &mut buf[..chunk];
         // The sandbox's records.
@@ -531,7 +557,19 @@ impl Intercept {
                 }
                 Ok(n) => {
                     tally.up += n as u64;
-                    if client.writer().write_all(&buf[..n]).is_err() {
+                    let data = match requests {
+                        Some(requests) => {
+                            pass.clear();
+                            if let Err(refused) = requests.push(&buf[..n], pass) {
+                                let why = refused.to_string();
+                                forbid(server, &mut SocketWriter { socket, pool, mem }, &why);
+                                return Err(TlsFailure(why));
+                            }
+                            &pass[..]
+                        }
+                        None => &buf[..n],
+                    };
+                    if client.writer().write_all(data).is_err() {
                         return Err(TlsFailure("the server's TLS refused data".into()));
                     }
                 }
@@ -640,6 +678,23 @@ impl Intercept {
                 Err(e) if e.kind() == io::ErrorKind::UnexpectedEof => return Ok(true),
                 Err(e) => return Err(TlsFailure(format!("the server's TLS: {e}"))),
             }
+        }
+    }
+}
+
+/// Answers a refused request with `403 Forbidden` and a one-line reason, then ends the
+/// sandbox's TLS.
+fn forbid(server: &mut ServerConnection, to: &mut SocketWriter<'_>, why: &str) {
+    let body = format!("moat: {why}\n");
+    let response = format!(
+        "HTTP/1.1 403 Forbidden\r\nContent-Type: text/plain; charset=utf-8\r\nContent-Length: {}\r\nConnection: close\r\n\r\n{body}",
+        body.len()
+    );
+    let _ = server.writer().write_all(response.as_bytes());
+    server.send_close_notify();
+    while server.wants_write() {
+        if server.write_tls(to).is_err() {
+            break;
         }
     }
 }
