@@ -259,6 +259,64 @@ impl World {
         self.extra.push(child);
     }
 
+    /// Starts nginx in the world (one process, ended on drop): HTTPS on 8444 with the
+    /// world's certificate, HTTP/2 and HTTP/1.1, answering `PROTOCOL HOST` per request;
+    /// `/big` serves 64 MiB. Requests go to `nginx-access.log` in the scratch directory
+    /// (protocol, host, server name, URI). Returns once it answers.
+    pub fn start_nginx(&mut self) {
+        let d = self.dir.display();
+        let conf = format!(
+            "daemon off;\nmaster_process off;\nuser root;\npid {d}/nginx.pid;\nerror_log {d}/nginx-error.log;\n\
+             events {{ worker_connections 4096; }}\n\
+             http {{\n\
+               log_format t '$server_protocol $host $ssl_server_name $request_uri';\n\
+               access_log {d}/nginx-access.log t;\n\
+               client_body_temp_path {d}/ngx-body; proxy_temp_path {d}/ngx-proxy; fastcgi_temp_path {d}/ngx-fcgi;\n\
+               uwsgi_temp_path {d}/ngx-uwsgi; scgi_temp_path {d}/ngx-scgi;\n\
+               server {{\n\
+                 listen 8444 ssl http2; listen [::]:8444 ssl http2;\n\
+                 ssl_certificate {d}/server.pem; ssl_certificate_key {d}/server.key;\n\
+                 keepalive_requests 100000;\n\
+                 location /big {{ alias {d}/big.bin; default_type application/octet-stream; }}\n\
+                 location / {{ default_type text/plain; return 200 \"$server_protocol $host\\n\"; }}\n\
+               }}\n\
+             }}\n"
+        );
+        let big = std::fs::File::create(self.dir.join("big.bin")).unwrap();
+        big.set_len(64 << 20).unwrap();
+        let conf_path = self.file("nginx.conf", &conf);
+        let child = Command::new("ip")
+            .args(["netns", "exec", &self.world, "nginx", "-c"])
+            .arg(&conf_path)
+            .stdin(Stdio::null())
+            .stdout(Stdio::null())
+            .spawn()
+            .unwrap();
+        self.extra.push(child);
+        let deadline = Instant::now() + Duration::from_secs(10);
+        loop {
+            let up = Command::new("ip")
+                .args(["netns", "exec", &self.host, "curl", "-sk", "-m", "2"])
+                .arg("https://203.0.113.10:8444/")
+                .output()
+                .is_ok_and(|o| o.status.success());
+            if up {
+                return;
+            }
+            assert!(
+                Instant::now() < deadline,
+                "nginx did not start: {}",
+                std::fs::read_to_string(self.dir.join("nginx-error.log")).unwrap_or_default()
+            );
+            std::thread::sleep(Duration::from_millis(50));
+        }
+    }
+
+    /// What nginx logged so far, one line per request.
+    pub fn nginx_log(&self) -> String {
+        std::fs::read_to_string(self.dir.join("nginx-access.log")).unwrap_or_default()
+    }
+
     /// Runs `moat ARGS` in the host namespace, killed after `timeout`.
     pub fn moat(&self, args: &[&str], timeout: Duration) -> Output {
         let mut cmd = self.in_host(moat_bin());

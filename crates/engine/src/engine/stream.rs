@@ -37,7 +37,7 @@ use super::budget::Grant;
 use super::close::CloseReason;
 use super::cx::Tally;
 use super::pool::SocketPool;
-use super::tls_stage::{Intercept, TlsNote, TlsShared};
+use super::tls_stage::{Intercept, TlsFailure, TlsNote, TlsShared};
 use crate::tls::sni::{self, Sni};
 
 /// What happens to the bytes on their way.
@@ -55,9 +55,9 @@ pub(super) enum Stage {
 pub(super) enum Broken {
     /// A socket failed: the flow is reset.
     Reset(CloseReason),
-    /// Interception failed; the sandbox was sent a TLS alert, so the flow closes in
-    /// order for the alert to arrive.
-    Tls(String),
+    /// Interception cannot go on; what the sandbox was sent (an alert, a 403) must
+    /// arrive, so the flow closes in order.
+    Tls(TlsFailure),
 }
 
 /// One direction of a stream.
@@ -155,11 +155,13 @@ impl Stream {
     ) -> Result<Option<TlsNote>, Broken> {
         if let Stage::Tls(intercept) = &mut self.stage {
             let Some(shared) = tls else {
-                return Err(Broken::Tls("interception is not configured".into()));
+                return Err(Broken::Tls(TlsFailure::Handshake(
+                    "interception is not configured".into(),
+                )));
             };
             let note = intercept
                 .pump(socket, host, pool, mem, shared, &mut self.tally, scratch)
-                .map_err(|f| Broken::Tls(f.0))?;
+                .map_err(Broken::Tls)?;
             if intercept.finished() {
                 self.up = Half::Finished;
                 self.down = Half::Finished;

@@ -43,7 +43,7 @@ use super::dial;
 use super::dns_flow;
 use super::stream::{Broken, Hello, Stage, Stream};
 use super::table::{Due, Flow, FlowId, FlowKey, FlowTable};
-use super::tls_stage::{Intercept, TlsNote};
+use super::tls_stage::{Intercept, TlsFailure, TlsNote};
 use crate::tls::sni::Sni;
 
 /// TCP ports whose first bytes are read for a TLS server name (when the policy has domain
@@ -394,16 +394,22 @@ impl TcpFlow {
                 cx.stack.tcp(handle).abort();
                 return Step::Doom(why);
             }
-            Err(Broken::Tls(why)) => {
-                // The alert goes out before the FIN; the server's side ends now.
-                let name = self.stream.server_name().unwrap_or_default();
-                let audit = TlsAudit {
-                    sni: &name,
-                    action: "intercepted",
-                    verified: None,
-                    alpn: None,
-                };
-                cx.audit_tls(self.key, &self.rule, &audit, Some(&why));
+            Err(Broken::Tls(failure)) => {
+                // A handshake that failed, or a request refused, is a decision: audited.
+                // A connection that broke after both handshakes ends with its reason in
+                // the close event. The alert or answer goes out before the FIN; the
+                // server's side ends now.
+                let why = failure.reason().to_owned();
+                if !matches!(failure, TlsFailure::Broken(_)) {
+                    let name = self.stream.server_name().unwrap_or_default();
+                    let audit = TlsAudit {
+                        sni: &name,
+                        action: "intercepted",
+                        verified: None,
+                        alpn: None,
+                    };
+                    cx.audit_tls(self.key, &self.rule, &audit, Some(&why));
+                }
                 let _ = self.host.shutdown(std::net::Shutdown::Both);
                 cx.stack.tcp(handle).close();
                 self.state = TcpState::Closing {

@@ -240,9 +240,25 @@ pub(super) enum TlsNote {
     },
 }
 
-/// Why an intercepted connection failed; the sandbox was sent an alert where it could be.
+/// Why an intercepted connection cannot go on.
 #[derive(Debug, Clone, PartialEq, Eq)]
-pub(super) struct TlsFailure(pub(super) String);
+pub(super) enum TlsFailure {
+    /// A handshake failed, on either leg; the sandbox was sent an alert where it could be.
+    Handshake(String),
+    /// A request was refused; the sandbox was answered 403.
+    Refused(String),
+    /// The connection broke after both handshakes.
+    Broken(String),
+}
+
+impl TlsFailure {
+    /// The reason, for the audit log.
+    pub(super) fn reason(&self) -> &str {
+        match self {
+            TlsFailure::Handshake(why) | TlsFailure::Refused(why) | TlsFailure::Broken(why) => why,
+        }
+    }
+}
 
 /// An intercepted connection (see the module header).
 pub(super) struct Intercept {
@@ -343,7 +359,7 @@ impl Intercept {
         }
         if let Phase::Failed = self.phase {
             // The alert is queued; the flow closes.
-            return Err(TlsFailure("failed".into()));
+            return Err(TlsFailure::Handshake("failed".into()));
         }
         Ok(note)
     }
@@ -501,12 +517,12 @@ impl Intercept {
         {
             let _ = alert.write(&mut socket_sink(socket));
         }
-        Err(TlsFailure(why))
+        Err(TlsFailure::Handshake(why))
     }
 
     fn fail<T>(&mut self, why: String) -> Result<T, TlsFailure> {
         self.phase = Phase::Failed;
-        Err(TlsFailure(why))
+        Err(TlsFailure::Handshake(why))
     }
 
     fn relay(
@@ -541,11 +557,11 @@ impl Intercept {
             match got {
                 Ok(Ok(0)) | Err(_) => break,
                 Ok(Ok(_)) => {}
-                Ok(Err(e)) => return Err(TlsFailure(format!("the sandbox's TLS: {e}"))),
+                Ok(Err(e)) => return Err(TlsFailure::Broken(format!("the sandbox's TLS: {e}"))),
             }
             if let Err(e) = server.process_new_packets() {
                 let _ = server.write_tls(&mut SocketWriter { socket, pool, mem });
-                return Err(TlsFailure(format!("the sandbox's TLS: {e}")));
+                return Err(TlsFailure::Broken(format!("the sandbox's TLS: {e}")));
             }
         }
         // Its plaintext, to the server, when the server has taken what came before.
@@ -563,14 +579,14 @@ impl Intercept {
                             if let Err(refused) = requests.push(&buf[..n], pass) {
                                 let why = refused.to_string();
                                 forbid(server, &mut SocketWriter { socket, pool, mem }, &why);
-                                return Err(TlsFailure(why));
+                                return Err(TlsFailure::Refused(why));
                             }
                             &pass[..]
                         }
                         None => &buf[..n],
                     };
                     if client.writer().write_all(data).is_err() {
-                        return Err(TlsFailure("the server's TLS refused data".into()));
+                        return Err(TlsFailure::Broken("the server's TLS refused data".into()));
                     }
                 }
                 Err(e) if e.kind() == io::ErrorKind::WouldBlock => {
@@ -596,7 +612,7 @@ impl Intercept {
             match client.write_tls(host) {
                 Ok(_) => {}
                 Err(e) if would_block(&e) => break,
-                Err(e) => return Err(TlsFailure(format!("writing to the server: {e}"))),
+                Err(e) => return Err(TlsFailure::Broken(format!("writing to the server: {e}"))),
             }
         }
         if self.up_done && !client.wants_write() && !self.host_shut {
@@ -613,11 +629,11 @@ impl Intercept {
                 }
                 Ok(_) => {}
                 Err(e) if would_block(&e) => break,
-                Err(e) => return Err(TlsFailure(format!("reading from the server: {e}"))),
+                Err(e) => return Err(TlsFailure::Broken(format!("reading from the server: {e}"))),
             }
             if let Err(e) = client.process_new_packets() {
                 let _ = client.write_tls(host);
-                return Err(TlsFailure(format!("the server's TLS: {e}")));
+                return Err(TlsFailure::Broken(format!("the server's TLS: {e}")));
             }
             // Its plaintext, to the sandbox.
             if Self::plaintext_down(server, client, buf, tally)? {
@@ -640,12 +656,13 @@ impl Intercept {
             server.send_close_notify();
             self.down_done = true;
         }
-        // Records to the sandbox.
-        while server.wants_write() {
+        // Records to the sandbox (while it still takes them: a sandbox that closed after
+        // its handshake is not sent the rest).
+        while server.wants_write() && socket.may_send() {
             match server.write_tls(&mut SocketWriter { socket, pool, mem }) {
                 Ok(_) => {}
                 Err(e) if would_block(&e) => break,
-                Err(e) => return Err(TlsFailure(format!("writing to the sandbox: {e}"))),
+                Err(e) => return Err(TlsFailure::Broken(format!("writing to the sandbox: {e}"))),
             }
         }
         if self.down_done && !server.wants_write() && socket.may_send() {
@@ -668,7 +685,7 @@ impl Intercept {
                 Ok(n) => {
                     tally.down += n as u64;
                     if server.writer().write_all(&buf[..n]).is_err() {
-                        return Err(TlsFailure("the sandbox's TLS refused data".into()));
+                        return Err(TlsFailure::Broken("the sandbox's TLS refused data".into()));
                     }
                     if server.wants_write() {
                         return Ok(false);
@@ -676,7 +693,7 @@ impl Intercept {
                 }
                 Err(e) if e.kind() == io::ErrorKind::WouldBlock => return Ok(false),
                 Err(e) if e.kind() == io::ErrorKind::UnexpectedEof => return Ok(true),
-                Err(e) => return Err(TlsFailure(format!("the server's TLS: {e}"))),
+                Err(e) => return Err(TlsFailure::Broken(format!("the server's TLS: {e}"))),
             }
         }
     }
