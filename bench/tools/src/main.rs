@@ -1,4 +1,4 @@
-//! Load tools for `bench/run`, in one small binary with no dependencies beyond std:
+//! Load tools for `bench/run`, in one small binary (std, and rustls for the HTTPS client):
 //!
 //! ```text
 //! moat-bench serve ADDR                  answer each connection's request with 64 bytes, close
@@ -15,7 +15,16 @@
 //! moat-bench dnsserve ADDR               answer every A query with 203.0.113.10 (UDP)
 //! moat-bench dnsload SERVER CONC SECS    A queries over UDP, CONC at once, for SECS; prints
 //!                                        JSON (queries/s, latency p50/p99)
+//! moat-bench https ADDR NAME CA rate SECS
+//!                                        HTTPS requests, each on a new TLS connection to ADDR
+//!                                        with server name NAME, one at a time, for SECS;
+//!                                        prints JSON (requests/s, latency p50/p99)
+//! moat-bench https ADDR NAME CA bulk SECS
+//!                                        GET /big over one TLS connection, read for at most
+//!                                        SECS; prints JSON (Gbit/s)
 //! ```
+//! CA is a PEM file of the roots to trust, or `env` for `$SSL_CERT_FILE` (what moat sets in
+//! the sandbox when it intercepts TLS).
 //! Every loop is bounded by its duration; every socket call has a timeout.
 #![forbid(unsafe_code)]
 
@@ -30,7 +39,7 @@ const RESPONSE: &[u8] = b"HTTP/1.0 200 OK\r\nContent-Length: 26\r\n\r\nabcdefghi
 
 fn usage() -> ! {
     eprintln!(
-        "usage: moat-bench serve ADDR | connrate ADDR CONC SECS | hold ADDR COUNT SECS | park ADDR SECS | flood ADDR SECS | stall ADDR COUNT SECS | dnsserve ADDR | dnsload SERVER CONC SECS"
+        "usage: moat-bench serve ADDR | connrate ADDR CONC SECS | hold ADDR COUNT SECS | park ADDR SECS | flood ADDR SECS | stall ADDR COUNT SECS | dnsserve ADDR | dnsload SERVER CONC SECS | https ADDR NAME CA rate|bulk SECS"
     );
     std::process::exit(2)
 }
@@ -52,6 +61,13 @@ fn main() {
         Some("stall") => stall(arg(&args, 2), arg(&args, 3), arg(&args, 4)),
         Some("dnsserve") => dnsserve(arg(&args, 2)),
         Some("dnsload") => dnsload(arg(&args, 2), arg(&args, 3), arg(&args, 4)),
+        Some("https") => https(
+            arg(&args, 2),
+            arg(&args, 3),
+            arg(&args, 4),
+            arg(&args, 5),
+            arg(&args, 6),
+        ),
         _ => usage(),
     }
 }
@@ -360,4 +376,120 @@ fn dnsload(server: SocketAddr, conc: usize, secs: f64) {
         }
     }
     print_report("queries", &mut all, errors, elapsed);
+}
+
+/// The client configuration trusting the roots in `ca` (`env`: `$SSL_CERT_FILE`).
+fn tls_client(ca: &str) -> Arc<rustls::ClientConfig> {
+    use rustls::pki_types::CertificateDer;
+    use rustls::pki_types::pem::PemObject;
+    let path = if ca == "env" {
+        std::env::var("SSL_CERT_FILE").unwrap_or_else(|_| usage())
+    } else {
+        ca.to_owned()
+    };
+    let mut roots = rustls::RootCertStore::empty();
+    for cert in CertificateDer::pem_file_iter(&path)
+        .unwrap_or_else(|_| usage())
+        .flatten()
+    {
+        let _ = roots.add(cert);
+    }
+    let provider = Arc::new(rustls::crypto::ring::default_provider());
+    let config = rustls::ClientConfig::builder_with_provider(provider)
+        .with_safe_default_protocol_versions()
+        .unwrap_or_else(|_| usage())
+        .with_root_certificates(roots)
+        .with_no_client_auth();
+    Arc::new(config)
+}
+
+/// A TLS connection to `addr` for `name`, handshake done.
+fn tls_connect(
+    config: &Arc<rustls::ClientConfig>,
+    addr: SocketAddr,
+    name: &str,
+) -> std::io::Result<rustls::StreamOwned<rustls::ClientConnection, TcpStream>> {
+    let tcp = TcpStream::connect_timeout(&addr, Duration::from_secs(5))?;
+    tcp.set_read_timeout(Some(Duration::from_secs(10)))?;
+    tcp.set_write_timeout(Some(Duration::from_secs(10)))?;
+    tcp.set_nodelay(true)?;
+    let server_name = rustls::pki_types::ServerName::try_from(name.to_owned())
+        .map_err(|e| std::io::Error::other(e.to_string()))?;
+    let conn = rustls::ClientConnection::new(config.clone(), server_name)
+        .map_err(|e| std::io::Error::other(e.to_string()))?;
+    let mut stream = rustls::StreamOwned::new(conn, tcp);
+    while stream.conn.is_handshaking() {
+        stream.conn.complete_io(&mut stream.sock)?;
+    }
+    Ok(stream)
+}
+
+/// `https ADDR NAME CA rate|bulk SECS`.
+fn https(addr: SocketAddr, name: String, ca: String, mode: String, secs: f64) {
+    let config = tls_client(&ca);
+    let deadline = Instant::now() + Duration::from_secs_f64(secs);
+    match mode.as_str() {
+        "rate" => {
+            let request = format!("GET / HTTP/1.1\r\nHost: {name}\r\nConnection: close\r\n\r\n");
+            let (mut lat, mut errors) = (Vec::new(), 0u64);
+            let started = Instant::now();
+            let mut buf = [0u8; 4096];
+            while Instant::now() < deadline {
+                let t = Instant::now();
+                let done = tls_connect(&config, addr, &name).and_then(|mut s| {
+                    s.write_all(request.as_bytes())?;
+                    let mut got = 0;
+                    loop {
+                        match s.read(&mut buf) {
+                            Ok(0) => break,
+                            Ok(n) => got += n,
+                            // A server that closes without close_notify has still answered.
+                            Err(e) if e.kind() == std::io::ErrorKind::UnexpectedEof => break,
+                            Err(e) => return Err(e),
+                        }
+                    }
+                    if got == 0 {
+                        return Err(std::io::Error::other("empty response"));
+                    }
+                    Ok(())
+                });
+                match done {
+                    Ok(()) => lat.push(t.elapsed().as_micros() as u64),
+                    Err(_) => errors += 1,
+                }
+            }
+            print_report(
+                "requests",
+                &mut lat,
+                errors,
+                started.elapsed().as_secs_f64(),
+            );
+        }
+        "bulk" => {
+            let request = format!("GET /big HTTP/1.1\r\nHost: {name}\r\nConnection: close\r\n\r\n");
+            let started = Instant::now();
+            let mut total = 0u64;
+            let mut buf = vec![0u8; 256 * 1024];
+            let result = tls_connect(&config, addr, &name).and_then(|mut s| {
+                s.write_all(request.as_bytes())?;
+                while Instant::now() < deadline {
+                    match s.read(&mut buf) {
+                        Ok(0) => break,
+                        Ok(n) => total += n as u64,
+                        Err(e) if e.kind() == std::io::ErrorKind::UnexpectedEof => break,
+                        Err(e) => return Err(e),
+                    }
+                }
+                Ok(())
+            });
+            let elapsed = started.elapsed().as_secs_f64();
+            let gbps = if result.is_ok() {
+                total as f64 * 8.0 / elapsed / 1e9
+            } else {
+                0.0
+            };
+            println!("{}", serde_json::json!({ "bytes": total, "gbps": gbps }));
+        }
+        _ => usage(),
+    }
 }

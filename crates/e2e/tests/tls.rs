@@ -23,13 +23,43 @@ fn tls_events(events: &[Value]) -> Vec<&Value> {
     events.iter().filter(|e| e["event"] == "tls").collect()
 }
 
+/// `moat run` with the world's DNS, intercepting `port` and trusting the world's CA for
+/// upstreams; the output and the audit events.
+fn run_intercepted(w: &World, port: &str, script: &str) -> (std::process::Output, Vec<Value>) {
+    let ca = world_ca(w);
+    w.run_sh(
+        &[
+            &dns_arg(),
+            "--tls-intercept",
+            "--tls-port",
+            port,
+            "--tls-upstream-ca",
+            &ca,
+        ],
+        script,
+        T,
+    )
+}
+
+/// The audit log has a `tls` deny event for domain fronting.
+fn assert_fronting_denied(events: &[Value]) {
+    let tls = tls_events(events);
+    assert!(
+        tls.iter().any(|e| e["decision"] == "deny"
+            && e["reason"]
+                .as_str()
+                .unwrap_or("")
+                .contains("domain fronting")),
+        "{tls:?}"
+    );
+}
+
 /// The issuer's common name of the certificate a client inside is shown.
 const SHOW_ISSUER: &str = "openssl s_client -connect api.example.test:8443 -servername api.example.test </dev/null 2>/dev/null | openssl x509 -noout -issuer";
 
 #[test]
 fn intercepted_https_works_with_no_flags_inside_and_is_verified_upstream() {
     let w = World::new();
-    let ca = world_ca(&w);
     let script = format!(
         "curl -sS -m 20 https://api.example.test:8443/curl; echo; \
          python3 -c \"import urllib.request; print(urllib.request.urlopen('https://api.example.test:8443/python', timeout=20).read().decode())\"; \
@@ -37,18 +67,7 @@ fn intercepted_https_works_with_no_flags_inside_and_is_verified_upstream() {
          {SHOW_ISSUER}; \
          echo | openssl s_client -connect api.example.test:8443 -servername api.example.test -verify_return_error 2>&1 | grep -q 'Verify return code: 0 (ok)' && echo verified-inside"
     );
-    let (out, events) = w.run_sh(
-        &[
-            &dns_arg(),
-            "--tls-intercept",
-            "--tls-port",
-            "8443",
-            "--tls-upstream-ca",
-            &ca,
-        ],
-        &script,
-        T,
-    );
+    let (out, events) = run_intercepted(&w, "8443", &script);
     let text = stdout(&out);
     assert!(out.status.success(), "{text}\n{}", stderr(&out));
     // Both clients got the server's answer, through moat.
@@ -316,21 +335,9 @@ fn ech_is_removed_from_https_answers_while_intercepting() {
 #[test]
 fn a_host_other_than_the_server_name_gets_403_and_never_arrives() {
     let w = World::new();
-    let ca = world_ca(&w);
     let script = "curl -sS -m 20 https://api.example.test:8443/plain; echo; \
                   curl -sS -m 20 -w 'status=%{http_code}' -H 'Host: other.example.test' https://api.example.test:8443/fronted";
-    let (out, events) = w.run_sh(
-        &[
-            &dns_arg(),
-            "--tls-intercept",
-            "--tls-port",
-            "8443",
-            "--tls-upstream-ca",
-            &ca,
-        ],
-        script,
-        T,
-    );
+    let (out, events) = run_intercepted(&w, "8443", script);
     let text = stdout(&out);
     // Control: the same connection setup with its own host arrives.
     assert!(
@@ -347,36 +354,16 @@ fn a_host_other_than_the_server_name_gets_403_and_never_arrives() {
         !w.log().iter().any(|l| l["path"] == "/fronted"),
         "the fronted request reached the server"
     );
-    let tls = tls_events(&events);
-    assert!(
-        tls.iter().any(|e| e["decision"] == "deny"
-            && e["reason"]
-                .as_str()
-                .unwrap_or("")
-                .contains("domain fronting")),
-        "{tls:?}"
-    );
+    assert_fronting_denied(&events);
 }
 
 #[test]
 fn h2_stays_h2_end_to_end() {
     let mut w = World::new();
     w.start_nginx();
-    let ca = world_ca(&w);
     let script =
         "curl -sS -m 20 --http2 -w ' version=%{http_version}' https://api.example.test:8444/h2";
-    let (out, events) = w.run_sh(
-        &[
-            &dns_arg(),
-            "--tls-intercept",
-            "--tls-port",
-            "8444",
-            "--tls-upstream-ca",
-            &ca,
-        ],
-        script,
-        T,
-    );
+    let (out, events) = run_intercepted(&w, "8444", script);
     let text = stdout(&out);
     // The server spoke HTTP/2 to moat, and moat HTTP/2 to curl.
     assert!(
@@ -483,4 +470,32 @@ fn ten_thousand_names_keep_moats_memory_flat() {
         .filter(|l| l.contains("\"event\":\"tls\"") && l.contains("\"tls\":\"intercepted\""))
         .count();
     assert_eq!(intercepted, 10_000);
+}
+
+#[test]
+fn an_h2_authority_other_than_the_server_name_gets_403() {
+    let mut w = World::new();
+    w.start_nginx();
+    let script = "curl -sS -m 20 --http2 https://api.example.test:8444/plain; \
+                  curl -sS -m 20 --http2 -w ' status=%{http_code} version=%{http_version}' -H 'Host: other.example.test' https://api.example.test:8444/fronted";
+    let (out, events) = run_intercepted(&w, "8444", script);
+    let text = stdout(&out);
+    // Control: the request for the server name arrives over HTTP/2.
+    assert!(
+        text.contains("HTTP/2.0 api.example.test"),
+        "{text}\n{}",
+        stderr(&out)
+    );
+    assert!(
+        text.contains("status=403 version=2"),
+        "{text}\n{}",
+        stderr(&out)
+    );
+    assert!(
+        text.contains("other.example.test, but the TLS server name is api.example.test"),
+        "{text}"
+    );
+    let log = w.nginx_log();
+    assert!(log.contains("/plain") && !log.contains("/fronted"), "{log}");
+    assert_fronting_denied(&events);
 }

@@ -29,6 +29,7 @@ pub use tls::ca::{CaError, FRESH_CA_DAYS, InterceptCa, LeafName, STABLE_CA_DAYS}
 pub mod fuzzing {
     /// HTTP/1.1 request framing and authority checks, on bytes split in two at `data[0]`.
     pub fn h1_requests(data: &[u8]) {
+        use crate::http::RequestReader;
         use crate::http::h1::{Authority, Requests};
         let Some((&cut, rest)) = data.split_first() else {
             return;
@@ -43,6 +44,34 @@ pub mod fuzzing {
             let _ = requests.push(&rest[cut..], &mut out);
         }
         assert!(out.len() <= rest.len());
+    }
+
+    /// HTTP/2 frames and HPACK header blocks with authority checks, on bytes split in two
+    /// at `data[0]` (after the connection preface, which is given).
+    pub fn h2_requests(data: &[u8]) {
+        use crate::http::{Authority, RequestReader, h2};
+        let Some((&cut, rest)) = data.split_first() else {
+            return;
+        };
+        let Ok(name) = moat_policy::DomainName::new("api.example.test") else {
+            return;
+        };
+        let mut requests = h2::Requests::new(Authority::Name(name));
+        let mut out = Vec::new();
+        if requests
+            .push(b"PRI * HTTP/2.0\r\n\r\nSM\r\n\r\n", &mut out)
+            .is_err()
+        {
+            return;
+        }
+        let cut = usize::from(cut).min(rest.len());
+        if requests.push(&rest[..cut], &mut out).is_ok() {
+            let _ = requests.push(&rest[cut..], &mut out);
+        }
+        assert!(out.len() <= rest.len() + 24);
+        let mut frames = h2::Frames::default();
+        frames.advance(rest);
+        let _ = frames.until_boundary();
     }
 
     /// Classifies a frame as the engine does before the stack sees it, and prepares it

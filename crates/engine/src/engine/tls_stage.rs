@@ -47,7 +47,7 @@ use super::budget::Grant;
 use super::config::TlsConfig;
 use super::cx::Tally;
 use super::pool::SocketPool;
-use crate::http::h1::{Authority, Requests};
+use crate::http::{Authority, RequestReader, h1, h2};
 use crate::tls::ca::{InterceptCa, LeafCache, LeafName};
 
 /// Leaves kept at once.
@@ -219,11 +219,27 @@ enum Phase {
     Open {
         server: Box<ServerConnection>,
         client: Box<ClientConnection>,
-        /// HTTP/1.1 requests read for their host (when the protocol is HTTP/1.1).
-        requests: Option<Requests>,
+        /// How the sandbox's requests are read for their host.
+        reader: Reader,
     },
     /// Failed; an alert may be on its way to the sandbox.
     Failed,
+}
+
+/// How an open connection's requests are read.
+enum Reader {
+    /// HTTP/1.1: request heads and framing.
+    H1(h1::Requests),
+    /// HTTP/2: frames and header blocks one way, frame boundaries the other.
+    H2(Box<h2::Requests>, h2::Frames),
+    /// Another protocol: not read.
+    Unread,
+}
+
+/// A refused HTTP/2 request's answer, waiting for the server's frame under way to end.
+struct Refusal {
+    why: String,
+    answer: Vec<u8>,
 }
 
 /// What happened in a step that the flow reports.
@@ -274,6 +290,8 @@ pub(super) struct Intercept {
     host_shut: bool,
     /// The sandbox's plaintext that may pass, reused.
     pass: Vec<u8>,
+    /// A refused HTTP/2 request's answer, sent at the server's next frame boundary.
+    refusal: Option<Refusal>,
 }
 
 /// Writes into the sandbox's socket, within the buffer budget.
@@ -322,6 +340,7 @@ impl Intercept {
             down_done: false,
             host_shut: false,
             pass: Vec::new(),
+            refusal: None,
         }
     }
 
@@ -484,19 +503,21 @@ impl Intercept {
                 return self.fail(format!("the sandbox's handshake: {e}"));
             }
         };
-        // HTTP/1.1 (chosen, or no protocol named) is read for its host; h2 and other
-        // protocols pass unread for now.
-        let requests = match alpn.as_deref() {
-            None | Some(b"http/1.1") => Some(Requests::new(match &self.sni {
-                Some(name) => Authority::Name(name.clone()),
-                None => Authority::Ip(self.addr),
-            })),
-            Some(_) => None,
+        // HTTP/1.1 (chosen, or no protocol named) and HTTP/2 are read for their host;
+        // other protocols pass unread.
+        let expect = match &self.sni {
+            Some(name) => Authority::Name(name.clone()),
+            None => Authority::Ip(self.addr),
+        };
+        let reader = match alpn.as_deref() {
+            None | Some(b"http/1.1") => Reader::H1(h1::Requests::new(expect)),
+            Some(b"h2") => Reader::H2(Box::new(h2::Requests::new(expect)), h2::Frames::default()),
+            Some(_) => Reader::Unread,
         };
         self.phase = Phase::Open {
             server: Box::new(server),
             client,
-            requests,
+            reader,
         };
         Ok(Some(TlsNote::Intercepted {
             name: name.to_string(),
@@ -537,12 +558,13 @@ impl Intercept {
         let Phase::Open {
             server,
             client,
-            requests,
+            reader,
         } = &mut self.phase
         else {
             return Ok(());
         };
         let pass = &mut self.pass;
+        let refusal = &mut self.refusal;
         let chunk = buf.len().min(CHUNK);
         let buf = &mut buf[..chunk];
         // The sandbox's records.
@@ -564,8 +586,9 @@ impl Intercept {
                 return Err(TlsFailure::Broken(format!("the sandbox's TLS: {e}")));
             }
         }
-        // Its plaintext, to the server, when the server has taken what came before.
-        while !self.up_done && !client.wants_write() {
+        // Its plaintext, to the server, when the server has taken what came before (and
+        // no request was refused).
+        while !self.up_done && refusal.is_none() && !client.wants_write() {
             match server.reader().read(buf) {
                 Ok(0) => {
                     client.send_close_notify();
@@ -573,18 +596,34 @@ impl Intercept {
                 }
                 Ok(n) => {
                     tally.up += n as u64;
-                    let data = match requests {
-                        Some(requests) => {
-                            pass.clear();
-                            if let Err(refused) = requests.push(&buf[..n], pass) {
-                                let why = refused.to_string();
+                    pass.clear();
+                    let read = match reader {
+                        Reader::H1(requests) => requests.push(&buf[..n], pass),
+                        Reader::H2(requests, _) => requests.push(&buf[..n], pass),
+                        Reader::Unread => {
+                            pass.extend_from_slice(&buf[..n]);
+                            Ok(())
+                        }
+                    };
+                    if let Err(refused) = read {
+                        let why = refused.to_string();
+                        match reader {
+                            Reader::H2(requests, _) => {
+                                // Answered at the server's next frame boundary (below).
+                                // The frames before the refused request pass; its own
+                                // never do.
+                                let answer = h2::forbidden(requests.stream(), &why);
+                                *refusal = Some(Refusal { why, answer });
+                                let _ = client.writer().write_all(pass);
+                                break;
+                            }
+                            _ => {
                                 forbid(server, &mut SocketWriter { socket, pool, mem }, &why);
                                 return Err(TlsFailure::Refused(why));
                             }
-                            &pass[..]
                         }
-                        None => &buf[..n],
-                    };
+                    }
+                    let data = &pass[..];
                     if client.writer().write_all(data).is_err() {
                         return Err(TlsFailure::Broken("the server's TLS refused data".into()));
                     }
@@ -636,7 +675,7 @@ impl Intercept {
                 return Err(TlsFailure::Broken(format!("the server's TLS: {e}")));
             }
             // Its plaintext, to the sandbox.
-            if Self::plaintext_down(server, client, buf, tally)? {
+            if Self::plaintext_down(server, client, reader, refusal.is_some(), buf, tally)? {
                 server.send_close_notify();
                 self.down_done = true;
             }
@@ -646,7 +685,7 @@ impl Intercept {
         }
         if !self.down_done
             && !server.wants_write()
-            && Self::plaintext_down(server, client, buf, tally)?
+            && Self::plaintext_down(server, client, reader, refusal.is_some(), buf, tally)?
         {
             server.send_close_notify();
             self.down_done = true;
@@ -655,6 +694,22 @@ impl Intercept {
             // The server closed without close_notify: the sandbox sees an orderly end.
             server.send_close_notify();
             self.down_done = true;
+        }
+        // A refused HTTP/2 request is answered once the server's frame under way is whole.
+        if let (Some(r), Reader::H2(_, frames)) = (refusal.as_ref(), &*reader)
+            && (frames.at_boundary() || self.down_done)
+        {
+            let _ = server.writer().write_all(&r.answer);
+            server.send_close_notify();
+            while server.wants_write() {
+                if server
+                    .write_tls(&mut SocketWriter { socket, pool, mem })
+                    .is_err()
+                {
+                    break;
+                }
+            }
+            return Err(TlsFailure::Refused(r.why.clone()));
         }
         // Records to the sandbox (while it still takes them: a sandbox that closed after
         // its handshake is not sent the rest).
@@ -672,18 +727,33 @@ impl Intercept {
     }
 
     /// Moves the server's plaintext to the sandbox's TLS; `true` when the server has
-    /// finished (close_notify, or end of file).
+    /// finished (close_notify, or end of file). HTTP/2 frames are followed; with
+    /// `to_boundary`, no byte past the end of the frame under way is taken.
     fn plaintext_down(
         server: &mut ServerConnection,
         client: &mut ClientConnection,
+        reader: &mut Reader,
+        to_boundary: bool,
         buf: &mut [u8],
         tally: &mut Tally,
     ) -> Result<bool, TlsFailure> {
         loop {
-            match client.reader().read(buf) {
+            let mut cap = buf.len();
+            if let Reader::H2(_, frames) = reader
+                && to_boundary
+            {
+                if frames.at_boundary() {
+                    return Ok(false);
+                }
+                cap = cap.min(frames.until_boundary());
+            }
+            match client.reader().read(&mut buf[..cap]) {
                 Ok(0) => return Ok(true),
                 Ok(n) => {
                     tally.down += n as u64;
+                    if let Reader::H2(_, frames) = reader {
+                        frames.advance(&buf[..n]);
+                    }
                     if server.writer().write_all(&buf[..n]).is_err() {
                         return Err(TlsFailure::Broken("the sandbox's TLS refused data".into()));
                     }

@@ -20,9 +20,7 @@
 //!
 //! The outcome does not depend on how the bytes were split ([`Requests`]' property test).
 
-use std::net::IpAddr;
-
-use moat_policy::{DomainName, canonical_addr};
+pub use super::{Authority, Refused, RequestReader};
 
 /// The largest request head held.
 pub const MAX_HEAD: usize = 64 * 1024;
@@ -30,59 +28,6 @@ pub const MAX_HEAD: usize = 64 * 1024;
 const MAX_LINE: usize = 4096;
 /// Header fields read per request.
 const MAX_HEADERS: usize = 128;
-
-/// The authority every request must name.
-#[derive(Debug, Clone, PartialEq, Eq)]
-pub enum Authority {
-    /// The TLS server name.
-    Name(DomainName),
-    /// The address connected to (no server name was sent).
-    Ip(IpAddr),
-}
-
-impl std::fmt::Display for Authority {
-    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
-        match self {
-            Authority::Name(n) => f.write_str(n.as_str()),
-            Authority::Ip(ip) => write!(f, "{ip}"),
-        }
-    }
-}
-
-/// Why a request was refused.
-#[derive(Debug, Clone, PartialEq, Eq)]
-pub enum Refused {
-    /// It names another host than the handshake did.
-    Fronting {
-        /// The host it named.
-        host: String,
-        /// The one the handshake named.
-        expected: String,
-    },
-    /// It names no host, or several.
-    Host(&'static str),
-    /// A CONNECT request.
-    Connect,
-    /// Not HTTP/1.1 as RFC 9112 frames it.
-    Malformed(&'static str),
-    /// The head is larger than [`MAX_HEAD`].
-    TooLarge,
-}
-
-impl std::fmt::Display for Refused {
-    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
-        match self {
-            Refused::Fronting { host, expected } => write!(
-                f,
-                "the request is for {host}, but the TLS server name is {expected} (domain fronting)"
-            ),
-            Refused::Host(why) => write!(f, "the request {why}"),
-            Refused::Connect => f.write_str("CONNECT is not relayed on an intercepted connection"),
-            Refused::Malformed(why) => write!(f, "malformed request: {why}"),
-            Refused::TooLarge => write!(f, "the request head is larger than {MAX_HEAD} bytes"),
-        }
-    }
-}
 
 #[derive(Debug, Clone, PartialEq, Eq)]
 enum State {
@@ -115,18 +60,8 @@ impl Requests {
         }
     }
 
-    /// Takes the next `input`; appends to `out` what may go to the server. After an error
-    /// nothing more may pass.
-    pub fn push(&mut self, input: &[u8], out: &mut Vec<u8>) -> Result<(), Refused> {
-        let mut rest = input;
-        while !rest.is_empty() {
-            rest = self.step(rest, out)?;
-        }
-        Ok(())
-    }
-
     /// Consumes some of `input` (at least one byte); returns the rest.
-    fn step<'a>(&mut self, input: &'a [u8], out: &mut Vec<u8>) -> Result<&'a [u8], Refused> {
+    fn consume<'a>(&mut self, input: &'a [u8], out: &mut Vec<u8>) -> Result<&'a [u8], Refused> {
         match self.state {
             State::Tunnel => {
                 out.extend_from_slice(input);
@@ -253,11 +188,11 @@ impl Requests {
             (None, _) => return Err(Refused::Host("names no host (no Host header)")),
             (Some(_), Some(_)) => return Err(Refused::Host("has several Host headers")),
         };
-        self.check_authority(host)?;
+        self.expect.check(host)?;
         if let Some(path) = req.path
             && let Some(authority) = absolute_authority(path)
         {
-            self.check_authority(authority)?;
+            self.expect.check(authority)?;
         }
         let field = |name: &'static str| {
             req.headers
@@ -309,38 +244,6 @@ impl Requests {
             next
         })
     }
-
-    /// Whether `authority` (`host[:port]`) names the expected host.
-    fn check_authority(&self, authority: &str) -> Result<(), Refused> {
-        let host = host_of(authority.trim());
-        let same = match &self.expect {
-            Authority::Name(name) => host
-                .trim_end_matches('.')
-                .eq_ignore_ascii_case(name.as_str()),
-            Authority::Ip(ip) => host
-                .parse::<IpAddr>()
-                .is_ok_and(|h| canonical_addr(h) == canonical_addr(*ip)),
-        };
-        if same {
-            Ok(())
-        } else {
-            Err(Refused::Fronting {
-                host: host.to_owned(),
-                expected: self.expect.to_string(),
-            })
-        }
-    }
-}
-
-/// The host of `host[:port]` or `[v6][:port]`.
-fn host_of(authority: &str) -> &str {
-    if let Some(rest) = authority.strip_prefix('[') {
-        return rest.split(']').next().unwrap_or(rest);
-    }
-    match authority.rsplit_once(':') {
-        Some((host, port)) if port.bytes().all(|b| b.is_ascii_digit()) => host,
-        _ => authority,
-    }
 }
 
 /// The authority of an absolute-form request target (`http://host:port/path`).
@@ -372,6 +275,12 @@ fn find(haystack: &[u8], needle: &[u8]) -> Option<usize> {
     haystack.windows(needle.len()).position(|w| w == needle)
 }
 
+impl RequestReader for Requests {
+    fn step<'a>(&mut self, input: &'a [u8], out: &mut Vec<u8>) -> Result<&'a [u8], Refused> {
+        self.consume(input, out)
+    }
+}
+
 #[cfg(test)]
 mod tests {
     #![allow(clippy::unwrap_used, clippy::expect_used)] // Test code: a panic is the failure report.
@@ -379,11 +288,10 @@ mod tests {
     use proptest::prelude::*;
 
     use super::*;
+    use crate::http::testing::in_pieces;
 
     fn api() -> Requests {
-        Requests::new(Authority::Name(
-            DomainName::new("api.example.test").unwrap(),
-        ))
+        Requests::new(crate::http::testing::api())
     }
 
     /// All of `input` at once: what passed and how it ended.
@@ -489,19 +397,8 @@ mod tests {
                 input[at] ^= 0x20;
             }
             let (whole_out, whole_result) = run(api(), &input);
-            let mut cuts: Vec<usize> = cuts.into_iter().map(|c| c % input.len()).collect();
-            cuts.sort_unstable();
             let mut r = api();
-            let mut out = Vec::new();
-            let mut result = Ok(());
-            let mut prev = 0;
-            for cut in cuts.into_iter().chain([input.len()]) {
-                if result.is_err() {
-                    break;
-                }
-                result = r.push(&input[prev..cut.max(prev)], &mut out);
-                prev = cut.max(prev);
-            }
+            let (out, result) = in_pieces(|piece, out| r.push(piece, out), &input, cuts);
             prop_assert_eq!(result, whole_result);
             prop_assert_eq!(out, whole_out);
         }

@@ -1,4 +1,151 @@
-//! HTTP as moat reads it inside intercepted TLS: HTTP/1.1 request framing and the
-//! authority every request names (`h1.rs`).
+//! HTTP as moat reads it inside intercepted TLS: the authority every request names, for
+//! HTTP/1.1 (`h1.rs`: request framing) and HTTP/2 (`h2.rs`: frames and HPACK).
+//!
+//! Both readers take the sandbox's plaintext in whatever pieces it arrives and pass on
+//! what may go to the server; a request for a host other than the one the TLS handshake
+//! named (domain fronting) stops the connection with a [`Refused`].
+
+use std::net::IpAddr;
+
+use moat_policy::{DomainName, canonical_addr};
 
 pub mod h1;
+pub mod h2;
+
+/// A reader of the sandbox's requests (HTTP/1.1 or HTTP/2).
+pub trait RequestReader {
+    /// Consumes some of `input` (at least one byte), appending to `out` what may go to the
+    /// server; returns the rest.
+    fn step<'a>(&mut self, input: &'a [u8], out: &mut Vec<u8>) -> Result<&'a [u8], Refused>;
+
+    /// Takes the next `input`; appends to `out` what may go to the server. After an error
+    /// nothing more may pass.
+    fn push(&mut self, input: &[u8], out: &mut Vec<u8>) -> Result<(), Refused> {
+        let mut rest = input;
+        while !rest.is_empty() {
+            rest = self.step(rest, out)?;
+        }
+        Ok(())
+    }
+}
+
+/// The authority every request must name.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub enum Authority {
+    /// The TLS server name.
+    Name(DomainName),
+    /// The address connected to (no server name was sent).
+    Ip(IpAddr),
+}
+
+impl std::fmt::Display for Authority {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        match self {
+            Authority::Name(n) => f.write_str(n.as_str()),
+            Authority::Ip(ip) => write!(f, "{ip}"),
+        }
+    }
+}
+
+/// Why a request was refused.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub enum Refused {
+    /// It names another host than the handshake did.
+    Fronting {
+        /// The host it named.
+        host: String,
+        /// The one the handshake named.
+        expected: String,
+    },
+    /// It names no host, or several.
+    Host(&'static str),
+    /// A CONNECT request.
+    Connect,
+    /// Not HTTP/1.1 or HTTP/2 as their RFCs frame them.
+    Malformed(&'static str),
+    /// A request's headers are larger than moat holds (64 KiB for HTTP/1.1, 256 KiB of
+    /// HTTP/2 header block).
+    TooLarge,
+}
+
+impl std::fmt::Display for Refused {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        match self {
+            Refused::Fronting { host, expected } => write!(
+                f,
+                "the request is for {host}, but the TLS server name is {expected} (domain fronting)"
+            ),
+            Refused::Host(why) => write!(f, "the request {why}"),
+            Refused::Connect => f.write_str("CONNECT is not relayed on an intercepted connection"),
+            Refused::Malformed(why) => write!(f, "malformed request: {why}"),
+            Refused::TooLarge => f.write_str("the request's headers are larger than moat holds"),
+        }
+    }
+}
+
+impl Authority {
+    /// Whether `authority` (`host[:port]`) names this host.
+    pub fn check(&self, authority: &str) -> Result<(), Refused> {
+        let host = host_of(authority.trim());
+        let same = match self {
+            Authority::Name(name) => host
+                .trim_end_matches('.')
+                .eq_ignore_ascii_case(name.as_str()),
+            Authority::Ip(ip) => host
+                .parse::<IpAddr>()
+                .is_ok_and(|h| canonical_addr(h) == canonical_addr(*ip)),
+        };
+        if same {
+            Ok(())
+        } else {
+            Err(Refused::Fronting {
+                host: host.to_owned(),
+                expected: self.to_string(),
+            })
+        }
+    }
+}
+
+/// The host of `host[:port]` or `[v6][:port]`.
+fn host_of(authority: &str) -> &str {
+    if let Some(rest) = authority.strip_prefix('[') {
+        return rest.split(']').next().unwrap_or(rest);
+    }
+    match authority.rsplit_once(':') {
+        Some((host, port)) if port.bytes().all(|b| b.is_ascii_digit()) => host,
+        _ => authority,
+    }
+}
+
+/// What the readers' tests share.
+#[cfg(test)]
+pub(crate) mod testing {
+    #![allow(clippy::unwrap_used)] // Test code: a panic is the failure report.
+
+    use super::{Authority, Refused};
+
+    /// The host the test requests' handshake named.
+    pub(crate) fn api() -> Authority {
+        Authority::Name(moat_policy::DomainName::new("api.example.test").unwrap())
+    }
+
+    /// Feeds `input` to `push` cut at `cuts` (any order, any values), stopping at the first
+    /// refusal: what passed, and how it ended.
+    pub(crate) fn in_pieces(
+        mut push: impl FnMut(&[u8], &mut Vec<u8>) -> Result<(), Refused>,
+        input: &[u8],
+        cuts: Vec<usize>,
+    ) -> (Vec<u8>, Result<(), Refused>) {
+        let mut cuts: Vec<usize> = cuts.into_iter().map(|c| c % input.len().max(1)).collect();
+        cuts.sort_unstable();
+        let (mut out, mut result, mut prev) = (Vec::new(), Ok(()), 0);
+        for cut in cuts.into_iter().chain([input.len()]) {
+            if result.is_err() {
+                break;
+            }
+            result = push(&input[prev..cut.max(prev)], &mut out);
+            prev = cut.max(prev);
+        }
+        (out, result)
+    }
+}
