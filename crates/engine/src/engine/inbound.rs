@@ -341,3 +341,61 @@ impl UdpIn {
         cx.audit_close("udp", &self.rule, self.peer, self.guest, &self.tally, why);
     }
 }
+
+#[cfg(test)]
+mod tests {
+    #![allow(clippy::unwrap_used, clippy::expect_used)] // Test code: a panic is the failure report.
+
+    use std::net::{Ipv4Addr, UdpSocket as StdUdp};
+
+    use moat_policy::NetworkPolicy;
+
+    use super::*;
+    use crate::engine::config::DenyMode;
+    use crate::engine::testing::{Harness, udp_from, udp_to_guest_full};
+
+    #[test]
+    fn a_published_udp_port_carries_a_peer_in_and_the_answer_out() {
+        let published = StdUdp::bind("127.0.0.1:0").unwrap();
+        let port = published.local_addr().unwrap();
+        let mut h = Harness::with_published(
+            NetworkPolicy::allow_all(),
+            DenyMode::Drop,
+            vec![Published {
+                socket: PublishedSocket::Udp(published),
+                guest_port: 5300,
+            }],
+        );
+        let peer = StdUdp::bind("127.0.0.1:0").unwrap();
+        peer.set_read_timeout(Some(Duration::from_secs(3))).unwrap();
+        peer.send_to(b"hello", port).unwrap();
+        // The datagram enters the sandbox at its port 5300; a peer on the host's loopback
+        // is shown as the gateway.
+        let mut from = None;
+        let arrived = h.until(|h| {
+            on_ready(&mut h.listeners, &mut h.table, &mut h.cx, 0);
+            from = h
+                .sent()
+                .iter()
+                .filter_map(|f| udp_to_guest_full(f))
+                .find(|(_, _, dst, data)| *dst == 5300 && data == b"hello")
+                .map(|(src, sport, _, _)| (src, sport));
+            from.is_some()
+        });
+        assert!(arrived, "the peer's datagram did not reach the sandbox");
+        let (src, sport) = from.unwrap();
+        assert_eq!(src, Ipv4Addr::new(10, 0, 2, 2));
+        // The sandbox's answer to that source goes back to the peer, from the published
+        // port.
+        h.frame(&udp_from(5300, src, sport, b"world"));
+        let mut buf = [0u8; 16];
+        let (n, back_from) = peer.recv_from(&mut buf).unwrap();
+        assert_eq!(&buf[..n], b"world");
+        assert_eq!(back_from, port);
+        assert!(
+            h.audit().contains("\"direction\":\"inbound\""),
+            "{}",
+            h.audit()
+        );
+    }
+}

@@ -37,7 +37,7 @@
 //! | `table.rs` | the flow table: slots, tokens, keys, limits, expiry, and every removal |
 //! | `tcp_flow.rs` | a TCP flow's state (judged SYN → dialing → relaying → closing) |
 //! | `stream.rs` | the stream stage inside a TCP flow: where TLS and secrets plug in |
-//! | `tls_stage.rs` | TLS interception, the stream stage that terminates both legs |
+//! | `tls_stage.rs`, `tls_shared.rs` | TLS interception: the stream stage that terminates both legs, and what its connections share |
 //! | `udp_flow.rs`, `echo.rs`, `dns_flow.rs` | UDP flows, ICMP echo, DNS interception |
 //! | `inbound.rs` | published ports |
 //! | `stack.rs` | the smoltcp interface and the frames moat writes itself |
@@ -68,6 +68,7 @@ mod stack;
 mod stream;
 mod table;
 mod tcp_flow;
+mod tls_shared;
 mod tls_stage;
 mod udp_flow;
 

@@ -20,7 +20,7 @@ use smoltcp::wire::{
 use super::config::{DenyMode, EngineConfig, LinkConfig};
 use super::cx::Cx;
 use super::event_loop::parts;
-use super::inbound::Listeners;
+use super::inbound::{Listeners, Published};
 use super::ingress;
 use super::table::{FlowKey, FlowTable};
 use crate::audit::AuditLog;
@@ -49,19 +49,29 @@ pub(super) struct Harness {
     _poll: Poll,
     pub(super) table: FlowTable,
     pub(super) cx: Cx,
-    listeners: Listeners,
+    pub(super) listeners: Listeners,
     dev: SharedMemoryDevice,
     audit: Lines,
 }
 
 impl Harness {
     pub(super) fn new(policy: NetworkPolicy, deny_mode: DenyMode) -> Harness {
+        Harness::with_published(policy, deny_mode, Vec::new())
+    }
+
+    /// A harness with published ports.
+    pub(super) fn with_published(
+        policy: NetworkPolicy,
+        deny_mode: DenyMode,
+        published: Vec<Published>,
+    ) -> Harness {
         let poll = Poll::new().unwrap();
         let dev = SharedMemoryDevice::default();
         let audit = Lines::default();
         let log = AuditLog::new("unit", Some(Box::new(audit.clone())));
         let mut cfg = EngineConfig::new(policy.compile().unwrap(), log);
         cfg.deny_mode = deny_mode;
+        cfg.published = published;
         let (table, cx, listeners) = parts(poll.registry(), Box::new(dev.clone()), cfg).unwrap();
         let mut h = Harness {
             _poll: poll,
@@ -211,9 +221,14 @@ pub(super) fn icmp_to_guest(frame: &[u8]) -> Option<(Ipv4Addr, Icmpv4Message)> {
 
 /// A UDP datagram from the sandbox to `dst`.
 pub(super) fn udp(dst: Ipv4Addr, port: u16, payload: &[u8]) -> Vec<u8> {
+    udp_from(GUEST_PORT, dst, port, payload)
+}
+
+/// A UDP datagram from the sandbox's port `src_port` to `dst`.
+pub(super) fn udp_from(src_port: u16, dst: Ipv4Addr, port: u16, payload: &[u8]) -> Vec<u8> {
     let (mut f, off) = ipv4(IpProtocol::Udp, dst, 8 + payload.len());
     UdpRepr {
-        src_port: GUEST_PORT,
+        src_port,
         dst_port: port,
     }
     .emit(
@@ -248,10 +263,20 @@ pub(super) fn tcp_to_guest(frame: &[u8]) -> Option<(u16, TcpControl, bool)> {
 
 /// A UDP datagram to the sandbox: (source port, payload).
 pub(super) fn udp_to_guest(frame: &[u8]) -> Option<(u16, Vec<u8>)> {
+    udp_to_guest_full(frame).map(|(_, src, _, payload)| (src, payload))
+}
+
+/// A UDP datagram to the sandbox: (source address, source port, destination port, payload).
+pub(super) fn udp_to_guest_full(frame: &[u8]) -> Option<(Ipv4Addr, u16, u16, Vec<u8>)> {
     let ip = Ipv4Packet::new_checked(frame.get(14..)?).ok()?;
     if ip.next_header() != IpProtocol::Udp {
         return None;
     }
     let udp = UdpPacket::new_checked(ip.payload()).ok()?;
-    Some((udp.src_port(), udp.payload().to_vec()))
+    Some((
+        ip.src_addr(),
+        udp.src_port(),
+        udp.dst_port(),
+        udp.payload().to_vec(),
+    ))
 }

@@ -36,174 +36,25 @@ use std::net::{IpAddr, Shutdown};
 use std::sync::Arc;
 
 use mio::net::TcpStream;
-use moat_policy::{DomainName, DomainSuffix};
+use moat_policy::DomainName;
 use rustls::pki_types::ServerName;
-use rustls::server::{Accepted, Acceptor, ClientHello, ResolvesServerCert};
-use rustls::sign::CertifiedKey;
-use rustls::{ClientConfig, ClientConnection, RootCertStore, ServerConfig, ServerConnection};
+use rustls::server::{Accepted, Acceptor};
+use rustls::{ClientConnection, ServerConnection};
 use smoltcp::socket::tcp;
 
 use super::budget::Grant;
-use super::config::TlsConfig;
 use super::cx::Tally;
 use super::pool::SocketPool;
+use super::tls_shared::Fixed;
+pub(super) use super::tls_shared::TlsShared;
 use crate::http::{Authority, RequestReader, h1, h2};
-use crate::tls::ca::{InterceptCa, LeafCache, LeafName};
+use crate::tls::ca::LeafName;
 
-/// Leaves kept at once.
-const LEAF_CACHE: usize = 1024;
 /// Plaintext moved per step between the legs.
 const CHUNK: usize = 16 * 1024;
-
-/// A `bypass` pattern: one name, or every name strictly below one.
-#[derive(Debug, Clone)]
-enum Bypass {
-    Exact(DomainName),
-    Below(DomainSuffix),
-}
-
-/// What every intercepted connection shares: the CA, its leaves, the upstream client
-/// configuration and the settings.
-pub(super) struct TlsShared {
-    ca: Arc<InterceptCa>,
-    leaves: LeafCache,
-    client: Arc<ClientConfig>,
-    /// The server side's configuration when the upstream failed: it has no certificate,
-    /// so rustls answers the sandbox's hello with an alert.
-    refuse: Arc<ServerConfig>,
-    ports: Vec<u16>,
-    bypass: Vec<Bypass>,
-    block_quic: bool,
-    verify: bool,
-}
-
-impl TlsShared {
-    /// The shared state for `cfg`; an error names what is wrong with it.
-    pub(super) fn new(cfg: &TlsConfig) -> Result<TlsShared, String> {
-        let provider = Arc::new(rustls::crypto::ring::default_provider());
-        let mut roots = RootCertStore::empty();
-        for root in &cfg.roots {
-            // A bundle holds some certificates webpki cannot use; skip those.
-            let _ = roots.add(root.clone());
-        }
-        let builder = ClientConfig::builder_with_provider(provider.clone())
-            .with_safe_default_protocol_versions()
-            .map_err(|e| e.to_string())?;
-        let client = if cfg.verify_upstream {
-            builder.with_root_certificates(roots).with_no_client_auth()
-        } else {
-            builder
-                .dangerous()
-                .with_custom_certificate_verifier(Arc::new(AcceptAny(provider.clone())))
-                .with_no_client_auth()
-        };
-        let refuse = ServerConfig::builder_with_provider(provider)
-            .with_safe_default_protocol_versions()
-            .map_err(|e| e.to_string())?
-            .with_no_client_auth()
-            .with_cert_resolver(Arc::new(Fixed(None)));
-        let bypass = cfg
-            .bypass
-            .iter()
-            .map(|p| {
-                if p.starts_with("*.") || p.starts_with('.') {
-                    DomainSuffix::new(p).map(Bypass::Below)
-                } else {
-                    DomainName::new(p).map(Bypass::Exact)
-                }
-                .map_err(|e| format!("bypass {p}: {e}"))
-            })
-            .collect::<Result<Vec<_>, _>>()?;
-        Ok(TlsShared {
-            ca: cfg.ca.clone(),
-            leaves: LeafCache::new(LEAF_CACHE),
-            client: Arc::new(client),
-            refuse: Arc::new(refuse),
-            ports: cfg.ports.clone(),
-            bypass,
-            block_quic: cfg.block_quic,
-            verify: cfg.verify_upstream,
-        })
-    }
-
-    /// Whether TCP port `port` is intercepted.
-    pub(super) fn intercepts(&self, port: u16) -> bool {
-        self.ports.contains(&port)
-    }
-
-    /// Whether UDP to `port` is refused (QUIC to an intercepted port).
-    pub(super) fn blocks_quic(&self, port: u16) -> bool {
-        self.block_quic && self.intercepts(port)
-    }
-
-    /// Whether `name` passes without interception.
-    pub(super) fn bypasses(&self, name: &DomainName) -> bool {
-        self.bypass.iter().any(|b| match b {
-            Bypass::Exact(n) => n == name,
-            Bypass::Below(s) => s.matches(name),
-        })
-    }
-}
-
-/// Accepts any upstream certificate (`verify_upstream(false)`), still checking the
-/// handshake's signatures.
-#[derive(Debug)]
-struct AcceptAny(Arc<rustls::crypto::CryptoProvider>);
-
-impl rustls::client::danger::ServerCertVerifier for AcceptAny {
-    fn verify_server_cert(
-        &self,
-        _end_entity: &rustls::pki_types::CertificateDer<'_>,
-        _intermediates: &[rustls::pki_types::CertificateDer<'_>],
-        _server_name: &ServerName<'_>,
-        _ocsp_response: &[u8],
-        _now: rustls::pki_types::UnixTime,
-    ) -> Result<rustls::client::danger::ServerCertVerified, rustls::Error> {
-        Ok(rustls::client::danger::ServerCertVerified::assertion())
-    }
-
-    fn verify_tls12_signature(
-        &self,
-        message: &[u8],
-        cert: &rustls::pki_types::CertificateDer<'_>,
-        dss: &rustls::DigitallySignedStruct,
-    ) -> Result<rustls::client::danger::HandshakeSignatureValid, rustls::Error> {
-        rustls::crypto::verify_tls12_signature(
-            message,
-            cert,
-            dss,
-            &self.0.signature_verification_algorithms,
-        )
-    }
-
-    fn verify_tls13_signature(
-        &self,
-        message: &[u8],
-        cert: &rustls::pki_types::CertificateDer<'_>,
-        dss: &rustls::DigitallySignedStruct,
-    ) -> Result<rustls::client::danger::HandshakeSignatureValid, rustls::Error> {
-        rustls::crypto::verify_tls13_signature(
-            message,
-            cert,
-            dss,
-            &self.0.signature_verification_algorithms,
-        )
-    }
-
-    fn supported_verify_schemes(&self) -> Vec<rustls::SignatureScheme> {
-        self.0.signature_verification_algorithms.supported_schemes()
-    }
-}
-
-/// One certificate for every hello (or none: an alert).
-#[derive(Debug)]
-struct Fixed(Option<Arc<CertifiedKey>>);
-
-impl ResolvesServerCert for Fixed {
-    fn resolve(&self, _hello: ClientHello<'_>) -> Option<Arc<CertifiedKey>> {
-        self.0.clone()
-    }
-}
+/// The most read from the server's socket at once (what rustls has not taken yet stays
+/// with the connection until it has).
+const HOST_READ: usize = 32 * 1024;
 
 /// Where an intercepted connection is.
 enum Phase {
@@ -292,6 +143,8 @@ pub(super) struct Intercept {
     pass: Vec<u8>,
     /// A refused HTTP/2 request's answer, sent at the server's next frame boundary.
     refusal: Option<Refusal>,
+    /// Records read from the server and not yet taken by rustls.
+    host_in: Vec<u8>,
 }
 
 /// Writes into the sandbox's socket, within the buffer budget.
@@ -341,6 +194,7 @@ impl Intercept {
             host_shut: false,
             pass: Vec::new(),
             refusal: None,
+            host_in: Vec::new(),
         }
     }
 
@@ -658,42 +512,84 @@ impl Intercept {
             let _ = host.shutdown(Shutdown::Write);
             self.host_shut = true;
         }
-        // The server's records, when the sandbox's side has sent what it had.
-        let mut host_eof = false;
-        while !self.down_done && !server.wants_write() && client.wants_read() {
-            match client.read_tls(host) {
-                Ok(0) => {
-                    host_eof = true;
-                    break;
+        // The server's records, as far as the sandbox's side takes them: records ready for
+        // the sandbox go first; then plaintext already decrypted; then records read from
+        // the server in one read of up to HOST_READ (rustls itself would read 4 KiB at a
+        // time), kept in `host_in` until rustls has taken them.
+        let host_in = &mut self.host_in;
+        loop {
+            while server.wants_write() && socket.may_send() {
+                match server.write_tls(&mut SocketWriter { socket, pool, mem }) {
+                    Ok(_) => {}
+                    Err(e) if would_block(&e) => break,
+                    Err(e) => {
+                        return Err(TlsFailure::Broken(format!("writing to the sandbox: {e}")));
+                    }
                 }
-                Ok(_) => {}
-                Err(e) if would_block(&e) => break,
-                Err(e) => return Err(TlsFailure::Broken(format!("reading from the server: {e}"))),
             }
+            if server.wants_write() || self.down_done {
+                break;
+            }
+            if Self::plaintext_down(server, client, reader, refusal.is_some(), buf, tally)? {
+                server.send_close_notify();
+                self.down_done = true;
+                continue;
+            }
+            if server.wants_write() {
+                continue;
+            }
+            if refusal.is_some() && matches!(reader, Reader::H2(_, f) if f.at_boundary()) {
+                break;
+            }
+            if !client.wants_read() {
+                break;
+            }
+            if host_in.is_empty() {
+                host_in.resize(HOST_READ, 0);
+                match host.read(host_in) {
+                    Ok(0) => {
+                        host_in.clear();
+                        // End of file: rustls is told, so unfinished records are an error.
+                        let _ = client.read_tls(&mut io::empty());
+                        if let Err(e) = client.process_new_packets() {
+                            return Err(TlsFailure::Broken(format!("the server's TLS: {e}")));
+                        }
+                        // What is left goes to the sandbox, then an orderly end (with
+                        // or without the server's close_notify).
+                        Self::plaintext_down(
+                            server,
+                            client,
+                            reader,
+                            refusal.is_some(),
+                            buf,
+                            tally,
+                        )?;
+                        server.send_close_notify();
+                        self.down_done = true;
+                        continue;
+                    }
+                    Ok(n) => host_in.truncate(n),
+                    Err(e) => {
+                        host_in.clear();
+                        if would_block(&e) {
+                            break;
+                        }
+                        return Err(TlsFailure::Broken(format!("reading from the server: {e}")));
+                    }
+                }
+            }
+            let taken = client
+                .read_tls(&mut &host_in[..])
+                .map_err(|e| TlsFailure::Broken(format!("the server's TLS: {e}")))?;
+            host_in.drain(..taken);
             if let Err(e) = client.process_new_packets() {
                 let _ = client.write_tls(host);
                 return Err(TlsFailure::Broken(format!("the server's TLS: {e}")));
             }
-            // Its plaintext, to the sandbox.
-            if Self::plaintext_down(server, client, reader, refusal.is_some(), buf, tally)? {
-                server.send_close_notify();
-                self.down_done = true;
-            }
-            if server.wants_write() {
-                break;
-            }
         }
-        if !self.down_done
-            && !server.wants_write()
-            && Self::plaintext_down(server, client, reader, refusal.is_some(), buf, tally)?
-        {
-            server.send_close_notify();
-            self.down_done = true;
-        }
-        if host_eof && !self.down_done {
-            // The server closed without close_notify: the sandbox sees an orderly end.
-            server.send_close_notify();
-            self.down_done = true;
+        // An idle connection keeps no read buffer.
+        if host_in.is_empty() {
+            *host_in = Vec::new();
         }
         // A refused HTTP/2 request is answered once the server's frame under way is whole.
         if let (Some(r), Reader::H2(_, frames)) = (refusal.as_ref(), &*reader)
