@@ -131,6 +131,12 @@ fn an_untrusted_upstream_fails_at_once_with_an_alert_unless_verification_is_off(
     let err = stderr(&out);
     assert!(text.contains("exit=35"), "{text}\n{err}");
     assert!(err.contains("alert"), "{err}");
+    // moat says so on its stderr too, with what to do.
+    assert!(
+        err.contains("moat: could not set up TLS to api.example.test")
+            && err.contains("--tls-upstream-ca"),
+        "{err}"
+    );
     let ms: u64 = text
         .lines()
         .find_map(|l| l.strip_prefix("ms="))
@@ -367,6 +373,11 @@ fn a_host_other_than_the_server_name_gets_403_and_never_arrives() {
     assert!(
         !w.log().iter().any(|l| l["path"] == "/fronted"),
         "the fronted request reached the server"
+    );
+    assert!(
+        stderr(&out).contains("moat: refused a request on api.example.test"),
+        "{}",
+        stderr(&out)
     );
     assert_fronting_denied(&events);
 }

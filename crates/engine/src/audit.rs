@@ -76,6 +76,37 @@ impl AuditLog {
     }
 }
 
+/// One-line notices for the person running moat, as things happen (the CLI sends them to
+/// stderr; the Rust API to nowhere: programs read the audit log). Only what needs action
+/// is noticed: a TLS connection moat could not set up, a request it refused.
+#[derive(Default)]
+pub struct Notices {
+    out: Option<Box<dyn Write + Send>>,
+}
+
+impl std::fmt::Debug for Notices {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.debug_struct("Notices")
+            .field("enabled", &self.out.is_some())
+            .finish()
+    }
+}
+
+impl Notices {
+    /// Notices written to `out`, one line each, prefixed `moat: `.
+    pub fn to(out: Box<dyn Write + Send>) -> Notices {
+        Notices { out: Some(out) }
+    }
+
+    /// Writes one notice (a failing sink is ignored: notices are a courtesy).
+    pub fn line(&mut self, text: &str) {
+        if let Some(out) = self.out.as_mut() {
+            let _ = writeln!(out, "moat: {text}");
+            let _ = out.flush();
+        }
+    }
+}
+
 /// `2026-11-28T01:02:03.456789Z`.
 pub fn rfc3339(t: SystemTime) -> String {
     let d = t.duration_since(UNIX_EPOCH).unwrap_or_default();

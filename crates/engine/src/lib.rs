@@ -13,7 +13,7 @@ mod offload;
 mod tls;
 mod wire;
 
-pub use audit::{AuditLog, rfc3339};
+pub use audit::{AuditLog, Notices, rfc3339};
 pub use device::{FrameDevice, MemoryDevice, SharedMemoryDevice, TapDevice};
 pub use engine::{
     Counters, DEFAULT_MAX_BUFFER_MEMORY, DEFAULT_MAX_CONNECTIONS, DEFAULT_TLS_PORTS, DenyMode,

@@ -152,9 +152,18 @@ pub struct SandboxBuilder {
     rw: Vec<PathBuf>,
     limits: moat_sandbox::Limits,
     simulated_hosts: Vec<IpAddr>,
+    /// One-line notices (a TLS connection that could not be set up) go to stderr.
+    notices: bool,
 }
 
 impl SandboxBuilder {
+    /// Sends one-line notices to stderr as they happen (`moat run` does; a program reads
+    /// the audit log instead).
+    pub(crate) fn notices_to_stderr(mut self) -> SandboxBuilder {
+        self.notices = true;
+        self
+    }
+
     /// What the policy's author may have overlooked (printed by `moat run`).
     pub(crate) fn policy_warnings(&self) -> Vec<String> {
         self.network.policy.warnings()
@@ -174,6 +183,7 @@ impl SandboxBuilder {
             rw: Vec::new(),
             limits: moat_sandbox::Limits::default(),
             simulated_hosts: Vec::new(),
+            notices: false,
         }
     }
 
@@ -375,6 +385,9 @@ impl SandboxBuilder {
         };
         engine.link = link;
         engine.simulated_hosts = self.simulated_hosts;
+        if self.notices {
+            engine.notices = moat_engine::Notices::to(Box::new(io::stderr()));
+        }
         let mut env = crate::setup::base_env();
         if let Some(tls) = net.tls.as_ref().filter(|_| !offline) {
             let trust = tls.assemble(&self.name)?;

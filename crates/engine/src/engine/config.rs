@@ -9,7 +9,7 @@ use moat_policy::{CompiledPolicy, DomainName, DomainSuffix};
 use rustls::pki_types::CertificateDer;
 
 use super::inbound::Published;
-use crate::audit::AuditLog;
+use crate::audit::{AuditLog, Notices};
 use crate::tls::ca::InterceptCa;
 
 /// How denied flows are answered.
@@ -114,6 +114,8 @@ pub struct EngineConfig {
     pub busy_poll: Duration,
     /// TLS interception, when on.
     pub tls: Option<TlsConfig>,
+    /// Where one-line notices for the user go (none by default).
+    pub notices: Notices,
     /// Addresses of the host that stand for other machines and are judged as what they
     /// are, not as the host's loopback: `moat demo` simulates its world on its own
     /// namespace's loopback. Empty for every real run.
@@ -142,6 +144,7 @@ impl EngineConfig {
             busy_poll: Duration::from_micros(100),
             simulated_hosts: Vec::new(),
             tls: None,
+            notices: Notices::default(),
         }
     }
 }

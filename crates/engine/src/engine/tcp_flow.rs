@@ -409,6 +409,19 @@ impl TcpFlow {
                         alpn: None,
                     };
                     cx.audit_tls(self.key, &self.rule, &audit, Some(&why));
+                    let (what, hint) = match &failure {
+                        TlsFailure::Refused(_) => ("refused a request on", ""),
+                        TlsFailure::Untrusted(_) => (
+                            "could not set up TLS to",
+                            " (a private CA: --tls-upstream-ca FILE; any certificate: --tls-no-verify-upstream)",
+                        ),
+                        _ => ("could not set up TLS to", ""),
+                    };
+                    let at = match name.as_str() {
+                        "" => self.key.host.to_string(),
+                        name => format!("{name} ({})", self.key.host),
+                    };
+                    cx.cfg.notices.line(&format!("{what} {at}: {why}{hint}"));
                 }
                 let _ = self.host.shutdown(std::net::Shutdown::Both);
                 cx.stack.tcp(handle).close();

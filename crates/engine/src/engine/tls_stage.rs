@@ -112,6 +112,8 @@ pub(super) enum TlsNote {
 pub(super) enum TlsFailure {
     /// A handshake failed, on either leg; the sandbox was sent an alert where it could be.
     Handshake(String),
+    /// The server's certificate is not trusted (the sandbox was sent an alert).
+    Untrusted(String),
     /// A request was refused; the sandbox was answered 403.
     Refused(String),
     /// The connection broke after both handshakes.
@@ -122,7 +124,10 @@ impl TlsFailure {
     /// The reason, for the audit log.
     pub(super) fn reason(&self) -> &str {
         match self {
-            TlsFailure::Handshake(why) | TlsFailure::Refused(why) | TlsFailure::Broken(why) => why,
+            TlsFailure::Handshake(why)
+            | TlsFailure::Untrusted(why)
+            | TlsFailure::Refused(why)
+            | TlsFailure::Broken(why) => why,
         }
     }
 }
@@ -311,7 +316,7 @@ impl Intercept {
                 match client.write_tls(host) {
                     Ok(_) => {}
                     Err(e) if would_block(&e) => break,
-                    Err(e) => break 'hs Some(format!("the server: {e}")),
+                    Err(e) => break 'hs Some(TlsFailure::Handshake(format!("the server: {e}"))),
                 }
             }
             if !client.is_handshaking() {
@@ -319,20 +324,26 @@ impl Intercept {
             }
             match client.read_tls(host) {
                 Ok(0) => {
-                    break Some("the server closed the connection during the handshake".to_owned());
+                    break Some(TlsFailure::Handshake(
+                        "the server closed the connection during the handshake".to_owned(),
+                    ));
                 }
                 Ok(_) => {}
                 Err(e) if would_block(&e) => return Ok(None),
-                Err(e) => break Some(format!("the server: {e}")),
+                Err(e) => break Some(TlsFailure::Handshake(format!("the server: {e}"))),
             }
             if let Err(e) = client.process_new_packets() {
                 // Tell the server too, then the sandbox.
                 let _ = client.write_tls(host);
-                break Some(format!("the server's TLS: {e}"));
+                let why = format!("the server's TLS: {e}");
+                break Some(match e {
+                    rustls::Error::InvalidCertificate(_) => TlsFailure::Untrusted(why),
+                    _ => TlsFailure::Handshake(why),
+                });
             }
         };
-        if let Some(why) = failure {
-            return self.refuse(socket, shared, why);
+        if let Some(failure) = failure {
+            return self.refuse(socket, shared, failure);
         }
         let Phase::Upstream {
             accepted,
@@ -385,14 +396,14 @@ impl Intercept {
         &mut self,
         socket: &mut tcp::Socket<'static>,
         shared: &TlsShared,
-        why: String,
+        failure: TlsFailure,
     ) -> Result<Option<TlsNote>, TlsFailure> {
         if let Phase::Upstream { accepted, .. } = std::mem::replace(&mut self.phase, Phase::Failed)
             && let Err((_, mut alert)) = accepted.into_connection(shared.refuse.clone())
         {
             let _ = alert.write(&mut socket_sink(socket));
         }
-        Err(TlsFailure::Handshake(why))
+        Err(failure)
     }
 
     fn fail<T>(&mut self, why: String) -> Result<T, TlsFailure> {

@@ -257,56 +257,58 @@ pub(crate) fn builder(opts: &RunOptions) -> anyhow::Result<SandboxBuilder> {
     }
     let env = command_env(&opts.env)?;
 
-    let mut b = Sandbox::builder(opts.name.clone()).network(|mut n| {
-        n = n
-            .policy(policy)
-            .dns_rebind_protection(!opts.no_dns_rebind_protection)
-            .deny_mode(if opts.reject {
-                DenyMode::Reject
-            } else {
-                DenyMode::Drop
-            });
-        for d in &opts.block_domains {
-            n = n.block_domain(d);
-        }
-        for d in &opts.block_domain_suffixes {
-            n = n.block_domain_suffix(d);
-        }
-        for addr in dns_servers {
-            n = n.dns_server_addr(addr);
-        }
-        if let Some(max) = opts.max_connections {
-            n = n.max_connections(max);
-        }
-        if let Some(bytes) = max_buffer_memory {
-            n = n.max_buffer_memory(bytes);
-        }
-        if let Some(mtu) = opts.mtu {
-            n = n.mtu(mtu);
-        }
-        if let Some(tls) = &opts.tls {
-            n = n.tls(|mut t| {
-                for pattern in &tls.bypass {
-                    t = t.bypass(pattern.clone());
-                }
-                if !tls.ports.is_empty() {
-                    t = t.intercepted_ports(tls.ports.clone());
-                }
-                if let Some(cert) = &tls.ca_cert {
-                    t = t.intercept_ca_cert(cert.clone());
-                }
-                if let Some(key) = &tls.ca_key {
-                    t = t.intercept_ca_key(key.clone());
-                }
-                for ca in &tls.upstream_cas {
-                    t = t.upstream_ca_cert(ca.clone());
-                }
-                t.verify_upstream(!tls.no_verify_upstream)
-                    .block_quic(!tls.allow_quic)
-            });
-        }
-        n
-    });
+    let mut b = Sandbox::builder(opts.name.clone())
+        .notices_to_stderr()
+        .network(|mut n| {
+            n = n
+                .policy(policy)
+                .dns_rebind_protection(!opts.no_dns_rebind_protection)
+                .deny_mode(if opts.reject {
+                    DenyMode::Reject
+                } else {
+                    DenyMode::Drop
+                });
+            for d in &opts.block_domains {
+                n = n.block_domain(d);
+            }
+            for d in &opts.block_domain_suffixes {
+                n = n.block_domain_suffix(d);
+            }
+            for addr in dns_servers {
+                n = n.dns_server_addr(addr);
+            }
+            if let Some(max) = opts.max_connections {
+                n = n.max_connections(max);
+            }
+            if let Some(bytes) = max_buffer_memory {
+                n = n.max_buffer_memory(bytes);
+            }
+            if let Some(mtu) = opts.mtu {
+                n = n.mtu(mtu);
+            }
+            if let Some(tls) = &opts.tls {
+                n = n.tls(|mut t| {
+                    for pattern in &tls.bypass {
+                        t = t.bypass(pattern.clone());
+                    }
+                    if !tls.ports.is_empty() {
+                        t = t.intercepted_ports(tls.ports.clone());
+                    }
+                    if let Some(cert) = &tls.ca_cert {
+                        t = t.intercept_ca_cert(cert.clone());
+                    }
+                    if let Some(key) = &tls.ca_key {
+                        t = t.intercept_ca_key(key.clone());
+                    }
+                    for ca in &tls.upstream_cas {
+                        t = t.upstream_ca_cert(ca.clone());
+                    }
+                    t.verify_upstream(!tls.no_verify_upstream)
+                        .block_quic(!tls.allow_quic)
+                });
+            }
+            n
+        });
     if let Some(dir) = &opts.workdir {
         let dir = dir
             .canonicalize()
