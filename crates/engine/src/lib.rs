@@ -10,6 +10,7 @@ mod engine;
 mod http;
 mod icmp;
 mod offload;
+mod secrets;
 mod tls;
 mod wire;
 
@@ -18,9 +19,10 @@ pub use device::{FrameDevice, MemoryDevice, SharedMemoryDevice, TapDevice};
 pub use engine::{
     Counters, DEFAULT_MAX_BUFFER_MEMORY, DEFAULT_MAX_CONNECTIONS, DEFAULT_TLS_PORTS, DenyMode,
     EngineConfig, EngineHandle, LinkConfig, MAX_MTU, MAX_PUBLISHED, MIN_BUFFER_MEMORY, MIN_MTU,
-    Published, PublishedSocket, TlsConfig, spawn,
+    Published, PublishedSocket, Terminate, TlsConfig, spawn,
 };
 pub use offload::{TcpOffload, VNET_HDR_LEN};
+pub use secrets::{HostPattern, Secret, SecretError, check_distinct as check_secrets};
 pub use tls::ca::{CaError, FRESH_CA_DAYS, InterceptCa, LeafName, STABLE_CA_DAYS};
 
 /// Entry points for the fuzz targets in `fuzz/` (not a stable API): every parser of bytes

@@ -43,6 +43,9 @@ pub enum Error {
     /// A port could not be published.
     #[error(transparent)]
     Publish(#[from] crate::publish::PublishError),
+    /// A secret is unusable.
+    #[error(transparent)]
+    Secret(#[from] moat_engine::SecretError),
     /// TLS interception could not be set up.
     #[error(transparent)]
     Tls(#[from] crate::tls::TlsError),
@@ -122,6 +125,28 @@ pub struct Output {
     pub stderr: Vec<u8>,
 }
 
+/// Under `BlockAndTerminate`, stops the sandbox (everything in it is killed; later calls
+/// say it was stopped) as soon as the engine asks; ends with the sandbox.
+fn watch_for_termination(
+    inner: std::sync::Weak<Mutex<Option<moat_sandbox::Sandbox>>>,
+    terminate: moat_engine::Terminate,
+) {
+    let _ = std::thread::Builder::new()
+        .name("moat-terminate".into())
+        .spawn(move || {
+            while let Some(inner) = inner.upgrade() {
+                if terminate.requested().is_some() {
+                    if let Some(sandbox) = lock(&inner).take() {
+                        let _ = sandbox.stop();
+                    }
+                    return;
+                }
+                drop(inner);
+                std::thread::sleep(std::time::Duration::from_millis(100));
+            }
+        });
+}
+
 fn lock(
     inner: &Mutex<Option<moat_sandbox::Sandbox>>,
 ) -> MutexGuard<'_, Option<moat_sandbox::Sandbox>> {
@@ -143,8 +168,12 @@ impl Sandbox {
 
     /// A started sandbox as the API's handle.
     pub(crate) fn from_parts(started: Started) -> Sandbox {
+        let inner = Arc::new(Mutex::new(Some(started.sandbox)));
+        if started.stop_on_violation {
+            watch_for_termination(Arc::downgrade(&inner), started.terminate);
+        }
         Sandbox {
-            inner: Arc::new(Mutex::new(Some(started.sandbox))),
+            inner,
             engine: Mutex::new(started.engine),
             env: started.env,
             workdir: started.workdir,

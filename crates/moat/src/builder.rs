@@ -12,10 +12,11 @@ use std::net::{IpAddr, SocketAddr};
 use std::path::PathBuf;
 
 use moat_engine::{AuditLog, EngineConfig, EngineHandle, LinkConfig, TapDevice};
-use moat_policy::NetworkPolicy;
+use moat_policy::{NetworkPolicy, ViolationAction};
 use moat_sandbox::SandboxConfig;
 
 use crate::api::{AuditSink, DenyMode, Error, Sandbox, io_err};
+use crate::secrets::SecretBuilder;
 use crate::tls::TlsBuilder;
 
 /// Network settings (shared/API.md §2), used in [`SandboxBuilder::network`].
@@ -31,6 +32,7 @@ pub struct NetworkBuilder {
     dns_servers: Vec<SocketAddr>,
     deny_mode: DenyMode,
     tls: Option<TlsBuilder>,
+    on_secret_violation: ViolationAction,
 }
 
 impl Default for NetworkBuilder {
@@ -46,6 +48,7 @@ impl Default for NetworkBuilder {
             dns_servers: Vec::new(),
             deny_mode: DenyMode::Drop,
             tls: None,
+            on_secret_violation: ViolationAction::Block,
         }
     }
 }
@@ -131,6 +134,14 @@ impl NetworkBuilder {
         self
     }
 
+    /// What happens when a secret's placeholder heads for a host outside its allow list:
+    /// `Block` (default; the connection is reset), `BlockAndLog` (and a warning),
+    /// `BlockAndTerminate` (and the whole sandbox stops).
+    pub fn on_secret_violation(mut self, action: ViolationAction) -> NetworkBuilder {
+        self.on_secret_violation = action;
+        self
+    }
+
     /// *Extension:* how denied flows are answered. Default [`DenyMode::Drop`].
     pub fn deny_mode(mut self, mode: DenyMode) -> NetworkBuilder {
         self.deny_mode = mode;
@@ -154,9 +165,17 @@ pub struct SandboxBuilder {
     simulated_hosts: Vec<IpAddr>,
     /// One-line notices (a TLS connection that could not be set up) go to stderr.
     notices: bool,
+    secrets: Vec<SecretBuilder>,
 }
 
 impl SandboxBuilder {
+    /// Adds a secret: the sandbox's environment holds a placeholder, and the value stays
+    /// in moat (see [`SecretBuilder`]). Repeatable.
+    pub fn secret(mut self, f: impl FnOnce(SecretBuilder) -> SecretBuilder) -> SandboxBuilder {
+        self.secrets.push(f(SecretBuilder::default()));
+        self
+    }
+
     /// Sends one-line notices to stderr as they happen (`moat run` does; a program reads
     /// the audit log instead).
     pub(crate) fn notices_to_stderr(mut self) -> SandboxBuilder {
@@ -184,6 +203,7 @@ impl SandboxBuilder {
             limits: moat_sandbox::Limits::default(),
             simulated_hosts: Vec::new(),
             notices: false,
+            secrets: Vec::new(),
         }
     }
 
@@ -388,6 +408,12 @@ impl SandboxBuilder {
         if self.notices {
             engine.notices = moat_engine::Notices::to(Box::new(io::stderr()));
         }
+        let secrets = self
+            .secrets
+            .into_iter()
+            .map(SecretBuilder::build)
+            .collect::<Result<Vec<_>, _>>()?;
+        moat_engine::check_secrets(&secrets)?;
         let mut env = crate::setup::base_env();
         if let Some(tls) = net.tls.as_ref().filter(|_| !offline) {
             let trust = tls.assemble(&self.name)?;
@@ -395,6 +421,9 @@ impl SandboxBuilder {
             sandbox.files.extend(trust.files);
             env.extend(trust.env);
         }
+        env.extend(crate::secrets::env_of(&secrets));
+        engine.secrets = secrets;
+        engine.on_secret_violation = net.on_secret_violation;
         for (k, v) in self.env {
             env.retain(|(key, _)| *key != k);
             env.push((k, v));
@@ -427,11 +456,18 @@ pub(crate) struct Started {
     pub(crate) engine: Option<EngineHandle>,
     pub(crate) env: Vec<(OsString, OsString)>,
     pub(crate) workdir: PathBuf,
+    /// Set when a secret violation under `BlockAndTerminate` asks for the sandbox to stop.
+    pub(crate) terminate: moat_engine::Terminate,
+    /// `BlockAndTerminate` is the action (so someone must watch `terminate`).
+    pub(crate) stop_on_violation: bool,
 }
 
 impl Assembly {
     /// Starts the sandbox and, when it has an interface, the engine on its TAP.
     pub(crate) fn start(self) -> Result<Started, Error> {
+        let terminate = self.engine.terminate.clone();
+        let stop_on_violation = !self.engine.secrets.is_empty()
+            && self.engine.on_secret_violation == ViolationAction::BlockAndTerminate;
         let mut sandbox = moat_sandbox::Sandbox::start(&self.sandbox)?;
         let engine = match sandbox.take_tap() {
             Some(tap) => {
@@ -449,6 +485,8 @@ impl Assembly {
             engine,
             env: self.env,
             workdir: self.workdir,
+            terminate,
+            stop_on_violation,
         })
     }
 }

@@ -25,6 +25,7 @@ mod builder;
 mod cli;
 mod demo;
 mod publish;
+mod secrets;
 mod setup;
 mod terminal;
 mod tls;
@@ -45,4 +46,5 @@ pub use moat_policy::{
     DomainName, DomainSuffix, Flow, IpNetwork, NetworkPolicy, PolicyError, PolicyFileError,
     PortRange, Protocol, Rule, ViolationAction,
 };
+pub use secrets::SecretBuilder;
 pub use tls::{TlsBuilder, TlsError};

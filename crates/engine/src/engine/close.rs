@@ -31,6 +31,8 @@ pub(crate) enum CloseReason {
     Tls(String),
     /// The connection did not finish closing in time after both sides were done.
     CloseTimedOut,
+    /// A secret's placeholder was heading for a host outside its list (the secret's name).
+    SecretViolation(String),
     /// A DNS query was answered.
     Answered,
     /// Every upstream resolver failed a DNS query.
@@ -64,6 +66,9 @@ impl fmt::Display for CloseReason {
             CloseReason::DeniedByClientHello => f.write_str("denied by its TLS ClientHello"),
             CloseReason::Tls(e) => write!(f, "tls interception failed: {e}"),
             CloseReason::CloseTimedOut => f.write_str("close timed out"),
+            CloseReason::SecretViolation(name) => {
+                write!(f, "secret {name}: its placeholder was heading elsewhere")
+            }
             CloseReason::Answered => f.write_str("answered"),
             CloseReason::DnsFailed => f.write_str("dns failed"),
             CloseReason::SandboxStopped => f.write_str("sandbox stopped"),

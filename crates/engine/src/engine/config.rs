@@ -5,11 +5,12 @@ use std::net::{IpAddr, Ipv4Addr, Ipv6Addr, SocketAddr};
 use std::sync::Arc;
 use std::time::Duration;
 
-use moat_policy::{CompiledPolicy, DomainName, DomainSuffix};
+use moat_policy::{CompiledPolicy, DomainName, DomainSuffix, ViolationAction};
 use rustls::pki_types::CertificateDer;
 
 use super::inbound::Published;
 use crate::audit::{AuditLog, Notices};
+use crate::secrets::Secret;
 use crate::tls::ca::InterceptCa;
 
 /// How denied flows are answered.
@@ -116,6 +117,13 @@ pub struct EngineConfig {
     pub tls: Option<TlsConfig>,
     /// Where one-line notices for the user go (none by default).
     pub notices: Notices,
+    /// Secrets whose placeholders the sandbox holds.
+    pub secrets: Vec<Secret>,
+    /// What a placeholder heading for a host outside its secret's list does.
+    pub on_secret_violation: ViolationAction,
+    /// Set (with the reason) when a violation under `BlockAndTerminate` asks for the whole
+    /// sandbox to stop; whoever runs the sandbox watches it.
+    pub terminate: Terminate,
     /// Addresses of the host that stand for other machines and are judged as what they
     /// are, not as the host's loopback: `moat demo` simulates its world on its own
     /// namespace's loopback. Empty for every real run.
@@ -145,6 +153,9 @@ impl EngineConfig {
             simulated_hosts: Vec::new(),
             tls: None,
             notices: Notices::default(),
+            secrets: Vec::new(),
+            on_secret_violation: ViolationAction::Block,
+            terminate: Terminate::default(),
         }
     }
 }
@@ -164,6 +175,23 @@ pub struct TlsConfig {
     pub verify_upstream: bool,
     /// The roots upstream chains are verified against (the host's, plus any given).
     pub roots: Vec<CertificateDer<'static>>,
+}
+
+/// A request to stop the whole sandbox, shared between the engine and whoever runs it.
+#[derive(Debug, Clone, Default)]
+pub struct Terminate(Arc<std::sync::Mutex<Option<String>>>);
+
+impl Terminate {
+    /// Asks for the sandbox to stop, saying why (the first reason is kept).
+    pub fn request(&self, why: String) {
+        let mut slot = self.0.lock().unwrap_or_else(|e| e.into_inner());
+        slot.get_or_insert(why);
+    }
+
+    /// Why the sandbox must stop, once asked.
+    pub fn requested(&self) -> Option<String> {
+        self.0.lock().unwrap_or_else(|e| e.into_inner()).clone()
+    }
 }
 
 /// The default of [`TlsConfig::ports`].

@@ -10,7 +10,9 @@
 use std::net::{IpAddr, SocketAddr};
 use std::time::{Duration, Instant};
 
-use moat_policy::{Decision, Direction, DomainName, Flow, Permit, Protocol, canonical_addr};
+use moat_policy::{
+    Decision, Direction, DomainName, Flow, Permit, Protocol, ViolationAction, canonical_addr,
+};
 use serde_json::Value;
 
 use super::close::CloseReason;
@@ -321,6 +323,57 @@ impl Cx {
         self.cfg
             .audit
             .event("connect", "deny", "block_quic", reason, fields);
+    }
+
+    /// One name this sandbox's lookups pinned to `addr`, if any.
+    pub(super) fn pinned_name(&self, addr: IpAddr) -> Option<String> {
+        self.pins
+            .names(canonical_addr(addr), Instant::now())
+            .first()
+            .map(|n| n.as_str().to_owned())
+    }
+
+    /// Secret `i`'s placeholder was heading for `host` (on `key`), outside its list: the
+    /// `secret` event, and what the action adds — a notice (`BlockAndLog`), or a notice
+    /// and a request to stop the sandbox (`BlockAndTerminate`). Returns the secret's name.
+    pub(super) fn secret_violation(&mut self, key: FlowKey, host: &str, i: usize) -> String {
+        let name = self
+            .cfg
+            .secrets
+            .get(i)
+            .map_or_else(|| "?".to_owned(), |s| s.name().to_owned());
+        let action = self.cfg.on_secret_violation;
+        let action_name = match action {
+            ViolationAction::Block => "block",
+            ViolationAction::BlockAndLog => "block_and_log",
+            ViolationAction::BlockAndTerminate => "block_and_terminate",
+        };
+        self.counters.denied += 1;
+        let mut fields = Cx::connect_fields("tcp", key);
+        fields.push(("name", Value::from(name.as_str())));
+        fields.push(("host", Value::from(host)));
+        fields.push(("secret", Value::from("violation")));
+        fields.push(("action", Value::from(action_name)));
+        let reason = format!(
+            "the placeholder of secret {name} was heading for {host}, which is not among its hosts"
+        );
+        self.cfg
+            .audit
+            .event("secret", "deny", "secret", &reason, fields);
+        match action {
+            ViolationAction::Block => {}
+            ViolationAction::BlockAndLog => {
+                self.cfg.notices.line(&format!(
+                    "warning: blocked {reason} (the connection was reset)"
+                ));
+            }
+            ViolationAction::BlockAndTerminate => {
+                let why = format!("error: {reason}; stopping the sandbox (block-and-terminate)");
+                self.cfg.notices.line(&why);
+                self.cfg.terminate.request(reason);
+            }
+        }
+        name
     }
 
     /// Audits a peer's connection to a published port.

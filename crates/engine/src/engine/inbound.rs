@@ -224,7 +224,7 @@ fn accept(
         guest,
         host: source,
     };
-    let flow = TcpFlow::published(key, rule.clone(), stream, handle, mem);
+    let flow = TcpFlow::published(key, rule.clone(), stream, handle, mem, &cx.cfg.secrets);
     table.insert(id, Flow::Tcp(flow));
     cx.counters.allowed += 1;
     cx.audit_inbound("allow", &rule, &reason, "tcp", peer, guest_port);

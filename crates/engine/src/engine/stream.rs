@@ -38,6 +38,7 @@ use super::close::CloseReason;
 use super::cx::Tally;
 use super::pool::SocketPool;
 use super::tls_stage::{Intercept, TlsFailure, TlsNote, TlsShared};
+use crate::secrets::{Scan, Scanner};
 use crate::tls::sni::{self, Sni};
 
 /// What happens to the bytes on their way.
@@ -58,6 +59,9 @@ pub(super) enum Broken {
     /// Interception cannot go on; what the sandbox was sent (an alert, a 403) must
     /// arrive, so the flow closes in order.
     Tls(TlsFailure),
+    /// The placeholder of secret `.0` was heading for a host outside its list; the bytes
+    /// carrying it were kept back.
+    Secret(usize),
 }
 
 /// One direction of a stream.
@@ -88,6 +92,8 @@ pub(super) struct Stream {
     down: Half,
     /// Bytes moved each way.
     pub(super) tally: Tally,
+    /// Finds the placeholders that must not leave on this flow (`secrets.rs`).
+    scanner: Option<Scanner>,
 }
 
 impl Stream {
@@ -97,6 +103,7 @@ impl Stream {
             up: Half::Open,
             down: Half::Open,
             tally: Tally::new(),
+            scanner: None,
         }
     }
 
@@ -126,6 +133,11 @@ impl Stream {
         }
         self.stage = Stage::Opaque;
         Hello::Ready(parsed)
+    }
+
+    /// From now on the sandbox's bytes are scanned for the placeholders `scanner` watches.
+    pub(super) fn scan_with(&mut self, scanner: Scanner) {
+        self.scanner = (!scanner.is_idle()).then_some(scanner);
     }
 
     /// The server name of an intercepted stream's ClientHello.
@@ -159,18 +171,29 @@ impl Stream {
                     "interception is not configured".into(),
                 )));
             };
+            let scanner = self.scanner.as_mut();
             let note = intercept
-                .pump(socket, host, pool, mem, shared, &mut self.tally, scratch)
-                .map_err(Broken::Tls)?;
+                .pump(
+                    socket,
+                    host,
+                    pool,
+                    mem,
+                    shared,
+                    &mut self.tally,
+                    scanner,
+                    scratch,
+                )
+                .map_err(|f| match f {
+                    TlsFailure::Secret(i) => Broken::Secret(i),
+                    other => Broken::Tls(other),
+                })?;
             if intercept.finished() {
                 self.up = Half::Finished;
                 self.down = Half::Finished;
             }
             return Ok(note);
         }
-        self.relay(socket, host, pool, mem)
-            .map(|()| None)
-            .map_err(Broken::Reset)
+        self.relay(socket, host, pool, mem).map(|()| None)
     }
 
     /// The opaque relay.
@@ -180,19 +203,40 @@ impl Stream {
         host: &mut TcpStream,
         pool: &mut SocketPool,
         mem: &mut Grant,
-    ) -> Result<(), CloseReason> {
-        // Sandbox → host.
+    ) -> Result<(), Broken> {
+        // Sandbox → host, each piece scanned for placeholders before it leaves.
         while matches!(self.stage, Stage::Opaque) && socket.can_recv() {
-            let r = socket.recv(|buf| match host.write(buf) {
-                Ok(n) => (n, Ok(n)),
-                Err(e) => (0, Err(e)),
+            let scanner = &mut self.scanner;
+            let mut violation = None;
+            let r = socket.recv(|buf| {
+                // Bytes that may begin a placeholder stay in the socket until more come.
+                let passing = match scanner.as_mut().map(|s| s.scan(buf)) {
+                    Some(Scan::Found(i)) => {
+                        violation = Some(i);
+                        return (0, Ok(0));
+                    }
+                    Some(Scan::Pass(n)) => n,
+                    None => buf.len(),
+                };
+                if passing == 0 {
+                    return (0, Ok(0));
+                }
+                match host.write(&buf[..passing]) {
+                    Ok(n) => (n, Ok(n)),
+                    Err(e) => (0, Err(e)),
+                }
             });
+            if let Some(i) = violation {
+                return Err(Broken::Secret(i));
+            }
             match r {
                 Ok(Ok(0)) => break,
                 Ok(Ok(n)) => self.tally.up += n as u64,
                 Ok(Err(e)) if e.kind() == io::ErrorKind::WouldBlock => break,
                 Ok(Err(e)) if e.kind() == io::ErrorKind::Interrupted => continue,
-                Ok(Err(e)) => return Err(CloseReason::UpstreamWrite(e.to_string())),
+                Ok(Err(e)) => {
+                    return Err(Broken::Reset(CloseReason::UpstreamWrite(e.to_string())));
+                }
                 Err(_) => break,
             }
         }
@@ -242,7 +286,9 @@ impl Stream {
                 }
                 Ok(Got::Block) | Err(_) => break,
                 Ok(Got::Fail(e)) if e.kind() == io::ErrorKind::Interrupted => continue,
-                Ok(Got::Fail(e)) => return Err(CloseReason::UpstreamRead(e.to_string())),
+                Ok(Got::Fail(e)) => {
+                    return Err(Broken::Reset(CloseReason::UpstreamRead(e.to_string())));
+                }
             }
         }
         Ok(())

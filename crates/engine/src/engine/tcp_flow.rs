@@ -30,7 +30,7 @@ use std::time::{Duration, Instant};
 
 use mio::net::TcpStream;
 use mio::{Interest, Registry};
-use moat_policy::{DomainName, Protocol};
+use moat_policy::{DomainName, Protocol, canonical_addr};
 use smoltcp::iface::SocketHandle;
 use smoltcp::socket::tcp;
 use smoltcp::wire::IpListenEndpoint;
@@ -44,6 +44,7 @@ use super::dns_flow;
 use super::stream::{Broken, Hello, Stage, Stream};
 use super::table::{Due, Flow, FlowId, FlowKey, FlowTable};
 use super::tls_stage::{Intercept, TlsFailure, TlsNote};
+use crate::secrets::{Scanner, Secret};
 use crate::tls::sni::Sni;
 
 /// TCP ports whose first bytes are read for a TLS server name (when the policy has domain
@@ -210,6 +211,14 @@ fn open(table: &mut FlowTable, cx: &mut Cx, seg: Segment<'_>) {
     } else {
         Stage::Opaque
     };
+    let mut stream = Stream::new(stage);
+    // A placeholder may leave in clear only for a secret that allows plain HTTP, to a
+    // host its lookups named.
+    let names = cx.pins.names(canonical_addr(upstream.ip()), Instant::now());
+    let secrets = &cx.cfg.secrets;
+    stream.scan_with(Scanner::new(secrets, |i| {
+        !(secrets[i].allows_plain_http() && names.iter().any(|n| secrets[i].allows(n)))
+    }));
     let flow = TcpFlow {
         key,
         rule: rule.clone(),
@@ -222,7 +231,7 @@ fn open(table: &mut FlowTable, cx: &mut Cx, seg: Segment<'_>) {
             deadline: Instant::now() + cx.cfg.connect_timeout,
             socket: Box::new(socket),
         },
-        stream: Stream::new(stage),
+        stream,
     };
     table.insert(id, Flow::Tcp(flow));
     cx.audit_allow("tcp", key, &rule, &reason);
@@ -277,14 +286,17 @@ pub(super) fn dial_timed_out(table: &mut FlowTable, cx: &mut Cx, id: FlowId) {
 
 impl TcpFlow {
     /// A connection from a peer of a published port, relaying at once through `handle`
-    /// (connecting to the sandbox).
+    /// (connecting to the sandbox); no placeholder may go back to the peer.
     pub(super) fn published(
         key: FlowKey,
         rule: String,
         host: TcpStream,
         handle: SocketHandle,
         mem: Grant,
+        secrets: &[Secret],
     ) -> TcpFlow {
+        let mut stream = Stream::new(Stage::Opaque);
+        stream.scan_with(Scanner::new(secrets, |_| true));
         TcpFlow {
             key,
             rule,
@@ -292,7 +304,7 @@ impl TcpFlow {
             host,
             mem,
             state: TcpState::Relaying { handle },
-            stream: Stream::new(Stage::Opaque),
+            stream,
         }
     }
 
@@ -393,6 +405,17 @@ impl TcpFlow {
             Err(Broken::Reset(why)) => {
                 cx.stack.tcp(handle).abort();
                 return Step::Doom(why);
+            }
+            Err(Broken::Secret(i)) => {
+                // Every action blocks: the sandbox sees a reset (the specification's
+                // Block); the audit, the notice and the stop depend on the action.
+                let host = self.stream.server_name().unwrap_or_else(|| {
+                    cx.pinned_name(self.key.host.ip())
+                        .unwrap_or_else(|| self.key.host.ip().to_string())
+                });
+                let name = cx.secret_violation(self.key, &host, i);
+                cx.stack.tcp(handle).abort();
+                return Step::Doom(CloseReason::SecretViolation(name));
             }
             Err(Broken::Tls(failure)) => {
                 // A handshake that failed, or a request refused, is a decision: audited.
@@ -509,6 +532,12 @@ impl TcpFlow {
             cx.audit_tls(self.key, &self.rule, &audit, None);
             return;
         }
+        // Inside, a placeholder may go only to a verified server its secret names.
+        let verified = tls.verifies();
+        let secrets = &cx.cfg.secrets;
+        self.stream.scan_with(Scanner::new(secrets, |i| {
+            !(verified && name.is_some_and(|n| secrets[i].allows(n)))
+        }));
         self.stream
             .intercept(Intercept::new(self.key.host.ip(), name.cloned()));
     }

@@ -102,6 +102,11 @@ impl TlsShared {
         self.block_quic && self.intercepts(port)
     }
 
+    /// Whether servers' chains are verified.
+    pub(super) fn verifies(&self) -> bool {
+        self.verify
+    }
+
     /// Whether `name` passes without interception.
     pub(super) fn bypasses(&self, name: &DomainName) -> bool {
         self.bypass.iter().any(|b| match b {

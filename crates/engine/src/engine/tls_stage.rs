@@ -48,6 +48,7 @@ use super::pool::SocketPool;
 use super::tls_shared::Fixed;
 pub(super) use super::tls_shared::TlsShared;
 use crate::http::{Authority, RequestReader, h1, h2};
+use crate::secrets::{Scan, Scanner};
 use crate::tls::ca::LeafName;
 
 /// Plaintext moved per step between the legs.
@@ -118,6 +119,9 @@ pub(super) enum TlsFailure {
     Refused(String),
     /// The connection broke after both handshakes.
     Broken(String),
+    /// The placeholder of secret `.0` was heading for this host, outside its list; it
+    /// was kept back.
+    Secret(usize),
 }
 
 impl TlsFailure {
@@ -128,6 +132,7 @@ impl TlsFailure {
             | TlsFailure::Untrusted(why)
             | TlsFailure::Refused(why)
             | TlsFailure::Broken(why) => why,
+            TlsFailure::Secret(_) => "a secret's placeholder was kept back",
         }
     }
 }
@@ -150,6 +155,8 @@ pub(super) struct Intercept {
     refusal: Option<Refusal>,
     /// Records read from the server and not yet taken by rustls.
     host_in: Vec<u8>,
+    /// The sandbox's plaintext that may begin a placeholder, waiting for what follows.
+    up_held: Vec<u8>,
 }
 
 /// Writes into the sandbox's socket, within the buffer budget.
@@ -200,6 +207,7 @@ impl Intercept {
             pass: Vec::new(),
             refusal: None,
             host_in: Vec::new(),
+            up_held: Vec::new(),
         }
     }
 
@@ -223,6 +231,7 @@ impl Intercept {
         mem: &mut Grant,
         shared: &mut TlsShared,
         tally: &mut Tally,
+        scanner: Option<&mut Scanner>,
         buf: &mut [u8],
     ) -> Result<Option<TlsNote>, TlsFailure> {
         let mut note = None;
@@ -233,7 +242,7 @@ impl Intercept {
             note = self.handshake_upstream(socket, host, pool, mem, shared)?;
         }
         if let Phase::Open { .. } = self.phase {
-            self.relay(socket, host, pool, mem, tally, buf)?;
+            self.relay(socket, host, pool, mem, tally, scanner, buf)?;
         }
         if let Phase::Failed = self.phase {
             // The alert is queued; the flow closes.
@@ -411,6 +420,7 @@ impl Intercept {
         Err(TlsFailure::Handshake(why))
     }
 
+    #[allow(clippy::too_many_arguments)] // The two sockets, the budget, the counts, the scanner.
     fn relay(
         &mut self,
         socket: &mut tcp::Socket<'static>,
@@ -418,6 +428,7 @@ impl Intercept {
         pool: &mut SocketPool,
         mem: &mut Grant,
         tally: &mut Tally,
+        mut scanner: Option<&mut Scanner>,
         buf: &mut [u8],
     ) -> Result<(), TlsFailure> {
         let Phase::Open {
@@ -430,6 +441,7 @@ impl Intercept {
         };
         let pass = &mut self.pass;
         let refusal = &mut self.refusal;
+        let up_held = &mut self.up_held;
         let chunk = buf.len().min(CHUNK);
         let buf = &mut buf[..chunk];
         // The sandbox's records.
@@ -479,7 +491,8 @@ impl Intercept {
                                 // never do.
                                 let answer = h2::forbidden(requests.stream(), &why);
                                 *refusal = Some(Refusal { why, answer });
-                                let _ = client.writer().write_all(pass);
+                                let out = cleared(scanner.as_deref_mut(), up_held, pass)?;
+                                let _ = client.writer().write_all(&out);
                                 break;
                             }
                             _ => {
@@ -488,8 +501,9 @@ impl Intercept {
                             }
                         }
                     }
-                    let data = &pass[..];
-                    if client.writer().write_all(data).is_err() {
+                    // A placeholder this host may not receive stops here.
+                    let data = cleared(scanner.as_deref_mut(), up_held, pass)?;
+                    if client.writer().write_all(&data).is_err() {
                         return Err(TlsFailure::Broken("the server's TLS refused data".into()));
                     }
                 }
@@ -674,6 +688,24 @@ impl Intercept {
             }
         }
     }
+}
+
+/// What of `held` and then `pass` may go to the server now: scanned for placeholders
+/// (a find stops the connection); an end that may begin one is kept in `held`.
+fn cleared(
+    scanner: Option<&mut Scanner>,
+    held: &mut Vec<u8>,
+    pass: &[u8],
+) -> Result<Vec<u8>, TlsFailure> {
+    let mut out = std::mem::take(held);
+    out.extend_from_slice(pass);
+    if let Some(s) = scanner {
+        match s.scan(&out) {
+            Scan::Found(i) => return Err(TlsFailure::Secret(i)),
+            Scan::Pass(n) => *held = out.split_off(n),
+        }
+    }
+    Ok(out)
 }
 
 /// Answers a refused request with `403 Forbidden` and a one-line reason, then ends the

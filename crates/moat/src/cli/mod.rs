@@ -47,7 +47,7 @@ enum CaCommand {
 
 #[derive(Args)]
 #[command(
-    after_help = "DEST = IP | CIDR | DOMAIN | *.SUFFIX | any | group:private|loopback|link-local|metadata|multicast,\n       optional :PORT or :START-END, optional /tcp /udp /icmp\n\nThe sandbox sees /usr, /bin, /sbin, /lib*, /etc (secrets masked) and /opt read-only, a fresh\nHOME (/root), /tmp and /run, the work directory, and what --ro/--rw grant; nothing else of the host.\n\nThe exit status is the command's (128+N when signal N killed it); 125 when moat itself failed,\n126 when the command cannot be executed, 127 when it is not found, 122 when a limit ended the run."
+    after_help = "DEST = IP | CIDR | DOMAIN | *.SUFFIX | any | group:private|loopback|link-local|metadata|multicast,\n       optional :PORT or :START-END, optional /tcp /udp /icmp\n\nThe sandbox sees /usr, /bin, /sbin, /lib*, /etc (secrets masked) and /opt read-only, a fresh\nHOME (/root), /tmp and /run, the work directory, and what --ro/--rw grant; nothing else of the host.\n\nThe exit status is the command's (128+N when signal N killed it); 125 when moat itself failed,\n126 when the command cannot be executed, 127 when it is not found, 122 when a limit ended the run,\n123 when a secret's placeholder headed elsewhere under --on-secret-violation block-and-terminate."
 )]
 struct RunArgs {
     /// public-only (default), allow-all, none, or a TOML/JSON policy file.
@@ -140,6 +140,14 @@ struct RunArgs {
     /// Let UDP to intercepted ports (QUIC) pass under the policy instead of refusing it.
     #[arg(long, requires = "tls_intercept")]
     tls_allow_quic: bool,
+    /// A secret: the sandbox's NAME holds a placeholder, the value (moat's own NAME) may go
+    /// only to HOST(s) (`*.SUFFIX` allowed); repeatable.
+    #[arg(long, value_name = "NAME@HOST[,HOST...]")]
+    secret: Vec<String>,
+    /// When a placeholder heads elsewhere: block (reset), block-and-log (and warn), or
+    /// block-and-terminate (and stop the sandbox; exit status 123).
+    #[arg(long, value_name = "ACTION")]
+    on_secret_violation: Option<String>,
     /// The sandbox's name (also its host name).
     #[arg(long, default_value = "moat", value_name = "NAME")]
     name: String,
@@ -268,6 +276,8 @@ fn run_options(args: RunArgs, matches: Option<&clap::ArgMatches>) -> run::RunOpt
             no_verify_upstream: args.tls_no_verify_upstream,
             allow_quic: args.tls_allow_quic,
         }),
+        secrets: args.secret,
+        on_secret_violation: args.on_secret_violation,
         name: args.name,
         command: args.command,
     }

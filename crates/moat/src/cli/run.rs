@@ -16,12 +16,15 @@ use nix::sys::signal::{SigSet, SigmaskHow, Signal};
 use nix::sys::signalfd::{SfdFlags, SignalFd};
 
 use crate::builder::Started;
-use crate::{AuditSink, DenyMode, Sandbox, SandboxBuilder};
+use crate::{AuditSink, DenyMode, Sandbox, SandboxBuilder, ViolationAction};
 
 /// Exit status for moat's own failures (the command never ran), as container runtimes do.
 pub const SETUP_FAILED: i32 = 125;
 /// Exit status when a resource limit (`--memory`, `--pids-limit`) ended the run.
 pub const LIMIT_EXCEEDED: i32 = 122;
+/// Exit status when a secret's placeholder headed elsewhere under
+/// `--on-secret-violation block-and-terminate` and moat stopped the sandbox.
+pub const SECRET_VIOLATION: i32 = 123;
 /// Exit status when the command could not be executed (found, but not runnable).
 pub const NOT_EXECUTABLE: i32 = 126;
 /// Exit status when the command is not found in the sandbox.
@@ -72,6 +75,10 @@ pub struct RunOptions {
     pub cpus: Option<f64>,
     /// `--tls-intercept` and the `--tls-*` settings.
     pub tls: Option<TlsOptions>,
+    /// `--secret NAME@HOST[,HOST...]`.
+    pub secrets: Vec<String>,
+    /// `--on-secret-violation`.
+    pub on_secret_violation: Option<String>,
     /// `--name`.
     pub name: String,
     /// The command.
@@ -256,6 +263,19 @@ pub(crate) fn builder(opts: &RunOptions) -> anyhow::Result<SandboxBuilder> {
         bail!("--cpus {c}: expected a number of CPUs such as 0.5 or 2");
     }
     let env = command_env(&opts.env)?;
+    let secrets = opts
+        .secrets
+        .iter()
+        .map(|spec| crate::secrets::from_flag(spec))
+        .collect::<anyhow::Result<Vec<_>>>()?;
+    let on_violation = match opts.on_secret_violation.as_deref() {
+        None | Some("block") => ViolationAction::Block,
+        Some("block-and-log") => ViolationAction::BlockAndLog,
+        Some("block-and-terminate") => ViolationAction::BlockAndTerminate,
+        Some(other) => bail!(
+            "--on-secret-violation {other}: expected block, block-and-log or block-and-terminate"
+        ),
+    };
 
     let mut b = Sandbox::builder(opts.name.clone())
         .notices_to_stderr()
@@ -263,6 +283,7 @@ pub(crate) fn builder(opts: &RunOptions) -> anyhow::Result<SandboxBuilder> {
             n = n
                 .policy(policy)
                 .dns_rebind_protection(!opts.no_dns_rebind_protection)
+                .on_secret_violation(on_violation)
                 .deny_mode(if opts.reject {
                     DenyMode::Reject
                 } else {
@@ -336,6 +357,9 @@ pub(crate) fn builder(opts: &RunOptions) -> anyhow::Result<SandboxBuilder> {
     for (k, v) in env {
         b = b.env(k, v);
     }
+    for secret in secrets {
+        b = b.secret(|_| secret);
+    }
     b = match opts.audit.as_deref() {
         None => b,
         Some("-") => b.audit(AuditSink::Stderr),
@@ -386,6 +410,8 @@ pub(crate) fn run(opts: RunOptions) -> anyhow::Result<i32> {
         engine,
         env,
         workdir,
+        terminate,
+        ..
     } = assembly.start()?;
     for note in sandbox.limit_notes() {
         eprintln!("moat: note: {note}");
@@ -412,7 +438,7 @@ pub(crate) fn run(opts: RunOptions) -> anyhow::Result<i32> {
     streams.started()?;
     drop(preserved);
 
-    let ended = wait_with_signals(&mut sandbox, &sigfd, pid, &streams)?;
+    let ended = wait_with_signals(&mut sandbox, &sigfd, pid, &streams, &terminate)?;
     if let Some(engine) = engine {
         let _ = engine.stop();
     }
@@ -485,9 +511,14 @@ fn wait_with_signals(
     sigfd: &SignalFd,
     pid: i32,
     streams: &crate::terminal::Streams,
+    terminate: &moat_engine::Terminate,
 ) -> anyhow::Result<i32> {
     let mut kill_deadline: Option<Instant> = None;
     loop {
+        if terminate.requested().is_some() {
+            // The engine said why on stderr; the caller stops the sandbox.
+            return Ok(SECRET_VIOLATION);
+        }
         if let Some(status) = sandbox
             .next_exit(false)?
             .and_then(|(p, s)| (p == pid).then_some(s))
