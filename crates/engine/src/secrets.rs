@@ -200,6 +200,18 @@ pub fn check_distinct(secrets: &[Secret]) -> Result<(), SecretError> {
     Ok(())
 }
 
+/// The secret (by index) whose placeholder `data` carries, in any form the scanner knows,
+/// when `data` is a whole message on its own (a datagram, a DNS name).
+pub fn carried(secrets: &[Secret], data: &[u8]) -> Option<usize> {
+    if secrets.is_empty() {
+        return None;
+    }
+    match Scanner::new(secrets, |_| true).scan(data) {
+        Scan::Found(i) => Some(i),
+        Scan::Pass(_) => None,
+    }
+}
+
 /// `moat_` and 128 random bits in hexadecimal.
 fn random_placeholder() -> String {
     use ring::rand::SecureRandom;

@@ -337,6 +337,17 @@ impl Cx {
     /// `secret` event, and what the action adds — a notice (`BlockAndLog`), or a notice
     /// and a request to stop the sandbox (`BlockAndTerminate`). Returns the secret's name.
     pub(super) fn secret_violation(&mut self, key: FlowKey, host: &str, i: usize) -> String {
+        self.secret_violation_on("tcp", key, host, i)
+    }
+
+    /// [`Self::secret_violation`] for a flow of `proto`.
+    pub(super) fn secret_violation_on(
+        &mut self,
+        proto: &str,
+        key: FlowKey,
+        host: &str,
+        i: usize,
+    ) -> String {
         let name = self
             .cfg
             .secrets
@@ -349,7 +360,7 @@ impl Cx {
             ViolationAction::BlockAndTerminate => "block_and_terminate",
         };
         self.counters.denied += 1;
-        let mut fields = Cx::connect_fields("tcp", key);
+        let mut fields = Cx::connect_fields(proto, key);
         fields.push(("name", Value::from(name.as_str())));
         fields.push(("host", Value::from(host)));
         fields.push(("secret", Value::from("violation")));

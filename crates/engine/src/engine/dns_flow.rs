@@ -104,6 +104,27 @@ pub(super) fn from_guest(table: &mut FlowTable, cx: &mut Cx, payload: &[u8], rep
         .name
         .to_text()
         .unwrap_or_else(|| "(not a host name)".to_owned());
+    // A name carrying a placeholder would take it to whoever serves that name: a violation,
+    // answered NXDOMAIN and never forwarded.
+    let folded = shown.to_ascii_lowercase();
+    if let Some(i) = crate::secrets::carried(&cx.cfg.secrets, folded.as_bytes()) {
+        let (guest, asked) = match reply {
+            ReplyTo::Udp { guest, asked } => (guest, asked),
+            ReplyTo::Tcp { flow } => match table.get(flow) {
+                Some(Flow::DnsStream(s)) => (s.key.guest, s.key.host),
+                _ => return,
+            },
+        };
+        let key = FlowKey { guest, host: asked };
+        cx.secret_violation_on("dns", key, "a DNS lookup", i);
+        deliver(
+            table,
+            cx,
+            reply,
+            &msg.reply_with(rcode::NXDOMAIN).to_bytes(),
+        );
+        return;
+    }
     let Some(name) = question
         .name
         .to_text()

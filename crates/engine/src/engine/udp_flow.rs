@@ -21,6 +21,7 @@ use super::config::DenyMode;
 use super::cx::{Cx, Tally};
 use super::dial;
 use super::table::{Due, Flow, FlowId, FlowKey, FlowTable};
+use crate::secrets;
 use crate::wire::Unreachable;
 
 /// Datagrams read from one host socket per event before the loop moves on.
@@ -55,6 +56,14 @@ pub(super) fn on_datagram(
             "DoQ, mDNS, LLMNR and NetBIOS name service are refused; use DNS on port 53",
         );
         cx.stack.send_prohibited(frame, key.host.ip());
+        return;
+    }
+    // No secret may leave in a datagram (UDP carries no HTTPS moat could read).
+    if let Some(i) = secrets::carried(&cx.cfg.secrets, payload) {
+        let host = cx
+            .pinned_name(key.host.ip())
+            .unwrap_or_else(|| key.host.ip().to_string());
+        cx.secret_violation_on("udp", key, &host, i);
         return;
     }
     // QUIC to an intercepted port would carry TLS past the interceptor: refused at once
