@@ -263,3 +263,36 @@ getent hosts api.example.test >/dev/null && echo "lookup fine"
     );
     assert!(!audit.contains(VALUE));
 }
+
+#[test]
+fn a_piece_of_a_placeholder_waits_then_goes_when_the_sandbox_finishes() {
+    let w = World::new();
+    // 20 characters of the placeholder, then the sandbox shuts its side: they cannot
+    // become the placeholder any more, so they go (to the sink, which counts them).
+    let script = r#"
+python3 - "$API_KEY" <<'PY'
+import socket, sys
+p = sys.argv[1]
+s = socket.create_connection(("203.0.113.10", 9000), timeout=10)
+data = ("start " + p[:20]).encode()
+s.sendall(data)
+s.shutdown(socket.SHUT_WR)
+print("answer", len(s.recv(200)) > 0, "sent", len(data))
+PY
+"#;
+    let (out, events, _) = run(&w, &[], script);
+    let text = stdout(&out);
+    assert!(
+        text.contains("answer True sent 26"),
+        "{text}\n{}",
+        stderr(&out)
+    );
+    assert!(
+        w.log()
+            .iter()
+            .any(|l| l["server"] == "sink" && l["bytes"] == 26),
+        "{:?}",
+        w.log()
+    );
+    assert!(violations(&events).is_empty(), "{events:?}");
+}

@@ -208,6 +208,8 @@ impl Stream {
         while matches!(self.stage, Stage::Opaque) && socket.can_recv() {
             let scanner = &mut self.scanner;
             let mut violation = None;
+            // After the sandbox's FIN nothing can complete a placeholder: all may pass.
+            let ended = socket.state() != tcp::State::Established;
             let r = socket.recv(|buf| {
                 // Bytes that may begin a placeholder stay in the socket until more come.
                 let passing = match scanner.as_mut().map(|s| s.scan(buf)) {
@@ -215,6 +217,7 @@ impl Stream {
                         violation = Some(i);
                         return (0, Ok(0));
                     }
+                    Some(Scan::Pass(_)) if ended => buf.len(),
                     Some(Scan::Pass(n)) => n,
                     None => buf.len(),
                 };

@@ -468,6 +468,7 @@ impl Intercept {
         while !self.up_done && refusal.is_none() && !client.wants_write() {
             match server.reader().read(buf) {
                 Ok(0) => {
+                    release(client, up_held);
                     client.send_close_notify();
                     self.up_done = true;
                 }
@@ -514,12 +515,14 @@ impl Intercept {
                         tcp::State::CloseWait | tcp::State::LastAck | tcp::State::Closed
                     );
                     if fin && socket.recv_queue() == 0 {
+                        release(client, up_held);
                         client.send_close_notify();
                         self.up_done = true;
                     }
                     break;
                 }
                 Err(_) => {
+                    release(client, up_held);
                     client.send_close_notify();
                     self.up_done = true;
                 }
@@ -706,6 +709,15 @@ fn cleared(
         }
     }
     Ok(out)
+}
+
+/// The sandbox finished sending: bytes held back as a possible start of a placeholder
+/// cannot become one any more, and go to the server.
+fn release(client: &mut ClientConnection, held: &mut Vec<u8>) {
+    if !held.is_empty() {
+        let _ = client.writer().write_all(held);
+        held.clear();
+    }
 }
 
 /// Answers a refused request with `403 Forbidden` and a one-line reason, then ends the
