@@ -270,3 +270,19 @@ fn check_warns_about_unguarded_any_allows() {
     assert!(stdout.contains("ok: 4 rules"), "{stdout}");
     assert!(!stdout.contains("warning"), "{stdout}");
 }
+
+#[test]
+fn usage_errors_exit_125_and_help_exits_0() {
+    for args in [
+        &["run", "--no-such-flag", "--", "true"][..],
+        &["run"][..],
+        &["frobnicate"][..],
+    ] {
+        let out = moat(args);
+        assert_eq!(out.status.code(), Some(125), "{args:?}: {:?}", text(&out));
+    }
+    for args in [&["--help"][..], &["run", "--help"][..], &["--version"][..]] {
+        let out = moat(args);
+        assert_eq!(out.status.code(), Some(0), "{args:?}: {:?}", text(&out));
+    }
+}

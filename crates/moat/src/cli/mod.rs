@@ -151,8 +151,8 @@ struct RunArgs {
     /// The sandbox's name (also its host name).
     #[arg(long, default_value = "moat", value_name = "NAME")]
     name: String,
-    /// The command and its arguments.
-    #[arg(last = true, required = true, value_name = "COMMAND")]
+    /// The command and its arguments (after `--`, or simply after moat's own options).
+    #[arg(required = true, trailing_var_arg = true, value_name = "COMMAND")]
     command: Vec<OsString>,
 }
 
@@ -191,10 +191,24 @@ pub(crate) fn main() -> ExitCode {
     if let Some(code) = moat_sandbox::supervisor_entry() {
         std::process::exit(code);
     }
-    let matches = Cli::command().get_matches();
+    // Usage errors exit 125 like moat's other failures (as podman does); help and the
+    // version exit 0.
+    let usage_error = |e: clap::Error| -> ExitCode {
+        let _ = e.print();
+        match e.kind() {
+            clap::error::ErrorKind::DisplayHelp
+            | clap::error::ErrorKind::DisplayVersion
+            | clap::error::ErrorKind::DisplayHelpOnMissingArgumentOrSubcommand => ExitCode::SUCCESS,
+            _ => ExitCode::from(run::SETUP_FAILED as u8),
+        }
+    };
+    let matches = match Cli::command().try_get_matches() {
+        Ok(m) => m,
+        Err(e) => return usage_error(e),
+    };
     let cli = match Cli::from_arg_matches(&matches) {
         Ok(cli) => cli,
-        Err(e) => e.exit(),
+        Err(e) => return usage_error(e),
     };
     let result = match cli.command {
         Command::Run(args) => {
@@ -395,4 +409,47 @@ fn explain(args: &ExplainArgs) -> anyhow::Result<()> {
         );
     }
     Ok(())
+}
+
+#[cfg(test)]
+mod tests {
+    #![allow(clippy::unwrap_used)] // Test code: a panic is the failure report.
+
+    use super::*;
+
+    fn command_of(args: &[&str]) -> Vec<OsString> {
+        match Cli::try_parse_from(args).unwrap().command {
+            Command::Run(run) => run.command,
+            _ => panic!("not run"),
+        }
+    }
+
+    #[test]
+    fn the_command_follows_moats_options_with_or_without_a_double_dash() {
+        let want: Vec<OsString> = ["curl", "-sS", "http://x"].map(OsString::from).to_vec();
+        assert_eq!(
+            command_of(&["moat", "run", "curl", "-sS", "http://x"]),
+            want
+        );
+        assert_eq!(
+            command_of(&["moat", "run", "--", "curl", "-sS", "http://x"]),
+            want
+        );
+        let args = [
+            "moat",
+            "run",
+            "--policy",
+            "none",
+            "sh",
+            "-c",
+            "echo --policy",
+        ];
+        assert_eq!(
+            command_of(&args),
+            ["sh", "-c", "echo --policy"].map(OsString::from).to_vec()
+        );
+        // moat's own options still need to come first, and a misspelt one is an error.
+        assert!(Cli::try_parse_from(["moat", "run", "--polcy", "none", "true"]).is_err());
+        assert!(Cli::try_parse_from(["moat", "run"]).is_err());
+    }
 }
