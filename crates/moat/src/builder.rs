@@ -685,5 +685,22 @@ mod tests {
             .unwrap_or_default();
         assert!(api.contains("pids_limit"), "{api}");
         assert!(Sandbox::builder("fine").assemble().is_ok());
+        // A work directory must be a directory, and not the root.
+        let file = std::env::temp_dir().join(format!("moat-w-file-{}", std::process::id()));
+        std::fs::write(&file, "x").unwrap();
+        let file = file.to_str().unwrap().to_owned();
+        for (dir, says) in [("/", "the root"), (file.as_str(), "not a directory")] {
+            let opts = RunOptions {
+                name: "w".into(),
+                workdir: Some(dir.into()),
+                command: vec!["true".into()],
+                ..RunOptions::default()
+            };
+            let e = builder(&opts)
+                .err()
+                .map(|e| e.to_string())
+                .unwrap_or_default();
+            assert!(e.contains(says), "{dir}: {e}");
+        }
     }
 }

@@ -71,7 +71,8 @@ impl std::str::FromStr for PublishSpec {
                 )
             }
         };
-        if guest_port == 0 {
+        // Port 0 would be a port nobody knows (host) or none at all (guest).
+        if guest_port == 0 || host.port() == 0 {
             return Err(bad());
         }
         Ok(PublishSpec {
@@ -160,6 +161,8 @@ mod tests {
             "1:2:3:4",
             "8080:80/sctp",
             "8080:0",
+            "0:80",
+            "127.0.0.1:0:80",
             "[::1:8080:80",
             "70000:80",
         ] {

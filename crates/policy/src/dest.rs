@@ -145,6 +145,12 @@ impl DestSpec {
         if text.is_empty() {
             return Err(bad(input, "it is empty"));
         }
+        if text.contains("://") {
+            return Err(bad(
+                input,
+                "it is a URL; give the host and the port, e.g. example.com:443",
+            ));
+        }
         let (text, protocol) = split_protocol(text);
         let (target, port) = split_port(input, text)?;
         let destination = parse_target(input, target)?;
@@ -321,6 +327,10 @@ mod tests {
                 DestSpec::parse(address_like)
             );
         }
+        let e = DestSpec::parse("https://example.com")
+            .unwrap_err()
+            .to_string();
+        assert!(e.contains("it is a URL; give the host and the port"), "{e}");
         let e = DestSpec::parse("group:privat").unwrap_err().to_string();
         assert!(e.contains("expected one of private, loopback"), "{e}");
         let e = DestSpec::parse("10.1.2.3/8").unwrap_err().to_string();

@@ -331,9 +331,18 @@ pub(crate) fn builder(opts: &RunOptions) -> anyhow::Result<SandboxBuilder> {
             n
         });
     if let Some(dir) = &opts.workdir {
+        let given = dir.display().to_string();
         let dir = dir
             .canonicalize()
-            .with_context(|| format!("-w {}: no such directory", dir.display()))?;
+            .with_context(|| format!("-w {given}: no such directory"))?;
+        if !dir.is_dir() {
+            bail!("-w {given}: not a directory; give the directory the command should work in");
+        }
+        if dir == std::path::Path::new("/") {
+            bail!(
+                "-w {given}: the root would make the whole host writable; give a project directory"
+            );
+        }
         b = b.workdir(dir.clone()).workdir_from_host(dir);
     }
     for spec in &opts.publish {
