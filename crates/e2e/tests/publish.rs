@@ -285,3 +285,27 @@ print("down", "ok" if total == N and h.hexdigest() == e.hexdigest() else "MISMAT
     assert!(text.contains("down ok"), "{text}");
     drop(moat);
 }
+
+#[test]
+fn a_server_on_a_port_below_1024_can_be_published() {
+    let w = World::new();
+    let moat = w.spawn_moat(&[
+        "run",
+        "-p",
+        "18081:80",
+        "--",
+        "python3",
+        "-m",
+        "http.server",
+        "80",
+    ]);
+    let out = w.host_python(&HTTP_CLIENT.replace("18080", "18081"), T);
+    let moat_out = moat.finish();
+    assert!(
+        stdout(&out).contains("status 200"),
+        "{}{}\n{}",
+        stdout(&out),
+        stderr(&out),
+        stderr(&moat_out)
+    );
+}

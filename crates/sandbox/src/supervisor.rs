@@ -195,6 +195,9 @@ fn network(net: &NetSpec) -> Stage<OwnedFd> {
     // Let the sandbox's root (gid 0, the one group mapped) ping with unprivileged ICMP sockets (a per-namespace
     // setting); moat relays the echoes it allows. Not fatal where /proc/sys is read-only.
     let _ = std::fs::write("/proc/sys/net/ipv4/ping_group_range", "0 0");
+    // Let commands bind ports below 1024 (a server on 80 behind `-p 8080:80`) whatever
+    // capabilities they keep: a per-namespace setting, and this namespace is the sandbox's.
+    let _ = std::fs::write("/proc/sys/net/ipv4/ip_unprivileged_port_start", "0");
     at("bring up the TAP", sys::set_up(&net.tap_name))?;
     let dev = at(
         "interface name",
