@@ -185,6 +185,23 @@ fn explain_public_only_public_address() {
 }
 
 #[test]
+fn explain_judges_the_gateway_as_run_does() {
+    let out = explain(&["public-only", "--to", "10.0.2.2:8000"]);
+    assert!(out.contains("decision: deny"), "{out}");
+    assert!(out.contains("group:loopback"), "{out}");
+    assert!(
+        out.contains("(the gateway: judged as the host's loopback, 127.0.0.1)"),
+        "{out}"
+    );
+    // Another private address is judged as what it is (the control).
+    let out = explain(&["public-only", "--to", "10.0.2.3:8000"]);
+    assert!(
+        out.contains("group:private") && !out.contains("the gateway"),
+        "{out}"
+    );
+}
+
+#[test]
 fn explain_public_only_mapped_private_address() {
     let out = explain(&["public-only", "--to", "[::ffff:192.168.1.1]:80/tcp"]);
     assert!(out.contains("decision: deny"), "{out}");
@@ -220,6 +237,11 @@ fn explain_with_names_sni_and_inbound() {
         "evil.example.test",
     ]);
     assert!(out.contains("decision: deny"), "{out}");
+    // It says when the server name is what decided.
+    assert!(
+        out.contains("note:     the TLS server name decided: without it the flow would be allow"),
+        "{out}"
+    );
     let out = explain(&[policy.path(), "--to", "203.0.113.10:443"]);
     assert!(out.contains("decision: deny"), "{out}");
     let out = explain(&["public-only", "--to", "127.0.0.1:8000", "--inbound"]);

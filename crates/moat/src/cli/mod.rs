@@ -6,6 +6,7 @@
 pub(crate) mod run;
 
 use std::ffi::OsString;
+use std::net::{IpAddr, Ipv4Addr, Ipv6Addr};
 use std::path::{Path, PathBuf};
 use std::process::ExitCode;
 
@@ -365,16 +366,25 @@ fn explain(args: &ExplainArgs) -> anyhow::Result<()> {
     } else {
         Direction::Outbound
     };
+    // As `moat run` judges it: the gateway stands for the host's loopback.
+    let link = moat_engine::LinkConfig::default();
+    let gateway_loopback = match target.addr {
+        a if a == IpAddr::V4(link.gateway_v4) => Some(IpAddr::V4(Ipv4Addr::LOCALHOST)),
+        a if a == IpAddr::V6(link.gateway_v6) => Some(IpAddr::V6(Ipv6Addr::LOCALHOST)),
+        _ => None,
+    }
+    .filter(|_| direction == Direction::Outbound);
     let flow = Flow {
         direction,
         protocol: target.protocol,
-        addr: target.addr,
+        addr: gateway_loopback.unwrap_or(target.addr),
         port: target.port,
         names: &names,
         sni: sni.as_ref(),
         local: false,
     };
     let decision = compiled.decide(&flow);
+    let without_sni = compiled.decide(&Flow { sni: None, ..flow });
     let shown = match target.port {
         Some(port) if target.addr.is_ipv6() => format!("[{}]:{port}", target.addr),
         Some(port) => format!("{}:{port}", target.addr),
@@ -384,8 +394,10 @@ fn explain(args: &ExplainArgs) -> anyhow::Result<()> {
     println!("rule:     {}", decision.rule_label());
     println!("reason:   {}", compiled.reason(&decision));
     print!("flow:     {direction} {} {shown}", target.protocol);
-    let judged = canonical_addr(target.addr);
-    if judged != target.addr {
+    let judged = canonical_addr(flow.addr);
+    if let Some(loopback) = gateway_loopback {
+        print!(" (the gateway: judged as the host's loopback, {loopback})");
+    } else if judged != target.addr {
         print!(" (judged as {judged})");
     }
     println!();
@@ -395,6 +407,13 @@ fn explain(args: &ExplainArgs) -> anyhow::Result<()> {
     }
     if let Some(sni) = &sni {
         println!("sni:      {sni}");
+        if without_sni.action != decision.action {
+            println!(
+                "note:     the TLS server name decided: without it the flow would be {} ({})",
+                without_sni.action,
+                compiled.reason(&without_sni)
+            );
+        }
     }
     for name in &names {
         let d = compiled.decide_name(name);
