@@ -1,56 +1,88 @@
 //! The audit log: one JSON object per line for every decision (shared/API.md §5).
 //!
-//! Common fields: `ts` (RFC 3339, UTC, microseconds), `sandbox`, `event`, `decision`,
+//! Common fields: `ts` (RFC 3339, UTC, microseconds), `sandbox`, `run` (an id per run),
+//! `event`, `decision`,
 //! `rule` (an index, `"default"`, or a built-in such as `"max_connections"`), `reason`.
 //! Secrets' values never reach this module.
 
 use std::io::Write;
+use std::sync::{Arc, Mutex};
 use std::time::{SystemTime, UNIX_EPOCH};
 
 use serde_json::{Map, Value};
 
-/// Where audit events go.
+/// Where audit events go. Clones share one log: the engine writes the flows' events, the
+/// one running the sandbox its `start` and `end`.
+#[derive(Clone)]
 pub struct AuditLog {
+    inner: Arc<Mutex<Sink>>,
+}
+
+struct Sink {
     sandbox: String,
+    /// A unique id of this run, in every event, so runs appended to one file can be told
+    /// apart.
+    run: String,
     out: Option<Box<dyn Write + Send>>,
     /// Events that could not be written (the sink failed).
-    pub write_errors: u64,
+    write_errors: u64,
 }
 
 impl std::fmt::Debug for AuditLog {
     fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        let sink = self.sink();
         f.debug_struct("AuditLog")
-            .field("sandbox", &self.sandbox)
-            .field("enabled", &self.out.is_some())
+            .field("sandbox", &sink.sandbox)
+            .field("run", &sink.run)
+            .field("enabled", &sink.out.is_some())
             .finish()
     }
 }
 
 impl AuditLog {
-    /// A log for sandbox `sandbox` writing to `out` (`None` = discard).
+    /// A log for sandbox `sandbox` writing to `out` (`None` = discard), with a new run id.
     pub fn new(sandbox: &str, out: Option<Box<dyn Write + Send>>) -> AuditLog {
         AuditLog {
-            sandbox: sandbox.to_owned(),
-            out,
-            write_errors: 0,
+            inner: Arc::new(Mutex::new(Sink {
+                sandbox: sandbox.to_owned(),
+                run: new_run_id(),
+                out,
+                write_errors: 0,
+            })),
         }
+    }
+
+    fn sink(&self) -> std::sync::MutexGuard<'_, Sink> {
+        self.inner.lock().unwrap_or_else(|e| e.into_inner())
+    }
+
+    /// This run's id.
+    pub fn run_id(&self) -> String {
+        self.sink().run.clone()
+    }
+
+    /// Events that could not be written.
+    pub fn write_errors(&self) -> u64 {
+        self.sink().write_errors
     }
 
     /// Writes one event. `fields` are added after the common ones.
     pub fn event(
-        &mut self,
+        &self,
         event: &str,
         decision: &str,
         rule: &str,
         reason: &str,
         fields: Vec<(&str, Value)>,
     ) {
-        let Some(out) = self.out.as_mut() else {
+        let mut sink = self.sink();
+        if sink.out.is_none() {
             return;
-        };
+        }
         let mut map = Map::new();
         map.insert("ts".into(), Value::String(rfc3339(SystemTime::now())));
-        map.insert("sandbox".into(), Value::String(self.sandbox.clone()));
+        map.insert("sandbox".into(), Value::String(sink.sandbox.clone()));
+        map.insert("run".into(), Value::String(sink.run.clone()));
         map.insert("event".into(), Value::String(event.into()));
         map.insert("decision".into(), Value::String(decision.into()));
         map.insert(
@@ -66,14 +98,25 @@ impl AuditLog {
         }
         let mut line = Value::Object(map).to_string();
         line.push('\n');
-        if out
-            .write_all(line.as_bytes())
-            .and_then(|()| out.flush())
-            .is_err()
-        {
-            self.write_errors += 1;
+        let failed = match sink.out.as_mut() {
+            Some(out) => out
+                .write_all(line.as_bytes())
+                .and_then(|()| out.flush())
+                .is_err(),
+            None => false,
+        };
+        if failed {
+            sink.write_errors += 1;
         }
     }
+}
+
+/// 64 random bits in hexadecimal.
+fn new_run_id() -> String {
+    use ring::rand::SecureRandom;
+    let mut bytes = [0u8; 8];
+    let _ = ring::rand::SystemRandom::new().fill(&mut bytes);
+    bytes.iter().map(|b| format!("{b:02x}")).collect()
 }
 
 /// One-line notices for the person running moat, as things happen (the CLI sends them to
@@ -167,7 +210,7 @@ mod tests {
     #[test]
     fn events_are_json_lines() {
         let buf = Shared(Arc::new(Mutex::new(Vec::new())));
-        let mut log = AuditLog::new("agent", Some(Box::new(buf.clone())));
+        let log = AuditLog::new("agent", Some(Box::new(buf.clone())));
         log.event(
             "connect",
             "deny",
@@ -192,5 +235,9 @@ mod tests {
         assert_eq!(lines[0]["sandbox"], "agent");
         assert_eq!(lines[0]["port"], 80);
         assert_eq!(lines[1]["rule"], "default");
+        // Every event names the run, and a new log is a new run.
+        assert_eq!(lines[0]["run"], lines[1]["run"]);
+        assert_eq!(lines[0]["run"].as_str().unwrap().len(), 16);
+        assert_ne!(log.run_id(), AuditLog::new("agent", None).run_id());
     }
 }

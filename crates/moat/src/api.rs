@@ -110,6 +110,8 @@ impl AuditSink {
 pub struct Sandbox {
     inner: Arc<Mutex<Option<moat_sandbox::Sandbox>>>,
     engine: Mutex<Option<EngineHandle>>,
+    /// The audit log, for the run's `end` (written once, at stop).
+    audit: Mutex<Option<moat_engine::AuditLog>>,
     env: Vec<(OsString, OsString)>,
     workdir: PathBuf,
 }
@@ -175,6 +177,7 @@ impl Sandbox {
         Sandbox {
             inner,
             engine: Mutex::new(started.engine),
+            audit: Mutex::new(Some(started.audit)),
             env: started.env,
             workdir: started.workdir,
         }
@@ -248,8 +251,10 @@ impl Sandbox {
 
     /// Kills everything inside, stops the engine and removes the sandbox's state.
     pub fn stop(&self) -> Result<(), Error> {
-        if let Some(engine) = self.engine.lock().unwrap_or_else(|e| e.into_inner()).take() {
-            let _ = engine.stop();
+        let engine = self.engine.lock().unwrap_or_else(|e| e.into_inner()).take();
+        let counters = engine.and_then(|e| e.stop().ok()).unwrap_or_default();
+        if let Some(audit) = self.audit.lock().unwrap_or_else(|e| e.into_inner()).take() {
+            crate::builder::audit_end(&audit, None, &counters);
         }
         if let Some(sandbox) = lock(&self.inner).take() {
             sandbox.stop()?;

@@ -387,8 +387,28 @@ impl SandboxBuilder {
         sandbox.asked_limits = self.limits;
         // Bound now, before anything runs: a taken port stops here.
         let published = crate::publish::bind_all(&specs)?;
+        // The code a log audits must not be able to rewrite it.
+        if let Some(AuditSink::File(path)) = &self.audit {
+            let writable: Vec<&std::path::Path> = sandbox
+                .grants
+                .iter()
+                .filter(|g| g.writable)
+                .map(|g| g.path.as_path())
+                .chain(sandbox.workdir_host.as_deref())
+                .collect();
+            if let Some(dir) = inside_any(path, &writable) {
+                return Err(invalid(
+                    "place the audit log",
+                    format!(
+                        "{} is inside {}, which the sandbox can write: the code it audits could rewrite it; put the log elsewhere",
+                        path.display(),
+                        dir.display()
+                    ),
+                ));
+            }
+        }
         let audit = AuditLog::new(&self.name, self.audit.map(AuditSink::open).transpose()?);
-        let mut engine = EngineConfig::new(compiled, audit);
+        let mut engine = EngineConfig::new(compiled, audit.clone());
         engine.deny_mode = net.deny_mode;
         engine.block_domains = block_domains;
         engine.block_domain_suffixes = block_domain_suffixes;
@@ -433,6 +453,7 @@ impl SandboxBuilder {
             engine,
             env,
             workdir: self.workdir,
+            audit,
         })
     }
 }
@@ -448,6 +469,40 @@ pub(crate) struct Assembly {
     pub(crate) env: Vec<(OsString, OsString)>,
     /// The work directory inside.
     pub(crate) workdir: PathBuf,
+    /// The audit log (the engine's events and the run's `start` and `end`).
+    pub(crate) audit: AuditLog,
+}
+
+/// The run's `end` event: the command's exit status (when there was one command) and what
+/// the engine counted.
+pub(crate) fn audit_end(audit: &AuditLog, status: Option<i32>, c: &moat_engine::Counters) {
+    use serde_json::Value;
+    audit.event(
+        "end",
+        "allow",
+        "-",
+        "the sandbox stopped",
+        vec![
+            ("exit_status", status.map_or(Value::Null, Value::from)),
+            ("allowed", Value::from(c.allowed)),
+            ("denied", Value::from(c.denied)),
+            ("over_limit", Value::from(c.over_limit)),
+            ("dns_queries", Value::from(c.dns_queries)),
+        ],
+    );
+}
+
+/// The first of `dirs` that `path` (which may not exist yet) is inside.
+fn inside_any<'a>(
+    path: &std::path::Path,
+    dirs: &[&'a std::path::Path],
+) -> Option<&'a std::path::Path> {
+    let absolute = std::path::absolute(path).ok()?;
+    let parent = absolute.parent()?;
+    let real = parent.canonicalize().unwrap_or_else(|_| parent.to_owned());
+    dirs.iter()
+        .copied()
+        .find(|d| real.starts_with(d.canonicalize().unwrap_or_else(|_| d.to_path_buf())))
 }
 
 /// A started sandbox, its engine, and what its commands start with.
@@ -460,12 +515,32 @@ pub(crate) struct Started {
     pub(crate) terminate: moat_engine::Terminate,
     /// `BlockAndTerminate` is the action (so someone must watch `terminate`).
     pub(crate) stop_on_violation: bool,
+    /// The audit log, for the run's `end`.
+    pub(crate) audit: AuditLog,
 }
 
 impl Assembly {
     /// Starts the sandbox and, when it has an interface, the engine on its TAP.
     pub(crate) fn start(self) -> Result<Started, Error> {
         let terminate = self.engine.terminate.clone();
+        let network = if self.sandbox.network.is_some() {
+            "moat"
+        } else {
+            "none"
+        };
+        self.audit.event(
+            "start",
+            "allow",
+            "-",
+            "the sandbox started",
+            vec![
+                (
+                    "version",
+                    serde_json::Value::from(env!("CARGO_PKG_VERSION")),
+                ),
+                ("network", serde_json::Value::from(network)),
+            ],
+        );
         let stop_on_violation = !self.engine.secrets.is_empty()
             && self.engine.on_secret_violation == ViolationAction::BlockAndTerminate;
         let mut sandbox = moat_sandbox::Sandbox::start(&self.sandbox)?;
@@ -487,6 +562,7 @@ impl Assembly {
             workdir: self.workdir,
             terminate,
             stop_on_violation,
+            audit: self.audit,
         })
     }
 }

@@ -420,6 +420,7 @@ pub(crate) fn run(opts: RunOptions) -> anyhow::Result<i32> {
         env,
         workdir,
         terminate,
+        audit,
         ..
     } = assembly.start()?;
     for note in sandbox.limit_notes() {
@@ -436,11 +437,12 @@ pub(crate) fn run(opts: RunOptions) -> anyhow::Result<i32> {
     let pid = match spawned {
         Ok(pid) => pid,
         Err(e) => {
-            drop(engine);
+            let counters = engine.and_then(|e| e.stop().ok()).unwrap_or_default();
             let _ = sandbox.stop();
             drop(streams);
             let (message, code) = spawn_failure(&e.to_string(), &opts.command[0]);
             eprintln!("moat: {message}");
+            crate::builder::audit_end(&audit, Some(code), &counters);
             return Ok(code);
         }
     };
@@ -448,19 +450,19 @@ pub(crate) fn run(opts: RunOptions) -> anyhow::Result<i32> {
     drop(preserved);
 
     let ended = wait_with_signals(&mut sandbox, &sigfd, pid, &streams, &terminate)?;
-    if let Some(engine) = engine {
-        let _ = engine.stop();
-    }
+    let counters = engine.and_then(|e| e.stop().ok()).unwrap_or_default();
     let hit = sandbox.limit_hit();
     let _ = sandbox.stop();
     streams.finish();
-    match hit {
+    let status = match &hit {
         Some(hit) => {
             eprintln!("moat: {hit}");
-            Ok(LIMIT_EXCEEDED)
+            LIMIT_EXCEEDED
         }
-        None => Ok(ended),
-    }
+        None => ended,
+    };
+    crate::builder::audit_end(&audit, Some(status), &counters);
+    Ok(status)
 }
 
 /// The message and exit status for a command that could not be started: 127 when it is
