@@ -217,7 +217,7 @@ pub(crate) fn main() -> ExitCode {
             return match run::run(run_options(*args, run_matches)) {
                 Ok(code) => ExitCode::from(code.clamp(0, 255) as u8),
                 Err(e) => {
-                    eprintln!("moat: {e:#}");
+                    eprintln!("moat: {}", describe(&e));
                     ExitCode::from(run::SETUP_FAILED as u8)
                 }
             };
@@ -226,7 +226,7 @@ pub(crate) fn main() -> ExitCode {
             return match crate::demo::demo() {
                 Ok(code) => ExitCode::from(code.clamp(0, 255) as u8),
                 Err(e) => {
-                    eprintln!("moat demo: {e:#}");
+                    eprintln!("moat demo: {}", describe(&e));
                     ExitCode::FAILURE
                 }
             };
@@ -238,7 +238,7 @@ pub(crate) fn main() -> ExitCode {
     match result {
         Ok(()) => ExitCode::SUCCESS,
         Err(e) => {
-            eprintln!("moat: {e:#}");
+            eprintln!("moat: {}", describe(&e));
             ExitCode::FAILURE
         }
     }
@@ -300,6 +300,20 @@ fn run_options(args: RunArgs, matches: Option<&clap::ArgMatches>) -> run::RunOpt
 
 fn load(path: &Path) -> Result<NetworkPolicy, PolicyFileError> {
     run::read_policy_file(path)
+}
+
+/// An error and its causes on one line, each cause once: errors that already show their
+/// source (moat's own, "what: why") are not followed by it again.
+fn describe(e: &anyhow::Error) -> String {
+    let mut out = e.to_string();
+    for cause in e.chain().skip(1) {
+        let text = cause.to_string();
+        if !out.contains(&text) {
+            out.push_str(": ");
+            out.push_str(&text);
+        }
+    }
+    out
 }
 
 /// `moat ca init|show`.
@@ -441,6 +455,20 @@ mod tests {
             Command::Run(run) => run.command,
             _ => panic!("not run"),
         }
+    }
+
+    #[test]
+    fn a_cause_already_shown_is_not_repeated() {
+        let io = std::io::Error::new(std::io::ErrorKind::NotFound, "no such file");
+        let shown = crate::Error::Io {
+            what: "open the thing",
+            source: io,
+        };
+        let e = anyhow::Error::new(shown).context("--flag x");
+        assert_eq!(describe(&e), "--flag x: open the thing: no such file");
+        // A cause not yet shown is added.
+        let e = anyhow::anyhow!("inner").context("outer");
+        assert_eq!(describe(&e), "outer: inner");
     }
 
     #[test]
