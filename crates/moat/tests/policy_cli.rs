@@ -185,6 +185,27 @@ fn explain_public_only_public_address() {
 }
 
 #[test]
+fn explain_takes_a_name_as_a_pinned_name() {
+    let policy = TempPolicy::new(
+        "named.toml",
+        "default_action = \"deny\"\n[[rules]]\naction = \"allow\"\ndestination = \"api.example.test\"\n",
+    );
+    let out = explain(&[policy.path(), "--to", "api.example.test:443"]);
+    assert!(out.contains("decision: allow"), "{out}");
+    assert!(out.contains("outbound tcp api.example.test:443"), "{out}");
+    assert!(
+        out.contains("a lookup of api.example.test answered"),
+        "{out}"
+    );
+    // Another name is not allowed (the control).
+    let out = explain(&[policy.path(), "--to", "other.example.test:443"]);
+    assert!(out.contains("decision: deny"), "{out}");
+    // Not a name and not an address: the address error stays.
+    let out = moat(&["policy", "explain", "none", "--to", "not a host:80"]);
+    assert_eq!(out.status.code(), Some(1));
+}
+
+#[test]
 fn explain_judges_the_gateway_as_run_does() {
     let out = explain(&["public-only", "--to", "10.0.2.2:8000"]);
     assert!(out.contains("decision: deny"), "{out}");

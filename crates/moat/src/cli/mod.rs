@@ -302,6 +302,9 @@ fn load(path: &Path) -> Result<NetworkPolicy, PolicyFileError> {
     run::read_policy_file(path)
 }
 
+/// The address `moat policy explain --to NAME` judges a name at (TEST-NET-1, RFC 5737).
+const NAME_STAND_IN: &str = "192.0.2.1";
+
 /// An error and its causes on one line, each cause once: errors that already show their
 /// source (moat's own, "what: why") are not followed by it again.
 fn describe(e: &anyhow::Error) -> String {
@@ -368,12 +371,25 @@ fn check(file: &Path) -> anyhow::Result<()> {
 fn explain(args: &ExplainArgs) -> anyhow::Result<()> {
     let policy = policy_arg(&args.policy)?;
     let compiled = policy.compile()?;
-    let target = FlowTarget::parse(&args.to)?;
-    let names = args
+    // A name is judged as a connection to an address its lookup answered: a documentation
+    // address stands for that address.
+    let (target, named) = match FlowTarget::parse(&args.to) {
+        Ok(target) => (target, None),
+        Err(e) => {
+            let at = args.to.find([':', '/']).unwrap_or(args.to.len());
+            let Ok(name) = DomainName::new(&args.to[..at]) else {
+                return Err(e.into());
+            };
+            let stand_in = format!("{NAME_STAND_IN}{}", &args.to[at..]);
+            (FlowTarget::parse(&stand_in)?, Some(name))
+        }
+    };
+    let mut names = args
         .domain
         .iter()
         .map(|n| DomainName::new(n))
         .collect::<Result<Vec<_>, _>>()?;
+    names.extend(named.clone());
     let sni = args.sni.as_deref().map(DomainName::new).transpose()?;
     let direction = if args.inbound {
         Direction::Inbound
@@ -399,17 +415,24 @@ fn explain(args: &ExplainArgs) -> anyhow::Result<()> {
     };
     let decision = compiled.decide(&flow);
     let without_sni = compiled.decide(&Flow { sni: None, ..flow });
+    let host = named
+        .as_ref()
+        .map_or_else(|| target.addr.to_string(), |n| n.as_str().to_owned());
     let shown = match target.port {
-        Some(port) if target.addr.is_ipv6() => format!("[{}]:{port}", target.addr),
-        Some(port) => format!("{}:{port}", target.addr),
-        None => target.addr.to_string(),
+        Some(port) if target.addr.is_ipv6() && named.is_none() => format!("[{host}]:{port}"),
+        Some(port) => format!("{host}:{port}"),
+        None => host,
     };
     println!("decision: {}", decision.action);
     println!("rule:     {}", decision.rule_label());
     println!("reason:   {}", compiled.reason(&decision));
     print!("flow:     {direction} {} {shown}", target.protocol);
     let judged = canonical_addr(flow.addr);
-    if let Some(loopback) = gateway_loopback {
+    if let Some(name) = &named {
+        print!(
+            " (judged at an address a lookup of {name} answered; {NAME_STAND_IN} stands for it, so rules naming real addresses may decide otherwise)"
+        );
+    } else if let Some(loopback) = gateway_loopback {
         print!(" (the gateway: judged as the host's loopback, {loopback})");
     } else if judged != target.addr {
         print!(" (judged as {judged})");
