@@ -201,7 +201,7 @@ impl Cx {
         self.counters.denied += 1;
         let (rule, reason) = self.explain(decision);
         let mut fields = Cx::connect_fields(proto, key);
-        fields.push(("domain", self.pinned_domain(key.host.ip())));
+        self.push_domain(&mut fields, key.host.ip());
         self.cfg
             .audit
             .event("connect", "deny", &rule, &reason, fields);
@@ -218,7 +218,7 @@ impl Cx {
     ) {
         self.counters.denied += 1;
         let mut fields = Cx::connect_fields("tcp", key);
-        fields.push(("domain", self.pinned_domain(key.host.ip())));
+        self.push_domain(&mut fields, key.host.ip());
         fields.push(("sni", sni.map_or(Value::Null, |n| Value::from(n.as_str()))));
         self.cfg
             .audit
@@ -229,24 +229,20 @@ impl Cx {
     pub(super) fn audit_allow(&mut self, proto: &str, key: FlowKey, rule: &str, reason: &str) {
         self.counters.allowed += 1;
         let mut fields = Cx::connect_fields(proto, key);
-        fields.push(("domain", self.pinned_domain(key.host.ip())));
+        self.push_domain(&mut fields, key.host.ip());
         self.cfg
             .audit
             .event("connect", "allow", rule, reason, fields);
     }
 
     /// The audit log's `domain`: the names this sandbox's lookups pinned to `addr`.
-    fn pinned_domain(&self, addr: IpAddr) -> Value {
+    /// Adds `domain` when this sandbox's lookups pinned names to `addr`: one string (names
+    /// joined by commas), absent otherwise — its type never varies.
+    fn push_domain(&self, fields: &mut Vec<(&'static str, Value)>, addr: IpAddr) {
         let names = self.pins.names(canonical_addr(addr), Instant::now());
-        match names.len() {
-            0 => Value::Null,
-            1 => Value::from(names[0].as_str()),
-            _ => Value::from(
-                names
-                    .iter()
-                    .map(|n| n.as_str().to_owned())
-                    .collect::<Vec<_>>(),
-            ),
+        if !names.is_empty() {
+            let joined: Vec<&str> = names.iter().map(DomainName::as_str).collect();
+            fields.push(("domain", Value::from(joined.join(","))));
         }
     }
 

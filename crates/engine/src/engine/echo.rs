@@ -90,7 +90,7 @@ fn open(table: &mut FlowTable, cx: &mut Cx, req: &Request<'_>) -> Option<FlowId>
     let permit = match cx.judge(protocol, judged, None) {
         Ok(permit) => permit,
         Err(decision) => {
-            cx.audit_deny("icmp", key, &decision);
+            cx.audit_deny(icmp_name(req.dst), key, &decision);
             if cx.cfg.deny_mode == DenyMode::Reject {
                 cx.stack.send_prohibited(req.frame, req.dst);
             }
@@ -120,8 +120,13 @@ fn open(table: &mut FlowTable, cx: &mut Cx, req: &Request<'_>) -> Option<FlowId>
     };
     table.insert(id, Flow::Echo(flow));
     let (rule, reason) = cx.explain(permit.decision());
-    cx.audit_allow("icmp", key, &rule, &reason);
+    cx.audit_allow(icmp_name(req.dst), key, &rule, &reason);
     Some(id)
+}
+
+/// The audit log's protocol name for echo to `dst`, as policies name it.
+fn icmp_name(dst: IpAddr) -> &'static str {
+    if dst.is_ipv4() { "icmpv4" } else { "icmpv6" }
 }
 
 /// The flow's socket has replies: each goes to the sandbox with its identifier.
@@ -210,7 +215,7 @@ mod tests {
         );
         let audit = h.audit();
         assert!(
-            audit.contains("\"proto\":\"icmp\"") && audit.contains("\"decision\":\"deny\""),
+            audit.contains("\"proto\":\"icmpv4\"") && audit.contains("\"decision\":\"deny\""),
             "{audit}"
         );
     }

@@ -631,6 +631,8 @@ mod tests {
             "{}",
             h.audit()
         );
+        // No lookup pinned a name to the address: `domain` is absent, not null.
+        assert!(!h.audit().contains("\"domain\""), "{}", h.audit());
 
         let (_conn, _) = server.accept().unwrap();
         let relaying = h.until(|h| {
