@@ -299,20 +299,30 @@ impl Scanner {
         if self.forms.is_empty() || data.is_empty() {
             return Scan::Pass(data.len());
         }
-        let mut window = std::mem::take(&mut self.tail);
-        let before = window.len();
-        window.extend_from_slice(data);
-        if let Some(i) = self.find(&window) {
-            self.tail = window;
+        // A form is at most `keep` bytes long, so one that crosses from what came before
+        // lies in the tail and the first `keep` bytes of `data` (the seam); the rest is
+        // searched where it is, without copying.
+        let mut seam = std::mem::take(&mut self.tail);
+        let tail_len = seam.len();
+        seam.extend_from_slice(&data[..data.len().min(self.keep)]);
+        if let Some(i) = self.find(&seam).or_else(|| self.find(data)) {
+            self.tail = seam;
             return Scan::Found(i);
         }
         // The end may be the start of a placeholder (as it is, or in base64): those bytes
         // wait for what follows. Fewer than HOLD_MIN characters carry nothing.
-        let hold = self.held_prefix(&window).min(data.len());
-        window.truncate(before + data.len() - hold);
-        let start = window.len().saturating_sub(self.keep);
-        self.tail = window.split_off(start);
-        Scan::Pass(data.len() - hold)
+        let end: &[u8] = if data.len() >= self.keep { data } else { &seam };
+        let hold = self.held_prefix(end).min(data.len());
+        let pass = data.len() - hold;
+        // What a later form could start in: the last `keep` bytes of what passed.
+        self.tail = if pass >= self.keep {
+            data[pass - self.keep..pass].to_vec()
+        } else {
+            seam.truncate(tail_len + pass);
+            let start = seam.len().saturating_sub(self.keep);
+            seam.split_off(start)
+        };
+        Scan::Pass(pass)
     }
 
     /// The length of the longest end of `window` that begins a literal form, if at least
@@ -340,6 +350,10 @@ impl Scanner {
             if f.literal.iter().any(|l| contains(window, l)) {
                 return Some(f.secret);
             }
+        }
+        // Escaped forms only where there are escapes (most bytes have none).
+        if !window.iter().any(|&b| b == b'%' || b == b'\\') {
+            return None;
         }
         let decoded = decode_escapes(window);
         if decoded.len() != window.len() {
@@ -540,6 +554,34 @@ mod tests {
         assert_eq!(s.scan(first.as_bytes()), Scan::Pass(first.len() - 12));
         let again = format!("{} HTTP/1.1", &p);
         assert_eq!(s.scan(again.as_bytes()), Scan::Found(0));
+    }
+
+    #[test]
+    fn long_pieces_are_searched_whole_and_across_their_seam() {
+        let secrets = [secret("API_KEY")];
+        let p = secrets[0].placeholder().as_bytes().to_vec();
+        let filler = vec![b'x'; 1000];
+        // Deep inside one long piece.
+        let mut s = Scanner::new(&secrets, |_| true);
+        assert_eq!(s.scan(&filler), Scan::Pass(1000));
+        let mut deep = filler.clone();
+        deep.extend_from_slice(&p);
+        deep.extend_from_slice(&filler);
+        assert_eq!(s.scan(&deep), Scan::Found(0));
+        // Across the seam of two long pieces, each part shorter than HOLD_MIN so nothing
+        // was held back: the first piece passed whole.
+        let mut s = Scanner::new(&secrets, |_| true);
+        let mut first = filler.clone();
+        first.extend_from_slice(&p[..5]);
+        assert_eq!(s.scan(&first), Scan::Pass(first.len()));
+        let mut second = p[5..].to_vec();
+        second.extend_from_slice(&filler);
+        assert_eq!(s.scan(&second), Scan::Found(0));
+        // Long clean pieces pass whole (the control).
+        let mut s = Scanner::new(&secrets, |_| true);
+        for _ in 0..3 {
+            assert_eq!(s.scan(&filler), Scan::Pass(1000));
+        }
     }
 
     proptest! {
