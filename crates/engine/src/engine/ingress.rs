@@ -40,7 +40,13 @@ pub(super) fn on_frame(listeners: &Listeners, table: &mut FlowTable, cx: &mut Cx
             return;
         }
     };
-    let from_guest = cx.stack.is_guest(src);
+    // Transport traffic must come from the sandbox's own address (neighbour discovery may
+    // come from the unspecified or link-local one).
+    let transport = matches!(l4, L4::Tcp { .. } | L4::Udp { .. } | L4::EchoRequest { .. });
+    if transport && !cx.stack.is_guest(src) {
+        cx.counters.dropped_spoofed += 1;
+        return;
+    }
     match l4 {
         L4::Tcp {
             src_port,
@@ -51,10 +57,6 @@ pub(super) fn on_frame(listeners: &Listeners, table: &mut FlowTable, cx: &mut Cx
             seq,
             seg_len,
         } => {
-            if !from_guest {
-                cx.counters.dropped_spoofed += 1;
-                return;
-            }
             let seg = Segment {
                 frame,
                 key: FlowKey {
@@ -74,10 +76,6 @@ pub(super) fn on_frame(listeners: &Listeners, table: &mut FlowTable, cx: &mut Cx
             offset,
             len,
         } => {
-            if !from_guest {
-                cx.counters.dropped_spoofed += 1;
-                return;
-            }
             let Some(payload) = frame.get(offset..offset + len) else {
                 cx.counters.dropped_unsupported += 1;
                 return;
@@ -106,10 +104,6 @@ pub(super) fn on_frame(listeners: &Listeners, table: &mut FlowTable, cx: &mut Cx
             offset,
             len,
         } => {
-            if !from_guest {
-                cx.counters.dropped_spoofed += 1;
-                return;
-            }
             let Some(data) = frame.get(offset..offset + len) else {
                 return;
             };
