@@ -16,6 +16,11 @@ arrived where. Bounded: request bodies are streamed, never stored.
                                 (world-ca.pem beside the log; *.example.test, 203.0.113.10);
                                 logs the server name and ALPN it saw
   HTTPS untrusted tcp 9443      the same with a self-signed certificate no CA signed
+  (h2echo.py, when the system's python3 has the h2 module: HTTP/2 echo on tcp 8445)
+
+The echo shows what arrived: every header, and the body (Content-Length or chunked; up to
+64 KiB as text). Under /echo-header it also answers with the request's Authorization and X-Key
+as X-Echo-* headers; under /chunked-answer its answer is chunked.
 """
 import hashlib
 import os
@@ -150,14 +155,31 @@ class Echo(BaseHTTPRequestHandler):
     def log_message(self, *args):
         pass
     def handle_any(self):
-        length = int(self.headers.get("Content-Length") or 0)
-        digest, left = hashlib.sha256(), length
-        while left > 0:
-            chunk = self.rfile.read(min(left, 65536))
-            if not chunk:
-                break
+        # The body, Content-Length or chunked; up to 64 KiB of it is shown as text.
+        digest, length, shown = hashlib.sha256(), 0, b""
+        def took(chunk):
+            nonlocal length, shown
             digest.update(chunk)
-            left -= len(chunk)
+            length += len(chunk)
+            if len(shown) < 65536:
+                shown += chunk[:65536 - len(shown)]
+        if "chunked" in (self.headers.get("Transfer-Encoding") or "").lower():
+            while True:
+                size = int(self.rfile.readline(4096).split(b";")[0].strip() or b"0", 16)
+                if size == 0:
+                    while self.rfile.readline(4096) not in (b"\r\n", b"\n", b""):
+                        pass
+                    break
+                took(self.rfile.read(size))
+                self.rfile.readline(16)
+        else:
+            left = int(self.headers.get("Content-Length") or 0)
+            while left > 0:
+                chunk = self.rfile.read(min(left, 65536))
+                if not chunk:
+                    break
+                took(chunk)
+                left -= len(chunk)
         local = self.connection.getsockname()
         tls = isinstance(self.connection, ssl.SSLSocket)
         info = {
@@ -165,6 +187,8 @@ class Echo(BaseHTTPRequestHandler):
             "host": self.headers.get("Host"), "client": self.client_address[0],
             "local": local[0], "port": local[1], "body_len": length,
             "body_sha256": digest.hexdigest(),
+            "headers": [[k, v] for k, v in self.headers.items()],
+            "body": shown.decode("utf-8", "replace"),
         }
         if tls:
             info["sni"] = getattr(self.connection, "sni", None)
@@ -173,6 +197,19 @@ class Echo(BaseHTTPRequestHandler):
         body = (json.dumps(info) + "\n").encode()
         self.send_response(200)
         self.send_header("Content-Type", "application/json")
+        # /echo-header/...: the request's Authorization and X-Key come back as headers too.
+        if self.path.startswith("/echo-header"):
+            for name in ("Authorization", "X-Key"):
+                if self.headers.get(name):
+                    self.send_header("X-Echo-" + name, self.headers.get(name))
+        if self.path.startswith("/chunked-answer"):
+            self.send_header("Transfer-Encoding", "chunked")
+            self.end_headers()
+            for i in range(0, len(body), 7):
+                part = body[i:i + 7]
+                self.wfile.write(b"%x\r\n%s\r\n" % (len(part), part))
+            self.wfile.write(b"0\r\n\r\n")
+            return
         self.send_header("Content-Length", str(len(body)))
         self.end_headers()
         self.wfile.write(body)

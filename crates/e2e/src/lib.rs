@@ -219,6 +219,36 @@ impl World {
         self.server = Some(child);
     }
 
+    /// Starts the world's HTTP/2 echo (h2echo.py, tcp 8445) with the first python3 that
+    /// has the h2 module (the system's, from python3-h2, when the one on PATH has not).
+    pub fn start_h2_echo(&mut self) {
+        let python = ["python3", "/usr/bin/python3"]
+            .into_iter()
+            .find(|p| {
+                Command::new(p)
+                    .args(["-c", "import h2"])
+                    .output()
+                    .is_ok_and(|o| o.status.success())
+            })
+            .expect("no python3 with the h2 module (apt-get install python3-h2)");
+        let script = Path::new(env!("CARGO_MANIFEST_DIR")).join("h2echo.py");
+        let mut child = Command::new("ip")
+            .args(["netns", "exec", &self.world, python, "-u"])
+            .arg(&script)
+            .arg(self.log_path())
+            .stdin(Stdio::null())
+            .stdout(Stdio::piped())
+            .stderr(Stdio::inherit())
+            .spawn()
+            .unwrap();
+        let mut line = String::new();
+        BufReader::new(child.stdout.take().unwrap())
+            .read_line(&mut line)
+            .unwrap();
+        assert_eq!(line.trim(), "ready", "the HTTP/2 echo did not start");
+        self.extra.push(child);
+    }
+
     /// The world servers' request log.
     pub fn log_path(&self) -> PathBuf {
         self.dir.join("world.jsonl")

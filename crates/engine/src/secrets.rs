@@ -17,6 +17,8 @@
 
 use std::fmt;
 
+pub mod swap;
+
 use moat_policy::{DomainName, DomainSuffix};
 use zeroize::Zeroizing;
 
@@ -177,12 +179,6 @@ impl Secret {
     pub fn allows_plain_http(&self) -> bool {
         self.allow_plain_http
     }
-
-    /// The real value (substitution only).
-    #[allow(dead_code)] // Substitution (the next step of secrets) reads it.
-    pub(crate) fn value(&self) -> &[u8] {
-        &self.value
-    }
 }
 
 /// Checks a set of secrets for duplicate names and placeholders.
@@ -209,6 +205,50 @@ pub fn carried(secrets: &[Secret], data: &[u8]) -> Option<usize> {
     match Scanner::new(secrets, |_| true).scan(data) {
         Scan::Found(i) => Some(i),
         Scan::Pass(_) => None,
+    }
+}
+
+/// A [`Scanner`] over one body that arrives in pieces and leaves re-framed (a chunked
+/// body, HTTP/2 DATA): a placeholder split by the framing is found whole, and the end of a
+/// piece that may begin one waits for the next.
+#[derive(Debug, Clone)]
+pub struct BodyScan {
+    scanner: Scanner,
+    held: Vec<u8>,
+}
+
+impl BodyScan {
+    /// A scan for what `template` looks for, from the body's start.
+    pub fn new(template: &Scanner) -> BodyScan {
+        BodyScan {
+            scanner: template.clone(),
+            held: Vec::new(),
+        }
+    }
+
+    /// Appends to `out` what of `data` (after what was held) may go; the secret (by
+    /// index) whose placeholder it carries, if any.
+    pub fn pass(&mut self, data: &[u8], out: &mut Vec<u8>) -> Result<(), usize> {
+        let mut buf = std::mem::take(&mut self.held);
+        buf.extend_from_slice(data);
+        match self.scanner.scan(&buf) {
+            Scan::Found(i) => Err(i),
+            Scan::Pass(n) => {
+                out.extend_from_slice(&buf[..n]);
+                self.held = buf.split_off(n);
+                Ok(())
+            }
+        }
+    }
+
+    /// How many bytes are held.
+    pub fn held(&self) -> usize {
+        self.held.len()
+    }
+
+    /// The body ended: what was held cannot become a placeholder any more.
+    pub fn end(&mut self, out: &mut Vec<u8>) {
+        out.append(&mut self.held);
     }
 }
 

@@ -329,6 +329,32 @@ impl Cx {
             .map(|n| n.as_str().to_owned())
     }
 
+    /// Secret `i` was swapped on `key` to `host` (`what`: substituted toward the server,
+    /// or redacted on the way back): a `secret` event, once per connection and secret.
+    pub(super) fn secret_swapped(&mut self, key: FlowKey, host: &str, i: usize, what: &str) {
+        let name = self
+            .cfg
+            .secrets
+            .get(i)
+            .map_or_else(|| "?".to_owned(), |s| s.name().to_owned());
+        let mut fields = Cx::connect_fields("tcp", key);
+        fields.push(("name", Value::from(name.as_str())));
+        fields.push(("host", Value::from(host)));
+        fields.push(("secret", Value::from(what)));
+        fields.push(("action", Value::from(what)));
+        let reason = match what {
+            "redacted" => format!(
+                "the value of secret {name} came back from {host} and was replaced by its placeholder"
+            ),
+            _ => format!(
+                "the placeholder of secret {name} was replaced by its value on the way to {host}"
+            ),
+        };
+        self.cfg
+            .audit
+            .event("secret", "allow", "secret", &reason, fields);
+    }
+
     /// Secret `i`'s placeholder was heading for `host` (on `key`), outside its list: the
     /// `secret` event, and what the action adds — a notice (`BlockAndLog`), or a notice
     /// and a request to stop the sandbox (`BlockAndTerminate`). Returns the secret's name.

@@ -94,6 +94,8 @@ pub(super) struct Stream {
     pub(super) tally: Tally,
     /// Finds the placeholders that must not leave on this flow (`secrets.rs`).
     scanner: Option<Scanner>,
+    /// Secrets already reported substituted and redacted on this stream.
+    reported: (u64, u64),
 }
 
 impl Stream {
@@ -104,6 +106,7 @@ impl Stream {
             down: Half::Open,
             tally: Tally::new(),
             scanner: None,
+            reported: (0, 0),
         }
     }
 
@@ -146,6 +149,19 @@ impl Stream {
             Stage::Tls(t) => t.sni().map(|n| n.as_str().to_owned()),
             _ => None,
         }
+    }
+
+    /// Secrets newly substituted and redacted on an intercepted stream (bit `i`: secret
+    /// `i`), each reported once per connection.
+    pub(super) fn take_swapped(&mut self) -> (u64, u64) {
+        let Stage::Tls(t) = &mut self.stage else {
+            return (0, 0);
+        };
+        let (sub, red) = t.take_swapped();
+        let new = (sub & !self.reported.0, red & !self.reported.1);
+        self.reported.0 |= sub;
+        self.reported.1 |= red;
+        new
     }
 
     /// From now on the stream is intercepted (its ClientHello was judged and not

@@ -43,7 +43,8 @@ use super::dial;
 use super::dns_flow;
 use super::stream::{Broken, Hello, Stage, Stream};
 use super::table::{Due, Flow, FlowId, FlowKey, FlowTable};
-use super::tls_stage::{Intercept, TlsFailure, TlsNote};
+use super::tls_stage::{Intercept, Swaps, TlsFailure, TlsNote};
+use crate::secrets::swap::Swap;
 use crate::secrets::{Scanner, Secret};
 use crate::tls::sni::Sni;
 
@@ -387,6 +388,19 @@ impl TcpFlow {
             cx.tls.as_mut(),
             &mut cx.scratch,
         );
+        // The first substitution and redaction of each secret on the connection.
+        let (sub, red) = self.stream.take_swapped();
+        if sub | red != 0 {
+            let host = self.stream.server_name().unwrap_or_default();
+            for i in 0..cx.cfg.secrets.len().min(64) {
+                if sub & 1 << i != 0 {
+                    cx.secret_swapped(self.key, &host, i, "substituted");
+                }
+                if red & 1 << i != 0 {
+                    cx.secret_swapped(self.key, &host, i, "redacted");
+                }
+            }
+        }
         match pumped {
             Ok(None) => {}
             Ok(Some(TlsNote::Intercepted {
@@ -532,14 +546,29 @@ impl TcpFlow {
             cx.audit_tls(self.key, &self.rule, &audit, None);
             return;
         }
-        // Inside, a placeholder may go only to a verified server its secret names.
+        // Inside, a secret may go only to a verified server whose name (the SNI, which
+        // every request's Host must equal) and whose address (what a lookup answered)
+        // both fall in its list: its placeholder becomes its value there, and its value
+        // becomes its placeholder on the way back. Anywhere else the placeholder is a
+        // violation.
         let verified = tls.verifies();
         let secrets = &cx.cfg.secrets;
-        self.stream.scan_with(Scanner::new(secrets, |i| {
-            !(verified && name.is_some_and(|n| secrets[i].allows(n)))
-        }));
-        self.stream
-            .intercept(Intercept::new(self.key.host.ip(), name.cloned()));
+        let upstream = cx.stack.upstream(self.key.host).ip();
+        let pinned = cx.pins.names(canonical_addr(upstream), Instant::now());
+        let allowed = |i: usize| {
+            let s = &secrets[i];
+            verified && name.is_some_and(|n| s.allows(n)) && pinned.iter().any(|p| s.allows(p))
+        };
+        let scanner = Scanner::new(secrets, |i| !allowed(i));
+        let mut intercept = Intercept::new(self.key.host.ip(), name.cloned());
+        // HTTP is read message by message: to swap, and to scan what framing splits.
+        if !secrets.is_empty() {
+            let sub = Swap::substitute(secrets, allowed).unwrap_or_else(Swap::none);
+            let red = Swap::redact(secrets, allowed).unwrap_or_else(Swap::none);
+            intercept.swap_secrets(Swaps::new(sub, red, scanner.clone()));
+        }
+        self.stream.scan_with(scanner);
+        self.stream.intercept(intercept);
     }
 
     /// Resets the sandbox's side (the engine is stopping).

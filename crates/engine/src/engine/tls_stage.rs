@@ -27,6 +27,12 @@
 //! the handshake named (`http/h1.rs`); another gets `403 Forbidden` with a one-line reason
 //! and the connection ends (domain fronting).
 //!
+//! When secrets are configured, HTTP/1.1 and HTTP/2 plaintext also passes a [`Swaps`]:
+//! toward a host a secret allows, placeholders become the value; coming back, the value
+//! becomes the placeholder; and what the sandbox sends is scanned message by message (bodies
+//! after their framing, HTTP/2 header blocks decoded) for placeholders the host may not
+//! receive, on top of the scan of the plaintext as it is framed.
+//!
 //! Everything is sans-IO inside the engine's loop: rustls never touches a socket itself
 //! except the host's non-blocking `TcpStream`, and the sandbox's socket through
 //! [`SocketWriter`].
@@ -47,7 +53,8 @@ use super::cx::Tally;
 use super::pool::SocketPool;
 use super::tls_shared::Fixed;
 pub(super) use super::tls_shared::TlsShared;
-use crate::http::{Authority, RequestReader, h1, h2};
+use crate::http::{Authority, Refused, RequestReader, h1, h1_swap, h2, h2_swap};
+use crate::secrets::swap::Swap;
 use crate::secrets::{Scan, Scanner};
 use crate::tls::ca::LeafName;
 
@@ -86,6 +93,118 @@ enum Reader {
     H2(Box<h2::Requests>, h2::Frames),
     /// Another protocol: not read.
     Unread,
+}
+
+/// The secrets swapped on one intercepted connection: the sandbox's placeholders become
+/// values toward the server, the values placeholders toward the sandbox
+/// (`secrets/swap.rs`), inside the HTTP framing (`http/h1_swap.rs`, `http/h2_swap.rs`).
+pub(super) struct Swaps {
+    /// Placeholder → value, toward the server.
+    sub: Swap,
+    /// Value → placeholder, toward the sandbox.
+    red: Swap,
+    proto: SwapProto,
+    /// What the sandbox's bodies and HTTP/2 header blocks are scanned for once they are
+    /// read (the connection's own scan sees only the bytes as framed).
+    scan: Scanner,
+    /// Rewritten bytes, reused.
+    out: Vec<u8>,
+}
+
+/// How an open connection's messages are rewritten.
+enum SwapProto {
+    /// The protocol is not known yet (handshakes under way).
+    Pending,
+    H1 {
+        up: Box<h1_swap::Messages>,
+        down: Box<h1_swap::Messages>,
+        exchange: h1_swap::Exchange,
+    },
+    H2(Box<h2_swap::Connection>),
+    /// Another protocol: moat cannot read it, so nothing is swapped.
+    Off,
+}
+
+impl Swaps {
+    /// Swaps with `sub` toward the server and `red` toward the sandbox; the sandbox's
+    /// messages are scanned for what `scan` looks for.
+    pub(super) fn new(sub: Swap, red: Swap, scan: Scanner) -> Swaps {
+        Swaps {
+            sub,
+            red,
+            proto: SwapProto::Pending,
+            scan,
+            out: Vec::new(),
+        }
+    }
+
+    /// The sandbox's plaintext, rewritten, into `out`.
+    fn up(&mut self, data: &[u8], out: &mut Vec<u8>) -> Result<(), Refused> {
+        match &mut self.proto {
+            SwapProto::H1 { up, exchange, .. } => up.push(&mut self.sub, exchange, data, out),
+            SwapProto::H2(c) => c.up(&mut self.sub, data, out),
+            SwapProto::Pending | SwapProto::Off => {
+                out.extend_from_slice(data);
+                Ok(())
+            }
+        }
+    }
+
+    /// The server's plaintext, rewritten.
+    fn down(&mut self, data: &[u8]) -> Result<&[u8], Refused> {
+        self.out.clear();
+        match &mut self.proto {
+            SwapProto::H1 { down, exchange, .. } => {
+                down.push(&mut self.red, exchange, data, &mut self.out)?;
+            }
+            SwapProto::H2(c) => c.down(&mut self.red, data, &mut self.out)?,
+            SwapProto::Pending | SwapProto::Off => self.out.extend_from_slice(data),
+        }
+        Ok(&self.out)
+    }
+
+    /// The sandbox finished sending: what its side held, into `out`.
+    fn finish_up(&mut self, out: &mut Vec<u8>) {
+        if let SwapProto::H1 { up, .. } = &mut self.proto {
+            up.finish(&mut self.sub, out);
+        }
+    }
+
+    /// The server finished sending: what its side held.
+    fn finish_down(&mut self) -> &[u8] {
+        self.out.clear();
+        if let SwapProto::H1 { down, .. } = &mut self.proto {
+            down.finish(&mut self.red, &mut self.out);
+        }
+        &self.out
+    }
+
+    /// moat's own frames waiting to go to the sandbox (between the server's frames).
+    fn queued_down(&mut self) -> &[u8] {
+        self.out.clear();
+        if let SwapProto::H2(c) = &mut self.proto
+            && c.queued_down()
+        {
+            c.flush_down(&mut self.out);
+        }
+        &self.out
+    }
+
+    /// moat's own frames waiting to go to the server (between the sandbox's frames).
+    fn queued_up(&mut self) -> Vec<u8> {
+        let mut out = Vec::new();
+        if let SwapProto::H2(c) = &mut self.proto
+            && c.queued_up()
+        {
+            c.flush_up(&mut out);
+        }
+        out
+    }
+
+    /// The secrets substituted and redacted since the last call (bit `i`: secret `i`).
+    pub(super) fn take_hits(&mut self) -> (u64, u64) {
+        (self.sub.take_hits(), self.red.take_hits())
+    }
 }
 
 /// A refused HTTP/2 request's answer, waiting for the server's frame under way to end.
@@ -157,6 +276,10 @@ pub(super) struct Intercept {
     host_in: Vec<u8>,
     /// The sandbox's plaintext that may begin a placeholder, waiting for what follows.
     up_held: Vec<u8>,
+    /// Secrets this host may receive: swapped both ways.
+    swaps: Option<Box<Swaps>>,
+    /// The sandbox's plaintext rewritten, reused.
+    swapped: Vec<u8>,
 }
 
 /// Writes into the sandbox's socket, within the buffer budget.
@@ -208,7 +331,19 @@ impl Intercept {
             refusal: None,
             host_in: Vec::new(),
             up_held: Vec::new(),
+            swaps: None,
+            swapped: Vec::new(),
         }
+    }
+
+    /// Secrets this host may receive, swapped both ways on HTTP/1.1 and HTTP/2.
+    pub(super) fn swap_secrets(&mut self, swaps: Swaps) {
+        self.swaps = Some(Box::new(swaps));
+    }
+
+    /// The secrets substituted and redacted since the last call (bit `i`: secret `i`).
+    pub(super) fn take_swapped(&mut self) -> (u64, u64) {
+        self.swaps.as_mut().map_or((0, 0), |s| s.take_hits())
     }
 
     /// The server name of the ClientHello.
@@ -388,6 +523,21 @@ impl Intercept {
             Some(b"h2") => Reader::H2(Box::new(h2::Requests::new(expect)), h2::Frames::default()),
             Some(_) => Reader::Unread,
         };
+        if let Some(swaps) = &mut self.swaps {
+            swaps.proto = match &reader {
+                Reader::H1(_) => SwapProto::H1 {
+                    up: Box::new(
+                        h1_swap::Messages::new(h1_swap::Side::Request).scanning(swaps.scan.clone()),
+                    ),
+                    down: Box::new(h1_swap::Messages::new(h1_swap::Side::Response)),
+                    exchange: h1_swap::Exchange::default(),
+                },
+                Reader::H2(..) => SwapProto::H2(Box::new(
+                    h2_swap::Connection::new().scanning(swaps.scan.clone()),
+                )),
+                Reader::Unread => SwapProto::Off,
+            };
+        }
         self.phase = Phase::Open {
             server: Box::new(server),
             client,
@@ -442,6 +592,8 @@ impl Intercept {
         let pass = &mut self.pass;
         let refusal = &mut self.refusal;
         let up_held = &mut self.up_held;
+        let swaps = &mut self.swaps;
+        let swapped = &mut self.swapped;
         let chunk = buf.len().min(CHUNK);
         let buf = &mut buf[..chunk];
         // The sandbox's records.
@@ -468,8 +620,12 @@ impl Intercept {
         while !self.up_done && refusal.is_none() && !client.wants_write() {
             match server.reader().read(buf) {
                 Ok(0) => {
-                    release(client, up_held);
-                    client.send_close_notify();
+                    end_up(
+                        client,
+                        up_held,
+                        swaps.as_deref_mut(),
+                        scanner.as_deref_mut(),
+                    )?;
                     self.up_done = true;
                 }
                 Ok(n) => {
@@ -492,6 +648,7 @@ impl Intercept {
                                 // never do.
                                 let answer = h2::forbidden(requests.stream(), &why);
                                 *refusal = Some(Refusal { why, answer });
+                                let pass = swap_up(swaps.as_deref_mut(), pass, swapped)?;
                                 let out = cleared(scanner.as_deref_mut(), up_held, pass)?;
                                 let _ = client.writer().write_all(&out);
                                 break;
@@ -502,7 +659,9 @@ impl Intercept {
                             }
                         }
                     }
-                    // A placeholder this host may not receive stops here.
+                    // Placeholders this host may receive become values; one it may not
+                    // stops here.
+                    let pass = swap_up(swaps.as_deref_mut(), pass, swapped)?;
                     let data = cleared(scanner.as_deref_mut(), up_held, pass)?;
                     if client.writer().write_all(&data).is_err() {
                         return Err(TlsFailure::Broken("the server's TLS refused data".into()));
@@ -515,17 +674,36 @@ impl Intercept {
                         tcp::State::CloseWait | tcp::State::LastAck | tcp::State::Closed
                     );
                     if fin && socket.recv_queue() == 0 {
-                        release(client, up_held);
-                        client.send_close_notify();
+                        end_up(
+                            client,
+                            up_held,
+                            swaps.as_deref_mut(),
+                            scanner.as_deref_mut(),
+                        )?;
                         self.up_done = true;
                     }
                     break;
                 }
                 Err(_) => {
-                    release(client, up_held);
-                    client.send_close_notify();
+                    end_up(
+                        client,
+                        up_held,
+                        swaps.as_deref_mut(),
+                        scanner.as_deref_mut(),
+                    )?;
                     self.up_done = true;
                 }
+            }
+        }
+        // moat's own HTTP/2 frames for the server (window given back), when nothing of the
+        // sandbox's is held part-way.
+        if let Some(sw) = swaps.as_deref_mut()
+            && up_held.is_empty()
+            && !self.up_done
+        {
+            let queued = sw.queued_up();
+            if !queued.is_empty() {
+                let _ = client.writer().write_all(&queued);
             }
         }
         // Records to the server.
@@ -558,7 +736,15 @@ impl Intercept {
             if server.wants_write() || self.down_done {
                 break;
             }
-            if Self::plaintext_down(server, client, reader, refusal.is_some(), buf, tally)? {
+            if Self::plaintext_down(
+                server,
+                client,
+                reader,
+                refusal.is_some(),
+                buf,
+                tally,
+                swaps.as_deref_mut(),
+            )? {
                 server.send_close_notify();
                 self.down_done = true;
                 continue;
@@ -591,6 +777,7 @@ impl Intercept {
                             refusal.is_some(),
                             buf,
                             tally,
+                            swaps.as_deref_mut(),
                         )?;
                         server.send_close_notify();
                         self.down_done = true;
@@ -660,7 +847,24 @@ impl Intercept {
         to_boundary: bool,
         buf: &mut [u8],
         tally: &mut Tally,
+        mut swaps: Option<&mut Swaps>,
     ) -> Result<bool, TlsFailure> {
+        let send = |server: &mut ServerConnection, reader: &mut Reader, data: &[u8]| {
+            if let Reader::H2(_, frames) = reader {
+                frames.advance(data);
+            }
+            server
+                .writer()
+                .write_all(data)
+                .map_err(|_| TlsFailure::Broken("the sandbox's TLS refused data".into()))
+        };
+        // moat's own frames for the sandbox go between the server's.
+        if let Some(sw) = swaps.as_deref_mut() {
+            let queued = sw.queued_down();
+            if !queued.is_empty() {
+                send(server, reader, queued)?;
+            }
+        }
         loop {
             let mut cap = buf.len();
             if let Reader::H2(_, frames) = reader
@@ -669,28 +873,85 @@ impl Intercept {
                 if frames.at_boundary() {
                     return Ok(false);
                 }
-                cap = cap.min(frames.until_boundary());
+                // Rewritten frames are whole; the server's own may be cut at the boundary.
+                if swaps.is_none() {
+                    cap = cap.min(frames.until_boundary());
+                }
             }
-            match client.reader().read(&mut buf[..cap]) {
-                Ok(0) => return Ok(true),
+            let got = client.reader().read(&mut buf[..cap]);
+            let ended = match got {
+                Ok(0) => true,
+                Err(ref e) if e.kind() == io::ErrorKind::UnexpectedEof => true,
+                _ => false,
+            };
+            if ended {
+                if let Some(sw) = swaps.as_deref_mut() {
+                    let last = sw.finish_down();
+                    if !last.is_empty() {
+                        send(server, reader, last)?;
+                    }
+                }
+                return Ok(true);
+            }
+            match got {
                 Ok(n) => {
                     tally.down += n as u64;
-                    if let Reader::H2(_, frames) = reader {
-                        frames.advance(&buf[..n]);
-                    }
-                    if server.writer().write_all(&buf[..n]).is_err() {
-                        return Err(TlsFailure::Broken("the sandbox's TLS refused data".into()));
-                    }
+                    let data = match swaps.as_deref_mut() {
+                        Some(sw) => sw.down(&buf[..n]).map_err(|e| {
+                            TlsFailure::Broken(format!(
+                                "the server's answer cannot be rewritten: {e}"
+                            ))
+                        })?,
+                        None => &buf[..n],
+                    };
+                    send(server, reader, data)?;
                     if server.wants_write() {
                         return Ok(false);
                     }
                 }
                 Err(e) if e.kind() == io::ErrorKind::WouldBlock => return Ok(false),
-                Err(e) if e.kind() == io::ErrorKind::UnexpectedEof => return Ok(true),
                 Err(e) => return Err(TlsFailure::Broken(format!("the server's TLS: {e}"))),
             }
         }
     }
+}
+
+/// The sandbox's plaintext `pass`, rewritten when secrets are swapped (into `swapped`).
+fn swap_up<'a>(
+    swaps: Option<&mut Swaps>,
+    pass: &'a [u8],
+    swapped: &'a mut Vec<u8>,
+) -> Result<&'a [u8], TlsFailure> {
+    let Some(sw) = swaps else {
+        return Ok(pass);
+    };
+    swapped.clear();
+    sw.up(pass, swapped).map_err(|e| match e {
+        Refused::Secret(i) => TlsFailure::Secret(i),
+        e => TlsFailure::Broken(format!("a request cannot be rewritten: {e}")),
+    })?;
+    Ok(swapped)
+}
+
+/// The sandbox finished sending: what the rewriting held, then what the scanner held, go
+/// to the server, then `close_notify`.
+fn end_up(
+    client: &mut ClientConnection,
+    held: &mut Vec<u8>,
+    swaps: Option<&mut Swaps>,
+    scanner: Option<&mut Scanner>,
+) -> Result<(), TlsFailure> {
+    if let Some(sw) = swaps {
+        let mut last = Vec::new();
+        sw.finish_up(&mut last);
+        if !last.is_empty() {
+            let data = cleared(scanner, held, &last)?;
+            let _ = client.writer().write_all(&data);
+        }
+    }
+    release(client, held);
+    client.send_close_notify();
+    Ok(())
 }
 
 /// What of `held` and then `pass` may go to the server now: scanned for placeholders

@@ -261,7 +261,7 @@ fn absolute_authority(target: &str) -> Option<&str> {
 }
 
 /// A chunk-size line's size (extensions after `;` ignored).
-fn chunk_size(line: &[u8]) -> Result<u64, Refused> {
+pub(super) fn chunk_size(line: &[u8]) -> Result<u64, Refused> {
     let line = &line[..line.len() - 2];
     let digits = line.split(|&b| b == b';').next().unwrap_or(&[]);
     let digits = std::str::from_utf8(digits)

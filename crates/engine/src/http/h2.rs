@@ -18,23 +18,23 @@
 pub use super::{Authority, Refused, RequestReader};
 
 /// The client connection preface (RFC 9113 §3.4).
-const PREFACE: &[u8; 24] = b"PRI * HTTP/2.0\r\n\r\nSM\r\n\r\n";
+pub(super) const PREFACE: &[u8; 24] = b"PRI * HTTP/2.0\r\n\r\nSM\r\n\r\n";
 /// A frame header's length.
-const FRAME_HEADER: usize = 9;
+pub(super) const FRAME_HEADER: usize = 9;
 /// The most header block (with its frames) held at once.
 pub const MAX_BLOCK: usize = 256 * 1024;
 /// The largest HPACK dynamic table the sandbox's encoder may ask for.
-const MAX_TABLE: usize = 64 * 1024;
+pub(super) const MAX_TABLE: usize = 64 * 1024;
 
-const HEADERS: u8 = 0x1;
-const PUSH_PROMISE: u8 = 0x5;
+pub(super) const HEADERS: u8 = 0x1;
+pub(super) const PUSH_PROMISE: u8 = 0x5;
 const GOAWAY: u8 = 0x7;
-const CONTINUATION: u8 = 0x9;
-const DATA: u8 = 0x0;
-const END_STREAM: u8 = 0x1;
-const END_HEADERS: u8 = 0x4;
-const PADDED: u8 = 0x8;
-const PRIORITY: u8 = 0x20;
+pub(super) const CONTINUATION: u8 = 0x9;
+pub(super) const DATA: u8 = 0x0;
+pub(super) const END_STREAM: u8 = 0x1;
+pub(super) const END_HEADERS: u8 = 0x4;
+pub(super) const PADDED: u8 = 0x8;
+pub(super) const PRIORITY: u8 = 0x20;
 
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
 enum State {
@@ -352,7 +352,7 @@ pub fn forbidden(stream: u32, why: &str) -> Vec<u8> {
     out
 }
 
-fn frame(out: &mut Vec<u8>, kind: u8, flags: u8, stream: u32, payload: &[u8]) {
+pub(super) fn frame(out: &mut Vec<u8>, kind: u8, flags: u8, stream: u32, payload: &[u8]) {
     let len = (payload.len() as u32).to_be_bytes();
     out.extend_from_slice(&len[1..]);
     out.push(kind);

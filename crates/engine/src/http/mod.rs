@@ -10,7 +10,9 @@ use std::net::IpAddr;
 use moat_policy::{DomainName, canonical_addr};
 
 pub mod h1;
+pub mod h1_swap;
 pub mod h2;
+pub mod h2_swap;
 
 /// A reader of the sandbox's requests (HTTP/1.1 or HTTP/2).
 pub trait RequestReader {
@@ -66,6 +68,9 @@ pub enum Refused {
     /// A request's headers are larger than moat holds (64 KiB for HTTP/1.1, 256 KiB of
     /// HTTP/2 header block).
     TooLarge,
+    /// It carries the placeholder of secret `.0` (by index), which this host may not
+    /// receive (`secrets.rs`).
+    Secret(usize),
 }
 
 impl std::fmt::Display for Refused {
@@ -79,6 +84,7 @@ impl std::fmt::Display for Refused {
             Refused::Connect => f.write_str("CONNECT is not relayed on an intercepted connection"),
             Refused::Malformed(why) => write!(f, "malformed request: {why}"),
             Refused::TooLarge => f.write_str("the request's headers are larger than moat holds"),
+            Refused::Secret(_) => f.write_str("the request carries a secret's placeholder"),
         }
     }
 }

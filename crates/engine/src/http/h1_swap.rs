@@ -1,0 +1,747 @@
+//! HTTP/1.1 messages rewritten for secrets on an intercepted connection: placeholders
+//! become values on the way to an allowed host (requests), values become placeholders on
+//! the way back (responses), with the framing made right for the new lengths.
+//!
+//! # Theory of operation
+//! [`Messages`] follows one direction's messages (RFC 9112) in whatever pieces they come
+//! and appends the rewritten stream to `out`:
+//! - **Head**: held until the blank line, then rewritten line by line with the [`Swap`]:
+//!   the request line or status line, and each header field (HTTP Basic credentials are
+//!   decoded, swapped inside and encoded again). Fields that did not change pass as they
+//!   were.
+//! - **Content-Length body**: held with its head (up to [`HOLD_BODY`]), rewritten whole,
+//!   and sent with the new length. A longer body, or one whose request waits for
+//!   `100 Continue`, is sent chunked instead (`Transfer-Encoding: chunked` in place of the
+//!   length), rewritten as it streams.
+//! - **Chunked body**: the chunks' data is rewritten as one stream and framed again as
+//!   chunks of the new sizes (extensions dropped); trailer fields are rewritten.
+//! - **Response until close**: rewritten as it streams; [`Messages::finish`] lets the last
+//!   held bytes go when the server ends.
+//! - **No body** (requests without framing; responses to HEAD, 1xx, 204, 304) and
+//!   **tunnels** (an upgrade: what follows is not HTTP/1.1) pass as they are.
+//!
+//! Responses are matched to requests in order: the request side records which requests
+//! were HEAD ([`Exchange`]). The request side reads what the anti-fronting reader
+//! (`h1.rs`) already checked, so its framing is known to be unambiguous; a server's
+//! response that cannot be framed ends the connection.
+
+use std::collections::VecDeque;
+use std::io::Write as _;
+
+use super::Refused;
+use super::h1::chunk_size;
+use crate::secrets::swap::{Swap, SwapStream};
+use crate::secrets::{BodyScan, Scanner};
+
+/// The largest Content-Length body held to be rewritten and sent with its new length.
+pub const HOLD_BODY: u64 = 256 * 1024;
+/// The largest head held.
+const MAX_HEAD: usize = super::h1::MAX_HEAD;
+/// The longest chunk-size or trailer line.
+const MAX_LINE: usize = 4096;
+/// Header fields read per message.
+const MAX_HEADERS: usize = 128;
+
+/// Which direction a [`Messages`] reads.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum Side {
+    /// The sandbox's requests.
+    Request,
+    /// The server's responses.
+    Response,
+}
+
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+enum State {
+    Head,
+    /// A Content-Length body being held (`left` bytes to come).
+    Hold {
+        left: u64,
+    },
+    /// A Content-Length body being sent as chunks.
+    Rechunk {
+        left: u64,
+    },
+    ChunkSize,
+    ChunkData(u64),
+    /// The CRLF after a chunk's data; how much of it was seen.
+    ChunkEnd(u8),
+    Trailers,
+    /// A response body that ends with the connection.
+    Close,
+    Tunnel,
+}
+
+/// How a message's body is framed.
+enum Framing {
+    None,
+    Length(u64),
+    Chunked,
+    Close,
+    Tunnel,
+}
+
+/// What the two directions of one connection share: which requests were HEAD, in order.
+#[derive(Debug, Default)]
+pub struct Exchange {
+    heads: VecDeque<bool>,
+}
+
+/// One direction's messages (see the module header).
+pub struct Messages {
+    side: Side,
+    state: State,
+    /// A head, or a chunk-size or trailer line, being assembled.
+    held: Vec<u8>,
+    /// A rewritten head (without its blank line) waiting for its held body.
+    head: Vec<u8>,
+    /// The Content-Length the held body's head declared.
+    declared: u64,
+    /// A held body.
+    body: Vec<u8>,
+    stream: SwapStream,
+    scratch: Vec<u8>,
+    /// What the sandbox's bodies are scanned for (placeholders this host may not receive),
+    /// and the scan of the body under way: re-framing may split a placeholder that the
+    /// connection's own scan would have seen whole.
+    scan: Option<Scanner>,
+    guard: Option<BodyScan>,
+}
+
+impl std::fmt::Debug for Messages {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.debug_struct("Messages")
+            .field("side", &self.side)
+            .field("state", &self.state)
+            .finish_non_exhaustive()
+    }
+}
+
+impl Messages {
+    /// The messages of `side`.
+    pub fn new(side: Side) -> Messages {
+        Messages {
+            side,
+            state: State::Head,
+            held: Vec::new(),
+            head: Vec::new(),
+            declared: 0,
+            body: Vec::new(),
+            stream: SwapStream::default(),
+            scratch: Vec::new(),
+            scan: None,
+            guard: None,
+        }
+    }
+
+    /// Bodies sent re-framed are scanned for what `template` looks for.
+    pub fn scanning(mut self, template: Scanner) -> Messages {
+        self.scan = (!template.is_idle()).then_some(template);
+        self
+    }
+
+    /// Takes the next `input`; appends to `out` what may go on, rewritten.
+    pub fn push(
+        &mut self,
+        swap: &mut Swap,
+        exchange: &mut Exchange,
+        mut input: &[u8],
+        out: &mut Vec<u8>,
+    ) -> Result<(), Refused> {
+        while !input.is_empty() {
+            input = self.step(swap, exchange, input, out)?;
+        }
+        Ok(())
+    }
+
+    /// The stream ended: a body that ends with it, or one cut short, goes with what was
+    /// held.
+    pub fn finish(&mut self, swap: &mut Swap, out: &mut Vec<u8>) {
+        match self.state {
+            State::Close => self.stream.finish(swap, out),
+            State::Hold { .. } => {
+                // Cut short: sent as it came, so the other side sees it was.
+                out.extend_from_slice(&self.head);
+                let _ = write!(out, "Content-Length: {}\r\n\r\n", self.declared);
+                swap.replace(&self.body, out);
+            }
+            _ => out.extend_from_slice(&self.held),
+        }
+        self.held.clear();
+        self.body.clear();
+        self.head.clear();
+    }
+
+    fn step<'a>(
+        &mut self,
+        swap: &mut Swap,
+        exchange: &mut Exchange,
+        input: &'a [u8],
+        out: &mut Vec<u8>,
+    ) -> Result<&'a [u8], Refused> {
+        match self.state {
+            State::Tunnel => {
+                out.extend_from_slice(input);
+                Ok(&[])
+            }
+            State::Head => {
+                let start = self.held.len().saturating_sub(3);
+                let take = input.len().min(MAX_HEAD + 4 - self.held.len());
+                self.held.extend_from_slice(&input[..take]);
+                let Some(at) = memchr::memmem::find(&self.held[start..], b"\r\n\r\n") else {
+                    if self.held.len() > MAX_HEAD {
+                        return Err(Refused::TooLarge);
+                    }
+                    return Ok(&input[take..]);
+                };
+                let end = start + at + 4;
+                let unused = self.held.len() - end;
+                self.held.truncate(end);
+                let head = std::mem::take(&mut self.held);
+                self.head(swap, exchange, &head, out)?;
+                Ok(&input[take - unused..])
+            }
+            State::Hold { left } => {
+                let n = input.len().min(usize::try_from(left).unwrap_or(usize::MAX));
+                self.body.extend_from_slice(&input[..n]);
+                let left = left - n as u64;
+                if left == 0 {
+                    self.scratch.clear();
+                    swap.replace(&self.body, &mut self.scratch);
+                    out.extend_from_slice(&self.head);
+                    let _ = write!(out, "Content-Length: {}\r\n\r\n", self.scratch.len());
+                    out.extend_from_slice(&self.scratch);
+                    self.head.clear();
+                    self.body.clear();
+                    self.state = State::Head;
+                } else {
+                    self.state = State::Hold { left };
+                }
+                Ok(&input[n..])
+            }
+            State::Rechunk { left } | State::ChunkData(left) => {
+                let n = input.len().min(usize::try_from(left).unwrap_or(usize::MAX));
+                let mut piece = std::mem::take(&mut self.scratch);
+                piece.clear();
+                self.stream.push(swap, &input[..n], &mut piece);
+                let sent = self.emit(&piece, out);
+                self.scratch = piece;
+                sent?;
+                let left = left - n as u64;
+                let rechunk = matches!(self.state, State::Rechunk { .. });
+                self.state = match (left, rechunk) {
+                    (0, true) => {
+                        self.end_chunks(swap, out)?;
+                        out.extend_from_slice(b"\r\n");
+                        State::Head
+                    }
+                    (0, false) => State::ChunkEnd(0),
+                    (left, true) => State::Rechunk { left },
+                    (left, false) => State::ChunkData(left),
+                };
+                Ok(&input[n..])
+            }
+            State::ChunkEnd(seen) => {
+                if input[0] != b"\r\n"[usize::from(seen)] {
+                    return Err(Refused::Malformed("a chunk's data is not followed by CRLF"));
+                }
+                self.state = if seen == 1 {
+                    State::ChunkSize
+                } else {
+                    State::ChunkEnd(1)
+                };
+                Ok(&input[1..])
+            }
+            State::ChunkSize | State::Trailers => {
+                let (done, n) = self.take_line(input)?;
+                if done {
+                    let line = std::mem::take(&mut self.held);
+                    if self.state == State::ChunkSize {
+                        match chunk_size(&line)? {
+                            0 => {
+                                self.end_chunks(swap, out)?;
+                                self.state = State::Trailers;
+                            }
+                            size => self.state = State::ChunkData(size),
+                        }
+                    } else if line == b"\r\n" {
+                        out.extend_from_slice(b"\r\n");
+                        self.state = State::Head;
+                    } else {
+                        swap.replace(&line, out);
+                    }
+                }
+                Ok(&input[n..])
+            }
+            State::Close => {
+                self.stream.push(swap, input, out);
+                Ok(&[])
+            }
+        }
+    }
+
+    /// The body's data ended: what was held goes as a last chunk, then the zero-size
+    /// chunk (its trailers and blank line follow).
+    fn end_chunks(&mut self, swap: &mut Swap, out: &mut Vec<u8>) -> Result<(), Refused> {
+        let mut piece = std::mem::take(&mut self.scratch);
+        piece.clear();
+        self.stream.finish(swap, &mut piece);
+        let sent = self.emit(&piece, out);
+        self.scratch = piece;
+        sent?;
+        if let Some(mut guard) = self.guard.take() {
+            let mut last = Vec::new();
+            guard.end(&mut last);
+            chunk(out, &last);
+        }
+        out.extend_from_slice(b"0\r\n");
+        Ok(())
+    }
+
+    /// Appends a rewritten piece of a streamed body as a chunk, scanned first.
+    fn emit(&mut self, piece: &[u8], out: &mut Vec<u8>) -> Result<(), Refused> {
+        match &mut self.guard {
+            Some(guard) => {
+                let mut passed = Vec::with_capacity(piece.len());
+                guard.pass(piece, &mut passed).map_err(Refused::Secret)?;
+                chunk(out, &passed);
+            }
+            None => chunk(out, piece),
+        }
+        Ok(())
+    }
+
+    /// Adds bytes of a line to `held`; (whether the line ended, bytes taken).
+    fn take_line(&mut self, input: &[u8]) -> Result<(bool, usize), Refused> {
+        let (done, n) = match memchr::memchr(b'\n', input) {
+            Some(i) => (true, i + 1),
+            None => (false, input.len()),
+        };
+        if self.held.len() + n > MAX_LINE {
+            return Err(Refused::Malformed(
+                "a chunk-size or trailer line is too long",
+            ));
+        }
+        self.held.extend_from_slice(&input[..n]);
+        if done && !self.held.ends_with(b"\r\n") {
+            return Err(Refused::Malformed("a line ends without CRLF"));
+        }
+        Ok((done, n))
+    }
+
+    /// A whole head: rewritten, and the state its body starts in.
+    fn head(
+        &mut self,
+        swap: &mut Swap,
+        exchange: &mut Exchange,
+        head: &[u8],
+        out: &mut Vec<u8>,
+    ) -> Result<(), Refused> {
+        let (framing, waits) = self.framing(exchange, head)?;
+        // A length body small enough is held, and sent with its new length.
+        let hold = matches!(framing, Framing::Length(n) if n <= HOLD_BODY && !waits);
+        let rechunk = matches!(framing, Framing::Length(_)) && !hold;
+        if rechunk || matches!(framing, Framing::Chunked) {
+            self.guard = self.scan.as_ref().map(BodyScan::new);
+        }
+        let mut rewritten = Vec::with_capacity(head.len());
+        let mut lines = head[..head.len() - 2].split_inclusive(|&b| b == b'\n');
+        if let Some(first) = lines.next() {
+            swap.replace(first, &mut rewritten);
+        }
+        for line in lines {
+            let is_length = field_name(line).eq_ignore_ascii_case(b"content-length");
+            if is_length && (hold || rechunk) {
+                continue;
+            }
+            rewrite_field(swap, line, &mut rewritten);
+        }
+        self.state = match framing {
+            Framing::Length(n) if hold => {
+                self.declared = n;
+                self.head = rewritten;
+                State::Hold { left: n }
+            }
+            Framing::Length(n) => {
+                out.extend_from_slice(&rewritten);
+                out.extend_from_slice(b"Transfer-Encoding: chunked\r\n\r\n");
+                State::Rechunk { left: n }
+            }
+            other => {
+                out.extend_from_slice(&rewritten);
+                out.extend_from_slice(b"\r\n");
+                match other {
+                    Framing::Chunked => State::ChunkSize,
+                    Framing::Close => State::Close,
+                    Framing::Tunnel => State::Tunnel,
+                    _ => State::Head,
+                }
+            }
+        };
+        Ok(())
+    }
+
+    /// How the message whose head this is frames its body, and whether its sender waits
+    /// for `100 Continue` before sending it.
+    fn framing(&self, exchange: &mut Exchange, head: &[u8]) -> Result<(Framing, bool), Refused> {
+        let mut fields = [httparse::EMPTY_HEADER; MAX_HEADERS];
+        let (status, method, fields) = match self.side {
+            Side::Request => {
+                let mut req = httparse::Request::new(&mut fields);
+                parsed(req.parse(head))?;
+                let method = req.method.map(str::to_owned);
+                (None, method, req.headers)
+            }
+            Side::Response => {
+                let mut res = httparse::Response::new(&mut fields);
+                parsed(res.parse(head))?;
+                (res.code, None, res.headers)
+            }
+        };
+        let values = |name: &'static str| {
+            fields
+                .iter()
+                .filter(move |h| h.name.eq_ignore_ascii_case(name))
+                .map(|h| String::from_utf8_lossy(h.value).trim().to_ascii_lowercase())
+        };
+        let upgrade = values("connection").any(|v| v.split(',').any(|t| t.trim() == "upgrade"))
+            && values("upgrade").next().is_some();
+        let waits = values("expect").any(|v| v == "100-continue");
+        match self.side {
+            Side::Request => {
+                exchange.heads.push_back(method.as_deref() == Some("HEAD"));
+            }
+            Side::Response => match status {
+                Some(101) => return Ok((Framing::Tunnel, false)),
+                Some(100..=199) => return Ok((Framing::None, false)),
+                Some(code) => {
+                    let to_head = exchange.heads.pop_front().unwrap_or(false);
+                    if to_head || code == 204 || code == 304 {
+                        return Ok((Framing::None, false));
+                    }
+                }
+                None => return Err(Refused::Malformed("a response without a status")),
+            },
+        }
+        let codings: Vec<String> = values("transfer-encoding").collect();
+        let lengths: Vec<String> = values("content-length").collect();
+        let framing = if !codings.is_empty() {
+            let last = codings
+                .iter()
+                .flat_map(|v| v.split(','))
+                .map(str::trim)
+                .rfind(|t| !t.is_empty());
+            match (last, self.side) {
+                (Some("chunked"), _) => Framing::Chunked,
+                (_, Side::Response) => Framing::Close,
+                (_, Side::Request) => {
+                    return Err(Refused::Malformed(
+                        "a request's last transfer coding must be chunked",
+                    ));
+                }
+            }
+        } else if let Some(first) = lengths.first() {
+            if lengths.iter().any(|l| l != first) {
+                return Err(Refused::Malformed("differing Content-Length values"));
+            }
+            match first.parse::<u64>() {
+                Ok(0) => Framing::None,
+                Ok(n) => Framing::Length(n),
+                Err(_) => return Err(Refused::Malformed("a Content-Length that is not a number")),
+            }
+        } else if self.side == Side::Response {
+            Framing::Close
+        } else {
+            Framing::None
+        };
+        Ok(match framing {
+            Framing::None if upgrade => (Framing::Tunnel, false),
+            other => (other, waits),
+        })
+    }
+}
+
+/// Whether httparse read a whole head.
+fn parsed(result: httparse::Result<usize>) -> Result<(), Refused> {
+    match result {
+        Ok(httparse::Status::Complete(_)) => Ok(()),
+        Ok(httparse::Status::Partial) => Err(Refused::Malformed("incomplete head")),
+        Err(httparse::Error::TooManyHeaders) => Err(Refused::Malformed("too many header fields")),
+        Err(_) => Err(Refused::Malformed("not an HTTP/1.x head")),
+    }
+}
+
+/// The name of a header line (`name: value\r\n`).
+fn field_name(line: &[u8]) -> &[u8] {
+    let end = memchr::memchr(b':', line).unwrap_or(0);
+    line[..end].trim_ascii()
+}
+
+/// Appends a header line, its value swapped (as it was when nothing changed).
+fn rewrite_field(swap: &mut Swap, line: &[u8], out: &mut Vec<u8>) {
+    let Some(colon) = memchr::memchr(b':', line) else {
+        swap.replace(line, out);
+        return;
+    };
+    let name = &line[..colon];
+    let value = line[colon + 1..].trim_ascii();
+    let mut swapped = Vec::new();
+    if swap.field(name.trim_ascii(), value, &mut swapped) {
+        out.extend_from_slice(name);
+        out.extend_from_slice(b": ");
+        out.extend_from_slice(&swapped);
+        out.extend_from_slice(b"\r\n");
+    } else {
+        out.extend_from_slice(line);
+    }
+}
+
+/// Appends `data` as one chunk (nothing when empty: a zero-size chunk would end the body).
+fn chunk(out: &mut Vec<u8>, data: &[u8]) {
+    if !data.is_empty() {
+        let _ = write!(out, "{:x}\r\n", data.len());
+        out.extend_from_slice(data);
+        out.extend_from_slice(b"\r\n");
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    #![allow(clippy::unwrap_used, clippy::expect_used)] // Test code: a panic is the failure report.
+
+    use base64::Engine as _;
+    use proptest::prelude::*;
+    use zeroize::Zeroizing;
+
+    use super::*;
+    use crate::secrets::Secret;
+
+    const P: &str = "moat_0123456789abcdef0123456789abcdef";
+    const V: &str = "sk-live-VALUE-which-is-longer-than-its-placeholder-0001";
+
+    fn secrets() -> Vec<Secret> {
+        vec![
+            Secret::new(
+                "API_KEY",
+                Zeroizing::new(V.as_bytes().to_vec()),
+                Some(P.to_owned()),
+                &["api.example.test".into()],
+                false,
+            )
+            .unwrap(),
+        ]
+    }
+
+    /// Requests through a request side, answers through a response side, in `cuts`.
+    fn run(side: Side, input: &[u8], cuts: &[usize], exchange: &mut Exchange) -> Vec<u8> {
+        let s = secrets();
+        let mut swap = match side {
+            Side::Request => Swap::substitute(&s, |_| true),
+            Side::Response => Swap::redact(&s, |_| true),
+        }
+        .unwrap();
+        let mut m = Messages::new(side);
+        let mut cuts: Vec<usize> = cuts.iter().map(|c| c % (input.len() + 1)).collect();
+        cuts.sort_unstable();
+        let (mut out, mut prev) = (Vec::new(), 0);
+        for cut in cuts.into_iter().chain([input.len()]) {
+            m.push(&mut swap, exchange, &input[prev..cut], &mut out)
+                .unwrap();
+            prev = cut;
+        }
+        m.finish(&mut swap, &mut out);
+        out
+    }
+
+    /// The messages of `stream` as (head lines without framing fields, body), bodies
+    /// de-chunked: what a receiver makes of them whatever the framing.
+    fn messages(mut stream: &[u8], side: Side, heads: &[bool]) -> Vec<(Vec<String>, Vec<u8>)> {
+        let mut out = Vec::new();
+        let mut heads = heads.iter();
+        while !stream.is_empty() {
+            let end = memchr::memmem::find(stream, b"\r\n\r\n").unwrap() + 4;
+            let head = std::str::from_utf8(&stream[..end]).unwrap();
+            stream = &stream[end..];
+            let lines: Vec<String> = head
+                .split("\r\n")
+                .filter(|l| !l.is_empty())
+                .map(str::to_owned)
+                .collect();
+            let field = |n: &str| {
+                lines.iter().find_map(|l| {
+                    let (k, v) = l.split_once(':')?;
+                    k.eq_ignore_ascii_case(n).then(|| v.trim().to_owned())
+                })
+            };
+            let informational = lines[0].starts_with("HTTP/1.1 1");
+            let no_body =
+                side == Side::Response && (informational || *heads.next().unwrap_or(&false));
+            let mut body = Vec::new();
+            if no_body {
+            } else if let Some(n) = field("content-length") {
+                let n: usize = n.parse().unwrap();
+                body = stream[..n].to_vec();
+                stream = &stream[n..];
+            } else if field("transfer-encoding").is_some() {
+                loop {
+                    let e = memchr::memmem::find(stream, b"\r\n").unwrap();
+                    let size = usize::from_str_radix(
+                        std::str::from_utf8(&stream[..e])
+                            .unwrap()
+                            .split(';')
+                            .next()
+                            .unwrap(),
+                        16,
+                    )
+                    .unwrap();
+                    stream = &stream[e + 2..];
+                    if size == 0 {
+                        let t = memchr::memmem::find(stream, b"\r\n\r\n")
+                            .map(|t| t + 4)
+                            .filter(|_| !stream.starts_with(b"\r\n"))
+                            .unwrap_or(2);
+                        stream = &stream[t..];
+                        break;
+                    }
+                    body.extend_from_slice(&stream[..size]);
+                    stream = &stream[size + 2..];
+                }
+            } else if side == Side::Response {
+                body = stream.to_vec();
+                stream = &[];
+            }
+            let kept = lines
+                .into_iter()
+                .filter(|l| {
+                    let l = l.to_ascii_lowercase();
+                    !l.starts_with("content-length") && !l.starts_with("transfer-encoding")
+                })
+                .collect();
+            out.push((kept, body));
+        }
+        out
+    }
+
+    fn requests() -> Vec<u8> {
+        let basic = base64::engine::general_purpose::STANDARD.encode(format!("me:{P}"));
+        let json = format!("{{\"key\":\"{P}\"}}");
+        let chunked_body = format!("{{\"a\":\"{P}\",\"b\":\"{P}\"}}");
+        let (c1, c2) = chunked_body.split_at(20);
+        format!(
+            "GET /q?key={P}&x=1 HTTP/1.1\r\nHost: api.example.test\r\nX-Key: {P}\r\nAuthorization: Basic {basic}\r\n\r\n\
+             POST /json HTTP/1.1\r\nHost: api.example.test\r\nContent-Length: {}\r\n\r\n{json}\
+             POST /chunked HTTP/1.1\r\nHost: api.example.test\r\nTransfer-Encoding: chunked\r\n\r\n{:x};ext=1\r\n{c1}\r\n{:x}\r\n{c2}\r\n0\r\nX-Trailer: {P}\r\n\r\n\
+             HEAD /h HTTP/1.1\r\nHost: api.example.test\r\n\r\n",
+            json.len(),
+            c1.len(),
+            c2.len()
+        )
+        .into_bytes()
+    }
+
+    #[test]
+    fn requests_carry_the_value_with_their_framing_made_right() {
+        let mut exchange = Exchange::default();
+        let out = run(Side::Request, &requests(), &[], &mut exchange);
+        let text = String::from_utf8(out.clone()).unwrap();
+        assert!(!text.contains(P), "{text}");
+        let got = messages(&out, Side::Request, &[]);
+        assert_eq!(got.len(), 4);
+        assert!(got[0].0[0].contains(&format!("key={V}&x=1")));
+        assert!(got[0].0.contains(&format!("X-Key: {V}")));
+        let basic = base64::engine::general_purpose::STANDARD.encode(format!("me:{V}"));
+        assert!(got[0].0.contains(&format!("Authorization: Basic {basic}")));
+        assert_eq!(got[1].1, format!("{{\"key\":\"{V}\"}}").as_bytes());
+        assert!(text.contains(&format!("Content-Length: {}\r\n", V.len() + 10)));
+        assert_eq!(
+            got[2].1,
+            format!("{{\"a\":\"{V}\",\"b\":\"{V}\"}}").as_bytes()
+        );
+        assert!(text.contains(&format!("X-Trailer: {V}\r\n")));
+        assert_eq!(exchange.heads, [false, false, false, true]);
+    }
+
+    #[test]
+    fn responses_show_the_placeholder_where_the_value_was() {
+        let mut exchange = Exchange {
+            heads: [false, true, false, false].into(),
+        };
+        let body = format!("you sent {V}");
+        let (b1, b2) = body.split_at(15);
+        let answers = format!(
+            "HTTP/1.1 100 Continue\r\n\r\n\
+             HTTP/1.1 200 OK\r\nX-Echo: {V}\r\nContent-Length: {}\r\n\r\n{body}\
+             HTTP/1.1 200 OK\r\nContent-Length: 999\r\n\r\n\
+             HTTP/1.1 200 OK\r\nTransfer-Encoding: chunked\r\n\r\n{:x}\r\n{b1}\r\n{:x}\r\n{b2}\r\n0\r\n\r\n\
+             HTTP/1.1 200 OK\r\nConnection: close\r\n\r\n{body}",
+            body.len(),
+            b1.len(),
+            b2.len(),
+        );
+        let out = run(
+            Side::Response,
+            answers.as_bytes(),
+            &[7, 100, 101, 230],
+            &mut exchange,
+        );
+        let text = String::from_utf8(out.clone()).unwrap();
+        assert!(!text.contains(V), "{text}");
+        let got = messages(&out, Side::Response, &[false, true, false, false]);
+        let placed = format!("you sent {P}");
+        assert_eq!(got.len(), 5);
+        assert!(got[1].0.contains(&format!("X-Echo: {P}")));
+        assert_eq!(got[1].1, placed.as_bytes());
+        // A HEAD's answer keeps its length and has no body.
+        assert!(text.contains("Content-Length: 999\r\n"));
+        assert_eq!(got[3].1, placed.as_bytes());
+        assert_eq!(got[4].1, placed.as_bytes());
+    }
+
+    #[test]
+    fn long_bodies_and_waiting_senders_are_sent_chunked() {
+        let big = format!("{}{P}{}", "a".repeat(300_000), "b".repeat(10));
+        let waiting = format!("{{\"k\":\"{P}\"}}");
+        let input = format!(
+            "PUT /big HTTP/1.1\r\nHost: api.example.test\r\nContent-Length: {}\r\n\r\n{big}\
+             POST /w HTTP/1.1\r\nHost: api.example.test\r\nExpect: 100-continue\r\nContent-Length: {}\r\n\r\n{waiting}",
+            big.len(),
+            waiting.len()
+        );
+        let mut exchange = Exchange::default();
+        let out = run(
+            Side::Request,
+            input.as_bytes(),
+            &[1000, 299_990, 300_020],
+            &mut exchange,
+        );
+        let got = messages(&out, Side::Request, &[]);
+        assert_eq!(got[0].1, big.replace(P, V).as_bytes());
+        assert_eq!(got[1].1, waiting.replace(P, V).as_bytes());
+        assert!(!String::from_utf8_lossy(&out).contains("Content-Length"));
+    }
+
+    #[test]
+    fn an_unframeable_response_is_an_error() {
+        let s = secrets();
+        let mut swap = Swap::redact(&s, |_| true).unwrap();
+        let mut m = Messages::new(Side::Response);
+        let mut exchange = Exchange::default();
+        let mut out = Vec::new();
+        let bad = b"HTTP/1.1 200 OK\r\nContent-Length: 5\r\nContent-Length: 6\r\n\r\n";
+        assert!(m.push(&mut swap, &mut exchange, bad, &mut out).is_err());
+        let mut m = Messages::new(Side::Response);
+        let bad = b"HTTP/1.1 200 OK\r\nTransfer-Encoding: chunked\r\n\r\nzz\r\n";
+        assert!(m.push(&mut swap, &mut exchange, bad, &mut out).is_err());
+    }
+
+    proptest! {
+        /// However the stream is split, a receiver reads the same messages.
+        #[test]
+        fn splitting_changes_nothing_a_receiver_reads(cuts in proptest::collection::vec(0usize..2000, 0..12)) {
+            let input = requests();
+            let whole = messages(&run(Side::Request, &input, &[], &mut Exchange::default()), Side::Request, &[]);
+            let split = messages(&run(Side::Request, &input, &cuts, &mut Exchange::default()), Side::Request, &[]);
+            prop_assert_eq!(whole, split);
+        }
+    }
+}

@@ -1,0 +1,932 @@
+//! HTTP/2 rewritten for secrets on an intercepted connection: placeholders become values in
+//! the sandbox's header blocks and DATA on the way to an allowed host, values become
+//! placeholders in the server's on the way back, with frames, HPACK and flow control kept
+//! right on both legs.
+//!
+//! # Theory of operation
+//! [`Connection`] follows both directions' frames (RFC 9113) in whatever pieces they come.
+//! - **Header blocks** (HEADERS, PUSH_PROMISE and their CONTINUATIONs) are held until
+//!   whole, decoded with a decoder that mirrors the sender's encoder (its dynamic table
+//!   kept across the connection), each field swapped ([`Swap::field`]: Basic credentials
+//!   inside their base64), and encoded again by moat with literals that never enter a
+//!   dynamic table — so each leg's tables stay right whatever the other leg did; a field
+//!   that carries a value is marked never-indexed. The block goes out in frames of at most
+//!   16 KiB (the smallest maximum a peer may set); padding and the deprecated priority
+//!   fields are dropped.
+//! - **DATA** is rewritten per stream as a stream ([`SwapStream`]): a placeholder split
+//!   across frames is still replaced whole, and what a piece may begin waits for the next
+//!   (the stream's end lets it go). Each piece goes out as its own DATA frame.
+//! - **Flow control.** A sender counts the DATA it sent against the receiver's window; the
+//!   receiver counts what it got, which differs once bytes were swapped (or padding
+//!   dropped). moat keeps the two views equal: bytes removed are given back to the sender
+//!   at once with WINDOW_UPDATE frames of moat's (stream and connection); bytes added are a
+//!   debt taken out of the receiver's next WINDOW_UPDATEs to the sender (an update used up
+//!   entirely is dropped: an increment of 0 is an error). A sender that fills the
+//!   receiver's whole window before any update may run over it by at most the bytes added
+//!   meanwhile (a value longer than its placeholder, once per occurrence).
+//! - Every other frame passes as it comes. moat's own frames are put in between frames,
+//!   never inside one.
+
+use std::collections::HashMap;
+
+use super::Refused;
+use crate::secrets::swap::{Swap, SwapStream};
+use crate::secrets::{BodyScan, Scan, Scanner};
+
+use super::h2::{
+    CONTINUATION, DATA, END_HEADERS, END_STREAM, FRAME_HEADER, HEADERS, MAX_TABLE, PADDED, PREFACE,
+    PRIORITY, PUSH_PROMISE, frame,
+};
+
+/// The largest payload moat writes in one frame (every peer accepts 16 KiB).
+const MAX_FRAME: usize = 16 * 1024;
+/// The most header block held at once.
+const MAX_BLOCK: usize = super::h2::MAX_BLOCK;
+const RST_STREAM: u8 = 0x3;
+const WINDOW_UPDATE: u8 = 0x8;
+
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+enum State {
+    /// How much of the client preface has passed.
+    Preface(usize),
+    /// Reading a frame header.
+    Header,
+    /// Passing this much of a frame's payload as it is.
+    Pass(u32),
+    /// Holding this much more of a frame's payload (header blocks, WINDOW_UPDATE).
+    Hold(u32),
+    /// A padded DATA frame's pad length byte.
+    PadLength,
+    /// DATA content (bytes left), then padding.
+    Data { content: u32, padding: u32 },
+    /// DATA padding left.
+    Padding(u32),
+}
+
+/// The frame being read.
+#[derive(Debug, Clone, Copy, Default)]
+struct Frame {
+    kind: u8,
+    flags: u8,
+    stream: u32,
+    len: u32,
+}
+
+/// One direction's frames.
+struct Direction {
+    state: State,
+    head: [u8; FRAME_HEADER],
+    have: usize,
+    frame: Frame,
+    /// A held payload.
+    payload: Vec<u8>,
+    /// The header block being assembled, its first frame, and a PUSH_PROMISE's stream.
+    block: Vec<u8>,
+    block_frame: Option<Frame>,
+    promised: u32,
+    decoder: loona_hpack::Decoder<'static>,
+    /// Each stream's DATA being rewritten.
+    streams: HashMap<u32, SwapStream>,
+    /// What this direction's header blocks and DATA are scanned for (placeholders the host
+    /// may not receive; the sandbox's direction only), and each stream's DATA scan.
+    scan: Option<Scanner>,
+    guards: HashMap<u32, BodyScan>,
+    /// The DATA frame being read: its bytes sent on so far, and what its stream held
+    /// before it.
+    sent: u64,
+    held_before: usize,
+    /// Per stream (0: the connection): bytes added and not yet taken out of the
+    /// receiver's WINDOW_UPDATEs.
+    debt: HashMap<u32, u64>,
+    /// moat's frames waiting to go this way at the next frame boundary.
+    queued: Vec<u8>,
+    /// DATA pieces rewritten, reused.
+    scratch: Vec<u8>,
+}
+
+impl Direction {
+    fn new(preface: bool) -> Direction {
+        let mut decoder = loona_hpack::Decoder::new();
+        decoder.set_max_allowed_table_size(MAX_TABLE);
+        Direction {
+            state: if preface {
+                State::Preface(0)
+            } else {
+                State::Header
+            },
+            head: [0; FRAME_HEADER],
+            have: 0,
+            frame: Frame::default(),
+            payload: Vec::new(),
+            block: Vec::new(),
+            block_frame: None,
+            promised: 0,
+            decoder,
+            streams: HashMap::new(),
+            scan: None,
+            guards: HashMap::new(),
+            sent: 0,
+            held_before: 0,
+            debt: HashMap::new(),
+            queued: Vec::new(),
+            scratch: Vec::new(),
+        }
+    }
+
+    fn at_boundary(&self) -> bool {
+        self.state == State::Header && self.have == 0
+    }
+
+    /// What `stream`'s DATA holds back (rewriting and scanning).
+    fn held(&self, stream: u32) -> usize {
+        self.streams.get(&stream).map_or(0, SwapStream::held)
+            + self.guards.get(&stream).map_or(0, BodyScan::held)
+    }
+
+    /// Appends a rewritten piece of `stream`'s DATA as frames (`flags` on the last),
+    /// scanned first; with END_STREAM what the scan held goes too.
+    fn emit(
+        &mut self,
+        stream: u32,
+        piece: &[u8],
+        flags: u8,
+        out: &mut Vec<u8>,
+    ) -> Result<(), Refused> {
+        let Some(template) = &self.scan else {
+            self.sent += piece.len() as u64;
+            data_frames(out, stream, piece, flags);
+            return Ok(());
+        };
+        let guard = self
+            .guards
+            .entry(stream)
+            .or_insert_with(|| BodyScan::new(template));
+        let mut passed = Vec::with_capacity(piece.len());
+        guard.pass(piece, &mut passed).map_err(Refused::Secret)?;
+        if flags & END_STREAM != 0 {
+            guard.end(&mut passed);
+            self.guards.remove(&stream);
+        }
+        self.sent += passed.len() as u64;
+        data_frames(out, stream, &passed, flags);
+        Ok(())
+    }
+}
+
+/// Both directions of one HTTP/2 connection (see the module header).
+pub struct Connection {
+    up: Direction,
+    down: Direction,
+}
+
+impl std::fmt::Debug for Connection {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.debug_struct("Connection")
+            .field("up", &self.up.state)
+            .field("down", &self.down.state)
+            .finish_non_exhaustive()
+    }
+}
+
+impl Default for Connection {
+    fn default() -> Self {
+        Connection::new()
+    }
+}
+
+/// Which way bytes go.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+enum Way {
+    /// The sandbox's, to the server (after the client preface).
+    Up,
+    /// The server's, to the sandbox.
+    Down,
+}
+
+impl Connection {
+    /// A connection whose client preface has not been seen yet.
+    pub fn new() -> Connection {
+        Connection {
+            up: Direction::new(true),
+            down: Direction::new(false),
+        }
+    }
+
+    /// The sandbox's header blocks and DATA are scanned for what `template` looks for.
+    pub fn scanning(mut self, template: Scanner) -> Connection {
+        self.up.scan = (!template.is_idle()).then_some(template);
+        self
+    }
+
+    /// The sandbox's bytes (its preface first): appends to `out` what goes to the server.
+    pub fn up(&mut self, swap: &mut Swap, input: &[u8], out: &mut Vec<u8>) -> Result<(), Refused> {
+        self.push(Way::Up, swap, input, out)
+    }
+
+    /// The server's bytes: appends to `out` what goes to the sandbox.
+    pub fn down(
+        &mut self,
+        swap: &mut Swap,
+        input: &[u8],
+        out: &mut Vec<u8>,
+    ) -> Result<(), Refused> {
+        self.push(Way::Down, swap, input, out)
+    }
+
+    /// Appends moat's frames waiting to go to the server, if the stream is between frames.
+    pub fn flush_up(&mut self, out: &mut Vec<u8>) {
+        if self.up.at_boundary() {
+            out.append(&mut self.up.queued);
+        }
+    }
+
+    /// Appends moat's frames waiting to go to the sandbox, if the stream is between frames.
+    pub fn flush_down(&mut self, out: &mut Vec<u8>) {
+        if self.down.at_boundary() {
+            out.append(&mut self.down.queued);
+        }
+    }
+
+    /// Whether moat has frames waiting to go to the server.
+    pub fn queued_up(&self) -> bool {
+        !self.up.queued.is_empty()
+    }
+
+    /// Whether moat has frames waiting to go to the sandbox.
+    pub fn queued_down(&self) -> bool {
+        !self.down.queued.is_empty()
+    }
+
+    fn push(
+        &mut self,
+        way: Way,
+        swap: &mut Swap,
+        mut input: &[u8],
+        out: &mut Vec<u8>,
+    ) -> Result<(), Refused> {
+        let (this, other) = match way {
+            Way::Up => (&mut self.up, &mut self.down),
+            Way::Down => (&mut self.down, &mut self.up),
+        };
+        while !input.is_empty() {
+            if this.at_boundary() {
+                out.append(&mut this.queued);
+            }
+            input = step(this, other, way, swap, input, out)?;
+        }
+        if this.at_boundary() {
+            out.append(&mut this.queued);
+        }
+        Ok(())
+    }
+}
+
+/// Consumes some of `input` (at least one byte) of `this` direction; returns the rest.
+fn step<'a>(
+    this: &mut Direction,
+    other: &mut Direction,
+    way: Way,
+    swap: &mut Swap,
+    input: &'a [u8],
+    out: &mut Vec<u8>,
+) -> Result<&'a [u8], Refused> {
+    match this.state {
+        State::Preface(seen) => {
+            let n = input.len().min(PREFACE.len() - seen);
+            if input[..n] != PREFACE[seen..seen + n] {
+                return Err(Refused::Malformed("not the HTTP/2 connection preface"));
+            }
+            out.extend_from_slice(&input[..n]);
+            this.state = if seen + n == PREFACE.len() {
+                State::Header
+            } else {
+                State::Preface(seen + n)
+            };
+            Ok(&input[n..])
+        }
+        State::Header => {
+            let n = input.len().min(FRAME_HEADER - this.have);
+            this.head[this.have..this.have + n].copy_from_slice(&input[..n]);
+            this.have += n;
+            if this.have == FRAME_HEADER {
+                this.have = 0;
+                frame_header(this, other, swap, way, out)?;
+            }
+            Ok(&input[n..])
+        }
+        State::Pass(left) => {
+            let n = input.len().min(left as usize);
+            out.extend_from_slice(&input[..n]);
+            let left = left - n as u32;
+            this.state = if left == 0 {
+                State::Header
+            } else {
+                State::Pass(left)
+            };
+            Ok(&input[n..])
+        }
+        State::Hold(left) => {
+            let n = input.len().min(left as usize);
+            if this.payload.len() + this.block.len() + n > MAX_BLOCK {
+                return Err(Refused::TooLarge);
+            }
+            this.payload.extend_from_slice(&input[..n]);
+            let left = left - n as u32;
+            if left == 0 {
+                this.state = State::Header;
+                payload_held(this, other, swap, out)?;
+            } else {
+                this.state = State::Hold(left);
+            }
+            Ok(&input[n..])
+        }
+        State::PadLength => {
+            let pad = u32::from(input[0]);
+            let content = (this.frame.len - 1)
+                .checked_sub(pad)
+                .ok_or(Refused::Malformed("HTTP/2 padding longer than its frame"))?;
+            this.state = State::Data {
+                content,
+                padding: pad,
+            };
+            if content == 0 {
+                data_done(this, other, swap, out)?;
+            }
+            Ok(&input[1..])
+        }
+        State::Data { content, padding } => {
+            let n = input.len().min(content as usize);
+            let f = this.frame;
+            let mut piece = std::mem::take(&mut this.scratch);
+            piece.clear();
+            this.streams
+                .entry(f.stream)
+                .or_default()
+                .push(swap, &input[..n], &mut piece);
+            let sent = this.emit(f.stream, &piece, 0, out);
+            this.scratch = piece;
+            sent?;
+            let content = content - n as u32;
+            this.state = State::Data { content, padding };
+            if content == 0 {
+                data_done(this, other, swap, out)?;
+            }
+            Ok(&input[n..])
+        }
+        State::Padding(left) => {
+            let n = input.len().min(left as usize);
+            let left = left - n as u32;
+            this.state = if left == 0 {
+                State::Header
+            } else {
+                State::Padding(left)
+            };
+            Ok(&input[n..])
+        }
+    }
+}
+
+/// A whole frame header has arrived.
+fn frame_header(
+    this: &mut Direction,
+    other: &mut Direction,
+    swap: &mut Swap,
+    way: Way,
+    out: &mut Vec<u8>,
+) -> Result<(), Refused> {
+    let h = this.head;
+    let f = Frame {
+        len: u32::from_be_bytes([0, h[0], h[1], h[2]]),
+        kind: h[3],
+        flags: h[4],
+        stream: u32::from_be_bytes([h[5], h[6], h[7], h[8]]) & 0x7fff_ffff,
+    };
+    this.frame = f;
+    let in_block = this.block_frame.is_some();
+    if in_block && f.kind != CONTINUATION {
+        return Err(Refused::Malformed("an HTTP/2 header block interrupted"));
+    }
+    match f.kind {
+        HEADERS | PUSH_PROMISE | CONTINUATION | WINDOW_UPDATE => {
+            if f.kind == CONTINUATION && !in_block {
+                return Err(Refused::Malformed("an HTTP/2 header frame out of place"));
+            }
+            if f.kind == PUSH_PROMISE && way == Way::Up {
+                return Err(Refused::Malformed("a client does not push"));
+            }
+            this.payload.clear();
+            this.state = State::Hold(f.len);
+            if f.len == 0 {
+                this.state = State::Header;
+                payload_held(this, other, swap, out)?;
+            }
+        }
+        DATA => {
+            this.sent = 0;
+            this.held_before = this.held(f.stream);
+            if f.flags & PADDED != 0 {
+                if f.len == 0 {
+                    return Err(Refused::Malformed("an HTTP/2 padding length missing"));
+                }
+                this.state = State::PadLength;
+            } else {
+                this.state = State::Data {
+                    content: f.len,
+                    padding: 0,
+                };
+                if f.len == 0 {
+                    data_done(this, other, swap, out)?;
+                }
+            }
+        }
+        _ => {
+            if f.kind == RST_STREAM {
+                this.streams.remove(&f.stream);
+                this.guards.remove(&f.stream);
+                this.debt.remove(&f.stream);
+            }
+            out.extend_from_slice(&h);
+            this.state = if f.len == 0 {
+                State::Header
+            } else {
+                State::Pass(f.len)
+            };
+        }
+    }
+    Ok(())
+}
+
+/// A DATA frame's content has all come: its padding is skipped, its end of stream lets
+/// what was held go, and the flow-control views are made equal again.
+fn data_done(
+    this: &mut Direction,
+    other: &mut Direction,
+    swap: &mut Swap,
+    out: &mut Vec<u8>,
+) -> Result<(), Refused> {
+    let f = this.frame;
+    let end = f.flags & END_STREAM != 0;
+    let held_after = if end {
+        let mut last = Vec::new();
+        if let Some(mut stream) = this.streams.remove(&f.stream) {
+            stream.finish(swap, &mut last);
+        }
+        this.emit(f.stream, &last, END_STREAM, out)?;
+        0
+    } else {
+        this.held(f.stream)
+    };
+    // What the receiver will count for this frame, against what the sender did.
+    let delta = (this.sent + held_after as u64) as i64 - this.held_before as i64 - i64::from(f.len);
+    if !end {
+        settle(this, other, f.stream, delta);
+    } else {
+        this.debt.remove(&f.stream);
+    }
+    settle(this, other, 0, delta);
+    this.state = match this.state {
+        State::Data { padding, .. } if padding > 0 => State::Padding(padding),
+        _ => State::Header,
+    };
+    Ok(())
+}
+
+/// Keeps the sender's view of `stream`'s window (0: the connection's) equal to the
+/// receiver's after `delta` more bytes (fewer, when negative) went to the receiver than
+/// the sender counted.
+fn settle(this: &mut Direction, other: &mut Direction, stream: u32, delta: i64) {
+    if delta > 0 {
+        *this.debt.entry(stream).or_default() += delta.unsigned_abs();
+    } else if delta < 0 {
+        let give = delta.unsigned_abs();
+        let debt = this.debt.entry(stream).or_default();
+        let paid = give.min(*debt);
+        *debt -= paid;
+        let refund = give - paid;
+        if refund > 0 {
+            // Toward the sender: the other direction's stream.
+            let inc = u32::try_from(refund)
+                .unwrap_or(0x7fff_ffff)
+                .min(0x7fff_ffff);
+            frame(
+                &mut other.queued,
+                WINDOW_UPDATE,
+                0,
+                stream,
+                &inc.to_be_bytes(),
+            );
+        }
+    }
+}
+
+/// A held payload is whole.
+fn payload_held(
+    this: &mut Direction,
+    other: &mut Direction,
+    swap: &mut Swap,
+    out: &mut Vec<u8>,
+) -> Result<(), Refused> {
+    let f = this.frame;
+    let payload = std::mem::take(&mut this.payload);
+    if f.kind == WINDOW_UPDATE {
+        // The receiver of the other direction's DATA gives window back: less what the
+        // other direction added.
+        if payload.len() == 4 {
+            let inc =
+                u32::from_be_bytes([payload[0], payload[1], payload[2], payload[3]]) & 0x7fff_ffff;
+            let debt = other.debt.entry(f.stream).or_default();
+            let taken = u64::from(inc).min(*debt);
+            *debt -= taken;
+            let left = inc - taken as u32;
+            if inc == 0 || left > 0 {
+                frame(out, WINDOW_UPDATE, f.flags, f.stream, &left.to_be_bytes());
+            }
+        } else {
+            // Malformed: passed as it is, for the receiver to refuse.
+            out.extend_from_slice(&this.head);
+            out.extend_from_slice(&payload);
+        }
+        this.payload = payload;
+        return Ok(());
+    }
+    let mut p: &[u8] = &payload;
+    let mut pad = 0;
+    if f.kind != CONTINUATION && f.flags & PADDED != 0 {
+        let (&len, rest) = p
+            .split_first()
+            .ok_or(Refused::Malformed("an HTTP/2 padding length missing"))?;
+        pad = usize::from(len);
+        p = rest;
+    }
+    if f.kind == HEADERS && f.flags & PRIORITY != 0 {
+        p = p
+            .get(5..)
+            .ok_or(Refused::Malformed("an HTTP/2 priority cut short"))?;
+    }
+    if f.kind == PUSH_PROMISE {
+        let id = p
+            .get(..4)
+            .ok_or(Refused::Malformed("a PUSH_PROMISE without its stream"))?;
+        this.promised = u32::from_be_bytes([id[0], id[1], id[2], id[3]]) & 0x7fff_ffff;
+        p = &p[4..];
+    }
+    let end = p
+        .len()
+        .checked_sub(pad)
+        .ok_or(Refused::Malformed("HTTP/2 padding longer than its frame"))?;
+    this.block.extend_from_slice(&p[..end]);
+    if this.block_frame.is_none() {
+        this.block_frame = Some(f);
+    }
+    this.payload = payload;
+    if f.flags & END_HEADERS == 0 {
+        return Ok(());
+    }
+    let Some(first) = this.block_frame.take() else {
+        return Ok(());
+    };
+    let block = std::mem::take(&mut this.block);
+    let encoded = reencode(&mut this.decoder, swap, this.scan.as_ref(), &block)?;
+    this.block = block;
+    this.block.clear();
+    // Trailers come after the stream's DATA: what the DATA held goes first.
+    if first.kind == HEADERS
+        && let Some(mut stream) = this.streams.remove(&first.stream)
+    {
+        let mut last = Vec::new();
+        stream.finish(swap, &mut last);
+        this.emit(first.stream, &last, 0, out)?;
+        if let Some(mut guard) = this.guards.remove(&first.stream) {
+            let mut rest = Vec::new();
+            guard.end(&mut rest);
+            data_frames(out, first.stream, &rest, 0);
+        }
+    }
+    let mut lead = Vec::new();
+    if first.kind == PUSH_PROMISE {
+        lead.extend_from_slice(&this.promised.to_be_bytes());
+    }
+    let room = MAX_FRAME - lead.len();
+    let (head, rest) = encoded.split_at(encoded.len().min(room));
+    lead.extend_from_slice(head);
+    let mut flags = first.flags & END_STREAM;
+    if rest.is_empty() {
+        flags |= END_HEADERS;
+    }
+    frame(out, first.kind, flags, first.stream, &lead);
+    let mut pieces = rest.chunks(MAX_FRAME).peekable();
+    while let Some(piece) = pieces.next() {
+        let flags = if pieces.peek().is_none() {
+            END_HEADERS
+        } else {
+            0
+        };
+        frame(out, CONTINUATION, flags, first.stream, piece);
+    }
+    if first.kind == HEADERS && first.flags & END_STREAM != 0 {
+        this.debt.remove(&first.stream);
+    }
+    Ok(())
+}
+
+/// Decodes a header block and encodes it again with every field swapped (see the module
+/// header).
+fn reencode(
+    decoder: &mut loona_hpack::Decoder<'static>,
+    swap: &mut Swap,
+    scan: Option<&Scanner>,
+    block: &[u8],
+) -> Result<Vec<u8>, Refused> {
+    let mut fields: Vec<(Vec<u8>, Vec<u8>)> = Vec::new();
+    decoder
+        .decode_with_cb(block, |name, value| {
+            fields.push((name.into_owned(), value.into_owned()));
+        })
+        .map_err(|_| Refused::Malformed("an HTTP/2 header block HPACK cannot decode"))?;
+    // Inside HPACK (often Huffman-coded) a placeholder is only seen decoded.
+    if let Some(template) = scan {
+        let mut text = Vec::new();
+        for (name, value) in &fields {
+            text.extend_from_slice(name);
+            text.extend_from_slice(b": ");
+            text.extend_from_slice(value);
+            text.push(b'\n');
+        }
+        if let Scan::Found(i) = template.clone().scan(&text) {
+            return Err(Refused::Secret(i));
+        }
+    }
+    let mut out = Vec::with_capacity(block.len() + 64);
+    let mut value = Vec::new();
+    for (name, raw) in &fields {
+        // Swapping may change a body's length, which END_STREAM delimits anyway.
+        if !swap.is_empty() && name.as_slice() == b"content-length" {
+            continue;
+        }
+        value.clear();
+        let changed = swap.field(name, raw, &mut value);
+        // Literal field, new name: never indexed (0x10) when it carries a swapped value,
+        // else without indexing (0x00); neither touches a dynamic table.
+        out.push(if changed { 0x10 } else { 0x00 });
+        string(&mut out, name);
+        string(&mut out, &value);
+    }
+    Ok(out)
+}
+
+/// An HPACK string literal without Huffman coding (RFC 7541 §5.2).
+fn string(out: &mut Vec<u8>, s: &[u8]) {
+    integer(out, 0x00, 7, s.len());
+    out.extend_from_slice(s);
+}
+
+/// An HPACK integer with an `n`-bit prefix after `first`'s high bits (RFC 7541 §5.1).
+fn integer(out: &mut Vec<u8>, first: u8, n: u32, mut value: usize) {
+    let max = (1usize << n) - 1;
+    if value < max {
+        out.push(first | value as u8);
+        return;
+    }
+    out.push(first | max as u8);
+    value -= max;
+    while value >= 128 {
+        out.push((value % 128) as u8 | 0x80);
+        value /= 128;
+    }
+    out.push(value as u8);
+}
+
+/// `data` as DATA frames of at most [`MAX_FRAME`] on `stream`, `flags` on the last; nothing
+/// when `data` is empty unless `flags` are to be carried.
+fn data_frames(out: &mut Vec<u8>, stream: u32, data: &[u8], flags: u8) {
+    if data.is_empty() {
+        if flags != 0 {
+            frame(out, DATA, flags, stream, &[]);
+        }
+        return;
+    }
+    let mut pieces = data.chunks(MAX_FRAME).peekable();
+    while let Some(piece) = pieces.next() {
+        let last = pieces.peek().is_none();
+        frame(out, DATA, if last { flags } else { 0 }, stream, piece);
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    #![allow(clippy::unwrap_used, clippy::expect_used)] // Test code: a panic is the failure report.
+
+    use std::collections::BTreeMap;
+
+    use base64::Engine as _;
+    use proptest::prelude::*;
+    use zeroize::Zeroizing;
+
+    use super::*;
+    use crate::secrets::Secret;
+
+    const P: &str = "moat_0123456789abcdef0123456789abcdef";
+    const V: &str = "sk-live-VALUE-which-is-longer-than-its-placeholder-0001";
+
+    fn secrets() -> Vec<Secret> {
+        vec![
+            Secret::new(
+                "API_KEY",
+                Zeroizing::new(V.as_bytes().to_vec()),
+                Some(P.to_owned()),
+                &["api.example.test".into()],
+                false,
+            )
+            .unwrap(),
+        ]
+    }
+
+    /// What a receiver makes of a frame stream: each stream's header fields and DATA, and
+    /// the window increments per stream.
+    #[derive(Debug, Default, PartialEq, Eq)]
+    struct Seen {
+        headers: BTreeMap<u32, Vec<Vec<(String, String)>>>,
+        data: BTreeMap<u32, Vec<u8>>,
+        ended: Vec<u32>,
+        window: BTreeMap<u32, u64>,
+        other: Vec<(u8, u32)>,
+    }
+
+    fn seen(mut s: &[u8]) -> Seen {
+        let mut out = Seen::default();
+        let mut decoder = loona_hpack::Decoder::new();
+        if s.starts_with(PREFACE) {
+            s = &s[PREFACE.len()..];
+        }
+        let mut block = Vec::new();
+        while !s.is_empty() {
+            let len = u32::from_be_bytes([0, s[0], s[1], s[2]]) as usize;
+            let (kind, flags) = (s[3], s[4]);
+            let stream = u32::from_be_bytes([s[5], s[6], s[7], s[8]]);
+            let payload = &s[9..9 + len];
+            s = &s[9 + len..];
+            match kind {
+                HEADERS | CONTINUATION => {
+                    block.extend_from_slice(payload);
+                    if flags & END_HEADERS != 0 {
+                        let mut fields = Vec::new();
+                        decoder
+                            .decode_with_cb(&block, |n, v| {
+                                fields.push((
+                                    String::from_utf8(n.into_owned()).unwrap(),
+                                    String::from_utf8(v.into_owned()).unwrap(),
+                                ));
+                            })
+                            .unwrap();
+                        block.clear();
+                        out.headers.entry(stream).or_default().push(fields);
+                    }
+                }
+                DATA => out
+                    .data
+                    .entry(stream)
+                    .or_default()
+                    .extend_from_slice(payload),
+                WINDOW_UPDATE => {
+                    let inc = u32::from_be_bytes(payload.try_into().unwrap());
+                    assert!(inc > 0);
+                    *out.window.entry(stream).or_default() += u64::from(inc);
+                }
+                k => out.other.push((k, stream)),
+            }
+            if flags & END_STREAM != 0 && matches!(kind, DATA | HEADERS) {
+                out.ended.push(stream);
+            }
+        }
+        out
+    }
+
+    /// The sandbox's requests: a GET with the placeholder in its path, a header and Basic
+    /// credentials (its block over HEADERS and a CONTINUATION, padded); a POST whose body
+    /// carries it split across two DATA frames (one padded), with trailers.
+    fn requests() -> Vec<u8> {
+        let mut encoder = loona_hpack::Encoder::new();
+        let mut out = PREFACE.to_vec();
+        frame(&mut out, 0x4, 0, 0, &[0, 3, 0, 0, 0, 100]);
+        let basic = base64::engine::general_purpose::STANDARD.encode(format!("me:{P}"));
+        let path = format!("/q?key={P}");
+        let auth = format!("Basic {basic}");
+        let get = encoder.encode([
+            (&b":method"[..], &b"GET"[..]),
+            (b":scheme", b"https"),
+            (b":authority", b"api.example.test"),
+            (b":path", path.as_bytes()),
+            (b"x-key", P.as_bytes()),
+            (b"authorization", auth.as_bytes()),
+        ]);
+        let (a, b) = get.split_at(get.len() / 2);
+        let mut padded = vec![2];
+        padded.extend_from_slice(a);
+        padded.extend_from_slice(&[0, 0]);
+        frame(&mut out, HEADERS, PADDED | END_STREAM, 1, &padded);
+        frame(&mut out, CONTINUATION, END_HEADERS, 1, b);
+        let post = encoder.encode([
+            (&b":method"[..], &b"POST"[..]),
+            (b":scheme", b"https"),
+            (b":authority", b"api.example.test"),
+            (b":path", b"/json"),
+        ]);
+        frame(&mut out, HEADERS, END_HEADERS, 3, &post);
+        let body = format!("{{\"key\":\"{P}\"}}");
+        let (c, d) = body.split_at(15);
+        let mut padded = vec![4];
+        padded.extend_from_slice(c.as_bytes());
+        padded.extend_from_slice(&[0; 4]);
+        frame(&mut out, DATA, PADDED, 3, &padded);
+        frame(&mut out, DATA, 0, 3, d.as_bytes());
+        let trailers = encoder.encode([(&b"x-sum"[..], P.as_bytes())]);
+        frame(&mut out, HEADERS, END_HEADERS | END_STREAM, 3, &trailers);
+        out
+    }
+
+    fn up_in(input: &[u8], cuts: &[usize]) -> (Connection, Vec<u8>) {
+        let s = secrets();
+        let mut swap = Swap::substitute(&s, |_| true).unwrap();
+        let mut c = Connection::new();
+        let mut cuts: Vec<usize> = cuts.iter().map(|x| x % (input.len() + 1)).collect();
+        cuts.sort_unstable();
+        let (mut out, mut prev) = (Vec::new(), 0);
+        for cut in cuts.into_iter().chain([input.len()]) {
+            c.up(&mut swap, &input[prev..cut], &mut out).unwrap();
+            prev = cut;
+        }
+        (c, out)
+    }
+
+    #[test]
+    fn requests_carry_the_value_in_headers_and_data() {
+        let (mut c, out) = up_in(&requests(), &[]);
+        assert!(!String::from_utf8_lossy(&out).contains(P));
+        let got = seen(&out);
+        let get = &got.headers[&1][0];
+        let field = |n: &str| get.iter().find(|(k, _)| k == n).unwrap().1.clone();
+        assert_eq!(field(":path"), format!("/q?key={V}"));
+        assert_eq!(field("x-key"), V);
+        let basic = base64::engine::general_purpose::STANDARD.encode(format!("me:{V}"));
+        assert_eq!(field("authorization"), format!("Basic {basic}"));
+        assert_eq!(field(":authority"), "api.example.test");
+        assert_eq!(got.data[&3], format!("{{\"key\":\"{V}\"}}").as_bytes());
+        assert_eq!(got.headers[&3][1], vec![("x-sum".to_owned(), V.to_owned())]);
+        assert_eq!(got.ended, [1, 3]);
+        // The value is longer: the server counts more than the sandbox did; the padding
+        // the sandbox counted was dropped. Net, the sandbox is owed nothing, and the
+        // server's next updates are cut by the difference on the connection.
+        let grown = (V.len() - P.len()) as u64;
+        let dropped = 1 + 4;
+        let s = secrets();
+        let mut redact = Swap::redact(&s, |_| true).unwrap();
+        let mut down = Vec::new();
+        let mut update = Vec::new();
+        frame(&mut update, WINDOW_UPDATE, 0, 0, &1000u32.to_be_bytes());
+        c.down(&mut redact, &update, &mut down).unwrap();
+        let w = seen(&down).window;
+        assert_eq!(w[&0], 1000 - (grown - dropped));
+    }
+
+    #[test]
+    fn responses_show_the_placeholder_and_the_server_gets_its_window_back() {
+        let s = secrets();
+        let mut redact = Swap::redact(&s, |_| true).unwrap();
+        let mut c = Connection::new();
+        // moat's frames to the server wait for the sandbox's preface.
+        let mut sub = Swap::substitute(&s, |_| true).unwrap();
+        let mut preface = Vec::new();
+        c.up(&mut sub, PREFACE, &mut preface).unwrap();
+        let mut encoder = loona_hpack::Encoder::new();
+        let mut input = Vec::new();
+        let block = encoder.encode([(&b":status"[..], &b"200"[..]), (b"x-echo", V.as_bytes())]);
+        frame(&mut input, HEADERS, END_HEADERS, 1, &block);
+        let body = format!("you sent {V}, twice: {V}");
+        frame(&mut input, DATA, 0, 1, &body.as_bytes()[..20]);
+        frame(&mut input, DATA, END_STREAM, 1, &body.as_bytes()[20..]);
+        let mut out = Vec::new();
+        c.down(&mut redact, &input, &mut out).unwrap();
+        let got = seen(&out);
+        assert_eq!(got.headers[&1][0][1], ("x-echo".to_owned(), P.to_owned()));
+        assert_eq!(got.data[&1], format!("you sent {P}, twice: {P}").as_bytes());
+        assert_eq!(got.ended, [1]);
+        // Shrunk: the server is given the difference back, on the connection (the stream
+        // has ended).
+        let mut up = Vec::new();
+        c.flush_up(&mut up);
+        let w = seen(&up).window;
+        assert_eq!(w[&0], 2 * (V.len() - P.len()) as u64);
+        assert!(!c.queued_up());
+    }
+
+    proptest! {
+        /// However the sandbox's bytes are split, the server reads the same requests.
+        #[test]
+        fn splitting_changes_nothing_the_server_reads(cuts in proptest::collection::vec(0usize..1000, 0..12)) {
+            let input = requests();
+            let whole = seen(&up_in(&input, &[]).1);
+            let split = seen(&up_in(&input, &cuts).1);
+            prop_assert_eq!(whole, split);
+        }
+    }
+}

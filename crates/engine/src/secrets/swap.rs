@@ -1,0 +1,360 @@
+//! Substitution and redaction: replacing placeholders with values on the way to an allowed
+//! host, and values with placeholders on the way back.
+//!
+//! # Theory of operation
+//! A [`Swap`] is one direction's list of pairs (`from` → `to`) on one connection: toward the
+//! server, each placeholder its host may receive → the value ([`Swap::substitute`]); toward
+//! the sandbox, each of those values → its placeholder ([`Swap::redact`]), so an endpoint
+//! that echoes what it got cannot hand the value to the code it was kept from.
+//!
+//! - [`Swap::replace`] rewrites a whole piece (a request head, a held body, a header field).
+//! - [`Swap::field`] does the same for a header field, and for HTTP Basic credentials
+//!   (`Authorization: Basic ...`) decodes the base64, swaps inside it and encodes again.
+//! - [`SwapStream`] rewrites a body that arrives in pieces: the end of a piece that may begin
+//!   a `from` is held until what follows shows whether it does ([`SwapStream::finish`] lets it
+//!   go at the body's end), so a placeholder split across writes, segments or frames is
+//!   still replaced whole.
+//!
+//! The framing around the rewritten bytes (Content-Length, chunk sizes, HTTP/2 frame
+//! lengths and flow control) is the HTTP rewriters' (`http/h1_swap.rs`, `http/h2_swap.rs`).
+
+use base64::Engine as _;
+use memchr::memmem::Finder;
+use zeroize::Zeroizing;
+
+use super::Secret;
+
+/// One replacement.
+struct Pair {
+    secret: usize,
+    from: Zeroizing<Vec<u8>>,
+    to: Zeroizing<Vec<u8>>,
+    finder: Finder<'static>,
+}
+
+/// One direction's replacements on one connection (see the module header).
+pub struct Swap {
+    pairs: Vec<Pair>,
+    /// Secrets replaced since [`Swap::take_hits`] (bit `i`: secret `i`; the first 64).
+    hits: u64,
+}
+
+impl std::fmt::Debug for Swap {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        let secrets: Vec<usize> = self.pairs.iter().map(|p| p.secret).collect();
+        f.debug_struct("Swap")
+            .field("secrets", &secrets)
+            .finish_non_exhaustive()
+    }
+}
+
+impl Swap {
+    /// Placeholder → value for the secrets `allowed` selects (by index); `None` when it
+    /// selects none.
+    pub fn substitute(secrets: &[Secret], allowed: impl Fn(usize) -> bool) -> Option<Swap> {
+        Swap::build(secrets, allowed, |s| {
+            (s.placeholder.as_bytes().to_vec(), s.value.to_vec())
+        })
+    }
+
+    /// Value → placeholder for the secrets `allowed` selects; `None` when it selects none.
+    pub fn redact(secrets: &[Secret], allowed: impl Fn(usize) -> bool) -> Option<Swap> {
+        Swap::build(secrets, allowed, |s| {
+            (s.value.to_vec(), s.placeholder.as_bytes().to_vec())
+        })
+    }
+
+    /// Nothing to replace (a connection that only watches for placeholders).
+    pub fn none() -> Swap {
+        Swap {
+            pairs: Vec::new(),
+            hits: 0,
+        }
+    }
+
+    /// Whether there is nothing to replace.
+    pub fn is_empty(&self) -> bool {
+        self.pairs.is_empty()
+    }
+
+    fn build(
+        secrets: &[Secret],
+        allowed: impl Fn(usize) -> bool,
+        pair: impl Fn(&Secret) -> (Vec<u8>, Vec<u8>),
+    ) -> Option<Swap> {
+        let pairs: Vec<Pair> = secrets
+            .iter()
+            .enumerate()
+            .filter(|(i, _)| allowed(*i))
+            .map(|(i, s)| {
+                let (from, to) = pair(s);
+                let (from, to) = (Zeroizing::new(from), Zeroizing::new(to));
+                let finder = Finder::new(from.as_slice()).into_owned();
+                Pair {
+                    secret: i,
+                    from,
+                    to,
+                    finder,
+                }
+            })
+            .collect();
+        (!pairs.is_empty()).then_some(Swap { pairs, hits: 0 })
+    }
+
+    /// The secrets replaced since the last call (bit `i`: secret `i`).
+    pub fn take_hits(&mut self) -> u64 {
+        std::mem::take(&mut self.hits)
+    }
+
+    /// Appends `data` to `out` with every `from` replaced (the leftmost first; at one
+    /// place, the first pair); whether anything was.
+    pub fn replace(&mut self, data: &[u8], out: &mut Vec<u8>) -> bool {
+        self.replace_before(data, data.len(), out) > 0
+    }
+
+    /// Replaces the matches of `data` that start before `limit`, appending `data` up to
+    /// `limit` or the end of the last match, whichever is later. Returns that end, or 0 when
+    /// nothing matched.
+    fn replace_before(&mut self, data: &[u8], limit: usize, out: &mut Vec<u8>) -> usize {
+        let mut pos = 0;
+        let mut found = 0;
+        while let Some((at, i)) = self.next_match(data, pos).filter(|&(at, _)| at < limit) {
+            let pair = &self.pairs[i];
+            out.extend_from_slice(&data[pos..at]);
+            out.extend_from_slice(&pair.to);
+            if pair.secret < 64 {
+                self.hits |= 1 << pair.secret;
+            }
+            pos = at + pair.from.len();
+            found += 1;
+        }
+        if pos < limit {
+            out.extend_from_slice(&data[pos..limit]);
+            pos = limit;
+        }
+        if found == 0 { 0 } else { pos }
+    }
+
+    /// The leftmost match at or after `pos`: (where, which pair).
+    fn next_match(&self, data: &[u8], pos: usize) -> Option<(usize, usize)> {
+        let rest = data.get(pos..)?;
+        self.pairs
+            .iter()
+            .enumerate()
+            .filter_map(|(i, p)| p.finder.find(rest).map(|at| (pos + at, i)))
+            .min()
+    }
+
+    /// Appends a header field's value to `out`, replaced; HTTP Basic credentials are
+    /// decoded, replaced inside and encoded again. Whether anything was replaced.
+    pub fn field(&mut self, name: &[u8], value: &[u8], out: &mut Vec<u8>) -> bool {
+        let credentials = name.eq_ignore_ascii_case(b"authorization")
+            || name.eq_ignore_ascii_case(b"proxy-authorization");
+        if credentials
+            && value.len() > 6
+            && value[..6].eq_ignore_ascii_case(b"basic ")
+            && let Ok(decoded) = base64::engine::general_purpose::STANDARD
+                .decode(value[6..].trim_ascii())
+                .map(Zeroizing::new)
+        {
+            let mut swapped = Zeroizing::new(Vec::with_capacity(decoded.len()));
+            if self.replace(&decoded, &mut swapped) {
+                out.extend_from_slice(&value[..6]);
+                let encoded = Zeroizing::new(
+                    base64::engine::general_purpose::STANDARD.encode(swapped.as_slice()),
+                );
+                out.extend_from_slice(encoded.as_bytes());
+                return true;
+            }
+        }
+        self.replace(value, out)
+    }
+
+    /// How many bytes at the end of `data` begin some `from` without completing it.
+    fn open_prefix(&self, data: &[u8]) -> usize {
+        let mut best = 0;
+        if data.is_empty() {
+            return 0;
+        }
+        for p in &self.pairs {
+            let from = p.from.as_slice();
+            let window = data.len().min(from.len() - 1);
+            let tail = &data[data.len() - window..];
+            // Candidates start where the tail holds the pattern's first byte.
+            for start in memchr::memchr_iter(from[0], tail) {
+                let k = tail.len() - start;
+                if k > best && from.starts_with(&tail[start..]) {
+                    best = k;
+                    break;
+                }
+            }
+        }
+        best
+    }
+}
+
+/// A body rewritten as it arrives (see the module header).
+#[derive(Default)]
+pub struct SwapStream {
+    /// The end of what came before that may begin a `from`.
+    held: Zeroizing<Vec<u8>>,
+}
+
+impl std::fmt::Debug for SwapStream {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.debug_struct("SwapStream")
+            .field("held", &self.held.len())
+            .finish()
+    }
+}
+
+impl SwapStream {
+    /// Appends to `out` what of the body so far can be rewritten now.
+    pub fn push(&mut self, swap: &mut Swap, data: &[u8], out: &mut Vec<u8>) {
+        if data.is_empty() {
+            return;
+        }
+        let joined;
+        let whole: &[u8] = if self.held.is_empty() {
+            data
+        } else {
+            let mut j = std::mem::take(&mut self.held);
+            j.extend_from_slice(data);
+            joined = j;
+            &joined
+        };
+        // Every place before the first one where a `from` could still begin is decided:
+        // a match there is whole in `whole`, or there is none. A match taken may end past
+        // that place; what follows it is looked at again.
+        let mut pos = 0;
+        loop {
+            let rest = &whole[pos..];
+            let open = rest.len() - swap.open_prefix(rest);
+            let reached = swap.replace_before(rest, open, out);
+            if reached <= open {
+                self.held.extend_from_slice(&rest[open..]);
+                return;
+            }
+            pos += reached;
+        }
+    }
+
+    /// The body ended: what was held is not a beginning of anything, and goes.
+    pub fn finish(&mut self, swap: &mut Swap, out: &mut Vec<u8>) {
+        let held = std::mem::take(&mut self.held);
+        swap.replace(&held, out);
+    }
+
+    /// How many bytes are held.
+    pub fn held(&self) -> usize {
+        self.held.len()
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    #![allow(clippy::unwrap_used, clippy::expect_used)] // Test code: a panic is the failure report.
+
+    use proptest::prelude::*;
+
+    use super::*;
+
+    fn secrets() -> Vec<Secret> {
+        let one = |name: &str, value: &[u8], p: &str| {
+            Secret::new(
+                name,
+                Zeroizing::new(value.to_vec()),
+                Some(p.to_owned()),
+                &["api.example.test".into()],
+                false,
+            )
+            .unwrap()
+        };
+        vec![
+            one("A", b"value-of-a-0123456789", "moat_aaaaaaaaaaaaaaaa"),
+            one("B", b"vb", "moat_bbbbbbbbbbbbbbbb"),
+        ]
+    }
+
+    fn plain(swap: &mut Swap, data: &[u8]) -> Vec<u8> {
+        let mut out = Vec::new();
+        swap.replace(data, &mut out);
+        out
+    }
+
+    #[test]
+    fn placeholders_become_values_and_values_placeholders() {
+        let s = secrets();
+        let mut sub = Swap::substitute(&s, |_| true).unwrap();
+        let out = plain(
+            &mut sub,
+            b"x=moat_aaaaaaaaaaaaaaaa&y=moat_bbbbbbbbbbbbbbbbmoat_aaaaaaaaaaaaaaaa.",
+        );
+        assert_eq!(out, b"x=value-of-a-0123456789&y=vbvalue-of-a-0123456789.");
+        assert_eq!(sub.take_hits(), 0b11);
+        assert_eq!(sub.take_hits(), 0);
+        let mut red = Swap::redact(&s, |i| i == 0).unwrap();
+        assert_eq!(
+            plain(&mut red, b"echo value-of-a-0123456789 vb"),
+            b"echo moat_aaaaaaaaaaaaaaaa vb"
+        );
+        assert!(Swap::substitute(&s, |_| false).is_none());
+        assert!(!format!("{sub:?}").contains("value-of-a"));
+    }
+
+    #[test]
+    fn basic_credentials_are_decoded_swapped_and_encoded() {
+        let s = secrets();
+        let mut sub = Swap::substitute(&s, |_| true).unwrap();
+        let b64 = |d: &[u8]| base64::engine::general_purpose::STANDARD.encode(d);
+        let value = format!("Basic {}", b64(b"user:moat_aaaaaaaaaaaaaaaa"));
+        let mut out = Vec::new();
+        assert!(sub.field(b"Authorization", value.as_bytes(), &mut out));
+        assert_eq!(
+            String::from_utf8(out).unwrap(),
+            format!("Basic {}", b64(b"user:value-of-a-0123456789"))
+        );
+        // Elsewhere the field is replaced as it is.
+        let mut out = Vec::new();
+        assert!(sub.field(b"x-token", b"moat_bbbbbbbbbbbbbbbb", &mut out));
+        assert_eq!(out, b"vb");
+        // Not base64: left as it is.
+        let mut out = Vec::new();
+        assert!(!sub.field(b"authorization", b"Basic !!!", &mut out));
+        assert_eq!(out, b"Basic !!!");
+    }
+
+    proptest! {
+        /// However a body is split, the stream rewrites it as a whole piece would be.
+        #[test]
+        fn streaming_equals_replacing_whole(
+            parts in proptest::collection::vec(
+                prop_oneof![
+                    Just(b"moat_aaaaaaaaaaaaaaaa".to_vec()),
+                    Just(b"moat_bbbbbbbbbbbbbbbb".to_vec()),
+                    Just(b"moat_aaaa".to_vec()),
+                    Just(b"value-of-a-0123456789".to_vec()),
+                    "[a-z_]{0,12}".prop_map(String::into_bytes),
+                ],
+                0..12,
+            ),
+            cuts in proptest::collection::vec(0usize..400, 0..8),
+            redact in any::<bool>(),
+        ) {
+            let s = secrets();
+            let make = || if redact { Swap::redact(&s, |_| true) } else { Swap::substitute(&s, |_| true) };
+            let body: Vec<u8> = parts.concat();
+            let mut whole = make().unwrap();
+            let expected = plain(&mut whole, &body);
+            let mut cuts: Vec<usize> = cuts.into_iter().map(|c| c % (body.len() + 1)).collect();
+            cuts.sort_unstable();
+            let (mut swap, mut stream, mut out, mut prev) = (make().unwrap(), SwapStream::default(), Vec::new(), 0);
+            for cut in cuts.into_iter().chain([body.len()]) {
+                stream.push(&mut swap, &body[prev..cut], &mut out);
+                prev = cut;
+            }
+            stream.finish(&mut swap, &mut out);
+            prop_assert_eq!(out, expected);
+        }
+    }
+}
