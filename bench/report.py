@@ -85,20 +85,27 @@ print("\n## HTTPS (nginx, TLS 1.3; rate: a new connection per request, one at a 
 print("| path | requests/s | p50 µs | p99 µs | bulk Gbit/s |")
 print("|---|---|---|---|---|")
 https = {}
-for p in ["veth", "bypassed", "intercepted"]:
+for p in ["veth", "bypassed", "intercepted", "substituted"]:
     rs = [r for r in rows if r["kind"] == "https" and r["path"] == p]
+    if not rs:
+        continue
     rate = med([r["rate"].get("per_sec", 0) for r in rs])
     p50 = med([r["rate"].get("p50_us", 0) for r in rs])
     p99 = med([r["rate"].get("p99_us", 0) for r in rs])
     g = [r["bulk"].get("gbps", 0) for r in rs]
     https[p] = (rate, p50, med(g))
-    label = {"veth": "veth", "bypassed": "moat, name bypassed (opaque)", "intercepted": "moat, intercepted"}[p]
+    label = {"veth": "veth", "bypassed": "moat, name bypassed (opaque)", "intercepted": "moat, intercepted",
+             "substituted": "moat, intercepted, secret substituted and redacted"}[p]
     print(f"| {label} | {rate:.0f} | {p50:.0f} | {p99:.0f} | {med(g):.2f} ({span(g)}) |")
 if https:
     print()
     print(f"- intercepted bulk / bypassed bulk = {ratio(https['intercepted'][2], https['bypassed'][2])} (target ≥ 0.7×); intercepted / veth = {ratio(https['intercepted'][2], https['veth'][2])}")
     print(f"- handshake latency added by interception (p50, intercepted − bypassed): {https['intercepted'][1] - https['bypassed'][1]:.0f} µs (target ≤ 2,000 µs)")
     print(f"- requests/s: intercepted / bypassed = {ratio(https['intercepted'][0], https['bypassed'][0])}; bypassed / veth = {ratio(https['bypassed'][0], https['veth'][0])}")
+    if "substituted" in https:
+        checked = any(r.get("ok") for r in rows if r["kind"] == "secret_check")
+        print(f"- secrets: requests/s substituted / intercepted without secrets = {ratio(https['substituted'][0], https['intercepted'][0])} (target ≥ 0.8×); bulk = {ratio(https['substituted'][2], https['intercepted'][2])}; "
+              + ("checked: nginx received the value, not the placeholder" if checked else "CHECK FAILED: nginx did not receive the value"))
 
 print("\n## Start-up (wall time, median of 8)\n")
 for r in rows:

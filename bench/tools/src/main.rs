@@ -12,13 +12,16 @@
 //! moat-bench stall ADDR COUNT SECS       open COUNT connections, write to each as fast as it
 //!                                        takes, never read; print "stalled N" once every
 //!                                        connection is blocked (or 20 s passed), keep going SECS
-//! moat-bench dnsserve ADDR               answer every A query with 203.0.113.10 (UDP)
+//! moat-bench dnsserve ADDR               answer every A query with 203.0.113.10, other
+//!                                        types with no answer (UDP)
 //! moat-bench dnsload SERVER CONC SECS    A queries over UDP, CONC at once, for SECS; prints
 //!                                        JSON (queries/s, latency p50/p99)
 //! moat-bench https ADDR NAME CA rate SECS
 //!                                        HTTPS requests, each on a new TLS connection to ADDR
-//!                                        with server name NAME, one at a time, for SECS;
-//!                                        prints JSON (requests/s, latency p50/p99)
+//!                                        (an address or a name, resolved once) with server
+//!                                        name NAME, one at a time, for SECS, each with an
+//!                                        `X-Api-Key` header ($API_KEY, else a 37-character
+//!                                        stand-in); prints JSON (requests/s, latency p50/p99)
 //! moat-bench https ADDR NAME CA bulk SECS
 //!                                        GET /big over one TLS connection, read for at most
 //!                                        SECS; prints JSON (Gbit/s)
@@ -62,7 +65,7 @@ fn main() {
         Some("dnsserve") => dnsserve(arg(&args, 2)),
         Some("dnsload") => dnsload(arg(&args, 2), arg(&args, 3), arg(&args, 4)),
         Some("https") => https(
-            arg(&args, 2),
+            resolve(&arg::<String>(&args, 2)),
             arg(&args, 3),
             arg(&args, 4),
             arg(&args, 5),
@@ -306,9 +309,19 @@ fn dnsserve(addr: SocketAddr) {
         let mut a = q.to_vec();
         a[2] = 0x81;
         a[3] = 0x80;
-        a[6..8].copy_from_slice(&[0, 1]); // one answer
         a[8..12].fill(0);
-        a.extend_from_slice(&[0xc0, 0x0c, 0, 1, 0, 1, 0, 0, 0, 30, 0, 4, 203, 0, 113, 10]);
+        // The question's type follows its name: an A query gets the address, any other
+        // type an empty answer.
+        let qtype = q[12..]
+            .iter()
+            .position(|&b| b == 0)
+            .and_then(|end| q.get(12 + end + 1..12 + end + 3));
+        if qtype == Some(&[0, 1]) {
+            a[6..8].copy_from_slice(&[0, 1]); // one answer
+            a.extend_from_slice(&[0xc0, 0x0c, 0, 1, 0, 1, 0, 0, 0, 30, 0, 4, 203, 0, 113, 10]);
+        } else {
+            a[6..8].fill(0);
+        }
         let _ = sock.send_to(&a, peer);
     }
 }
@@ -424,13 +437,32 @@ fn tls_connect(
     Ok(stream)
 }
 
+/// An address, or `name:port` resolved once (through the system's resolver: inside moat,
+/// moat's DNS, so the address is the name's).
+fn resolve(text: &str) -> SocketAddr {
+    use std::net::ToSocketAddrs;
+    text.parse().ok().unwrap_or_else(|| {
+        text.to_socket_addrs()
+            .ok()
+            .and_then(|mut a| a.next())
+            .unwrap_or_else(|| {
+                eprintln!("cannot resolve {text}");
+                std::process::exit(1)
+            })
+    })
+}
+
 /// `https ADDR NAME CA rate|bulk SECS`.
 fn https(addr: SocketAddr, name: String, ca: String, mode: String, secs: f64) {
     let config = tls_client(&ca);
     let deadline = Instant::now() + Duration::from_secs_f64(secs);
     match mode.as_str() {
         "rate" => {
-            let request = format!("GET / HTTP/1.1\r\nHost: {name}\r\nConnection: close\r\n\r\n");
+            let key = std::env::var("API_KEY")
+                .unwrap_or_else(|_| "stand_in_0123456789abcdef0123456789ab".to_owned());
+            let request = format!(
+                "GET / HTTP/1.1\r\nHost: {name}\r\nX-Api-Key: {key}\r\nConnection: close\r\n\r\n"
+            );
             let (mut lat, mut errors) = (Vec::new(), 0u64);
             let started = Instant::now();
             let mut buf = [0u8; 4096];

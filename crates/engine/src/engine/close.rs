@@ -33,6 +33,8 @@ pub(crate) enum CloseReason {
     CloseTimedOut,
     /// A secret's placeholder was heading for a host outside its list (the secret's name).
     SecretViolation(String),
+    /// moat refused a plain-HTTP request it rewrites secrets in (another host, malformed).
+    Refused(String),
     /// A DNS query was answered.
     Answered,
     /// Every upstream resolver failed a DNS query.
@@ -66,6 +68,7 @@ impl fmt::Display for CloseReason {
             CloseReason::DeniedByClientHello => f.write_str("denied by its TLS ClientHello"),
             CloseReason::Tls(e) => write!(f, "tls interception failed: {e}"),
             CloseReason::CloseTimedOut => f.write_str("close timed out"),
+            CloseReason::Refused(why) => write!(f, "request refused: {why}"),
             CloseReason::SecretViolation(name) => {
                 write!(f, "secret {name}: its placeholder was heading elsewhere")
             }

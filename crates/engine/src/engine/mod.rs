@@ -61,6 +61,7 @@ mod dns_flow;
 mod echo;
 mod event_loop;
 mod host_addrs;
+mod http_stage;
 mod inbound;
 mod ingress;
 mod pool;

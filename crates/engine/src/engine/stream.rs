@@ -22,6 +22,8 @@
 //!   flow. The server's bytes pass meanwhile.
 //! - [`Stage::Tls`] terminates TLS on both sides (`tls_stage.rs`); it moves records and
 //!   plaintext itself, within the same room and budget.
+//! - [`Stage::Http`] rewrites plain HTTP for secrets that allow it (`http_stage.rs`); it
+//!   moves the bytes itself too.
 //!
 //! A stage that rewrites bytes (a TLS session terminated on each side, an HTTP
 //! substitution) takes the sandbox's bytes from the receive ring and gives the host what
@@ -36,6 +38,7 @@ use smoltcp::socket::tcp;
 use super::budget::Grant;
 use super::close::CloseReason;
 use super::cx::Tally;
+use super::http_stage::PlainHttp;
 use super::pool::SocketPool;
 use super::tls_stage::{Intercept, TlsFailure, TlsNote, TlsShared};
 use crate::secrets::{Scan, Scanner};
@@ -49,6 +52,8 @@ pub(super) enum Stage {
     AwaitClientHello,
     /// TLS is terminated on both sides, plaintext between (`tls_stage.rs`).
     Tls(Box<Intercept>),
+    /// Plain HTTP on which secrets are swapped (`http_stage.rs`).
+    Http(Box<PlainHttp>),
 }
 
 /// Why a stream cannot go on.
@@ -147,6 +152,7 @@ impl Stream {
     pub(super) fn server_name(&self) -> Option<String> {
         match &self.stage {
             Stage::Tls(t) => t.sni().map(|n| n.as_str().to_owned()),
+            Stage::Http(h) => h.host().map(|n| n.as_str().to_owned()),
             _ => None,
         }
     }
@@ -154,10 +160,11 @@ impl Stream {
     /// Secrets newly substituted and redacted on an intercepted stream (bit `i`: secret
     /// `i`), each reported once per connection.
     pub(super) fn take_swapped(&mut self) -> (u64, u64) {
-        let Stage::Tls(t) = &mut self.stage else {
-            return (0, 0);
+        let (sub, red) = match &mut self.stage {
+            Stage::Tls(t) => t.take_swapped(),
+            Stage::Http(h) => h.take_swapped(),
+            _ => return (0, 0),
         };
-        let (sub, red) = t.take_swapped();
         let new = (sub & !self.reported.0, red & !self.reported.1);
         self.reported.0 |= sub;
         self.reported.1 |= red;
@@ -208,6 +215,14 @@ impl Stream {
                 self.down = Half::Finished;
             }
             return Ok(note);
+        }
+        if let Stage::Http(plain) = &mut self.stage {
+            plain.pump(socket, host, pool, mem, &mut self.tally, scratch)?;
+            if plain.finished() {
+                self.up = Half::Finished;
+                self.down = Half::Finished;
+            }
+            return Ok(None);
         }
         self.relay(socket, host, pool, mem).map(|()| None)
     }

@@ -41,6 +41,7 @@ use super::config::DenyMode;
 use super::cx::{Cx, TlsAudit};
 use super::dial;
 use super::dns_flow;
+use super::http_stage::{Candidate, PlainHttp};
 use super::stream::{Broken, Hello, Stage, Stream};
 use super::table::{Due, Flow, FlowId, FlowKey, FlowTable};
 use super::tls_stage::{Intercept, Swaps, TlsFailure, TlsNote};
@@ -212,14 +213,34 @@ fn open(table: &mut FlowTable, cx: &mut Cx, seg: Segment<'_>) {
     } else {
         Stage::Opaque
     };
-    let mut stream = Stream::new(stage);
-    // A placeholder may leave in clear only for a secret that allows plain HTTP, to a
-    // host its lookups named.
+    // A secret goes in clear only if it allows plain HTTP, to a host its lookups named:
+    // such a connection is read as HTTP (`http_stage.rs`). Elsewhere every placeholder is
+    // watched.
     let names = cx.pins.names(canonical_addr(upstream.ip()), Instant::now());
     let secrets = &cx.cfg.secrets;
-    stream.scan_with(Scanner::new(secrets, |i| {
-        !(secrets[i].allows_plain_http() && names.iter().any(|n| secrets[i].allows(n)))
-    }));
+    let candidates: Vec<Candidate> = names
+        .iter()
+        .filter(|n| secrets.iter().any(|s| s.allows_plain_http() && s.allows(n)))
+        .map(|n| {
+            let allowed = |i: usize| secrets[i].allows_plain_http() && secrets[i].allows(n);
+            Candidate {
+                host: n.clone(),
+                sub: Swap::substitute(secrets, allowed).unwrap_or_else(Swap::none),
+                red: Swap::redact(secrets, allowed).unwrap_or_else(Swap::none),
+                scan: Scanner::new(secrets, |i| !allowed(i)),
+            }
+        })
+        .collect();
+    let everything = Scanner::new(secrets, |_| true);
+    let stream = if matches!(stage, Stage::Opaque) && !candidates.is_empty() {
+        Stream::new(Stage::Http(Box::new(PlainHttp::new(
+            candidates, everything,
+        ))))
+    } else {
+        let mut stream = Stream::new(stage);
+        stream.scan_with(everything);
+        stream
+    };
     let flow = TcpFlow {
         key,
         rule: rule.clone(),

@@ -834,6 +834,27 @@ impl Intercept {
         if self.down_done && !server.wants_write() && socket.may_send() {
             socket.close();
         }
+        // The server's frames just read may have opened its window for HTTP/2 DATA moat
+        // held back, or asked moat to give window back: that goes now, not at the next
+        // event.
+        if let Some(sw) = swaps.as_deref_mut()
+            && up_held.is_empty()
+            && !self.up_done
+        {
+            let queued = sw.queued_up();
+            if !queued.is_empty() {
+                let _ = client.writer().write_all(&queued);
+                while client.wants_write() {
+                    match client.write_tls(host) {
+                        Ok(_) => {}
+                        Err(e) if would_block(&e) => break,
+                        Err(e) => {
+                            return Err(TlsFailure::Broken(format!("writing to the server: {e}")));
+                        }
+                    }
+                }
+            }
+        }
         Ok(())
     }
 

@@ -21,9 +21,12 @@
 //!   dropped). moat keeps the two views equal: bytes removed are given back to the sender
 //!   at once with WINDOW_UPDATE frames of moat's (stream and connection); bytes added are a
 //!   debt taken out of the receiver's next WINDOW_UPDATEs to the sender (an update used up
-//!   entirely is dropped: an increment of 0 is an error). A sender that fills the
-//!   receiver's whole window before any update may run over it by at most the bytes added
-//!   meanwhile (a value longer than its placeholder, once per occurrence).
+//!   entirely is dropped: an increment of 0 is an error). Until those updates come, the
+//!   sender may believe in up to the debt more window than the receiver granted, so moat
+//!   also follows the receiver's own windows (its SETTINGS_INITIAL_WINDOW_SIZE and every
+//!   WINDOW_UPDATE it sends) and, when a DATA frame would run over one, holds that frame
+//!   and everything after it in this direction until the receiver opens its window (at
+//!   most [`MAX_STALLED`]: the debt, with a margin).
 //! - Every other frame passes as it comes. moat's own frames are put in between frames,
 //!   never inside one.
 
@@ -42,6 +45,13 @@ use super::h2::{
 const MAX_FRAME: usize = 16 * 1024;
 /// The most header block held at once.
 const MAX_BLOCK: usize = super::h2::MAX_BLOCK;
+/// The most held back while a receiver's window is short.
+const MAX_STALLED: usize = 4 * 1024 * 1024;
+/// A window's size before the receiver says otherwise (RFC 9113 §6.9.2).
+const DEFAULT_WINDOW: i64 = 65_535;
+const SETTINGS: u8 = 0x4;
+const SETTINGS_INITIAL_WINDOW_SIZE: u16 = 0x4;
+const ACK: u8 = 0x1;
 const RST_STREAM: u8 = 0x3;
 const WINDOW_UPDATE: u8 = 0x8;
 
@@ -100,6 +110,15 @@ struct Direction {
     debt: HashMap<u32, u64>,
     /// moat's frames waiting to go this way at the next frame boundary.
     queued: Vec<u8>,
+    /// The receiver's windows for this direction's DATA as it granted them: the
+    /// connection's, each stream's, and a new stream's (its SETTINGS_INITIAL_WINDOW_SIZE).
+    window: i64,
+    windows: HashMap<u32, i64>,
+    window_initial: i64,
+    /// Output held because a DATA frame in it ran over a window, and everything after it.
+    stalled: Vec<u8>,
+    /// Where in the step's output the first frame over a window starts.
+    stall_at: Option<usize>,
     /// DATA pieces rewritten, reused.
     scratch: Vec<u8>,
 }
@@ -129,12 +148,70 @@ impl Direction {
             held_before: 0,
             debt: HashMap::new(),
             queued: Vec::new(),
+            window: DEFAULT_WINDOW,
+            windows: HashMap::new(),
+            window_initial: DEFAULT_WINDOW,
+            stalled: Vec::new(),
+            stall_at: None,
             scratch: Vec::new(),
         }
     }
 
     fn at_boundary(&self) -> bool {
         self.state == State::Header && self.have == 0
+    }
+
+    /// Keeps the stream windows bounded: past 1,024 streams, those not short are
+    /// forgotten (a stream that sends again starts from the initial window: never more
+    /// than the receiver granted).
+    fn prune(&mut self) {
+        if self.windows.len() > 1024 {
+            self.windows.retain(|_, w| *w < 0);
+        }
+    }
+
+    /// Whether the receiver's windows have room again for what is held.
+    fn open(&self) -> bool {
+        self.window >= 0 && self.windows.values().all(|&w| w >= 0)
+    }
+
+    /// Takes `len` bytes of DATA on `stream` out of the receiver's windows; when that runs
+    /// over one, the frame (starting at `at` in the step's output) and what follows wait.
+    fn spend(&mut self, stream: u32, len: usize, at: usize) {
+        let len = len as i64;
+        self.window -= len;
+        let initial = self.window_initial;
+        let w = self.windows.entry(stream).or_insert(initial);
+        *w -= len;
+        if (*w < 0 || self.window < 0) && self.stall_at.is_none() && self.stalled.is_empty() {
+            self.stall_at = Some(at);
+        }
+    }
+
+    /// Appends a step's output to `out`, or to what waits for the receiver's window.
+    fn sink(&mut self, step_out: &mut Vec<u8>, out: &mut Vec<u8>) -> Result<(), Refused> {
+        if let Some(at) = self.stall_at.take() {
+            out.extend_from_slice(&step_out[..at]);
+            self.stalled.extend_from_slice(&step_out[at..]);
+        } else if self.stalled.is_empty() {
+            out.append(step_out);
+        } else {
+            self.stalled.append(step_out);
+        }
+        step_out.clear();
+        if self.stalled.len() > MAX_STALLED {
+            return Err(Refused::Malformed(
+                "HTTP/2 DATA far beyond the receiver's window",
+            ));
+        }
+        Ok(())
+    }
+
+    /// What waited for the receiver's window goes, once it has room.
+    fn release(&mut self, out: &mut Vec<u8>) {
+        if !self.stalled.is_empty() && self.open() {
+            out.append(&mut self.stalled);
+        }
     }
 
     /// What `stream`'s DATA holds back (rewriting and scanning).
@@ -154,6 +231,7 @@ impl Direction {
     ) -> Result<(), Refused> {
         let Some(template) = &self.scan else {
             self.sent += piece.len() as u64;
+            self.spend(stream, piece.len(), out.len());
             data_frames(out, stream, piece, flags);
             return Ok(());
         };
@@ -168,6 +246,7 @@ impl Direction {
             self.guards.remove(&stream);
         }
         self.sent += passed.len() as u64;
+        self.spend(stream, passed.len(), out.len());
         data_frames(out, stream, &passed, flags);
         Ok(())
     }
@@ -233,28 +312,34 @@ impl Connection {
         self.push(Way::Down, swap, input, out)
     }
 
-    /// Appends moat's frames waiting to go to the server, if the stream is between frames.
+    /// Appends what waits to go to the server and may go now: frames held for the
+    /// server's window once it has room, and moat's own frames at a frame boundary.
     pub fn flush_up(&mut self, out: &mut Vec<u8>) {
-        if self.up.at_boundary() {
-            out.append(&mut self.up.queued);
-        }
+        Self::flush(&mut self.up, out);
     }
 
-    /// Appends moat's frames waiting to go to the sandbox, if the stream is between frames.
+    /// Appends what waits to go to the sandbox and may go now (see [`Self::flush_up`]).
     pub fn flush_down(&mut self, out: &mut Vec<u8>) {
-        if self.down.at_boundary() {
-            out.append(&mut self.down.queued);
+        Self::flush(&mut self.down, out);
+    }
+
+    fn flush(this: &mut Direction, out: &mut Vec<u8>) {
+        this.release(out);
+        if this.at_boundary() && !this.queued.is_empty() {
+            let mut queued = std::mem::take(&mut this.queued);
+            // Behind anything still held, in order.
+            let _ = this.sink(&mut queued, out);
         }
     }
 
-    /// Whether moat has frames waiting to go to the server.
+    /// Whether something waits to go to the server (see [`Self::flush_up`]).
     pub fn queued_up(&self) -> bool {
-        !self.up.queued.is_empty()
+        !self.up.queued.is_empty() || (!self.up.stalled.is_empty() && self.up.open())
     }
 
-    /// Whether moat has frames waiting to go to the sandbox.
+    /// Whether something waits to go to the sandbox (see [`Self::flush_down`]).
     pub fn queued_down(&self) -> bool {
-        !self.down.queued.is_empty()
+        !self.down.queued.is_empty() || (!self.down.stalled.is_empty() && self.down.open())
     }
 
     fn push(
@@ -268,14 +353,18 @@ impl Connection {
             Way::Up => (&mut self.up, &mut self.down),
             Way::Down => (&mut self.down, &mut self.up),
         };
+        this.release(out);
+        let mut step_out = Vec::new();
         while !input.is_empty() {
             if this.at_boundary() {
-                out.append(&mut this.queued);
+                step_out.append(&mut this.queued);
             }
-            input = step(this, other, way, swap, input, out)?;
+            input = step(this, other, way, swap, input, &mut step_out)?;
+            this.sink(&mut step_out, out)?;
         }
         if this.at_boundary() {
-            out.append(&mut this.queued);
+            step_out.append(&mut this.queued);
+            this.sink(&mut step_out, out)?;
         }
         Ok(())
     }
@@ -407,7 +496,7 @@ fn frame_header(
         return Err(Refused::Malformed("an HTTP/2 header block interrupted"));
     }
     match f.kind {
-        HEADERS | PUSH_PROMISE | CONTINUATION | WINDOW_UPDATE => {
+        HEADERS | PUSH_PROMISE | CONTINUATION | WINDOW_UPDATE | SETTINGS => {
             if f.kind == CONTINUATION && !in_block {
                 return Err(Refused::Malformed("an HTTP/2 header frame out of place"));
             }
@@ -444,6 +533,9 @@ fn frame_header(
                 this.streams.remove(&f.stream);
                 this.guards.remove(&f.stream);
                 this.debt.remove(&f.stream);
+                // Either side's reset ends the stream's windows both ways.
+                this.windows.remove(&f.stream);
+                other.windows.remove(&f.stream);
             }
             out.extend_from_slice(&h);
             this.state = if f.len == 0 {
@@ -482,6 +574,10 @@ fn data_done(
         settle(this, other, f.stream, delta);
     } else {
         this.debt.remove(&f.stream);
+        // The stream sends no more; a window it ran over stays until the receiver opens it.
+        if this.windows.get(&f.stream).is_some_and(|&w| w >= 0) {
+            this.windows.remove(&f.stream);
+        }
     }
     settle(this, other, 0, delta);
     this.state = match this.state {
@@ -528,12 +624,40 @@ fn payload_held(
 ) -> Result<(), Refused> {
     let f = this.frame;
     let payload = std::mem::take(&mut this.payload);
+    if f.kind == SETTINGS {
+        // The receiver of the other direction's DATA sets its streams' initial window.
+        if f.flags & ACK == 0 && f.stream == 0 {
+            for entry in payload.chunks_exact(6) {
+                if u16::from_be_bytes([entry[0], entry[1]]) == SETTINGS_INITIAL_WINDOW_SIZE {
+                    let size =
+                        i64::from(u32::from_be_bytes([entry[2], entry[3], entry[4], entry[5]]));
+                    let delta = size - other.window_initial;
+                    other.window_initial = size;
+                    for w in other.windows.values_mut() {
+                        *w += delta;
+                    }
+                }
+            }
+        }
+        out.extend_from_slice(&this.head);
+        out.extend_from_slice(&payload);
+        this.payload = payload;
+        return Ok(());
+    }
     if f.kind == WINDOW_UPDATE {
         // The receiver of the other direction's DATA gives window back: less what the
         // other direction added.
         if payload.len() == 4 {
             let inc =
                 u32::from_be_bytes([payload[0], payload[1], payload[2], payload[3]]) & 0x7fff_ffff;
+            // As granted to moat, in full.
+            if f.stream == 0 {
+                other.window += i64::from(inc);
+            } else {
+                let initial = other.window_initial;
+                *other.windows.entry(f.stream).or_insert(initial) += i64::from(inc);
+                other.prune();
+            }
             let debt = other.debt.entry(f.stream).or_default();
             let taken = u64::from(inc).min(*debt);
             *debt -= taken;
@@ -917,6 +1041,90 @@ mod tests {
         let w = seen(&up).window;
         assert_eq!(w[&0], 2 * (V.len() - P.len()) as u64);
         assert!(!c.queued_up());
+    }
+
+    /// DATA bytes per stream in a frame stream.
+    fn data_len(frames: &[u8]) -> usize {
+        seen(frames).data.values().map(Vec::len).sum()
+    }
+
+    #[test]
+    fn data_never_runs_over_the_receivers_window() {
+        let s = secrets();
+        let mut sub = Swap::substitute(&s, |_| true).unwrap();
+        let mut red = Swap::redact(&s, |_| true).unwrap();
+        let mut c = Connection::new();
+        let mut input = PREFACE.to_vec();
+        let block = loona_hpack::Encoder::new().encode([
+            (&b":method"[..], &b"POST"[..]),
+            (b":scheme", b"https"),
+            (b":authority", b"api.example.test"),
+            (b":path", b"/up"),
+        ]);
+        frame(&mut input, HEADERS, END_HEADERS, 1, &block);
+        // 60,000 bytes counted by the sandbox, 1,500 placeholders: the value is longer, so
+        // moat has more to send than the server's 65,535-byte windows.
+        let body = format!("{P}{}", "x".repeat(3)).repeat(1500);
+        let body = &body.as_bytes()[..60_000];
+        for piece in body.chunks(15_000) {
+            frame(&mut input, DATA, 0, 1, piece);
+        }
+        frame(&mut input, DATA, END_STREAM, 1, &[]);
+        let mut out = Vec::new();
+        c.up(&mut sub, &input, &mut out).unwrap();
+        let expected = String::from_utf8(body.to_vec()).unwrap().replace(P, V);
+        let first = data_len(&out);
+        assert!(first <= 65_535, "{first}");
+        assert!(first > 60_000, "{first}");
+        assert!(!seen(&out).ended.contains(&1));
+        // The server grants more (connection and stream): what waited goes, in order.
+        let mut updates = Vec::new();
+        frame(&mut updates, WINDOW_UPDATE, 0, 0, &65_535u32.to_be_bytes());
+        frame(&mut updates, WINDOW_UPDATE, 0, 1, &65_535u32.to_be_bytes());
+        let mut down = Vec::new();
+        c.down(&mut red, &updates, &mut down).unwrap();
+        // The sandbox is given back less: what moat added was owed.
+        let given: u64 = seen(&down).window.values().sum();
+        assert!(given < 2 * 65_535, "{given}");
+        let mut rest = Vec::new();
+        c.flush_up(&mut rest);
+        out.extend_from_slice(&rest);
+        let got = seen(&out);
+        assert_eq!(got.data[&1], expected.as_bytes());
+        assert_eq!(got.ended, [1]);
+    }
+
+    #[test]
+    fn the_receivers_initial_window_is_followed() {
+        let s = secrets();
+        let mut sub = Swap::substitute(&s, |_| true).unwrap();
+        let mut red = Swap::redact(&s, |_| true).unwrap();
+        let mut c = Connection::new();
+        // The server's SETTINGS: streams start with 1 MiB, and the connection gets 1 MiB.
+        let mut settings = Vec::new();
+        let mut entry = SETTINGS_INITIAL_WINDOW_SIZE.to_be_bytes().to_vec();
+        entry.extend_from_slice(&(1u32 << 20).to_be_bytes());
+        frame(&mut settings, SETTINGS, 0, 0, &entry);
+        frame(
+            &mut settings,
+            WINDOW_UPDATE,
+            0,
+            0,
+            &(1u32 << 20).to_be_bytes(),
+        );
+        let mut down = Vec::new();
+        c.down(&mut red, &settings, &mut down).unwrap();
+        assert_eq!(down, settings, "passed as they were");
+        let mut input = PREFACE.to_vec();
+        let block = loona_hpack::Encoder::new().encode([(&b":method"[..], &b"POST"[..])]);
+        frame(&mut input, HEADERS, END_HEADERS, 1, &block);
+        let body = format!("{P}...").repeat(2000);
+        for piece in body.as_bytes().chunks(16_000) {
+            frame(&mut input, DATA, 0, 1, piece);
+        }
+        let mut out = Vec::new();
+        c.up(&mut sub, &input, &mut out).unwrap();
+        assert_eq!(data_len(&out), body.replace(P, V).len());
     }
 
     proptest! {

@@ -145,6 +145,10 @@ struct RunArgs {
     /// only to HOST(s) (`*.SUFFIX` allowed); repeatable.
     #[arg(long, value_name = "NAME@HOST[,HOST...]")]
     secret: Vec<String>,
+    /// Let secret NAME's value go over plain HTTP to its hosts too (off by default: a value
+    /// in clear text is a leak); repeatable.
+    #[arg(long, value_name = "NAME")]
+    secret_plain_http: Vec<String>,
     /// When a placeholder heads elsewhere: block (reset), block-and-log (and warn), or
     /// block-and-terminate (and stop the sandbox; exit status 123).
     #[arg(long, value_name = "ACTION")]
@@ -292,6 +296,7 @@ fn run_options(args: RunArgs, matches: Option<&clap::ArgMatches>) -> run::RunOpt
             allow_quic: args.tls_allow_quic,
         }),
         secrets: args.secret,
+        secrets_plain_http: args.secret_plain_http,
         on_secret_violation: args.on_secret_violation,
         name: args.name,
         command: args.command,

@@ -77,6 +77,8 @@ pub struct RunOptions {
     pub tls: Option<TlsOptions>,
     /// `--secret NAME@HOST[,HOST...]`.
     pub secrets: Vec<String>,
+    /// `--secret-plain-http NAME`.
+    pub secrets_plain_http: Vec<String>,
     /// `--on-secret-violation`.
     pub on_secret_violation: Option<String>,
     /// `--name`.
@@ -266,8 +268,22 @@ pub(crate) fn builder(opts: &RunOptions) -> anyhow::Result<SandboxBuilder> {
     let secrets = opts
         .secrets
         .iter()
-        .map(|spec| crate::secrets::from_flag(spec))
+        .map(|spec| {
+            let plain = opts
+                .secrets_plain_http
+                .iter()
+                .any(|n| spec.split('@').next() == Some(n.as_str()));
+            crate::secrets::from_flag(spec).map(|s| s.allow_plain_http(plain))
+        })
         .collect::<anyhow::Result<Vec<_>>>()?;
+    if let Some(name) = opts.secrets_plain_http.iter().find(|n| {
+        !opts
+            .secrets
+            .iter()
+            .any(|s| s.split('@').next() == Some(n.as_str()))
+    }) {
+        bail!("--secret-plain-http {name}: no --secret {name}@HOST names that secret");
+    }
     let on_violation = match opts.on_secret_violation.as_deref() {
         None | Some("block") => ViolationAction::Block,
         Some("block-and-log") => ViolationAction::BlockAndLog,
