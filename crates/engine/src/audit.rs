@@ -11,6 +11,8 @@ use std::time::{SystemTime, UNIX_EPOCH};
 
 use serde_json::{Map, Value};
 
+use crate::summary::{Fresh, Summary};
+
 /// Where audit events go. Clones share one log: the engine writes the flows' events, the
 /// one running the sandbox its `start` and `end`.
 #[derive(Clone)]
@@ -26,6 +28,10 @@ struct Sink {
     out: Option<Box<dyn Write + Send>>,
     /// Events that could not be written (the sink failed).
     write_errors: u64,
+    /// The run's summary, when asked for ([`AuditLog::summarize`]).
+    summary: Option<Summary>,
+    /// Where a line goes the first time a destination or a name is denied (a terminal).
+    live: Option<Box<dyn Write + Send>>,
 }
 
 impl std::fmt::Debug for AuditLog {
@@ -48,8 +54,24 @@ impl AuditLog {
                 run: new_run_id(),
                 out,
                 write_errors: 0,
+                summary: None,
+                live: None,
             })),
         }
+    }
+
+    /// From now on every event is also counted into the run's [`Summary`] (whether or not
+    /// it is written anywhere); with `live`, the first denial of each destination or name
+    /// is also a line there as it happens.
+    pub fn summarize(&self, live: Option<Box<dyn Write + Send>>) {
+        let mut sink = self.sink();
+        sink.summary = Some(Summary::new());
+        sink.live = live;
+    }
+
+    /// The summary so far ([`AuditLog::summarize`]).
+    pub fn summary(&self) -> Option<Summary> {
+        self.sink().summary.clone()
     }
 
     fn sink(&self) -> std::sync::MutexGuard<'_, Sink> {
@@ -76,7 +98,7 @@ impl AuditLog {
         fields: Vec<(&str, Value)>,
     ) {
         let mut sink = self.sink();
-        if sink.out.is_none() {
+        if sink.out.is_none() && sink.summary.is_none() {
             return;
         }
         let mut map = Map::new();
@@ -95,6 +117,16 @@ impl AuditLog {
         map.insert("reason".into(), Value::String(reason.into()));
         for (k, v) in fields {
             map.insert(k.into(), v);
+        }
+        if let Some(summary) = sink.summary.as_mut()
+            && let Fresh::Denied(what) = summary.add(&map)
+            && let Some(live) = sink.live.as_mut()
+        {
+            let _ = writeln!(live, "moat: {what}");
+            let _ = live.flush();
+        }
+        if sink.out.is_none() {
+            return;
         }
         let mut line = Value::Object(map).to_string();
         line.push('\n');

@@ -11,6 +11,7 @@ mod http;
 mod icmp;
 mod offload;
 mod secrets;
+pub mod summary;
 mod tls;
 mod wire;
 

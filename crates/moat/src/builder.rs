@@ -165,6 +165,9 @@ pub struct SandboxBuilder {
     simulated_hosts: Vec<IpAddr>,
     /// One-line notices (a TLS connection that could not be set up) go to stderr.
     notices: bool,
+    /// Count every event into a summary (`moat run`'s), with a live line per new denial
+    /// when set to `Some(true)`.
+    summary: Option<bool>,
     secrets: Vec<SecretBuilder>,
 }
 
@@ -180,6 +183,13 @@ impl SandboxBuilder {
     /// the audit log instead).
     pub(crate) fn notices_to_stderr(mut self) -> SandboxBuilder {
         self.notices = true;
+        self
+    }
+
+    /// Keeps a summary of the run's events (`moat run` prints it at the end); with `live`,
+    /// the first denial of each destination or name is a line on stderr at once.
+    pub(crate) fn summarize(mut self, live: bool) -> SandboxBuilder {
+        self.summary = Some(live);
         self
     }
 
@@ -203,6 +213,7 @@ impl SandboxBuilder {
             limits: moat_sandbox::Limits::default(),
             simulated_hosts: Vec::new(),
             notices: false,
+            summary: None,
             secrets: Vec::new(),
         }
     }
@@ -408,6 +419,11 @@ impl SandboxBuilder {
             }
         }
         let audit = AuditLog::new(&self.name, self.audit.map(AuditSink::open).transpose()?);
+        if let Some(live) = self.summary {
+            let live: Option<Box<dyn std::io::Write + Send>> =
+                live.then(|| Box::new(std::io::stderr()) as Box<dyn std::io::Write + Send>);
+            audit.summarize(live);
+        }
         let mut engine = EngineConfig::new(compiled, audit.clone());
         engine.deny_mode = net.deny_mode;
         engine.block_domains = block_domains;

@@ -36,6 +36,15 @@ enum Command {
     /// A stable TLS interception CA under the user's data directory.
     #[command(subcommand)]
     Ca(CaCommand),
+    /// Summarize an audit log, run by run: what was allowed and denied, by destination,
+    /// and the --allow flags that would have permitted the denials.
+    Audit {
+        /// An audit log (JSON lines, as `moat run --audit FILE` writes); "-" for stdin.
+        file: PathBuf,
+        /// One JSON object ({"runs": [...]}) instead of text.
+        #[arg(long)]
+        json: bool,
+    },
 }
 
 #[derive(Subcommand)]
@@ -92,6 +101,10 @@ struct RunArgs {
     /// Append audit events (JSON lines) to FILE; "-" for stderr.
     #[arg(long, value_name = "FILE")]
     audit: Option<String>,
+    /// No summary of what the run's network did when it ends (and no live line per new
+    /// denial on a terminal).
+    #[arg(long)]
+    quiet: bool,
     /// Host directory to mount writable at the same path, and start in.
     #[arg(short = 'w', long, value_name = "DIR")]
     workdir: Option<std::path::PathBuf>,
@@ -237,6 +250,7 @@ pub(crate) fn main() -> ExitCode {
         }
         Command::Policy(PolicyCommand::Check { file }) => check(&file),
         Command::Ca(what) => ca(&what),
+        Command::Audit { file, json } => audit(&file, json),
         Command::Policy(PolicyCommand::Explain(args)) => explain(&args),
     };
     match result {
@@ -246,6 +260,54 @@ pub(crate) fn main() -> ExitCode {
             ExitCode::FAILURE
         }
     }
+}
+
+/// `moat audit FILE [--json]`.
+fn audit(file: &Path, json: bool) -> anyhow::Result<()> {
+    use std::io::BufRead as _;
+    let reader: Box<dyn std::io::BufRead> = if file == Path::new("-") {
+        Box::new(std::io::stdin().lock())
+    } else {
+        let f = std::fs::File::open(file)
+            .map_err(|e| anyhow::anyhow!("cannot read the audit log {}: {e}", file.display()))?;
+        Box::new(std::io::BufReader::new(f))
+    };
+    let mut summary = moat_engine::summary::Summary::new();
+    let mut skipped = 0u64;
+    for (n, line) in reader.lines().enumerate() {
+        let line =
+            line.map_err(|e| anyhow::anyhow!("reading {} line {}: {e}", file.display(), n + 1))?;
+        if line.trim().is_empty() {
+            continue;
+        }
+        match serde_json::from_str::<serde_json::Value>(&line) {
+            Ok(serde_json::Value::Object(event)) => {
+                summary.add(&event);
+            }
+            _ => skipped += 1,
+        }
+    }
+    if json {
+        let runs: Vec<serde_json::Value> = summary.runs().iter().map(|r| r.to_json()).collect();
+        println!(
+            "{}",
+            serde_json::json!({ "runs": runs, "skipped_lines": skipped })
+        );
+    } else {
+        if summary.runs().is_empty() {
+            println!("no events in {}", file.display());
+        }
+        for run in summary.runs() {
+            print!("{}", run.render());
+        }
+        if skipped > 0 {
+            eprintln!(
+                "moat: {skipped} lines of {} are not audit events (skipped)",
+                file.display()
+            );
+        }
+    }
+    Ok(())
 }
 
 /// `--allow` and `--deny` merged in the order they were given.
@@ -297,6 +359,7 @@ fn run_options(args: RunArgs, matches: Option<&clap::ArgMatches>) -> run::RunOpt
         }),
         secrets: args.secret,
         secrets_plain_http: args.secret_plain_http,
+        quiet: args.quiet,
         on_secret_violation: args.on_secret_violation,
         name: args.name,
         command: args.command,

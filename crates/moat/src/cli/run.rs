@@ -3,6 +3,7 @@
 //! its exit status propagated and nothing left behind; and reading `--policy` arguments.
 
 use std::ffi::OsString;
+use std::io::IsTerminal as _;
 use std::net::{IpAddr, SocketAddr};
 use std::os::fd::AsFd;
 use std::path::PathBuf;
@@ -79,6 +80,8 @@ pub struct RunOptions {
     pub secrets: Vec<String>,
     /// `--secret-plain-http NAME`.
     pub secrets_plain_http: Vec<String>,
+    /// `--quiet`: no summary at the end.
+    pub quiet: bool,
     /// `--on-secret-violation`.
     pub on_secret_violation: Option<String>,
     /// `--name`.
@@ -385,6 +388,9 @@ pub(crate) fn builder(opts: &RunOptions) -> anyhow::Result<SandboxBuilder> {
     for secret in secrets {
         b = b.secret(|_| secret);
     }
+    if !opts.quiet {
+        b = b.summarize(std::io::stderr().is_terminal());
+    }
     b = match opts.audit.as_deref() {
         None => b,
         Some("-") => b.audit(AuditSink::Stderr),
@@ -459,6 +465,7 @@ pub(crate) fn run(opts: RunOptions) -> anyhow::Result<i32> {
             let (message, code) = spawn_failure(&e.to_string(), &opts.command[0]);
             eprintln!("moat: {message}");
             crate::builder::audit_end(&audit, Some(code), &counters);
+            print_summary(&audit);
             return Ok(code);
         }
     };
@@ -478,7 +485,20 @@ pub(crate) fn run(opts: RunOptions) -> anyhow::Result<i32> {
         None => ended,
     };
     crate::builder::audit_end(&audit, Some(status), &counters);
+    print_summary(&audit);
     Ok(status)
+}
+
+/// What the run's network did, on stderr (when kept: not with `--quiet`).
+fn print_summary(audit: &moat_engine::AuditLog) {
+    let Some(summary) = audit.summary() else {
+        return;
+    };
+    for run in summary.runs() {
+        for line in run.render().lines() {
+            eprintln!("moat: {line}");
+        }
+    }
 }
 
 /// The message and exit status for a command that could not be started: 127 when it is

@@ -1,0 +1,172 @@
+//! The summary `moat run` prints when the run ends: what was allowed and denied, grouped
+//! by destination with retries folded, the deciding rule, refused lookups, and the
+//! `--allow` flags that would have permitted the denials — with or without `--audit`, and
+//! the same from a log with `moat audit FILE`.
+#![allow(clippy::unwrap_used, clippy::expect_used)] // Test code: a panic is the failure report.
+
+use std::time::Duration;
+
+use moat_e2e::{WORLD_DNS, World, stderr, stdout};
+use serde_json::Value;
+
+const T: Duration = Duration::from_secs(60);
+
+/// A run that is denied 203.0.113.11 (by rule 0) and fetches from it twice, resolves a
+/// blocked name, and fetches from 203.0.113.10 (allowed).
+fn denied_run(w: &World, extra: &[&str]) -> std::process::Output {
+    let dns = format!("--dns={WORLD_DNS}");
+    let mut args = vec![
+        "run",
+        &dns,
+        "--deny",
+        "203.0.113.11",
+        "--deny",
+        "blocked.example.test",
+    ];
+    args.extend_from_slice(extra);
+    args.extend_from_slice(&[
+        "--",
+        "sh",
+        "-c",
+        "curl -sS -m 3 -o /dev/null http://203.0.113.11:8080/a; \
+         curl -sS -m 3 -o /dev/null http://203.0.113.11:8080/b; \
+         getent hosts blocked.example.test || echo refused; \
+         curl -sS -m 5 -o /dev/null http://api.example.test:8080/ok && echo fetched; exit 4",
+    ]);
+    w.moat(&args, T)
+}
+
+/// The summary lines of moat's stderr.
+fn summary(out: &std::process::Output) -> Vec<String> {
+    stderr(out)
+        .lines()
+        .filter(|l| l.starts_with("moat: "))
+        .map(str::to_owned)
+        .collect()
+}
+
+#[test]
+fn a_denied_run_says_what_was_denied_and_what_would_allow_it() {
+    let w = World::new();
+    let out = denied_run(&w, &[]);
+    assert_eq!(out.status.code(), Some(4), "{}", stderr(&out));
+    assert!(stdout(&out).contains("fetched") && stdout(&out).contains("refused"));
+    let lines = summary(&out);
+    let text = lines.join("\n");
+    let head = &lines[0];
+    assert!(head.contains("exit status 4"), "{text}");
+    assert!(head.contains("1 connection allowed"), "{text}");
+    // Two fetches, each retried while curl waited: folded into one destination.
+    let denied = lines
+        .iter()
+        .find(|l| l.contains("denied   203.0.113.11:8080/tcp"))
+        .unwrap_or_else(|| panic!("{text}"));
+    let times: u64 = denied
+        .split('×')
+        .nth(1)
+        .and_then(|t| t.split(':').next())
+        .and_then(|n| n.trim().parse().ok())
+        .unwrap_or(1);
+    assert!(times >= 2, "{text}");
+    assert!(denied.contains("rule 0"), "{text}");
+    assert!(head.contains("to 1 destination"), "{text}");
+    assert!(text.contains("lookup of blocked.example.test"), "{text}");
+    assert!(text.contains("api.example.test:8080/tcp"), "{text}");
+    assert!(
+        text.contains(
+            "to allow what was denied: --allow 203.0.113.11:8080/tcp --allow blocked.example.test"
+        ),
+        "{text}"
+    );
+
+    // The same with --audit: the summary counts what the log holds.
+    let log = w.dir.join("summary.jsonl");
+    let out = denied_run(&w, &["--audit", log.to_str().unwrap()]);
+    let text = summary(&out).join("\n");
+    let events: Vec<Value> = std::fs::read_to_string(&log)
+        .unwrap()
+        .lines()
+        .map(|l| serde_json::from_str(l).unwrap())
+        .collect();
+    let denies = events
+        .iter()
+        .filter(|e| e["event"] == "connect" && e["decision"] == "deny")
+        .count();
+    assert!(
+        text.contains(&format!("{denies} attempts denied")),
+        "{denies}: {text}"
+    );
+    // `moat audit FILE` says the same from the log; --json for machines.
+    let audit = w.moat(&["audit", log.to_str().unwrap()], T);
+    assert!(audit.status.success(), "{}", stderr(&audit));
+    let from_log = stdout(&audit);
+    assert!(
+        from_log.contains(&format!("{denies} attempts denied")),
+        "{from_log}"
+    );
+    assert!(
+        from_log.contains("--allow 203.0.113.11:8080/tcp"),
+        "{from_log}"
+    );
+    let json = w.moat(&["audit", "--json", log.to_str().unwrap()], T);
+    let v: Value = serde_json::from_str(&stdout(&json)).unwrap();
+    assert_eq!(v["runs"][0]["denied"][0]["host"], "203.0.113.11");
+    assert_eq!(v["runs"][0]["denied"][0]["count"], denies);
+    assert_eq!(v["runs"][0]["exit_status"], 4);
+
+    // The suggestions work: the same run with them gets through.
+    let out = w.moat(
+        &[
+            "run",
+            &format!("--dns={WORLD_DNS}"),
+            "--allow",
+            "203.0.113.11:8080/tcp",
+            "--deny",
+            "203.0.113.11",
+            "--",
+            "sh",
+            "-c",
+            "curl -sS -m 5 -o /dev/null http://203.0.113.11:8080/after && echo fetched",
+        ],
+        T,
+    );
+    assert!(stdout(&out).contains("fetched"), "{}", stderr(&out));
+    assert!(
+        summary(&out)[0].contains("0 attempts denied"),
+        "{}",
+        stderr(&out)
+    );
+
+    // --quiet: no summary.
+    let out = denied_run(&w, &["--quiet"]);
+    assert!(
+        !stderr(&out).contains("attempts denied"),
+        "{}",
+        stderr(&out)
+    );
+}
+
+#[test]
+fn on_a_terminal_a_denial_is_a_line_at_once() {
+    let w = World::new();
+    // `script` gives moat a terminal; the command waits 3 s on the denied connection.
+    let command = format!(
+        "{} run --deny 203.0.113.11 -- sh -c 'curl -sS -m 3 -o /dev/null http://203.0.113.11:8080/; echo after-curl'",
+        moat_e2e::moat_bin().display()
+    );
+    let mut cmd = w.in_host("script");
+    cmd.args(["-qec", &command, "/dev/null"]);
+    let out = moat_e2e::run_with_timeout(cmd, T);
+    let text = stdout(&out);
+    let live = text
+        .find("moat: denied 203.0.113.11:8080/tcp")
+        .unwrap_or_else(|| panic!("{text}"));
+    let after = text.find("after-curl").unwrap_or_else(|| panic!("{text}"));
+    assert!(live < after, "{text}");
+    // Once per destination, however many retries.
+    assert_eq!(
+        text.matches("moat: denied 203.0.113.11").count(),
+        1,
+        "{text}"
+    );
+}

@@ -1,0 +1,529 @@
+//! What a run did, in a few lines: the flows allowed and denied grouped by destination
+//! (retries folded into a count), the rule that decided each group, the names DNS refused,
+//! secrets swapped or stopped, and the `--allow` flags that would have permitted what the
+//! policy denied.
+//!
+//! # Theory of operation
+//! A [`Summary`] is built from audit events — as the run goes (the audit log feeds each event
+//! it writes, [`crate::AuditLog::summarize`]) or afterwards from a log file (`moat audit`) —
+//! so both say the same. Events are grouped by run id; within a run, by what matters to the
+//! reader: direction, protocol, destination (the name DNS answered for it when there is one,
+//! else the address) and port, plus the deciding rule and reason for denials. Source ports
+//! and repeated attempts fold into counts. Each kind keeps at most [`MAX_GROUPS`] groups;
+//! more are counted as "others". Suggestions are made only for what the policy denied (a
+//! rule or the default): what moat refused for other reasons (limits, DNS bypass, rebinding,
+//! secrets) is not a matter of `--allow`.
+
+use std::collections::BTreeMap;
+use std::fmt::Write as _;
+
+use serde_json::{Map, Value, json};
+
+/// Groups kept per kind and run.
+pub const MAX_GROUPS: usize = 4096;
+/// Groups shown per kind when rendered for people.
+const SHOWN: usize = 8;
+
+/// Where a group of flows went.
+#[derive(Debug, Clone, PartialEq, Eq, PartialOrd, Ord)]
+struct Dest {
+    inbound: bool,
+    proto: String,
+    /// The name DNS answered for the address, else the address (for inbound: the peer).
+    host: String,
+    port: Option<u64>,
+}
+
+impl Dest {
+    fn from(e: &Map<String, Value>) -> Dest {
+        let inbound = e.get("direction").and_then(Value::as_str) == Some("inbound");
+        let text = |k: &str| e.get(k).and_then(Value::as_str).unwrap_or("").to_owned();
+        let domain = text("domain");
+        let host = if inbound {
+            // The peer, without its port.
+            let src = text("src");
+            match src.rsplit_once(':') {
+                Some((h, p)) if p.bytes().all(|b| b.is_ascii_digit()) => {
+                    h.trim_matches(['[', ']']).to_owned()
+                }
+                _ => src,
+            }
+        } else if let Some(first) = domain.split(',').find(|d| !d.is_empty()) {
+            first.to_owned()
+        } else if let Some(sni) = e.get("sni").and_then(Value::as_str) {
+            sni.to_owned()
+        } else {
+            text("dst")
+        };
+        Dest {
+            inbound,
+            proto: text("proto"),
+            host,
+            port: e.get("port").and_then(Value::as_u64),
+        }
+    }
+
+    /// `api.example.com:443/tcp`, `[2001:db8::1]:53/udp`, `198.51.100.7/icmp`.
+    fn shown(&self) -> String {
+        let host = if self.host.contains(':') {
+            format!("[{}]", self.host)
+        } else {
+            self.host.clone()
+        };
+        let proto = match self.proto.as_str() {
+            "icmpv4" | "icmpv6" => "icmp",
+            p => p,
+        };
+        match self.port {
+            Some(port) if proto == "tcp" || proto == "udp" => format!("{host}:{port}/{proto}"),
+            _ => format!("{host}/{proto}"),
+        }
+    }
+}
+
+/// Why a group was denied.
+#[derive(Debug, Clone, PartialEq, Eq, PartialOrd, Ord)]
+struct Denial {
+    dest: Dest,
+    rule: String,
+    reason: String,
+}
+
+/// Counts by key, at most [`MAX_GROUPS`] keys.
+#[derive(Debug, Clone)]
+struct Groups<K: Ord> {
+    counts: BTreeMap<K, u64>,
+    /// In the order first seen, for the reader.
+    order: Vec<K>,
+    others: u64,
+}
+
+impl<K: Ord> Default for Groups<K> {
+    fn default() -> Self {
+        Groups {
+            counts: BTreeMap::new(),
+            order: Vec::new(),
+            others: 0,
+        }
+    }
+}
+
+impl<K: Ord + Clone> Groups<K> {
+    /// Counts `key`; whether it is new.
+    fn add(&mut self, key: K) -> bool {
+        if let Some(n) = self.counts.get_mut(&key) {
+            *n += 1;
+            return false;
+        }
+        if self.counts.len() >= MAX_GROUPS {
+            self.others += 1;
+            return false;
+        }
+        self.order.push(key.clone());
+        self.counts.insert(key, 1);
+        true
+    }
+
+    fn iter(&self) -> impl Iterator<Item = (&K, u64)> {
+        self.order.iter().map(|k| (k, self.counts[k]))
+    }
+
+    fn total(&self) -> u64 {
+        self.counts.values().sum::<u64>() + self.others
+    }
+}
+
+/// One run's summary.
+#[derive(Debug, Clone, Default)]
+pub struct RunSummary {
+    /// The run id.
+    pub run: String,
+    /// The sandbox's name.
+    pub sandbox: String,
+    /// The command's exit status, when the run's `end` event was seen.
+    pub exit_status: Option<Value>,
+    allowed: Groups<(Dest, String)>,
+    denied: Groups<Denial>,
+    names: Groups<(String, String, String)>,
+    lookups: u64,
+    tls: Groups<(String, String)>,
+    secrets: Groups<(String, String, String)>,
+}
+
+/// The summary of one or more runs (see the module header).
+#[derive(Debug, Clone, Default)]
+pub struct Summary {
+    runs: Vec<RunSummary>,
+}
+
+/// Whether an event is the first of its kind that a person watching should hear of now.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub enum Fresh {
+    /// Nothing new.
+    No,
+    /// A new denied destination or name: a line saying so.
+    Denied(String),
+}
+
+impl Summary {
+    /// An empty summary.
+    pub fn new() -> Summary {
+        Summary::default()
+    }
+
+    /// The runs seen, in order.
+    pub fn runs(&self) -> &[RunSummary] {
+        &self.runs
+    }
+
+    /// Takes one audit event.
+    pub fn add(&mut self, e: &Map<String, Value>) -> Fresh {
+        let text = |k: &str| e.get(k).and_then(Value::as_str).unwrap_or("").to_owned();
+        let id = text("run");
+        let at = match self.runs.iter().position(|r| r.run == id) {
+            Some(at) => at,
+            None => {
+                self.runs.push(RunSummary {
+                    run: id,
+                    sandbox: text("sandbox"),
+                    ..RunSummary::default()
+                });
+                self.runs.len() - 1
+            }
+        };
+        let run = &mut self.runs[at];
+        let rule = match e.get("rule") {
+            Some(Value::Number(n)) => n.to_string(),
+            Some(Value::String(s)) => s.clone(),
+            _ => String::new(),
+        };
+        let deny = text("decision") == "deny";
+        match text("event").as_str() {
+            "end" => run.exit_status = e.get("exit_status").cloned(),
+            "connect" => {
+                let dest = Dest::from(e);
+                if deny {
+                    let shown = format!("{} ({})", dest.shown(), text("reason"));
+                    let new = run.denied.add(Denial {
+                        dest,
+                        rule,
+                        reason: text("reason"),
+                    });
+                    if new {
+                        return Fresh::Denied(format!("denied {shown}"));
+                    }
+                } else {
+                    run.allowed.add((dest, rule));
+                }
+            }
+            "dns" => {
+                run.lookups += 1;
+                if deny {
+                    let name = text("name");
+                    let shown = format!("lookup of {name} refused ({})", text("reason"));
+                    let by = text("blocked_by");
+                    if run.names.add((name, by, rule)) {
+                        return Fresh::Denied(shown);
+                    }
+                }
+            }
+            "tls" if deny => {
+                run.tls.add((text("sni"), text("reason")));
+            }
+            "secret" => {
+                run.secrets
+                    .add((text("name"), text("host"), text("secret")));
+            }
+            _ => {}
+        }
+        Fresh::No
+    }
+}
+
+/// Whether a deciding rule is the policy's (an index or the default), so `--allow` helps.
+fn policy_rule(rule: &str) -> bool {
+    rule == "default" || rule.bytes().all(|b| b.is_ascii_digit()) && !rule.is_empty()
+}
+
+impl RunSummary {
+    /// Connections (and UDP flows) allowed.
+    pub fn allowed(&self) -> u64 {
+        self.allowed.total()
+    }
+
+    /// Attempts denied (retries counted).
+    pub fn denied(&self) -> u64 {
+        self.denied.total()
+    }
+
+    /// The `--allow` flags that would have permitted what the policy denied, each once.
+    pub fn suggestions(&self) -> Vec<String> {
+        let mut out: Vec<String> = Vec::new();
+        let mut push = |s: String| {
+            if !out.contains(&s) {
+                out.push(s);
+            }
+        };
+        for (d, _) in self.denied.iter() {
+            if !d.dest.inbound && policy_rule(&d.rule) {
+                push(format!("--allow {}", d.dest.shown()));
+            }
+        }
+        for ((name, by, _), _) in self.names.iter() {
+            if by == "policy" {
+                push(format!("--allow {name}"));
+            }
+        }
+        out
+    }
+
+    /// The summary for people: a headline, then the groups (at most a few of each).
+    pub fn render(&self) -> String {
+        let mut s = String::new();
+        let exit = match &self.exit_status {
+            Some(Value::Number(n)) => format!(", exit status {n}"),
+            _ => String::new(),
+        };
+        let denied_groups = self.denied.counts.len() + usize::from(self.denied.others > 0);
+        if self.allowed() + self.denied() + self.lookups == 0 {
+            let _ = writeln!(s, "run {}{exit}: no network traffic", self.run);
+            return s;
+        }
+        let _ = writeln!(
+            s,
+            "run {}{exit}: {} allowed, {} denied{}, {} lookups ({} refused)",
+            self.run,
+            plural(self.allowed(), "connection"),
+            plural(self.denied(), "attempt"),
+            if denied_groups > 0 {
+                format!(" to {}", plural(denied_groups as u64, "destination"))
+            } else {
+                String::new()
+            },
+            self.lookups,
+            self.names.total(),
+        );
+        let mut shown = |label: &str, lines: Vec<String>, others: u64| {
+            let more = lines.len().saturating_sub(SHOWN) as u64 + others;
+            for line in lines.into_iter().take(SHOWN) {
+                let _ = writeln!(s, "  {label:<8} {line}");
+            }
+            if more > 0 {
+                let _ = writeln!(s, "  {label:<8} ... and {more} more");
+            }
+        };
+        shown(
+            "denied",
+            self.denied
+                .iter()
+                .map(|(d, n)| {
+                    let dir = if d.dest.inbound { "from " } else { "" };
+                    // The policy's reasons name their rule already.
+                    let why = if d.reason.starts_with("rule ") || d.reason.contains(" rule") {
+                        d.reason.clone()
+                    } else {
+                        format!("{}: {}", d.rule, d.reason)
+                    };
+                    format!("{dir}{}{}: {why}", d.dest.shown(), times(n))
+                })
+                .collect(),
+            self.denied.others,
+        );
+        shown(
+            "refused",
+            self.names
+                .iter()
+                .map(|((name, by, rule), n)| {
+                    let by = if by.is_empty() {
+                        rule.clone()
+                    } else {
+                        by.clone()
+                    };
+                    format!("lookup of {name}{} ({by})", times(n))
+                })
+                .collect(),
+            self.names.others,
+        );
+        shown(
+            "tls",
+            self.tls
+                .iter()
+                .map(|((sni, reason), n)| format!("{sni}{}: {reason}", times(n)))
+                .collect(),
+            self.tls.others,
+        );
+        shown(
+            "secret",
+            self.secrets
+                .iter()
+                .map(|((name, host, what), n)| format!("{name} → {host}: {what}{}", times(n)))
+                .collect(),
+            self.secrets.others,
+        );
+        shown(
+            "allowed",
+            self.allowed
+                .iter()
+                .map(|((d, rule), n)| {
+                    let dir = if d.inbound { "from " } else { "" };
+                    format!("{dir}{}{} (rule {rule})", d.shown(), times(n))
+                })
+                .collect(),
+            self.allowed.others,
+        );
+        let suggestions = self.suggestions();
+        if !suggestions.is_empty() {
+            let _ = writeln!(s, "  to allow what was denied: {}", suggestions.join(" "));
+        }
+        s
+    }
+
+    /// The summary for machines.
+    pub fn to_json(&self) -> Value {
+        let dest = |d: &Dest| {
+            json!({
+                "direction": if d.inbound { "inbound" } else { "outbound" },
+                "proto": d.proto, "host": d.host, "port": d.port,
+            })
+        };
+        json!({
+            "run": self.run,
+            "sandbox": self.sandbox,
+            "exit_status": self.exit_status,
+            "allowed": self.allowed.iter().map(|((d, rule), n)| {
+                let mut v = dest(d);
+                v["rule"] = json!(rule);
+                v["count"] = json!(n);
+                v
+            }).collect::<Vec<_>>(),
+            "denied": self.denied.iter().map(|(d, n)| {
+                let mut v = dest(&d.dest);
+                v["rule"] = json!(d.rule);
+                v["reason"] = json!(d.reason);
+                v["count"] = json!(n);
+                v
+            }).collect::<Vec<_>>(),
+            "refused_lookups": self.names.iter().map(|((name, by, rule), n)| {
+                json!({"name": name, "blocked_by": by, "rule": rule, "count": n})
+            }).collect::<Vec<_>>(),
+            "tls_denied": self.tls.iter().map(|((sni, reason), n)| {
+                json!({"sni": sni, "reason": reason, "count": n})
+            }).collect::<Vec<_>>(),
+            "secrets": self.secrets.iter().map(|((name, host, what), n)| {
+                json!({"name": name, "host": host, "secret": what, "count": n})
+            }).collect::<Vec<_>>(),
+            "lookups": self.lookups,
+            "others": {
+                "allowed": self.allowed.others, "denied": self.denied.others,
+                "refused_lookups": self.names.others,
+            },
+            "suggestions": self.suggestions(),
+        })
+    }
+}
+
+fn plural(n: u64, what: &str) -> String {
+    if n == 1 {
+        format!("1 {what}")
+    } else {
+        format!("{n} {what}s")
+    }
+}
+
+fn times(n: u64) -> String {
+    if n > 1 {
+        format!(" ×{n}")
+    } else {
+        String::new()
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    #![allow(clippy::unwrap_used, clippy::expect_used)] // Test code: a panic is the failure report.
+
+    use super::*;
+
+    fn ev(v: Value) -> Map<String, Value> {
+        v.as_object().unwrap().clone()
+    }
+
+    #[test]
+    fn retries_fold_and_suggestions_follow_the_policy() {
+        let mut s = Summary::new();
+        for port in 40000..40011 {
+            let fresh = s.add(&ev(
+                json!({"run": "r1", "event": "connect", "decision": "deny",
+                "rule": "default", "reason": "no rule matched; default deny", "proto": "tcp",
+                "src": format!("10.0.2.100:{port}"), "dst": "10.0.2.2", "port": 1}),
+            ));
+            assert_eq!(matches!(fresh, Fresh::Denied(_)), port == 40000);
+        }
+        s.add(&ev(
+            json!({"run": "r1", "event": "connect", "decision": "allow", "rule": 0,
+            "reason": "r", "proto": "tcp", "dst": "203.0.113.10", "port": 443,
+            "domain": "api.example.test,www.example.test"}),
+        ));
+        s.add(&ev(
+            json!({"run": "r1", "event": "connect", "decision": "deny",
+            "rule": "max_connections", "reason": "64 concurrent", "proto": "tcp",
+            "dst": "203.0.113.11", "port": 80}),
+        ));
+        s.add(&ev(
+            json!({"run": "r1", "event": "dns", "decision": "deny", "rule": "default",
+            "reason": "no rule allows it", "name": "evil.example.test", "blocked_by": "policy"}),
+        ));
+        s.add(&ev(
+            json!({"run": "r1", "event": "dns", "decision": "deny", "rule": "block_domain",
+            "reason": "blocked", "name": "ads.example.test", "blocked_by": "block_domain"}),
+        ));
+        s.add(&ev(
+            json!({"run": "r1", "event": "connect", "decision": "deny", "rule": 2,
+            "reason": "rule 2", "proto": "udp", "dst": "2001:db8::1", "port": 53}),
+        ));
+        s.add(&ev(
+            json!({"run": "r1", "event": "end", "decision": "allow", "exit_status": 7}),
+        ));
+        let r = &s.runs()[0];
+        assert_eq!((r.allowed(), r.denied()), (1, 13));
+        assert_eq!(
+            r.suggestions(),
+            [
+                "--allow 10.0.2.2:1/tcp",
+                "--allow [2001:db8::1]:53/udp",
+                "--allow evil.example.test"
+            ]
+        );
+        let text = r.render();
+        assert!(text.contains("exit status 7"), "{text}");
+        assert!(
+            text.contains("10.0.2.2:1/tcp ×11: no rule matched; default deny"),
+            "{text}"
+        );
+        assert!(text.contains("api.example.test:443/tcp (rule 0)"), "{text}");
+        assert!(
+            text.contains("lookup of ads.example.test (block_domain)"),
+            "{text}"
+        );
+        let j = r.to_json();
+        assert_eq!(j["denied"][0]["count"], 11);
+        assert_eq!(j["suggestions"].as_array().unwrap().len(), 3);
+    }
+
+    #[test]
+    fn runs_are_kept_apart_and_groups_bounded() {
+        let mut s = Summary::new();
+        for i in 0..(MAX_GROUPS + 10) {
+            s.add(&ev(json!({"run": "a", "event": "connect", "decision": "deny", "rule": "default",
+                "reason": "x", "proto": "tcp", "dst": format!("198.51.100.{}", i % 250), "port": i})));
+        }
+        s.add(&ev(
+            json!({"run": "b", "event": "connect", "decision": "allow", "rule": "default",
+            "reason": "x", "proto": "tcp", "dst": "198.51.100.1", "port": 1}),
+        ));
+        assert_eq!(s.runs().len(), 2);
+        assert_eq!(s.runs()[0].denied(), (MAX_GROUPS + 10) as u64);
+        assert!(s.runs()[0].render().contains("more"));
+        assert_eq!(s.runs()[1].allowed(), 1);
+    }
+}
