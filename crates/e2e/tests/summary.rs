@@ -170,3 +170,94 @@ fn on_a_terminal_a_denial_is_a_line_at_once() {
         "{text}"
     );
 }
+
+#[test]
+fn learn_writes_a_policy_that_allows_exactly_what_the_run_used() {
+    let w = World::new();
+    let policy = w.dir.join("learned.toml");
+    let dns = format!("--dns={WORLD_DNS}");
+    let script = "curl -sS -m 5 -o /dev/null http://api.example.test:8080/one && echo one-ok; \
+                  curl -sS -m 5 -o /dev/null http://other.example.test:8080/two && echo two-ok";
+    let out = w.moat(
+        &[
+            "run",
+            &dns,
+            "--learn",
+            policy.to_str().unwrap(),
+            "--",
+            "sh",
+            "-c",
+            script,
+        ],
+        T,
+    );
+    let text = stdout(&out);
+    assert!(
+        text.contains("one-ok") && text.contains("two-ok"),
+        "{text}\n{}",
+        stderr(&out)
+    );
+    assert!(stderr(&out).contains("learned 2 rules"), "{}", stderr(&out));
+    let learned = std::fs::read_to_string(&policy).unwrap();
+    assert!(learned.contains("default_action = \"deny\""), "{learned}");
+    assert!(
+        learned.contains("destination = \"api.example.test\""),
+        "{learned}"
+    );
+    assert!(
+        learned.contains("destination = \"other.example.test\""),
+        "{learned}"
+    );
+    assert!(
+        learned.contains("# used by: api.example.test:8080/tcp"),
+        "{learned}"
+    );
+    // moat itself accepts it.
+    let check = w.moat(&["policy", "check", policy.to_str().unwrap()], T);
+    assert!(check.status.success(), "{}", stderr(&check));
+
+    // Under it, the same script succeeds and a third host is denied (its lookup refused,
+    // and its address too).
+    let policy_arg = format!("--policy={}", policy.display());
+    let again = format!(
+        "{script}; curl -sS -m 3 -o /dev/null http://www.example.test:8080/three && echo three-ok; \
+         curl -sS -m 3 -o /dev/null http://203.0.113.10:80/four && echo four-ok; true"
+    );
+    let out = w.moat(&["run", &dns, &policy_arg, "--", "sh", "-c", &again], T);
+    let text = stdout(&out);
+    assert!(
+        text.contains("one-ok") && text.contains("two-ok"),
+        "{text}\n{}",
+        stderr(&out)
+    );
+    assert!(
+        !text.contains("three-ok") && !text.contains("four-ok"),
+        "{text}"
+    );
+    let paths: Vec<String> = w
+        .log()
+        .iter()
+        .filter_map(|l| l["path"].as_str().map(str::to_owned))
+        .collect();
+    assert!(
+        !paths.iter().any(|p| p == "/three" || p == "/four"),
+        "{paths:?}"
+    );
+    let err = stderr(&out);
+    assert!(err.contains("lookup of www.example.test"), "{err}");
+
+    // Nothing to learn without a network.
+    let out = w.moat(
+        &[
+            "run",
+            "--policy",
+            "none",
+            "--learn",
+            policy.to_str().unwrap(),
+            "--",
+            "true",
+        ],
+        T,
+    );
+    assert_eq!(out.status.code(), Some(125), "{}", stderr(&out));
+}

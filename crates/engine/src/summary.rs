@@ -19,6 +19,11 @@ use std::fmt::Write as _;
 
 use serde_json::{Map, Value, json};
 
+/// The sandbox's gateway (moat's default addresses), which the policy judges as the host's
+/// loopback.
+const GATEWAY_V4: &str = "10.0.2.2";
+const GATEWAY_V6: &str = "fd00:6d6f:6174::2";
+
 /// Groups kept per kind and run.
 pub const MAX_GROUPS: usize = 4096;
 /// Groups shown per kind when rendered for people.
@@ -32,6 +37,10 @@ struct Dest {
     /// The name DNS answered for the address, else the address (for inbound: the peer).
     host: String,
     port: Option<u64>,
+    /// Every name DNS answered for the address (comma-separated; empty: none).
+    names: String,
+    /// The address as the policy judges it (the gateway stands for the host's loopback).
+    judged: String,
 }
 
 impl Dest {
@@ -55,12 +64,38 @@ impl Dest {
         } else {
             text("dst")
         };
+        let judged = if inbound {
+            host.clone()
+        } else {
+            let dst = text("dst");
+            match dst.as_str() {
+                GATEWAY_V4 => "127.0.0.1".to_owned(),
+                GATEWAY_V6 => "::1".to_owned(),
+                _ => dst,
+            }
+        };
         Dest {
             inbound,
             proto: text("proto"),
             host,
             port: e.get("port").and_then(Value::as_u64),
+            names: if inbound { String::new() } else { domain },
+            judged,
         }
+    }
+
+    /// What `--allow` names for this destination: its name, else the address as judged.
+    fn allow_flag(&self) -> String {
+        let host = if self.names.is_empty() {
+            self.judged.clone()
+        } else {
+            self.host.clone()
+        };
+        Dest {
+            host,
+            ..self.clone()
+        }
+        .shown()
     }
 
     /// `api.example.com:443/tcp`, `[2001:db8::1]:53/udp`, `198.51.100.7/icmp`.
@@ -266,7 +301,7 @@ impl RunSummary {
         };
         for (d, _) in self.denied.iter() {
             if !d.dest.inbound && policy_rule(&d.rule) {
-                push(format!("--allow {}", d.dest.shown()));
+                push(format!("--allow {}", d.dest.allow_flag()));
             }
         }
         for ((name, by, _), _) in self.names.iter() {
@@ -376,6 +411,90 @@ impl RunSummary {
             let _ = writeln!(s, "  to allow what was denied: {}", suggestions.join(" "));
         }
         s
+    }
+
+    /// A deny-by-default policy file (TOML) with the fewest rules that allow what this run
+    /// was allowed: a rule per name DNS answered for a destination (else its address), per
+    /// protocol and per run of consecutive ports, each with a comment saying what used it.
+    /// `header` opens the file as comment lines.
+    pub fn learned_policy(&self, header: &str) -> String {
+        // (direction inbound?, target, proto) → ports used → what used them.
+        type Key = (bool, String, String);
+        let mut rules: BTreeMap<Key, BTreeMap<Option<u64>, Vec<String>>> = BTreeMap::new();
+        for ((d, _), n) in self.allowed.iter() {
+            let what = format!(
+                "{}{}{}",
+                if d.inbound { "from " } else { "" },
+                d.shown(),
+                times(n)
+            );
+            let targets: Vec<String> = if d.names.is_empty() {
+                vec![d.judged.clone()]
+            } else {
+                d.names.split(',').map(str::to_owned).collect()
+            };
+            for target in targets {
+                let key = (d.inbound, target, d.proto.clone());
+                let port = if d.proto == "tcp" || d.proto == "udp" {
+                    d.port
+                } else {
+                    None
+                };
+                rules
+                    .entry(key)
+                    .or_default()
+                    .entry(port)
+                    .or_default()
+                    .push(what.clone());
+            }
+        }
+        let mut out = String::new();
+        for line in header.lines() {
+            let _ = writeln!(out, "# {line}");
+        }
+        let _ = writeln!(out, "default_action = \"deny\"");
+        if self.allowed.others > 0 {
+            let _ = writeln!(
+                out,
+                "# {} more flows were not grouped (more than {MAX_GROUPS} destinations): add them by hand",
+                self.allowed.others
+            );
+        }
+        for ((inbound, target, proto), ports) in &rules {
+            // Consecutive ports share a rule.
+            let mut runs: Vec<(Option<u64>, Option<u64>, Vec<String>)> = Vec::new();
+            for (port, used) in ports {
+                match (runs.last_mut(), port) {
+                    (Some((_, Some(end), whats)), Some(p)) if *end + 1 == *p => {
+                        *end = *p;
+                        whats.extend(used.iter().cloned());
+                    }
+                    _ => runs.push((*port, *port, used.clone())),
+                }
+            }
+            for (start, end, whats) in runs {
+                let _ = writeln!(out, "\n[[rules]]");
+                let mut whats = whats;
+                whats.dedup();
+                let _ = writeln!(out, "# used by: {}", whats.join(", "));
+                let _ = writeln!(out, "action = \"allow\"");
+                if *inbound {
+                    let _ = writeln!(out, "direction = \"inbound\"");
+                }
+                let _ = writeln!(out, "destination = \"{target}\"");
+                let _ = writeln!(out, "protocol = \"{proto}\"");
+                match (start, end) {
+                    (Some(a), Some(b)) if a == b => {
+                        let _ = writeln!(out, "ports = \"{a}\"");
+                    }
+                    (Some(a), Some(b)) => {
+                        let _ = writeln!(out, "ports = \"{a}-{b}\"");
+                    }
+                    _ => {}
+                }
+            }
+        }
+        out
     }
 
     /// The summary for machines.
@@ -489,7 +608,7 @@ mod tests {
         assert_eq!(
             r.suggestions(),
             [
-                "--allow 10.0.2.2:1/tcp",
+                "--allow 127.0.0.1:1/tcp",
                 "--allow [2001:db8::1]:53/udp",
                 "--allow evil.example.test"
             ]
@@ -508,6 +627,78 @@ mod tests {
         let j = r.to_json();
         assert_eq!(j["denied"][0]["count"], 11);
         assert_eq!(j["suggestions"].as_array().unwrap().len(), 3);
+    }
+
+    #[test]
+    fn the_gateway_is_suggested_as_the_hosts_loopback() {
+        let mut s = Summary::new();
+        s.add(&ev(
+            json!({"run": "r", "event": "connect", "decision": "deny", "rule": "default",
+            "reason": "x", "proto": "tcp", "dst": "10.0.2.2", "port": 5432}),
+        ));
+        assert_eq!(s.runs()[0].suggestions(), ["--allow 127.0.0.1:5432/tcp"]);
+        assert!(s.runs()[0].render().contains("10.0.2.2:5432/tcp"));
+    }
+
+    #[test]
+    fn a_learned_policy_allows_what_was_used_and_nothing_else() {
+        let mut s = Summary::new();
+        let allow = |s: &mut Summary, dst: &str, port: u64, proto: &str, domain: Option<&str>| {
+            let mut e = json!({"run": "r", "event": "connect", "decision": "allow", "rule": "default",
+                "reason": "x", "proto": proto, "dst": dst, "port": port});
+            if let Some(d) = domain {
+                e["domain"] = json!(d);
+            }
+            s.add(&ev(e));
+        };
+        allow(
+            &mut s,
+            "203.0.113.10",
+            443,
+            "tcp",
+            Some("api.example.test,www.example.test"),
+        );
+        allow(
+            &mut s,
+            "203.0.113.10",
+            443,
+            "tcp",
+            Some("api.example.test,www.example.test"),
+        );
+        allow(
+            &mut s,
+            "203.0.113.10",
+            444,
+            "tcp",
+            Some("api.example.test,www.example.test"),
+        );
+        allow(&mut s, "198.51.100.7", 53, "udp", None);
+        allow(&mut s, "198.51.100.7", 0, "icmpv4", None);
+        allow(&mut s, "10.0.2.2", 5432, "tcp", None);
+        s.add(&ev(
+            json!({"run": "r", "event": "connect", "decision": "deny", "rule": "default",
+            "reason": "x", "proto": "tcp", "dst": "198.51.100.9", "port": 80}),
+        ));
+        let text = s.runs()[0].learned_policy("learned");
+        let policy = moat_policy::NetworkPolicy::from_text(
+            std::path::Path::new("learned.toml"),
+            &text,
+            moat_policy::PolicyFormat::Toml,
+        )
+        .unwrap();
+        assert_eq!(policy.rules.len(), 5, "{text}");
+        assert!(
+            text.contains(
+                "destination = \"api.example.test\"\nprotocol = \"tcp\"\nports = \"443-444\""
+            ),
+            "{text}"
+        );
+        assert!(text.contains("destination = \"127.0.0.1\""), "{text}");
+        assert!(
+            text.contains("# used by: api.example.test:443/tcp ×2, api.example.test:444/tcp"),
+            "{text}"
+        );
+        assert!(!text.contains("198.51.100.9"), "{text}");
     }
 
     #[test]

@@ -105,6 +105,10 @@ struct RunArgs {
     /// denial on a terminal).
     #[arg(long)]
     quiet: bool,
+    /// Learn mode: run under the policy as usual (public-only unless given), then write FILE,
+    /// a deny-by-default policy with the fewest rules that allow what the run used.
+    #[arg(long, value_name = "FILE")]
+    learn: Option<PathBuf>,
     /// Host directory to mount writable at the same path, and start in.
     #[arg(short = 'w', long, value_name = "DIR")]
     workdir: Option<std::path::PathBuf>,
@@ -360,6 +364,7 @@ fn run_options(args: RunArgs, matches: Option<&clap::ArgMatches>) -> run::RunOpt
         secrets: args.secret,
         secrets_plain_http: args.secret_plain_http,
         quiet: args.quiet,
+        learn: args.learn,
         on_secret_violation: args.on_secret_violation,
         name: args.name,
         command: args.command,

@@ -82,6 +82,8 @@ pub struct RunOptions {
     pub secrets_plain_http: Vec<String>,
     /// `--quiet`: no summary at the end.
     pub quiet: bool,
+    /// `--learn FILE`.
+    pub learn: Option<PathBuf>,
     /// `--on-secret-violation`.
     pub on_secret_violation: Option<String>,
     /// `--name`.
@@ -388,8 +390,8 @@ pub(crate) fn builder(opts: &RunOptions) -> anyhow::Result<SandboxBuilder> {
     for secret in secrets {
         b = b.secret(|_| secret);
     }
-    if !opts.quiet {
-        b = b.summarize(std::io::stderr().is_terminal());
+    if !opts.quiet || opts.learn.is_some() {
+        b = b.summarize(!opts.quiet && std::io::stderr().is_terminal());
     }
     b = match opts.audit.as_deref() {
         None => b,
@@ -416,6 +418,11 @@ pub(crate) fn run(opts: RunOptions) -> anyhow::Result<i32> {
             2 + opts.preserve_fds
         )
     })?;
+    if opts.learn.is_some() && opts.policy.as_deref() == Some("none") {
+        bail!(
+            "--learn with --policy none: the sandbox would have no network to learn from; leave --policy out (public-only) or use allow-all"
+        );
+    }
     if opts.command.is_empty() {
         bail!(
             "nothing to run: give the command after --, e.g. moat run -- curl https://example.com"
@@ -465,7 +472,7 @@ pub(crate) fn run(opts: RunOptions) -> anyhow::Result<i32> {
             let (message, code) = spawn_failure(&e.to_string(), &opts.command[0]);
             eprintln!("moat: {message}");
             crate::builder::audit_end(&audit, Some(code), &counters);
-            print_summary(&audit);
+            finish(&opts, &audit, code)?;
             return Ok(code);
         }
     };
@@ -485,20 +492,51 @@ pub(crate) fn run(opts: RunOptions) -> anyhow::Result<i32> {
         None => ended,
     };
     crate::builder::audit_end(&audit, Some(status), &counters);
-    print_summary(&audit);
+    finish(&opts, &audit, status)?;
     Ok(status)
 }
 
-/// What the run's network did, on stderr (when kept: not with `--quiet`).
-fn print_summary(audit: &moat_engine::AuditLog) {
+/// The end of a run: the summary on stderr (unless `--quiet`), the learned policy
+/// (`--learn FILE`).
+fn finish(opts: &RunOptions, audit: &moat_engine::AuditLog, status: i32) -> anyhow::Result<()> {
     let Some(summary) = audit.summary() else {
-        return;
+        return Ok(());
     };
-    for run in summary.runs() {
-        for line in run.render().lines() {
-            eprintln!("moat: {line}");
+    if !opts.quiet {
+        for run in summary.runs() {
+            for line in run.render().lines() {
+                eprintln!("moat: {line}");
+            }
         }
     }
+    if let (Some(path), Some(run)) = (&opts.learn, summary.runs().first()) {
+        let command: Vec<String> = opts
+            .command
+            .iter()
+            .map(|a| a.to_string_lossy().into_owned())
+            .collect();
+        let header = format!(
+            "Written by `moat run --learn` from run {} of: {} (exit status {status}).\n\
+             Deny by default; each rule allows what that run used, and says what used it.\n\
+             Check it with `moat policy check FILE`; use it with `moat run --policy FILE -- ...`.",
+            run.run,
+            command.join(" ")
+        );
+        let text = run.learned_policy(&header);
+        // A new file renamed over the path: a link put there is replaced, not followed.
+        let tmp = path.with_extension(format!("moat-learn-{}", std::process::id()));
+        std::fs::write(&tmp, &text)
+            .and_then(|()| std::fs::rename(&tmp, path))
+            .with_context(|| format!("--learn {}: cannot write the policy", path.display()))?;
+        let rules = text.matches("[[rules]]").count();
+        eprintln!(
+            "moat: learned {rules} rule{} from this run: wrote {} (run it again with --policy {})",
+            if rules == 1 { "" } else { "s" },
+            path.display(),
+            path.display()
+        );
+    }
+    Ok(())
 }
 
 /// The message and exit status for a command that could not be started: 127 when it is
