@@ -118,3 +118,137 @@ fn a_log_the_sandbox_could_write_is_refused() {
             .contains("\"event\":\"start\"")
     );
 }
+
+#[test]
+fn every_event_type_validates_against_the_schema() {
+    let w = World::new();
+    let log = w.dir.join("schema.jsonl");
+    let ca = w.dir.join("world-ca.pem");
+    let dns = format!("--dns={}", moat_e2e::WORLD_DNS);
+    // One run that makes every kind of event: start, end; connect allowed (TCP, UDP, ICMP)
+    // and denied (by a rule, by the TLS server name, by max_connections is elsewhere);
+    // close; DNS answered and refused; TLS intercepted, bypassed and failed; secrets
+    // substituted, redacted and stopped.
+    let script = r#"
+curl -s -m 5 -o /dev/null http://api.example.test:8080/plain
+curl -s -m 3 -o /dev/null http://203.0.113.10:9000/
+getent hosts blocked.example.test || true
+curl -s -m 5 -o /dev/null -H "X-Key: $API_KEY" https://api.example.test:8443/echo-header
+curl -s -m 5 -o /dev/null -k https://www.example.test:8443/bypassed
+curl -s -m 5 -o /dev/null https://api.example.test:9443/untrusted
+curl -s -m 5 -o /dev/null "http://other.example.test:8080/?k=$API_KEY"
+ping -c 1 -W 2 203.0.113.10 >/dev/null
+python3 -c "import socket; s=socket.socket(socket.AF_INET, socket.SOCK_DGRAM); s.settimeout(2); s.sendto(b'x', ('203.0.113.10', 7777)); s.recv(10)"
+exit 5
+"#;
+    let mut cmd = w.in_host(moat_e2e::moat_bin());
+    cmd.env("API_KEY", "sk-schema-value-0123456789").args([
+        "run",
+        "--audit",
+        log.to_str().unwrap(),
+        &dns,
+        "--deny",
+        "203.0.113.10:9000",
+        "--deny",
+        "blocked.example.test",
+        "--tls-intercept",
+        "--tls-port",
+        "8443",
+        "--tls-port",
+        "9443",
+        "--tls-bypass",
+        "www.example.test",
+        "--tls-upstream-ca",
+        ca.to_str().unwrap(),
+        "--secret",
+        "API_KEY@api.example.test",
+        "--",
+        "sh",
+        "-c",
+        script,
+    ]);
+    let out = moat_e2e::run_with_timeout(cmd, T);
+    assert_eq!(out.status.code(), Some(5), "{}", stderr(&out));
+    let events: Vec<Value> = std::fs::read_to_string(&log)
+        .unwrap()
+        .lines()
+        .map(|l| serde_json::from_str(l).unwrap())
+        .collect();
+    for e in &events {
+        moat_e2e::validate_event(e).unwrap_or_else(|why| panic!("{why}: {e}"));
+    }
+    // Each kind was made (the checks above are not vacuous).
+    let has = |f: &dyn Fn(&Value) -> bool| events.iter().any(f);
+    for (what, seen) in [
+        ("start", has(&|e| e["event"] == "start")),
+        (
+            "end",
+            has(&|e| e["event"] == "end" && e["exit_status"] == 5),
+        ),
+        (
+            "connect allow tcp",
+            has(&|e| e["event"] == "connect" && e["decision"] == "allow" && e["proto"] == "tcp"),
+        ),
+        (
+            "connect allow udp",
+            has(&|e| e["event"] == "connect" && e["proto"] == "udp"),
+        ),
+        (
+            "connect icmp",
+            has(&|e| e["event"] == "connect" && e["proto"] == "icmpv4"),
+        ),
+        (
+            "connect deny by rule",
+            has(&|e| e["event"] == "connect" && e["decision"] == "deny" && e["rule"] == 0),
+        ),
+        ("close", has(&|e| e["event"] == "close")),
+        (
+            "dns allow",
+            has(&|e| e["event"] == "dns" && e["decision"] == "allow"),
+        ),
+        (
+            "dns deny",
+            has(&|e| e["event"] == "dns" && e["decision"] == "deny"),
+        ),
+        (
+            "tls intercepted",
+            has(&|e| e["event"] == "tls" && e["tls"] == "intercepted" && e["decision"] == "allow"),
+        ),
+        (
+            "tls bypassed",
+            has(&|e| e["event"] == "tls" && e["tls"] == "bypassed"),
+        ),
+        (
+            "tls failed",
+            has(&|e| e["event"] == "tls" && e["decision"] == "deny"),
+        ),
+        (
+            "secret substituted",
+            has(&|e| e["event"] == "secret" && e["secret"] == "substituted"),
+        ),
+        (
+            "secret redacted",
+            has(&|e| e["event"] == "secret" && e["secret"] == "redacted"),
+        ),
+        (
+            "secret violation",
+            has(&|e| e["event"] == "secret" && e["secret"] == "violation" && e["by"] == "secret"),
+        ),
+        (
+            "sni on an allowed connect",
+            has(&|e| {
+                e["event"] == "connect"
+                    && e["decision"] == "allow"
+                    && e["sni"] == "api.example.test"
+            }),
+        ),
+    ] {
+        assert!(seen, "no {what} event: {events:#?}");
+    }
+    assert!(
+        !std::fs::read_to_string(&log)
+            .unwrap()
+            .contains("sk-schema-value"),
+        "the value is in the log"
+    );
+}

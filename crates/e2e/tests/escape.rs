@@ -157,7 +157,7 @@ fn an_unreadable_client_hello_fails_closed_under_domain_rules() {
     assert!(
         events
             .iter()
-            .any(|e| e["event"] == "connect" && e["decision"] == "deny" && e["rule"] == "sni"),
+            .any(|e| e["event"] == "connect" && e["decision"] == "deny" && e["by"] == "sni"),
         "{events:#?}"
     );
     // Control: without domain rules moat does not read the stream at all.
@@ -621,7 +621,7 @@ fn dns_bypass_transports_are_refused() {
             "{port}: {text}"
         );
     }
-    let bypass = events.iter().filter(|e| e["rule"] == "dns_bypass").count();
+    let bypass = events.iter().filter(|e| e["by"] == "dns_bypass").count();
     assert_eq!(bypass, 5, "{events:?}");
     assert!(
         !w.log().iter().any(|l| l["server"] == "banner"),
@@ -893,7 +893,7 @@ PY"#;
     assert_eq!(arrived, 20, "connections the world accepted");
     let limited = events
         .iter()
-        .filter(|e| e["decision"] == "deny" && e["rule"] == "max_connections")
+        .filter(|e| e["decision"] == "deny" && e["by"] == "max_connections")
         .count();
     assert!(limited >= 40, "{limited} denials: {events:#?}");
 }

@@ -234,7 +234,7 @@ PY"#;
     let text = stdout(&out);
     assert!(text.contains("sixth: refused"), "{text}\n{}", stderr(&out));
     assert!(text.contains("after: ok"), "{text}");
-    assert!(events.iter().any(|e| e["rule"] == "max_connections"));
+    assert!(events.iter().any(|e| e["by"] == "max_connections"));
 }
 
 /// UDP flows count toward max_connections like TCP connections: with three held, a
@@ -275,7 +275,7 @@ PY"#;
     assert!(
         events
             .iter()
-            .any(|e| e["rule"] == "max_connections" && e["proto"] == "udp"),
+            .any(|e| e["by"] == "max_connections" && e["proto"] == "udp"),
         "{events:#?}"
     );
 }

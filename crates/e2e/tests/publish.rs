@@ -69,6 +69,28 @@ fn a_server_inside_answers_through_a_published_port() {
         events.contains("\"direction\":\"inbound\"") && events.contains("\"decision\":\"allow\""),
         "{events}"
     );
+    // Inbound events validate, and `close` names the peer as the side that opened it.
+    let parsed: Vec<serde_json::Value> = events
+        .lines()
+        .map(|l| serde_json::from_str(l).unwrap())
+        .collect();
+    for e in &parsed {
+        moat_e2e::validate_event(e).unwrap_or_else(|why| panic!("{why}: {e}"));
+    }
+    let connect = parsed
+        .iter()
+        .find(|e| e["event"] == "connect" && e["direction"] == "inbound")
+        .unwrap();
+    let close = parsed
+        .iter()
+        .find(|e| e["event"] == "close" && e["direction"] == "inbound")
+        .unwrap_or_else(|| panic!("{events}"));
+    assert_eq!(close["port"], connect["port"], "{events}");
+    assert!(close["src"].as_str().unwrap().contains(":"), "{close}");
+    assert!(
+        close["dst"].as_str().unwrap().starts_with("10.0.2."),
+        "{close}"
+    );
 }
 
 #[test]

@@ -256,7 +256,7 @@ fn quic_to_intercepted_ports_is_refused_at_once_unless_allowed() {
     assert!(
         events
             .iter()
-            .any(|e| e["event"] == "connect" && e["rule"] == "block_quic"),
+            .any(|e| e["event"] == "connect" && e["by"] == "block_quic"),
         "{events:?}"
     );
     // Allowed: the echo round-trips.

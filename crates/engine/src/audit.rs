@@ -1,8 +1,9 @@
 //! The audit log: one JSON object per line for every decision (shared/API.md §5).
 //!
 //! Common fields: `ts` (RFC 3339, UTC, microseconds), `sandbox`, `run` (an id per run),
-//! `event`, `decision`,
-//! `rule` (an index, `"default"`, or a built-in such as `"max_connections"`), `reason`.
+//! `event`, `decision`, `reason`, and what decided: `rule` (the policy's: an index, or
+//! `"default"`) or `by` (a built-in, when no rule did: `block_domain`, `max_connections`,
+//! `rebind`, ...). Callers name either in one argument; this module files it.
 //! Secrets' values never reach this module.
 
 use std::io::Write;
@@ -107,13 +108,19 @@ impl AuditLog {
         map.insert("run".into(), Value::String(sink.run.clone()));
         map.insert("event".into(), Value::String(event.into()));
         map.insert("decision".into(), Value::String(decision.into()));
-        map.insert(
-            "rule".into(),
-            match rule.parse::<u64>() {
-                Ok(i) => Value::from(i),
-                Err(_) => Value::String(rule.into()),
-            },
-        );
+        match rule.parse::<u64>() {
+            Ok(i) => {
+                map.insert("rule".into(), Value::from(i));
+            }
+            Err(_) if rule == "default" => {
+                map.insert("rule".into(), Value::String(rule.into()));
+            }
+            // start / end: nothing decided them.
+            Err(_) if rule.is_empty() || rule == "-" => {}
+            Err(_) => {
+                map.insert("by".into(), Value::String(rule.into()));
+            }
+        }
         map.insert("reason".into(), Value::String(reason.into()));
         for (k, v) in fields {
             map.insert(k.into(), v);

@@ -227,9 +227,12 @@ impl Summary {
             }
         };
         let run = &mut self.runs[at];
-        let rule = match e.get("rule") {
-            Some(Value::Number(n)) => n.to_string(),
-            Some(Value::String(s)) => s.clone(),
+        // What decided: the policy's rule, or a built-in (`by`; logs before it was
+        // named so put built-ins in `rule` too).
+        let rule = match (e.get("rule"), e.get("by")) {
+            (Some(Value::Number(n)), _) => n.to_string(),
+            (Some(Value::String(s)), _) => s.clone(),
+            (_, Some(Value::String(s))) => s.clone(),
             _ => String::new(),
         };
         let deny = text("decision") == "deny";

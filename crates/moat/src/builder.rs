@@ -498,13 +498,17 @@ pub(crate) fn audit_end(audit: &AuditLog, status: Option<i32>, c: &moat_engine::
         "allow",
         "-",
         "the sandbox stopped",
-        vec![
-            ("exit_status", status.map_or(Value::Null, Value::from)),
-            ("allowed", Value::from(c.allowed)),
-            ("denied", Value::from(c.denied)),
-            ("over_limit", Value::from(c.over_limit)),
-            ("dns_queries", Value::from(c.dns_queries)),
-        ],
+        // `exit_status` only when there was one command (its type never varies).
+        status
+            .map(|s| ("exit_status", Value::from(s)))
+            .into_iter()
+            .chain([
+                ("allowed", Value::from(c.allowed)),
+                ("denied", Value::from(c.denied)),
+                ("over_limit", Value::from(c.over_limit)),
+                ("dns_queries", Value::from(c.dns_queries)),
+            ])
+            .collect(),
     );
 }
 

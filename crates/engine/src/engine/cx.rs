@@ -189,6 +189,7 @@ impl Cx {
     /// The fields every outbound `connect` event has.
     fn connect_fields(proto: &str, key: FlowKey) -> Vec<(&'static str, Value)> {
         vec![
+            ("direction", Value::from("outbound")),
             ("proto", Value::from(proto)),
             ("src", Value::from(key.guest.to_string())),
             ("dst", Value::from(key.host.ip().to_string())),
@@ -225,11 +226,21 @@ impl Cx {
             .event("connect", "deny", rule, reason, fields);
     }
 
-    /// Audits a flow the policy allowed.
-    pub(super) fn audit_allow(&mut self, proto: &str, key: FlowKey, rule: &str, reason: &str) {
+    /// Audits a flow the policy allowed (with the TLS server name it was judged with too).
+    pub(super) fn audit_allow(
+        &mut self,
+        proto: &str,
+        key: FlowKey,
+        rule: &str,
+        reason: &str,
+        sni: Option<&DomainName>,
+    ) {
         self.counters.allowed += 1;
         let mut fields = Cx::connect_fields(proto, key);
         self.push_domain(&mut fields, key.host.ip());
+        if let Some(name) = sni {
+            fields.push(("sni", Value::from(name.as_str())));
+        }
         self.cfg
             .audit
             .event("connect", "allow", rule, reason, fields);
@@ -435,11 +446,14 @@ impl Cx {
         );
     }
 
-    /// Audits the end of a flow from `src` to `dst`.
+    /// Audits the end of a flow that `src` opened to `dst` (`inbound`: a peer of a
+    /// published port opened it to the sandbox).
+    #[allow(clippy::too_many_arguments)] // The flow's ends, its kind and its tally.
     pub(super) fn audit_close(
         &mut self,
         proto: &str,
         rule: &str,
+        inbound: bool,
         src: SocketAddr,
         dst: SocketAddr,
         tally: &Tally,
@@ -451,6 +465,10 @@ impl Cx {
             rule,
             &why.to_string(),
             vec![
+                (
+                    "direction",
+                    Value::from(if inbound { "inbound" } else { "outbound" }),
+                ),
                 ("proto", Value::from(proto)),
                 ("src", Value::from(src.to_string())),
                 ("dst", Value::from(dst.ip().to_string())),

@@ -561,7 +561,7 @@ impl DnsStream {
             started: self.started,
         };
         let (src, dst) = (self.key.guest, self.key.host);
-        cx.audit_close("tcp", "dns", src, dst, &tally, why);
+        cx.audit_close("tcp", "dns", false, src, dst, &tally, why);
     }
 }
 

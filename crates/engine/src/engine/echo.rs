@@ -120,7 +120,7 @@ fn open(table: &mut FlowTable, cx: &mut Cx, req: &Request<'_>) -> Option<FlowId>
     };
     table.insert(id, Flow::Echo(flow));
     let (rule, reason) = cx.explain(permit.decision());
-    cx.audit_allow(icmp_name(req.dst), key, &rule, &reason);
+    cx.audit_allow(icmp_name(req.dst), key, &rule, &reason, None);
     Some(id)
 }
 

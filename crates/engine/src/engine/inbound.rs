@@ -338,7 +338,15 @@ impl UdpIn {
 
     /// Audits the end (called by the flow table; the listener's socket stays).
     pub(super) fn close(self, cx: &mut Cx, why: &CloseReason) {
-        cx.audit_close("udp", &self.rule, self.peer, self.guest, &self.tally, why);
+        cx.audit_close(
+            "udp",
+            &self.rule,
+            true,
+            self.peer,
+            self.guest,
+            &self.tally,
+            why,
+        );
     }
 }
 

@@ -115,6 +115,11 @@ impl Stream {
         }
     }
 
+    /// Whether the stream waits on the sandbox's ClientHello to be judged.
+    pub(super) fn awaits_client_hello(&self) -> bool {
+        matches!(self.stage, Stage::AwaitClientHello)
+    }
+
     /// Both directions are finished: the connection ends in order.
     pub(super) fn finished(&self) -> bool {
         self.up == Half::Finished && self.down == Half::Finished

@@ -110,6 +110,9 @@ pub(super) struct TcpFlow {
     mem: Grant,
     state: TcpState,
     stream: Stream,
+    /// The allow decision's reason, not yet audited: a flow whose ClientHello is judged
+    /// too is audited once, with its server name, when that is known.
+    pending_allow: Option<String>,
 }
 
 /// What a step of a flow asks of the table.
@@ -241,6 +244,7 @@ fn open(table: &mut FlowTable, cx: &mut Cx, seg: Segment<'_>) {
         stream.scan_with(everything);
         stream
     };
+    let awaits_hello = stream.awaits_client_hello();
     let flow = TcpFlow {
         key,
         rule: rule.clone(),
@@ -254,9 +258,12 @@ fn open(table: &mut FlowTable, cx: &mut Cx, seg: Segment<'_>) {
             socket: Box::new(socket),
         },
         stream,
+        pending_allow: awaits_hello.then(|| reason.clone()),
     };
     table.insert(id, Flow::Tcp(flow));
-    cx.audit_allow("tcp", key, &rule, &reason);
+    if !awaits_hello {
+        cx.audit_allow("tcp", key, &rule, &reason, None);
+    }
 }
 
 /// The flow's host socket is ready: the dial finished, or bytes can move.
@@ -327,6 +334,7 @@ impl TcpFlow {
             mem,
             state: TcpState::Relaying { handle },
             stream,
+            pending_allow: None,
         }
     }
 
@@ -520,19 +528,28 @@ impl TcpFlow {
             Sni::Name(name) => {
                 let decision = cx.judge_sni(cx.stack.upstream(self.key.host), &name);
                 if decision.is_allow() {
+                    let (rule, reason) = cx.explain(&decision);
+                    self.rule = rule;
+                    self.pending_allow = None;
+                    cx.audit_allow("tcp", self.key, &self.rule, &reason, Some(&name));
                     self.choose_interception(cx, Some(&name));
                     return None;
                 }
+                self.pending_allow = None;
                 let (rule, why) = cx.explain(&decision);
                 (rule, format!("TLS server name {name}: {why}"), Some(name))
             }
             // TLS without a server name: the address and its pins decided.
             Sni::Absent => {
+                self.audit_pending(cx);
                 self.choose_interception(cx, None);
                 return None;
             }
             // Not TLS: passed as it is.
-            Sni::NotTls => return None,
+            Sni::NotTls => {
+                self.audit_pending(cx);
+                return None;
+            }
             // Domain rules cannot be checked against a hello that cannot be read (cut
             // short, malformed, interleaved, too large): fail closed.
             Sni::Incomplete | Sni::Unreadable => (
@@ -541,9 +558,17 @@ impl TcpFlow {
                 None,
             ),
         };
+        self.pending_allow = None;
         cx.audit_sni_deny(self.key, &rule, &reason, name.as_ref());
         cx.stack.tcp(handle).abort();
         Some(Step::Doom(CloseReason::DeniedByClientHello))
+    }
+
+    /// The allow that waited on the ClientHello, audited now without a server name.
+    fn audit_pending(&mut self, cx: &mut Cx) {
+        if let Some(reason) = self.pending_allow.take() {
+            cx.audit_allow("tcp", self.key, &self.rule, &reason, None);
+        }
     }
 
     /// On an intercepted port, a judged ClientHello for `name` (`None`: no server name)
@@ -601,6 +626,8 @@ impl TcpFlow {
 
     /// Releases the flow's sockets and audits its end (called by the flow table).
     pub(super) fn close(mut self, registry: &Registry, cx: &mut Cx, why: &CloseReason) {
+        // Ended before its ClientHello was judged: the address's allow stands.
+        self.audit_pending(cx);
         if self.origin == Origin::Published && !why.is_clean() {
             reset_host(&self.host);
         }
@@ -611,8 +638,22 @@ impl TcpFlow {
             }
             TcpState::Dialing { socket, .. } => cx.pool.give_back(*socket, self.mem),
         }
-        let (src, dst) = (self.key.guest, self.key.host);
-        cx.audit_close("tcp", &self.rule, src, dst, &self.stream.tally, why);
+        // The side that opened the flow is `src`: a published port's peer, or the sandbox.
+        let inbound = self.origin == Origin::Published;
+        let (src, dst) = if inbound {
+            (self.key.host, self.key.guest)
+        } else {
+            (self.key.guest, self.key.host)
+        };
+        cx.audit_close(
+            "tcp",
+            &self.rule,
+            inbound,
+            src,
+            dst,
+            &self.stream.tally,
+            why,
+        );
     }
 }
 

@@ -124,7 +124,7 @@ pub(super) fn on_datagram(
         tally,
     };
     table.insert(id, Flow::Udp(flow));
-    cx.audit_allow("udp", key, &rule, &reason);
+    cx.audit_allow("udp", key, &rule, &reason, None);
 }
 
 /// The flow's host socket has datagrams: each goes to the sandbox.
@@ -167,7 +167,7 @@ impl UdpFlow {
     pub(super) fn close(mut self, registry: &Registry, cx: &mut Cx, why: &CloseReason) {
         let _ = registry.deregister(&mut self.sock);
         let (src, dst) = (self.key.guest, self.key.host);
-        cx.audit_close("udp", &self.rule, src, dst, &self.tally, why);
+        cx.audit_close("udp", &self.rule, false, src, dst, &self.tally, why);
     }
 }
 
