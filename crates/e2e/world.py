@@ -18,6 +18,9 @@ arrived where. Bounded: request bodies are streamed, never stored.
   HTTPS untrusted tcp 9443      the same with a self-signed certificate no CA signed
   (h2echo.py, when the system's python3 has the h2 module: HTTP/2 echo on tcp 8445)
 
+Under /simple/ (a PEP 503 index) and /npm/ (an npm registry) the echo serves one package,
+demo-pkg, for the package-tool tests.
+
 The echo shows what arrived: every header, and the body (Content-Length or chunked; up to
 64 KiB as text). Under /echo-header it also answers with the request's Authorization and X-Key
 as X-Echo-* headers; under /chunked-answer its answer is chunked.
@@ -150,11 +153,74 @@ class DnsTcp(socketserver.BaseRequestHandler):
             if answer:
                 self.request.sendall(struct.pack(">H", len(answer)) + answer)
 
+def package_files():
+    """A tiny Python wheel and npm tarball for the package-tool tests, made in memory."""
+    import base64, io, tarfile, zipfile
+    wheel = io.BytesIO()
+    with zipfile.ZipFile(wheel, "w") as z:
+        files = {
+            "demo_pkg/__init__.py": b"VALUE = 42\n",
+            "demo_pkg-1.0.dist-info/METADATA": b"Metadata-Version: 2.1\nName: demo-pkg\nVersion: 1.0\n",
+            "demo_pkg-1.0.dist-info/WHEEL": b"Wheel-Version: 1.0\nGenerator: world\nRoot-Is-Purelib: true\nTag: py3-none-any\n",
+        }
+        record = ""
+        for name, data in files.items():
+            z.writestr(name, data)
+            digest = base64.urlsafe_b64encode(hashlib.sha256(data).digest()).rstrip(b"=").decode()
+            record += "%s,sha256=%s,%d\n" % (name, digest, len(data))
+        record += "demo_pkg-1.0.dist-info/RECORD,,\n"
+        z.writestr("demo_pkg-1.0.dist-info/RECORD", record)
+    tgz = io.BytesIO()
+    with tarfile.open(fileobj=tgz, mode="w:gz") as t:
+        for name, data in {
+            "package/package.json": b'{"name": "demo-pkg", "version": "1.0.0", "main": "index.js"}',
+            "package/index.js": b"module.exports = 42;\n",
+        }.items():
+            info = tarfile.TarInfo(name)
+            info.size = len(data)
+            info.mode = 0o644
+            t.addfile(info, io.BytesIO(data))
+    return wheel.getvalue(), tgz.getvalue()
+
+WHEEL, TARBALL = package_files()
+
 class Echo(BaseHTTPRequestHandler):
     protocol_version = "HTTP/1.1"
     def log_message(self, *args):
         pass
+    def packages(self):
+        """A PEP 503 index under /simple/ and an npm registry under /npm/ (one package each)."""
+        import base64
+        host = self.headers.get("Host")
+        path = self.path.split("?")[0]
+        if path in ("/simple/demo-pkg/", "/simple/demo-pkg"):
+            digest = hashlib.sha256(WHEEL).hexdigest()
+            body = ('<html><body><a href="/packages/demo_pkg-1.0-py3-none-any.whl#sha256=%s">'
+                    'demo_pkg-1.0-py3-none-any.whl</a></body></html>' % digest).encode()
+            kind = "text/html"
+        elif path == "/packages/demo_pkg-1.0-py3-none-any.whl":
+            body, kind = WHEEL, "application/octet-stream"
+        elif path == "/npm/demo-pkg":
+            integrity = "sha512-" + base64.b64encode(hashlib.sha512(TARBALL).digest()).decode()
+            body = json.dumps({"name": "demo-pkg", "dist-tags": {"latest": "1.0.0"},
+                "versions": {"1.0.0": {"name": "demo-pkg", "version": "1.0.0", "dist": {
+                    "tarball": "http://%s/npm/demo-pkg/-/demo-pkg-1.0.0.tgz" % host,
+                    "shasum": hashlib.sha1(TARBALL).hexdigest(), "integrity": integrity}}}}).encode()
+            kind = "application/json"
+        elif path == "/npm/demo-pkg/-/demo-pkg-1.0.0.tgz":
+            body, kind = TARBALL, "application/octet-stream"
+        else:
+            return False
+        log(server="packages", path=self.path, host=host, client=self.client_address[0])
+        self.send_response(200)
+        self.send_header("Content-Type", kind)
+        self.send_header("Content-Length", str(len(body)))
+        self.end_headers()
+        self.wfile.write(body)
+        return True
     def handle_any(self):
+        if self.command == "GET" and self.packages():
+            return
         # The body, Content-Length or chunked; up to 64 KiB of it is shown as text.
         digest, length, shown = hashlib.sha256(), 0, b""
         def took(chunk):
