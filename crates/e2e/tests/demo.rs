@@ -51,4 +51,21 @@ fn demo_tours_the_policies() {
         all.contains("allow") && all.contains("hello from 127.0.0.1:8080"),
         "{all}"
     );
+    // DNS and a domain rule: the allowed name resolves and connects; another name is not
+    // resolved at all.
+    let named = line(4, "http://www.demo.test/");
+    assert!(
+        named.contains("allow") && named.contains("hello from 203.0.113.10"),
+        "{named}"
+    );
+    let other = line(4, "http://other.demo.test/");
+    assert!(
+        other.contains("deny") && other.contains("no connection"),
+        "{other}"
+    );
+    // The tour ends with the summary moat run prints.
+    assert!(
+        text.contains("to allow what was denied: --allow 10.1.0.10:80/tcp --allow other.demo.test"),
+        "{text}"
+    );
 }

@@ -28,7 +28,14 @@ const WORLD: &[(Ipv4Addr, &str)] = &[
         Ipv4Addr::new(169, 254, 169, 254),
         "a cloud metadata endpoint",
     ),
+    (
+        Ipv4Addr::new(203, 0, 113, 53),
+        "a DNS server: www.demo.test and other.demo.test are 203.0.113.10",
+    ),
 ];
+
+/// The world's DNS server.
+const DNS: Ipv4Addr = Ipv4Addr::new(203, 0, 113, 53);
 
 /// Runs the demo; returns the exit status.
 pub fn demo() -> anyhow::Result<i32> {
@@ -82,6 +89,42 @@ fn serve(addr: SocketAddr) -> anyhow::Result<()> {
     Ok(())
 }
 
+/// A tiny DNS server: every A query for a name under demo.test is answered 203.0.113.10;
+/// anything else gets an empty answer.
+fn serve_dns(addr: SocketAddr) -> anyhow::Result<()> {
+    let sock = std::net::UdpSocket::bind(addr).with_context(|| format!("listen on {addr}"))?;
+    std::thread::spawn(move || {
+        let mut buf = [0u8; 512];
+        while let Ok((n, peer)) = sock.recv_from(&mut buf) {
+            let q = &buf[..n];
+            if n < 17 || q[2] & 0x80 != 0 {
+                continue;
+            }
+            // The question: labels up to the root, then type and class.
+            let Some(end) = q[12..].iter().position(|&b| b == 0).map(|e| 12 + e) else {
+                continue;
+            };
+            let name = String::from_utf8_lossy(&q[12..end]).to_ascii_lowercase();
+            let Some(question) = q.get(..end + 5) else {
+                continue;
+            };
+            let mut a = question.to_vec();
+            a[2] = 0x81;
+            a[3] = 0x80;
+            a[8..12].fill(0);
+            let is_a = q[end + 1..end + 3] == [0, 1];
+            if is_a && name.ends_with("\x04demo\x04test") {
+                a[6..8].copy_from_slice(&[0, 1]);
+                a.extend_from_slice(&[0xc0, 0x0c, 0, 1, 0, 1, 0, 0, 0, 60, 0, 4, 203, 0, 113, 10]);
+            } else {
+                a[6..8].fill(0);
+            }
+            let _ = sock.send_to(&a, peer);
+        }
+    });
+    Ok(())
+}
+
 #[derive(Clone, Default)]
 struct Captured(Arc<Mutex<Vec<u8>>>);
 
@@ -111,6 +154,7 @@ struct Scenario {
     title: &'static str,
     flags: &'static str,
     policy: NetworkPolicy,
+    urls: &'static [&'static str],
 }
 
 fn in_world() -> anyhow::Result<i32> {
@@ -119,6 +163,7 @@ fn in_world() -> anyhow::Result<i32> {
         serve(SocketAddr::new((*addr).into(), 80))?;
     }
     serve("127.0.0.1:8080".parse()?)?;
+    serve_dns(SocketAddr::new(DNS.into(), 53))?;
 
     println!(
         "moat demo: a tour on a throwaway world (a private network namespace; nothing leaves this machine)\n"
@@ -132,12 +177,22 @@ fn in_world() -> anyhow::Result<i32> {
         "10.0.2.2"
     );
 
-    let urls = [
+    let urls: &[&str] = &[
         "http://203.0.113.10/",
         "http://10.1.0.10/",
         "http://169.254.169.254/",
         "http://10.0.2.2:8080/",
     ];
+    let by_name = NetworkPolicy {
+        default_action: moat_policy::Action::Deny,
+        rules: vec![
+            Rule::allow_outbound(Destination::Domain(moat_policy::DomainName::new(
+                "www.demo.test",
+            )?))
+            .with_ports(PortRange::single(80))
+            .with_protocol(Protocol::Tcp),
+        ],
+    };
     let only_public_web = NetworkPolicy {
         default_action: moat_policy::Action::Deny,
         rules: vec![
@@ -151,30 +206,44 @@ fn in_world() -> anyhow::Result<i32> {
             title: "The default policy, public_only: the internet yes, private ranges, metadata and the host no",
             flags: "moat run -- ...",
             policy: NetworkPolicy::public_only(),
+            urls,
         },
         Scenario {
             title: "Deny by default, one allow rule",
             flags: "moat run --policy none --allow 203.0.113.10:80/tcp -- ...",
             policy: only_public_web,
+            urls,
         },
         Scenario {
             title: "allow_all: everything, the host's loopback included",
             flags: "moat run --policy allow-all -- ...",
             policy: NetworkPolicy::allow_all(),
+            urls,
+        },
+        Scenario {
+            title: "A domain rule: moat answers DNS itself; a name the policy does not allow is not even resolved, and the rule holds for the addresses DNS answered",
+            flags: "moat run --policy none --allow www.demo.test:80/tcp --dns 203.0.113.53 -- ...",
+            policy: by_name,
+            urls: &[
+                "http://www.demo.test/",
+                "http://other.demo.test/",
+                "http://10.1.0.10/",
+            ],
         },
     ];
+    let mut last = None;
     let mut failures = 0;
     for (n, sc) in scenarios.iter().enumerate() {
         println!("{}. {}\n   $ {}", n + 1, sc.title, sc.flags);
         let audit = Captured::default();
         let sb = Sandbox::builder(format!("demo{}", n + 1))
-            .network(|net| net.policy(sc.policy.clone()))
+            .network(|net| net.policy(sc.policy.clone()).dns_server(DNS.to_string()))
             // The world's machines live on this namespace's loopback; they are not the host.
             .simulated_hosts(WORLD.iter().map(|(a, _)| IpAddr::V4(*a)).collect())
             .audit(AuditSink::Writer(Box::new(audit.clone())))
             .create()?;
         let mut args = vec!["-c", CLIENT, "client"];
-        args.extend_from_slice(&urls);
+        args.extend_from_slice(sc.urls);
         let out = sb.exec("sh", args)?;
         sb.stop()?;
         let text = String::from_utf8_lossy(&out.stdout).into_owned();
@@ -183,16 +252,22 @@ fn in_world() -> anyhow::Result<i32> {
                 .lines()
                 .filter_map(|l| serde_json::from_str(l).ok())
                 .collect();
-        for url in urls {
+        for url in sc.urls {
             let line = text.lines().find(|l| l.starts_with(url)).unwrap_or("");
             let host = url
                 .trim_start_matches("http://")
                 .split(['/', ':'])
                 .next()
                 .unwrap_or("");
+            // The connection's decision; for a name, the lookup's when it was refused.
             let event = events
                 .iter()
-                .find(|e| e["event"] == "connect" && e["dst"] == host);
+                .find(|e| e["event"] == "connect" && (e["dst"] == host || e["domain"] == host))
+                .or_else(|| {
+                    events.iter().find(|e| {
+                        e["event"] == "dns" && e["name"] == host && e["decision"] == "deny"
+                    })
+                });
             let (verdict, why) = match event {
                 Some(e) => (
                     e["decision"].as_str().unwrap_or("?").to_owned(),
@@ -210,6 +285,20 @@ fn in_world() -> anyhow::Result<i32> {
                 failures += 1;
             }
             println!("   {url:<26} {verdict:<5}  {why:<44} -> {result}");
+        }
+        println!();
+        let mut summary = moat_engine::summary::Summary::new();
+        for e in &events {
+            if let Some(obj) = e.as_object() {
+                summary.add(obj);
+            }
+        }
+        last = Some(summary);
+    }
+    if let Some(run) = last.as_ref().and_then(|s| s.runs().first()) {
+        println!("When a run ends, `moat run` sums it up on stderr; for the last one:");
+        for line in run.render().lines() {
+            println!("   moat: {line}");
         }
         println!();
     }
