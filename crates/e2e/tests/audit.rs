@@ -252,3 +252,53 @@ exit 5
         "the value is in the log"
     );
 }
+
+#[test]
+fn a_sandbox_that_tries_to_rewrite_its_log_cannot() {
+    let w = World::new();
+    let dir = w.dir.join("logs");
+    std::fs::create_dir_all(&dir).unwrap();
+    let log = dir.join("audit.jsonl");
+    let log_s = log.to_str().unwrap();
+    // The sandbox is shown the log's directory (read-only) and tries to truncate it, append a
+    // forged event, and replace it.
+    let script = format!(
+        "curl -s -m 5 -o /dev/null http://203.0.113.10/; \
+         (: > {log_s}) 2>/dev/null && echo truncated; \
+         (echo '{{\"event\":\"connect\",\"decision\":\"allow\",\"forged\":true}}' >> {log_s}) 2>/dev/null && echo appended; \
+         mv {log_s} {log_s}.old 2>/dev/null && echo moved; \
+         cat {log_s} | head -c 1 >/dev/null && echo readable"
+    );
+    let out = w.moat(
+        &[
+            "run",
+            "--audit",
+            log_s,
+            "--ro",
+            dir.to_str().unwrap(),
+            "--",
+            "sh",
+            "-c",
+            &script,
+        ],
+        T,
+    );
+    let text = moat_e2e::stdout(&out);
+    // It could read it (so the attempts were real), and change nothing.
+    assert!(text.contains("readable"), "{text}\n{}", stderr(&out));
+    for what in ["truncated", "appended", "moved"] {
+        assert!(!text.contains(what), "{what}: {text}");
+    }
+    let content = std::fs::read_to_string(&log).unwrap();
+    assert!(!content.contains("forged"), "{content}");
+    let events: Vec<Value> = content
+        .lines()
+        .map(|l| serde_json::from_str(l).unwrap())
+        .collect();
+    assert_eq!(events[0]["event"], "start");
+    assert!(events.iter().any(|e| e["event"] == "connect"));
+    assert_eq!(events.last().unwrap()["event"], "end");
+    for e in &events {
+        moat_e2e::validate_event(e).unwrap_or_else(|why| panic!("{why}: {e}"));
+    }
+}
