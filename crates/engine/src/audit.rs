@@ -12,7 +12,7 @@ use std::time::{SystemTime, UNIX_EPOCH};
 
 use serde_json::{Map, Value};
 
-use crate::summary::{Fresh, Summary};
+use crate::summary::{Fresh, Head, Summary};
 
 /// Where audit events go. Clones share one log: the engine writes the flows' events, the
 /// one running the sandbox its `start` and `end`.
@@ -102,6 +102,27 @@ impl AuditLog {
         if sink.out.is_none() && sink.summary.is_none() {
             return;
         }
+        // The summary reads the parts as they are: no JSON object is built for it.
+        let sink = &mut *sink;
+        if let Some(summary) = sink.summary.as_mut() {
+            let head = Head {
+                run: &sink.run,
+                sandbox: &sink.sandbox,
+                event,
+                decision,
+                rule,
+                reason,
+            };
+            if let Fresh::Denied(what) = summary.add_parts(&head, fields.as_slice())
+                && let Some(live) = sink.live.as_mut()
+            {
+                let _ = writeln!(live, "moat: {what}");
+                let _ = live.flush();
+            }
+        }
+        if sink.out.is_none() {
+            return;
+        }
         let mut map = Map::new();
         map.insert("ts".into(), Value::String(rfc3339(SystemTime::now())));
         map.insert("sandbox".into(), Value::String(sink.sandbox.clone()));
@@ -124,16 +145,6 @@ impl AuditLog {
         map.insert("reason".into(), Value::String(reason.into()));
         for (k, v) in fields {
             map.insert(k.into(), v);
-        }
-        if let Some(summary) = sink.summary.as_mut()
-            && let Fresh::Denied(what) = summary.add(&map)
-            && let Some(live) = sink.live.as_mut()
-        {
-            let _ = writeln!(live, "moat: {what}");
-            let _ = live.flush();
-        }
-        if sink.out.is_none() {
-            return;
         }
         let mut line = Value::Object(map).to_string();
         line.push('\n');

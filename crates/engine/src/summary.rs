@@ -43,10 +43,29 @@ struct Dest {
     judged: String,
 }
 
+/// Where an event's other fields are read from: a line of a log, or the fields the audit
+/// log was handed (without building a JSON object for them).
+pub trait EventFields {
+    /// The field `key`.
+    fn field(&self, key: &str) -> Option<&Value>;
+}
+
+impl EventFields for Map<String, Value> {
+    fn field(&self, key: &str) -> Option<&Value> {
+        self.get(key)
+    }
+}
+
+impl EventFields for [(&str, Value)] {
+    fn field(&self, key: &str) -> Option<&Value> {
+        self.iter().find(|(k, _)| *k == key).map(|(_, v)| v)
+    }
+}
+
 impl Dest {
-    fn from(e: &Map<String, Value>) -> Dest {
-        let inbound = e.get("direction").and_then(Value::as_str) == Some("inbound");
-        let text = |k: &str| e.get(k).and_then(Value::as_str).unwrap_or("").to_owned();
+    fn from(e: &(impl EventFields + ?Sized)) -> Dest {
+        let inbound = e.field("direction").and_then(Value::as_str) == Some("inbound");
+        let text = |k: &str| e.field(k).and_then(Value::as_str).unwrap_or("").to_owned();
         let domain = text("domain");
         let host = if inbound {
             // The peer, without its port.
@@ -59,7 +78,7 @@ impl Dest {
             }
         } else if let Some(first) = domain.split(',').find(|d| !d.is_empty()) {
             first.to_owned()
-        } else if let Some(sni) = e.get("sni").and_then(Value::as_str) {
+        } else if let Some(sni) = e.field("sni").and_then(Value::as_str) {
             sni.to_owned()
         } else {
             text("dst")
@@ -78,7 +97,7 @@ impl Dest {
             inbound,
             proto: text("proto"),
             host,
-            port: e.get("port").and_then(Value::as_u64),
+            port: e.field("port").and_then(Value::as_u64),
             names: if inbound { String::new() } else { domain },
             judged,
         }
@@ -191,6 +210,23 @@ pub struct Summary {
     runs: Vec<RunSummary>,
 }
 
+/// The fields every event has.
+#[derive(Debug, Clone, Copy)]
+pub struct Head<'a> {
+    /// The run's id.
+    pub run: &'a str,
+    /// The sandbox's name.
+    pub sandbox: &'a str,
+    /// The event type.
+    pub event: &'a str,
+    /// `allow` or `deny`.
+    pub decision: &'a str,
+    /// The rule that decided (an index or `default`), or the built-in that did.
+    pub rule: &'a str,
+    /// Why.
+    pub reason: &'a str,
+}
+
 /// Whether an event is the first of its kind that a person watching should hear of now.
 #[derive(Debug, Clone, PartialEq, Eq)]
 pub enum Fresh {
@@ -213,20 +249,7 @@ impl Summary {
 
     /// Takes one audit event.
     pub fn add(&mut self, e: &Map<String, Value>) -> Fresh {
-        let text = |k: &str| e.get(k).and_then(Value::as_str).unwrap_or("").to_owned();
-        let id = text("run");
-        let at = match self.runs.iter().position(|r| r.run == id) {
-            Some(at) => at,
-            None => {
-                self.runs.push(RunSummary {
-                    run: id,
-                    sandbox: text("sandbox"),
-                    ..RunSummary::default()
-                });
-                self.runs.len() - 1
-            }
-        };
-        let run = &mut self.runs[at];
+        let text = |k: &str| e.get(k).and_then(Value::as_str).unwrap_or("");
         // What decided: the policy's rule, or a built-in (`by`; logs before it was
         // named so put built-ins in `rule` too).
         let rule = match (e.get("rule"), e.get("by")) {
@@ -235,17 +258,50 @@ impl Summary {
             (_, Some(Value::String(s))) => s.clone(),
             _ => String::new(),
         };
-        let deny = text("decision") == "deny";
-        match text("event").as_str() {
-            "end" => run.exit_status = e.get("exit_status").cloned(),
+        let head = Head {
+            run: text("run"),
+            sandbox: text("sandbox"),
+            event: text("event"),
+            decision: text("decision"),
+            rule: &rule,
+            reason: text("reason"),
+        };
+        self.add_parts(&head, e)
+    }
+
+    /// Takes one event given as its common fields and the rest.
+    pub fn add_parts(&mut self, head: &Head<'_>, e: &(impl EventFields + ?Sized)) -> Fresh {
+        let text = |k: &str| e.field(k).and_then(Value::as_str).unwrap_or("").to_owned();
+        let at = match self.runs.iter().position(|r| r.run == head.run) {
+            Some(at) => at,
+            None => {
+                self.runs.push(RunSummary {
+                    run: head.run.to_owned(),
+                    sandbox: head.sandbox.to_owned(),
+                    ..RunSummary::default()
+                });
+                self.runs.len() - 1
+            }
+        };
+        let run = &mut self.runs[at];
+        let deny = head.decision == "deny";
+        // Allowed lookups, the most frequent events, only count.
+        if head.event == "dns" && !deny {
+            run.lookups += 1;
+            return Fresh::No;
+        }
+        let rule = head.rule.to_owned();
+        let reason = || head.reason.to_owned();
+        match head.event {
+            "end" => run.exit_status = e.field("exit_status").cloned(),
             "connect" => {
                 let dest = Dest::from(e);
                 if deny {
-                    let shown = format!("{} ({})", dest.shown(), text("reason"));
+                    let shown = format!("{} ({})", dest.shown(), head.reason);
                     let new = run.denied.add(Denial {
                         dest,
                         rule,
-                        reason: text("reason"),
+                        reason: reason(),
                     });
                     if new {
                         return Fresh::Denied(format!("denied {shown}"));
@@ -258,7 +314,7 @@ impl Summary {
                 run.lookups += 1;
                 if deny {
                     let name = text("name");
-                    let shown = format!("lookup of {name} refused ({})", text("reason"));
+                    let shown = format!("lookup of {name} refused ({})", head.reason);
                     let by = text("blocked_by");
                     if run.names.add((name, by, rule)) {
                         return Fresh::Denied(shown);
@@ -266,7 +322,7 @@ impl Summary {
                 }
             }
             "tls" if deny => {
-                run.tls.add((text("sni"), text("reason")));
+                run.tls.add((text("sni"), reason()));
             }
             "secret" => {
                 run.secrets
