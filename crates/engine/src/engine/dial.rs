@@ -48,14 +48,18 @@ pub(super) fn echo(addr: IpAddr, permit: &Permit) -> io::Result<(UdpSocket, Echo
     icmp::open(addr)
 }
 
-/// Sends a DNS query upstream to `server` from a fresh socket.
-pub(super) fn resolver(
-    server: SocketAddr,
-    _permit: &NamePermit,
-    message: &[u8],
-) -> io::Result<UdpSocket> {
+/// A socket connected to resolver `server` (on a random port), for queries to share.
+pub(super) fn resolver_socket(server: SocketAddr) -> io::Result<UdpSocket> {
     let sock = UdpSocket::bind(unspecified_for(server))?;
     sock.connect(server)?;
-    sock.send(message)?;
     Ok(sock)
+}
+
+/// Sends a DNS query upstream on a resolver socket.
+pub(super) fn resolver_send(
+    sock: &UdpSocket,
+    _permit: &NamePermit,
+    message: &[u8],
+) -> io::Result<()> {
+    sock.send(message).map(|_| ())
 }

@@ -12,15 +12,24 @@
 //! NXDOMAIN), the remaining addresses are pinned to the names, and the sandbox gets it with
 //! its own ID — truncated (TC) when larger than its UDP limit, so it retries over TCP.
 //!
+//! Queries to one resolver share a few long-lived upstream sockets
+//! ([`SOCKETS_PER_RESOLVER`], each on its own random port, taken in turn): an answer is
+//! matched to its query by the socket it came to (connected: only the resolver's datagrams
+//! arrive) and its ID (random, unique on that socket), then checked against the question.
+//! A socket is replaced, for a new port, after [`QUERIES_PER_SOCKET`] queries; one the
+//! resolver refuses (ICMP) sends its queries to the next resolver and is replaced too. Per
+//! query that is a send and a receive — no socket to open, register and close each time.
+//!
 //! Over TCP the sandbox's stream is terminated here (never relayed): length-prefixed
 //! queries (RFC 1035 §4.2.2) are taken one by one through the same steps, and answers
 //! written back in the same framing.
 
+use std::collections::HashMap;
 use std::net::SocketAddr;
 use std::time::Instant;
 
-use mio::Registry;
 use mio::net::UdpSocket;
+use mio::{Interest, Registry};
 use moat_policy::{DecidedBy, DomainName, NamePermit, canonical_addr};
 use serde_json::Value;
 use smoltcp::iface::SocketHandle;
@@ -63,9 +72,45 @@ pub(super) struct DnsQuery {
     /// The policy's leave to forward the lookup.
     permit: NamePermit,
     server: usize,
-    /// The socket of the current attempt.
-    sock: Option<UdpSocket>,
+    /// The upstream socket of the current attempt.
+    on: Option<FlowId>,
     deadline: Instant,
+}
+
+/// Upstream sockets kept per resolver.
+pub(super) const SOCKETS_PER_RESOLVER: usize = 16;
+/// Queries a socket carries before it is replaced by one on a new random port.
+pub(super) const QUERIES_PER_SOCKET: u32 = 4096;
+
+/// The upstream sockets of each resolver (by index in the configuration).
+#[derive(Debug, Default)]
+pub(super) struct ResolverPool {
+    by_server: Vec<Vec<FlowId>>,
+    next: usize,
+}
+
+/// One upstream socket, shared by the queries to one resolver.
+pub(super) struct DnsUpstream {
+    sock: UdpSocket,
+    server: usize,
+    /// Queries sent from it so far.
+    sent: u32,
+    /// Queries waiting for their answer, by the ID they were sent with.
+    inflight: HashMap<u16, FlowId>,
+}
+
+impl DnsUpstream {
+    /// Releases the socket (called by the flow table).
+    pub(super) fn close(mut self, registry: &Registry) {
+        let _ = registry.deregister(&mut self.sock);
+    }
+
+    /// Forgets query `query` (answered, failed, or asking elsewhere) sent with `id`.
+    pub(super) fn forget(&mut self, id: u16, query: FlowId) {
+        if self.inflight.get(&id) == Some(&query) {
+            self.inflight.remove(&id);
+        }
+    }
 }
 
 /// A DNS-over-TCP connection from the sandbox, answered here.
@@ -207,7 +252,7 @@ pub(super) fn from_guest(table: &mut FlowTable, cx: &mut Cx, payload: &[u8], rep
         rule: permit.decision().rule_label(),
         permit,
         server: 0,
-        sock: None,
+        on: None,
         deadline: Instant::now(),
     };
     table.insert(id, Flow::DnsQuery(query));
@@ -224,33 +269,116 @@ pub(super) fn next_resolver(table: &mut FlowTable, cx: &mut Cx, id: FlowId) {
 
 /// Sends query `id` to upstream `server`, or the next that works; SERVFAIL when none.
 fn try_from(table: &mut FlowTable, cx: &mut Cx, id: FlowId, mut server: usize) {
+    detach(table, id);
     loop {
         let Some(&upstream) = cx.cfg.dns_servers.get(server) else {
             fail(table, cx, id);
             return;
         };
+        let Some(up) = upstream_socket(table, cx, server, upstream) else {
+            server += 1;
+            continue;
+        };
         let Some(Flow::DnsQuery(q)) = table.get(id) else {
             return;
         };
-        let Ok(mut sock) = dial::resolver(upstream, &q.permit, &q.message) else {
-            server += 1;
-            continue;
+        let mut qid = sent_id(&q.message);
+        let Some(Flow::DnsUpstream(u)) = table.get(up) else {
+            return;
         };
-        if table.register(id, &mut sock).is_err() {
-            server += 1;
-            continue;
+        // An ID no other query on this socket has.
+        while u.inflight.contains_key(&qid) {
+            qid = cx.next_random() as u16;
         }
         let Some(Flow::DnsQuery(q)) = table.get_mut(id) else {
             return;
         };
-        let old = q.sock.replace(sock);
-        q.server = server;
-        q.deadline = Instant::now() + cx.cfg.dns_timeout;
-        if let Some(mut old) = old {
-            let _ = table.registry().deregister(&mut old);
+        q.message[..2].copy_from_slice(&qid.to_be_bytes());
+        let message = q.message.clone();
+        let Some(Flow::DnsQuery(q)) = table.get(id) else {
+            return;
+        };
+        let Some(Flow::DnsUpstream(u)) = table.get(up) else {
+            return;
+        };
+        if dial::resolver_send(&u.sock, &q.permit, &message).is_err() {
+            server += 1;
+            continue;
+        }
+        if let Some(Flow::DnsUpstream(u)) = table.get_mut(up) {
+            u.inflight.insert(qid, id);
+            u.sent += 1;
+        }
+        if let Some(Flow::DnsQuery(q)) = table.get_mut(id) {
+            q.on = Some(up);
+            q.server = server;
+            q.deadline = Instant::now() + cx.cfg.dns_timeout;
         }
         return;
     }
+}
+
+/// The ID of a query moat wrote (always a whole header).
+fn sent_id(message: &[u8]) -> u16 {
+    crate::dns::id(message).unwrap_or(0)
+}
+
+/// Query `id` no longer waits on the socket it was sent from.
+fn detach(table: &mut FlowTable, id: FlowId) {
+    let Some(Flow::DnsQuery(q)) = table.get_mut(id) else {
+        return;
+    };
+    let (Some(up), qid) = (q.on.take(), sent_id(&q.message)) else {
+        return;
+    };
+    if let Some(Flow::DnsUpstream(u)) = table.get_mut(up) {
+        u.forget(qid, id);
+    }
+}
+
+/// The next socket to resolver `server` (at `addr`), opened when fewer than
+/// [`SOCKETS_PER_RESOLVER`] are; sockets that carried their share and wait on nothing are
+/// replaced.
+fn upstream_socket(
+    table: &mut FlowTable,
+    cx: &mut Cx,
+    server: usize,
+    addr: SocketAddr,
+) -> Option<FlowId> {
+    if table.resolvers.by_server.len() <= server {
+        table.resolvers.by_server.resize(server + 1, Vec::new());
+    }
+    let spent: Vec<FlowId> = table.resolvers.by_server[server]
+        .iter()
+        .copied()
+        .filter(|&f| {
+            matches!(table.get(f), Some(Flow::DnsUpstream(u))
+                if u.sent >= QUERIES_PER_SOCKET && u.inflight.is_empty())
+        })
+        .collect();
+    for f in spent {
+        table.resolvers.by_server[server].retain(|&x| x != f);
+        table.remove(f, CloseReason::Closed, cx);
+    }
+    if table.resolvers.by_server[server].len() < SOCKETS_PER_RESOLVER {
+        let mut sock = dial::resolver_socket(addr).ok()?;
+        let fid = table.open(&mut sock, Interest::READABLE)?;
+        table.insert(
+            fid,
+            Flow::DnsUpstream(DnsUpstream {
+                sock,
+                server,
+                sent: 0,
+                inflight: HashMap::new(),
+            }),
+        );
+        table.resolvers.by_server[server].push(fid);
+        return Some(fid);
+    }
+    let list = &table.resolvers.by_server[server];
+    let pick = list[table.resolvers.next % list.len()];
+    table.resolvers.next = table.resolvers.next.wrapping_add(1);
+    Some(pick)
 }
 
 fn fail(table: &mut FlowTable, cx: &mut Cx, id: FlowId) {
@@ -276,30 +404,51 @@ fn fail(table: &mut FlowTable, cx: &mut Cx, id: FlowId) {
     table.remove(id, CloseReason::DnsFailed, cx);
 }
 
-/// An upstream socket of query `id` is readable.
-pub(super) fn readable(table: &mut FlowTable, cx: &mut Cx, id: FlowId) {
+/// Upstream socket `up` is readable: each answer goes to the query waiting on its ID.
+pub(super) fn readable(table: &mut FlowTable, cx: &mut Cx, up: FlowId) {
     let mut buf = std::mem::take(&mut cx.scratch);
-    while let Some(Flow::DnsQuery(q)) = table.get(id) {
-        let Some(sock) = q.sock.as_ref() else { break };
-        match sock.recv(&mut buf) {
+    while let Some(Flow::DnsUpstream(u)) = table.get_mut(up) {
+        match u.sock.recv(&mut buf) {
             Ok(n) => {
-                if crate::dns::id(&buf[..n]) != crate::dns::id(&q.message)
-                    || !crate::dns::is_response(&buf[..n])
-                {
+                let bytes = &buf[..n];
+                if !crate::dns::is_response(bytes) {
                     continue;
                 }
-                if answer(table, cx, id, &buf[..n]) {
-                    table.remove(id, CloseReason::Answered, cx);
-                    break;
+                let Some(qid) = crate::dns::id(bytes) else {
+                    continue;
+                };
+                let Some(query) = u.inflight.remove(&qid) else {
+                    continue; // Late, or not ours.
+                };
+                if answer(table, cx, query, bytes) {
+                    if let Some(Flow::DnsQuery(q)) = table.get_mut(query) {
+                        q.on = None;
+                    }
+                    table.remove(query, CloseReason::Answered, cx);
+                } else if let Some(Flow::DnsUpstream(u)) = table.get_mut(up) {
+                    // Not an answer to its question: it keeps waiting.
+                    u.inflight.insert(qid, query);
                 }
             }
             Err(e) if e.kind() == std::io::ErrorKind::WouldBlock => break,
-            // Transport error (e.g. ICMP port unreachable): next upstream.
+            Err(e) if e.kind() == std::io::ErrorKind::Interrupted => continue,
+            // Transport error (e.g. ICMP port unreachable): the queries on this socket
+            // ask the next resolver, and the socket is replaced.
             Err(_) => {
-                let next = q.server + 1;
-                cx.scratch = buf;
-                try_from(table, cx, id, next);
-                return;
+                let server = u.server;
+                let waiting: Vec<FlowId> = u.inflight.drain().map(|(_, q)| q).collect();
+                if let Some(list) = table.resolvers.by_server.get_mut(server) {
+                    list.retain(|&f| f != up);
+                }
+                table.remove(up, CloseReason::Closed, cx);
+                for query in waiting {
+                    if let Some(Flow::DnsQuery(q)) = table.get_mut(query) {
+                        q.on = None;
+                        let next = q.server + 1;
+                        try_from(table, cx, query, next);
+                    }
+                }
+                break;
             }
         }
     }
@@ -531,13 +680,11 @@ impl DnsQuery {
         }
     }
 
-    /// Releases the upstream socket (called by the flow table); the answer's destination
-    /// is returned for [`query_done`].
-    pub(super) fn close(mut self, registry: &Registry) -> ReplyTo {
-        if let Some(sock) = self.sock.as_mut() {
-            let _ = registry.deregister(sock);
-        }
-        self.reply
+    /// The query is done (called by the flow table): the upstream socket it waited on
+    /// (with the ID it was sent with), and where its answer went, for [`query_done`].
+    pub(super) fn close(self) -> (Option<(FlowId, u16)>, ReplyTo) {
+        let on = self.on.map(|up| (up, sent_id(&self.message)));
+        (on, self.reply)
     }
 }
 
@@ -678,6 +825,84 @@ mod tests {
         ));
         assert_eq!(answer(&mut h), Some(rcode::NXDOMAIN));
         assert!(h.audit().contains("DNS is egress"), "{}", h.audit());
+    }
+
+    /// Many queries at once share a few upstream sockets, and each answer, however the
+    /// resolver orders them, reaches the query it answers.
+    #[test]
+    fn queries_share_upstream_sockets_and_answers_find_their_query() {
+        use std::collections::HashMap as Map;
+        // A resolver that answers a burst in reverse order: A = 203.0.113.N for q-N.
+        let server = std::net::UdpSocket::bind("127.0.0.1:0").unwrap();
+        let addr = server.local_addr().unwrap();
+        server
+            .set_read_timeout(Some(std::time::Duration::from_millis(300)))
+            .unwrap();
+        let resolver = std::thread::spawn(move || {
+            let mut got = Vec::new();
+            let mut buf = [0u8; 512];
+            while let Ok((n, peer)) = server.recv_from(&mut buf) {
+                got.push((buf[..n].to_vec(), peer));
+            }
+            for (q, peer) in got.iter().rev() {
+                let msg = Message::parse(q).unwrap();
+                let label = String::from_utf8_lossy(&msg.questions[0].name.0[0]).into_owned();
+                let n: u8 = label.trim_start_matches("q-").parse().unwrap();
+                let mut a = q.clone();
+                a[2] = 0x81;
+                a[3] = 0x80;
+                a[6..8].copy_from_slice(&[0, 1]);
+                a.extend_from_slice(&[0xc0, 0x0c, 0, 1, 0, 1, 0, 0, 0, 30, 0, 4, 203, 0, 113, n]);
+                server.send_to(&a, peer).unwrap();
+            }
+            got.len()
+        });
+        let mut h = Harness::with_resolvers(NetworkPolicy::allow_all(), vec![addr]);
+        const N: u8 = 40;
+        for i in 0..N {
+            let mut q = query(&format!("q-{i}.example.com"));
+            q[..2].copy_from_slice(&(0x1000 + u16::from(i)).to_be_bytes());
+            h.frame(&crate::engine::testing::udp_from(
+                20_000 + u16::from(i),
+                Ipv4Addr::new(10, 0, 2, 2),
+                53,
+                &q,
+            ));
+        }
+        let sockets: Vec<FlowId> = h
+            .table
+            .ids()
+            .into_iter()
+            .filter(|&f| matches!(h.table.get(f), Some(Flow::DnsUpstream(_))))
+            .collect();
+        assert!(
+            !sockets.is_empty() && sockets.len() <= SOCKETS_PER_RESOLVER,
+            "{}",
+            sockets.len()
+        );
+        assert_eq!(resolver.join().unwrap(), usize::from(N));
+        // Every answer reaches the guest port that asked, with its own ID and address.
+        let mut answered: Map<u16, (u16, Vec<u8>)> = Map::new();
+        let done = h.until(|h| {
+            for &s in &sockets {
+                readable(&mut h.table, &mut h.cx, s);
+            }
+            h.cx.stack.egress();
+            for f in h.sent() {
+                if let Some((_, _, dport, data)) = crate::engine::testing::udp_to_guest_full(&f) {
+                    let m = Message::parse(&data).unwrap();
+                    answered.insert(dport, (m.id, data));
+                }
+            }
+            answered.len() == usize::from(N)
+        });
+        assert!(done, "{} of {N} answered", answered.len());
+        for i in 0..N {
+            let (id, data) = &answered[&(20_000 + u16::from(i))];
+            assert_eq!(*id, 0x1000 + u16::from(i));
+            assert!(data.ends_with(&[203, 0, 113, i]), "q-{i}");
+        }
+        assert!(!h.table.dns_full());
     }
 
     #[test]

@@ -171,10 +171,10 @@ impl Engine {
         match table.get(id) {
             Some(Flow::Tcp(_)) => tcp_flow::on_host_ready(table, cx, id),
             Some(Flow::Udp(_)) => udp_flow::readable(table, cx, id),
-            Some(Flow::DnsQuery(_)) => dns_flow::readable(table, cx, id),
+            Some(Flow::DnsUpstream(_)) => dns_flow::readable(table, cx, id),
             Some(Flow::Echo(_)) => echo::readable(table, cx, id),
             Some(Flow::DnsStream(_)) => table.touch(id),
-            Some(Flow::UdpIn(_)) | None => {}
+            Some(Flow::UdpIn(_) | Flow::DnsQuery(_)) | None => {}
         }
     }
 }

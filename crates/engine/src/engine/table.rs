@@ -22,7 +22,6 @@
 //! The sweep ([`sweep`], every 200 ms) asks each flow what is due (see [`Due`]).
 
 use std::collections::{HashMap, HashSet};
-use std::io;
 use std::net::{IpAddr, SocketAddr};
 use std::time::Instant;
 
@@ -30,7 +29,7 @@ use mio::{Interest, Registry, Token};
 
 use super::close::CloseReason;
 use super::cx::Cx;
-use super::dns_flow::{self, DnsQuery, DnsStream};
+use super::dns_flow::{self, DnsQuery, DnsStream, DnsUpstream, ResolverPool};
 use super::echo::EchoFlow;
 use super::event_loop::FIRST_FLOW;
 use super::inbound::UdpIn;
@@ -81,6 +80,8 @@ pub(super) enum Flow {
     DnsQuery(DnsQuery),
     /// A DNS-over-TCP connection from the sandbox, answered by moat.
     DnsStream(DnsStream),
+    /// A socket to a resolver, shared by queries.
+    DnsUpstream(DnsUpstream),
 }
 
 /// Where a flow is indexed.
@@ -108,13 +109,16 @@ impl Flow {
                 key: f.key(),
             },
             Flow::Echo(e) => Index::Echo(e.key()),
-            Flow::DnsQuery(_) => Index::None,
+            Flow::DnsQuery(_) | Flow::DnsUpstream(_) => Index::None,
         }
     }
 
     /// Whether it counts toward `max_connections`.
     fn is_connection(&self) -> bool {
-        !matches!(self, Flow::Echo(_) | Flow::DnsQuery(_))
+        !matches!(
+            self,
+            Flow::Echo(_) | Flow::DnsQuery(_) | Flow::DnsUpstream(_)
+        )
     }
 }
 
@@ -148,6 +152,8 @@ pub(super) struct FlowTable {
     connections: usize,
     max_connections: usize,
     dns_in_flight: usize,
+    /// The sockets to each resolver (`dns_flow.rs`).
+    pub(super) resolvers: ResolverPool,
     /// Flows with work to do before the loop sleeps.
     dirty: HashSet<FlowId>,
     /// Flows to remove once their RST is out.
@@ -174,6 +180,7 @@ impl FlowTable {
             connections: 0,
             max_connections,
             dns_in_flight: 0,
+            resolvers: ResolverPool::default(),
             dirty: HashSet::new(),
             doomed: Vec::new(),
         }
@@ -227,11 +234,6 @@ impl FlowTable {
         self.echo.len() >= MAX_ECHO_FLOWS
     }
 
-    /// The registry flows' sockets are registered with.
-    pub(super) fn registry(&self) -> &Registry {
-        &self.registry
-    }
-
     /// A slot for a new flow without a socket of its own yet; fill it with
     /// [`Self::insert`] (or give it back with [`Self::release`]).
     pub(super) fn reserve(&mut self) -> FlowId {
@@ -267,16 +269,6 @@ impl FlowTable {
         Some(id)
     }
 
-    /// Registers another socket of flow `id` (a DNS query's next attempt).
-    pub(super) fn register(
-        &self,
-        id: FlowId,
-        source: &mut impl mio::event::Source,
-    ) -> io::Result<()> {
-        self.registry
-            .register(source, id.token(), Interest::READABLE)
-    }
-
     /// Puts `flow` in slot `id`, indexes and counts it.
     pub(super) fn insert(&mut self, id: FlowId, flow: Flow) {
         match flow.index() {
@@ -308,6 +300,15 @@ impl FlowTable {
         if let Some(slot) = self.slots.get_mut(id.0) {
             *slot = Some(flow);
         }
+    }
+
+    /// Every flow's id (tests look at what the table holds).
+    #[cfg(test)]
+    pub(super) fn ids(&self) -> Vec<FlowId> {
+        (0..self.slots.len())
+            .map(FlowId)
+            .filter(|&id| self.get(id).is_some())
+            .collect()
     }
 
     /// Marks flow `id` as having work to do in this turn of the loop.
@@ -370,9 +371,15 @@ impl FlowTable {
             Flow::DnsStream(s) => s.close(cx, &why),
             Flow::DnsQuery(q) => {
                 self.dns_in_flight -= 1;
-                let reply = q.close(registry);
+                let (on, reply) = q.close();
+                if let Some((up, qid)) = on
+                    && let Some(Some(Flow::DnsUpstream(u))) = self.slots.get_mut(up.0)
+                {
+                    u.forget(qid, id);
+                }
                 dns_flow::query_done(self, reply);
             }
+            Flow::DnsUpstream(u) => u.close(registry),
         }
     }
 
@@ -407,6 +414,7 @@ pub(super) fn sweep(table: &mut FlowTable, cx: &mut Cx) {
             Some(Flow::UdpIn(f)) => f.due(now, cx.cfg.udp_idle_timeout),
             Some(Flow::Echo(e)) => e.due(now),
             Some(Flow::DnsQuery(q)) => q.due(now),
+            Some(Flow::DnsUpstream(_)) => Due::Nothing,
             Some(Flow::DnsStream(_)) => Due::Relay,
             None => Due::Nothing,
         };

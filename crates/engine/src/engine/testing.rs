@@ -65,6 +65,20 @@ impl Harness {
         deny_mode: DenyMode,
         published: Vec<Published>,
     ) -> Harness {
+        Harness::build(policy, deny_mode, published, Vec::new())
+    }
+
+    /// A harness whose DNS goes to `resolvers`.
+    pub(super) fn with_resolvers(policy: NetworkPolicy, resolvers: Vec<SocketAddr>) -> Harness {
+        Harness::build(policy, DenyMode::Drop, Vec::new(), resolvers)
+    }
+
+    fn build(
+        policy: NetworkPolicy,
+        deny_mode: DenyMode,
+        published: Vec<Published>,
+        resolvers: Vec<SocketAddr>,
+    ) -> Harness {
         let poll = Poll::new().unwrap();
         let dev = SharedMemoryDevice::default();
         let audit = Lines::default();
@@ -72,6 +86,7 @@ impl Harness {
         let mut cfg = EngineConfig::new(policy.compile().unwrap(), log);
         cfg.deny_mode = deny_mode;
         cfg.published = published;
+        cfg.dns_servers = resolvers;
         let (table, cx, listeners) = parts(poll.registry(), Box::new(dev.clone()), cfg).unwrap();
         let mut h = Harness {
             _poll: poll,
