@@ -121,3 +121,63 @@ for r in rows:
         print(f"- with {r['stalled']} connections whose far side never reads, both ways "
               f"(default --max-buffer-memory, 256 MiB): peak {r['peak_kib'] / 1024:.1f} MiB "
               f"(target ≤ 256 MiB)")
+
+udp = [r for r in rows if r["kind"] == "udp"]
+if udp:
+    print("\n## UDP goodput (1,400-byte datagrams paced at 1 Gbit/s; moat-bench udp, the far peer counts what arrived)\n")
+    print("| direction | veth Mbit/s | veth loss | moat Mbit/s | moat loss | moat/veth goodput | moat loss / veth loss |")
+    print("|---|---|---|---|---|---|---|")
+    for d in ["up", "down"]:
+        g = {p: med([r["result"]["goodput_mbps"] for r in udp if r["dir"] == d and r["path"] == p]) for p in ["veth", "moat"]}
+        l = {p: med([r["result"]["lost_percent"] for r in udp if r["dir"] == d and r["path"] == p]) for p in ["veth", "moat"]}
+        loss_ratio = f"{l['moat'] / l['veth']:.1f}×" if l["veth"] > 0 else ("=" if l["moat"] == 0 else "veth lost none")
+        print(f"| {'sandbox → world' if d == 'up' else 'world → sandbox'} | {g['veth']:.0f} | {l['veth']:.1f}% | {g['moat']:.0f} | {l['moat']:.1f}% | {ratio(g['moat'], g['veth'])} | {loss_ratio} |")
+
+many = [r for r in rows if r["kind"] == "many"]
+if many:
+    print("\n## Many sandboxes (16 `moat run` started together vs one alone)\n")
+    print("| measure | one | 16 together | 16 / one |")
+    print("|---|---|---|---|")
+    get = lambda what, n: next((r for r in many if r["what"] == what and r["n"] == n), None)
+    c1, c16, b1, b16 = get("conn", 1), get("conn", 16), get("bulk", 1), get("bulk", 16)
+    if c1 and c16:
+        print(f"| time until every sandbox runs its command | {c1['all_up_ms']:.0f} ms | {c16['all_up_ms']:.0f} ms | |")
+        print(f"| moat processes' RSS, total | {c1['rss_total_kib'] / 1024:.1f} MiB | {c16['rss_total_kib'] / 1024:.1f} MiB | |")
+        print(f"| connections/s (concurrency 1 each), aggregate | {c1['value']:.0f} | {c16['value']:.0f} | {ratio(c16['value'], c1['value'])} (target ≥ 0.8×) |")
+    if b1 and b16:
+        print(f"| bulk Gbit/s (one iperf3 stream each), aggregate | {b1['value']:.2f} | {b16['value']:.2f} | {ratio(b16['value'], b1['value'])} (target ≥ 0.8×) |")
+
+samples = [r for r in rows if r["kind"] == "soak_sample"]
+soak = next((r for r in rows if r["kind"] == "soak"), None)
+if samples and soak:
+    print("\n## Soak (100,000 short connections and 1,000 long ones through one sandbox)\n")
+    first, last = samples[0], samples[-1]
+    peak = max(s["rss_kib"] for s in samples)
+    # What is left once the run winds down: the last tenth of the samples.
+    tail = samples[-max(1, len(samples) // 10):]
+    print(f"- {soak['short']:,} short connections and {soak['long']:,} long ones in {last['t']:.0f} s")
+    print(f"- moat's RSS: {first['rss_kib'] / 1024:.1f} MiB at the start, peak {peak / 1024:.1f} MiB, "
+          f"{tail[-1]['rss_kib'] / 1024:.1f} MiB at the end")
+    print(f"- moat's open descriptors: {first['fds']} at the start, peak {max(s['fds'] for s in samples)}, "
+          f"{tail[-1]['fds']} at the end")
+    print("- plot: [soak.svg](soak.svg) (RSS in MiB, solid; descriptors, dashed; over seconds)")
+    # A small SVG beside the table.
+    w, h, pad = 640, 220, 40
+    t_max = max(s["t"] for s in samples) or 1
+    r_max = max(peak / 1024, 1)
+    f_max = max(max(s["fds"] for s in samples), 1)
+    def pts(key, scale):
+        return " ".join(f"{pad + s['t'] / t_max * (w - 2 * pad):.1f},{h - pad - (s[key] / scale) * (h - 2 * pad):.1f}"
+                        for s in samples)
+    svg = [f'<svg xmlns="http://www.w3.org/2000/svg" width="{w}" height="{h}" font-family="sans-serif" font-size="11">',
+           f'<rect width="{w}" height="{h}" fill="white"/>',
+           f'<line x1="{pad}" y1="{h - pad}" x2="{w - pad}" y2="{h - pad}" stroke="black"/>',
+           f'<line x1="{pad}" y1="{pad}" x2="{pad}" y2="{h - pad}" stroke="black"/>',
+           f'<polyline fill="none" stroke="#1f77b4" stroke-width="1.5" points="{pts("rss_kib", r_max * 1024)}"/>',
+           f'<polyline fill="none" stroke="#d62728" stroke-width="1.5" stroke-dasharray="4 3" points="{pts("fds", f_max)}"/>',
+           f'<text x="{pad}" y="{pad - 8}">moat soak: RSS (solid, max {r_max:.1f} MiB) and open descriptors (dashed, max {f_max})</text>',
+           f'<text x="{w - pad}" y="{h - pad + 16}" text-anchor="end">{t_max:.0f} s</text>',
+           f'<text x="{pad}" y="{h - pad + 16}">0 s</text>',
+           '</svg>']
+    with open(os.path.join(os.path.dirname(os.path.abspath(__file__)), "results", "soak.svg"), "w") as f:
+        f.write("\n".join(svg) + "\n")

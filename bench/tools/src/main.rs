@@ -16,6 +16,11 @@
 //!                                        types with no answer (UDP)
 //! moat-bench dnsload SERVER CONC SECS    A queries over UDP, CONC at once, for SECS; prints
 //!                                        JSON (queries/s, latency p50/p99)
+//! moat-bench udpserve ADDR              UDP goodput peer: "up" counts what a client sends
+//!                                        until "end" and answers the count; "down R S"
+//!                                        sends 1,400-byte datagrams at R Mbit/s for S s, then
+//!                                        "done N" (N sent)
+//! moat-bench udp ADDR up|down MBPS SECS  the client: prints JSON (goodput Mbit/s, loss %)
 //! moat-bench https ADDR NAME CA rate SECS
 //!                                        HTTPS requests, each on a new TLS connection to ADDR
 //!                                        (an address or a name, resolved once) with server
@@ -40,9 +45,139 @@ use std::time::{Duration, Instant};
 const REQUEST: &[u8] = b"GET / HTTP/1.0\r\n\r\n";
 const RESPONSE: &[u8] = b"HTTP/1.0 200 OK\r\nContent-Length: 26\r\n\r\nabcdefghijklmnopqrstuvwxyz";
 
+/// The UDP goodput tests' datagram size.
+const DATAGRAM: usize = 1400;
+
+/// Sends `DATAGRAM`-byte datagrams on `sock` (connected, or to `to`) at `mbps` for `secs`;
+/// returns how many were sent.
+fn blast(sock: &std::net::UdpSocket, to: Option<SocketAddr>, mbps: f64, secs: f64) -> u64 {
+    let payload = vec![0x5au8; DATAGRAM];
+    let per_sec = mbps * 1e6 / (DATAGRAM as f64 * 8.0);
+    let started = Instant::now();
+    let mut sent = 0u64;
+    while started.elapsed().as_secs_f64() < secs {
+        // Paced: never ahead of the offered rate.
+        let due = (started.elapsed().as_secs_f64() * per_sec) as u64;
+        if sent >= due {
+            std::thread::sleep(Duration::from_micros(50));
+            continue;
+        }
+        let r = match to {
+            Some(a) => sock.send_to(&payload, a),
+            None => sock.send(&payload),
+        };
+        if r.is_ok() {
+            sent += 1;
+        }
+    }
+    sent
+}
+
+fn udpserve(addr: SocketAddr) {
+    let sock = std::net::UdpSocket::bind(addr).unwrap_or_else(|e| {
+        eprintln!("bind {addr}: {e}");
+        std::process::exit(1)
+    });
+    println!("udp on {addr}");
+    let mut buf = vec![0u8; 65536];
+    let mut counts: std::collections::HashMap<SocketAddr, u64> = std::collections::HashMap::new();
+    loop {
+        let Ok((n, peer)) = sock.recv_from(&mut buf) else {
+            continue;
+        };
+        let msg = &buf[..n];
+        if n == DATAGRAM {
+            *counts.entry(peer).or_default() += 1;
+        } else if msg == b"up" {
+            counts.insert(peer, 0);
+        } else if msg == b"end" {
+            let got = counts.remove(&peer).unwrap_or(0);
+            let _ = sock.send_to(format!("got {got}").as_bytes(), peer);
+        } else if let Some(rest) = msg.strip_prefix(b"down ") {
+            let text = String::from_utf8_lossy(rest).into_owned();
+            let mut it = text
+                .split_whitespace()
+                .filter_map(|x| x.parse::<f64>().ok());
+            let (Some(mbps), Some(secs)) = (it.next(), it.next()) else {
+                continue;
+            };
+            let Ok(out) = sock.try_clone() else { continue };
+            std::thread::spawn(move || {
+                let sent = blast(&out, Some(peer), mbps, secs.min(60.0));
+                std::thread::sleep(Duration::from_millis(200));
+                for _ in 0..5 {
+                    let _ = out.send_to(format!("done {sent}").as_bytes(), peer);
+                }
+            });
+        }
+    }
+}
+
+fn udp(addr: SocketAddr, dir: String, mbps: f64, secs: f64) {
+    let bind: SocketAddr = if addr.is_ipv4() {
+        "0.0.0.0:0"
+    } else {
+        "[::]:0"
+    }
+    .parse()
+    .unwrap_or(addr);
+    let sock = std::net::UdpSocket::bind(bind).unwrap_or_else(|_| std::process::exit(1));
+    let _ = sock.connect(addr);
+    let _ = sock.set_read_timeout(Some(Duration::from_secs(2)));
+    let mut buf = vec![0u8; 65536];
+    let (sent, got) = match dir.as_str() {
+        "up" => {
+            let _ = sock.send(b"up");
+            std::thread::sleep(Duration::from_millis(100));
+            let sent = blast(&sock, None, mbps, secs);
+            std::thread::sleep(Duration::from_millis(300));
+            let mut got = 0;
+            for _ in 0..5 {
+                let _ = sock.send(b"end");
+                if let Ok(n) = sock.recv(&mut buf)
+                    && let Some(rest) = buf[..n].strip_prefix(b"got ")
+                {
+                    got = String::from_utf8_lossy(rest).trim().parse().unwrap_or(0);
+                    break;
+                }
+            }
+            (sent, got)
+        }
+        "down" => {
+            let _ = sock.send(format!("down {mbps} {secs}").as_bytes());
+            let (mut got, mut sent) = (0u64, 0u64);
+            let deadline = Instant::now() + Duration::from_secs_f64(secs + 5.0);
+            while Instant::now() < deadline {
+                match sock.recv(&mut buf) {
+                    Ok(n) if n == DATAGRAM => got += 1,
+                    Ok(n) => {
+                        if let Some(rest) = buf[..n].strip_prefix(b"done ") {
+                            sent = String::from_utf8_lossy(rest).trim().parse().unwrap_or(0);
+                            break;
+                        }
+                    }
+                    Err(_) => break,
+                }
+            }
+            (sent, got)
+        }
+        _ => usage(),
+    };
+    let goodput = got as f64 * DATAGRAM as f64 * 8.0 / secs / 1e6;
+    let lost = if sent > 0 {
+        (sent.saturating_sub(got)) as f64 * 100.0 / sent as f64
+    } else {
+        100.0
+    };
+    println!(
+        "{}",
+        serde_json::json!({"goodput_mbps": goodput, "lost_percent": lost, "sent": sent, "received": got})
+    );
+}
+
 fn usage() -> ! {
     eprintln!(
-        "usage: moat-bench serve ADDR | connrate ADDR CONC SECS | hold ADDR COUNT SECS | park ADDR SECS | flood ADDR SECS | stall ADDR COUNT SECS | dnsserve ADDR | dnsload SERVER CONC SECS | https ADDR NAME CA rate|bulk SECS"
+        "usage: moat-bench serve ADDR | connrate ADDR CONC SECS | hold ADDR COUNT SECS | park ADDR SECS | flood ADDR SECS | stall ADDR COUNT SECS | dnsserve ADDR | dnsload SERVER CONC SECS | udpserve ADDR | udp ADDR up|down MBPS SECS | https ADDR NAME CA rate|bulk SECS"
     );
     std::process::exit(2)
 }
@@ -64,6 +199,8 @@ fn main() {
         Some("stall") => stall(arg(&args, 2), arg(&args, 3), arg(&args, 4)),
         Some("dnsserve") => dnsserve(arg(&args, 2)),
         Some("dnsload") => dnsload(arg(&args, 2), arg(&args, 3), arg(&args, 4)),
+        Some("udpserve") => udpserve(arg(&args, 2)),
+        Some("udp") => udp(arg(&args, 2), arg(&args, 3), arg(&args, 4), arg(&args, 5)),
         Some("https") => https(
             resolve(&arg::<String>(&args, 2)),
             arg(&args, 3),

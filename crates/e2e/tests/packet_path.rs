@@ -352,3 +352,19 @@ fn ping_the_gateway_and_allowed_hosts_not_denied_ones() {
             && e["dst"] == "203.0.113.10")
     );
 }
+
+/// Connections the server closes first end cleanly in the sandbox too: moat acknowledges the
+/// sandbox's last FIN before it forgets the connection, so nothing waits in LAST-ACK
+/// holding a port (a job opening connections fast would run out of them).
+#[test]
+fn short_connections_leave_nothing_waiting_in_the_sandbox() {
+    let w = World::new();
+    let script = "for i in $(seq 60); do curl -s -o /dev/null -H 'Connection: close' http://203.0.113.10:8080/short; done; \
+                  sleep 0.5; echo last-ack=$(ss -Htan state last-ack | wc -l) fin-wait=$(ss -Htan state fin-wait-1 | wc -l)";
+    let (out, _) = w.run_sh(&[], script, T);
+    let text = stdout(&out);
+    // The positive side: every request arrived.
+    let arrived = w.log().iter().filter(|l| l["path"] == "/short").count();
+    assert_eq!(arrived, 60, "{text}\n{}", moat_e2e::stderr(&out));
+    assert!(text.contains("last-ack=0 fin-wait=0"), "{text}");
+}

@@ -157,6 +157,23 @@ pub mod fuzzing {
         }
     }
 
+    /// An audit log read back (`moat audit FILE`, a summary, a learned policy): each line
+    /// that is a JSON object is taken as an event, whatever its fields hold.
+    pub fn audit_summary(data: &[u8]) {
+        let mut summary = crate::summary::Summary::new();
+        for line in data.split(|&b| b == b'\n') {
+            if let Ok(serde_json::Value::Object(event)) = serde_json::from_slice(line) {
+                summary.add(&event);
+            }
+        }
+        for run in summary.runs() {
+            let _ = run.render();
+            let _ = run.to_json();
+            let _ = run.suggestions();
+            let _ = run.learned_policy("fuzz");
+        }
+    }
+
     /// Classifies a frame as the engine does before the stack sees it, and prepares it
     /// for an offloading device.
     pub fn frame(data: &[u8]) {

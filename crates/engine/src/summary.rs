@@ -535,13 +535,18 @@ impl RunSummary {
                 let _ = writeln!(out, "\n[[rules]]");
                 let mut whats = whats;
                 whats.dedup();
-                let _ = writeln!(out, "# used by: {}", whats.join(", "));
+                let used: String = whats
+                    .join(", ")
+                    .chars()
+                    .map(|c| if c.is_control() { ' ' } else { c })
+                    .collect();
+                let _ = writeln!(out, "# used by: {used}");
                 let _ = writeln!(out, "action = \"allow\"");
                 if *inbound {
                     let _ = writeln!(out, "direction = \"inbound\"");
                 }
-                let _ = writeln!(out, "destination = \"{target}\"");
-                let _ = writeln!(out, "protocol = \"{proto}\"");
+                let _ = writeln!(out, "destination = {}", toml_string(target));
+                let _ = writeln!(out, "protocol = {}", toml_string(proto));
                 match (start, end) {
                     (Some(a), Some(b)) if a == b => {
                         let _ = writeln!(out, "ports = \"{a}\"");
@@ -598,6 +603,23 @@ impl RunSummary {
             "suggestions": self.suggestions(),
         })
     }
+}
+
+/// A TOML basic string: quotes and backslashes escaped, control characters dropped (the
+/// values come from the audit log's fields).
+fn toml_string(s: &str) -> String {
+    let mut out = String::with_capacity(s.len() + 2);
+    out.push('"');
+    for c in s.chars() {
+        match c {
+            '"' => out.push_str("\\\""),
+            '\\' => out.push_str("\\\\"),
+            c if c.is_control() => {}
+            c => out.push(c),
+        }
+    }
+    out.push('"');
+    out
 }
 
 fn plural(n: u64, what: &str) -> String {

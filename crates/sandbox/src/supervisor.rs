@@ -198,6 +198,10 @@ fn network(net: &NetSpec) -> Stage<OwnedFd> {
     // Let commands bind ports below 1024 (a server on 80 behind `-p 8080:80`) whatever
     // capabilities they keep: a per-namespace setting, and this namespace is the sandbox's.
     let _ = std::fs::write("/proc/sys/net/ipv4/ip_unprivileged_port_start", "0");
+    // A build or test that opens many short connections reuses its TIME-WAIT ports (the
+    // far end is moat's stack, which keeps no old segments to confuse them), instead of
+    // running out of the ephemeral range in a minute.
+    let _ = std::fs::write("/proc/sys/net/ipv4/tcp_tw_reuse", "1");
     at("bring up the TAP", sys::set_up(&net.tap_name))?;
     let dev = at(
         "interface name",

@@ -109,7 +109,9 @@ impl SocketPool {
             s.recv_capacity() == rx && s.send_capacity() == tx
         };
         if let Some(i) = self.pooled.iter().position(fits) {
-            let (socket, mut mem) = self.pooled.swap_remove(i);
+            let (mut socket, mut mem) = self.pooled.swap_remove(i);
+            // A peer without timestamps turned them off; the next may have them.
+            socket.set_tsval_generator(Some(tsval));
             // Opening the socket again restarts its rings at position 0.
             mem.tx_written = 0;
             return (socket, mem);
@@ -143,5 +145,19 @@ fn new_socket(rx: usize, tx: usize) -> tcp::Socket<'static> {
     );
     socket.set_nagle_enabled(false);
     socket.set_ack_delay(None);
+    // TCP timestamps toward the sandbox (when its SYN offers them): its kernel can then
+    // reuse a port in TIME-WAIT for a new connection (tcp_tw_reuse, set in the sandbox's
+    // namespace), so a job opening connections fast does not run out of ports in a minute.
+    socket.set_tsval_generator(Some(tsval));
     socket
+}
+
+/// Timestamp values: milliseconds since the first use, wrapping (RFC 7323 asks only that
+/// they grow).
+fn tsval() -> u32 {
+    static START: std::sync::OnceLock<std::time::Instant> = std::sync::OnceLock::new();
+    START
+        .get_or_init(std::time::Instant::now)
+        .elapsed()
+        .as_millis() as u32
 }

@@ -501,7 +501,10 @@ impl TcpFlow {
         }
         let socket = cx.stack.tcp(handle);
         if is_done(socket.state()) {
-            return Step::Remove(if self.stream.finished() {
+            // Removed after the next egress: in TIME-WAIT the ACK of the sandbox's FIN is
+            // still to go out (without it the sandbox's socket waits in LAST-ACK, holding
+            // its port, for as long as it retransmits).
+            return Step::Doom(if self.stream.finished() {
                 CloseReason::Closed
             } else {
                 CloseReason::Reset
