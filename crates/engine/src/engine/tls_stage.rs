@@ -696,24 +696,11 @@ impl Intercept {
             }
         }
         // moat's own HTTP/2 frames for the server (window given back), when nothing of the
-        // sandbox's is held part-way.
-        if let Some(sw) = swaps.as_deref_mut()
-            && up_held.is_empty()
-            && !self.up_done
-        {
-            let queued = sw.queued_up();
-            if !queued.is_empty() {
-                let _ = client.writer().write_all(&queued);
-            }
+        // sandbox's is held part-way; then the records.
+        if !self.up_done {
+            queue_moats_frames(swaps.as_deref_mut(), up_held, client);
         }
-        // Records to the server.
-        while client.wants_write() {
-            match client.write_tls(host) {
-                Ok(_) => {}
-                Err(e) if would_block(&e) => break,
-                Err(e) => return Err(TlsFailure::Broken(format!("writing to the server: {e}"))),
-            }
-        }
+        records_to_server(client, host)?;
         if self.up_done && !client.wants_write() && !self.host_shut {
             let _ = host.shutdown(Shutdown::Write);
             self.host_shut = true;
@@ -837,23 +824,8 @@ impl Intercept {
         // The server's frames just read may have opened its window for HTTP/2 DATA moat
         // held back, or asked moat to give window back: that goes now, not at the next
         // event.
-        if let Some(sw) = swaps.as_deref_mut()
-            && up_held.is_empty()
-            && !self.up_done
-        {
-            let queued = sw.queued_up();
-            if !queued.is_empty() {
-                let _ = client.writer().write_all(&queued);
-                while client.wants_write() {
-                    match client.write_tls(host) {
-                        Ok(_) => {}
-                        Err(e) if would_block(&e) => break,
-                        Err(e) => {
-                            return Err(TlsFailure::Broken(format!("writing to the server: {e}")));
-                        }
-                    }
-                }
-            }
+        if !self.up_done && queue_moats_frames(swaps.as_deref_mut(), up_held, client) {
+            records_to_server(client, host)?;
         }
         Ok(())
     }
@@ -935,6 +907,43 @@ impl Intercept {
             }
         }
     }
+}
+
+/// Queues moat's own HTTP/2 frames for the server (window given back, DATA the server's
+/// window has room for again) when nothing of the sandbox's is held part-way; whether
+/// there were any.
+fn queue_moats_frames(
+    swaps: Option<&mut Swaps>,
+    up_held: &[u8],
+    client: &mut ClientConnection,
+) -> bool {
+    let Some(sw) = swaps else {
+        return false;
+    };
+    if !up_held.is_empty() {
+        return false;
+    }
+    let queued = sw.queued_up();
+    if queued.is_empty() {
+        return false;
+    }
+    let _ = client.writer().write_all(&queued);
+    true
+}
+
+/// Writes the records rustls has for the server, as far as its socket takes them.
+fn records_to_server(
+    client: &mut ClientConnection,
+    host: &mut TcpStream,
+) -> Result<(), TlsFailure> {
+    while client.wants_write() {
+        match client.write_tls(host) {
+            Ok(_) => {}
+            Err(e) if would_block(&e) => break,
+            Err(e) => return Err(TlsFailure::Broken(format!("writing to the server: {e}"))),
+        }
+    }
+    Ok(())
 }
 
 /// The sandbox's plaintext `pass`, rewritten when secrets are swapped (into `swapped`).

@@ -844,26 +844,10 @@ mod tests {
 
     use base64::Engine as _;
     use proptest::prelude::*;
-    use zeroize::Zeroizing;
 
     use super::*;
-    use crate::secrets::Secret;
 
-    const P: &str = "moat_0123456789abcdef0123456789abcdef";
-    const V: &str = "sk-live-VALUE-which-is-longer-than-its-placeholder-0001";
-
-    fn secrets() -> Vec<Secret> {
-        vec![
-            Secret::new(
-                "API_KEY",
-                Zeroizing::new(V.as_bytes().to_vec()),
-                Some(P.to_owned()),
-                &["api.example.test".into()],
-                false,
-            )
-            .unwrap(),
-        ]
-    }
+    use crate::http::testing::{P, V, secrets};
 
     /// What a receiver makes of a frame stream: each stream's header fields and DATA, and
     /// the window increments per stream.

@@ -130,6 +130,24 @@ pub(crate) mod testing {
 
     use super::{Authority, Refused};
 
+    /// The swap tests' placeholder and value (longer than the placeholder).
+    pub(crate) const P: &str = "moat_0123456789abcdef0123456789abcdef";
+    pub(crate) const V: &str = "sk-live-VALUE-which-is-longer-than-its-placeholder-0001";
+
+    /// One secret, API_KEY, with [`P`] and [`V`], allowed to api.example.test.
+    pub(crate) fn secrets() -> Vec<crate::secrets::Secret> {
+        vec![
+            crate::secrets::Secret::new(
+                "API_KEY",
+                zeroize::Zeroizing::new(V.as_bytes().to_vec()),
+                Some(P.to_owned()),
+                &["api.example.test".into()],
+                false,
+            )
+            .unwrap(),
+        ]
+    }
+
     /// The host the test requests' handshake named.
     pub(crate) fn api() -> Authority {
         Authority::Name(moat_policy::DomainName::new("api.example.test").unwrap())
