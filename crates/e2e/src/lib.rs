@@ -211,11 +211,7 @@ impl World {
             .stderr(Stdio::inherit())
             .spawn()
             .unwrap();
-        let mut line = String::new();
-        BufReader::new(child.stdout.take().unwrap())
-            .read_line(&mut line)
-            .unwrap();
-        assert_eq!(line.trim(), "ready", "world servers did not start");
+        await_ready(&mut child, "world servers");
         self.server = Some(child);
     }
 
@@ -241,11 +237,7 @@ impl World {
             .stderr(Stdio::inherit())
             .spawn()
             .unwrap();
-        let mut line = String::new();
-        BufReader::new(child.stdout.take().unwrap())
-            .read_line(&mut line)
-            .unwrap();
-        assert_eq!(line.trim(), "ready", "the HTTP/2 echo did not start");
+        await_ready(&mut child, "the HTTP/2 echo");
         self.extra.push(child);
     }
 
@@ -847,4 +839,13 @@ pub fn validate_event(e: &serde_json::Value) -> Result<(), String> {
         return Err(format!("{event}: rule/by on a {event} event"));
     }
     Ok(())
+}
+
+/// Waits for a server started with a piped stdout to say "ready" on its first line.
+fn await_ready(child: &mut Child, what: &str) {
+    let mut line = String::new();
+    BufReader::new(child.stdout.take().unwrap())
+        .read_line(&mut line)
+        .unwrap();
+    assert_eq!(line.trim(), "ready", "{what} did not start");
 }

@@ -223,11 +223,7 @@ fn block_and_log_warns_and_block_and_terminate_stops_the_sandbox() {
         stderr(&out)
     );
     assert_eq!(violations(&events)[0]["action"], "block_and_terminate");
-    assert!(
-        !w.log()
-            .iter()
-            .any(|l| l["path"].as_str().is_some_and(|p| p.starts_with("/leak")))
-    );
+    assert!(!reached(&w, "/leak"));
 }
 
 #[test]
@@ -324,6 +320,13 @@ fn intercepting(w: &World) -> Vec<String> {
     ]
     .map(str::to_owned)
     .to_vec()
+}
+
+/// Whether a request whose path starts with `prefix` reached the world.
+fn reached(w: &World, prefix: &str) -> bool {
+    w.log()
+        .iter()
+        .any(|l| l["path"].as_str().is_some_and(|p| p.starts_with(prefix)))
 }
 
 /// The world's log entry for the request whose path starts with `path`.
@@ -520,13 +523,7 @@ fn a_host_is_allowed_only_when_its_name_and_its_lookup_agree() {
         stdout(&out),
         stderr(&out)
     );
-    assert!(
-        !w.log().iter().any(|l| l["path"]
-            .as_str()
-            .is_some_and(|p| p.starts_with("/unresolved?"))),
-        "{:?}",
-        w.log()
-    );
+    assert!(!reached(&w, "/unresolved?"), "{:?}", w.log());
     assert_eq!(violations(&events).len(), 1, "{events:?}");
     // Plain HTTP to the right host without allow_plain_http: a violation too.
     let (_, events, _) = run(
@@ -535,11 +532,7 @@ fn a_host_is_allowed_only_when_its_name_and_its_lookup_agree() {
         "curl -sS -m 10 -o /dev/null \"http://api.example.test:8080/plain?k=$API_KEY\"; echo",
     );
     assert_eq!(violations(&events).len(), 1, "{events:?}");
-    assert!(
-        !w.log()
-            .iter()
-            .any(|l| l["path"].as_str().is_some_and(|p| p.starts_with("/plain")))
-    );
+    assert!(!reached(&w, "/plain"));
 }
 
 #[test]
