@@ -364,7 +364,7 @@ impl FlowTable {
         }
         let registry = &self.registry;
         match flow {
-            Flow::Tcp(f) => f.close(registry, cx, &why),
+            Flow::Tcp(f) => f.close(cx, &why),
             Flow::Udp(f) => f.close(registry, cx, &why),
             Flow::UdpIn(f) => f.close(cx, &why),
             Flow::Echo(f) => f.close(registry),

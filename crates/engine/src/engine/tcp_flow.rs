@@ -28,8 +28,8 @@ use std::io;
 use std::os::fd::AsFd;
 use std::time::{Duration, Instant};
 
+use mio::Interest;
 use mio::net::TcpStream;
-use mio::{Interest, Registry};
 use moat_policy::{DomainName, Protocol, canonical_addr};
 use smoltcp::iface::SocketHandle;
 use smoltcp::socket::tcp;
@@ -264,6 +264,10 @@ fn open(table: &mut FlowTable, cx: &mut Cx, seg: Segment<'_>) {
     if !awaits_hello {
         cx.audit_allow("tcp", key, &rule, &reason, None);
     }
+    // A near destination (the host itself, a neighbour over a veth) has often answered
+    // before connect() returned: then the SYN-ACK goes out in this turn, not after a wait
+    // for the socket's event.
+    on_host_ready(table, cx, id);
 }
 
 /// The flow's host socket is ready: the dial finished, or bytes can move.
@@ -355,13 +359,14 @@ impl TcpFlow {
     /// Dialing: whether the host connection is up (`Ok(false)`: not yet); up, the held
     /// SYN goes to a socket listening on the destination and the flow is relaying.
     fn dialed(&mut self, cx: &mut Cx) -> Result<bool, CloseReason> {
-        let outcome = match self.host.take_error() {
-            Ok(Some(e)) | Err(e) => Err(e),
-            Ok(None) => match self.host.peer_addr() {
-                Ok(_) => Ok(()),
-                Err(e) if e.kind() == io::ErrorKind::NotConnected => return Ok(false),
-                Err(e) => Err(e),
+        // Connected has a peer; not connected is still dialing unless an error is pending.
+        let outcome = match self.host.peer_addr() {
+            Ok(_) => Ok(()),
+            Err(e) if e.kind() == io::ErrorKind::NotConnected => match self.host.take_error() {
+                Ok(Some(e)) | Err(e) => Err(e),
+                Ok(None) => return Ok(false),
             },
+            Err(e) => Err(e),
         };
         let TcpState::Dialing { seq, socket, .. } = &mut self.state else {
             return Ok(false);
@@ -628,13 +633,14 @@ impl TcpFlow {
     }
 
     /// Releases the flow's sockets and audits its end (called by the flow table).
-    pub(super) fn close(mut self, registry: &Registry, cx: &mut Cx, why: &CloseReason) {
+    pub(super) fn close(mut self, cx: &mut Cx, why: &CloseReason) {
         // Ended before its ClientHello was judged: the address's allow stands.
         self.audit_pending(cx);
         if self.origin == Origin::Published && !why.is_clean() {
             reset_host(&self.host);
         }
-        let _ = registry.deregister(&mut self.host);
+        // No EPOLL_CTL_DEL: the host socket is dropped below, and closing its only
+        // descriptor takes it out of the poll set (a syscall less per connection).
         match self.state {
             TcpState::Relaying { handle } | TcpState::Closing { handle, .. } => {
                 cx.pool.recycle(&mut cx.stack.sockets, handle, self.mem);
@@ -709,15 +715,66 @@ mod tests {
         }
     }
 
+    /// A loopback listener whose accept queue is full (backlog 0, one connection waiting),
+    /// so a dial to it stays pending until the waiting one is accepted and the dial's SYN
+    /// is sent again (a second later). With it, the filler connection.
+    fn full_listener() -> (TcpListener, std::net::TcpStream, u16) {
+        use nix::sys::socket::{
+            AddressFamily, Backlog, SockFlag, SockType, SockaddrIn, bind, listen, socket,
+        };
+        let fd = socket(
+            AddressFamily::Inet,
+            SockType::Stream,
+            SockFlag::SOCK_CLOEXEC,
+            None,
+        )
+        .unwrap();
+        bind(
+            std::os::fd::AsRawFd::as_raw_fd(&fd),
+            &SockaddrIn::new(127, 0, 0, 1, 0),
+        )
+        .unwrap();
+        listen(&fd, Backlog::new(0).unwrap()).unwrap();
+        let server = TcpListener::from(fd);
+        let port = server.local_addr().unwrap().port();
+        let filler = std::net::TcpStream::connect(("127.0.0.1", port)).unwrap();
+        (server, filler, port)
+    }
+
     #[test]
-    fn an_allowed_syn_waits_for_the_dial_then_is_answered() {
+    fn a_near_destination_is_answered_in_the_same_turn() {
         let server = TcpListener::bind("127.0.0.1:0").unwrap();
         let port = server.local_addr().unwrap().port();
         let mut h = Harness::new(NetworkPolicy::allow_all(), DenyMode::Drop);
         h.frame(&syn(GATEWAY, port));
         let key = key_to(SocketAddr::new(GATEWAY.into(), port));
         let id = h.table.find_tcp(&key).expect("the SYN opened a flow");
+        // Loopback completes the handshake inside connect(): no wait for the event.
+        assert_eq!(state(&h, id), "relaying");
+        h.cx.stack.egress();
+        let answered = h
+            .sent()
+            .iter()
+            .filter_map(|f| tcp_to_guest(f))
+            .any(|(src, control, ack)| src == port && control == TcpControl::Syn && ack);
+        assert!(answered, "no SYN-ACK from {GATEWAY}:{port}");
+        assert!(server.accept().is_ok());
+    }
+
+    #[test]
+    fn an_allowed_syn_waits_for_the_dial_then_is_answered() {
+        let (server, _filler, port) = full_listener();
+        let mut h = Harness::new(NetworkPolicy::allow_all(), DenyMode::Drop);
+        h.frame(&syn(GATEWAY, port));
+        let key = key_to(SocketAddr::new(GATEWAY.into(), port));
+        let id = h.table.find_tcp(&key).expect("the SYN opened a flow");
         assert_eq!(state(&h, id), "dialing");
+        on_host_ready(&mut h.table, &mut h.cx, id);
+        assert_eq!(
+            state(&h, id),
+            "dialing",
+            "a pending dial is not taken as up"
+        );
         // Nothing answers the sandbox before the host's connection is up.
         assert!(h.sent().iter().all(|f| tcp_to_guest(f).is_none()));
         assert!(
@@ -728,7 +785,8 @@ mod tests {
         // No lookup pinned a name to the address: `domain` is absent, not null.
         assert!(!h.audit().contains("\"domain\""), "{}", h.audit());
 
-        let (_conn, _) = server.accept().unwrap();
+        // The filler leaves the queue; the dial's SYN, sent again, gets in.
+        let (_filler_conn, _) = server.accept().unwrap();
         let relaying = h.until(|h| {
             on_host_ready(&mut h.table, &mut h.cx, id);
             state(h, id) == "relaying"
@@ -772,8 +830,7 @@ mod tests {
 
     #[test]
     fn a_dial_past_its_deadline_resets_the_sandbox() {
-        let server = TcpListener::bind("127.0.0.1:0").unwrap();
-        let port = server.local_addr().unwrap().port();
+        let (_server, _filler, port) = full_listener();
         let mut h = Harness::new(NetworkPolicy::allow_all(), DenyMode::Drop);
         h.frame(&syn(GATEWAY, port));
         let key = key_to(SocketAddr::new(GATEWAY.into(), port));
