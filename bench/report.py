@@ -60,6 +60,19 @@ for c in [1, 32]:
     print(f"- concurrency {c}: moat / better peer = {ratio(conn[(c, 'moat')][0], best_peer[c])}; moat / veth = {ratio(conn[(c, 'moat')][0], conn[(c, 'veth')][0])}")
 print(f"- connect latency added over veth (p50, concurrency 1): moat {conn[(1, 'moat')][1] - conn[(1, 'veth')][1]:.0f} µs, pasta {conn[(1, 'pasta')][1] - conn[(1, 'veth')][1]:.0f} µs, slirp4netns {conn[(1, 'slirp4netns')][1] - conn[(1, 'veth')][1]:.0f} µs")
 
+bp = [r for r in rows if r["kind"] == "busypoll"]
+if bp:
+    print("\n## Busy-poll (`--busy-poll`: latency against CPU)\n")
+    print("| --busy-poll µs | conn/s, concurrency 1 | p50 µs | p99 µs | engine CPU, a connection every ~10 ms |")
+    print("|---|---|---|---|---|")
+    for us in sorted({r["us"] for r in bp}):
+        rs = [r for r in bp if r["us"] == us]
+        rate = med([r["result"].get("per_sec", 0) for r in rs])
+        p50 = med([r["result"].get("p50_us", 0) for r in rs])
+        p99 = med([r["result"].get("p99_us", 0) for r in rs])
+        cpu = med([r["cpu_pct"] for r in rs])
+        print(f"| {us} | {rate:.0f} | {p50:.0f} | {p99:.0f} | {cpu:.1f}% of a core |")
+
 print("\n## DNS (UDP A queries; moat: the sandbox asks the gateway, moat forwards to the same server)\n")
 print("| concurrency | path | queries/s | p50 µs | p99 µs |")
 print("|---|---|---|---|---|")

@@ -97,9 +97,10 @@ fn values_that_cannot_work_are_refused_with_what_to_do() {
     let dir = scratch("refuse");
     let file = dir.join("plain-file");
     std::fs::write(&file, "x").unwrap();
-    let cases: [(&[&str], &str); 6] = [
+    let cases: [(&[&str], &str); 7] = [
         (&["-p", "0:80"], "0"),
         (&["--max-connections", "0"], "max-connections"),
+        (&["--busy-poll", "5000"], "at most 1000 microseconds"),
         (&["-w", file.to_str().unwrap()], "not a directory"),
         (&["-w", "/"], "/"),
         (
@@ -123,6 +124,14 @@ fn values_that_cannot_work_are_refused_with_what_to_do() {
         let lines: Vec<&str> = err.lines().collect();
         assert_eq!(lines.len(), 1, "{flags:?}: {err}");
         assert!(err.matches("os error").count() <= 1, "{flags:?}: {err}");
+    }
+    // The same flags within range run (the refusals above are about the values).
+    for flags in [["--busy-poll", "0"], ["--busy-poll", "1000"]] {
+        let mut args = vec!["run", "--quiet"];
+        args.extend_from_slice(&flags);
+        args.extend_from_slice(&["--", "true"]);
+        let out = moat(&args, &[]);
+        assert_eq!(out.status.code(), Some(0), "{flags:?}: {}", stderr(&out));
     }
     let _ = std::fs::remove_dir_all(dir);
 }

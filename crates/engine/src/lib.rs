@@ -18,9 +18,10 @@ mod wire;
 pub use audit::{AuditLog, Notices, rfc3339};
 pub use device::{FrameDevice, MemoryDevice, SharedMemoryDevice, TapDevice};
 pub use engine::{
-    Counters, DEFAULT_MAX_BUFFER_MEMORY, DEFAULT_MAX_CONNECTIONS, DEFAULT_TLS_PORTS, DenyMode,
-    EngineConfig, EngineHandle, LinkConfig, MAX_MTU, MAX_PUBLISHED, MIN_BUFFER_MEMORY, MIN_MTU,
-    Published, PublishedSocket, Terminate, TlsConfig, spawn,
+    Counters, DEFAULT_BUSY_POLL, DEFAULT_MAX_BUFFER_MEMORY, DEFAULT_MAX_CONNECTIONS,
+    DEFAULT_TLS_PORTS, DenyMode, EngineConfig, EngineHandle, LinkConfig, MAX_BUSY_POLL, MAX_MTU,
+    MAX_PUBLISHED, MIN_BUFFER_MEMORY, MIN_MTU, Published, PublishedSocket, Terminate, TlsConfig,
+    spawn,
 };
 pub use offload::{TcpOffload, VNET_HDR_LEN};
 pub use secrets::{HostPattern, Secret, SecretError, check_distinct as check_secrets};

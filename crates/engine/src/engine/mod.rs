@@ -74,8 +74,9 @@ mod tls_stage;
 mod udp_flow;
 
 pub use self::config::{
-    Counters, DEFAULT_MAX_BUFFER_MEMORY, DEFAULT_MAX_CONNECTIONS, DEFAULT_TLS_PORTS, DenyMode,
-    EngineConfig, LinkConfig, MAX_MTU, MIN_BUFFER_MEMORY, MIN_MTU, Terminate, TlsConfig,
+    Counters, DEFAULT_BUSY_POLL, DEFAULT_MAX_BUFFER_MEMORY, DEFAULT_MAX_CONNECTIONS,
+    DEFAULT_TLS_PORTS, DenyMode, EngineConfig, LinkConfig, MAX_BUSY_POLL, MAX_MTU,
+    MIN_BUFFER_MEMORY, MIN_MTU, Terminate, TlsConfig,
 };
 pub use self::event_loop::MAX_PUBLISHED;
 use self::event_loop::{Engine, WAKE};

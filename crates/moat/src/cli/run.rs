@@ -50,6 +50,8 @@ pub struct RunOptions {
     pub publish: Vec<String>,
     /// `--mtu`.
     pub mtu: Option<u32>,
+    /// `--busy-poll MICROSECONDS`.
+    pub busy_poll: Option<u64>,
     /// `--max-connections`.
     pub max_connections: Option<usize>,
     /// `--max-buffer-memory SIZE`.
@@ -250,6 +252,16 @@ pub(crate) fn builder(opts: &RunOptions) -> anyhow::Result<SandboxBuilder> {
             Some(bytes)
         }
     };
+    let busy_poll = opts.busy_poll.map(std::time::Duration::from_micros);
+    if let Some(window) = busy_poll
+        && window > moat_engine::MAX_BUSY_POLL
+    {
+        bail!(
+            "--busy-poll {}: expected at most {} microseconds",
+            window.as_micros(),
+            moat_engine::MAX_BUSY_POLL.as_micros()
+        );
+    }
     if opts.max_connections == Some(0) {
         bail!("--max-connections 0: expected at least 1");
     }
@@ -327,6 +339,9 @@ pub(crate) fn builder(opts: &RunOptions) -> anyhow::Result<SandboxBuilder> {
             }
             if let Some(mtu) = opts.mtu {
                 n = n.mtu(mtu);
+            }
+            if let Some(window) = busy_poll {
+                n = n.busy_poll(window);
             }
             if let Some(tls) = &opts.tls {
                 n = n.tls(|mut t| {
