@@ -98,6 +98,11 @@ impl Engine {
             if rx_pending || now.duration_since(last_active) < self.cx.cfg.busy_poll {
                 timeout = Duration::ZERO;
             }
+            // Work left from the last turn (a batch that did not drain its socket) does
+            // not wait for an event that will not come.
+            if self.table.has_dirty() || self.listeners.has_again() {
+                timeout = Duration::ZERO;
+            }
             if !pollable {
                 timeout = timeout.min(Duration::from_millis(1));
             }
@@ -117,6 +122,7 @@ impl Engine {
                 std::thread::yield_now();
             }
             let mut tap_ready = rx_pending || !pollable;
+            let again = self.listeners.take_again();
             for event in events.iter() {
                 match event.token() {
                     TAP => tap_ready = true,
@@ -127,6 +133,9 @@ impl Engine {
             }
             if tap_ready {
                 rx_pending = self.read_frames()?;
+            }
+            for index in again {
+                inbound::on_ready(&mut self.listeners, &mut self.table, &mut self.cx, index);
             }
             for id in self.table.take_dirty() {
                 table::service(&mut self.table, &mut self.cx, id);

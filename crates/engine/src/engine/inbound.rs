@@ -55,6 +55,9 @@ pub(super) struct Listeners {
     list: Vec<Listener>,
     /// The last port handed to a peer shown as the gateway.
     ephemeral: u16,
+    /// Listeners whose last read took a whole batch: more may be queued, and the
+    /// edge-triggered poll will not say so again, so the loop reads them next turn.
+    again: Vec<usize>,
 }
 
 /// A published port inside the engine.
@@ -113,7 +116,18 @@ impl Listeners {
         Ok(Listeners {
             list,
             ephemeral: 49152,
+            again: Vec::new(),
         })
+    }
+
+    /// The listeners to read again this turn (see `again`).
+    pub(super) fn take_again(&mut self) -> Vec<usize> {
+        std::mem::take(&mut self.again)
+    }
+
+    /// Whether a listener waits to be read again.
+    pub(super) fn has_again(&self) -> bool {
+        !self.again.is_empty()
     }
 
     /// The source the sandbox sees for `peer` reaching it at `guest`.
@@ -145,6 +159,7 @@ pub(super) fn on_ready(
 }
 
 fn accept_all(listeners: &mut Listeners, table: &mut FlowTable, cx: &mut Cx, index: usize) {
+    // Returns on `WouldBlock` (drained) and on errors (the next connection's edge retries).
     for _ in 0..ACCEPT_BATCH {
         let Some(Listener {
             socket: ListenerSocket::Tcp(l),
@@ -163,6 +178,7 @@ fn accept_all(listeners: &mut Listeners, table: &mut FlowTable, cx: &mut Cx, ind
             Err(_) => return,
         }
     }
+    listeners.again.push(index);
 }
 
 /// Judges a peer's connection to published port `guest_port` (reached at host address
@@ -233,6 +249,7 @@ fn accept(
 
 fn udp_readable(listeners: &mut Listeners, table: &mut FlowTable, cx: &mut Cx, index: usize) {
     let mut buf = std::mem::take(&mut cx.scratch);
+    let mut drained = false;
     for _ in 0..ACCEPT_BATCH {
         let Some(Listener {
             socket: ListenerSocket::Udp(sock),
@@ -245,7 +262,10 @@ fn udp_readable(listeners: &mut Listeners, table: &mut FlowTable, cx: &mut Cx, i
         let host = sock.local_addr().map(|a| a.ip());
         let (n, peer) = match sock.recv_from(&mut buf) {
             Ok(got) => got,
-            Err(e) if e.kind() == io::ErrorKind::WouldBlock => break,
+            Err(e) if e.kind() == io::ErrorKind::WouldBlock => {
+                drained = true;
+                break;
+            }
             Err(_) => continue,
         };
         let id = match table.find_udp_in_by_peer(index, peer) {
@@ -291,6 +311,9 @@ fn udp_readable(listeners: &mut Listeners, table: &mut FlowTable, cx: &mut Cx, i
         cx.stack.udp_to_guest(flow.source, flow.guest, &buf[..n]);
     }
     cx.scratch = buf;
+    if !drained {
+        listeners.again.push(index);
+    }
 }
 
 /// A datagram from the sandbox that answers an inbound UDP flow; `true` if it was one.
@@ -405,5 +428,86 @@ mod tests {
             "{}",
             h.audit()
         );
+    }
+
+    #[test]
+    fn a_published_udp_port_reads_a_long_burst_to_the_end() {
+        let published = StdUdp::bind("127.0.0.1:0").unwrap();
+        let room: usize = 1 << 20;
+        nix::sys::socket::setsockopt(&published, nix::sys::socket::sockopt::RcvBuf, &room).unwrap();
+        let port = published.local_addr().unwrap();
+        let mut h = Harness::with_published(
+            NetworkPolicy::allow_all(),
+            DenyMode::Drop,
+            vec![Published {
+                socket: PublishedSocket::Udp(published),
+                guest_port: 5300,
+            }],
+        );
+        let peer = StdUdp::bind("127.0.0.1:0").unwrap();
+        let burst = ACCEPT_BATCH + 44;
+        for i in 0..burst as u32 {
+            peer.send_to(&i.to_be_bytes(), port).unwrap();
+        }
+        let count = |h: &mut Harness| {
+            h.sent()
+                .iter()
+                .filter_map(|f| udp_to_guest_full(f))
+                .filter(|(_, _, dst, _)| *dst == 5300)
+                .count()
+        };
+        // One readiness event: one batch, and the port is to be read again.
+        on_ready(&mut h.listeners, &mut h.table, &mut h.cx, 0);
+        assert_eq!(count(&mut h), ACCEPT_BATCH);
+        assert!(h.listeners.has_again());
+        for index in h.listeners.take_again() {
+            on_ready(&mut h.listeners, &mut h.table, &mut h.cx, index);
+        }
+        assert_eq!(count(&mut h), burst - ACCEPT_BATCH);
+        assert!(!h.listeners.has_again(), "a drained port is read again");
+    }
+
+    #[test]
+    fn a_published_tcp_port_accepts_a_long_queue_to_the_end() {
+        use nix::sys::socket::{
+            AddressFamily, Backlog, SockFlag, SockType, SockaddrIn, bind, listen, socket,
+        };
+        // A listener whose queue holds more than a batch (the standard one holds 128).
+        let fd = socket(
+            AddressFamily::Inet,
+            SockType::Stream,
+            SockFlag::SOCK_CLOEXEC,
+            None,
+        )
+        .unwrap();
+        bind(
+            std::os::fd::AsRawFd::as_raw_fd(&fd),
+            &SockaddrIn::new(127, 0, 0, 1, 0),
+        )
+        .unwrap();
+        listen(&fd, Backlog::new(1024).unwrap()).unwrap();
+        let listener = std::net::TcpListener::from(fd);
+        let port = listener.local_addr().unwrap();
+        let mut h = Harness::with_published(
+            NetworkPolicy::allow_all(),
+            DenyMode::Drop,
+            vec![Published {
+                socket: PublishedSocket::Tcp(listener),
+                guest_port: 8080,
+            }],
+        );
+        let queued = ACCEPT_BATCH + 20;
+        let _peers: Vec<std::net::TcpStream> = (0..queued)
+            .map(|_| std::net::TcpStream::connect(port).unwrap())
+            .collect();
+        let allowed = |h: &Harness| h.audit().matches("\"decision\":\"allow\"").count();
+        on_ready(&mut h.listeners, &mut h.table, &mut h.cx, 0);
+        assert_eq!(allowed(&h), ACCEPT_BATCH);
+        assert!(h.listeners.has_again());
+        for index in h.listeners.take_again() {
+            on_ready(&mut h.listeners, &mut h.table, &mut h.cx, index);
+        }
+        assert_eq!(allowed(&h), queued);
+        assert!(!h.listeners.has_again(), "a drained port is read again");
     }
 }

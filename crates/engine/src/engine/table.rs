@@ -34,7 +34,7 @@ use super::echo::EchoFlow;
 use super::event_loop::FIRST_FLOW;
 use super::inbound::UdpIn;
 use super::tcp_flow::{self, TcpFlow};
-use super::udp_flow::UdpFlow;
+use super::udp_flow::{self, UdpFlow};
 
 /// A flow's slot in the table.
 #[derive(Debug, Clone, Copy, PartialEq, Eq, Hash)]
@@ -316,6 +316,11 @@ impl FlowTable {
         self.dirty.insert(id);
     }
 
+    /// Whether a flow is marked (the loop must not sleep before it is served).
+    pub(super) fn has_dirty(&self) -> bool {
+        !self.dirty.is_empty()
+    }
+
     /// The flows marked since the last call.
     pub(super) fn take_dirty(&mut self) -> Vec<FlowId> {
         self.dirty.drain().collect()
@@ -434,6 +439,7 @@ pub(super) fn service(table: &mut FlowTable, cx: &mut Cx, id: FlowId) {
     match table.get(id) {
         Some(Flow::Tcp(_)) => tcp_flow::relay(table, cx, id),
         Some(Flow::DnsStream(_)) => dns_flow::stream_relay(table, cx, id),
+        Some(Flow::Udp(_)) => udp_flow::readable(table, cx, id),
         _ => {}
     }
 }

@@ -127,12 +127,15 @@ pub(super) fn on_datagram(
     cx.audit_allow("udp", key, &rule, &reason, None);
 }
 
-/// The flow's host socket has datagrams: each goes to the sandbox.
+/// The flow's host socket has datagrams: each goes to the sandbox, a batch at a time. A
+/// batch that does not drain the socket marks the flow, and the loop reads it again next
+/// turn: the edge-triggered poll does not report what is already queued.
 pub(super) fn readable(table: &mut FlowTable, cx: &mut Cx, id: FlowId) {
     let Some(Flow::Udp(flow)) = table.get_mut(id) else {
         return;
     };
     let mut buf = std::mem::take(&mut cx.scratch);
+    let mut drained = false;
     for _ in 0..RX_BATCH {
         match flow.sock.recv(&mut buf) {
             Ok(n) => {
@@ -141,12 +144,18 @@ pub(super) fn readable(table: &mut FlowTable, cx: &mut Cx, id: FlowId) {
                 cx.stack
                     .udp_to_guest(flow.key.host, flow.key.guest, &buf[..n]);
             }
-            Err(e) if e.kind() == io::ErrorKind::WouldBlock => break,
+            Err(e) if e.kind() == io::ErrorKind::WouldBlock => {
+                drained = true;
+                break;
+            }
             // ICMP errors surface as errors on a connected UDP socket; keep the flow.
             Err(_) => continue,
         }
     }
     cx.scratch = buf;
+    if !drained {
+        table.touch(id);
+    }
 }
 
 impl UdpFlow {
@@ -216,6 +225,51 @@ mod tests {
             _ => Due::Nothing,
         };
         assert!(matches!(due, Due::Expire));
+    }
+
+    #[test]
+    fn a_burst_longer_than_a_batch_is_read_to_the_end() {
+        let server = std::net::UdpSocket::bind("127.0.0.1:0").unwrap();
+        server
+            .set_read_timeout(Some(Duration::from_secs(3)))
+            .unwrap();
+        let port = server.local_addr().unwrap().port();
+        let mut h = Harness::new(NetworkPolicy::allow_all(), DenyMode::Drop);
+        h.frame(&udp(GATEWAY, port, b"ping"));
+        let mut buf = [0u8; 16];
+        let (_, flow_addr) = server.recv_from(&mut buf).unwrap();
+        let key = key_to(SocketAddr::new(GATEWAY.into(), port));
+        let id = h.table.find_udp(&key).unwrap();
+        // Room for the whole burst in the flow's socket (the default holds ~256 small ones).
+        if let Some(Flow::Udp(f)) = h.table.get(id) {
+            let room: usize = 1 << 20;
+            nix::sys::socket::setsockopt(&f.sock, nix::sys::socket::sockopt::RcvBuf, &room)
+                .unwrap();
+        }
+        let burst = RX_BATCH + 44;
+        for i in 0..burst as u32 {
+            server.send_to(&i.to_be_bytes(), flow_addr).unwrap();
+        }
+        let count = |h: &mut Harness| {
+            h.sent()
+                .iter()
+                .filter_map(|f| udp_to_guest(f))
+                .filter(|(src, _)| *src == port)
+                .count()
+        };
+        // One readiness event reads one batch and marks the flow...
+        readable(&mut h.table, &mut h.cx, id);
+        assert_eq!(count(&mut h), RX_BATCH);
+        assert!(
+            h.table.has_dirty(),
+            "more is queued, but the flow was not marked"
+        );
+        // ...and the loop's next turn serves it: the rest arrives with no new datagram.
+        for id in h.table.take_dirty() {
+            crate::engine::table::service(&mut h.table, &mut h.cx, id);
+        }
+        assert_eq!(count(&mut h), burst - RX_BATCH);
+        assert!(!h.table.has_dirty(), "a drained flow is marked again");
     }
 
     #[test]
