@@ -9,6 +9,9 @@ arrived where. Bounded: request bodies are streamed, never stored.
   TCP sink       tcp 9000       reads to EOF, answers the SHA-256 of what arrived
   TCP source     tcp 9001       reads "N\\n", sends N bytes of a fixed pattern, closes
   TCP flood      tcp 9002       sends as fast as it is taken (64 MiB at most), never reads
+  TCP answer+RST tcp 9003       reads "N\n", sends N bytes of the fixed pattern, waits until
+                                the peer's TCP acknowledged them all, and resets (SO_LINGER 0):
+                                a server that closes abortively right after answering
   TCP banner     tcp 2222, 443, 853  sends "BANNER\\n" on connect (a server-first protocol)
   UDP echo       udp 7777       echoes each datagram (on each address given after the log)
   DNS            udp+tcp 53     answers *.example.test from a table
@@ -25,6 +28,7 @@ The echo shows what arrived: every header, and the body (Content-Length or chunk
 64 KiB as text). Under /echo-header it also answers with the request's Authorization and X-Key
 as X-Echo-* headers; under /chunked-answer its answer is chunked.
 """
+import fcntl
 import hashlib
 import os
 import ssl
@@ -35,6 +39,7 @@ import socket
 import socketserver
 import struct
 import sys
+import termios
 import threading
 from http.server import BaseHTTPRequestHandler, ThreadingHTTPServer
 
@@ -319,6 +324,24 @@ class Flood(socketserver.BaseRequestHandler):
             pass
         log(server="flood", client=self.client_address[0], bytes=sent)
 
+class AnswerReset(socketserver.BaseRequestHandler):
+    def handle(self):
+        self.request.settimeout(5)
+        try:
+            n = min(int(self.request.recv(64)), 1 << 20)
+            self.request.sendall((PATTERN * (n // len(PATTERN) + 1))[:n])
+            # Everything acknowledged (nothing left in the send queue), at most 5 s.
+            for _ in range(500):
+                left = struct.unpack("i", fcntl.ioctl(self.request, termios.TIOCOUTQ, b"\0" * 4))[0]
+                if left == 0:
+                    break
+                threading.Event().wait(0.01)
+        except (OSError, ValueError):
+            return
+        log(server="answer-reset", client=self.client_address[0], bytes=n)
+        self.request.setsockopt(socket.SOL_SOCKET, socket.SO_LINGER, struct.pack("ii", 1, 0))
+        self.request.close()
+
 NAME_RE = re.compile(rb"[a-z0-9-]+(?:\.[a-z0-9-]+)*\.example\.test")
 
 class Banner(socketserver.BaseRequestHandler):
@@ -422,7 +445,7 @@ make_certs(CERTS)
 
 servers = [HttpServer(("::", 80), Echo), HttpServer(("::", 8080), Echo),
            TcpServer(("::", 9000), Sink), TcpServer(("::", 9001), Source),
-           TcpServer(("::", 9002), Flood),
+           TcpServer(("::", 9002), Flood), TcpServer(("::", 9003), AnswerReset),
            TcpServer(("::", 2222), Banner), TcpServer(("::", 443), Banner),
            TcpServer(("::", 853), Banner), TcpServer(("::", 53), DnsTcp),
            https_server(8443, os.path.join(CERTS, "server.pem"), os.path.join(CERTS, "server.key")),

@@ -368,3 +368,56 @@ fn short_connections_leave_nothing_waiting_in_the_sandbox() {
     assert_eq!(arrived, 60, "{text}\n{}", moat_e2e::stderr(&out));
     assert!(text.contains("last-ack=0 fin-wait=0"), "{text}");
 }
+
+/// A server that answers and then resets (an abortive close once moat's socket has
+/// acknowledged the whole answer): the sandbox reads the whole answer, then sees the reset.
+/// Its receive buffer is small and it reads only after a second, so when the reset comes
+/// most of the answer is still in moat, acknowledged to the server on the sandbox's behalf.
+#[test]
+fn an_answer_followed_by_a_reset_is_delivered_before_the_reset() {
+    let w = World::new();
+    let client = "import socket, time
+s = socket.socket()
+s.setsockopt(socket.SOL_SOCKET, socket.SO_RCVBUF, 4096)
+s.settimeout(10)
+s.connect(('203.0.113.10', 9003))
+s.sendall(b'200000\\n')
+time.sleep(1)
+data, end = b'', 'eof'
+try:
+    while True:
+        b = s.recv(65536)
+        if not b:
+            break
+        data += b
+except ConnectionResetError:
+    end = 'reset'
+except socket.timeout:
+    end = 'timeout'
+whole = (bytes(range(256)) * 1024)[:200000]
+print('got', len(data), 'whole' if data == whole else 'not-whole', end)
+";
+    let script = format!("python3 -c \"{client}\"");
+    let (out, events) = w.run_sh(&[], &script, T);
+    let text = stdout(&out);
+    assert!(
+        text.contains("got 200000 whole reset"),
+        "{text}{}",
+        stderr(&out)
+    );
+    // The server answered in full before its reset, and moat ended the flow with the
+    // server's reset as the reason.
+    assert!(
+        w.log()
+            .iter()
+            .any(|l| l["server"] == "answer-reset" && l["bytes"] == 200000),
+        "{:?}",
+        w.log()
+    );
+    assert!(
+        events.iter().any(|e| {
+            e["event"] == "close" && e["reason"].as_str().unwrap_or("").contains("upstream")
+        }),
+        "{events:#?}"
+    );
+}

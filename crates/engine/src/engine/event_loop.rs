@@ -6,6 +6,12 @@
 //! their flows (`table.rs` finds them by token); move the bytes of every flow an event
 //! marked; send what smoltcp has ready; remove the flows whose resets are now out; every
 //! 200 ms, sweep (`table::sweep`).
+//!
+//! The poll is edge-triggered: it reports a socket when something arrives, not while
+//! something is queued. Every source is therefore read until it would block, or, where a
+//! batch bounds the reading (the TAP, a UDP flow, a published port), a batch that ends
+//! with more queued leaves a mark (`rx_pending`, a dirty flow, a listener to read again)
+//! and the next turn polls without waiting and reads on.
 
 use std::io;
 use std::sync::atomic::{AtomicBool, Ordering};

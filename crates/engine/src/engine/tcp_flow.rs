@@ -23,6 +23,10 @@
 //!   rules.
 //! - **Closing**: both directions finished with FIN; smoltcp completes the exchange of
 //!   FINs and the flow ends as "closed". A connection that ends any other way is "reset".
+//! - **Resetting**: the host side reset the connection (or its socket failed) while moat
+//!   still held bytes it had read for the sandbox: they are delivered first, then the
+//!   sandbox's side is reset — what a program talking to the server directly sees (the
+//!   answer, then the reset), where resetting at once would lose the answer.
 
 use std::io;
 use std::os::fd::AsFd;
@@ -54,6 +58,8 @@ use crate::tls::sni::Sni;
 const TLS_PORTS: [u16; 1] = [443];
 /// How long a connection may take to finish closing once both sides are done.
 const CLOSING: Duration = Duration::from_secs(30);
+/// How long the sandbox has to take what moat holds for it after the host side reset.
+const RESETTING: Duration = Duration::from_secs(5);
 
 /// One TCP segment from the sandbox, as classified.
 #[derive(Debug, Clone, Copy)]
@@ -92,6 +98,13 @@ pub(super) enum TcpState {
     /// Both directions finished (or interception failed and its alert is on the way);
     /// smoltcp is finishing the exchange of FINs, until `deadline`.
     Closing {
+        handle: SocketHandle,
+        why: CloseReason,
+        deadline: Instant,
+    },
+    /// The host side failed; what moat holds for the sandbox goes out, then a reset, by
+    /// `deadline` at the latest.
+    Resetting {
         handle: SocketHandle,
         why: CloseReason,
         deadline: Instant,
@@ -302,7 +315,12 @@ pub(super) fn relay(table: &mut FlowTable, cx: &mut Cx, id: FlowId) {
 pub(super) fn close_timed_out(table: &mut FlowTable, cx: &mut Cx, id: FlowId) {
     if let Some(Flow::Tcp(flow)) = table.get_mut(id) {
         flow.abort_guest(cx);
-        table.doom(id, CloseReason::CloseTimedOut);
+        // A reset on its way ends with the host side's reason.
+        let why = match &flow.state {
+            TcpState::Resetting { why, .. } => why.clone(),
+            _ => CloseReason::CloseTimedOut,
+        };
+        table.doom(id, why);
     }
 }
 
@@ -351,8 +369,14 @@ impl TcpFlow {
         match self.state {
             TcpState::Dialing { deadline, .. } if now >= deadline => Due::DialTimedOut,
             TcpState::Dialing { .. } => Due::Nothing,
-            TcpState::Closing { deadline, .. } if now >= deadline => Due::CloseTimedOut,
-            TcpState::Relaying { .. } | TcpState::Closing { .. } => Due::Relay,
+            TcpState::Closing { deadline, .. } | TcpState::Resetting { deadline, .. }
+                if now >= deadline =>
+            {
+                Due::CloseTimedOut
+            }
+            TcpState::Relaying { .. } | TcpState::Closing { .. } | TcpState::Resetting { .. } => {
+                Due::Relay
+            }
         }
     }
 
@@ -409,6 +433,14 @@ impl TcpFlow {
                     Step::Continue
                 };
             }
+            TcpState::Resetting { handle, why, .. } => {
+                let socket = cx.stack.tcp(*handle);
+                if socket.send_queue() > 0 && socket.may_send() {
+                    return Step::Continue;
+                }
+                socket.abort();
+                return Step::Doom(why.clone());
+            }
         };
         if let Some(step) = self.check_client_hello(cx, handle) {
             return step;
@@ -451,7 +483,20 @@ impl TcpFlow {
                 cx.audit_tls(self.key, &self.rule, &audit, None);
             }
             Err(Broken::Reset(why)) => {
-                cx.stack.tcp(handle).abort();
+                let socket = cx.stack.tcp(handle);
+                let from_host = matches!(
+                    why,
+                    CloseReason::UpstreamRead(_) | CloseReason::UpstreamWrite(_)
+                );
+                if from_host && socket.send_queue() > 0 && socket.may_send() {
+                    self.state = TcpState::Resetting {
+                        handle,
+                        why,
+                        deadline: Instant::now() + RESETTING,
+                    };
+                    return Step::Continue;
+                }
+                socket.abort();
                 return Step::Doom(why);
             }
             Err(Broken::Secret(i)) => {
@@ -627,7 +672,10 @@ impl TcpFlow {
 
     /// Resets the sandbox's side (the engine is stopping).
     pub(super) fn abort_guest(&mut self, cx: &mut Cx) {
-        if let TcpState::Relaying { handle } | TcpState::Closing { handle, .. } = self.state {
+        if let TcpState::Relaying { handle }
+        | TcpState::Closing { handle, .. }
+        | TcpState::Resetting { handle, .. } = self.state
+        {
             cx.stack.tcp(handle).abort();
         }
     }
@@ -642,7 +690,9 @@ impl TcpFlow {
         // No EPOLL_CTL_DEL: the host socket is dropped below, and closing its only
         // descriptor takes it out of the poll set (a syscall less per connection).
         match self.state {
-            TcpState::Relaying { handle } | TcpState::Closing { handle, .. } => {
+            TcpState::Relaying { handle }
+            | TcpState::Closing { handle, .. }
+            | TcpState::Resetting { handle, .. } => {
                 cx.pool.recycle(&mut cx.stack.sockets, handle, self.mem);
             }
             TcpState::Dialing { socket, .. } => cx.pool.give_back(*socket, self.mem),
@@ -710,6 +760,7 @@ mod tests {
                 TcpState::Dialing { .. } => "dialing",
                 TcpState::Relaying { .. } => "relaying",
                 TcpState::Closing { .. } => "closing",
+                TcpState::Resetting { .. } => "resetting",
             },
             _ => "gone",
         }
