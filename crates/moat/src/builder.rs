@@ -784,50 +784,42 @@ mod tests {
 
     #[test]
     fn settings_out_of_range_are_errors_both_ways() {
-        let opts = RunOptions {
-            name: "zero".into(),
+        // What `moat run` with these options, and the API with this builder, say.
+        let cli = |opts: RunOptions| {
+            let opts = RunOptions {
+                name: "bad".into(),
+                command: vec!["true".into()],
+                ..opts
+            };
+            builder(&opts)
+                .err()
+                .map(|e| e.to_string())
+                .unwrap_or_default()
+        };
+        let api = |b: crate::SandboxBuilder| {
+            b.assemble()
+                .err()
+                .map(|e| e.to_string())
+                .unwrap_or_default()
+        };
+        let zero = cli(RunOptions {
             max_connections: Some(0),
-            command: vec!["true".into()],
             ..RunOptions::default()
-        };
-        let cli = builder(&opts)
-            .err()
-            .map(|e| e.to_string())
-            .unwrap_or_default();
-        assert!(cli.contains("--max-connections 0"), "{cli}");
-        let api = Sandbox::builder("zero")
-            .network(|n| n.max_connections(0))
-            .assemble()
-            .err()
-            .map(|e| e.to_string())
-            .unwrap_or_default();
-        assert!(api.contains("max_connections"), "{api}");
-        let api = Sandbox::builder("zero")
-            .pids_limit(0)
-            .assemble()
-            .err()
-            .map(|e| e.to_string())
-            .unwrap_or_default();
-        assert!(api.contains("pids_limit"), "{api}");
+        });
+        assert!(zero.contains("--max-connections 0"), "{zero}");
+        let zero = api(Sandbox::builder("zero").network(|n| n.max_connections(0)));
+        assert!(zero.contains("max_connections"), "{zero}");
+        let pids = api(Sandbox::builder("zero").pids_limit(0));
+        assert!(pids.contains("pids_limit"), "{pids}");
         // A busy-poll window past 1 ms is refused; 1 ms itself is fine.
-        let opts = RunOptions {
-            name: "spin".into(),
+        let spin = cli(RunOptions {
             busy_poll: Some(1001),
-            command: vec!["true".into()],
             ..RunOptions::default()
-        };
-        let cli = builder(&opts)
-            .err()
-            .map(|e| e.to_string())
-            .unwrap_or_default();
-        assert!(cli.contains("--busy-poll 1001"), "{cli}");
-        let api = Sandbox::builder("spin")
-            .network(|n| n.busy_poll(Duration::from_micros(1001)))
-            .assemble()
-            .err()
-            .map(|e| e.to_string())
-            .unwrap_or_default();
-        assert!(api.contains("busy_poll"), "{api}");
+        });
+        assert!(spin.contains("--busy-poll 1001"), "{spin}");
+        let spin =
+            api(Sandbox::builder("spin").network(|n| n.busy_poll(Duration::from_micros(1001))));
+        assert!(spin.contains("busy_poll"), "{spin}");
         assert!(
             Sandbox::builder("spin")
                 .network(|n| n.busy_poll(moat_engine::MAX_BUSY_POLL))

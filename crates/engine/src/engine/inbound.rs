@@ -383,20 +383,25 @@ mod tests {
 
     use super::*;
     use crate::engine::config::DenyMode;
-    use crate::engine::testing::{Harness, udp_from, udp_to_guest_full};
+    use crate::engine::testing::{Harness, loopback_listener, udp_from, udp_to_guest_full};
 
-    #[test]
-    fn a_published_udp_port_carries_a_peer_in_and_the_answer_out() {
-        let published = StdUdp::bind("127.0.0.1:0").unwrap();
-        let port = published.local_addr().unwrap();
-        let mut h = Harness::with_published(
+    /// A sandbox with `published` as its UDP port 5300.
+    fn publishing_udp(published: StdUdp) -> Harness {
+        Harness::with_published(
             NetworkPolicy::allow_all(),
             DenyMode::Drop,
             vec![Published {
                 socket: PublishedSocket::Udp(published),
                 guest_port: 5300,
             }],
-        );
+        )
+    }
+
+    #[test]
+    fn a_published_udp_port_carries_a_peer_in_and_the_answer_out() {
+        let published = StdUdp::bind("127.0.0.1:0").unwrap();
+        let port = published.local_addr().unwrap();
+        let mut h = publishing_udp(published);
         let peer = StdUdp::bind("127.0.0.1:0").unwrap();
         peer.set_read_timeout(Some(Duration::from_secs(3))).unwrap();
         peer.send_to(b"hello", port).unwrap();
@@ -436,14 +441,7 @@ mod tests {
         let room: usize = 1 << 20;
         nix::sys::socket::setsockopt(&published, nix::sys::socket::sockopt::RcvBuf, &room).unwrap();
         let port = published.local_addr().unwrap();
-        let mut h = Harness::with_published(
-            NetworkPolicy::allow_all(),
-            DenyMode::Drop,
-            vec![Published {
-                socket: PublishedSocket::Udp(published),
-                guest_port: 5300,
-            }],
-        );
+        let mut h = publishing_udp(published);
         let peer = StdUdp::bind("127.0.0.1:0").unwrap();
         let burst = ACCEPT_BATCH + 44;
         for i in 0..burst as u32 {
@@ -469,24 +467,8 @@ mod tests {
 
     #[test]
     fn a_published_tcp_port_accepts_a_long_queue_to_the_end() {
-        use nix::sys::socket::{
-            AddressFamily, Backlog, SockFlag, SockType, SockaddrIn, bind, listen, socket,
-        };
         // A listener whose queue holds more than a batch (the standard one holds 128).
-        let fd = socket(
-            AddressFamily::Inet,
-            SockType::Stream,
-            SockFlag::SOCK_CLOEXEC,
-            None,
-        )
-        .unwrap();
-        bind(
-            std::os::fd::AsRawFd::as_raw_fd(&fd),
-            &SockaddrIn::new(127, 0, 0, 1, 0),
-        )
-        .unwrap();
-        listen(&fd, Backlog::new(1024).unwrap()).unwrap();
-        let listener = std::net::TcpListener::from(fd);
+        let listener = loopback_listener(1024);
         let port = listener.local_addr().unwrap();
         let mut h = Harness::with_published(
             NetworkPolicy::allow_all(),

@@ -742,7 +742,7 @@ mod tests {
     use smoltcp::wire::TcpControl;
 
     use super::*;
-    use crate::engine::testing::{Harness, key_to, syn, tcp_to_guest};
+    use crate::engine::testing::{Harness, key_to, loopback_listener, syn, tcp_to_guest};
 
     const GATEWAY: Ipv4Addr = Ipv4Addr::new(10, 0, 2, 2);
 
@@ -752,6 +752,21 @@ mod tests {
             .iter()
             .filter_map(|f| tcp_to_guest(f))
             .any(|(src, control, _)| src == port && control == TcpControl::Rst)
+    }
+
+    /// The sandbox's SYN to the gateway's `port`: the flow it opened.
+    fn open_to(h: &mut Harness, port: u16) -> (FlowKey, FlowId) {
+        h.frame(&syn(GATEWAY, port));
+        let key = key_to(SocketAddr::new(GATEWAY.into(), port));
+        let id = h.table.find_tcp(&key).expect("the SYN opened a flow");
+        (key, id)
+    }
+
+    fn sent_syn_ack(h: &mut Harness, port: u16) -> bool {
+        h.sent()
+            .iter()
+            .filter_map(|f| tcp_to_guest(f))
+            .any(|(src, control, ack)| src == port && control == TcpControl::Syn && ack)
     }
 
     fn state(h: &Harness, id: FlowId) -> &'static str {
@@ -770,23 +785,7 @@ mod tests {
     /// so a dial to it stays pending until the waiting one is accepted and the dial's SYN
     /// is sent again (a second later). With it, the filler connection.
     fn full_listener() -> (TcpListener, std::net::TcpStream, u16) {
-        use nix::sys::socket::{
-            AddressFamily, Backlog, SockFlag, SockType, SockaddrIn, bind, listen, socket,
-        };
-        let fd = socket(
-            AddressFamily::Inet,
-            SockType::Stream,
-            SockFlag::SOCK_CLOEXEC,
-            None,
-        )
-        .unwrap();
-        bind(
-            std::os::fd::AsRawFd::as_raw_fd(&fd),
-            &SockaddrIn::new(127, 0, 0, 1, 0),
-        )
-        .unwrap();
-        listen(&fd, Backlog::new(0).unwrap()).unwrap();
-        let server = TcpListener::from(fd);
+        let server = loopback_listener(0);
         let port = server.local_addr().unwrap().port();
         let filler = std::net::TcpStream::connect(("127.0.0.1", port)).unwrap();
         (server, filler, port)
@@ -797,18 +796,14 @@ mod tests {
         let server = TcpListener::bind("127.0.0.1:0").unwrap();
         let port = server.local_addr().unwrap().port();
         let mut h = Harness::new(NetworkPolicy::allow_all(), DenyMode::Drop);
-        h.frame(&syn(GATEWAY, port));
-        let key = key_to(SocketAddr::new(GATEWAY.into(), port));
-        let id = h.table.find_tcp(&key).expect("the SYN opened a flow");
+        let (_, id) = open_to(&mut h, port);
         // Loopback completes the handshake inside connect(): no wait for the event.
         assert_eq!(state(&h, id), "relaying");
         h.cx.stack.egress();
-        let answered = h
-            .sent()
-            .iter()
-            .filter_map(|f| tcp_to_guest(f))
-            .any(|(src, control, ack)| src == port && control == TcpControl::Syn && ack);
-        assert!(answered, "no SYN-ACK from {GATEWAY}:{port}");
+        assert!(
+            sent_syn_ack(&mut h, port),
+            "no SYN-ACK from {GATEWAY}:{port}"
+        );
         assert!(server.accept().is_ok());
     }
 
@@ -816,9 +811,7 @@ mod tests {
     fn an_allowed_syn_waits_for_the_dial_then_is_answered() {
         let (server, _filler, port) = full_listener();
         let mut h = Harness::new(NetworkPolicy::allow_all(), DenyMode::Drop);
-        h.frame(&syn(GATEWAY, port));
-        let key = key_to(SocketAddr::new(GATEWAY.into(), port));
-        let id = h.table.find_tcp(&key).expect("the SYN opened a flow");
+        let (key, id) = open_to(&mut h, port);
         assert_eq!(state(&h, id), "dialing");
         on_host_ready(&mut h.table, &mut h.cx, id);
         assert_eq!(
@@ -844,12 +837,10 @@ mod tests {
         });
         assert!(relaying, "the dial never finished");
         h.cx.stack.egress();
-        let answered = h
-            .sent()
-            .iter()
-            .filter_map(|f| tcp_to_guest(f))
-            .any(|(src, control, ack)| src == port && control == TcpControl::Syn && ack);
-        assert!(answered, "no SYN-ACK from {GATEWAY}:{port}");
+        assert!(
+            sent_syn_ack(&mut h, port),
+            "no SYN-ACK from {GATEWAY}:{port}"
+        );
 
         // Removed by the table: unindexed, and its end audited with the reason.
         h.table.remove(id, CloseReason::Reset, &mut h.cx);
@@ -883,9 +874,7 @@ mod tests {
     fn a_dial_past_its_deadline_resets_the_sandbox() {
         let (_server, _filler, port) = full_listener();
         let mut h = Harness::new(NetworkPolicy::allow_all(), DenyMode::Drop);
-        h.frame(&syn(GATEWAY, port));
-        let key = key_to(SocketAddr::new(GATEWAY.into(), port));
-        let id = h.table.find_tcp(&key).unwrap();
+        let (_, id) = open_to(&mut h, port);
         let due = match h.table.get(id) {
             Some(Flow::Tcp(f)) => f.due(Instant::now() + Duration::from_secs(16)),
             _ => Due::Nothing,

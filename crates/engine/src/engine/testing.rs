@@ -295,3 +295,25 @@ pub(super) fn udp_to_guest_full(frame: &[u8]) -> Option<(Ipv4Addr, u16, u16, Vec
         udp.payload().to_vec(),
     ))
 }
+
+/// A TCP listener on 127.0.0.1 (any port) with accept queue `backlog` (the standard
+/// library's is fixed at 128).
+pub(super) fn loopback_listener(backlog: i32) -> std::net::TcpListener {
+    use nix::sys::socket::{
+        AddressFamily, Backlog, SockFlag, SockType, SockaddrIn, bind, listen, socket,
+    };
+    let fd = socket(
+        AddressFamily::Inet,
+        SockType::Stream,
+        SockFlag::SOCK_CLOEXEC,
+        None,
+    )
+    .unwrap();
+    bind(
+        std::os::fd::AsRawFd::as_raw_fd(&fd),
+        &SockaddrIn::new(127, 0, 0, 1, 0),
+    )
+    .unwrap();
+    listen(&fd, Backlog::new(backlog).unwrap()).unwrap();
+    std::net::TcpListener::from(fd)
+}

@@ -193,8 +193,9 @@ mod tests {
 
     const GATEWAY: Ipv4Addr = Ipv4Addr::new(10, 0, 2, 2);
 
-    #[test]
-    fn a_datagram_opens_a_flow_and_replies_come_back() {
+    /// A server on loopback, and the flow the sandbox's "ping" to it opened (the ping
+    /// arrived): the server, its port, the harness, the flow and the flow's host address.
+    fn flow_to_server() -> (std::net::UdpSocket, u16, Harness, FlowId, SocketAddr) {
         let server = std::net::UdpSocket::bind("127.0.0.1:0").unwrap();
         server
             .set_read_timeout(Some(Duration::from_secs(3)))
@@ -205,10 +206,15 @@ mod tests {
         let mut buf = [0u8; 16];
         let (n, from) = server.recv_from(&mut buf).unwrap();
         assert_eq!(&buf[..n], b"ping");
-        server.send_to(b"pong", from).unwrap();
-
         let key = key_to(SocketAddr::new(GATEWAY.into(), port));
         let id = h.table.find_udp(&key).expect("the datagram opened a flow");
+        (server, port, h, id, from)
+    }
+
+    #[test]
+    fn a_datagram_opens_a_flow_and_replies_come_back() {
+        let (server, port, mut h, id, from) = flow_to_server();
+        server.send_to(b"pong", from).unwrap();
         let back = h.until(|h| {
             readable(&mut h.table, &mut h.cx, id);
             h.sent()
@@ -229,17 +235,7 @@ mod tests {
 
     #[test]
     fn a_burst_longer_than_a_batch_is_read_to_the_end() {
-        let server = std::net::UdpSocket::bind("127.0.0.1:0").unwrap();
-        server
-            .set_read_timeout(Some(Duration::from_secs(3)))
-            .unwrap();
-        let port = server.local_addr().unwrap().port();
-        let mut h = Harness::new(NetworkPolicy::allow_all(), DenyMode::Drop);
-        h.frame(&udp(GATEWAY, port, b"ping"));
-        let mut buf = [0u8; 16];
-        let (_, flow_addr) = server.recv_from(&mut buf).unwrap();
-        let key = key_to(SocketAddr::new(GATEWAY.into(), port));
-        let id = h.table.find_udp(&key).unwrap();
+        let (server, port, mut h, id, flow_addr) = flow_to_server();
         // Room for the whole burst in the flow's socket (the default holds ~256 small ones).
         if let Some(Flow::Udp(f)) = h.table.get(id) {
             let room: usize = 1 << 20;
