@@ -45,13 +45,15 @@ for mode in ["best", "1500"]:
 print("\n## Connections (connect + request + response + close)\n")
 print("| concurrency | path | conn/s (median) | p50 µs | p99 µs |")
 print("|---|---|---|---|---|")
+def conn_stats(results):
+    """Median conn/s, p50 and p99 of `moat-bench connrate` results."""
+    return tuple(med([r.get(k, 0) for r in results]) for k in ("per_sec", "p50_us", "p99_us"))
+
 conn = {}
 for c in [1, 32]:
     for p in PATHS:
         rs = [r["result"] for r in rows if r["kind"] == "conn" and r["conc"] == c and r["path"] == p]
-        rate = med([r.get("per_sec", 0) for r in rs])
-        p50 = med([r.get("p50_us", 0) for r in rs])
-        p99 = med([r.get("p99_us", 0) for r in rs])
+        rate, p50, p99 = conn_stats(rs)
         conn[(c, p)] = (rate, p50, p99)
         print(f"| {c} | {p} | {rate:.0f} | {p50:.0f} | {p99:.0f} |")
 best_peer = {c: max(conn[(c, 'pasta')][0], conn[(c, 'slirp4netns')][0]) for c in [1, 32]}
@@ -67,9 +69,7 @@ if bp:
     print("|---|---|---|---|---|")
     for us in sorted({r["us"] for r in bp}):
         rs = [r for r in bp if r["us"] == us]
-        rate = med([r["result"].get("per_sec", 0) for r in rs])
-        p50 = med([r["result"].get("p50_us", 0) for r in rs])
-        p99 = med([r["result"].get("p99_us", 0) for r in rs])
+        rate, p50, p99 = conn_stats([r["result"] for r in rs])
         cpu = med([r["cpu_pct"] for r in rs])
         print(f"| {us} | {rate:.0f} | {p50:.0f} | {p99:.0f} | {cpu:.1f}% of a core |")
 
