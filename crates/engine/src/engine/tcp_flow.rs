@@ -311,6 +311,12 @@ pub(super) fn relay(table: &mut FlowTable, cx: &mut Cx, id: FlowId) {
     }
 }
 
+/// Whether the sandbox's socket still holds bytes from the host it can send (what a
+/// reset from the host side waits for, see Resetting).
+fn holds_for_sandbox(socket: &tcp::Socket<'static>) -> bool {
+    socket.send_queue() > 0 && socket.may_send()
+}
+
 /// The connection did not finish closing in time: reset, and removed after the RST.
 pub(super) fn close_timed_out(table: &mut FlowTable, cx: &mut Cx, id: FlowId) {
     if let Some(Flow::Tcp(flow)) = table.get_mut(id) {
@@ -435,7 +441,7 @@ impl TcpFlow {
             }
             TcpState::Resetting { handle, why, .. } => {
                 let socket = cx.stack.tcp(*handle);
-                if socket.send_queue() > 0 && socket.may_send() {
+                if holds_for_sandbox(socket) {
                     return Step::Continue;
                 }
                 socket.abort();
@@ -488,7 +494,7 @@ impl TcpFlow {
                     why,
                     CloseReason::UpstreamRead(_) | CloseReason::UpstreamWrite(_)
                 );
-                if from_host && socket.send_queue() > 0 && socket.may_send() {
+                if from_host && holds_for_sandbox(socket) {
                     self.state = TcpState::Resetting {
                         handle,
                         why,
