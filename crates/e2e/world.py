@@ -14,6 +14,9 @@ arrived where. Bounded: request bodies are streamed, never stored.
                                 a server that closes abortively right after answering
   TCP banner     tcp 2222, 443, 853  sends "BANNER\\n" on connect (a server-first protocol)
   UDP echo       udp 7777       echoes each datagram (on each address given after the log)
+  UDP burst      udp 7778       on "N SIZE TAIL", sends N datagrams of SIZE bytes and one of
+                                TAIL bytes back in one system call (UDP_SEGMENT), so they all
+                                wait together in moat's socket; each starts with its 4-byte index
   DNS            udp+tcp 53     answers *.example.test from a table
   HTTPS echo     tcp 8443       the HTTP echo over TLS, certificate from the world's own test CA
                                 (world-ca.pem beside the log; *.example.test, 203.0.113.10);
@@ -381,6 +384,22 @@ class UdpEcho(socketserver.BaseRequestHandler):
             bytes=len(data))
         sock.sendto(data, self.client_address)
 
+class UdpBurst(socketserver.BaseRequestHandler):
+    def handle(self):
+        data, sock = self.request
+        try:
+            n, size, tail = (int(x) for x in data.split())
+        except ValueError:
+            return
+        if not (1 <= n <= 64 and 4 <= tail <= size <= 1400):
+            return
+        body = b"".join(i.to_bytes(4, "big") + bytes([i % 251]) * (size - 4) for i in range(n))
+        body += n.to_bytes(4, "big") + b"t" * (tail - 4)
+        log(server="udp-burst", client=self.client_address[0], datagrams=n + 1)
+        # UDP_SEGMENT (103): the kernel sends the body as datagrams of SIZE bytes.
+        sock.sendmsg([body], [(socket.SOL_UDP, 103, size.to_bytes(2, sys.byteorder))], 0,
+                     self.client_address)
+
 class Dual:
     address_family = socket.AF_INET6
     allow_reuse_address = True
@@ -454,7 +473,7 @@ servers = [HttpServer(("::", 80), Echo), HttpServer(("::", 8080), Echo),
 # UDP answers must come from the address that was asked: one socket per address.
 for addr in sys.argv[2:]:
     cls = Udp6 if ":" in addr else Udp4
-    servers += [cls((addr, 7777), UdpEcho), cls((addr, 53), DnsUdp)]
+    servers += [cls((addr, 7777), UdpEcho), cls((addr, 7778), UdpBurst), cls((addr, 53), DnsUdp)]
 for s in servers:
     threading.Thread(target=s.serve_forever, daemon=True).start()
 print("ready", flush=True)

@@ -421,3 +421,66 @@ print('got', len(data), 'whole' if data == whole else 'not-whole', end)
         "{events:#?}"
     );
 }
+
+/// A burst of datagrams that waits together in moat's socket (the world sends 40 of 1,000
+/// bytes and one of 300 in one system call) reaches a sandbox program whole and in order,
+/// over IPv4 and IPv6. moat hands such a run to the sandbox's kernel as one frame to split:
+/// a receiver that asks for coalesced datagrams (UDP_GRO) sees them arrive together, which a
+/// frame per datagram would never give it on this link.
+#[test]
+fn a_burst_of_datagrams_arrives_whole_and_in_order_in_few_frames() {
+    let w = World::new();
+    let client = r#"python3 - <<'PY'
+import socket
+for host in ["203.0.113.10", "2001:db8::10"]:
+    family = socket.AF_INET6 if ":" in host else socket.AF_INET
+    for gro in (False, True):
+        s = socket.socket(family, socket.SOCK_DGRAM)
+        s.setsockopt(socket.SOL_SOCKET, socket.SO_RCVBUF, 1 << 20)
+        if gro:
+            s.setsockopt(socket.SOL_UDP, 104, 1)  # UDP_GRO
+        s.settimeout(2)
+        s.sendto(b"40 1000 300", (host, 7778))
+        reads, data = [], b""
+        try:
+            while len(data) < 40 * 1000 + 300:
+                got, anc, _, _ = s.recvmsg(65536, 64)
+                size = [int.from_bytes(d[:2], "little") for lvl, t, d in anc if lvl == socket.SOL_UDP and t == 104]
+                reads.append((len(got), size[0] if size else len(got)))
+                data += got
+        except socket.timeout:
+            pass
+        want = b"".join(i.to_bytes(4, "big") + bytes([i % 251]) * 996 for i in range(40))
+        want += (40).to_bytes(4, "big") + b"t" * 296
+        if gro:
+            together = max((n // max(size, 1) for n, size in reads), default=0)
+            print(host, "gro", "whole" if data == want else "not-whole", "reads", len(reads), "most-together", together)
+        else:
+            sizes = sorted(set(n for n, _ in reads))
+            print(host, "plain", "whole" if data == want else "not-whole", "datagrams", len(reads), "sizes", sizes)
+PY"#;
+    let (out, _) = w.run_sh(&[], client, T);
+    let text = stdout(&out);
+    for host in ["203.0.113.10", "2001:db8::10"] {
+        assert!(
+            text.contains(&format!(
+                "{host} plain whole datagrams 41 sizes [300, 1000]"
+            )),
+            "{text}{}",
+            stderr(&out)
+        );
+        let line = text
+            .lines()
+            .find(|l| l.starts_with(&format!("{host} gro whole")))
+            .unwrap_or_else(|| panic!("{text}{}", stderr(&out)));
+        let together: usize = line.rsplit(' ').next().unwrap().parse().unwrap();
+        assert!(together > 1, "{line}");
+    }
+    // The world sent each burst (four of them) as asked.
+    let bursts = w
+        .log()
+        .iter()
+        .filter(|l| l["server"] == "udp-burst")
+        .count();
+    assert_eq!(bursts, 4, "{:?}", w.log());
+}

@@ -11,7 +11,7 @@ use std::os::fd::{AsFd, AsRawFd, OwnedFd, RawFd};
 use smoltcp::phy::{self, Checksum, ChecksumCapabilities, DeviceCapabilities, Medium};
 use smoltcp::time::Instant;
 
-use crate::offload::{self, TcpOffload, VNET_HDR_LEN};
+use crate::offload::{self, TcpOffload, UdpSegments, VNET_HDR_LEN};
 
 /// Ethernet header length.
 pub const ETH_HEADER: usize = 14;
@@ -40,6 +40,22 @@ pub trait FrameDevice {
             "this device does not offload TCP",
         ))
     }
+    /// Whether the device takes one UDP frame carrying several datagrams for the sandbox's
+    /// kernel to split ([`FrameDevice::send_udp_segments`]). `false` by default.
+    fn segments_udp(&self) -> bool {
+        false
+    }
+    /// Writes a UDP frame of several datagrams, its checksum field holding the pseudo-header
+    /// sum, as [`UdpSegments`] describes it. `ErrorKind::Unsupported` when the device (or the
+    /// kernel under it) cannot: the caller sends the datagrams one by one instead, and
+    /// [`FrameDevice::segments_udp`] says `false` from then on.
+    fn send_udp_segments(&mut self, frame: &[u8], segments: &UdpSegments) -> io::Result<()> {
+        let _ = (frame, segments);
+        Err(io::Error::new(
+            io::ErrorKind::Unsupported,
+            "this device does not split UDP frames",
+        ))
+    }
 }
 
 /// A TAP interface opened without packet information (`IFF_TAP | IFF_NO_PI`), non-blocking;
@@ -49,6 +65,9 @@ pub struct TapDevice {
     fd: OwnedFd,
     /// Frames carry a virtio-net header and TCP is offloaded.
     offloads: bool,
+    /// UDP frames of several datagrams are split by the kernel: with the virtio-net header,
+    /// until the kernel refuses one (before Linux 6.2).
+    udp_segments: bool,
 }
 
 impl TapDevice {
@@ -60,6 +79,7 @@ impl TapDevice {
         Ok(TapDevice {
             fd,
             offloads: false,
+            udp_segments: false,
         })
     }
 
@@ -68,6 +88,7 @@ impl TapDevice {
     pub fn with_offloads(fd: OwnedFd) -> io::Result<TapDevice> {
         let mut dev = TapDevice::new(fd)?;
         dev.offloads = true;
+        dev.udp_segments = true;
         Ok(dev)
     }
 
@@ -129,6 +150,24 @@ impl FrameDevice for TapDevice {
 
     fn send_tcp(&mut self, frame: &[u8], offload: &TcpOffload) -> io::Result<()> {
         self.write_with(&offload.header(), frame)
+    }
+
+    fn segments_udp(&self) -> bool {
+        self.udp_segments
+    }
+
+    fn send_udp_segments(&mut self, frame: &[u8], segments: &UdpSegments) -> io::Result<()> {
+        if !self.udp_segments {
+            return Err(io::ErrorKind::Unsupported.into());
+        }
+        match self.write_with(&segments.header(), frame) {
+            // A kernel without UDP segmentation offload rejects the header's GSO type.
+            Err(e) if e.raw_os_error() == Some(nix::errno::Errno::EINVAL as i32) => {
+                self.udp_segments = false;
+                Err(io::ErrorKind::Unsupported.into())
+            }
+            r => r,
+        }
     }
 }
 

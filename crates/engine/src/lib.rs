@@ -23,7 +23,7 @@ pub use engine::{
     MAX_PUBLISHED, MIN_BUFFER_MEMORY, MIN_MTU, Published, PublishedSocket, Terminate, TlsConfig,
     spawn,
 };
-pub use offload::{TcpOffload, VNET_HDR_LEN};
+pub use offload::{MAX_UDP_SEGMENTS, TcpOffload, UdpSegments, VNET_HDR_LEN};
 pub use secrets::{HostPattern, Secret, SecretError, check_distinct as check_secrets};
 pub use tls::ca::{CaError, FRESH_CA_DAYS, InterceptCa, LeafName, STABLE_CA_DAYS};
 
@@ -176,11 +176,13 @@ pub mod fuzzing {
     }
 
     /// Classifies a frame as the engine does before the stack sees it, and prepares it
-    /// for an offloading device.
+    /// for an offloading device (as a TCP segment, and as a run of UDP datagrams).
     pub fn frame(data: &[u8]) {
         let _ = crate::wire::classify(data);
         let mut copy = data.to_vec();
         let _ = crate::offload::prepare_tcp(&mut copy, Some(1460));
+        let mut copy = data.to_vec();
+        let _ = crate::offload::prepare_udp_segments(&mut copy, 1000);
     }
 
     /// The DNS message parser and helpers on arbitrary bytes.

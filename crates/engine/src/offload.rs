@@ -1,6 +1,6 @@
-//! TCP offloads across the TAP: the virtio-net header in front of each frame, and what the
+//! Offloads across the TAP: the virtio-net header in front of each frame, and what the
 //! engine does so 64 KiB TCP segments cross the link in one frame each way without a
-//! software checksum.
+//! software checksum, and a run of UDP datagrams reaches the sandbox in one frame.
 //!
 //! With `IFF_VNET_HDR` and `TUNSETOFFLOAD(TUN_F_CSUM | TUN_F_TSO4 | TUN_F_TSO6)` the
 //! sandbox's kernel sends TCP segments of up to 64 KiB (whatever the link MTU) with the
@@ -15,8 +15,18 @@
 //! says it can split them, and tags each with the connection's MSS; the header passes that
 //! on as `gso_size`, so the sandbox sees exactly the segments its MSS allows.
 //!
+//! UDP goes the same way toward the sandbox: datagrams that wait together in a flow's host
+//! socket and have one size (the last may be shorter) leave as one frame announced as UDP
+//! segmentation offload (`VIRTIO_NET_HDR_GSO_UDP_L4`, Linux 6.2 and later), and the
+//! sandbox's kernel splits it into the same datagrams, each with its own header and
+//! checksum, before any socket sees them. A kernel that does not know the type refuses the
+//! write; the engine then sends each datagram alone, as it does on devices without the
+//! header. The sandbox's own datagrams always arrive one per frame: moat does not offer it
+//! `TUN_F_USO4/6`.
+//!
 //! References: the virtio specification 1.2 §5.1.6 (struct virtio_net_hdr), Linux
-//! Documentation/networking/tuntap.rst and segmentation-offloads.rst, RFC 9293 §3.7.1 (MSS).
+//! Documentation/networking/tuntap.rst and segmentation-offloads.rst, RFC 9293 §3.7.1 (MSS),
+//! RFC 768 (UDP).
 
 /// Bytes of the virtio-net header in front of each frame (`virtio_net_hdr_mrg_rxbuf`).
 pub const VNET_HDR_LEN: usize = 12;
@@ -29,7 +39,13 @@ const NEEDS_CSUM: u8 = 1;
 const GSO_NONE: u8 = 0;
 const GSO_TCPV4: u8 = 1;
 const GSO_TCPV6: u8 = 4;
+const GSO_UDP_L4: u8 = 5;
 const TCP_CHECKSUM_AT: usize = 16;
+const UDP_CHECKSUM_AT: usize = 6;
+
+/// The most datagrams moat puts in one UDP frame for the sandbox's kernel to split (Linux
+/// takes up to 128, `UDP_MAX_SEGMENTS`).
+pub const MAX_UDP_SEGMENTS: usize = 64;
 
 /// How the sandbox's kernel is to finish a TCP frame moat sends: the checksum to fill, and
 /// the segment size when the frame is larger than the link carries.
@@ -48,29 +64,66 @@ pub struct TcpOffload {
 impl TcpOffload {
     /// The virtio-net header announcing this frame.
     pub fn header(&self) -> [u8; VNET_HDR_LEN] {
-        let mut h = [0u8; VNET_HDR_LEN];
-        h[0] = NEEDS_CSUM;
-        // The header is in the host's byte order (legacy virtio, TUNSETVNETLE/BE unset).
-        h[2..4].copy_from_slice(&self.hdr_len.to_ne_bytes());
-        if let Some(size) = self.gso_size {
-            h[1] = if self.v6 { GSO_TCPV6 } else { GSO_TCPV4 };
-            h[4..6].copy_from_slice(&size.to_ne_bytes());
-        } else {
-            h[1] = GSO_NONE;
-        }
-        h[6..8].copy_from_slice(&self.csum_start.to_ne_bytes());
-        h[8..10].copy_from_slice(&(TCP_CHECKSUM_AT as u16).to_ne_bytes());
-        h
+        let gso = self.gso_size.map(|size| {
+            let kind = if self.v6 { GSO_TCPV6 } else { GSO_TCPV4 };
+            (kind, size)
+        });
+        partial_header(self.hdr_len, self.csum_start, TCP_CHECKSUM_AT, gso)
     }
+}
+
+/// How the sandbox's kernel is to split a UDP frame moat sends into the datagrams it
+/// carries (UDP segmentation offload, Linux 6.2 and later): every datagram but the last is
+/// `gso_size` bytes, the last at most that; each gets its own UDP header and checksum.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub struct UdpSegments {
+    /// Offset of the UDP header in the frame.
+    pub csum_start: u16,
+    /// Payload bytes of each datagram but the last.
+    pub gso_size: u16,
+}
+
+impl UdpSegments {
+    /// The virtio-net header announcing this frame.
+    pub fn header(&self) -> [u8; VNET_HDR_LEN] {
+        partial_header(
+            self.csum_start + 8,
+            self.csum_start,
+            UDP_CHECKSUM_AT,
+            Some((GSO_UDP_L4, self.gso_size)),
+        )
+    }
+}
+
+/// A virtio-net header for a frame whose transport checksum (at `csum_start + csum_at`,
+/// holding the pseudo-header sum) the sandbox's kernel finishes, split by `gso` (kind, payload
+/// bytes per segment) when given.
+fn partial_header(
+    hdr_len: u16,
+    csum_start: u16,
+    csum_at: usize,
+    gso: Option<(u8, u16)>,
+) -> [u8; VNET_HDR_LEN] {
+    let mut h = [0u8; VNET_HDR_LEN];
+    h[0] = NEEDS_CSUM;
+    // The header is in the host's byte order (legacy virtio, TUNSETVNETLE/BE unset).
+    h[2..4].copy_from_slice(&hdr_len.to_ne_bytes());
+    let (kind, size) = gso.unwrap_or((GSO_NONE, 0));
+    h[1] = kind;
+    h[4..6].copy_from_slice(&size.to_ne_bytes());
+    h[6..8].copy_from_slice(&csum_start.to_ne_bytes());
+    h[8..10].copy_from_slice(&(csum_at as u16).to_ne_bytes());
+    h
 }
 
 /// The header for a frame that needs nothing done (checksums complete, one segment).
 pub const PLAIN_HEADER: [u8; VNET_HDR_LEN] = [0; VNET_HDR_LEN];
 
-/// Where the TCP header of an Ethernet frame starts, with its IP version, when the frame
-/// is an unfragmented TCP packet without IPv6 extension headers; also the IP packet's length
-/// as its header states.
-fn tcp_at(frame: &[u8]) -> Option<(usize, bool, usize)> {
+/// Where the transport header of an Ethernet frame starts, with its IP version, when the
+/// frame is an unfragmented IP packet of protocol `proto` without IPv6 extension headers
+/// and room for a `min_l4`-byte transport header; also the IP packet's length as its header
+/// states.
+fn l4_at(frame: &[u8], proto: u8, min_l4: usize) -> Option<(usize, bool, usize)> {
     let ethertype = u16::from_be_bytes([*frame.get(12)?, *frame.get(13)?]);
     match ethertype {
         0x0800 => {
@@ -80,8 +133,8 @@ fn tcp_at(frame: &[u8]) -> Option<(usize, bool, usize)> {
                 *frame.get(ETH + 3)?,
             ]));
             let frag = u16::from_be_bytes([*frame.get(ETH + 6)?, *frame.get(ETH + 7)?]);
-            let proto = *frame.get(ETH + 9)?;
-            (ihl >= 20 && proto == 6 && frag & 0x3fff == 0 && total >= ihl + 20).then_some((
+            let p = *frame.get(ETH + 9)?;
+            (ihl >= 20 && p == proto && frag & 0x3fff == 0 && total >= ihl + min_l4).then_some((
                 ETH + ihl,
                 false,
                 total,
@@ -92,11 +145,15 @@ fn tcp_at(frame: &[u8]) -> Option<(usize, bool, usize)> {
                 *frame.get(ETH + 4)?,
                 *frame.get(ETH + 5)?,
             ]));
-            (*frame.get(ETH + 6)? == 6 && payload >= 20).then_some((ETH + 40, true, 40 + payload))
+            (*frame.get(ETH + 6)? == proto && payload >= min_l4).then_some((
+                ETH + 40,
+                true,
+                40 + payload,
+            ))
         }
         _ => None,
     }
-    .filter(|&(at, _, total)| frame.len() >= ETH + total && at + 20 <= frame.len())
+    .filter(|&(at, _, total)| frame.len() >= ETH + total && at + min_l4 <= frame.len())
 }
 
 fn sum_words(data: &[u8], mut sum: u32) -> u32 {
@@ -117,26 +174,53 @@ fn fold(mut sum: u32) -> u16 {
     sum as u16
 }
 
+/// The folded pseudo-header sum (RFC 9293 §3.1, RFC 8200 §8.1) of the IP packet after the
+/// frame's Ethernet header, for a transport part of `l4_len` bytes of protocol `proto`: what
+/// a checksum left to the sandbox's kernel is to hold. The frame is at least as long as its
+/// IP header.
+fn pseudo_header_sum(frame: &[u8], v6: bool, proto: u8, l4_len: usize) -> u16 {
+    let addrs = if v6 {
+        &frame[ETH + 8..ETH + 40]
+    } else {
+        &frame[ETH + 12..ETH + 20]
+    };
+    fold(sum_words(addrs, 0) + u32::from(proto) + l4_len as u32)
+}
+
+/// Prepares a UDP frame moat built, its checksum field zero, for the sandbox's kernel to
+/// split into datagrams of `gso_size` payload bytes: writes the pseudo-header sum where the
+/// checksum goes. `None` unless the frame is an unfragmented UDP packet (no IPv6 extension
+/// headers) carrying more than one such datagram and at most [`MAX_UDP_SEGMENTS`].
+pub fn prepare_udp_segments(frame: &mut [u8], gso_size: u16) -> Option<UdpSegments> {
+    let (at, v6, ip_total) = l4_at(frame, 17, 8)?;
+    let udp_len = ip_total - (at - ETH);
+    let payload = udp_len - 8;
+    let size = usize::from(gso_size);
+    if size == 0 || payload <= size || payload.div_ceil(size) > MAX_UDP_SEGMENTS {
+        return None;
+    }
+    let sum = pseudo_header_sum(frame, v6, 17, udp_len);
+    frame[at + UDP_CHECKSUM_AT..at + UDP_CHECKSUM_AT + 2].copy_from_slice(&sum.to_be_bytes());
+    Some(UdpSegments {
+        csum_start: at as u16,
+        gso_size,
+    })
+}
+
 /// Prepares a TCP frame from smoltcp (checksum not computed) for an offloading device:
 /// writes the pseudo-header sum where the checksum goes, as the device expects, and says
 /// how the sandbox is to finish it; `segment` is the payload size smoltcp asked the frame
 /// to be split into, if any. `None` for anything but a well-formed TCP frame.
 pub fn prepare_tcp(frame: &mut [u8], segment: Option<u16>) -> Option<TcpOffload> {
-    let (at, v6, ip_total) = tcp_at(frame)?;
+    let (at, v6, ip_total) = l4_at(frame, 6, 20)?;
     let tcp_hl = usize::from(frame[at + 12] >> 4) * 4;
     let ip_hl = at - ETH;
     let tcp_len = ip_total - ip_hl;
     if tcp_hl < 20 || tcp_hl > tcp_len {
         return None;
     }
-    let sum = if v6 {
-        let s = sum_words(&frame[ETH + 8..ETH + 40], 0);
-        s + 6 + tcp_len as u32
-    } else {
-        let s = sum_words(&frame[ETH + 12..ETH + 20], 0);
-        s + 6 + tcp_len as u32
-    };
-    frame[at + TCP_CHECKSUM_AT..at + TCP_CHECKSUM_AT + 2].copy_from_slice(&fold(sum).to_be_bytes());
+    let sum = pseudo_header_sum(frame, v6, 6, tcp_len);
+    frame[at + TCP_CHECKSUM_AT..at + TCP_CHECKSUM_AT + 2].copy_from_slice(&sum.to_be_bytes());
     let payload = tcp_len - tcp_hl;
     let gso_size = segment.filter(|&size| size > 0 && payload > usize::from(size));
     Some(TcpOffload {
@@ -145,6 +229,37 @@ pub fn prepare_tcp(frame: &mut [u8], segment: Option<u16>) -> Option<TcpOffload>
         gso_size,
         v6,
     })
+}
+
+/// What the sandbox's kernel makes of a UDP frame announced by `segments`, written out the
+/// plain way: one frame per datagram, with its own IP length and header checksum, UDP length
+/// and full UDP checksum (the definition the engine's UDP batching is held to in tests).
+#[cfg(test)]
+pub(crate) fn split_udp_reference(frame: &[u8], segments: &UdpSegments) -> Vec<Vec<u8>> {
+    use smoltcp::wire::{IpAddress, Ipv4Packet, Ipv6Packet, UdpPacket};
+    let at = usize::from(segments.csum_start);
+    let v6 = at == ETH + 40;
+    let mut out = Vec::new();
+    for chunk in frame[at + 8..].chunks(usize::from(segments.gso_size)) {
+        let mut f = frame[..at + 8].to_vec();
+        f.extend_from_slice(chunk);
+        let udp_len = 8 + chunk.len();
+        let (src, dst): (IpAddress, IpAddress) = if v6 {
+            let mut ip = Ipv6Packet::new_unchecked(&mut f[ETH..]);
+            ip.set_payload_len(udp_len as u16);
+            (ip.src_addr().into(), ip.dst_addr().into())
+        } else {
+            let mut ip = Ipv4Packet::new_unchecked(&mut f[ETH..]);
+            ip.set_total_len((20 + udp_len) as u16);
+            ip.fill_checksum();
+            (ip.src_addr().into(), ip.dst_addr().into())
+        };
+        let mut udp = UdpPacket::new_unchecked(&mut f[at..]);
+        udp.set_len(udp_len as u16);
+        udp.fill_checksum(&src, &dst);
+        out.push(f);
+    }
+    out
 }
 
 #[cfg(test)]
@@ -309,6 +424,94 @@ mod tests {
         for cut in 0..40 {
             let mut f = frame(true, b"xyz");
             let _ = prepare_tcp(&mut f[..cut], Some(1440));
+        }
+    }
+
+    /// A UDP frame from 203.0.113.10:7778 (or 2001:db8::10) to the sandbox carrying
+    /// `payload` (checksum zero), as the engine builds one.
+    fn udp_frame(v6: bool, payload: &[u8]) -> Vec<u8> {
+        let (src, dst): (std::net::SocketAddr, std::net::SocketAddr) = if v6 {
+            (
+                "[2001:db8::10]:7778".parse().unwrap(),
+                "[fd00::100]:40000".parse().unwrap(),
+            )
+        } else {
+            (
+                "203.0.113.10:7778".parse().unwrap(),
+                "10.0.2.100:40000".parse().unwrap(),
+            )
+        };
+        let link = crate::wire::Link {
+            gateway_mac: smoltcp::wire::EthernetAddress([2, 0, 0, 0, 0, 1]),
+            guest_mac: smoltcp::wire::EthernetAddress([2, 0, 0, 0, 0, 2]),
+        };
+        let at = crate::wire::udp_payload_offset(src, dst).unwrap();
+        let mut f = vec![0u8; at];
+        f.extend_from_slice(payload);
+        assert!(crate::wire::udp_headers(&mut f, &link, src, dst));
+        f
+    }
+
+    #[test]
+    fn a_udp_frame_is_announced_for_splitting_with_its_pseudo_header_sum() {
+        for v6 in [false, true] {
+            let payload: Vec<u8> = (0..2500).map(|i| (i * 7 + 3) as u8).collect();
+            let mut f = udp_frame(v6, &payload);
+            let o = prepare_udp_segments(&mut f, 1000).expect("three datagrams");
+            let ip_len = if v6 { 40 } else { 20 };
+            assert_eq!(usize::from(o.csum_start), ETH + ip_len);
+            let h = o.header();
+            assert_eq!(h[0], NEEDS_CSUM);
+            assert_eq!(h[1], GSO_UDP_L4);
+            assert_eq!(
+                usize::from(u16::from_ne_bytes([h[2], h[3]])),
+                ETH + ip_len + 8
+            );
+            assert_eq!(u16::from_ne_bytes([h[4], h[5]]), 1000);
+            assert_eq!(usize::from(u16::from_ne_bytes([h[6], h[7]])), ETH + ip_len);
+            assert_eq!(u16::from_ne_bytes([h[8], h[9]]), 6);
+            // Finishing the checksum over the whole frame, as a device would, gives the
+            // frame's full UDP checksum: the field held the right pseudo-header sum.
+            let start = usize::from(o.csum_start);
+            let c = !fold(sum_words(&f[start..], 0));
+            f[start + 6..start + 8].copy_from_slice(&c.to_be_bytes());
+            let (src, dst): (IpAddress, IpAddress) = if v6 {
+                let ip = Ipv6Packet::new_checked(&f[ETH..]).unwrap();
+                (ip.src_addr().into(), ip.dst_addr().into())
+            } else {
+                let ip = Ipv4Packet::new_checked(&f[ETH..]).unwrap();
+                (ip.src_addr().into(), ip.dst_addr().into())
+            };
+            let udp = smoltcp::wire::UdpPacket::new_checked(&f[start..]).unwrap();
+            assert!(udp.verify_checksum(&src, &dst), "v6={v6}");
+            // Split, each datagram is the one the plain path writes.
+            let pieces = split_udp_reference(&udp_frame(v6, &payload), &o);
+            let sizes: Vec<usize> = pieces.iter().map(|p| p.len() - start - 8).collect();
+            assert_eq!(sizes, [1000, 1000, 500]);
+        }
+    }
+
+    #[test]
+    fn udp_frames_that_are_not_several_datagrams_are_not_prepared() {
+        let one = vec![1u8; 1000];
+        assert_eq!(
+            prepare_udp_segments(&mut udp_frame(false, &one), 1000),
+            None
+        );
+        assert_eq!(prepare_udp_segments(&mut udp_frame(false, &one), 0), None);
+        let many = vec![1u8; 65 * 100];
+        assert_eq!(
+            prepare_udp_segments(&mut udp_frame(false, &many), 100),
+            None,
+            "more than MAX_UDP_SEGMENTS"
+        );
+        assert!(prepare_udp_segments(&mut udp_frame(false, &many), 102).is_some());
+        let mut tcp = frame(false, &[1u8; 3000]);
+        assert_eq!(prepare_udp_segments(&mut tcp, 1000), None);
+        let two = udp_frame(true, &[1u8; 2000]);
+        for cut in 0..two.len() {
+            let mut f = two[..cut].to_vec();
+            assert_eq!(prepare_udp_segments(&mut f, 1000), None, "cut at {cut}");
         }
     }
 }

@@ -229,7 +229,47 @@ fn ip_headers(
     proto: IpProtocol,
     l4_len: usize,
 ) -> Option<usize> {
+    let at = l4_offset(src, dst)?;
+    out.clear();
+    out.resize(at + l4_len, 0);
+    emit_ip_headers(out, link, src, dst, proto)
+}
+
+/// Where the L4 part starts in a frame from `src` to `dst` (Ethernet + IP header bytes);
+/// `None` when the families differ.
+fn l4_offset(src: IpAddr, dst: IpAddr) -> Option<usize> {
     let eth_len = EthernetFrame::<&[u8]>::header_len();
+    match (src, dst) {
+        (IpAddr::V4(_), IpAddr::V4(_)) => Some(eth_len + 20),
+        (IpAddr::V6(_), IpAddr::V6(_)) => Some(eth_len + 40),
+        _ => None,
+    }
+}
+
+/// Writes Ethernet + IP headers at the start of `frame` for a packet from `src` to `dst` that
+/// fills the rest of it; returns the offset of the L4 part.
+fn emit_ip_headers(
+    frame: &mut [u8],
+    link: &Link,
+    src: IpAddr,
+    dst: IpAddr,
+    proto: IpProtocol,
+) -> Option<usize> {
+    let at = l4_offset(src, dst)?;
+    let eth_len = EthernetFrame::<&[u8]>::header_len();
+    let l4_len = frame.len().checked_sub(at)?;
+    let mut eth = EthernetFrame::new_unchecked(&mut *frame);
+    let ethertype = if src.is_ipv4() {
+        EthernetProtocol::Ipv4
+    } else {
+        EthernetProtocol::Ipv6
+    };
+    EthernetRepr {
+        src_addr: link.gateway_mac,
+        dst_addr: link.guest_mac,
+        ethertype,
+    }
+    .emit(&mut eth);
     match (src, dst) {
         (IpAddr::V4(s), IpAddr::V4(d)) => {
             let ip = Ipv4Repr {
@@ -239,18 +279,8 @@ fn ip_headers(
                 payload_len: l4_len,
                 hop_limit: 64,
             };
-            out.clear();
-            out.resize(eth_len + ip.buffer_len() + l4_len, 0);
-            let mut eth = EthernetFrame::new_unchecked(&mut out[..]);
-            EthernetRepr {
-                src_addr: link.gateway_mac,
-                dst_addr: link.guest_mac,
-                ethertype: EthernetProtocol::Ipv4,
-            }
-            .emit(&mut eth);
-            let mut pkt = Ipv4Packet::new_unchecked(&mut out[eth_len..]);
+            let mut pkt = Ipv4Packet::new_unchecked(&mut frame[eth_len..]);
             ip.emit(&mut pkt, &checksums());
-            Some(eth_len + ip.buffer_len())
         }
         (IpAddr::V6(s), IpAddr::V6(d)) => {
             let ip = Ipv6Repr {
@@ -260,21 +290,41 @@ fn ip_headers(
                 payload_len: l4_len,
                 hop_limit: 64,
             };
-            out.clear();
-            out.resize(eth_len + ip.buffer_len() + l4_len, 0);
-            let mut eth = EthernetFrame::new_unchecked(&mut out[..]);
-            EthernetRepr {
-                src_addr: link.gateway_mac,
-                dst_addr: link.guest_mac,
-                ethertype: EthernetProtocol::Ipv6,
-            }
-            .emit(&mut eth);
-            let mut pkt = Ipv6Packet::new_unchecked(&mut out[eth_len..]);
+            let mut pkt = Ipv6Packet::new_unchecked(&mut frame[eth_len..]);
             ip.emit(&mut pkt);
-            Some(eth_len + ip.buffer_len())
         }
-        _ => None,
+        _ => return None,
     }
+    Some(at)
+}
+
+/// Where the datagrams' payload starts in a UDP frame from `src` to `dst`.
+pub fn udp_payload_offset(src: SocketAddr, dst: SocketAddr) -> Option<usize> {
+    Some(l4_offset(src.ip(), dst.ip())? + 8)
+}
+
+/// Fills in the headers of a UDP frame from `src` (the remote end) to `dst` (the sandbox)
+/// whose payload, from [`udp_payload_offset`] to the end, is already in place: Ethernet, IP,
+/// and a UDP header with the checksum field zero (the frame's checksum is left to the
+/// sandbox's kernel, see `offload::prepare_udp_segments`). `false` when the families differ
+/// or the payload does not fit one IP packet.
+pub fn udp_headers(frame: &mut [u8], link: &Link, src: SocketAddr, dst: SocketAddr) -> bool {
+    let Some(at) = l4_offset(src.ip(), dst.ip()) else {
+        return false;
+    };
+    let udp_len = frame.len().saturating_sub(at);
+    let ip_len = if src.is_ipv4() { 20 + udp_len } else { udp_len };
+    if udp_len < 8 || ip_len > usize::from(u16::MAX) {
+        return false;
+    }
+    if emit_ip_headers(frame, link, src.ip(), dst.ip(), IpProtocol::Udp).is_none() {
+        return false;
+    }
+    frame[at..at + 2].copy_from_slice(&src.port().to_be_bytes());
+    frame[at + 2..at + 4].copy_from_slice(&dst.port().to_be_bytes());
+    frame[at + 4..at + 6].copy_from_slice(&(udp_len as u16).to_be_bytes());
+    frame[at + 6..at + 8].copy_from_slice(&[0, 0]);
+    true
 }
 
 /// A UDP datagram from `src` (the remote end) to `dst` (the sandbox) carrying `payload`.

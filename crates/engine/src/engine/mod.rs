@@ -16,7 +16,9 @@
 //!   half-close on the other; RST on either side aborts both.
 //! - **UDP**: never enters smoltcp. Each (sandbox address, destination) pair is a flow with
 //!   a connected host socket, so replies come only from the destination; flows expire after
-//!   an idle timeout. DNS to the gateway is forwarded to the upstream resolvers.
+//!   an idle timeout. What a flow's socket holds goes to the sandbox a batch at a time,
+//!   runs of one size in one frame its kernel splits (`offload.rs`, [`stack::UdpBurst`]).
+//!   DNS to the gateway is forwarded to the upstream resolvers.
 //! - **ICMP echo** to the gateway is answered by smoltcp; to other destinations it is
 //!   judged and relayed through a ping socket (or a raw one with `CAP_NET_RAW`), one per
 //!   (sandbox identifier, destination), see `icmp.rs`.

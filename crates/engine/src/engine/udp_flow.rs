@@ -136,13 +136,13 @@ pub(super) fn readable(table: &mut FlowTable, cx: &mut Cx, id: FlowId) {
     };
     let mut buf = std::mem::take(&mut cx.scratch);
     let mut drained = false;
+    let mut burst = cx.stack.udp_burst(flow.key.host, flow.key.guest);
     for _ in 0..RX_BATCH {
         match flow.sock.recv(&mut buf) {
             Ok(n) => {
                 flow.tally.down += n as u64;
                 flow.last = Instant::now();
-                cx.stack
-                    .udp_to_guest(flow.key.host, flow.key.guest, &buf[..n]);
+                burst.push(&buf[..n]);
             }
             Err(e) if e.kind() == io::ErrorKind::WouldBlock => {
                 drained = true;
@@ -152,6 +152,7 @@ pub(super) fn readable(table: &mut FlowTable, cx: &mut Cx, id: FlowId) {
             Err(_) => continue,
         }
     }
+    burst.finish();
     cx.scratch = buf;
     if !drained {
         table.touch(id);
