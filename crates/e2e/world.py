@@ -17,6 +17,9 @@ arrived where. Bounded: request bodies are streamed, never stored.
   UDP burst      udp 7778       on "N SIZE TAIL", sends N datagrams of SIZE bytes and one of
                                 TAIL bytes back in one system call (UDP_SEGMENT), so they all
                                 wait together in moat's socket; each starts with its 4-byte index
+  UDP GRO sink   udp 7779       takes datagrams coalesced (UDP_GRO) and logs each read: its
+                                bytes, segment size, how many datagrams, whether each is
+                                "index (4 bytes) + index % 251 repeated", and the first index
   DNS            udp+tcp 53     answers *.example.test from a table
   HTTPS echo     tcp 8443       the HTTP echo over TLS, certificate from the world's own test CA
                                 (world-ca.pem beside the log; *.example.test, 203.0.113.10);
@@ -400,6 +403,23 @@ class UdpBurst(socketserver.BaseRequestHandler):
         sock.sendmsg([body], [(socket.SOL_UDP, 103, size.to_bytes(2, sys.byteorder))], 0,
                      self.client_address)
 
+def gro_sink(addr):
+    family = socket.AF_INET6 if ":" in addr else socket.AF_INET
+    s = socket.socket(family, socket.SOCK_DGRAM)
+    s.setsockopt(socket.SOL_UDP, 104, 1)  # UDP_GRO: a run sent as one arrives as one read
+    s.bind((addr, 7779))
+    while True:
+        data, anc, _, peer = s.recvmsg(65536, 64)
+        size = next((int.from_bytes(d[:4], sys.byteorder) for lvl, t, d in anc
+                     if lvl == socket.SOL_UDP and t == 104), len(data)) or 1
+        parts = [data[i:i + size] for i in range(0, len(data), size)] or [b""]
+        def well_formed(p):
+            i = int.from_bytes(p[:4], "big")
+            return len(p) >= 4 and p[4:] == bytes([i % 251]) * (len(p) - 4)
+        log(server="udp-gro", client=peer[0], bytes=len(data), segment=size,
+            datagrams=len(parts), well_formed=all(well_formed(p) for p in parts),
+            first=int.from_bytes(data[:4], "big"))
+
 class Dual:
     address_family = socket.AF_INET6
     allow_reuse_address = True
@@ -476,5 +496,7 @@ for addr in sys.argv[2:]:
     servers += [cls((addr, 7777), UdpEcho), cls((addr, 7778), UdpBurst), cls((addr, 53), DnsUdp)]
 for s in servers:
     threading.Thread(target=s.serve_forever, daemon=True).start()
+for addr in sys.argv[2:]:
+    threading.Thread(target=gro_sink, args=(addr,), daemon=True).start()
 print("ready", flush=True)
 sys.stdin.read()  # runs until the harness closes our stdin (or kills us)

@@ -484,3 +484,55 @@ PY"#;
         .count();
     assert_eq!(bursts, 4, "{:?}", w.log());
 }
+
+/// The other way: a sandbox program's run of datagrams (21, sent in one UDP_SEGMENT call,
+/// so they wait together in the TAP) reaches the world whole and in order, over IPv4 and
+/// IPv6, and leaves moat as a run: the world's UDP_GRO socket takes several at once.
+#[test]
+fn a_run_of_datagrams_from_the_sandbox_arrives_whole_and_in_order() {
+    let w = World::new();
+    let client = r#"python3 - <<'PY'
+import socket
+body = b"".join(i.to_bytes(4, "big") + bytes([i % 251]) * 996 for i in range(20))
+body += (20).to_bytes(4, "big") + bytes([20]) * 296
+for host in ["203.0.113.10", "2001:db8::10"]:
+    family = socket.AF_INET6 if ":" in host else socket.AF_INET
+    s = socket.socket(family, socket.SOCK_DGRAM)
+    s.sendmsg([body], [(socket.SOL_UDP, 103, (1000).to_bytes(2, "little"))], 0, (host, 7779))
+    print("sent", host)
+PY
+sleep 1"#;
+    let (out, _) = w.run_sh(&[], client, T);
+    assert!(
+        stdout(&out).contains("sent 2001:db8::10"),
+        "{}",
+        stderr(&out)
+    );
+    let log = w.log();
+    for (v6, family) in [(false, "IPv4"), (true, "IPv6")] {
+        let reads: Vec<&Value> = log
+            .iter()
+            .filter(|l| {
+                l["server"] == "udp-gro" && l["client"].as_str().unwrap_or("").contains(':') == v6
+            })
+            .collect();
+        let bytes: u64 = reads.iter().map(|l| l["bytes"].as_u64().unwrap()).sum();
+        assert_eq!(bytes, 20 * 1000 + 300, "{family}: {reads:?}");
+        assert!(
+            reads.iter().all(|l| l["well_formed"] == true),
+            "{family}: {reads:?}"
+        );
+        // In order: each read starts where the last ended.
+        let mut next = 0;
+        for l in &reads {
+            assert_eq!(l["first"].as_u64().unwrap(), next, "{family}: {reads:?}");
+            next += l["datagrams"].as_u64().unwrap();
+        }
+        assert_eq!(next, 21, "{family}: {reads:?}");
+        let most = reads.iter().map(|l| l["datagrams"].as_u64().unwrap()).max();
+        assert!(
+            most > Some(1),
+            "{family}: every datagram came alone: {reads:?}"
+        );
+    }
+}

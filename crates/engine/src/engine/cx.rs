@@ -22,6 +22,7 @@ use super::pool::SocketPool;
 use super::stack::Stack;
 use super::table::FlowKey;
 use super::tls_stage::TlsShared;
+use super::udp_flow::UpRun;
 use crate::dns::filter::DnsRules;
 use crate::dns::pins::Pins;
 
@@ -47,6 +48,8 @@ pub(super) struct Cx {
     pub(super) scratch: Vec<u8>,
     /// TLS interception, when on.
     pub(super) tls: Option<TlsShared>,
+    /// The sandbox's datagrams to one UDP flow, held until the end of a batch of frames.
+    pub(super) up_run: UpRun,
     rng: u64,
 }
 
@@ -106,6 +109,7 @@ impl Cx {
             next_pin_sweep: Instant::now(),
             counters: Counters::default(),
             scratch: vec![0; 65536],
+            up_run: UpRun::default(),
             rng: seed,
         }
     }

@@ -164,15 +164,18 @@ impl Engine {
 
     /// Reads up to a batch of frames; `true` when more may be waiting.
     fn read_frames(&mut self) -> io::Result<bool> {
+        let mut more = true;
         for _ in 0..RX_BATCH {
             let Some(len) = self.cx.stack.recv(&mut self.rx_buf)? else {
-                return Ok(false);
+                more = false;
+                break;
             };
             self.cx.counters.frames_in += 1;
             let frame = &self.rx_buf[..len];
             ingress::on_frame(&self.listeners, &mut self.table, &mut self.cx, frame);
         }
-        Ok(true)
+        udp_flow::flush_up(&mut self.table, &mut self.cx);
+        Ok(more)
     }
 
     /// A published port's or a flow's host socket is ready.

@@ -23,6 +23,7 @@ use super::event_loop::parts;
 use super::inbound::{Listeners, Published};
 use super::ingress;
 use super::table::{FlowKey, FlowTable};
+use super::udp_flow;
 use crate::audit::AuditLog;
 use crate::device::SharedMemoryDevice;
 
@@ -105,7 +106,15 @@ impl Harness {
 
     /// Hands a frame from the sandbox to the engine, as the loop would.
     pub(super) fn frame(&mut self, frame: &[u8]) {
-        ingress::on_frame(&self.listeners, &mut self.table, &mut self.cx, frame);
+        self.frames(&[frame.to_vec()]);
+    }
+
+    /// Hands frames from the sandbox to the engine as one batch, as the loop reads them.
+    pub(super) fn frames(&mut self, frames: &[Vec<u8>]) {
+        for frame in frames {
+            ingress::on_frame(&self.listeners, &mut self.table, &mut self.cx, frame);
+        }
+        udp_flow::flush_up(&mut self.table, &mut self.cx);
         self.cx.stack.egress();
     }
 

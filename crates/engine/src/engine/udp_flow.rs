@@ -4,23 +4,35 @@
 //! UDP never enters smoltcp. Each (sandbox address and port, destination) pair is a flow,
 //! judged by its first datagram, with a host socket *connected* to the destination, so
 //! replies come only from there (the kernel drops the rest). A flow idle for
-//! `udp_idle_timeout` expires. DNS (port 53) does not reach this file: the interceptor
-//! answers it (`dns_flow.rs`); other resolver transports (DNS over QUIC, mDNS, LLMNR,
-//! NetBIOS name service) are refused at once with ICMP, so stub resolvers fall back to
-//! port 53.
+//! `udp_idle_timeout` expires.
+//!
+//! Datagrams move in runs both ways. From the sandbox, what one batch of frames carries to a
+//! flow is held until the batch ends ([`UpRun`]); a run of one size (the last may be
+//! shorter) leaves in one `UDP_SEGMENT` send, which the kernel puts on the wire as the
+//! same datagrams. Toward the sandbox, a flow's socket is read a batch at a time and runs
+//! of one size reach the sandbox as one frame its kernel splits (`stack::UdpBurst`). Both
+//! fall back to one datagram per system call where the kernel cannot.
+//!
+//! DNS (port 53) does not reach this file: the interceptor answers it (`dns_flow.rs`);
+//! other resolver transports (DNS over QUIC, mDNS, LLMNR, NetBIOS name service) are refused
+//! at once with ICMP, so stub resolvers fall back to port 53.
 
 use std::io;
 use std::time::{Duration, Instant};
 
+use std::os::fd::AsRawFd;
+
 use mio::net::UdpSocket;
 use mio::{Interest, Registry};
 use moat_policy::Protocol;
+use nix::sys::socket::{ControlMessage, MsgFlags};
 
 use super::close::CloseReason;
 use super::config::DenyMode;
 use super::cx::{Cx, Tally};
 use super::dial;
 use super::table::{Due, Flow, FlowId, FlowKey, FlowTable};
+use crate::offload::MAX_UDP_SEGMENTS;
 use crate::secrets;
 use crate::wire::Unreachable;
 
@@ -80,12 +92,7 @@ pub(super) fn on_datagram(
         return;
     }
     if let Some(id) = table.find_udp(&key) {
-        if let Some(Flow::Udp(flow)) = table.get_mut(id) {
-            flow.last = Instant::now();
-            if flow.sock.send(payload).is_ok() {
-                flow.tally.up += payload.len() as u64;
-            }
-        }
+        queue_up(table, cx, id, payload);
         return;
     }
     let upstream = cx.stack.upstream(key.host);
@@ -125,6 +132,86 @@ pub(super) fn on_datagram(
     };
     table.insert(id, Flow::Udp(flow));
     cx.audit_allow("udp", key, &rule, &reason, None);
+}
+
+/// Datagrams from the sandbox to one flow, held while the loop reads a batch of frames, so
+/// a run of one size (the last may be shorter) leaves in one system call: the kernel sends
+/// it as the same datagrams (UDP segmentation offload, `UDP_SEGMENT`). The loop sends what
+/// is held at the end of each batch ([`flush_up`]).
+#[derive(Default)]
+pub(super) struct UpRun {
+    flow: Option<FlowId>,
+    /// Payload bytes of the run's first datagram: the size of each.
+    size: usize,
+    count: usize,
+    /// The last datagram is shorter than `size`: nothing may follow it.
+    closed: bool,
+    bytes: Vec<u8>,
+}
+
+/// The most payload one `UDP_SEGMENT` send carries: what one IPv4 datagram can.
+const MAX_RUN_BYTES: usize = 65507;
+
+/// Holds `payload` for flow `id`, sending what was held first unless it joins the run.
+fn queue_up(table: &mut FlowTable, cx: &mut Cx, id: FlowId, payload: &[u8]) {
+    let run = &cx.up_run;
+    let joins = run.flow == Some(id)
+        && !run.closed
+        && !payload.is_empty()
+        && payload.len() <= run.size
+        && run.count < MAX_UDP_SEGMENTS
+        && run.bytes.len() + payload.len() <= MAX_RUN_BYTES;
+    if !joins {
+        flush_up(table, cx);
+        cx.up_run.flow = Some(id);
+        cx.up_run.size = payload.len();
+        cx.up_run.bytes.clear();
+    }
+    let run = &mut cx.up_run;
+    run.closed = payload.len() < run.size;
+    run.bytes.extend_from_slice(payload);
+    run.count += 1;
+}
+
+/// Sends the datagrams [`queue_up`] held: one `UDP_SEGMENT` send for a run of several, each
+/// alone when the kernel refuses that (a datagram larger than the route's MTU, a kernel
+/// before Linux 4.18). A full socket buffer drops the run, as it would each datagram.
+pub(super) fn flush_up(table: &mut FlowTable, cx: &mut Cx) {
+    let run = &mut cx.up_run;
+    let Some(id) = run.flow.take() else {
+        return;
+    };
+    let count = std::mem::take(&mut run.count);
+    let Some(Flow::Udp(flow)) = table.get_mut(id) else {
+        return;
+    };
+    flow.last = Instant::now();
+    let sent = if count == 1 {
+        flow.sock.send(&run.bytes).is_ok()
+    } else {
+        let size = run.size as u16;
+        let whole = nix::sys::socket::sendmsg::<()>(
+            flow.sock.as_raw_fd(),
+            &[io::IoSlice::new(&run.bytes)],
+            &[ControlMessage::UdpGsoSegments(&size)],
+            MsgFlags::empty(),
+            None,
+        );
+        match whole {
+            Ok(_) => true,
+            Err(nix::errno::Errno::EAGAIN) => false,
+            Err(_) => {
+                let mut any = false;
+                for datagram in run.bytes.chunks(run.size) {
+                    any |= flow.sock.send(datagram).is_ok();
+                }
+                any
+            }
+        }
+    };
+    if sent {
+        flow.tally.up += run.bytes.len() as u64;
+    }
 }
 
 /// The flow's host socket has datagrams: each goes to the sandbox, a batch at a time. A
@@ -267,6 +354,103 @@ mod tests {
         }
         assert_eq!(count(&mut h), burst - RX_BATCH);
         assert!(!h.table.has_dirty(), "a drained flow is marked again");
+    }
+
+    /// Frames carrying `sizes` datagrams (each filled with its index) to `port`.
+    fn datagrams_to(port: u16, sizes: &[usize]) -> (Vec<Vec<u8>>, Vec<Vec<u8>>) {
+        let payloads: Vec<Vec<u8>> = sizes
+            .iter()
+            .enumerate()
+            .map(|(i, &n)| vec![i as u8; n])
+            .collect();
+        let frames = payloads.iter().map(|p| udp(GATEWAY, port, p)).collect();
+        (frames, payloads)
+    }
+
+    /// What `server` received, one entry per read, with the segment size a UDP_GRO socket
+    /// reported for it (the read's length otherwise).
+    fn reads(server: &std::net::UdpSocket, total: usize) -> Vec<(Vec<u8>, usize)> {
+        use nix::sys::socket::{ControlMessageOwned, MsgFlags, SockaddrStorage, recvmsg};
+        let mut got = Vec::new();
+        let mut sum = 0;
+        let mut buf = vec![0u8; 65536];
+        while sum < total {
+            let mut cmsg = nix::cmsg_space!(i32);
+            let mut iov = [std::io::IoSliceMut::new(&mut buf)];
+            let Ok(msg) = recvmsg::<SockaddrStorage>(
+                server.as_raw_fd(),
+                &mut iov,
+                Some(&mut cmsg),
+                MsgFlags::empty(),
+            ) else {
+                break;
+            };
+            let n = msg.bytes;
+            let size = msg
+                .cmsgs()
+                .ok()
+                .and_then(|mut c| {
+                    c.find_map(|m| match m {
+                        ControlMessageOwned::UdpGroSegments(s) => Some(s as usize),
+                        _ => None,
+                    })
+                })
+                .unwrap_or(n);
+            got.push((buf[..n].to_vec(), size));
+            sum += n.max(1);
+        }
+        got
+    }
+
+    #[test]
+    fn a_run_of_datagrams_from_the_sandbox_leaves_in_one_send() {
+        let (server, port, mut h, _, _) = flow_to_server();
+        // A receiver that takes a run whole when it arrives as one (loopback passes it on
+        // unsplit); datagrams sent one by one arrive one by one.
+        nix::sys::socket::setsockopt(&server, nix::sys::socket::sockopt::UdpGroSegment, &true)
+            .unwrap();
+        let mut sizes = vec![1000; 20];
+        sizes.push(300);
+        let (frames, payloads) = datagrams_to(port, &sizes);
+        h.frames(&frames);
+        let got = reads(&server, 20 * 1000 + 300);
+        assert_eq!(
+            got.len(),
+            1,
+            "one send, one read: {:?}",
+            got.iter().map(|r| r.0.len()).collect::<Vec<_>>()
+        );
+        assert_eq!(got[0].1, 1000, "the run's segment size");
+        assert_eq!(got[0].0, payloads.concat());
+    }
+
+    #[test]
+    fn the_far_end_gets_each_datagram_as_the_sandbox_sent_it() {
+        let (server, port, mut h, id, _) = flow_to_server();
+        let room: usize = 1 << 20;
+        nix::sys::socket::setsockopt(&server, nix::sys::socket::sockopt::RcvBuf, &room).unwrap();
+        // Runs, a longer one after a shorter, an empty datagram, more than a send holds.
+        let mut sizes = vec![1000, 1000, 1000, 1200, 1200, 500, 1200, 0, 0, 7, 7, 1];
+        sizes.extend(std::iter::repeat_n(1400, 70));
+        sizes.extend([1401, 1400, 65000, 600, 600]);
+        let (frames, payloads) = datagrams_to(port, &sizes);
+        let total: usize = sizes.iter().map(|&n| n.max(1)).sum();
+        h.frames(&frames);
+        let got: Vec<Vec<u8>> = reads(&server, total).into_iter().map(|r| r.0).collect();
+        assert_eq!(got.len(), payloads.len());
+        assert!(
+            got == payloads,
+            "the datagrams differ from what the sandbox sent"
+        );
+        let up = match h.table.get(id) {
+            Some(Flow::Udp(f)) => f.tally.up,
+            _ => 0,
+        };
+        assert_eq!(
+            up as usize,
+            4 + sizes.iter().sum::<usize>(),
+            "bytes counted up"
+        );
     }
 
     #[test]
