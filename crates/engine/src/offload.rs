@@ -344,24 +344,29 @@ mod tests {
         out
     }
 
-    /// What the device does with a partial checksum: sums from `csum_start` to the end and
-    /// stores the complement at `csum_start + 16`.
-    fn finish(frame: &mut [u8], o: &TcpOffload) {
-        let start = usize::from(o.csum_start);
+    /// What the device does with a partial checksum: sums from `start` to the end and
+    /// stores the complement at `start + at`.
+    fn finish(frame: &mut [u8], start: u16, at: usize) {
+        let start = usize::from(start);
         let c = !fold(sum_words(&frame[start..], 0));
-        frame[start + 16..start + 18].copy_from_slice(&c.to_be_bytes());
+        frame[start + at..start + at + 2].copy_from_slice(&c.to_be_bytes());
     }
 
-    fn verifies(frame: &[u8], v6: bool) -> bool {
-        let ip_len = if v6 { 40 } else { 20 };
-        let seg = TcpPacket::new_checked(&frame[ETH + ip_len..]).unwrap();
-        let (src, dst): (IpAddress, IpAddress) = if v6 {
+    /// The frame's IP source and destination.
+    fn ip_addrs(frame: &[u8], v6: bool) -> (IpAddress, IpAddress) {
+        if v6 {
             let ip = Ipv6Packet::new_checked(&frame[ETH..]).unwrap();
             (ip.src_addr().into(), ip.dst_addr().into())
         } else {
             let ip = Ipv4Packet::new_checked(&frame[ETH..]).unwrap();
             (ip.src_addr().into(), ip.dst_addr().into())
-        };
+        }
+    }
+
+    fn verifies(frame: &[u8], v6: bool) -> bool {
+        let ip_len = if v6 { 40 } else { 20 };
+        let seg = TcpPacket::new_checked(&frame[ETH + ip_len..]).unwrap();
+        let (src, dst) = ip_addrs(frame, v6);
         seg.verify_checksum(&src, &dst)
     }
 
@@ -372,7 +377,7 @@ mod tests {
                 let payload: Vec<u8> = (0..len).map(|i| (i * 7 + 3) as u8).collect();
                 let mut f = frame(v6, &payload);
                 let o = prepare_tcp(&mut f, None).expect("a TCP frame");
-                finish(&mut f, &o);
+                finish(&mut f, o.csum_start, TCP_CHECKSUM_AT);
                 assert!(verifies(&f, v6), "v6={v6} len={len}");
                 assert_eq!(usize::from(o.csum_start), ETH + if v6 { 40 } else { 20 });
                 assert_eq!(usize::from(o.hdr_len), usize::from(o.csum_start) + 20);
@@ -472,16 +477,9 @@ mod tests {
             assert_eq!(u16::from_ne_bytes([h[8], h[9]]), 6);
             // Finishing the checksum over the whole frame, as a device would, gives the
             // frame's full UDP checksum: the field held the right pseudo-header sum.
+            finish(&mut f, o.csum_start, UDP_CHECKSUM_AT);
             let start = usize::from(o.csum_start);
-            let c = !fold(sum_words(&f[start..], 0));
-            f[start + 6..start + 8].copy_from_slice(&c.to_be_bytes());
-            let (src, dst): (IpAddress, IpAddress) = if v6 {
-                let ip = Ipv6Packet::new_checked(&f[ETH..]).unwrap();
-                (ip.src_addr().into(), ip.dst_addr().into())
-            } else {
-                let ip = Ipv4Packet::new_checked(&f[ETH..]).unwrap();
-                (ip.src_addr().into(), ip.dst_addr().into())
-            };
+            let (src, dst) = ip_addrs(&f, v6);
             let udp = smoltcp::wire::UdpPacket::new_checked(&f[start..]).unwrap();
             assert!(udp.verify_checksum(&src, &dst), "v6={v6}");
             // Split, each datagram is the one the plain path writes.
