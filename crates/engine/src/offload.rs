@@ -95,6 +95,64 @@ impl UdpSegments {
     }
 }
 
+/// A run of datagrams one segmented UDP write carries, both ways (the sandbox's kernel
+/// splitting a frame, the host's kernel a `UDP_SEGMENT` send): every datagram but the last
+/// has the first one's size, the last at most that, none is empty after the first, at most
+/// [`MAX_UDP_SEGMENTS`] of them and `room` payload bytes in all. Only lengths are kept; the
+/// bytes are the caller's, concatenated.
+#[derive(Debug, Default, Clone, Copy, PartialEq, Eq)]
+pub(crate) struct UdpRun {
+    /// Payload bytes of the first datagram: the size of each.
+    size: usize,
+    count: usize,
+    /// Payload bytes so far.
+    bytes: usize,
+    /// The last datagram is shorter than `size`: nothing may follow it.
+    closed: bool,
+}
+
+impl UdpRun {
+    /// Whether a datagram of `len` bytes may join the run, which holds at most `room`
+    /// payload bytes. An empty run takes nothing: its first datagram starts a new one.
+    pub(crate) fn takes(&self, len: usize, room: usize) -> bool {
+        self.count > 0
+            && !self.closed
+            && len > 0
+            && len <= self.size
+            && self.count < MAX_UDP_SEGMENTS
+            && self.bytes + len <= room
+    }
+
+    /// Adds a datagram of `len` bytes (the first sets the size). Callers ask
+    /// [`UdpRun::takes`] first, or start from an empty run.
+    pub(crate) fn add(&mut self, len: usize) {
+        if self.count == 0 {
+            self.size = len;
+        }
+        self.closed = len < self.size;
+        self.count += 1;
+        self.bytes += len;
+    }
+
+    /// Datagrams in the run.
+    pub(crate) fn count(&self) -> usize {
+        self.count
+    }
+
+    /// Payload bytes of each datagram but the last.
+    pub(crate) fn size(&self) -> usize {
+        self.size
+    }
+
+    /// The run's datagrams, cut from `payload` (the run's bytes, concatenated): what to send
+    /// one by one where a segmented write is refused.
+    pub(crate) fn datagrams<'p>(&self, payload: &'p [u8]) -> impl Iterator<Item = &'p [u8]> {
+        // Only a run of one empty datagram has no bytes to cut.
+        let empty = (self.count > 0 && payload.is_empty()).then_some(payload);
+        payload.chunks(self.size.max(1)).chain(empty)
+    }
+}
+
 /// A virtio-net header for a frame whose transport checksum (at `csum_start + csum_at`,
 /// holding the pseudo-header sum) the sandbox's kernel finishes, split by `gso` (kind, payload
 /// bytes per segment) when given.

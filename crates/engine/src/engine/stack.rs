@@ -24,7 +24,7 @@ use smoltcp::wire::{EthernetAddress, HardwareAddress, IpCidr};
 use super::config::LinkConfig;
 use super::table::FlowKey;
 use crate::device::{ETH_HEADER, FrameDevice, StackDevice};
-use crate::offload;
+use crate::offload::{self, UdpRun};
 use crate::wire::{self, Link, Unreachable};
 
 /// The gateway's link-local address, the source of its router advertisements.
@@ -187,9 +187,7 @@ impl Stack {
             stack: self,
             from,
             to,
-            size: 0,
-            count: 0,
-            closed: false,
+            run: UdpRun::default(),
         }
     }
 
@@ -302,12 +300,8 @@ pub(super) struct UdpBurst<'s> {
     stack: &'s mut Stack,
     from: SocketAddr,
     to: SocketAddr,
-    /// Payload bytes of the pending frame's first datagram: the size of each.
-    size: usize,
-    /// Datagrams in the pending frame.
-    count: usize,
-    /// The pending frame's last datagram is shorter than `size`: nothing may follow it.
-    closed: bool,
+    /// The datagrams of the pending frame.
+    run: UdpRun,
 }
 
 impl UdpBurst<'_> {
@@ -322,21 +316,13 @@ impl UdpBurst<'_> {
         };
         // An IPv4 packet's length covers its header; an IPv6 packet's covers only what follows.
         let room = usize::from(u16::MAX) - 8 - if self.from.is_ipv4() { 20 } else { 0 };
-        let joins = self.count > 0
-            && !self.closed
-            && !payload.is_empty()
-            && payload.len() <= self.size
-            && self.count < offload::MAX_UDP_SEGMENTS
-            && self.stack.burst.len() - at + payload.len() <= room;
-        if !joins {
+        if !self.run.takes(payload.len(), room) {
             self.flush();
             self.stack.burst.clear();
             self.stack.burst.resize(at, 0);
-            self.size = payload.len();
         }
-        self.closed = payload.len() < self.size;
+        self.run.add(payload.len());
         self.stack.burst.extend_from_slice(payload);
-        self.count += 1;
     }
 
     /// Sends what is pending.
@@ -345,16 +331,16 @@ impl UdpBurst<'_> {
     }
 
     fn flush(&mut self) {
-        let count = std::mem::take(&mut self.count);
-        if count == 0 {
+        let run = std::mem::take(&mut self.run);
+        if run.count() == 0 {
             return;
         }
         let stack = &mut *self.stack;
         let mut frame = std::mem::take(&mut stack.burst);
         let at = wire::udp_payload_offset(self.from, self.to).unwrap_or(frame.len());
-        let segments = (count > 1
+        let segments = (run.count() > 1
             && wire::udp_headers(&mut frame, &stack.link, self.from, self.to))
-        .then(|| offload::prepare_udp_segments(&mut frame, self.size as u16))
+        .then(|| offload::prepare_udp_segments(&mut frame, run.size() as u16))
         .flatten();
         let sent = match segments {
             Some(s) => match stack.device.send_udp_segments(&frame, &s) {
@@ -368,11 +354,8 @@ impl UdpBurst<'_> {
             None => false,
         };
         if !sent {
-            for payload in frame[at..].chunks(self.size.max(1)) {
+            for payload in run.datagrams(&frame[at..]) {
                 stack.udp_to_guest(self.from, self.to, payload);
-            }
-            if self.size == 0 {
-                stack.udp_to_guest(self.from, self.to, &[]);
             }
         }
         stack.burst = frame;

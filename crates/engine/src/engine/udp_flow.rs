@@ -32,7 +32,7 @@ use super::config::DenyMode;
 use super::cx::{Cx, Tally};
 use super::dial;
 use super::table::{Due, Flow, FlowId, FlowKey, FlowTable};
-use crate::offload::MAX_UDP_SEGMENTS;
+use crate::offload::UdpRun;
 use crate::secrets;
 use crate::wire::Unreachable;
 
@@ -141,11 +141,7 @@ pub(super) fn on_datagram(
 #[derive(Default)]
 pub(super) struct UpRun {
     flow: Option<FlowId>,
-    /// Payload bytes of the run's first datagram: the size of each.
-    size: usize,
-    count: usize,
-    /// The last datagram is shorter than `size`: nothing may follow it.
-    closed: bool,
+    run: UdpRun,
     bytes: Vec<u8>,
 }
 
@@ -154,45 +150,37 @@ const MAX_RUN_BYTES: usize = 65507;
 
 /// Holds `payload` for flow `id`, sending what was held first unless it joins the run.
 fn queue_up(table: &mut FlowTable, cx: &mut Cx, id: FlowId, payload: &[u8]) {
-    let run = &cx.up_run;
-    let joins = run.flow == Some(id)
-        && !run.closed
-        && !payload.is_empty()
-        && payload.len() <= run.size
-        && run.count < MAX_UDP_SEGMENTS
-        && run.bytes.len() + payload.len() <= MAX_RUN_BYTES;
-    if !joins {
+    let held = &cx.up_run;
+    if held.flow != Some(id) || !held.run.takes(payload.len(), MAX_RUN_BYTES) {
         flush_up(table, cx);
         cx.up_run.flow = Some(id);
-        cx.up_run.size = payload.len();
         cx.up_run.bytes.clear();
     }
-    let run = &mut cx.up_run;
-    run.closed = payload.len() < run.size;
-    run.bytes.extend_from_slice(payload);
-    run.count += 1;
+    let held = &mut cx.up_run;
+    held.run.add(payload.len());
+    held.bytes.extend_from_slice(payload);
 }
 
 /// Sends the datagrams [`queue_up`] held: one `UDP_SEGMENT` send for a run of several, each
 /// alone when the kernel refuses that (a datagram larger than the route's MTU, a kernel
 /// before Linux 4.18). A full socket buffer drops the run, as it would each datagram.
 pub(super) fn flush_up(table: &mut FlowTable, cx: &mut Cx) {
-    let run = &mut cx.up_run;
-    let Some(id) = run.flow.take() else {
+    let held = &mut cx.up_run;
+    let Some(id) = held.flow.take() else {
         return;
     };
-    let count = std::mem::take(&mut run.count);
+    let run = std::mem::take(&mut held.run);
     let Some(Flow::Udp(flow)) = table.get_mut(id) else {
         return;
     };
     flow.last = Instant::now();
-    let sent = if count == 1 {
-        flow.sock.send(&run.bytes).is_ok()
+    let sent = if run.count() == 1 {
+        flow.sock.send(&held.bytes).is_ok()
     } else {
-        let size = run.size as u16;
+        let size = run.size() as u16;
         let whole = nix::sys::socket::sendmsg::<()>(
             flow.sock.as_raw_fd(),
-            &[io::IoSlice::new(&run.bytes)],
+            &[io::IoSlice::new(&held.bytes)],
             &[ControlMessage::UdpGsoSegments(&size)],
             MsgFlags::empty(),
             None,
@@ -202,7 +190,7 @@ pub(super) fn flush_up(table: &mut FlowTable, cx: &mut Cx) {
             Err(nix::errno::Errno::EAGAIN) => false,
             Err(_) => {
                 let mut any = false;
-                for datagram in run.bytes.chunks(run.size) {
+                for datagram in run.datagrams(&held.bytes) {
                     any |= flow.sock.send(datagram).is_ok();
                 }
                 any
@@ -210,7 +198,7 @@ pub(super) fn flush_up(table: &mut FlowTable, cx: &mut Cx) {
         }
     };
     if sent {
-        flow.tally.up += run.bytes.len() as u64;
+        flow.tally.up += held.bytes.len() as u64;
     }
 }
 
