@@ -15,6 +15,18 @@ def span(v):
 def ratio(a, b):
     return f"{a / b:.2f}×" if b else "n/a"
 
+def cores(rs):
+    """Median cores busy machine-wide over runs `rs` (0 when not recorded)."""
+    return med([r["cores"] for r in rs if r.get("cores")])
+
+def engine(rs):
+    """Median share of a core moat's engine thread used over runs `rs` ("-" when not recorded)."""
+    v = [r["engine"] for r in rs if r.get("engine")]
+    return f"{med(v):.2f}" if v else "-"
+
+def per_core(value, busy):
+    return value / busy if busy else 0.0
+
 cpu = "unknown"
 try:
     for line in open("/proc/cpuinfo"):
@@ -42,9 +54,22 @@ for mode in ["best", "1500"]:
             dname = "sandbox→world" if d == "up" else "world→sandbox"
             print(f"| {label} | {dname} | {s} | {cells} | {ratio(m['moat'], m['veth'])} | {ratio(m['moat'], m['pasta'])} | {ratio(m['moat'], m['slirp4netns'])} |")
 
+print(f"\n### Bulk TCP per busy core (cores busy machine-wide during the run, of {os.cpu_count()}; moat's engine thread, share of one core; Gbit/s per busy core)\n")
+print("| MTU | direction | streams | veth cores | moat cores | moat engine | veth Gbit/s per core | moat Gbit/s per core | moat/veth per core |")
+print("|---|---|---|---|---|---|---|---|---|")
+for mode in ["best", "1500"]:
+    for d in ["up", "down"]:
+        for s in [1, 4]:
+            rs = {p: [r for r in rows if r["kind"] == "bulk" and r["mode"] == mode and r["dir"] == d and r["streams"] == s and r["path"] == p] for p in ["veth", "moat"]}
+            c = {p: cores(v) for p, v in rs.items()}
+            g = {p: per_core(med([r["gbps"] for r in v]), c[p]) for p, v in rs.items()}
+            label = "65520" if mode == "best" else "1500"
+            dname = "sandbox→world" if d == "up" else "world→sandbox"
+            print(f"| {label} | {dname} | {s} | {c['veth']:.2f} | {c['moat']:.2f} | {engine(rs['moat'])} | {g['veth']:.2f} | {g['moat']:.2f} | {ratio(g['moat'], g['veth'])} |")
+
 print("\n## Connections (connect + request + response + close)\n")
-print("| concurrency | path | conn/s (median) | p50 µs | p99 µs |")
-print("|---|---|---|---|---|")
+print(f"| concurrency | path | conn/s (median) | p50 µs | p99 µs | cores busy (of {os.cpu_count()}) | moat engine (of a core) | conn/s per busy core |")
+print("|---|---|---|---|---|---|---|---|")
 def conn_stats(results):
     """Median conn/s, p50 and p99 of `moat-bench connrate` results."""
     return tuple(med([r.get(k, 0) for r in results]) for k in ("per_sec", "p50_us", "p99_us"))
@@ -52,14 +77,15 @@ def conn_stats(results):
 conn = {}
 for c in [1, 32]:
     for p in PATHS:
-        rs = [r["result"] for r in rows if r["kind"] == "conn" and r["conc"] == c and r["path"] == p]
-        rate, p50, p99 = conn_stats(rs)
-        conn[(c, p)] = (rate, p50, p99)
-        print(f"| {c} | {p} | {rate:.0f} | {p50:.0f} | {p99:.0f} |")
+        runs = [r for r in rows if r["kind"] == "conn" and r["conc"] == c and r["path"] == p]
+        rate, p50, p99 = conn_stats([r["result"] for r in runs])
+        busy = cores(runs)
+        conn[(c, p)] = (rate, p50, p99, per_core(rate, busy))
+        print(f"| {c} | {p} | {rate:.0f} | {p50:.0f} | {p99:.0f} | {busy:.2f} | {engine(runs)} | {per_core(rate, busy):.0f} |")
 best_peer = {c: max(conn[(c, 'pasta')][0], conn[(c, 'slirp4netns')][0]) for c in [1, 32]}
 print()
 for c in [1, 32]:
-    print(f"- concurrency {c}: moat / better peer = {ratio(conn[(c, 'moat')][0], best_peer[c])}; moat / veth = {ratio(conn[(c, 'moat')][0], conn[(c, 'veth')][0])}")
+    print(f"- concurrency {c}: moat / better peer = {ratio(conn[(c, 'moat')][0], best_peer[c])}; moat / veth = {ratio(conn[(c, 'moat')][0], conn[(c, 'veth')][0])}; per busy core, moat / veth = {ratio(conn[(c, 'moat')][3], conn[(c, 'veth')][3])}")
 print(f"- connect latency added over veth (p50, concurrency 1): moat {conn[(1, 'moat')][1] - conn[(1, 'veth')][1]:.0f} µs, pasta {conn[(1, 'pasta')][1] - conn[(1, 'veth')][1]:.0f} µs, slirp4netns {conn[(1, 'slirp4netns')][1] - conn[(1, 'veth')][1]:.0f} µs")
 
 bp = [r for r in rows if r["kind"] == "busypoll"]
@@ -74,17 +100,20 @@ if bp:
         print(f"| {us} | {rate:.0f} | {p50:.0f} | {p99:.0f} | {cpu:.1f}% of a core |")
 
 print("\n## DNS (UDP A queries; moat: the sandbox asks the gateway, moat forwards to the same server)\n")
-print("| concurrency | path | queries/s | p50 µs | p99 µs |")
-print("|---|---|---|---|---|")
+print(f"| concurrency | path | queries/s | p50 µs | p99 µs | cores busy (of {os.cpu_count()}) | moat engine (of a core) | queries/s per busy core |")
+print("|---|---|---|---|---|---|---|---|")
 dns = {}
 for c in [1, 16]:
     for p in ["direct", "moat"]:
-        rs = [r["result"] for r in rows if r["kind"] == "dns" and r["conc"] == c and r["path"] == p]
+        runs = [r for r in rows if r["kind"] == "dns" and r["conc"] == c and r["path"] == p]
+        rs = [r["result"] for r in runs]
         q = med([r.get("per_sec", 0) for r in rs]); p50 = med([r.get("p50_us", 0) for r in rs]); p99 = med([r.get("p99_us", 0) for r in rs])
-        dns[(c, p)] = q
-        print(f"| {c} | {p} | {q:.0f} | {p50:.0f} | {p99:.0f} |")
+        busy = cores(runs)
+        dns[(c, p)] = (q, per_core(q, busy))
+        print(f"| {c} | {p} | {q:.0f} | {p50:.0f} | {p99:.0f} | {busy:.2f} | {engine(runs)} | {per_core(q, busy):.0f} |")
+print()
 for c in [1, 16]:
-    print(f"- concurrency {c}: moat / direct = {ratio(dns[(c, 'moat')], dns[(c, 'direct')])}")
+    print(f"- concurrency {c}: moat / direct = {ratio(dns[(c, 'moat')][0], dns[(c, 'direct')][0])}; per busy core = {ratio(dns[(c, 'moat')][1], dns[(c, 'direct')][1])}")
 
 print(f"\n## Published port (iperf3, 1 stream, MTU 65520, {max(int(secs) // 2, 1)} s runs)\n")
 print("| direction | veth (host → world) | moat published port (host → sandbox) | ratio |")
