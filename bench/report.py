@@ -41,17 +41,23 @@ print(f"- machine: {os.cpu_count()} cores, {cpu}, kernel {platform.release()}")
 print(f"- iperf3 {secs} s per run, {reps} interleaved repetitions; medians, min–max in Gbit/s")
 print("- paths: veth = the kernel path (host namespace straight to the world over veth); moat, pasta and slirp4netns each carry a namespace's traffic to the same world\n")
 
+def bulk_runs(mode, d, s, p):
+    """The bulk runs of one table cell."""
+    return [r for r in rows if r["kind"] == "bulk" and r["mode"] == mode and r["dir"] == d and r["streams"] == s and r["path"] == p]
+
+def bulk_label(mode, d):
+    return ("65520" if mode == "best" else "1500"), ("sandbox→world" if d == "up" else "world→sandbox")
+
 print("## Bulk TCP\n")
 print("| MTU | direction | streams | veth | moat | pasta | slirp4netns | moat/veth | moat/pasta | moat/slirp4netns |")
 print("|---|---|---|---|---|---|---|---|---|---|")
 for mode in ["best", "1500"]:
     for d in ["up", "down"]:
         for s in [1, 4]:
-            vals = {p: [r["gbps"] for r in rows if r["kind"] == "bulk" and r["mode"] == mode and r["dir"] == d and r["streams"] == s and r["path"] == p] for p in PATHS}
+            vals = {p: [r["gbps"] for r in bulk_runs(mode, d, s, p)] for p in PATHS}
             m = {p: med(v) for p, v in vals.items()}
             cells = " | ".join(f"{m[p]:.2f} ({span(vals[p])})" for p in PATHS)
-            label = "65520" if mode == "best" else "1500"
-            dname = "sandbox→world" if d == "up" else "world→sandbox"
+            label, dname = bulk_label(mode, d)
             print(f"| {label} | {dname} | {s} | {cells} | {ratio(m['moat'], m['veth'])} | {ratio(m['moat'], m['pasta'])} | {ratio(m['moat'], m['slirp4netns'])} |")
 
 print(f"\n### Bulk TCP per busy core (cores busy machine-wide during the run, of {os.cpu_count()}; moat's engine thread, share of one core; Gbit/s per busy core)\n")
@@ -60,11 +66,10 @@ print("|---|---|---|---|---|---|---|---|---|")
 for mode in ["best", "1500"]:
     for d in ["up", "down"]:
         for s in [1, 4]:
-            rs = {p: [r for r in rows if r["kind"] == "bulk" and r["mode"] == mode and r["dir"] == d and r["streams"] == s and r["path"] == p] for p in ["veth", "moat"]}
+            rs = {p: bulk_runs(mode, d, s, p) for p in ["veth", "moat"]}
             c = {p: cores(v) for p, v in rs.items()}
             g = {p: per_core(med([r["gbps"] for r in v]), c[p]) for p, v in rs.items()}
-            label = "65520" if mode == "best" else "1500"
-            dname = "sandbox→world" if d == "up" else "world→sandbox"
+            label, dname = bulk_label(mode, d)
             print(f"| {label} | {dname} | {s} | {c['veth']:.2f} | {c['moat']:.2f} | {engine(rs['moat'])} | {g['veth']:.2f} | {g['moat']:.2f} | {ratio(g['moat'], g['veth'])} |")
 
 print("\n## Connections (connect + request + response + close)\n")
