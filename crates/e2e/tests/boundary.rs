@@ -507,6 +507,92 @@ fn resolv_conf_and_hosts_are_read_only() {
     );
 }
 
+/// `/sys` is the sandbox's own: its interfaces (`lo`, `eth0` at the MTU moat gave it), not
+/// the host's (whose interface names and hardware addresses it used to list), read-only,
+/// as root and as a normal user; the control group's limits stay readable where tools
+/// look for them.
+#[test]
+fn sys_shows_the_sandboxs_own_interfaces() {
+    let w = World::new();
+    let s = Scratch::new("sysfs");
+    let host_ifaces = stdout(&run_with_timeout(
+        {
+            let mut c = w.in_host("ls");
+            c.arg("/sys/class/net");
+            c
+        },
+        T,
+    ));
+    let host_veth = host_ifaces
+        .split_whitespace()
+        .find(|n| n.starts_with("vh"))
+        .unwrap_or_else(|| panic!("control: the host namespace's veth: {host_ifaces}"))
+        .to_owned();
+    // Root with a network; the normal user (who may not open /dev/net/tun on these
+    // machines) without one. Both in the namespace whose veth the host's /sys lists.
+    for (who, policy, ifaces, mtus, writes) in [
+        (
+            As::Root,
+            "allow-all",
+            "eth0 lo",
+            "1400 65536",
+            "echo 1500 > /sys/class/net/eth0/mtu",
+        ),
+        (
+            As::User,
+            "none",
+            "lo",
+            "65536",
+            "echo 1 > /sys/kernel/profiling",
+        ),
+    ] {
+        let mut cmd = match who {
+            As::Root => w.in_host(moat_bin()),
+            As::User => {
+                moat_e2e::ensure_test_user();
+                let mut c = w.in_host("runuser");
+                c.args(["-u", moat_e2e::TEST_USER, "--"]).arg(s.user_bin());
+                c
+            }
+        };
+        let script = format!(
+            "echo ifaces $(ls /sys/class/net); echo mtu $(cat /sys/class/net/*/mtu); \
+             ({writes}) 2>&1; (touch /sys/x) 2>&1; true"
+        );
+        cmd.args(["run", "--policy", policy, "--mtu", "1400", "--"])
+            .args(["sh", "-c", &script]);
+        let out = run_with_timeout(cmd, T);
+        let text = stdout(&out);
+        assert!(out.status.success(), "{who:?}: {text} {}", stderr(&out));
+        assert!(
+            text.contains(&format!("ifaces {ifaces}\n")),
+            "{who:?}: {text}"
+        );
+        assert!(!text.contains(&host_veth), "{who:?}: {text}");
+        // Control: the interfaces' own files, eth0 at the MTU moat gave it.
+        assert!(text.contains(&format!("mtu {mtus}\n")), "{who:?}: {text}");
+        assert_eq!(
+            text.matches("Read-only file system").count(),
+            2,
+            "{who:?}: {text}"
+        );
+    }
+    // Offline, in the test's own namespace: only `lo`; with a memory limit, the group's
+    // limit file is where /proc/self/cgroup says (cgroup v1 or v2).
+    let out = As::Root.run_offline(
+        &s,
+        &["--memory", "256m"],
+        "echo ifaces $(ls /sys/class/net); \
+         p=$(grep -E '^[0-9]+:memory:' /proc/self/cgroup | cut -d: -f3); \
+         if [ -n \"$p\" ]; then cat /sys/fs/cgroup/memory$p/memory.limit_in_bytes; \
+         else cat /sys/fs/cgroup$(grep '^0::' /proc/self/cgroup | cut -d: -f3)/memory.max; fi",
+        T,
+    );
+    let text = stdout(&out);
+    assert!(text.contains("ifaces lo\n"), "{text} {}", stderr(&out));
+    assert!(text.contains("268435456"), "{text} {}", stderr(&out));
+}
+
 /// Also seen: state left after SIGKILL is swept at the next start.
 #[test]
 fn stale_state_is_swept_at_the_next_start() {

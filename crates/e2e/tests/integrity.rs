@@ -80,7 +80,7 @@ fn offloaded_segments_cross_a_1500_byte_link_intact() {
 import fcntl, struct
 N = 1 << 28
 def stats():
-    # /proc/net/dev is the sandbox's own network namespace (its /sys is the host's).
+    # /proc/net/dev: the counters of the sandbox's own eth0.
     for line in open("/proc/net/dev"):
         name, _, rest = line.partition(":")
         if name.strip() == "eth0":

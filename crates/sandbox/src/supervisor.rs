@@ -13,10 +13,10 @@
 //! 3. assembles a new root on a tmpfs, deny by default: the system directories (`/usr`,
 //!    `/bin`, `/sbin`, `/lib*`, `/etc`, `/opt`) bound read-only; fresh bounded tmpfs for
 //!    `/tmp`, the home directory, `/run` and `/dev/shm`; a minimal `/dev`; `/sys`
-//!    read-only; the `--ro`/`--rw` grants; the work directory; moat's resolv.conf and hosts
-//!    read-only; the secrets of `/etc` masked; moat's own state hidden wherever a grant
-//!    would show it. Every mount is nosuid and nodev (the device binds of `/dev` aside).
-//!    Then it pivots into it;
+//!    read-only (a fresh sysfs: the sandbox's own interfaces); the `--ro`/`--rw` grants;
+//!    the work directory; moat's resolv.conf and hosts read-only; the secrets of `/etc`
+//!    masked; moat's own state hidden wherever a grant would show it. Every mount is
+//!    nosuid and nodev (the device binds of `/dev` aside). Then it pivots into it;
 //! 4. forks PID 1 of the new pid namespace, which mounts /proc (with /proc/sys read-only)
 //!    and reaps orphans; when it dies the kernel kills everything in the sandbox;
 //! 5. compiles the seccomp filter ([`crate::seccomp`]) and serves requests: spawn, signal,
@@ -325,6 +325,46 @@ fn mount_point_like(root: &Path, src: &Path, dst: &Path) -> io::Result<()> {
     }
 }
 
+/// `/sys`, read-only. A fresh sysfs, mounted now that the sandbox has its own network
+/// namespace, lists that namespace's interfaces (`lo`, `eth0`) with their MTU and address,
+/// not the host's; the host's cgroup file systems are bound read-only at `/sys/fs/cgroup`
+/// so tools that size themselves by their group's limits still find them. Where a fresh
+/// sysfs may not be mounted (a container whose own `/sys` is partly masked refuses it) the
+/// host's `/sys` is bound instead, read-only as well; where even that fails, `/sys` stays
+/// an empty directory.
+fn sys_view(sysfs: &Path) -> Stage<()> {
+    let read_only = |path: &Path| -> Stage<()> {
+        at(
+            "make /sys read-only",
+            sys::restrict_recursive(
+                &at("path", cpath(path))?,
+                sys::Restrict {
+                    readonly: true,
+                    nodev: true,
+                    noexec: true,
+                },
+            ),
+        )
+    };
+    let fresh = mount(
+        Some("sysfs"),
+        sysfs,
+        Some("sysfs"),
+        MsFlags::MS_RDONLY | MsFlags::MS_NOSUID | MsFlags::MS_NODEV | MsFlags::MS_NOEXEC,
+        None::<&str>,
+    );
+    if fresh.is_ok() {
+        let host_cgroups = Path::new("/sys/fs/cgroup");
+        let cgroups = sysfs.join("fs/cgroup");
+        if host_cgroups.is_dir() && cgroups.is_dir() && bind(host_cgroups, &cgroups, true).is_ok() {
+            read_only(&cgroups)?;
+        }
+    } else if bind(Path::new("/sys"), sysfs, true).is_ok() {
+        read_only(sysfs)?;
+    }
+    Ok(())
+}
+
 fn build_root(spec: &Spec) -> Stage<()> {
     let root = &spec.root_dir;
     at(
@@ -344,19 +384,7 @@ fn build_root(spec: &Spec) -> Stage<()> {
 
     let sysfs = root.join("sys");
     at("create /sys", std::fs::create_dir(&sysfs))?;
-    if bind(Path::new("/sys"), &sysfs, true).is_ok() {
-        at(
-            "make /sys read-only",
-            sys::restrict_recursive(
-                &at("path", cpath(&sysfs))?,
-                sys::Restrict {
-                    readonly: true,
-                    nodev: true,
-                    noexec: true,
-                },
-            ),
-        )?;
-    }
+    sys_view(&sysfs)?;
 
     for grant in &spec.grants {
         let inside = inside_root(root, &grant.path);
