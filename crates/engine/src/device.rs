@@ -35,10 +35,7 @@ pub trait FrameDevice {
     /// `offload` module prepares it. Only called when [`FrameDevice::offloads_tcp`].
     fn send_tcp(&mut self, frame: &[u8], offload: &TcpOffload) -> io::Result<()> {
         let _ = (frame, offload);
-        Err(io::Error::new(
-            io::ErrorKind::Unsupported,
-            "this device does not offload TCP",
-        ))
+        Err(not_offered("offload TCP"))
     }
     /// Whether the device takes one UDP frame carrying several datagrams for the sandbox's
     /// kernel to split ([`FrameDevice::send_udp_segments`]). `false` by default.
@@ -51,11 +48,16 @@ pub trait FrameDevice {
     /// [`FrameDevice::segments_udp`] says `false` from then on.
     fn send_udp_segments(&mut self, frame: &[u8], segments: &UdpSegments) -> io::Result<()> {
         let _ = (frame, segments);
-        Err(io::Error::new(
-            io::ErrorKind::Unsupported,
-            "this device does not split UDP frames",
-        ))
+        Err(not_offered("split UDP frames"))
     }
+}
+
+/// The error of an offload a device does not have.
+fn not_offered(what: &str) -> io::Error {
+    io::Error::new(
+        io::ErrorKind::Unsupported,
+        format!("this device does not {what}"),
+    )
 }
 
 /// A TAP interface opened without packet information (`IFF_TAP | IFF_NO_PI`), non-blocking;
