@@ -355,7 +355,8 @@ fn inherited_descriptors_are_closed() {
     }
 }
 
-/// Finding 6: a key in the caller's session keyring cannot be read inside.
+/// Finding 6: a key in the caller's session keyring cannot be read inside, nor its
+/// description listed (`/proc/keys` lists every key the reader may view).
 #[test]
 fn session_keyring_is_not_shared() {
     let s = Scratch::new("keys");
@@ -370,20 +371,25 @@ fn session_keyring_is_not_shared() {
                 s.user_bin().display().to_string(),
             ],
         };
-        // Inside and outside alike: find the key in the session keyring and read it.
+        // Inside and outside alike: find the key in the session keyring and read it, and
+        // look for its description in /proc/keys.
         let reader = r#"
 import ctypes, os
+try:
+    listed = "LISTED" if b"moat-e2e-key" in open("/proc/keys", "rb").read() else "UNLISTED"
+except OSError:
+    listed = "UNLISTED"
 libc = ctypes.CDLL(None, use_errno=True)
 libc.syscall.restype = ctypes.c_long
 KEYCTL_SEARCH, KEYCTL_READ, SESSION = 10, 11, -3
 SYS_keyctl = 250
 kid = libc.syscall(SYS_keyctl, KEYCTL_SEARCH, SESSION, b"user", b"moat-e2e-key", 0)
 if kid < 0:
-    print("NOKEY", ctypes.get_errno(), flush=True)
+    print("NOKEY", ctypes.get_errno(), listed, flush=True)
 else:
     buf = ctypes.create_string_buffer(64)
     n = libc.syscall(SYS_keyctl, KEYCTL_READ, kid, buf, 64)
-    print("KEY", buf.raw[:max(n, 0)].decode(), flush=True)
+    print("KEY", buf.raw[:max(n, 0)].decode(), listed, flush=True)
 "#;
         let outer = format!(
             r#"
@@ -406,7 +412,7 @@ print("SANDBOX", subprocess.run(args, capture_output=True, text=True, stdin=subp
         let out = host_python(&outer, T);
         let text = stdout(&out);
         assert!(
-            text.contains("HOST KEY SECRET-VALUE"),
+            text.contains("HOST KEY SECRET-VALUE LISTED"),
             "{who:?}: control: {text} {}",
             stderr(&out)
         );
@@ -415,10 +421,47 @@ print("SANDBOX", subprocess.run(args, capture_output=True, text=True, stdin=subp
             .find(|l| l.starts_with("SANDBOX"))
             .unwrap_or("");
         assert!(
-            inside.contains("NOKEY"),
+            inside.contains("NOKEY") && inside.contains("UNLISTED"),
             "{who:?}: the command ran: {inside}"
         );
         assert!(!text.contains("SANDBOX KEY"), "{who:?}: {text}");
+    }
+}
+
+/// The kernel's views of the whole host that container runtimes mask are masked:
+/// `/proc/keys` and `/proc/key-users` (keys of every keyring the caller may view),
+/// `/proc/timer_list`, `/sys/firmware` (ACPI tables, memory map); the rest of `/proc`
+/// reads as usual.
+#[test]
+fn kernel_views_of_the_host_are_masked() {
+    let s = Scratch::new("masked");
+    // Control: on the host these are there to read, so masking them is what hides them.
+    for f in ["/proc/timer_list", "/proc/keys", "/proc/key-users"] {
+        assert!(std::fs::read(f).is_ok(), "control: the host reads {f}");
+    }
+    let firmware = std::fs::read_dir("/sys/firmware").map_or(0, |d| d.count());
+    let script = "for f in /proc/timer_list /proc/keys /proc/key-users; do \
+                    if head -c 1 $f >/dev/null 2>&1; then echo open $f; else echo masked $f; fi; \
+                  done; echo firmware $(ls /sys/firmware | wc -l); \
+                  echo acpi $(ls /proc/acpi 2>/dev/null | wc -l); echo uptime $(cut -d' ' -f1 /proc/uptime)";
+    for who in As::BOTH {
+        let out = who.run_offline(&s, &[], script, T);
+        let text = stdout(&out);
+        // Control: the script ran and the sandbox's own /proc reads.
+        assert!(
+            text.contains("uptime ") && !text.contains("uptime \n"),
+            "{who:?}: {text} {}",
+            stderr(&out)
+        );
+        assert!(!text.contains("open "), "{who:?}: {text}");
+        for f in ["/proc/timer_list", "/proc/keys", "/proc/key-users"] {
+            assert!(text.contains(&format!("masked {f}\n")), "{who:?}: {text}");
+        }
+        assert!(
+            text.contains("firmware 0\n"),
+            "{who:?} (host: {firmware}): {text}"
+        );
+        assert!(text.contains("acpi 0\n"), "{who:?}: {text}");
     }
 }
 

@@ -13,12 +13,14 @@
 //! 3. assembles a new root on a tmpfs, deny by default: the system directories (`/usr`,
 //!    `/bin`, `/sbin`, `/lib*`, `/etc`, `/opt`) bound read-only; fresh bounded tmpfs for
 //!    `/tmp`, the home directory, `/run` and `/dev/shm`; a minimal `/dev`; `/sys`
-//!    read-only (a fresh sysfs: the sandbox's own interfaces); the `--ro`/`--rw` grants;
-//!    the work directory; moat's resolv.conf and hosts read-only; the secrets of `/etc`
-//!    masked; moat's own state hidden wherever a grant would show it. Every mount is
-//!    nosuid and nodev (the device binds of `/dev` aside). Then it pivots into it;
-//! 4. forks PID 1 of the new pid namespace, which mounts /proc (with /proc/sys read-only)
-//!    and reaps orphans; when it dies the kernel kills everything in the sandbox;
+//!    read-only (a fresh sysfs: the sandbox's own interfaces; firmware masked); the
+//!    `--ro`/`--rw` grants; the work directory; moat's resolv.conf and hosts read-only;
+//!    the secrets of `/etc` masked; moat's own state hidden wherever a grant would show
+//!    it. Every mount is nosuid and nodev (the device binds of `/dev` aside). Then it
+//!    pivots into it;
+//! 4. forks PID 1 of the new pid namespace, which mounts /proc (with /proc/sys read-only
+//!    and the files that show the host's processes and keys masked) and reaps orphans;
+//!    when it dies the kernel kills everything in the sandbox;
 //! 5. compiles the seccomp filter ([`crate::seccomp`]) and serves requests: spawn, signal,
 //!    file open/list/remove, stop. A command is forked and, before exec, gets exactly the
 //!    descriptors moat passed (stdio and `--preserve-fds`), a session of its own (its
@@ -361,6 +363,55 @@ fn sys_view(sysfs: &Path) -> Stage<()> {
         }
     } else if bind(Path::new("/sys"), sysfs, true).is_ok() {
         read_only(sysfs)?;
+    } else {
+        return Ok(());
+    }
+    at(
+        "mask the host's firmware and energy counters in /sys",
+        mask(sysfs, SYS_MASKED, Path::new("/dev/null")),
+    )
+}
+
+/// What of `/proc` is masked, much as container runtimes mask it: the host's
+/// processes (`timer_list`, `sched_debug` name every task with a timer or on a run queue),
+/// the key descriptions of every keyring the caller may view (`keys`, `key-users`), kernel
+/// memory (`kcore`), and hardware the sandbox has no business with.
+const PROC_MASKED: &[&str] = &[
+    "kcore",
+    "keys",
+    "key-users",
+    "timer_list",
+    "timer_stats",
+    "sched_debug",
+    "latency_stats",
+    "acpi",
+    "asound",
+    "scsi",
+];
+
+/// What of `/sys` is masked: firmware tables and variables (ACPI, DMI, EFI) and the energy
+/// counters a power side channel reads (powercap).
+const SYS_MASKED: &[&str] = &["firmware", "devices/virtual/powercap"];
+
+/// Masks each of `names` under `dir` that exists: a file by binding `null` over it on a
+/// `nodev` mount, so that opening it fails (EACCES), a directory by an empty read-only tmpfs.
+fn mask(dir: &Path, names: &[&str], null: &Path) -> io::Result<()> {
+    for name in names {
+        let path = dir.join(name);
+        match std::fs::symlink_metadata(&path) {
+            Ok(meta) if meta.is_dir() => mount(
+                Some("tmpfs"),
+                &path,
+                Some("tmpfs"),
+                MsFlags::MS_RDONLY | MsFlags::MS_NOSUID | MsFlags::MS_NODEV | MsFlags::MS_NOEXEC,
+                Some("size=4k,mode=0555"),
+            )?,
+            Ok(_) => {
+                bind(null, &path, false)?;
+                restrict(&path, true)?;
+            }
+            Err(_) => {}
+        }
     }
     Ok(())
 }
@@ -715,6 +766,9 @@ fn pid1(root: &Path, ready: OwnedFd) -> i32 {
         if sys::restrict_recursive(&c, how).is_err() {
             return 1;
         }
+    }
+    if mask(&proc_dir, PROC_MASKED, &root.join("dev/null")).is_err() {
+        return 1;
     }
     let mut w = std::fs::File::from(ready);
     if w.write_all(&[1]).is_err() {
