@@ -368,7 +368,10 @@ fn sys_view(sysfs: &Path) -> Stage<()> {
     }
     at(
         "mask the host's firmware and energy counters in /sys",
-        mask(sysfs, SYS_MASKED, Path::new("/dev/null")),
+        mask(
+            SYS_MASKED.iter().map(|name| sysfs.join(name)),
+            Path::new("/dev/null"),
+        ),
     )
 }
 
@@ -393,24 +396,14 @@ const PROC_MASKED: &[&str] = &[
 /// counters a power side channel reads (powercap).
 const SYS_MASKED: &[&str] = &["firmware", "devices/virtual/powercap"];
 
-/// Masks each of `names` under `dir` that exists: a file by binding `null` over it on a
-/// `nodev` mount, so that opening it fails (EACCES), a directory by an empty read-only tmpfs.
-fn mask(dir: &Path, names: &[&str], null: &Path) -> io::Result<()> {
-    for name in names {
-        let path = dir.join(name);
+/// Masks each of `paths` that exists: a file by binding `null` over it (it reads as
+/// empty), a directory by an empty one no one may open ([`empty_dir_over`]).
+fn mask(paths: impl IntoIterator<Item = PathBuf>, null: &Path) -> io::Result<()> {
+    for path in paths {
         match std::fs::symlink_metadata(&path) {
-            Ok(meta) if meta.is_dir() => mount(
-                Some("tmpfs"),
-                &path,
-                Some("tmpfs"),
-                MsFlags::MS_RDONLY | MsFlags::MS_NOSUID | MsFlags::MS_NODEV | MsFlags::MS_NOEXEC,
-                Some("size=4k,mode=0555"),
-            )?,
-            Ok(_) => {
-                bind(null, &path, false)?;
-                restrict(&path, true)?;
-            }
-            Err(_) => {}
+            Ok(meta) if meta.is_dir() => empty_dir_over(&path)?,
+            Ok(meta) if meta.is_file() => bind(null, &path, false)?,
+            _ => {}
         }
     }
     Ok(())
@@ -606,31 +599,21 @@ fn fresh_dirs(spec: &Spec) -> Stage<()> {
 
 /// Masks the secrets of /etc that exist on this host.
 fn mask_secrets(root: &Path) -> Stage<()> {
-    let mut files: Vec<PathBuf> = MASKED_FILES.iter().map(|f| root.join(f)).collect();
+    let mut paths: Vec<PathBuf> = MASKED_FILES.iter().map(|f| root.join(f)).collect();
     if let Ok(entries) = std::fs::read_dir(root.join(SSH_DIR)) {
         for entry in entries.flatten() {
             let name = entry.file_name();
             let name = name.as_bytes();
             if name.starts_with(b"ssh_host_") && !name.ends_with(b".pub") {
-                files.push(entry.path());
+                paths.push(entry.path());
             }
         }
     }
-    for file in files {
-        if file.symlink_metadata().is_ok_and(|m| m.is_file()) {
-            at(
-                "mask a secret file",
-                bind(Path::new("/dev/null"), &file, false),
-            )?;
-        }
-    }
-    for dir in MASKED_DIRS {
-        let dir = root.join(dir);
-        if dir.symlink_metadata().is_ok_and(|m| m.is_dir()) {
-            at("mask a secret directory", empty_dir_over(&dir))?;
-        }
-    }
-    Ok(())
+    paths.extend(MASKED_DIRS.iter().map(|d| root.join(d)));
+    at(
+        "mask the secrets of /etc",
+        mask(paths, Path::new("/dev/null")),
+    )
 }
 
 /// Mounts an empty, read-only, inaccessible directory over `dir`.
@@ -767,7 +750,8 @@ fn pid1(root: &Path, ready: OwnedFd) -> i32 {
             return 1;
         }
     }
-    if mask(&proc_dir, PROC_MASKED, &root.join("dev/null")).is_err() {
+    let masked = PROC_MASKED.iter().map(|name| proc_dir.join(name));
+    if mask(masked, &root.join("dev/null")).is_err() {
         return 1;
     }
     let mut w = std::fs::File::from(ready);
