@@ -520,6 +520,57 @@ fn host_secrets_are_hidden() {
     }
 }
 
+/// Finding 7's class, beyond the known names: a file of /etc that only root may read (a
+/// VPN's keys, a keystore's password) or a directory only root may enter is masked, also
+/// when moat runs as root and the command inside is the host's root; what every user may
+/// read stays readable, and a grant shows what it names.
+#[test]
+fn root_only_files_of_etc_are_masked() {
+    let s = Scratch::new("etcpriv");
+    let base = format!("/etc/moat-e2e-{}", std::process::id());
+    let (secret, dir, public) = (
+        format!("{base}-secret"),
+        format!("{base}-dir"),
+        format!("{base}-public"),
+    );
+    struct Remove(Vec<String>);
+    impl Drop for Remove {
+        fn drop(&mut self) {
+            for p in &self.0 {
+                let _ = std::fs::remove_dir_all(p);
+                let _ = std::fs::remove_file(p);
+            }
+        }
+    }
+    let _cleanup = Remove(vec![secret.clone(), dir.clone(), public.clone()]);
+    for (path, text, mode) in [
+        (&secret, "ROOT-ONLY-SECRET", 0o600),
+        (&public, "WORLD-READABLE", 0o644),
+    ] {
+        std::fs::write(path, text).unwrap();
+        std::fs::set_permissions(path, std::fs::Permissions::from_mode(mode)).unwrap();
+    }
+    std::fs::create_dir(&dir).unwrap();
+    std::fs::write(format!("{dir}/inner"), "INNER-SECRET").unwrap();
+    std::fs::set_permissions(&dir, std::fs::Permissions::from_mode(0o700)).unwrap();
+    let script = format!("cat {public} {secret} {dir}/inner 2>&1; echo; echo done");
+    for who in As::BOTH {
+        let out = who.run_offline(&s, &[], &script, T);
+        let text = stdout(&out);
+        // Control: the script ran and reads what every user may read.
+        assert!(
+            text.contains("WORLD-READABLE") && text.contains("done"),
+            "{who:?}: {text} {}",
+            stderr(&out)
+        );
+        assert!(!text.contains("ROOT-ONLY-SECRET"), "{who:?}: {text}");
+        assert!(!text.contains("INNER-SECRET"), "{who:?}: {text}");
+    }
+    // Control: granted, the directory shows (to root, whose it is).
+    let out = As::Root.run_offline(&s, &["--ro", &dir], &script, T);
+    assert!(stdout(&out).contains("INNER-SECRET"), "{}", stdout(&out));
+}
+
 /// Also seen: resolv.conf and hosts were writable inside.
 #[test]
 fn resolv_conf_and_hosts_are_read_only() {

@@ -396,13 +396,13 @@ const PROC_MASKED: &[&str] = &[
 /// counters a power side channel reads (powercap).
 const SYS_MASKED: &[&str] = &["firmware", "devices/virtual/powercap"];
 
-/// Masks each of `paths` that exists: a file by binding `null` over it (it reads as
-/// empty), a directory by an empty one no one may open ([`empty_dir_over`]).
+/// Masks each of `paths` that exists: a file (or socket, fifo) by binding `null` over it
+/// (it reads as empty), a directory by an empty one no one may open ([`empty_dir_over`]).
 fn mask(paths: impl IntoIterator<Item = PathBuf>, null: &Path) -> io::Result<()> {
     for path in paths {
         match std::fs::symlink_metadata(&path) {
             Ok(meta) if meta.is_dir() => empty_dir_over(&path)?,
-            Ok(meta) if meta.is_file() => bind(null, &path, false)?,
+            Ok(meta) if !meta.is_symlink() => bind(null, &path, false)?,
             _ => {}
         }
     }
@@ -485,7 +485,7 @@ fn build_root(spec: &Spec) -> Stage<()> {
         }
     }
 
-    mask_secrets(root)?;
+    mask_secrets(root, &spec.grants)?;
     for hidden in &spec.hidden {
         let inside = inside_root(root, hidden);
         if within_root(root, &inside).is_ok() && inside.is_dir() {
@@ -597,9 +597,15 @@ fn fresh_dirs(spec: &Spec) -> Stage<()> {
     Ok(())
 }
 
-/// Masks the secrets of /etc that exist on this host.
-fn mask_secrets(root: &Path) -> Stage<()> {
+/// Masks the secrets of /etc that exist on this host: the known ones by name, and every
+/// file no other user of the host may read and every directory no other user may enter
+/// ([`private_entries`]) but those a grant names. A command that runs as root inside runs
+/// as the host's root when moat does, and would read root's own files (a VPN's keys, a
+/// keystore's password) through the read-only view.
+fn mask_secrets(root: &Path, grants: &[proto::Grant]) -> Stage<()> {
     let mut paths: Vec<PathBuf> = MASKED_FILES.iter().map(|f| root.join(f)).collect();
+    let granted: Vec<PathBuf> = grants.iter().map(|g| inside_root(root, &g.path)).collect();
+    private_entries(&root.join("etc"), &granted, 0, &mut paths);
     if let Ok(entries) = std::fs::read_dir(root.join(SSH_DIR)) {
         for entry in entries.flatten() {
             let name = entry.file_name();
@@ -614,6 +620,50 @@ fn mask_secrets(root: &Path) -> Stage<()> {
         "mask the secrets of /etc",
         mask(paths, Path::new("/dev/null")),
     )
+}
+
+/// Directories below /etc walked before the rest is masked whole.
+const MAX_ETC_DEPTH: usize = 16;
+
+/// Collects under `dir` what only its owner or group may read: files (and sockets, fifos)
+/// without read permission for others, directories others may not list and enter (masked
+/// whole, not walked). Symbolic links are left: they lead to paths judged where they lie.
+/// Paths in `granted` and below are left as granted. Deeper than [`MAX_ETC_DEPTH`], or
+/// where a directory cannot be read, the directory is masked whole.
+fn private_entries(dir: &Path, granted: &[PathBuf], depth: usize, out: &mut Vec<PathBuf>) {
+    let entries = match std::fs::read_dir(dir) {
+        Ok(entries) if depth < MAX_ETC_DEPTH => entries,
+        _ => {
+            out.push(dir.to_path_buf());
+            return;
+        }
+    };
+    for entry in entries.flatten() {
+        // The directory entry's type comes without a system call: links cost nothing.
+        if entry.file_type().is_ok_and(|t| t.is_symlink()) {
+            continue;
+        }
+        let path = entry.path();
+        if granted.iter().any(|g| path.starts_with(g)) {
+            continue;
+        }
+        let Ok(meta) = entry.metadata() else {
+            out.push(path);
+            continue;
+        };
+        let mode = meta.permissions().mode();
+        if meta.is_symlink() {
+            continue;
+        } else if meta.is_dir() {
+            if mode & 0o005 == 0o005 {
+                private_entries(&path, granted, depth + 1, out);
+            } else {
+                out.push(path);
+            }
+        } else if mode & 0o004 == 0 {
+            out.push(path);
+        }
+    }
 }
 
 /// Mounts an empty, read-only, inaccessible directory over `dir`.
