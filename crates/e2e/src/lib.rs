@@ -385,18 +385,7 @@ impl Background {
 
     /// Ends the process and returns what it printed.
     pub fn finish(mut self) -> Output {
-        let _ = Command::new("kill")
-            .args(["-TERM", &self.child.id().to_string()])
-            .status();
-        let deadline = Instant::now() + Duration::from_secs(15);
-        while Instant::now() < deadline {
-            if self.child.try_wait().ok().flatten().is_some() {
-                break;
-            }
-            std::thread::sleep(Duration::from_millis(20));
-        }
-        let _ = self.child.kill();
-        let status = self.child.wait().unwrap();
+        let status = end(&mut self.child).unwrap();
         let mut stdout = Vec::new();
         let mut stderr = Vec::new();
         if let Some(mut o) = self.child.stdout.take() {
@@ -415,9 +404,25 @@ impl Background {
 
 impl Drop for Background {
     fn drop(&mut self) {
-        let _ = self.child.kill();
-        let _ = self.child.wait();
+        let _ = end(&mut self.child);
     }
+}
+
+/// Ends `child` as a user would, with SIGTERM, so a moat cleans up (its state directory,
+/// its control groups); SIGKILL after 15 s.
+fn end(child: &mut Child) -> std::io::Result<std::process::ExitStatus> {
+    let _ = Command::new("kill")
+        .args(["-TERM", &child.id().to_string()])
+        .status();
+    let deadline = Instant::now() + Duration::from_secs(15);
+    while Instant::now() < deadline {
+        if let Ok(Some(status)) = child.try_wait() {
+            return Ok(status);
+        }
+        std::thread::sleep(Duration::from_millis(20));
+    }
+    let _ = child.kill();
+    child.wait()
 }
 
 impl World {
@@ -654,7 +659,7 @@ impl As {
     }
 }
 
-/// A process started in the background for a test, killed if the test ends early (a failed
+/// A process started in the background for a test, ended if the test ends early (a failed
 /// assertion must not leave it holding the test's pipes).
 pub struct Running {
     child: Child,
@@ -708,8 +713,7 @@ impl Running {
 
 impl Drop for Running {
     fn drop(&mut self) {
-        let _ = self.child.kill();
-        let _ = self.child.wait();
+        let _ = end(&mut self.child);
     }
 }
 
