@@ -603,8 +603,8 @@ fn resolv_conf_and_hosts_are_read_only() {
 
 /// `/sys` is the sandbox's own: its interfaces (`lo`, `eth0` at the MTU moat gave it), not
 /// the host's (whose interface names and hardware addresses it used to list), read-only,
-/// as root and as a normal user; the control group's limits stay readable where tools
-/// look for them.
+/// as root and as a normal user; of the host's control groups only the sandbox's own
+/// show, their limits where tools look for them.
 #[test]
 fn sys_shows_the_sandboxs_own_interfaces() {
     let w = World::new();
@@ -672,12 +672,30 @@ fn sys_shows_the_sandboxs_own_interfaces() {
         );
     }
     // Offline, in the test's own namespace: only `lo`; with a memory limit, the group's
-    // limit file is where /proc/self/cgroup says (cgroup v1 or v2).
+    // limit file is where /proc/self/cgroup says (cgroup v1 or v2), and none of the host's
+    // other groups is listed.
+    let v1 = std::path::Path::new("/sys/fs/cgroup/memory");
+    let hierarchy = if v1.is_dir() {
+        v1
+    } else {
+        std::path::Path::new("/sys/fs/cgroup")
+    };
+    let host_groups: Vec<String> = std::fs::read_dir(hierarchy)
+        .unwrap()
+        .flatten()
+        .filter(|e| e.file_type().is_ok_and(|t| t.is_dir()))
+        .map(|e| e.file_name().to_string_lossy().into_owned())
+        .collect();
+    assert!(
+        !host_groups.is_empty(),
+        "control: the host has groups to hide"
+    );
     let out = As::Root.run_offline(
         &s,
         &["--memory", "256m"],
         "echo ifaces $(ls /sys/class/net); \
-         p=$(grep -E '^[0-9]+:memory:' /proc/self/cgroup | cut -d: -f3); \
+         echo groups $(find /sys/fs/cgroup -mindepth 1 -maxdepth 3 -type d -printf '%f '); \
+         p=$(grep -E '^[0-9]+:memory:' /proc/self/cgroup | cut -d: -f3); echo own \"$p\"; \
          if [ -n \"$p\" ]; then cat /sys/fs/cgroup/memory$p/memory.limit_in_bytes; \
          else cat /sys/fs/cgroup$(grep '^0::' /proc/self/cgroup | cut -d: -f3)/memory.max; fi",
         T,
@@ -685,6 +703,16 @@ fn sys_shows_the_sandboxs_own_interfaces() {
     let text = stdout(&out);
     assert!(text.contains("ifaces lo\n"), "{text} {}", stderr(&out));
     assert!(text.contains("268435456"), "{text} {}", stderr(&out));
+    let listed = text
+        .lines()
+        .find_map(|l| l.strip_prefix("groups"))
+        .unwrap_or_default();
+    for name in &host_groups {
+        assert!(
+            !listed.split_whitespace().any(|n| n == name),
+            "{name} listed: {text}"
+        );
+    }
 }
 
 /// Also seen: state left after SIGKILL is swept at the next start.

@@ -233,6 +233,39 @@ fn own_group(cgroup_file: &str, controller: Option<&str>) -> Option<(String, Str
     })
 }
 
+/// This process's own groups, one per hierarchy, as the sandbox is to see them under
+/// /sys/fs/cgroup: (where inside /sys/fs/cgroup, the group's directory on the host). Read
+/// from `cgroup_file` (/proc/self/cgroup) before the sandbox's cgroup namespace makes every
+/// path `/`. A hierarchy in which this process sits at the root is left out: its directory
+/// is the whole host's tree. Mount directories are named as [`make_v1`] and [`make_v2`]
+/// expect them (`/sys/fs/cgroup/CONTROLLERS`, `name=X` as `X`; v2 at /sys/fs/cgroup, or
+/// `unified` beside v1 hierarchies).
+pub fn own_groups(cgroup_file: &str) -> Vec<(PathBuf, PathBuf)> {
+    own_groups_under(Path::new(CGROUP_ROOT), cgroup_file)
+}
+
+fn own_groups_under(root: &Path, cgroup_file: &str) -> Vec<(PathBuf, PathBuf)> {
+    let unified = root.join("cgroup.controllers").exists();
+    cgroup_file
+        .lines()
+        .filter_map(|line| {
+            let mut parts = line.splitn(3, ':');
+            let (_, controllers, path) = (parts.next()?, parts.next()?, parts.next()?);
+            let path = path.trim_start_matches('/');
+            if path.is_empty() {
+                return None;
+            }
+            let inside = match controllers {
+                "" if unified => PathBuf::new(),
+                "" => PathBuf::from("unified"),
+                c => PathBuf::from(c.strip_prefix("name=").unwrap_or(c)),
+            };
+            let host = root.join(&inside).join(path);
+            host.is_dir().then_some((inside, host))
+        })
+        .collect()
+}
+
 /// Removes the (empty) groups a run named `name` left behind when its moat was killed
 /// before it could remove them; groups that still hold processes stay.
 pub fn remove_leftovers(name: &str) {
@@ -482,6 +515,46 @@ mod tests {
             Some((String::new(), "/user.slice".into()))
         );
         assert_eq!(own_group("1:cpu:/\n", Some("pids")), None);
+    }
+
+    #[test]
+    fn own_groups_by_layout() {
+        let dir = std::env::temp_dir().join(format!("moat-cg-{}", std::process::id()));
+        let _ = std::fs::remove_dir_all(&dir);
+        // v1 with a named hierarchy and a v2 one beside (hybrid).
+        for d in [
+            "memory/a/moat-x",
+            "cpu,cpuacct/b",
+            "systemd/s",
+            "unified/u",
+            "pids",
+        ] {
+            std::fs::create_dir_all(dir.join(d)).unwrap();
+        }
+        let text = "9:name=systemd:/s\n8:pids:/\n4:memory:/a/moat-x\n1:cpu,cpuacct:/b\n\
+                    0::/u\n3:blkio:/missing\n";
+        let got = own_groups_under(&dir, text);
+        let want: Vec<(PathBuf, PathBuf)> = [
+            ("systemd", "systemd/s"),
+            ("memory", "memory/a/moat-x"),
+            ("cpu,cpuacct", "cpu,cpuacct/b"),
+            ("unified", "unified/u"),
+        ]
+        .iter()
+        .map(|(inside, host)| (PathBuf::from(inside), dir.join(host)))
+        .collect();
+        // pids sits at its hierarchy's root (the whole host tree) and blkio's group does
+        // not exist: both left out.
+        assert_eq!(got, want);
+        // v2 alone: its group is the whole of /sys/fs/cgroup (once the group exists).
+        std::fs::write(dir.join("cgroup.controllers"), "memory pids").unwrap();
+        assert_eq!(own_groups_under(&dir, "0::/u\n"), vec![]);
+        std::fs::create_dir_all(dir.join("u")).unwrap();
+        assert_eq!(
+            own_groups_under(&dir, "0::/u\n"),
+            vec![(PathBuf::new(), dir.join("u"))]
+        );
+        let _ = std::fs::remove_dir_all(&dir);
     }
 
     #[test]

@@ -6,18 +6,18 @@
 //! where it could make one, moves it into the sandbox's control group first (see
 //! [`crate::limits`]). The supervisor, single-threaded, then:
 //! 1. closes every descriptor it inherited but its channel, and unshares the user, mount,
-//!    pid, uts, ipc and network namespaces, mapping root inside to the invoking user
+//!    pid, uts, ipc, network and cgroup namespaces, mapping root inside to the invoking user
 //!    outside (`0 UID 1`), so a normal user can do all that follows;
 //! 2. brings up `lo`, creates the TAP (when the sandbox has a network), sets its address,
 //!    MTU and routes, and hands the TAP's descriptor to moat;
 //! 3. assembles a new root on a tmpfs, deny by default: the system directories (`/usr`,
 //!    `/bin`, `/sbin`, `/lib*`, `/etc`, `/opt`) bound read-only; fresh bounded tmpfs for
 //!    `/tmp`, the home directory, `/run` and `/dev/shm`; a minimal `/dev`; `/sys`
-//!    read-only (a fresh sysfs: the sandbox's own interfaces; firmware masked); the
-//!    `--ro`/`--rw` grants; the work directory; moat's resolv.conf and hosts read-only;
-//!    the secrets of `/etc` masked; moat's own state hidden wherever a grant would show
-//!    it. Every mount is nosuid and nodev (the device binds of `/dev` aside). Then it
-//!    pivots into it;
+//!    read-only (a fresh sysfs: the sandbox's own interfaces and control groups; firmware
+//!    masked); the `--ro`/`--rw` grants; the work directory; moat's resolv.conf and hosts
+//!    read-only; the secrets of `/etc` masked; moat's own state hidden wherever a grant
+//!    would show it. Every mount is nosuid and nodev (the device binds of `/dev` aside).
+//!    Then it pivots into it;
 //! 4. forks PID 1 of the new pid namespace, which mounts /proc (with /proc/sys read-only
 //!    and the files that show the host's processes and keys masked) and reaps orphans;
 //!    when it dies the kernel kills everything in the sandbox;
@@ -46,6 +46,7 @@ use nix::sys::signalfd::{SfdFlags, SignalFd};
 use nix::sys::wait::{WaitPidFlag, WaitStatus, waitpid};
 use nix::unistd::{ForkResult, Pid};
 
+use crate::limits;
 use crate::proto::{self, NetSpec, RLimit, Reply, Request, SpawnSpec, Spec};
 use crate::seccomp::Filters;
 use crate::sys;
@@ -133,14 +134,18 @@ fn build(spec: &Spec) -> Stage<(Option<OwnedFd>, Pid)> {
         sigprocmask(SigmaskHow::SIG_BLOCK, Some(&mask), None),
     )?;
 
+    // The groups moat placed this process in, read while /proc/self/cgroup still names them.
+    let groups =
+        limits::own_groups(&std::fs::read_to_string("/proc/self/cgroup").unwrap_or_default());
     let flags = CloneFlags::CLONE_NEWUSER
         | CloneFlags::CLONE_NEWNS
         | CloneFlags::CLONE_NEWPID
         | CloneFlags::CLONE_NEWUTS
         | CloneFlags::CLONE_NEWIPC
-        | CloneFlags::CLONE_NEWNET;
+        | CloneFlags::CLONE_NEWNET
+        | CloneFlags::CLONE_NEWCGROUP;
     at(
-        "create namespaces (user, mount, pid, uts, ipc, net)",
+        "create namespaces (user, mount, pid, uts, ipc, net, cgroup)",
         unshare(flags),
     )?;
     at(
@@ -162,7 +167,7 @@ fn build(spec: &Spec) -> Stage<(Option<OwnedFd>, Pid)> {
         Some(net) => Some(network(net)?),
         None => None,
     };
-    build_root(spec)?;
+    build_root(spec, &groups)?;
     // PID 1 mounts the sandbox's /proc while the host's is still visible: the kernel
     // refuses a new proc mount in a user namespace where no full proc mount is visible.
     let pid1 = start_pid1(&spec.root_dir)?;
@@ -329,12 +334,12 @@ fn mount_point_like(root: &Path, src: &Path, dst: &Path) -> io::Result<()> {
 
 /// `/sys`, read-only. A fresh sysfs, mounted now that the sandbox has its own network
 /// namespace, lists that namespace's interfaces (`lo`, `eth0`) with their MTU and address,
-/// not the host's; the host's cgroup file systems are bound read-only at `/sys/fs/cgroup`
-/// so tools that size themselves by their group's limits still find them. Where a fresh
+/// not the host's; `/sys/fs/cgroup` holds the sandbox's own control groups
+/// ([`cgroup_view`]), not the host's tree. Where a fresh
 /// sysfs may not be mounted (a container whose own `/sys` is partly masked refuses it) the
 /// host's `/sys` is bound instead, read-only as well; where even that fails, `/sys` stays
 /// an empty directory.
-fn sys_view(sysfs: &Path) -> Stage<()> {
+fn sys_view(sysfs: &Path, groups: &[(PathBuf, PathBuf)]) -> Stage<()> {
     let read_only = |path: &Path| -> Stage<()> {
         at(
             "make /sys read-only",
@@ -356,9 +361,9 @@ fn sys_view(sysfs: &Path) -> Stage<()> {
         None::<&str>,
     );
     if fresh.is_ok() {
-        let host_cgroups = Path::new("/sys/fs/cgroup");
         let cgroups = sysfs.join("fs/cgroup");
-        if host_cgroups.is_dir() && cgroups.is_dir() && bind(host_cgroups, &cgroups, true).is_ok() {
+        if !groups.is_empty() && cgroups.is_dir() {
+            cgroup_view(&cgroups, groups)?;
             read_only(&cgroups)?;
         }
     } else if bind(Path::new("/sys"), sysfs, true).is_ok() {
@@ -373,6 +378,45 @@ fn sys_view(sysfs: &Path) -> Stage<()> {
             Path::new("/dev/null"),
         ),
     )
+}
+
+/// `/sys/fs/cgroup` inside: the sandbox's own groups ([`limits::own_groups`]) where their
+/// hierarchies are mounted, and nothing else of the host's tree. In the sandbox's cgroup
+/// namespace /proc/self/cgroup says `/` for each, so tools that size themselves by their
+/// limits (memory.max, cpu.max, pids.max and their v1 names) read them here.
+fn cgroup_view(dir: &Path, groups: &[(PathBuf, PathBuf)]) -> Stage<()> {
+    let group = "bind the sandbox's control group";
+    if let [(inside, host)] = groups
+        && inside.as_os_str().is_empty()
+    {
+        // cgroup v2 alone: its group is the whole of /sys/fs/cgroup.
+        return at(group, bind(host, dir, false));
+    }
+    at("mount /sys/fs/cgroup", tmpfs(dir, "mode=0755,size=64k"))?;
+    for (inside, host) in groups {
+        let point = dir.join(inside);
+        at(
+            "create a cgroup mount point",
+            std::fs::create_dir_all(&point),
+        )?;
+        at(group, bind(host, &point, false))?;
+    }
+    // Links between hierarchies (cpu -> cpu,cpuacct) where the host has them.
+    for entry in std::fs::read_dir("/sys/fs/cgroup")
+        .into_iter()
+        .flatten()
+        .flatten()
+    {
+        if let Ok(target) = std::fs::read_link(entry.path())
+            && groups.iter().any(|(inside, _)| *inside == target)
+        {
+            at(
+                "link a cgroup hierarchy",
+                symlink(&target, dir.join(entry.file_name())),
+            )?;
+        }
+    }
+    Ok(())
 }
 
 /// What of `/proc` is masked, much as container runtimes mask it: the host's
@@ -409,7 +453,7 @@ fn mask(paths: impl IntoIterator<Item = PathBuf>, null: &Path) -> io::Result<()>
     Ok(())
 }
 
-fn build_root(spec: &Spec) -> Stage<()> {
+fn build_root(spec: &Spec, groups: &[(PathBuf, PathBuf)]) -> Stage<()> {
     let root = &spec.root_dir;
     at(
         "make mounts private",
@@ -428,7 +472,7 @@ fn build_root(spec: &Spec) -> Stage<()> {
 
     let sysfs = root.join("sys");
     at("create /sys", std::fs::create_dir(&sysfs))?;
-    sys_view(&sysfs)?;
+    sys_view(&sysfs, groups)?;
 
     for grant in &spec.grants {
         let inside = inside_root(root, &grant.path);
