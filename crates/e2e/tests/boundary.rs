@@ -566,9 +566,18 @@ fn root_only_files_of_etc_are_masked() {
         assert!(!text.contains("ROOT-ONLY-SECRET"), "{who:?}: {text}");
         assert!(!text.contains("INNER-SECRET"), "{who:?}: {text}");
     }
-    // Control: granted, the directory shows (to root, whose it is).
-    let out = As::Root.run_offline(&s, &["--ro", &dir], &script, T);
-    assert!(stdout(&out).contains("INNER-SECRET"), "{}", stdout(&out));
+    // Control: granted, the directory shows (to root, whose it is), and so does a file
+    // granted inside it.
+    let inner = format!("{dir}/inner");
+    for grant in [&dir, &inner] {
+        let out = As::Root.run_offline(&s, &["--ro", grant], &script, T);
+        assert!(
+            stdout(&out).contains("INNER-SECRET"),
+            "{grant}: {} {}",
+            stdout(&out),
+            stderr(&out)
+        );
+    }
 }
 
 /// Also seen: resolv.conf and hosts were writable inside.

@@ -335,10 +335,9 @@ fn mount_point_like(root: &Path, src: &Path, dst: &Path) -> io::Result<()> {
 /// `/sys`, read-only. A fresh sysfs, mounted now that the sandbox has its own network
 /// namespace, lists that namespace's interfaces (`lo`, `eth0`) with their MTU and address,
 /// not the host's; `/sys/fs/cgroup` holds the sandbox's own control groups
-/// ([`cgroup_view`]), not the host's tree. Where a fresh
-/// sysfs may not be mounted (a container whose own `/sys` is partly masked refuses it) the
-/// host's `/sys` is bound instead, read-only as well; where even that fails, `/sys` stays
-/// an empty directory.
+/// ([`cgroup_view`]), not the host's tree. Where a fresh sysfs may not be mounted (a
+/// container whose own `/sys` is partly masked refuses it) the host's `/sys` is bound
+/// instead, read-only as well; where even that fails, `/sys` stays an empty directory.
 fn sys_view(sysfs: &Path, groups: &[(PathBuf, PathBuf)]) -> Stage<()> {
     let read_only = |path: &Path| -> Stage<()> {
         at(
@@ -666,14 +665,15 @@ fn mask_secrets(root: &Path, grants: &[proto::Grant]) -> Stage<()> {
     )
 }
 
-/// Directories below /etc walked before the rest is masked whole.
+/// How deep the walk of /etc goes; a directory deeper is masked whole.
 const MAX_ETC_DEPTH: usize = 16;
 
 /// Collects under `dir` what only its owner or group may read: files (and sockets, fifos)
 /// without read permission for others, directories others may not list and enter (masked
-/// whole, not walked). Symbolic links are left: they lead to paths judged where they lie.
-/// Paths in `granted` and below are left as granted. Deeper than [`MAX_ETC_DEPTH`], or
-/// where a directory cannot be read, the directory is masked whole.
+/// whole, not walked, unless a grant lies inside). Symbolic links are left: they lead to
+/// paths judged where they lie. Paths in `granted` and below are left as granted. Deeper
+/// than [`MAX_ETC_DEPTH`], or where a directory cannot be read, the directory is masked
+/// whole.
 fn private_entries(dir: &Path, granted: &[PathBuf], depth: usize, out: &mut Vec<PathBuf>) {
     let entries = match std::fs::read_dir(dir) {
         Ok(entries) if depth < MAX_ETC_DEPTH => entries,
@@ -699,7 +699,7 @@ fn private_entries(dir: &Path, granted: &[PathBuf], depth: usize, out: &mut Vec<
         if meta.is_symlink() {
             continue;
         } else if meta.is_dir() {
-            if mode & 0o005 == 0o005 {
+            if mode & 0o005 == 0o005 || granted.iter().any(|g| g.starts_with(&path)) {
                 private_entries(&path, granted, depth + 1, out);
             } else {
                 out.push(path);
