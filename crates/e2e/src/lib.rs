@@ -411,6 +411,10 @@ impl Drop for Background {
 /// Ends `child` as a user would, with SIGTERM, so a moat cleans up (its state directory,
 /// its control groups); SIGKILL after 15 s.
 fn end(child: &mut Child) -> std::io::Result<std::process::ExitStatus> {
+    // Already reaped (finish, wait): its pid may be another process's by now.
+    if let Ok(Some(status)) = child.try_wait() {
+        return Ok(status);
+    }
     let _ = Command::new("kill")
         .args(["-TERM", &child.id().to_string()])
         .status();
