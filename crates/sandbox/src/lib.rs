@@ -28,6 +28,14 @@ pub use limits::{LimitHit, Limits, parse_size};
 pub use proto::{Grant, MAX_PRESERVED_FDS, NetSpec, SpawnSpec, TmpfsSizes};
 pub use seccomp::SeccompError;
 
+/// The seccomp filter's allow list and its plain definition, for probes of the boundary
+/// (the end-to-end tests, `moat selftest`).
+pub mod syscalls {
+    pub use crate::seccomp::table::{
+        Answer, CALLS, Call, Guard, NEWEST, Verdict, answer, refused_always,
+    };
+}
+
 /// Terminal helpers for relaying a pseudo-terminal (window size).
 pub mod tty {
     pub use crate::sys::WindowSize;
