@@ -273,12 +273,22 @@ fn a_domain_allow_list_resolves_and_reaches_only_its_names() {
         .unwrap();
     assert_eq!(allowed["domain"], "api.example.test", "{allowed}");
     // A fresh sandbox that never looked the name up cannot use the address.
-    let (out, _) = w.run_sh(
+    let (out, events) = w.run_sh(
         &args,
-        "curl -sS --connect-timeout 1 -m 2 http://203.0.113.10/ && echo REACHED; true",
+        "curl -sS --connect-timeout 1 -m 2 http://203.0.113.10/ && echo REACHED; echo tried",
         T,
     );
+    assert!(stdout(&out).contains("tried"), "{}", stderr(&out));
     assert!(!stdout(&out).contains("REACHED"), "{}", stdout(&out));
+    // The attempt reached moat and was refused there, by the default (no rule matched an
+    // address that no lookup of this sandbox answered).
+    assert!(
+        events.iter().any(|e| e["event"] == "connect"
+            && e["decision"] == "deny"
+            && e["dst"] == "203.0.113.10"
+            && e["rule"] == "default"),
+        "{events:#?}"
+    );
 }
 
 #[test]
@@ -306,9 +316,18 @@ fn both_addresses_of_a_rotating_name_stay_usable() {
 #[test]
 fn non_dns_bytes_on_port_53_go_nowhere() {
     let w = World::new();
-    let script = "python3 -c \"import socket; s=socket.socket(socket.AF_INET, socket.SOCK_DGRAM); [s.sendto(b'not dns at all', ('198.51.100.99', 53)) for _ in range(3)]\"; sleep 0.5";
+    // Control in the same run: a real query to the same address is answered (by moat's
+    // interceptor), so the garbage went to a path that answers DNS and was dropped there.
+    let script = "python3 -c \"import socket; s=socket.socket(socket.AF_INET, socket.SOCK_DGRAM); [s.sendto(b'not dns at all', ('198.51.100.99', 53)) for _ in range(3)]\"; sleep 0.5; \
+                  dig +short +time=3 +tries=1 @198.51.100.99 api.example.test A";
     let (out, _) = w.run_sh(&[&dns()], script, T);
     assert!(out.status.success(), "{}", stderr(&out));
+    assert!(
+        stdout(&out).contains("203.0.113.10"),
+        "control: {}{}",
+        stdout(&out),
+        stderr(&out)
+    );
     assert!(
         !w.log().iter().any(|l| l["local"] == "198.51.100.99"),
         "{:?}",

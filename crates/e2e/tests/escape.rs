@@ -293,14 +293,9 @@ while True:
     c.close()
 "#;
 
-/// The host's own addresses are the `Loopback` group: a host service bound to every
-/// interface is out of reach by each of them under the default policy — addresses added
-/// while moat runs too — and reachable when a rule names it (control).
-#[test]
-fn the_hosts_own_addresses_are_loopback() {
-    let mut w = World::new();
-    // Public-looking addresses on the host namespace's interface (documentation ranges:
-    // they stand for a host with a public address).
+/// Public-looking addresses on the host namespace's interface (documentation ranges: they
+/// stand for a host with a public address); the interface's name.
+fn add_public_host_addresses(w: &World) -> String {
     let dev = format!("vh{}", w.host.trim_start_matches("moath"));
     for a in ["198.51.100.200/32", "2001:db8:ffff::200/128"] {
         let fam = if a.contains(':') { "-6" } else { "-4" };
@@ -313,6 +308,16 @@ fn the_hosts_own_addresses_are_loopback() {
             .collect::<Vec<_>>(),
         );
     }
+    dev
+}
+
+/// The host's own addresses are the `Loopback` group: a host service bound to every
+/// interface is out of reach by each of them under the default policy — addresses added
+/// while moat runs too — and reachable when a rule names it (control).
+#[test]
+fn the_hosts_own_addresses_are_loopback() {
+    let mut w = World::new();
+    let dev = add_public_host_addresses(&w);
     let log = w.dir.join("host-server.log");
     let server = w.file("host_server.py", HOST_SERVER);
     w.spawn_in_host(&["python3", server.to_str().unwrap(), log.to_str().unwrap()]);
@@ -395,6 +400,86 @@ fn the_hosts_own_addresses_are_loopback() {
         std::fs::read_to_string(&log)
             .unwrap_or_default()
             .contains("198.51.100.200")
+    );
+}
+
+/// A UDP service of the host, bound to every interface, answers on none of the host's own
+/// addresses under the default policy (they are loopback, UDP as TCP), and answers when a
+/// rule names it (control).
+#[test]
+fn udp_to_the_hosts_own_addresses_is_loopback() {
+    let mut w = World::new();
+    add_public_host_addresses(&w);
+    let log = w.dir.join("host-udp.log");
+    let server = w.file(
+        "host_udp.py",
+        r#"
+import socket, sys
+log = open(sys.argv[1], "a", buffering=1)
+s = socket.socket(socket.AF_INET6, socket.SOCK_DGRAM)
+s.setsockopt(socket.IPPROTO_IPV6, socket.IPV6_V6ONLY, 0)
+s.bind(("::", 8090))
+while True:
+    data, peer = s.recvfrom(2048)
+    log.write(peer[0] + " " + data.decode(errors="replace") + "\n")
+    s.sendto(b"host:" + data, peer)
+"#,
+    );
+    w.spawn_in_host(&["python3", server.to_str().unwrap(), log.to_str().unwrap()]);
+    std::thread::sleep(Duration::from_millis(300));
+    let probe = |addrs: &[&str]| {
+        let list: Vec<String> = addrs.iter().map(|a| format!("{a:?}")).collect();
+        format!(
+            r#"python3 -c '
+import socket
+for a in [{}]:
+    fam = socket.AF_INET6 if ":" in a else socket.AF_INET
+    s = socket.socket(fam, socket.SOCK_DGRAM)
+    s.settimeout(1.5)
+    try:
+        s.sendto(b"probe", (a, 8090))
+        print(a, s.recv(100).decode(), flush=True)
+    except OSError as e:
+        print(a, "failed", flush=True)
+'"#,
+            list.join(",")
+        )
+    };
+    let addrs = ["198.51.100.200", "2001:db8:ffff::200", moat_e2e::HOST_ADDR];
+    let (out, events) = w.run_sh(&[], &probe(&addrs), T);
+    let text = stdout(&out);
+    for a in addrs {
+        assert!(
+            text.contains(&format!("{a} failed")),
+            "{a}: {text}\n{}",
+            stderr(&out)
+        );
+        assert!(
+            events.iter().any(|e| e["event"] == "connect"
+                && e["decision"] == "deny"
+                && e["proto"] == "udp"
+                && e["dst"] == a),
+            "no UDP deny event for {a}: {events:#?}"
+        );
+    }
+    assert!(
+        std::fs::read_to_string(&log)
+            .unwrap_or_default()
+            .trim()
+            .is_empty(),
+        "the host's UDP service was reached"
+    );
+    // Control: named by a rule, the same service answers on the same address.
+    let (out, _) = w.run_sh(
+        &["--allow", "198.51.100.200:8090/udp"],
+        &probe(&["198.51.100.200"]),
+        T,
+    );
+    assert!(
+        stdout(&out).contains("198.51.100.200 host:probe"),
+        "{}{}",
+        stdout(&out),
+        stderr(&out)
     );
 }
 
