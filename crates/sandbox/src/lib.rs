@@ -128,7 +128,22 @@ pub enum SandboxError {
         /// The OS error text.
         error: String,
     },
+    /// A grant could not be shown through an idmapped mount (its file system or this
+    /// kernel cannot idmap); [`Sandbox::start`] falls back and says so.
+    #[error("{path}: cannot be idmapped: {source}")]
+    Idmap {
+        /// The host path.
+        path: PathBuf,
+        /// The OS error.
+        source: io::Error,
+    },
 }
+
+/// The host uid and gid the sandbox's root is when moat runs as root and every grant can
+/// be idmapped: an unprivileged id no account uses ("moat" in ASCII, 0x6d6f6174), so root
+/// inside reads only what every user of the host may read, while the grants and the work
+/// directory, shown through idmapped mounts, keep the caller's ownership.
+pub const UNPRIVILEGED_ID: u32 = 0x6d6f_6174;
 
 fn hint_for(stage: &str, error: &str) -> &'static str {
     if stage.contains("namespaces")
@@ -262,6 +277,31 @@ pub fn state_base() -> PathBuf {
     std::env::temp_dir().join(format!("moat-{}", nix::unistd::geteuid()))
 }
 
+/// The mode of the state base: 0700, and 0711 for root, whose sandboxes' supervisors
+/// build as [`UNPRIVILEGED_ID`] and must pass through it to their own run's directory
+/// (which belongs to that id; others cannot list the base to learn the runs' random names).
+fn state_mode() -> u32 {
+    if nix::unistd::geteuid().is_root() {
+        0o711
+    } else {
+        0o700
+    }
+}
+
+/// Whether `id` is mapped as a uid and a gid in moat's own user namespace (it is in the
+/// host's, which maps every id; a container's or `moat demo`'s may not).
+fn id_is_mapped(id: u32) -> bool {
+    let covers = |file: &str| {
+        std::fs::read_to_string(file).is_ok_and(|map| {
+            map.lines().any(|line| {
+                let f: Vec<u64> = line.split_whitespace().filter_map(|w| w.parse().ok()).collect();
+                matches!(f[..], [inside, _, count] if (inside..inside + count).contains(&u64::from(id)))
+            })
+        })
+    };
+    covers("/proc/self/uid_map") && covers("/proc/self/gid_map")
+}
+
 /// The file in a run's state directory naming the moat process that owns it.
 const OWNER_FILE: &str = "owner";
 
@@ -272,7 +312,8 @@ fn make_state_dir(name: &str) -> Result<PathBuf, SandboxError> {
         dir: base.clone(),
         source,
     };
-    match std::fs::DirBuilder::new().mode(0o700).create(&base) {
+    let mode = state_mode();
+    match std::fs::DirBuilder::new().mode(mode).create(&base) {
         Ok(()) => {}
         Err(e) if e.kind() == io::ErrorKind::AlreadyExists => {}
         Err(e) => return Err(err(e)),
@@ -284,8 +325,8 @@ fn make_state_dir(name: &str) -> Result<PathBuf, SandboxError> {
             "exists but is not a directory owned by you; remove it or set TMPDIR",
         )));
     }
-    if meta.permissions().mode() & 0o077 != 0 {
-        std::fs::set_permissions(&base, std::fs::Permissions::from_mode(0o700)).map_err(err)?;
+    if meta.permissions().mode() & 0o777 != mode {
+        std::fs::set_permissions(&base, std::fs::Permissions::from_mode(mode)).map_err(err)?;
     }
     sweep_stale(&base);
     let dir =
@@ -338,16 +379,52 @@ fn sweep_stale(base: &Path) {
 
 impl Sandbox {
     /// Builds the sandbox: starts the supervisor and waits until it is ready.
+    ///
+    /// As root, the sandbox's root is the unprivileged [`UNPRIVILEGED_ID`], with the grants
+    /// and the work directory shown through idmapped mounts; where one of them cannot be
+    /// idmapped, the sandbox is built again with the host's root as its root (as a normal
+    /// user's sandbox is that user), and [`Sandbox::limit_notes`] says so.
     pub fn start(config: &SandboxConfig) -> Result<Sandbox, SandboxError> {
+        const AS_ROOT: &str = "so in this run the sandbox's root is the host's root and may read every root-only file of its view";
+        let why_not = if !nix::unistd::geteuid().is_root() {
+            return Sandbox::start_once(config, false);
+        } else if !id_is_mapped(UNPRIVILEGED_ID) {
+            format!(
+                "moat runs in a user namespace that does not map uid and gid {UNPRIVILEGED_ID} (the sandbox's unprivileged root), {AS_ROOT}"
+            )
+        } else {
+            match Sandbox::start_once(config, true) {
+                Err(SandboxError::Idmap { path, source }) => format!(
+                    "{}: its file system cannot be idmapped ({source}), {AS_ROOT}; grant only paths on file systems with idmapped mounts (ext4, xfs, btrfs, tmpfs) to keep them out of reach",
+                    path.display()
+                ),
+                Err(SandboxError::Setup { stage, .. }) if stage == proto::UNREACHABLE_GRANT => {
+                    format!(
+                        "a grant lies inside a directory of the view that only the host's root may enter, {AS_ROOT}; grant that directory instead to keep the rest out of reach"
+                    )
+                }
+                other => return other,
+            }
+        };
+        let mut sandbox = Sandbox::start_once(config, false)?;
+        sandbox.notes.push(why_not);
+        Ok(sandbox)
+    }
+
+    fn start_once(config: &SandboxConfig, idmapped: bool) -> Result<Sandbox, SandboxError> {
         let state_dir = make_state_dir(&config.name)?;
-        let result = Sandbox::start_in(config, state_dir.clone());
+        let result = Sandbox::start_in(config, state_dir.clone(), idmapped);
         if result.is_err() {
             let _ = std::fs::remove_dir_all(&state_dir);
         }
         result
     }
 
-    fn start_in(config: &SandboxConfig, state_dir: PathBuf) -> Result<Sandbox, SandboxError> {
+    fn start_in(
+        config: &SandboxConfig,
+        state_dir: PathBuf,
+        idmapped: bool,
+    ) -> Result<Sandbox, SandboxError> {
         let io_err = |source: io::Error| SandboxError::StateDir {
             dir: state_dir.clone(),
             source,
@@ -381,10 +458,19 @@ impl Sandbox {
                 files.push((inside.clone(), source));
             }
         }
+        let (outside_uid, outside_gid) = if idmapped {
+            (UNPRIVILEGED_ID, UNPRIVILEGED_ID)
+        } else {
+            (
+                nix::unistd::geteuid().as_raw(),
+                nix::unistd::getegid().as_raw(),
+            )
+        };
         let spec = Spec {
             name: config.name.clone(),
-            outside_uid: nix::unistd::geteuid().as_raw(),
-            outside_gid: nix::unistd::getegid().as_raw(),
+            outside_uid,
+            outside_gid,
+            idmapped,
             root_dir,
             workdir: config.workdir.clone(),
             workdir_host,
@@ -450,6 +536,9 @@ impl Sandbox {
             })?;
         }
         proto::send(sandbox.ctl.as_raw_fd(), &spec, &[]).map_err(SandboxError::Channel)?;
+        if idmapped {
+            sandbox.hand_over_identity(config, &spec)?;
+        }
         match sandbox.recv_reply()? {
             (Reply::Ready, mut fds) => {
                 if config.network.is_some() {
@@ -471,6 +560,88 @@ impl Sandbox {
                 "unexpected reply {other:?}"
             )))),
         }
+    }
+
+    /// The idmapped identity, from moat's side (root): once the supervisor has unshared,
+    /// writes its user namespace's map (`0 ID 1`, which only root outside may write for
+    /// another id), sends each grant and a given work directory as a detached mount
+    /// idmapped through that namespace (only root outside may idmap a host file system),
+    /// and gives the run's own state to the id, which builds the rest.
+    fn hand_over_identity(
+        &mut self,
+        config: &SandboxConfig,
+        spec: &Spec,
+    ) -> Result<(), SandboxError> {
+        let channel = |e: io::Error| SandboxError::Channel(e);
+        match self.recv_reply()? {
+            (Reply::Unshared, _) => {}
+            (Reply::SetupFailed { stage, error }, _) => {
+                return Err(SandboxError::Setup {
+                    hint: hint_for(&stage, &error),
+                    stage,
+                    error,
+                });
+            }
+            (other, _) => {
+                return Err(channel(io::Error::other(format!(
+                    "unexpected reply {other:?}"
+                ))));
+            }
+        }
+        let pid = self
+            .supervisor
+            .as_ref()
+            .map(Child::id)
+            .ok_or_else(|| channel(io::Error::other("no supervisor")))?;
+        let proc_dir = PathBuf::from(format!("/proc/{pid}"));
+        let map = format!("0 {UNPRIVILEGED_ID} 1");
+        for (file, text) in [("setgroups", "deny"), ("uid_map", &map), ("gid_map", &map)] {
+            std::fs::write(proc_dir.join(file), text).map_err(|e| SandboxError::Setup {
+                stage: format!("write the sandbox's {file}"),
+                error: e.to_string(),
+                hint: "",
+            })?;
+        }
+        let userns = std::fs::File::open(proc_dir.join("ns/user"))
+            .map(OwnedFd::from)
+            .map_err(channel)?;
+        let mut paths: Vec<&Path> = spec.grants.iter().map(|g| g.path.as_path()).collect();
+        if config.workdir_host.is_some() {
+            paths.push(&spec.workdir_host);
+        }
+        for (index, path) in paths.into_iter().enumerate() {
+            let idmap_err = |source| SandboxError::Idmap {
+                path: path.to_path_buf(),
+                source,
+            };
+            let c = std::ffi::CString::new(path.as_os_str().as_encoded_bytes())
+                .map_err(|e| idmap_err(io::Error::other(e)))?;
+            let tree = sys::clone_tree(&c).map_err(idmap_err)?;
+            sys::idmap_tree(&tree, &userns).map_err(idmap_err)?;
+            proto::send(
+                self.ctl.as_raw_fd(),
+                &Request::Mount { index },
+                &[tree.as_raw_fd()],
+            )
+            .map_err(channel)?;
+        }
+        // The run's own directory, its root's mount point and a private work directory
+        // belong to the id; the base of every run's state stays root's, and the id may
+        // enter it (see `state_mode`).
+        let to_id = |path: &Path| {
+            std::os::unix::fs::chown(path, Some(UNPRIVILEGED_ID), Some(UNPRIVILEGED_ID))
+        };
+        let mut own = vec![self.state_dir.clone(), spec.root_dir.clone()];
+        if config.workdir_host.is_none() {
+            own.push(spec.workdir_host.clone());
+        }
+        for path in &own {
+            to_id(path).map_err(|source| SandboxError::StateDir {
+                dir: path.clone(),
+                source,
+            })?;
+        }
+        proto::send(self.ctl.as_raw_fd(), &Request::Proceed, &[]).map_err(channel)
     }
 
     /// One line for each limit that could not be applied as asked.

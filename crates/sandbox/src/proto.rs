@@ -29,6 +29,11 @@ pub struct Spec {
     pub outside_uid: u32,
     /// The host gid that root inside the sandbox maps to.
     pub outside_gid: u32,
+    /// moat (root) writes the map of an unprivileged identity and sends the grants and
+    /// the work directory as idmapped mounts: after unsharing, the supervisor answers
+    /// [`Reply::Unshared`], takes [`Request::Mount`]s until [`Request::Proceed`], then
+    /// becomes root of its namespace (the unprivileged host uid) before it builds.
+    pub idmapped: bool,
     /// Where the new root is assembled (an empty host directory).
     pub root_dir: PathBuf,
     /// The work directory's path inside the sandbox.
@@ -184,11 +189,28 @@ pub enum Request {
     },
     /// Kill everything in the sandbox and exit.
     Stop,
+    /// While the sandbox is being built with an idmapped identity: the detached, idmapped
+    /// mount of grant `index` (the work directory when `index` is the number of grants)
+    /// comes along.
+    Mount {
+        /// Which grant.
+        index: usize,
+    },
+    /// The identity's map is written and every mount sent: build the sandbox.
+    Proceed,
 }
+
+/// The stage a build with an idmapped identity fails at when a grant lies inside a
+/// directory of the view that the sandbox's unprivileged root may not enter; moat then
+/// builds again without the idmapped identity.
+pub const UNREACHABLE_GRANT: &str =
+    "place a grant inside a directory only the host's root may enter";
 
 /// supervisor → moat.
 #[derive(Debug, Clone, Serialize, Deserialize)]
 pub enum Reply {
+    /// The namespaces exist; moat may write the user namespace's map (idmapped builds).
+    Unshared,
     /// The sandbox is built; with a network, the TAP descriptor comes along.
     Ready,
     /// Building the sandbox failed at `stage`.

@@ -7,7 +7,12 @@
 //! [`crate::limits`]). The supervisor, single-threaded, then:
 //! 1. closes every descriptor it inherited but its channel, and unshares the user, mount,
 //!    pid, uts, ipc, network and cgroup namespaces, mapping root inside to the invoking user
-//!    outside (`0 UID 1`), so a normal user can do all that follows;
+//!    outside (`0 UID 1`), so a normal user can do all that follows. When moat runs as
+//!    root, root inside is instead an unprivileged host id ([`crate::UNPRIVILEGED_ID`]):
+//!    moat writes that map (only root outside may) and sends the grants and a given work
+//!    directory as mounts it idmapped (only root outside may idmap a host file system), and
+//!    the supervisor takes that id before it builds anything; it opens /dev/net/tun first,
+//!    which may be root's alone;
 //! 2. brings up `lo`, creates the TAP (when the sandbox has a network), sets its address,
 //!    MTU and routes, and hands the TAP's descriptor to moat;
 //! 3. assembles a new root on a tmpfs, deny by default: the system directories (`/usr`,
@@ -87,7 +92,7 @@ fn run(ctl: OwnedFd) -> i32 {
         Ok(Some((spec, _))) => spec,
         _ => return 125,
     };
-    let built = build(&spec).and_then(|(tap, pid1)| {
+    let built = build(&spec, &ctl).and_then(|(tap, pid1)| {
         let filters = at(
             "compile the seccomp filter",
             Filters::build().map_err(io::Error::other),
@@ -122,8 +127,55 @@ fn run(ctl: OwnedFd) -> i32 {
     }
 }
 
+/// The idmapped identity's half of step 1: tells moat the namespaces exist, takes the
+/// idmapped mounts it sends (`slots` of them at most: the grants, then the work directory)
+/// until it says to proceed — by then it has written the user namespace's map — and
+/// becomes root of that namespace, the unprivileged host uid, before anything is built:
+/// what it creates is owned by the sandbox's root, and nothing of the host's root stays
+/// with it.
+fn identity_from_moat(ctl: &OwnedFd, slots: usize) -> Stage<Vec<Option<OwnedFd>>> {
+    let channel = |e: io::Error| ("take the identity from moat", e);
+    proto::send(ctl.as_raw_fd(), &Reply::Unshared, &[]).map_err(channel)?;
+    let mut mounts: Vec<Option<OwnedFd>> = (0..slots).map(|_| None).collect();
+    loop {
+        match proto::recv::<Request>(ctl.as_raw_fd()).map_err(channel)? {
+            Some((Request::Mount { index }, mut fds)) if index < slots && fds.len() == 1 => {
+                mounts[index] = fds.pop();
+            }
+            Some((Request::Proceed, _)) => break,
+            _ => {
+                return Err((
+                    "take the identity from moat",
+                    io::Error::new(io::ErrorKind::InvalidData, "unexpected message"),
+                ));
+            }
+        }
+    }
+    let root = nix::unistd::Uid::from_raw(0);
+    let group = nix::unistd::Gid::from_raw(0);
+    at(
+        "become the sandbox's root (group)",
+        nix::unistd::setresgid(group, group, group),
+    )?;
+    let parent = nix::unistd::getppid();
+    at(
+        "become the sandbox's root",
+        nix::unistd::setresuid(root, root, root),
+    )?;
+    // A change of uid clears the parent-death signal (prctl(2)): set it again, and leave
+    // if moat died before it was.
+    at(
+        "die with moat",
+        nix::sys::prctl::set_pdeathsig(Signal::SIGKILL),
+    )?;
+    if nix::unistd::getppid() != parent {
+        return Err(("die with moat", io::Error::other("moat is gone")));
+    }
+    Ok(mounts)
+}
+
 /// Steps 1–4; returns the TAP (if any) and PID 1.
-fn build(spec: &Spec) -> Stage<(Option<OwnedFd>, Pid)> {
+fn build(spec: &Spec, ctl: &OwnedFd) -> Stage<(Option<OwnedFd>, Pid)> {
     // Signals are taken through a signalfd; children unblock them before exec.
     let mut mask = SigSet::empty();
     mask.add(Signal::SIGCHLD);
@@ -148,26 +200,37 @@ fn build(spec: &Spec) -> Stage<(Option<OwnedFd>, Pid)> {
         "create namespaces (user, mount, pid, uts, ipc, net, cgroup)",
         unshare(flags),
     )?;
-    at(
-        "write /proc/self/setgroups",
-        std::fs::write("/proc/self/setgroups", "deny"),
-    )?;
-    at(
-        "write /proc/self/uid_map",
-        std::fs::write("/proc/self/uid_map", format!("0 {} 1", spec.outside_uid)),
-    )?;
-    at(
-        "write /proc/self/gid_map",
-        std::fs::write("/proc/self/gid_map", format!("0 {} 1", spec.outside_gid)),
-    )?;
+    let mut mounts = Vec::new();
+    // The TUN device is opened here, in the sandbox's network namespace (where the TAP is
+    // made) and before an idmapped identity gives up the host uid it may be reserved to.
+    let tun = match &spec.network {
+        Some(_) => Some(at("open /dev/net/tun and create the TAP", sys::open_tun())?),
+        None => None,
+    };
+    if spec.idmapped {
+        mounts = identity_from_moat(ctl, spec.grants.len() + 1)?;
+    } else {
+        at(
+            "write /proc/self/setgroups",
+            std::fs::write("/proc/self/setgroups", "deny"),
+        )?;
+        at(
+            "write /proc/self/uid_map",
+            std::fs::write("/proc/self/uid_map", format!("0 {} 1", spec.outside_uid)),
+        )?;
+        at(
+            "write /proc/self/gid_map",
+            std::fs::write("/proc/self/gid_map", format!("0 {} 1", spec.outside_gid)),
+        )?;
+    }
     at("set host name", nix::unistd::sethostname(&spec.name))?;
 
     at("bring up lo", sys::set_up("lo"))?;
-    let tap = match &spec.network {
-        Some(net) => Some(network(net)?),
-        None => None,
+    let tap = match (&spec.network, tun) {
+        (Some(net), Some(tun)) => Some(network(net, tun)?),
+        _ => None,
     };
-    build_root(spec, &groups)?;
+    build_root(spec, &groups, &mut mounts)?;
     // PID 1 mounts the sandbox's /proc while the host's is still visible: the kernel
     // refuses a new proc mount in a user namespace where no full proc mount is visible.
     let pid1 = start_pid1(&spec.root_dir)?;
@@ -175,10 +238,10 @@ fn build(spec: &Spec) -> Stage<(Option<OwnedFd>, Pid)> {
     Ok((tap, pid1))
 }
 
-fn network(net: &NetSpec) -> Stage<OwnedFd> {
+fn network(net: &NetSpec, tun: OwnedFd) -> Stage<OwnedFd> {
     let tap = at(
         "open /dev/net/tun and create the TAP",
-        sys::open_tap(&net.tap_name),
+        sys::open_tap(tun, &net.tap_name),
     )?;
     at("set the TAP's MTU", sys::set_mtu(&net.tap_name, net.mtu))?;
     at(
@@ -294,6 +357,23 @@ fn bind_restricted(src: &Path, dst: &Path, writable: bool) -> io::Result<()> {
     restrict(dst, !writable)
 }
 
+/// Places host `src` at `dst` as [`bind_restricted`] does, or — where moat sent it as an
+/// idmapped mount (`mount`) — that mount instead.
+fn place_restricted(
+    src: &Path,
+    mount: Option<OwnedFd>,
+    dst: &Path,
+    writable: bool,
+) -> io::Result<()> {
+    match mount {
+        Some(tree) => {
+            sys::attach_tree(&tree, &cpath(dst)?)?;
+            restrict(dst, !writable)
+        }
+        None => bind_restricted(src, dst, writable),
+    }
+}
+
 /// Fails unless `path`, with every symlink on the way resolved, lies inside `root`: a mount
 /// point must never be made (or a mount placed) on the host's side of the new root, which
 /// an absolute symlink inside a bound directory would lead to before the pivot.
@@ -316,13 +396,26 @@ fn within_root(root: &Path, path: &Path) -> io::Result<()> {
     }
 }
 
-/// Creates a mount point at `dst` of the same kind (directory or file) as host `src`.
-fn mount_point_like(root: &Path, src: &Path, dst: &Path) -> io::Result<()> {
+/// Creates a mount point at `dst` of the same kind (directory or file) as host `src`, or
+/// as the mount moat sent for it (the host path may lie where the sandbox's root cannot
+/// look).
+fn mount_point_like(
+    root: &Path,
+    src: &Path,
+    mount: Option<&OwnedFd>,
+    dst: &Path,
+) -> io::Result<()> {
     within_root(root, dst)?;
     if dst.symlink_metadata().is_ok() {
         return Ok(());
     }
-    if std::fs::metadata(src)?.is_dir() {
+    let is_dir = match mount {
+        Some(tree) => nix::sys::stat::fstat(tree.as_fd())
+            .map(|st| st.st_mode & libc::S_IFMT == libc::S_IFDIR)
+            .map_err(io::Error::from)?,
+        None => std::fs::metadata(src)?.is_dir(),
+    };
+    if is_dir {
         std::fs::create_dir_all(dst)
     } else {
         if let Some(parent) = dst.parent() {
@@ -452,7 +545,11 @@ fn mask(paths: impl IntoIterator<Item = PathBuf>, null: &Path) -> io::Result<()>
     Ok(())
 }
 
-fn build_root(spec: &Spec, groups: &[(PathBuf, PathBuf)]) -> Stage<()> {
+fn build_root(
+    spec: &Spec,
+    groups: &[(PathBuf, PathBuf)],
+    mounts: &mut [Option<OwnedFd>],
+) -> Stage<()> {
     let root = &spec.root_dir;
     at(
         "make mounts private",
@@ -473,15 +570,23 @@ fn build_root(spec: &Spec, groups: &[(PathBuf, PathBuf)]) -> Stage<()> {
     at("create /sys", std::fs::create_dir(&sysfs))?;
     sys_view(&sysfs, groups)?;
 
-    for grant in &spec.grants {
+    for (i, grant) in spec.grants.iter().enumerate() {
         let inside = inside_root(root, &grant.path);
+        let mount = mounts.get_mut(i).and_then(Option::take);
+        let made = mount_point_like(root, &grant.path, mount.as_ref(), &inside);
+        if spec.idmapped
+            && let Err(e) = &made
+            && e.kind() == io::ErrorKind::PermissionDenied
+        {
+            return Err((proto::UNREACHABLE_GRANT, io::Error::from(e.kind())));
+        }
         at(
             "create a grant's mount point (its parent inside the sandbox must be writable or new)",
-            mount_point_like(root, &grant.path, &inside),
+            made,
         )?;
         at(
             "bind a granted path",
-            bind_restricted(&grant.path, &inside, grant.writable),
+            place_restricted(&grant.path, mount, &inside, grant.writable),
         )?;
     }
 
@@ -496,9 +601,10 @@ fn build_root(spec: &Spec, groups: &[(PathBuf, PathBuf)]) -> Stage<()> {
             std::fs::create_dir_all(&workdir),
         )?;
     }
+    let mount = mounts.get_mut(spec.grants.len()).and_then(Option::take);
     at(
         "bind the work directory",
-        bind_restricted(&spec.workdir_host, &workdir, true),
+        place_restricted(&spec.workdir_host, mount, &workdir, true),
     )?;
 
     for (file, source) in [
@@ -1005,6 +1111,10 @@ fn handle(
             Ok((Reply::Done, None))
         }
         Request::Stop => Ok((Reply::Done, None)),
+        Request::Mount { .. } | Request::Proceed => Err(io::Error::new(
+            io::ErrorKind::InvalidInput,
+            "mounts are taken only while the sandbox is built",
+        )),
     }
 }
 

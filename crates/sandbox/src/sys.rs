@@ -51,17 +51,11 @@ pub const VNET_HDR_LEN: usize = 12;
 /// interface offloads TCP checksums and segmentation (IPv4 and IPv6) to the reader: the
 /// sandbox's kernel hands over TCP segments of up to 64 KiB with their checksum unfilled,
 /// and takes such segments back.
-pub fn open_tap(name: &str) -> io::Result<OwnedFd> {
-    let path = c"/dev/net/tun";
-    // SAFETY: `path` is a NUL-terminated string; open returns a new descriptor or -1.
-    let fd = cvt(unsafe {
-        libc::open(
-            path.as_ptr(),
-            libc::O_RDWR | libc::O_CLOEXEC | libc::O_NONBLOCK,
-        )
-    })?;
-    // SAFETY: `fd` was just returned by open and is owned by nobody else.
-    let fd = unsafe { OwnedFd::from_raw_fd(fd) };
+///
+/// `tun` is /dev/net/tun opened in the sandbox's network namespace ([`open_tun`]): the
+/// interface is made in the namespace the device was opened in.
+pub fn open_tap(tun: OwnedFd, name: &str) -> io::Result<OwnedFd> {
+    let fd = tun;
     let mut req = ifreq(name)?;
     req.ifr_ifru.ifru_flags =
         (libc::IFF_TAP | libc::IFF_NO_PI | libc::IFF_VNET_HDR) as libc::c_short;
@@ -80,6 +74,20 @@ pub fn open_tap(name: &str) -> io::Result<OwnedFd> {
         )
     })?;
     Ok(fd)
+}
+
+/// Opens /dev/net/tun (non-blocking, close-on-exec), for [`open_tap`].
+pub fn open_tun() -> io::Result<OwnedFd> {
+    let path = c"/dev/net/tun";
+    // SAFETY: `path` is a NUL-terminated string; open returns a new descriptor or -1.
+    let fd = cvt(unsafe {
+        libc::open(
+            path.as_ptr(),
+            libc::O_RDWR | libc::O_CLOEXEC | libc::O_NONBLOCK,
+        )
+    })?;
+    // SAFETY: `fd` was just returned by open and is owned by nobody else.
+    Ok(unsafe { OwnedFd::from_raw_fd(fd) })
 }
 
 fn inet_socket(family: libc::c_int) -> io::Result<OwnedFd> {
@@ -279,16 +287,105 @@ pub struct Restrict {
     pub noexec: bool,
 }
 
+/// MOUNT_ATTR_IDMAP (include/uapi/linux/mount.h).
+const MOUNT_ATTR_IDMAP: u64 = 0x0010_0000;
+/// open_tree(2)'s OPEN_TREE_CLONE and move_mount(2)'s MOVE_MOUNT_F_EMPTY_PATH
+/// (include/uapi/linux/mount.h).
+const OPEN_TREE_CLONE: libc::c_uint = 1;
+const MOVE_MOUNT_F_EMPTY_PATH: libc::c_uint = 0x0000_0004;
+
+/// `struct mount_attr` (include/uapi/linux/mount.h).
+#[repr(C)]
+struct MountAttr {
+    attr_set: u64,
+    attr_clr: u64,
+    propagation: u64,
+    userns_fd: u64,
+}
+
+/// mount_setattr(2) on `dirfd`/`path` with `flags`.
+fn mount_setattr(
+    dirfd: RawFd,
+    path: &CStr,
+    flags: libc::c_int,
+    attr: &MountAttr,
+) -> io::Result<()> {
+    // SAFETY: mount_setattr reads `size` bytes of `attr`, which is a `struct mount_attr`
+    // that outlives the call; `path` is NUL-terminated; `dirfd` is a descriptor or AT_FDCWD.
+    let ret = unsafe {
+        libc::syscall(
+            libc::SYS_mount_setattr,
+            dirfd,
+            path.as_ptr(),
+            flags as libc::c_uint,
+            attr as *const MountAttr,
+            std::mem::size_of::<MountAttr>(),
+        )
+    };
+    if ret < 0 {
+        Err(io::Error::last_os_error())
+    } else {
+        Ok(())
+    }
+}
+
+/// A detached copy of the mount tree at `path` (open_tree(2) with OPEN_TREE_CLONE and
+/// AT_RECURSIVE, Linux 5.2+), to be changed and then attached elsewhere.
+pub fn clone_tree(path: &CStr) -> io::Result<OwnedFd> {
+    let flags =
+        OPEN_TREE_CLONE | libc::O_CLOEXEC as libc::c_uint | libc::AT_RECURSIVE as libc::c_uint;
+    // SAFETY: open_tree reads the NUL-terminated `path` and returns a new descriptor, which
+    // is owned by the OwnedFd made from it below and by nothing else.
+    let fd = unsafe { libc::syscall(libc::SYS_open_tree, libc::AT_FDCWD, path.as_ptr(), flags) };
+    if fd < 0 {
+        return Err(io::Error::last_os_error());
+    }
+    // SAFETY: `fd` is a descriptor open_tree just returned, owned by no one else.
+    Ok(unsafe { OwnedFd::from_raw_fd(fd as RawFd) })
+}
+
+/// Idmaps the detached tree `tree` through the user namespace `userns` (mount_setattr(2)
+/// with MOUNT_ATTR_IDMAP, Linux 5.12+): files show and are written with the owners that
+/// namespace's map gives them. Fails where a file system of the tree cannot be idmapped.
+pub fn idmap_tree(tree: &OwnedFd, userns: &OwnedFd) -> io::Result<()> {
+    let attr = MountAttr {
+        attr_set: MOUNT_ATTR_IDMAP,
+        attr_clr: 0,
+        propagation: 0,
+        userns_fd: userns.as_raw_fd() as u64,
+    };
+    mount_setattr(
+        tree.as_raw_fd(),
+        c"",
+        libc::AT_EMPTY_PATH | libc::AT_RECURSIVE,
+        &attr,
+    )
+}
+
+/// Attaches the detached tree `tree` at `target` (move_mount(2), Linux 5.2+).
+pub fn attach_tree(tree: &OwnedFd, target: &CStr) -> io::Result<()> {
+    // SAFETY: move_mount reads two NUL-terminated paths and takes two descriptors; `tree`
+    // stays owned by the caller.
+    let ret = unsafe {
+        libc::syscall(
+            libc::SYS_move_mount,
+            tree.as_raw_fd(),
+            c"".as_ptr(),
+            libc::AT_FDCWD,
+            target.as_ptr(),
+            MOVE_MOUNT_F_EMPTY_PATH,
+        )
+    };
+    if ret < 0 {
+        Err(io::Error::last_os_error())
+    } else {
+        Ok(())
+    }
+}
+
 /// Sets `nosuid` — and `nodev`, read-only, `noexec` as asked — on the mount at `path` and
 /// every mount below it (mount_setattr(2), Linux 5.12+), without touching other flags.
 pub fn restrict_recursive(path: &CStr, how: Restrict) -> io::Result<()> {
-    #[repr(C)]
-    struct MountAttr {
-        attr_set: u64,
-        attr_clr: u64,
-        propagation: u64,
-        userns_fd: u64,
-    }
     let mut set = MOUNT_ATTR_NOSUID;
     if how.readonly {
         set |= MOUNT_ATTR_RDONLY;
@@ -305,23 +402,7 @@ pub fn restrict_recursive(path: &CStr, how: Restrict) -> io::Result<()> {
         propagation: 0,
         userns_fd: 0,
     };
-    // SAFETY: mount_setattr reads `size` bytes of `attr`, which is a `struct mount_attr`
-    // (include/uapi/linux/mount.h) that outlives the call; `path` is NUL-terminated.
-    let ret = unsafe {
-        libc::syscall(
-            libc::SYS_mount_setattr,
-            libc::AT_FDCWD,
-            path.as_ptr(),
-            libc::AT_RECURSIVE as libc::c_uint,
-            &attr as *const MountAttr,
-            std::mem::size_of::<MountAttr>(),
-        )
-    };
-    if ret < 0 {
-        Err(io::Error::last_os_error())
-    } else {
-        Ok(())
-    }
+    mount_setattr(libc::AT_FDCWD, path, libc::AT_RECURSIVE, &attr)
 }
 
 /// Closes every descriptor from `first` up (close_range(2), Linux 5.9+).
