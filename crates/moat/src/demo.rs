@@ -186,11 +186,9 @@ fn in_world() -> anyhow::Result<i32> {
     let by_name = NetworkPolicy {
         default_action: moat_policy::Action::Deny,
         rules: vec![
-            Rule::allow_outbound(Destination::Domain(moat_policy::DomainName::new(
-                "www.demo.test",
-            )?))
-            .with_ports(PortRange::single(80))
-            .with_protocol(Protocol::Tcp),
+            Rule::allow_outbound(Destination::Domain("www.demo.test".into()))
+                .with_ports(PortRange::single(80))
+                .with_protocol(Protocol::Tcp),
         ],
     };
     let only_public_web = NetworkPolicy {

@@ -48,7 +48,8 @@ use crate::decide::{DecidedBy, Decision, Flow};
 use crate::domain::DomainName;
 use crate::error::PolicyError;
 use crate::types::{
-    Action, Destination, DestinationGroup, Direction, NetworkPolicy, PortRange, Protocol, Rule,
+    Action, Destination, DestinationGroup, Direction, NameDestination, NetworkPolicy, PortRange,
+    Protocol, Rule,
 };
 
 /// "No rule": larger than every rule index, so `min` ignores it.
@@ -109,9 +110,18 @@ impl NetworkPolicy {
                 }
                 Destination::Cidr(net) => add_net(*net),
                 Destination::Group(group) => group.networks().iter().copied().for_each(add_net),
-                Destination::Domain(name) => names.key(name, false).add(idx, rule),
-                Destination::DomainSuffix(suffix) => {
-                    names.key(suffix.parent(), true).add(idx, rule)
+                Destination::Domain(_) | Destination::DomainSuffix(_) => {
+                    // Validated above: every name parses.
+                    match rule.destination.name() {
+                        Some(Ok(NameDestination::Exact(name))) => {
+                            names.key(&name, false).add(idx, rule)
+                        }
+                        Some(Ok(NameDestination::Below(suffix))) => {
+                            names.key(suffix.parent(), true).add(idx, rule)
+                        }
+                        Some(Err(e)) => return Err(e),
+                        None => {}
+                    }
                 }
             }
             if rule.direction == Direction::Outbound && !rule.destination.is_name() {

@@ -171,11 +171,9 @@ impl Rule {
             return false;
         }
         let addr = canonical_addr(flow.addr);
-        let name_matches = |name: &DomainName| match &self.destination {
-            Destination::Domain(d) => name == d,
-            Destination::DomainSuffix(s) => s.matches(name),
-            _ => false,
-        };
+        // A name that does not parse matches nothing (a built policy has none).
+        let parsed = self.destination.name().and_then(Result::ok);
+        let name_matches = |name: &DomainName| parsed.as_ref().is_some_and(|d| d.matches(name));
         match &self.destination {
             Destination::Any => true,
             Destination::Cidr(net) => canonical_net(*net).contains(&addr),
@@ -195,11 +193,10 @@ impl Rule {
 
     /// True when this (outbound) rule's destination names `name`.
     pub fn names(&self, name: &DomainName) -> bool {
-        match &self.destination {
-            Destination::Domain(d) => d == name,
-            Destination::DomainSuffix(s) => s.matches(name),
-            _ => false,
-        }
+        self.destination
+            .name()
+            .and_then(Result::ok)
+            .is_some_and(|d| d.matches(name))
     }
 }
 

@@ -13,7 +13,6 @@ use std::net::{IpAddr, SocketAddr};
 
 use ipnet::IpNet;
 
-use crate::domain::{DomainName, DomainSuffix};
 use crate::error::PolicyError;
 use crate::types::{Destination, DestinationGroup, PortRange, Protocol};
 
@@ -100,14 +99,14 @@ fn parse_target(input: &str, target: &str) -> Result<Destination, PolicyError> {
         ));
     }
     if target.starts_with('.') || target.starts_with("*.") {
-        return DomainSuffix::new(target).map(Destination::DomainSuffix);
+        return Destination::domain_suffix(target);
     }
     if target.bytes().all(|b| b.is_ascii_digit() || b == b'.') {
         return Err(PolicyError::Cidr {
             input: target.to_owned(),
         });
     }
-    DomainName::new(target).map(Destination::Domain)
+    Destination::domain(target)
 }
 
 /// Parses a CIDR, refusing host bits so `10.1.2.3/8` is not silently read as `10.0.0.0/8`.
@@ -286,7 +285,7 @@ mod tests {
             s.destination,
             Destination::Cidr("2001:db8::/32".parse().unwrap())
         );
-        assert_eq!(s.ports, Some(PortRange::range(8000, 8100).unwrap()));
+        assert_eq!(s.ports, Some(PortRange::range(8000, 8100)));
         let s = spec("group:metadata:80");
         assert_eq!(
             s.destination,

@@ -21,7 +21,6 @@ use serde::Deserialize;
 use serde::de::{self, Deserializer, MapAccess, Visitor};
 
 use crate::dest::{DestSpec, parse_cidr, parse_protocol};
-use crate::domain::{DomainName, DomainSuffix};
 use crate::error::{PolicyError, PolicyFileError};
 use crate::types::{
     Action, Destination, DestinationGroup, Direction, NetworkPolicy, PortRange, Rule,
@@ -163,11 +162,8 @@ impl<'de> Deserialize<'de> for DestDoc {
                     }
                     let dest = match key.as_str() {
                         "cidr" => parse_cidr(&map.next_value::<String>()?).map(Destination::Cidr),
-                        "domain" => {
-                            DomainName::new(&map.next_value::<String>()?).map(Destination::Domain)
-                        }
-                        "domain_suffix" => DomainSuffix::new(&map.next_value::<String>()?)
-                            .map(Destination::DomainSuffix),
+                        "domain" => Destination::domain(&map.next_value::<String>()?),
+                        "domain_suffix" => Destination::domain_suffix(&map.next_value::<String>()?),
                         "group" => map
                             .next_value::<String>()?
                             .parse::<DestinationGroup>()

@@ -33,6 +33,6 @@ pub use error::{PolicyError, PolicyFileError};
 pub use file::PolicyFormat;
 pub use permit::{NamePermit, Permit};
 pub use types::{
-    Action, Destination, DestinationGroup, Direction, IpNetwork, NetworkPolicy, PortRange,
-    Protocol, Rule, SPECIAL_PURPOSE, ViolationAction,
+    Action, Destination, DestinationGroup, Direction, IpNetwork, NameDestination, NetworkPolicy,
+    PortRange, Protocol, Rule, SPECIAL_PURPOSE, ViolationAction,
 };

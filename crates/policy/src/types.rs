@@ -79,7 +79,9 @@ impl Protocol {
     }
 }
 
-/// An inclusive range of ports; `start <= end` always holds.
+/// An inclusive range of ports. The specification's `PortRange::range(start, end)` makes
+/// one from any two ports; a start above the end is refused where the policy is built
+/// ([`NetworkPolicy::validate`], which `compile`, `create()` and `moat policy check` run).
 #[derive(Debug, Clone, Copy, PartialEq, Eq, Hash)]
 pub struct PortRange {
     start: u16,
@@ -95,12 +97,26 @@ impl PortRange {
         }
     }
 
-    /// Matches `start..=end`; a start above the end is an error.
-    pub fn range(start: u16, end: u16) -> Result<PortRange, PolicyError> {
-        if start > end {
-            return Err(PolicyError::PortRangeOrder { start, end });
+    /// Matches `start..=end` (the specification's spelling). A start above the end matches
+    /// nothing and fails validation where the policy is built.
+    pub fn range(start: u16, end: u16) -> PortRange {
+        PortRange { start, end }
+    }
+
+    /// Matches `start..=end`, checked now: a start above the end is an error.
+    pub fn checked(start: u16, end: u16) -> Result<PortRange, PolicyError> {
+        PortRange::range(start, end).validate()
+    }
+
+    /// This range, if its start is not above its end.
+    pub fn validate(self) -> Result<PortRange, PolicyError> {
+        if self.start > self.end {
+            return Err(PolicyError::PortRangeOrder {
+                start: self.start,
+                end: self.end,
+            });
         }
-        Ok(PortRange { start, end })
+        Ok(self)
     }
 
     /// First port of the range.
@@ -181,28 +197,64 @@ pub enum Destination {
     /// Addresses inside a network. IPv4-mapped (`::ffff:0:0/96`) and NAT64 (`64:ff9b::/96`)
     /// networks are read as the IPv4 networks they embed.
     Cidr(IpNetwork),
-    /// Addresses that this sandbox's DNS lookups of exactly this name answered.
-    Domain(DomainName),
-    /// Addresses that this sandbox's DNS lookups of names strictly below this suffix answered.
-    DomainSuffix(DomainSuffix),
+    /// Addresses that this sandbox's DNS lookups of exactly this name answered. The name
+    /// is text, as the specification spells it (case and a trailing dot do not matter); it
+    /// is parsed where the policy is built, and a name that is not one fails there.
+    Domain(String),
+    /// Addresses that this sandbox's DNS lookups of names strictly below this suffix
+    /// answered: `.x.com`, `*.x.com` or `x.com`, parsed where the policy is built.
+    DomainSuffix(String),
     /// A predefined group of addresses.
     Group(DestinationGroup),
 }
 
 impl Destination {
-    /// A [`Destination::Domain`] from text, validated.
+    /// A [`Destination::Domain`] from text, validated now and written canonically
+    /// (lowercase, no trailing dot).
     pub fn domain(name: &str) -> Result<Destination, PolicyError> {
-        DomainName::new(name).map(Destination::Domain)
+        DomainName::new(name).map(|n| Destination::Domain(n.as_str().to_owned()))
     }
 
-    /// A [`Destination::DomainSuffix`] from text (`.x.com`, `*.x.com` or `x.com`), validated.
+    /// A [`Destination::DomainSuffix`] from text (`.x.com`, `*.x.com` or `x.com`),
+    /// validated now and written canonically (`*.x.com`).
     pub fn domain_suffix(suffix: &str) -> Result<Destination, PolicyError> {
-        DomainSuffix::new(suffix).map(Destination::DomainSuffix)
+        DomainSuffix::new(suffix).map(|s| Destination::DomainSuffix(s.to_string()))
+    }
+
+    /// The parsed name of a name destination (`None` for the others): what the matcher
+    /// and the plain definition compare. Fails for text that is not a name.
+    pub fn name(&self) -> Option<Result<NameDestination, PolicyError>> {
+        match self {
+            Destination::Domain(name) => Some(DomainName::new(name).map(NameDestination::Exact)),
+            Destination::DomainSuffix(suffix) => {
+                Some(DomainSuffix::new(suffix).map(NameDestination::Below))
+            }
+            _ => None,
+        }
     }
 
     /// True for the name-based destinations.
     pub fn is_name(&self) -> bool {
         matches!(self, Destination::Domain(_) | Destination::DomainSuffix(_))
+    }
+}
+
+/// A name destination, parsed.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub enum NameDestination {
+    /// Exactly this name.
+    Exact(DomainName),
+    /// Every name strictly below this suffix.
+    Below(DomainSuffix),
+}
+
+impl NameDestination {
+    /// True when `name` is this name, or lies below this suffix.
+    pub fn matches(&self, name: &DomainName) -> bool {
+        match self {
+            NameDestination::Exact(d) => d == name,
+            NameDestination::Below(s) => s.matches(name),
+        }
     }
 }
 
@@ -271,6 +323,12 @@ impl Rule {
 
     /// Checks that the rule can mean something: no ports on ICMP, no names inbound.
     pub fn validate(&self) -> Result<(), PolicyError> {
+        if let Some(name) = self.destination.name() {
+            name?;
+        }
+        if let Some(ports) = self.ports {
+            ports.validate()?;
+        }
         if let (Some(_), Some(p)) = (self.ports, self.protocol)
             && !p.has_ports()
         {
@@ -548,7 +606,7 @@ impl FromStr for PortRange {
             })
         };
         match s.split_once('-') {
-            Some((a, b)) => PortRange::range(port(a)?, port(b)?),
+            Some((a, b)) => PortRange::checked(port(a)?, port(b)?),
             None => Ok(PortRange::single(port(s)?)),
         }
     }
@@ -600,16 +658,27 @@ mod tests {
 
     #[test]
     fn port_range_edges_are_inclusive() {
-        let r = PortRange::range(8000, 8100).unwrap();
+        let r = PortRange::range(8000, 8100);
         assert!(!r.contains(7999));
         assert!(r.contains(8000));
         assert!(r.contains(8100));
         assert!(!r.contains(8101));
         assert!(PortRange::single(0).contains(0));
-        assert!(PortRange::range(0, 65535).unwrap().contains(65535));
+        assert!(PortRange::range(0, 65535).contains(65535));
+        // The specification's constructor takes any two ports; the order is checked where
+        // the policy is built.
+        assert!(!PortRange::range(10, 9).contains(9) && !PortRange::range(10, 9).contains(10));
         assert_eq!(
-            PortRange::range(10, 9),
+            PortRange::range(10, 9).validate(),
             Err(PolicyError::PortRangeOrder { start: 10, end: 9 })
+        );
+        let backwards = NetworkPolicy {
+            default_action: Action::Deny,
+            rules: vec![Rule::allow_outbound(Destination::Any).with_ports(PortRange::range(10, 9))],
+        };
+        assert_eq!(
+            backwards.compile().err(),
+            Some(PolicyError::PortRangeOrder { start: 10, end: 9 })
         );
         assert_eq!("443".parse::<PortRange>().unwrap(), PortRange::single(443));
         assert!("9-8".parse::<PortRange>().is_err());
@@ -640,7 +709,7 @@ mod tests {
             .with_protocol(Protocol::Tcp);
         assert_eq!(r.to_string(), "allow outbound *.example.com:443/tcp");
         let r = Rule::deny_outbound(Destination::Cidr("2001:db8::/32".parse().unwrap()))
-            .with_ports(PortRange::range(80, 90).unwrap());
+            .with_ports(PortRange::range(80, 90));
         assert_eq!(r.to_string(), "deny outbound [2001:db8::/32]:80-90");
         let r = Rule::deny_inbound(Destination::Group(DestinationGroup::LinkLocal));
         assert_eq!(r.to_string(), "deny inbound group:link-local");

@@ -10,8 +10,8 @@ use std::net::{IpAddr, Ipv4Addr, Ipv6Addr};
 
 use ipnet::IpNet;
 use moat_policy::{
-    Action, Destination, DestinationGroup, Direction, DomainName, DomainSuffix, Flow,
-    NetworkPolicy, PortRange, Protocol, Rule, decide_first_match, decide_name_first_match,
+    Action, Destination, DestinationGroup, Direction, DomainName, Flow, NetworkPolicy, PortRange,
+    Protocol, Rule, decide_first_match, decide_name_first_match,
 };
 use proptest::prelude::*;
 
@@ -141,7 +141,7 @@ fn ports() -> impl Strategy<Value = Option<PortRange>> {
         2 => Just(None),
         1 => prop::sample::select(PORTS.to_vec()).prop_map(|p| Some(PortRange::single(p))),
         1 => (prop::sample::select(PORTS.to_vec()), prop::sample::select(PORTS.to_vec()))
-            .prop_map(|(a, b)| Some(PortRange::range(a.min(b), a.max(b)).unwrap())),
+            .prop_map(|(a, b)| Some(PortRange::range(a.min(b), a.max(b)))),
     ]
 }
 
@@ -161,8 +161,24 @@ fn rule() -> impl Strategy<Value = Rule> {
         2 => group().prop_map(Destination::Group),
     ];
     let name_dest = prop_oneof![
-        name().prop_map(Destination::Domain),
-        name().prop_map(|n| Destination::DomainSuffix(DomainSuffix::new(n.as_str()).unwrap())),
+        // Names as a user may spell them: any case, with or without a trailing dot.
+        (name(), any::<bool>(), any::<bool>()).prop_map(|(n, upper, dot)| {
+            let mut text = if upper {
+                n.as_str().to_uppercase()
+            } else {
+                n.as_str().to_owned()
+            };
+            if dot {
+                text.push('.');
+            }
+            Destination::Domain(text)
+        }),
+        // Suffixes in each spelling the specification accepts.
+        (name(), 0..3u8).prop_map(|(n, form)| Destination::DomainSuffix(match form {
+            0 => format!(".{}", n.as_str()),
+            1 => format!("*.{}", n.as_str()),
+            _ => n.as_str().to_owned(),
+        })),
     ];
     let dest_and_direction = prop_oneof![
         3 => (address_dest, prop::bool::weighted(0.2)).prop_map(|(d, inbound)| {
@@ -354,7 +370,7 @@ fn long_port_maps_on_nested_networks_equal_the_walk() {
                     },
                     destination: Destination::Cidr(net.parse().unwrap()),
                     direction: Direction::Outbound,
-                    ports: Some(PortRange::range(start, end).unwrap()),
+                    ports: Some(PortRange::range(start, end)),
                     protocol: [None, Some(Protocol::Tcp), Some(Protocol::Udp)][next(3) as usize],
                 });
             }

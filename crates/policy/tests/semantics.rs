@@ -259,8 +259,7 @@ fn port_ranges_are_inclusive() {
     let p = NetworkPolicy {
         default_action: Action::Deny,
         rules: vec![
-            Rule::allow_outbound(Destination::Any)
-                .with_ports(PortRange::range(8000, 8100).unwrap()),
+            Rule::allow_outbound(Destination::Any).with_ports(PortRange::range(8000, 8100)),
             Rule::allow_outbound(Destination::Any).with_ports(PortRange::single(443)),
         ],
     };
