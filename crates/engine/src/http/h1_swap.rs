@@ -20,6 +20,16 @@
 //! - **No body** (requests without framing; responses to HEAD, 1xx, 204, 304) and
 //!   **tunnels** (an upgrade: what follows is not HTTP/1.1) pass as they are.
 //!
+//! On a connection that carries a value (the swap is not empty), a request also asks for
+//! what redaction can read ([`asks_unreadable`]): `Accept-Encoding: identity` in place of the
+//! sandbox's, and no `Range`, `If-Range` or `TE` — a compressed answer, or the value in two
+//! ranges each too short to match, would bring it back in a form redaction does not see.
+//! Asking is chosen over decoding: moat would need a decompressor (a parser of the
+//! server's bytes, with its bombs) and the value back in the compressed answer would have
+//! to be compressed again; the cost is bandwidth, on connections that carry a secret only.
+//! A response that comes coded anyway (`Content-Encoding` or a transfer coding other than
+//! `chunked`) is refused: it cannot be searched.
+//!
 //! Responses are matched to requests in order: the request side records which requests
 //! were HEAD ([`Exchange`]). The request side reads what the anti-fronting reader
 //! (`h1.rs`) already checked, so its framing is known to be unambiguous; a server's
@@ -337,7 +347,7 @@ impl Messages {
         head: &[u8],
         out: &mut Vec<u8>,
     ) -> Result<(), Refused> {
-        let (framing, waits) = self.framing(exchange, head)?;
+        let (framing, waits) = self.framing(exchange, head, !swap.is_empty())?;
         // A length body small enough is held, and sent with its new length.
         let hold = matches!(framing, Framing::Length(n) if n <= HOLD_BODY && !waits);
         let rechunk = matches!(framing, Framing::Length(_)) && !hold;
@@ -349,12 +359,17 @@ impl Messages {
         if let Some(first) = lines.next() {
             swap.replace(first, &mut rewritten);
         }
+        let identity = self.side == Side::Request && !swap.is_empty();
         for line in lines {
-            let is_length = field_name(line).eq_ignore_ascii_case(b"content-length");
-            if is_length && (hold || rechunk) {
+            let name = field_name(line);
+            let is_length = name.eq_ignore_ascii_case(b"content-length");
+            if is_length && (hold || rechunk) || identity && asks_unreadable(name) {
                 continue;
             }
             rewrite_field(swap, line, &mut rewritten);
+        }
+        if identity {
+            rewritten.extend_from_slice(b"Accept-Encoding: identity\r\n");
         }
         self.state = match framing {
             Framing::Length(n) if hold => {
@@ -382,8 +397,14 @@ impl Messages {
     }
 
     /// How the message whose head this is frames its body, and whether its sender waits
-    /// for `100 Continue` before sending it.
-    fn framing(&self, exchange: &mut Exchange, head: &[u8]) -> Result<(Framing, bool), Refused> {
+    /// for `100 Continue` before sending it; with `redacting`, a coded response body is
+    /// refused.
+    fn framing(
+        &self,
+        exchange: &mut Exchange,
+        head: &[u8],
+        redacting: bool,
+    ) -> Result<(Framing, bool), Refused> {
         let mut fields = [httparse::EMPTY_HEADER; MAX_HEADERS];
         let (status, method, fields) = match self.side {
             Side::Request => {
@@ -425,6 +446,21 @@ impl Messages {
         }
         let codings: Vec<String> = values("transfer-encoding").collect();
         let lengths: Vec<String> = values("content-length").collect();
+        // A coded answer on a connection that carries a value cannot be searched for it
+        // (see the module header); one without a body carries nothing.
+        if self.side == Side::Response && redacting {
+            let coded = values("content-encoding")
+                .chain(codings.iter().cloned())
+                .flat_map(|v| {
+                    v.split(',')
+                        .map(|t| t.trim().to_owned())
+                        .collect::<Vec<_>>()
+                })
+                .find(|t| !t.is_empty() && t != "identity" && t != "chunked");
+            if let Some(coding) = coded {
+                return Err(Refused::Coded(coding));
+            }
+        }
         let framing = if !codings.is_empty() {
             let last = codings
                 .iter()
@@ -469,6 +505,14 @@ fn parsed(result: httparse::Result<usize>) -> Result<(), Refused> {
         Err(httparse::Error::TooManyHeaders) => Err(Refused::Malformed("too many header fields")),
         Err(_) => Err(Refused::Malformed("not an HTTP/1.x head")),
     }
+}
+
+/// Whether a request field asks for an answer redaction could not search: in a content or
+/// transfer coding of the server's choice, or in ranges (see the module header).
+pub(super) fn asks_unreadable(name: &[u8]) -> bool {
+    ["accept-encoding", "range", "if-range", "te"]
+        .iter()
+        .any(|n| name.eq_ignore_ascii_case(n.as_bytes()))
 }
 
 /// The name of a header line (`name: value\r\n`).
@@ -702,6 +746,72 @@ mod tests {
         assert_eq!(got[0].1, big.replace(P, V).as_bytes());
         assert_eq!(got[1].1, waiting.replace(P, V).as_bytes());
         assert!(!String::from_utf8_lossy(&out).contains("Content-Length"));
+    }
+
+    #[test]
+    fn a_connection_carrying_a_value_asks_for_answers_redaction_reads() {
+        let input = format!(
+            "GET /r HTTP/1.1\r\nHost: api.example.test\r\nAccept-Encoding: gzip, br\r\nRange: bytes=0-9\r\nif-range: \"x\"\r\nTE: gzip\r\nX-Key: {P}\r\n\r\n"
+        );
+        let out = run(
+            Side::Request,
+            input.as_bytes(),
+            &[],
+            &mut Exchange::default(),
+        );
+        let text = String::from_utf8(out).unwrap();
+        assert!(
+            text.ends_with("\r\nAccept-Encoding: identity\r\n\r\n"),
+            "{text}"
+        );
+        assert!(text.contains(&format!("X-Key: {V}\r\n")), "{text}");
+        for gone in ["gzip", "Range", "if-range", "TE:"] {
+            assert!(!text.contains(gone), "{gone}: {text}");
+        }
+        // Where no value goes, the request is left as it is (the control).
+        let mut m = Messages::new(Side::Request);
+        let mut out = Vec::new();
+        m.push(
+            &mut Swap::none(),
+            &mut Exchange::default(),
+            input.as_bytes(),
+            &mut out,
+        )
+        .unwrap();
+        assert_eq!(out, input.as_bytes());
+
+        // A coded answer with a body cannot be searched: refused; without a body, or
+        // where no value goes, it passes.
+        let s = secrets();
+        let coded = b"HTTP/1.1 200 OK\r\nContent-Encoding: gzip\r\nContent-Length: 4\r\n\r\nabcd";
+        let chunked_gzip = b"HTTP/1.1 200 OK\r\nTransfer-Encoding: gzip, chunked\r\n\r\n";
+        for bad in [&coded[..], chunked_gzip] {
+            let mut red = Swap::redact(&s, |_| true).unwrap();
+            let mut exchange = Exchange {
+                heads: [false].into(),
+            };
+            let got =
+                Messages::new(Side::Response).push(&mut red, &mut exchange, bad, &mut Vec::new());
+            assert_eq!(got, Err(Refused::Coded("gzip".into())));
+        }
+        let mut red = Swap::redact(&s, |_| true).unwrap();
+        let mut exchange = Exchange {
+            heads: [true].into(),
+        };
+        let head_only = b"HTTP/1.1 200 OK\r\nContent-Encoding: gzip\r\nContent-Length: 4\r\n\r\n";
+        let mut m = Messages::new(Side::Response);
+        assert!(
+            m.push(&mut red, &mut exchange, head_only, &mut Vec::new())
+                .is_ok()
+        );
+        let mut exchange = Exchange {
+            heads: [false].into(),
+        };
+        let mut out = Vec::new();
+        Messages::new(Side::Response)
+            .push(&mut Swap::none(), &mut exchange, coded, &mut out)
+            .unwrap();
+        assert_eq!(out, coded);
     }
 
     #[test]

@@ -71,6 +71,9 @@ pub enum Refused {
     /// It carries the placeholder of secret `.0` (by index), which this host may not
     /// receive (`secrets.rs`).
     Secret(usize),
+    /// A server's answer on a connection that carries a secret is in a coding moat cannot
+    /// read for the value (moat asked for `identity`; `h1_swap.rs`, `h2_swap.rs`).
+    Coded(String),
 }
 
 impl std::fmt::Display for Refused {
@@ -85,6 +88,10 @@ impl std::fmt::Display for Refused {
             Refused::Malformed(why) => write!(f, "malformed request: {why}"),
             Refused::TooLarge => f.write_str("the request's headers are larger than moat holds"),
             Refused::Secret(_) => f.write_str("the request carries a secret's placeholder"),
+            Refused::Coded(coding) => write!(
+                f,
+                "the answer is in coding {coding:?}, which moat cannot search for a secret's value (it asked for identity)"
+            ),
         }
     }
 }
