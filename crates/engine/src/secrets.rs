@@ -497,6 +497,10 @@ mod tests {
         assert!(a.allows(&DomainName::new("x.allowed.test").unwrap()));
         assert!(!a.allows(&DomainName::new("allowed.test").unwrap()));
         assert!(!a.allows(&DomainName::new("evil.example").unwrap()));
+        // A name that ends with an allowed one is another host.
+        assert!(!a.allows(&DomainName::new("evilapi.example.test").unwrap()));
+        assert!(!a.allows(&DomainName::new("x.api.example.test").unwrap()));
+        assert!(!a.allows(&DomainName::new("evilallowed.test").unwrap()));
     }
 
     #[test]

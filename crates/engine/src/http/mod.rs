@@ -130,6 +130,40 @@ fn host_of(authority: &str) -> &str {
     }
 }
 
+#[cfg(test)]
+mod tests {
+    #![allow(clippy::unwrap_used)] // Test code: a panic is the failure report.
+
+    use super::testing::api;
+    use super::*;
+
+    #[test]
+    fn an_authority_is_the_server_name_exactly() {
+        for same in [
+            "api.example.test",
+            "API.example.test:8443",
+            "api.example.test.",
+        ] {
+            assert_eq!(api().check(same), Ok(()), "{same}");
+        }
+        // A name that ends with it, or that it ends with, is another host.
+        for other in [
+            "evilapi.example.test",
+            "x.api.example.test",
+            "example.test",
+            "api.example.test.evil",
+        ] {
+            assert!(
+                matches!(api().check(other), Err(Refused::Fronting { .. })),
+                "{other}"
+            );
+        }
+        let ip = Authority::Ip("203.0.113.10".parse().unwrap());
+        assert_eq!(ip.check("[::ffff:203.0.113.10]:443"), Ok(()));
+        assert!(ip.check("203.0.113.100").is_err());
+    }
+}
+
 /// What the readers' tests share.
 #[cfg(test)]
 pub(crate) mod testing {
