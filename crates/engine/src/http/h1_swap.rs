@@ -10,9 +10,11 @@
 //!   decoded, swapped inside and encoded again). Fields that did not change pass as they
 //!   were.
 //! - **Content-Length body**: held with its head (up to [`HOLD_BODY`]), rewritten whole,
-//!   and sent with the new length. A longer body, or one whose request waits for
-//!   `100 Continue`, is sent chunked instead (`Transfer-Encoding: chunked` in place of the
-//!   length), rewritten as it streams.
+//!   and sent with the new length. A longer body, one whose request waits for
+//!   `100 Continue`, or one larger than the buffer budget lets this connection hold now
+//!   ([`Messages::allow`], charged by the engine: `engine/budget.rs`), is sent chunked
+//!   instead (`Transfer-Encoding: chunked` in place of the length), rewritten as it
+//!   streams.
 //! - **Chunked body**: the chunks' data is rewritten as one stream and framed again as
 //!   chunks of the new sizes (extensions dropped); trailer fields are rewritten.
 //! - **Response until close**: rewritten as it streams; [`Messages::finish`] lets the last
@@ -116,6 +118,8 @@ pub struct Messages {
     /// connection's own scan would have seen whole.
     scan: Option<Scanner>,
     guard: Option<BodyScan>,
+    /// How many bytes of body this side may hold (the buffer budget's room).
+    allowance: usize,
 }
 
 impl std::fmt::Debug for Messages {
@@ -141,6 +145,23 @@ impl Messages {
             scratch: Vec::new(),
             scan: None,
             guard: None,
+            allowance: usize::MAX,
+        }
+    }
+
+    /// From the next message on, a body is held only if it fits in `bytes` (what the
+    /// buffer budget lets this side hold in all); a larger one streams. Unlimited until
+    /// told.
+    pub fn allow(&mut self, bytes: usize) {
+        self.allowance = bytes;
+    }
+
+    /// How many bytes of body this side holds, or has taken room for (a held body is
+    /// charged whole from its head: it is coming).
+    pub fn held(&self) -> usize {
+        match self.state {
+            State::Hold { .. } => usize::try_from(self.declared).unwrap_or(usize::MAX),
+            _ => 0,
         }
     }
 
@@ -174,11 +195,12 @@ impl Messages {
                 out.extend_from_slice(&self.head);
                 let _ = write!(out, "Content-Length: {}\r\n\r\n", self.declared);
                 swap.replace(&self.body, out);
+                self.state = State::Head;
             }
             _ => out.extend_from_slice(&self.held),
         }
         self.held.clear();
-        self.body.clear();
+        self.body = Vec::new();
         self.head.clear();
     }
 
@@ -222,7 +244,8 @@ impl Messages {
                     let _ = write!(out, "Content-Length: {}\r\n\r\n", self.scratch.len());
                     out.extend_from_slice(&self.scratch);
                     self.head.clear();
-                    self.body.clear();
+                    // The budget charged the body while it was held: its memory goes too.
+                    self.body = Vec::new();
                     self.state = State::Head;
                 } else {
                     self.state = State::Hold { left };
@@ -348,8 +371,10 @@ impl Messages {
         out: &mut Vec<u8>,
     ) -> Result<(), Refused> {
         let (framing, waits) = self.framing(exchange, head, !swap.is_empty())?;
-        // A length body small enough is held, and sent with its new length.
-        let hold = matches!(framing, Framing::Length(n) if n <= HOLD_BODY && !waits);
+        // A length body small enough, and within what the budget lets this side hold, is
+        // held, and sent with its new length.
+        let room = u64::try_from(self.allowance).unwrap_or(u64::MAX);
+        let hold = matches!(framing, Framing::Length(n) if n <= HOLD_BODY.min(room) && !waits);
         let rechunk = matches!(framing, Framing::Length(_)) && !hold;
         if rechunk || matches!(framing, Framing::Chunked) {
             self.guard = self.scan.as_ref().map(BodyScan::new);
@@ -374,6 +399,8 @@ impl Messages {
         self.state = match framing {
             Framing::Length(n) if hold => {
                 self.declared = n;
+                // Exactly what was charged (growing by doubling could take twice).
+                self.body = Vec::with_capacity(usize::try_from(n).unwrap_or(0));
                 self.head = rewritten;
                 State::Hold { left: n }
             }
@@ -812,6 +839,52 @@ mod tests {
             .push(&mut Swap::none(), &mut exchange, coded, &mut out)
             .unwrap();
         assert_eq!(out, coded);
+    }
+
+    #[test]
+    fn a_body_is_held_only_within_its_allowance() {
+        let s = secrets();
+        let body = format!("{{\"k\":\"{P}\"}}");
+        let input = format!(
+            "POST /j HTTP/1.1\r\nHost: api.example.test\r\nContent-Length: {}\r\n\r\n{body}",
+            body.len()
+        );
+        let (head, rest) = input.split_at(input.len() - 5);
+        for (allowance, held) in [
+            (usize::MAX, body.len()),
+            (body.len(), body.len()),
+            (body.len() - 1, 0),
+        ] {
+            let mut swap = Swap::substitute(&s, |_| true).unwrap();
+            let mut m = Messages::new(Side::Request);
+            m.allow(allowance);
+            let mut out = Vec::new();
+            m.push(
+                &mut swap,
+                &mut Exchange::default(),
+                head.as_bytes(),
+                &mut out,
+            )
+            .unwrap();
+            // Held (the body's room taken from its head on), or streamed as chunks.
+            assert_eq!(m.held(), held, "{allowance}");
+            m.push(
+                &mut swap,
+                &mut Exchange::default(),
+                rest.as_bytes(),
+                &mut out,
+            )
+            .unwrap();
+            assert_eq!(m.held(), 0);
+            let text = String::from_utf8(out.clone()).unwrap();
+            assert_eq!(
+                text.contains("Transfer-Encoding: chunked"),
+                held == 0,
+                "{text}"
+            );
+            let got = messages(&out, Side::Request, &[]);
+            assert_eq!(got[0].1, body.replace(P, V).as_bytes());
+        }
     }
 
     #[test]
