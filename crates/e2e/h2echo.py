@@ -32,11 +32,12 @@ def log(**fields):
 
 
 def encoded(key):
-    """As world.py's: base64 (both alphabets, three alignments), hex, the length."""
+    """As world.py's: base64 (both alphabets, three alignments), hex, percent, the length."""
     pads = (b"", b"a", b"ab")
     return {"b64": [base64.b64encode(p + key).decode() for p in pads],
             "b64url": [base64.urlsafe_b64encode(p + key).decode().rstrip("=") for p in pads],
-            "hex": key.hex(), "HEX": key.hex().upper(), "arrived": len(key)}
+            "hex": key.hex(), "HEX": key.hex().upper(),
+            "pct": "".join("%%%02X" % b for b in key), "arrived": len(key)}
 
 
 def serve(sock):

@@ -35,7 +35,7 @@ The echo shows what arrived: every header, and the body (Content-Length or chunk
 as X-Echo-* headers; under /chunked-answer its answer is chunked. Hosts that hand a request's
 X-Key back in another form: under /gzip-echo the answer is gzip-compressed when the request
 accepts gzip; under /encoded-echo the answer is X-Key in base64 (standard and URL-safe, after
-0, 1 and 2 bytes) and hexadecimal (both cases); under /range-echo the answer is
+0, 1 and 2 bytes), hexadecimal (both cases) and percent-encoded; under /range-echo the answer is
 "key=X-KEY\n", and a Range of bytes gets 206 with that piece.
 """
 import base64
@@ -321,7 +321,8 @@ def encoded(key):
     pads = (b"", b"a", b"ab")
     return {"b64": [base64.b64encode(p + key).decode() for p in pads],
             "b64url": [base64.urlsafe_b64encode(p + key).decode().rstrip("=") for p in pads],
-            "hex": key.hex(), "HEX": key.hex().upper(), "arrived": len(key)}
+            "hex": key.hex(), "HEX": key.hex().upper(),
+            "pct": "".join("%%%02X" % b for b in key), "arrived": len(key)}
 
 class Sink(socketserver.BaseRequestHandler):
     def handle(self):

@@ -705,7 +705,7 @@ echo "placeholder=$p"
 /// What the sandbox reads of the encoded echoes, decoded by python: every base64 and hex
 /// form as the bytes it decodes to.
 const DECODE_ECHOES: &str = r#"
-import base64, json, sys
+import base64, json, sys, urllib.parse
 for path in sys.argv[1:]:
     e = json.load(open(path))
     print(path, "arrived", e["arrived"])
@@ -714,14 +714,15 @@ for path in sys.argv[1:]:
     for s in e["b64url"]:
         print(path, "b64url", base64.urlsafe_b64decode(s + "=" * (-len(s) % 4))[:80])
     print(path, "hex", bytes.fromhex(e["hex"]), "HEX", bytes.fromhex(e["HEX"]))
+    print(path, "pct", urllib.parse.unquote_to_bytes(e["pct"]))
 "#;
 
 #[test]
 fn an_echo_in_base64_or_hex_never_brings_the_value_back() {
     let mut w = World::new();
     w.start_h2_echo();
-    // Base64 (standard and URL-safe, at each alignment) and hex (both cases), over
-    // HTTP/1.1 and over HTTP/2 in 7-byte DATA frames.
+    // Base64 (standard and URL-safe, at each alignment), hex (both cases) and
+    // percent-encoding, over HTTP/1.1 and over HTTP/2 in 7-byte DATA frames.
     let script = format!(
         r#"
 p="$API_KEY"
@@ -766,10 +767,16 @@ echo "placeholder=$p"
             [format!("{file} arrived {}", VALUE.len())],
             "{server}: {text}"
         );
-        // Hex is the placeholder's; base64 decodes to as many '*', what was around intact.
+        // Hex and percent-encoding are the placeholder's; base64 decodes to as many '*',
+        // what was around intact.
         assert_eq!(
             line("hex"),
             [format!("{file} hex b'{placeholder}' HEX b'{placeholder}'")],
+            "{server}: {text}"
+        );
+        assert_eq!(
+            line("pct"),
+            [format!("{file} pct b'{placeholder}'")],
             "{server}: {text}"
         );
         let stars = "*".repeat(VALUE.len());

@@ -12,7 +12,7 @@
 //!   `quote` differ), upper and lower case digits;
 //! - **JSON strings** (RFC 8259 §7): the escapes a serializer must make (`"`, `\`, control
 //!   characters), the same with `\/`, ASCII-only output (`\u` for everything else), and
-//!   every character as `\u`;
+//!   every character as `\u` (lower and upper case digits);
 //! - **base64** (RFC 4648 §4 standard and §5 URL-safe) at each of the three alignments the
 //!   value may start at in the encoded data. There, a character holds 6 bits: those wholly
 //!   inside the value make the literal ([`Base64::core`]), and at each end one character may
@@ -149,7 +149,7 @@ fn base64_whole(data: &[u8], alphabet: &[u8; 64]) -> Vec<u8> {
 /// JSON-escaped (see the module header).
 pub(crate) fn text_forms(data: &[u8], to: &[u8]) -> Vec<(Vec<u8>, Vec<u8>)> {
     type Encoder<'a> = &'a dyn Fn(&[u8]) -> Vec<u8>;
-    let encoders: [Encoder<'_>; 12] = [
+    let encoders: [Encoder<'_>; 14] = [
         &|d| hex(d, false),
         &|d| hex(d, true),
         &|d| percent(d, |_| true, false),
@@ -158,10 +158,12 @@ pub(crate) fn text_forms(data: &[u8], to: &[u8]) -> Vec<(Vec<u8>, Vec<u8>)> {
         &|d| percent(d, |b| !unreserved(b), false),
         &|d| percent(d, |b| !unreserved(b) && b != b'/', true),
         &|d| percent(d, |b| !unreserved(b) && b != b'/', false),
-        &|d| json(d, JsonStyle::Minimal),
-        &|d| json(d, JsonStyle::Slash),
-        &|d| json(d, JsonStyle::Ascii),
-        &|d| json(d, JsonStyle::Every),
+        &|d| json(d, JsonStyle::Minimal, false),
+        &|d| json(d, JsonStyle::Slash, false),
+        &|d| json(d, JsonStyle::Ascii, false),
+        &|d| json(d, JsonStyle::Ascii, true),
+        &|d| json(d, JsonStyle::Every, false),
+        &|d| json(d, JsonStyle::Every, true),
     ];
     let mut out: Vec<(Vec<u8>, Vec<u8>)> = Vec::new();
     for encode in encoders {
@@ -216,9 +218,11 @@ enum JsonStyle {
     Every,
 }
 
-/// `data` as the inside of a JSON string; text that is not UTF-8 is taken byte by byte
-/// (an encoder would have refused or replaced it: the ASCII part still matches).
-fn json(data: &[u8], style: JsonStyle) -> Vec<u8> {
+/// `data` as the inside of a JSON string, `\u` escapes in `upper` case hexadecimal (Python
+/// writes lower case, Jackson upper); text that is not UTF-8 is taken as UTF-8 with
+/// replacement characters (an encoder would have refused or replaced it: the ASCII part
+/// still matches).
+fn json(data: &[u8], style: JsonStyle, upper: bool) -> Vec<u8> {
     let text = String::from_utf8_lossy(data);
     let mut out = Vec::with_capacity(data.len());
     let mut units = [0u16; 2];
@@ -241,7 +245,8 @@ fn json(data: &[u8], style: JsonStyle) -> Vec<u8> {
             Some(s) if style != JsonStyle::Every => out.extend_from_slice(s),
             _ if escape => {
                 for u in c.encode_utf16(&mut units) {
-                    out.extend_from_slice(format!("\\u{u:04x}").as_bytes());
+                    out.extend_from_slice(b"\\u");
+                    out.extend_from_slice(&hex(&u.to_be_bytes(), upper));
                 }
             }
             _ => {
@@ -288,6 +293,7 @@ mod tests {
             "a/b\\\"c",
             "a\\/b\\\"c",
             "\\u0061\\u002f\\u0062\\u0022\\u0063",
+            "\\u0061\\u002F\\u0062\\u0022\\u0063",
         ] {
             assert!(froms.iter().any(|f| f == expected), "{expected}: {froms:?}");
         }
