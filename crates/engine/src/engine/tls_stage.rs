@@ -824,9 +824,15 @@ impl Intercept {
                 return Err(TlsFailure::Broken(format!("the server's TLS: {e}")));
             }
         }
-        // An idle connection keeps no read buffer.
+        // An idle connection keeps no read buffer, nor the plaintext scratch (a chunk each:
+        // a thousand connections waiting would keep tens of megabytes outside the budget).
         if host_in.is_empty() {
             *host_in = Vec::new();
+        }
+        *swapped = Vec::new();
+        *pass = Vec::new();
+        if let Some(sw) = swaps.as_deref_mut() {
+            sw.out = Vec::new();
         }
         // A refused HTTP/2 request is answered once the server's frame under way is whole.
         if let (Some(r), Reader::H2(_, frames)) = (refusal.as_ref(), &*reader)

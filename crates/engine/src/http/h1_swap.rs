@@ -112,7 +112,6 @@ pub struct Messages {
     /// A held body.
     body: Vec<u8>,
     stream: SwapStream,
-    scratch: Vec<u8>,
     /// What the sandbox's bodies are scanned for (placeholders this host may not receive),
     /// and the scan of the body under way: re-framing may split a placeholder that the
     /// connection's own scan would have seen whole.
@@ -142,7 +141,6 @@ impl Messages {
             declared: 0,
             body: Vec::new(),
             stream: SwapStream::default(),
-            scratch: Vec::new(),
             scan: None,
             guard: None,
             allowance: usize::MAX,
@@ -238,11 +236,11 @@ impl Messages {
                 self.body.extend_from_slice(&input[..n]);
                 let left = left - n as u64;
                 if left == 0 {
-                    self.scratch.clear();
-                    swap.replace(&self.body, &mut self.scratch);
+                    let mut body = Vec::with_capacity(self.body.len());
+                    swap.replace(&self.body, &mut body);
                     out.extend_from_slice(&self.head);
-                    let _ = write!(out, "Content-Length: {}\r\n\r\n", self.scratch.len());
-                    out.extend_from_slice(&self.scratch);
+                    let _ = write!(out, "Content-Length: {}\r\n\r\n", body.len());
+                    out.extend_from_slice(&body);
                     self.head.clear();
                     // The budget charged the body while it was held: its memory goes too.
                     self.body = Vec::new();
@@ -254,12 +252,10 @@ impl Messages {
             }
             State::Rechunk { left } | State::ChunkData(left) => {
                 let n = input.len().min(usize::try_from(left).unwrap_or(usize::MAX));
-                let mut piece = std::mem::take(&mut self.scratch);
-                piece.clear();
+                // A piece of its own each time: a connection that waits keeps no chunk.
+                let mut piece = Vec::new();
                 self.stream.push(swap, &input[..n], &mut piece);
-                let sent = self.emit(&piece, out);
-                self.scratch = piece;
-                sent?;
+                self.emit(&piece, out)?;
                 let left = left - n as u64;
                 let rechunk = matches!(self.state, State::Rechunk { .. });
                 self.state = match (left, rechunk) {
@@ -316,12 +312,9 @@ impl Messages {
     /// The body's data ended: what was held goes as a last chunk, then the zero-size
     /// chunk (its trailers and blank line follow).
     fn end_chunks(&mut self, swap: &mut Swap, out: &mut Vec<u8>) -> Result<(), Refused> {
-        let mut piece = std::mem::take(&mut self.scratch);
-        piece.clear();
+        let mut piece = Vec::new();
         self.stream.finish(swap, &mut piece);
-        let sent = self.emit(&piece, out);
-        self.scratch = piece;
-        sent?;
+        self.emit(&piece, out)?;
         if let Some(mut guard) = self.guard.take() {
             let mut last = Vec::new();
             guard.end(&mut last);
