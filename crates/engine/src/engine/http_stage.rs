@@ -18,7 +18,8 @@
 //! 3. **Answers** are rewritten back (`http/h1_swap.rs`, the response side).
 //!
 //! Back-pressure: rewritten bytes wait in a buffer until the other side takes them, and
-//! nothing more is read from a side whose output still waits. Half-close as in
+//! nothing more is read from a side whose output still waits. Bodies the rewriting holds
+//! are charged to the buffer budget while held (`budget.rs`); what does not fit streams. Half-close as in
 //! `stream.rs`: what was held goes when the sender finishes, then the FIN.
 
 use std::io::{self, Read, Write};

@@ -31,7 +31,9 @@
 //! toward a host a secret allows, placeholders become the value; coming back, the value
 //! becomes the placeholder; and what the sandbox sends is scanned message by message (bodies
 //! after their framing, HTTP/2 header blocks decoded) for placeholders the host may not
-//! receive, on top of the scan of the plaintext as it is framed.
+//! receive, on top of the scan of the plaintext as it is framed. Bodies the HTTP/1.1
+//! rewriting holds are charged to the buffer budget while held (`budget.rs`); what does
+//! not fit streams.
 //!
 //! Everything is sans-IO inside the engine's loop: rustls never touches a socket itself
 //! except the host's non-blocking `TcpStream`, and the sandbox's socket through

@@ -341,7 +341,56 @@ mod tests {
         assert!(base64_at(b"short", 0, BASE64).is_none());
     }
 
+    /// Plain reference decoders: hexadecimal pairs, and percent escapes.
+    fn unhex(text: &[u8]) -> Vec<u8> {
+        text.chunks(2)
+            .map(|p| u8::from_str_radix(std::str::from_utf8(p).unwrap(), 16).unwrap())
+            .collect()
+    }
+
+    fn unpercent(text: &[u8]) -> Vec<u8> {
+        let mut out = Vec::new();
+        let mut i = 0;
+        while i < text.len() {
+            if text[i] == b'%' {
+                out.extend(unhex(&text[i + 1..i + 3]));
+                i += 3;
+            } else {
+                out.push(text[i]);
+                i += 1;
+            }
+        }
+        out
+    }
+
     proptest! {
+        /// Every text encoding decodes to the data with a plain decoder of its kind
+        /// (serde_json for JSON strings).
+        #[test]
+        fn text_forms_decode_to_what_they_encode(data in "(?s).{1,24}") {
+            let d = data.as_bytes();
+            prop_assert_eq!(unhex(&hex(d, true)), d);
+            prop_assert_eq!(unhex(&hex(d, false)), d);
+            let escapes: [&dyn Fn(u8) -> bool; 3] = [
+                &|_| true,
+                &|b| !unreserved(b),
+                &|b| !unreserved(b) && b != b'/',
+            ];
+            for escape in escapes {
+                for upper in [false, true] {
+                    prop_assert_eq!(unpercent(&percent(d, escape, upper)), d);
+                }
+            }
+            for style in [JsonStyle::Minimal, JsonStyle::Slash, JsonStyle::Ascii, JsonStyle::Every] {
+                for upper in [false, true] {
+                    let text = json(d, style, upper);
+                    let quoted = format!("\"{}\"", std::str::from_utf8(&text).unwrap());
+                    let back: String = serde_json::from_str(&quoted).unwrap();
+                    prop_assert_eq!(back.as_bytes(), d, "{}", quoted);
+                }
+            }
+        }
+
         /// Replacing a form's core and edges by another's of the same length decodes to the
         /// same bytes around, with the other in the value's place (the plain reference: the
         /// whole thing encoded again).
