@@ -33,7 +33,9 @@
 //!   connections' rings need to go on, a new one's TLS handshake first); a body that
 //!   does not fit is not held but streamed, re-framed as chunks, and what the connection
 //!   holds after the piece is charged ([`Budget::set_held`]) — so a thousand connections
-//!   each in the middle of a body stay within the budget.
+//!   each in the middle of a body stay within the budget. HTTP/2 DATA that waits for a
+//!   receiver's window after a value made it longer (`http/h2_swap.rs`) is charged the
+//!   same way; it cannot stream, so beyond the room the connection is refused.
 //!
 //! The send rings never take the last `RX_FLOOR × max_connections` bytes, so a new
 //! connection always finds its floor while fewer than `max_connections` are open. An

@@ -140,18 +140,24 @@ impl Swaps {
         }
     }
 
-    /// Runs `f` with the HTTP/1.1 sides told what the buffer budget lets them hold, and
-    /// charges what they hold after it (`engine/budget.rs`): a body that does not fit
-    /// streams instead of being held.
+    /// Runs `f` with the rewriting told what the buffer budget lets it hold, and charges
+    /// what it holds after it (`engine/budget.rs`): an HTTP/1.1 body that does not fit
+    /// streams instead of being held; HTTP/2 DATA waiting for a receiver's window beyond
+    /// it refuses the connection.
     fn within<T>(&mut self, room: &mut Room<'_>, f: impl FnOnce(&mut Swaps) -> T) -> T {
-        if let SwapProto::H1 { up, down, .. } = &mut self.proto {
-            let all = room.pool.hold_room(room.mem);
-            up.allow(all.saturating_sub(down.held()));
-            down.allow(all.saturating_sub(up.held()));
+        match &mut self.proto {
+            SwapProto::H1 { up, down, .. } => {
+                let all = room.pool.hold_room(room.mem);
+                up.allow(all.saturating_sub(down.held()));
+                down.allow(all.saturating_sub(up.held()));
+            }
+            SwapProto::H2(c) => c.allow(room.pool.hold_room(room.mem)),
+            SwapProto::Pending | SwapProto::Off => {}
         }
         let result = f(self);
         let held = match &self.proto {
             SwapProto::H1 { up, down, .. } => up.held() + down.held(),
+            SwapProto::H2(c) => c.held(),
             _ => 0,
         };
         room.pool.set_held(room.mem, held);

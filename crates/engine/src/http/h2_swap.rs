@@ -26,7 +26,9 @@
 //!   also follows the receiver's own windows (its SETTINGS_INITIAL_WINDOW_SIZE and every
 //!   WINDOW_UPDATE it sends) and, when a DATA frame would run over one, holds that frame
 //!   and everything after it in this direction until the receiver opens its window (at
-//!   most [`MAX_STALLED`]: the debt, with a margin).
+//!   most [`MAX_STALLED`]: the debt, with a margin; and no more than the buffer budget
+//!   lets the connection hold, [`Connection::allow`], charged by the engine: beyond it
+//!   the connection is refused).
 //! - **Codings and ranges.** On a connection that carries a value, a request's header block
 //!   asks for `accept-encoding: identity` and loses `range`, `if-range` and `te`, and a
 //!   response with a body in a `content-encoding` other than identity is refused: redaction
@@ -126,6 +128,8 @@ struct Direction {
     stall_at: Option<usize>,
     /// DATA pieces rewritten, reused.
     scratch: Vec<u8>,
+    /// The most `stalled` may hold (the buffer budget's room, at most [`MAX_STALLED`]).
+    stall_limit: usize,
 }
 
 impl Direction {
@@ -159,6 +163,7 @@ impl Direction {
             stalled: Vec::new(),
             stall_at: None,
             scratch: Vec::new(),
+            stall_limit: MAX_STALLED,
         }
     }
 
@@ -208,6 +213,9 @@ impl Direction {
             return Err(Refused::Malformed(
                 "HTTP/2 DATA far beyond the receiver's window",
             ));
+        }
+        if self.stalled.len() > self.stall_limit {
+            return Err(Refused::Budget);
         }
         Ok(())
     }
@@ -294,6 +302,19 @@ impl Connection {
             up: Direction::new(true),
             down: Direction::new(false),
         }
+    }
+
+    /// From now on what waits for a receiver's window may be at most `bytes` in all (what
+    /// the buffer budget lets this connection hold); more refuses the connection.
+    pub fn allow(&mut self, bytes: usize) {
+        let limit = bytes.min(MAX_STALLED);
+        self.up.stall_limit = limit.saturating_sub(self.down.stalled.len());
+        self.down.stall_limit = limit.saturating_sub(self.up.stalled.len());
+    }
+
+    /// How many bytes wait for a receiver's window, both ways.
+    pub fn held(&self) -> usize {
+        self.up.stalled.len() + self.down.stalled.len()
     }
 
     /// The sandbox's header blocks and DATA are scanned for what `template` looks for.
@@ -1171,6 +1192,38 @@ mod tests {
         let got = seen(&out);
         assert_eq!(got.data[&1], expected.as_bytes());
         assert_eq!(got.ended, [1]);
+    }
+
+    #[test]
+    fn what_waits_for_a_window_is_held_within_the_budget() {
+        let s = secrets();
+        let mut input = PREFACE.to_vec();
+        let block = loona_hpack::Encoder::new().encode([
+            (&b":method"[..], &b"POST"[..]),
+            (b":scheme", b"https"),
+            (b":authority", b"api.example.test"),
+            (b":path", b"/up"),
+        ]);
+        frame(&mut input, HEADERS, END_HEADERS, 1, &block);
+        // More than the server's 65,535-byte window once the value is in: the rest waits.
+        let body = format!("{P}{}", "x".repeat(3)).repeat(1500);
+        for piece in body.as_bytes()[..60_000].chunks(15_000) {
+            frame(&mut input, DATA, 0, 1, piece);
+        }
+        let mut sub = Swap::substitute(&s, |_| true).unwrap();
+        let mut c = Connection::new();
+        c.allow(usize::MAX);
+        c.up(&mut sub, &input, &mut Vec::new()).unwrap();
+        let waiting = c.held();
+        assert!(waiting > 0);
+        // The same with less room than that: refused, not held.
+        let mut sub = Swap::substitute(&s, |_| true).unwrap();
+        let mut c = Connection::new();
+        c.allow(waiting / 2);
+        assert_eq!(
+            c.up(&mut sub, &input, &mut Vec::new()),
+            Err(Refused::Budget)
+        );
     }
 
     #[test]

@@ -71,6 +71,9 @@ pub enum Refused {
     /// It carries the placeholder of secret `.0` (by index), which this host may not
     /// receive (`secrets.rs`).
     Secret(usize),
+    /// What waits for a receiver's HTTP/2 window is more than the buffer budget lets the
+    /// connection hold (`h2_swap.rs`).
+    Budget,
     /// A server's answer on a connection that carries a secret is in a coding moat cannot
     /// read for the value (moat asked for `identity`; `h1_swap.rs`, `h2_swap.rs`).
     Coded(String),
@@ -88,6 +91,9 @@ impl std::fmt::Display for Refused {
             Refused::Malformed(why) => write!(f, "malformed request: {why}"),
             Refused::TooLarge => f.write_str("the request's headers are larger than moat holds"),
             Refused::Secret(_) => f.write_str("the request carries a secret's placeholder"),
+            Refused::Budget => f.write_str(
+                "HTTP/2 DATA waiting for the receiver's window is more than moat's buffer budget holds (--max-buffer-memory)",
+            ),
             Refused::Coded(coding) => write!(
                 f,
                 "the answer is in coding {coding:?}, which moat cannot search for a secret's value (it asked for identity)"
