@@ -5,8 +5,11 @@ TLS with the world's test certificate (server.pem beside the log), ALPN h2 only.
 is answered with JSON showing what arrived — every header field and the body as text — and
 appended as one line to the log given on the command line ("server": "h2"; the answer shows
 the body's first 4 KiB, the log its first 64 KiB). The request's
-x-key comes back as an x-echo-x-key header too. Uses the h2 library (python3-h2).
+x-key comes back as an x-echo-x-key header too. Under /encoded-echo the answer is x-key
+encoded as the HTTP/1.1 echo's is (world.py), in DATA frames of 7 bytes each, so every form
+is cut across frames. Uses the h2 library (python3-h2).
 """
+import base64
 import json
 import os
 import socket
@@ -26,6 +29,15 @@ CERTS = os.path.dirname(os.path.abspath(sys.argv[1]))
 def log(**fields):
     with LOCK:
         LOG.write(json.dumps(fields) + "\n")
+
+
+def encoded(key):
+    """As world.py's: base64 (both alphabets, three alignments), hex, percent, the length."""
+    pads = (b"", b"a", b"ab")
+    return {"b64": [base64.b64encode(p + key).decode() for p in pads],
+            "b64url": [base64.urlsafe_b64encode(p + key).decode().rstrip("=") for p in pads],
+            "hex": key.hex(), "HEX": key.hex().upper(),
+            "pct": "".join("%%%02X" % b for b in key), "arrived": len(key)}
 
 
 def serve(sock):
@@ -61,6 +73,13 @@ def serve(sock):
                     key = dict(fields).get("x-key")
                     if key:
                         out.append(("x-echo-x-key", key))
+                    if (info["path"] or "").startswith("/encoded-echo"):
+                        answer = (json.dumps(encoded((key or "").encode())) + "\n").encode()
+                        out[2] = ("content-length", str(len(answer)))
+                        conn.send_headers(sid, out)
+                        for i in range(0, len(answer), 7):
+                            conn.send_data(sid, answer[i:i + 7], end_stream=i + 7 >= len(answer))
+                        continue
                     conn.send_headers(sid, out)
                     conn.send_data(sid, answer, end_stream=True)
             sock.sendall(conn.data_to_send())

@@ -32,8 +32,14 @@ demo-pkg, for the package-tool tests.
 
 The echo shows what arrived: every header, and the body (Content-Length or chunked; up to
 64 KiB as text). Under /echo-header it also answers with the request's Authorization and X-Key
-as X-Echo-* headers; under /chunked-answer its answer is chunked.
+as X-Echo-* headers; under /chunked-answer its answer is chunked. Hosts that hand a request's
+X-Key back in another form: under /gzip-echo the answer is gzip-compressed when the request
+accepts gzip; under /encoded-echo the answer is X-Key in base64 (standard and URL-safe, after
+0, 1 and 2 bytes), hexadecimal (both cases) and percent-encoded; under /range-echo the answer is
+"key=X-KEY\n", and a Range of bytes gets 206 with that piece.
 """
+import base64
+import gzip
 import fcntl
 import hashlib
 import os
@@ -272,8 +278,25 @@ class Echo(BaseHTTPRequestHandler):
             info["alpn"] = self.connection.selected_alpn_protocol()
         log(**info)
         body = (json.dumps(info) + "\n").encode()
-        self.send_response(200)
+        key = (self.headers.get("X-Key") or "").encode()
+        status, extra = 200, []
+        if self.path.startswith("/encoded-echo"):
+            body = (json.dumps(encoded(key)) + "\n").encode()
+        elif self.path.startswith("/range-echo"):
+            body = b"key=" + key + b"\n"
+            m = re.fullmatch(r"bytes=(\d+)-(\d*)", self.headers.get("Range") or "")
+            if m:
+                first = int(m.group(1))
+                last = min(int(m.group(2) or len(body) - 1), len(body) - 1)
+                extra.append(("Content-Range", "bytes %d-%d/%d" % (first, last, len(body))))
+                body, status = body[first:last + 1], 206
+        elif self.path.startswith("/gzip-echo") and "gzip" in (self.headers.get("Accept-Encoding") or ""):
+            body = gzip.compress(body)
+            extra.append(("Content-Encoding", "gzip"))
+        self.send_response(status)
         self.send_header("Content-Type", "application/json")
+        for name, value in extra:
+            self.send_header(name, value)
         # /echo-header/...: the request's Authorization and X-Key come back as headers too.
         if self.path.startswith("/echo-header"):
             for name in ("Authorization", "X-Key"):
@@ -291,6 +314,15 @@ class Echo(BaseHTTPRequestHandler):
         self.end_headers()
         self.wfile.write(body)
     do_GET = do_POST = do_PUT = handle_any
+
+def encoded(key):
+    """X-Key handed back encoded: base64 after 0, 1 and 2 bytes (standard, and URL-safe
+    without padding), hexadecimal in both cases, and its length (what arrived)."""
+    pads = (b"", b"a", b"ab")
+    return {"b64": [base64.b64encode(p + key).decode() for p in pads],
+            "b64url": [base64.urlsafe_b64encode(p + key).decode().rstrip("=") for p in pads],
+            "hex": key.hex(), "HEX": key.hex().upper(),
+            "pct": "".join("%%%02X" % b for b in key), "arrived": len(key)}
 
 class Sink(socketserver.BaseRequestHandler):
     def handle(self):

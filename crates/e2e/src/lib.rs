@@ -432,8 +432,14 @@ fn end(child: &mut Child) -> std::io::Result<std::process::ExitStatus> {
 impl World {
     /// Starts `moat ARGS` in the host namespace in the background.
     pub fn spawn_moat(&self, args: &[&str]) -> Background {
+        self.spawn_moat_env(&[], args)
+    }
+
+    /// [`World::spawn_moat`] with `env` added to moat's environment (a secret's value).
+    pub fn spawn_moat_env(&self, env: &[(&str, &str)], args: &[&str]) -> Background {
         let child = self
             .in_host(moat_bin())
+            .envs(env.iter().copied())
             .args(args)
             .stdin(Stdio::null())
             .stdout(Stdio::piped())

@@ -302,3 +302,57 @@ fn a_sandbox_that_tries_to_rewrite_its_log_cannot() {
         moat_e2e::validate_event(e).unwrap_or_else(|why| panic!("{why}: {e}"));
     }
 }
+
+#[test]
+fn a_connection_refused_by_its_client_hello_closes_as_a_deny() {
+    let w = World::new();
+    // Port 443 under domain rules waits for the ClientHello. The SYN's address is allowed
+    // (the default policy), then the server name is refused by rule 0; a hello that cannot
+    // be read is refused by `sni`; a permitted name is the control.
+    let script = "\
+        curl -sk -m 5 -o /dev/null --resolve blocked.example.test:443:203.0.113.10 https://blocked.example.test/; \
+        python3 - <<'PY'\nimport socket\ns = socket.create_connection(('203.0.113.10', 443), timeout=5)\ns.sendall(bytes([22, 3, 1, 0, 6, 1, 0, 1, 0, 3, 3]) + bytes([23, 3, 3, 0, 4]) + b'evil')\ntry:\n    while s.recv(100):\n        pass\nexcept OSError:\n    pass\nPY\n\
+        curl -sk -m 5 -o /dev/null --resolve fine.example.test:443:203.0.113.10 https://fine.example.test/; \
+        true";
+    let (out, events) = w.run_sh(&["--deny", "blocked.example.test"], script, T);
+    // Each connection's close event, by the connect event that judged it.
+    let close_of = |connect: &Value| {
+        events
+            .iter()
+            .find(|e| e["event"] == "close" && e["src"] == connect["src"])
+            .unwrap_or_else(|| panic!("no close for {connect}: {events:#?}"))
+            .clone()
+    };
+    let connect = |pred: &dyn Fn(&Value) -> bool| {
+        events
+            .iter()
+            .find(|e| e["event"] == "connect" && pred(e))
+            .unwrap_or_else(|| panic!("{}\n{events:#?}", stderr(&out)))
+            .clone()
+    };
+    let by_name = connect(&|e| e["decision"] == "deny" && e["sni"] == "blocked.example.test");
+    assert_eq!(by_name["rule"], 0, "{by_name}");
+    let close = close_of(&by_name);
+    assert_eq!(
+        (&close["decision"], &close["rule"], &close["by"]),
+        (&Value::from("deny"), &Value::from(0), &Value::Null),
+        "{close}"
+    );
+    let unreadable = connect(&|e| e["decision"] == "deny" && e["by"] == "sni");
+    let close = close_of(&unreadable);
+    assert_eq!(
+        (&close["decision"], &close["by"], &close["rule"]),
+        (&Value::from("deny"), &Value::from("sni"), &Value::Null),
+        "{close}"
+    );
+    // Control: the permitted name's connection closes as allowed, by the default (its
+    // connect event names the server name, unless the banner server's greeting ended the
+    // connection before the hello was judged).
+    let fine = connect(&|e| e["decision"] == "allow" && e["port"] == 443);
+    let close = close_of(&fine);
+    assert_eq!(
+        (&close["decision"], &close["rule"]),
+        (&Value::from("allow"), &Value::from("default")),
+        "{close}"
+    );
+}

@@ -10,13 +10,19 @@
 //! Every byte the sandbox sends is scanned for placeholders ([`Scanner`]) on its way out,
 //! whatever the protocol: a placeholder heading for a host outside its secret's list is a
 //! violation, found in the forms a client may give it — as it is, percent-encoded,
-//! JSON-escaped (`\u0061`), or base64-encoded at any alignment (HTTP Basic credentials,
-//! tokens in bodies) — and across writes, segments and frames: the scanner keeps the bytes
-//! a pattern could still be completed by. Finding one stops the bytes before they leave.
-//! A placeholder is random, so a match is never an accident.
+//! JSON-escaped (`\u0061`), hexadecimal, or base64-encoded (standard or URL-safe) at any
+//! alignment (HTTP Basic credentials, tokens in bodies) — and across writes, segments and
+//! frames: the scanner keeps the bytes a pattern could still be completed by. Finding one
+//! stops the bytes before they leave. A placeholder is random, so a match is never an
+//! accident.
+//!
+//! The way back is the swap's (`secrets/swap.rs`): on a connection to a host a secret
+//! allows, the value becomes the placeholder in what the server answers, as it is and in
+//! the same standard encodings (`secrets/forms.rs`).
 
 use std::fmt;
 
+mod forms;
 pub mod swap;
 
 use moat_policy::{DomainName, DomainSuffix};
@@ -271,8 +277,9 @@ fn contains(haystack: &[u8], needle: &[u8]) -> bool {
 struct Forms {
     /// Index of the secret.
     secret: usize,
-    /// Literal patterns: the placeholder as it is, and its base64 encodings at the three
-    /// alignments (the characters every encoding of it shares).
+    /// Literal patterns: the placeholder as it is, in hexadecimal, and in base64 at the
+    /// three alignments, standard and URL-safe (the characters every encoding of it shares:
+    /// `forms.rs`).
     literal: Vec<Vec<u8>>,
     /// The placeholder, to match against decoded text (percent and JSON escapes).
     plain: Vec<u8>,
@@ -311,8 +318,9 @@ impl Scanner {
             .filter(|(i, _)| watch(*i))
             .map(|(i, s)| {
                 let p = s.placeholder.as_bytes();
-                let mut literal = vec![p.to_vec()];
-                literal.extend(base64_cores(p));
+                let mut literal = vec![p.to_vec(), forms::hex(p, false), forms::hex(p, true)];
+                literal.extend(forms::base64_forms(p).into_iter().map(|f| f.core));
+                literal.dedup();
                 Forms {
                     secret: i,
                     literal,
@@ -438,33 +446,6 @@ fn decode_escapes(data: &[u8]) -> Vec<u8> {
     out
 }
 
-/// The base64 characters every encoding of `p` contains, whatever its alignment in the
-/// encoded input: for each of the three offsets, the encoding of `p` after that many
-/// bytes, without the characters that depend on its neighbours.
-fn base64_cores(p: &[u8]) -> Vec<Vec<u8>> {
-    (0..3)
-        .filter_map(|offset| {
-            // Skip to the next whole group: the first (3 - offset) % 3 bytes share a group
-            // with what precedes.
-            let skip = (3 - offset) % 3;
-            let body = p.get(skip..)?;
-            let whole = body.len() / 3 * 3;
-            (whole >= 6).then(|| base64(&body[..whole]))
-        })
-        .collect()
-}
-
-/// Standard base64 without padding (whole groups only).
-fn base64(data: &[u8]) -> Vec<u8> {
-    const ALPHABET: &[u8; 64] = b"ABCDEFGHIJKLMNOPQRSTUVWXYZabcdefghijklmnopqrstuvwxyz0123456789+/";
-    data.chunks(3)
-        .flat_map(|c| {
-            let n = u32::from(c[0]) << 16 | u32::from(c[1]) << 8 | u32::from(c[2]);
-            [18, 12, 6, 0].map(|s| ALPHABET[(n >> s & 63) as usize])
-        })
-        .collect()
-}
-
 #[cfg(test)]
 mod tests {
     #![allow(clippy::unwrap_used, clippy::expect_used)] // Test code: a panic is the failure report.
@@ -516,6 +497,10 @@ mod tests {
         assert!(a.allows(&DomainName::new("x.allowed.test").unwrap()));
         assert!(!a.allows(&DomainName::new("allowed.test").unwrap()));
         assert!(!a.allows(&DomainName::new("evil.example").unwrap()));
+        // A name that ends with an allowed one is another host.
+        assert!(!a.allows(&DomainName::new("evilapi.example.test").unwrap()));
+        assert!(!a.allows(&DomainName::new("x.api.example.test").unwrap()));
+        assert!(!a.allows(&DomainName::new("evilallowed.test").unwrap()));
     }
 
     #[test]

@@ -24,6 +24,19 @@
 //!   is not yet whole may write only into pages already charged; reading its host socket
 //!   waits, and the host's TCP window closes — back-pressure, not memory.
 //!
+//! - **bodies held to be rewritten are charged while they are held**: to put a secret's
+//!   value in a request body (or take it out of an answer) and send it with its new
+//!   length, the swap holds a Content-Length body of up to 256 KiB until it is whole
+//!   (`http/h1_swap.rs`). Before each piece is rewritten the connection is told what it
+//!   may hold ([`Budget::hold_room`]: what it holds already, and what is left below half
+//!   of what the send rings may grow into — held bodies never take the pages the other
+//!   connections' rings need to go on, a new one's TLS handshake first); a body that
+//!   does not fit is not held but streamed, re-framed as chunks, and what the connection
+//!   holds after the piece is charged ([`Budget::set_held`]) — so a thousand connections
+//!   each in the middle of a body stay within the budget. HTTP/2 DATA that waits for a
+//!   receiver's window after a value made it longer (`http/h2_swap.rs`) is charged the
+//!   same way; it cannot stream, so beyond the room the connection is refused.
+//!
 //! The send rings never take the last `RX_FLOOR × max_connections` bytes, so a new
 //! connection always finds its floor while fewer than `max_connections` are open. An
 //! eighth of the limit is kept back from the flows for the engine's own frames, the
@@ -47,6 +60,8 @@ pub(crate) struct Grant {
     pub tx_charged: usize,
     /// Bytes written into the send ring since its socket was last opened.
     pub tx_written: usize,
+    /// Bytes of bodies the connection holds to rewrite them, charged while held.
+    pub held: usize,
 }
 
 impl Grant {
@@ -58,12 +73,13 @@ impl Grant {
             tx_cap: tx,
             tx_charged: tx,
             tx_written: 0,
+            held: 0,
         }
     }
 
     /// Everything this grant holds of the budget.
     pub(crate) fn total(&self) -> usize {
-        self.rx + self.tx_charged
+        self.rx + self.tx_charged + self.held
     }
 }
 
@@ -134,6 +150,20 @@ impl Budget {
     pub(crate) fn release(&mut self, grant: &Grant) {
         self.charged -= grant.total();
         self.rx_reserved -= grant.rx;
+    }
+
+    /// How many bytes of bodies `grant`'s connection may hold in all now: what it holds,
+    /// and what is left below half the send limit (the other half, and the floors of new
+    /// connections, stay for the rings).
+    pub(crate) fn hold_room(&self, grant: &Grant) -> usize {
+        grant.held + (self.send_limit / 2).saturating_sub(self.charged)
+    }
+
+    /// Charges `grant`'s connection for holding `held` bytes of bodies (within
+    /// [`Budget::hold_room`]); less than before gives the difference back.
+    pub(crate) fn set_held(&mut self, grant: &mut Grant, held: usize) {
+        self.charged = self.charged - grant.held + held;
+        grant.held = held;
     }
 
     /// How many bytes may be written into `grant`'s send ring now (`usize::MAX`: no
@@ -309,6 +339,39 @@ mod tests {
         let paid = g.tx_charged;
         b.wrote(&mut g, paid);
         assert_eq!(b.charged(), charged);
+    }
+
+    #[test]
+    fn held_bodies_are_charged_within_the_send_limit() {
+        // 8 MiB: 7 for the flows, 2 floors of 16 KiB kept for new connections.
+        let mut b = Budget::new(8 * MIB, 2, 64 * 1024);
+        let mut g = fresh(&mut b, MIB).unwrap();
+        let base = b.charged();
+        let room = b.hold_room(&g);
+        assert_eq!(room, b.send_limit / 2 - base);
+        b.set_held(&mut g, 256 * 1024);
+        assert_eq!(b.charged(), base + 256 * 1024);
+        assert_eq!(g.total(), g.rx + 256 * 1024);
+        // What it holds counts in its own room, not against it.
+        assert_eq!(b.hold_room(&g), room);
+        // Another connection's room shrinks by it, and send pages with it.
+        let mut other = fresh(&mut b, MIB).unwrap();
+        assert_eq!(b.hold_room(&other), room - 256 * 1024 - other.rx);
+        let many = b.hold_room(&other);
+        b.set_held(&mut other, many);
+        assert_eq!(b.hold_room(&other), many);
+        assert_eq!(b.hold_room(&g), 256 * 1024, "no more for anyone");
+        // Half the send limit is left for the rings to grow into.
+        assert_eq!(b.charged(), b.send_limit / 2);
+        assert!(b.send_room(&other) >= b.send_limit / 2 / PAGE * PAGE);
+        assert!(b.receive_size().is_some(), "a new connection still opens");
+        // Sent on: given back.
+        b.set_held(&mut g, 0);
+        b.set_held(&mut other, 0);
+        assert_eq!(b.charged(), base + other.rx);
+        b.release(&g);
+        b.release(&other);
+        assert_eq!(b.charged(), 0);
     }
 
     #[test]

@@ -49,6 +49,16 @@ impl CloseReason {
     pub(crate) fn is_clean(&self) -> bool {
         *self == CloseReason::Closed
     }
+
+    /// The audit `decision` of the close event: `deny` when a decision of the policy
+    /// ended the flow (its ClientHello was refused; the flow's rule is then the one that
+    /// refused), `allow` when it ran as allowed and ended for what the reason says.
+    pub(crate) fn decision(&self) -> &'static str {
+        match self {
+            CloseReason::DeniedByClientHello => "deny",
+            _ => "allow",
+        }
+    }
 }
 
 impl fmt::Display for CloseReason {
@@ -94,6 +104,13 @@ mod tests {
         ] {
             assert!(!other.is_clean(), "{other}");
         }
+    }
+
+    #[test]
+    fn a_refused_client_hello_closes_as_a_deny() {
+        assert_eq!(CloseReason::DeniedByClientHello.decision(), "deny");
+        assert_eq!(CloseReason::Closed.decision(), "allow");
+        assert_eq!(CloseReason::Reset.decision(), "allow");
     }
 
     #[test]

@@ -465,7 +465,7 @@ impl Cx {
     ) {
         self.cfg.audit.event(
             "close",
-            "allow",
+            why.decision(),
             rule,
             &why.to_string(),
             vec![

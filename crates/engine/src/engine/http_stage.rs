@@ -18,7 +18,8 @@
 //! 3. **Answers** are rewritten back (`http/h1_swap.rs`, the response side).
 //!
 //! Back-pressure: rewritten bytes wait in a buffer until the other side takes them, and
-//! nothing more is read from a side whose output still waits. Half-close as in
+//! nothing more is read from a side whose output still waits. Bodies the rewriting holds
+//! are charged to the buffer budget while held (`budget.rs`); what does not fit streams. Half-close as in
 //! `stream.rs`: what was held goes when the sender finishes, then the FIN.
 
 use std::io::{self, Read, Write};
@@ -89,6 +90,8 @@ pub(super) struct PlainHttp {
     up_done: bool,
     host_shut: bool,
     down_done: bool,
+    /// What the buffer budget let the swaps hold at the last look (`engine/budget.rs`).
+    hold_room: usize,
 }
 
 impl PlainHttp {
@@ -106,7 +109,27 @@ impl PlainHttp {
             up_done: false,
             host_shut: false,
             down_done: false,
+            hold_room: 0,
         }
+    }
+
+    /// Tells the swaps what the buffer budget lets them hold: a body that does not fit
+    /// streams instead of being held.
+    fn allow(&mut self, pool: &mut SocketPool, mem: &Grant) {
+        self.hold_room = pool.hold_room(mem);
+        if let Phase::Swapping(s) = &mut self.phase {
+            s.up.allow(self.hold_room.saturating_sub(s.down.held()));
+            s.down.allow(self.hold_room.saturating_sub(s.up.held()));
+        }
+    }
+
+    /// Charges what the swaps hold now.
+    fn charge(&self, pool: &mut SocketPool, mem: &mut Grant) {
+        let held = match &self.phase {
+            Phase::Swapping(s) => s.up.held() + s.down.held(),
+            _ => 0,
+        };
+        pool.set_held(mem, held);
     }
 
     /// Both directions finished in order.
@@ -165,7 +188,9 @@ impl PlainHttp {
                 break;
             }
             tally.up += n as u64;
+            self.allow(pool, mem);
             self.up(&buf[..n])?;
+            self.charge(pool, mem);
         }
         if self.up_done && self.to_host.is_empty() && !self.host_shut {
             let _ = host.shutdown(Shutdown::Write);
@@ -187,6 +212,7 @@ impl PlainHttp {
                 }
                 Ok(n) => {
                     tally.down += n as u64;
+                    self.allow(pool, mem);
                     match &mut self.phase {
                         Phase::Swapping(s) => s
                             .down
@@ -198,6 +224,7 @@ impl PlainHttp {
                             })?,
                         _ => self.to_guest.extend_from_slice(&buf[..n]),
                     }
+                    self.charge(pool, mem);
                 }
                 Err(e) if e.kind() == io::ErrorKind::WouldBlock => break,
                 Err(e) if e.kind() == io::ErrorKind::Interrupted => continue,
@@ -254,12 +281,16 @@ impl PlainHttp {
         self.candidates.clear();
         self.chosen = Some(chosen.host.clone());
         self.scan = chosen.scan.clone();
+        let mut up = h1_swap::Messages::new(h1_swap::Side::Request).scanning(chosen.scan);
+        let mut down = h1_swap::Messages::new(h1_swap::Side::Response);
+        up.allow(self.hold_room);
+        down.allow(self.hold_room);
         self.phase = Phase::Swapping(Box::new(Swapping {
             check: h1::Requests::new(Authority::Name(chosen.host.clone())),
             sub: chosen.sub,
             red: chosen.red,
-            up: h1_swap::Messages::new(h1_swap::Side::Request).scanning(chosen.scan),
-            down: h1_swap::Messages::new(h1_swap::Side::Response),
+            up,
+            down,
             exchange: h1_swap::Exchange::default(),
         }));
     }

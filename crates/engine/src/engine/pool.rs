@@ -73,6 +73,23 @@ impl SocketPool {
         room
     }
 
+    /// How many bytes of bodies `mem`'s connection may hold in all now, after giving up
+    /// the pool if it holds less than a full body's room.
+    pub(super) fn hold_room(&mut self, mem: &Grant) -> usize {
+        let room = self.budget.hold_room(mem);
+        if room < crate::http::h1_swap::HOLD_BODY as usize && !self.pooled.is_empty() {
+            self.empty();
+            return self.budget.hold_room(mem);
+        }
+        room
+    }
+
+    /// Charges `mem`'s connection for holding `held` bytes of bodies (within
+    /// [`Self::hold_room`]).
+    pub(super) fn set_held(&mut self, mem: &mut Grant, held: usize) {
+        self.budget.set_held(mem, held);
+    }
+
     /// Records `n` bytes written into `mem`'s send ring (within [`Self::send_room`]).
     pub(super) fn wrote(&mut self, mem: &mut Grant, n: usize) {
         self.budget.wrote(mem, n);
@@ -93,8 +110,10 @@ impl SocketPool {
 
     /// Keeps a socket outside the set for reuse (its buffers stay charged), or drops it
     /// and gives its charge back when the pool is full.
-    pub(super) fn give_back(&mut self, mut socket: tcp::Socket<'static>, mem: Grant) {
+    pub(super) fn give_back(&mut self, mut socket: tcp::Socket<'static>, mut mem: Grant) {
         socket.abort();
+        // What the connection held of bodies went with it.
+        self.budget.set_held(&mut mem, 0);
         if self.pooled.len() < TCP_POOL {
             self.pooled.push((socket, mem));
         } else {

@@ -619,6 +619,8 @@ impl TcpFlow {
         };
         self.pending_allow = None;
         cx.audit_sni_deny(self.key, &rule, &reason, name.as_ref());
+        // The close event names what refused the flow, not the rule its SYN was let in by.
+        self.rule = rule;
         cx.stack.tcp(handle).abort();
         Some(Step::Doom(CloseReason::DeniedByClientHello))
     }

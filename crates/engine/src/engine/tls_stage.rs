@@ -31,7 +31,9 @@
 //! toward a host a secret allows, placeholders become the value; coming back, the value
 //! becomes the placeholder; and what the sandbox sends is scanned message by message (bodies
 //! after their framing, HTTP/2 header blocks decoded) for placeholders the host may not
-//! receive, on top of the scan of the plaintext as it is framed.
+//! receive, on top of the scan of the plaintext as it is framed. Bodies the HTTP/1.1
+//! rewriting holds are charged to the buffer budget while held (`budget.rs`); what does
+//! not fit streams.
 //!
 //! Everything is sans-IO inside the engine's loop: rustls never touches a socket itself
 //! except the host's non-blocking `TcpStream`, and the sandbox's socket through
@@ -138,28 +140,55 @@ impl Swaps {
         }
     }
 
-    /// The sandbox's plaintext, rewritten, into `out`.
-    fn up(&mut self, data: &[u8], out: &mut Vec<u8>) -> Result<(), Refused> {
+    /// Runs `f` with the rewriting told what the buffer budget lets it hold, and charges
+    /// what it holds after it (`engine/budget.rs`): an HTTP/1.1 body that does not fit
+    /// streams instead of being held; HTTP/2 DATA waiting for a receiver's window beyond
+    /// it refuses the connection.
+    fn within<T>(&mut self, room: &mut Room<'_>, f: impl FnOnce(&mut Swaps) -> T) -> T {
         match &mut self.proto {
-            SwapProto::H1 { up, exchange, .. } => up.push(&mut self.sub, exchange, data, out),
-            SwapProto::H2(c) => c.up(&mut self.sub, data, out),
+            SwapProto::H1 { up, down, .. } => {
+                let all = room.pool.hold_room(room.mem);
+                up.allow(all.saturating_sub(down.held()));
+                down.allow(all.saturating_sub(up.held()));
+            }
+            SwapProto::H2(c) => c.allow(room.pool.hold_room(room.mem)),
+            SwapProto::Pending | SwapProto::Off => {}
+        }
+        let result = f(self);
+        let held = match &self.proto {
+            SwapProto::H1 { up, down, .. } => up.held() + down.held(),
+            SwapProto::H2(c) => c.held(),
+            _ => 0,
+        };
+        room.pool.set_held(room.mem, held);
+        result
+    }
+
+    /// The sandbox's plaintext, rewritten, into `out`.
+    fn up(&mut self, data: &[u8], out: &mut Vec<u8>, room: &mut Room<'_>) -> Result<(), Refused> {
+        self.within(room, |sw| match &mut sw.proto {
+            SwapProto::H1 { up, exchange, .. } => up.push(&mut sw.sub, exchange, data, out),
+            SwapProto::H2(c) => c.up(&mut sw.sub, data, out),
             SwapProto::Pending | SwapProto::Off => {
                 out.extend_from_slice(data);
                 Ok(())
             }
-        }
+        })
     }
 
     /// The server's plaintext, rewritten.
-    fn down(&mut self, data: &[u8]) -> Result<&[u8], Refused> {
+    fn down(&mut self, data: &[u8], room: &mut Room<'_>) -> Result<&[u8], Refused> {
         self.out.clear();
-        match &mut self.proto {
+        self.within(room, |sw| match &mut sw.proto {
             SwapProto::H1 { down, exchange, .. } => {
-                down.push(&mut self.red, exchange, data, &mut self.out)?;
+                down.push(&mut sw.red, exchange, data, &mut sw.out)
             }
-            SwapProto::H2(c) => c.down(&mut self.red, data, &mut self.out)?,
-            SwapProto::Pending | SwapProto::Off => self.out.extend_from_slice(data),
-        }
+            SwapProto::H2(c) => c.down(&mut sw.red, data, &mut sw.out),
+            SwapProto::Pending | SwapProto::Off => {
+                sw.out.extend_from_slice(data);
+                Ok(())
+            }
+        })?;
         Ok(&self.out)
     }
 
@@ -205,6 +234,12 @@ impl Swaps {
     pub(super) fn take_hits(&mut self) -> (u64, u64) {
         (self.sub.take_hits(), self.red.take_hits())
     }
+}
+
+/// The buffer budget and the connection's grant, for what its swaps hold.
+struct Room<'a> {
+    pool: &'a mut SocketPool,
+    mem: &'a mut Grant,
 }
 
 /// A refused HTTP/2 request's answer, waiting for the server's frame under way to end.
@@ -648,7 +683,12 @@ impl Intercept {
                                 // never do.
                                 let answer = h2::forbidden(requests.stream(), &why);
                                 *refusal = Some(Refusal { why, answer });
-                                let pass = swap_up(swaps.as_deref_mut(), pass, swapped)?;
+                                let pass = swap_up(
+                                    swaps.as_deref_mut(),
+                                    pass,
+                                    swapped,
+                                    &mut Room { pool, mem },
+                                )?;
                                 let out = cleared(scanner.as_deref_mut(), up_held, pass)?;
                                 let _ = client.writer().write_all(&out);
                                 break;
@@ -661,7 +701,8 @@ impl Intercept {
                     }
                     // Placeholders this host may receive become values; one it may not
                     // stops here.
-                    let pass = swap_up(swaps.as_deref_mut(), pass, swapped)?;
+                    let pass =
+                        swap_up(swaps.as_deref_mut(), pass, swapped, &mut Room { pool, mem })?;
                     let data = cleared(scanner.as_deref_mut(), up_held, pass)?;
                     if client.writer().write_all(&data).is_err() {
                         return Err(TlsFailure::Broken("the server's TLS refused data".into()));
@@ -731,6 +772,7 @@ impl Intercept {
                 buf,
                 tally,
                 swaps.as_deref_mut(),
+                &mut Room { pool, mem },
             )? {
                 server.send_close_notify();
                 self.down_done = true;
@@ -765,6 +807,7 @@ impl Intercept {
                             buf,
                             tally,
                             swaps.as_deref_mut(),
+                            &mut Room { pool, mem },
                         )?;
                         server.send_close_notify();
                         self.down_done = true;
@@ -789,9 +832,15 @@ impl Intercept {
                 return Err(TlsFailure::Broken(format!("the server's TLS: {e}")));
             }
         }
-        // An idle connection keeps no read buffer.
+        // An idle connection keeps no read buffer, nor the plaintext scratch (a chunk each:
+        // a thousand connections waiting would keep tens of megabytes outside the budget).
         if host_in.is_empty() {
             *host_in = Vec::new();
+        }
+        *swapped = Vec::new();
+        *pass = Vec::new();
+        if let Some(sw) = swaps.as_deref_mut() {
+            sw.out = Vec::new();
         }
         // A refused HTTP/2 request is answered once the server's frame under way is whole.
         if let (Some(r), Reader::H2(_, frames)) = (refusal.as_ref(), &*reader)
@@ -833,6 +882,7 @@ impl Intercept {
     /// Moves the server's plaintext to the sandbox's TLS; `true` when the server has
     /// finished (close_notify, or end of file). HTTP/2 frames are followed; with
     /// `to_boundary`, no byte past the end of the frame under way is taken.
+    #[allow(clippy::too_many_arguments)] // The two legs, the reader, the counts, the swaps and their room.
     fn plaintext_down(
         server: &mut ServerConnection,
         client: &mut ClientConnection,
@@ -841,6 +891,7 @@ impl Intercept {
         buf: &mut [u8],
         tally: &mut Tally,
         mut swaps: Option<&mut Swaps>,
+        room: &mut Room<'_>,
     ) -> Result<bool, TlsFailure> {
         let send = |server: &mut ServerConnection, reader: &mut Reader, data: &[u8]| {
             if let Reader::H2(_, frames) = reader {
@@ -890,7 +941,7 @@ impl Intercept {
                 Ok(n) => {
                     tally.down += n as u64;
                     let data = match swaps.as_deref_mut() {
-                        Some(sw) => sw.down(&buf[..n]).map_err(|e| {
+                        Some(sw) => sw.down(&buf[..n], room).map_err(|e| {
                             TlsFailure::Broken(format!(
                                 "the server's answer cannot be rewritten: {e}"
                             ))
@@ -951,12 +1002,13 @@ fn swap_up<'a>(
     swaps: Option<&mut Swaps>,
     pass: &'a [u8],
     swapped: &'a mut Vec<u8>,
+    room: &mut Room<'_>,
 ) -> Result<&'a [u8], TlsFailure> {
     let Some(sw) = swaps else {
         return Ok(pass);
     };
     swapped.clear();
-    sw.up(pass, swapped).map_err(|e| match e {
+    sw.up(pass, swapped, room).map_err(|e| match e {
         Refused::Secret(i) => TlsFailure::Secret(i),
         e => TlsFailure::Broken(format!("a request cannot be rewritten: {e}")),
     })?;

@@ -10,15 +10,27 @@
 //!   decoded, swapped inside and encoded again). Fields that did not change pass as they
 //!   were.
 //! - **Content-Length body**: held with its head (up to [`HOLD_BODY`]), rewritten whole,
-//!   and sent with the new length. A longer body, or one whose request waits for
-//!   `100 Continue`, is sent chunked instead (`Transfer-Encoding: chunked` in place of the
-//!   length), rewritten as it streams.
+//!   and sent with the new length. A longer body, one whose request waits for
+//!   `100 Continue`, or one larger than the buffer budget lets this connection hold now
+//!   ([`Messages::allow`], charged by the engine: `engine/budget.rs`), is sent chunked
+//!   instead (`Transfer-Encoding: chunked` in place of the length), rewritten as it
+//!   streams.
 //! - **Chunked body**: the chunks' data is rewritten as one stream and framed again as
 //!   chunks of the new sizes (extensions dropped); trailer fields are rewritten.
 //! - **Response until close**: rewritten as it streams; [`Messages::finish`] lets the last
 //!   held bytes go when the server ends.
 //! - **No body** (requests without framing; responses to HEAD, 1xx, 204, 304) and
 //!   **tunnels** (an upgrade: what follows is not HTTP/1.1) pass as they are.
+//!
+//! On a connection that carries a value (the swap is not empty), a request also asks for
+//! what redaction can read ([`asks_unreadable`]): `Accept-Encoding: identity` in place of the
+//! sandbox's, and no `Range`, `If-Range` or `TE` — a compressed answer, or the value in two
+//! ranges each too short to match, would bring it back in a form redaction does not see.
+//! Asking is chosen over decoding: moat would need a decompressor (a parser of the
+//! server's bytes, with its bombs) and the value back in the compressed answer would have
+//! to be compressed again; the cost is bandwidth, on connections that carry a secret only.
+//! A response that comes coded anyway (`Content-Encoding` or a transfer coding other than
+//! `chunked`) is refused: it cannot be searched.
 //!
 //! Responses are matched to requests in order: the request side records which requests
 //! were HEAD ([`Exchange`]). The request side reads what the anti-fronting reader
@@ -100,12 +112,13 @@ pub struct Messages {
     /// A held body.
     body: Vec<u8>,
     stream: SwapStream,
-    scratch: Vec<u8>,
     /// What the sandbox's bodies are scanned for (placeholders this host may not receive),
     /// and the scan of the body under way: re-framing may split a placeholder that the
     /// connection's own scan would have seen whole.
     scan: Option<Scanner>,
     guard: Option<BodyScan>,
+    /// How many bytes of body this side may hold (the buffer budget's room).
+    allowance: usize,
 }
 
 impl std::fmt::Debug for Messages {
@@ -128,9 +141,25 @@ impl Messages {
             declared: 0,
             body: Vec::new(),
             stream: SwapStream::default(),
-            scratch: Vec::new(),
             scan: None,
             guard: None,
+            allowance: usize::MAX,
+        }
+    }
+
+    /// From the next message on, a body is held only if it fits in `bytes` (what the
+    /// buffer budget lets this side hold in all); a larger one streams. Unlimited until
+    /// told.
+    pub fn allow(&mut self, bytes: usize) {
+        self.allowance = bytes;
+    }
+
+    /// How many bytes of body this side holds, or has taken room for (a held body is
+    /// charged whole from its head: it is coming).
+    pub fn held(&self) -> usize {
+        match self.state {
+            State::Hold { .. } => usize::try_from(self.declared).unwrap_or(usize::MAX),
+            _ => 0,
         }
     }
 
@@ -164,11 +193,12 @@ impl Messages {
                 out.extend_from_slice(&self.head);
                 let _ = write!(out, "Content-Length: {}\r\n\r\n", self.declared);
                 swap.replace(&self.body, out);
+                self.state = State::Head;
             }
             _ => out.extend_from_slice(&self.held),
         }
         self.held.clear();
-        self.body.clear();
+        self.body = Vec::new();
         self.head.clear();
     }
 
@@ -206,13 +236,14 @@ impl Messages {
                 self.body.extend_from_slice(&input[..n]);
                 let left = left - n as u64;
                 if left == 0 {
-                    self.scratch.clear();
-                    swap.replace(&self.body, &mut self.scratch);
+                    let mut body = Vec::with_capacity(self.body.len());
+                    swap.replace(&self.body, &mut body);
                     out.extend_from_slice(&self.head);
-                    let _ = write!(out, "Content-Length: {}\r\n\r\n", self.scratch.len());
-                    out.extend_from_slice(&self.scratch);
+                    let _ = write!(out, "Content-Length: {}\r\n\r\n", body.len());
+                    out.extend_from_slice(&body);
                     self.head.clear();
-                    self.body.clear();
+                    // The budget charged the body while it was held: its memory goes too.
+                    self.body = Vec::new();
                     self.state = State::Head;
                 } else {
                     self.state = State::Hold { left };
@@ -221,12 +252,10 @@ impl Messages {
             }
             State::Rechunk { left } | State::ChunkData(left) => {
                 let n = input.len().min(usize::try_from(left).unwrap_or(usize::MAX));
-                let mut piece = std::mem::take(&mut self.scratch);
-                piece.clear();
+                // A piece of its own each time: a connection that waits keeps no chunk.
+                let mut piece = Vec::new();
                 self.stream.push(swap, &input[..n], &mut piece);
-                let sent = self.emit(&piece, out);
-                self.scratch = piece;
-                sent?;
+                self.emit(&piece, out)?;
                 let left = left - n as u64;
                 let rechunk = matches!(self.state, State::Rechunk { .. });
                 self.state = match (left, rechunk) {
@@ -283,12 +312,9 @@ impl Messages {
     /// The body's data ended: what was held goes as a last chunk, then the zero-size
     /// chunk (its trailers and blank line follow).
     fn end_chunks(&mut self, swap: &mut Swap, out: &mut Vec<u8>) -> Result<(), Refused> {
-        let mut piece = std::mem::take(&mut self.scratch);
-        piece.clear();
+        let mut piece = Vec::new();
         self.stream.finish(swap, &mut piece);
-        let sent = self.emit(&piece, out);
-        self.scratch = piece;
-        sent?;
+        self.emit(&piece, out)?;
         if let Some(mut guard) = self.guard.take() {
             let mut last = Vec::new();
             guard.end(&mut last);
@@ -337,9 +363,11 @@ impl Messages {
         head: &[u8],
         out: &mut Vec<u8>,
     ) -> Result<(), Refused> {
-        let (framing, waits) = self.framing(exchange, head)?;
-        // A length body small enough is held, and sent with its new length.
-        let hold = matches!(framing, Framing::Length(n) if n <= HOLD_BODY && !waits);
+        let (framing, waits) = self.framing(exchange, head, !swap.is_empty())?;
+        // A length body small enough, and within what the budget lets this side hold, is
+        // held, and sent with its new length.
+        let room = u64::try_from(self.allowance).unwrap_or(u64::MAX);
+        let hold = matches!(framing, Framing::Length(n) if n <= HOLD_BODY.min(room) && !waits);
         let rechunk = matches!(framing, Framing::Length(_)) && !hold;
         if rechunk || matches!(framing, Framing::Chunked) {
             self.guard = self.scan.as_ref().map(BodyScan::new);
@@ -349,16 +377,23 @@ impl Messages {
         if let Some(first) = lines.next() {
             swap.replace(first, &mut rewritten);
         }
+        let identity = self.side == Side::Request && !swap.is_empty();
         for line in lines {
-            let is_length = field_name(line).eq_ignore_ascii_case(b"content-length");
-            if is_length && (hold || rechunk) {
+            let name = field_name(line);
+            let is_length = name.eq_ignore_ascii_case(b"content-length");
+            if is_length && (hold || rechunk) || identity && asks_unreadable(name) {
                 continue;
             }
             rewrite_field(swap, line, &mut rewritten);
         }
+        if identity {
+            rewritten.extend_from_slice(b"Accept-Encoding: identity\r\n");
+        }
         self.state = match framing {
             Framing::Length(n) if hold => {
                 self.declared = n;
+                // Exactly what was charged (growing by doubling could take twice).
+                self.body = Vec::with_capacity(usize::try_from(n).unwrap_or(0));
                 self.head = rewritten;
                 State::Hold { left: n }
             }
@@ -382,8 +417,14 @@ impl Messages {
     }
 
     /// How the message whose head this is frames its body, and whether its sender waits
-    /// for `100 Continue` before sending it.
-    fn framing(&self, exchange: &mut Exchange, head: &[u8]) -> Result<(Framing, bool), Refused> {
+    /// for `100 Continue` before sending it; with `redacting`, a coded response body is
+    /// refused.
+    fn framing(
+        &self,
+        exchange: &mut Exchange,
+        head: &[u8],
+        redacting: bool,
+    ) -> Result<(Framing, bool), Refused> {
         let mut fields = [httparse::EMPTY_HEADER; MAX_HEADERS];
         let (status, method, fields) = match self.side {
             Side::Request => {
@@ -425,6 +466,21 @@ impl Messages {
         }
         let codings: Vec<String> = values("transfer-encoding").collect();
         let lengths: Vec<String> = values("content-length").collect();
+        // A coded answer on a connection that carries a value cannot be searched for it
+        // (see the module header); one without a body carries nothing.
+        if self.side == Side::Response && redacting {
+            let coded = values("content-encoding")
+                .chain(codings.iter().cloned())
+                .flat_map(|v| {
+                    v.split(',')
+                        .map(|t| t.trim().to_owned())
+                        .collect::<Vec<_>>()
+                })
+                .find(|t| !t.is_empty() && t != "identity" && t != "chunked");
+            if let Some(coding) = coded {
+                return Err(Refused::Coded(coding));
+            }
+        }
         let framing = if !codings.is_empty() {
             let last = codings
                 .iter()
@@ -469,6 +525,14 @@ fn parsed(result: httparse::Result<usize>) -> Result<(), Refused> {
         Err(httparse::Error::TooManyHeaders) => Err(Refused::Malformed("too many header fields")),
         Err(_) => Err(Refused::Malformed("not an HTTP/1.x head")),
     }
+}
+
+/// Whether a request field asks for an answer redaction could not search: in a content or
+/// transfer coding of the server's choice, or in ranges (see the module header).
+pub(super) fn asks_unreadable(name: &[u8]) -> bool {
+    ["accept-encoding", "range", "if-range", "te"]
+        .iter()
+        .any(|n| name.eq_ignore_ascii_case(n.as_bytes()))
 }
 
 /// The name of a header line (`name: value\r\n`).
@@ -702,6 +766,118 @@ mod tests {
         assert_eq!(got[0].1, big.replace(P, V).as_bytes());
         assert_eq!(got[1].1, waiting.replace(P, V).as_bytes());
         assert!(!String::from_utf8_lossy(&out).contains("Content-Length"));
+    }
+
+    #[test]
+    fn a_connection_carrying_a_value_asks_for_answers_redaction_reads() {
+        let input = format!(
+            "GET /r HTTP/1.1\r\nHost: api.example.test\r\nAccept-Encoding: gzip, br\r\nRange: bytes=0-9\r\nif-range: \"x\"\r\nTE: gzip\r\nX-Key: {P}\r\n\r\n"
+        );
+        let out = run(
+            Side::Request,
+            input.as_bytes(),
+            &[],
+            &mut Exchange::default(),
+        );
+        let text = String::from_utf8(out).unwrap();
+        assert!(
+            text.ends_with("\r\nAccept-Encoding: identity\r\n\r\n"),
+            "{text}"
+        );
+        assert!(text.contains(&format!("X-Key: {V}\r\n")), "{text}");
+        for gone in ["gzip", "Range", "if-range", "TE:"] {
+            assert!(!text.contains(gone), "{gone}: {text}");
+        }
+        // Where no value goes, the request is left as it is (the control).
+        let mut m = Messages::new(Side::Request);
+        let mut out = Vec::new();
+        m.push(
+            &mut Swap::none(),
+            &mut Exchange::default(),
+            input.as_bytes(),
+            &mut out,
+        )
+        .unwrap();
+        assert_eq!(out, input.as_bytes());
+
+        // A coded answer with a body cannot be searched: refused; without a body, or
+        // where no value goes, it passes.
+        let s = secrets();
+        let coded = b"HTTP/1.1 200 OK\r\nContent-Encoding: gzip\r\nContent-Length: 4\r\n\r\nabcd";
+        let chunked_gzip = b"HTTP/1.1 200 OK\r\nTransfer-Encoding: gzip, chunked\r\n\r\n";
+        for bad in [&coded[..], chunked_gzip] {
+            let mut red = Swap::redact(&s, |_| true).unwrap();
+            let mut exchange = Exchange {
+                heads: [false].into(),
+            };
+            let got =
+                Messages::new(Side::Response).push(&mut red, &mut exchange, bad, &mut Vec::new());
+            assert_eq!(got, Err(Refused::Coded("gzip".into())));
+        }
+        let mut red = Swap::redact(&s, |_| true).unwrap();
+        let mut exchange = Exchange {
+            heads: [true].into(),
+        };
+        let head_only = b"HTTP/1.1 200 OK\r\nContent-Encoding: gzip\r\nContent-Length: 4\r\n\r\n";
+        let mut m = Messages::new(Side::Response);
+        assert!(
+            m.push(&mut red, &mut exchange, head_only, &mut Vec::new())
+                .is_ok()
+        );
+        let mut exchange = Exchange {
+            heads: [false].into(),
+        };
+        let mut out = Vec::new();
+        Messages::new(Side::Response)
+            .push(&mut Swap::none(), &mut exchange, coded, &mut out)
+            .unwrap();
+        assert_eq!(out, coded);
+    }
+
+    #[test]
+    fn a_body_is_held_only_within_its_allowance() {
+        let s = secrets();
+        let body = format!("{{\"k\":\"{P}\"}}");
+        let input = format!(
+            "POST /j HTTP/1.1\r\nHost: api.example.test\r\nContent-Length: {}\r\n\r\n{body}",
+            body.len()
+        );
+        let (head, rest) = input.split_at(input.len() - 5);
+        for (allowance, held) in [
+            (usize::MAX, body.len()),
+            (body.len(), body.len()),
+            (body.len() - 1, 0),
+        ] {
+            let mut swap = Swap::substitute(&s, |_| true).unwrap();
+            let mut m = Messages::new(Side::Request);
+            m.allow(allowance);
+            let mut out = Vec::new();
+            m.push(
+                &mut swap,
+                &mut Exchange::default(),
+                head.as_bytes(),
+                &mut out,
+            )
+            .unwrap();
+            // Held (the body's room taken from its head on), or streamed as chunks.
+            assert_eq!(m.held(), held, "{allowance}");
+            m.push(
+                &mut swap,
+                &mut Exchange::default(),
+                rest.as_bytes(),
+                &mut out,
+            )
+            .unwrap();
+            assert_eq!(m.held(), 0);
+            let text = String::from_utf8(out.clone()).unwrap();
+            assert_eq!(
+                text.contains("Transfer-Encoding: chunked"),
+                held == 0,
+                "{text}"
+            );
+            let got = messages(&out, Side::Request, &[]);
+            assert_eq!(got[0].1, body.replace(P, V).as_bytes());
+        }
     }
 
     #[test]

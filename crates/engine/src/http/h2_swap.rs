@@ -26,7 +26,14 @@
 //!   also follows the receiver's own windows (its SETTINGS_INITIAL_WINDOW_SIZE and every
 //!   WINDOW_UPDATE it sends) and, when a DATA frame would run over one, holds that frame
 //!   and everything after it in this direction until the receiver opens its window (at
-//!   most [`MAX_STALLED`]: the debt, with a margin).
+//!   most [`MAX_STALLED`]: the debt, with a margin; and no more than the buffer budget
+//!   lets the connection hold, [`Connection::allow`], charged by the engine: beyond it
+//!   the connection is refused).
+//! - **Codings and ranges.** On a connection that carries a value, a request's header block
+//!   asks for `accept-encoding: identity` and loses `range`, `if-range` and `te`, and a
+//!   response with a body in a `content-encoding` other than identity is refused: redaction
+//!   reads only what is not compressed, and a value cut in ranges would match in no piece
+//!   (the reasons are `h1_swap.rs`'s).
 //! - Every other frame passes as it comes. moat's own frames are put in between frames,
 //!   never inside one.
 
@@ -121,6 +128,8 @@ struct Direction {
     stall_at: Option<usize>,
     /// DATA pieces rewritten, reused.
     scratch: Vec<u8>,
+    /// The most `stalled` may hold (the buffer budget's room, at most [`MAX_STALLED`]).
+    stall_limit: usize,
 }
 
 impl Direction {
@@ -154,6 +163,7 @@ impl Direction {
             stalled: Vec::new(),
             stall_at: None,
             scratch: Vec::new(),
+            stall_limit: MAX_STALLED,
         }
     }
 
@@ -203,6 +213,9 @@ impl Direction {
             return Err(Refused::Malformed(
                 "HTTP/2 DATA far beyond the receiver's window",
             ));
+        }
+        if self.stalled.len() > self.stall_limit {
+            return Err(Refused::Budget);
         }
         Ok(())
     }
@@ -289,6 +302,19 @@ impl Connection {
             up: Direction::new(true),
             down: Direction::new(false),
         }
+    }
+
+    /// From now on what waits for a receiver's window may be at most `bytes` in all (what
+    /// the buffer budget lets this connection hold); more refuses the connection.
+    pub fn allow(&mut self, bytes: usize) {
+        let limit = bytes.min(MAX_STALLED);
+        self.up.stall_limit = limit.saturating_sub(self.down.stalled.len());
+        self.down.stall_limit = limit.saturating_sub(self.up.stalled.len());
+    }
+
+    /// How many bytes wait for a receiver's window, both ways.
+    pub fn held(&self) -> usize {
+        self.up.stalled.len() + self.down.stalled.len()
     }
 
     /// The sandbox's header blocks and DATA are scanned for what `template` looks for.
@@ -423,7 +449,7 @@ fn step<'a>(
             let left = left - n as u32;
             if left == 0 {
                 this.state = State::Header;
-                payload_held(this, other, swap, out)?;
+                payload_held(this, other, swap, way, out)?;
             } else {
                 this.state = State::Hold(left);
             }
@@ -507,7 +533,7 @@ fn frame_header(
             this.state = State::Hold(f.len);
             if f.len == 0 {
                 this.state = State::Header;
-                payload_held(this, other, swap, out)?;
+                payload_held(this, other, swap, way, out)?;
             }
         }
         DATA => {
@@ -620,6 +646,7 @@ fn payload_held(
     this: &mut Direction,
     other: &mut Direction,
     swap: &mut Swap,
+    way: Way,
     out: &mut Vec<u8>,
 ) -> Result<(), Refused> {
     let f = this.frame;
@@ -710,7 +737,15 @@ fn payload_held(
         return Ok(());
     };
     let block = std::mem::take(&mut this.block);
-    let encoded = reencode(&mut this.decoder, swap, this.scan.as_ref(), &block)?;
+    // On a connection that carries a value, a request asks for what redaction can read
+    // and a coded answer with a body is refused (as over HTTP/1.1: `h1_swap.rs`).
+    let guard = match way {
+        _ if swap.is_empty() => Coding::Any,
+        Way::Up => Coding::Ask,
+        Way::Down if first.flags & END_STREAM == 0 => Coding::Refuse,
+        Way::Down => Coding::Any,
+    };
+    let encoded = reencode(&mut this.decoder, swap, this.scan.as_ref(), guard, &block)?;
     this.block = block;
     this.block.clear();
     // Trailers come after the stream's DATA: what the DATA held goes first.
@@ -753,12 +788,24 @@ fn payload_held(
     Ok(())
 }
 
+/// What a header block may say of content codings and ranges.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+enum Coding {
+    /// Anything (no value on this connection, or no body follows).
+    Any,
+    /// A request's: `accept-encoding: identity`, no range.
+    Ask,
+    /// A response's: no coding but identity.
+    Refuse,
+}
+
 /// Decodes a header block and encodes it again with every field swapped (see the module
-/// header).
+/// header), and what `coding` asks of it done.
 fn reencode(
     decoder: &mut loona_hpack::Decoder<'static>,
     swap: &mut Swap,
     scan: Option<&Scanner>,
+    coding: Coding,
     block: &[u8],
 ) -> Result<Vec<u8>, Refused> {
     let mut fields: Vec<(Vec<u8>, Vec<u8>)> = Vec::new();
@@ -780,8 +827,24 @@ fn reencode(
             return Err(Refused::Secret(i));
         }
     }
+    if coding == Coding::Refuse
+        && let Some((_, coded)) = fields.iter().find(|(n, v)| {
+            n.as_slice() == b"content-encoding" && !v.trim_ascii().eq_ignore_ascii_case(b"identity")
+        })
+    {
+        return Err(Refused::Coded(String::from_utf8_lossy(coded).into_owned()));
+    }
     let mut out = Vec::with_capacity(block.len() + 64);
     let mut value = Vec::new();
+    // A request's head (not its trailers) asks for identity.
+    if coding == Coding::Ask && fields.iter().any(|(n, _)| n.as_slice() == b":method") {
+        fields.retain(|(n, _)| !super::h1_swap::asks_unreadable(n));
+        let at = fields
+            .iter()
+            .position(|(n, _)| !n.starts_with(b":"))
+            .unwrap_or(fields.len());
+        fields.insert(at, (b"accept-encoding".to_vec(), b"identity".to_vec()));
+    }
     for (name, raw) in &fields {
         // Swapping may change a body's length, which END_STREAM delimits anyway.
         if !swap.is_empty() && name.as_slice() == b"content-length" {
@@ -1033,6 +1096,59 @@ mod tests {
     }
 
     #[test]
+    fn a_connection_carrying_a_value_asks_for_answers_redaction_reads() {
+        let s = secrets();
+        let mut input = PREFACE.to_vec();
+        let block = loona_hpack::Encoder::new().encode([
+            (&b":method"[..], &b"GET"[..]),
+            (b":scheme", b"https"),
+            (b":authority", b"api.example.test"),
+            (b":path", b"/r"),
+            (b"accept-encoding", b"gzip, br"),
+            (b"range", b"bytes=0-9"),
+            (b"if-range", b"x"),
+            (b"x-key", P.as_bytes()),
+        ]);
+        frame(&mut input, HEADERS, END_HEADERS | END_STREAM, 1, &block);
+        let (_, out) = up_in(&input, &[]);
+        let fields = &seen(&out).headers[&1][0];
+        let names: Vec<&str> = fields.iter().map(|(n, _)| n.as_str()).collect();
+        assert_eq!(
+            names,
+            [
+                ":method",
+                ":scheme",
+                ":authority",
+                ":path",
+                "accept-encoding",
+                "x-key"
+            ]
+        );
+        assert_eq!(fields[4].1, "identity");
+        assert_eq!(fields[5].1, V);
+        // Where no value goes, the block is left as it said (the control).
+        let mut c = Connection::new();
+        let mut out = Vec::new();
+        c.up(&mut Swap::none(), &input, &mut out).unwrap();
+        let fields = &seen(&out).headers[&1][0];
+        assert!(fields.iter().any(|(n, v)| n == "range" && v == "bytes=0-9"));
+
+        // A coded answer with a body is refused; one without a body passes.
+        let mut encoder = loona_hpack::Encoder::new();
+        let coded = encoder.encode([
+            (&b":status"[..], &b"200"[..]),
+            (b"content-encoding", b"gzip"),
+        ]);
+        for (flags, refused) in [(END_HEADERS, true), (END_HEADERS | END_STREAM, false)] {
+            let mut answer = Vec::new();
+            frame(&mut answer, HEADERS, flags, 1, &coded);
+            let mut red = Swap::redact(&s, |_| true).unwrap();
+            let got = Connection::new().down(&mut red, &answer, &mut Vec::new());
+            assert_eq!(got.is_err(), refused, "{got:?}");
+        }
+    }
+
+    #[test]
     fn data_never_runs_over_the_receivers_window() {
         let s = secrets();
         let mut sub = Swap::substitute(&s, |_| true).unwrap();
@@ -1076,6 +1192,38 @@ mod tests {
         let got = seen(&out);
         assert_eq!(got.data[&1], expected.as_bytes());
         assert_eq!(got.ended, [1]);
+    }
+
+    #[test]
+    fn what_waits_for_a_window_is_held_within_the_budget() {
+        let s = secrets();
+        let mut input = PREFACE.to_vec();
+        let block = loona_hpack::Encoder::new().encode([
+            (&b":method"[..], &b"POST"[..]),
+            (b":scheme", b"https"),
+            (b":authority", b"api.example.test"),
+            (b":path", b"/up"),
+        ]);
+        frame(&mut input, HEADERS, END_HEADERS, 1, &block);
+        // More than the server's 65,535-byte window once the value is in: the rest waits.
+        let body = format!("{P}{}", "x".repeat(3)).repeat(1500);
+        for piece in body.as_bytes()[..60_000].chunks(15_000) {
+            frame(&mut input, DATA, 0, 1, piece);
+        }
+        let mut sub = Swap::substitute(&s, |_| true).unwrap();
+        let mut c = Connection::new();
+        c.allow(usize::MAX);
+        c.up(&mut sub, &input, &mut Vec::new()).unwrap();
+        let waiting = c.held();
+        assert!(waiting > 0);
+        // The same with less room than that: refused, not held.
+        let mut sub = Swap::substitute(&s, |_| true).unwrap();
+        let mut c = Connection::new();
+        c.allow(waiting / 2);
+        assert_eq!(
+            c.up(&mut sub, &input, &mut Vec::new()),
+            Err(Refused::Budget)
+        );
     }
 
     #[test]

@@ -71,6 +71,12 @@ pub enum Refused {
     /// It carries the placeholder of secret `.0` (by index), which this host may not
     /// receive (`secrets.rs`).
     Secret(usize),
+    /// What waits for a receiver's HTTP/2 window is more than the buffer budget lets the
+    /// connection hold (`h2_swap.rs`).
+    Budget,
+    /// A server's answer on a connection that carries a secret is in a coding moat cannot
+    /// read for the value (moat asked for `identity`; `h1_swap.rs`, `h2_swap.rs`).
+    Coded(String),
 }
 
 impl std::fmt::Display for Refused {
@@ -85,6 +91,13 @@ impl std::fmt::Display for Refused {
             Refused::Malformed(why) => write!(f, "malformed request: {why}"),
             Refused::TooLarge => f.write_str("the request's headers are larger than moat holds"),
             Refused::Secret(_) => f.write_str("the request carries a secret's placeholder"),
+            Refused::Budget => f.write_str(
+                "HTTP/2 DATA waiting for the receiver's window is more than moat's buffer budget holds (--max-buffer-memory)",
+            ),
+            Refused::Coded(coding) => write!(
+                f,
+                "the answer is in coding {coding:?}, which moat cannot search for a secret's value (it asked for identity)"
+            ),
         }
     }
 }
@@ -120,6 +133,40 @@ fn host_of(authority: &str) -> &str {
     match authority.rsplit_once(':') {
         Some((host, port)) if port.bytes().all(|b| b.is_ascii_digit()) => host,
         _ => authority,
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    #![allow(clippy::unwrap_used)] // Test code: a panic is the failure report.
+
+    use super::testing::api;
+    use super::*;
+
+    #[test]
+    fn an_authority_is_the_server_name_exactly() {
+        for same in [
+            "api.example.test",
+            "API.example.test:8443",
+            "api.example.test.",
+        ] {
+            assert_eq!(api().check(same), Ok(()), "{same}");
+        }
+        // A name that ends with it, or that it ends with, is another host.
+        for other in [
+            "evilapi.example.test",
+            "x.api.example.test",
+            "example.test",
+            "api.example.test.evil",
+        ] {
+            assert!(
+                matches!(api().check(other), Err(Refused::Fronting { .. })),
+                "{other}"
+            );
+        }
+        let ip = Authority::Ip("203.0.113.10".parse().unwrap());
+        assert_eq!(ip.check("[::ffff:203.0.113.10]:443"), Ok(()));
+        assert!(ip.check("203.0.113.100").is_err());
     }
 }
 

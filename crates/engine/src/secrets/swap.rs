@@ -7,6 +7,15 @@
 //! the sandbox, each of those values → its placeholder ([`Swap::redact`]), so an endpoint
 //! that echoes what it got cannot hand the value to the code it was kept from.
 //!
+//! Redaction also knows the value's standard encodings (`forms.rs`): hexadecimal,
+//! percent-encoded and JSON-escaped, each replaced by the same encoding of the placeholder,
+//! and base64 (standard and URL-safe, at every alignment), replaced by the base64 of as many
+//! `*` as the value has bytes — the same length, so the encoded text around it still
+//! decodes as it was; the characters at its ends that also hold a neighbour's bits change
+//! only in the value's bits. Substitution swaps the placeholder as it is only: what the
+//! sandbox encodes itself is its own business, and an encoded placeholder to a host outside
+//! the list is still found by the scanner.
+//!
 //! - [`Swap::replace`] rewrites a whole piece (a request head, a held body, a header field).
 //! - [`Swap::field`] does the same for a header field, and for HTTP Basic credentials
 //!   (`Authorization: Basic ...`) decodes the base64, swaps inside it and encodes again.
@@ -23,6 +32,7 @@ use memchr::memmem::Finder;
 use zeroize::Zeroizing;
 
 use super::Secret;
+use super::forms::{self, Edge};
 
 /// One replacement.
 struct Pair {
@@ -30,7 +40,28 @@ struct Pair {
     from: Zeroizing<Vec<u8>>,
     to: Zeroizing<Vec<u8>>,
     finder: Finder<'static>,
+    /// For a base64 form: the characters around `from` that hold some of its bits.
+    edges: Option<Edges>,
 }
+
+/// The edge characters of a base64 form (`forms.rs`): each as `from` and as `to` set it.
+struct Edges {
+    alphabet: &'static [u8; 64],
+    lead: Option<(Edge, Edge)>,
+    trail: Option<(Edge, Edge)>,
+}
+
+/// Where a pair matched: its region (edge characters included) and its `from`.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, PartialOrd, Ord)]
+struct Match {
+    start: usize,
+    pair: usize,
+    at: usize,
+    end: usize,
+}
+
+/// What a base64 form's value bytes become when redacted (see the module header).
+const MASK: u8 = b'*';
 
 /// One direction's replacements on one connection (see the module header).
 pub struct Swap {
@@ -52,14 +83,15 @@ impl Swap {
     /// Placeholder → value for the secrets `allowed` selects (by index); `None` when it
     /// selects none.
     pub fn substitute(secrets: &[Secret], allowed: impl Fn(usize) -> bool) -> Option<Swap> {
-        Swap::build(secrets, allowed, |s| {
+        Swap::build(secrets, allowed, false, |s| {
             (s.placeholder.as_bytes().to_vec(), s.value.to_vec())
         })
     }
 
-    /// Value → placeholder for the secrets `allowed` selects; `None` when it selects none.
+    /// Value → placeholder for the secrets `allowed` selects, the value's standard
+    /// encodings included (see the module header); `None` when it selects none.
     pub fn redact(secrets: &[Secret], allowed: impl Fn(usize) -> bool) -> Option<Swap> {
-        Swap::build(secrets, allowed, |s| {
+        Swap::build(secrets, allowed, true, |s| {
             (s.value.to_vec(), s.placeholder.as_bytes().to_vec())
         })
     }
@@ -80,24 +112,42 @@ impl Swap {
     fn build(
         secrets: &[Secret],
         allowed: impl Fn(usize) -> bool,
+        encoded: bool,
         pair: impl Fn(&Secret) -> (Vec<u8>, Vec<u8>),
     ) -> Option<Swap> {
-        let pairs: Vec<Pair> = secrets
-            .iter()
-            .enumerate()
-            .filter(|(i, _)| allowed(*i))
-            .map(|(i, s)| {
-                let (from, to) = pair(s);
-                let (from, to) = (Zeroizing::new(from), Zeroizing::new(to));
-                let finder = Finder::new(from.as_slice()).into_owned();
-                Pair {
-                    secret: i,
-                    from,
-                    to,
-                    finder,
-                }
-            })
-            .collect();
+        let mut pairs = Vec::new();
+        let make = |secret, from: Vec<u8>, to: Vec<u8>, edges| {
+            let (from, to) = (Zeroizing::new(from), Zeroizing::new(to));
+            let finder = Finder::new(from.as_slice()).into_owned();
+            Pair {
+                secret,
+                from,
+                to,
+                finder,
+                edges,
+            }
+        };
+        for (i, s) in secrets.iter().enumerate().filter(|(i, _)| allowed(*i)) {
+            let (from, to) = pair(s);
+            let (from, to) = (Zeroizing::new(from), Zeroizing::new(to));
+            // As it is first: at one place, the first pair wins.
+            pairs.push(make(i, from.to_vec(), to.to_vec(), None));
+            if !encoded {
+                continue;
+            }
+            for (f, t) in forms::text_forms(&from, &to) {
+                pairs.push(make(i, f, t, None));
+            }
+            let masks = forms::base64_forms(&vec![MASK; from.len()]);
+            for (f, t) in forms::base64_forms(&from).into_iter().zip(masks) {
+                let edges = Edges {
+                    alphabet: f.alphabet,
+                    lead: f.lead.zip(t.lead),
+                    trail: f.trail.zip(t.trail),
+                };
+                pairs.push(make(i, f.core, t.core, Some(edges)));
+            }
+        }
         (!pairs.is_empty()).then_some(Swap { pairs, hits: 0 })
     }
 
@@ -118,14 +168,28 @@ impl Swap {
     fn replace_before(&mut self, data: &[u8], limit: usize, out: &mut Vec<u8>) -> usize {
         let mut pos = 0;
         let mut found = 0;
-        while let Some((at, i)) = self.next_match(data, pos).filter(|&(at, _)| at < limit) {
-            let pair = &self.pairs[i];
-            out.extend_from_slice(&data[pos..at]);
-            out.extend_from_slice(&pair.to);
+        while let Some(m) = self.next_match(data, pos).filter(|m| m.start < limit) {
+            let pair = &self.pairs[m.pair];
+            out.extend_from_slice(&data[pos..m.start]);
+            if let Some(e) = &pair.edges {
+                if let Some((from, to)) = &e.lead
+                    && m.start < m.at
+                {
+                    out.push(from.swap(e.alphabet, data[m.start], to));
+                }
+                out.extend_from_slice(&pair.to);
+                if let Some((from, to)) = &e.trail
+                    && m.end > m.at + pair.from.len()
+                {
+                    out.push(from.swap(e.alphabet, data[m.end - 1], to));
+                }
+            } else {
+                out.extend_from_slice(&pair.to);
+            }
             if pair.secret < 64 {
                 self.hits |= 1 << pair.secret;
             }
-            pos = at + pair.from.len();
+            pos = m.end;
             found += 1;
         }
         if pos < limit {
@@ -135,14 +199,38 @@ impl Swap {
         if found == 0 { 0 } else { pos }
     }
 
-    /// The leftmost match at or after `pos`: (where, which pair).
-    fn next_match(&self, data: &[u8], pos: usize) -> Option<(usize, usize)> {
+    /// The leftmost match at or after `pos` (at one place, the first pair's).
+    fn next_match(&self, data: &[u8], pos: usize) -> Option<Match> {
         let rest = data.get(pos..)?;
         self.pairs
             .iter()
             .enumerate()
-            .filter_map(|(i, p)| p.finder.find(rest).map(|at| (pos + at, i)))
-            .min()
+            .filter_map(|(i, p)| {
+                let at = pos + p.finder.find(rest)?;
+                let mut m = Match {
+                    start: at,
+                    pair: i,
+                    at,
+                    end: at + p.from.len(),
+                };
+                if let Some(e) = &p.edges {
+                    // An edge character goes with the match only when it holds the
+                    // value's bits (a neighbour's own character is left alone).
+                    if let Some((lead, _)) = &e.lead
+                        && at > pos
+                        && lead.holds(e.alphabet, data[at - 1])
+                    {
+                        m.start = at - 1;
+                    }
+                    if let Some((trail, _)) = &e.trail
+                        && data.get(m.end).is_some_and(|&c| trail.holds(e.alphabet, c))
+                    {
+                        m.end += 1;
+                    }
+                }
+                Some(m)
+            })
+            .min_by_key(|m| (m.start, m.pair))
     }
 
     /// Appends a header field's value to `out`, replaced; HTTP Basic credentials are
@@ -170,7 +258,10 @@ impl Swap {
         self.replace(value, out)
     }
 
-    /// How many bytes at the end of `data` begin some `from` without completing it.
+    /// How many bytes at the end of `data` begin some match without completing it: a
+    /// start of a `from`, or for a base64 form, a whole one whose trailing edge character
+    /// is still to come, or an edge character that may lead one; with the leading edge
+    /// character when there is one.
     fn open_prefix(&self, data: &[u8]) -> usize {
         let mut best = 0;
         if data.is_empty() {
@@ -178,15 +269,30 @@ impl Swap {
         }
         for p in &self.pairs {
             let from = p.from.as_slice();
-            let window = data.len().min(from.len() - 1);
-            let tail = &data[data.len() - window..];
-            // Candidates start where the tail holds the pattern's first byte.
-            for start in memchr::memchr_iter(from[0], tail) {
-                let k = tail.len() - start;
-                if k > best && from.starts_with(&tail[start..]) {
-                    best = k;
+            let (lead, trail) = match &p.edges {
+                Some(e) => (
+                    e.lead.as_ref().map(|(l, _)| (e.alphabet, *l)),
+                    e.trail.is_some(),
+                ),
+                None => (None, false),
+            };
+            let led = |start: usize| {
+                lead.is_some_and(|(alphabet, l)| start > 0 && l.holds(alphabet, data[start - 1]))
+            };
+            let window = data.len().min(from.len() - usize::from(!trail));
+            let tail_at = data.len() - window;
+            // Candidates start where the tail holds the pattern's first byte; the first is
+            // the longest.
+            for start in memchr::memchr_iter(from[0], &data[tail_at..]) {
+                let start = tail_at + start;
+                let k = data.len() - start;
+                if from.starts_with(&data[start..]) {
+                    best = best.max(k + usize::from(led(start)));
                     break;
                 }
+            }
+            if led(data.len()) {
+                best = best.max(1);
             }
         }
         best
@@ -324,6 +430,91 @@ mod tests {
         assert_eq!(out, b"Basic !!!");
     }
 
+    #[test]
+    fn the_value_is_redacted_in_its_standard_encodings() {
+        let s = secrets();
+        let v = b"value-of-a-0123456789";
+        let mut red = Swap::redact(&s, |i| i == 0).unwrap();
+        // Text forms become the same form of the placeholder.
+        let p = b"moat_aaaaaaaaaaaaaaaa";
+        for (from, to) in [
+            (forms::hex(v, false), forms::hex(p, false)),
+            (forms::hex(v, true), forms::hex(p, true)),
+            (
+                v.iter()
+                    .flat_map(|b| format!("%{b:02X}").into_bytes())
+                    .collect(),
+                p.iter()
+                    .flat_map(|b| format!("%{b:02X}").into_bytes())
+                    .collect(),
+            ),
+            (
+                v.iter()
+                    .flat_map(|b| format!("\\u{b:04x}").into_bytes())
+                    .collect(),
+                p.iter()
+                    .flat_map(|b| format!("\\u{b:04x}").into_bytes())
+                    .collect(),
+            ),
+        ] {
+            let data = [&b"{\"x\":\""[..], &from, b"\"}"].concat();
+            let want = [&b"{\"x\":\""[..], &to, b"\"}"].concat();
+            assert_eq!(plain(&mut red, &data), want);
+        }
+        // Base64, each alphabet and alignment, padded or not: what was around decodes as
+        // it was, the value as as many `*`.
+        use base64::engine::general_purpose::{STANDARD, URL_SAFE_NO_PAD};
+        for before in ["", "a", "ab", "abc", "user:"] {
+            for after in ["", "!", "?>"] {
+                let data = [before.as_bytes(), v, after.as_bytes()].concat();
+                let want = [before.as_bytes(), &[b'*'; 21], after.as_bytes()].concat();
+                for engine in [&STANDARD, &URL_SAFE_NO_PAD] {
+                    let text = format!("token={} end", engine.encode(&data));
+                    let out = String::from_utf8(plain(&mut red, text.as_bytes())).unwrap();
+                    let inner = out.strip_prefix("token=").unwrap().strip_suffix(" end");
+                    let got = engine.decode(inner.unwrap()).unwrap();
+                    assert_eq!(got, want, "{before:?} {after:?} {text} {out}");
+                }
+            }
+        }
+        assert_eq!(red.take_hits(), 1);
+        // Substitution swaps the placeholder as it is only.
+        let mut sub = Swap::substitute(&s, |i| i == 0).unwrap();
+        let hex_p = forms::hex(p, false);
+        assert_eq!(plain(&mut sub, &hex_p), hex_p);
+    }
+
+    #[test]
+    fn an_encoded_value_cut_anywhere_is_redacted_as_whole() {
+        use base64::engine::general_purpose::{STANDARD, URL_SAFE_NO_PAD};
+        let s = secrets();
+        let v = b"value-of-a-0123456789";
+        let mut bodies = vec![forms::hex(v, true)];
+        for before in ["", "x", "xy"] {
+            let data = [before.as_bytes(), v, b"z"].concat();
+            bodies.push(STANDARD.encode(&data).into_bytes());
+            bodies.push(URL_SAFE_NO_PAD.encode(&data).into_bytes());
+        }
+        for body in bodies {
+            let body = [&b"Ab"[..], &body, b"Yz"].concat();
+            let expected = plain(&mut Swap::redact(&s, |_| true).unwrap(), &body);
+            assert!(!contains(&expected, v));
+            for cut in 0..=body.len() {
+                let (mut swap, mut stream) =
+                    (Swap::redact(&s, |_| true).unwrap(), SwapStream::default());
+                let mut out = Vec::new();
+                stream.push(&mut swap, &body[..cut], &mut out);
+                stream.push(&mut swap, &body[cut..], &mut out);
+                stream.finish(&mut swap, &mut out);
+                assert_eq!(out, expected, "cut at {cut}");
+            }
+        }
+    }
+
+    fn contains(haystack: &[u8], needle: &[u8]) -> bool {
+        haystack.windows(needle.len()).any(|w| w == needle)
+    }
+
     proptest! {
         /// However a body is split, the stream rewrites it as a whole piece would be.
         #[test]
@@ -334,7 +525,12 @@ mod tests {
                     Just(b"moat_bbbbbbbbbbbbbbbb".to_vec()),
                     Just(b"moat_aaaa".to_vec()),
                     Just(b"value-of-a-0123456789".to_vec()),
+                    Just(b"76616c75652d6f662d612d30313233343536373839".to_vec()),
+                    Just(b"dmFsdWUtb2YtYS0wMTIzNDU2Nzg5".to_vec()),
+                    Just(b"eHZhbHVlLW9mLWEtMDEyMzQ1Njc4OQ".to_vec()),
+                    Just(b"eHl2YWx1ZS1vZi1hLTAxMjM0NTY3ODk".to_vec()),
                     "[a-z_]{0,12}".prop_map(String::into_bytes),
+                    "[A-Za-z0-9+/]{0,6}".prop_map(String::into_bytes),
                 ],
                 0..12,
             ),
