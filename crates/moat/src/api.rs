@@ -116,15 +116,17 @@ impl AuditSink {
         // with theirs followed: a log named through a link, or a grant of the log file
         // itself, is caught.
         let real = file.real_path().unwrap_or_else(|_| file.path());
-        if let Some(dir) = writable.iter().find(|d| {
-            let d = d.canonicalize().unwrap_or_else(|_| d.to_path_buf());
-            real.starts_with(d)
-        }) {
-            return Err(refused(format!(
-                "{} is inside {}, which the sandbox can write: the code it audits could rewrite it; put the log elsewhere",
-                path.display(),
-                dir.display()
-            )));
+        for grant in writable {
+            let canonical = grant.canonicalize().unwrap_or_else(|_| grant.to_path_buf());
+            if real.starts_with(&canonical) {
+                return Err(refused(format!(
+                    "{} is {}{}, which the sandbox can write: the code it audits could rewrite it; put the log elsewhere",
+                    path.display(),
+                    // A grant of the log file itself, or of a directory above it.
+                    if real == canonical { "" } else { "inside " },
+                    grant.display()
+                )));
+            }
         }
         let opened = file.append(0o666).map_err(Error::AuditFile)?;
         let links = opened.metadata().map(|m| m.nlink()).unwrap_or(1);
