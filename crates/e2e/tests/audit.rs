@@ -364,7 +364,7 @@ fn a_log_inside_a_rw_grant_is_refused() {
 }
 
 /// A python script for the sandbox: `repeats` lookups of one blocked name over about 1.5 s
-/// (they fold), then distinct blocked names as fast as it can for `seconds` (they do not),
+/// (they fold), a pause, then distinct blocked names as fast as it can for `seconds` (they do not),
 /// each a DNS query straight to the gateway; prints how many of each it sent.
 fn flood_script(repeats: u32, seconds: f64) -> String {
     format!(
@@ -390,6 +390,9 @@ while n < {repeats} and time.time() < end:
     send('same.flood.test', n)
     n += 1
     time.sleep(1.0 / {repeats})
+# A pause longer than the fold window: the repeats' count is written at the flood's first
+# lookup, before the flood fills the log.
+time.sleep(1.2)
 i = 0
 end = time.time() + {seconds}
 while i < 2000000 and time.time() < end:
@@ -457,9 +460,15 @@ fn a_flood_of_denied_lookups_stays_within_the_cap() {
         .filter(|e| e["name"] == "same.flood.test")
         .collect();
     let counted: u64 = same.iter().map(|e| e["count"].as_u64().unwrap_or(1)).sum();
-    assert!(same.len() <= 6, "{}", same.len());
-    assert!(counted > 500, "{counted} of {sent:?}");
-    assert!(end["events_folded"].as_u64().unwrap() > 500, "{end}");
+    assert!(same.len() <= 4, "{}", same.len());
+    assert!(
+        counted >= sent[0] * 9 / 10 && sent[0] >= 100,
+        "{counted} of {sent:?}"
+    );
+    assert!(
+        end["events_folded"].as_u64().unwrap() >= counted - same.len() as u64,
+        "{end}"
+    );
     // The summary counted everything, and says the log was capped.
     let err = stderr(&out);
     assert!(err.contains("reached --audit-max-size"), "{err}");
@@ -551,7 +560,7 @@ fn a_full_disk_is_never_silent_and_fails_closed_when_required() {
             // The command's own status; the loss said at once and counted at the end.
             assert_eq!(out.status.code(), Some(0), "{err}");
             assert!(err.contains("events are being lost"), "{err}");
-            assert!(err.contains("events lost (cannot write"), "{err}");
+            assert!(err.contains("events lost (a write failed)"), "{err}");
         }
         drop(disk);
     }

@@ -840,8 +840,27 @@ mod tests {
         assert!(written > 10, "{written}");
         assert_eq!(end["events_dropped"].as_u64().unwrap() + written, 10_000);
         assert!(log.stats().truncated);
-        // The summary counted them all.
-        assert_eq!(log.summary().unwrap().runs()[0].denied(), 10_000);
+        // The summary counted them all, and says the log has a hole; so does the log read
+        // back (`moat audit`).
+        let live = log.summary().unwrap();
+        assert_eq!(live.runs()[0].denied(), 10_000);
+        let dropped = end["events_dropped"].as_u64().unwrap();
+        let note = format!("reached --audit-max-size: {dropped} events counted but not written");
+        assert!(
+            live.runs()[0].render().contains(&note),
+            "{}",
+            live.runs()[0].render()
+        );
+        let mut read = Summary::new();
+        for e in &l {
+            read.add(e.as_object().unwrap());
+        }
+        assert!(
+            read.runs()[0].render().contains(&note),
+            "{}",
+            read.runs()[0].render()
+        );
+        assert_eq!(read.runs()[0].to_json()["log"]["truncated"], true);
     }
 
     #[test]

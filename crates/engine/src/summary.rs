@@ -206,6 +206,11 @@ pub struct RunSummary {
     lookups: u64,
     tls: Groups<(String, String)>,
     secrets: Groups<(String, String, String)>,
+    /// What the log itself could not hold: it reached its cap (a `truncated` event, or
+    /// events dropped), events dropped there, events lost to failed writes (from `end`).
+    log_truncated: bool,
+    log_dropped: u64,
+    log_lost: u64,
 }
 
 /// The summary of one or more runs (see the module header).
@@ -299,7 +304,14 @@ impl Summary {
         let rule = head.rule.to_owned();
         let reason = || head.reason.to_owned();
         match head.event {
-            "end" => run.exit_status = e.field("exit_status").cloned(),
+            "end" => {
+                run.exit_status = e.field("exit_status").cloned();
+                let count = |k: &str| e.field(k).and_then(Value::as_u64).unwrap_or(0);
+                run.log_dropped = count("events_dropped");
+                run.log_lost = count("events_lost");
+                run.log_truncated |= run.log_dropped > 0;
+            }
+            "truncated" => run.log_truncated = true,
             "connect" => {
                 let dest = Dest::from(e);
                 if deny {
@@ -380,6 +392,24 @@ impl RunSummary {
         out
     }
 
+    /// What the audit log could not hold, when anything: a record with a hole in it says so.
+    fn log_notes(&self, s: &mut String) {
+        if self.log_truncated {
+            let _ = writeln!(
+                s,
+                "  log      reached --audit-max-size: {} counted but not written",
+                plural(self.log_dropped, "event")
+            );
+        }
+        if self.log_lost > 0 {
+            let _ = writeln!(
+                s,
+                "  log      {} lost (a write failed)",
+                plural(self.log_lost, "event")
+            );
+        }
+    }
+
     /// The summary for people: a headline, then the groups (at most a few of each).
     pub fn render(&self) -> String {
         let mut s = String::new();
@@ -390,6 +420,7 @@ impl RunSummary {
         let denied_groups = self.denied.counts.len() + usize::from(self.denied.others > 0);
         if self.allowed() == 0 && self.denied() == 0 && self.lookups == 0 {
             let _ = writeln!(s, "run {}{exit}: no network traffic", self.run);
+            self.log_notes(&mut s);
             return s;
         }
         let _ = writeln!(
@@ -474,6 +505,7 @@ impl RunSummary {
                 .collect(),
             self.allowed.others,
         );
+        self.log_notes(&mut s);
         let suggestions = self.suggestions();
         if !suggestions.is_empty() {
             let _ = writeln!(s, "  to allow what was denied: {}", suggestions.join(" "));
@@ -610,6 +642,11 @@ impl RunSummary {
                 "refused_lookups": self.names.others,
             },
             "suggestions": self.suggestions(),
+            "log": {
+                "truncated": self.log_truncated,
+                "events_dropped": self.log_dropped,
+                "events_lost": self.log_lost,
+            },
         })
     }
 }

@@ -569,14 +569,17 @@ fn finish(
     status: i32,
 ) -> anyhow::Result<i32> {
     let stats = audit.stats();
-    if stats.lost > 0 {
+    // The rendered summary says these too (from the end event); without it, say them here:
+    // a record with a hole in it is never silent, --quiet or not.
+    let rendered = !opts.quiet && audit.summary().is_some();
+    if stats.lost > 0 && !rendered {
         eprintln!(
             "moat: audit log: {} lost (cannot write: {})",
             plural(stats.lost, "event"),
             audit.loss().unwrap_or_default()
         );
     }
-    if stats.truncated {
+    if stats.truncated && !rendered {
         eprintln!(
             "moat: audit log: reached --audit-max-size ({} bytes); {} counted but not written",
             audit.options().max_size,
