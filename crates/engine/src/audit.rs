@@ -28,12 +28,14 @@
 //!   after a failed or short write to a file the file is cut back to its last whole line
 //!   (where even that fails, the next line starts on a line of its own). The first loss is
 //!   said at once (on stderr for `moat run`); with [`AuditOptions::required`] it also asks
-//!   the sandbox to stop (as auditd's `disk_full_action = halt`) and [`AuditLog::halted`]
-//!   says so.
+//!   the sandbox to stop (as auditd's `disk_full_action = halt`) and sets
+//!   [`AuditLog::halted`], which the engine reads at the end of every turn: it stops
+//!   there, so no flow goes on unrecorded while the sandbox is being stopped.
 
 use std::collections::HashMap;
 use std::fs::File;
 use std::io::Write;
+use std::sync::atomic::{AtomicBool, Ordering};
 use std::sync::{Arc, Mutex};
 use std::time::{Duration, Instant, SystemTime, UNIX_EPOCH};
 
@@ -105,6 +107,10 @@ pub struct AuditStats {
 #[derive(Clone)]
 pub struct AuditLog {
     inner: Arc<Mutex<Sink>>,
+    /// Set once a write failed under [`AuditOptions::required`]; read without the lock by
+    /// the engine at the end of every turn (it stops at once: nothing more passes
+    /// unrecorded).
+    halted: Arc<AtomicBool>,
 }
 
 /// One destination's repeats in the current window.
@@ -136,6 +142,8 @@ struct Sink {
     loss_notice: Option<Box<dyn Write + Send>>,
     /// Asked to stop the sandbox on a loss under [`AuditOptions::required`].
     terminate: Option<Terminate>,
+    /// [`AuditLog::halted`]'s flag.
+    halted: Arc<AtomicBool>,
     folds: HashMap<String, Fold>,
     next_sweep: Option<Instant>,
     /// The run's summary, when asked for ([`AuditLog::summarize`]).
@@ -181,8 +189,11 @@ impl AuditLog {
             Some(AuditOut::File(f)) => f.metadata().map(|m| m.len()).unwrap_or(0),
             _ => 0,
         };
+        let halted = Arc::new(AtomicBool::new(false));
         AuditLog {
+            halted: halted.clone(),
             inner: Arc::new(Mutex::new(Sink {
+                halted,
                 sandbox: sandbox.to_owned(),
                 run: new_run_id(),
                 out,
@@ -262,10 +273,10 @@ impl AuditLog {
         self.sink().options
     }
 
-    /// A write failed under [`AuditOptions::required`]: the sandbox must stop.
+    /// A write failed under [`AuditOptions::required`]: the sandbox must stop (the engine
+    /// has stopped already).
     pub fn halted(&self) -> bool {
-        let sink = self.sink();
-        sink.options.required && sink.stats.lost > 0
+        self.halted.load(Ordering::Acquire)
     }
 
     /// Writes one event. `fields` are added after the common ones.
@@ -525,8 +536,11 @@ impl Sink {
             let _ = writeln!(out, "moat: {what}");
             let _ = out.flush();
         }
-        if required && let Some(t) = &self.terminate {
-            t.request(what);
+        if required {
+            self.halted.store(true, Ordering::Release);
+            if let Some(t) = &self.terminate {
+                t.request(what);
+            }
         }
         self.loss = Some(error.to_string());
     }
