@@ -312,7 +312,7 @@ pub(crate) fn ca_init(dir: &Path) -> anyhow::Result<(PathBuf, bool)> {
     // Through the one door for files moat writes on the host (moat_sandbox's
     // host_file.rs): a link at either name is never followed; an existing key is kept.
     let write = |path: &Path, text: &str, mode: u32, new: bool| -> anyhow::Result<()> {
-        let file = moat_sandbox::HostFile::open(path)?;
+        let file = moat_sandbox::HostFile::open(path)?.durable();
         if new {
             file.create_new(text.as_bytes(), mode)?;
         } else {

@@ -16,7 +16,8 @@
 //!   it opened.
 //! - [`HostFile::replace`] writes a whole file: under a random temporary name created with
 //!   `O_CREAT | O_EXCL | O_NOFOLLOW` (a name that exists — a planted link included — is
-//!   never opened: another name is tried, a bounded number of times), written and synced,
+//!   never opened: another name is tried, a bounded number of times), written (and synced,
+//!   for a file that must survive a crash: [`HostFile::durable`]),
 //!   then `renameat` onto the final name, which replaces whatever is there: a link planted
 //!   at the final name is replaced, never followed. [`HostFile::create_new`] does the same
 //!   but refuses to replace an existing file (`RENAME_NOREPLACE`).
@@ -123,6 +124,8 @@ pub struct HostFile {
     name: OsString,
     /// Which directory `dir` is: (device, inode).
     id: (u64, u64),
+    /// Sync the new file before it is renamed into place.
+    durable: bool,
 }
 
 impl HostFile {
@@ -168,8 +171,18 @@ impl HostFile {
             dir,
             dir_path,
             id: (stat.st_dev, stat.st_ino),
+            durable: false,
             name,
         })
+    }
+
+    /// Syncs a file written whole before it is renamed into place, so that a crash leaves
+    /// the old file or the new one, never an empty one: for what the user keeps (a learned
+    /// policy, a CA). A run's own state dies with it and skips the cost (milliseconds per
+    /// file on a disk, at every start).
+    pub fn durable(mut self) -> HostFile {
+        self.durable = true;
+        self
     }
 
     /// The path as given (absolute).
@@ -268,7 +281,13 @@ impl HostFile {
         let (temp, file) = self.create_temp(mode, names)?;
         let written = (&file)
             .write_all(contents)
-            .and_then(|()| file.sync_all())
+            .and_then(|()| {
+                if self.durable {
+                    file.sync_all()
+                } else {
+                    Ok(())
+                }
+            })
             .map_err(|e| self.io("write", e))
             .and_then(|()| {
                 nix::fcntl::renameat2(

@@ -487,6 +487,7 @@ pub(crate) fn run(opts: RunOptions) -> anyhow::Result<i32> {
         .as_deref()
         .map(|path| {
             moat_sandbox::HostFile::open(path)
+                .map(moat_sandbox::HostFile::durable)
                 .with_context(|| format!("--learn {}: cannot write there", path.display()))
         })
         .transpose()?;
