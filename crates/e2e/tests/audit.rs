@@ -1,6 +1,7 @@
 //! The audit log as a record users can trust: every run opens with `start` and ends with
-//! `end` (exit status, counts), every event names its run, and the sandbox cannot write
-//! the log.
+//! `end` (exit status, counts), every event names its run, the sandbox cannot write the
+//! log, a flood cannot grow it past its cap, and a log that cannot be written is never
+//! silent (and stops the sandbox under `--audit-required`).
 #![allow(clippy::unwrap_used, clippy::expect_used)] // Test code: a panic is the failure report.
 
 use std::time::Duration;
