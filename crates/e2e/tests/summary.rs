@@ -323,3 +323,44 @@ fn learn_writes_through_no_link_the_sandbox_planted() {
         "{text}"
     );
 }
+
+#[test]
+fn learn_refuses_a_directory_the_sandbox_swapped_for_a_link() {
+    let w = World::new();
+    let work = w.dir.join("work");
+    std::fs::create_dir_all(work.join("sub")).unwrap();
+    let elsewhere = w.dir.join("elsewhere");
+    std::fs::create_dir_all(&elsewhere).unwrap();
+    // The sandbox moves the learned policy's directory aside and puts a link to a host
+    // directory in its place.
+    let script = format!(
+        "curl -sS -m 5 -o /dev/null http://api.example.test:8080/one && echo one-ok; \
+         mv sub sub.old && ln -s {} sub && echo swapped",
+        elsewhere.display()
+    );
+    let dns = format!("--dns={WORLD_DNS}");
+    let mut cmd = w.in_host(moat_e2e::moat_bin());
+    cmd.current_dir(&work).args([
+        "run",
+        &dns,
+        "-w",
+        ".",
+        "--learn",
+        "sub/tool.toml",
+        "--",
+        "sh",
+        "-c",
+        &script,
+    ]);
+    let out = moat_e2e::run_with_timeout(cmd, T);
+    let (text, err) = (stdout(&out), stderr(&out));
+    assert!(
+        text.contains("one-ok") && text.contains("swapped"),
+        "{text}\n{err}"
+    );
+    // Nothing went through the link, nor into the directory moved aside: moat says why.
+    assert_eq!(std::fs::read_dir(&elsewhere).unwrap().count(), 0);
+    assert_eq!(std::fs::read_dir(work.join("sub.old")).unwrap().count(), 0);
+    assert!(err.contains("no longer the directory opened"), "{err}");
+    assert_eq!(out.status.code(), Some(125), "{err}");
+}
