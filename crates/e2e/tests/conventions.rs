@@ -99,7 +99,10 @@ fn values_that_cannot_work_are_refused_with_what_to_do() {
     std::fs::write(&file, "x").unwrap();
     let log = dir.join("audit.jsonl");
     let log = log.to_str().unwrap();
-    let cases: [(&[&str], &str); 11] = [
+    let full = dir.join("full.jsonl");
+    std::fs::write(&full, vec![b'\n'; 20_000]).unwrap();
+    let full = full.to_str().unwrap();
+    let cases: [(&[&str], &str); 12] = [
         (&["-p", "0:80"], "0"),
         (&["--max-connections", "0"], "max-connections"),
         (&["--busy-poll", "5000"], "at most 1000 microseconds"),
@@ -115,6 +118,10 @@ fn values_that_cannot_work_are_refused_with_what_to_do() {
         ),
         (&["--audit", log, "--audit-max-size", "1k"], "at least 16k"),
         (&["--audit-required"], "add --audit FILE"),
+        (
+            &["--audit", full, "--audit-max-size", "16k"],
+            "already holds its cap",
+        ),
         (
             &["--audit", "/no/such/dir/audit.jsonl"],
             "cannot open the directory that is to hold audit.jsonl",

@@ -467,13 +467,17 @@ impl SandboxBuilder {
             .map(|g| g.path.as_path())
             .chain(sandbox.workdir_host.as_deref())
             .collect();
+        let audit_path = match &self.audit {
+            Some(AuditSink::File(path)) => path.display().to_string(),
+            _ => "the audit log".to_owned(),
+        };
         let out = self.audit.map(|s| s.open(&writable)).transpose()?;
         let audit = AuditLog::with_options(&self.name, out, options);
         if audit.room() == 0 {
             return Err(invalid(
                 "open the audit log",
                 format!(
-                    "it already holds its cap of {} bytes (--audit-max-size): move it aside or raise the cap",
+                    "{audit_path} already holds its cap of {} bytes (--audit-max-size), with room kept for the truncated and end events: move it aside or raise the cap",
                     options.max_size
                 ),
             ));
