@@ -83,7 +83,8 @@ impl Default for AuditOptions {
 
 /// Where the log's lines go.
 pub enum AuditOut {
-    /// A file opened for appending: a failed write is cut back to the last whole line.
+    /// A file opened for appending (and reading: how it ends is looked at): a failed
+    /// write is cut back to the last whole line.
     File(File),
     /// Any other writer (stderr, a pipe, a test's buffer).
     Stream(Box<dyn Write + Send>),
@@ -189,6 +190,16 @@ impl AuditLog {
             Some(AuditOut::File(f)) => f.metadata().map(|m| m.len()).unwrap_or(0),
             _ => 0,
         };
+        // A file left ending in part of a line (a writer that died, or one before lines
+        // were written whole) gets its next line on a line of its own.
+        let torn = match &out {
+            Some(AuditOut::File(f)) if size > 0 => {
+                use std::os::unix::fs::FileExt;
+                let mut last = [0u8];
+                f.read_exact_at(&mut last, size - 1).is_ok() && last[0] != b'\n'
+            }
+            _ => false,
+        };
         let halted = Arc::new(AtomicBool::new(false));
         AuditLog {
             halted: halted.clone(),
@@ -200,7 +211,7 @@ impl AuditLog {
                 options,
                 size,
                 stats: AuditStats::default(),
-                torn: false,
+                torn,
                 loss: None,
                 loss_notice: None,
                 terminate: None,
@@ -927,5 +938,28 @@ mod tests {
             );
         }
         assert_eq!(log.sink().folds.len(), MAX_FOLDS);
+    }
+
+    #[test]
+    fn a_file_left_in_the_middle_of_a_line_gets_the_next_line_on_its_own() {
+        let path = std::env::temp_dir().join(format!("moat-audit-torn-{}", std::process::id()));
+        std::fs::write(
+            &path,
+            "{\"event\":\"start\"}\n{\"answers\":[],\"blocked_by\"",
+        )
+        .unwrap();
+        let file = std::fs::OpenOptions::new()
+            .read(true)
+            .append(true)
+            .open(&path)
+            .unwrap();
+        let log =
+            AuditLog::with_options("agent", Some(AuditOut::File(file)), AuditOptions::default());
+        deny(&log, 1, "198.51.100.7");
+        let text = std::fs::read_to_string(&path).unwrap();
+        let _ = std::fs::remove_file(&path);
+        let lines: Vec<&str> = text.lines().collect();
+        assert_eq!(lines.len(), 3, "{text}");
+        assert!(serde_json::from_str::<Value>(lines[2]).is_ok(), "{text}");
     }
 }

@@ -197,8 +197,9 @@ impl HostFile {
         Ok(dir.join(&self.name))
     }
 
-    /// Opens the file for appending, creating it (with `mode`, less the umask) if absent.
-    /// Refused when the name is a link or anything but a regular file.
+    /// Opens the file for appending, creating it (with `mode`, less the umask) if absent;
+    /// readable too, so that a writer can see how the file ends. Refused when the name is a
+    /// link or anything but a regular file.
     pub fn append(&self, mode: u32) -> Result<File, HostFileError> {
         // Said first for a clear message; the checks after the open are the ones that hold.
         if let Ok(s) = nix::sys::stat::fstatat(
@@ -215,7 +216,7 @@ impl HostFile {
         let fd = nix::fcntl::openat(
             &self.dir,
             self.name.as_os_str(),
-            OFlag::O_WRONLY
+            OFlag::O_RDWR
                 | OFlag::O_APPEND
                 | OFlag::O_CREAT
                 | OFlag::O_NOFOLLOW
