@@ -169,6 +169,15 @@ for r in rows:
               f"(default --max-buffer-memory, 256 MiB): peak {r['peak_kib'] / 1024:.1f} MiB "
               f"(target ≤ 256 MiB)")
 
+for r in rows:
+    if r["kind"] == "audit_flood":
+        print(f"\n## Audit log under a flood ({r['seconds']} s of distinct denied lookups, default --audit-max-size)\n")
+        print(f"- {r['sent']:,} lookups sent; the log: {r['bytes'] / 2**20:.1f} MiB of its {r['cap'] / 2**20:.0f} MiB cap "
+              f"(target ≤ cap), {r['lines']:,} lines, "
+              f"{'one truncated event' if r['truncated'] == 1 else str(r['truncated']) + ' truncated events (target 1)'}, "
+              f"{'the end event last' if r['end'] else 'NO END EVENT'}; {r['dropped']:,} events counted but not written")
+        print(f"- moat's peak RSS during the flood: {r['peak_kib'] / 1024:.1f} MiB")
+
 udp = [r for r in rows if r["kind"] == "udp"]
 if udp:
     print("\n## UDP goodput (1,400-byte datagrams paced at 1 Gbit/s; moat-bench udp, the far peer counts what arrived)\n")

@@ -727,6 +727,12 @@ impl Drop for Running {
     }
 }
 
+/// How many events an audit log line stands for: repeats within a second are folded into
+/// one line with `count`.
+pub fn times(e: &serde_json::Value) -> u64 {
+    e["count"].as_u64().unwrap_or(1)
+}
+
 /// Checks one audit event against the schema of shared/API.md §5: the common fields, then
 /// each event type's own, each with its one type; no field beyond them. Returns what is
 /// wrong.
@@ -788,6 +794,14 @@ pub fn validate_event(e: &serde_json::Value) -> Result<(), String> {
             for k in ["allowed", "denied", "over_limit", "dns_queries"] {
                 fields.push((k, true, Box::new(u)));
             }
+            // What the log itself could not hold (absent from logs written before them).
+            for k in ["events_folded", "events_dropped", "events_lost"] {
+                fields.push((k, false, Box::new(u)));
+            }
+            false
+        }
+        "truncated" => {
+            fields.push(("max_size", true, Box::new(u)));
             false
         }
         "connect" => {
@@ -832,6 +846,14 @@ pub fn validate_event(e: &serde_json::Value) -> Result<(), String> {
         }
         other => return Err(format!("unknown event type {other:?}")),
     };
+    if decided {
+        // Repeats folded into this line (at least one: the line itself stands for one).
+        fields.push((
+            "count",
+            false,
+            Box::new(|v: &Value| v.as_u64().is_some_and(|n| n >= 1)),
+        ));
+    }
     for (name, required, check) in &fields {
         match obj.get(*name) {
             Some(v) if !check(v) => return Err(format!("{event}: field {name} = {v}")),

@@ -1,6 +1,7 @@
 //! The audit log as a record users can trust: every run opens with `start` and ends with
-//! `end` (exit status, counts), every event names its run, and the sandbox cannot write
-//! the log.
+//! `end` (exit status, counts), every event names its run, the sandbox cannot write the
+//! log, a flood cannot grow it past its cap, and a log that cannot be written is never
+//! silent (and stops the sandbox under `--audit-required`).
 #![allow(clippy::unwrap_used, clippy::expect_used)] // Test code: a panic is the failure report.
 
 use std::time::Duration;
@@ -355,4 +356,267 @@ fn a_connection_refused_by_its_client_hello_closes_as_a_deny() {
         (&Value::from("allow"), &Value::from("default")),
         "{close}"
     );
+}
+
+#[test]
+fn a_log_inside_a_rw_grant_is_refused() {
+    let w = World::new();
+    let shared = w.dir.join("shared");
+    std::fs::create_dir_all(&shared).unwrap();
+    let inside = shared.join("audit.jsonl");
+    std::fs::write(&inside, "").unwrap();
+    let link = w.dir.join("link.jsonl");
+    std::os::unix::fs::symlink(&inside, &link).unwrap();
+    let (inside_s, shared_s, link_s) = (
+        inside.to_str().unwrap(),
+        shared.to_str().unwrap(),
+        link.to_str().unwrap(),
+    );
+    // The log in a --rw directory; the log file itself granted --rw; and a log named
+    // through a link into a --rw directory (the sandbox could rewrite it in each).
+    for (args, says) in [
+        (
+            ["--rw", shared_s, "--audit", inside_s],
+            "which the sandbox can write",
+        ),
+        (
+            ["--rw", inside_s, "--audit", inside_s],
+            "which the sandbox can write",
+        ),
+        (["--rw", shared_s, "--audit", link_s], "a symbolic link"),
+    ] {
+        let mut all = vec!["run", "--policy", "none"];
+        all.extend(args);
+        all.extend(["--", "true"]);
+        let out = w.moat(&all, T);
+        assert_eq!(out.status.code(), Some(125), "{args:?}: {}", stderr(&out));
+        assert!(stderr(&out).contains(says), "{args:?}: {}", stderr(&out));
+        assert!(stderr(&out).contains("audit log"), "{}", stderr(&out));
+        assert_eq!(std::fs::read_to_string(&inside).unwrap(), "", "{args:?}");
+    }
+    // The control: the same grant, the log elsewhere.
+    let outside = w.dir.join("audit.jsonl");
+    let out = w.moat(
+        &[
+            "run",
+            "--policy",
+            "none",
+            "--rw",
+            shared_s,
+            "--audit",
+            outside.to_str().unwrap(),
+            "--",
+            "true",
+        ],
+        T,
+    );
+    assert!(out.status.success(), "{}", stderr(&out));
+    assert!(
+        std::fs::read_to_string(&outside)
+            .unwrap()
+            .contains("\"event\":\"end\"")
+    );
+}
+
+/// A python script for the sandbox: `repeats` lookups of one blocked name over about 1.5 s
+/// (they fold), a pause, then distinct blocked names as fast as it can for `seconds` (they do not),
+/// each a DNS query straight to the gateway; prints how many of each it sent.
+fn flood_script(repeats: u32, seconds: f64) -> String {
+    format!(
+        r#"
+import socket, struct, time
+s = socket.socket(socket.AF_INET, socket.SOCK_DGRAM)
+s.setblocking(False)
+def send(name, i):
+    q = struct.pack('>HHHHHH', i & 0xffff, 0x0100, 1, 0, 0, 0)
+    q += b''.join(bytes([len(p)]) + p.encode() for p in name.split('.')) + b'\0\0\1\0\1'
+    try:
+        s.sendto(q, ('10.0.2.2', 53))
+    except BlockingIOError:
+        time.sleep(0.001)
+    try:
+        while True:
+            s.recv(4096)
+    except BlockingIOError:
+        pass
+n = 0
+end = time.time() + 1.5
+while n < {repeats} and time.time() < end:
+    send('same.flood.test', n)
+    n += 1
+    time.sleep(1.0 / {repeats})
+# A pause longer than the fold window: the repeats' count is written at the flood's first
+# lookup, before the flood fills the log.
+time.sleep(1.2)
+i = 0
+end = time.time() + {seconds}
+while i < 2000000 and time.time() < end:
+    send('n%d.flood.test' % i, i)
+    i += 1
+print(n, i)
+"#
+    )
+}
+
+#[test]
+fn a_flood_of_denied_lookups_stays_within_the_cap() {
+    let w = World::new();
+    let log = w.dir.join("flood.jsonl");
+    let cap: u64 = 256 << 10;
+    let out = w.moat(
+        &[
+            "run",
+            "--audit",
+            log.to_str().unwrap(),
+            "--audit-max-size",
+            "256k",
+            "--block-domain-suffix",
+            "flood.test",
+            "--",
+            "python3",
+            "-c",
+            &flood_script(1000, 4.0),
+        ],
+        T,
+    );
+    assert!(out.status.success(), "{}", stderr(&out));
+    let sent: Vec<u64> = moat_e2e::stdout(&out)
+        .split_whitespace()
+        .map(|n| n.parse().unwrap())
+        .collect();
+    let size = std::fs::metadata(&log).unwrap().len();
+    let text = std::fs::read_to_string(&log).unwrap();
+    let events: Vec<Value> = text
+        .lines()
+        .map(|l| serde_json::from_str(l).unwrap())
+        .collect();
+    for e in &events {
+        moat_e2e::validate_event(e).unwrap_or_else(|why| panic!("{why}: {e}"));
+    }
+    let end = events.last().unwrap();
+    eprintln!(
+        "flood: sent {sent:?}; log {size} bytes (cap {cap}), {} lines; end {end}",
+        events.len()
+    );
+    assert!(size <= cap, "{size} > {cap}");
+    assert_eq!(events[0]["event"], "start");
+    assert_eq!(end["event"], "end", "the end event always fits");
+    assert_eq!(
+        events.iter().filter(|e| e["event"] == "truncated").count(),
+        1
+    );
+    // Far more was sent than the cap holds: the rest was counted, not written.
+    assert!(sent[1] > 10_000, "{sent:?}");
+    assert!(end["events_dropped"].as_u64().unwrap() > 5_000, "{end}");
+    // The positive control for folding: the repeated name is a few lines with counts
+    // that add up to what was sent, not a line per lookup.
+    let same: Vec<&Value> = events
+        .iter()
+        .filter(|e| e["name"] == "same.flood.test")
+        .collect();
+    let counted: u64 = same.iter().map(|e| e["count"].as_u64().unwrap_or(1)).sum();
+    assert!(same.len() <= 4, "{}", same.len());
+    assert!(
+        counted >= sent[0] * 9 / 10 && sent[0] >= 100,
+        "{counted} of {sent:?}"
+    );
+    assert!(
+        end["events_folded"].as_u64().unwrap() >= counted - same.len() as u64,
+        "{end}"
+    );
+    // The summary counted everything, and says the log was capped.
+    let err = stderr(&out);
+    assert!(err.contains("reached --audit-max-size"), "{err}");
+    // `moat audit` reads it back.
+    let read = w.moat(&["audit", log.to_str().unwrap()], T);
+    assert!(read.status.success(), "{}", stderr(&read));
+    assert!(
+        moat_e2e::stdout(&read).contains("same.flood.test ×"),
+        "{}",
+        moat_e2e::stdout(&read)
+    );
+}
+
+/// A small tmpfs the test mounts (and unmounts, also on panic): a disk that fills.
+struct SmallDisk(std::path::PathBuf);
+
+impl SmallDisk {
+    fn new(dir: std::path::PathBuf) -> SmallDisk {
+        std::fs::create_dir_all(&dir).unwrap();
+        moat_e2e::sh(&[
+            "mount",
+            "-t",
+            "tmpfs",
+            "-o",
+            "size=64k",
+            "tmpfs",
+            dir.to_str().unwrap(),
+        ]);
+        SmallDisk(dir)
+    }
+}
+
+impl Drop for SmallDisk {
+    fn drop(&mut self) {
+        let _ = std::process::Command::new("umount")
+            .arg("-l")
+            .arg(&self.0)
+            .status();
+    }
+}
+
+#[test]
+fn a_full_disk_is_never_silent_and_fails_closed_when_required() {
+    let w = World::new();
+    for required in [false, true] {
+        let disk = SmallDisk::new(w.dir.join(format!("disk-{required}")));
+        let log = disk.0.join("audit.jsonl");
+        let mut args = vec![
+            "run",
+            "--audit",
+            log.to_str().unwrap(),
+            "--block-domain-suffix",
+            "flood.test",
+        ];
+        if required {
+            args.push("--audit-required");
+        }
+        // Under --audit-required the flood would run 20 s: moat must stop it long before.
+        let script = flood_script(10, if required { 20.0 } else { 3.0 });
+        args.extend(["--", "python3", "-c", &script]);
+        let started = std::time::Instant::now();
+        let out = w.moat(&args, T);
+        let took = started.elapsed();
+        let err = stderr(&out);
+        // Whole lines only, however the disk filled.
+        let text = std::fs::read_to_string(&log).unwrap();
+        for line in text.lines() {
+            let e: Value = serde_json::from_str(line).unwrap_or_else(|e| panic!("{e}: {line}"));
+            moat_e2e::validate_event(&e).unwrap_or_else(|why| panic!("{why}: {e}"));
+        }
+        assert!(text.ends_with('\n'), "ends in half a line");
+        assert!(
+            err.contains("audit log: cannot write (No space left on device"),
+            "{err}"
+        );
+        eprintln!(
+            "disk full (required {required}): {} bytes, exit {:?} after {took:?}",
+            text.len(),
+            out.status.code()
+        );
+        if required {
+            assert_eq!(out.status.code(), Some(121), "{err}");
+            assert!(
+                err.contains("stopping the sandbox (--audit-required)"),
+                "{err}"
+            );
+            assert!(took < Duration::from_secs(15), "{took:?}");
+        } else {
+            // The command's own status; the loss said at once and counted at the end.
+            assert_eq!(out.status.code(), Some(0), "{err}");
+            assert!(err.contains("events are being lost"), "{err}");
+            assert!(err.contains("events lost (a write failed)"), "{err}");
+        }
+        drop(disk);
+    }
 }

@@ -97,7 +97,12 @@ fn values_that_cannot_work_are_refused_with_what_to_do() {
     let dir = scratch("refuse");
     let file = dir.join("plain-file");
     std::fs::write(&file, "x").unwrap();
-    let cases: [(&[&str], &str); 7] = [
+    let log = dir.join("audit.jsonl");
+    let log = log.to_str().unwrap();
+    let full = dir.join("full.jsonl");
+    std::fs::write(&full, vec![b'\n'; 20_000]).unwrap();
+    let full = full.to_str().unwrap();
+    let cases: [(&[&str], &str); 12] = [
         (&["-p", "0:80"], "0"),
         (&["--max-connections", "0"], "max-connections"),
         (&["--busy-poll", "5000"], "at most 1000 microseconds"),
@@ -110,6 +115,20 @@ fn values_that_cannot_work_are_refused_with_what_to_do() {
         (
             &["--policy", "/no/such/policy.toml"],
             "/no/such/policy.toml",
+        ),
+        (&["--audit", log, "--audit-max-size", "1k"], "at least 16k"),
+        (&["--audit-required"], "add --audit FILE"),
+        (
+            &["--audit", full, "--audit-max-size", "16k"],
+            "already holds its cap",
+        ),
+        (
+            &["--audit", "/no/such/dir/audit.jsonl"],
+            "cannot open the directory that is to hold audit.jsonl",
+        ),
+        (
+            &["--learn", "/no/such/dir/tool.toml"],
+            "cannot open the directory that is to hold tool.toml",
         ),
     ];
     for (flags, says) in cases {

@@ -52,10 +52,12 @@ fn run_valued(
     (out, events, text)
 }
 
+/// Every violation the log records, a line folded from repeats (`count`) once per repeat.
 fn violations(events: &[Value]) -> Vec<&Value> {
     events
         .iter()
         .filter(|e| e["event"] == "secret" && e["secret"] == "violation")
+        .flat_map(|e| std::iter::repeat_n(e, moat_e2e::times(e) as usize))
         .collect()
 }
 

@@ -91,7 +91,8 @@ fn a_denied_run_says_what_was_denied_and_what_would_allow_it() {
     let denies = events
         .iter()
         .filter(|e| e["event"] == "connect" && e["decision"] == "deny")
-        .count();
+        .map(moat_e2e::times)
+        .sum::<u64>();
     assert!(
         text.contains(&format!("{denies} attempts denied")),
         "{denies}: {text}"
@@ -260,4 +261,106 @@ fn learn_writes_a_policy_that_allows_exactly_what_the_run_used() {
         T,
     );
     assert_eq!(out.status.code(), Some(125), "{}", stderr(&out));
+}
+
+#[test]
+fn learn_writes_through_no_link_the_sandbox_planted() {
+    let w = World::new();
+    let work = w.dir.join("work");
+    std::fs::create_dir_all(&work).unwrap();
+    // Host files the sandbox cannot see, and would like moat (root) to overwrite.
+    let victim = w.dir.join("victim-temp");
+    let victim_final = w.dir.join("victim-final");
+    std::fs::write(&victim, "host file\n").unwrap();
+    std::fs::write(&victim_final, "host file\n").unwrap();
+    // The sandbox waits for moat's pid (the test hands it over), plants links at the
+    // temporary name moat used to derive from it and at the final name, then makes a
+    // connection for moat to learn.
+    let script = format!(
+        "echo ready; i=0; while [ ! -s pid ] && [ $i -lt 100 ]; do sleep 0.1; i=$((i+1)); done; \
+         p=$(cat pid); ln -s {} tool.moat-learn-$p; ln -s {} tool.toml; \
+         curl -sS -m 5 -o /dev/null http://api.example.test:8080/one && echo one-ok",
+        victim.display(),
+        victim_final.display()
+    );
+    let dns = format!("--dns={WORLD_DNS}");
+    let mut cmd = w.in_host(moat_e2e::moat_bin());
+    cmd.current_dir(&work).args([
+        "run",
+        &dns,
+        "-w",
+        ".",
+        "--learn",
+        "tool.toml",
+        "--",
+        "sh",
+        "-c",
+        &script,
+    ]);
+    let (mut running, first) = moat_e2e::Running::start(cmd);
+    assert_eq!(first, "ready");
+    std::fs::write(work.join("pid"), running.id().to_string()).unwrap();
+    let (status, rest) = running.wait(T);
+    assert!(rest.contains("one-ok"), "{rest}");
+    assert!(status.success(), "{status:?}");
+    // Neither host file was touched...
+    assert_eq!(std::fs::read_to_string(&victim).unwrap(), "host file\n");
+    assert_eq!(
+        std::fs::read_to_string(&victim_final).unwrap(),
+        "host file\n"
+    );
+    assert!(
+        std::fs::symlink_metadata(work.join(format!("tool.moat-learn-{}", running.id())))
+            .is_ok_and(|m| m.is_symlink()),
+        "the planted link was made (the attempt was real) and left alone"
+    );
+    // ...and the policy is where it was asked for, a file of its own (the control).
+    let learned = work.join("tool.toml");
+    assert!(std::fs::symlink_metadata(&learned).unwrap().is_file());
+    let text = std::fs::read_to_string(&learned).unwrap();
+    assert!(
+        text.contains("destination = \"api.example.test\""),
+        "{text}"
+    );
+}
+
+#[test]
+fn learn_refuses_a_directory_the_sandbox_swapped_for_a_link() {
+    let w = World::new();
+    let work = w.dir.join("work");
+    std::fs::create_dir_all(work.join("sub")).unwrap();
+    let elsewhere = w.dir.join("elsewhere");
+    std::fs::create_dir_all(&elsewhere).unwrap();
+    // The sandbox moves the learned policy's directory aside and puts a link to a host
+    // directory in its place.
+    let script = format!(
+        "curl -sS -m 5 -o /dev/null http://api.example.test:8080/one && echo one-ok; \
+         mv sub sub.old && ln -s {} sub && echo swapped",
+        elsewhere.display()
+    );
+    let dns = format!("--dns={WORLD_DNS}");
+    let mut cmd = w.in_host(moat_e2e::moat_bin());
+    cmd.current_dir(&work).args([
+        "run",
+        &dns,
+        "-w",
+        ".",
+        "--learn",
+        "sub/tool.toml",
+        "--",
+        "sh",
+        "-c",
+        &script,
+    ]);
+    let out = moat_e2e::run_with_timeout(cmd, T);
+    let (text, err) = (stdout(&out), stderr(&out));
+    assert!(
+        text.contains("one-ok") && text.contains("swapped"),
+        "{text}\n{err}"
+    );
+    // Nothing went through the link, nor into the directory moved aside: moat says why.
+    assert_eq!(std::fs::read_dir(&elsewhere).unwrap().count(), 0);
+    assert_eq!(std::fs::read_dir(work.join("sub.old")).unwrap().count(), 0);
+    assert!(err.contains("no longer the directory opened"), "{err}");
+    assert_eq!(out.status.code(), Some(125), "{err}");
 }

@@ -15,7 +15,10 @@ pub mod summary;
 mod tls;
 mod wire;
 
-pub use audit::{AuditLog, Notices, rfc3339};
+pub use audit::{
+    AuditLog, AuditOptions, AuditOut, AuditStats, DEFAULT_AUDIT_MAX_SIZE, FOLD_WINDOW, MAX_FOLDS,
+    MIN_AUDIT_MAX_SIZE, Notices, rfc3339,
+};
 pub use device::{FrameDevice, MemoryDevice, SharedMemoryDevice, TapDevice};
 pub use engine::{
     Counters, DEFAULT_BUSY_POLL, DEFAULT_MAX_BUFFER_MEMORY, DEFAULT_MAX_CONNECTIONS,

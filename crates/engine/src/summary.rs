@@ -9,8 +9,10 @@
 //! so both say the same. Events are grouped by run id; within a run, by what matters to the
 //! reader: direction, protocol, destination (the name DNS answered for it when there is one,
 //! else the address) and port, plus the deciding rule and reason for denials. Source ports
-//! and repeated attempts fold into counts. Each kind keeps at most [`MAX_GROUPS`] groups;
-//! more are counted as "others". Suggestions are made only for what the policy denied (a
+//! and repeated attempts fold into counts (a line the log itself folded counts as its
+//! `count`). Each kind keeps at most [`MAX_GROUPS`] groups; more are counted as "others",
+//! so the summary (and `--learn`, made from it) stays the same size however many distinct
+//! destinations and names a run tries. Suggestions are made only for what the policy denied (a
 //! rule or the default): what moat refused for other reasons (limits, DNS bypass, rebinding,
 //! secrets) is not a matter of `--allow`.
 
@@ -163,18 +165,18 @@ impl<K: Ord> Default for Groups<K> {
 }
 
 impl<K: Ord + Clone> Groups<K> {
-    /// Counts `key`; whether it is new.
-    fn add(&mut self, key: K) -> bool {
+    /// Counts `times` of `key`; whether it is new.
+    fn add(&mut self, key: K, times: u64) -> bool {
         if let Some(n) = self.counts.get_mut(&key) {
-            *n += 1;
+            *n = n.saturating_add(times);
             return false;
         }
         if self.counts.len() >= MAX_GROUPS {
-            self.others += 1;
+            self.others = self.others.saturating_add(times);
             return false;
         }
         self.order.push(key.clone());
-        self.counts.insert(key, 1);
+        self.counts.insert(key, times);
         true
     }
 
@@ -183,7 +185,9 @@ impl<K: Ord + Clone> Groups<K> {
     }
 
     fn total(&self) -> u64 {
-        self.counts.values().sum::<u64>() + self.others
+        self.counts
+            .values()
+            .fold(self.others, |sum, n| sum.saturating_add(*n))
     }
 }
 
@@ -202,6 +206,11 @@ pub struct RunSummary {
     lookups: u64,
     tls: Groups<(String, String)>,
     secrets: Groups<(String, String, String)>,
+    /// What the log itself could not hold: it reached its cap (a `truncated` event, or
+    /// events dropped), events dropped there, events lost to failed writes (from `end`).
+    log_truncated: bool,
+    log_dropped: u64,
+    log_lost: u64,
 }
 
 /// The summary of one or more runs (see the module header).
@@ -285,48 +294,60 @@ impl Summary {
         };
         let run = &mut self.runs[at];
         let deny = head.decision == "deny";
+        // A line that stands for repeats the log folded (`count`) counts as that many.
+        let times = e.field("count").and_then(Value::as_u64).unwrap_or(1);
         // Allowed lookups, the most frequent events, only count.
         if head.event == "dns" && !deny {
-            run.lookups += 1;
+            run.lookups = run.lookups.saturating_add(times);
             return Fresh::No;
         }
         let rule = head.rule.to_owned();
         let reason = || head.reason.to_owned();
         match head.event {
-            "end" => run.exit_status = e.field("exit_status").cloned(),
+            "end" => {
+                run.exit_status = e.field("exit_status").cloned();
+                let count = |k: &str| e.field(k).and_then(Value::as_u64).unwrap_or(0);
+                run.log_dropped = count("events_dropped");
+                run.log_lost = count("events_lost");
+                run.log_truncated |= run.log_dropped > 0;
+            }
+            "truncated" => run.log_truncated = true,
             "connect" => {
                 let dest = Dest::from(e);
                 if deny {
                     let shown = format!("{} ({})", dest.shown(), head.reason);
-                    let new = run.denied.add(Denial {
-                        dest,
-                        rule,
-                        reason: reason(),
-                    });
+                    let new = run.denied.add(
+                        Denial {
+                            dest,
+                            rule,
+                            reason: reason(),
+                        },
+                        times,
+                    );
                     if new {
                         return Fresh::Denied(format!("denied {shown}"));
                     }
                 } else {
-                    run.allowed.add((dest, rule));
+                    run.allowed.add((dest, rule), times);
                 }
             }
             "dns" => {
-                run.lookups += 1;
+                run.lookups = run.lookups.saturating_add(times);
                 if deny {
                     let name = text("name");
                     let shown = format!("lookup of {name} refused ({})", head.reason);
                     let by = text("blocked_by");
-                    if run.names.add((name, by, rule)) {
+                    if run.names.add((name, by, rule), times) {
                         return Fresh::Denied(shown);
                     }
                 }
             }
             "tls" if deny => {
-                run.tls.add((text("sni"), reason()));
+                run.tls.add((text("sni"), reason()), times);
             }
             "secret" => {
                 run.secrets
-                    .add((text("name"), text("host"), text("secret")));
+                    .add((text("name"), text("host"), text("secret")), times);
             }
             _ => {}
         }
@@ -371,6 +392,24 @@ impl RunSummary {
         out
     }
 
+    /// What the audit log could not hold, when anything: a record with a hole in it says so.
+    fn log_notes(&self, s: &mut String) {
+        if self.log_truncated {
+            let _ = writeln!(
+                s,
+                "  log      reached --audit-max-size: {} counted but not written",
+                plural(self.log_dropped, "event")
+            );
+        }
+        if self.log_lost > 0 {
+            let _ = writeln!(
+                s,
+                "  log      {} lost (a write failed)",
+                plural(self.log_lost, "event")
+            );
+        }
+    }
+
     /// The summary for people: a headline, then the groups (at most a few of each).
     pub fn render(&self) -> String {
         let mut s = String::new();
@@ -379,8 +418,9 @@ impl RunSummary {
             _ => String::new(),
         };
         let denied_groups = self.denied.counts.len() + usize::from(self.denied.others > 0);
-        if self.allowed() + self.denied() + self.lookups == 0 {
+        if self.allowed() == 0 && self.denied() == 0 && self.lookups == 0 {
             let _ = writeln!(s, "run {}{exit}: no network traffic", self.run);
+            self.log_notes(&mut s);
             return s;
         }
         let _ = writeln!(
@@ -465,6 +505,7 @@ impl RunSummary {
                 .collect(),
             self.allowed.others,
         );
+        self.log_notes(&mut s);
         let suggestions = self.suggestions();
         if !suggestions.is_empty() {
             let _ = writeln!(s, "  to allow what was denied: {}", suggestions.join(" "));
@@ -601,6 +642,11 @@ impl RunSummary {
                 "refused_lookups": self.names.others,
             },
             "suggestions": self.suggestions(),
+            "log": {
+                "truncated": self.log_truncated,
+                "events_dropped": self.log_dropped,
+                "events_lost": self.log_lost,
+            },
         })
     }
 }
@@ -797,5 +843,130 @@ mod tests {
         assert_eq!(s.runs()[0].denied(), (MAX_GROUPS + 10) as u64);
         assert!(s.runs()[0].render().contains("more"));
         assert_eq!(s.runs()[1].allowed(), 1);
+    }
+
+    /// A learned policy read back and asked: the decision for one flow.
+    fn decide(text: &str, flow: &moat_policy::Flow) -> moat_policy::Action {
+        let policy = moat_policy::NetworkPolicy::from_text(
+            std::path::Path::new("learned.toml"),
+            text,
+            moat_policy::PolicyFormat::Toml,
+        )
+        .unwrap();
+        policy.compile().unwrap().decide(flow).action
+    }
+
+    #[test]
+    fn a_peer_through_a_published_port_is_learned_as_inbound_only() {
+        let mut s = Summary::new();
+        s.add(&ev(
+            json!({"run": "r", "event": "connect", "decision": "allow", "rule": 0,
+            "reason": "x", "direction": "inbound", "proto": "tcp",
+            "src": "198.51.100.20:51000", "dst": "10.0.2.100", "port": 8080}),
+        ));
+        let text = s.runs()[0].learned_policy("learned");
+        assert!(text.contains("direction = \"inbound\""), "{text}");
+        let peer: std::net::IpAddr = "198.51.100.20".parse().unwrap();
+        use moat_policy::{Action, Flow, Protocol};
+        // The peer may connect in to the published port again...
+        assert_eq!(
+            decide(&text, &Flow::inbound(Protocol::Tcp, peer, 8080)),
+            Action::Allow,
+            "{text}"
+        );
+        // ...and the sandbox may not connect out to it: nothing outbound was used.
+        assert_eq!(
+            decide(&text, &Flow::outbound(Protocol::Tcp, (peer, 8080).into())),
+            Action::Deny,
+            "{text}"
+        );
+    }
+
+    #[test]
+    fn ports_apart_are_learned_apart() {
+        let mut s = Summary::new();
+        for port in [80, 443] {
+            s.add(&ev(
+                json!({"run": "r", "event": "connect", "decision": "allow", "rule": "default",
+                "reason": "x", "proto": "tcp", "dst": "203.0.113.10", "port": port}),
+            ));
+        }
+        let text = s.runs()[0].learned_policy("learned");
+        assert!(text.contains("ports = \"80\""), "{text}");
+        assert!(text.contains("ports = \"443\""), "{text}");
+        assert!(!text.contains("80-443"), "{text}");
+        use moat_policy::{Action, Flow, Protocol};
+        let addr: std::net::IpAddr = "203.0.113.10".parse().unwrap();
+        for (port, action) in [
+            (80, Action::Allow),
+            (443, Action::Allow),
+            (81, Action::Deny),
+            (442, Action::Deny),
+        ] {
+            assert_eq!(
+                decide(&text, &Flow::outbound(Protocol::Tcp, (addr, port).into())),
+                action,
+                "port {port}: {text}"
+            );
+        }
+    }
+
+    #[test]
+    fn the_summary_and_the_learned_policy_stay_flat_under_a_million_names() {
+        let mut s = Summary::new();
+        let head = |decision| Head {
+            run: "r",
+            sandbox: "s",
+            event: "dns",
+            decision,
+            rule: "default",
+            reason: "x",
+        };
+        let connect = Head {
+            event: "connect",
+            decision: "allow",
+            ..head("allow")
+        };
+        for i in 0..1_000_000u32 {
+            let name = format!("n{i}.flood.test");
+            s.add_parts(
+                &head("deny"),
+                [
+                    ("name", Value::from(name.as_str())),
+                    ("blocked_by", Value::from("policy")),
+                ]
+                .as_slice(),
+            );
+            if i % 4 == 0 {
+                s.add_parts(
+                    &connect,
+                    [
+                        ("proto", Value::from("tcp")),
+                        (
+                            "dst",
+                            Value::from(format!("198.18.{}.{}", (i >> 8) & 255, i & 255)),
+                        ),
+                        ("port", Value::from(443)),
+                        ("domain", Value::from(name.as_str())),
+                    ]
+                    .as_slice(),
+                );
+            }
+        }
+        let r = &s.runs()[0];
+        // Every event counted, a bounded number of groups kept.
+        assert_eq!(r.names.total(), 1_000_000);
+        assert_eq!(r.names.counts.len(), MAX_GROUPS);
+        assert_eq!(r.names.order.len(), MAX_GROUPS);
+        assert_eq!(r.allowed(), 250_000);
+        assert_eq!(r.allowed.counts.len(), MAX_GROUPS);
+        assert_eq!(r.suggestions().len(), MAX_GROUPS);
+        let text = r.learned_policy("learned");
+        assert_eq!(text.matches("[[rules]]").count(), MAX_GROUPS);
+        assert!(
+            text.contains("more flows were not grouped"),
+            "the rest is said"
+        );
+        assert!(text.len() < 2 << 20, "{}", text.len());
     }
 }

@@ -60,6 +60,14 @@ pub enum Error {
         /// The error.
         source: io::Error,
     },
+    /// The audit log's file was refused or could not be opened (a link, not a regular
+    /// file, its directory unusable).
+    #[error("audit log: {0}")]
+    AuditFile(#[source] moat_sandbox::HostFileError),
+    /// Under `audit_required`, the audit log could not be written: the sandbox was not
+    /// started, or was stopped.
+    #[error("{0}")]
+    AuditFailed(String),
     /// An I/O operation on moat's side failed.
     #[error("{what}: {source}")]
     Io {
@@ -90,18 +98,52 @@ impl AuditSink {
         AuditSink::File(path.into())
     }
 
-    pub(crate) fn open(self) -> Result<Box<dyn Write + Send>, Error> {
-        Ok(match self {
-            AuditSink::File(path) => Box::new(
-                std::fs::OpenOptions::new()
-                    .create(true)
-                    .append(true)
-                    .open(&path)
-                    .map_err(|source| Error::Audit { path, source })?,
-            ),
-            AuditSink::Stderr => Box::new(io::stderr()),
-            AuditSink::Writer(w) => w,
-        })
+    /// Opens the sink. A file is opened through the one door for files moat writes on
+    /// the host (its directory as a descriptor, the name never followed if a link: see
+    /// moat_sandbox's `host_file.rs`), and refused where the sandbox could write it: inside
+    /// one of `writable` (the work directory and `rw` grants, files or directories), or
+    /// with another name (a hard link) that could be.
+    pub(crate) fn open(self, writable: &[&Path]) -> Result<moat_engine::AuditOut, Error> {
+        use moat_engine::AuditOut;
+        use std::os::unix::fs::MetadataExt;
+        let path = match self {
+            AuditSink::File(path) => path,
+            AuditSink::Stderr => return Ok(AuditOut::Stream(Box::new(io::stderr()))),
+            AuditSink::Writer(w) => return Ok(AuditOut::Stream(w)),
+        };
+        let file = moat_sandbox::HostFile::open(&path).map_err(Error::AuditFile)?;
+        // The name as it resolves now (its directory's links followed), against grants
+        // with theirs followed: a log named through a link, or a grant of the log file
+        // itself, is caught.
+        let real = file.real_path().unwrap_or_else(|_| file.path());
+        for grant in writable {
+            let canonical = grant.canonicalize().unwrap_or_else(|_| grant.to_path_buf());
+            if real.starts_with(&canonical) {
+                return Err(refused(format!(
+                    "{} is {}{}, which the sandbox can write: the code it audits could rewrite it; put the log elsewhere",
+                    path.display(),
+                    // A grant of the log file itself, or of a directory above it.
+                    if real == canonical { "" } else { "inside " },
+                    grant.display()
+                )));
+            }
+        }
+        let opened = file.append(0o666).map_err(Error::AuditFile)?;
+        let links = opened.metadata().map(|m| m.nlink()).unwrap_or(1);
+        if links > 1 {
+            return Err(refused(format!(
+                "{} has {links} names (hard links): another could be inside a directory the sandbox can write; give a file of its own",
+                path.display()
+            )));
+        }
+        Ok(AuditOut::File(opened))
+    }
+}
+
+fn refused(message: String) -> Error {
+    Error::Io {
+        what: "place the audit log",
+        source: io::Error::new(io::ErrorKind::InvalidInput, message),
     }
 }
 
@@ -253,13 +295,21 @@ impl Sandbox {
     pub fn stop(&self) -> Result<(), Error> {
         let engine = self.engine.lock().unwrap_or_else(|e| e.into_inner()).take();
         let counters = engine.and_then(|e| e.stop().ok()).unwrap_or_default();
-        if let Some(audit) = self.audit.lock().unwrap_or_else(|e| e.into_inner()).take() {
-            crate::builder::audit_end(&audit, None, &counters);
+        let audit = self.audit.lock().unwrap_or_else(|e| e.into_inner()).take();
+        if let Some(audit) = &audit {
+            crate::builder::audit_end(audit, None, &counters);
         }
         if let Some(sandbox) = lock(&self.inner).take() {
             sandbox.stop()?;
         }
-        Ok(())
+        // Under `audit_required`, a record with a hole in it is an error, not a success.
+        match audit.filter(moat_engine::AuditLog::halted) {
+            Some(audit) => Err(Error::AuditFailed(format!(
+                "the audit log could not be written ({}) and it is required (audit_required): the sandbox was stopped",
+                audit.loss().unwrap_or_default()
+            ))),
+            None => Ok(()),
+        }
     }
 }
 

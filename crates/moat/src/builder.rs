@@ -170,6 +170,7 @@ pub struct SandboxBuilder {
     workdir: PathBuf,
     workdir_host: Option<PathBuf>,
     audit: Option<AuditSink>,
+    audit_options: moat_engine::AuditOptions,
     helper: Option<PathBuf>,
     publish: Vec<String>,
     ro: Vec<PathBuf>,
@@ -219,6 +220,7 @@ impl SandboxBuilder {
             workdir: PathBuf::from("/workspace"),
             workdir_host: None,
             audit: None,
+            audit_options: moat_engine::AuditOptions::default(),
             helper: None,
             publish: Vec::new(),
             ro: Vec::new(),
@@ -315,6 +317,24 @@ impl SandboxBuilder {
     /// Sends audit events to `sink`.
     pub fn audit(mut self, sink: AuditSink) -> SandboxBuilder {
         self.audit = Some(sink);
+        self
+    }
+
+    /// *Extension:* the most the audit log may hold, in bytes (a file's length when it is
+    /// opened counts; default 64 MiB, at least 16 KiB). Repeats within a second are folded
+    /// into one event with a `count`; at the cap one `truncated` event is written, later
+    /// events are only counted, and the `end` event always fits.
+    pub fn audit_max_size(mut self, bytes: u64) -> SandboxBuilder {
+        self.audit_options.max_size = bytes;
+        self
+    }
+
+    /// *Extension:* when an audit event cannot be written (disk full, I/O error), stop the
+    /// sandbox instead of going on without it (as auditd's `disk_full_action = halt`);
+    /// [`Sandbox::stop`] then returns [`Error::AuditFailed`]. Off by default: the loss is
+    /// said on stderr and counted in the `end` event.
+    pub fn audit_required(mut self, required: bool) -> SandboxBuilder {
+        self.audit_options.required = required;
         self
     }
 
@@ -421,33 +441,56 @@ impl SandboxBuilder {
         sandbox.asked_limits = self.limits;
         // Bound now, before anything runs: a taken port stops here.
         let published = crate::publish::bind_all(&specs)?;
-        // The code a log audits must not be able to rewrite it.
-        if let Some(AuditSink::File(path)) = &self.audit {
-            let writable: Vec<&std::path::Path> = sandbox
-                .grants
-                .iter()
-                .filter(|g| g.writable)
-                .map(|g| g.path.as_path())
-                .chain(sandbox.workdir_host.as_deref())
-                .collect();
-            if let Some(dir) = inside_any(path, &writable) {
-                return Err(invalid(
-                    "place the audit log",
-                    format!(
-                        "{} is inside {}, which the sandbox can write: the code it audits could rewrite it; put the log elsewhere",
-                        path.display(),
-                        dir.display()
-                    ),
-                ));
-            }
+        let options = self.audit_options;
+        if options.max_size < moat_engine::MIN_AUDIT_MAX_SIZE {
+            return Err(invalid(
+                "set audit_max_size",
+                format!(
+                    "{} bytes is below the least accepted, {} KiB (room for start, truncated and end)",
+                    options.max_size,
+                    moat_engine::MIN_AUDIT_MAX_SIZE >> 10
+                ),
+            ));
         }
-        let audit = AuditLog::new(&self.name, self.audit.map(AuditSink::open).transpose()?);
+        if options.required && self.audit.is_none() {
+            return Err(invalid(
+                "set audit_required",
+                "there is no audit log to require; give one (--audit FILE)".to_owned(),
+            ));
+        }
+        // The code a log audits must not be able to rewrite it: the work directory and
+        // every writable grant are refused (AuditSink::open).
+        let writable: Vec<&std::path::Path> = sandbox
+            .grants
+            .iter()
+            .filter(|g| g.writable)
+            .map(|g| g.path.as_path())
+            .chain(sandbox.workdir_host.as_deref())
+            .collect();
+        let audit_path = match &self.audit {
+            Some(AuditSink::File(path)) => path.display().to_string(),
+            _ => "the audit log".to_owned(),
+        };
+        let out = self.audit.map(|s| s.open(&writable)).transpose()?;
+        let audit = AuditLog::with_options(&self.name, out, options);
+        if audit.room() == 0 {
+            return Err(invalid(
+                "open the audit log",
+                format!(
+                    "{audit_path} already holds its cap of {} bytes (--audit-max-size), with room kept for the truncated and end events: move it aside or raise the cap",
+                    options.max_size
+                ),
+            ));
+        }
         if let Some(live) = self.summary {
             let live: Option<Box<dyn std::io::Write + Send>> =
                 live.then(|| Box::new(std::io::stderr()) as Box<dyn std::io::Write + Send>);
             audit.summarize(live);
         }
         let mut engine = EngineConfig::new(compiled, audit.clone());
+        // A loss is never silent; under `required` it stops the sandbox, as a secret
+        // violation under BlockAndTerminate does.
+        audit.on_loss(Some(Box::new(io::stderr())), engine.terminate.clone());
         engine.deny_mode = net.deny_mode;
         engine.block_domains = block_domains;
         engine.block_domain_suffixes = block_domain_suffixes;
@@ -517,10 +560,7 @@ pub(crate) struct Assembly {
 /// the engine counted.
 pub(crate) fn audit_end(audit: &AuditLog, status: Option<i32>, c: &moat_engine::Counters) {
     use serde_json::Value;
-    audit.event(
-        "end",
-        "allow",
-        "-",
+    audit.end(
         "the sandbox stopped",
         // `exit_status` only when there was one command (its type never varies).
         status
@@ -536,28 +576,16 @@ pub(crate) fn audit_end(audit: &AuditLog, status: Option<i32>, c: &moat_engine::
     );
 }
 
-/// The first of `dirs` that `path` (which may not exist yet) is inside.
-fn inside_any<'a>(
-    path: &std::path::Path,
-    dirs: &[&'a std::path::Path],
-) -> Option<&'a std::path::Path> {
-    let absolute = std::path::absolute(path).ok()?;
-    let parent = absolute.parent()?;
-    let real = parent.canonicalize().unwrap_or_else(|_| parent.to_owned());
-    dirs.iter()
-        .copied()
-        .find(|d| real.starts_with(d.canonicalize().unwrap_or_else(|_| d.to_path_buf())))
-}
-
 /// A started sandbox, its engine, and what its commands start with.
 pub(crate) struct Started {
     pub(crate) sandbox: moat_sandbox::Sandbox,
     pub(crate) engine: Option<EngineHandle>,
     pub(crate) env: Vec<(OsString, OsString)>,
     pub(crate) workdir: PathBuf,
-    /// Set when a secret violation under `BlockAndTerminate` asks for the sandbox to stop.
+    /// Set when a secret violation under `BlockAndTerminate`, or an audit log that cannot
+    /// be written under `audit_required`, asks for the sandbox to stop.
     pub(crate) terminate: moat_engine::Terminate,
-    /// `BlockAndTerminate` is the action (so someone must watch `terminate`).
+    /// One of those can happen (so someone must watch `terminate`).
     pub(crate) stop_on_violation: bool,
     /// The audit log, for the run's `end`.
     pub(crate) audit: AuditLog,
@@ -585,8 +613,16 @@ impl Assembly {
                 ("network", serde_json::Value::from(network)),
             ],
         );
+        // Under `audit_required` a log that cannot take even the first event stops here.
+        if self.audit.halted() {
+            return Err(Error::AuditFailed(format!(
+                "the audit log could not be written ({}) and it is required (--audit-required)",
+                self.audit.loss().unwrap_or_default()
+            )));
+        }
         let stop_on_violation = !self.engine.secrets.is_empty()
-            && self.engine.on_secret_violation == ViolationAction::BlockAndTerminate;
+            && self.engine.on_secret_violation == ViolationAction::BlockAndTerminate
+            || self.audit.options().required;
         let mut sandbox = moat_sandbox::Sandbox::start(&self.sandbox)?;
         let engine = match sandbox.take_tap() {
             Some(tap) => {
@@ -637,7 +673,7 @@ mod tests {
             )
         });
         format!(
-            "{:?}\npolicy {:?}\ndeny {:?} dns {:?} max {} mem {} link {:?}\nblock {:?} {:?} rebind {}\ntimeouts {:?} {:?} {:?} busy {:?} buf {} sim {:?}\ntls {tls:?}\nenv {:?}\nworkdir {:?}",
+            "{:?}\npolicy {:?}\ndeny {:?} dns {:?} max {} mem {} link {:?}\nblock {:?} {:?} rebind {}\ntimeouts {:?} {:?} {:?} busy {:?} buf {} sim {:?}\ntls {tls:?}\nenv {:?}\nworkdir {:?}\naudit {:?}",
             a.sandbox,
             e.policy.policy(),
             e.deny_mode,
@@ -656,6 +692,7 @@ mod tests {
             e.simulated_hosts,
             a.env,
             a.workdir,
+            a.audit.options(),
         )
     }
 
@@ -697,6 +734,9 @@ mod tests {
                 no_verify_upstream: false,
                 allow_quic: true,
             }),
+            audit: Some(base.join("audit.jsonl").display().to_string()),
+            audit_max_size: Some("1m".into()),
+            audit_required: true,
             name: "same".into(),
             command: vec!["true".into()],
             ..RunOptions::default()
@@ -738,7 +778,10 @@ mod tests {
             .rw(shared.clone())
             .memory(512 << 20)
             .pids_limit(50)
-            .cpus(1.5);
+            .cpus(1.5)
+            .audit(crate::AuditSink::file(base.join("audit.jsonl")))
+            .audit_max_size(1 << 20)
+            .audit_required(true);
         // `moat run` passes these through from the caller, as a program would.
         for key in ["TERM", "LANG", "LC_ALL", "TZ", "COLORTERM"] {
             if let Some(v) = std::env::var_os(key) {
@@ -757,6 +800,13 @@ mod tests {
         assert_eq!(e.busy_poll, Duration::from_micros(250));
         assert_eq!(e.deny_mode, DenyMode::Reject);
         assert!(!e.dns_rebind_protection);
+        assert_eq!(
+            from_cli.audit.options(),
+            moat_engine::AuditOptions {
+                max_size: 1 << 20,
+                required: true
+            }
+        );
         assert_eq!(e.dns_servers.len(), 2);
         let rules = &e.policy.policy().rules;
         assert!(

@@ -15,8 +15,6 @@
 //! `--tls-ca-key` (or the builder's `intercept_ca_*`) to keep one CA across runs.
 
 use std::ffi::OsString;
-use std::io::Write;
-use std::os::unix::fs::OpenOptionsExt;
 use std::path::{Path, PathBuf};
 use std::sync::Arc;
 
@@ -311,15 +309,19 @@ pub(crate) fn ca_init(dir: &Path) -> anyhow::Result<(PathBuf, bool)> {
         .map_err(|e| anyhow::anyhow!("{}: cannot create: {e}", dir.display()))?;
     let (ca, key_pem) = InterceptCa::generate("moat interception CA", STABLE_CA_DAYS)
         .map_err(TlsError::Generate)?;
-    let mut key = std::fs::OpenOptions::new()
-        .write(true)
-        .create_new(true)
-        .mode(0o600)
-        .open(&key_path)
-        .map_err(|e| anyhow::anyhow!("{}: cannot create: {e}", key_path.display()))?;
-    key.write_all(key_pem.as_bytes())?;
-    std::fs::write(&cert_path, ca.cert_pem())
-        .map_err(|e| anyhow::anyhow!("{}: cannot write: {e}", cert_path.display()))?;
+    // Through the one door for files moat writes on the host (moat_sandbox's
+    // host_file.rs): a link at either name is never followed; an existing key is kept.
+    let write = |path: &Path, text: &str, mode: u32, new: bool| -> anyhow::Result<()> {
+        let file = moat_sandbox::HostFile::open(path)?.durable();
+        if new {
+            file.create_new(text.as_bytes(), mode)?;
+        } else {
+            file.replace(text.as_bytes(), mode)?;
+        }
+        Ok(())
+    };
+    write(&key_path, &key_pem, 0o600, true)?;
+    write(&cert_path, ca.cert_pem(), 0o644, false)?;
     Ok((cert_path, true))
 }
 

@@ -152,9 +152,64 @@ fn network_options_out_of_range_are_errors() {
     assert!(err.to_string().contains("4 MiB"), "{err}");
 }
 
+/// A writer that takes `room` bytes and then fails as a full disk does.
+struct Full(usize);
+
+impl Write for Full {
+    fn write(&mut self, b: &[u8]) -> std::io::Result<usize> {
+        if self.0 == 0 {
+            return Err(std::io::Error::from_raw_os_error(28)); // ENOSPC
+        }
+        let n = b.len().min(self.0);
+        self.0 -= n;
+        Ok(n)
+    }
+    fn flush(&mut self) -> std::io::Result<()> {
+        Ok(())
+    }
+}
+
+fn an_audit_log_that_cannot_be_written_fails_closed_when_required() {
+    let offline = |room: usize, required: bool| {
+        Sandbox::builder("api-audit")
+            .network(|n| n.policy(NetworkPolicy::none()))
+            .audit(moat::AuditSink::Writer(Box::new(Full(room))))
+            .audit_required(required)
+    };
+    // Not even `start` can be written: nothing starts.
+    match offline(0, true).create() {
+        Err(moat::Error::AuditFailed(why)) => {
+            assert!(why.contains("No space left on device"), "{why}")
+        }
+        other => panic!("started without its audit log: {:?}", other.err()),
+    }
+    // `start` fits, `end` does not: stop says the record has a hole in it.
+    let sb = offline(400, true).create().unwrap();
+    assert_eq!(
+        sb.exec("true", [""; 0]).unwrap().status,
+        ExitStatus::Code(0)
+    );
+    assert!(matches!(sb.stop(), Err(moat::Error::AuditFailed(_))));
+    // Not required: the loss is said (stderr) and counted, and the sandbox runs.
+    let sb = offline(0, false).create().unwrap();
+    assert_eq!(
+        sb.exec("true", [""; 0]).unwrap().status,
+        ExitStatus::Code(0)
+    );
+    sb.stop().unwrap();
+    // A cap too small for start, truncated and end is refused.
+    let err = Sandbox::builder("api-audit")
+        .audit(moat::AuditSink::Stderr)
+        .audit_max_size(1024)
+        .create()
+        .err()
+        .expect("a 1 KiB cap accepted");
+    assert!(err.to_string().contains("16 KiB"), "{err}");
+}
+
 fn main() {
     moat::init();
-    let tests: [(&str, fn()); 5] = [
+    let tests: [(&str, fn()); 6] = [
         ("offline_exec_fs_and_status", offline_exec_fs_and_status),
         (
             "network_to_the_host_loopback_through_the_gateway",
@@ -162,6 +217,10 @@ fn main() {
         ),
         ("spawn_and_signal", spawn_and_signal),
         ("bad_names_are_errors", bad_names_are_errors),
+        (
+            "an_audit_log_that_cannot_be_written_fails_closed_when_required",
+            an_audit_log_that_cannot_be_written_fails_closed_when_required,
+        ),
         (
             "network_options_out_of_range_are_errors",
             network_options_out_of_range_are_errors,

@@ -9,6 +9,7 @@
 //! of operation and `proto.rs` for the control channel.
 #![deny(unsafe_code)]
 
+mod host_file;
 mod limits;
 mod proto;
 mod seccomp;
@@ -24,6 +25,7 @@ use std::path::{Path, PathBuf};
 use std::process::{Child, Command, Stdio};
 use std::time::{Duration, Instant};
 
+pub use host_file::{HostFile, HostFileError};
 pub use limits::{LimitHit, Limits, parse_size};
 pub use proto::{Grant, MAX_PRESERVED_FDS, NetSpec, SpawnSpec, TmpfsSizes};
 pub use seccomp::SeccompError;
@@ -333,11 +335,18 @@ fn make_state_dir(name: &str) -> Result<PathBuf, SandboxError> {
         nix::unistd::mkdtemp(&base.join(format!("{name}-XXXXXX"))).map_err(|e| err(e.into()))?;
     let me = std::process::id();
     let owner = format!("{me} {}\n", process_start(me).unwrap_or(0));
-    // Written aside and renamed: a concurrent sweep sees no owner file or a whole one.
-    let partial = dir.join(format!("{OWNER_FILE}.new"));
-    std::fs::write(&partial, owner).map_err(err)?;
-    std::fs::rename(&partial, dir.join(OWNER_FILE)).map_err(err)?;
+    // Written aside and renamed (as every file moat writes on the host): a concurrent
+    // sweep sees no owner file or a whole one.
+    write_state_file(&dir.join(OWNER_FILE), &owner).map_err(err)?;
     Ok(dir)
+}
+
+/// Writes a file of a run's state directory through the one door for files moat writes
+/// on the host (`host_file.rs`).
+fn write_state_file(path: &Path, text: &str) -> io::Result<()> {
+    HostFile::open(path)
+        .and_then(|f| f.replace(text.as_bytes(), 0o644))
+        .map_err(io::Error::other)
 }
 
 /// The start time of process `pid` (field 22 of /proc/PID/stat, in clock ticks since
@@ -444,7 +453,7 @@ impl Sandbox {
                 match text {
                     Some(text) => {
                         let path = state_dir.join(name);
-                        std::fs::write(&path, text).map_err(io_err)?;
+                        write_state_file(&path, text).map_err(io_err)?;
                         Ok(Some(path))
                     }
                     None => Ok(None),

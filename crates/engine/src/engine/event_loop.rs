@@ -5,7 +5,8 @@
 //! frames from the sandbox and route each (`ingress.rs`); route host-socket events to
 //! their flows (`table.rs` finds them by token); move the bytes of every flow an event
 //! marked; send what smoltcp has ready; remove the flows whose resets are now out; every
-//! 200 ms, sweep (`table::sweep`).
+//! 200 ms, sweep (`table::sweep`). The loop ends when asked to stop, or at the end of a
+//! turn in which the audit log failed under `--audit-required` (fail closed).
 //!
 //! The poll is edge-triggered: it reports a socket when something arrives, not while
 //! something is queued. Every source is therefore read until it would block, or, where a
@@ -151,6 +152,11 @@ impl Engine {
             }
             self.cx.stack.egress();
             self.table.remove_doomed(&mut self.cx);
+            // Fail closed: under --audit-required, once an event could not be written
+            // nothing more passes (the sandbox is stopped by whoever runs it).
+            if self.cx.cfg.audit.halted() {
+                break;
+            }
             if Instant::now() >= next_sweep {
                 if !self.cx.host_addrs.is_watched() {
                     self.cx.refresh_host_addrs();

@@ -57,7 +57,7 @@ enum CaCommand {
 
 #[derive(Args)]
 #[command(
-    after_help = "DEST = IP | CIDR | DOMAIN | *.SUFFIX | any | group:private|loopback|link-local|metadata|multicast,\n       optional :PORT or :START-END, optional /tcp /udp /icmp\n\nThe sandbox sees /usr, /bin, /sbin, /lib*, /etc (secrets masked) and /opt read-only, a fresh\nHOME (/root), /tmp and /run, the work directory, and what --ro/--rw grant; nothing else of the host.\n\nThe exit status is the command's (128+N when signal N killed it); 125 when moat itself failed,\n126 when the command cannot be executed, 127 when it is not found, 122 when a limit ended the run,\n123 when a secret's placeholder headed elsewhere under --on-secret-violation block-and-terminate."
+    after_help = "DEST = IP | CIDR | DOMAIN | *.SUFFIX | any | group:private|loopback|link-local|metadata|multicast,\n       optional :PORT or :START-END, optional /tcp /udp /icmp\n\nThe sandbox sees /usr, /bin, /sbin, /lib*, /etc (secrets masked) and /opt read-only, a fresh\nHOME (/root), /tmp and /run, the work directory, and what --ro/--rw grant; nothing else of the host.\n\nThe exit status is the command's (128+N when signal N killed it); 125 when moat itself failed,\n126 when the command cannot be executed, 127 when it is not found, 122 when a limit ended the run,\n123 when a secret's placeholder headed elsewhere under --on-secret-violation block-and-terminate,\n121 when the audit log could not be written under --audit-required (moat stopped the sandbox)."
 )]
 struct RunArgs {
     /// public-only (default), allow-all, none, or a TOML/JSON policy file.
@@ -105,6 +105,16 @@ struct RunArgs {
     /// Append audit events (JSON lines) to FILE; "-" for stderr.
     #[arg(long, value_name = "FILE")]
     audit: Option<String>,
+    /// The audit log's cap, e.g. 16m (default 64m; at least 16k; the file's length when
+    /// opened counts): repeats within a second are one event with a count, at the cap one
+    /// `truncated` event is written and later events only counted; `end` always fits.
+    #[arg(long, value_name = "SIZE")]
+    audit_max_size: Option<String>,
+    /// Stop the sandbox (exit status 121) when an audit event cannot be written (disk full,
+    /// I/O error) instead of going on without it; by default the loss is said on stderr
+    /// and counted in the summary and the end event.
+    #[arg(long)]
+    audit_required: bool,
     /// No summary of what the run's network did when it ends (and no live line per new
     /// denial on a terminal).
     #[arg(long)]
@@ -349,6 +359,8 @@ fn run_options(args: RunArgs, matches: Option<&clap::ArgMatches>) -> run::RunOpt
         max_buffer_memory: args.max_buffer_memory,
         reject: args.reject,
         audit: args.audit,
+        audit_max_size: args.audit_max_size,
+        audit_required: args.audit_required,
         workdir: args.workdir,
         env: args.env,
         ro: args.ro,

@@ -26,6 +26,9 @@ pub const LIMIT_EXCEEDED: i32 = 122;
 /// Exit status when a secret's placeholder headed elsewhere under
 /// `--on-secret-violation block-and-terminate` and moat stopped the sandbox.
 pub const SECRET_VIOLATION: i32 = 123;
+/// Exit status when the audit log could not be written under `--audit-required` and moat
+/// stopped the sandbox (or never started it).
+pub const AUDIT_FAILED: i32 = 121;
 /// Exit status when the command could not be executed (found, but not runnable).
 pub const NOT_EXECUTABLE: i32 = 126;
 /// Exit status when the command is not found in the sandbox.
@@ -60,6 +63,10 @@ pub struct RunOptions {
     pub reject: bool,
     /// `--audit FILE` ("-" = stderr).
     pub audit: Option<String>,
+    /// `--audit-max-size SIZE`.
+    pub audit_max_size: Option<String>,
+    /// `--audit-required`.
+    pub audit_required: bool,
     /// `-w DIR`.
     pub workdir: Option<PathBuf>,
     /// `-e K=V` or `-e K` (the caller's value).
@@ -281,6 +288,29 @@ pub(crate) fn builder(opts: &RunOptions) -> anyhow::Result<SandboxBuilder> {
     {
         bail!("--cpus {c}: expected a number of CPUs such as 0.5 or 2");
     }
+    let audit_max_size = match opts.audit_max_size.as_deref() {
+        None => None,
+        Some(m) => {
+            let bytes = moat_sandbox::parse_size(m).with_context(|| {
+                format!("--audit-max-size {m}: expected a size such as 64m or 1g")
+            })?;
+            let min = moat_engine::MIN_AUDIT_MAX_SIZE;
+            if bytes < min {
+                bail!("--audit-max-size {m}: expected at least {}k", min >> 10);
+            }
+            Some(bytes)
+        }
+    };
+    if opts.audit.is_none() && (audit_max_size.is_some() || opts.audit_required) {
+        bail!(
+            "--{} needs an audit log: add --audit FILE",
+            if opts.audit_required {
+                "audit-required"
+            } else {
+                "audit-max-size"
+            }
+        );
+    }
     let env = command_env(&opts.env)?;
     let secrets = opts
         .secrets
@@ -413,7 +443,10 @@ pub(crate) fn builder(opts: &RunOptions) -> anyhow::Result<SandboxBuilder> {
         Some("-") => b.audit(AuditSink::Stderr),
         Some(path) => b.audit(AuditSink::file(path)),
     };
-    Ok(b)
+    if let Some(bytes) = audit_max_size {
+        b = b.audit_max_size(bytes);
+    }
+    Ok(b.audit_required(opts.audit_required))
 }
 
 /// Runs the command; returns the exit status for moat to exit with.
@@ -447,6 +480,17 @@ pub(crate) fn run(opts: RunOptions) -> anyhow::Result<i32> {
     for warning in builder.policy_warnings() {
         eprintln!("moat: warning: {warning}");
     }
+    // The learned policy's directory is opened now, before the sandbox can plant anything
+    // in it (moat_sandbox's host_file.rs); the file is written through it at the end.
+    let learn = opts
+        .learn
+        .as_deref()
+        .map(|path| {
+            moat_sandbox::HostFile::open(path)
+                .map(moat_sandbox::HostFile::durable)
+                .with_context(|| format!("--learn {}: cannot write there", path.display()))
+        })
+        .transpose()?;
     let assembly = builder.assemble()?;
 
     // Signals are taken through a signalfd; block them before any thread starts so every
@@ -458,6 +502,13 @@ pub(crate) fn run(opts: RunOptions) -> anyhow::Result<i32> {
     nix::sys::signal::sigprocmask(SigmaskHow::SIG_BLOCK, Some(&mask), None)?;
     let sigfd = SignalFd::with_flags(&mask, SfdFlags::SFD_CLOEXEC | SfdFlags::SFD_NONBLOCK)?;
 
+    let started = match assembly.start() {
+        Err(crate::Error::AuditFailed(why)) => {
+            eprintln!("moat: {why}; the command was not started");
+            return Ok(AUDIT_FAILED);
+        }
+        started => started?,
+    };
     let Started {
         mut sandbox,
         engine,
@@ -466,7 +517,7 @@ pub(crate) fn run(opts: RunOptions) -> anyhow::Result<i32> {
         terminate,
         audit,
         ..
-    } = assembly.start()?;
+    } = started;
     for note in sandbox.limit_notes() {
         eprintln!("moat: note: {note}");
     }
@@ -487,14 +538,13 @@ pub(crate) fn run(opts: RunOptions) -> anyhow::Result<i32> {
             let (message, code) = spawn_failure(&e.to_string(), &opts.command[0]);
             eprintln!("moat: {message}");
             crate::builder::audit_end(&audit, Some(code), &counters);
-            finish(&opts, &audit, code)?;
-            return Ok(code);
+            return finish(&opts, learn.as_ref(), &audit, code);
         }
     };
     streams.started()?;
     drop(preserved);
 
-    let ended = wait_with_signals(&mut sandbox, &sigfd, pid, &streams, &terminate)?;
+    let ended = wait_with_signals(&mut sandbox, &sigfd, pid, &streams, &terminate, &audit)?;
     let counters = engine.and_then(|e| e.stop().ok()).unwrap_or_default();
     let hit = sandbox.limit_hit();
     let _ = sandbox.stop();
@@ -507,15 +557,46 @@ pub(crate) fn run(opts: RunOptions) -> anyhow::Result<i32> {
         None => ended,
     };
     crate::builder::audit_end(&audit, Some(status), &counters);
-    finish(&opts, &audit, status)?;
-    Ok(status)
+    finish(&opts, learn.as_ref(), &audit, status)
 }
 
-/// The end of a run: the summary on stderr (unless `--quiet`), the learned policy
-/// (`--learn FILE`).
-fn finish(opts: &RunOptions, audit: &moat_engine::AuditLog, status: i32) -> anyhow::Result<()> {
+/// The end of a run: the summary on stderr (unless `--quiet`), what the audit log could
+/// not hold (always), the learned policy (`--learn FILE`). Returns the exit status: under
+/// `--audit-required`, a log with a hole in it (the `end` event lost too) is a failure.
+fn finish(
+    opts: &RunOptions,
+    learn: Option<&moat_sandbox::HostFile>,
+    audit: &moat_engine::AuditLog,
+    status: i32,
+) -> anyhow::Result<i32> {
+    let stats = audit.stats();
+    // The rendered summary says these too (from the end event); without it, say them here:
+    // a record with a hole in it is never silent, --quiet or not.
+    let rendered = !opts.quiet && audit.summary().is_some();
+    if stats.lost > 0 && !rendered {
+        eprintln!(
+            "moat: audit log: {} lost (cannot write: {})",
+            plural(stats.lost, "event"),
+            audit.loss().unwrap_or_default()
+        );
+    }
+    if stats.truncated && !rendered {
+        eprintln!(
+            "moat: audit log: reached --audit-max-size ({} bytes); {} counted but not written",
+            audit.options().max_size,
+            plural(stats.dropped, "event")
+        );
+    }
+    let status = if audit.halted() && status != AUDIT_FAILED {
+        eprintln!(
+            "moat: the audit log could not be written (--audit-required): exit status {AUDIT_FAILED} instead of {status}"
+        );
+        AUDIT_FAILED
+    } else {
+        status
+    };
     let Some(summary) = audit.summary() else {
-        return Ok(());
+        return Ok(status);
     };
     if !opts.quiet {
         for run in summary.runs() {
@@ -524,7 +605,8 @@ fn finish(opts: &RunOptions, audit: &moat_engine::AuditLog, status: i32) -> anyh
             }
         }
     }
-    if let (Some(path), Some(run)) = (&opts.learn, summary.runs().first()) {
+    if let (Some(file), Some(run)) = (learn, summary.runs().first()) {
+        let path = file.path();
         let command: Vec<String> = opts
             .command
             .iter()
@@ -538,10 +620,10 @@ fn finish(opts: &RunOptions, audit: &moat_engine::AuditLog, status: i32) -> anyh
             command.join(" ")
         );
         let text = run.learned_policy(&header);
-        // A new file renamed over the path: a link put there is replaced, not followed.
-        let tmp = path.with_extension(format!("moat-learn-{}", std::process::id()));
-        std::fs::write(&tmp, &text)
-            .and_then(|()| std::fs::rename(&tmp, path))
+        // Through the directory opened before the sandbox ran: a random temporary name
+        // created exclusively, renamed over the path (a link planted there is replaced,
+        // not followed).
+        file.replace(text.as_bytes(), 0o644)
             .with_context(|| format!("--learn {}: cannot write the policy", path.display()))?;
         let rules = text.matches("[[rules]]").count();
         eprintln!(
@@ -551,7 +633,15 @@ fn finish(opts: &RunOptions, audit: &moat_engine::AuditLog, status: i32) -> anyh
             path.display()
         );
     }
-    Ok(())
+    Ok(status)
+}
+
+fn plural(n: u64, what: &str) -> String {
+    if n == 1 {
+        format!("1 {what}")
+    } else {
+        format!("{n} {what}s")
+    }
 }
 
 /// The message and exit status for a command that could not be started: 127 when it is
@@ -612,12 +702,17 @@ fn wait_with_signals(
     pid: i32,
     streams: &crate::terminal::Streams,
     terminate: &moat_engine::Terminate,
+    audit: &moat_engine::AuditLog,
 ) -> anyhow::Result<i32> {
     let mut kill_deadline: Option<Instant> = None;
     loop {
         if terminate.requested().is_some() {
-            // The engine said why on stderr; the caller stops the sandbox.
-            return Ok(SECRET_VIOLATION);
+            // The engine or the audit log said why on stderr; the caller stops the sandbox.
+            return Ok(if audit.halted() {
+                AUDIT_FAILED
+            } else {
+                SECRET_VIOLATION
+            });
         }
         if let Some(status) = sandbox
             .next_exit(false)?
