@@ -1173,18 +1173,22 @@ if pid == 0:
     os.execv("{bin}", ["moat", "run", "--policy", "none", "-e", "PS1", "--", "sh", "-i"])
 buf = b""
 def expect(token, timeout=30):
-    global buf
+    global buf, seen
     deadline = time.time() + timeout
     while token.encode() not in buf:
         r, _, _ = select.select([master], [], [], max(0.0, deadline - time.time()))
         if not r:
             raise SystemExit("timeout waiting for %r in %r" % (token, buf[-300:]))
-        buf += os.read(master, 4096)
+        chunk = os.read(master, 4096)
+        buf += chunk
+        seen += chunk
     i = buf.index(token.encode()) + len(token)
     buf = buf[i:]
 def send(s):
     os.write(master, s.encode())
+seen = b""
 expect("PROMPT$ ")
+send("tty\n"); expect("/dev/pts/"); expect("PROMPT$ "); print("named", flush=True)
 send("echo hel''lo\n"); expect("hello"); print("echoed", flush=True)
 fcntl.ioctl(master, termios.TIOCSWINSZ, struct.pack("HHHH", 33, 111, 0, 0))
 time.sleep(0.5)
@@ -1229,18 +1233,21 @@ _, status = os.waitpid(pid, 0)
 print("exit", os.waitstatus_to_exitcode(status), flush=True)
 after = termios.tcgetattr(master)
 print("restored", bool(after[3] & termios.ICANON) and bool(after[3] & termios.ECHO), flush=True)
+print("nul", b"\0" in seen, flush=True)
 "#,
         bin = moat_bin().display()
     );
     let out = host_python(&script, T);
     let text = stdout(&out);
     for want in [
+        "named",
         "echoed",
         "resized",
         "interrupted",
         "alive",
         "exit 7",
         "restored True",
+        "nul False",
     ] {
         assert!(text.contains(want), "{want}: {text}\n{}", stderr(&out));
     }

@@ -152,7 +152,7 @@ fn on_a_terminal_a_denial_is_a_line_at_once() {
     let w = World::new();
     // `script` gives moat a terminal; the command waits 3 s on the denied connection.
     let command = format!(
-        "{} run --deny 203.0.113.11 -- sh -c 'curl -sS -m 3 -o /dev/null http://203.0.113.11:8080/; echo after-curl'",
+        "{} run --deny 203.0.113.11 -- sh -c 'tty; curl -sS -m 3 -o /dev/null http://203.0.113.11:8080/; echo after-curl'",
         moat_e2e::moat_bin().display()
     );
     let mut cmd = w.in_host("script");
@@ -164,6 +164,17 @@ fn on_a_terminal_a_denial_is_a_line_at_once() {
         .unwrap_or_else(|| panic!("{text}"));
     let after = text.find("after-curl").unwrap_or_else(|| panic!("{text}"));
     assert!(live < after, "{text}");
+    // The host terminal is raw while moat relays the pseudo-terminal: moat's own line ends
+    // with CR LF there, or the next line would start where this one ended.
+    let line_end = live + text[live..].find('\n').unwrap();
+    assert_eq!(&text[line_end - 1..=line_end], "\r\n", "{text:?}");
+    // The terminal is one of the sandbox's own, which `tty` names; nothing stray precedes
+    // the command's output.
+    assert!(
+        text.lines().any(|l| l.trim_end().starts_with("/dev/pts/")),
+        "{text:?}"
+    );
+    assert!(!text.contains('\0'), "{text:?}");
     // Once per destination, however many retries.
     assert_eq!(
         text.matches("moat: denied 203.0.113.11").count(),

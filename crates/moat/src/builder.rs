@@ -20,6 +20,12 @@ use crate::api::{AuditSink, DenyMode, Error, Sandbox, io_err};
 use crate::secrets::SecretBuilder;
 use crate::tls::TlsBuilder;
 
+/// moat's own lines on stderr, whole also while a pseudo-terminal relay has the host
+/// terminal in raw mode.
+fn stderr_lines() -> crate::terminal::Lines<io::Stderr> {
+    crate::terminal::Lines::new(io::stderr())
+}
+
 /// Network settings (shared/API.md §2), used in [`SandboxBuilder::network`].
 #[derive(Debug, Clone)]
 pub struct NetworkBuilder {
@@ -484,13 +490,13 @@ impl SandboxBuilder {
         }
         if let Some(live) = self.summary {
             let live: Option<Box<dyn std::io::Write + Send>> =
-                live.then(|| Box::new(std::io::stderr()) as Box<dyn std::io::Write + Send>);
+                live.then(|| Box::new(stderr_lines()) as Box<dyn std::io::Write + Send>);
             audit.summarize(live);
         }
         let mut engine = EngineConfig::new(compiled, audit.clone());
         // A loss is never silent; under `required` it stops the sandbox, as a secret
         // violation under BlockAndTerminate does.
-        audit.on_loss(Some(Box::new(io::stderr())), engine.terminate.clone());
+        audit.on_loss(Some(Box::new(stderr_lines())), engine.terminate.clone());
         engine.deny_mode = net.deny_mode;
         engine.block_domains = block_domains;
         engine.block_domain_suffixes = block_domain_suffixes;
@@ -509,7 +515,7 @@ impl SandboxBuilder {
         engine.link = link;
         engine.simulated_hosts = self.simulated_hosts;
         if self.notices {
-            engine.notices = moat_engine::Notices::to(Box::new(io::stderr()));
+            engine.notices = moat_engine::Notices::to(Box::new(stderr_lines()));
         }
         let secrets = self
             .secrets

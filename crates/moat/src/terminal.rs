@@ -6,7 +6,8 @@
 //! into other programs and, on older kernels, push input back (TIOCSTI, also denied by
 //! seccomp). So a terminal never crosses into the sandbox:
 //! - **stdin is a terminal** (an interactive `moat run -- sh`): moat opens a
-//!   pseudo-terminal, gives its slave to the command as stdin (and as stdout/stderr where
+//!   pseudo-terminal of the sandbox's own `/dev/pts` (so `tty` inside names it), gives its
+//!   slave to the command as stdin (and as stdout/stderr where
 //!   those are the terminal too) and as its controlling terminal, puts the host terminal
 //!   in raw mode and relays bytes both ways, as `docker run -it` does. Ctrl-C and Ctrl-Z
 //!   are bytes to the pseudo-terminal's line discipline, which signals the foreground
@@ -15,6 +16,10 @@
 //! - **otherwise**: stdout or stderr that is a terminal is replaced by a pipe whose far end
 //!   moat copies to the terminal; the command has no terminal at all.
 //! - Descriptors that are not terminals (files, pipes, sockets) are passed as they are.
+//!
+//! moat's own lines on stderr while the host terminal is raw (live denials, notices, a
+//! lost audit log) go through [`Lines`], which ends them with CR LF there, as the
+//! terminal's own output processing would have.
 
 use std::fs::File;
 use std::io::{self, IsTerminal, Read, Write};
@@ -23,6 +28,58 @@ use std::thread::JoinHandle;
 use std::time::{Duration, Instant};
 
 use nix::sys::termios::{self, SetArg, Termios};
+
+/// A writer for moat's own lines on stderr that keeps them whole while the host terminal
+/// is in raw mode (output processing off, as during the pseudo-terminal relay): each line
+/// feed then goes out as CR LF. Elsewhere it writes what it is given.
+pub(crate) struct Lines<W> {
+    out: W,
+    /// The last byte written, so a CR LF split across writes is not doubled.
+    last: u8,
+    /// Whether the terminal is raw now (asked at every write: raw mode comes and goes).
+    raw: fn() -> bool,
+}
+
+impl<W: Write> Lines<W> {
+    pub(crate) fn new(out: W) -> Lines<W> {
+        Lines {
+            out,
+            last: 0,
+            raw: stderr_is_raw,
+        }
+    }
+}
+
+/// Whether the terminal on stderr (if it is one) has its output processing off.
+fn stderr_is_raw() -> bool {
+    termios::tcgetattr(io::stderr().as_fd())
+        .is_ok_and(|t| !t.output_flags.contains(termios::OutputFlags::OPOST))
+}
+
+impl<W: Write> Write for Lines<W> {
+    fn write(&mut self, buf: &[u8]) -> io::Result<usize> {
+        if buf.is_empty() {
+            return Ok(0);
+        }
+        if !(self.raw)() {
+            self.last = buf[buf.len() - 1];
+            return self.out.write_all(buf).map(|()| buf.len());
+        }
+        let mut cooked = Vec::with_capacity(buf.len() + 8);
+        for &b in buf {
+            if b == b'\n' && self.last != b'\r' {
+                cooked.push(b'\r');
+            }
+            cooked.push(b);
+            self.last = b;
+        }
+        self.out.write_all(&cooked).map(|()| buf.len())
+    }
+
+    fn flush(&mut self) -> io::Result<()> {
+        self.out.flush()
+    }
+}
 
 /// The command's three standard streams and the threads that relay them.
 pub(crate) struct Streams {
@@ -60,26 +117,34 @@ fn copy(mut from: File, mut to: impl Write) {
 
 impl Streams {
     /// Sets up the command's streams from moat's own.
-    pub(crate) fn new() -> io::Result<Streams> {
+    ///
+    /// The pseudo-terminal is one of the sandbox's own (`/dev/pts/N` inside, which `tty`
+    /// names and the command may reopen), opened through its supervisor.
+    pub(crate) fn new(sandbox: &mut moat_sandbox::Sandbox) -> io::Result<Streams> {
         let stdin = io::stdin();
         if stdin.is_terminal() {
-            Streams::pseudo_terminal()
+            let (master, slave) = sandbox.open_pty().map_err(io::Error::other)?;
+            Streams::pseudo_terminal(master, slave)
         } else {
             Streams::without_terminal()
         }
     }
 
-    fn pseudo_terminal() -> io::Result<Streams> {
+    fn pseudo_terminal(master: OwnedFd, slave: OwnedFd) -> io::Result<Streams> {
         let stdin = io::stdin();
         let size = moat_sandbox::tty::window_size(stdin.as_fd()).ok();
-        let pty = nix::pty::openpty(None, None).map_err(io::Error::from)?;
+        let pty = nix::pty::OpenptyResult { master, slave };
         if let Some(size) = size {
             moat_sandbox::tty::set_window_size(pty.master.as_fd(), size)?;
         }
         let saved = termios::tcgetattr(stdin.as_fd()).map_err(io::Error::from)?;
         let mut raw = saved.clone();
         termios::cfmakeraw(&mut raw);
-        termios::tcsetattr(stdin.as_fd(), SetArg::TCSANOW, &raw).map_err(io::Error::from)?;
+        // TCSAFLUSH: what was typed before the command started is dropped with the switch.
+        // An end-of-file still pending from canonical mode (a driver such as `script` sends
+        // one when its own input ends) would otherwise turn into a NUL byte the kernel then
+        // hands over as input, and the command would see a stray `^@`.
+        termios::tcsetattr(stdin.as_fd(), SetArg::TCSAFLUSH, &raw).map_err(io::Error::from)?;
         let mut streams = Streams {
             fds: [
                 dup(pty.slave.as_fd())?,
@@ -204,5 +269,25 @@ impl Drop for Streams {
         if let Some(saved) = self.saved.take() {
             let _ = termios::tcsetattr(io::stdin().as_fd(), SetArg::TCSADRAIN, &saved);
         }
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    #![allow(clippy::unwrap_used)] // Test code.
+    use super::*;
+
+    #[test]
+    fn lines_end_with_cr_lf_only_while_raw() {
+        let mut raw = Lines::new(Vec::new());
+        raw.raw = || true;
+        raw.write_all(b"moat: denied x\n").unwrap();
+        raw.write_all(b"two\r").unwrap();
+        raw.write_all(b"\nthree\n\n").unwrap();
+        assert_eq!(raw.out, b"moat: denied x\r\ntwo\r\nthree\r\n\r\n");
+        let mut cooked = Lines::new(Vec::new());
+        cooked.raw = || false;
+        cooked.write_all(b"a\nb\r\n").unwrap();
+        assert_eq!(cooked.out, b"a\nb\r\n");
     }
 }

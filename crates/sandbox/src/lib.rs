@@ -805,6 +805,22 @@ impl Sandbox {
         }
     }
 
+    /// A pseudo-terminal of the sandbox's own `/dev/pts`: its master, for moat's relay,
+    /// and the command's side, which `tty` inside names (`/dev/pts/N`).
+    pub fn open_pty(&mut self) -> Result<(OwnedFd, OwnedFd), SandboxError> {
+        let fail = |error: String| SandboxError::Fs {
+            path: PathBuf::from("/dev/ptmx"),
+            error,
+        };
+        let master = match self.request(&Request::OpenPty, &[])? {
+            (Reply::Opened, mut fds) => fds.pop().ok_or_else(|| fail("no descriptor".into()))?,
+            (Reply::Failed { error }, _) => return Err(fail(error)),
+            (other, _) => return Err(fail(format!("unexpected reply {other:?}"))),
+        };
+        let peer = sys::pty_peer(master.as_fd()).map_err(|e| fail(e.to_string()))?;
+        Ok((master, peer))
+    }
+
     /// Reads a whole file, as the sandbox sees it.
     pub fn read_file(&mut self, path: impl AsRef<Path>) -> Result<Vec<u8>, SandboxError> {
         let path = path.as_ref();

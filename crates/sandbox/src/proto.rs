@@ -187,6 +187,9 @@ pub enum Request {
         /// Path inside the sandbox.
         path: PathBuf,
     },
+    /// Open a pseudo-terminal of the sandbox's own `/dev/pts`; the reply carries its
+    /// master (moat opens the command's side from it with TIOCGPTPEER).
+    OpenPty,
     /// Kill everything in the sandbox and exit.
     Stop,
     /// While the sandbox is being built with an idmapped identity: the detached, idmapped

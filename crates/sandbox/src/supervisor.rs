@@ -1110,6 +1110,19 @@ fn handle(
             }
             Ok((Reply::Done, None))
         }
+        Request::OpenPty => {
+            // The sandbox's /dev/ptmx: its own devpts instance, so the terminal has a name
+            // under the sandbox's /dev/pts (`tty` answers it; the host's are not there).
+            use nix::fcntl::OFlag;
+            let master = nix::pty::posix_openpt(OFlag::O_RDWR | OFlag::O_NOCTTY)?;
+            nix::pty::unlockpt(&master)?;
+            let fd = sys::own_fd(std::os::fd::IntoRawFd::into_raw_fd(master));
+            nix::fcntl::fcntl(
+                fd.as_fd(),
+                nix::fcntl::FcntlArg::F_SETFD(nix::fcntl::FdFlag::FD_CLOEXEC),
+            )?;
+            Ok((Reply::Opened, Some(fd)))
+        }
         Request::Stop => Ok((Reply::Done, None)),
         Request::Mount { .. } | Request::Proceed => Err(io::Error::new(
             io::ErrorKind::InvalidInput,

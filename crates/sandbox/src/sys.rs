@@ -11,7 +11,7 @@
 use std::ffi::CStr;
 use std::io;
 use std::net::{Ipv4Addr, Ipv6Addr};
-use std::os::fd::{AsRawFd, FromRawFd, OwnedFd, RawFd};
+use std::os::fd::{AsRawFd, BorrowedFd, FromRawFd, OwnedFd, RawFd};
 
 /// Maximum interface name length including the NUL, `IFNAMSIZ` in <net/if.h>.
 const IFNAMSIZ: usize = 16;
@@ -602,6 +602,20 @@ pub fn take_inherited(fd: RawFd) -> io::Result<OwnedFd> {
     // SAFETY: F_SETFD only sets the descriptor's flags.
     cvt(unsafe { libc::fcntl(fd, libc::F_SETFD, libc::FD_CLOEXEC) })?;
     Ok(own_fd(fd))
+}
+
+/// TIOCGPTPEER (include/uapi/asm-generic/ioctls.h, Linux 4.13+).
+const TIOCGPTPEER: libc::c_ulong = 0x5441;
+
+/// Opens the command's side of the pseudo-terminal whose master is `master`, without a path
+/// lookup: the right devpts instance whatever mount namespace the caller is in.
+pub fn pty_peer(master: BorrowedFd<'_>) -> io::Result<OwnedFd> {
+    let flags = libc::O_RDWR | libc::O_NOCTTY | libc::O_CLOEXEC;
+    // SAFETY: TIOCGPTPEER takes its open flags by value and returns a new descriptor, owned
+    // by the OwnedFd made from it below and by nothing else.
+    let fd = cvt(unsafe { libc::ioctl(master.as_raw_fd(), TIOCGPTPEER as _, flags) })?;
+    // SAFETY: `fd` was just returned by the kernel and is owned by nobody else.
+    Ok(unsafe { OwnedFd::from_raw_fd(fd) })
 }
 
 /// Takes ownership of a descriptor the kernel handed over (SCM_RIGHTS, an inherited

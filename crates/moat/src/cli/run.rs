@@ -522,7 +522,8 @@ pub(crate) fn run(opts: RunOptions) -> anyhow::Result<i32> {
         eprintln!("moat: note: {note}");
     }
 
-    let mut streams = crate::terminal::Streams::new().context("set up the command's terminal")?;
+    let mut streams =
+        crate::terminal::Streams::new(&mut sandbox).context("set up the command's terminal")?;
     let mut spec = SpawnSpec::new(opts.command.clone(), env, workdir);
     spec.terminal = streams.is_terminal();
     let mut fds: Vec<std::os::fd::BorrowedFd<'_>> = streams.fds().to_vec();
