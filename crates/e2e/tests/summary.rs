@@ -274,6 +274,98 @@ fn learn_writes_a_policy_that_allows_exactly_what_the_run_used() {
     assert_eq!(out.status.code(), Some(125), "{}", stderr(&out));
 }
 
+/// `--learn` can be trusted with a good policy: a run whose command never started leaves
+/// it as it was (a typo used to replace it with an empty deny-all policy); runs add to it,
+/// keeping what is there, comments included, and say what they added; `--learn-fresh`
+/// starts over.
+#[test]
+fn learn_extends_a_policy_and_keeps_it_when_the_command_did_not_start() {
+    let w = World::new();
+    let policy = w.dir.join("tool.toml");
+    let dns = format!("--dns={WORLD_DNS}");
+    let path = policy.to_str().unwrap();
+    let learn =
+        |flag: &str, script: &str| w.moat(&["run", &dns, flag, path, "--", "sh", "-c", script], T);
+    let one = "curl -sS -m 5 -o /dev/null http://api.example.test:8080/one && echo one-ok";
+    let two = "curl -sS -m 5 -o /dev/null http://other.example.test:8080/two && echo two-ok";
+    let out = learn("--learn", one);
+    assert!(stdout(&out).contains("one-ok"), "{}", stderr(&out));
+    // The user's own note in the file stays.
+    let mut first = std::fs::read_to_string(&policy).unwrap();
+    first.push_str("\n# my note: reviewed\n");
+    std::fs::write(&policy, &first).unwrap();
+
+    // A typo: the command is not found, nothing ran. The file is kept, and moat says so.
+    for typo in ["--learn", "--learn-fresh"] {
+        let out = w.moat(
+            &["run", &dns, typo, path, "--", "./no-such-installer.sh"],
+            T,
+        );
+        assert_eq!(out.status.code(), Some(127), "{}", stderr(&out));
+        assert!(stderr(&out).contains("kept as it was"), "{}", stderr(&out));
+        assert_eq!(std::fs::read_to_string(&policy).unwrap(), first);
+    }
+
+    // A second run adds its rule and keeps the first, the note too.
+    let out = learn("--learn", two);
+    assert!(stdout(&out).contains("two-ok"), "{}", stderr(&out));
+    assert!(stderr(&out).contains("added 1 rule"), "{}", stderr(&out));
+    let both = std::fs::read_to_string(&policy).unwrap();
+    assert!(both.starts_with(&first), "{both}");
+    assert!(both.contains("# my note: reviewed"), "{both}");
+    assert!(
+        both.contains("destination = \"other.example.test\""),
+        "{both}"
+    );
+    let check = w.moat(&["policy", "check", path], T);
+    assert!(check.status.success(), "{}", stderr(&check));
+    // Under it, both runs' traffic passes.
+    let policy_arg = format!("--policy={path}");
+    let out = w.moat(
+        &[
+            "run",
+            &dns,
+            &policy_arg,
+            "--",
+            "sh",
+            "-c",
+            &format!("{one}; {two}"),
+        ],
+        T,
+    );
+    assert!(
+        stdout(&out).contains("one-ok") && stdout(&out).contains("two-ok"),
+        "{}{}",
+        stdout(&out),
+        stderr(&out)
+    );
+
+    // The same run again adds nothing and changes nothing.
+    let out = learn("--learn", one);
+    assert!(stderr(&out).contains("added 0 rules"), "{}", stderr(&out));
+    assert_eq!(std::fs::read_to_string(&policy).unwrap(), both);
+
+    // --learn-fresh starts over: only this run's rule.
+    let out = learn("--learn-fresh", two);
+    assert!(stdout(&out).contains("two-ok"), "{}", stderr(&out));
+    let fresh = std::fs::read_to_string(&policy).unwrap();
+    assert!(
+        !fresh.contains("api.example.test") && !fresh.contains("my note"),
+        "{fresh}"
+    );
+    assert!(
+        fresh.contains("destination = \"other.example.test\""),
+        "{fresh}"
+    );
+
+    // A file that is not a policy is not extended: refused before the run.
+    std::fs::write(&policy, "not = [a policy").unwrap();
+    let out = learn("--learn", one);
+    assert_eq!(out.status.code(), Some(125), "{}", stderr(&out));
+    assert!(stderr(&out).contains("--learn-fresh"), "{}", stderr(&out));
+    assert!(!stdout(&out).contains("one-ok"), "the command ran");
+}
+
 #[test]
 fn learn_writes_through_no_link_the_sandbox_planted() {
     let w = World::new();

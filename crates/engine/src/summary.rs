@@ -371,6 +371,11 @@ impl RunSummary {
         self.denied.total()
     }
 
+    /// Lookups the sandbox made.
+    pub fn lookups(&self) -> u64 {
+        self.lookups
+    }
+
     /// The `--allow` flags that would have permitted what the policy denied, each once.
     pub fn suggestions(&self) -> Vec<String> {
         let mut out: Vec<String> = Vec::new();

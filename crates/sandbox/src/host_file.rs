@@ -197,6 +197,59 @@ impl HostFile {
         Ok(dir.join(&self.name))
     }
 
+    /// What the file holds now, if it exists: read through the directory opened (never a
+    /// link: `O_NOFOLLOW`), a regular file of at most `limit` bytes. For a file moat
+    /// extends (a learned policy), read before the sandbox starts, while nothing inside
+    /// could have changed it.
+    pub fn read_existing(&self, limit: u64) -> Result<Option<Vec<u8>>, HostFileError> {
+        let fd = match nix::fcntl::openat(
+            &self.dir,
+            self.name.as_os_str(),
+            OFlag::O_RDONLY | OFlag::O_NOFOLLOW | OFlag::O_NONBLOCK | OFlag::O_CLOEXEC,
+            Mode::empty(),
+        ) {
+            Ok(fd) => fd,
+            Err(Errno::ENOENT) => return Ok(None),
+            Err(Errno::ELOOP) => {
+                return Err(HostFileError::NotRegular {
+                    path: self.path(),
+                    what: "a symbolic link",
+                });
+            }
+            Err(e) => return Err(self.io("open to read", e.into())),
+        };
+        let file = self.regular(fd)?;
+        let mut text = Vec::new();
+        std::io::Read::read_to_end(&mut std::io::Read::take(&file, limit + 1), &mut text)
+            .map_err(|e| self.io("read", e))?;
+        if text.len() as u64 > limit {
+            return Err(self.io(
+                "read",
+                io::Error::new(
+                    io::ErrorKind::InvalidData,
+                    format!("larger than {limit} bytes"),
+                ),
+            ));
+        }
+        Ok(Some(text))
+    }
+
+    /// `fd` as a file, if it is a regular one (what was opened is what is checked: the
+    /// name may have changed between a look and the open).
+    fn regular(&self, fd: OwnedFd) -> Result<File, HostFileError> {
+        let file = File::from(fd);
+        let meta = file
+            .metadata()
+            .map_err(|e| self.io("read the file's type", e))?;
+        if !meta.file_type().is_file() {
+            return Err(HostFileError::NotRegular {
+                path: self.path(),
+                what: kind(meta.mode()),
+            });
+        }
+        Ok(file)
+    }
+
     /// Opens the file for appending, creating it (with `mode`, less the umask) if absent;
     /// readable too, so that a writer can see how the file ends. Refused when the name is a
     /// link or anything but a regular file.
@@ -236,16 +289,7 @@ impl HostFile {
             },
             e => self.io("open for appending", e.into()),
         })?;
-        let file = File::from(fd);
-        let meta = file
-            .metadata()
-            .map_err(|e| self.io("read the file's type", e))?;
-        if !meta.file_type().is_file() {
-            return Err(HostFileError::NotRegular {
-                path: self.path(),
-                what: kind(meta.mode()),
-            });
-        }
+        let file = self.regular(fd)?;
         // Back to blocking writes: O_NONBLOCK only kept a FIFO from blocking the open.
         nix::fcntl::fcntl(&file, nix::fcntl::FcntlArg::F_SETFL(OFlag::O_APPEND))
             .map_err(|e| self.io("open for appending", e.into()))?;

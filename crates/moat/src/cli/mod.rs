@@ -120,9 +120,14 @@ struct RunArgs {
     #[arg(long)]
     quiet: bool,
     /// Learn mode: run under the policy as usual (public-only unless given), then write FILE,
-    /// a deny-by-default policy with the fewest rules that allow what the run used.
-    #[arg(long, value_name = "FILE")]
+    /// a deny-by-default policy with the fewest rules that allow what the run used. An
+    /// existing FILE is extended (what it holds is kept, comments too); a run whose command
+    /// did not start leaves it as it was.
+    #[arg(long, value_name = "FILE", conflicts_with = "learn_fresh")]
     learn: Option<PathBuf>,
+    /// Learn mode, starting over: FILE is replaced by what this run used alone.
+    #[arg(long, value_name = "FILE")]
+    learn_fresh: Option<PathBuf>,
     /// Host directory to mount writable at the same path, and start in.
     #[arg(short = 'w', long, value_name = "DIR")]
     workdir: Option<std::path::PathBuf>,
@@ -381,7 +386,8 @@ fn run_options(args: RunArgs, matches: Option<&clap::ArgMatches>) -> run::RunOpt
         secrets: args.secret,
         secrets_plain_http: args.secret_plain_http,
         quiet: args.quiet,
-        learn: args.learn,
+        learn_fresh: args.learn_fresh.is_some(),
+        learn: args.learn.or(args.learn_fresh),
         on_secret_violation: args.on_secret_violation,
         name: args.name,
         command: args.command,

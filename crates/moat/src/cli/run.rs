@@ -91,8 +91,10 @@ pub struct RunOptions {
     pub secrets_plain_http: Vec<String>,
     /// `--quiet`: no summary at the end.
     pub quiet: bool,
-    /// `--learn FILE`.
+    /// `--learn FILE` (or `--learn-fresh FILE`).
     pub learn: Option<PathBuf>,
+    /// `--learn-fresh`: replace FILE rather than extend it.
+    pub learn_fresh: bool,
     /// `--on-secret-violation`.
     pub on_secret_violation: Option<String>,
     /// `--name`.
@@ -485,11 +487,7 @@ pub(crate) fn run(opts: RunOptions) -> anyhow::Result<i32> {
     let learn = opts
         .learn
         .as_deref()
-        .map(|path| {
-            moat_sandbox::HostFile::open(path)
-                .map(moat_sandbox::HostFile::durable)
-                .with_context(|| format!("--learn {}: cannot write there", path.display()))
-        })
+        .map(|path| Learn::open(path, opts.learn_fresh))
         .transpose()?;
     let assembly = builder.assemble()?;
 
@@ -539,7 +537,7 @@ pub(crate) fn run(opts: RunOptions) -> anyhow::Result<i32> {
             let (message, code) = spawn_failure(&e.to_string(), &opts.command[0]);
             eprintln!("moat: {message}");
             crate::builder::audit_end(&audit, Some(code), &counters);
-            return finish(&opts, learn.as_ref(), &audit, code);
+            return finish(&opts, learn.as_ref(), &audit, code, false);
         }
     };
     streams.started()?;
@@ -558,7 +556,7 @@ pub(crate) fn run(opts: RunOptions) -> anyhow::Result<i32> {
         None => ended,
     };
     crate::builder::audit_end(&audit, Some(status), &counters);
-    finish(&opts, learn.as_ref(), &audit, status)
+    finish(&opts, learn.as_ref(), &audit, status, true)
 }
 
 /// The end of a run: the summary on stderr (unless `--quiet`), what the audit log could
@@ -566,9 +564,10 @@ pub(crate) fn run(opts: RunOptions) -> anyhow::Result<i32> {
 /// `--audit-required`, a log with a hole in it (the `end` event lost too) is a failure.
 fn finish(
     opts: &RunOptions,
-    learn: Option<&moat_sandbox::HostFile>,
+    learn: Option<&Learn>,
     audit: &moat_engine::AuditLog,
     status: i32,
+    started: bool,
 ) -> anyhow::Result<i32> {
     let stats = audit.stats();
     // The rendered summary says these too (from the end event); without it, say them here:
@@ -606,8 +605,23 @@ fn finish(
             }
         }
     }
-    if let (Some(file), Some(run)) = (learn, summary.runs().first()) {
-        let path = file.path();
+    if let (Some(learn), Some(run)) = (learn, summary.runs().first()) {
+        // A command that never ran (not found, not executable, refused) used nothing: a
+        // good policy is not to be replaced by an empty one because of a typo.
+        let quiet_failure =
+            (status == 126 || status == 127) && run.allowed() + run.denied() + run.lookups() == 0;
+        if !started || quiet_failure {
+            eprintln!(
+                "moat: --learn {}: {} (the command did not start)",
+                learn.file.path().display(),
+                if learn.existed {
+                    "kept as it was"
+                } else {
+                    "not written"
+                }
+            );
+            return Ok(status);
+        }
         let command: Vec<String> = opts
             .command
             .iter()
@@ -620,21 +634,153 @@ fn finish(
             run.run,
             command.join(" ")
         );
-        let text = run.learned_policy(&header);
-        // Through the directory opened before the sandbox ran: a random temporary name
-        // created exclusively, renamed over the path (a link planted there is replaced,
-        // not followed).
-        file.replace(text.as_bytes(), 0o644)
-            .with_context(|| format!("--learn {}: cannot write the policy", path.display()))?;
-        let rules = text.matches("[[rules]]").count();
-        eprintln!(
-            "moat: learned {rules} rule{} from this run: wrote {} (run it again with --policy {})",
-            if rules == 1 { "" } else { "s" },
-            path.display(),
-            path.display()
-        );
+        learn.write(&run.learned_policy(&header), &run.run, &command.join(" "))?;
     }
     Ok(status)
+}
+
+/// `--learn FILE`: the file's directory, opened before the sandbox starts, and — unless
+/// `--learn-fresh` — what FILE held then, which the run's rules extend.
+struct Learn {
+    file: moat_sandbox::HostFile,
+    /// The text FILE held and the policy it reads as.
+    existing: Option<(String, NetworkPolicy)>,
+    /// Whether FILE existed at the start (also under `--learn-fresh`).
+    existed: bool,
+}
+
+/// The largest policy file `--learn` extends (a learned policy is a few KiB).
+const MAX_LEARNED_FILE: u64 = 4 << 20;
+
+impl Learn {
+    /// Opens FILE's directory and, unless `fresh`, reads what FILE holds — now, before
+    /// anything inside the sandbox could have changed it.
+    fn open(path: &std::path::Path, fresh: bool) -> anyhow::Result<Learn> {
+        let file = moat_sandbox::HostFile::open(path)
+            .map(moat_sandbox::HostFile::durable)
+            .with_context(|| format!("--learn {}: cannot write there", path.display()))?;
+        let existed = file.real_path().is_ok_and(|p| p.symlink_metadata().is_ok());
+        let existing = if fresh {
+            None
+        } else {
+            match file
+                .read_existing(MAX_LEARNED_FILE)
+                .with_context(|| format!("--learn {}: cannot read it", path.display()))?
+            {
+                None => None,
+                Some(bytes) => {
+                    let text = String::from_utf8(bytes).map_err(|_| {
+                        anyhow::anyhow!(
+                            "--learn {}: not a policy moat can extend (not UTF-8 text); --learn-fresh {} replaces it",
+                            path.display(),
+                            path.display()
+                        )
+                    })?;
+                    let format = moat_policy::PolicyFormat::detect(path, &text);
+                    let policy = NetworkPolicy::from_text(path, &text, format).map_err(|e| {
+                        anyhow::anyhow!(
+                            "--learn {}: not a policy moat can extend ({e}); --learn-fresh {} replaces it",
+                            path.display(),
+                            path.display()
+                        )
+                    })?;
+                    if format != moat_policy::PolicyFormat::Toml {
+                        anyhow::bail!(
+                            "--learn {}: moat extends TOML policies only; --learn-fresh {} replaces it",
+                            path.display(),
+                            path.display()
+                        );
+                    }
+                    Some((text, policy))
+                }
+            }
+        };
+        Ok(Learn {
+            file,
+            existing,
+            existed,
+        })
+    }
+
+    /// Writes what the run learned (`learned`: a whole policy file): as it is, or the rules
+    /// the existing file lacks appended to it, with a line saying which run added them.
+    fn write(&self, learned: &str, run: &str, command: &str) -> anyhow::Result<()> {
+        let path = self.file.path();
+        let (text, added, kept) = match &self.existing {
+            None => (learned.to_owned(), learned.matches("[[rules]]").count(), 0),
+            Some((old, policy)) => {
+                let mut text = old.clone();
+                let (mut added, mut kept) = (0, 0);
+                for block in rule_blocks(learned) {
+                    let rule = NetworkPolicy::from_text(
+                        &path,
+                        &format!("default_action = \"deny\"\n{block}"),
+                        moat_policy::PolicyFormat::Toml,
+                    )
+                    .ok()
+                    .and_then(|p| p.rules.into_iter().next());
+                    if rule.is_some_and(|r| policy.rules.contains(&r)) {
+                        kept += 1;
+                        continue;
+                    }
+                    if added == 0 {
+                        if !text.ends_with('\n') {
+                            text.push('\n');
+                        }
+                        text.push_str(&format!(
+                            "\n# Added by `moat run --learn` from run {run} of: {}\n",
+                            command.replace(['\n', '\r'], " ")
+                        ));
+                    }
+                    text.push('\n');
+                    text.push_str(block);
+                    added += 1;
+                }
+                (text, added, kept)
+            }
+        };
+        self.file
+            .replace(text.as_bytes(), 0o644)
+            .with_context(|| format!("--learn {}: cannot write the policy", path.display()))?;
+        let rules = |n: usize| format!("{n} rule{}", if n == 1 { "" } else { "s" });
+        if self.existing.is_some() {
+            eprintln!(
+                "moat: --learn {}: added {} from this run ({} already there){}",
+                path.display(),
+                rules(added),
+                kept,
+                if added == 0 {
+                    "; the file is unchanged"
+                } else {
+                    ""
+                }
+            );
+        } else {
+            eprintln!(
+                "moat: learned {} from this run: wrote {} (run it again with --policy {})",
+                rules(added),
+                path.display(),
+                path.display()
+            );
+        }
+        Ok(())
+    }
+}
+
+/// The `[[rules]]` blocks of a learned policy's text, each with its comments, as written.
+fn rule_blocks(text: &str) -> Vec<&str> {
+    let starts: Vec<usize> = text
+        .match_indices("\n[[rules]]")
+        .map(|(i, _)| i + 1)
+        .collect();
+    starts
+        .iter()
+        .enumerate()
+        .map(|(k, &start)| {
+            let end = starts.get(k + 1).map_or(text.len(), |&next| next - 1);
+            &text[start..end]
+        })
+        .collect()
 }
 
 fn plural(n: u64, what: &str) -> String {
