@@ -154,3 +154,90 @@ fn values_that_cannot_work_are_refused_with_what_to_do() {
     }
     let _ = std::fs::remove_dir_all(dir);
 }
+
+/// Nothing that cannot work, or that hands the sandbox more than it seems, passes without a
+/// word: a grant of the caller's home (or a directory holding it) is refused, naming the
+/// secrets it would expose and how to grant less; a secret no request moat reads could
+/// carry is refused, saying what to add; under `--policy none` the summary says there was
+/// no interface and how to see what the command wanted. Each refusal's neighbour runs.
+#[test]
+fn refusals_say_what_would_be_exposed_and_what_to_add() {
+    let dir = scratch("home");
+    let home = dir.join("home");
+    let project = home.join("project");
+    std::fs::create_dir_all(home.join(".ssh")).unwrap();
+    std::fs::create_dir_all(&project).unwrap();
+    let (home_s, project_s) = (home.to_str().unwrap(), project.to_str().unwrap());
+    let env = [("HOME", home_s), ("API_KEY", "a-value-of-the-secret")];
+    for flags in [
+        ["-w", home_s],
+        ["--rw", home_s],
+        ["--ro", home_s],
+        ["--ro", dir.to_str().unwrap()],
+    ] {
+        let mut args = vec!["run", "--policy", "none"];
+        args.extend_from_slice(&flags);
+        args.extend_from_slice(&["--", "true"]);
+        let out = moat(&args, &env);
+        let err = stderr(&out);
+        assert_eq!(out.status.code(), Some(125), "{flags:?}: {err}");
+        assert!(
+            err.contains("your home directory") && err.contains(".ssh"),
+            "{flags:?}: {err}"
+        );
+        assert!(err.contains(&format!("-w {home_s}/PROJECT")), "{err}");
+    }
+    // Control: a project inside the home is fine.
+    let out = moat(
+        &[
+            "run", "--quiet", "--policy", "none", "-w", project_s, "--", "true",
+        ],
+        &env,
+    );
+    assert_eq!(out.status.code(), Some(0), "{}", stderr(&out));
+
+    let secret = ["--secret", "API_KEY@api.example.test"];
+    let cases: [(&[&str], &str); 2] = [
+        (&[], "add --tls-intercept"),
+        (
+            &["--tls-intercept", "--tls-bypass", "*.example.test"],
+            "bypassed",
+        ),
+    ];
+    for (flags, says) in cases {
+        let mut args = vec!["run"];
+        args.extend_from_slice(&secret);
+        args.extend_from_slice(flags);
+        args.extend_from_slice(&["--", "true"]);
+        let out = moat(&args, &env);
+        let err = stderr(&out);
+        assert_eq!(out.status.code(), Some(125), "{flags:?}: {err}");
+        assert!(
+            err.contains("could never be substituted") && err.contains(says),
+            "{err}"
+        );
+    }
+    // Controls: with interception, or plain HTTP allowed, the same secret starts.
+    for flags in [
+        &["--tls-intercept"][..],
+        &["--secret-plain-http", "API_KEY"][..],
+        &["--tls-intercept", "--tls-bypass", "www.example.test"][..],
+    ] {
+        // With a network (the default policy), where the check applies; nothing is dialled.
+        let mut args = vec!["run", "--quiet"];
+        args.extend_from_slice(&secret);
+        args.extend_from_slice(flags);
+        args.extend_from_slice(&["--", "true"]);
+        let out = moat(&args, &env);
+        assert_eq!(out.status.code(), Some(0), "{flags:?}: {}", stderr(&out));
+    }
+
+    // --policy none: the summary says why nothing was seen, and what to do.
+    let out = moat(&["run", "--policy", "none", "--", "true"], &env);
+    let err = stderr(&out);
+    assert!(
+        err.contains("no network interface") && err.contains("--learn"),
+        "{err}"
+    );
+    let _ = std::fs::remove_dir_all(dir);
+}

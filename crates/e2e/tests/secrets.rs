@@ -42,6 +42,11 @@ fn run_valued(
         "--secret",
         "API_KEY@api.example.test",
     ]);
+    // A secret is substituted only in what moat reads: intercepted TLS, unless a test
+    // opts into plain HTTP (moat refuses a secret that could never be substituted).
+    if !extra.contains(&"--tls-intercept") && !extra.contains(&"--secret-plain-http") {
+        cmd.arg("--tls-intercept");
+    }
     cmd.args(extra).args(["--", "sh", "-c", script]);
     let out = run_with_timeout(cmd, T);
     let text = std::fs::read_to_string(&audit).unwrap_or_default();

@@ -59,6 +59,14 @@ pub enum SecretError {
     /// Two secrets share a name or a placeholder.
     #[error("secret {0}: another secret has the same name or placeholder")]
     Duplicate(String),
+    /// The value could never be put in a request: moat reads none that could carry it.
+    #[error("secret {name}: its value could never be substituted: {why}")]
+    Unreachable {
+        /// The secret.
+        name: String,
+        /// Why, and what to add.
+        why: String,
+    },
 }
 
 /// Where a secret may go: one name, or every name strictly below one.
@@ -89,6 +97,17 @@ impl HostPattern {
         match self {
             HostPattern::Exact(n) => n == name,
             HostPattern::Below(s) => s.matches(name),
+        }
+    }
+
+    /// Whether every name `other` covers is covered by this one too.
+    pub fn covers(&self, other: &HostPattern) -> bool {
+        match (self, other) {
+            (_, HostPattern::Exact(name)) => self.matches(name),
+            (HostPattern::Below(mine), HostPattern::Below(theirs)) => {
+                mine == theirs || mine.matches(theirs.parent())
+            }
+            (HostPattern::Exact(_), HostPattern::Below(_)) => false,
         }
     }
 }
@@ -181,7 +200,12 @@ impl Secret {
         self.hosts.iter().any(|h| h.matches(host))
     }
 
-    /// Whether plain HTTP may carry it (to an allowed host).
+    /// The hosts it may go to.
+    pub fn hosts(&self) -> &[HostPattern] {
+        &self.hosts
+    }
+
+    /// Whether plain HTTP may carry it (`allow_plain_http`).
     pub fn allows_plain_http(&self) -> bool {
         self.allow_plain_http
     }

@@ -437,6 +437,10 @@ impl SandboxBuilder {
         let network = (!offline).then(|| crate::setup::net_spec(&link));
         let mut sandbox = SandboxConfig::new(self.name.clone());
         sandbox.workdir = self.workdir.clone();
+        if let Some(dir) = &self.workdir_host {
+            let resolved = dir.canonicalize().unwrap_or_else(|_| dir.clone());
+            crate::setup::not_home("-w", &resolved)?;
+        }
         sandbox.workdir_host = self.workdir_host;
         sandbox.resolv_conf = network.as_ref().map(|_| crate::setup::resolv_conf(&link));
         sandbox.hosts = Some(crate::setup::hosts_file(&self.name, &link));
@@ -523,6 +527,30 @@ impl SandboxBuilder {
             .map(SecretBuilder::build)
             .collect::<Result<Vec<_>, _>>()?;
         moat_engine::check_secrets(&secrets)?;
+        if !offline {
+            for secret in secrets.iter().filter(|s| !s.allows_plain_http()) {
+                let unreachable = |why: String| moat_engine::SecretError::Unreachable {
+                    name: secret.name().to_owned(),
+                    why,
+                };
+                match &net.tls {
+                    None => {
+                        return Err(unreachable(format!(
+                            "it goes only into requests moat reads, and without TLS interception it reads none: add --tls-intercept (API: network(|n| n.tls(|t| t))), or let plain HTTP carry it (--secret-plain-http {}) if its host speaks plain HTTP",
+                            secret.name()
+                        ))
+                        .into());
+                    }
+                    Some(tls) if secret.hosts().iter().all(|h| tls.bypasses(h)) => {
+                        return Err(unreachable(
+                            "every host it may go to is bypassed (--tls-bypass), so moat never reads those connections: remove the bypass of its host".to_owned(),
+                        )
+                        .into());
+                    }
+                    Some(_) => {}
+                }
+            }
+        }
         let mut env = crate::setup::base_env();
         if let Some(tls) = net.tls.as_ref().filter(|_| !offline) {
             let trust = tls.assemble(&self.name)?;

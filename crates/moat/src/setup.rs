@@ -89,6 +89,80 @@ pub enum GrantError {
         /// `ro` or `rw`.
         flag: &'static str,
     },
+    /// The path is the caller's home directory or holds it.
+    #[error(
+        "{flag} {path}: that would hand the sandbox your home directory {home} and every secret in it{exposed}; grant only what the command needs: a project directory (-w {home}/PROJECT), or single files read-only (--ro {home}/.gitconfig)"
+    )]
+    Home {
+        /// The flag (`-w`, `--ro`, `--rw`).
+        flag: &'static str,
+        /// The path as granted.
+        path: String,
+        /// The caller's home.
+        home: String,
+        /// `" (.ssh, .aws, ...)"`: what lies there now, or nothing.
+        exposed: String,
+    },
+}
+
+/// The caller's home directory (`$HOME`, else the password database's), resolved.
+fn caller_home() -> Option<PathBuf> {
+    let home = std::env::var_os("HOME")
+        .filter(|h| !h.is_empty())
+        .map(PathBuf::from)
+        .or_else(|| {
+            nix::unistd::User::from_uid(nix::unistd::geteuid())
+                .ok()
+                .flatten()
+                .map(|u| u.dir)
+        })?;
+    home.canonicalize().ok().filter(|h| h != Path::new("/"))
+}
+
+/// Refuses a grant (`flag`, resolved `path`) that is the caller's home or one of its
+/// parents: every dotfile — keys, tokens, shell history — would be the sandbox's.
+pub(crate) fn not_home(flag: &'static str, path: &Path) -> Result<(), GrantError> {
+    let Some(home) = caller_home() else {
+        return Ok(());
+    };
+    if !home.starts_with(path) {
+        return Ok(());
+    }
+    let mut secrets: Vec<String> = std::fs::read_dir(&home)
+        .map(|entries| {
+            entries
+                .flatten()
+                .map(|e| e.file_name().to_string_lossy().into_owned())
+                .filter(|n| {
+                    [
+                        ".ssh",
+                        ".aws",
+                        ".gnupg",
+                        ".config",
+                        ".netrc",
+                        ".docker",
+                        ".kube",
+                        ".git-credentials",
+                        ".npmrc",
+                        ".pypirc",
+                        ".cargo",
+                    ]
+                    .contains(&n.as_str())
+                })
+                .collect()
+        })
+        .unwrap_or_default();
+    secrets.sort();
+    Err(GrantError::Home {
+        flag,
+        path: path.display().to_string(),
+        home: home.display().to_string(),
+        exposed: if secrets.is_empty() {
+            String::new()
+        } else {
+            format!(" ({})", secrets.join(", "))
+        },
+    })
 }
 
 /// `--ro` and `--rw` paths as grants: absolute, symlinks resolved (a link cannot point a
@@ -105,6 +179,7 @@ pub(crate) fn grants(ro: &[PathBuf], rw: &[PathBuf]) -> Result<Vec<Grant>, Grant
             if canonical == Path::new("/") {
                 return Err(GrantError::Root { flag });
             }
+            not_home(if writable { "--rw" } else { "--ro" }, &canonical)?;
             out.push(Grant {
                 path: canonical,
                 writable,

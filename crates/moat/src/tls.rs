@@ -168,6 +168,13 @@ impl TlsBuilder {
         self
     }
 
+    /// Whether connections to every host `pattern` covers pass without interception.
+    pub(crate) fn bypasses(&self, pattern: &moat_engine::HostPattern) -> bool {
+        self.bypass
+            .iter()
+            .any(|b| moat_engine::HostPattern::parse(b).is_ok_and(|b| b.covers(pattern)))
+    }
+
     /// The engine's configuration, the trust bundle for the sandbox (the host's roots
     /// and the CA) and the files and variables that carry it.
     pub(crate) fn assemble(&self, sandbox: &str) -> Result<Trust, TlsError> {

@@ -604,6 +604,11 @@ fn finish(
                 eprintln!("moat: {line}");
             }
         }
+        if opts.policy.as_deref() == Some("none") {
+            eprintln!(
+                "moat:   the sandbox had no network interface (--policy none): to see what the command would connect to, run it under the default policy with --learn FILE"
+            );
+        }
     }
     if let (Some(learn), Some(run)) = (learn, summary.runs().first()) {
         // A command that never ran (not found, not executable, refused) used nothing: a
