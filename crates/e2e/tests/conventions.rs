@@ -239,5 +239,48 @@ fn refusals_say_what_would_be_exposed_and_what_to_add() {
         err.contains("no network interface") && err.contains("--learn"),
         "{err}"
     );
+    // Nothing written: no word about discarding.
+    assert!(!err.contains("discarded"), "{err}");
+
+    // What the command wrote to its own work directory and /tmp is gone at the end: said,
+    // with the amount and how to keep it.
+    let out = moat(
+        &[
+            "run",
+            "--policy",
+            "none",
+            "--",
+            "sh",
+            "-c",
+            "head -c 2500000 /dev/zero > /workspace/out; head -c 600000 /dev/zero > /tmp/t",
+        ],
+        &env,
+    );
+    let err = stderr(&out);
+    assert!(
+        err.contains("3.0 MiB written to the sandbox's own /workspace, /tmp")
+            && err.contains("discarded; -w DIR keeps"),
+        "{err}"
+    );
+    // With -w, the work directory's files stay on the host and are not counted.
+    let out = moat(
+        &[
+            "run",
+            "--policy",
+            "none",
+            "-w",
+            project_s,
+            "--",
+            "sh",
+            "-c",
+            "head -c 2500000 /dev/zero > out",
+        ],
+        &env,
+    );
+    assert!(!stderr(&out).contains("discarded"), "{}", stderr(&out));
+    assert_eq!(
+        std::fs::metadata(project.join("out")).unwrap().len(),
+        2_500_000
+    );
     let _ = std::fs::remove_dir_all(dir);
 }

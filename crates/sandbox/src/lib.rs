@@ -821,6 +821,30 @@ impl Sandbox {
         Ok((master, peer))
     }
 
+    /// How many bytes the sandbox's own file systems at `filesystems` (its /tmp, its home)
+    /// and the files under `trees` (a private work directory) take now: what is discarded
+    /// when the sandbox stops.
+    pub fn used_bytes(
+        &mut self,
+        filesystems: &[PathBuf],
+        trees: &[PathBuf],
+    ) -> Result<u64, SandboxError> {
+        let request = Request::Used {
+            filesystems: filesystems.to_vec(),
+            trees: trees.to_vec(),
+        };
+        match self.request(&request, &[])? {
+            (Reply::Used { bytes }, _) => Ok(bytes),
+            (Reply::Failed { error }, _) => Err(SandboxError::Fs {
+                path: filesystems.first().cloned().unwrap_or_default(),
+                error,
+            }),
+            (other, _) => Err(SandboxError::Channel(io::Error::other(format!(
+                "unexpected reply {other:?}"
+            )))),
+        }
+    }
+
     /// Reads a whole file, as the sandbox sees it.
     pub fn read_file(&mut self, path: impl AsRef<Path>) -> Result<Vec<u8>, SandboxError> {
         let path = path.as_ref();

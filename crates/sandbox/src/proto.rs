@@ -190,6 +190,15 @@ pub enum Request {
     /// Open a pseudo-terminal of the sandbox's own `/dev/pts`; the reply carries its
     /// master (moat opens the command's side from it with TIOCGPTPEER).
     OpenPty,
+    /// How many bytes the files under these paths take: each of `filesystems` is a file
+    /// system of the sandbox's own (its used blocks), each of `trees` a directory walked
+    /// (the sizes of its files, up to a bound).
+    Used {
+        /// Paths inside the sandbox whose file systems are counted whole.
+        filesystems: Vec<PathBuf>,
+        /// Directories inside the sandbox whose files are summed.
+        trees: Vec<PathBuf>,
+    },
     /// Kill everything in the sandbox and exit.
     Stop,
     /// While the sandbox is being built with an idmapped identity: the detached, idmapped
@@ -248,6 +257,11 @@ pub enum Reply {
     Listed {
         /// Entry names.
         entries: Vec<Vec<u8>>,
+    },
+    /// Bytes used ([`Request::Used`]).
+    Used {
+        /// The total.
+        bytes: u64,
     },
     /// A request without a result succeeded.
     Done,

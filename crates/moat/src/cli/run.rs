@@ -522,6 +522,15 @@ pub(crate) fn run(opts: RunOptions) -> anyhow::Result<i32> {
 
     let mut streams =
         crate::terminal::Streams::new(&mut sandbox).context("set up the command's terminal")?;
+    // What the run writes to the sandbox's own places vanishes with it: said at the end.
+    let home = env
+        .iter()
+        .find(|(k, _)| k == "HOME")
+        .map(|(_, v)| PathBuf::from(v));
+    let private = Private {
+        filesystems: std::iter::once(PathBuf::from("/tmp")).chain(home).collect(),
+        workdir: opts.workdir.is_none().then(|| workdir.clone()),
+    };
     let mut spec = SpawnSpec::new(opts.command.clone(), env, workdir);
     spec.terminal = streams.is_terminal();
     let mut fds: Vec<std::os::fd::BorrowedFd<'_>> = streams.fds().to_vec();
@@ -546,6 +555,7 @@ pub(crate) fn run(opts: RunOptions) -> anyhow::Result<i32> {
     let ended = wait_with_signals(&mut sandbox, &sigfd, pid, &streams, &terminate, &audit)?;
     let counters = engine.and_then(|e| e.stop().ok()).unwrap_or_default();
     let hit = sandbox.limit_hit();
+    let discarded = private.discarded(&mut sandbox);
     let _ = sandbox.stop();
     streams.finish();
     let status = match &hit {
@@ -556,7 +566,11 @@ pub(crate) fn run(opts: RunOptions) -> anyhow::Result<i32> {
         None => ended,
     };
     crate::builder::audit_end(&audit, Some(status), &counters);
-    finish(&opts, learn.as_ref(), &audit, status, true)
+    let status = finish(&opts, learn.as_ref(), &audit, status, true)?;
+    if let Some(line) = discarded.filter(|_| !opts.quiet) {
+        eprintln!("moat: {line}");
+    }
+    Ok(status)
 }
 
 /// The end of a run: the summary on stderr (unless `--quiet`), what the audit log could
@@ -642,6 +656,53 @@ fn finish(
         learn.write(&run.learned_policy(&header), &run.run, &command.join(" "))?;
     }
     Ok(status)
+}
+
+/// The sandbox's own writable places, whose contents are gone when it stops: its /tmp
+/// and home (file systems of its own) and, without `-w`, its private work directory.
+struct Private {
+    filesystems: Vec<PathBuf>,
+    workdir: Option<PathBuf>,
+}
+
+impl Private {
+    /// One line saying how much the run wrote there (none when nothing was written).
+    fn discarded(&self, sandbox: &mut moat_sandbox::Sandbox) -> Option<String> {
+        let trees: Vec<PathBuf> = self.workdir.iter().cloned().collect();
+        let bytes = sandbox.used_bytes(&self.filesystems, &trees).ok()?;
+        if bytes == 0 {
+            return None;
+        }
+        let mut places: Vec<String> = trees
+            .iter()
+            .chain(&self.filesystems)
+            .map(|p| p.display().to_string())
+            .collect();
+        let last = places.pop().unwrap_or_default();
+        let places = if places.is_empty() {
+            last
+        } else {
+            format!("{} and {last}", places.join(", "))
+        };
+        let keep = if self.workdir.is_some() {
+            "-w DIR keeps the work directory's, --rw DIR what the command writes elsewhere"
+        } else {
+            "--rw DIR keeps what the command writes there"
+        };
+        Some(format!(
+            "{} written to the sandbox's own {places} were discarded; {keep}",
+            human_bytes(bytes)
+        ))
+    }
+}
+
+/// `12 MiB`, `340 KiB`, `512 bytes`.
+fn human_bytes(n: u64) -> String {
+    match n {
+        0..1024 => format!("{n} byte{}", if n == 1 { "" } else { "s" }),
+        1024..1_048_576 => format!("{} KiB", n.div_ceil(1024)),
+        _ => format!("{:.1} MiB", n as f64 / 1_048_576.0),
+    }
 }
 
 /// `--learn FILE`: the file's directory, opened before the sandbox starts, and — unless
