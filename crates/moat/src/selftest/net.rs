@@ -1,0 +1,416 @@
+//! The caller's half of the network probes, all in one sandbox under the default policy,
+//! public_only, with two rules before it for the split ClientHello (see `mod.rs`). Every
+//! target is on this machine or refused by moat before it opens a socket; the audit
+//! events of the run show each attempt was judged (the control that it reached moat).
+
+use std::io::Read;
+use std::net::{IpAddr, Ipv4Addr, Ipv6Addr, SocketAddr, TcpListener, TcpStream};
+use std::sync::{Arc, Mutex};
+use std::time::{Duration, Instant};
+
+use moat_policy::{Destination, NetworkPolicy, PortRange, Protocol, Rule, canonical_addr};
+
+use super::dns::{PUBLIC_ANSWER, PUBLIC_NAME, REBIND_NAME, Responder};
+use super::{Finding, Jail, Said, Scratch, Verdict, judge};
+use crate::demo::Captured;
+use crate::{AuditSink, DenyMode, Sandbox};
+
+/// The names the split ClientHellos carry: one a rule denies, one it does not.
+const BLOCKED_NAME: &str = "blocked.moat-selftest.test";
+const FINE_NAME: &str = "fine.moat-selftest.test";
+
+/// Where the metadata services of clouds answer (the `Metadata` group).
+const METADATA: [&str; 3] = [
+    "169.254.169.254:80",
+    "[fd00:ec2::254]:80",
+    "168.63.129.16:80",
+];
+
+/// Private and special-purpose addresses, and IPv6 forms that carry a private IPv4 one.
+const INWARD: [&str; 11] = [
+    "10.0.0.1:80",
+    "172.16.0.1:80",
+    "192.168.0.1:80",
+    "100.64.0.1:80",
+    "198.18.0.1:80",
+    "240.0.0.1:80",
+    "[fc00::1]:80",
+    "[::ffff:10.0.0.1]:80",
+    "[64:ff9b::a00:1]:80",
+    "[2002:a00:1::1]:80",
+    "[2001:0:f5ff:fffe::]:80",
+];
+
+const NAMES: [&str; 5] = [
+    "host-addresses",
+    "metadata",
+    "private-ranges",
+    "dns-rebinding",
+    "split-client-hello",
+];
+
+/// The audit events captured so far.
+fn events(log: &Captured) -> Vec<serde_json::Value> {
+    let bytes = log.0.lock().unwrap_or_else(|e| e.into_inner()).clone();
+    String::from_utf8_lossy(&bytes)
+        .lines()
+        .filter_map(|l| serde_json::from_str(l).ok())
+        .collect()
+}
+
+/// A TCP listener of selftest's that counts connections and keeps what arrives, for a
+/// bounded time.
+struct Listener {
+    addr: SocketAddr,
+    received: Arc<Mutex<(usize, Vec<u8>)>>,
+    stop: Arc<std::sync::atomic::AtomicBool>,
+}
+
+impl Listener {
+    fn start(at: SocketAddr) -> std::io::Result<Listener> {
+        use std::sync::atomic::Ordering;
+        let l = TcpListener::bind(at)?;
+        l.set_nonblocking(true)?;
+        let addr = l.local_addr()?;
+        let received = Arc::new(Mutex::new((0, Vec::new())));
+        let stop = Arc::new(std::sync::atomic::AtomicBool::new(false));
+        let (r, s) = (received.clone(), stop.clone());
+        std::thread::spawn(move || {
+            let deadline = Instant::now() + Duration::from_secs(60);
+            while !s.load(Ordering::Relaxed) && Instant::now() < deadline {
+                let Ok((mut c, _)) = l.accept() else {
+                    std::thread::sleep(Duration::from_millis(5));
+                    continue;
+                };
+                r.lock().unwrap_or_else(|e| e.into_inner()).0 += 1;
+                let _ = c.set_nonblocking(false);
+                let _ = c.set_read_timeout(Some(Duration::from_millis(500)));
+                let mut buf = [0u8; 4096];
+                // What the first half second brings (a ClientHello), at most 64 KiB.
+                for _ in 0..16 {
+                    match c.read(&mut buf) {
+                        Ok(n) if n > 0 => r
+                            .lock()
+                            .unwrap_or_else(|e| e.into_inner())
+                            .1
+                            .extend_from_slice(&buf[..n]),
+                        _ => break,
+                    }
+                }
+            }
+        });
+        Ok(Listener {
+            addr,
+            received,
+            stop,
+        })
+    }
+
+    fn connections(&self) -> usize {
+        self.received.lock().unwrap_or_else(|e| e.into_inner()).0
+    }
+
+    fn got(&self, needle: &str) -> bool {
+        let r = self.received.lock().unwrap_or_else(|e| e.into_inner());
+        r.1.windows(needle.len()).any(|w| w == needle.as_bytes())
+    }
+}
+
+impl Drop for Listener {
+    fn drop(&mut self) {
+        self.stop.store(true, std::sync::atomic::Ordering::Relaxed);
+    }
+}
+
+/// The host's own addresses beside loopback (IPv6 link-local aside: it needs a scope).
+fn own_addresses() -> Vec<IpAddr> {
+    let mut out: Vec<IpAddr> = Vec::new();
+    if let Ok(addrs) = nix::ifaddrs::getifaddrs() {
+        for a in addrs {
+            let Some(sa) = a.address else { continue };
+            let ip = if let Some(v4) = sa.as_sockaddr_in() {
+                IpAddr::V4(v4.ip())
+            } else if let Some(v6) = sa.as_sockaddr_in6() {
+                IpAddr::V6(v6.ip())
+            } else {
+                continue;
+            };
+            let link_local = matches!(ip, IpAddr::V6(v6) if v6.segments()[0] & 0xffc0 == 0xfe80);
+            if !ip.is_loopback() && !link_local && !out.contains(&ip) {
+                out.push(ip);
+            }
+        }
+    }
+    out.truncate(16);
+    out
+}
+
+/// The deny and allow `connect` events whose destination is `target`'s address.
+fn judged(events: &[serde_json::Value], target: &str) -> (usize, usize) {
+    let Ok(sa) = target.parse::<SocketAddr>() else {
+        return (0, 0);
+    };
+    let forms = [sa.ip().to_string(), canonical_addr(sa.ip()).to_string()];
+    let mut counts = (0, 0);
+    for e in events.iter().filter(|e| e["event"] == "connect") {
+        if forms.iter().any(|f| e["dst"] == f.as_str()) && e["port"] == sa.port() {
+            if e["decision"] == "deny" {
+                counts.0 += 1;
+            } else {
+                counts.1 += 1;
+            }
+        }
+    }
+    counts
+}
+
+/// Attempts at addresses moat must refuse before dialling: held when each was judged and
+/// denied, and none connected.
+fn refused_targets(
+    name: &'static str,
+    said: &Said,
+    events: &[serde_json::Value],
+    targets: &[&str],
+) -> Finding {
+    let allowed: Vec<&str> = targets
+        .iter()
+        .copied()
+        .filter(|t| judged(events, t).1 > 0)
+        .collect();
+    if !allowed.is_empty() {
+        return Finding::new(
+            name,
+            Verdict::Leak,
+            format!("moat allowed {}", allowed.join(", ")),
+        );
+    }
+    let unjudged: Vec<&str> = targets
+        .iter()
+        .copied()
+        .filter(|t| judged(events, t).0 == 0)
+        .collect();
+    if !unjudged.is_empty() && said.shut() {
+        return Finding::new(
+            name,
+            Verdict::Failed,
+            format!(
+                "no deny event for {} (the attempt did not reach moat?)",
+                unjudged.join(", ")
+            ),
+        );
+    }
+    judge(name, None, said, None)
+}
+
+/// Why this user cannot have a sandbox with a network here, if so: moat needs a TAP,
+/// made through /dev/net/tun, which must be readable and writable by the caller (opening
+/// it creates nothing).
+pub(crate) fn no_tap() -> Option<String> {
+    match std::fs::OpenOptions::new()
+        .read(true)
+        .write(true)
+        .open("/dev/net/tun")
+    {
+        Ok(_) => None,
+        Err(e) => Some(format!(
+            "this user cannot open /dev/net/tun ({e}), so moat runs here only with --policy none (other policies fail to start)"
+        )),
+    }
+}
+
+/// Runs the network probes.
+pub(crate) fn probes(_scratch: &Scratch) -> Vec<Finding> {
+    let failed = |why: String| -> Vec<Finding> {
+        NAMES
+            .iter()
+            .map(|n| Finding::new(n, Verdict::Failed, why.clone()))
+            .collect()
+    };
+    if let Some(why) = no_tap() {
+        return NAMES
+            .iter()
+            .map(|n| Finding::new(n, Verdict::Skipped, why.clone()))
+            .collect();
+    }
+    let link = moat_engine::LinkConfig::default();
+    // Listeners on each of the host's own addresses, and on its loopback (reached through
+    // the gateway, which stands for it).
+    let mut host_listeners = Vec::new();
+    for ip in own_addresses() {
+        if let Ok(l) = Listener::start(SocketAddr::new(ip, 0)) {
+            host_listeners.push((l.addr.to_string(), l));
+        }
+    }
+    for (loopback, gateway) in [
+        (IpAddr::V4(Ipv4Addr::LOCALHOST), IpAddr::V4(link.gateway_v4)),
+        (IpAddr::V6(Ipv6Addr::LOCALHOST), IpAddr::V6(link.gateway_v6)),
+    ] {
+        if let Ok(l) = Listener::start(SocketAddr::new(loopback, 0)) {
+            host_listeners.push((SocketAddr::new(gateway, l.addr.port()).to_string(), l));
+        }
+    }
+    let hello_listener = match Listener::start(SocketAddr::new(IpAddr::V4(Ipv4Addr::LOCALHOST), 0))
+    {
+        Ok(l) => l,
+        Err(e) => return failed(format!("cannot listen on 127.0.0.1: {e}")),
+    };
+    let responder = match Responder::start() {
+        Ok(r) => r,
+        Err(e) => return failed(format!("cannot start a DNS server on 127.0.0.1: {e}")),
+    };
+    let port = hello_listener.addr.port();
+    let mut policy = NetworkPolicy::public_only();
+    let mut to_listener = Rule::allow_outbound(Destination::Cidr(
+        "127.0.0.1/32"
+            .parse()
+            .unwrap_or_else(|_| unreachable!("a valid network")),
+    ));
+    to_listener.ports = Some(PortRange::single(port));
+    to_listener.protocol = Some(Protocol::Tcp);
+    policy.rules.insert(0, to_listener);
+    match moat_policy::DomainName::new(BLOCKED_NAME) {
+        Ok(name) => policy
+            .rules
+            .insert(0, Rule::deny_outbound(Destination::Domain(name))),
+        Err(e) => return failed(e.to_string()),
+    }
+    let log = Captured::default();
+    let builder = Sandbox::builder("selftest-net")
+        .network(|n| {
+            n.policy(policy)
+                .deny_mode(DenyMode::Reject)
+                .dns_server_addr(responder.addr)
+                .tls(|t| t.intercepted_ports(vec![port]))
+        })
+        .audit(AuditSink::Writer(Box::new(log.clone())));
+    let mut jail = match Jail::start(builder) {
+        Ok(j) => j,
+        Err(e) => return failed(format!("the sandbox did not start: {e}")),
+    };
+    let own: Vec<&str> = host_listeners.iter().map(|(t, _)| t.as_str()).collect();
+    let mut args = vec!["connect"];
+    args.extend(&own);
+    let at_host = jail.attack(&args, None);
+    let mut args = vec!["connect"];
+    args.extend(METADATA);
+    let at_metadata = jail.attack(&args, None);
+    let mut args = vec!["connect"];
+    args.extend(INWARD);
+    let at_inward = jail.attack(&args, None);
+    let lookups = jail.attack(&["dns", REBIND_NAME, PUBLIC_NAME], None);
+    let gateway_port = SocketAddr::new(IpAddr::V4(link.gateway_v4), port).to_string();
+    let blocked = jail.attack(&["hello", &gateway_port, BLOCKED_NAME], None);
+    let fine = jail.attack(&["hello", &gateway_port, FINE_NAME], None);
+    jail.stop();
+    let events = events(&log);
+
+    let mut out = Vec::new();
+    // The host's own addresses: nothing reached the listeners; each address was judged.
+    let reached: Vec<&str> = host_listeners
+        .iter()
+        .filter(|(_, l)| l.connections() > 0)
+        .map(|(t, _)| t.as_str())
+        .collect();
+    let host_seen = (!reached.is_empty()).then(|| {
+        format!(
+            "selftest's listeners were reached at {}",
+            reached.join(", ")
+        )
+    });
+    let mut finding = judge("host-addresses", None, &at_host, host_seen);
+    if finding.verdict == Verdict::Held {
+        // Control: each listener answers on the host itself.
+        let deaf: Vec<&str> = host_listeners
+            .iter()
+            .filter(|(_, l)| {
+                TcpStream::connect_timeout(&l.addr, Duration::from_millis(500)).is_err()
+            })
+            .map(|(t, _)| t.as_str())
+            .collect();
+        if !deaf.is_empty() {
+            finding = Finding::new(
+                "host-addresses",
+                Verdict::Failed,
+                format!(
+                    "the control failed: no answer on the host at {}",
+                    deaf.join(", ")
+                ),
+            );
+        } else {
+            finding = refused_targets("host-addresses", &at_host, &events, &own);
+        }
+    }
+    out.push(finding);
+    out.push(refused_targets(
+        "metadata",
+        &at_metadata,
+        &events,
+        &METADATA,
+    ));
+    out.push(refused_targets(
+        "private-ranges",
+        &at_inward,
+        &events,
+        &INWARD,
+    ));
+    // Rebinding: moat asked selftest's server (control), passed the public answer
+    // (control) and removed every inward one.
+    let mut rebinding = judge("dns-rebinding", None, &lookups, None);
+    if rebinding.verdict == Verdict::Held {
+        let asked = responder
+            .rebind_asked
+            .load(std::sync::atomic::Ordering::Relaxed);
+        if asked == 0 || !lookups.text.contains(&PUBLIC_ANSWER.to_string()) {
+            rebinding = Finding::new(
+                "dns-rebinding",
+                Verdict::Failed,
+                format!(
+                    "the control failed: upstream asked {asked} times; answers: {}",
+                    lookups.text.replace('\n', "; ")
+                ),
+            );
+        } else {
+            rebinding.detail = format!(
+                "answers of an upstream pointing inward (asked {asked} times) never reach the sandbox"
+            );
+        }
+    }
+    out.push(rebinding);
+    // The split ClientHello: the blocked name never reached the listener; the allowed
+    // one did (moat's own hello upstream names it).
+    let hello = if hello_listener.got(BLOCKED_NAME) {
+        Finding::new(
+            "split-client-hello",
+            Verdict::Leak,
+            format!("a connection naming {BLOCKED_NAME} reached selftest's listener"),
+        )
+    } else if !blocked.shut() || !fine.shut() {
+        Finding::new(
+            "split-client-hello",
+            Verdict::Failed,
+            format!(
+                "the attacker could not run: {} / {}",
+                blocked.summary(),
+                fine.summary()
+            ),
+        )
+    } else if !hello_listener.got(FINE_NAME) {
+        Finding::new(
+            "split-client-hello",
+            Verdict::Failed,
+            format!(
+                "the control failed: a split hello naming {FINE_NAME} did not arrive ({})",
+                fine.text.trim()
+            ),
+        )
+    } else {
+        Finding::new(
+            "split-client-hello",
+            Verdict::Held,
+            "a ClientHello cut across three records cannot carry a name a rule denies",
+        )
+    };
+    out.push(hello);
+    drop(responder);
+    out
+}
