@@ -140,21 +140,47 @@ fn each_attacker_reports_its_attempt_working_without_a_sandbox() {
     opens(&["views", "lo"]);
     opens(&["files", "/etc/shadow"]);
 
-    // A descriptor left open by the caller is written.
+    // A descriptor left open by the caller is written, and so is a file another process
+    // holds (through its /proc/PID/fd link).
+    use std::os::unix::fs::MetadataExt as _;
+    let identity = |p: &std::path::Path| {
+        let m = std::fs::metadata(p).unwrap();
+        format!("{}:{}", m.dev(), m.ino())
+    };
     let file = s.path("fd7");
+    std::fs::write(&file, "").unwrap();
     let mut c = Command::new("bash");
     c.args([
         "-c",
         &format!(
-            "exec 7>>{}; exec {} __probe fd 7",
+            "exec 7>>{}; exec {} __probe fd 7 {}",
             file.display(),
-            moat_bin().display()
+            moat_bin().display(),
+            identity(&file)
         ),
     ]);
     let out = run_with_timeout(c, T);
     assert_eq!(out.status.code(), Some(1), "{}", stdout(&out));
     assert!(
         std::fs::read_to_string(&file)
+            .unwrap()
+            .contains("MOAT-SELFTEST-LEAK")
+    );
+    let held = s.path("held");
+    let mut holder = Command::new("sleep")
+        .arg("30")
+        .stdout(std::fs::File::create(&held).unwrap())
+        .spawn()
+        .unwrap();
+    let text = opens(&["fd", "9", &identity(&held)]);
+    let _ = holder.kill();
+    let _ = holder.wait();
+    assert!(
+        text.contains("write through another process's descriptor [\"/proc/"),
+        "{text}"
+    );
+    assert!(
+        std::fs::read_to_string(&held)
             .unwrap()
             .contains("MOAT-SELFTEST-LEAK")
     );

@@ -83,7 +83,7 @@ pub(crate) fn main(args: &[String]) -> i32 {
     match (name.as_str(), rest.as_slice()) {
         ("tty", []) => tty(),
         ("signal", [pid, group]) => signal(pid, group),
-        ("fd", [fd]) => descriptors(fd),
+        ("fd", [fd, identity]) => descriptors(fd, identity),
         ("keyring", [description]) => keyring(description),
         ("unix", [path, abstract_name]) => unix(path, abstract_name),
         ("setid", [dir]) => setid(dir),
@@ -173,8 +173,10 @@ fn signal(pid: &str, group: &str) -> i32 {
 }
 
 /// Descriptors beyond 0, 1 and 2: lists them (/proc/self/fd) and writes to `fd` through
-/// its /proc link, as any program may reopen a descriptor it holds.
-fn descriptors(fd: &str) -> i32 {
+/// its /proc link, as any program may reopen a descriptor it holds; then to the caller's
+/// file (`identity`, `DEV:INO`) through any other process that holds it.
+fn descriptors(fd: &str, identity: &str) -> i32 {
+    use std::os::unix::fs::MetadataExt as _;
     let Ok(fd) = fd.parse::<RawFd>() else {
         return 2;
     };
@@ -201,16 +203,51 @@ fn descriptors(fd: &str) -> i32 {
         !open.is_empty(),
         "",
     );
-    let written = std::fs::OpenOptions::new()
-        .append(true)
-        .open(format!("/proc/self/fd/{fd}"))
-        .and_then(|mut f| f.write_all(b"MOAT-SELFTEST-LEAK\n"));
+    let append = |path: &str| {
+        std::fs::OpenOptions::new()
+            .append(true)
+            .open(path)
+            .and_then(|mut f| f.write_all(b"MOAT-SELFTEST-LEAK\n"))
+    };
+    let written = append(&format!("/proc/self/fd/{fd}"));
     r.attempt(
         format!("write to fd {fd}"),
         written.is_ok(),
         written.err().map(|e| errno(&e)).unwrap_or_default(),
     );
-    r.finish("descriptors the caller left open")
+    // Another process that still holds the file (the sandbox's PID 1, its supervisor) is a
+    // way to it through /proc/PID/fd: written only where the link is the caller's file
+    // (device and inode `identity`), so the attempt touches nothing else.
+    let mut through = Vec::new();
+    for pid in std::fs::read_dir("/proc")
+        .into_iter()
+        .flatten()
+        .flatten()
+        .take(10_000)
+    {
+        let name = pid.file_name().to_string_lossy().into_owned();
+        if name.parse::<u32>().is_err() || name == std::process::id().to_string() {
+            continue;
+        }
+        for link in std::fs::read_dir(pid.path().join("fd"))
+            .into_iter()
+            .flatten()
+            .flatten()
+            .take(4096)
+        {
+            let same = std::fs::metadata(link.path())
+                .is_ok_and(|m| format!("{}:{}", m.dev(), m.ino()) == identity);
+            if same && append(&link.path().to_string_lossy()).is_ok() {
+                through.push(link.path().display().to_string());
+            }
+        }
+    }
+    r.attempt(
+        format!("write through another process's descriptor {through:?}"),
+        !through.is_empty(),
+        "",
+    );
+    r.finish("a descriptor the caller left open, through this process and others")
 }
 
 /// The session keyring: finds and reads the caller's key, and looks for it in /proc/keys.

@@ -50,6 +50,14 @@ fn marker(scratch: &Scratch, name: &str) -> std::io::Result<std::fs::File> {
         .open(scratch.path(name))
 }
 
+/// The marker file's `DEV:INO`, for the attacker to know it by.
+fn identity(scratch: &Scratch, name: &str) -> String {
+    use std::os::unix::fs::MetadataExt as _;
+    std::fs::metadata(scratch.path(name))
+        .map(|m| format!("{}:{}", m.dev(), m.ino()))
+        .unwrap_or_default()
+}
+
 fn written(scratch: &Scratch, name: &str) -> bool {
     std::fs::metadata(scratch.path(name)).is_ok_and(|m| m.len() > 0)
 }
@@ -242,13 +250,17 @@ fn descriptors(jail: &mut Jail, scratch: &Scratch, bait: &Bait) -> Finding {
     let Some((_, n)) = &bait.fd else {
         return Finding::new(NAME, Verdict::Failed, "cannot leave a descriptor open");
     };
-    let inside = jail.attack(&["fd", &n.to_string()], None);
+    let inside = jail.attack(
+        &["fd", &n.to_string(), &identity(scratch, "fd-inside")],
+        None,
+    );
     let seen = written(scratch, "fd-inside")
         .then(|| format!("the file the caller holds as fd {n} was written"));
     // Control: the same attacker on the host, holding a descriptor of the same kind.
     let control = match marker(scratch, "fd-host") {
         Ok(f) if set_inherited(&f, true) => {
-            let mut said = on_host(&["fd", &f.as_raw_fd().to_string()], None);
+            let n = f.as_raw_fd().to_string();
+            let mut said = on_host(&["fd", &n, &identity(scratch, "fd-host")], None);
             set_inherited(&f, false);
             if !written(scratch, "fd-host") {
                 said.status = 0;
