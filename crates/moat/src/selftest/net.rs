@@ -26,7 +26,8 @@ const METADATA: [&str; 3] = [
     "168.63.129.16:80",
 ];
 
-/// Private and special-purpose addresses, and IPv6 forms that carry a private IPv4 one.
+/// Private and special-purpose addresses, and IPv6 forms that carry a private IPv4 one
+/// (mapped, NAT64, 6to4, Teredo: 10.0.0.1 each).
 const INWARD: [&str; 11] = [
     "10.0.0.1:80",
     "172.16.0.1:80",
@@ -38,7 +39,7 @@ const INWARD: [&str; 11] = [
     "[::ffff:10.0.0.1]:80",
     "[64:ff9b::a00:1]:80",
     "[2002:a00:1::1]:80",
-    "[2001:0:f5ff:fffe::]:80",
+    "[2001::f5ff:fffe]:80",
 ];
 
 const NAMES: [&str; 5] = [
@@ -199,7 +200,11 @@ fn refused_targets(
             ),
         );
     }
-    judge(name, None, said, None)
+    let mut found = judge(name, None, said, None);
+    if found.verdict == Verdict::Held {
+        found.detail = format!("TCP to {}: each denied by the policy", targets.join(" "));
+    }
+    found
 }
 
 /// Why this user cannot have a sandbox with a network here, if so: moat needs a TAP,
@@ -338,6 +343,11 @@ pub(crate) fn probes(_scratch: &Scratch) -> Vec<Finding> {
             );
         } else {
             finding = refused_targets("host-addresses", &at_host, &events, &own);
+            if finding.verdict == Verdict::Held {
+                finding
+                    .detail
+                    .push_str("; selftest's listeners there saw nothing");
+            }
         }
     }
     out.push(finding);
