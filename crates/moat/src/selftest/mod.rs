@@ -420,3 +420,36 @@ pub(crate) fn host_interfaces() -> Vec<String> {
 pub(crate) fn nonempty(path: &Path) -> bool {
     std::fs::metadata(path).is_ok_and(|m| m.is_file() && m.len() > 0)
 }
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn said(status: i32, last: &str) -> Said {
+        Said {
+            status,
+            text: format!("an attempt: worked\n{last}\n"),
+        }
+    }
+
+    #[test]
+    fn a_probe_holds_only_when_nothing_worked_and_the_control_did() {
+        let open = said(1, "open: an attempt");
+        let shut = said(0, "shut: the attempt");
+        let broken = said(2, "cannot run");
+        let verdict = |c: Option<&Said>, inside: &Said, seen: Option<&str>| {
+            judge("p", c, inside, seen.map(str::to_owned)).verdict
+        };
+        // What the host saw decides, whatever the attacker said.
+        assert_eq!(verdict(Some(&open), &shut, Some("queue")), Verdict::Leak);
+        assert_eq!(verdict(Some(&open), &open, None), Verdict::Leak);
+        assert_eq!(verdict(Some(&open), &broken, None), Verdict::Failed);
+        // The control: an attempt that fails on the host too proves nothing.
+        assert_eq!(verdict(Some(&shut), &shut, None), Verdict::Skipped);
+        assert_eq!(verdict(Some(&broken), &shut, None), Verdict::Skipped);
+        assert_eq!(verdict(Some(&open), &shut, None), Verdict::Held);
+        assert_eq!(verdict(None, &shut, None), Verdict::Held);
+        let held = judge("p", Some(&open), &shut, None);
+        assert_eq!(held.detail, "the attempt");
+    }
+}
