@@ -391,6 +391,12 @@ pub(crate) fn main(json: bool) -> ExitCode {
         for (what, why) in &lacks {
             println!("lacks   {what:<width$}  {why}");
         }
+        if lacks.is_empty() {
+            println!(
+                "lacks   {:<width$}  user namespaces, seccomp, cgroup controllers, /dev/net/tun and idmapped mounts are there",
+                "nothing"
+            );
+        }
         println!(
             "{} probes in {seconds:.1} s: {held} held, {leaks} leaked, {skipped} skipped, {failed} failed",
             findings.len()
