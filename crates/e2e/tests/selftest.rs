@@ -15,7 +15,7 @@ use moat_e2e::{As, Scratch, TEST_USER, World, moat_bin, run_with_timeout, stderr
 const T: Duration = Duration::from_secs(60);
 
 /// The classes of issue 26, one probe each.
-const PROBES: [&str; 17] = [
+const PROBES: [&str; 18] = [
     "terminal",
     "signals",
     "descriptors",
@@ -29,6 +29,7 @@ const PROBES: [&str; 17] = [
     "root-only-files",
     "proc-sys-views",
     "host-addresses",
+    "host-addresses-udp",
     "metadata",
     "private-ranges",
     "dns-rebinding",
@@ -101,7 +102,7 @@ fn every_probe_holds_as_root_and_as_a_user() {
     }
     let last = text.lines().last().unwrap_or("");
     assert!(
-        last.contains("17 probes") && last.contains("17 held"),
+        last.contains("18 probes") && last.contains("18 held"),
         "{last}"
     );
 }

@@ -93,6 +93,7 @@ pub(crate) fn main(args: &[String]) -> i32 {
         ("files", paths) => files(paths),
         ("views", interfaces) => views(interfaces),
         ("connect", targets) => connect(targets),
+        ("udp", targets) => udp(targets),
         ("dns", names) => dns(names),
         ("hello", [target, name]) => hello(target, name, "split"),
         ("hello", [target, name, how @ ("split" | "whole")]) => hello(target, name, how),
@@ -544,6 +545,28 @@ fn connect(targets: &[&str]) -> i32 {
         );
     }
     r.finish(&format!("TCP to {} addresses", targets.len()))
+}
+
+/// A UDP datagram to each target; whether one arrived is the caller's to see.
+fn udp(targets: &[&str]) -> i32 {
+    let mut r = Report::new();
+    for target in targets {
+        let Ok(addr) = target.parse::<SocketAddr>() else {
+            return 2;
+        };
+        let from = if addr.is_ipv4() {
+            "0.0.0.0:0"
+        } else {
+            "[::]:0"
+        };
+        let sent = UdpSocket::bind(from).and_then(|s| s.send_to(b"MOAT-SELFTEST-UDP", addr));
+        r.lines.push(format!(
+            "a datagram to {target}: {}",
+            sent.map(|_| "sent".to_owned())
+                .unwrap_or_else(|e| errno(&e))
+        ));
+    }
+    r.finish(&format!("UDP to {} addresses", targets.len()))
 }
 
 /// The first name server of /etc/resolv.conf, port 53.

@@ -30,10 +30,10 @@
 //! attacker that failed its own control) *failed*, and fails the run.
 //!
 //! **Nothing leaves the machine.** The network attacker aims only at the host's own
-//! addresses (listeners selftest opens), the gateway's alias for the host's loopback,
-//! addresses moat refuses before it opens any socket (metadata, private and special
-//! ranges: the audit events show each was judged and denied), and selftest's DNS server
-//! on 127.0.0.1. The split ClientHello goes to selftest's listener on the host's loopback,
+//! addresses (TCP listeners and UDP sockets selftest opens), the gateway's alias for the
+//! host's loopback, addresses moat refuses before it opens any socket (metadata, private
+//! and special ranges: the audit events show each was judged and denied), and
+//! selftest's DNS server on 127.0.0.1. The split ClientHello goes to selftest's listener on the host's loopback,
 //! allowed by an added rule for its port, with a deny rule for the name the hello carries;
 //! TLS is intercepted on that port so moat reads the hello. The refused calls of the
 //! seccomp table are made only under a filter, each argument zero or a kernel address.

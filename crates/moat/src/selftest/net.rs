@@ -4,7 +4,7 @@
 //! events of the run show each attempt was judged (the control that it reached moat).
 
 use std::io::Read;
-use std::net::{IpAddr, Ipv4Addr, Ipv6Addr, SocketAddr, TcpListener, TcpStream};
+use std::net::{IpAddr, Ipv4Addr, Ipv6Addr, SocketAddr, TcpListener, TcpStream, UdpSocket};
 use std::sync::{Arc, Mutex};
 use std::time::{Duration, Instant};
 
@@ -42,8 +42,9 @@ const INWARD: [&str; 11] = [
     "[2001::f5ff:fffe]:80",
 ];
 
-const NAMES: [&str; 5] = [
+const NAMES: [&str; 6] = [
     "host-addresses",
+    "host-addresses-udp",
     "metadata",
     "private-ranges",
     "dns-rebinding",
@@ -207,6 +208,61 @@ fn refused_targets(
     found
 }
 
+/// UDP to the host's own addresses: nothing arrived at selftest's sockets, each address was
+/// judged and denied, and the same sockets take a datagram sent on the host (control).
+fn udp_to_the_host(
+    said: &Said,
+    events: &[serde_json::Value],
+    socks: &[(String, UdpSocket)],
+) -> Finding {
+    const NAME: &str = "host-addresses-udp";
+    let mut buf = [0u8; 64];
+    let arrived: Vec<&str> = socks
+        .iter()
+        .filter(|(_, s)| s.recv(&mut buf).is_ok())
+        .map(|(t, _)| t.as_str())
+        .collect();
+    if !arrived.is_empty() {
+        return Finding::new(
+            NAME,
+            Verdict::Leak,
+            format!(
+                "datagrams reached selftest's sockets at {}",
+                arrived.join(", ")
+            ),
+        );
+    }
+    let deaf: Vec<&str> = socks
+        .iter()
+        .filter(|(_, s)| {
+            let Ok(to) = s.local_addr() else { return true };
+            let from = if to.is_ipv4() { "0.0.0.0:0" } else { "[::]:0" };
+            let sent = UdpSocket::bind(from)
+                .and_then(|c| c.send_to(b"control", to))
+                .is_ok();
+            std::thread::sleep(Duration::from_millis(5));
+            !(sent && s.recv(&mut buf).is_ok())
+        })
+        .map(|(t, _)| t.as_str())
+        .collect();
+    if !deaf.is_empty() {
+        return Finding::new(
+            NAME,
+            Verdict::Failed,
+            format!(
+                "the control failed: nothing arrives on the host at {}",
+                deaf.join(", ")
+            ),
+        );
+    }
+    let targets: Vec<&str> = socks.iter().map(|(t, _)| t.as_str()).collect();
+    let mut found = refused_targets(NAME, said, events, &targets);
+    if found.verdict == Verdict::Held {
+        found.detail = found.detail.replacen("TCP", "UDP", 1);
+    }
+    found
+}
+
 /// Why this user cannot have a sandbox with a network here, if so: moat needs a TAP,
 /// made through /dev/net/tun, which must be readable and writable by the caller (opening
 /// it creates nothing).
@@ -254,6 +310,19 @@ pub(crate) fn probes(_scratch: &Scratch) -> Vec<Finding> {
             host_listeners.push((SocketAddr::new(gateway, l.addr.port()).to_string(), l));
         }
     }
+    // And UDP sockets beside them.
+    let mut host_udp: Vec<(String, UdpSocket)> = Vec::new();
+    for (ip, shown) in own_addresses().into_iter().map(|ip| (ip, ip)).chain([
+        (IpAddr::V4(Ipv4Addr::LOCALHOST), IpAddr::V4(link.gateway_v4)),
+        (IpAddr::V6(Ipv6Addr::LOCALHOST), IpAddr::V6(link.gateway_v6)),
+    ]) {
+        let bound = UdpSocket::bind(SocketAddr::new(ip, 0))
+            .and_then(|s| s.set_nonblocking(true).map(|()| s))
+            .and_then(|s| s.local_addr().map(|a| (s, a.port())));
+        if let Ok((sock, port)) = bound {
+            host_udp.push((SocketAddr::new(shown, port).to_string(), sock));
+        }
+    }
     let hello_listener = match Listener::start(SocketAddr::new(IpAddr::V4(Ipv4Addr::LOCALHOST), 0))
     {
         Ok(l) => l,
@@ -296,6 +365,10 @@ pub(crate) fn probes(_scratch: &Scratch) -> Vec<Finding> {
     let mut args = vec!["connect"];
     args.extend(&own);
     let at_host = jail.attack(&args, None);
+    let udp_targets: Vec<&str> = host_udp.iter().map(|(t, _)| t.as_str()).collect();
+    let mut args = vec!["udp"];
+    args.extend(&udp_targets);
+    let udp_at_host = jail.attack(&args, None);
     let mut args = vec!["connect"];
     args.extend(METADATA);
     let at_metadata = jail.attack(&args, None);
@@ -351,6 +424,7 @@ pub(crate) fn probes(_scratch: &Scratch) -> Vec<Finding> {
         }
     }
     out.push(finding);
+    out.push(udp_to_the_host(&udp_at_host, &events, &host_udp));
     out.push(refused_targets(
         "metadata",
         &at_metadata,
