@@ -355,7 +355,7 @@ pub(crate) fn main(json: bool) -> ExitCode {
         }
     };
     let (mut findings, notes) = local::probes(&scratch);
-    findings.extend(net::probes(&scratch));
+    findings.extend(net::probes());
     let lacks = host::lacks(&notes);
     let seconds = began.elapsed().as_secs_f64();
     let count = |v: Verdict| findings.iter().filter(|f| f.verdict == v).count();

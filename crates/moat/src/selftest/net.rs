@@ -8,10 +8,12 @@ use std::net::{IpAddr, Ipv4Addr, Ipv6Addr, SocketAddr, TcpListener, TcpStream, U
 use std::sync::{Arc, Mutex};
 use std::time::{Duration, Instant};
 
-use moat_policy::{Destination, NetworkPolicy, PortRange, Protocol, Rule, canonical_addr};
+use moat_policy::{
+    Destination, IpNetwork, NetworkPolicy, PortRange, Protocol, Rule, canonical_addr,
+};
 
 use super::dns::{PUBLIC_ANSWER, PUBLIC_NAME, REBIND_NAME, Responder};
-use super::{Finding, Jail, Said, Scratch, Verdict, judge};
+use super::{Finding, Jail, Said, Verdict, judge};
 use crate::demo::Captured;
 use crate::{AuditSink, DenyMode, Sandbox};
 
@@ -279,75 +281,95 @@ pub(crate) fn no_tap() -> Option<String> {
     }
 }
 
+/// What selftest opens on the host for the attacker to aim at: a TCP listener and a UDP
+/// socket on each of the host's own addresses and on its loopback, each with the address
+/// the sandbox uses for it (the gateway stands for the host's loopback).
+struct Targets {
+    tcp: Vec<(String, Listener)>,
+    udp: Vec<(String, UdpSocket)>,
+}
+
+impl Targets {
+    fn open(link: &moat_engine::LinkConfig) -> Targets {
+        let mut t = Targets {
+            tcp: Vec::new(),
+            udp: Vec::new(),
+        };
+        let places = own_addresses().into_iter().map(|ip| (ip, ip)).chain([
+            (IpAddr::V4(Ipv4Addr::LOCALHOST), IpAddr::V4(link.gateway_v4)),
+            (IpAddr::V6(Ipv6Addr::LOCALHOST), IpAddr::V6(link.gateway_v6)),
+        ]);
+        for (ip, seen_as) in places {
+            if let Ok(l) = Listener::start(SocketAddr::new(ip, 0)) {
+                let port = l.addr.port();
+                t.tcp.push((SocketAddr::new(seen_as, port).to_string(), l));
+            }
+            let bound = UdpSocket::bind(SocketAddr::new(ip, 0))
+                .and_then(|s| s.set_nonblocking(true).map(|()| s))
+                .and_then(|s| s.local_addr().map(|a| (s, a.port())));
+            if let Ok((sock, port)) = bound {
+                t.udp
+                    .push((SocketAddr::new(seen_as, port).to_string(), sock));
+            }
+        }
+        t
+    }
+}
+
+/// The names of `list`'s targets.
+fn shown<T>(list: &[(String, T)]) -> Vec<&str> {
+    list.iter().map(|(t, _)| t.as_str()).collect()
+}
+
+/// The default policy with, first, a deny rule for [`BLOCKED_NAME`] and an allow rule for
+/// TCP to the host's loopback at `port` (selftest's listener for the split hello).
+fn policy(port: u16) -> Result<NetworkPolicy, String> {
+    let mut policy = NetworkPolicy::public_only();
+    let loopback =
+        IpNetwork::new(IpAddr::V4(Ipv4Addr::LOCALHOST), 32).map_err(|e| e.to_string())?;
+    let mut to_listener = Rule::allow_outbound(Destination::Cidr(loopback));
+    to_listener.ports = Some(PortRange::single(port));
+    to_listener.protocol = Some(Protocol::Tcp);
+    let name = moat_policy::DomainName::new(BLOCKED_NAME).map_err(|e| e.to_string())?;
+    policy.rules.insert(0, to_listener);
+    policy
+        .rules
+        .insert(0, Rule::deny_outbound(Destination::Domain(name)));
+    Ok(policy)
+}
+
 /// Runs the network probes.
-pub(crate) fn probes(_scratch: &Scratch) -> Vec<Finding> {
-    let failed = |why: String| -> Vec<Finding> {
+pub(crate) fn probes() -> Vec<Finding> {
+    let all = |verdict: Verdict, why: String| -> Vec<Finding> {
         NAMES
             .iter()
-            .map(|n| Finding::new(n, Verdict::Failed, why.clone()))
+            .map(|n| Finding::new(n, verdict, why.clone()))
             .collect()
     };
     if let Some(why) = no_tap() {
-        return NAMES
-            .iter()
-            .map(|n| Finding::new(n, Verdict::Skipped, why.clone()))
-            .collect();
+        return all(Verdict::Skipped, why);
     }
     let link = moat_engine::LinkConfig::default();
-    // Listeners on each of the host's own addresses, and on its loopback (reached through
-    // the gateway, which stands for it).
-    let mut host_listeners = Vec::new();
-    for ip in own_addresses() {
-        if let Ok(l) = Listener::start(SocketAddr::new(ip, 0)) {
-            host_listeners.push((l.addr.to_string(), l));
-        }
-    }
-    for (loopback, gateway) in [
-        (IpAddr::V4(Ipv4Addr::LOCALHOST), IpAddr::V4(link.gateway_v4)),
-        (IpAddr::V6(Ipv6Addr::LOCALHOST), IpAddr::V6(link.gateway_v6)),
-    ] {
-        if let Ok(l) = Listener::start(SocketAddr::new(loopback, 0)) {
-            host_listeners.push((SocketAddr::new(gateway, l.addr.port()).to_string(), l));
-        }
-    }
-    // And UDP sockets beside them.
-    let mut host_udp: Vec<(String, UdpSocket)> = Vec::new();
-    for (ip, shown) in own_addresses().into_iter().map(|ip| (ip, ip)).chain([
-        (IpAddr::V4(Ipv4Addr::LOCALHOST), IpAddr::V4(link.gateway_v4)),
-        (IpAddr::V6(Ipv6Addr::LOCALHOST), IpAddr::V6(link.gateway_v6)),
-    ]) {
-        let bound = UdpSocket::bind(SocketAddr::new(ip, 0))
-            .and_then(|s| s.set_nonblocking(true).map(|()| s))
-            .and_then(|s| s.local_addr().map(|a| (s, a.port())));
-        if let Ok((sock, port)) = bound {
-            host_udp.push((SocketAddr::new(shown, port).to_string(), sock));
-        }
-    }
+    let targets = Targets::open(&link);
     let hello_listener = match Listener::start(SocketAddr::new(IpAddr::V4(Ipv4Addr::LOCALHOST), 0))
     {
         Ok(l) => l,
-        Err(e) => return failed(format!("cannot listen on 127.0.0.1: {e}")),
+        Err(e) => return all(Verdict::Failed, format!("cannot listen on 127.0.0.1: {e}")),
     };
     let responder = match Responder::start() {
         Ok(r) => r,
-        Err(e) => return failed(format!("cannot start a DNS server on 127.0.0.1: {e}")),
+        Err(e) => {
+            return all(
+                Verdict::Failed,
+                format!("cannot start a DNS server on 127.0.0.1: {e}"),
+            );
+        }
     };
     let port = hello_listener.addr.port();
-    let mut policy = NetworkPolicy::public_only();
-    let mut to_listener = Rule::allow_outbound(Destination::Cidr(
-        "127.0.0.1/32"
-            .parse()
-            .unwrap_or_else(|_| unreachable!("a valid network")),
-    ));
-    to_listener.ports = Some(PortRange::single(port));
-    to_listener.protocol = Some(Protocol::Tcp);
-    policy.rules.insert(0, to_listener);
-    match moat_policy::DomainName::new(BLOCKED_NAME) {
-        Ok(name) => policy
-            .rules
-            .insert(0, Rule::deny_outbound(Destination::Domain(name))),
-        Err(e) => return failed(e.to_string()),
-    }
+    let policy = match policy(port) {
+        Ok(p) => p,
+        Err(e) => return all(Verdict::Failed, e),
+    };
     let log = Captured::default();
     let builder = Sandbox::builder("selftest-net")
         .network(|n| {
@@ -359,142 +381,123 @@ pub(crate) fn probes(_scratch: &Scratch) -> Vec<Finding> {
         .audit(AuditSink::Writer(Box::new(log.clone())));
     let mut jail = match Jail::start(builder) {
         Ok(j) => j,
-        Err(e) => return failed(format!("the sandbox did not start: {e}")),
+        Err(e) => return all(Verdict::Failed, format!("the sandbox did not start: {e}")),
     };
-    let own: Vec<&str> = host_listeners.iter().map(|(t, _)| t.as_str()).collect();
-    let mut args = vec!["connect"];
-    args.extend(&own);
-    let at_host = jail.attack(&args, None);
-    let udp_targets: Vec<&str> = host_udp.iter().map(|(t, _)| t.as_str()).collect();
-    let mut args = vec!["udp"];
-    args.extend(&udp_targets);
-    let udp_at_host = jail.attack(&args, None);
-    let mut args = vec!["connect"];
-    args.extend(METADATA);
-    let at_metadata = jail.attack(&args, None);
-    let mut args = vec!["connect"];
-    args.extend(INWARD);
-    let at_inward = jail.attack(&args, None);
-    let lookups = jail.attack(&["dns", REBIND_NAME, PUBLIC_NAME], None);
+    let (tcp, udp) = (shown(&targets.tcp), shown(&targets.udp));
+    let mut attack = |verb: &str, list: &[&str]| {
+        let args: Vec<&str> = std::iter::once(verb).chain(list.iter().copied()).collect();
+        jail.attack(&args, None)
+    };
+    let at_host = attack("connect", &tcp);
+    let udp_at_host = attack("udp", &udp);
+    let at_metadata = attack("connect", &METADATA);
+    let at_inward = attack("connect", &INWARD);
+    let lookups = attack("dns", &[REBIND_NAME, PUBLIC_NAME]);
     let gateway_port = SocketAddr::new(IpAddr::V4(link.gateway_v4), port).to_string();
-    let blocked = jail.attack(&["hello", &gateway_port, BLOCKED_NAME], None);
-    let fine = jail.attack(&["hello", &gateway_port, FINE_NAME], None);
+    let blocked = attack("hello", &[&gateway_port, BLOCKED_NAME]);
+    let fine = attack("hello", &[&gateway_port, FINE_NAME]);
     jail.stop();
     let events = events(&log);
+    let asked = responder
+        .rebind_asked
+        .load(std::sync::atomic::Ordering::Relaxed);
+    vec![
+        tcp_to_the_host(&at_host, &events, &targets.tcp),
+        udp_to_the_host(&udp_at_host, &events, &targets.udp),
+        refused_targets("metadata", &at_metadata, &events, &METADATA),
+        refused_targets("private-ranges", &at_inward, &events, &INWARD),
+        rebinding(&lookups, asked),
+        split_hello(&hello_listener, &blocked, &fine),
+    ]
+}
 
-    let mut out = Vec::new();
-    // The host's own addresses: nothing reached the listeners; each address was judged.
-    let reached: Vec<&str> = host_listeners
+/// TCP to the host's own addresses: nothing reached selftest's listeners, each address
+/// was judged and denied, and the listeners answer on the host (control).
+fn tcp_to_the_host(
+    said: &Said,
+    events: &[serde_json::Value],
+    listeners: &[(String, Listener)],
+) -> Finding {
+    const NAME: &str = "host-addresses";
+    let reached: Vec<&str> = listeners
         .iter()
         .filter(|(_, l)| l.connections() > 0)
         .map(|(t, _)| t.as_str())
         .collect();
-    let host_seen = (!reached.is_empty()).then(|| {
+    let seen = (!reached.is_empty()).then(|| {
         format!(
             "selftest's listeners were reached at {}",
             reached.join(", ")
         )
     });
-    let mut finding = judge("host-addresses", None, &at_host, host_seen);
-    if finding.verdict == Verdict::Held {
-        // Control: each listener answers on the host itself.
-        let deaf: Vec<&str> = host_listeners
-            .iter()
-            .filter(|(_, l)| {
-                TcpStream::connect_timeout(&l.addr, Duration::from_millis(500)).is_err()
-            })
-            .map(|(t, _)| t.as_str())
-            .collect();
-        if !deaf.is_empty() {
-            finding = Finding::new(
-                "host-addresses",
-                Verdict::Failed,
-                format!(
-                    "the control failed: no answer on the host at {}",
-                    deaf.join(", ")
-                ),
-            );
-        } else {
-            finding = refused_targets("host-addresses", &at_host, &events, &own);
-            if finding.verdict == Verdict::Held {
-                finding
-                    .detail
-                    .push_str("; selftest's listeners there saw nothing");
-            }
-        }
+    let found = judge(NAME, None, said, seen);
+    if found.verdict != Verdict::Held {
+        return found;
     }
-    out.push(finding);
-    out.push(udp_to_the_host(&udp_at_host, &events, &host_udp));
-    out.push(refused_targets(
-        "metadata",
-        &at_metadata,
-        &events,
-        &METADATA,
-    ));
-    out.push(refused_targets(
-        "private-ranges",
-        &at_inward,
-        &events,
-        &INWARD,
-    ));
-    // Rebinding: moat asked selftest's server (control), passed the public answer
-    // (control) and removed every inward one.
-    let mut rebinding = judge("dns-rebinding", None, &lookups, None);
-    if rebinding.verdict == Verdict::Held {
-        let asked = responder
-            .rebind_asked
-            .load(std::sync::atomic::Ordering::Relaxed);
-        if asked == 0 || !lookups.text.contains(&PUBLIC_ANSWER.to_string()) {
-            rebinding = Finding::new(
-                "dns-rebinding",
-                Verdict::Failed,
-                format!(
-                    "the control failed: upstream asked {asked} times; answers: {}",
-                    lookups.text.replace('\n', "; ")
-                ),
-            );
-        } else {
-            rebinding.detail = format!(
-                "answers of an upstream pointing inward (asked {asked} times) never reach the sandbox"
-            );
-        }
+    let deaf: Vec<&str> = listeners
+        .iter()
+        .filter(|(_, l)| TcpStream::connect_timeout(&l.addr, Duration::from_millis(500)).is_err())
+        .map(|(t, _)| t.as_str())
+        .collect();
+    if !deaf.is_empty() {
+        let why = format!(
+            "the control failed: no answer on the host at {}",
+            deaf.join(", ")
+        );
+        return Finding::new(NAME, Verdict::Failed, why);
     }
-    out.push(rebinding);
-    // The split ClientHello: the blocked name never reached the listener; the allowed
-    // one did (moat's own hello upstream names it).
-    let hello = if hello_listener.got(BLOCKED_NAME) {
-        Finding::new(
-            "split-client-hello",
-            Verdict::Leak,
-            format!("a connection naming {BLOCKED_NAME} reached selftest's listener"),
-        )
+    let mut found = refused_targets(NAME, said, events, &shown(listeners));
+    if found.verdict == Verdict::Held {
+        found
+            .detail
+            .push_str("; selftest's listeners there saw nothing");
+    }
+    found
+}
+
+/// Rebinding: moat asked selftest's server (control), passed the public answer (control)
+/// and removed every inward one.
+fn rebinding(lookups: &Said, asked: usize) -> Finding {
+    const NAME: &str = "dns-rebinding";
+    let mut found = judge(NAME, None, lookups, None);
+    if found.verdict != Verdict::Held {
+        return found;
+    }
+    if asked == 0 || !lookups.text.contains(&PUBLIC_ANSWER.to_string()) {
+        let why = format!(
+            "the control failed: upstream asked {asked} times; answers: {}",
+            lookups.text.replace('\n', "; ")
+        );
+        return Finding::new(NAME, Verdict::Failed, why);
+    }
+    found.detail = format!(
+        "answers of an upstream pointing inward (asked {asked} times) never reach the sandbox"
+    );
+    found
+}
+
+/// The split ClientHello: the blocked name never reached the listener; the allowed one did
+/// (moat's own hello upstream names it: TLS is intercepted on that port).
+fn split_hello(listener: &Listener, blocked: &Said, fine: &Said) -> Finding {
+    const NAME: &str = "split-client-hello";
+    if listener.got(BLOCKED_NAME) {
+        let why = format!("a connection naming {BLOCKED_NAME} reached selftest's listener");
+        Finding::new(NAME, Verdict::Leak, why)
     } else if !blocked.shut() || !fine.shut() {
-        Finding::new(
-            "split-client-hello",
-            Verdict::Failed,
-            format!(
-                "the attacker could not run: {} / {}",
-                blocked.summary(),
-                fine.summary()
-            ),
-        )
-    } else if !hello_listener.got(FINE_NAME) {
-        Finding::new(
-            "split-client-hello",
-            Verdict::Failed,
-            format!(
-                "the control failed: a split hello naming {FINE_NAME} did not arrive ({})",
-                fine.text.trim()
-            ),
-        )
+        let why = format!(
+            "the attacker could not run: {} / {}",
+            blocked.summary(),
+            fine.summary()
+        );
+        Finding::new(NAME, Verdict::Failed, why)
+    } else if !listener.got(FINE_NAME) {
+        let why = format!(
+            "the control failed: a split hello naming {FINE_NAME} did not arrive ({})",
+            fine.text.trim()
+        );
+        Finding::new(NAME, Verdict::Failed, why)
     } else {
-        Finding::new(
-            "split-client-hello",
-            Verdict::Held,
-            "a ClientHello cut across three records cannot carry a name a rule denies",
-        )
-    };
-    out.push(hello);
-    drop(responder);
-    out
+        let tried = "a ClientHello cut across three records cannot carry a name a rule denies";
+        Finding::new(NAME, Verdict::Held, tried)
+    }
 }
