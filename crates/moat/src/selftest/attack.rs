@@ -5,8 +5,9 @@
 //! when it was refused (exit status 0); 2 when the probe could not be made at all.
 //!
 //! An attacker only reports; what the host saw is judged by the caller (`local.rs`,
-//! `net.rs`). Nothing here sends a packet: `connect`, `dns` and `hello` aim at addresses
-//! the caller chose (its own listeners, or ranges moat refuses before dialling).
+//! `net.rs`). Nothing here picks a destination of its own: `connect`, `udp`, `dns` and
+//! `hello` aim at what the caller chose (its own listeners and server, or ranges moat
+//! refuses before dialling), and `signal` never at 0 or 1.
 
 use std::ffi::CString;
 use std::io::{self, Read, Write};

@@ -20,10 +20,10 @@
 //! for the split ClientHello, below). Probes run one after another in each sandbox.
 //!
 //! **Controls.** A probe holds only if its attempt could have worked: where that is
-//! harmless the same attacker runs first on the host (with the same target: selftest's
-//! own terminal, process, file, key, sockets), and must succeed there; inside, an allowed
-//! neighbour (an `inet` socket beside `vsock`, `getpid` beside the refused calls, a public
-//! name beside the rebinding one) must work. Where the host itself refuses the attempt
+//! harmless the same attacker also runs on the host, after the attempt inside, with a
+//! target of the same kind (selftest's own terminal, process, file, key, sockets), and
+//! must succeed there; inside, an allowed neighbour (an `inet` socket beside `vsock`,
+//! `getpid` beside the refused calls, a public name beside the rebinding one) must work. Where the host itself refuses the attempt
 //! (no TIOCSTI outside `CAP_SYS_ADMIN`, a normal user reading root's files) the probe is
 //! *skipped* with the reason — this host is not exposed to that class — and does not fail
 //! the run. A probe that could not be made at all (a sandbox that did not start, an
