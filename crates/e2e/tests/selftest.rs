@@ -195,7 +195,7 @@ fn each_attacker_reports_its_attempt_working_without_a_sandbox() {
         &std::os::unix::net::SocketAddr::from_abstract_name(name.as_bytes()).unwrap(),
     )
     .unwrap();
-    opens(&["unix", path.to_str().unwrap(), &name]);
+    opens(&["unix", &name, path.to_str().unwrap()]);
     for l in [&disk, &abs] {
         l.set_nonblocking(true).unwrap();
         assert!(l.accept().is_ok(), "not reached");

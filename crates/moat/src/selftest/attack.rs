@@ -86,7 +86,7 @@ pub(crate) fn main(args: &[String]) -> i32 {
         ("signal", [pid, group]) => signal(pid, group),
         ("fd", [fd, identity]) => descriptors(fd, identity),
         ("keyring", [description]) => keyring(description),
-        ("unix", [path, abstract_name]) => unix(path, abstract_name),
+        ("unix", [abstract_name, paths @ ..]) => unix(abstract_name, paths),
         ("setid", [dir]) => setid(dir),
         ("families", []) => families(),
         ("namespaces", []) => namespaces(),
@@ -274,16 +274,11 @@ fn keyring(description: &str) -> i32 {
     r.finish("a key in the caller's session keyring")
 }
 
-/// Host unix sockets: one on disk (a path the caller chose) and one abstract.
-fn unix(path: &str, abstract_name: &str) -> i32 {
+/// Host unix sockets: an abstract one and sockets on disk (the caller's, and the host's
+/// own services' where they exist: Docker, containerd, D-Bus).
+fn unix(abstract_name: &str, paths: &[&str]) -> i32 {
     use std::os::linux::net::SocketAddrExt as _;
     let mut r = Report::new();
-    let got = UnixStream::connect(path);
-    r.attempt(
-        format!("connect to {path}"),
-        got.is_ok(),
-        got.err().map(|e| errno(&e)).unwrap_or_default(),
-    );
     let got = std::os::unix::net::SocketAddr::from_abstract_name(abstract_name.as_bytes())
         .and_then(|a| UnixStream::connect_addr(&a));
     r.attempt(
@@ -291,7 +286,15 @@ fn unix(path: &str, abstract_name: &str) -> i32 {
         got.is_ok(),
         got.err().map(|e| errno(&e)).unwrap_or_default(),
     );
-    r.finish("the caller's unix sockets, on disk and abstract")
+    for path in paths {
+        let got = UnixStream::connect(path);
+        r.attempt(
+            format!("connect to {path}"),
+            got.is_ok(),
+            got.err().map(|e| errno(&e)).unwrap_or_default(),
+        );
+    }
+    r.finish("the host's unix sockets, abstract and on disk")
 }
 
 /// Set-id files in a writable directory: created with the bits, and given them by chmod.

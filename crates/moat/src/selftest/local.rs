@@ -301,7 +301,8 @@ fn accepted(l: &UnixListener) -> usize {
     n
 }
 
-/// A unix socket of the caller's on disk (any user may connect) and an abstract one.
+/// A unix socket of the caller's on disk (any user may connect), an abstract one, and the
+/// host's services' sockets that exist.
 fn unix_sockets(jail: &mut Jail, scratch: &Scratch) -> Finding {
     use std::os::linux::net::SocketAddrExt as _;
     const NAME: &str = "unix-sockets";
@@ -320,11 +321,30 @@ fn unix_sockets(jail: &mut Jail, scratch: &Scratch) -> Finding {
         Err(e) => return Finding::new(NAME, Verdict::Failed, format!("cannot listen: {e}")),
     };
     let shown = path.display().to_string();
-    let inside = jail.attack(&["unix", &shown, &name], None);
+    // The host's own services' sockets too, where they are: connected to only from inside.
+    let xdg_bus = std::env::var("XDG_RUNTIME_DIR").map(|d| format!("{d}/bus"));
+    let services: Vec<String> = [
+        "/run/docker.sock",
+        "/var/run/docker.sock",
+        "/run/containerd/containerd.sock",
+        "/run/podman/podman.sock",
+        "/run/dbus/system_bus_socket",
+    ]
+    .into_iter()
+    .map(str::to_owned)
+    .chain(xdg_bus)
+    .filter(|p| {
+        use std::os::unix::fs::FileTypeExt as _;
+        std::fs::metadata(p).is_ok_and(|m| m.file_type().is_socket())
+    })
+    .collect();
+    let mut args = vec!["unix", &name, &shown];
+    args.extend(services.iter().map(String::as_str));
+    let inside = jail.attack(&args, None);
     let reached = accepted(&disk) + accepted(&abs);
     let seen =
         (reached > 0).then(|| format!("the caller's sockets accepted {reached} connections"));
-    let mut control = on_host(&["unix", &shown, &name], None);
+    let mut control = on_host(&["unix", &name, &shown], None);
     if accepted(&disk) + accepted(&abs) == 0 {
         control.status = 0;
     }
