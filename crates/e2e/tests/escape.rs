@@ -8,56 +8,24 @@
 
 use std::time::Duration;
 
-use moat_e2e::{World, stderr, stdout};
+use moat_e2e::{World, moat_bin, stderr, stdout};
 
 const T: Duration = Duration::from_secs(60);
 
-/// Python that sends TLS ClientHellos for given names to 203.0.113.10:443, each as one
-/// record or re-framed into several records, and says whether the connection was reset.
-const HELLO_CLIENT: &str = r#"
-import socket, ssl, sys
-def hello(name):
-    ctx = ssl.create_default_context()
-    inc, out = ssl.MemoryBIO(), ssl.MemoryBIO()
-    obj = ctx.wrap_bio(inc, out, server_hostname=name)
-    try:
-        obj.do_handshake()
-    except ssl.SSLWantReadError:
-        pass
-    return out.read()
-def reframe(record, cuts):
-    # The handshake message of one record, as records cut at the given offsets.
-    message = record[5:5 + int.from_bytes(record[3:5], "big")]
-    out, start = b"", 0
-    for end in list(cuts) + [len(message)]:
-        frag = message[start:end]
-        out += bytes([22, 3, 1]) + len(frag).to_bytes(2, "big") + frag
-        start = end
-    return out
-def attempt(name, how):
-    h = hello(name)
-    if how == "split":
-        # The first record ends before the extensions, the second in the middle of the name.
-        at = h.find(name.encode()) - 5
-        h = reframe(h, [40, at + len(name) // 2])
-    s = socket.create_connection(("203.0.113.10", 443), timeout=5)
-    s.sendall(h)
-    try:
-        while s.recv(100):
-            pass
-        print(name, how, "closed", flush=True)
-    except ConnectionResetError:
-        print(name, how, "reset", flush=True)
-    except socket.timeout:
-        print(name, how, "timeout", flush=True)
-socket.getaddrinfo("api.example.test", 443)
-for arg in sys.argv[1:]:
-    name, how = arg.split(":")
-    attempt(name, how)
-"#;
-
+/// A script that sends TLS ClientHellos for `attempts` (`NAME:split` or `NAME:whole`) to
+/// 203.0.113.10:443, each as one record or cut into several, after a lookup of
+/// api.example.test; each says whether the connection was reset. The client is `moat
+/// selftest`'s split-ClientHello attacker (`moat __probe hello`), shown read-only inside.
 fn hello_script(attempts: &[&str]) -> String {
-    format!("python3 - {} <<'PY'\n{HELLO_CLIENT}PY", attempts.join(" "))
+    let bin = moat_bin().display().to_string();
+    let mut script = format!("{bin} __probe dns api.example.test >/dev/null; ");
+    for attempt in attempts {
+        let (name, how) = attempt.split_once(':').unwrap();
+        script.push_str(&format!(
+            "{bin} __probe hello 203.0.113.10:443 {name} {how}; "
+        ));
+    }
+    script
 }
 
 /// Names the world's TLS port (a banner server that logs what arrives) received.
@@ -81,8 +49,11 @@ fn names_received(w: &World) -> Vec<String> {
 /// server, while the permitted one arrived whole (control). Returns the audit events.
 fn split_hellos(args: &[&str], forbidden: &str, permitted: &str) -> Vec<serde_json::Value> {
     let w = World::new();
+    let bin = moat_bin().display().to_string();
+    let mut args = args.to_vec();
+    args.extend(["--ro", bin.as_str()]);
     let (out, events) = w.run_sh(
-        args,
+        &args,
         &hello_script(&[
             &format!("{forbidden}:split"),
             &format!("{forbidden}:whole"),

@@ -125,8 +125,9 @@ fn serve_dns(addr: SocketAddr) -> anyhow::Result<()> {
     Ok(())
 }
 
+/// Audit events kept in memory (the demo's and selftest's runs read them back).
 #[derive(Clone, Default)]
-struct Captured(Arc<Mutex<Vec<u8>>>);
+pub(crate) struct Captured(pub(crate) Arc<Mutex<Vec<u8>>>);
 
 impl Write for Captured {
     fn write(&mut self, b: &[u8]) -> std::io::Result<usize> {

@@ -26,6 +26,7 @@ mod cli;
 mod demo;
 mod publish;
 mod secrets;
+mod selftest;
 mod setup;
 mod terminal;
 mod tls;

@@ -38,6 +38,17 @@ pub mod syscalls {
     };
 }
 
+/// The attempts of `moat selftest`'s probes that need a system call without a safe
+/// wrapper: what hostile code inside a sandbox would try (terminal input, socket families
+/// and namespace flags with garbage in a register's upper half, refused calls, a keyring's
+/// keys), and the caller's side of the keyring probe.
+pub mod probe {
+    pub use crate::sys::{
+        add_session_key, call_without_user_memory, push_terminal_input, read_session_key,
+        set_controlling_terminal, socket_at_full_width, unshare_at_full_width,
+    };
+}
+
 /// Terminal helpers for relaying a pseudo-terminal (window size).
 pub mod tty {
     pub use crate::sys::WindowSize;

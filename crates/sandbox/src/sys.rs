@@ -645,3 +645,135 @@ pub fn large_allocations_from_fresh_pages() {
         libc::mallopt(libc::M_MMAP_THRESHOLD, MMAP_THRESHOLD);
     }
 }
+
+// Attempts for probes of the boundary (`moat selftest`): each is what hostile code inside a
+// sandbox would try. They are sound whatever the kernel answers: none passes memory the
+// kernel could write beyond what the call's contract names.
+
+/// Pushes `byte` into the input queue of the terminal on `fd` (TIOCSTI, tty_ioctl(4)).
+pub fn push_terminal_input(fd: RawFd, byte: u8) -> io::Result<()> {
+    // SAFETY: TIOCSTI reads one byte through the pointer, which points at `byte` and
+    // outlives the call.
+    cvt(unsafe { libc::ioctl(fd, libc::TIOCSTI as _, &byte as *const u8) }).map(drop)
+}
+
+/// socket(2) with every register given as a full 64-bit value (the kernel reads the low
+/// 32 bits of each; a filter that compares all 64 can be fooled by the upper half).
+pub fn socket_at_full_width(family: u64, kind: u64, protocol: u64) -> io::Result<OwnedFd> {
+    // SAFETY: socket takes integers only; a returned descriptor is new and owned below.
+    let fd = unsafe { libc::syscall(libc::SYS_socket, family, kind, protocol) };
+    if fd < 0 {
+        return Err(io::Error::last_os_error());
+    }
+    Ok(own_fd(fd as RawFd))
+}
+
+/// unshare(2) with `flags` as a full 64-bit register value.
+pub fn unshare_at_full_width(flags: u64) -> io::Result<()> {
+    // SAFETY: unshare takes one integer; it changes this process's namespaces only.
+    let ret = unsafe { libc::syscall(libc::SYS_unshare, flags) };
+    if ret < 0 {
+        Err(io::Error::last_os_error())
+    } else {
+        Ok(())
+    }
+}
+
+/// The lowest address of the x86_64 kernel half: a pointer at or above it is never user
+/// memory, so a system call given it as a buffer answers EFAULT.
+const KERNEL_HALF: u64 = 0xffff_8000_0000_0000;
+
+/// Calls system call `nr` with `args`, each of them zero or an address in the kernel half,
+/// which no call may read or write as user memory. `None` when an argument is neither
+/// (the call is not made).
+pub fn call_without_user_memory(nr: i64, args: [u64; 6]) -> Option<io::Result<i64>> {
+    if args.iter().any(|&a| a != 0 && a < KERNEL_HALF) {
+        return None;
+    }
+    // SAFETY: no argument is the address of user memory (each is zero, which nothing maps
+    // in this process, or in the kernel half, which the kernel refuses as a user pointer
+    // with EFAULT), so the call reads and writes none of this process's memory; a call
+    // that ends or signals the process ends it, which is not unsound.
+    let ret = unsafe { libc::syscall(nr, args[0], args[1], args[2], args[3], args[4], args[5]) };
+    Some(if ret < 0 {
+        Err(io::Error::last_os_error())
+    } else {
+        Ok(ret)
+    })
+}
+
+/// KEY_SPEC_SESSION_KEYRING, keyctl(2).
+const SESSION_KEYRING: libc::c_long = -3;
+
+/// Joins a new session keyring named `name` (KEYCTL_JOIN_SESSION_KEYRING) and adds a
+/// "user" key `description` holding `payload` to it that every possessor may read.
+pub fn add_session_key(name: &CStr, description: &CStr, payload: &[u8]) -> io::Result<i64> {
+    const KEYCTL_JOIN_SESSION_KEYRING: libc::c_long = 1;
+    const KEYCTL_SETPERM: libc::c_long = 5;
+    // SAFETY: keyctl reads the NUL-terminated `name`, which outlives the call.
+    let ret =
+        unsafe { libc::syscall(libc::SYS_keyctl, KEYCTL_JOIN_SESSION_KEYRING, name.as_ptr()) };
+    if ret < 0 {
+        return Err(io::Error::last_os_error());
+    }
+    // SAFETY: add_key reads two NUL-terminated strings and `payload.len()` bytes of
+    // `payload`, all of which outlive the call.
+    let id = unsafe {
+        libc::syscall(
+            libc::SYS_add_key,
+            c"user".as_ptr(),
+            description.as_ptr(),
+            payload.as_ptr(),
+            payload.len(),
+            SESSION_KEYRING,
+        )
+    };
+    if id < 0 {
+        return Err(io::Error::last_os_error());
+    }
+    // Possessor: view, read, write, search, link, setattr (KEY_POS_ALL), as for the user.
+    // SAFETY: KEYCTL_SETPERM takes integers only.
+    let ret = unsafe { libc::syscall(libc::SYS_keyctl, KEYCTL_SETPERM, id, 0x3f3f_0000_u32) };
+    if ret < 0 {
+        return Err(io::Error::last_os_error());
+    }
+    Ok(id)
+}
+
+/// Finds the "user" key `description` in the session keyring (KEYCTL_SEARCH) and reads
+/// up to 256 bytes of it (KEYCTL_READ).
+pub fn read_session_key(description: &CStr) -> io::Result<Vec<u8>> {
+    const KEYCTL_SEARCH: libc::c_long = 10;
+    const KEYCTL_READ: libc::c_long = 11;
+    // SAFETY: KEYCTL_SEARCH reads two NUL-terminated strings that outlive the call.
+    let id = unsafe {
+        libc::syscall(
+            libc::SYS_keyctl,
+            KEYCTL_SEARCH,
+            SESSION_KEYRING,
+            c"user".as_ptr(),
+            description.as_ptr(),
+            0,
+        )
+    };
+    if id < 0 {
+        return Err(io::Error::last_os_error());
+    }
+    let mut buf = vec![0u8; 256];
+    // SAFETY: KEYCTL_READ writes at most `buf.len()` bytes into `buf`, which outlives the
+    // call.
+    let n = unsafe {
+        libc::syscall(
+            libc::SYS_keyctl,
+            KEYCTL_READ,
+            id,
+            buf.as_mut_ptr(),
+            buf.len(),
+        )
+    };
+    if n < 0 {
+        return Err(io::Error::last_os_error());
+    }
+    buf.truncate(usize::try_from(n).unwrap_or(0).min(256));
+    Ok(buf)
+}

@@ -30,6 +30,20 @@ enum Command {
     Run(Box<RunArgs>),
     /// A self-contained tour: sandboxes under several policies on a throwaway local world.
     Demo,
+    /// Run the boundary probes on this host: a line per probe (held, LEAK or skipped) and what
+    /// the host lacks; exit 0 unless a probe leaked or could not run.
+    Selftest {
+        /// One JSON document instead of lines.
+        #[arg(long)]
+        json: bool,
+    },
+    /// A probe's attacker (run by `moat selftest` inside a sandbox).
+    #[command(name = "__probe", hide = true)]
+    Probe {
+        /// The probe and its arguments.
+        #[arg(trailing_var_arg = true, allow_hyphen_values = true)]
+        args: Vec<String>,
+    },
     /// Check policy files and explain decisions.
     #[command(subcommand)]
     Policy(PolicyCommand),
@@ -270,6 +284,10 @@ pub(crate) fn main() -> ExitCode {
                     ExitCode::FAILURE
                 }
             };
+        }
+        Command::Selftest { json } => return crate::selftest::main(json),
+        Command::Probe { args } => {
+            return ExitCode::from(crate::selftest::probe_main(&args).clamp(0, 255) as u8);
         }
         Command::Policy(PolicyCommand::Check { file }) => check(&file),
         Command::Ca(what) => ca(&what),
