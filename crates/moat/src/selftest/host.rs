@@ -40,7 +40,13 @@ pub(crate) fn lacks(notes: &[String]) -> Vec<(String, String)> {
     if let Some(why) = super::net::no_tap() {
         out.push(("tun".to_owned(), why));
     }
-    for note in notes {
+    // The sandbox's own notes: an identity that fell back (as root), or limits that could
+    // not be applied.
+    let (identity, limits): (Vec<&String>, Vec<&String>) = notes
+        .iter()
+        .partition(|n| n.contains("the sandbox's root is the host's root"));
+    let idmapped = identity.is_empty();
+    for note in limits {
         out.push(("cgroup-controllers".to_owned(), note.clone()));
     }
     match kernel() {
@@ -48,10 +54,11 @@ pub(crate) fn lacks(notes: &[String]) -> Vec<(String, String)> {
             "idmapped-mounts".to_owned(),
             format!("kernel {}.{} has none (5.12 and later)", k.0, k.1),
         )),
-        _ if root => out.push((
-            "idmapped-mounts".to_owned(),
-            "not used by this moat: run as root, the sandbox's root is the host's uid 0 (the view is read-only and /etc's root-only files are masked; a --rw grant is written as root)".to_owned(),
-        )),
+        _ if root && !idmapped => {
+            for note in identity {
+                out.push(("idmapped-mounts".to_owned(), note.clone()));
+            }
+        }
         _ => {}
     }
     out

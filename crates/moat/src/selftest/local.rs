@@ -414,28 +414,33 @@ fn etc_secrets() -> Vec<String> {
 fn root_only_files() -> Vec<String> {
     let known = etc_secrets();
     let mut found = Vec::new();
-    let mut dirs = vec![(std::path::PathBuf::from("/etc"), 0)];
-    let mut seen = 0;
-    while let Some((dir, depth)) = dirs.pop() {
-        let Ok(entries) = std::fs::read_dir(&dir) else {
-            continue;
-        };
-        for e in entries.flatten() {
-            seen += 1;
-            if seen > 5000 || found.len() >= 8 {
-                return found;
-            }
-            let Ok(kind) = e.file_type() else { continue };
-            let path = e.path();
-            if kind.is_dir() && depth < 3 {
-                dirs.push((path, depth + 1));
-            } else if kind.is_file()
-                && e.metadata()
-                    .is_ok_and(|m| m.permissions().mode() & 0o004 == 0 && m.len() > 0)
-            {
-                let p = path.display().to_string();
-                if !known.contains(&p) {
-                    found.push(p);
+    // /etc, and the system directories beyond it (a root-only directory under /usr or
+    // /opt is closed by the sandbox's unprivileged root, not by a mask): a few of each.
+    for (top, per_top) in [("/etc", 4), ("/usr", 2), ("/opt", 2)] {
+        let before = found.len();
+        // (directory, depth, whether others may not reach it)
+        let mut dirs = vec![(std::path::PathBuf::from(top), 0, false)];
+        let mut seen = 0;
+        'walk: while let Some((dir, depth, closed)) = dirs.pop() {
+            let Ok(entries) = std::fs::read_dir(&dir) else {
+                continue;
+            };
+            for e in entries.flatten() {
+                seen += 1;
+                if seen > 20_000 || found.len() - before >= per_top {
+                    break 'walk;
+                }
+                let Ok(kind) = e.file_type() else { continue };
+                let Ok(meta) = e.metadata() else { continue };
+                let mode = meta.permissions().mode();
+                let path = e.path();
+                if kind.is_dir() && depth < 6 {
+                    dirs.push((path, depth + 1, closed || mode & 0o001 == 0));
+                } else if kind.is_file() && meta.len() > 0 && (closed || mode & 0o004 == 0) {
+                    let p = path.display().to_string();
+                    if !known.contains(&p) {
+                        found.push(p);
+                    }
                 }
             }
         }

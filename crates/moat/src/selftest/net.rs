@@ -330,11 +330,11 @@ fn policy(port: u16) -> Result<NetworkPolicy, String> {
     let mut to_listener = Rule::allow_outbound(Destination::Cidr(loopback));
     to_listener.ports = Some(PortRange::single(port));
     to_listener.protocol = Some(Protocol::Tcp);
-    let name = moat_policy::DomainName::new(BLOCKED_NAME).map_err(|e| e.to_string())?;
     policy.rules.insert(0, to_listener);
-    policy
-        .rules
-        .insert(0, Rule::deny_outbound(Destination::Domain(name)));
+    policy.rules.insert(
+        0,
+        Rule::deny_outbound(Destination::Domain(BLOCKED_NAME.into())),
+    );
     Ok(policy)
 }
 
