@@ -284,3 +284,127 @@ fn refusals_say_what_would_be_exposed_and_what_to_add() {
     );
     let _ = std::fs::remove_dir_all(dir);
 }
+
+/// Every hint moat prints about where a program is works when followed: a tool under the
+/// caller's home that runs files beside it (a version manager's shim) gets the grant of
+/// the home's directory that holds both, a `./script` gets `-w .`, and a name that is
+/// another program inside than on the host is said once, with the grant that shows the
+/// host's. Each hint is followed here, and the run then does what was meant.
+#[test]
+fn hints_about_programs_work_when_followed() {
+    let dir = scratch("hints");
+    let home = dir.join("home");
+    let manager = home.join(".fakemgr");
+    std::fs::create_dir_all(manager.join("bin")).unwrap();
+    std::fs::create_dir_all(manager.join("versions/1/bin")).unwrap();
+    let shim = manager.join("bin/python3");
+    let real = manager.join("versions/1/bin/real");
+    std::fs::write(
+        &shim,
+        format!("#!/bin/sh\nexec {} \"$@\"\n", real.display()),
+    )
+    .unwrap();
+    std::fs::write(&real, "#!/bin/sh\necho HOSTS-OWN-PYTHON\n").unwrap();
+    let project = dir.join("project");
+    std::fs::create_dir_all(&project).unwrap();
+    std::fs::write(project.join("install.sh"), "#!/bin/sh\necho INSTALLED\n").unwrap();
+    for f in [&shim, &real, &project.join("install.sh")] {
+        std::fs::set_permissions(f, std::fs::Permissions::from_mode(0o755)).unwrap();
+    }
+    let path = format!(
+        "{}:{}",
+        manager.join("bin").display(),
+        std::env::var("PATH").unwrap_or_default()
+    );
+    let env = [("HOME", home.to_str().unwrap()), ("PATH", path.as_str())];
+    // The hint's grants, as printed: "... add --ro A --ro B" or "(--ro A shows ...)".
+    let grants_in = |text: &str| -> Vec<String> {
+        let words: Vec<&str> = text.split_whitespace().collect();
+        words
+            .windows(2)
+            .filter(|w| w[0].trim_start_matches('(') == "--ro")
+            .map(|w| w[1].trim_end_matches([')', ',']).to_owned())
+            .collect()
+    };
+
+    // A name: inside it would be /usr/bin/python3; moat says so, and its grant shows the
+    // host's.
+    let out = moat(
+        &[
+            "run",
+            "--quiet",
+            "--policy",
+            "none",
+            "--",
+            "python3",
+            "-c",
+            "print('SYSTEM')",
+        ],
+        &env,
+    );
+    let err = stderr(&out);
+    assert!(stdout(&out).contains("SYSTEM"), "{err}");
+    assert!(
+        err.contains("python3 is") && err.contains("on the host"),
+        "{err}"
+    );
+    let grants = grants_in(&err);
+    assert_eq!(grants, vec![manager.display().to_string()], "{err}");
+    let mut args = vec!["run", "--quiet", "--policy", "none", "--ro", &grants[0]];
+    args.extend(["--", "python3"]);
+    let out = moat(&args, &env);
+    assert!(
+        stdout(&out).contains("HOSTS-OWN-PYTHON"),
+        "{}",
+        stderr(&out)
+    );
+    assert!(!stderr(&out).contains("on the host"), "{}", stderr(&out));
+
+    // Its path: not found inside; the hint names the manager's directory, not only bin/.
+    let shim_s = shim.to_str().unwrap();
+    let out = moat(&["run", "--quiet", "--policy", "none", "--", shim_s], &env);
+    assert_eq!(out.status.code(), Some(127), "{}", stderr(&out));
+    let grants = grants_in(&stderr(&out));
+    assert_eq!(
+        grants,
+        vec![manager.display().to_string()],
+        "{}",
+        stderr(&out)
+    );
+    let out = moat(
+        &[
+            "run", "--quiet", "--policy", "none", "--ro", &grants[0], "--", shim_s,
+        ],
+        &env,
+    );
+    assert!(
+        stdout(&out).contains("HOSTS-OWN-PYTHON"),
+        "{}",
+        stderr(&out)
+    );
+
+    // ./install.sh from the project directory: -w . as the hint says.
+    let run_here = |args: &[&str]| {
+        let mut cmd = Command::new(moat_bin());
+        cmd.current_dir(&project).args(args);
+        for (k, v) in env {
+            cmd.env(k, v);
+        }
+        run_with_timeout(cmd, T)
+    };
+    let out = run_here(&["run", "--quiet", "--policy", "none", "--", "./install.sh"]);
+    assert_eq!(out.status.code(), Some(127), "{}", stderr(&out));
+    assert!(stderr(&out).contains("add -w ."), "{}", stderr(&out));
+    let out = run_here(&[
+        "run",
+        "--quiet",
+        "--policy",
+        "none",
+        "-w",
+        ".",
+        "--",
+        "./install.sh",
+    ]);
+    assert!(stdout(&out).contains("INSTALLED"), "{}", stderr(&out));
+    let _ = std::fs::remove_dir_all(dir);
+}
