@@ -378,6 +378,14 @@ impl RunSummary {
 
     /// The `--allow` flags that would have permitted what the policy denied, each once.
     pub fn suggestions(&self) -> Vec<String> {
+        self.suggestions_after(0)
+    }
+
+    /// [`RunSummary::suggestions`] for a run whose first `flag_rules` rules came from
+    /// `--allow`/`--deny` flags: a denial by one of those (a `--deny`) is not one an
+    /// `--allow` placed after it could lift, so none is suggested for it (the denial's own
+    /// line names the rule).
+    pub fn suggestions_after(&self, flag_rules: usize) -> Vec<String> {
         let mut out: Vec<String> = Vec::new();
         let mut push = |s: String| {
             if !out.contains(&s) {
@@ -385,12 +393,14 @@ impl RunSummary {
             }
         };
         for (d, _) in self.denied.iter() {
-            if !d.dest.inbound && policy_rule(&d.rule) {
+            let by_flag = d.rule.parse::<usize>().is_ok_and(|i| i < flag_rules);
+            if !d.dest.inbound && policy_rule(&d.rule) && !by_flag {
                 push(format!("--allow {}", d.dest.allow_flag()));
             }
         }
-        for ((name, by, _), _) in self.names.iter() {
-            if by == "policy" {
+        for ((name, by, rule), _) in self.names.iter() {
+            let by_flag = rule.parse::<usize>().is_ok_and(|i| i < flag_rules);
+            if by == "policy" && !by_flag {
                 push(format!("--allow {name}"));
             }
         }
@@ -417,6 +427,12 @@ impl RunSummary {
 
     /// The summary for people: a headline, then the groups (at most a few of each).
     pub fn render(&self) -> String {
+        self.render_after(0)
+    }
+
+    /// [`RunSummary::render`] for a run whose first `flag_rules` rules came from flags
+    /// (see [`RunSummary::suggestions_after`]).
+    pub fn render_after(&self, flag_rules: usize) -> String {
         let mut s = String::new();
         let exit = match &self.exit_status {
             Some(Value::Number(n)) => format!(", exit status {n}"),
@@ -511,7 +527,7 @@ impl RunSummary {
             self.allowed.others,
         );
         self.log_notes(&mut s);
-        let suggestions = self.suggestions();
+        let suggestions = self.suggestions_after(flag_rules);
         if !suggestions.is_empty() {
             let _ = writeln!(s, "  to allow what was denied: {}", suggestions.join(" "));
         }

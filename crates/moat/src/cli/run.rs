@@ -617,7 +617,7 @@ fn finish(
     };
     if !opts.quiet {
         for run in summary.runs() {
-            for line in run.render().lines() {
+            for line in run.render_after(opts.rules.len()).lines() {
                 eprintln!("moat: {line}");
             }
         }
