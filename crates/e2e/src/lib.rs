@@ -450,6 +450,31 @@ impl World {
     }
 
     /// Runs a python3 script in the host namespace (bounded by `timeout`).
+    /// Waits (at most 15 s) until a TCP or UDP socket of the host namespace is bound to
+    /// `port`: a server started with [`World::spawn_in_host`] is then ready, however busy
+    /// the machine. Fails the test when none appears.
+    pub fn wait_for_host_port(&self, port: u16) {
+        let deadline = Instant::now() + Duration::from_secs(15);
+        let want = format!(":{port} ");
+        loop {
+            let out = self
+                .in_host("ss")
+                .args(["-Hlntu"])
+                .output()
+                .map(|o| String::from_utf8_lossy(&o.stdout).into_owned())
+                .unwrap_or_default();
+            if out.lines().any(|l| l.contains(&want)) {
+                return;
+            }
+            assert!(
+                Instant::now() < deadline,
+                "nothing listens on port {port} in the host namespace"
+            );
+            std::thread::sleep(Duration::from_millis(50));
+        }
+    }
+
+    /// Runs a python3 script in the host namespace, bounded.
     pub fn host_python(&self, script: &str, timeout: Duration) -> Output {
         let mut cmd = self.in_host("python3");
         cmd.args(["-c", script]);

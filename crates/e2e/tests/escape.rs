@@ -293,7 +293,7 @@ fn the_hosts_own_addresses_are_loopback() {
     let log = w.dir.join("host-server.log");
     let server = w.file("host_server.py", HOST_SERVER);
     w.spawn_in_host(&["python3", server.to_str().unwrap(), log.to_str().unwrap()]);
-    std::thread::sleep(Duration::from_millis(300));
+    w.wait_for_host_port(8089);
     let work = w.dir.join("work");
     std::fs::create_dir_all(&work).unwrap();
     let curl = |a: &str| {
@@ -398,7 +398,7 @@ while True:
 "#,
     );
     w.spawn_in_host(&["python3", server.to_str().unwrap(), log.to_str().unwrap()]);
-    std::thread::sleep(Duration::from_millis(300));
+    w.wait_for_host_port(8090);
     let probe = |addrs: &[&str]| {
         let list: Vec<String> = addrs.iter().map(|a| format!("{a:?}")).collect();
         format!(

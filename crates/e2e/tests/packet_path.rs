@@ -100,7 +100,7 @@ fn allow_all_reaches_private_hosts_and_the_host_loopback() {
         "--bind",
         "127.0.0.1",
     ]);
-    std::thread::sleep(Duration::from_millis(500));
+    w.wait_for_host_port(8123);
     let (out, _) = w.run_sh(
         &["--policy", "allow-all"],
         "curl -sS -m 10 http://10.1.0.10/private && curl -sS -m 10 -o /dev/null -w 'host %{http_code}\\n' http://10.0.2.2:8123/",

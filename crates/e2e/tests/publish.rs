@@ -211,7 +211,7 @@ fn an_inbound_deny_rule_refuses_the_published_port_not_outbound_traffic() {
 fn publishing_a_taken_port_fails_before_the_command_runs() {
     let mut w = World::new();
     w.spawn_in_host(&["python3", "-c", "import socket,time\ns=socket.socket()\ns.setsockopt(socket.SOL_SOCKET, socket.SO_REUSEADDR, 1)\ns.bind(('127.0.0.1', 18081))\ns.listen()\ntime.sleep(60)"]);
-    std::thread::sleep(Duration::from_millis(500));
+    w.wait_for_host_port(18081);
     let out = w.moat(&["run", "-p", "18081:80", "--", "sh", "-c", "echo RAN"], T);
     assert_ne!(out.status.code(), Some(0));
     assert!(!stdout(&out).contains("RAN"), "the command ran");

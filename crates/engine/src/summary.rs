@@ -68,7 +68,14 @@ impl Dest {
     fn from(e: &(impl EventFields + ?Sized)) -> Dest {
         let inbound = e.field("direction").and_then(Value::as_str) == Some("inbound");
         let text = |k: &str| e.field(k).and_then(Value::as_str).unwrap_or("").to_owned();
-        let domain = text("domain");
+        // The evidence of the name a connection used, strongest first: the TLS server name
+        // it sent, else the names DNS answered for its address to this sandbox.
+        let sni = text("sni");
+        let domain = if !inbound && !sni.is_empty() {
+            sni
+        } else {
+            text("domain")
+        };
         let host = if inbound {
             // The peer, without its port.
             let src = text("src");
@@ -80,8 +87,6 @@ impl Dest {
             }
         } else if let Some(first) = domain.split(',').find(|d| !d.is_empty()) {
             first.to_owned()
-        } else if let Some(sni) = e.field("sni").and_then(Value::as_str) {
-            sni.to_owned()
         } else {
             text("dst")
         };
@@ -542,6 +547,7 @@ impl RunSummary {
         // (direction inbound?, target, proto) → ports used → what used them.
         type Key = (bool, String, String);
         let mut rules: BTreeMap<Key, BTreeMap<Option<u64>, Vec<String>>> = BTreeMap::new();
+        let mut ambiguous: BTreeMap<Key, String> = BTreeMap::new();
         for ((d, _), n) in self.allowed.iter() {
             let what = format!(
                 "{}{}{}",
@@ -554,6 +560,19 @@ impl RunSummary {
             } else {
                 d.names.split(',').map(str::to_owned).collect()
             };
+            // A plain connection to an address DNS answered for several names: which one it
+            // meant is not known, so each gets a rule, and a comment says why.
+            if targets.len() > 1 {
+                for target in &targets {
+                    ambiguous.insert(
+                        (d.inbound, target.clone(), d.proto.clone()),
+                        format!(
+                            "one of {}: DNS answered the address for each, and the connection named none of them (no TLS server name)",
+                            targets.join(", ")
+                        ),
+                    );
+                }
+            }
             for target in targets {
                 let key = (d.inbound, target, d.proto.clone());
                 let port = if d.proto == "tcp" || d.proto == "udp" {
@@ -603,6 +622,9 @@ impl RunSummary {
                     .map(|c| if c.is_control() { ' ' } else { c })
                     .collect();
                 let _ = writeln!(out, "# used by: {used}");
+                if let Some(why) = ambiguous.get(&(*inbound, target.clone(), proto.clone())) {
+                    let _ = writeln!(out, "# {why}");
+                }
                 let _ = writeln!(out, "action = \"allow\"");
                 if *inbound {
                     let _ = writeln!(out, "direction = \"inbound\"");
@@ -847,6 +869,44 @@ mod tests {
             "{text}"
         );
         assert!(!text.contains("198.51.100.9"), "{text}");
+        // The plain connections named neither of the address's names: a rule for each, and
+        // the comment says why.
+        assert!(
+            text.contains("# one of api.example.test, www.example.test: DNS answered"),
+            "{text}"
+        );
+    }
+
+    #[test]
+    fn a_connection_is_named_by_its_server_name_before_its_address_names() {
+        let mut s = Summary::new();
+        // An address DNS answered for two names (and a third only looked up); the
+        // connection's TLS server name says which it used.
+        s.add(&ev(
+            json!({"run": "r", "event": "connect", "decision": "allow", "rule": "default",
+            "reason": "x", "proto": "tcp", "dst": "203.0.113.10", "port": 443,
+            "domain": "files.example.test,index.example.test", "sni": "files.example.test"}),
+        ));
+        // A denial by server name: the name refused is the server name, and that is what
+        // an --allow must name (not the address's other, already allowed name).
+        s.add(&ev(
+            json!({"run": "r", "event": "connect", "decision": "deny", "rule": "default",
+            "reason": "x", "proto": "tcp", "dst": "203.0.113.10", "port": 443,
+            "domain": "index.example.test", "sni": "other.example.test"}),
+        ));
+        let run = &s.runs()[0];
+        let text = run.learned_policy("learned");
+        assert!(
+            text.contains("destination = \"files.example.test\""),
+            "{text}"
+        );
+        assert!(!text.contains("index.example.test"), "{text}");
+        assert_eq!(run.suggestions(), ["--allow other.example.test:443/tcp"]);
+        assert!(
+            run.render().contains("files.example.test:443/tcp"),
+            "{}",
+            run.render()
+        );
     }
 
     #[test]

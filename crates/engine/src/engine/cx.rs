@@ -206,7 +206,7 @@ impl Cx {
         self.counters.denied += 1;
         let (rule, reason) = self.explain(decision);
         let mut fields = Cx::connect_fields(proto, key);
-        self.push_domain(&mut fields, key.host.ip());
+        self.push_domain(&mut fields, key.host.ip(), None);
         self.cfg
             .audit
             .event("connect", "deny", &rule, &reason, fields);
@@ -223,7 +223,7 @@ impl Cx {
     ) {
         self.counters.denied += 1;
         let mut fields = Cx::connect_fields("tcp", key);
-        self.push_domain(&mut fields, key.host.ip());
+        self.push_domain(&mut fields, key.host.ip(), sni);
         fields.push(("sni", sni.map_or(Value::Null, |n| Value::from(n.as_str()))));
         self.cfg
             .audit
@@ -241,7 +241,7 @@ impl Cx {
     ) {
         self.counters.allowed += 1;
         let mut fields = Cx::connect_fields(proto, key);
-        self.push_domain(&mut fields, key.host.ip());
+        self.push_domain(&mut fields, key.host.ip(), sni);
         if let Some(name) = sni {
             fields.push(("sni", Value::from(name.as_str())));
         }
@@ -250,10 +250,19 @@ impl Cx {
             .event("connect", "allow", rule, reason, fields);
     }
 
-    /// The audit log's `domain`: the names this sandbox's lookups pinned to `addr`.
-    /// Adds `domain` when this sandbox's lookups pinned names to `addr`: one string (names
-    /// joined by commas), absent otherwise — its type never varies.
-    fn push_domain(&self, fields: &mut Vec<(&'static str, Value)>, addr: IpAddr) {
+    /// The audit log's `domain`: the name the flow used, by its evidence — the TLS server
+    /// name it sent, else the names this sandbox's lookups pinned to `addr` (one string,
+    /// joined by commas); absent when there is neither. Its type never varies.
+    fn push_domain(
+        &self,
+        fields: &mut Vec<(&'static str, Value)>,
+        addr: IpAddr,
+        sni: Option<&DomainName>,
+    ) {
+        if let Some(name) = sni {
+            fields.push(("domain", Value::from(name.as_str())));
+            return;
+        }
         let names = self.pins.names(canonical_addr(addr), Instant::now());
         if !names.is_empty() {
             let joined: Vec<&str> = names.iter().map(DomainName::as_str).collect();
