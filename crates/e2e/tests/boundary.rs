@@ -785,6 +785,37 @@ fn root_inside_is_not_the_hosts_root() {
         assert_eq!((meta.uid(), meta.gid()), (0, 0), "{}", dir.display());
     }
     assert!(!stderr(&out).contains("idmapped"), "{}", stderr(&out));
+    // Root's supplementary groups (0 among them, as from a login or sudo) do not follow
+    // the unprivileged id inside: a file only group root may read stays closed.
+    let grouped = std::path::PathBuf::from(format!("/opt/moat-e2e-group-{}", std::process::id()));
+    let _cleanup_group = Remove(grouped.clone());
+    std::fs::create_dir_all(&grouped).unwrap();
+    std::fs::write(grouped.join("f"), "GROUP-ROOT-ONLY").unwrap();
+    std::fs::set_permissions(grouped.join("f"), std::fs::Permissions::from_mode(0o640)).unwrap();
+    std::fs::set_permissions(&grouped, std::fs::Permissions::from_mode(0o750)).unwrap();
+    let mut c = Command::new("setpriv");
+    c.args(["--groups=0", "--"])
+        .arg(moat_bin())
+        .args(["run", "--policy", "none", "--", "sh", "-c"])
+        .arg(format!(
+            "cat {}/f 2>&1; echo; grep Groups /proc/self/status; echo done",
+            grouped.display()
+        ));
+    let out = run_with_timeout(c, T);
+    let text = stdout(&out);
+    assert!(text.contains("done"), "{text} {}", stderr(&out));
+    assert!(!text.contains("GROUP-ROOT-ONLY"), "{text}");
+    // Control: the same groups on the host read it.
+    let mut c = Command::new("setpriv");
+    c.args(["--groups=0", "--reuid=65534", "--", "cat"])
+        .arg(grouped.join("f"));
+    let out = run_with_timeout(c, T);
+    assert!(
+        stdout(&out).contains("GROUP-ROOT-ONLY"),
+        "control: {}",
+        stderr(&out)
+    );
+
     // Control: the host's root reads the directory, and so does the sandbox's where the
     // identity falls back (a grant on sysfs, which cannot be idmapped) — with its line.
     assert!(std::fs::read_to_string(hidden.join("key")).is_ok());

@@ -232,6 +232,47 @@ fn refusals_say_what_would_be_exposed_and_what_to_add() {
         assert_eq!(out.status.code(), Some(0), "{flags:?}: {}", stderr(&out));
     }
 
+    // A grant whose path is itself a link (left by an earlier run in a work directory) is
+    // refused, naming where it points; the target granted as itself is fine.
+    let link = project.join("vendor");
+    let target = dir.join("elsewhere");
+    std::fs::create_dir_all(&target).unwrap();
+    std::os::unix::fs::symlink(&target, &link).unwrap();
+    for flag in ["--rw", "--ro", "-w"] {
+        let out = moat(
+            &[
+                "run",
+                "--policy",
+                "none",
+                flag,
+                link.to_str().unwrap(),
+                "--",
+                "true",
+            ],
+            &env,
+        );
+        let err = stderr(&out);
+        assert_eq!(out.status.code(), Some(125), "{flag}: {err}");
+        assert!(
+            err.contains("a symbolic link") && err.contains(target.to_str().unwrap()),
+            "{err}"
+        );
+    }
+    let out = moat(
+        &[
+            "run",
+            "--quiet",
+            "--policy",
+            "none",
+            "--rw",
+            target.to_str().unwrap(),
+            "--",
+            "true",
+        ],
+        &env,
+    );
+    assert_eq!(out.status.code(), Some(0), "{}", stderr(&out));
+
     // --policy none: the summary says why nothing was seen, and what to do.
     let out = moat(&["run", "--policy", "none", "--", "true"], &env);
     let err = stderr(&out);

@@ -356,6 +356,13 @@ fn learn_extends_a_policy_and_keeps_it_when_the_command_did_not_start() {
         "{fresh}"
     );
 
+    // A command line with control characters still makes a policy moat reads back (the
+    // comments that carry it hold none).
+    let out = learn("--learn-fresh", &format!("{two} # \u{1b}[31m\rX"));
+    assert!(stdout(&out).contains("two-ok"), "{}", stderr(&out));
+    let check = w.moat(&["policy", "check", path], T);
+    assert!(check.status.success(), "{}", stderr(&check));
+
     // A file that is not a policy is not extended: refused before the run.
     std::fs::write(&policy, "not = [a policy").unwrap();
     let out = learn("--learn", one);

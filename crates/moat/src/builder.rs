@@ -438,6 +438,7 @@ impl SandboxBuilder {
         let mut sandbox = SandboxConfig::new(self.name.clone());
         sandbox.workdir = self.workdir.clone();
         if let Some(dir) = &self.workdir_host {
+            crate::setup::not_a_link("-w", dir)?;
             let resolved = dir.canonicalize().unwrap_or_else(|_| dir.clone());
             crate::setup::not_home("-w", &resolved)?;
         }

@@ -89,6 +89,18 @@ pub enum GrantError {
         /// `ro` or `rw`.
         flag: &'static str,
     },
+    /// The path is a symbolic link.
+    #[error(
+        "{flag} {path}: a symbolic link (to {target}); a grant names what it shows — give the path it should be, {target} itself if that is what you mean"
+    )]
+    Link {
+        /// The flag (`-w`, `--ro`, `--rw`).
+        flag: &'static str,
+        /// The path as given.
+        path: String,
+        /// Where it points.
+        target: String,
+    },
     /// The path is the caller's home directory or holds it.
     #[error(
         "{flag} {path}: that would hand the sandbox your home directory {home} and every secret in it{exposed}; grant only what the command needs: a project directory (-w {home}/PROJECT), or single files read-only (--ro {home}/.gitconfig)"
@@ -103,6 +115,22 @@ pub enum GrantError {
         /// `" (.ssh, .aws, ...)"`: what lies there now, or nothing.
         exposed: String,
     },
+}
+
+/// Refuses a grant (`flag`, as given) whose path is itself a symbolic link: a link left in
+/// a work directory by an earlier run (`./vendor -> /etc/cron.d`) would make the next
+/// grant of that path one of wherever it points. Links on the way to it are followed.
+pub(crate) fn not_a_link(flag: &'static str, path: &Path) -> Result<(), GrantError> {
+    match std::fs::symlink_metadata(path) {
+        Ok(m) if m.file_type().is_symlink() => Err(GrantError::Link {
+            flag,
+            path: path.display().to_string(),
+            target: std::fs::read_link(path)
+                .map(|t| t.display().to_string())
+                .unwrap_or_default(),
+        }),
+        _ => Ok(()),
+    }
 }
 
 /// The caller's home directory (`$HOME`, else the password database's), resolved.
@@ -171,6 +199,7 @@ pub(crate) fn grants(ro: &[PathBuf], rw: &[PathBuf]) -> Result<Vec<Grant>, Grant
     let mut out = Vec::with_capacity(ro.len() + rw.len());
     for (paths, writable, flag) in [(ro, false, "ro"), (rw, true, "rw")] {
         for path in paths {
+            not_a_link(if writable { "--rw" } else { "--ro" }, path)?;
             let canonical = path.canonicalize().map_err(|source| GrantError::Missing {
                 flag,
                 path: path.display().to_string(),

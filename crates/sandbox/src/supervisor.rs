@@ -176,6 +176,13 @@ fn identity_from_moat(ctl: &OwnedFd, slots: usize) -> Stage<Vec<Option<OwnedFd>>
 
 /// Steps 1–4; returns the TAP (if any) and PID 1.
 fn build(spec: &Spec, ctl: &OwnedFd) -> Stage<(Option<OwnedFd>, Pid)> {
+    if spec.idmapped {
+        // moat runs as root, often with root's supplementary groups (0 among them, from a
+        // login or sudo); they would follow the unprivileged id into the sandbox and open
+        // every file of the view that group root may read. Dropped while this process still
+        // may (the user namespace that follows denies setgroups).
+        at("drop the supplementary groups", nix::unistd::setgroups(&[]))?;
+    }
     // Signals are taken through a signalfd; children unblock them before exec.
     let mut mask = SigSet::empty();
     mask.add(Signal::SIGCHLD);
@@ -1146,19 +1153,24 @@ fn handle(
 /// The sizes of the regular files under `dir` (links not followed), walking at most
 /// 100,000 entries: enough to say roughly how much a run left behind.
 fn tree_bytes(dir: &Path) -> u64 {
+    // Bounded in entries, depth, directories waiting and time: the tree is the command's
+    // to shape (a deep chain of long names), and moat waits for the answer.
+    let deadline = std::time::Instant::now() + std::time::Duration::from_secs(2);
     let (mut bytes, mut seen) = (0u64, 0usize);
-    let mut todo = vec![dir.to_path_buf()];
-    while let Some(d) = todo.pop() {
+    let mut todo = vec![(dir.to_path_buf(), 0usize)];
+    while let Some((d, depth)) = todo.pop() {
         let Ok(entries) = std::fs::read_dir(&d) else {
             continue;
         };
         for entry in entries.flatten() {
             seen += 1;
-            if seen > 100_000 {
+            if seen > 100_000 || std::time::Instant::now() > deadline {
                 return bytes;
             }
             match entry.file_type() {
-                Ok(t) if t.is_dir() => todo.push(entry.path()),
+                Ok(t) if t.is_dir() && depth < 32 && todo.len() < 4096 => {
+                    todo.push((entry.path(), depth + 1));
+                }
                 Ok(t) if t.is_file() => {
                     bytes = bytes.saturating_add(entry.metadata().map_or(0, |m| m.len()));
                 }

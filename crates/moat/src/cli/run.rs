@@ -400,6 +400,7 @@ pub(crate) fn builder(opts: &RunOptions) -> anyhow::Result<SandboxBuilder> {
         });
     if let Some(dir) = &opts.workdir {
         let given = dir.display().to_string();
+        crate::setup::not_a_link("-w", dir)?;
         let dir = dir
             .canonicalize()
             .with_context(|| format!("-w {given}: no such directory"))?;
@@ -644,10 +645,17 @@ fn finish(
             );
             return Ok(status);
         }
+        // The command line goes into TOML comments: no control character (a line break or
+        // an escape would end the comment or make the file unreadable as a policy).
         let command: Vec<String> = opts
             .command
             .iter()
-            .map(|a| a.to_string_lossy().into_owned())
+            .map(|a| {
+                a.to_string_lossy()
+                    .chars()
+                    .map(|c| if c.is_control() { ' ' } else { c })
+                    .collect()
+            })
             .collect();
         let header = format!(
             "Written by `moat run --learn` from run {} of: {} (exit status {status}).\n\
@@ -798,7 +806,7 @@ impl Learn {
                         }
                         text.push_str(&format!(
                             "\n# Added by `moat run --learn` from run {run} of: {}\n",
-                            command.replace(['\n', '\r'], " ")
+                            command
                         ));
                     }
                     text.push('\n');
