@@ -636,8 +636,18 @@ impl Sandbox {
             };
             let c = std::ffi::CString::new(path.as_os_str().as_encoded_bytes())
                 .map_err(|e| idmap_err(io::Error::other(e)))?;
-            let tree = sys::clone_tree(&c).map_err(idmap_err)?;
-            sys::idmap_tree(&tree, &userns).map_err(idmap_err)?;
+            // Only "this file system or kernel cannot idmap" falls back (and says so); a path
+            // that cannot be opened is an error of its own.
+            let setup = |stage: &str, e: io::Error| SandboxError::Setup {
+                stage: format!("{stage} {}", path.display()),
+                error: e.to_string(),
+                hint: "",
+            };
+            let tree = sys::clone_tree(&c).map_err(|e| setup("open the grant", e))?;
+            sys::idmap_tree(&tree, &userns).map_err(|e| match e.raw_os_error() {
+                Some(libc::EINVAL | libc::EPERM | libc::EOPNOTSUPP | libc::ENOSYS) => idmap_err(e),
+                _ => setup("idmap the grant", e),
+            })?;
             proto::send(
                 self.ctl.as_raw_fd(),
                 &Request::Mount { index },
