@@ -700,10 +700,10 @@ mod tests {
         let mut body = BodyScan::new(&template);
         let mut out = Vec::new();
         assert_eq!(body.pass(first.as_bytes(), &mut out), Ok(()));
-        assert_eq!(body.pass(b" done", &mut out), Ok(()));
+        assert_eq!(body.held(), 12);
         body.end(&mut out);
         assert_eq!(body.held(), 0);
-        assert_eq!(out, format!("{first} done").as_bytes());
+        assert_eq!(out, first.as_bytes());
     }
 
     /// A piece longer than any form that ends with the start of a placeholder holds that
