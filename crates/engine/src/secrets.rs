@@ -670,4 +670,76 @@ mod tests {
             prop_assert!(!contains(&passed, p.as_bytes()));
         }
     }
+
+    #[test]
+    fn a_secret_says_its_name_and_whether_plain_http_may_carry_it() {
+        let a = secret("API_KEY");
+        assert_eq!(a.name(), "API_KEY");
+        assert!(!a.allows_plain_http());
+        let hosts = ["api.example.test".to_owned()];
+        let v = Zeroizing::new(b"value-1234".to_vec());
+        let plain = Secret::new("PLAIN", v, None, &hosts, true).unwrap();
+        assert!(plain.allows_plain_http());
+    }
+
+    #[test]
+    fn a_placeholder_inside_another_is_a_duplicate_either_way() {
+        let hosts = ["api.example.test".to_owned()];
+        let with = |name: &str, placeholder: &str| {
+            let v = Zeroizing::new(b"value-1234".to_vec());
+            Secret::new(name, v, Some(placeholder.into()), &hosts, false).unwrap()
+        };
+        let short = || with("A", "moat_placeholder_one");
+        let long = || with("B", "moat_placeholder_one_two");
+        assert!(matches!(
+            check_distinct(&[short(), long()]),
+            Err(SecretError::Duplicate(_))
+        ));
+        assert!(matches!(
+            check_distinct(&[long(), short()]),
+            Err(SecretError::Duplicate(_))
+        ));
+    }
+
+    /// `carried` judges a whole message (a datagram, a DNS name); `BodyScan` a body that
+    /// arrives in pieces and leaves re-framed (chunked, HTTP/2 DATA).
+    #[test]
+    fn whole_messages_and_bodies_in_pieces_are_scanned() {
+        let secrets = [secret("API_KEY"), secret("OTHER")];
+        let p = secrets[1].placeholder().to_owned();
+        assert_eq!(carried(&secrets, format!("q={p}").as_bytes()), Some(1));
+        assert_eq!(carried(&secrets, b"q=moat_0000"), None);
+        assert_eq!(carried(&[], p.as_bytes()), None);
+        // The start of a placeholder is held, then found with the rest.
+        let template = Scanner::new(&secrets, |_| true);
+        assert!(!template.is_idle());
+        let mut body = BodyScan::new(&template);
+        let mut out = Vec::new();
+        let first = format!("a=1&k={}", &p[..12]);
+        assert_eq!(body.pass(first.as_bytes(), &mut out), Ok(()));
+        assert_eq!(out, b"a=1&k=");
+        assert_eq!(body.held(), 12);
+        assert_eq!(body.pass(&p.as_bytes()[12..], &mut out), Err(1));
+        // A clean body: what was held goes out at its end.
+        let mut body = BodyScan::new(&template);
+        let mut out = Vec::new();
+        assert_eq!(body.pass(first.as_bytes(), &mut out), Ok(()));
+        assert_eq!(body.held(), 12);
+        body.end(&mut out);
+        assert_eq!(body.held(), 0);
+        assert_eq!(out, first.as_bytes());
+    }
+
+    /// A piece longer than any form that ends with the start of a placeholder holds that
+    /// start back, as a short piece does: none of the placeholder leaves before it is found.
+    #[test]
+    fn a_long_piece_holds_back_the_start_of_a_placeholder() {
+        let secrets = [secret("API_KEY")];
+        let p = secrets[0].placeholder().as_bytes().to_vec();
+        let mut s = Scanner::new(&secrets, |_| true);
+        let mut piece = vec![b'x'; 1000];
+        piece.extend_from_slice(&p[..12]);
+        assert_eq!(s.scan(&piece), Scan::Pass(1000));
+        assert_eq!(s.scan(&p), Scan::Found(0));
+    }
 }

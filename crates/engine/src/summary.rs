@@ -1050,4 +1050,72 @@ mod tests {
         );
         assert!(text.len() < 2 << 20, "{}", text.len());
     }
+
+    /// The IPv6 gateway is judged as the host's `::1`, so that is what `--allow` and a
+    /// learned policy name; an ICMP flow's suggestion carries no port.
+    #[test]
+    fn the_ipv6_gateway_is_the_hosts_loopback_and_icmp_has_no_port() {
+        let mut s = Summary::new();
+        for (dst, proto, port) in [
+            ("fd00:6d6f:6174::2", "tcp", 5432),
+            ("198.51.100.7", "icmpv4", 0),
+        ] {
+            s.add(&ev(
+                json!({"run": "r", "event": "connect", "decision": "deny",
+                "rule": "default", "reason": "x", "proto": proto, "dst": dst, "port": port}),
+            ));
+        }
+        assert_eq!(
+            s.runs()[0].suggestions(),
+            ["--allow [::1]:5432/tcp", "--allow 198.51.100.7/icmp"]
+        );
+        let mut s = Summary::new();
+        s.add(&ev(
+            json!({"run": "r", "event": "connect", "decision": "allow",
+            "rule": "default", "reason": "x", "proto": "tcp", "dst": "fd00:6d6f:6174::2",
+            "port": 5432}),
+        ));
+        let text = s.runs()[0].learned_policy("learned");
+        assert!(text.contains("destination = \"::1\""), "{text}");
+    }
+
+    /// An inbound peer is learned without its port, bracketed or not, and a peer given
+    /// without one keeps its whole address.
+    #[test]
+    fn an_inbound_peer_is_learned_without_its_port() {
+        let mut s = Summary::new();
+        for src in ["[2001:db8::a]:51000", "2001:db8::b"] {
+            s.add(&ev(
+                json!({"run": "r", "event": "connect", "decision": "allow", "rule": 0,
+                "reason": "x", "direction": "inbound", "proto": "tcp", "src": src,
+                "dst": "10.0.2.100", "port": 8080}),
+            ));
+        }
+        let text = s.runs()[0].learned_policy("learned");
+        use moat_policy::{Action, Flow, Protocol};
+        for peer in ["2001:db8::a", "2001:db8::b"] {
+            let peer: std::net::IpAddr = peer.parse().unwrap();
+            assert_eq!(
+                decide(&text, &Flow::inbound(Protocol::Tcp, peer, 8080)),
+                Action::Allow,
+                "{peer}: {text}"
+            );
+        }
+    }
+
+    /// A built-in that refused a flow names itself in `by` (no `rule`): the summary keeps
+    /// its name (and the run its sandbox) and suggests no `--allow` for it.
+    #[test]
+    fn a_built_in_refusal_is_named_by_its_by_field() {
+        let mut s = Summary::new();
+        s.add(&ev(
+            json!({"run": "r", "sandbox": "sb1", "event": "connect", "decision": "deny",
+            "by": "max_connections", "reason": "64 concurrent", "proto": "tcp",
+            "dst": "203.0.113.11", "port": 80}),
+        ));
+        let r = &s.runs()[0];
+        assert_eq!(r.to_json()["sandbox"], "sb1");
+        assert_eq!(r.to_json()["denied"][0]["rule"], "max_connections");
+        assert!(r.suggestions().is_empty());
+    }
 }

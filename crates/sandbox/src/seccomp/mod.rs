@@ -545,4 +545,35 @@ mod tests {
         assert!(refused.iter().any(|&(nr, _, _)| nr == libc::SYS_keyctl));
         assert!(!refused.iter().any(|&(nr, _, _)| nr == libc::SYS_read));
     }
+
+    /// `refused_always` (the list `moat selftest` and the e2e syscall test try one by one)
+    /// holds every number the filter refuses whatever the arguments, ENOSYS fallbacks
+    /// included, each with the errno it answers, and nothing a call can pass.
+    #[test]
+    fn refused_always_is_every_number_refused_whatever_the_arguments() {
+        let refused = table::refused_always();
+        for nr in 0..=table::NEWEST {
+            let listed = refused.iter().find(|&&(n, _, _)| n == nr);
+            let nr32 = u32::try_from(nr).unwrap();
+            match listed {
+                Some(&(_, name, errno)) => {
+                    for args in [[0; 6], [u64::MAX; 6]] {
+                        assert_eq!(
+                            answer(AUDIT_ARCH_X86_64, nr32, args),
+                            Verdict::Errno(errno),
+                            "{nr} {name}"
+                        );
+                    }
+                }
+                None => assert!(
+                    matches!(
+                        table::call(nr).unwrap().answer,
+                        Answer::Allow | Answer::Guarded(_)
+                    ),
+                    "{nr} is refused whatever the arguments but not listed"
+                ),
+            }
+        }
+        assert!(refused.contains(&(libc::SYS_clone3, "clone3", libc::ENOSYS)));
+    }
 }
