@@ -930,6 +930,7 @@ mod tests {
     #[test]
     fn folding_stays_bounded_under_distinct_destinations() {
         let log = log_to(&shared(), u64::MAX, false);
+        let start = std::time::Instant::now();
         for i in 0..(MAX_FOLDS as u32 * 3) {
             deny(
                 &log,
@@ -937,7 +938,13 @@ mod tests {
                 &format!("198.{}.{}.{}", i >> 16, (i >> 8) & 255, i & 255),
             );
         }
-        assert_eq!(log.sink().folds.len(), MAX_FOLDS);
+        let folds = log.sink().folds.len();
+        // Never more than the bound; and full when the loop ran inside one fold window (a
+        // loaded machine that took longer has let older entries go, as it should).
+        assert!(folds <= MAX_FOLDS, "{folds}");
+        if start.elapsed() < std::time::Duration::from_millis(900) {
+            assert_eq!(folds, MAX_FOLDS);
+        }
     }
 
     #[test]
