@@ -878,6 +878,42 @@ mod tests {
     }
 
     #[test]
+    fn the_report_says_a_capped_log_denied_server_names_and_secrets() {
+        let mut s = Summary::new();
+        let head = |event: &str, decision: &str| json!({"run": "r", "event": event, "decision": decision, "rule": "-", "reason": "why"});
+        // One connection, so the report has a body.
+        s.add(&ev(
+            json!({"run": "r", "event": "connect", "decision": "allow", "rule": "default",
+            "reason": "x", "proto": "tcp", "dst": "203.0.113.10", "port": 443}),
+        ));
+        let mut tls = head("tls", "deny");
+        tls["sni"] = json!("pinned.example.test");
+        s.add(&ev(tls));
+        // An allowed TLS event is not a denial.
+        let mut fine = head("tls", "allow");
+        fine["sni"] = json!("fine.example.test");
+        s.add(&ev(fine));
+        let mut secret = head("secret", "deny");
+        secret["name"] = json!("API_KEY");
+        secret["host"] = json!("other.example.test");
+        secret["secret"] = json!("violation");
+        s.add(&ev(secret));
+        let run = &s.runs()[0];
+        let text = run.render();
+        assert!(text.contains("pinned.example.test: why"), "{text}");
+        assert!(!text.contains("fine.example.test"), "{text}");
+        assert!(
+            text.contains("API_KEY → other.example.test: violation"),
+            "{text}"
+        );
+        assert!(!text.contains("reached --audit-max-size"), "{text}");
+        // A truncated event: the report says the log was capped.
+        s.add(&ev(head("truncated", "allow")));
+        let text = s.runs()[0].render();
+        assert!(text.contains("reached --audit-max-size"), "{text}");
+    }
+
+    #[test]
     fn a_connection_is_named_by_its_server_name_before_its_address_names() {
         let mut s = Summary::new();
         // An address DNS answered for two names (and a third only looked up); the
