@@ -372,6 +372,29 @@ impl World {
     }
 }
 
+/// The resident memory of process `pid` in KiB, or `None` once it is gone.
+pub fn rss_kib(pid: u32) -> Option<u64> {
+    std::fs::read_to_string(format!("/proc/{pid}/status"))
+        .ok()?
+        .lines()
+        .find_map(|l| l.strip_prefix("VmRSS:"))
+        .and_then(|v| v.split_whitespace().next()?.parse().ok())
+}
+
+/// The highest resident memory of process `pid` in KiB, sampled every 50 ms until it
+/// exits or `limit` passes.
+pub fn peak_rss_kib(pid: u32, limit: Duration) -> u64 {
+    let (mut peak, start) = (0, Instant::now());
+    while let Some(kib) = rss_kib(pid) {
+        peak = peak.max(kib);
+        if start.elapsed() > limit {
+            break;
+        }
+        std::thread::sleep(Duration::from_millis(50));
+    }
+    peak
+}
+
 /// A `moat` process running in the background, ended (SIGTERM, then SIGKILL) on drop.
 pub struct Background {
     child: Child,

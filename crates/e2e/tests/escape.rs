@@ -600,15 +600,6 @@ print("stalled", len(socks), flush=True)
 time.sleep(2)
 "#;
 
-/// The resident memory of process `pid` in KiB, or `None` once it is gone.
-fn rss_kib(pid: u32) -> Option<u64> {
-    std::fs::read_to_string(format!("/proc/{pid}/status"))
-        .ok()?
-        .lines()
-        .find_map(|l| l.strip_prefix("VmRSS:"))
-        .and_then(|v| v.split_whitespace().next()?.parse().ok())
-}
-
 #[test]
 fn connections_whose_far_side_never_reads_stay_within_the_buffer_budget() {
     // 150 connections that fill both ways: without a budget moat's socket buffers would
@@ -624,14 +615,7 @@ fn connections_whose_far_side_never_reads_stay_within_the_buffer_budget() {
         "-c",
         &script,
     ]);
-    let (mut peak, start) = (0, std::time::Instant::now());
-    while let Some(kib) = rss_kib(run.id()) {
-        peak = peak.max(kib);
-        if start.elapsed() > T {
-            break;
-        }
-        std::thread::sleep(Duration::from_millis(50));
-    }
+    let peak = moat_e2e::peak_rss_kib(run.id(), T);
     let out = run.finish();
     assert!(
         stdout(&out).contains("stalled 150"),

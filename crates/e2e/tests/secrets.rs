@@ -57,6 +57,15 @@ fn run_valued(
     (out, events, text)
 }
 
+/// The placeholder the sandbox's script printed (`placeholder=...`).
+fn placeholder_in(out: &Output) -> String {
+    stdout(out)
+        .lines()
+        .find_map(|l| l.strip_prefix("placeholder="))
+        .unwrap_or_else(|| panic!("{}\n{}", stdout(out), stderr(out)))
+        .to_owned()
+}
+
 /// Every violation the log records, a line folded from repeats (`count`) once per repeat.
 fn violations(events: &[Value]) -> Vec<&Value> {
     events
@@ -146,10 +155,7 @@ try "http://other.example.test:8080/control"
     }
     // Split over two writes: the first half waited in moat for the second, so nothing of
     // the placeholder arrived (the server may log the request line cut short).
-    let placeholder = text
-        .lines()
-        .find_map(|l| l.strip_prefix("placeholder="))
-        .unwrap_or_else(|| panic!("{text}"));
+    let placeholder = placeholder_in(&out);
     assert!(
         !arrived.iter().any(|p| p.contains(&placeholder[..8])),
         "{arrived:?}"
@@ -379,11 +385,7 @@ echo "placeholder=$p"
     let text = stdout(&out);
     let err = stderr(&out);
     assert!(out.status.success(), "{text}\n{err}");
-    let placeholder = text
-        .lines()
-        .find_map(|l| l.strip_prefix("placeholder="))
-        .unwrap_or_else(|| panic!("{text}"))
-        .to_owned();
+    let placeholder = placeholder_in(&out);
     // What arrived carries the value where the placeholder was, and never the placeholder.
     assert_eq!(header(&arrived(&w, "/header"), "X-Key"), Some(VALUE));
     assert_eq!(
@@ -459,11 +461,7 @@ echo "placeholder=$p"
     let (out, events, audit) = run_valued(&w, long_value, &extra, script);
     let text = stdout(&out);
     assert!(out.status.success(), "{text}\n{}", stderr(&out));
-    let placeholder = text
-        .lines()
-        .find_map(|l| l.strip_prefix("placeholder="))
-        .unwrap_or_else(|| panic!("{text}\n{}", stderr(&out)))
-        .to_owned();
+    let placeholder = placeholder_in(&out);
     let small = arrived(&w, "/h2-small");
     assert_eq!(small["server"], "h2");
     assert_eq!(header(&small, "x-key"), Some(long_value));
@@ -616,11 +614,7 @@ echo "placeholder=$p"
 "#;
     let (out, events, audit) = run(&w, &["--secret-plain-http", "API_KEY"], script);
     let text = stdout(&out);
-    let placeholder = text
-        .lines()
-        .find_map(|l| l.strip_prefix("placeholder="))
-        .unwrap_or_else(|| panic!("{text}\n{}", stderr(&out)))
-        .to_owned();
+    let placeholder = placeholder_in(&out);
     let header_req = arrived(&w, "/plain-header");
     assert_eq!(header_req["path"], format!("/plain-header?key={VALUE}"));
     assert_eq!(header(&header_req, "X-Key"), Some(VALUE));
@@ -689,11 +683,7 @@ echo "placeholder=$p"
     let extra: Vec<&str> = extra.iter().map(String::as_str).collect();
     let (out, events, _) = run(&w, &extra, script);
     let text = stdout(&out);
-    let placeholder = text
-        .lines()
-        .find_map(|l| l.strip_prefix("placeholder="))
-        .unwrap_or_else(|| panic!("{text}\n{}", stderr(&out)))
-        .to_owned();
+    let placeholder = placeholder_in(&out);
     // The request arrived with the value; the echo came back readable, with the
     // placeholder where the value was.
     assert_eq!(
@@ -745,11 +735,7 @@ echo "placeholder=$p"
     let extra: Vec<&str> = extra.iter().map(String::as_str).collect();
     let (out, events, _) = run(&w, &extra, &script);
     let text = stdout(&out);
-    let placeholder = text
-        .lines()
-        .find_map(|l| l.strip_prefix("placeholder="))
-        .unwrap_or_else(|| panic!("{text}\n{}", stderr(&out)))
-        .to_owned();
+    let placeholder = placeholder_in(&out);
     // Both requests arrived with the value (the paths were exercised).
     let arrivals: Vec<Value> = w
         .log()
@@ -816,11 +802,7 @@ echo "placeholder=$p"
     let extra: Vec<&str> = extra.iter().map(String::as_str).collect();
     let (out, _, _) = run(&w, &extra, script);
     let text = stdout(&out);
-    let placeholder = text
-        .lines()
-        .find_map(|l| l.strip_prefix("placeholder="))
-        .unwrap_or_else(|| panic!("{text}\n{}", stderr(&out)))
-        .to_owned();
+    let placeholder = placeholder_in(&out);
     let arrivals: Vec<Value> = w
         .log()
         .into_iter()
@@ -955,15 +937,6 @@ print("held", len(socks), flush=True)
 time.sleep(3)
 "#;
 
-/// The resident memory of process `pid` in KiB, or `None` once it is gone.
-fn rss_kib(pid: u32) -> Option<u64> {
-    std::fs::read_to_string(format!("/proc/{pid}/status"))
-        .ok()?
-        .lines()
-        .find_map(|l| l.strip_prefix("VmRSS:"))
-        .and_then(|v| v.split_whitespace().next()?.parse().ok())
-}
-
 #[test]
 fn bodies_held_for_the_value_stay_within_the_buffer_budget() {
     // 400 connections each in the middle of a 256 KiB body moat would hold whole to put
@@ -991,14 +964,7 @@ fn bodies_held_for_the_value_stay_within_the_buffer_budget() {
             &script,
         ],
     );
-    let (mut peak, start) = (0, Instant::now());
-    while let Some(kib) = rss_kib(run.id()) {
-        peak = peak.max(kib);
-        if start.elapsed() > T {
-            break;
-        }
-        std::thread::sleep(Duration::from_millis(50));
-    }
+    let peak = moat_e2e::peak_rss_kib(run.id(), T);
     let out = run.finish();
     eprintln!("moat's peak RSS with 400 held bodies under 64m: {peak} KiB");
     assert!(
