@@ -246,6 +246,19 @@ exit 5
     ] {
         assert!(seen, "no {what} event: {events:#?}");
     }
+    // A flow's allowed connect (audited once its first bytes named it) comes before every
+    // tls, secret and close event of that flow.
+    for (i, e) in events.iter().enumerate() {
+        if e["event"] == "tls" || e["event"] == "secret" || e["event"] == "close" {
+            let of_flow = |c: &Value| {
+                c["event"] == "connect" && c["src"] == e["src"] && c["port"] == e["port"]
+            };
+            assert!(
+                events[..i].iter().any(of_flow),
+                "no connect before {e}: {events:#?}"
+            );
+        }
+    }
     assert!(
         !std::fs::read_to_string(&log)
             .unwrap()

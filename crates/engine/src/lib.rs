@@ -7,6 +7,7 @@ mod audit;
 mod device;
 mod dns;
 mod engine;
+mod evidence;
 mod http;
 mod icmp;
 mod offload;
@@ -226,6 +227,23 @@ pub mod fuzzing {
     /// The server name in a client's first bytes (one or several TLS records).
     pub fn client_hello(data: &[u8]) {
         let _ = crate::tls::sni::parse(data);
+    }
+
+    /// The name a connection's first bytes give it (a ClientHello or an HTTP/1.x head),
+    /// parsed whole and pushed in two pieces cut at `data[0]`: both must agree.
+    pub fn first_bytes(data: &[u8]) {
+        use crate::evidence::{First, Named, parse};
+        let Some((&cut, rest)) = data.split_first() else {
+            return;
+        };
+        let whole = parse(rest);
+        let cut = usize::from(cut).min(rest.len());
+        let mut first = First::new();
+        first.push(&rest[..cut]);
+        let early = first.named().clone();
+        first.push(&rest[cut..]);
+        assert!(early == Named::More || early == whole);
+        assert!(*first.named() == whole);
     }
 
     /// An echo reply as read from a ping or raw socket.

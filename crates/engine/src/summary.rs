@@ -69,7 +69,8 @@ impl Dest {
         let inbound = e.field("direction").and_then(Value::as_str) == Some("inbound");
         let text = |k: &str| e.field(k).and_then(Value::as_str).unwrap_or("").to_owned();
         // The evidence of the name a connection used, strongest first: the TLS server name
-        // it sent, else the names DNS answered for its address to this sandbox.
+        // it sent, else the `Host` of its first request or the names DNS answered for its
+        // address to this sandbox, the most recent first (the engine's `domain`).
         let sni = text("sni");
         let domain = if !inbound && !sni.is_empty() {
             sni
@@ -122,6 +123,28 @@ impl Dest {
             ..self.clone()
         }
         .shown()
+    }
+
+    /// Whether DNS answered the address for several names and the connection named none.
+    fn ambiguous(&self) -> bool {
+        self.names.contains(',')
+    }
+
+    /// [`Dest::shown`], or for an ambiguous destination its address and the names it may
+    /// have meant: `203.0.113.10:80/tcp (one of a.example.com, b.example.com)`.
+    fn described(&self) -> String {
+        if !self.ambiguous() {
+            return self.shown();
+        }
+        let address = Dest {
+            host: self.judged.clone(),
+            ..self.clone()
+        };
+        format!(
+            "{} (one of {})",
+            address.shown(),
+            self.names.split(',').collect::<Vec<_>>().join(", ")
+        )
     }
 
     /// `api.example.com:443/tcp`, `[2001:db8::1]:53/udp`, `198.51.100.7/icmp`.
@@ -320,7 +343,7 @@ impl Summary {
             "connect" => {
                 let dest = Dest::from(e);
                 if deny {
-                    let shown = format!("{} ({})", dest.shown(), head.reason);
+                    let shown = format!("{} ({})", dest.described(), head.reason);
                     let new = run.denied.add(
                         Denial {
                             dest,
@@ -484,7 +507,7 @@ impl RunSummary {
                     } else {
                         format!("{}: {}", d.rule, d.reason)
                     };
-                    format!("{dir}{}{}: {why}", d.dest.shown(), times(n))
+                    format!("{dir}{}{}: {why}", d.dest.described(), times(n))
                 })
                 .collect(),
             self.denied.others,
@@ -526,7 +549,7 @@ impl RunSummary {
                 .iter()
                 .map(|((d, rule), n)| {
                     let dir = if d.inbound { "from " } else { "" };
-                    format!("{dir}{}{} (rule {rule})", d.shown(), times(n))
+                    format!("{dir}{}{} (rule {rule})", d.described(), times(n))
                 })
                 .collect(),
             self.allowed.others,
@@ -567,7 +590,7 @@ impl RunSummary {
                     ambiguous.insert(
                         (d.inbound, target.clone(), d.proto.clone()),
                         format!(
-                            "one of {}: DNS answered the address for each, and the connection named none of them (no TLS server name)",
+                            "one of {}: DNS answered the address for each, and the connection named none of them (no TLS server name, no HTTP Host)",
                             targets.join(", ")
                         ),
                     );
@@ -789,7 +812,13 @@ mod tests {
             text.contains("10.0.2.2:1/tcp ×11: no rule matched; default deny"),
             "{text}"
         );
-        assert!(text.contains("api.example.test:443/tcp (rule 0)"), "{text}");
+        // DNS answered the address for two names and the connection named neither.
+        assert!(
+            text.contains(
+                "203.0.113.10:443/tcp (one of api.example.test, www.example.test) (rule 0)"
+            ),
+            "{text}"
+        );
         assert!(
             text.contains("lookup of ads.example.test (block_domain)"),
             "{text}"

@@ -3,7 +3,8 @@
 //! Every address in an answer is pinned to the queried name and every name of the CNAME
 //! chain, for the record's TTL plus a grace period (a connection often starts just after a
 //! short TTL ran out). Pins are a union: an address may carry many names, a name many
-//! addresses. The set is bounded: at most [`Pins::MAX_PER_ADDR`] names per address, and a
+//! addresses. An address's names are kept in the order DNS last answered them, so the
+//! name a connection most likely meant (the last one looked up) comes first. The set is bounded: at most [`Pins::MAX_PER_ADDR`] names per address, and a
 //! total beyond which the pins closest to expiry go first.
 
 use std::collections::HashMap;
@@ -42,13 +43,16 @@ impl Pins {
     pub fn pin(&mut self, addr: IpAddr, name: &DomainName, ttl: u32, now: Instant) {
         let expiry = now + Duration::from_secs(u64::from(ttl.min(MAX_TTL))) + self.grace;
         let names = self.map.entry(addr).or_default();
-        if let Some(entry) = names.iter_mut().find(|(n, _)| n == name) {
-            entry.1 = entry.1.max(expiry);
+        // Kept oldest answer first: a name answered again moves to the end.
+        if let Some(at) = names.iter().position(|(n, _)| n == name) {
+            let (name, old) = names.remove(at);
+            names.push((name, old.max(expiry)));
             return;
         }
         if names.len() >= Self::MAX_PER_ADDR {
             if let Some(i) = (0..names.len()).min_by_key(|&i| names[i].1) {
-                names[i] = (name.clone(), expiry);
+                names.remove(i);
+                names.push((name.clone(), expiry));
             }
             return;
         }
@@ -62,13 +66,14 @@ impl Pins {
         }
     }
 
-    /// The live names pinned to `addr`.
+    /// The live names pinned to `addr`, the one DNS answered most recently first.
     pub fn names(&self, addr: IpAddr, now: Instant) -> Vec<DomainName> {
         self.map
             .get(&addr)
             .map(|names| {
                 names
                     .iter()
+                    .rev()
                     .filter(|(_, e)| *e > now)
                     .map(|(n, _)| n.clone())
                     .collect()
@@ -98,7 +103,7 @@ impl Pins {
             && let Some(names) = self.map.get_mut(&addr)
         {
             if let Some(i) = names.iter().position(|(_, e)| *e == expiry) {
-                names.swap_remove(i);
+                names.remove(i);
                 self.entries -= 1;
             }
             if names.is_empty() {
@@ -137,7 +142,7 @@ mod tests {
         pins.pin(a, &n("x.test"), 30, t0);
         pins.pin(b, &n("x.test"), 30, t0);
         pins.pin(a, &n("y.test"), 5, t0);
-        assert_eq!(pins.names(a, t0), vec![n("x.test"), n("y.test")]);
+        assert_eq!(pins.names(a, t0), vec![n("y.test"), n("x.test")]);
         assert_eq!(pins.names(b, t0), vec![n("x.test")]);
         // y: 5 s TTL + 10 s grace.
         assert_eq!(pins.names(a, t0 + Duration::from_secs(14)).len(), 2);
@@ -145,8 +150,9 @@ mod tests {
             pins.names(a, t0 + Duration::from_secs(16)),
             vec![n("x.test")]
         );
-        // A re-pin extends, never shortens.
+        // A re-pin extends, never shortens, and makes the name the most recent.
         pins.pin(a, &n("x.test"), 1, t0);
+        assert_eq!(pins.names(a, t0), vec![n("x.test"), n("y.test")]);
         assert_eq!(pins.names(a, t0 + Duration::from_secs(39)).len(), 1);
         assert_eq!(pins.len(), 3);
         // Over the bound: the pin closest to expiry goes.

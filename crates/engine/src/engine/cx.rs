@@ -25,6 +25,7 @@ use super::tls_stage::TlsShared;
 use super::udp_flow::UpRun;
 use crate::dns::filter::DnsRules;
 use crate::dns::pins::Pins;
+use crate::evidence::Named;
 
 /// How often expired pins are dropped.
 const PIN_SWEEP: Duration = Duration::from_secs(10);
@@ -206,7 +207,7 @@ impl Cx {
         self.counters.denied += 1;
         let (rule, reason) = self.explain(decision);
         let mut fields = Cx::connect_fields(proto, key);
-        self.push_domain(&mut fields, key.host.ip(), None);
+        self.push_domain(&mut fields, key.host.ip(), &Named::Nothing);
         self.cfg
             .audit
             .event("connect", "deny", &rule, &reason, fields);
@@ -223,26 +224,28 @@ impl Cx {
     ) {
         self.counters.denied += 1;
         let mut fields = Cx::connect_fields("tcp", key);
-        self.push_domain(&mut fields, key.host.ip(), sni);
+        let named = sni.map_or(Named::Nothing, |n| Named::Sni(n.clone()));
+        self.push_domain(&mut fields, key.host.ip(), &named);
         fields.push(("sni", sni.map_or(Value::Null, |n| Value::from(n.as_str()))));
         self.cfg
             .audit
             .event("connect", "deny", rule, reason, fields);
     }
 
-    /// Audits a flow the policy allowed (with the TLS server name it was judged with too).
+    /// Audits a flow the policy allowed, named by what its first bytes said (`named`: the
+    /// TLS server name, which it was judged with too, or its first request's `Host`).
     pub(super) fn audit_allow(
         &mut self,
         proto: &str,
         key: FlowKey,
         rule: &str,
         reason: &str,
-        sni: Option<&DomainName>,
+        named: &Named,
     ) {
         self.counters.allowed += 1;
         let mut fields = Cx::connect_fields(proto, key);
-        self.push_domain(&mut fields, key.host.ip(), sni);
-        if let Some(name) = sni {
+        self.push_domain(&mut fields, key.host.ip(), named);
+        if let Named::Sni(name) = named {
             fields.push(("sni", Value::from(name.as_str())));
         }
         self.cfg
@@ -251,15 +254,11 @@ impl Cx {
     }
 
     /// The audit log's `domain`: the name the flow used, by its evidence — the TLS server
-    /// name it sent, else the names this sandbox's lookups pinned to `addr` (one string,
-    /// joined by commas); absent when there is neither. Its type never varies.
-    fn push_domain(
-        &self,
-        fields: &mut Vec<(&'static str, Value)>,
-        addr: IpAddr,
-        sni: Option<&DomainName>,
-    ) {
-        if let Some(name) = sni {
+    /// name it sent or its first request's `Host`, else the names this sandbox's lookups
+    /// pinned to `addr`, the most recently answered first (one string, joined by commas);
+    /// absent when there is neither. Its type never varies.
+    fn push_domain(&self, fields: &mut Vec<(&'static str, Value)>, addr: IpAddr, named: &Named) {
+        if let Some(name) = named.name() {
             fields.push(("domain", Value::from(name.as_str())));
             return;
         }

@@ -18,6 +18,7 @@ use super::config::DenyMode;
 use super::cx::Cx;
 use super::dial;
 use super::table::{Due, EchoKey, Flow, FlowId, FlowKey, FlowTable};
+use crate::evidence::Named;
 use crate::icmp::{self, EchoKind};
 
 /// An echo flow without requests for this long is closed.
@@ -120,7 +121,7 @@ fn open(table: &mut FlowTable, cx: &mut Cx, req: &Request<'_>) -> Option<FlowId>
     };
     table.insert(id, Flow::Echo(flow));
     let (rule, reason) = cx.explain(permit.decision());
-    cx.audit_allow(icmp_name(req.dst), key, &rule, &reason, None);
+    cx.audit_allow(icmp_name(req.dst), key, &rule, &reason, &Named::Nothing);
     Some(id)
 }
 

@@ -8,7 +8,8 @@
 //! swaps. Then:
 //! 1. **First request.** The sandbox's bytes are held until its first request head is
 //!    whole. If they are not an HTTP/1.x request (httparse refuses them; a server-first
-//!    protocol whose client speaks later), or the request's `Host` is not a candidate,
+//!    protocol whose client speaks later), or the request's `Host` (read by
+//!    `evidence.rs`, which names the connection with it too) is not one candidate,
 //!    nothing is swapped on this connection and every placeholder is watched: the stage
 //!    becomes a scanning relay.
 //! 2. **Requests.** Otherwise every request on the connection must name that host (the
@@ -34,6 +35,7 @@ use super::close::CloseReason;
 use super::cx::Tally;
 use super::pool::SocketPool;
 use super::stream::Broken;
+use crate::evidence::{Named, request_host};
 use crate::http::{Authority, Refused, RequestReader, h1, h1_swap};
 use crate::secrets::swap::Swap;
 use crate::secrets::{Scan, Scanner};
@@ -78,6 +80,8 @@ pub(super) struct PlainHttp {
     candidates: Vec<Candidate>,
     /// The host chosen by the first request.
     chosen: Option<DomainName>,
+    /// What the first request's head said of its host (More until it is whole).
+    first: Named,
     /// What the bytes as they go are scanned for: every placeholder until a candidate is
     /// chosen, then those its host may not receive.
     scan: Scanner,
@@ -102,6 +106,7 @@ impl PlainHttp {
             phase: Phase::First(Vec::new()),
             candidates,
             chosen: None,
+            first: Named::More,
             scan: everything,
             up_held: Vec::new(),
             to_host: Vec::new(),
@@ -135,6 +140,11 @@ impl PlainHttp {
     /// Both directions finished in order.
     pub(super) fn finished(&self) -> bool {
         self.host_shut && self.down_done
+    }
+
+    /// The `Host` of the first request, once its head is whole (`evidence.rs`).
+    pub(super) fn first_host(&self) -> Named {
+        self.first.clone()
     }
 
     /// The host swaps are made for, once chosen.
@@ -244,12 +254,15 @@ impl PlainHttp {
             Phase::First(held) => {
                 held.extend_from_slice(data);
                 let held = std::mem::take(held);
-                match first_host(&held) {
-                    First::Wait => {
+                match request_host(&held, h1::MAX_HEAD + 1) {
+                    Named::More => {
                         self.phase = Phase::First(held);
                         return Ok(());
                     }
-                    First::Host(name) => self.choose(name.as_deref()),
+                    named => {
+                        self.choose(named.name());
+                        self.first = named;
+                    }
                 }
                 return self.up(&held);
             }
@@ -266,13 +279,8 @@ impl PlainHttp {
 
     /// The first request named `host` (or none could be read): swap for it if it is a
     /// candidate, else relay with every placeholder watched.
-    fn choose(&mut self, host: Option<&str>) {
-        let host = host.map(|h| h.trim_end_matches('.').to_ascii_lowercase());
-        let at = host.and_then(|h| {
-            self.candidates
-                .iter()
-                .position(|c| c.host.as_str().eq_ignore_ascii_case(&h))
-        });
+    fn choose(&mut self, host: Option<&DomainName>) {
+        let at = host.and_then(|h| self.candidates.iter().position(|c| c.host == *h));
         let Some(at) = at else {
             self.phase = Phase::Relay;
             return;
@@ -375,38 +383,5 @@ fn refused(e: Refused) -> Broken {
     match e {
         Refused::Secret(i) => Broken::Secret(i),
         other => Broken::Reset(CloseReason::Refused(other.to_string())),
-    }
-}
-
-/// What the first bytes say.
-enum First {
-    /// A request head has begun and is not whole yet.
-    Wait,
-    /// A whole head naming this host (`None`: no Host, or not an HTTP request).
-    Host(Option<String>),
-}
-
-/// Reads the first request head from the sandbox's first bytes.
-fn first_host(data: &[u8]) -> First {
-    let mut fields = [httparse::EMPTY_HEADER; 128];
-    let mut req = httparse::Request::new(&mut fields);
-    match req.parse(data) {
-        Ok(httparse::Status::Partial) if data.len() <= h1::MAX_HEAD => First::Wait,
-        Ok(httparse::Status::Complete(_)) => {
-            let host = req
-                .headers
-                .iter()
-                .find(|h| h.name.eq_ignore_ascii_case("host"))
-                .and_then(|h| std::str::from_utf8(h.value).ok())
-                .map(|v| {
-                    let v = v.trim();
-                    match v.rsplit_once(':') {
-                        Some((h, p)) if p.bytes().all(|b| b.is_ascii_digit()) => h.to_owned(),
-                        _ => v.to_owned(),
-                    }
-                });
-            First::Host(host)
-        }
-        _ => First::Host(None),
     }
 }

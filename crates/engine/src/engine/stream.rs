@@ -41,6 +41,7 @@ use super::cx::Tally;
 use super::http_stage::PlainHttp;
 use super::pool::SocketPool;
 use super::tls_stage::{Intercept, TlsFailure, TlsNote, TlsShared};
+use crate::evidence::{First, Named};
 use crate::secrets::{Scan, Scanner};
 use crate::tls::sni::{self, Sni};
 
@@ -101,6 +102,9 @@ pub(super) struct Stream {
     scanner: Option<Scanner>,
     /// Secrets already reported substituted and redacted on this stream.
     reported: (u64, u64),
+    /// The start of the sandbox's bytes, read for the name the connection used
+    /// (`evidence.rs`); relayed bytes are copied here until they tell.
+    first: First,
 }
 
 impl Stream {
@@ -112,7 +116,31 @@ impl Stream {
             tally: Tally::new(),
             scanner: None,
             reported: (0, 0),
+            first: First::new(),
         }
+    }
+
+    /// The name is known another way (a published port's peer): no bytes are read for it.
+    pub(super) fn unnamed(mut self) -> Stream {
+        self.first = First::settled();
+        self
+    }
+
+    /// What the sandbox's bytes say about the name the connection used: the server name
+    /// of its ClientHello, the `Host` of its first plain HTTP request, or More while that
+    /// cannot be told yet.
+    pub(super) fn named(&self) -> Named {
+        match &self.stage {
+            Stage::Tls(t) => t.sni().map_or(Named::Nothing, |n| Named::Sni(n.clone())),
+            Stage::Http(h) => h.first_host(),
+            Stage::AwaitClientHello => Named::More,
+            Stage::Opaque => self.first.named().clone(),
+        }
+    }
+
+    /// Bytes have come from the host.
+    pub(super) fn heard_from_host(&self) -> bool {
+        self.tally.down > 0
     }
 
     /// Whether the stream waits on the sandbox's ClientHello to be judged.
@@ -243,6 +271,7 @@ impl Stream {
         // Sandbox → host, each piece scanned for placeholders before it leaves.
         while matches!(self.stage, Stage::Opaque) && socket.can_recv() {
             let scanner = &mut self.scanner;
+            let first = &mut self.first;
             let mut violation = None;
             // After the sandbox's FIN nothing can complete a placeholder: all may pass.
             let ended = socket.state() != tcp::State::Established;
@@ -261,7 +290,10 @@ impl Stream {
                     return (0, Ok(0));
                 }
                 match host.write(&buf[..passing]) {
-                    Ok(n) => (n, Ok(n)),
+                    Ok(n) => {
+                        first.push(&buf[..n]);
+                        (n, Ok(n))
+                    }
                     Err(e) => (0, Err(e)),
                 }
             });

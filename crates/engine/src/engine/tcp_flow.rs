@@ -49,6 +49,7 @@ use super::http_stage::{Candidate, PlainHttp};
 use super::stream::{Broken, Hello, Stage, Stream};
 use super::table::{Due, Flow, FlowId, FlowKey, FlowTable};
 use super::tls_stage::{Intercept, Swaps, TlsFailure, TlsNote};
+use crate::evidence::Named;
 use crate::secrets::swap::Swap;
 use crate::secrets::{Scanner, Secret};
 use crate::tls::sni::Sni;
@@ -56,6 +57,9 @@ use crate::tls::sni::Sni;
 /// TCP ports whose first bytes are read for a TLS server name (when the policy has domain
 /// rules).
 const TLS_PORTS: [u16; 1] = [443];
+/// How long an outbound connection's allow waits for its first bytes to name it before
+/// it is audited without them (`evidence.rs`).
+const NAMING_WAIT: Duration = Duration::from_secs(2);
 /// How long a connection may take to finish closing once both sides are done.
 const CLOSING: Duration = Duration::from_secs(30);
 /// How long the sandbox has to take what moat holds for it after the host side reset.
@@ -123,9 +127,11 @@ pub(super) struct TcpFlow {
     mem: Grant,
     state: TcpState,
     stream: Stream,
-    /// The allow decision's reason, not yet audited: a flow whose ClientHello is judged
-    /// too is audited once, with its server name, when that is known.
-    pending_allow: Option<String>,
+    /// The allow decision's reason, not yet audited, and since when: an outbound flow is
+    /// audited once, named by its first bytes' evidence (`evidence.rs`) — when they tell,
+    /// when the host speaks first, after [`NAMING_WAIT`], or when it ends. A flow whose
+    /// ClientHello is judged is audited with the server name it was judged by.
+    pending_allow: Option<(String, Instant)>,
 }
 
 /// What a step of a flow asks of the table.
@@ -257,7 +263,6 @@ fn open(table: &mut FlowTable, cx: &mut Cx, seg: Segment<'_>) {
         stream.scan_with(everything);
         stream
     };
-    let awaits_hello = stream.awaits_client_hello();
     let flow = TcpFlow {
         key,
         rule: rule.clone(),
@@ -271,12 +276,9 @@ fn open(table: &mut FlowTable, cx: &mut Cx, seg: Segment<'_>) {
             socket: Box::new(socket),
         },
         stream,
-        pending_allow: awaits_hello.then(|| reason.clone()),
+        pending_allow: Some((reason, Instant::now())),
     };
     table.insert(id, Flow::Tcp(flow));
-    if !awaits_hello {
-        cx.audit_allow("tcp", key, &rule, &reason, None);
-    }
     // A near destination (the host itself, a neighbour over a veth) has often answered
     // before connect() returned: then the SYN-ACK goes out in this turn, not after a wait
     // for the socket's event.
@@ -352,7 +354,7 @@ impl TcpFlow {
         mem: Grant,
         secrets: &[Secret],
     ) -> TcpFlow {
-        let mut stream = Stream::new(Stage::Opaque);
+        let mut stream = Stream::new(Stage::Opaque).unnamed();
         stream.scan_with(Scanner::new(secrets, |_| true));
         TcpFlow {
             key,
@@ -460,6 +462,8 @@ impl TcpFlow {
             cx.tls.as_mut(),
             &mut cx.scratch,
         );
+        // The allow is audited (named by what the pump saw) before what it found.
+        self.settle_name(cx);
         // The first substitution and redaction of each secret on the connection.
         let (sub, red) = self.stream.take_swapped();
         if sub | red != 0 {
@@ -512,6 +516,10 @@ impl TcpFlow {
                     cx.pinned_name(self.key.host.ip())
                         .unwrap_or_else(|| self.key.host.ip().to_string())
                 });
+                // The allow comes before the violation it led to, even when the stage
+                // stopped before naming the flow.
+                let named = self.stream.named();
+                self.audit_pending(cx, &named);
                 let name = cx.secret_violation(self.key, &host, i);
                 cx.stack.tcp(handle).abort();
                 return Step::Doom(CloseReason::SecretViolation(name));
@@ -590,7 +598,7 @@ impl TcpFlow {
                     let (rule, reason) = cx.explain(&decision);
                     self.rule = rule;
                     self.pending_allow = None;
-                    cx.audit_allow("tcp", self.key, &self.rule, &reason, Some(&name));
+                    cx.audit_allow("tcp", self.key, &self.rule, &reason, &Named::Sni(name.clone()));
                     self.choose_interception(cx, Some(&name));
                     return None;
                 }
@@ -598,17 +606,14 @@ impl TcpFlow {
                 let (rule, why) = cx.explain(&decision);
                 (rule, format!("TLS server name {name}: {why}"), Some(name))
             }
-            // TLS without a server name: the address and its pins decided.
+            // TLS without a server name: the address and its pins decided, and name it.
             Sni::Absent => {
-                self.audit_pending(cx);
+                self.audit_pending(cx, &Named::Nothing);
                 self.choose_interception(cx, None);
                 return None;
             }
-            // Not TLS: passed as it is.
-            Sni::NotTls => {
-                self.audit_pending(cx);
-                return None;
-            }
+            // Not TLS: passed as it is (a plain HTTP request still names it by its Host).
+            Sni::NotTls => return None,
             // Domain rules cannot be checked against a hello that cannot be read (cut
             // short, malformed, interleaved, too large): fail closed.
             Sni::Incomplete | Sni::Unreadable => (
@@ -625,11 +630,28 @@ impl TcpFlow {
         Some(Step::Doom(CloseReason::DeniedByClientHello))
     }
 
-    /// The allow that waited on the ClientHello, audited now without a server name.
-    fn audit_pending(&mut self, cx: &mut Cx) {
-        if let Some(reason) = self.pending_allow.take() {
-            cx.audit_allow("tcp", self.key, &self.rule, &reason, None);
+    /// The allow not yet audited, audited now, named by `named` (else by the pins).
+    fn audit_pending(&mut self, cx: &mut Cx, named: &Named) {
+        if let Some((reason, _)) = self.pending_allow.take() {
+            cx.audit_allow("tcp", self.key, &self.rule, &reason, named);
         }
+    }
+
+    /// Audits the allow once the flow's first bytes have named it, or will not: they
+    /// told, the host spoke first (a server-first protocol; the sandbox's bytes answer
+    /// it), or [`NAMING_WAIT`] passed. The ClientHello's own judging audits its flows.
+    fn settle_name(&mut self, cx: &mut Cx) {
+        let Some((_, since)) = &self.pending_allow else {
+            return;
+        };
+        if self.stream.awaits_client_hello() {
+            return;
+        }
+        let named = self.stream.named();
+        if named == Named::More && !self.stream.heard_from_host() && since.elapsed() < NAMING_WAIT {
+            return;
+        }
+        self.audit_pending(cx, &named);
     }
 
     /// On an intercepted port, a judged ClientHello for `name` (`None`: no server name)
@@ -690,8 +712,10 @@ impl TcpFlow {
 
     /// Releases the flow's sockets and audits its end (called by the flow table).
     pub(super) fn close(mut self, cx: &mut Cx, why: &CloseReason) {
-        // Ended before its ClientHello was judged: the address's allow stands.
-        self.audit_pending(cx);
+        // Ended before its first bytes named it (or its ClientHello was judged): the
+        // address's allow stands, named by what there is.
+        let named = self.stream.named();
+        self.audit_pending(cx, &named);
         if self.origin == Origin::Published && !why.is_clean() {
             reset_host(&self.host);
         }
@@ -829,13 +853,8 @@ mod tests {
         );
         // Nothing answers the sandbox before the host's connection is up.
         assert!(h.sent().iter().all(|f| tcp_to_guest(f).is_none()));
-        assert!(
-            h.audit().contains("\"decision\":\"allow\""),
-            "{}",
-            h.audit()
-        );
-        // No lookup pinned a name to the address: `domain` is absent, not null.
-        assert!(!h.audit().contains("\"domain\""), "{}", h.audit());
+        // The allow waits for the connection's first bytes to name it.
+        assert!(!h.audit().contains("\"connect\""), "{}", h.audit());
 
         // The filler leaves the queue; the dial's SYN, sent again, gets in.
         let (_filler_conn, _) = server.accept().unwrap();
@@ -859,6 +878,17 @@ mod tests {
             audit.contains("\"event\":\"close\"") && audit.contains("\"reason\":\"reset\""),
             "{audit}"
         );
+        // Ended before it sent a byte: the allow is audited first, by the address alone (no
+        // lookup pinned a name to it: `domain` is absent, not null).
+        let connect = audit
+            .find("\"event\":\"connect\"")
+            .expect("no connect event");
+        assert!(
+            connect < audit.find("\"event\":\"close\"").unwrap(),
+            "{audit}"
+        );
+        assert!(audit.contains("\"decision\":\"allow\""), "{audit}");
+        assert!(!audit.contains("\"domain\""), "{audit}");
     }
 
     #[test]

@@ -32,6 +32,7 @@ use super::config::DenyMode;
 use super::cx::{Cx, Tally};
 use super::dial;
 use super::table::{Due, Flow, FlowId, FlowKey, FlowTable};
+use crate::evidence::Named;
 use crate::offload::UdpRun;
 use crate::secrets;
 use crate::wire::Unreachable;
@@ -131,7 +132,7 @@ pub(super) fn on_datagram(
         tally,
     };
     table.insert(id, Flow::Udp(flow));
-    cx.audit_allow("udp", key, &rule, &reason, None);
+    cx.audit_allow("udp", key, &rule, &reason, &Named::Nothing);
 }
 
 /// Datagrams from the sandbox to one flow, held while the loop reads a batch of frames, so

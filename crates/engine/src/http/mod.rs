@@ -126,7 +126,7 @@ impl Authority {
 }
 
 /// The host of `host[:port]` or `[v6][:port]`.
-fn host_of(authority: &str) -> &str {
+pub(crate) fn host_of(authority: &str) -> &str {
     if let Some(rest) = authority.strip_prefix('[') {
         return rest.split(']').next().unwrap_or(rest);
     }
