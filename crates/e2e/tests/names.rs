@@ -55,12 +55,13 @@ fn rules_of(policy: &str) -> String {
         .join("\n")
 }
 
-/// Looks up every name (the unused one last), then connects by TLS and by plain HTTP.
+/// Looks up every name, the one it will not use last, then connects by plain HTTP to the
+/// name looked up in the middle (neither the first name DNS answered for the address nor
+/// the most recent) and by TLS to the first.
 const USE_TWO_OF_THREE: &str = "\
-dig +short index.example.test files.example.test >/dev/null; \
+dig +short files.example.test index.example.test unused.example.test >/dev/null; \
 curl -4 -sS -m 10 -o /dev/null -w 'plain %{http_code}\\n' http://index.example.test/simple/; \
 curl -4 -ksS -m 10 -o /dev/null -w 'tls %{http_code}\\n' https://files.example.test:8443/files; \
-dig +short unused.example.test; \
 sleep 0.3";
 
 #[test]
@@ -141,9 +142,9 @@ fn an_intercepted_connection_is_named_by_its_server_name() {
     let learned = w.dir.join("learned.toml");
     let learned_s = learned.to_str().unwrap().to_owned();
     let script = "\
-dig +short index.example.test files.example.test >/dev/null; \
+dig +short index.example.test files.example.test unused.example.test >/dev/null; \
 curl -4 -sS -m 10 -o /dev/null -w 'intercepted %{http_code}\\n' https://files.example.test:8443/files; \
-dig +short unused.example.test; sleep 0.3";
+sleep 0.3";
     let (out, events) = w.run_sh(
         &[
             &dns_arg(),
