@@ -182,8 +182,9 @@ mod tests {
             (b"GET /\r\n", NotHttp),
             (b"SSH-2.0-OpenSSH_9.6\r\n", NotHttp),
             (b"\x00\x01\x02", NotHttp),
-            // Two spaces, an empty method, a control byte in the target, a bad version.
+            // Two spaces, an empty target or method, a control byte in the target, a bad version.
             (b"GET  / HTTP/1.1\r\n", NotHttp),
+            (b"GET  HTTP/1.1\r\n", NotHttp),
             (b" GET / HTTP/1.1\r\n", NotHttp),
             (b"GET /\x01 HTTP/1.1\r\n", NotHttp),
             (b"GET / HTTP/1.x\r\n", NotHttp),
