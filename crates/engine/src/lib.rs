@@ -224,6 +224,30 @@ pub mod fuzzing {
         }
     }
 
+    /// A refused connection's first bytes (deny mode `explain`), classified whole and cut
+    /// where the input's first byte says: a verdict never changes with more bytes; and the
+    /// 403 made with the bytes as its reason is one line after its head.
+    pub fn refused_first_bytes(data: &[u8]) {
+        use crate::http::refusal::{FirstBytes, classify, forbidden, refusal_line};
+        let Some((&cut, rest)) = data.split_first() else {
+            return;
+        };
+        let whole = classify(rest);
+        let part = classify(&rest[..usize::from(cut).min(rest.len())]);
+        match part {
+            FirstBytes::NotHttp => assert_eq!(whole, FirstBytes::NotHttp),
+            FirstBytes::RequestLine => assert!(whole.is_request()),
+            FirstBytes::RequestHead => assert_eq!(whole, FirstBytes::RequestHead),
+            FirstBytes::Partial => {}
+        }
+        let text = String::from_utf8_lossy(rest);
+        let answer = forbidden(&refusal_line(&text, &text, Some(&text)), false);
+        let at = memchr::memmem::find(&answer, b"\r\n\r\n").map_or(0, |i| i + 4);
+        let body = &answer[at..];
+        assert!(body.ends_with(b"\n") && !body[..body.len() - 1].contains(&b'\n'));
+        assert!(!body.contains(&b'\r'));
+    }
+
     /// The server name in a client's first bytes (one or several TLS records).
     pub fn client_hello(data: &[u8]) {
         let _ = crate::tls::sni::parse(data);

@@ -388,6 +388,41 @@ fn policy_rule(rule: &str) -> bool {
     rule == "default" || rule.bytes().all(|b| b.is_ascii_digit()) && !rule.is_empty()
 }
 
+/// The `--allow` flag suggested for a denied connection to `dest` decided by `rule`: none
+/// for an inbound peer, a built-in refusal, or a `--deny` among the first `flag_rules` rules
+/// (see [`RunSummary::suggestions_after`]).
+fn connect_suggestion(dest: &Dest, rule: &str, flag_rules: usize) -> Option<String> {
+    let by_flag = rule.parse::<usize>().is_ok_and(|i| i < flag_rules);
+    (!dest.inbound && policy_rule(rule) && !by_flag)
+        .then(|| format!("--allow {}", dest.allow_flag()))
+}
+
+/// A denied outbound `connect` event, given as the audit log is (`rule` and the other
+/// fields), as the summary shows its destination (`api.example.test:80/tcp`) with the
+/// `--allow` flag it would suggest for it: what deny mode `explain` tells the sandbox.
+pub fn denied_connect(
+    rule: &str,
+    fields: &[(&str, Value)],
+    flag_rules: usize,
+) -> (String, Option<String>) {
+    let dest = Dest::from(fields);
+    let flag = connect_suggestion(&dest, rule, flag_rules);
+    (dest.shown(), flag)
+}
+
+/// The `--allow` flag the summary suggests for a refused lookup of `name` (`blocked_by`
+/// and `rule` as its `dns` event has them): only when the policy refused it, and not by a
+/// `--deny` among the first `flag_rules` rules.
+pub fn denied_lookup(
+    name: &str,
+    blocked_by: &str,
+    rule: &str,
+    flag_rules: usize,
+) -> Option<String> {
+    let by_flag = rule.parse::<usize>().is_ok_and(|i| i < flag_rules);
+    (blocked_by == "policy" && !by_flag).then(|| format!("--allow {name}"))
+}
+
 impl RunSummary {
     /// Connections (and UDP flows) allowed.
     pub fn allowed(&self) -> u64 {
@@ -421,15 +456,13 @@ impl RunSummary {
             }
         };
         for (d, _) in self.denied.iter() {
-            let by_flag = d.rule.parse::<usize>().is_ok_and(|i| i < flag_rules);
-            if !d.dest.inbound && policy_rule(&d.rule) && !by_flag {
-                push(format!("--allow {}", d.dest.allow_flag()));
+            if let Some(flag) = connect_suggestion(&d.dest, &d.rule, flag_rules) {
+                push(flag);
             }
         }
         for ((name, by, rule), _) in self.names.iter() {
-            let by_flag = rule.parse::<usize>().is_ok_and(|i| i < flag_rules);
-            if by == "policy" && !by_flag {
-                push(format!("--allow {name}"));
+            if let Some(flag) = denied_lookup(name, by, rule, flag_rules) {
+                push(flag);
             }
         }
         out

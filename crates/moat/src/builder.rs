@@ -39,6 +39,8 @@ pub struct NetworkBuilder {
     busy_poll: Duration,
     dns_servers: Vec<SocketAddr>,
     deny_mode: DenyMode,
+    /// How many of the policy's first rules are `moat run`'s `--allow`/`--deny` flags.
+    flag_rules: usize,
     tls: Option<TlsBuilder>,
     on_secret_violation: ViolationAction,
 }
@@ -56,6 +58,7 @@ impl Default for NetworkBuilder {
             busy_poll: moat_engine::DEFAULT_BUSY_POLL,
             dns_servers: Vec::new(),
             deny_mode: DenyMode::Drop,
+            flag_rules: 0,
             tls: None,
             on_secret_violation: ViolationAction::Block,
         }
@@ -161,9 +164,19 @@ impl NetworkBuilder {
         self
     }
 
-    /// *Extension:* how denied flows are answered. Default [`DenyMode::Drop`].
+    /// *Extension:* how denied flows are answered. Default [`DenyMode::Drop`];
+    /// [`DenyMode::Explain`] tells the program inside why (a `403` for a refused HTTP
+    /// request, an Extended DNS Error for a refused lookup).
     pub fn deny_mode(mut self, mode: DenyMode) -> NetworkBuilder {
         self.deny_mode = mode;
+        self
+    }
+
+    /// The policy's first `n` rules came from `moat run`'s `--allow`/`--deny` flags: a
+    /// refusal by one of them gets no `--allow` suggestion under [`DenyMode::Explain`], as
+    /// the run's summary gives none.
+    pub(crate) fn flag_rules(mut self, n: usize) -> NetworkBuilder {
+        self.flag_rules = n;
         self
     }
 }
@@ -503,6 +516,7 @@ impl SandboxBuilder {
         // violation under BlockAndTerminate does.
         audit.on_loss(Some(Box::new(stderr_lines())), engine.terminate.clone());
         engine.deny_mode = net.deny_mode;
+        engine.flag_rules = net.flag_rules;
         engine.block_domains = block_domains;
         engine.block_domain_suffixes = block_domain_suffixes;
         engine.dns_rebind_protection = net.dns_rebind_protection;
@@ -929,5 +943,36 @@ mod tests {
                 .unwrap_or_default();
             assert!(e.contains(says), "{dir}: {e}");
         }
+    }
+
+    #[test]
+    fn deny_mode_explain_reaches_the_engine_from_the_cli_and_the_api() {
+        let opts = RunOptions {
+            rules: vec![(true, "api.example.test:443".into())],
+            deny_mode: Some("explain".into()),
+            name: "explain".into(),
+            command: vec!["true".into()],
+            ..RunOptions::default()
+        };
+        let from_cli = builder(&opts).unwrap().assemble().unwrap();
+        assert_eq!(from_cli.engine.deny_mode, DenyMode::Explain);
+        // The summary's and the 403's suggestions skip the same flag rules.
+        assert_eq!(from_cli.engine.flag_rules, 1);
+        let from_api = Sandbox::builder("explain")
+            .network(|n| n.deny_mode(DenyMode::Explain))
+            .assemble()
+            .unwrap();
+        assert_eq!(from_api.engine.deny_mode, DenyMode::Explain);
+        assert_eq!(from_api.engine.flag_rules, 0);
+        let clash = RunOptions {
+            reject: true,
+            deny_mode: Some("drop".into()),
+            ..opts
+        };
+        let e = builder(&clash)
+            .err()
+            .map(|e| e.to_string())
+            .unwrap_or_default();
+        assert!(e.contains("--reject and --deny-mode drop disagree"), "{e}");
     }
 }

@@ -1,5 +1,5 @@
 //! A DNS message codec for the interceptor (RFC 1035 §4, RFC 3596 AAAA, RFC 6891 EDNS,
-//! RFC 9460 SVCB/HTTPS). Parsing takes hostile bytes: every length is checked, compression
+//! RFC 9460 SVCB/HTTPS, RFC 8914 Extended DNS Errors in moat's own refusals). Parsing takes hostile bytes: every length is checked, compression
 //! pointers must point backwards (so they cannot loop), names are at most 255 octets, and
 //! record counts are bounded by what the message can hold.
 //!
@@ -178,6 +178,29 @@ const OPT_DO: u32 = 0x0000_8000;
 /// The largest EDNS UDP payload size moat asks upstream for (RFC 6891 §6.2.5 suggests
 /// 4096 as a starting point).
 const MAX_EDNS_PAYLOAD: u16 = 4096;
+
+/// The EDNS option code of an Extended DNS Error (RFC 8914 §2).
+pub const OPT_EDE: u16 = 15;
+
+/// Extended DNS Error info codes (RFC 8914 §4) moat gives.
+pub mod ede {
+    /// Blocked (15): "the domain is blocked due to an internal security policy imposed by
+    /// the operator of the resolver" — block lists, rebinding protection, a CNAME chain
+    /// through a blocked name.
+    pub const BLOCKED: u16 = 15;
+    /// Prohibited (18): the client is not authorized to have the answer — the sandbox's
+    /// policy does not let it reach the name.
+    pub const PROHIBITED: u16 = 18;
+}
+
+/// What a sender's EDNS OPT record said (RFC 6891 §6.1.3).
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub struct Edns {
+    /// The UDP payload size it can take (at least 512).
+    pub limit: usize,
+    /// The DO ("DNSSEC OK") bit (RFC 3225).
+    pub dnssec_ok: bool,
+}
 
 /// Response codes.
 pub mod rcode {
@@ -374,6 +397,71 @@ impl Message {
             .iter()
             .find(|r| r.rtype == rtype::OPT)
             .map_or(512, |r| usize::from(r.class).max(512))
+    }
+
+    /// What the sender's EDNS said; `None` when its message has no OPT record (it does
+    /// not implement EDNS, RFC 6891 §7).
+    pub fn edns(&self) -> Option<Edns> {
+        self.additional
+            .iter()
+            .find(|r| r.rtype == rtype::OPT)
+            .map(|r| Edns {
+                limit: usize::from(r.class).max(512),
+                dnssec_ok: r.ttl & OPT_DO != 0,
+            })
+    }
+
+    /// Adds to this answer an OPT record carrying an Extended DNS Error (RFC 8914 §2):
+    /// info code `code` and `text` as its EXTRA-TEXT (UTF-8, not NUL-terminated), cut at a
+    /// character boundary so the whole answer fits the sender's payload size `edns.limit`.
+    /// The OPT record says moat's own payload size and echoes the DO bit (RFC 3225 §3).
+    /// Only for a sender that used EDNS: RFC 6891 §7 forbids an OPT record in the answer to
+    /// one that did not.
+    pub fn add_extended_error(&mut self, edns: Edns, code: u16, text: &str) {
+        // The OPT record (11 bytes), the option's code and length (4) and its info code (2).
+        let fixed = self.to_bytes().len() + 11 + 4 + 2;
+        let room = edns
+            .limit
+            .saturating_sub(fixed)
+            .min(usize::from(u16::MAX) - 2);
+        let mut cut = text.len().min(room);
+        while !text.is_char_boundary(cut) {
+            cut -= 1;
+        }
+        let text = &text.as_bytes()[..cut];
+        let mut data = Vec::with_capacity(6 + text.len());
+        data.extend_from_slice(&OPT_EDE.to_be_bytes());
+        data.extend_from_slice(&((2 + text.len()) as u16).to_be_bytes());
+        data.extend_from_slice(&code.to_be_bytes());
+        data.extend_from_slice(text);
+        self.additional.retain(|r| r.rtype != rtype::OPT);
+        self.additional.push(Record {
+            name: Name(Vec::new()),
+            rtype: rtype::OPT,
+            class: MAX_EDNS_PAYLOAD,
+            ttl: if edns.dnssec_ok { OPT_DO } else { 0 },
+            data: RData::Other(data),
+        });
+    }
+
+    /// The Extended DNS Error an answer carries: (info code, extra text).
+    #[cfg(test)]
+    pub fn extended_error(&self) -> Option<(u16, String)> {
+        let opt = self.additional.iter().find(|r| r.rtype == rtype::OPT)?;
+        let RData::Other(data) = &opt.data else {
+            return None;
+        };
+        let mut rest = data.as_slice();
+        while let [c0, c1, l0, l1, tail @ ..] = rest {
+            let len = usize::from(u16::from_be_bytes([*l0, *l1]));
+            let value = tail.get(..len)?;
+            if u16::from_be_bytes([*c0, *c1]) == OPT_EDE && len >= 2 {
+                let code = u16::from_be_bytes([value[0], value[1]]);
+                return Some((code, String::from_utf8_lossy(&value[2..]).into_owned()));
+            }
+            rest = &tail[len..];
+        }
+        None
     }
 
     /// The query moat sends upstream for this one, with ID `id`, written anew from its
@@ -678,6 +766,66 @@ mod tests {
         assert_eq!(parsed.flags & flags::QR, flags::QR);
         assert_eq!(parsed.questions, q.questions);
         assert_eq!(q.udp_limit(), 512);
+    }
+
+    #[test]
+    fn an_extended_error_is_an_opt_option_that_fits_the_senders_limit() {
+        let mut query = Message {
+            id: 7,
+            flags: flags::RD,
+            questions: vec![Question {
+                name: name("ads.example.test"),
+                qtype: rtype::A,
+                qclass: 1,
+            }],
+            ..Message::default()
+        };
+        assert_eq!(query.edns(), None);
+        query.additional.push(Record {
+            name: Name::default(),
+            rtype: rtype::OPT,
+            class: 1232,
+            ttl: OPT_DO,
+            data: RData::Other(Vec::new()),
+        });
+        let edns = query.edns().unwrap();
+        assert_eq!(
+            edns,
+            Edns {
+                limit: 1232,
+                dnssec_ok: true
+            }
+        );
+        let mut answer = query.reply_with(rcode::NXDOMAIN);
+        answer.add_extended_error(edns, ede::BLOCKED, "moat: refused");
+        let bytes = answer.to_bytes();
+        // The OPT record, byte for byte: root name, type 41, class 4096, TTL with DO, then
+        // option 15 (length 2 + 13) holding info code 15 and the text.
+        let mut opt = vec![
+            0, 0, 41, 0x10, 0x00, 0, 0, 0x80, 0, 0, 19, 0, 15, 0, 15, 0, 15,
+        ];
+        opt.extend_from_slice(b"moat: refused");
+        assert!(bytes.ends_with(&opt), "{bytes:?}");
+        assert_eq!(bytes[10..12], [0, 1], "ARCOUNT");
+        let back = Message::parse(&bytes).unwrap();
+        assert_eq!(back.rcode(), rcode::NXDOMAIN);
+        assert_eq!(
+            back.extended_error(),
+            Some((ede::BLOCKED, "moat: refused".to_owned()))
+        );
+        // A text longer than the sender takes is cut, at a character boundary.
+        let long = "é".repeat(600);
+        let mut small = query.reply_with(rcode::NXDOMAIN);
+        let tight = Edns {
+            limit: 512,
+            dnssec_ok: false,
+        };
+        small.add_extended_error(tight, ede::PROHIBITED, &long);
+        let bytes = small.to_bytes();
+        assert!(bytes.len() <= 512 && bytes.len() >= 510, "{}", bytes.len());
+        let (code, text) = Message::parse(&bytes).unwrap().extended_error().unwrap();
+        assert_eq!(code, ede::PROHIBITED);
+        assert!(text.chars().all(|c| c == 'é') && !text.is_empty());
     }
 
     #[test]

@@ -21,6 +21,21 @@ pub enum DenyMode {
     Drop,
     /// Answer TCP with RST and UDP with ICMP administratively prohibited.
     Reject,
+    /// Answer with a reason a program can read: a refused TCP connection is accepted by
+    /// moat itself (nothing is dialed) and, when its first bytes are an HTTP/1 request
+    /// (inside TLS with moat's leaf on an intercepted port), answered `403 Forbidden` with
+    /// one line naming the rule and the flag that would allow it; anything else is reset.
+    /// A refused lookup's NXDOMAIN carries an Extended DNS Error (RFC 8914) with the same
+    /// line. UDP and ICMP as [`DenyMode::Reject`]. The audit log is the same as under
+    /// `Reject`.
+    Explain,
+}
+
+impl DenyMode {
+    /// Whether a denied flow is answered rather than dropped in silence.
+    pub fn answers(self) -> bool {
+        self != DenyMode::Drop
+    }
 }
 
 /// The link between the sandbox and the engine.
@@ -102,6 +117,10 @@ pub struct EngineConfig {
     /// What the TCP connections' buffers may hold in all, the engine's own frames and
     /// bookkeeping included (see `budget.rs`).
     pub max_buffer_memory: usize,
+    /// How many of the policy's first rules came from `--allow`/`--deny` flags: a refusal
+    /// by one of them is not one an `--allow` could lift, so deny mode `explain` suggests
+    /// none for it (as the run's summary does not, `summary.rs`).
+    pub flag_rules: usize,
     /// Names whose lookups answer NXDOMAIN (`block_domain`).
     pub block_domains: Vec<DomainName>,
     /// Suffixes below which lookups answer NXDOMAIN (`block_domain_suffix`).
@@ -146,6 +165,7 @@ impl EngineConfig {
             dns_timeout: Duration::from_secs(2),
             tcp_buffer: 1 << 20,
             max_buffer_memory: DEFAULT_MAX_BUFFER_MEMORY,
+            flag_rules: 0,
             block_domains: Vec::new(),
             block_domain_suffixes: Vec::new(),
             dns_rebind_protection: true,
@@ -228,6 +248,11 @@ pub struct Counters {
     pub denied: u64,
     /// Flows refused by `max_connections` or `max_buffer_memory`.
     pub over_limit: u64,
+    /// Refused TCP connections answered with moat's `403` (deny mode `explain`).
+    pub explained: u64,
+    /// Refused TCP connections reset at once in deny mode `explain` because holding them
+    /// would pass a limit (refusals held at once, `max_connections`, the buffer budget).
+    pub explain_skipped: u64,
     /// Upstream dials that failed.
     pub dial_failures: u64,
     /// DNS queries forwarded.

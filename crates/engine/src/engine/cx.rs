@@ -202,12 +202,18 @@ impl Cx {
         ]
     }
 
+    /// The fields of the `connect` event [`Cx::audit_deny`] writes for `key`.
+    pub(super) fn deny_fields(&self, proto: &str, key: FlowKey) -> Vec<(&'static str, Value)> {
+        let mut fields = Cx::connect_fields(proto, key);
+        self.push_domain(&mut fields, key.host.ip(), &Named::Nothing);
+        fields
+    }
+
     /// Audits a flow the policy denied.
     pub(super) fn audit_deny(&mut self, proto: &str, key: FlowKey, decision: &Decision) {
         self.counters.denied += 1;
         let (rule, reason) = self.explain(decision);
-        let mut fields = Cx::connect_fields(proto, key);
-        self.push_domain(&mut fields, key.host.ip(), &Named::Nothing);
+        let fields = self.deny_fields(proto, key);
         self.cfg
             .audit
             .event("connect", "deny", &rule, &reason, fields);

@@ -23,6 +23,15 @@
 //! Over TCP the sandbox's stream is terminated here (never relayed): length-prefixed
 //! queries (RFC 1035 §4.2.2) are taken one by one through the same steps, and answers
 //! written back in the same framing.
+//!
+//! In deny mode `explain` a refused lookup's NXDOMAIN also says why: an Extended DNS Error
+//! (RFC 8914) whose text is one line naming the reason and, when the policy refused the
+//! name, the `--allow` flag the run's summary would suggest. Its info code is Blocked (15)
+//! for moat's own filters (block lists, rebinding protection, a CNAME chain through a
+//! blocked name, a secret's placeholder in the name) and Prohibited (18) when the sandbox's
+//! policy does not let it reach the name. The EDE lives in an OPT record, which RFC 6891 §7
+//! forbids in the answer to a query without one: a query without EDNS gets the plain
+//! NXDOMAIN, as under `reject` (dig, and most stub resolvers, ask with EDNS).
 
 use std::collections::HashMap;
 use std::net::SocketAddr;
@@ -38,13 +47,16 @@ use smoltcp::wire::IpListenEndpoint;
 
 use super::budget::Grant;
 use super::close::CloseReason;
+use super::config::DenyMode;
 use super::cx::{Cx, Tally};
 use super::dial;
 use super::table::{Due, Flow, FlowId, FlowKey, FlowTable};
 use super::tcp_flow::Segment;
 use crate::dns::filter;
 use crate::dns::framing::TcpFraming;
-use crate::dns::message::{Message, Question, flags, rcode};
+use crate::dns::message::{Edns, Message, Question, ede, flags, rcode};
+use crate::http::refusal::refusal_line;
+use crate::summary;
 
 /// Where an answer goes.
 #[derive(Debug, Clone, Copy)]
@@ -67,6 +79,8 @@ pub(super) struct DnsQuery {
     question: Question,
     name: DomainName,
     client_limit: usize,
+    /// The sandbox's EDNS, for an Extended DNS Error if the answer is refused.
+    edns: Option<Edns>,
     /// The rule that let the name be forwarded.
     rule: String,
     /// The policy's leave to forward the lookup.
@@ -162,12 +176,9 @@ pub(super) fn from_guest(table: &mut FlowTable, cx: &mut Cx, payload: &[u8], rep
         };
         let key = FlowKey { guest, host: asked };
         cx.secret_violation_on("dns", key, "a DNS lookup", i);
-        deliver(
-            table,
-            cx,
-            reply,
-            &msg.reply_with(rcode::NXDOMAIN).to_bytes(),
-        );
+        let why = "the name carries a secret's placeholder";
+        let answer = refused(cx, &msg, msg.edns(), ede::BLOCKED, &shown, why, None);
+        deliver(table, cx, reply, &answer);
         return;
     }
     let Some(name) = question
@@ -175,26 +186,20 @@ pub(super) fn from_guest(table: &mut FlowTable, cx: &mut Cx, payload: &[u8], rep
         .to_text()
         .and_then(|t| DomainName::new(&t).ok())
     else {
-        let event = Lookup::denied(&shown, qtype, "invalid", "not a valid host name");
+        let why = "not a valid host name";
+        let event = Lookup::denied(&shown, qtype, "invalid", why);
         audit_dns(cx, event, None);
-        deliver(
-            table,
-            cx,
-            reply,
-            &msg.reply_with(rcode::NXDOMAIN).to_bytes(),
-        );
+        let answer = refused(cx, &msg, msg.edns(), ede::PROHIBITED, &shown, why, None);
+        deliver(table, cx, reply, &answer);
         return;
     };
     if let Some(blocked) = cx.dns_rules.blocked(&name) {
         let reason = format!("{} is on the {} list", name, blocked.label());
         let event = Lookup::denied(name.as_str(), qtype, blocked.label(), &reason);
         audit_dns(cx, event, Some(blocked.label()));
-        deliver(
-            table,
-            cx,
-            reply,
-            &msg.reply_with(rcode::NXDOMAIN).to_bytes(),
-        );
+        let edns = msg.edns();
+        let answer = refused(cx, &msg, edns, ede::BLOCKED, name.as_str(), &reason, None);
+        deliver(table, cx, reply, &answer);
         return;
     }
     let permit = match cx.cfg.policy.permit_name(&name) {
@@ -209,12 +214,10 @@ pub(super) fn from_guest(table: &mut FlowTable, cx: &mut Cx, payload: &[u8], rep
             let rule = decision.rule_label();
             let event = Lookup::denied(name.as_str(), qtype, &rule, &reason);
             audit_dns(cx, event, Some("policy"));
-            deliver(
-                table,
-                cx,
-                reply,
-                &msg.reply_with(rcode::NXDOMAIN).to_bytes(),
-            );
+            let allow = summary::denied_lookup(name.as_str(), "policy", &rule, cx.cfg.flag_rules);
+            let (shown, edns) = (name.as_str(), msg.edns());
+            let answer = refused(cx, &msg, edns, ede::PROHIBITED, shown, &reason, allow);
+            deliver(table, cx, reply, &answer);
             return;
         }
     };
@@ -249,6 +252,7 @@ pub(super) fn from_guest(table: &mut FlowTable, cx: &mut Cx, payload: &[u8], rep
         question,
         name,
         client_limit: msg.udp_limit(),
+        edns: msg.edns(),
         rule: permit.decision().rule_label(),
         permit,
         server: 0,
@@ -461,13 +465,14 @@ fn answer(table: &mut FlowTable, cx: &mut Cx, id: FlowId, bytes: &[u8]) -> bool 
     let Some(Flow::DnsQuery(q)) = table.get(id) else {
         return true;
     };
-    let (reply, original_id, name, question, limit, rule) = (
+    let (reply, original_id, name, question, limit, rule, edns) = (
         q.reply,
         q.original_id,
         q.name.clone(),
         q.question.clone(),
         q.client_limit,
         q.rule.clone(),
+        q.edns,
     );
     let qtype = question.qtype;
     let Ok(mut msg) = Message::parse(bytes) else {
@@ -507,12 +512,8 @@ fn answer(table: &mut FlowTable, cx: &mut Cx, id: FlowId, bytes: &[u8]) -> bool 
                 format!("the answer's CNAME chain passes through {link}, which is blocked");
             let event = Lookup::denied(name.as_str(), qtype, &by, &reason);
             audit_dns(cx, event, Some("cname"));
-            deliver(
-                table,
-                cx,
-                reply,
-                &msg.reply_with(rcode::NXDOMAIN).to_bytes(),
-            );
+            let answer = refused(cx, &msg, edns, ede::BLOCKED, name.as_str(), &reason, None);
+            deliver(table, cx, reply, &answer);
             return true;
         }
     }
@@ -521,12 +522,8 @@ fn answer(table: &mut FlowTable, cx: &mut Cx, id: FlowId, bytes: &[u8]) -> bool 
         let reason = "every address in the answer points inward (rebind protection)";
         let event = Lookup::denied(name.as_str(), qtype, "rebind", reason);
         audit_dns(cx, event, Some("rebind_protection"));
-        deliver(
-            table,
-            cx,
-            reply,
-            &msg.reply_with(rcode::NXDOMAIN).to_bytes(),
-        );
+        let answer = refused(cx, &msg, edns, ede::BLOCKED, name.as_str(), reason, None);
+        deliver(table, cx, reply, &answer);
         return true;
     }
     let now = Instant::now();
@@ -561,6 +558,29 @@ fn answer(table: &mut FlowTable, cx: &mut Cx, id: FlowId, bytes: &[u8]) -> bool 
     }
     deliver(table, cx, reply, &bytes);
     true
+}
+
+/// The answer to a lookup of `name` moat refuses, built on `msg` (the query, or the
+/// upstream answer with the query's ID): NXDOMAIN, and in deny mode `explain`, when the
+/// sandbox asked with EDNS (`edns`), an Extended DNS Error `code` whose text says why
+/// (`reason`) and what would allow it (`allow`; see the module header).
+fn refused(
+    cx: &Cx,
+    msg: &Message,
+    edns: Option<Edns>,
+    code: u16,
+    name: &str,
+    reason: &str,
+    allow: Option<String>,
+) -> Vec<u8> {
+    let mut answer = msg.reply_with(rcode::NXDOMAIN);
+    if cx.cfg.deny_mode == DenyMode::Explain
+        && let Some(edns) = edns
+    {
+        let line = refusal_line(&format!("a lookup of {name}"), reason, allow.as_deref());
+        answer.add_extended_error(edns, code, &line);
+    }
+    answer.to_bytes()
 }
 
 /// Sends an answer to the sandbox.
@@ -786,7 +806,6 @@ mod tests {
 
     use super::*;
     use crate::dns::message::{name, rtype};
-    use crate::engine::config::DenyMode;
     use crate::engine::testing::{Harness, udp, udp_to_guest};
 
     fn query(host: &str) -> Vec<u8> {
@@ -903,6 +922,66 @@ mod tests {
             assert!(data.ends_with(&[203, 0, 113, i]), "q-{i}");
         }
         assert!(!h.table.dns_full());
+    }
+
+    /// The answer the sandbox got from port 53, parsed.
+    fn answer_message(h: &mut Harness) -> Option<Message> {
+        h.sent()
+            .iter()
+            .filter_map(|f| udp_to_guest(f))
+            .filter(|(src, _)| *src == 53)
+            .find_map(|(_, data)| Message::parse(&data).ok())
+    }
+
+    #[test]
+    fn a_refused_lookup_says_why_in_an_extended_dns_error_under_explain() {
+        use crate::dns::message::{Name, RData, Record, ede};
+        let mut edns = Message::parse(&query("api.example.com")).unwrap();
+        edns.additional.push(Record {
+            name: Name::default(),
+            rtype: rtype::OPT,
+            class: 1232,
+            ttl: 0,
+            data: RData::Other(Vec::new()),
+        });
+        let edns = edns.to_bytes();
+        let gateway = Ipv4Addr::new(10, 0, 2, 2);
+        let mut seen = Vec::new();
+        for mode in [DenyMode::Explain, DenyMode::Reject] {
+            let mut h = Harness::new(NetworkPolicy::none(), mode);
+            h.frame(&udp(gateway, 53, &edns));
+            let with_edns = answer_message(&mut h).unwrap();
+            assert_eq!(with_edns.rcode(), rcode::NXDOMAIN);
+            // Without EDNS there is nowhere to put an EDE (RFC 6891 §7).
+            h.frame(&udp(gateway, 53, &query("api.example.com")));
+            let plain = answer_message(&mut h).unwrap();
+            assert_eq!(plain.rcode(), rcode::NXDOMAIN);
+            assert!(plain.additional.is_empty(), "{plain:?}");
+            seen.push((with_edns.extended_error(), h.audit()));
+        }
+        let (code, text) = seen[0]
+            .0
+            .clone()
+            .expect("no Extended DNS Error under explain");
+        assert_eq!(code, ede::PROHIBITED);
+        assert_eq!(
+            text,
+            "moat: refused a lookup of api.example.com (no rule could allow a connection to this name (DNS is egress)); to allow it: --allow api.example.com"
+        );
+        assert_eq!(seen[1].0, None, "an EDE under reject");
+        // The audit log says the same in both modes (but for the time and the run's id).
+        let strip = |log: &str| -> Vec<String> {
+            log.lines()
+                .map(|l| {
+                    let mut e: Value = serde_json::from_str(l).unwrap();
+                    let o = e.as_object_mut().unwrap();
+                    o.remove("ts");
+                    o.remove("run");
+                    e.to_string()
+                })
+                .collect()
+        };
+        assert_eq!(strip(&seen[0].1), strip(&seen[1].1));
     }
 
     #[test]

@@ -14,7 +14,6 @@ use mio::net::UdpSocket;
 use mio::{Interest, Registry};
 use moat_policy::Protocol;
 
-use super::config::DenyMode;
 use super::cx::Cx;
 use super::dial;
 use super::table::{Due, EchoKey, Flow, FlowId, FlowKey, FlowTable};
@@ -92,7 +91,7 @@ fn open(table: &mut FlowTable, cx: &mut Cx, req: &Request<'_>) -> Option<FlowId>
         Ok(permit) => permit,
         Err(decision) => {
             cx.audit_deny(icmp_name(req.dst), key, &decision);
-            if cx.cfg.deny_mode == DenyMode::Reject {
+            if cx.cfg.deny_mode.answers() {
                 cx.stack.send_prohibited(req.frame, req.dst);
             }
             return None;
@@ -185,6 +184,7 @@ mod tests {
     use smoltcp::wire::Icmpv4Message;
 
     use super::*;
+    use crate::engine::config::DenyMode;
     use crate::engine::testing::{Harness, echo_request, icmp_to_guest};
 
     const GATEWAY: Ipv4Addr = Ipv4Addr::new(10, 0, 2, 2);

@@ -201,7 +201,7 @@ impl Engine {
             Some(Flow::DnsUpstream(_)) => dns_flow::readable(table, cx, id),
             Some(Flow::Echo(_)) => echo::readable(table, cx, id),
             Some(Flow::DnsStream(_)) => table.touch(id),
-            Some(Flow::UdpIn(_) | Flow::DnsQuery(_)) | None => {}
+            Some(Flow::UdpIn(_) | Flow::DnsQuery(_) | Flow::Refusal(_)) | None => {}
         }
     }
 }

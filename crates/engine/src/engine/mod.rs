@@ -7,7 +7,8 @@
 //! - **ARP and neighbour discovery** go to smoltcp, which answers for every address
 //!   (`any_ip`), except questions about the sandbox's own address.
 //! - **TCP**: a SYN for a new flow is judged by the policy. Denied: dropped (or answered
-//!   with RST in reject mode). Allowed: moat dials the destination from a host socket first
+//!   with RST in reject mode; in explain mode accepted by moat itself, never dialed, and a
+//!   first HTTP/1 request answered with moat's 403 saying why, see `refusal.rs`). Allowed: moat dials the destination from a host socket first
 //!   and holds the SYN; when the dial succeeds, a smoltcp socket listening on the exact
 //!   destination is created and the SYN fed to it, so the handshake completes only for
 //!   reachable destinations; a refused or failed dial answers the SYN with RST. Segments of
@@ -28,7 +29,8 @@
 //! judged as 127.0.0.1 / ::1 (the Loopback group) and dialed there.
 //!
 //! Every resource is bounded: `max_connections` counts TCP connections and UDP flows, DNS
-//! queries in flight are capped, dials time out, UDP flows and DNS queries expire, and the
+//! queries in flight are capped, refused connections held to explain them are capped and
+//! live seconds, dials time out, UDP flows and DNS queries expire, and the
 //! TCP socket buffers share `max_buffer_memory` (see `budget.rs`).
 //!
 //! # Where things are
@@ -40,6 +42,7 @@
 //! | `tcp_flow.rs` | a TCP flow's state (judged SYN → dialing → relaying → closing) |
 //! | `stream.rs` | the stream stage inside a TCP flow: where TLS and secrets plug in |
 //! | `tls_stage.rs`, `tls_shared.rs` | TLS interception: the stream stage that terminates both legs, and what its connections share |
+//! | `refusal.rs` | a refused TCP connection moat answers itself (deny mode `explain`) |
 //! | `udp_flow.rs`, `echo.rs`, `dns_flow.rs` | UDP flows, ICMP echo, DNS interception |
 //! | `inbound.rs` | published ports |
 //! | `stack.rs` | the smoltcp interface and the frames moat writes itself |
@@ -67,6 +70,7 @@ mod http_stage;
 mod inbound;
 mod ingress;
 mod pool;
+mod refusal;
 mod stack;
 mod stream;
 mod table;

@@ -18,6 +18,13 @@ const TCP_POOL: usize = 64;
 /// A DNS-over-TCP connection's buffers each way: DNS messages are at most 64 KiB.
 const DNS_STREAM_BUFFER: usize = 128 * 1024;
 
+/// A refused connection's receive ring (deny mode `explain`): the request line and head
+/// moat reads before it answers, or a TLS ClientHello.
+pub(super) const REFUSAL_RX: usize = 8 * 1024;
+/// A refused connection's send ring: moat's 403, or the TLS handshake (with the leaf) and
+/// the 403 inside it.
+const REFUSAL_TX: usize = 16 * 1024;
+
 /// Closed sockets kept for reuse, and the budget every socket is charged to.
 pub(super) struct SocketPool {
     pooled: Vec<(tcp::Socket<'static>, Grant)>,
@@ -53,13 +60,23 @@ impl SocketPool {
 
     /// A socket for a DNS-over-TCP connection (small buffers, charged whole).
     pub(super) fn dns_socket(&mut self) -> Option<(tcp::Socket<'static>, Grant)> {
-        let want = Grant::whole(DNS_STREAM_BUFFER, DNS_STREAM_BUFFER).total();
+        self.whole_socket(DNS_STREAM_BUFFER, DNS_STREAM_BUFFER)
+    }
+
+    /// A socket for a refused connection moat answers itself (small buffers, charged
+    /// whole); `None` when the budget has no room for it.
+    pub(super) fn refusal_socket(&mut self) -> Option<(tcp::Socket<'static>, Grant)> {
+        self.whole_socket(REFUSAL_RX, REFUSAL_TX)
+    }
+
+    /// A socket with small rings charged whole, after giving up the pool if that is what
+    /// it takes; `None` when the budget has no room for it.
+    fn whole_socket(&mut self, rx: usize, tx: usize) -> Option<(tcp::Socket<'static>, Grant)> {
+        let want = Grant::whole(rx, tx).total();
         if !self.budget.fits(want) {
             self.empty();
         }
-        self.budget
-            .fits(want)
-            .then(|| self.take(DNS_STREAM_BUFFER, DNS_STREAM_BUFFER, true))
+        self.budget.fits(want).then(|| self.take(rx, tx, true))
     }
 
     /// How many bytes may be written into `mem`'s send ring now, after giving up the

@@ -7,7 +7,7 @@
 //! A flow lives in a slot of one vector; its index is its [`FlowId`], and the host socket
 //! it owns is registered with the poll under the token `FIRST_FLOW + id`, so an event
 //! leads straight back to its flow. Freed slots are reused. Each kind is also found by
-//! its key: TCP connections (and DNS over TCP) and UDP flows by their [`FlowKey`], echo
+//! its key: TCP connections (DNS over TCP and refusals too) and UDP flows by their [`FlowKey`], echo
 //! flows by (sandbox address, destination, identifier), inbound UDP flows by both their
 //! peer and their key.
 //!
@@ -15,7 +15,8 @@
 //! then [`FlowTable::insert`] (indexed and counted) — and removed in one,
 //! [`FlowTable::remove`], which unindexes it, gives back its counts and hands it to its
 //! kind's `close` to release its sockets and write the `close` event. TCP connections, UDP
-//! flows and inbound UDP flows count toward `max_connections`; DNS queries toward their
+//! flows and inbound UDP flows count toward `max_connections`, refused connections moat
+//! answers (deny mode `explain`) too and toward their own cap; DNS queries toward their
 //! own cap. A flow that must reset the sandbox first is *doomed*: removed after the next
 //! egress, once smoltcp has sent the RST.
 //!
@@ -33,6 +34,7 @@ use super::dns_flow::{self, DnsQuery, DnsStream, DnsUpstream, ResolverPool};
 use super::echo::EchoFlow;
 use super::event_loop::FIRST_FLOW;
 use super::inbound::UdpIn;
+use super::refusal::{self, Refusal};
 use super::tcp_flow::{self, TcpFlow};
 use super::udp_flow::{self, UdpFlow};
 
@@ -80,6 +82,8 @@ pub(super) enum Flow {
     DnsQuery(DnsQuery),
     /// A DNS-over-TCP connection from the sandbox, answered by moat.
     DnsStream(DnsStream),
+    /// A refused TCP connection answered by moat (deny mode `explain`).
+    Refusal(Refusal),
     /// A socket to a resolver, shared by queries.
     DnsUpstream(DnsUpstream),
 }
@@ -102,6 +106,7 @@ impl Flow {
         match self {
             Flow::Tcp(f) => Index::Tcp(f.key()),
             Flow::DnsStream(s) => Index::Tcp(s.key()),
+            Flow::Refusal(r) => Index::Tcp(r.key()),
             Flow::Udp(f) => Index::Udp(f.key()),
             Flow::UdpIn(f) => Index::UdpIn {
                 listener: f.listener,
@@ -152,6 +157,8 @@ pub(super) struct FlowTable {
     connections: usize,
     max_connections: usize,
     dns_in_flight: usize,
+    /// Refused connections moat answers itself, held now.
+    refusals: usize,
     /// The sockets to each resolver (`dns_flow.rs`).
     pub(super) resolvers: ResolverPool,
     /// Flows with work to do before the loop sleeps.
@@ -180,6 +187,7 @@ impl FlowTable {
             connections: 0,
             max_connections,
             dns_in_flight: 0,
+            refusals: 0,
             resolvers: ResolverPool::default(),
             dirty: HashSet::new(),
             doomed: Vec::new(),
@@ -227,6 +235,11 @@ impl FlowTable {
     /// Whether as many DNS queries are upstream as may be.
     pub(super) fn dns_full(&self) -> bool {
         self.dns_in_flight >= MAX_DNS_IN_FLIGHT
+    }
+
+    /// Refused connections moat holds to answer them (deny mode `explain`).
+    pub(super) fn refusals(&self) -> usize {
+        self.refusals
     }
 
     /// Whether as many echo flows are open as may be.
@@ -296,6 +309,9 @@ impl FlowTable {
         }
         if matches!(flow, Flow::DnsQuery(_)) {
             self.dns_in_flight += 1;
+        }
+        if matches!(flow, Flow::Refusal(_)) {
+            self.refusals += 1;
         }
         if let Some(slot) = self.slots.get_mut(id.0) {
             *slot = Some(flow);
@@ -374,6 +390,10 @@ impl FlowTable {
             Flow::UdpIn(f) => f.close(cx, &why),
             Flow::Echo(f) => f.close(registry),
             Flow::DnsStream(s) => s.close(cx, &why),
+            Flow::Refusal(r) => {
+                self.refusals -= 1;
+                r.close(cx);
+            }
             Flow::DnsQuery(q) => {
                 self.dns_in_flight -= 1;
                 let (on, reply) = q.close();
@@ -394,6 +414,7 @@ impl FlowTable {
             match flow {
                 Flow::Tcp(f) => f.abort_guest(cx),
                 Flow::DnsStream(s) => s.abort_guest(cx),
+                Flow::Refusal(r) => r.abort_guest(cx),
                 _ => {}
             }
         }
@@ -420,7 +441,7 @@ pub(super) fn sweep(table: &mut FlowTable, cx: &mut Cx) {
             Some(Flow::Echo(e)) => e.due(now),
             Some(Flow::DnsQuery(q)) => q.due(now),
             Some(Flow::DnsUpstream(_)) => Due::Nothing,
-            Some(Flow::DnsStream(_)) => Due::Relay,
+            Some(Flow::DnsStream(_) | Flow::Refusal(_)) => Due::Relay,
             None => Due::Nothing,
         };
         match due {
@@ -439,6 +460,7 @@ pub(super) fn service(table: &mut FlowTable, cx: &mut Cx, id: FlowId) {
     match table.get(id) {
         Some(Flow::Tcp(_)) => tcp_flow::relay(table, cx, id),
         Some(Flow::DnsStream(_)) => dns_flow::stream_relay(table, cx, id),
+        Some(Flow::Refusal(_)) => refusal::relay(table, cx, id),
         Some(Flow::Udp(_)) => udp_flow::readable(table, cx, id),
         _ => {}
     }

@@ -14,6 +14,8 @@
 //!   the names this sandbox's lookups pinned to the address. Port 53 is never judged or
 //!   relayed: DNS over TCP is answered by moat (`dns_flow.rs`). DNS over TLS (853) needs a
 //!   rule that names the port. `max_connections` and the buffer budget may refuse it (RST).
+//!   In deny mode `explain` a denied SYN is not a flow of this file: moat accepts the
+//!   connection itself and answers it (`refusal.rs`).
 //! - **Dialing**: moat connects from a host socket first and holds the SYN, with the
 //!   smoltcp socket that will take it; the handshake with the sandbox completes only for
 //!   reachable destinations. The dial has `connect_timeout`.
@@ -46,6 +48,7 @@ use super::cx::{Cx, TlsAudit};
 use super::dial;
 use super::dns_flow;
 use super::http_stage::{Candidate, PlainHttp};
+use super::refusal;
 use super::stream::{Broken, Hello, Stage, Stream};
 use super::table::{Due, Flow, FlowId, FlowKey, FlowTable};
 use super::tls_stage::{Intercept, Swaps, TlsFailure, TlsNote};
@@ -150,7 +153,7 @@ pub(super) fn on_segment(table: &mut FlowTable, cx: &mut Cx, seg: Segment<'_>) {
                 cx.stack.feed(seg.frame);
                 table.touch(id);
             }
-            Some(Flow::DnsStream(_)) => {
+            Some(Flow::DnsStream(_) | Flow::Refusal(_)) => {
                 cx.stack.feed(seg.frame);
                 table.touch(id);
             }
@@ -195,8 +198,11 @@ fn open(table: &mut FlowTable, cx: &mut Cx, seg: Segment<'_>) {
         }
         Err(decision) => {
             cx.audit_deny("tcp", key, &decision);
-            if cx.cfg.deny_mode == DenyMode::Reject {
-                cx.stack.reset_guest(key, seg.seq, seg.len);
+            match cx.cfg.deny_mode {
+                DenyMode::Drop => {}
+                DenyMode::Reject => cx.stack.reset_guest(key, seg.seq, seg.len),
+                // Accepted and answered by moat itself (`refusal.rs`); nothing is dialed.
+                DenyMode::Explain => refusal::open(table, cx, seg, &decision),
             }
             return;
         }

@@ -194,19 +194,33 @@ fn ipv4(proto: IpProtocol, dst: Ipv4Addr, l4_len: usize) -> (Vec<u8>, usize) {
 
 /// A SYN from the sandbox to `dst`.
 pub(super) fn syn(dst: Ipv4Addr, port: u16) -> Vec<u8> {
+    tcp_from(GUEST_PORT, dst, port, TcpControl::Syn, 1000, None, &[])
+}
+
+/// A TCP segment from the sandbox's `src_port` to `dst:port` with sequence number `seq`
+/// (a SYN's is 1000 in [`syn`]), acknowledging `ack` when given.
+pub(super) fn tcp_from(
+    src_port: u16,
+    dst: Ipv4Addr,
+    port: u16,
+    control: TcpControl,
+    seq: u32,
+    ack: Option<u32>,
+    payload: &[u8],
+) -> Vec<u8> {
     let tcp = TcpRepr {
-        src_port: GUEST_PORT,
+        src_port,
         dst_port: port,
-        control: TcpControl::Syn,
-        seq_number: TcpSeqNumber(1000),
-        ack_number: None,
+        control,
+        seq_number: TcpSeqNumber(seq as i32),
+        ack_number: ack.map(|a| TcpSeqNumber(a as i32)),
         window_len: 64240,
         window_scale: None,
-        max_seg_size: Some(1460),
+        max_seg_size: (control == TcpControl::Syn).then_some(1460),
         sack_permitted: false,
         sack_ranges: [None; 3],
         timestamp: None,
-        payload: &[],
+        payload,
     };
     let (mut f, off) = ipv4(IpProtocol::Tcp, dst, tcp.buffer_len());
     tcp.emit(
@@ -216,6 +230,36 @@ pub(super) fn syn(dst: Ipv4Addr, port: u16) -> Vec<u8> {
         &ChecksumCapabilities::default(),
     );
     f
+}
+
+/// A TCP segment to the sandbox, whole.
+#[derive(Debug, Clone)]
+pub(super) struct ToGuest {
+    pub(super) src_port: u16,
+    pub(super) dst_port: u16,
+    pub(super) seq: u32,
+    pub(super) syn: bool,
+    pub(super) fin: bool,
+    pub(super) rst: bool,
+    pub(super) payload: Vec<u8>,
+}
+
+/// A TCP segment to the sandbox, whole (see [`tcp_to_guest`] for its outline).
+pub(super) fn tcp_segment_to_guest(frame: &[u8]) -> Option<ToGuest> {
+    let ip = Ipv4Packet::new_checked(frame.get(14..)?).ok()?;
+    if ip.next_header() != IpProtocol::Tcp {
+        return None;
+    }
+    let tcp = TcpPacket::new_checked(ip.payload()).ok()?;
+    Some(ToGuest {
+        src_port: tcp.src_port(),
+        dst_port: tcp.dst_port(),
+        seq: tcp.seq_number().0 as u32,
+        syn: tcp.syn(),
+        fin: tcp.fin(),
+        rst: tcp.rst(),
+        payload: tcp.payload().to_vec(),
+    })
 }
 
 /// An ICMP echo request from the sandbox to `dst` (identifier 7, sequence 1).

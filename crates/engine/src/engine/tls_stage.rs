@@ -55,7 +55,7 @@ use super::cx::Tally;
 use super::pool::SocketPool;
 use super::tls_shared::Fixed;
 pub(super) use super::tls_shared::TlsShared;
-use crate::http::{Authority, Refused, RequestReader, h1, h1_swap, h2, h2_swap};
+use crate::http::{Authority, Refused, RequestReader, h1, h1_swap, h2, h2_swap, refusal};
 use crate::secrets::swap::Swap;
 use crate::secrets::{Scan, Scanner};
 use crate::tls::ca::LeafName;
@@ -1066,12 +1066,8 @@ fn release(client: &mut ClientConnection, held: &mut Vec<u8>) {
 /// Answers a refused request with `403 Forbidden` and a one-line reason, then ends the
 /// sandbox's TLS.
 fn forbid(server: &mut ServerConnection, to: &mut SocketWriter<'_>, why: &str) {
-    let body = format!("moat: {why}\n");
-    let response = format!(
-        "HTTP/1.1 403 Forbidden\r\nContent-Type: text/plain; charset=utf-8\r\nContent-Length: {}\r\nConnection: close\r\n\r\n{body}",
-        body.len()
-    );
-    let _ = server.writer().write_all(response.as_bytes());
+    let response = refusal::forbidden(&format!("moat: {why}"), false);
+    let _ = server.writer().write_all(&response);
     server.send_close_notify();
     while server.wants_write() {
         if server.write_tls(to).is_err() {
@@ -1081,7 +1077,7 @@ fn forbid(server: &mut ServerConnection, to: &mut SocketWriter<'_>, why: &str) {
 }
 
 /// Writes an alert straight into the socket's send buffer (a few bytes: no budget).
-fn socket_sink<'a>(socket: &'a mut tcp::Socket<'static>) -> impl Write + 'a {
+pub(super) fn socket_sink<'a>(socket: &'a mut tcp::Socket<'static>) -> impl Write + 'a {
     struct Sink<'a>(&'a mut tcp::Socket<'static>);
     impl Write for Sink<'_> {
         fn write(&mut self, buf: &[u8]) -> io::Result<usize> {

@@ -28,7 +28,6 @@ use moat_policy::Protocol;
 use nix::sys::socket::{ControlMessage, MsgFlags};
 
 use super::close::CloseReason;
-use super::config::DenyMode;
 use super::cx::{Cx, Tally};
 use super::dial;
 use super::table::{Due, Flow, FlowId, FlowKey, FlowTable};
@@ -101,7 +100,7 @@ pub(super) fn on_datagram(
         Ok(permit) => permit,
         Err(decision) => {
             cx.audit_deny("udp", key, &decision);
-            if cx.cfg.deny_mode == DenyMode::Reject {
+            if cx.cfg.deny_mode.answers() {
                 cx.stack.send_prohibited(frame, key.host.ip());
             }
             return;
@@ -266,6 +265,7 @@ mod tests {
     use moat_policy::NetworkPolicy;
 
     use super::*;
+    use crate::engine::config::DenyMode;
     use crate::engine::testing::{Harness, key_to, udp, udp_to_guest};
 
     const GATEWAY: Ipv4Addr = Ipv4Addr::new(10, 0, 2, 2);

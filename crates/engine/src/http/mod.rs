@@ -1,5 +1,6 @@
 //! HTTP as moat reads it inside intercepted TLS: the authority every request names, for
-//! HTTP/1.1 (`h1.rs`: request framing) and HTTP/2 (`h2.rs`: frames and HPACK).
+//! HTTP/1.1 (`h1.rs`: request framing) and HTTP/2 (`h2.rs`: frames and HPACK); and moat's
+//! own `403` to a refused request (`refusal.rs`, deny mode `explain`).
 //!
 //! Both readers take the sandbox's plaintext in whatever pieces it arrives and pass on
 //! what may go to the server; a request for a host other than the one the TLS handshake
@@ -13,6 +14,7 @@ pub mod h1;
 pub mod h1_swap;
 pub mod h2;
 pub mod h2_swap;
+pub mod refusal;
 
 /// A reader of the sandbox's requests (HTTP/1.1 or HTTP/2).
 pub trait RequestReader {

@@ -113,9 +113,16 @@ struct RunArgs {
     /// 4m): past it, windows shrink and new connections are refused.
     #[arg(long, value_name = "SIZE")]
     max_buffer_memory: Option<String>,
-    /// Refuse denied connections at once (TCP RST, ICMP prohibited) instead of dropping them.
+    /// Refuse denied connections at once (TCP RST, ICMP prohibited) instead of dropping them
+    /// (the same as --deny-mode reject).
     #[arg(long)]
     reject: bool,
+    /// How denied flows are answered: drop (silently; the default), reject (TCP RST, ICMP
+    /// prohibited), or explain (as reject, but a refused HTTP request gets moat's 403 with
+    /// the reason and the flag that would allow it, and a refused lookup an Extended DNS
+    /// Error saying the same).
+    #[arg(long, value_name = "MODE", value_parser = ["drop", "reject", "explain"])]
+    deny_mode: Option<String>,
     /// Append audit events (JSON lines) to FILE; "-" for stderr.
     #[arg(long, value_name = "FILE")]
     audit: Option<String>,
@@ -381,6 +388,7 @@ fn run_options(args: RunArgs, matches: Option<&clap::ArgMatches>) -> run::RunOpt
         max_connections: Some(args.max_connections),
         max_buffer_memory: args.max_buffer_memory,
         reject: args.reject,
+        deny_mode: args.deny_mode,
         audit: args.audit,
         audit_max_size: args.audit_max_size,
         audit_required: args.audit_required,

@@ -61,6 +61,8 @@ pub struct RunOptions {
     pub max_buffer_memory: Option<String>,
     /// `--reject`.
     pub reject: bool,
+    /// `--deny-mode drop|reject|explain`.
+    pub deny_mode: Option<String>,
     /// `--audit FILE` ("-" = stderr).
     pub audit: Option<String>,
     /// `--audit-max-size SIZE`.
@@ -333,6 +335,7 @@ pub(crate) fn builder(opts: &RunOptions) -> anyhow::Result<SandboxBuilder> {
     }) {
         bail!("--secret-plain-http {name}: no --secret {name}@HOST names that secret");
     }
+    let deny_mode = deny_mode(opts.reject, opts.deny_mode.as_deref())?;
     let on_violation = match opts.on_secret_violation.as_deref() {
         None | Some("block") => ViolationAction::Block,
         Some("block-and-log") => ViolationAction::BlockAndLog,
@@ -349,11 +352,8 @@ pub(crate) fn builder(opts: &RunOptions) -> anyhow::Result<SandboxBuilder> {
                 .policy(policy)
                 .dns_rebind_protection(!opts.no_dns_rebind_protection)
                 .on_secret_violation(on_violation)
-                .deny_mode(if opts.reject {
-                    DenyMode::Reject
-                } else {
-                    DenyMode::Drop
-                });
+                .deny_mode(deny_mode)
+                .flag_rules(opts.rules.len());
             for d in &opts.block_domains {
                 n = n.block_domain(d);
             }
@@ -450,6 +450,26 @@ pub(crate) fn builder(opts: &RunOptions) -> anyhow::Result<SandboxBuilder> {
         b = b.audit_max_size(bytes);
     }
     Ok(b.audit_required(opts.audit_required))
+}
+
+/// The deny mode of `--reject` and `--deny-mode MODE` (drop when neither is given); the two
+/// must agree when both are.
+fn deny_mode(reject: bool, mode: Option<&str>) -> anyhow::Result<DenyMode> {
+    let named = match mode {
+        None => None,
+        Some("drop") => Some(DenyMode::Drop),
+        Some("reject") => Some(DenyMode::Reject),
+        Some("explain") => Some(DenyMode::Explain),
+        Some(other) => bail!("--deny-mode {other}: expected drop, reject or explain"),
+    };
+    match (reject, named) {
+        (false, named) => Ok(named.unwrap_or(DenyMode::Drop)),
+        (true, None | Some(DenyMode::Reject)) => Ok(DenyMode::Reject),
+        (true, Some(_)) => bail!(
+            "--reject and --deny-mode {} disagree: --reject is --deny-mode reject; give one of them",
+            mode.unwrap_or_default()
+        ),
+    }
 }
 
 /// Runs the command; returns the exit status for moat to exit with.
@@ -1094,6 +1114,23 @@ fn wait_with_signals(
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    #[test]
+    fn reject_and_deny_mode_are_one_setting_and_must_agree() {
+        assert_eq!(deny_mode(false, None).unwrap(), DenyMode::Drop);
+        assert_eq!(deny_mode(true, None).unwrap(), DenyMode::Reject);
+        assert_eq!(deny_mode(true, Some("reject")).unwrap(), DenyMode::Reject);
+        assert_eq!(
+            deny_mode(false, Some("explain")).unwrap(),
+            DenyMode::Explain
+        );
+        assert_eq!(deny_mode(false, Some("drop")).unwrap(), DenyMode::Drop);
+        let e = deny_mode(true, Some("drop")).unwrap_err().to_string();
+        assert!(e.contains("--reject and --deny-mode drop disagree"), "{e}");
+        assert!(deny_mode(true, Some("explain")).is_err());
+        let e = deny_mode(false, Some("loud")).unwrap_err().to_string();
+        assert!(e.contains("expected drop, reject or explain"), "{e}");
+    }
 
     #[test]
     fn resolv_conf_nameservers() {
