@@ -518,3 +518,71 @@ fn the_suggested_allow_works_when_followed() {
         stderr(&out)
     );
 }
+
+#[test]
+fn after_a_server_name_sent_to_another_names_address_the_hint_works_when_followed() {
+    // The client looks up api.example.test and sends its TLS hello to that address naming
+    // other.example.test (as a program with its own resolver or a pinned address does).
+    // A rule for other.example.test cannot allow that (a name rule holds only where DNS
+    // answered for the name), and api.example.test is allowed already: the hint is the
+    // address, and the refusal says why.
+    let w = World::new();
+    let dns = format!("--dns={WORLD_DNS}");
+    let ca = w.dir.join("world-ca.pem").to_str().unwrap().to_owned();
+    let script = "dig +short api.example.test >/dev/null; \
+        curl -4 -sS -m 10 -o /dev/null -w 'status %{http_code}\\n' \
+        --connect-to other.example.test:8443:api.example.test:8443 https://other.example.test:8443/fronted; true";
+    let base = [
+        "run",
+        dns.as_str(),
+        "--policy",
+        "none",
+        "--allow",
+        "api.example.test:8443/tcp",
+        "--tls-intercept",
+        "--tls-port",
+        "8443",
+        "--tls-upstream-ca",
+        ca.as_str(),
+    ];
+    let mut args = base.to_vec();
+    args.extend(["--", "sh", "-c", script]);
+    let out = w.moat(&args, T);
+    let err = stderr(&out);
+    assert!(!stdout(&out).contains("status 200"), "{}", stdout(&out));
+    assert!(
+        err.contains("other.example.test was sent to 203.0.113.10, an address DNS answered for api.example.test, not for it"),
+        "{err}"
+    );
+    let line = err
+        .lines()
+        .find_map(|l| l.split("to allow what was denied: ").nth(1))
+        .unwrap_or_else(|| panic!("no suggestion: {err}"));
+    assert_eq!(line.trim(), "--allow 203.0.113.10:8443/tcp", "{err}");
+    assert_eq!(
+        std::fs::read_to_string(w.log_path())
+            .unwrap_or_default()
+            .matches("/fronted")
+            .count(),
+        0,
+        "the refused request reached the world"
+    );
+    // Followed: the same command with the suggested flags gets through.
+    let mut args = base.to_vec();
+    args.extend(line.split_whitespace());
+    args.extend(["--", "sh", "-c", script]);
+    let out = w.moat(&args, T);
+    assert!(
+        stdout(&out).contains("status 200"),
+        "{args:?}: {}\n{}",
+        stdout(&out),
+        stderr(&out)
+    );
+    assert_eq!(
+        std::fs::read_to_string(w.log_path())
+            .unwrap_or_default()
+            .matches("/fronted")
+            .count(),
+        1
+    );
+}

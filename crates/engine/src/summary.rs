@@ -43,6 +43,10 @@ struct Dest {
     names: String,
     /// The address as the policy judges it (the gateway stands for the host's loopback).
     judged: String,
+    /// The connection sent a TLS server name that DNS did not answer this address for (a
+    /// refused connect event's `domain` is what DNS answered, its `sni` what the client
+    /// named): a rule for that name cannot allow it here, an address rule can.
+    elsewhere: bool,
 }
 
 /// Where an event's other fields are read from: a line of a log, or the fields the audit
@@ -72,10 +76,12 @@ impl Dest {
         // it sent, else the `Host` of its first request or the names DNS answered for its
         // address to this sandbox, the most recent first (the engine's `domain`).
         let sni = text("sni");
+        let pinned = text("domain");
+        let elsewhere = !inbound && !sni.is_empty() && !pinned.split(',').any(|d| d == sni);
         let domain = if !inbound && !sni.is_empty() {
             sni
         } else {
-            text("domain")
+            pinned
         };
         let host = if inbound {
             // The peer, without its port.
@@ -108,12 +114,15 @@ impl Dest {
             port: e.field("port").and_then(Value::as_u64),
             names: if inbound { String::new() } else { domain },
             judged,
+            elsewhere,
         }
     }
 
-    /// What `--allow` names for this destination: its name, else the address as judged.
+    /// What `--allow` names for this destination: its name, else the address as judged
+    /// (also when the name it sent is not one DNS answered for the address: a name rule
+    /// holds only at the addresses DNS answered for the name).
     fn allow_flag(&self) -> String {
-        let host = if self.names.is_empty() {
+        let host = if self.names.is_empty() || self.elsewhere {
             self.judged.clone()
         } else {
             self.host.clone()
@@ -985,12 +994,20 @@ mod tests {
             "reason": "x", "proto": "tcp", "dst": "203.0.113.10", "port": 443,
             "domain": "files.example.test,index.example.test", "sni": "files.example.test"}),
         ));
-        // A denial by server name: the name refused is the server name, and that is what
-        // an --allow must name (not the address's other, already allowed name).
+        // Denials by server name (`domain` is what DNS answered, `sni` what was sent). One
+        // DNS answered the address for: an --allow names it (not the address's other,
+        // already allowed name).
         s.add(&ev(
             json!({"run": "r", "event": "connect", "decision": "deny", "rule": "default",
             "reason": "x", "proto": "tcp", "dst": "203.0.113.10", "port": 443,
-            "domain": "index.example.test", "sni": "other.example.test"}),
+            "domain": "index.example.test,other.example.test", "sni": "other.example.test"}),
+        ));
+        // One DNS did not answer it for: a rule for the name cannot allow it there, so
+        // the hint is the address.
+        s.add(&ev(
+            json!({"run": "r", "event": "connect", "decision": "deny", "rule": "default",
+            "reason": "x", "proto": "tcp", "dst": "203.0.113.12", "port": 443,
+            "domain": "index.example.test", "sni": "elsewhere.example.test"}),
         ));
         let run = &s.runs()[0];
         let text = run.learned_policy("learned");
@@ -999,7 +1016,13 @@ mod tests {
             "{text}"
         );
         assert!(!text.contains("index.example.test"), "{text}");
-        assert_eq!(run.suggestions(), ["--allow other.example.test:443/tcp"]);
+        assert_eq!(
+            run.suggestions(),
+            [
+                "--allow other.example.test:443/tcp",
+                "--allow 203.0.113.12:443/tcp"
+            ]
+        );
         assert!(
             run.render().contains("files.example.test:443/tcp"),
             "{}",

@@ -160,6 +160,24 @@ impl Cx {
         })
     }
 
+    /// Why a TLS server name `name` sent to `addr` could not be allowed by a rule for it,
+    /// when DNS did not answer `addr` for it to this sandbox (else empty).
+    pub(super) fn unpinned_note(&self, addr: IpAddr, name: &DomainName) -> String {
+        let names = self.pins.names(canonical_addr(addr), Instant::now());
+        if names.contains(name) {
+            return String::new();
+        }
+        let answered: Vec<&str> = names.iter().map(DomainName::as_str).collect();
+        if answered.is_empty() {
+            format!(" ({name} was sent to {addr}, an address DNS did not answer for it)")
+        } else {
+            format!(
+                " ({name} was sent to {addr}, an address DNS answered for {}, not for it)",
+                answered.join(", ")
+            )
+        }
+    }
+
     /// Judges an outbound TCP flow to `target` again, now with its TLS server name.
     pub(super) fn judge_sni(&self, target: SocketAddr, name: &DomainName) -> Decision {
         let names = self.pins.names(canonical_addr(target.ip()), Instant::now());
@@ -230,8 +248,9 @@ impl Cx {
     ) {
         self.counters.denied += 1;
         let mut fields = Cx::connect_fields("tcp", key);
-        let named = sni.map_or(Named::Nothing, |n| Named::Sni(n.clone()));
-        self.push_domain(&mut fields, key.host.ip(), &named);
+        // `domain` is what DNS answered for the address and `sni` what the client named:
+        // where they differ, a rule for the name could not have allowed it here.
+        self.push_domain(&mut fields, key.host.ip(), &Named::Nothing);
         fields.push(("sni", sni.map_or(Value::Null, |n| Value::from(n.as_str()))));
         self.cfg
             .audit

@@ -610,7 +610,8 @@ impl TcpFlow {
                 }
                 self.pending_allow = None;
                 let (rule, why) = cx.explain(&decision);
-                (rule, format!("TLS server name {name}: {why}"), Some(name))
+                let note = cx.unpinned_note(self.key.host.ip(), &name);
+                (rule, format!("TLS server name {name}: {why}{note}"), Some(name))
             }
             // TLS without a server name: the address and its pins decided, and name it.
             Sni::Absent => {
