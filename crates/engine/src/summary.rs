@@ -134,6 +134,15 @@ impl Dest {
         .shown()
     }
 
+    /// The address as the policy judges it, with the port and protocol.
+    fn address_shown(&self) -> String {
+        Dest {
+            host: self.judged.clone(),
+            ..self.clone()
+        }
+        .shown()
+    }
+
     /// Whether DNS answered the address for several names and the connection named none.
     fn ambiguous(&self) -> bool {
         self.names.contains(',')
@@ -145,13 +154,9 @@ impl Dest {
         if !self.ambiguous() {
             return self.shown();
         }
-        let address = Dest {
-            host: self.judged.clone(),
-            ..self.clone()
-        };
         format!(
             "{} (one of {})",
-            address.shown(),
+            self.address_shown(),
             self.names.split(',').collect::<Vec<_>>().join(", ")
         )
     }
@@ -380,7 +385,12 @@ impl Summary {
                 }
             }
             "tls" if deny => {
-                run.tls.add((text("sni"), reason()), times);
+                // A hello without a server name is shown by the address it went to.
+                let mut what = text("sni");
+                if what.is_empty() {
+                    what = Dest::from(e).address_shown();
+                }
+                run.tls.add((what, reason()), times);
             }
             "secret" => {
                 run.secrets
@@ -1009,7 +1019,19 @@ mod tests {
             "reason": "x", "proto": "tcp", "dst": "203.0.113.12", "port": 443,
             "domain": "index.example.test", "sni": "elsewhere.example.test"}),
         ));
+        // A request refused inside a hello that named no server: shown by its address.
+        s.add(&ev(
+            json!({"run": "r", "event": "tls", "decision": "deny", "rule": "default",
+            "reason": "fronting", "proto": "tcp", "dst": "203.0.113.10", "port": 8443,
+            "sni": "", "tls": "intercepted"}),
+        ));
         let run = &s.runs()[0];
+        assert!(
+            run.render()
+                .contains("tls      203.0.113.10:8443/tcp: fronting"),
+            "{}",
+            run.render()
+        );
         let text = run.learned_policy("learned");
         assert!(
             text.contains("destination = \"files.example.test\""),
