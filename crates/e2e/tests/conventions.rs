@@ -449,3 +449,67 @@ fn hints_about_programs_work_when_followed() {
     assert!(stdout(&out).contains("INSTALLED"), "{}", stderr(&out));
     let _ = std::fs::remove_dir_all(dir);
 }
+
+/// The machine's own rustup layout (CI's cargo is a rustup proxy under the caller's home):
+/// `cargo` inside is not found, the hint names `~/.cargo` and `~/.rustup` (the proxy runs a
+/// toolchain from the second), and followed, cargo and rustc run and build.
+#[test]
+fn the_hint_for_a_rustup_proxy_works_when_followed() {
+    let home = std::path::PathBuf::from(std::env::var("HOME").unwrap_or_default());
+    let proxy = home.join(".cargo/bin/cargo");
+    if !proxy.exists() || !home.join(".rustup").is_dir() {
+        assert!(
+            std::env::var_os("CI").is_none(),
+            "CI runs cargo through rustup under {}: the layout is missing",
+            home.display()
+        );
+        eprintln!("skipped: no rustup layout under {}", home.display());
+        return;
+    }
+    let path = format!(
+        "{}:/usr/local/bin:/usr/bin:/bin",
+        home.join(".cargo/bin").display()
+    );
+    let env = [("PATH", path.as_str())];
+    let out = moat(
+        &[
+            "run",
+            "--quiet",
+            "--policy",
+            "none",
+            "--",
+            "cargo",
+            "--version",
+        ],
+        &env,
+    );
+    let err = stderr(&out);
+    assert_eq!(out.status.code(), Some(127), "{err}");
+    let hint = err
+        .split("add ")
+        .nth(1)
+        .unwrap_or_else(|| panic!("no hint: {err}"))
+        .lines()
+        .next()
+        .unwrap()
+        .to_owned();
+    let cargo_dir = home.join(".cargo").display().to_string();
+    let rustup_dir = home.join(".rustup").display().to_string();
+    assert_eq!(
+        hint.split_whitespace().collect::<Vec<_>>(),
+        ["--ro", cargo_dir.as_str(), "--ro", rustup_dir.as_str()],
+        "{err}"
+    );
+    // Followed: a crate is made, built offline and run inside.
+    let script = "cd /tmp && cargo new -q hello && cd hello && cargo build -q --offline && ./target/debug/hello && rustc --version";
+    let mut args = vec!["run", "--quiet", "--policy", "none"];
+    args.extend(hint.split_whitespace());
+    args.extend(["--", "sh", "-c", script]);
+    let out = moat(&args, &env);
+    let text = stdout(&out);
+    assert!(
+        text.contains("Hello, world!") && text.contains("rustc 1."),
+        "{text}\n{}",
+        stderr(&out)
+    );
+}
