@@ -6,7 +6,7 @@
 
 use std::time::Duration;
 
-use moat_e2e::{World, stderr};
+use moat_e2e::{World, moat_bin, run_with_timeout, stderr, stdout};
 use serde_json::Value;
 
 const T: Duration = Duration::from_secs(60);
@@ -632,4 +632,36 @@ fn a_full_disk_is_never_silent_and_fails_closed_when_required() {
         }
         drop(disk);
     }
+}
+
+/// A log an earlier moat wrote (the tree of 4c7e0d1, before connections were named by their
+/// evidence: `domain` there is every name DNS answered for the address, first answered
+/// first) still reads: the schema only grows, and `moat audit` gives the same run, counts
+/// and suggestions, an address DNS answered for two names shown as one of them.
+#[test]
+fn a_log_an_earlier_moat_wrote_still_reads() {
+    let fixture = concat!(
+        env!("CARGO_MANIFEST_DIR"),
+        "/tests/data/audit-log-4c7e0d1.jsonl"
+    );
+    let mut cmd = std::process::Command::new(moat_bin());
+    cmd.args(["audit", fixture]);
+    let out = run_with_timeout(cmd, T);
+    let text = stdout(&out);
+    assert!(out.status.success(), "{text}{}", stderr(&out));
+    for line in [
+        "run 802a9f343bb3660f, exit status 0: 2 connections allowed, 11 attempts denied to 2 destinations, 7 lookups (2 refused)",
+        "denied   203.0.113.11:8080/tcp ×6: rule 0: deny outbound 203.0.113.11:8080/tcp",
+        "denied   other.example.test:8080/tcp ×5",
+        "refused  lookup of blocked.example.test ×2 (policy)",
+        "allowed  203.0.113.10:80/tcp (one of index.example.test, files.example.test) (rule default)",
+        "allowed  files.example.test:8443/tcp (rule default)",
+    ] {
+        assert!(text.contains(line), "{line}\n{text}");
+    }
+    let mut cmd = std::process::Command::new(moat_bin());
+    cmd.args(["audit", "--json", fixture]);
+    let out = run_with_timeout(cmd, T);
+    let json: Value = serde_json::from_str(&stdout(&out)).unwrap();
+    assert_eq!(json["runs"][0]["run"], "802a9f343bb3660f", "{json}");
 }
