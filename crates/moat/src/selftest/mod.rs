@@ -41,7 +41,9 @@
 //! **What the host lacks** (`host.rs`) is reported beside the probes: user namespaces,
 //! seccomp, the cgroup controllers moat's limits need, idmapped mounts.
 //!
-//! Exit status: 0 when every probe held or was skipped, 1 when one leaked or failed.
+//! Exit status: 0 only when every probe held (API.md); 1 when one leaked or failed; 2 when
+//! none did but some were skipped — this host is not exposed to those classes, so nothing
+//! leaked, but they were not tried here (a CI job that means "all held" checks for 0).
 
 mod attack;
 mod dns;
@@ -402,10 +404,21 @@ pub(crate) fn main(json: bool) -> ExitCode {
             findings.len()
         );
     }
-    if leaks + failed == 0 {
-        ExitCode::SUCCESS
-    } else {
-        ExitCode::FAILURE
+    let status = exit_status(leaks + failed, skipped);
+    if !json && status == 2 {
+        println!(
+            "exit status 2: nothing leaked, but {skipped} of the probes could not be tried on this host (the skipped lines say why)"
+        );
+    }
+    ExitCode::from(status)
+}
+
+/// 0 only when every probe held, 1 when one leaked or failed, 2 when some were skipped.
+fn exit_status(bad: usize, skipped: usize) -> u8 {
+    match (bad, skipped) {
+        (0, 0) => 0,
+        (0, _) => 2,
+        _ => 1,
     }
 }
 
@@ -430,6 +443,14 @@ pub(crate) fn nonempty(path: &Path) -> bool {
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    #[test]
+    fn the_exit_status_is_0_only_when_every_probe_held() {
+        assert_eq!(exit_status(0, 0), 0);
+        assert_eq!(exit_status(0, 3), 2);
+        assert_eq!(exit_status(1, 0), 1);
+        assert_eq!(exit_status(2, 5), 1);
+    }
 
     fn said(status: i32, last: &str) -> Said {
         Said {
