@@ -12,7 +12,8 @@ arrived where. Bounded: request bodies are streamed, never stored.
   TCP answer+RST tcp 9003       reads "N\n", sends N bytes of the fixed pattern, waits until
                                 the peer's TCP acknowledged them all, and resets (SO_LINGER 0):
                                 a server that closes abortively right after answering
-  TCP banner     tcp 2222, 443, 853  sends "BANNER\\n" on connect (a server-first protocol)
+  TCP banner     tcp 2222, 443, 853  sends "BANNER\\n" on connect (a server-first protocol);
+                                on 203.0.113.20 (README_HTTPS) 443 is the HTTPS echo instead
   UDP echo       udp 7777       echoes each datagram (on each address given after the log)
   UDP burst      udp 7778       on "N SIZE TAIL", sends N datagrams of SIZE bytes and one of
                                 TAIL bytes back in one system call (UDP_SEGMENT), so they all
@@ -20,9 +21,11 @@ arrived where. Bounded: request bodies are streamed, never stored.
   UDP GRO sink   udp 7779       takes datagrams coalesced (UDP_GRO) and logs each read: its
                                 bytes, segment size, how many datagrams, whether each is
                                 "index (4 bytes) + index % 251 repeated", and the first index
-  DNS            udp+tcp 53     answers *.example.test from a table
+  DNS            udp+tcp 53     answers *.example.test from a table (and the README's
+                                example.com and api.example.com: 203.0.113.20)
   HTTPS echo     tcp 8443       the HTTP echo over TLS, certificate from the world's own test CA
-                                (world-ca.pem beside the log; *.example.test, 203.0.113.10);
+                                (world-ca.pem beside the log; *.example.test, 203.0.113.10,
+                                and the README's example.com, *.example.com, 203.0.113.20);
                                 logs the server name and ALPN it saw
   HTTPS untrusted tcp 9443      the same with a self-signed certificate no CA signed
   (h2echo.py, when the system's python3 has the h2 module: HTTP/2 echo on tcp 8445)
@@ -87,7 +90,11 @@ TABLE = {
                           + struct.pack(">HH", 5, 8) + b"ECHCONFG")],
     # 40 addresses: more than a 512-byte UDP answer holds.
     "big.example.test": [a("203.0.113.%d" % i) for i in range(100, 140)],
+    # The names the README's command lines use (tests/readme.rs): HTTPS on 443 there.
+    "example.com": [a("203.0.113.20")],
+    "api.example.com": [a("203.0.113.20")],
 }
+README_HTTPS = "203.0.113.20"
 ROTATE = ["203.0.113.10", "203.0.113.11"]
 rotation = [0]
 
@@ -384,6 +391,10 @@ NAME_RE = re.compile(rb"[a-z0-9-]+(?:\.[a-z0-9-]+)*\.example\.test")
 
 class Banner(socketserver.BaseRequestHandler):
     def handle(self):
+        port = self.server.server_address[1]
+        local = self.request.getsockname()[0]
+        if port == 443 and local.removeprefix("::ffff:") == README_HTTPS:
+            return https_on(self.request, self.client_address, self.server)
         log(server="banner", client=self.client_address[0], port=self.server.server_address[1])
         self.request.sendall(b"BANNER\n")
         # What arrived, until the client stops sending (bounded): its length and every
@@ -488,7 +499,8 @@ def make_certs(d):
     openssl("req", *ec, "-keyout", path("server.key"), "-out", path("server.csr"),
             "-subj", "/CN=example.test")
     with open(path("server.ext"), "w") as f:
-        f.write("subjectAltName=DNS:example.test,DNS:*.example.test,IP:203.0.113.10,IP:2001:db8::10\n"
+        f.write("subjectAltName=DNS:example.test,DNS:*.example.test,IP:203.0.113.10,IP:2001:db8::10,"
+                "DNS:example.com,DNS:*.example.com,IP:203.0.113.20\n"
                 "basicConstraints=CA:FALSE\nextendedKeyUsage=serverAuth\n")
     openssl("x509", "-req", "-in", path("server.csr"), "-CA", path("world-ca.pem"),
             "-CAkey", path("world-ca.key"), "-CAcreateserial", "-out", path("server.pem"),
@@ -500,11 +512,15 @@ def make_certs(d):
 def remember_sni(sock, name, _ctx):
     sock.sni = name
 
-def https_server(port, cert, key):
+def https_context(cert, key):
     ctx = ssl.SSLContext(ssl.PROTOCOL_TLS_SERVER)
     ctx.load_cert_chain(cert, key)
     ctx.set_alpn_protocols(["http/1.1"])
     ctx.sni_callback = remember_sni
+    return ctx
+
+def https_server(port, cert, key):
+    ctx = https_context(cert, key)
     server = HttpServer(("::", port), Echo)
     # The handshake happens in the request's own thread, on its first read.
     server.socket = ctx.wrap_socket(server.socket, server_side=True,
@@ -513,6 +529,21 @@ def https_server(port, cert, key):
 
 CERTS = os.path.dirname(os.path.abspath(sys.argv[1]))
 make_certs(CERTS)
+SERVER_CTX = https_context(os.path.join(CERTS, "server.pem"), os.path.join(CERTS, "server.key"))
+
+def https_on(sock, client, server):
+    """The HTTPS echo on an accepted connection (the README's names on 443), bounded."""
+    sock.settimeout(10)
+    try:
+        conn = SERVER_CTX.wrap_socket(sock, server_side=True)
+    except (OSError, ssl.SSLError):
+        return
+    try:
+        Echo(conn, client, server)
+    except OSError:
+        pass
+    finally:
+        conn.close()
 
 servers = [HttpServer(("::", 80), Echo), HttpServer(("::", 8080), Echo),
            TcpServer(("::", 9000), Sink), TcpServer(("::", 9001), Source),

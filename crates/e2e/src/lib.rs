@@ -24,6 +24,8 @@ use std::time::{Duration, Instant};
 pub const WORLD_ADDRS: &[&str] = &[
     "203.0.113.10/32",
     "203.0.113.11/32",
+    // Where the README's example.com and api.example.com live (HTTPS on 443: tests/readme.rs).
+    "203.0.113.20/32",
     "198.51.100.53/32",
     "198.51.100.99/32",
     "10.1.0.10/32",
@@ -495,6 +497,53 @@ impl World {
             );
             std::thread::sleep(Duration::from_millis(50));
         }
+    }
+
+    /// Makes the world's CA a trust anchor of the host namespace's system store, as a
+    /// machine trusts the public CAs: `ip netns exec` shows `/etc/netns/HOST/ssl` as
+    /// `/etc/ssl` (the system bundle with the world's CA appended, and `openssl.cnf`), and a
+    /// sandbox sees that `/etc`, so a client inside verifies the world's certificates with no
+    /// flag or variable. Removed with the rest of `/etc/netns/HOST` on drop.
+    pub fn trust_world_ca(&self) {
+        let ssl = PathBuf::from("/etc/netns").join(&self.host).join("ssl");
+        std::fs::create_dir_all(ssl.join("certs")).unwrap();
+        if let Ok(cnf) = std::fs::read("/etc/ssl/openssl.cnf") {
+            std::fs::write(ssl.join("openssl.cnf"), cnf).unwrap();
+        }
+        let mut bundle =
+            std::fs::read_to_string("/etc/ssl/certs/ca-certificates.crt").unwrap_or_default();
+        if !bundle.is_empty() && !bundle.ends_with('\n') {
+            bundle.push('\n');
+        }
+        bundle.push_str(&std::fs::read_to_string(self.dir.join("world-ca.pem")).unwrap());
+        std::fs::write(ssl.join("certs/ca-certificates.crt"), bundle).unwrap();
+    }
+
+    /// A directory whose `moat` is the binary under test (a symbolic link), for a `PATH`
+    /// under which a command line's `moat` means that binary. In the scratch directory.
+    pub fn moat_on_path(&self) -> PathBuf {
+        let bin = self.dir.join("bin");
+        if !bin.join("moat").exists() {
+            std::fs::create_dir_all(&bin).unwrap();
+            std::os::unix::fs::symlink(moat_bin(), bin.join("moat")).unwrap();
+        }
+        bin
+    }
+
+    /// Runs `argv` in the host namespace in `cwd`, with `env` added to the environment,
+    /// killed after `timeout`.
+    pub fn run_in_host(
+        &self,
+        argv: &[&str],
+        cwd: &Path,
+        env: &[(&str, &str)],
+        timeout: Duration,
+    ) -> Output {
+        let mut cmd = self.in_host(argv[0]);
+        cmd.args(&argv[1..])
+            .current_dir(cwd)
+            .envs(env.iter().copied());
+        run_with_timeout(cmd, timeout)
     }
 
     /// Runs a python3 script in the host namespace, bounded.

@@ -642,7 +642,11 @@ fn finish(
                 eprintln!("moat: {line}");
             }
         }
-        if opts.policy.as_deref() == Some("none") {
+        // `--policy none` with an `--allow` has an interface (the README's
+        // `--policy none --allow api.example.com:443/tcp`): only without one is this true.
+        let offline = opts.policy.as_deref() == Some("none")
+            && build_policy(Some("none"), &opts.rules).is_ok_and(|p| p.is_offline());
+        if offline {
             eprintln!(
                 "moat:   the sandbox had no network interface (--policy none): to see what the command would connect to, run it under the default policy with --learn FILE"
             );
