@@ -310,7 +310,8 @@ fn run_agent(cx: &Cx, line: &str) {
         ("refused  lookup of example.com", "(policy)"),
         (
             "denied   example.com:443/tcp",
-            "TLS server name example.com: no rule matched; default deny",
+            "TLS server name example.com: no rule matched; default deny \
+             (example.com was sent to 203.0.113.20, an address DNS answered for api.example.com, not for it)",
         ),
         (
             "denied   203.0.113.10:80/tcp",
