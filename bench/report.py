@@ -4,6 +4,7 @@ import json, os, platform, statistics, subprocess, sys, time
 
 raw, secs, reps = sys.argv[1], sys.argv[2], sys.argv[3]
 rows = [json.loads(l) for l in open(raw) if l.strip()]
+KINDS = {r["kind"] for r in rows}
 PATHS = ["veth", "moat", "pasta", "slirp4netns"]
 
 def med(v):
@@ -48,50 +49,52 @@ def bulk_runs(mode, d, s, p):
 def bulk_label(mode, d):
     return ("65520" if mode == "best" else "1500"), ("sandbox→world" if d == "up" else "world→sandbox")
 
-print("## Bulk TCP\n")
-print("| MTU | direction | streams | veth | moat | pasta | slirp4netns | moat/veth | moat/pasta | moat/slirp4netns |")
-print("|---|---|---|---|---|---|---|---|---|---|")
-for mode in ["best", "1500"]:
-    for d in ["up", "down"]:
-        for s in [1, 4]:
-            vals = {p: [r["gbps"] for r in bulk_runs(mode, d, s, p)] for p in PATHS}
-            m = {p: med(v) for p, v in vals.items()}
-            cells = " | ".join(f"{m[p]:.2f} ({span(vals[p])})" for p in PATHS)
-            label, dname = bulk_label(mode, d)
-            print(f"| {label} | {dname} | {s} | {cells} | {ratio(m['moat'], m['veth'])} | {ratio(m['moat'], m['pasta'])} | {ratio(m['moat'], m['slirp4netns'])} |")
+if "bulk" in KINDS:  # a BENCH_ONLY run may not have it
+    print("## Bulk TCP\n")
+    print("| MTU | direction | streams | veth | moat | pasta | slirp4netns | moat/veth | moat/pasta | moat/slirp4netns |")
+    print("|---|---|---|---|---|---|---|---|---|---|")
+    for mode in ["best", "1500"]:
+        for d in ["up", "down"]:
+            for s in [1, 4]:
+                vals = {p: [r["gbps"] for r in bulk_runs(mode, d, s, p)] for p in PATHS}
+                m = {p: med(v) for p, v in vals.items()}
+                cells = " | ".join(f"{m[p]:.2f} ({span(vals[p])})" for p in PATHS)
+                label, dname = bulk_label(mode, d)
+                print(f"| {label} | {dname} | {s} | {cells} | {ratio(m['moat'], m['veth'])} | {ratio(m['moat'], m['pasta'])} | {ratio(m['moat'], m['slirp4netns'])} |")
 
-print(f"\n### Bulk TCP per busy core (cores busy machine-wide during the run, of {os.cpu_count()}; moat's engine thread, share of one core; Gbit/s per busy core)\n")
-print("| MTU | direction | streams | veth cores | moat cores | moat engine | veth Gbit/s per core | moat Gbit/s per core | moat/veth per core |")
-print("|---|---|---|---|---|---|---|---|---|")
-for mode in ["best", "1500"]:
-    for d in ["up", "down"]:
-        for s in [1, 4]:
-            rs = {p: bulk_runs(mode, d, s, p) for p in ["veth", "moat"]}
-            c = {p: cores(v) for p, v in rs.items()}
-            g = {p: per_core(med([r["gbps"] for r in v]), c[p]) for p, v in rs.items()}
-            label, dname = bulk_label(mode, d)
-            print(f"| {label} | {dname} | {s} | {c['veth']:.2f} | {c['moat']:.2f} | {engine(rs['moat'])} | {g['veth']:.2f} | {g['moat']:.2f} | {ratio(g['moat'], g['veth'])} |")
+    print(f"\n### Bulk TCP per busy core (cores busy machine-wide during the run, of {os.cpu_count()}; moat's engine thread, share of one core; Gbit/s per busy core)\n")
+    print("| MTU | direction | streams | veth cores | moat cores | moat engine | veth Gbit/s per core | moat Gbit/s per core | moat/veth per core |")
+    print("|---|---|---|---|---|---|---|---|---|")
+    for mode in ["best", "1500"]:
+        for d in ["up", "down"]:
+            for s in [1, 4]:
+                rs = {p: bulk_runs(mode, d, s, p) for p in ["veth", "moat"]}
+                c = {p: cores(v) for p, v in rs.items()}
+                g = {p: per_core(med([r["gbps"] for r in v]), c[p]) for p, v in rs.items()}
+                label, dname = bulk_label(mode, d)
+                print(f"| {label} | {dname} | {s} | {c['veth']:.2f} | {c['moat']:.2f} | {engine(rs['moat'])} | {g['veth']:.2f} | {g['moat']:.2f} | {ratio(g['moat'], g['veth'])} |")
 
-print("\n## Connections (connect + request + response + close)\n")
-print(f"| concurrency | path | conn/s (median) | p50 µs | p99 µs | cores busy (of {os.cpu_count()}) | moat engine (of a core) | conn/s per busy core |")
-print("|---|---|---|---|---|---|---|---|")
-def conn_stats(results):
-    """Median conn/s, p50 and p99 of `moat-bench connrate` results."""
-    return tuple(med([r.get(k, 0) for r in results]) for k in ("per_sec", "p50_us", "p99_us"))
+if "conn" in KINDS:  # a BENCH_ONLY run may not have it
+    print("\n## Connections (connect + request + response + close)\n")
+    print(f"| concurrency | path | conn/s (median) | p50 µs | p99 µs | cores busy (of {os.cpu_count()}) | moat engine (of a core) | conn/s per busy core |")
+    print("|---|---|---|---|---|---|---|---|")
+    def conn_stats(results):
+        """Median conn/s, p50 and p99 of `moat-bench connrate` results."""
+        return tuple(med([r.get(k, 0) for r in results]) for k in ("per_sec", "p50_us", "p99_us"))
 
-conn = {}
-for c in [1, 32]:
-    for p in PATHS:
-        runs = [r for r in rows if r["kind"] == "conn" and r["conc"] == c and r["path"] == p]
-        rate, p50, p99 = conn_stats([r["result"] for r in runs])
-        busy = cores(runs)
-        conn[(c, p)] = (rate, p50, p99, per_core(rate, busy))
-        print(f"| {c} | {p} | {rate:.0f} | {p50:.0f} | {p99:.0f} | {busy:.2f} | {engine(runs)} | {per_core(rate, busy):.0f} |")
-best_peer = {c: max(conn[(c, 'pasta')][0], conn[(c, 'slirp4netns')][0]) for c in [1, 32]}
-print()
-for c in [1, 32]:
-    print(f"- concurrency {c}: moat / better peer = {ratio(conn[(c, 'moat')][0], best_peer[c])}; moat / veth = {ratio(conn[(c, 'moat')][0], conn[(c, 'veth')][0])}; per busy core, moat / veth = {ratio(conn[(c, 'moat')][3], conn[(c, 'veth')][3])}")
-print(f"- connect latency added over veth (p50, concurrency 1): moat {conn[(1, 'moat')][1] - conn[(1, 'veth')][1]:.0f} µs, pasta {conn[(1, 'pasta')][1] - conn[(1, 'veth')][1]:.0f} µs, slirp4netns {conn[(1, 'slirp4netns')][1] - conn[(1, 'veth')][1]:.0f} µs")
+    conn = {}
+    for c in [1, 32]:
+        for p in PATHS:
+            runs = [r for r in rows if r["kind"] == "conn" and r["conc"] == c and r["path"] == p]
+            rate, p50, p99 = conn_stats([r["result"] for r in runs])
+            busy = cores(runs)
+            conn[(c, p)] = (rate, p50, p99, per_core(rate, busy))
+            print(f"| {c} | {p} | {rate:.0f} | {p50:.0f} | {p99:.0f} | {busy:.2f} | {engine(runs)} | {per_core(rate, busy):.0f} |")
+    best_peer = {c: max(conn[(c, 'pasta')][0], conn[(c, 'slirp4netns')][0]) for c in [1, 32]}
+    print()
+    for c in [1, 32]:
+        print(f"- concurrency {c}: moat / better peer = {ratio(conn[(c, 'moat')][0], best_peer[c])}; moat / veth = {ratio(conn[(c, 'moat')][0], conn[(c, 'veth')][0])}; per busy core, moat / veth = {ratio(conn[(c, 'moat')][3], conn[(c, 'veth')][3])}")
+    print(f"- connect latency added over veth (p50, concurrency 1): moat {conn[(1, 'moat')][1] - conn[(1, 'veth')][1]:.0f} µs, pasta {conn[(1, 'pasta')][1] - conn[(1, 'veth')][1]:.0f} µs, slirp4netns {conn[(1, 'slirp4netns')][1] - conn[(1, 'veth')][1]:.0f} µs")
 
 bp = [r for r in rows if r["kind"] == "busypoll"]
 if bp:
@@ -104,33 +107,36 @@ if bp:
         cpu = med([r["cpu_pct"] for r in rs])
         print(f"| {us} | {rate:.0f} | {p50:.0f} | {p99:.0f} | {cpu:.1f}% of a core |")
 
-print("\n## DNS (UDP A queries; moat: the sandbox asks the gateway, moat forwards to the same server)\n")
-print(f"| concurrency | path | queries/s | p50 µs | p99 µs | cores busy (of {os.cpu_count()}) | moat engine (of a core) | queries/s per busy core |")
-print("|---|---|---|---|---|---|---|---|")
-dns = {}
-for c in [1, 16]:
-    for p in ["direct", "moat"]:
-        runs = [r for r in rows if r["kind"] == "dns" and r["conc"] == c and r["path"] == p]
-        rs = [r["result"] for r in runs]
-        q = med([r.get("per_sec", 0) for r in rs]); p50 = med([r.get("p50_us", 0) for r in rs]); p99 = med([r.get("p99_us", 0) for r in rs])
-        busy = cores(runs)
-        dns[(c, p)] = (q, per_core(q, busy))
-        print(f"| {c} | {p} | {q:.0f} | {p50:.0f} | {p99:.0f} | {busy:.2f} | {engine(runs)} | {per_core(q, busy):.0f} |")
-print()
-for c in [1, 16]:
-    print(f"- concurrency {c}: moat / direct = {ratio(dns[(c, 'moat')][0], dns[(c, 'direct')][0])}; per busy core = {ratio(dns[(c, 'moat')][1], dns[(c, 'direct')][1])}")
+if "dns" in KINDS:  # a BENCH_ONLY run may not have it
+    print("\n## DNS (UDP A queries; moat: the sandbox asks the gateway, moat forwards to the same server)\n")
+    print(f"| concurrency | path | queries/s | p50 µs | p99 µs | cores busy (of {os.cpu_count()}) | moat engine (of a core) | queries/s per busy core |")
+    print("|---|---|---|---|---|---|---|---|")
+    dns = {}
+    for c in [1, 16]:
+        for p in ["direct", "moat"]:
+            runs = [r for r in rows if r["kind"] == "dns" and r["conc"] == c and r["path"] == p]
+            rs = [r["result"] for r in runs]
+            q = med([r.get("per_sec", 0) for r in rs]); p50 = med([r.get("p50_us", 0) for r in rs]); p99 = med([r.get("p99_us", 0) for r in rs])
+            busy = cores(runs)
+            dns[(c, p)] = (q, per_core(q, busy))
+            print(f"| {c} | {p} | {q:.0f} | {p50:.0f} | {p99:.0f} | {busy:.2f} | {engine(runs)} | {per_core(q, busy):.0f} |")
+    print()
+    for c in [1, 16]:
+        print(f"- concurrency {c}: moat / direct = {ratio(dns[(c, 'moat')][0], dns[(c, 'direct')][0])}; per busy core = {ratio(dns[(c, 'moat')][1], dns[(c, 'direct')][1])}")
 
-print(f"\n## Published port (iperf3, 1 stream, MTU 65520, {max(int(secs) // 2, 1)} s runs)\n")
-print("| direction | veth (host → world) | moat published port (host → sandbox) | ratio |")
-print("|---|---|---|---|")
-for d, label in [("up", "client sends"), ("down", "client receives")]:
-    v = [r["veth"] for r in rows if r["kind"] == "publish" and r["dir"] == d]
-    m = [r["moat"] for r in rows if r["kind"] == "publish" and r["dir"] == d]
-    print(f"| {label} | {med(v):.2f} ({span(v)}) | {med(m):.2f} ({span(m)}) | {ratio(med(m), med(v))} |")
+if "publish" in KINDS:  # a BENCH_ONLY run may not have it
+    print(f"\n## Published port (iperf3, 1 stream, MTU 65520, {max(int(secs) // 2, 1)} s runs)\n")
+    print("| direction | veth (host → world) | moat published port (host → sandbox) | ratio |")
+    print("|---|---|---|---|")
+    for d, label in [("up", "client sends"), ("down", "client receives")]:
+        v = [r["veth"] for r in rows if r["kind"] == "publish" and r["dir"] == d]
+        m = [r["moat"] for r in rows if r["kind"] == "publish" and r["dir"] == d]
+        print(f"| {label} | {med(v):.2f} ({span(v)}) | {med(m):.2f} ({span(m)}) | {ratio(med(m), med(v))} |")
 
-print("\n## HTTPS (nginx, TLS 1.3; rate: a new connection per request, one at a time, 3 s runs; bulk: one connection)\n")
-print("| path | requests/s | p50 µs | p99 µs | bulk Gbit/s |")
-print("|---|---|---|---|---|")
+if "https" in KINDS:
+    print("\n## HTTPS (nginx, TLS 1.3; rate: a new connection per request, one at a time, 3 s runs; bulk: one connection)\n")
+    print("| path | requests/s | p50 µs | p99 µs | bulk Gbit/s |")
+    print("|---|---|---|---|---|")
 https = {}
 for p in ["veth", "bypassed", "intercepted", "substituted"]:
     rs = [r for r in rows if r["kind"] == "https" and r["path"] == p]
@@ -154,12 +160,31 @@ if https:
         print(f"- secrets: requests/s substituted / intercepted without secrets = {ratio(https['substituted'][0], https['intercepted'][0])} (target ≥ 0.8×); bulk = {ratio(https['substituted'][2], https['intercepted'][2])}; "
               + ("checked: nginx received the value, not the placeholder" if checked else "CHECK FAILED: nginx did not receive the value"))
 
-print("\n## Start-up (wall time, median of 8)\n")
+held = [r for r in rows if r["kind"] == "held_bodies"]
+if held:
+    print("\n## Bodies held for a secret (intercepted; each connection stops 1 byte short of a 256 KiB body moat would hold whole to put the value in)\n")
+    print("| secret | connections | bodies would be | --max-buffer-memory | moat's peak RSS | over the run without a secret |")
+    print("|---|---|---|---|---|---|")
+    base = next((r for r in held if not r["secret"]), None)
+    for r in held:
+        extra = f"{(r['peak_kib'] - base['peak_kib']) / 1024:+.1f} MiB" if base and r["secret"] else "-"
+        print(f"| {'yes' if r['secret'] else 'no'} | {r['held']:,} of {r['n']:,} | {r['n'] * 256 / 1024:.0f} MiB | "
+              f"{r['budget_mib']} MiB | {r['peak_kib'] / 1024:.1f} MiB | {extra} |")
+    print("\n- target: with the secret, within --max-buffer-memory plus the engine's own overhead "
+          "(the run without a secret holds the same connections and their TLS state, no bodies)")
+
+if "start" in KINDS:
+    print("\n## Start-up (wall time; median of 8, of 30 when alternating with a baseline build)\n")
 for r in rows:
     if r["kind"] == "start":
         print(f"- {r['path']}: {med(r['ms']):.1f} ms (min {min(r['ms']):.1f}, max {max(r['ms']):.1f})")
+alt = {r["path"]: med(r["ms"]) for r in rows if r["kind"] == "start" and (r["path"].startswith("baseline ") or r["path"].startswith("moat (alternating"))}
+if len(alt) == 2:
+    new, old = alt["moat (alternating with the baseline)"], next(v for k, v in alt.items() if k.startswith("baseline "))
+    print(f"- this build − the baseline: {new - old:+.1f} ms (target ≤ +5 ms)")
 
-print("\n## Memory (moat process RSS)\n")
+if KINDS & {"rss", "rss_stalled"}:
+    print("\n## Memory (moat process RSS)\n")
 for r in rows:
     if r["kind"] == "rss":
         print(f"- idle: {r['idle_kib'] / 1024:.1f} MiB")
