@@ -300,3 +300,149 @@ fn reject_and_a_different_deny_mode_are_a_usage_error() {
     assert_eq!(out.status.code(), Some(125), "{}", stderr(&out));
     assert!(stderr(&out).contains("explain"), "{}", stderr(&out));
 }
+
+/// Connections the sandbox opens and abandons before the handshake ends: its kernel
+/// answers moat's SYN-ACK with a reset, which puts moat's socket for each back in LISTEN on
+/// the destination (when the close wins the race with the SYN-ACK: so, sixteen of them).
+/// Then the names given as arguments are looked up, and the same destination is fetched
+/// three times.
+const ABANDON_THEN: &str = r#"
+import socket, sys, time
+def fetch(path):
+    b = socket.create_connection(("203.0.113.10", 8080), timeout=10)
+    b.sendall(b"GET " + path.encode() + b" HTTP/1.1\r\nHost: z.example.test\r\nConnection: close\r\n\r\n")
+    got = b""
+    while True:
+        d = b.recv(4096)
+        if not d:
+            break
+        got += d
+    b.close()
+    print(path, "", got.split(b"\r\n")[0].decode(), flush=True)
+socket.getaddrinfo("z.example.test", 8080, socket.AF_INET)
+for _ in range(16):
+    a = socket.socket()
+    a.setblocking(False)
+    try:
+        a.connect(("203.0.113.10", 8080))
+    except BlockingIOError:
+        pass
+    print("abandoned", a.getsockname()[1], flush=True)
+    a.close()
+time.sleep(0.5)
+for name in sys.argv[1:]:
+    socket.getaddrinfo(name, 80, socket.AF_INET)
+time.sleep(0.3)
+for i in range(3):
+    fetch("/after-%d" % i)
+"#;
+
+#[test]
+fn an_abandoned_connection_never_serves_a_later_one_refused_or_allowed() {
+    // Abandoned connections, allowed (z.example.test is pinned). Then 32 other names push
+    // z's pin out of the address's list: the same destination is now refused, and each
+    // later request must get moat's 403 — not be carried to the world by an abandoned
+    // connection's host side.
+    let w = World::new();
+    let names: Vec<String> = (0..32).map(|i| format!("n{i}.example.test")).collect();
+    let script = format!("python3 - {} <<'PY'\n{ABANDON_THEN}PY", names.join(" "));
+    let args = [
+        &dns(),
+        "--policy",
+        "none",
+        "--allow",
+        "z.example.test:8080",
+        // Lets the other names be looked up (and pinned), on another port only.
+        "--allow",
+        "*.example.test:9999",
+        "--deny-mode",
+        "explain",
+    ];
+    let (out, events) = w.run_sh(&args, &script, T);
+    let text = stdout(&out);
+    assert_eq!(
+        text.matches("abandoned").count(),
+        16,
+        "{text}\n{}",
+        stderr(&out)
+    );
+    for i in 0..3 {
+        assert!(
+            text.contains(&format!("/after-{i}  HTTP/1.1 403")),
+            "{text}\n{}",
+            stderr(&out)
+        );
+    }
+    let after = |l: &Value| l["path"].as_str().is_some_and(|p| p.starts_with("/after"));
+    assert!(
+        !arrived(&w, after),
+        "a refused request reached the world: {:?}",
+        w.log()
+    );
+    // Both were judged: the abandoned ones allowed, the later ones denied (repeats folded).
+    let connects = |decision: &str| {
+        events
+            .iter()
+            .filter(|e| e["event"] == "connect" && e["port"] == 8080 && e["decision"] == decision)
+            .map(moat_e2e::times)
+            .sum::<u64>()
+    };
+    assert!(
+        connects("allow") >= 1 && connects("deny") == 3,
+        "{events:#?}"
+    );
+
+    // All allowed (no eviction): each later request goes through a host connection of
+    // its own; no abandoned connection carried a byte.
+    let w = World::new();
+    let script = format!("python3 - <<'PY'\n{ABANDON_THEN}PY");
+    let args = [&dns(), "--policy", "none", "--allow", "z.example.test:8080"];
+    let (out, events) = w.run_sh(&args, &script, T);
+    let text = stdout(&out);
+    for i in 0..3 {
+        assert!(
+            text.contains(&format!("/after-{i}  HTTP/1.1 200")),
+            "{text}\n{}",
+            stderr(&out)
+        );
+    }
+    assert_eq!(
+        w.log().iter().filter(|l| after(l)).count(),
+        3,
+        "{:?}",
+        w.log()
+    );
+    let abandoned: Vec<u64> = text
+        .lines()
+        .filter_map(|l| l.strip_prefix("abandoned "))
+        .filter_map(|p| p.trim().parse().ok())
+        .collect();
+    assert_eq!(abandoned.len(), 16, "{text}");
+    let src_port = |e: &Value| {
+        e["src"]
+            .as_str()
+            .and_then(|s| s.rsplit(':').next())
+            .and_then(|p| p.parse::<u64>().ok())
+    };
+    let closes: Vec<&Value> = events
+        .iter()
+        .filter(|e| e["event"] == "close" && e["port"] == 8080)
+        .collect();
+    let (of_abandoned, others): (Vec<&Value>, Vec<&Value>) = closes
+        .iter()
+        .partition(|e| src_port(e).is_some_and(|p| abandoned.contains(&p)));
+    assert_eq!(
+        others
+            .iter()
+            .filter(|e| e["bytes_up"].as_u64() > Some(0))
+            .count(),
+        3,
+        "each request by its own connection: {closes:#?}"
+    );
+    for e in of_abandoned {
+        assert_eq!(
+            e["bytes_up"], 0,
+            "an abandoned connection carried bytes: {e}"
+        );
+    }
+}

@@ -681,7 +681,11 @@ pub(super) fn stream_relay(table: &mut FlowTable, cx: &mut Cx, id: FlowId) {
     if guest_done && s.pending == 0 && queries.is_empty() && state == tcp::State::CloseWait {
         socket.close();
     }
-    let closed = matches!(socket.state(), tcp::State::Closed | tcp::State::TimeWait);
+    // LISTEN again: reset in SYN-RECEIVED (never left listening).
+    let closed = matches!(
+        socket.state(),
+        tcp::State::Closed | tcp::State::TimeWait | tcp::State::Listen
+    );
     for q in queries {
         from_guest(table, cx, &q, ReplyTo::Tcp { flow: id });
     }
@@ -711,6 +715,11 @@ impl DnsQuery {
 impl DnsStream {
     pub(super) fn key(&self) -> FlowKey {
         self.key
+    }
+
+    /// The smoltcp socket the sandbox's connection runs through.
+    pub(super) fn handle(&self) -> SocketHandle {
+        self.handle
     }
 
     /// Resets the sandbox's side (the engine is stopping).

@@ -191,11 +191,19 @@ impl Refusal {
         self.key
     }
 
+    /// The smoltcp socket that took the refused connection.
+    pub(super) fn handle(&self) -> SocketHandle {
+        self.handle
+    }
+
     /// One step (see the module header).
     fn step(&mut self, cx: &mut Cx, now: Instant) -> Step {
         let socket = cx.stack.sockets.get_mut::<tcp::Socket>(self.handle);
-        if matches!(socket.state(), tcp::State::Closed | tcp::State::TimeWait) {
-            // In TIME-WAIT the ACK of the sandbox's FIN is still to go out: removed after
+        if matches!(
+            socket.state(),
+            tcp::State::Closed | tcp::State::TimeWait | tcp::State::Listen
+        ) {
+            // Back in LISTEN: reset in SYN-RECEIVED (never left listening). In TIME-WAIT the ACK of the sandbox's FIN is still to go out: removed after
             // the next egress.
             return Step::Doom(match self.phase {
                 Phase::Answered => CloseReason::Closed,

@@ -148,16 +148,26 @@ enum Step {
 /// A segment from the sandbox.
 pub(super) fn on_segment(table: &mut FlowTable, cx: &mut Cx, seg: Segment<'_>) {
     if let Some(id) = table.find_tcp(&seg.key) {
-        match table.get(id) {
-            Some(Flow::Tcp(flow)) if !matches!(flow.state, TcpState::Dialing { .. }) => {
+        let handle = match table.get(id) {
+            Some(Flow::Tcp(flow)) => flow.handle(),
+            Some(Flow::DnsStream(flow)) => Some(flow.handle()),
+            Some(Flow::Refusal(flow)) => Some(flow.handle()),
+            _ => None,
+        };
+        match (handle, table.get(id)) {
+            (Some(handle), Some(Flow::Tcp(_) | Flow::DnsStream(_) | Flow::Refusal(_))) => {
                 cx.stack.feed(seg.frame);
                 table.touch(id);
+                // A reset in SYN-RECEIVED puts a smoltcp socket back in LISTEN on the
+                // flow's destination, where it would take the next SYN to that address
+                // and port from any sandbox port — a connection moat judged (or refused)
+                // on its own, served through this flow's host side. The flow ends here,
+                // before another segment is fed.
+                if cx.stack.tcp(handle).state() == tcp::State::Listen {
+                    table.remove(id, CloseReason::Reset, cx);
+                }
             }
-            Some(Flow::DnsStream(_) | Flow::Refusal(_)) => {
-                cx.stack.feed(seg.frame);
-                table.touch(id);
-            }
-            Some(Flow::Tcp(_)) if seg.rst => {
+            (None, Some(Flow::Tcp(_))) if seg.rst => {
                 table.remove(id, CloseReason::ResetWhileConnecting, cx);
             }
             _ => {}
@@ -350,6 +360,16 @@ pub(super) fn dial_timed_out(table: &mut FlowTable, cx: &mut Cx, id: FlowId) {
 }
 
 impl TcpFlow {
+    /// The smoltcp socket the connection runs through (none while dialing).
+    pub(super) fn handle(&self) -> Option<SocketHandle> {
+        match &self.state {
+            TcpState::Dialing { .. } => None,
+            TcpState::Relaying { handle }
+            | TcpState::Closing { handle, .. }
+            | TcpState::Resetting { handle, .. } => Some(*handle),
+        }
+    }
+
     /// A connection from a peer of a published port, relaying at once through `handle`
     /// (connecting to the sandbox); no placeholder may go back to the peer.
     pub(super) fn published(
@@ -456,6 +476,9 @@ impl TcpFlow {
                 return Step::Doom(why.clone());
             }
         };
+        if cx.stack.tcp(handle).state() == tcp::State::Listen {
+            return Step::Remove(CloseReason::Reset);
+        }
         if let Some(step) = self.check_client_hello(cx, handle) {
             return step;
         }
@@ -756,8 +779,13 @@ impl TcpFlow {
 }
 
 /// smoltcp is done with the socket.
+/// The sandbox's side is over: closed, in TIME-WAIT, or back in LISTEN after a reset in
+/// SYN-RECEIVED (never left listening: see [`on_segment`]).
 fn is_done(state: tcp::State) -> bool {
-    matches!(state, tcp::State::Closed | tcp::State::TimeWait)
+    matches!(
+        state,
+        tcp::State::Closed | tcp::State::TimeWait | tcp::State::Listen
+    )
 }
 
 /// Resets a host connection (SO_LINGER 0, then close).
