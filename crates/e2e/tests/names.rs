@@ -207,3 +207,72 @@ python3 -c 'import socket; s = socket.create_connection((\"203.0.113.10\", 9000)
         "{err}"
     );
 }
+
+#[test]
+fn a_claimed_name_dns_never_answered_here_never_becomes_a_rule() {
+    // The run may reach 203.0.113.10 by its address only. The program sends a Host and a
+    // TLS server name for exfil.example.test, which it never looked up (DNS would answer
+    // another address for it later): learned, either would grant that name wherever it
+    // points — more than this run was allowed. And one name it did look up, as control.
+    let w = World::new();
+    let learned = w.dir.join("learned.toml");
+    let learned_s = learned.to_str().unwrap().to_owned();
+    let script = "\
+curl -4 -sS -m 10 -o /dev/null -w 'plain %{http_code}\\n' -H 'Host: exfil.example.test' http://203.0.113.10:8080/claimed; \
+curl -4 -ksS -m 10 -o /dev/null -w 'tls %{http_code}\\n' --connect-to exfil.example.test:8443:203.0.113.10:8443 https://exfil.example.test:8443/claimed; \
+curl -4 -sS -m 10 -o /dev/null -w 'looked-up %{http_code}\\n' http://www.example.test:8080/looked-up; \
+true";
+    let args = [
+        &dns_arg(),
+        "--policy",
+        "none",
+        "--allow",
+        "203.0.113.10:8080",
+        "--allow",
+        "203.0.113.10:8443",
+        "--allow",
+        "www.example.test:8080",
+        "--learn",
+        &learned_s,
+    ];
+    let (out, events) = w.run_sh(&args, script, T);
+    let (text, err) = (stdout(&out), stderr(&out));
+    assert!(
+        text.contains("plain 200") && text.contains("tls 200") && text.contains("looked-up 200"),
+        "{text}\n{err}"
+    );
+    let policy = std::fs::read_to_string(&learned).unwrap();
+    let rules = rules_of(&policy);
+    assert!(!rules.contains("exfil"), "{policy}");
+    assert!(rules.contains("destination = \"203.0.113.10\""), "{policy}");
+    // The control: the name it looked up and used is learned by name.
+    assert!(
+        rules.contains("destination = \"www.example.test\""),
+        "{policy}"
+    );
+    // The record: the claim is not the connection's name.
+    for e in connects(&events, 8080)
+        .iter()
+        .chain(connects(&events, 8443).iter())
+    {
+        assert_ne!(e["domain"], "exfil.example.test", "{e}");
+    }
+    assert!(
+        err.contains("exfil.example.test:8443/tcp at 203.0.113.10"),
+        "{err}"
+    );
+    // Replayed: what ran works again, and the claimed name reached by its own address
+    // (DNS answers 203.0.113.10 for it too, as for every *.example.test) is refused.
+    let replay = "\
+curl -4 -sS -m 10 -o /dev/null -w 'plain %{http_code}\\n' -H 'Host: exfil.example.test' http://203.0.113.10:8080/claimed; \
+curl -4 -sS -m 10 -o /dev/null -w 'looked-up %{http_code}\\n' http://www.example.test:8080/looked-up; \
+curl -4 -sS -m 10 -o /dev/null http://exfil.example.test:9000/ && echo exfil-reached; true";
+    let (out, _) = w.run_sh(&[&dns_arg(), "--policy", &learned_s, "--reject"], replay, T);
+    let text = stdout(&out);
+    assert!(
+        text.contains("plain 200") && text.contains("looked-up 200"),
+        "{text}\n{}\n{policy}",
+        stderr(&out)
+    );
+    assert!(!text.contains("exfil-reached"), "{text}");
+}

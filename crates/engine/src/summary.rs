@@ -149,8 +149,13 @@ impl Dest {
     }
 
     /// [`Dest::shown`], or for an ambiguous destination its address and the names it may
-    /// have meant: `203.0.113.10:80/tcp (one of a.example.com, b.example.com)`.
+    /// have meant: `203.0.113.10:80/tcp (one of a.example.com, b.example.com)`; for a
+    /// server name sent to an address DNS did not answer for it, where it went too:
+    /// `other.example.com:443/tcp at 203.0.113.10`.
     fn described(&self) -> String {
+        if self.elsewhere {
+            return format!("{} at {}", self.shown(), self.judged);
+        }
         if !self.ambiguous() {
             return self.shown();
         }
@@ -627,10 +632,17 @@ impl RunSummary {
             let what = format!(
                 "{}{}{}",
                 if d.inbound { "from " } else { "" },
-                d.shown(),
+                if d.elsewhere {
+                    d.described()
+                } else {
+                    d.shown()
+                },
                 times(n)
             );
-            let targets: Vec<String> = if d.names.is_empty() {
+            // A server name DNS did not answer for the address is the program's claim: a
+            // rule for it would grant wherever DNS points that name later, and would not
+            // even match here. The address is what the run used.
+            let targets: Vec<String> = if d.names.is_empty() || d.elsewhere {
                 vec![d.judged.clone()]
             } else {
                 d.names.split(',').map(str::to_owned).collect()
@@ -642,7 +654,7 @@ impl RunSummary {
                     ambiguous.insert(
                         (d.inbound, target.clone(), d.proto.clone()),
                         format!(
-                            "one of {}: DNS answered the address for each, and the connection named none of them (no TLS server name, no HTTP Host)",
+                            "one of {}: DNS answered the address for each, and the connection named none of them (by a TLS server name or HTTP Host)",
                             targets.join(", ")
                         ),
                     );
@@ -955,6 +967,44 @@ mod tests {
         assert!(
             text.contains("# one of api.example.test, www.example.test: DNS answered"),
             "{text}"
+        );
+    }
+
+    #[test]
+    fn a_server_name_dns_did_not_answer_for_the_address_is_learned_as_the_address() {
+        // The program sent `exfil.example.test` to an address DNS answered only for
+        // api.example.test (the engine's `domain` is then what DNS answered). A rule for
+        // the claimed name would grant wherever DNS points it later: the address is learned.
+        let mut s = Summary::new();
+        s.add(&ev(
+            json!({"run": "r", "event": "connect", "decision": "allow", "rule": "default",
+            "reason": "x", "proto": "tcp", "dst": "203.0.113.10", "port": 443,
+            "domain": "api.example.test", "sni": "exfil.example.test"}),
+        ));
+        // Sent where DNS answered it: learned by name.
+        s.add(&ev(
+            json!({"run": "r", "event": "connect", "decision": "allow", "rule": "default",
+            "reason": "x", "proto": "tcp", "dst": "203.0.113.11", "port": 443,
+            "domain": "files.example.test", "sni": "files.example.test"}),
+        ));
+        let run = &s.runs()[0];
+        let text = run.learned_policy("learned");
+        assert!(text.contains("destination = \"203.0.113.10\""), "{text}");
+        assert!(
+            text.contains("destination = \"files.example.test\""),
+            "{text}"
+        );
+        assert!(!text.contains("destination = \"exfil"), "{text}");
+        assert!(!text.contains("destination = \"api"), "{text}");
+        assert!(
+            text.contains("# used by: exfil.example.test:443/tcp at 203.0.113.10"),
+            "{text}"
+        );
+        assert!(
+            run.render()
+                .contains("allowed  exfil.example.test:443/tcp at 203.0.113.10 (rule default)"),
+            "{}",
+            run.render()
         );
     }
 

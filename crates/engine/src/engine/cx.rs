@@ -282,12 +282,18 @@ impl Cx {
     /// name it sent or its first request's `Host`, else the names this sandbox's lookups
     /// pinned to `addr`, the most recently answered first (one string, joined by commas);
     /// absent when there is neither. Its type never varies.
+    ///
+    /// A server name or `Host` is the program's own claim: it names the flow only when DNS
+    /// answered this address for that name. Otherwise the flow is named as if it said
+    /// nothing (a TLS server name stays in `sni`), so that neither the record nor
+    /// `--learn` turns a claim into a name the run never resolved — a learned rule for it
+    /// would grant whatever address DNS later gives that name.
     fn push_domain(&self, fields: &mut Vec<(&'static str, Value)>, addr: IpAddr, named: &Named) {
-        if let Some(name) = named.name() {
+        let names = self.pins.names(canonical_addr(addr), Instant::now());
+        if let Some(name) = named.name().filter(|n| names.contains(n)) {
             fields.push(("domain", Value::from(name.as_str())));
             return;
         }
-        let names = self.pins.names(canonical_addr(addr), Instant::now());
         if !names.is_empty() {
             let joined: Vec<&str> = names.iter().map(DomainName::as_str).collect();
             fields.push(("domain", Value::from(joined.join(","))));

@@ -489,7 +489,11 @@ pub(crate) fn run(opts: RunOptions) -> anyhow::Result<i32> {
             2 + opts.preserve_fds
         )
     })?;
-    if opts.learn.is_some() && opts.policy.as_deref() == Some("none") {
+    // `--policy none` with `--allow` flags has a network (what they allow) to learn from.
+    if opts.learn.is_some()
+        && opts.policy.as_deref() == Some("none")
+        && build_policy(Some("none"), &opts.rules).is_ok_and(|p| p.is_offline())
+    {
         bail!(
             "--learn with --policy none: the sandbox would have no network to learn from; leave --policy out (public-only) or use allow-all"
         );
