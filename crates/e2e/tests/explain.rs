@@ -446,3 +446,63 @@ fn an_abandoned_connection_never_serves_a_later_one_refused_or_allowed() {
         );
     }
 }
+
+#[test]
+fn refusals_held_never_take_the_slots_allowed_connections_need() {
+    // Under --max-connections 4, six refused connections that send nothing (each would be
+    // held a few seconds for its first bytes), then an allowed request: refusals hold at
+    // most half the slots, the rest are reset as under reject, and the allowed request
+    // finds its slot.
+    let w = World::new();
+    let script = r#"
+import socket, time
+held = []
+for _ in range(6):
+    s = socket.socket()
+    s.settimeout(5)
+    try:
+        s.connect(("203.0.113.11", 80))
+        held.append(s)
+    except OSError:
+        pass
+time.sleep(0.3)
+alive = 0
+for s in held:
+    s.setblocking(False)
+    try:
+        alive += s.recv(1) != b""
+    except BlockingIOError:
+        alive += 1
+    except OSError:
+        pass
+print("held", alive, flush=True)
+b = socket.create_connection(("203.0.113.10", 8080), timeout=10)
+b.sendall(b"GET /allowed-beside HTTP/1.1\r\nHost: api.example.test\r\nConnection: close\r\n\r\n")
+print("allowed", b.recv(100).split(b"\r\n")[0].decode(), flush=True)
+"#;
+    let script = format!("python3 - <<'PY'\n{script}PY");
+    let args = [
+        &dns(),
+        "--policy",
+        "none",
+        "--allow",
+        "203.0.113.10:8080",
+        "--max-connections",
+        "4",
+        "--deny-mode",
+        "explain",
+    ];
+    let (out, _) = w.run_sh(&args, &script, T);
+    let text = stdout(&out);
+    assert!(text.contains("held 2\n"), "{text}\n{}", stderr(&out));
+    assert!(
+        text.contains("allowed HTTP/1.1 200"),
+        "{text}\n{}",
+        stderr(&out)
+    );
+    assert!(
+        arrived(&w, |l| l["path"] == "/allowed-beside"),
+        "{:?}",
+        w.log()
+    );
+}

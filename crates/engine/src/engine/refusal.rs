@@ -24,9 +24,9 @@
 //!   smoltcp has finished the exchange of FINs, or is reset at [`ANSWERED`].
 //!
 //! Bounded like every flow: a refusal counts toward `max_connections`, its socket's small
-//! rings are charged whole to the buffer budget, at most [`MAX_REFUSALS`] are held at once
-//! (refused connections never crowd out allowed ones), and each lives a few seconds at
-//! most. A refusal that would pass a limit is reset as under `reject` and counted
+//! rings are charged whole to the buffer budget, at most [`MAX_REFUSALS`] and at most half
+//! of `max_connections` are held at once (refused connections never take the slots allowed
+//! ones need), and each lives a few seconds at most. A refusal that would pass a limit is reset as under `reject` and counted
 //! (`explain_skipped`). Its end writes no `close` event: the audit log says what `reject`'s
 //! does, the `connect` deny.
 
@@ -120,7 +120,8 @@ pub(super) fn open(table: &mut FlowTable, cx: &mut Cx, seg: Segment<'_>, decisio
         cx.counters.explain_skipped += 1;
         cx.stack.reset_guest(key, seg.seq, seg.len);
     };
-    if table.refusals() >= MAX_REFUSALS || table.connections_full() {
+    if table.refusals() >= MAX_REFUSALS.min(cx.cfg.max_connections / 2) || table.connections_full()
+    {
         return skip(cx);
     }
     let Some((mut socket, mem)) = cx.pool.refusal_socket() else {
@@ -287,12 +288,16 @@ impl Refusal {
             };
             let name = match accepted.client_hello().server_name() {
                 Some(sni) => {
-                    // A name that is not intercepted is not answered with moat's leaf.
-                    let bypassed = DomainName::new(sni).is_ok_and(|n| shared.bypasses(&n));
-                    if bypassed || ServerName::try_from(sni).is_err() {
+                    // Only a name moat would intercept is answered with its leaf, in its
+                    // canonical form (one cache entry whatever its case or final dot);
+                    // anything else, a bypassed name included, is reset.
+                    let Ok(name) = DomainName::new(sni) else {
+                        return Err(());
+                    };
+                    if shared.bypasses(&name) || ServerName::try_from(name.as_str()).is_err() {
                         return Err(());
                     }
-                    LeafName::Dns(sni.to_owned())
+                    LeafName::Dns(name.as_str().to_owned())
                 }
                 None => LeafName::Ip(self.key.host.ip()),
             };
@@ -353,7 +358,9 @@ impl Refusal {
             }
         }
         while conn.wants_write() {
-            if conn.write_tls(&mut socket_sink(socket)).is_err() {
+            // A full send ring takes nothing (Ok(0)): stop rather than spin (the handshake and
+            // the answer are a few KiB, the ring holds REFUSAL_TX).
+            if !matches!(conn.write_tls(&mut socket_sink(socket)), Ok(n) if n > 0) {
                 break;
             }
         }
@@ -373,7 +380,9 @@ impl Refusal {
                 let _ = conn.writer().write_all(&response);
                 conn.send_close_notify();
                 while conn.wants_write() {
-                    if conn.write_tls(&mut socket_sink(socket)).is_err() {
+                    // A full send ring takes nothing (Ok(0)): stop rather than spin (the handshake and
+                    // the answer are a few KiB, the ring holds REFUSAL_TX).
+                    if !matches!(conn.write_tls(&mut socket_sink(socket)), Ok(n) if n > 0) {
                         break;
                     }
                 }

@@ -1070,7 +1070,8 @@ fn forbid(server: &mut ServerConnection, to: &mut SocketWriter<'_>, why: &str) {
     let _ = server.writer().write_all(&response);
     server.send_close_notify();
     while server.wants_write() {
-        if server.write_tls(to).is_err() {
+        // A full send ring takes nothing (Ok(0)).
+        if !matches!(server.write_tls(to), Ok(n) if n > 0) {
             break;
         }
     }
