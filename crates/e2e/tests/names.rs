@@ -276,3 +276,34 @@ curl -4 -sS -m 10 -o /dev/null http://exfil.example.test:9000/ && echo exfil-rea
     );
     assert!(!text.contains("exfil-reached"), "{text}");
 }
+
+#[test]
+fn a_name_looked_up_after_the_connection_opened_is_not_its_name() {
+    // The connection opens while DNS has answered its address for a only; before its
+    // first bytes (which name nothing), the sandbox looks up b for the same address. b is
+    // not what the connection used.
+    let w = World::new();
+    let script = "\
+dig +short a.example.test >/dev/null; \
+python3 -c 'import socket, subprocess; s = socket.create_connection((\"203.0.113.10\", 9000), 10); subprocess.run([\"dig\", \"+short\", \"b.example.test\"], capture_output=True); s.sendall(b\"\\x00\\x01 not a request\"); s.shutdown(socket.SHUT_WR); print(\"sink\", len(s.recv(100)) > 0)'; \
+python3 -c 'import socket; s = socket.create_connection((\"203.0.113.10\", 9000), 10); s.sendall(b\"\\x00\\x02\"); s.shutdown(socket.SHUT_WR); print(\"sink\", len(s.recv(100)) > 0)'";
+    let (out, events) = w.run_sh(&[&dns_arg()], script, T);
+    let (text, err) = (stdout(&out), stderr(&out));
+    assert_eq!(text.matches("sink True").count(), 2, "{text}\n{err}");
+    let sink = connects(&events, 9000);
+    assert_eq!(sink.len(), 2, "{events:?}");
+    // The lookup of b did happen before the first connection's event was written...
+    assert!(
+        events
+            .iter()
+            .any(|e| e["event"] == "dns" && e["name"] == "b.example.test"),
+        "{events:?}"
+    );
+    assert_eq!(sink[0]["domain"], "a.example.test", "{:?}", sink[0]);
+    // ...and the connection opened after it may be either.
+    assert_eq!(
+        sink[1]["domain"], "b.example.test,a.example.test",
+        "{:?}",
+        sink[1]
+    );
+}

@@ -223,7 +223,7 @@ impl Cx {
     /// The fields of the `connect` event [`Cx::audit_deny`] writes for `key`.
     pub(super) fn deny_fields(&self, proto: &str, key: FlowKey) -> Vec<(&'static str, Value)> {
         let mut fields = Cx::connect_fields(proto, key);
-        self.push_domain(&mut fields, key.host.ip(), &Named::Nothing);
+        Cx::push_domain(&mut fields, &self.pinned(key.host.ip()), &Named::Nothing);
         fields
     }
 
@@ -250,7 +250,7 @@ impl Cx {
         let mut fields = Cx::connect_fields("tcp", key);
         // `domain` is what DNS answered for the address and `sni` what the client named:
         // where they differ, a rule for the name could not have allowed it here.
-        self.push_domain(&mut fields, key.host.ip(), &Named::Nothing);
+        Cx::push_domain(&mut fields, &self.pinned(key.host.ip()), &Named::Nothing);
         fields.push(("sni", sni.map_or(Value::Null, |n| Value::from(n.as_str()))));
         self.cfg
             .audit
@@ -267,9 +267,30 @@ impl Cx {
         reason: &str,
         named: &Named,
     ) {
+        let pinned = self.pinned(key.host.ip());
+        self.audit_allow_pinned(proto, key, rule, reason, named, &pinned);
+    }
+
+    /// The names this sandbox's lookups pinned to `addr` now, the most recent first.
+    pub(super) fn pinned(&self, addr: IpAddr) -> Vec<DomainName> {
+        self.pins.names(canonical_addr(addr), Instant::now())
+    }
+
+    /// [`Cx::audit_allow`] for a flow audited after it opened: named among `pinned`, the
+    /// names DNS had answered for its address when it opened (a name looked up later is
+    /// not what it used).
+    pub(super) fn audit_allow_pinned(
+        &mut self,
+        proto: &str,
+        key: FlowKey,
+        rule: &str,
+        reason: &str,
+        named: &Named,
+        pinned: &[DomainName],
+    ) {
         self.counters.allowed += 1;
         let mut fields = Cx::connect_fields(proto, key);
-        self.push_domain(&mut fields, key.host.ip(), named);
+        Cx::push_domain(&mut fields, pinned, named);
         if let Named::Sni(name) = named {
             fields.push(("sni", Value::from(name.as_str())));
         }
@@ -288,8 +309,7 @@ impl Cx {
     /// nothing (a TLS server name stays in `sni`), so that neither the record nor
     /// `--learn` turns a claim into a name the run never resolved — a learned rule for it
     /// would grant whatever address DNS later gives that name.
-    fn push_domain(&self, fields: &mut Vec<(&'static str, Value)>, addr: IpAddr, named: &Named) {
-        let names = self.pins.names(canonical_addr(addr), Instant::now());
+    fn push_domain(fields: &mut Vec<(&'static str, Value)>, names: &[DomainName], named: &Named) {
         if let Some(name) = named.name().filter(|n| names.contains(n)) {
             fields.push(("domain", Value::from(name.as_str())));
             return;

@@ -135,6 +135,10 @@ pub(super) struct TcpFlow {
     /// when the host speaks first, after [`NAMING_WAIT`], or when it ends. A flow whose
     /// ClientHello is judged is audited with the server name it was judged by.
     pending_allow: Option<(String, Instant)>,
+    /// The names DNS had answered for the destination when the SYN came, the most recent
+    /// first: what the connection may be named by (a name looked up later is not what it
+    /// used).
+    pinned: Vec<DomainName>,
 }
 
 /// What a step of a flow asks of the table.
@@ -293,6 +297,7 @@ fn open(table: &mut FlowTable, cx: &mut Cx, seg: Segment<'_>) {
         },
         stream,
         pending_allow: Some((reason, Instant::now())),
+        pinned: names,
     };
     table.insert(id, Flow::Tcp(flow));
     // A near destination (the host itself, a neighbour over a veth) has often answered
@@ -391,6 +396,7 @@ impl TcpFlow {
             state: TcpState::Relaying { handle },
             stream,
             pending_allow: None,
+            pinned: Vec::new(),
         }
     }
 
@@ -627,7 +633,8 @@ impl TcpFlow {
                     let (rule, reason) = cx.explain(&decision);
                     self.rule = rule;
                     self.pending_allow = None;
-                    cx.audit_allow("tcp", self.key, &self.rule, &reason, &Named::Sni(name.clone()));
+                    let named = Named::Sni(name.clone());
+                    cx.audit_allow_pinned("tcp", self.key, &self.rule, &reason, &named, &self.pinned);
                     self.choose_interception(cx, Some(&name));
                     return None;
                 }
@@ -663,7 +670,8 @@ impl TcpFlow {
     /// The allow not yet audited, audited now, named by `named` (else by the pins).
     fn audit_pending(&mut self, cx: &mut Cx, named: &Named) {
         if let Some((reason, _)) = self.pending_allow.take() {
-            cx.audit_allow("tcp", self.key, &self.rule, &reason, named);
+            let key = self.key;
+            cx.audit_allow_pinned("tcp", key, &self.rule, &reason, named, &self.pinned);
         }
     }
 
