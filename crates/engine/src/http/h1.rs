@@ -340,6 +340,7 @@ mod tests {
             (&b"GET / HTTP/1.1\r\n\r\n"[..], Refused::Host("names no host (no Host header)")),
             (b"GET / HTTP/1.1\r\nHost: api.example.test\r\nHost: api.example.test\r\n\r\n", Refused::Host("has several Host headers")),
             (b"GET http://evil.example/ HTTP/1.1\r\nHost: api.example.test\r\n\r\n", Refused::Fronting { host: "evil.example".into(), expected: "api.example.test".into() }),
+            (b"GET HTTPS://evil.example/ HTTP/1.1\r\nHost: api.example.test\r\n\r\n", Refused::Fronting { host: "evil.example".into(), expected: "api.example.test".into() }),
             (b"CONNECT evil.example:443 HTTP/1.1\r\nHost: api.example.test\r\n\r\n", Refused::Connect),
             (b"POST / HTTP/1.1\r\nHost: api.example.test\r\nContent-Length: 3\r\nTransfer-Encoding: chunked\r\n\r\n", Refused::Malformed("both Transfer-Encoding and Content-Length")),
             (b"POST / HTTP/1.1\r\nHost: api.example.test\r\nTransfer-Encoding: gzip\r\n\r\n", Refused::Malformed("a request's last transfer coding must be chunked")),
@@ -353,6 +354,99 @@ mod tests {
         let mut huge = b"GET / HTTP/1.1\r\nHost: api.example.test\r\nX: ".to_vec();
         huge.resize(MAX_HEAD + 10, b'a');
         assert_eq!(run(api(), &huge).1, Err(Refused::TooLarge));
+    }
+
+    #[test]
+    fn a_head_of_64_kib_passes_and_a_byte_more_is_refused() {
+        // A head `len` bytes long, its blank line included, then a request that follows.
+        let head = |len: usize| {
+            let mut h = b"GET / HTTP/1.1\r\nHost: api.example.test\r\nX: ".to_vec();
+            h.resize(len - 4, b'a');
+            h.extend_from_slice(b"\r\n\r\n");
+            h
+        };
+        let next = b"GET /n HTTP/1.1\r\nHost: api.example.test\r\n\r\n";
+        let fits = [head(64 * 1024), next.to_vec()].concat();
+        let over = head(64 * 1024 + 1);
+        for cuts in [vec![], vec![1], vec![64 * 1024 - 2], vec![64 * 1024 + 4]] {
+            let mut r = api();
+            let got = in_pieces(|piece, out| r.push(piece, out), &fits, cuts.clone());
+            assert_eq!(got, (fits.clone(), Ok(())), "{cuts:?}");
+            let mut r = api();
+            let (out, result) = in_pieces(|piece, out| r.push(piece, out), &over, cuts);
+            assert_eq!((out.len(), result), (0, Err(Refused::TooLarge)));
+        }
+    }
+
+    #[test]
+    fn a_chunk_line_of_4_kib_passes_and_a_byte_more_is_refused() {
+        let post =
+            b"POST / HTTP/1.1\r\nHost: api.example.test\r\nTransfer-Encoding: chunked\r\n\r\n";
+        // A chunk-size line `len` bytes long, its CRLF included (the rest an extension).
+        let line = |len: usize| {
+            let mut l = b"1;x=".to_vec();
+            l.resize(len - 2, b'a');
+            l.extend_from_slice(b"\r\n");
+            l
+        };
+        let fits = [&post[..], &line(4096), b"z\r\n0\r\n\r\n"].concat();
+        assert_eq!(run(api(), &fits), (fits.clone(), Ok(())));
+        let over = [&post[..], &line(4097)].concat();
+        assert_eq!(
+            run(api(), &over),
+            (
+                post.to_vec(),
+                Err(Refused::Malformed(
+                    "a chunk-size or trailer line is too long"
+                ))
+            )
+        );
+    }
+
+    #[test]
+    fn chunk_sizes_are_read_to_fifteen_hex_digits() {
+        let post =
+            b"POST / HTTP/1.1\r\nHost: api.example.test\r\nTransfer-Encoding: chunked\r\n\r\n";
+        let not_hex = Err(Refused::Malformed("a chunk size is not a hex number"));
+        // Three digits, and fifteen: the size is all of them.
+        for size in [&b"100"[..], b"000000000000100"] {
+            let input = [&post[..], size, b"\r\n", &[b'a'; 256], b"\r\n0\r\n\r\n"].concat();
+            assert_eq!(run(api(), &input), (input.clone(), Ok(())));
+        }
+        for size in [&b""[..], b";x=1", b"0000000000000001", b"00000000000000001"] {
+            let input = [&post[..], size, b"\r\nz\r\n0\r\n\r\n"].concat();
+            assert_eq!(
+                run(api(), &input).1,
+                not_hex,
+                "{}",
+                String::from_utf8_lossy(size)
+            );
+        }
+    }
+
+    #[test]
+    fn what_follows_a_body_or_its_trailers_is_a_request_of_its_own() {
+        let evil = b"GET / HTTP/1.1\r\nHost: evil.example\r\n\r\n";
+        let fronting = Err(Refused::Fronting {
+            host: "evil.example".into(),
+            expected: "api.example.test".into(),
+        });
+        for first in [
+            &b"POST / HTTP/1.1\r\nHost: api.example.test\r\nContent-Length: 5\r\n\r\nhello"[..],
+            b"POST / HTTP/1.1\r\nHost: api.example.test\r\nTransfer-Encoding: chunked\r\n\r\n0\r\n\r\n",
+            b"POST / HTTP/1.1\r\nHost: api.example.test\r\nTransfer-Encoding: chunked\r\n\r\n2\r\nhi\r\n0\r\nX-T: 1\r\n\r\n",
+            // Half an upgrade request is none: it needs both Connection and Upgrade.
+            b"GET / HTTP/1.1\r\nHost: api.example.test\r\nUpgrade: websocket\r\n\r\n",
+            b"GET / HTTP/1.1\r\nHost: api.example.test\r\nConnection: upgrade\r\n\r\n",
+        ] {
+            let input = [first, evil].concat();
+            assert_eq!(
+                run(api(), &input),
+                (first.to_vec(), fronting.clone()),
+                "{}",
+                String::from_utf8_lossy(first)
+            );
+        }
     }
 
     #[test]

@@ -430,15 +430,74 @@ mod tests {
     #[test]
     fn requests_for_the_handshakes_host_pass_whole() {
         let input = stream(b"api.example.test");
-        let (out, result) = run(api(), &input);
-        assert_eq!(result, Ok(()));
+        let mut r = api();
+        assert!(format!("{r:?}").contains("state: Preface(0)"), "{r:?}");
+        let mut out = Vec::new();
+        assert_eq!(r.push(&input, &mut out), Ok(()));
         assert_eq!(out, input);
+        // No request is being read; the state is shown, the HPACK table is not.
+        assert_eq!(r.stream(), 0);
+        assert!(format!("{r:?}").ends_with("state: Header, .. }"), "{r:?}");
+    }
+
+    #[test]
+    fn a_table_of_64_kib_and_a_block_of_256_kib_are_read() {
+        let get = headers_block(&[(b":method", b"GET"), (b":authority", b"api.example.test")]);
+        // A dynamic table size update (RFC 7541 §6.3) to 65,536, then one to 65,537.
+        let hpack = Err(Refused::Malformed(
+            "an HTTP/2 header block HPACK cannot decode",
+        ));
+        for (update, want) in [
+            (&[0x3f, 0xe1, 0xff, 0x03][..], Ok(())),
+            (&[0x3f, 0xe2, 0xff, 0x03], hpack),
+        ] {
+            let mut v = PREFACE.to_vec();
+            frame(&mut v, HEADERS, END_HEADERS, 1, &[update, &get].concat());
+            assert_eq!(run(api(), &v).1, want);
+        }
+        // A request whose held frames (headers and payloads) come to exactly 256 KiB, over
+        // HEADERS and CONTINUATION frames of 16 KiB, passes; one byte more is refused.
+        let request = |value_len: usize| {
+            let value: Vec<u8> = (0..value_len).map(|i| b'a' + (i % 26) as u8).collect();
+            let block = headers_block(&[
+                (b":method", b"GET"),
+                (b":authority", b"api.example.test"),
+                (b"x-big", &value),
+            ]);
+            let mut v = PREFACE.to_vec();
+            let pieces: Vec<&[u8]> = block.chunks(16_384).collect();
+            for (i, piece) in pieces.iter().enumerate() {
+                let kind = if i == 0 { HEADERS } else { CONTINUATION };
+                let flags = if i + 1 == pieces.len() {
+                    END_HEADERS
+                } else {
+                    0
+                };
+                frame(&mut v, kind, flags, 1, piece);
+            }
+            v
+        };
+        let mut len = 250_000;
+        len += 256 * 1024 - (request(len).len() - PREFACE.len());
+        let exact = request(len);
+        assert_eq!(exact.len() - PREFACE.len(), 256 * 1024);
+        assert_eq!(run(api(), &exact), (exact.clone(), Ok(())));
+        let over = request(len + 1);
+        assert_eq!(over.len() - PREFACE.len(), 256 * 1024 + 1);
+        assert_eq!(
+            run(api(), &over),
+            (PREFACE.to_vec(), Err(Refused::TooLarge))
+        );
     }
 
     #[test]
     fn another_authority_is_refused_before_its_frames_pass() {
         let input = stream(b"evil.example");
-        let (out, result) = run(api(), &input);
+        let mut r = api();
+        let mut out = Vec::new();
+        let result = r.push(&input, &mut out);
+        // The refused request's stream, for moat's 403.
+        assert_eq!(r.stream(), 5);
         assert_eq!(
             result,
             Err(Refused::Fronting {
@@ -506,6 +565,10 @@ mod tests {
                 with(CONTINUATION, END_HEADERS, 1, &no_host),
                 Refused::Malformed("an HTTP/2 header frame out of place"),
             ),
+            (
+                with(HEADERS, END_HEADERS, 0, &no_host),
+                Refused::Malformed("an HTTP/2 header frame out of place"),
+            ),
         ] {
             assert_eq!(run(api(), &input).1, Err(want));
         }
@@ -553,8 +616,10 @@ mod tests {
         frame(&mut data, DATA, 0, 1, b"0123456789");
         f.advance(&data[..4]);
         assert_eq!(f.until_boundary(), 5);
+        assert!(!f.at_boundary());
         f.advance(&data[4..12]);
         assert_eq!(f.until_boundary(), 7);
+        assert!(!f.at_boundary());
         f.advance(&data[12..]);
         assert!(f.at_boundary());
     }

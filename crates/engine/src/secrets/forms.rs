@@ -309,6 +309,78 @@ mod tests {
     }
 
     #[test]
+    fn each_encoder_makes_its_own_form() {
+        // Bytes whose escapes have hex letters (`/`, `:`, `é`), so that every case and every
+        // escaped set makes a form of its own: all fourteen, in the encoders' order, each
+        // with the same encoding of the replacement.
+        let forms = text_forms("a/b:\"é".as_bytes(), b":");
+        let text = |b: &Vec<u8>| String::from_utf8(b.clone()).unwrap();
+        let froms: Vec<String> = forms.iter().map(|(f, _)| text(f)).collect();
+        let tos: Vec<String> = forms.iter().map(|(_, t)| text(t)).collect();
+        assert_eq!(
+            froms,
+            [
+                "612f623a22c3a9",
+                "612F623A22C3A9",
+                "%61%2f%62%3a%22%c3%a9",
+                "%61%2F%62%3A%22%C3%A9",
+                "a%2Fb%3A%22%C3%A9",
+                "a%2fb%3a%22%c3%a9",
+                "a/b%3A%22%C3%A9",
+                "a/b%3a%22%c3%a9",
+                "a/b:\\\"é",
+                "a\\/b:\\\"é",
+                "a/b:\\\"\\u00e9",
+                "a/b:\\\"\\u00E9",
+                "\\u0061\\u002f\\u0062\\u003a\\u0022\\u00e9",
+                "\\u0061\\u002F\\u0062\\u003A\\u0022\\u00E9",
+            ]
+        );
+        assert_eq!(
+            tos,
+            [
+                "3a", "3A", "%3a", "%3A", "%3A", "%3a", "%3A", "%3a", ":", ":", ":", ":",
+                "\\u003a", "\\u003A",
+            ]
+        );
+    }
+
+    #[test]
+    fn a_form_equal_to_the_data_or_to_another_form_is_left_out() {
+        // "123": no byte is escaped outside hex, `%` for every byte and `\u` for every
+        // character, and their digits have no case.
+        let froms: Vec<Vec<u8>> = text_forms(b"123", b"P")
+            .into_iter()
+            .map(|(f, _)| f)
+            .collect();
+        assert_eq!(
+            froms,
+            [&b"313233"[..], b"%31%32%33", b"\\u0031\\u0032\\u0033"]
+        );
+    }
+
+    #[test]
+    fn json_uses_the_short_escapes_where_there_are() {
+        let d = b"\"\\/\n\r\t\x08\x0c\x01 ";
+        assert_eq!(
+            json(d, JsonStyle::Minimal, false),
+            br#"\"\\/\n\r\t\b\f\u0001 "#
+        );
+        assert_eq!(
+            json(d, JsonStyle::Slash, false),
+            br#"\"\\\/\n\r\t\b\f\u0001 "#
+        );
+        assert_eq!(
+            json(d, JsonStyle::Ascii, false),
+            br#"\"\\/\n\r\t\b\f\u0001 "#
+        );
+        assert_eq!(
+            json(d, JsonStyle::Every, true),
+            br#"\u0022\u005C\u002F\u000A\u000D\u0009\u0008\u000C\u0001\u0020"#
+        );
+    }
+
+    #[test]
     fn base64_edges_hold_only_the_values_bits() {
         let v = b"sk-live-1234";
         for url in [false, true] {
@@ -339,6 +411,47 @@ mod tests {
             }
         }
         assert!(base64_at(b"short", 0, BASE64).is_none());
+    }
+
+    #[test]
+    fn an_edge_holds_only_the_characters_with_the_values_bits() {
+        // At offset 1 the lead character holds the value's first 4 bits ('s' = 0x73: 0111)
+        // under a neighbour's 2; at offset 2 the trail holds its last 4 ('4' = 0x34: 0100).
+        let v = b"sk-live-1234";
+        let lead = base64_at(v, 1, BASE64).unwrap().lead.unwrap();
+        assert_eq!(
+            lead,
+            Edge {
+                mask: 0b1111,
+                bits: 0b0111
+            }
+        );
+        let trail = base64_at(v, 2, BASE64).unwrap().trail.unwrap();
+        assert_eq!(
+            trail,
+            Edge {
+                mask: 0b11_1100,
+                bits: 0b01_0000
+            }
+        );
+        for (edge, free) in [(lead, 2), (trail, 2)] {
+            let held: Vec<u8> = BASE64
+                .iter()
+                .copied()
+                .filter(|&c| edge.holds(BASE64, c))
+                .collect();
+            // One character for each setting of the neighbour's bits, each with the value's.
+            assert_eq!(held.len(), 1 << free, "{edge:?}");
+            for c in held {
+                assert_eq!(sextet(BASE64, c).unwrap() & edge.mask, edge.bits);
+            }
+        }
+        // 'H' (7 = 000111) has the lead's bits, 'I' (8 = 001000) does not; '=' and '.'
+        // are no base64 characters.
+        assert!(lead.holds(BASE64, b'H'));
+        assert!(!lead.holds(BASE64, b'I'));
+        assert!(!lead.holds(BASE64, b'='));
+        assert!(!lead.holds(BASE64_URL, b'+'));
     }
 
     /// Plain reference decoders: hexadecimal pairs, and percent escapes.

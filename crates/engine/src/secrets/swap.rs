@@ -406,6 +406,56 @@ mod tests {
         );
         assert!(Swap::substitute(&s, |_| false).is_none());
         assert!(!format!("{sub:?}").contains("value-of-a"));
+        // The secrets are named by their index only.
+        assert_eq!(format!("{sub:?}"), "Swap { secrets: [0, 1], .. }");
+    }
+
+    #[test]
+    fn past_the_sixty_fourth_secret_values_are_swapped_without_a_hit() {
+        let s: Vec<Secret> = (0..65)
+            .map(|i| {
+                Secret::new(
+                    &format!("S{i}"),
+                    Zeroizing::new(format!("value-{i:02}").into_bytes()),
+                    Some(format!("moat_{i:02}_placeholder")),
+                    &["api.example.test".into()],
+                    false,
+                )
+                .unwrap()
+            })
+            .collect();
+        let mut sub = Swap::substitute(&s, |_| true).unwrap();
+        assert_eq!(plain(&mut sub, b"moat_64_placeholder"), b"value-64");
+        assert_eq!(sub.take_hits(), 0);
+        assert_eq!(plain(&mut sub, b"moat_63_placeholder"), b"value-63");
+        assert_eq!(sub.take_hits(), 1 << 63);
+    }
+
+    #[test]
+    fn a_base64_core_without_the_values_edge_characters_is_replaced_alone() {
+        // The value's base64 one byte into a group has an edge character at each end. At
+        // the ends of the data, or beside characters without the value's bits there (a
+        // neighbour's own), only the core is replaced and the characters around stay.
+        let s = secrets();
+        let v = b"value-of-a-0123456789";
+        let alphabet = forms::BASE64;
+        let from = forms::base64_at(v, 1, alphabet).unwrap();
+        let to = forms::base64_at(&[MASK; 21], 1, alphabet).unwrap();
+        let other = |e: Option<Edge>, t: Option<Edge>| {
+            let (e, t) = (e.unwrap(), t.unwrap());
+            alphabet
+                .iter()
+                .copied()
+                .find(|&c| !e.holds(alphabet, c) && !t.holds(alphabet, c))
+                .unwrap()
+        };
+        let (before, after) = (other(from.lead, to.lead), other(from.trail, to.trail));
+        let mut red = Swap::redact(&s, |i| i == 0).unwrap();
+        assert_eq!(plain(&mut red, &from.core), to.core);
+        let data = [&[before][..], &from.core, &[after]].concat();
+        let want = [&[before][..], &to.core, &[after]].concat();
+        assert_eq!(plain(&mut red, &data), want);
+        assert_eq!(red.take_hits(), 1);
     }
 
     #[test]
@@ -508,6 +558,37 @@ mod tests {
                 stream.finish(&mut swap, &mut out);
                 assert_eq!(out, expected, "cut at {cut}");
             }
+        }
+    }
+
+    #[test]
+    fn what_is_held_is_exactly_what_may_still_begin_a_match() {
+        let s = secrets();
+        // A whole placeholder at the end is replaced at once; the start of one is held.
+        let mut sub = Swap::substitute(&s, |_| true).unwrap();
+        let (mut stream, mut out) = (SwapStream::default(), Vec::new());
+        stream.push(&mut sub, b"x moat_aaaaaaaaaaaaaaaa", &mut out);
+        assert_eq!(out, b"x value-of-a-0123456789");
+        assert_eq!(stream.held(), 0);
+        stream.push(&mut sub, b" moat_aa", &mut out);
+        assert_eq!(stream.held(), 7);
+        assert_eq!(format!("{stream:?}"), "SwapStream { held: 7 }");
+        // The start of the value's base64 core one byte into a group is held with the
+        // character before it only when that one holds the value's first bits.
+        let alphabet = forms::BASE64;
+        let lead = forms::base64_at(b"value-of-a-0123456789", 1, alphabet).unwrap();
+        let part = &lead.core[..5];
+        let edge = lead.lead.unwrap();
+        let holding = alphabet.iter().copied().find(|&c| edge.holds(alphabet, c));
+        let other = alphabet.iter().copied().find(|&c| !edge.holds(alphabet, c));
+        for (before, passed, held) in [(None, 0, 5), (other, 1, 5), (holding, 0, 6)] {
+            let mut red = Swap::redact(&s, |i| i == 0).unwrap();
+            let (mut stream, mut out) = (SwapStream::default(), Vec::new());
+            let data = [before.as_slice(), part].concat();
+            stream.push(&mut red, &data, &mut out);
+            assert_eq!((out.len(), stream.held()), (passed, held), "{before:?}");
+            stream.finish(&mut red, &mut out);
+            assert_eq!(out, data);
         }
     }
 
