@@ -578,7 +578,7 @@ mod tests {
 
     use super::*;
 
-    use crate::http::testing::{P, V, secrets};
+    use crate::http::testing::{P, V, in_pieces, secrets};
 
     /// Requests through a request side, answers through a response side, in `cuts`.
     fn run(side: Side, input: &[u8], cuts: &[usize], exchange: &mut Exchange) -> Vec<u8> {
@@ -892,6 +892,317 @@ mod tests {
         let mut m = Messages::new(Side::Response);
         let bad = b"HTTP/1.1 200 OK\r\nTransfer-Encoding: chunked\r\n\r\nzz\r\n";
         assert!(m.push(&mut swap, &mut exchange, bad, &mut out).is_err());
+    }
+
+    #[test]
+    fn what_is_held_when_the_stream_ends_goes_as_it_came() {
+        let s = secrets();
+        // A body that ends with the connection, its last bytes a start of the value: held
+        // while more could complete it, let go by `finish`.
+        let cut = &V[..20];
+        let answer = format!("HTTP/1.1 200 OK\r\nConnection: close\r\n\r\nends with {cut}");
+        let mut red = Swap::redact(&s, |_| true).unwrap();
+        let mut exchange = Exchange {
+            heads: [false].into(),
+        };
+        let mut m = Messages::new(Side::Response);
+        let mut out = Vec::new();
+        m.push(&mut red, &mut exchange, answer.as_bytes(), &mut out)
+            .unwrap();
+        assert!(!out.ends_with(cut.as_bytes()));
+        m.finish(&mut red, &mut out);
+        assert_eq!(out, answer.as_bytes());
+
+        // A held body cut short goes with its head and the length it declared.
+        let mut sub = Swap::substitute(&s, |_| true).unwrap();
+        let mut m = Messages::new(Side::Request);
+        let mut out = Vec::new();
+        let short = format!(
+            "POST /j HTTP/1.1\r\nHost: api.example.test\r\nContent-Length: 100\r\n\r\nk={P}"
+        );
+        m.push(
+            &mut sub,
+            &mut Exchange::default(),
+            short.as_bytes(),
+            &mut out,
+        )
+        .unwrap();
+        assert_eq!(out, b"");
+        m.finish(&mut sub, &mut out);
+        let sent = short.replace(P, V).replace(
+            "Content-Length",
+            "Accept-Encoding: identity\r\nContent-Length",
+        );
+        assert_eq!(String::from_utf8(out).unwrap(), sent);
+        assert_eq!(m.held(), 0);
+
+        // A head not yet ended goes as it came.
+        let mut m = Messages::new(Side::Request);
+        let mut out = Vec::new();
+        let part = b"GET / HTTP/1.1\r\nHost: api.exa";
+        m.push(&mut sub, &mut Exchange::default(), part, &mut out)
+            .unwrap();
+        assert_eq!(out, b"");
+        m.finish(&mut sub, &mut out);
+        assert_eq!(out, part);
+    }
+
+    #[test]
+    fn a_body_of_256_kib_is_held_and_a_byte_more_is_sent_chunked() {
+        let hold = 256 * 1024;
+        for (len, held) in [(hold, true), (hold + 1, false)] {
+            let body = format!("{P}{}", "a".repeat(len - P.len()));
+            let input = format!(
+                "PUT /b HTTP/1.1\r\nHost: api.example.test\r\nContent-Length: {len}\r\n\r\n{body}"
+            );
+            let out = run(
+                Side::Request,
+                input.as_bytes(),
+                &[],
+                &mut Exchange::default(),
+            );
+            let text = String::from_utf8_lossy(&out);
+            let length = format!("Content-Length: {}\r\n", len - P.len() + V.len());
+            assert_eq!(text.contains(&length), held, "{len}");
+            assert_eq!(text.contains("Transfer-Encoding: chunked"), !held, "{len}");
+            let got = messages(&out, Side::Request, &[]);
+            assert_eq!(got[0].1, body.replace(P, V).as_bytes());
+        }
+    }
+
+    #[test]
+    fn a_reframed_body_is_scanned_for_placeholders_its_host_may_not_receive() {
+        let s = secrets();
+        // No value goes to this host (an empty swap), so its placeholder may not either:
+        // one split across two chunks is found whole.
+        let (c1, c2) = P.split_at(10);
+        let input = format!(
+            "POST /c HTTP/1.1\r\nHost: other.test\r\nTransfer-Encoding: chunked\r\n\r\n{:x}\r\n{c1}\r\n{:x}\r\n{c2}\r\n0\r\n\r\n",
+            c1.len(),
+            c2.len()
+        );
+        let scanning = || Messages::new(Side::Request).scanning(Scanner::new(&s, |_| true));
+        let got = scanning().push(
+            &mut Swap::none(),
+            &mut Exchange::default(),
+            input.as_bytes(),
+            &mut Vec::new(),
+        );
+        assert_eq!(got, Err(Refused::Secret(0)));
+        // So is one in a Content-Length body sent as chunks (more than may be held).
+        let length = format!(
+            "POST /l HTTP/1.1\r\nHost: other.test\r\nContent-Length: {}\r\n\r\n{P}",
+            P.len()
+        );
+        let mut m = scanning();
+        m.allow(0);
+        let got = m.push(
+            &mut Swap::none(),
+            &mut Exchange::default(),
+            length.as_bytes(),
+            &mut Vec::new(),
+        );
+        assert_eq!(got, Err(Refused::Secret(0)));
+        // The control: the same body without the placeholder passes whole.
+        let clean = input.replace(c1, &"x".repeat(c1.len()));
+        let mut out = Vec::new();
+        scanning()
+            .push(
+                &mut Swap::none(),
+                &mut Exchange::default(),
+                clean.as_bytes(),
+                &mut out,
+            )
+            .unwrap();
+        assert_eq!(out, clean.as_bytes());
+        // A scanner with nothing to look for is not kept.
+        assert!(
+            Messages::new(Side::Request)
+                .scanning(Scanner::new(&s, |_| false))
+                .scan
+                .is_none()
+        );
+    }
+
+    #[test]
+    fn a_head_of_64_kib_passes_and_one_that_cannot_be_held_is_refused() {
+        // A response head `len` bytes long, its blank line included (no body: 204).
+        let head = |len: usize| {
+            let mut h = b"HTTP/1.1 204 No Content\r\nX: ".to_vec();
+            h.resize(len - 4, b'a');
+            h.extend_from_slice(b"\r\n\r\n");
+            h
+        };
+        // At most `MAX_HEAD` bytes and a blank line's 4 are taken looking for its end.
+        let fits = head(MAX_HEAD);
+        let over = head(MAX_HEAD + 5);
+        for cuts in [vec![], vec![10], vec![MAX_HEAD - 2], vec![MAX_HEAD]] {
+            let mut m = Messages::new(Side::Response);
+            let mut exchange = Exchange::default();
+            let mut push = |piece: &[u8], out: &mut Vec<u8>| {
+                m.push(&mut Swap::none(), &mut exchange, piece, out)
+            };
+            let got = in_pieces(&mut push, &fits, cuts.clone());
+            assert!(got == (fits.clone(), Ok(())), "{cuts:?}");
+            let mut m = Messages::new(Side::Response);
+            let mut push = |piece: &[u8], out: &mut Vec<u8>| {
+                m.push(&mut Swap::none(), &mut exchange, piece, out)
+            };
+            let (out, result) = in_pieces(&mut push, &over, cuts.clone());
+            assert_eq!((out.len(), result), (0, Err(Refused::TooLarge)), "{cuts:?}");
+        }
+    }
+
+    #[test]
+    fn a_chunk_line_of_4_kib_passes_and_a_byte_more_is_refused() {
+        let ok = b"HTTP/1.1 200 OK\r\nTransfer-Encoding: chunked\r\n\r\n";
+        // A chunk-size line `len` bytes long, its CRLF included (the rest an extension).
+        let line = |len: usize| {
+            let mut l = b"1;x=".to_vec();
+            l.resize(len - 2, b'a');
+            l.extend_from_slice(b"\r\n");
+            l
+        };
+        let push = |input: &[u8]| {
+            let mut out = Vec::new();
+            let mut exchange = Exchange::default();
+            let got = Messages::new(Side::Response).push(
+                &mut Swap::none(),
+                &mut exchange,
+                input,
+                &mut out,
+            );
+            (out, got)
+        };
+        let fits = [&ok[..], &line(4096), b"z\r\n0\r\n\r\n"].concat();
+        // Framed again: the extension is dropped.
+        let reframed = [&ok[..], b"1\r\nz\r\n0\r\n\r\n"].concat();
+        assert_eq!(push(&fits), (reframed, Ok(())));
+        let over = [&ok[..], &line(4097)].concat();
+        assert_eq!(
+            push(&over),
+            (
+                ok.to_vec(),
+                Err(Refused::Malformed(
+                    "a chunk-size or trailer line is too long"
+                ))
+            )
+        );
+    }
+
+    #[test]
+    fn what_follows_an_upgrade_passes_as_it_is() {
+        // Request-like bytes after an upgrade are not a request: the placeholder stays.
+        let next = format!("GET /n?k={P} HTTP/1.1\r\nHost: api.example.test\r\n\r\n");
+        let upgrade = |fields: &str| {
+            format!("GET /ws HTTP/1.1\r\nHost: api.example.test\r\n{fields}\r\n{next}")
+        };
+        for (fields, tunnel) in [
+            ("Connection: Upgrade\r\nUpgrade: websocket\r\n", true),
+            (
+                "Connection: keep-alive, upgrade\r\nUpgrade: websocket\r\n",
+                true,
+            ),
+            // Both fields make an upgrade: either alone, or another connection option, does not.
+            ("Upgrade: websocket\r\n", false),
+            ("Connection: upgrade\r\n", false),
+            ("Connection: keep-alive\r\nUpgrade: websocket\r\n", false),
+        ] {
+            let out = run(
+                Side::Request,
+                upgrade(fields).as_bytes(),
+                &[],
+                &mut Exchange::default(),
+            );
+            let text = String::from_utf8(out).unwrap();
+            assert_eq!(text.ends_with(&next), tunnel, "{fields}: {text}");
+            assert_eq!(text.contains(V), !tunnel, "{fields}: {text}");
+        }
+        // An answer that switches protocols: what follows is not an answer either.
+        let switched = format!(
+            "HTTP/1.1 101 Switching Protocols\r\nConnection: upgrade\r\nUpgrade: websocket\r\n\r\n\
+             HTTP/1.1 200 OK\r\nContent-Length: {}\r\n\r\n{V}",
+            V.len()
+        );
+        let mut exchange = Exchange {
+            heads: [false].into(),
+        };
+        let out = run(Side::Response, switched.as_bytes(), &[], &mut exchange);
+        assert_eq!(out, switched.as_bytes());
+    }
+
+    #[test]
+    fn answers_204_and_304_have_no_body_whatever_their_length() {
+        let s = secrets();
+        for status in ["204 No Content", "304 Not Modified"] {
+            let answers = format!(
+                "HTTP/1.1 {status}\r\nContent-Length: 999\r\nETag: \"e\"\r\n\r\n\
+                 HTTP/1.1 200 OK\r\nContent-Length: {}\r\n\r\n{V}",
+                V.len()
+            );
+            let mut red = Swap::redact(&s, |_| true).unwrap();
+            let mut exchange = Exchange {
+                heads: [false, false].into(),
+            };
+            let mut out = Vec::new();
+            Messages::new(Side::Response)
+                .push(&mut red, &mut exchange, answers.as_bytes(), &mut out)
+                .unwrap();
+            let expected = answers.replace(
+                &format!("{}\r\n\r\n{V}", V.len()),
+                &format!("{}\r\n\r\n{P}", P.len()),
+            );
+            assert_eq!(String::from_utf8(out).unwrap(), expected, "{status}");
+        }
+    }
+
+    #[test]
+    fn a_head_httparse_cannot_read_is_refused() {
+        let many: String = (0..=MAX_HEADERS).map(|i| format!("X-{i}: v\r\n")).collect();
+        for (head, why) in [
+            (
+                "HTTP/1.1 200 OK\r\nno colon here\r\n\r\n".to_owned(),
+                "not an HTTP/1.x head",
+            ),
+            (
+                format!("HTTP/1.1 200 OK\r\n{many}\r\n"),
+                "too many header fields",
+            ),
+        ] {
+            let mut exchange = Exchange {
+                heads: [false].into(),
+            };
+            let got = Messages::new(Side::Response).push(
+                &mut Swap::none(),
+                &mut exchange,
+                head.as_bytes(),
+                &mut Vec::new(),
+            );
+            assert_eq!(got, Err(Refused::Malformed(why)));
+        }
+    }
+
+    #[test]
+    fn the_debug_text_is_the_side_and_the_state() {
+        let mut m = Messages::new(Side::Response);
+        assert_eq!(
+            format!("{m:?}"),
+            "Messages { side: Response, state: Head, .. }"
+        );
+        let mut exchange = Exchange {
+            heads: [false].into(),
+        };
+        m.push(
+            &mut Swap::none(),
+            &mut exchange,
+            b"HTTP/1.1 200 OK\r\nContent-Length: 5\r\n\r\nab",
+            &mut Vec::new(),
+        )
+        .unwrap();
+        assert_eq!(
+            format!("{m:?}"),
+            "Messages { side: Response, state: Hold { left: 3 }, .. }"
+        );
     }
 
     proptest! {
