@@ -982,3 +982,13 @@ fn await_ready(child: &mut Child, what: &str) {
         .unwrap();
     assert_eq!(line.trim(), "ready", "{what} did not start");
 }
+
+/// A policy file's rules: its lines that are not comments (a learned file's header quotes
+/// the command, which may name anything).
+pub fn rules_of(policy: &str) -> String {
+    policy
+        .lines()
+        .filter(|l| !l.trim_start().starts_with('#'))
+        .collect::<Vec<_>>()
+        .join("\n")
+}

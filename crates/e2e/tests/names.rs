@@ -9,7 +9,7 @@
 
 use std::time::Duration;
 
-use moat_e2e::{WORLD_DNS, World, stderr, stdout};
+use moat_e2e::{WORLD_DNS, World, rules_of, stderr, stdout};
 use serde_json::Value;
 
 const T: Duration = Duration::from_secs(90);
@@ -44,15 +44,6 @@ fn arrived(w: &World, host: &str) -> usize {
                 .is_some_and(|h| h.split(':').next() == Some(host))
         })
         .count()
-}
-
-/// The policy's rules: its lines that are not comments (the header quotes the command).
-fn rules_of(policy: &str) -> String {
-    policy
-        .lines()
-        .filter(|l| !l.trim_start().starts_with('#'))
-        .collect::<Vec<_>>()
-        .join("\n")
 }
 
 /// Looks up every name, the one it will not use last, then connects by plain HTTP to the

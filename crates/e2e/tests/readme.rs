@@ -24,7 +24,7 @@ use std::path::{Path, PathBuf};
 use std::process::Output;
 use std::time::Duration;
 
-use moat_e2e::{Scratch, World, stderr, stdout, validate_event};
+use moat_e2e::{Scratch, World, rules_of, stderr, stdout, validate_event};
 use serde_json::Value;
 
 const T: Duration = Duration::from_secs(90);
@@ -218,15 +218,6 @@ fn script(path: &Path, text: &str) {
     use std::os::unix::fs::PermissionsExt;
     std::fs::write(path, text).unwrap();
     std::fs::set_permissions(path, std::fs::Permissions::from_mode(0o755)).unwrap();
-}
-
-/// The policy's rules: its lines that are not comments.
-fn rules_of(policy: &str) -> String {
-    policy
-        .lines()
-        .filter(|l| !l.trim_start().starts_with('#'))
-        .collect::<Vec<_>>()
-        .join("\n")
 }
 
 /// `# default policy: public_only` — curl reaches example.com over HTTPS, verified against
