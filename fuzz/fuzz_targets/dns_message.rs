@@ -1,7 +1,7 @@
 //! Fuzz target: the DNS message parser (`Message::parse`) and helpers
-//! (`moat_engine::fuzzing::dns_message`) must never panic on arbitrary bytes.
+//! (`moat_dns::fuzzing::dns_message`) must never panic on arbitrary bytes.
 #![no_main]
 
 libfuzzer_sys::fuzz_target!(|data: &[u8]| {
-    moat_engine::fuzzing::dns_message(data);
+    moat_dns::fuzzing::dns_message(data);
 });

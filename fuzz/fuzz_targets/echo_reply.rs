@@ -1,6 +1,6 @@
-//! Fuzz target: `moat_engine::fuzzing::echo_reply` on arbitrary bytes must never panic.
+//! Fuzz target: `moat_wire::fuzzing::echo_reply` on arbitrary bytes must never panic.
 #![no_main]
 
 libfuzzer_sys::fuzz_target!(|data: &[u8]| {
-    moat_engine::fuzzing::echo_reply(data);
+    moat_wire::fuzzing::echo_reply(data);
 });

@@ -1,8 +1,8 @@
 //! Fuzz target: the name read from a connection's first bytes
-//! (`moat_engine::fuzzing::first_bytes`) must never panic, and pushing the bytes in two
+//! (`moat_inspect::fuzzing::first_bytes`) must never panic, and pushing the bytes in two
 //! pieces must tell what parsing them whole tells.
 #![no_main]
 
 libfuzzer_sys::fuzz_target!(|data: &[u8]| {
-    moat_engine::fuzzing::first_bytes(data);
+    moat_inspect::fuzzing::first_bytes(data);
 });

@@ -1,6 +1,6 @@
-//! Fuzz target: `moat_engine::fuzzing::frame` on arbitrary bytes must never panic.
+//! Fuzz target: `moat_wire::fuzzing::frame` on arbitrary bytes must never panic.
 #![no_main]
 
 libfuzzer_sys::fuzz_target!(|data: &[u8]| {
-    moat_engine::fuzzing::frame(data);
+    moat_wire::fuzzing::frame(data);
 });

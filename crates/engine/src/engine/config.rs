@@ -1,6 +1,7 @@
 //! What an engine is given ([`EngineConfig`], [`LinkConfig`], [`DenyMode`]) and what it
 //! gives back ([`Counters`]), with moat's defaults, each defined here once.
 
+use moat_record::Terminate;
 use std::net::{IpAddr, Ipv4Addr, Ipv6Addr, SocketAddr};
 use std::sync::Arc;
 use std::time::Duration;
@@ -9,9 +10,9 @@ use moat_policy::{CompiledPolicy, DomainName, DomainSuffix, ViolationAction};
 use rustls::pki_types::CertificateDer;
 
 use super::inbound::Published;
-use crate::audit::{AuditLog, Notices};
-use crate::secrets::Secret;
-use crate::tls::ca::InterceptCa;
+use moat_inspect::secrets::Secret;
+use moat_inspect::tls::ca::InterceptCa;
+use moat_record::audit::{AuditLog, Notices};
 
 /// How denied flows are answered.
 #[derive(Debug, Clone, Copy, PartialEq, Eq, Default)]
@@ -196,23 +197,6 @@ pub struct TlsConfig {
     pub verify_upstream: bool,
     /// The roots upstream chains are verified against (the host's, plus any given).
     pub roots: Vec<CertificateDer<'static>>,
-}
-
-/// A request to stop the whole sandbox, shared between the engine and whoever runs it.
-#[derive(Debug, Clone, Default)]
-pub struct Terminate(Arc<std::sync::Mutex<Option<String>>>);
-
-impl Terminate {
-    /// Asks for the sandbox to stop, saying why (the first reason is kept).
-    pub fn request(&self, why: String) {
-        let mut slot = self.0.lock().unwrap_or_else(|e| e.into_inner());
-        slot.get_or_insert(why);
-    }
-
-    /// Why the sandbox must stop, once asked.
-    pub fn requested(&self) -> Option<String> {
-        self.0.lock().unwrap_or_else(|e| e.into_inner()).clone()
-    }
 }
 
 /// The default of [`TlsConfig::ports`].

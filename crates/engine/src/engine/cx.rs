@@ -23,9 +23,9 @@ use super::stack::Stack;
 use super::table::FlowKey;
 use super::tls_stage::TlsShared;
 use super::udp_flow::UpRun;
-use crate::dns::filter::DnsRules;
-use crate::dns::pins::Pins;
-use crate::evidence::Named;
+use moat_dns::filter::DnsRules;
+use moat_dns::pins::Pins;
+use moat_inspect::evidence::Named;
 
 /// How often expired pins are dropped.
 const PIN_SWEEP: Duration = Duration::from_secs(10);

@@ -8,7 +8,7 @@ use std::net::{IpAddr, Ipv4Addr, Ipv6Addr, SocketAddr};
 use mio::net::{TcpStream, UdpSocket};
 use moat_policy::{NamePermit, Permit, canonical_addr};
 
-use crate::icmp::{self, EchoKind};
+use moat_wire::icmp::{self, EchoKind};
 
 fn check(permit: &Permit, addr: IpAddr) -> io::Result<()> {
     if canonical_addr(permit.addr()) == canonical_addr(addr) {

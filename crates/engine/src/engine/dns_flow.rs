@@ -52,11 +52,11 @@ use super::cx::{Cx, Tally};
 use super::dial;
 use super::table::{Due, Flow, FlowId, FlowKey, FlowTable};
 use super::tcp_flow::Segment;
-use crate::dns::filter;
-use crate::dns::framing::TcpFraming;
-use crate::dns::message::{Edns, Message, Question, ede, flags, rcode};
-use crate::http::refusal::refusal_line;
-use crate::summary;
+use moat_dns::filter;
+use moat_dns::framing::TcpFraming;
+use moat_dns::message::{Edns, Message, Question, ede, flags, rcode};
+use moat_inspect::http::refusal::refusal_line;
+use moat_record::summary;
 
 /// Where an answer goes.
 #[derive(Debug, Clone, Copy)]
@@ -166,7 +166,7 @@ pub(super) fn from_guest(table: &mut FlowTable, cx: &mut Cx, payload: &[u8], rep
     // A name carrying a placeholder would take it to whoever serves that name: a violation,
     // answered NXDOMAIN and never forwarded.
     let folded = shown.to_ascii_lowercase();
-    if let Some(i) = crate::secrets::carried(&cx.cfg.secrets, folded.as_bytes()) {
+    if let Some(i) = moat_inspect::secrets::carried(&cx.cfg.secrets, folded.as_bytes()) {
         let (guest, asked) = match reply {
             ReplyTo::Udp { guest, asked } => (guest, asked),
             ReplyTo::Tcp { flow } => match table.get(flow) {
@@ -324,7 +324,7 @@ fn try_from(table: &mut FlowTable, cx: &mut Cx, id: FlowId, mut server: usize) {
 
 /// The ID of a query moat wrote (always a whole header).
 fn sent_id(message: &[u8]) -> u16 {
-    crate::dns::id(message).unwrap_or(0)
+    moat_dns::id(message).unwrap_or(0)
 }
 
 /// Query `id` no longer waits on the socket it was sent from.
@@ -415,10 +415,10 @@ pub(super) fn readable(table: &mut FlowTable, cx: &mut Cx, up: FlowId) {
         match u.sock.recv(&mut buf) {
             Ok(n) => {
                 let bytes = &buf[..n];
-                if !crate::dns::is_response(bytes) {
+                if !moat_dns::is_response(bytes) {
                     continue;
                 }
-                let Some(qid) = crate::dns::id(bytes) else {
+                let Some(qid) = moat_dns::id(bytes) else {
                     continue;
                 };
                 let Some(query) = u.inflight.remove(&qid) else {
@@ -788,7 +788,7 @@ fn audit_dns(cx: &mut Cx, event: Lookup<'_>, blocked_by: Option<&str>) {
 
 /// The mnemonic of a query type, or its number.
 fn qtype_name(t: u16) -> String {
-    use crate::dns::message::rtype;
+    use moat_dns::message::rtype;
     match t {
         rtype::A => "A".into(),
         rtype::AAAA => "AAAA".into(),
@@ -814,8 +814,8 @@ mod tests {
     use moat_policy::NetworkPolicy;
 
     use super::*;
-    use crate::dns::message::{name, rtype};
     use crate::engine::testing::{Harness, udp, udp_to_guest};
+    use moat_dns::message::{name, rtype};
 
     fn query(host: &str) -> Vec<u8> {
         Message {
@@ -944,7 +944,7 @@ mod tests {
 
     #[test]
     fn a_refused_lookup_says_why_in_an_extended_dns_error_under_explain() {
-        use crate::dns::message::{Name, RData, Record, ede};
+        use moat_dns::message::{Name, RData, Record, ede};
         let mut edns = Message::parse(&query("api.example.com")).unwrap();
         edns.additional.push(Record {
             name: Name::default(),

@@ -17,8 +17,8 @@ use moat_policy::Protocol;
 use super::cx::Cx;
 use super::dial;
 use super::table::{Due, EchoKey, Flow, FlowId, FlowKey, FlowTable};
-use crate::evidence::Named;
-use crate::icmp::{self, EchoKind};
+use moat_inspect::evidence::Named;
+use moat_wire::icmp::{self, EchoKind};
 
 /// An echo flow without requests for this long is closed.
 const ECHO_IDLE: Duration = Duration::from_secs(10);

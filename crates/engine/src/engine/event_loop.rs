@@ -30,9 +30,9 @@ use super::stack::Stack;
 use super::table::{self, Flow, FlowId, FlowTable};
 use super::tls_stage::TlsShared;
 use super::{dns_flow, echo, ingress, tcp_flow, udp_flow};
-use crate::device::{ETH_HEADER, FrameDevice};
-use crate::dns::filter::DnsRules;
-use crate::dns::pins::Pins;
+use moat_dns::filter::DnsRules;
+use moat_dns::pins::Pins;
+use moat_wire::device::{ETH_HEADER, FrameDevice};
 
 /// The frame device.
 const TAP: Token = Token(0);

@@ -35,10 +35,10 @@ use super::close::CloseReason;
 use super::cx::Tally;
 use super::pool::SocketPool;
 use super::stream::Broken;
-use crate::evidence::{Named, request_host};
-use crate::http::{Authority, Refused, RequestReader, h1, h1_swap};
-use crate::secrets::swap::Swap;
-use crate::secrets::{Scan, Scanner};
+use moat_inspect::evidence::{Named, request_host};
+use moat_inspect::http::{Authority, Refused, RequestReader, h1, h1_swap};
+use moat_inspect::secrets::swap::Swap;
+use moat_inspect::secrets::{Scan, Scanner};
 
 /// The most read from a side at once.
 const CHUNK: usize = 16 * 1024;

@@ -1,4 +1,4 @@
-//! A frame from the sandbox: classified ([`crate::wire::classify`]) before smoltcp sees
+//! A frame from the sandbox: classified ([`moat_wire::classify`]) before smoltcp sees
 //! it, and routed to the flow kind that owns it.
 //!
 //! - **ARP and neighbour discovery** go to smoltcp, which answers for every address
@@ -22,7 +22,7 @@ use super::inbound::{self, Listeners};
 use super::table::{FlowKey, FlowTable};
 use super::tcp_flow::{self, Segment};
 use super::udp_flow;
-use crate::wire::{self, Frame, L4};
+use moat_wire::{self as wire, Frame, L4};
 
 /// Routes one frame from the sandbox.
 pub(super) fn on_frame(listeners: &Listeners, table: &mut FlowTable, cx: &mut Cx, frame: &[u8]) {

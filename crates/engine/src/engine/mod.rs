@@ -2,7 +2,7 @@
 //! stack and every host socket, and moves bytes between them without hand-offs.
 //!
 //! # Theory of operation
-//! Each frame from the sandbox is classified ([`crate::wire::classify`]) before smoltcp
+//! Each frame from the sandbox is classified ([`moat_wire::classify`]) before smoltcp
 //! sees it:
 //! - **ARP and neighbour discovery** go to smoltcp, which answers for every address
 //!   (`any_ip`), except questions about the sandbox's own address.
@@ -18,11 +18,11 @@
 //! - **UDP**: never enters smoltcp. Each (sandbox address, destination) pair is a flow with
 //!   a connected host socket, so replies come only from the destination; flows expire after
 //!   an idle timeout. What a flow's socket holds goes to the sandbox a batch at a time,
-//!   runs of one size in one frame its kernel splits (`offload.rs`, [`stack::UdpBurst`]).
+//!   runs of one size in one frame its kernel splits (`moat-wire`'s `offload.rs`, [`stack::UdpBurst`]).
 //!   DNS to the gateway is forwarded to the upstream resolvers.
 //! - **ICMP echo** to the gateway is answered by smoltcp; to other destinations it is
 //!   judged and relayed through a ping socket (or a raw one with `CAP_NET_RAW`), one per
-//!   (sandbox identifier, destination), see `icmp.rs`.
+//!   (sandbox identifier, destination), see `moat-wire`'s `icmp.rs`.
 //! - **Router solicitations** get a router advertisement for the link's prefix.
 //!
 //! The gateway's address stands for the host's loopback: flows to it (other than DNS) are
@@ -82,12 +82,12 @@ mod udp_flow;
 pub use self::config::{
     Counters, DEFAULT_BUSY_POLL, DEFAULT_MAX_BUFFER_MEMORY, DEFAULT_MAX_CONNECTIONS,
     DEFAULT_TLS_PORTS, DenyMode, EngineConfig, LinkConfig, MAX_BUSY_POLL, MAX_MTU,
-    MIN_BUFFER_MEMORY, MIN_MTU, Terminate, TlsConfig,
+    MIN_BUFFER_MEMORY, MIN_MTU, TlsConfig,
 };
 pub use self::event_loop::MAX_PUBLISHED;
 use self::event_loop::{Engine, WAKE};
 pub use self::inbound::{Published, PublishedSocket};
-use crate::device::FrameDevice;
+use moat_wire::device::FrameDevice;
 
 /// A running engine; stop it to get its counters.
 #[derive(Debug)]

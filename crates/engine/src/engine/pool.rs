@@ -94,7 +94,7 @@ impl SocketPool {
     /// the pool if it holds less than a full body's room.
     pub(super) fn hold_room(&mut self, mem: &Grant) -> usize {
         let room = self.budget.hold_room(mem);
-        if room < crate::http::h1_swap::HOLD_BODY as usize && !self.pooled.is_empty() {
+        if room < moat_inspect::http::h1_swap::HOLD_BODY as usize && !self.pooled.is_empty() {
             self.empty();
             return self.budget.hold_room(mem);
         }

@@ -50,9 +50,9 @@ use super::table::{Flow, FlowId, FlowKey, FlowTable};
 use super::tcp_flow::Segment;
 use super::tls_shared::Fixed;
 use super::tls_stage::socket_sink;
-use crate::http::refusal::{self, FirstBytes};
-use crate::summary;
-use crate::tls::ca::LeafName;
+use moat_inspect::http::refusal::{self, FirstBytes};
+use moat_inspect::tls::ca::LeafName;
+use moat_record::summary;
 
 /// How long the sandbox has, from its SYN, to send its request's head (and, on an
 /// intercepted port, to finish the TLS handshake).

@@ -23,9 +23,9 @@ use smoltcp::wire::{EthernetAddress, HardwareAddress, IpCidr};
 
 use super::config::LinkConfig;
 use super::table::FlowKey;
-use crate::device::{ETH_HEADER, FrameDevice, StackDevice};
-use crate::offload::{self, UdpRun};
-use crate::wire::{self, Link, Unreachable};
+use moat_wire::device::{ETH_HEADER, FrameDevice, StackDevice};
+use moat_wire::offload::{self, UdpRun};
+use moat_wire::{self as wire, Link, Unreachable};
 
 /// The gateway's link-local address, the source of its router advertisements.
 const GATEWAY_LINK_LOCAL: Ipv6Addr = Ipv6Addr::new(0xfe80, 0, 0, 0, 0, 0, 0, 1);
@@ -381,7 +381,7 @@ mod tests {
     use proptest::prelude::*;
 
     use super::*;
-    use crate::offload::{UdpSegments, split_udp_reference};
+    use moat_wire::offload::{UdpSegments, split_udp_reference};
 
     /// What a device was given: each frame as the sandbox's kernel receives it (a split
     /// frame as its datagrams), and how many writes it took.

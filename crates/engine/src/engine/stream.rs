@@ -41,9 +41,9 @@ use super::cx::Tally;
 use super::http_stage::PlainHttp;
 use super::pool::SocketPool;
 use super::tls_stage::{Intercept, TlsFailure, TlsNote, TlsShared};
-use crate::evidence::{First, Named};
-use crate::secrets::{Scan, Scanner};
-use crate::tls::sni::{self, Sni};
+use moat_inspect::evidence::{First, Named};
+use moat_inspect::secrets::{Scan, Scanner};
+use moat_inspect::tls::sni::{self, Sni};
 
 /// What happens to the bytes on their way.
 pub(super) enum Stage {

@@ -52,10 +52,10 @@ use super::refusal;
 use super::stream::{Broken, Hello, Stage, Stream};
 use super::table::{Due, Flow, FlowId, FlowKey, FlowTable};
 use super::tls_stage::{Intercept, Swaps, TlsFailure, TlsNote};
-use crate::evidence::Named;
-use crate::secrets::swap::Swap;
-use crate::secrets::{Scanner, Secret};
-use crate::tls::sni::Sni;
+use moat_inspect::evidence::Named;
+use moat_inspect::secrets::swap::Swap;
+use moat_inspect::secrets::{Scanner, Secret};
+use moat_inspect::tls::sni::Sni;
 
 /// TCP ports whose first bytes are read for a TLS server name (when the policy has domain
 /// rules).

@@ -24,8 +24,8 @@ use super::inbound::{Listeners, Published};
 use super::ingress;
 use super::table::{FlowKey, FlowTable};
 use super::udp_flow;
-use crate::audit::AuditLog;
-use crate::device::SharedMemoryDevice;
+use moat_record::audit::AuditLog;
+use moat_wire::device::SharedMemoryDevice;
 
 const GUEST_MAC: EthernetAddress = EthernetAddress([0x02, 0, 0, 0, 0, 0x42]);
 /// The sandbox's source port in every frame built here.

@@ -13,7 +13,7 @@ use rustls::sign::CertifiedKey;
 use rustls::{ClientConfig, RootCertStore, ServerConfig};
 
 use super::config::TlsConfig;
-use crate::tls::ca::{InterceptCa, LeafCache};
+use moat_inspect::tls::ca::{InterceptCa, LeafCache};
 
 /// Leaves kept at once.
 const LEAF_CACHE: usize = 1024;

@@ -55,10 +55,10 @@ use super::cx::Tally;
 use super::pool::SocketPool;
 use super::tls_shared::Fixed;
 pub(super) use super::tls_shared::TlsShared;
-use crate::http::{Authority, Refused, RequestReader, h1, h1_swap, h2, h2_swap, refusal};
-use crate::secrets::swap::Swap;
-use crate::secrets::{Scan, Scanner};
-use crate::tls::ca::LeafName;
+use moat_inspect::http::{Authority, Refused, RequestReader, h1, h1_swap, h2, h2_swap, refusal};
+use moat_inspect::secrets::swap::Swap;
+use moat_inspect::secrets::{Scan, Scanner};
+use moat_inspect::tls::ca::LeafName;
 
 /// Plaintext moved per step between the legs.
 const CHUNK: usize = 16 * 1024;

@@ -31,10 +31,10 @@ use super::close::CloseReason;
 use super::cx::{Cx, Tally};
 use super::dial;
 use super::table::{Due, Flow, FlowId, FlowKey, FlowTable};
-use crate::evidence::Named;
-use crate::offload::UdpRun;
-use crate::secrets;
-use crate::wire::Unreachable;
+use moat_inspect::evidence::Named;
+use moat_inspect::secrets;
+use moat_wire::Unreachable;
+use moat_wire::offload::UdpRun;
 
 /// Datagrams read from one host socket per event before the loop moves on.
 const RX_BATCH: usize = 256;

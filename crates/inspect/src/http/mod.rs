@@ -128,7 +128,7 @@ impl Authority {
 }
 
 /// The host of `host[:port]` or `[v6][:port]`.
-pub(crate) fn host_of(authority: &str) -> &str {
+pub fn host_of(authority: &str) -> &str {
     if let Some(rest) = authority.strip_prefix('[') {
         return rest.split(']').next().unwrap_or(rest);
     }
@@ -174,17 +174,18 @@ mod tests {
 
 /// What the readers' tests share.
 #[cfg(test)]
-pub(crate) mod testing {
+pub mod testing {
     #![allow(clippy::unwrap_used)] // Test code: a panic is the failure report.
 
     use super::{Authority, Refused};
 
-    /// The swap tests' placeholder and value (longer than the placeholder).
-    pub(crate) const P: &str = "moat_0123456789abcdef0123456789abcdef";
-    pub(crate) const V: &str = "sk-live-VALUE-which-is-longer-than-its-placeholder-0001";
+    /// The swap tests' placeholder.
+    pub const P: &str = "moat_0123456789abcdef0123456789abcdef";
+    /// The swap tests' value (longer than the placeholder).
+    pub const V: &str = "sk-live-VALUE-which-is-longer-than-its-placeholder-0001";
 
     /// One secret, API_KEY, with [`P`] and [`V`], allowed to api.example.test.
-    pub(crate) fn secrets() -> Vec<crate::secrets::Secret> {
+    pub fn secrets() -> Vec<crate::secrets::Secret> {
         vec![
             crate::secrets::Secret::new(
                 "API_KEY",
@@ -198,13 +199,13 @@ pub(crate) mod testing {
     }
 
     /// The host the test requests' handshake named.
-    pub(crate) fn api() -> Authority {
+    pub fn api() -> Authority {
         Authority::Name(moat_policy::DomainName::new("api.example.test").unwrap())
     }
 
     /// Feeds `input` to `push` cut at `cuts` (any order, any values), stopping at the first
     /// refusal: what passed, and how it ended.
-    pub(crate) fn in_pieces(
+    pub fn in_pieces(
         mut push: impl FnMut(&[u8], &mut Vec<u8>) -> Result<(), Refused>,
         input: &[u8],
         cuts: Vec<usize>,

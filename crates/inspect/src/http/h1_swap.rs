@@ -529,7 +529,7 @@ fn parsed(result: httparse::Result<usize>) -> Result<(), Refused> {
 
 /// Whether a request field asks for an answer redaction could not search: in a content or
 /// transfer coding of the server's choice, or in ranges (see the module header).
-pub(super) fn asks_unreadable(name: &[u8]) -> bool {
+pub fn asks_unreadable(name: &[u8]) -> bool {
     ["accept-encoding", "range", "if-range", "te"]
         .iter()
         .any(|n| name.eq_ignore_ascii_case(n.as_bytes()))

@@ -101,7 +101,7 @@ impl UdpSegments {
 /// [`MAX_UDP_SEGMENTS`] of them and `room` payload bytes in all. Only lengths are kept; the
 /// bytes are the caller's, concatenated.
 #[derive(Debug, Default, Clone, Copy, PartialEq, Eq)]
-pub(crate) struct UdpRun {
+pub struct UdpRun {
     /// Payload bytes of the first datagram: the size of each.
     size: usize,
     count: usize,
@@ -114,7 +114,7 @@ pub(crate) struct UdpRun {
 impl UdpRun {
     /// Whether a datagram of `len` bytes may join the run, which holds at most `room`
     /// payload bytes. An empty run takes nothing: its first datagram starts a new one.
-    pub(crate) fn takes(&self, len: usize, room: usize) -> bool {
+    pub fn takes(&self, len: usize, room: usize) -> bool {
         self.count > 0
             && !self.closed
             && len > 0
@@ -125,7 +125,7 @@ impl UdpRun {
 
     /// Adds a datagram of `len` bytes (the first sets the size). Callers ask
     /// [`UdpRun::takes`] first, or start from an empty run.
-    pub(crate) fn add(&mut self, len: usize) {
+    pub fn add(&mut self, len: usize) {
         if self.count == 0 {
             self.size = len;
         }
@@ -135,18 +135,18 @@ impl UdpRun {
     }
 
     /// Datagrams in the run.
-    pub(crate) fn count(&self) -> usize {
+    pub fn count(&self) -> usize {
         self.count
     }
 
     /// Payload bytes of each datagram but the last.
-    pub(crate) fn size(&self) -> usize {
+    pub fn size(&self) -> usize {
         self.size
     }
 
     /// The run's datagrams, cut from `payload` (the run's bytes, concatenated): what to send
     /// one by one where a segmented write is refused.
-    pub(crate) fn datagrams<'p>(&self, payload: &'p [u8]) -> impl Iterator<Item = &'p [u8]> {
+    pub fn datagrams<'p>(&self, payload: &'p [u8]) -> impl Iterator<Item = &'p [u8]> {
         // Only a run of one empty datagram has no bytes to cut.
         let empty = (self.count > 0 && payload.is_empty()).then_some(payload);
         payload.chunks(self.size.max(1)).chain(empty)
@@ -292,8 +292,7 @@ pub fn prepare_tcp(frame: &mut [u8], segment: Option<u16>) -> Option<TcpOffload>
 /// What the sandbox's kernel makes of a UDP frame announced by `segments`, written out the
 /// plain way: one frame per datagram, with its own IP length and header checksum, UDP length
 /// and full UDP checksum (the definition the engine's UDP batching is held to in tests).
-#[cfg(test)]
-pub(crate) fn split_udp_reference(frame: &[u8], segments: &UdpSegments) -> Vec<Vec<u8>> {
+pub fn split_udp_reference(frame: &[u8], segments: &UdpSegments) -> Vec<Vec<u8>> {
     use smoltcp::wire::{IpAddress, Ipv4Packet, Ipv6Packet, UdpPacket};
     let at = usize::from(segments.csum_start);
     let v6 = at == ETH + 40;
@@ -504,14 +503,14 @@ mod tests {
                 "10.0.2.100:40000".parse().unwrap(),
             )
         };
-        let link = crate::wire::Link {
+        let link = crate::Link {
             gateway_mac: smoltcp::wire::EthernetAddress([2, 0, 0, 0, 0, 1]),
             guest_mac: smoltcp::wire::EthernetAddress([2, 0, 0, 0, 0, 2]),
         };
-        let at = crate::wire::udp_payload_offset(src, dst).unwrap();
+        let at = crate::udp_payload_offset(src, dst).unwrap();
         let mut f = vec![0u8; at];
         f.extend_from_slice(payload);
-        assert!(crate::wire::udp_headers(&mut f, &link, src, dst));
+        assert!(crate::udp_headers(&mut f, &link, src, dst));
         f
     }
 

@@ -53,7 +53,7 @@ const MAX_FRAME: usize = 16 * 1024;
 /// The most header block held at once.
 const MAX_BLOCK: usize = super::h2::MAX_BLOCK;
 /// The most held back while a receiver's window is short.
-const MAX_STALLED: usize = 4 * 1024 * 1024;
+pub const MAX_STALLED: usize = 4 * 1024 * 1024;
 /// A window's size before the receiver says otherwise (RFC 9113 §6.9.2).
 const DEFAULT_WINDOW: i64 = 65_535;
 const SETTINGS: u8 = 0x4;

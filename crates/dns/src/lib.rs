@@ -1,9 +1,19 @@
+//! moat's DNS, sans-I/O: what the engine's DNS flows use to answer the sandbox.
+//!
+//! This crate owns the message parser and writer (`message.rs`), the filter that blocks names
+//! and drops answers pointing inward (`filter.rs`), the pins that bind domain rules to the
+//! addresses DNS really answered (`pins.rs`) and DNS-over-TCP framing (`framing.rs`). It
+//! uses only the policy; the flows, sockets and timers are the engine's.
+//!
+//! # Forwarding
 //! DNS forwarding at the message level: the sandbox's query is parsed and written anew for
 //! the upstream (its first question and EDNS payload size and DO bit only, under a random
 //! ID while in flight; the sandbox's ID is restored in the answer, see
 //! `message::Message::upstream_query`), upstreams are tried in order on timeout or transport
 //! error, and when all fail the sandbox gets a SERVFAIL built from its own question (RFC 1035
 //! §4.1). Over TCP, messages are cut out of the stream by `framing`.
+
+#![forbid(unsafe_code)]
 
 pub mod filter;
 pub mod framing;
@@ -76,6 +86,46 @@ pub fn rcode_answer(query: &[u8], rcode: u8) -> Option<Vec<u8>> {
     out[4..6].copy_from_slice(&qdcount.to_be_bytes());
     out[6..12].fill(0);
     Some(out)
+}
+
+/// Entry points for the fuzz targets in `fuzz/` (not a stable API): every parser of
+/// untrusted bytes this crate owns.
+#[doc(hidden)]
+pub mod fuzzing {
+    /// The DNS message parser and helpers on arbitrary bytes.
+    pub fn dns_message(data: &[u8]) {
+        let _ = crate::message::Message::parse(data);
+        let _ = crate::is_query(data);
+        let _ = crate::is_response(data);
+        let _ = crate::servfail(data);
+        let mut copy = data.to_vec();
+        crate::set_id(&mut copy, 1);
+    }
+
+    /// DNS-over-TCP framing: the bytes pushed in pieces (cut where the input's first
+    /// byte says), then every whole message taken out and parsed.
+    pub fn dns_tcp_stream(data: &[u8]) {
+        let (step, stream) = match data.split_first() {
+            Some((&s, rest)) => (usize::from(s).max(1), rest),
+            None => return,
+        };
+        let mut framing = crate::framing::TcpFraming::default();
+        for piece in stream.chunks(step) {
+            let mut piece = piece;
+            while !piece.is_empty() {
+                let took = framing.push(piece);
+                piece = &piece[took..];
+                while let Some(message) = framing.next_message() {
+                    assert!(message.len() <= 65535);
+                    let _ = crate::message::Message::parse(&message);
+                }
+                if took == 0 {
+                    break;
+                }
+            }
+            assert!(framing.held() <= crate::framing::TcpFraming::MAX);
+        }
+    }
 }
 
 #[cfg(test)]

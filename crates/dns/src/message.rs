@@ -445,7 +445,6 @@ impl Message {
     }
 
     /// The Extended DNS Error an answer carries: (info code, extra text).
-    #[cfg(test)]
     pub fn extended_error(&self) -> Option<(u16, String)> {
         let opt = self.additional.iter().find(|r| r.rtype == rtype::OPT)?;
         let RData::Other(data) = &opt.data else {
@@ -610,8 +609,7 @@ impl Writer<'_> {
     }
 }
 
-/// Builds a name from dotted text (for tests).
-#[cfg(test)]
+/// Builds a name from dotted text (for tests and tools; not checked as a domain name is).
 pub fn name(text: &str) -> Name {
     Name(
         text.trim_end_matches('.')

@@ -204,14 +204,15 @@ impl InterceptCa {
 }
 
 /// Leaves already made, at most `cap`, the oldest dropped first.
-pub(crate) struct LeafCache {
+pub struct LeafCache {
     leaves: HashMap<LeafName, Arc<CertifiedKey>>,
     order: VecDeque<LeafName>,
     cap: usize,
 }
 
 impl LeafCache {
-    pub(crate) fn new(cap: usize) -> LeafCache {
+    /// An empty cache that keeps at most `cap` leaves.
+    pub fn new(cap: usize) -> LeafCache {
         LeafCache {
             leaves: HashMap::new(),
             order: VecDeque::new(),
@@ -220,11 +221,7 @@ impl LeafCache {
     }
 
     /// The leaf for `name`, made by `ca` when not cached.
-    pub(crate) fn get(
-        &mut self,
-        ca: &InterceptCa,
-        name: &LeafName,
-    ) -> Result<Arc<CertifiedKey>, CaError> {
+    pub fn get(&mut self, ca: &InterceptCa, name: &LeafName) -> Result<Arc<CertifiedKey>, CaError> {
         if let Some(leaf) = self.leaves.get(name) {
             return Ok(leaf.clone());
         }
@@ -244,7 +241,7 @@ impl LeafCache {
 
     /// Leaves held.
     #[cfg(test)]
-    pub(crate) fn len(&self) -> usize {
+    fn len(&self) -> usize {
         self.leaves.len()
     }
 }

@@ -5,7 +5,7 @@
 //!
 //! # Theory of operation
 //! A [`Summary`] is built from audit events — as the run goes (the audit log feeds each event
-//! it writes, [`crate::AuditLog::summarize`]) or afterwards from a log file (`moat audit`) —
+//! it writes, [`crate::audit::AuditLog::summarize`]) or afterwards from a log file (`moat audit`) —
 //! so both say the same. Events are grouped by run id; within a run, by what matters to the
 //! reader: direction, protocol, destination (the name DNS answered for it when there is one,
 //! else the address) and port, plus the deciding rule and reason for denials. Source ports

@@ -41,7 +41,6 @@ use std::time::{Duration, Instant, SystemTime, UNIX_EPOCH};
 
 use serde_json::{Map, Value};
 
-use crate::engine::Terminate;
 use crate::summary::{Fresh, Head, Summary};
 
 /// The default cap of an audit log file: 64 MiB (a quarter of a million events or so;
@@ -647,6 +646,23 @@ fn civil_from_days(z: i64) -> (i64, u32, u32) {
     let d = (doy - (153 * mp + 2) / 5 + 1) as u32;
     let m = if mp < 10 { mp + 3 } else { mp - 9 } as u32;
     (if m <= 2 { y + 1 } else { y }, m, d)
+}
+
+/// A request to stop the whole sandbox, shared between the engine and whoever runs it.
+#[derive(Debug, Clone, Default)]
+pub struct Terminate(Arc<Mutex<Option<String>>>);
+
+impl Terminate {
+    /// Asks for the sandbox to stop, saying why (the first reason is kept).
+    pub fn request(&self, why: String) {
+        let mut slot = self.0.lock().unwrap_or_else(|e| e.into_inner());
+        slot.get_or_insert(why);
+    }
+
+    /// Why the sandbox must stop, once asked.
+    pub fn requested(&self) -> Option<String> {
+        self.0.lock().unwrap_or_else(|e| e.into_inner()).clone()
+    }
 }
 
 #[cfg(test)]

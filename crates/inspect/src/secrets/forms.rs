@@ -28,10 +28,9 @@
 //! [`Scanner`]: super::Scanner
 
 /// RFC 4648 §4.
-pub(crate) const BASE64: &[u8; 64] =
-    b"ABCDEFGHIJKLMNOPQRSTUVWXYZabcdefghijklmnopqrstuvwxyz0123456789+/";
+pub const BASE64: &[u8; 64] = b"ABCDEFGHIJKLMNOPQRSTUVWXYZabcdefghijklmnopqrstuvwxyz0123456789+/";
 /// RFC 4648 §5.
-pub(crate) const BASE64_URL: &[u8; 64] =
+pub const BASE64_URL: &[u8; 64] =
     b"ABCDEFGHIJKLMNOPQRSTUVWXYZabcdefghijklmnopqrstuvwxyz0123456789-_";
 
 /// The fewest value bytes a base64 form is made for: a shorter core would match ordinary
@@ -40,7 +39,7 @@ const BASE64_MIN: usize = 6;
 
 /// One character at an end of a base64 form that holds some of the value's bits.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
-pub(crate) struct Edge {
+pub struct Edge {
     /// The bits of the character's sextet that come from the value.
     pub mask: u8,
     /// Those bits, as the value sets them.
@@ -49,12 +48,12 @@ pub(crate) struct Edge {
 
 impl Edge {
     /// Whether `c` (a character of `alphabet`) carries the value's bits here.
-    pub(crate) fn holds(&self, alphabet: &[u8; 64], c: u8) -> bool {
+    pub fn holds(&self, alphabet: &[u8; 64], c: u8) -> bool {
         sextet(alphabet, c).is_some_and(|s| s & self.mask == self.bits)
     }
 
     /// `c` with the value's bits replaced by `other`'s (the neighbour's kept).
-    pub(crate) fn swap(&self, alphabet: &[u8; 64], c: u8, other: &Edge) -> u8 {
+    pub fn swap(&self, alphabet: &[u8; 64], c: u8, other: &Edge) -> u8 {
         match sextet(alphabet, c) {
             Some(s) => alphabet[usize::from(s & !self.mask | other.bits)],
             None => c,
@@ -64,7 +63,7 @@ impl Edge {
 
 /// The base64 form of some bytes at one alignment.
 #[derive(Debug, Clone, PartialEq, Eq)]
-pub(crate) struct Base64 {
+pub struct Base64 {
     pub alphabet: &'static [u8; 64],
     /// The characters made of the value's bits alone.
     pub core: Vec<u8>,
@@ -76,7 +75,7 @@ pub(crate) struct Base64 {
 
 /// The base64 form of `data` when it starts `offset` (0, 1 or 2) bytes into a 3-byte
 /// group, in `alphabet`; `None` when `data` is too short to make one.
-pub(crate) fn base64_at(data: &[u8], offset: usize, alphabet: &'static [u8; 64]) -> Option<Base64> {
+pub fn base64_at(data: &[u8], offset: usize, alphabet: &'static [u8; 64]) -> Option<Base64> {
     if data.len() < BASE64_MIN || offset > 2 {
         return None;
     }
@@ -122,7 +121,7 @@ pub(crate) fn base64_at(data: &[u8], offset: usize, alphabet: &'static [u8; 64])
 }
 
 /// Every base64 form of `data`: both alphabets, the three alignments.
-pub(crate) fn base64_forms(data: &[u8]) -> Vec<Base64> {
+pub fn base64_forms(data: &[u8]) -> Vec<Base64> {
     [BASE64, BASE64_URL]
         .into_iter()
         .flat_map(|a| (0..3).filter_map(move |o| base64_at(data, o, a)))
@@ -147,7 +146,7 @@ fn base64_whole(data: &[u8], alphabet: &[u8; 64]) -> Vec<u8> {
 /// The literal text forms of `data` other than base64, each with the same encoding of
 /// `to`, without duplicates and without `data` as it is: hexadecimal, percent-encoded and
 /// JSON-escaped (see the module header).
-pub(crate) fn text_forms(data: &[u8], to: &[u8]) -> Vec<(Vec<u8>, Vec<u8>)> {
+pub fn text_forms(data: &[u8], to: &[u8]) -> Vec<(Vec<u8>, Vec<u8>)> {
     type Encoder<'a> = &'a dyn Fn(&[u8]) -> Vec<u8>;
     let encoders: [Encoder<'_>; 14] = [
         &|d| hex(d, false),
@@ -176,7 +175,7 @@ pub(crate) fn text_forms(data: &[u8], to: &[u8]) -> Vec<(Vec<u8>, Vec<u8>)> {
 }
 
 /// `data` in hexadecimal.
-pub(crate) fn hex(data: &[u8], upper: bool) -> Vec<u8> {
+pub fn hex(data: &[u8], upper: bool) -> Vec<u8> {
     let digits: &[u8; 16] = if upper {
         b"0123456789ABCDEF"
     } else {
