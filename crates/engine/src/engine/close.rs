@@ -1,6 +1,8 @@
 //! Why a flow ended. Every removal names one of these; its text is the audit log's
 //! `close` event `reason`, and [`CloseReason::is_clean`] says whether the far end of a
-//! published port gets an orderly close or a reset.
+//! published port gets an orderly close or a reset. Below them, why a stream stage cannot
+//! go on ([`Broken`]) and why an intercepted connection failed ([`TlsFailure`]): what a
+//! stage reports and its flow turns into a removal.
 
 use std::fmt;
 
@@ -85,6 +87,48 @@ impl fmt::Display for CloseReason {
             CloseReason::Answered => f.write_str("answered"),
             CloseReason::DnsFailed => f.write_str("dns failed"),
             CloseReason::SandboxStopped => f.write_str("sandbox stopped"),
+        }
+    }
+}
+
+/// Why a stream cannot go on.
+#[derive(Debug)]
+pub(super) enum Broken {
+    /// A socket failed: the flow is reset.
+    Reset(CloseReason),
+    /// Interception cannot go on; what the sandbox was sent (an alert, a 403) must
+    /// arrive, so the flow closes in order.
+    Tls(TlsFailure),
+    /// The placeholder of secret `.0` was heading for a host outside its list; the bytes
+    /// carrying it were kept back.
+    Secret(usize),
+}
+
+/// Why an intercepted connection cannot go on.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub(super) enum TlsFailure {
+    /// A handshake failed, on either leg; the sandbox was sent an alert where it could be.
+    Handshake(String),
+    /// The server's certificate is not trusted (the sandbox was sent an alert).
+    Untrusted(String),
+    /// A request was refused; the sandbox was answered 403.
+    Refused(String),
+    /// The connection broke after both handshakes.
+    Broken(String),
+    /// The placeholder of secret `.0` was heading for this host, outside its list; it
+    /// was kept back.
+    Secret(usize),
+}
+
+impl TlsFailure {
+    /// The reason, for the audit log.
+    pub(super) fn reason(&self) -> &str {
+        match self {
+            TlsFailure::Handshake(why)
+            | TlsFailure::Untrusted(why)
+            | TlsFailure::Refused(why)
+            | TlsFailure::Broken(why) => why,
+            TlsFailure::Secret(_) => "a secret's placeholder was kept back",
         }
     }
 }

@@ -9,7 +9,6 @@ use std::time::Duration;
 use moat_policy::{CompiledPolicy, DomainName, DomainSuffix, ViolationAction};
 use rustls::pki_types::CertificateDer;
 
-use super::inbound::Published;
 use moat_inspect::secrets::Secret;
 use moat_inspect::tls::ca::InterceptCa;
 use moat_record::audit::{AuditLog, Notices};
@@ -197,6 +196,24 @@ pub struct TlsConfig {
     pub verify_upstream: bool,
     /// The roots upstream chains are verified against (the host's, plus any given).
     pub roots: Vec<CertificateDer<'static>>,
+}
+
+/// A published port's host socket, bound by moat before the sandbox starts.
+#[derive(Debug)]
+pub enum PublishedSocket {
+    /// A TCP listener.
+    Tcp(std::net::TcpListener),
+    /// A UDP socket.
+    Udp(std::net::UdpSocket),
+}
+
+/// One published port.
+#[derive(Debug)]
+pub struct Published {
+    /// The host socket.
+    pub socket: PublishedSocket,
+    /// The port inside the sandbox.
+    pub guest_port: u16,
 }
 
 /// The default of [`TlsConfig::ports`].

@@ -18,14 +18,14 @@ use serde_json::Value;
 use super::close::CloseReason;
 use super::config::{Counters, EngineConfig};
 use super::host_addrs::HostAddrs;
+use super::key::{FlowId, FlowKey};
 use super::pool::SocketPool;
 use super::stack::Stack;
-use super::table::FlowKey;
-use super::tls_stage::TlsShared;
-use super::udp_flow::UpRun;
+use super::tls_shared::TlsShared;
 use moat_dns::filter::DnsRules;
 use moat_dns::pins::Pins;
 use moat_inspect::evidence::Named;
+use moat_wire::offload::UdpRun;
 
 /// How often expired pins are dropped.
 const PIN_SWEEP: Duration = Duration::from_secs(10);
@@ -545,4 +545,17 @@ impl Cx {
             ],
         );
     }
+}
+/// Datagrams from the sandbox to one flow, held while the loop reads a batch of frames, so
+/// a run of one size (the last may be shorter) leaves in one system call: the kernel sends
+/// it as the same datagrams (UDP segmentation offload, `UDP_SEGMENT`). The loop sends what
+/// is held at the end of each batch (`udp_flow::flush_up`).
+#[derive(Default)]
+pub(super) struct UpRun {
+    /// The flow the run is for.
+    pub(super) flow: Option<FlowId>,
+    /// The datagrams' sizes.
+    pub(super) run: UdpRun,
+    /// The datagrams, one after another.
+    pub(super) bytes: Vec<u8>,
 }

@@ -16,7 +16,8 @@ use moat_policy::Protocol;
 
 use super::cx::Cx;
 use super::dial;
-use super::table::{Due, EchoKey, Flow, FlowId, FlowKey, FlowTable};
+use super::key::{Due, EchoKey, FlowId, FlowKey};
+use super::table::{Flow, FlowTable};
 use moat_inspect::evidence::Named;
 use moat_wire::icmp::{self, EchoKind};
 

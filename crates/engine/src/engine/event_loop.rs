@@ -25,27 +25,16 @@ use super::config::{Counters, EngineConfig, MIN_BUFFER_MEMORY};
 use super::cx::Cx;
 use super::host_addrs::HostAddrs;
 use super::inbound::{self, Listeners};
+use super::key::{FlowId, HOST_ADDRS, LISTENER_BASE, TAP, WAKE};
 use super::pool::SocketPool;
 use super::stack::Stack;
-use super::table::{self, Flow, FlowId, FlowTable};
-use super::tls_stage::TlsShared;
+use super::table::{self, Flow, FlowTable};
+use super::tls_shared::TlsShared;
 use super::{dns_flow, echo, ingress, tcp_flow, udp_flow};
 use moat_dns::filter::DnsRules;
 use moat_dns::pins::Pins;
 use moat_wire::device::{ETH_HEADER, FrameDevice};
 
-/// The frame device.
-const TAP: Token = Token(0);
-/// `EngineHandle::stop` wakes the loop.
-pub(super) const WAKE: Token = Token(1);
-/// The netlink socket that says when the host's addresses change.
-const HOST_ADDRS: Token = Token(2);
-/// Tokens of published ports start here.
-const LISTENER_BASE: usize = 3;
-/// Published ports at most.
-pub const MAX_PUBLISHED: usize = 256;
-/// Tokens of flows start here (see `table.rs`).
-pub(super) const FIRST_FLOW: usize = LISTENER_BASE + MAX_PUBLISHED;
 /// Frames read per wake before the loop services sockets again.
 const RX_BATCH: usize = 256;
 /// How often idle flows and deadlines are checked.

@@ -31,10 +31,10 @@ use moat_policy::DomainName;
 use smoltcp::socket::tcp;
 
 use super::budget::Grant;
+use super::close::Broken;
 use super::close::CloseReason;
 use super::cx::Tally;
 use super::pool::SocketPool;
-use super::stream::Broken;
 use moat_inspect::evidence::{Named, request_host};
 use moat_inspect::http::{Authority, Refused, RequestReader, h1, h1_swap};
 use moat_inspect::secrets::swap::Swap;

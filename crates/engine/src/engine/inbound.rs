@@ -25,27 +25,11 @@ use moat_policy::{Protocol, canonical_addr};
 use smoltcp::wire::IpEndpoint;
 
 use super::close::CloseReason;
+use super::config::{Published, PublishedSocket};
 use super::cx::{Cx, Tally};
-use super::table::{Due, Flow, FlowKey, FlowTable};
+use super::key::{Due, FlowKey};
+use super::table::{Flow, FlowTable};
 use super::tcp_flow::{self, TcpFlow};
-
-/// A published port's host socket, bound by moat before the sandbox starts.
-#[derive(Debug)]
-pub enum PublishedSocket {
-    /// A TCP listener.
-    Tcp(std::net::TcpListener),
-    /// A UDP socket.
-    Udp(std::net::UdpSocket),
-}
-
-/// One published port.
-#[derive(Debug)]
-pub struct Published {
-    /// The host socket.
-    pub socket: PublishedSocket,
-    /// The port inside the sandbox.
-    pub guest_port: u16,
-}
 
 /// Connections accepted or datagrams read per event before the loop moves on.
 const ACCEPT_BATCH: usize = 256;

@@ -69,6 +69,7 @@ mod host_addrs;
 mod http_stage;
 mod inbound;
 mod ingress;
+mod key;
 mod pool;
 mod refusal;
 mod stack;
@@ -82,11 +83,11 @@ mod udp_flow;
 pub use self::config::{
     Counters, DEFAULT_BUSY_POLL, DEFAULT_MAX_BUFFER_MEMORY, DEFAULT_MAX_CONNECTIONS,
     DEFAULT_TLS_PORTS, DenyMode, EngineConfig, LinkConfig, MAX_BUSY_POLL, MAX_MTU,
-    MIN_BUFFER_MEMORY, MIN_MTU, TlsConfig,
+    MIN_BUFFER_MEMORY, MIN_MTU, Published, PublishedSocket, TlsConfig,
 };
-pub use self::event_loop::MAX_PUBLISHED;
-use self::event_loop::{Engine, WAKE};
-pub use self::inbound::{Published, PublishedSocket};
+use self::event_loop::Engine;
+pub use self::key::MAX_PUBLISHED;
+use self::key::WAKE;
 use moat_wire::device::FrameDevice;
 
 /// A running engine; stop it to get its counters.

@@ -22,7 +22,7 @@ use smoltcp::socket::tcp;
 use smoltcp::wire::{EthernetAddress, HardwareAddress, IpCidr};
 
 use super::config::LinkConfig;
-use super::table::FlowKey;
+use super::key::FlowKey;
 use moat_wire::device::{ETH_HEADER, FrameDevice, StackDevice};
 use moat_wire::offload::{self, UdpRun};
 use moat_wire::{self as wire, Link, Unreachable};

@@ -36,11 +36,12 @@ use mio::net::TcpStream;
 use smoltcp::socket::tcp;
 
 use super::budget::Grant;
-use super::close::CloseReason;
+use super::close::{Broken, CloseReason, TlsFailure};
 use super::cx::Tally;
 use super::http_stage::PlainHttp;
 use super::pool::SocketPool;
-use super::tls_stage::{Intercept, TlsFailure, TlsNote, TlsShared};
+use super::tls_shared::TlsShared;
+use super::tls_stage::{Intercept, TlsNote};
 use moat_inspect::evidence::{First, Named};
 use moat_inspect::secrets::{Scan, Scanner};
 use moat_inspect::tls::sni::{self, Sni};
@@ -55,19 +56,6 @@ pub(super) enum Stage {
     Tls(Box<Intercept>),
     /// Plain HTTP on which secrets are swapped (`http_stage.rs`).
     Http(Box<PlainHttp>),
-}
-
-/// Why a stream cannot go on.
-#[derive(Debug)]
-pub(super) enum Broken {
-    /// A socket failed: the flow is reset.
-    Reset(CloseReason),
-    /// Interception cannot go on; what the sandbox was sent (an alert, a 403) must
-    /// arrive, so the flow closes in order.
-    Tls(TlsFailure),
-    /// The placeholder of secret `.0` was heading for a host outside its list; the bytes
-    /// carrying it were kept back.
-    Secret(usize),
 }
 
 /// One direction of a stream.

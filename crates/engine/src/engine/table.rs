@@ -23,50 +23,20 @@
 //! The sweep ([`sweep`], every 200 ms) asks each flow what is due (see [`Due`]).
 
 use std::collections::{HashMap, HashSet};
-use std::net::{IpAddr, SocketAddr};
+use std::net::SocketAddr;
 use std::time::Instant;
 
-use mio::{Interest, Registry, Token};
+use mio::{Interest, Registry};
 
 use super::close::CloseReason;
 use super::cx::Cx;
 use super::dns_flow::{self, DnsQuery, DnsStream, DnsUpstream, ResolverPool};
 use super::echo::EchoFlow;
-use super::event_loop::FIRST_FLOW;
 use super::inbound::UdpIn;
+use super::key::{Due, EchoKey, FlowId, FlowKey};
 use super::refusal::{self, Refusal};
 use super::tcp_flow::{self, TcpFlow};
 use super::udp_flow::{self, UdpFlow};
-
-/// A flow's slot in the table.
-#[derive(Debug, Clone, Copy, PartialEq, Eq, Hash)]
-pub(super) struct FlowId(usize);
-
-impl FlowId {
-    /// The poll token of the flow's host socket.
-    pub(super) fn token(self) -> Token {
-        Token(FIRST_FLOW + self.0)
-    }
-
-    /// The flow a poll token belongs to.
-    pub(super) fn from_token(token: Token) -> Option<FlowId> {
-        token.0.checked_sub(FIRST_FLOW).map(FlowId)
-    }
-}
-
-/// The two ends of a flow: the sandbox's, and the one it talks to as the sandbox sees it
-/// (for outbound flows the destination it addressed; for inbound ones the source it is
-/// shown).
-#[derive(Debug, Clone, Copy, PartialEq, Eq, Hash)]
-pub(super) struct FlowKey {
-    /// The sandbox's address and port.
-    pub(super) guest: SocketAddr,
-    /// The other end's address and port, as the sandbox sees it.
-    pub(super) host: SocketAddr,
-}
-
-/// An echo flow's key: the sandbox's address, the destination, the sandbox's identifier.
-pub(super) type EchoKey = (IpAddr, IpAddr, u16);
 
 /// Every kind of flow.
 pub(super) enum Flow {
@@ -127,22 +97,6 @@ impl Flow {
     }
 }
 
-/// What the sweep does with a flow.
-pub(super) enum Due {
-    /// Idle past its timeout: remove it.
-    Expire,
-    /// A DNS query timed out at its resolver: ask the next one.
-    NextResolver,
-    /// The upstream dial took too long: reset the sandbox's SYN and remove it.
-    DialTimedOut,
-    /// A connection took too long to finish closing: reset it.
-    CloseTimedOut,
-    /// Move its bytes along (and end it if both sides are done).
-    Relay,
-    /// Nothing yet.
-    Nothing,
-}
-
 /// The flows (see the module header).
 pub(super) struct FlowTable {
     slots: Vec<Option<Flow>>,
@@ -195,11 +149,11 @@ impl FlowTable {
     }
 
     pub(super) fn get(&self, id: FlowId) -> Option<&Flow> {
-        self.slots.get(id.0).and_then(Option::as_ref)
+        self.slots.get(id.slot()).and_then(Option::as_ref)
     }
 
     pub(super) fn get_mut(&mut self, id: FlowId) -> Option<&mut Flow> {
-        self.slots.get_mut(id.0).and_then(Option::as_mut)
+        self.slots.get_mut(id.slot()).and_then(Option::as_mut)
     }
 
     /// The TCP connection (or DNS-over-TCP one) on `key`.
@@ -250,7 +204,7 @@ impl FlowTable {
     /// A slot for a new flow without a socket of its own yet; fill it with
     /// [`Self::insert`] (or give it back with [`Self::release`]).
     pub(super) fn reserve(&mut self) -> FlowId {
-        FlowId(self.free.pop().unwrap_or_else(|| {
+        FlowId::at(self.free.pop().unwrap_or_else(|| {
             self.slots.push(None);
             self.slots.len() - 1
         }))
@@ -258,8 +212,8 @@ impl FlowTable {
 
     /// Gives back a slot that was reserved and never filled.
     pub(super) fn release(&mut self, id: FlowId) {
-        if self.slots.get(id.0).is_some_and(Option::is_none) {
-            self.free.push(id.0);
+        if self.slots.get(id.slot()).is_some_and(Option::is_none) {
+            self.free.push(id.slot());
         }
     }
 
@@ -313,7 +267,7 @@ impl FlowTable {
         if matches!(flow, Flow::Refusal(_)) {
             self.refusals += 1;
         }
-        if let Some(slot) = self.slots.get_mut(id.0) {
+        if let Some(slot) = self.slots.get_mut(id.slot()) {
             *slot = Some(flow);
         }
     }
@@ -322,7 +276,7 @@ impl FlowTable {
     #[cfg(test)]
     pub(super) fn ids(&self) -> Vec<FlowId> {
         (0..self.slots.len())
-            .map(FlowId)
+            .map(FlowId::at)
             .filter(|&id| self.get(id).is_some())
             .collect()
     }
@@ -356,10 +310,10 @@ impl FlowTable {
 
     /// Removes flow `id`: unindexed, uncounted, its sockets released and its end audited.
     pub(super) fn remove(&mut self, id: FlowId, why: CloseReason, cx: &mut Cx) {
-        let Some(flow) = self.slots.get_mut(id.0).and_then(Option::take) else {
+        let Some(flow) = self.slots.get_mut(id.slot()).and_then(Option::take) else {
             return;
         };
-        self.free.push(id.0);
+        self.free.push(id.slot());
         match flow.index() {
             Index::Tcp(key) => {
                 self.tcp.remove(&key);
@@ -398,7 +352,7 @@ impl FlowTable {
                 self.dns_in_flight -= 1;
                 let (on, reply) = q.close();
                 if let Some((up, qid)) = on
-                    && let Some(Some(Flow::DnsUpstream(u))) = self.slots.get_mut(up.0)
+                    && let Some(Some(Flow::DnsUpstream(u))) = self.slots.get_mut(up.slot())
                 {
                     u.forget(qid, id);
                 }
@@ -421,7 +375,7 @@ impl FlowTable {
         // The resets go out before the sockets are dropped.
         cx.stack.egress();
         for id in 0..self.slots.len() {
-            self.remove(FlowId(id), CloseReason::SandboxStopped, cx);
+            self.remove(FlowId::at(id), CloseReason::SandboxStopped, cx);
         }
     }
 }
@@ -433,7 +387,7 @@ pub(super) fn sweep(table: &mut FlowTable, cx: &mut Cx) {
     let now = Instant::now();
     cx.sweep_pins(now);
     for slot in 0..table.slots.len() {
-        let id = FlowId(slot);
+        let id = FlowId::at(slot);
         let due = match table.get(id) {
             Some(Flow::Tcp(f)) => f.due(now),
             Some(Flow::Udp(f)) => f.due(now, cx.cfg.udp_idle_timeout),

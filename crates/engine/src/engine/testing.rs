@@ -17,12 +17,14 @@ use smoltcp::wire::{
     Ipv4Repr, TcpControl, TcpPacket, TcpRepr, TcpSeqNumber, UdpPacket, UdpRepr,
 };
 
+use super::config::Published;
 use super::config::{DenyMode, EngineConfig, LinkConfig};
 use super::cx::Cx;
 use super::event_loop::parts;
-use super::inbound::{Listeners, Published};
+use super::inbound::Listeners;
 use super::ingress;
-use super::table::{FlowKey, FlowTable};
+use super::key::FlowKey;
+use super::table::FlowTable;
 use super::udp_flow;
 use moat_record::audit::AuditLog;
 use moat_wire::device::SharedMemoryDevice;

@@ -51,10 +51,11 @@ use rustls::{ClientConnection, ServerConnection};
 use smoltcp::socket::tcp;
 
 use super::budget::Grant;
+use super::close::TlsFailure;
 use super::cx::Tally;
 use super::pool::SocketPool;
 use super::tls_shared::Fixed;
-pub(super) use super::tls_shared::TlsShared;
+use super::tls_shared::TlsShared;
 use moat_inspect::http::{Authority, Refused, RequestReader, h1, h1_swap, h2, h2_swap, refusal};
 use moat_inspect::secrets::swap::Swap;
 use moat_inspect::secrets::{Scan, Scanner};
@@ -260,35 +261,6 @@ pub(super) enum TlsNote {
         /// Whether the server's chain was verified.
         verified: bool,
     },
-}
-
-/// Why an intercepted connection cannot go on.
-#[derive(Debug, Clone, PartialEq, Eq)]
-pub(super) enum TlsFailure {
-    /// A handshake failed, on either leg; the sandbox was sent an alert where it could be.
-    Handshake(String),
-    /// The server's certificate is not trusted (the sandbox was sent an alert).
-    Untrusted(String),
-    /// A request was refused; the sandbox was answered 403.
-    Refused(String),
-    /// The connection broke after both handshakes.
-    Broken(String),
-    /// The placeholder of secret `.0` was heading for this host, outside its list; it
-    /// was kept back.
-    Secret(usize),
-}
-
-impl TlsFailure {
-    /// The reason, for the audit log.
-    pub(super) fn reason(&self) -> &str {
-        match self {
-            TlsFailure::Handshake(why)
-            | TlsFailure::Untrusted(why)
-            | TlsFailure::Refused(why)
-            | TlsFailure::Broken(why) => why,
-            TlsFailure::Secret(_) => "a secret's placeholder was kept back",
-        }
-    }
 }
 
 /// An intercepted connection (see the module header).

@@ -30,11 +30,11 @@ use nix::sys::socket::{ControlMessage, MsgFlags};
 use super::close::CloseReason;
 use super::cx::{Cx, Tally};
 use super::dial;
-use super::table::{Due, Flow, FlowId, FlowKey, FlowTable};
+use super::key::{Due, FlowId, FlowKey};
+use super::table::{Flow, FlowTable};
 use moat_inspect::evidence::Named;
 use moat_inspect::secrets;
 use moat_wire::Unreachable;
-use moat_wire::offload::UdpRun;
 
 /// Datagrams read from one host socket per event before the loop moves on.
 const RX_BATCH: usize = 256;
@@ -132,17 +132,6 @@ pub(super) fn on_datagram(
     };
     table.insert(id, Flow::Udp(flow));
     cx.audit_allow("udp", key, &rule, &reason, &Named::Nothing);
-}
-
-/// Datagrams from the sandbox to one flow, held while the loop reads a batch of frames, so
-/// a run of one size (the last may be shorter) leaves in one system call: the kernel sends
-/// it as the same datagrams (UDP segmentation offload, `UDP_SEGMENT`). The loop sends what
-/// is held at the end of each batch ([`flush_up`]).
-#[derive(Default)]
-pub(super) struct UpRun {
-    flow: Option<FlowId>,
-    run: UdpRun,
-    bytes: Vec<u8>,
 }
 
 /// The most payload one `UDP_SEGMENT` send carries: what one IPv4 datagram can.
