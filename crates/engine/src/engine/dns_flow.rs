@@ -50,9 +50,9 @@ use super::close::CloseReason;
 use super::config::DenyMode;
 use super::cx::{Cx, Tally};
 use super::dial;
+use super::key::Segment;
 use super::key::{Due, FlowId, FlowKey};
 use super::table::{Flow, FlowTable};
-use super::tcp_flow::Segment;
 use moat_dns::filter;
 use moat_dns::framing::TcpFraming;
 use moat_dns::message::{Edns, Message, Question, ede, flags, rcode};
@@ -605,16 +605,6 @@ fn deliver(table: &mut FlowTable, cx: &mut Cx, reply: ReplyTo, bytes: &[u8]) {
     }
 }
 
-/// A query has ended (called by the flow table): its DNS-over-TCP flow may take more.
-pub(super) fn query_done(table: &mut FlowTable, reply: ReplyTo) {
-    if let ReplyTo::Tcp { flow } = reply
-        && let Some(Flow::DnsStream(s)) = table.get_mut(flow)
-    {
-        s.pending = s.pending.saturating_sub(1);
-        table.touch(flow);
-    }
-}
-
 /// Accepts a DNS-over-TCP connection from the sandbox; it is answered here.
 pub(super) fn open_stream(table: &mut FlowTable, cx: &mut Cx, syn: Segment<'_>) {
     let key = syn.key;
@@ -714,6 +704,11 @@ impl DnsQuery {
 }
 
 impl DnsStream {
+    /// One of its queries has ended: it may take more.
+    pub(super) fn query_done(&mut self) {
+        self.pending = self.pending.saturating_sub(1);
+    }
+
     pub(super) fn key(&self) -> FlowKey {
         self.key
     }

@@ -5,7 +5,7 @@
 //! frames from the sandbox and route each (`ingress.rs`); route host-socket events to
 //! their flows (`table.rs` finds them by token); move the bytes of every flow an event
 //! marked; send what smoltcp has ready; remove the flows whose resets are now out; every
-//! 200 ms, sweep (`table::sweep`). The loop ends when asked to stop, or at the end of a
+//! 200 ms, sweep ([`sweep`]). The loop ends when asked to stop, or at the end of a
 //! turn in which the audit log failed under `--audit-required` (fail closed).
 //!
 //! The poll is edge-triggered: it reports a socket when something arrives, not while
@@ -21,16 +21,17 @@ use std::time::{Duration, Instant};
 use mio::{Events, Interest, Poll, Registry, Token};
 
 use super::budget::Budget;
+use super::close::CloseReason;
 use super::config::{Counters, EngineConfig, MIN_BUFFER_MEMORY};
 use super::cx::Cx;
 use super::host_addrs::HostAddrs;
 use super::inbound::{self, Listeners};
-use super::key::{FlowId, HOST_ADDRS, LISTENER_BASE, TAP, WAKE};
+use super::key::{Due, FlowId, HOST_ADDRS, LISTENER_BASE, TAP, WAKE};
 use super::pool::SocketPool;
 use super::stack::Stack;
-use super::table::{self, Flow, FlowTable};
+use super::table::{Flow, FlowTable};
 use super::tls_shared::TlsShared;
-use super::{dns_flow, echo, ingress, tcp_flow, udp_flow};
+use super::{dns_flow, ingress, on_echo, on_refusal, tcp_flow, udp_flow};
 use moat_dns::filter::DnsRules;
 use moat_dns::pins::Pins;
 use moat_wire::device::{ETH_HEADER, FrameDevice};
@@ -137,7 +138,7 @@ impl Engine {
                 inbound::on_ready(&mut self.listeners, &mut self.table, &mut self.cx, index);
             }
             for id in self.table.take_dirty() {
-                table::service(&mut self.table, &mut self.cx, id);
+                service(&mut self.table, &mut self.cx, id);
             }
             self.cx.stack.egress();
             self.table.remove_doomed(&mut self.cx);
@@ -150,7 +151,7 @@ impl Engine {
                 if !self.cx.host_addrs.is_watched() {
                     self.cx.refresh_host_addrs();
                 }
-                table::sweep(&mut self.table, &mut self.cx);
+                sweep(&mut self.table, &mut self.cx);
                 next_sweep = Instant::now() + SWEEP;
             }
         }
@@ -188,7 +189,7 @@ impl Engine {
             Some(Flow::Tcp(_)) => tcp_flow::on_host_ready(table, cx, id),
             Some(Flow::Udp(_)) => udp_flow::readable(table, cx, id),
             Some(Flow::DnsUpstream(_)) => dns_flow::readable(table, cx, id),
-            Some(Flow::Echo(_)) => echo::readable(table, cx, id),
+            Some(Flow::Echo(_)) => on_echo::readable(table, cx, id),
             Some(Flow::DnsStream(_)) => table.touch(id),
             Some(Flow::UdpIn(_) | Flow::DnsQuery(_) | Flow::Refusal(_)) | None => {}
         }
@@ -260,6 +261,46 @@ pub(super) fn parts(
         })?;
     let cx = Cx::new(stack, pool, cfg, dns_rules, host_addrs, pins, tls, seed);
     Ok((table, cx, listeners))
+}
+
+/// Runs what is due: idle flows expire, dials and DNS queries time out, and TCP flows
+/// are relayed again (those waiting on the buffer budget, and those smoltcp has
+/// finished).
+pub(super) fn sweep(table: &mut FlowTable, cx: &mut Cx) {
+    let now = Instant::now();
+    cx.sweep_pins(now);
+    for slot in 0..table.slot_count() {
+        let id = FlowId::at(slot);
+        let due = match table.get(id) {
+            Some(Flow::Tcp(f)) => f.due(now),
+            Some(Flow::Udp(f)) => f.due(now, cx.cfg.udp_idle_timeout),
+            Some(Flow::UdpIn(f)) => f.due(now, cx.cfg.udp_idle_timeout),
+            Some(Flow::Echo(e)) => e.due(now),
+            Some(Flow::DnsQuery(q)) => q.due(now),
+            Some(Flow::DnsUpstream(_)) => Due::Nothing,
+            Some(Flow::DnsStream(_) | Flow::Refusal(_)) => Due::Relay,
+            None => Due::Nothing,
+        };
+        match due {
+            Due::Expire => table.remove(id, CloseReason::Idle, cx),
+            Due::NextResolver => dns_flow::next_resolver(table, cx, id),
+            Due::DialTimedOut => tcp_flow::dial_timed_out(table, cx, id),
+            Due::CloseTimedOut => tcp_flow::close_timed_out(table, cx, id),
+            Due::Relay => service(table, cx, id),
+            Due::Nothing => {}
+        }
+    }
+}
+
+/// Moves a flow's bytes along: what the loop does for the flows an event marked.
+pub(super) fn service(table: &mut FlowTable, cx: &mut Cx, id: FlowId) {
+    match table.get(id) {
+        Some(Flow::Tcp(_)) => tcp_flow::relay(table, cx, id),
+        Some(Flow::DnsStream(_)) => dns_flow::stream_relay(table, cx, id),
+        Some(Flow::Refusal(_)) => on_refusal::relay(table, cx, id),
+        Some(Flow::Udp(_)) => udp_flow::readable(table, cx, id),
+        _ => {}
+    }
 }
 
 #[cfg(test)]

@@ -17,11 +17,13 @@ use std::net::{IpAddr, SocketAddr};
 
 use super::cx::Cx;
 use super::dns_flow::{self, ReplyTo};
-use super::echo::{self, Request};
+use super::echo::Request;
 use super::inbound::{self, Listeners};
 use super::key::FlowKey;
+use super::key::Segment;
+use super::on_echo;
 use super::table::FlowTable;
-use super::tcp_flow::{self, Segment};
+use super::tcp_flow::{self};
 use super::udp_flow;
 use moat_wire::{self as wire, Frame, L4};
 
@@ -120,7 +122,7 @@ pub(super) fn on_frame(listeners: &Listeners, table: &mut FlowTable, cx: &mut Cx
                     seq,
                     data,
                 };
-                echo::on_request(table, cx, req);
+                on_echo::request(table, cx, req);
             }
         }
         L4::NeighborSolicit { target } => {

@@ -1,6 +1,7 @@
 //! What names a flow and an event: the poll tokens (the device, the waker, the host's
 //! addresses, published ports, then one per flow), a flow's slot ([`FlowId`]) and its two
-//! ends ([`FlowKey`]), and what the sweep finds due for a flow ([`Due`]). Below every flow
+//! ends ([`FlowKey`]), a TCP segment from the sandbox ([`Segment`]), and what the sweep
+//! finds due for a flow ([`Due`]). Below every flow
 //! kind and the table, so each can name a flow without naming the others.
 
 use std::net::{IpAddr, SocketAddr};
@@ -58,6 +59,20 @@ pub(super) struct FlowKey {
 
 /// An echo flow's key: the sandbox's address, the destination, the sandbox's identifier.
 pub(super) type EchoKey = (IpAddr, IpAddr, u16);
+
+/// One TCP segment from the sandbox, as classified.
+#[derive(Debug, Clone, Copy)]
+pub(super) struct Segment<'a> {
+    /// The whole frame.
+    pub(super) frame: &'a [u8],
+    pub(super) key: FlowKey,
+    /// A SYN without ACK or RST: the start of a connection.
+    pub(super) opens: bool,
+    pub(super) rst: bool,
+    pub(super) seq: u32,
+    /// Sequence space taken (payload, plus one for SYN or FIN).
+    pub(super) len: u32,
+}
 
 /// What the sweep does with a flow.
 pub(super) enum Due {

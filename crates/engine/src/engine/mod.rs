@@ -70,6 +70,8 @@ mod http_stage;
 mod inbound;
 mod ingress;
 mod key;
+mod on_echo;
+mod on_refusal;
 mod pool;
 mod refusal;
 mod stack;

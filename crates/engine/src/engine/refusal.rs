@@ -45,10 +45,9 @@ use smoltcp::wire::IpListenEndpoint;
 use super::budget::Grant;
 use super::close::CloseReason;
 use super::cx::Cx;
-use super::key::{FlowId, FlowKey};
+use super::key::FlowKey;
+use super::key::Segment;
 use super::pool::REFUSAL_RX;
-use super::table::{Flow, FlowTable};
-use super::tcp_flow::Segment;
 use super::tls_shared::Fixed;
 use super::tls_stage::socket_sink;
 use moat_inspect::http::refusal::{self, FirstBytes};
@@ -94,7 +93,7 @@ pub(super) struct Refusal {
 }
 
 /// What a step asks of the table.
-enum Step {
+pub(super) enum Step {
     Continue,
     /// The sandbox's socket was reset, or is done: remove after the next egress.
     Doom(CloseReason),
@@ -113,60 +112,47 @@ fn line_for(cx: &Cx, key: FlowKey, decision: &Decision) -> String {
     )
 }
 
-/// Accepts the refused connection whose SYN is `seg` (already audited); it is answered
-/// here. Past a limit it is reset, as under `reject`.
-pub(super) fn open(table: &mut FlowTable, cx: &mut Cx, seg: Segment<'_>, decision: &Decision) {
-    let key = seg.key;
-    let skip = |cx: &mut Cx| {
-        cx.counters.explain_skipped += 1;
-        cx.stack.reset_guest(key, seg.seq, seg.len);
-    };
-    if table.refusals() >= MAX_REFUSALS.min(cx.cfg.max_connections / 2) || table.connections_full()
-    {
-        return skip(cx);
-    }
-    let Some((mut socket, mem)) = cx.pool.refusal_socket() else {
-        return skip(cx);
-    };
-    let endpoint = IpListenEndpoint {
-        addr: Some(key.host.ip().into()),
-        port: key.host.port(),
-    };
-    if socket.listen(endpoint).is_err() {
-        cx.pool.give_back(socket, mem);
-        return skip(cx);
-    }
-    let intercepted = cx
-        .tls
-        .as_ref()
-        .is_some_and(|t| t.intercepts(key.host.port()));
-    let phase = if intercepted {
-        Phase::Hello(Box::default())
-    } else {
-        Phase::Plain
-    };
-    let refusal = Refusal {
-        key,
-        handle: cx.stack.sockets.add(socket),
-        mem,
-        line: line_for(cx, key, decision),
-        phase,
-        deadline: Instant::now() + FIRST_BYTES,
-    };
-    let id = table.reserve();
-    table.insert(id, Flow::Refusal(refusal));
-    cx.stack.feed(seg.frame);
-    table.touch(id);
+/// Counts a refusal moat could not answer and resets it, as under `reject`.
+pub(super) fn skip(cx: &mut Cx, seg: &Segment<'_>) {
+    cx.counters.explain_skipped += 1;
+    cx.stack.reset_guest(seg.key, seg.seq, seg.len);
 }
 
-/// Moves a refused connection along: reads, answers, resets, or ends it.
-pub(super) fn relay(table: &mut FlowTable, cx: &mut Cx, id: FlowId) {
-    let Some(Flow::Refusal(r)) = table.get_mut(id) else {
-        return;
-    };
-    match r.step(cx, Instant::now()) {
-        Step::Continue => {}
-        Step::Doom(why) => table.doom(id, why),
+impl Refusal {
+    /// Takes the refused connection whose SYN is `seg` (already audited) on a smoltcp
+    /// socket of its own, to be answered here; `None` (reset, counted) when no socket can.
+    pub(super) fn accept(cx: &mut Cx, seg: &Segment<'_>, decision: &Decision) -> Option<Refusal> {
+        let key = seg.key;
+        let Some((mut socket, mem)) = cx.pool.refusal_socket() else {
+            skip(cx, seg);
+            return None;
+        };
+        let endpoint = IpListenEndpoint {
+            addr: Some(key.host.ip().into()),
+            port: key.host.port(),
+        };
+        if socket.listen(endpoint).is_err() {
+            cx.pool.give_back(socket, mem);
+            skip(cx, seg);
+            return None;
+        }
+        let intercepted = cx
+            .tls
+            .as_ref()
+            .is_some_and(|t| t.intercepts(key.host.port()));
+        let phase = if intercepted {
+            Phase::Hello(Box::default())
+        } else {
+            Phase::Plain
+        };
+        Some(Refusal {
+            key,
+            handle: cx.stack.sockets.add(socket),
+            mem,
+            line: line_for(cx, key, decision),
+            phase,
+            deadline: Instant::now() + FIRST_BYTES,
+        })
     }
 }
 
@@ -199,7 +185,7 @@ impl Refusal {
     }
 
     /// One step (see the module header).
-    fn step(&mut self, cx: &mut Cx, now: Instant) -> Step {
+    pub(super) fn step(&mut self, cx: &mut Cx, now: Instant) -> Step {
         let socket = cx.stack.sockets.get_mut::<tcp::Socket>(self.handle);
         if matches!(
             socket.state(),
@@ -417,6 +403,8 @@ mod tests {
 
     use super::*;
     use crate::engine::config::DenyMode;
+    use crate::engine::on_refusal::relay;
+    use crate::engine::table::Flow;
     use crate::engine::testing::{GUEST_PORT, Harness, tcp_from, tcp_segment_to_guest};
 
     const GATEWAY: Ipv4Addr = Ipv4Addr::new(10, 0, 2, 2);

@@ -24,19 +24,18 @@
 
 use std::collections::{HashMap, HashSet};
 use std::net::SocketAddr;
-use std::time::Instant;
 
 use mio::{Interest, Registry};
 
 use super::close::CloseReason;
 use super::cx::Cx;
-use super::dns_flow::{self, DnsQuery, DnsStream, DnsUpstream, ResolverPool};
+use super::dns_flow::{DnsQuery, DnsStream, DnsUpstream, ReplyTo, ResolverPool};
 use super::echo::EchoFlow;
 use super::inbound::UdpIn;
-use super::key::{Due, EchoKey, FlowId, FlowKey};
-use super::refusal::{self, Refusal};
-use super::tcp_flow::{self, TcpFlow};
-use super::udp_flow::{self, UdpFlow};
+use super::key::{EchoKey, FlowId, FlowKey};
+use super::refusal::Refusal;
+use super::tcp_flow::TcpFlow;
+use super::udp_flow::UdpFlow;
 
 /// Every kind of flow.
 pub(super) enum Flow {
@@ -272,6 +271,11 @@ impl FlowTable {
         }
     }
 
+    /// How many slots there are (a flow's id is below it).
+    pub(super) fn slot_count(&self) -> usize {
+        self.slots.len()
+    }
+
     /// Every flow's id (tests look at what the table holds).
     #[cfg(test)]
     pub(super) fn ids(&self) -> Vec<FlowId> {
@@ -356,7 +360,13 @@ impl FlowTable {
                 {
                     u.forget(qid, id);
                 }
-                dns_flow::query_done(self, reply);
+                // Its DNS-over-TCP flow may take more.
+                if let ReplyTo::Tcp { flow } = reply
+                    && let Some(Some(Flow::DnsStream(s))) = self.slots.get_mut(flow.slot())
+                {
+                    s.query_done();
+                    self.touch(flow);
+                }
             }
             Flow::DnsUpstream(u) => u.close(registry),
         }
@@ -377,45 +387,5 @@ impl FlowTable {
         for id in 0..self.slots.len() {
             self.remove(FlowId::at(id), CloseReason::SandboxStopped, cx);
         }
-    }
-}
-
-/// Runs what is due: idle flows expire, dials and DNS queries time out, and TCP flows
-/// are relayed again (those waiting on the buffer budget, and those smoltcp has
-/// finished).
-pub(super) fn sweep(table: &mut FlowTable, cx: &mut Cx) {
-    let now = Instant::now();
-    cx.sweep_pins(now);
-    for slot in 0..table.slots.len() {
-        let id = FlowId::at(slot);
-        let due = match table.get(id) {
-            Some(Flow::Tcp(f)) => f.due(now),
-            Some(Flow::Udp(f)) => f.due(now, cx.cfg.udp_idle_timeout),
-            Some(Flow::UdpIn(f)) => f.due(now, cx.cfg.udp_idle_timeout),
-            Some(Flow::Echo(e)) => e.due(now),
-            Some(Flow::DnsQuery(q)) => q.due(now),
-            Some(Flow::DnsUpstream(_)) => Due::Nothing,
-            Some(Flow::DnsStream(_) | Flow::Refusal(_)) => Due::Relay,
-            None => Due::Nothing,
-        };
-        match due {
-            Due::Expire => table.remove(id, CloseReason::Idle, cx),
-            Due::NextResolver => dns_flow::next_resolver(table, cx, id),
-            Due::DialTimedOut => tcp_flow::dial_timed_out(table, cx, id),
-            Due::CloseTimedOut => tcp_flow::close_timed_out(table, cx, id),
-            Due::Relay => service(table, cx, id),
-            Due::Nothing => {}
-        }
-    }
-}
-
-/// Moves a flow's bytes along: what the loop does for the flows an event marked.
-pub(super) fn service(table: &mut FlowTable, cx: &mut Cx, id: FlowId) {
-    match table.get(id) {
-        Some(Flow::Tcp(_)) => tcp_flow::relay(table, cx, id),
-        Some(Flow::DnsStream(_)) => dns_flow::stream_relay(table, cx, id),
-        Some(Flow::Refusal(_)) => refusal::relay(table, cx, id),
-        Some(Flow::Udp(_)) => udp_flow::readable(table, cx, id),
-        _ => {}
     }
 }

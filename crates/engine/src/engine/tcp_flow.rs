@@ -48,8 +48,8 @@ use super::cx::{Cx, TlsAudit};
 use super::dial;
 use super::dns_flow;
 use super::http_stage::{Candidate, PlainHttp};
-use super::key::{Due, FlowId, FlowKey};
-use super::refusal;
+use super::key::{Due, FlowId, FlowKey, Segment};
+use super::on_refusal;
 use super::stream::{Hello, Stage, Stream};
 use super::table::{Flow, FlowTable};
 use super::tls_stage::{Intercept, Swaps, TlsNote};
@@ -68,20 +68,6 @@ const NAMING_WAIT: Duration = Duration::from_secs(2);
 const CLOSING: Duration = Duration::from_secs(30);
 /// How long the sandbox has to take what moat holds for it after the host side reset.
 const RESETTING: Duration = Duration::from_secs(5);
-
-/// One TCP segment from the sandbox, as classified.
-#[derive(Debug, Clone, Copy)]
-pub(super) struct Segment<'a> {
-    /// The whole frame.
-    pub(super) frame: &'a [u8],
-    pub(super) key: FlowKey,
-    /// A SYN without ACK or RST: the start of a connection.
-    pub(super) opens: bool,
-    pub(super) rst: bool,
-    pub(super) seq: u32,
-    /// Sequence space taken (payload, plus one for SYN or FIN).
-    pub(super) len: u32,
-}
 
 /// Where a connection came from.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
@@ -217,7 +203,7 @@ fn open(table: &mut FlowTable, cx: &mut Cx, seg: Segment<'_>) {
                 DenyMode::Drop => {}
                 DenyMode::Reject => cx.stack.reset_guest(key, seg.seq, seg.len),
                 // Accepted and answered by moat itself (`refusal.rs`); nothing is dialed.
-                DenyMode::Explain => refusal::open(table, cx, seg, &decision),
+                DenyMode::Explain => on_refusal::open(table, cx, seg, &decision),
             }
             return;
         }

@@ -328,7 +328,7 @@ mod tests {
         );
         // ...and the loop's next turn serves it: the rest arrives with no new datagram.
         for id in h.table.take_dirty() {
-            crate::engine::table::service(&mut h.table, &mut h.cx, id);
+            crate::engine::event_loop::service(&mut h.table, &mut h.cx, id);
         }
         assert_eq!(count(&mut h), burst - RX_BATCH);
         assert!(!h.table.has_dirty(), "a drained flow is marked again");

@@ -911,6 +911,7 @@ mod tests {
     use super::*;
 
     use crate::http::testing::{P, V, secrets};
+    use crate::secrets::Secret;
 
     /// What a receiver makes of a frame stream: each stream's header fields and DATA, and
     /// the window increments per stream.
@@ -1257,6 +1258,389 @@ mod tests {
         let mut out = Vec::new();
         c.up(&mut sub, &input, &mut out).unwrap();
         assert_eq!(data_len(&out), body.replace(P, V).len());
+    }
+
+    /// Each frame in a frame stream (after a client preface, if any): kind, flags, stream
+    /// and payload length.
+    fn frame_list(mut s: &[u8]) -> Vec<(u8, u8, u32, usize)> {
+        if s.starts_with(PREFACE) {
+            s = &s[PREFACE.len()..];
+        }
+        let mut out = Vec::new();
+        while !s.is_empty() {
+            let len = u32::from_be_bytes([0, s[0], s[1], s[2]]) as usize;
+            let stream = u32::from_be_bytes([s[5], s[6], s[7], s[8]]);
+            out.push((s[3], s[4], stream, len));
+            s = &s[9 + len..];
+        }
+        out
+    }
+
+    /// A request's HEADERS on `stream`, its body to follow.
+    fn post(out: &mut Vec<u8>, stream: u32) {
+        let block = loona_hpack::Encoder::new().encode([(&b":method"[..], &b"POST"[..])]);
+        frame(out, HEADERS, END_HEADERS, stream, &block);
+    }
+
+    /// The server's SETTINGS giving new streams `window` bytes, as `c` reads it.
+    fn initial_window(c: &mut Connection, window: u32) {
+        let mut entry = SETTINGS_INITIAL_WINDOW_SIZE.to_be_bytes().to_vec();
+        entry.extend_from_slice(&window.to_be_bytes());
+        let mut settings = Vec::new();
+        frame(&mut settings, SETTINGS, 0, 0, &entry);
+        c.down(&mut Swap::none(), &settings, &mut Vec::new())
+            .unwrap();
+    }
+
+    /// A WINDOW_UPDATE of `inc` on `stream`, from the server, and what reached the sandbox.
+    fn server_grants(c: &mut Connection, stream: u32, inc: u32) -> Vec<u8> {
+        let mut update = Vec::new();
+        frame(&mut update, WINDOW_UPDATE, 0, stream, &inc.to_be_bytes());
+        let mut down = Vec::new();
+        c.down(&mut Swap::none(), &update, &mut down).unwrap();
+        down
+    }
+
+    /// The second secret's placeholder: another host's, watched on this connection.
+    const Q: &str = "moat_fedcba9876543210fedcba9876543210";
+
+    /// [`secrets`] and a second one, OTHER, allowed only to other.example.test.
+    fn two_secrets() -> Vec<Secret> {
+        let mut s = secrets();
+        s.push(
+            Secret::new(
+                "OTHER",
+                zeroize::Zeroizing::new(b"other-value-0123456789".to_vec()),
+                Some(Q.to_owned()),
+                &["other.example.test".into()],
+                false,
+            )
+            .unwrap(),
+        );
+        s
+    }
+
+    #[test]
+    fn moat_writes_frames_of_16_kib() {
+        let mut input = PREFACE.to_vec();
+        let big = "v".repeat(20_000);
+        let block = loona_hpack::Encoder::new()
+            .encode([(&b":method"[..], &b"POST"[..]), (b"x-big", big.as_bytes())]);
+        frame(&mut input, HEADERS, END_HEADERS, 1, &block);
+        frame(&mut input, DATA, END_STREAM, 1, &[7; 40_000]);
+        let s = secrets();
+        let mut sub = Swap::substitute(&s, |_| true).unwrap();
+        let mut out = Vec::new();
+        Connection::new().up(&mut sub, &input, &mut out).unwrap();
+        let sizes: Vec<(u8, usize)> = frame_list(&out).iter().map(|f| (f.0, f.3)).collect();
+        assert_eq!(sizes[0], (HEADERS, 16_384));
+        assert_eq!(sizes[1].0, CONTINUATION);
+        assert!(sizes[1].1 > 20_000 - 16_384, "{sizes:?}");
+        assert_eq!(
+            sizes[2..],
+            [
+                (DATA, 16_384),
+                (DATA, 16_384),
+                (DATA, 40_000 - 2 * 16_384),
+                (DATA, 0) // END_STREAM, after what the swap held
+            ]
+        );
+    }
+
+    #[test]
+    fn data_waits_exactly_when_it_runs_over_a_window() {
+        // A stream's window: 1,000 bytes go, the next byte waits, and so does what follows
+        // it on another stream, until that stream's window opens (the connection's is not
+        // enough).
+        let mut c = Connection::new();
+        initial_window(&mut c, 1000);
+        let mut none = Swap::none();
+        let mut input = PREFACE.to_vec();
+        post(&mut input, 1);
+        frame(&mut input, DATA, 0, 1, &[b'a'; 1000]);
+        let mut out = Vec::new();
+        c.up(&mut none, &input, &mut out).unwrap();
+        assert_eq!(data_len(&out), 1000);
+        assert_eq!(c.held(), 0);
+        let mut more = Vec::new();
+        frame(&mut more, DATA, 0, 1, b"b");
+        post(&mut more, 3);
+        frame(&mut more, DATA, 0, 3, b"ccc");
+        let mut out = Vec::new();
+        c.up(&mut none, &more, &mut out).unwrap();
+        assert!(out.is_empty(), "{:?}", frame_list(&out));
+        assert!(c.held() > 0);
+        let _ = server_grants(&mut c, 0, 10_000);
+        let mut out = Vec::new();
+        c.flush_up(&mut out);
+        assert!(out.is_empty() && !c.queued_up(), "{:?}", frame_list(&out));
+        let _ = server_grants(&mut c, 1, 1);
+        assert!(c.queued_up());
+        let mut out = Vec::new();
+        c.flush_up(&mut out);
+        let order: Vec<(u8, u32, usize)> =
+            frame_list(&out).iter().map(|f| (f.0, f.2, f.3)).collect();
+        assert_eq!(order[0], (DATA, 1, 1), "what waited goes, in order");
+        assert_eq!((order[1].0, order[1].1), (HEADERS, 3));
+        assert_eq!(order[2..], [(DATA, 3, 3)]);
+        assert_eq!(c.held(), 0);
+
+        // The connection's window: 65,535 bytes go, the next waits until the connection
+        // (not the stream) gets more.
+        let mut c = Connection::new();
+        initial_window(&mut c, 1 << 20);
+        let mut input = PREFACE.to_vec();
+        post(&mut input, 1);
+        frame(&mut input, DATA, 0, 1, &[b'a'; 65_535]);
+        let mut out = Vec::new();
+        c.up(&mut none, &input, &mut out).unwrap();
+        assert_eq!(data_len(&out), 65_535);
+        let mut more = Vec::new();
+        frame(&mut more, DATA, 0, 1, b"b");
+        let mut out = Vec::new();
+        c.up(&mut none, &more, &mut out).unwrap();
+        assert!(out.is_empty());
+        let _ = server_grants(&mut c, 1, 10_000);
+        let mut out = Vec::new();
+        c.flush_up(&mut out);
+        assert!(out.is_empty() && !c.queued_up());
+        let _ = server_grants(&mut c, 0, 1);
+        let mut out = Vec::new();
+        c.flush_up(&mut out);
+        assert_eq!(out, more);
+    }
+
+    #[test]
+    fn moats_frames_go_between_frames_never_inside_one() {
+        let s = secrets();
+        let mut c = Connection::new();
+        let mut sub = Swap::substitute(&s, |_| true).unwrap();
+        let mut red = Swap::redact(&s, |_| true).unwrap();
+        // The sandbox is in the middle of a PING when the server's answer shrinks: the
+        // WINDOW_UPDATEs moat owes the server wait for the PING's end.
+        let mut ping = Vec::new();
+        frame(&mut ping, 0x6, 0, 0, b"12345678");
+        let mut input = PREFACE.to_vec();
+        input.extend_from_slice(&ping[..13]);
+        let mut up = Vec::new();
+        c.up(&mut sub, &input, &mut up).unwrap();
+        let mut answer = Vec::new();
+        let block = loona_hpack::Encoder::new().encode([(&b":status"[..], &b"200"[..])]);
+        frame(&mut answer, HEADERS, END_HEADERS, 1, &block);
+        frame(&mut answer, DATA, 0, 1, format!("echo {V}").as_bytes());
+        c.down(&mut red, &answer, &mut Vec::new()).unwrap();
+        assert!(c.queued_up());
+        let before = up.len();
+        c.flush_up(&mut up);
+        assert_eq!(up.len(), before, "nothing inside the PING");
+        c.up(&mut sub, &ping[13..], &mut up).unwrap();
+        c.flush_up(&mut up);
+        let grown = (V.len() - P.len()) as u64;
+        assert_eq!(
+            frame_list(&up),
+            [
+                (0x6, 0, 0, 8),
+                (WINDOW_UPDATE, 0, 1, 4),
+                (WINDOW_UPDATE, 0, 0, 4)
+            ]
+        );
+        assert_eq!(seen(&up).window, BTreeMap::from([(0, grown), (1, grown)]));
+    }
+
+    #[test]
+    fn held_counts_what_waits_both_ways() {
+        let mut c = Connection::new();
+        assert_eq!(c.held(), 0);
+        initial_window(&mut c, 10);
+        let mut none = Swap::none();
+        // The sandbox's SETTINGS give the server's streams 20 bytes.
+        let mut input = PREFACE.to_vec();
+        let mut entry = SETTINGS_INITIAL_WINDOW_SIZE.to_be_bytes().to_vec();
+        entry.extend_from_slice(&20u32.to_be_bytes());
+        frame(&mut input, SETTINGS, 0, 0, &entry);
+        post(&mut input, 1);
+        frame(&mut input, DATA, 0, 1, &[1; 11]);
+        c.up(&mut none, &input, &mut Vec::new()).unwrap();
+        let mut answer = Vec::new();
+        frame(&mut answer, DATA, 0, 1, &[2; 25]);
+        c.down(&mut none, &answer, &mut Vec::new()).unwrap();
+        assert_eq!(c.up.stalled.len(), 9 + 11);
+        assert_eq!(c.down.stalled.len(), 9 + 25);
+        assert_eq!(c.held(), 9 + 11 + 9 + 25);
+    }
+
+    #[test]
+    fn what_waits_may_fill_its_room_and_no_more() {
+        // Exactly 4 MiB waiting (a 4,192,000-byte DATA frame goes out as 256 frames) is
+        // held; a byte more is refused.
+        let mut none = Swap::none();
+        for (len, refused) in [(4_192_000u32, None), (4_192_001, Some("far beyond"))] {
+            let mut c = Connection::new();
+            let mut input = PREFACE.to_vec();
+            post(&mut input, 1);
+            frame(&mut input, DATA, 0, 1, &[b'a'; 65_535]);
+            frame(&mut input, DATA, 0, 1, &vec![b'b'; len as usize]);
+            let got = c.up(&mut none, &input, &mut Vec::new());
+            match refused {
+                None => {
+                    assert_eq!(got, Ok(()));
+                    assert_eq!(c.held(), MAX_STALLED);
+                }
+                Some(_) => assert!(
+                    matches!(got, Err(Refused::Malformed(m)) if m.contains("far beyond")),
+                    "{got:?}"
+                ),
+            }
+        }
+        // The budget's room, the same way: exactly what waits fits, a byte less does not.
+        let mut input = PREFACE.to_vec();
+        post(&mut input, 1);
+        frame(&mut input, DATA, 0, 1, &[b'a'; 70_000]);
+        let mut c = Connection::new();
+        c.up(&mut none, &input, &mut Vec::new()).unwrap();
+        let waiting = c.held();
+        assert_eq!(waiting, 70_000 + 5 * 9, "the whole frame waits, as five");
+        for (room, ok) in [(waiting, true), (waiting - 1, false)] {
+            let mut c = Connection::new();
+            c.allow(room);
+            let got = c.up(&mut none, &input, &mut Vec::new());
+            assert_eq!(got.is_ok(), ok, "{room}: {got:?}");
+        }
+    }
+
+    #[test]
+    fn stream_windows_stay_bounded_and_a_short_one_is_kept() {
+        let mut c = Connection::new();
+        initial_window(&mut c, 100);
+        let mut none = Swap::none();
+        let mut input = PREFACE.to_vec();
+        post(&mut input, 1);
+        frame(&mut input, DATA, 0, 1, &[1; 150]); // 50 over its window
+        post(&mut input, 3);
+        frame(&mut input, DATA, 0, 3, &[3; 100]); // exactly its window
+        c.up(&mut none, &input, &mut Vec::new()).unwrap();
+        assert_eq!(c.up.windows.len(), 2);
+        // The server opens 1,023 more streams' windows: the first ones are all kept...
+        for i in 0..1023u32 {
+            let _ = server_grants(&mut c, 5 + 2 * i, 1);
+            if i == 9 {
+                assert_eq!(c.up.windows.len(), 12);
+            }
+        }
+        // ...and at 1,025 only the stream over its window is kept (the others start again
+        // from the initial window, never more than the server granted).
+        assert_eq!(c.up.windows.keys().copied().collect::<Vec<_>>(), [1]);
+        assert_eq!(c.up.windows[&1], -50);
+    }
+
+    #[test]
+    fn a_placeholder_split_across_data_frames_is_caught() {
+        let s = two_secrets();
+        let scan = || Scanner::new(&s, |i| i == 1);
+        let body = |c: &mut Connection, pieces: &[(&[u8], u8)]| {
+            let mut sub = Swap::substitute(&s, |i| i == 0).unwrap();
+            let mut input = PREFACE.to_vec();
+            post(&mut input, 1);
+            for (piece, flags) in pieces {
+                frame(&mut input, DATA, *flags, 1, piece);
+            }
+            let mut out = Vec::new();
+            c.up(&mut sub, &input, &mut out).map(|()| out)
+        };
+        // The other host's placeholder, in two frames: stopped.
+        let (a, b) = Q.as_bytes().split_at(12);
+        let mut c = Connection::new().scanning(scan());
+        let got = body(&mut c, &[(&[b"x=", a].concat(), 0), (b, END_STREAM)]);
+        assert_eq!(got, Err(Refused::Secret(1)));
+        // This host's, in two frames: swapped (the control).
+        let (a, b) = P.as_bytes().split_at(12);
+        let mut c = Connection::new().scanning(scan());
+        let out = body(&mut c, &[(a, 0), (b, END_STREAM)]).unwrap();
+        assert_eq!(seen(&out).data[&1], V.as_bytes());
+        // A body that ends in the beginning of a placeholder: every byte arrives.
+        let mut c = Connection::new().scanning(scan());
+        let tail = &Q.as_bytes()[..12];
+        let out = body(&mut c, &[(b"y=", 0), (tail, END_STREAM)]).unwrap();
+        assert_eq!(seen(&out).data[&1], [b"y=", tail].concat());
+        assert_eq!(seen(&out).ended, [1]);
+    }
+
+    #[test]
+    fn what_the_swap_and_the_scan_hold_is_not_given_back() {
+        // Frames ending in the beginning of a placeholder (this host's, held by the swap;
+        // the other's, held by the scan) change nothing the sandbox counted: no window is
+        // given back, and the server's next grant passes whole.
+        let s = two_secrets();
+        let mut sub = Swap::substitute(&s, |i| i == 0).unwrap();
+        let mut c = Connection::new().scanning(Scanner::new(&s, |i| i == 1));
+        let mut input = PREFACE.to_vec();
+        post(&mut input, 1);
+        frame(
+            &mut input,
+            DATA,
+            0,
+            1,
+            &[b"abc", &P.as_bytes()[..10]].concat(),
+        );
+        let mut out = Vec::new();
+        c.up(&mut sub, &input, &mut out).unwrap();
+        assert!(!c.queued_down(), "after the swap's");
+        let mut more = Vec::new();
+        frame(
+            &mut more,
+            DATA,
+            0,
+            1,
+            &[b"xyz", &Q.as_bytes()[..10]].concat(),
+        );
+        c.up(&mut sub, &more, &mut out).unwrap();
+        assert!(!c.queued_down(), "after the scan's");
+        let mut end = Vec::new();
+        frame(&mut end, DATA, END_STREAM, 1, b"end");
+        c.up(&mut sub, &end, &mut out).unwrap();
+        let mut down = Vec::new();
+        c.flush_down(&mut down);
+        assert!(down.is_empty() && !c.queued_down());
+        let sent = [
+            b"abc",
+            &P.as_bytes()[..10],
+            b"xyz",
+            &Q.as_bytes()[..10],
+            b"end",
+        ]
+        .concat();
+        assert_eq!(seen(&out).data[&1], sent);
+        assert_eq!(seen(&server_grants(&mut c, 0, 1000)).window[&0], 1000);
+    }
+
+    #[test]
+    fn dropped_padding_is_given_back_to_the_sandbox() {
+        let mut c = Connection::new();
+        let mut input = PREFACE.to_vec();
+        post(&mut input, 1);
+        let mut padded = vec![10];
+        padded.extend_from_slice(b"hello");
+        padded.extend_from_slice(&[0; 10]);
+        frame(&mut input, DATA, PADDED, 1, &padded);
+        let mut out = Vec::new();
+        c.up(&mut Swap::none(), &input, &mut out).unwrap();
+        assert_eq!(seen(&out).data[&1], b"hello");
+        assert!(c.queued_down());
+        let mut down = Vec::new();
+        c.flush_down(&mut down);
+        assert_eq!(seen(&down).window, BTreeMap::from([(0, 11), (1, 11)]));
+        assert!(!c.queued_down());
+    }
+
+    #[test]
+    fn the_debug_text_is_each_ways_state() {
+        let mut c = Connection::new();
+        c.up(&mut Swap::none(), &PREFACE[..5], &mut Vec::new())
+            .unwrap();
+        assert_eq!(
+            format!("{c:?}"),
+            "Connection { up: Preface(5), down: Header, .. }"
+        );
     }
 
     proptest! {
