@@ -549,7 +549,7 @@ impl Cx {
 /// Datagrams from the sandbox to one flow, held while the loop reads a batch of frames, so
 /// a run of one size (the last may be shorter) leaves in one system call: the kernel sends
 /// it as the same datagrams (UDP segmentation offload, `UDP_SEGMENT`). The loop sends what
-/// is held at the end of each batch (`udp_flow::flush_up`).
+/// is held at the end of each batch (`on_udp::flush_up`).
 #[derive(Default)]
 pub(super) struct UpRun {
     /// The flow the run is for.

@@ -4,7 +4,8 @@
 //! `icmp.rs`). Replies come back with the sandbox's identifier; a raw socket sees every
 //! reply, so those with another identifier are someone else's. Echoes to the gateway are
 //! answered by `ingress.rs` and never reach here. At most 64 flows; idle ones expire
-//! after ten seconds.
+//! after ten seconds. What the loop does with a request or a reply, the flow table's part,
+//! is `on_echo.rs`.
 
 use std::net::IpAddr;
 use std::time::{Duration, Instant};

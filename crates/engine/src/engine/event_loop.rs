@@ -31,7 +31,7 @@ use super::pool::SocketPool;
 use super::stack::Stack;
 use super::table::{Flow, FlowTable};
 use super::tls_shared::TlsShared;
-use super::{dns_flow, ingress, on_echo, on_refusal, tcp_flow, udp_flow};
+use super::{dns_flow, ingress, on_echo, on_refusal, on_udp, tcp_flow};
 use moat_dns::filter::DnsRules;
 use moat_dns::pins::Pins;
 use moat_wire::device::{ETH_HEADER, FrameDevice};
@@ -173,7 +173,7 @@ impl Engine {
             let frame = &self.rx_buf[..len];
             ingress::on_frame(&self.listeners, &mut self.table, &mut self.cx, frame);
         }
-        udp_flow::flush_up(&mut self.table, &mut self.cx);
+        on_udp::flush_up(&mut self.table, &mut self.cx);
         Ok(more)
     }
 
@@ -187,7 +187,7 @@ impl Engine {
         };
         match table.get(id) {
             Some(Flow::Tcp(_)) => tcp_flow::on_host_ready(table, cx, id),
-            Some(Flow::Udp(_)) => udp_flow::readable(table, cx, id),
+            Some(Flow::Udp(_)) => on_udp::readable(table, cx, id),
             Some(Flow::DnsUpstream(_)) => dns_flow::readable(table, cx, id),
             Some(Flow::Echo(_)) => on_echo::readable(table, cx, id),
             Some(Flow::DnsStream(_)) => table.touch(id),
@@ -298,7 +298,7 @@ pub(super) fn service(table: &mut FlowTable, cx: &mut Cx, id: FlowId) {
         Some(Flow::Tcp(_)) => tcp_flow::relay(table, cx, id),
         Some(Flow::DnsStream(_)) => dns_flow::stream_relay(table, cx, id),
         Some(Flow::Refusal(_)) => on_refusal::relay(table, cx, id),
-        Some(Flow::Udp(_)) => udp_flow::readable(table, cx, id),
+        Some(Flow::Udp(_)) => on_udp::readable(table, cx, id),
         _ => {}
     }
 }

@@ -6,7 +6,7 @@
 //!   solicitations are answered here too (smoltcp learns the sandbox's MAC from them).
 //! - **TCP** goes to `tcp_flow.rs` (port 53 on to `dns_flow.rs`).
 //! - **UDP**: an answer to a published port's peer goes to `inbound.rs`, port 53 to the
-//!   DNS interceptor, the rest to `udp_flow.rs`.
+//!   DNS interceptor, the rest to `on_udp.rs`.
 //! - **ICMP echo** to the gateway is answered here; to anywhere else it goes to `echo.rs`.
 //! - **Router solicitations** get a router advertisement for the link's prefix.
 //!
@@ -22,9 +22,9 @@ use super::inbound::{self, Listeners};
 use super::key::FlowKey;
 use super::key::Segment;
 use super::on_echo;
+use super::on_udp;
 use super::table::FlowTable;
 use super::tcp_flow::{self};
-use super::udp_flow;
 use moat_wire::{self as wire, Frame, L4};
 
 /// Routes one frame from the sandbox.
@@ -99,7 +99,7 @@ pub(super) fn on_frame(listeners: &Listeners, table: &mut FlowTable, cx: &mut Cx
                 dns_flow::from_guest(table, cx, payload, reply);
                 return;
             }
-            udp_flow::on_datagram(table, cx, frame, key, payload);
+            on_udp::datagram(table, cx, frame, key, payload);
         }
         L4::EchoRequest {
             ident,

@@ -72,6 +72,7 @@ mod ingress;
 mod key;
 mod on_echo;
 mod on_refusal;
+mod on_udp;
 mod pool;
 mod refusal;
 mod stack;

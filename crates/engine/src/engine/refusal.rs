@@ -1,5 +1,7 @@
 //! A refused TCP connection that moat answers itself (deny mode `explain`), so that a
 //! program inside — often an AI agent — can tell a policy refusal from a broken network.
+//! The flow table's part (taking it in within its limits, moving it along) is
+//! `on_refusal.rs`.
 //!
 //! # Theory of operation
 //! The SYN was judged and denied (`tcp_flow.rs`), and audited exactly as under `reject`.

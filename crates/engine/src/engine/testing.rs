@@ -24,8 +24,8 @@ use super::event_loop::parts;
 use super::inbound::Listeners;
 use super::ingress;
 use super::key::FlowKey;
+use super::on_udp;
 use super::table::FlowTable;
-use super::udp_flow;
 use moat_record::audit::AuditLog;
 use moat_wire::device::SharedMemoryDevice;
 
@@ -116,7 +116,7 @@ impl Harness {
         for frame in frames {
             ingress::on_frame(&self.listeners, &mut self.table, &mut self.cx, frame);
         }
-        udp_flow::flush_up(&mut self.table, &mut self.cx);
+        on_udp::flush_up(&mut self.table, &mut self.cx);
         self.cx.stack.egress();
     }
 
