@@ -25,8 +25,9 @@ use super::close::CloseReason;
 use super::config::{Counters, EngineConfig, MIN_BUFFER_MEMORY};
 use super::cx::Cx;
 use super::host_addrs::HostAddrs;
-use super::inbound::{self, Listeners};
+use super::inbound::Listeners;
 use super::key::{Due, FlowId, HOST_ADDRS, LISTENER_BASE, TAP, WAKE};
+use super::on_inbound;
 use super::pool::SocketPool;
 use super::stack::Stack;
 use super::table::{Flow, FlowTable};
@@ -135,7 +136,7 @@ impl Engine {
                 rx_pending = self.read_frames()?;
             }
             for index in again {
-                inbound::on_ready(&mut self.listeners, &mut self.table, &mut self.cx, index);
+                on_inbound::ready(&mut self.listeners, &mut self.table, &mut self.cx, index);
             }
             for id in self.table.take_dirty() {
                 service(&mut self.table, &mut self.cx, id);
@@ -182,7 +183,7 @@ impl Engine {
         let (table, cx) = (&mut self.table, &mut self.cx);
         let Some(id) = FlowId::from_token(token) else {
             let index = token.0 - LISTENER_BASE;
-            inbound::on_ready(&mut self.listeners, table, cx, index);
+            on_inbound::ready(&mut self.listeners, table, cx, index);
             return;
         };
         match table.get(id) {

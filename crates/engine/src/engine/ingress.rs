@@ -18,10 +18,11 @@ use std::net::{IpAddr, SocketAddr};
 use super::cx::Cx;
 use super::dns_flow::{self, ReplyTo};
 use super::echo::Request;
-use super::inbound::{self, Listeners};
+use super::inbound::Listeners;
 use super::key::FlowKey;
 use super::key::Segment;
 use super::on_echo;
+use super::on_inbound;
 use super::on_udp;
 use super::table::FlowTable;
 use super::tcp_flow::{self};
@@ -87,7 +88,7 @@ pub(super) fn on_frame(listeners: &Listeners, table: &mut FlowTable, cx: &mut Cx
                 guest: SocketAddr::new(src, src_port),
                 host: SocketAddr::new(dst, dst_port),
             };
-            if inbound::reply(listeners, table, key, payload) {
+            if on_inbound::reply(listeners, table, key, payload) {
                 return;
             }
             if dst_port == 53 {

@@ -71,6 +71,7 @@ mod inbound;
 mod ingress;
 mod key;
 mod on_echo;
+mod on_inbound;
 mod on_refusal;
 mod on_udp;
 mod pool;

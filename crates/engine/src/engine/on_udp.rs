@@ -2,20 +2,22 @@
 //! and relayed on its flow (opened when it is the first; several of one size sent as one
 //! run), and datagrams read from the flow's socket for the sandbox.
 
-use super::cx::{Cx, Tally};
-use super::dial;
-use super::key::{FlowId, FlowKey};
-use super::table::{Flow, FlowTable};
-use super::udp_flow::{MAX_RUN_BYTES, RX_BATCH, UdpFlow};
+use std::io;
+use std::os::fd::AsRawFd;
+use std::time::Instant;
+
 use mio::Interest;
 use moat_inspect::evidence::Named;
 use moat_inspect::secrets;
 use moat_policy::Protocol;
 use moat_wire::Unreachable;
 use nix::sys::socket::{ControlMessage, MsgFlags};
-use std::io;
-use std::os::fd::AsRawFd;
-use std::time::Instant;
+
+use super::cx::{Cx, Tally};
+use super::dial;
+use super::key::{FlowId, FlowKey};
+use super::table::{Flow, FlowTable};
+use super::udp_flow::{MAX_RUN_BYTES, RX_BATCH, UdpFlow};
 
 /// A datagram from the sandbox (not DNS, not an answer to a published port's peer).
 pub(super) fn datagram(
