@@ -23,9 +23,9 @@ use super::key::FlowKey;
 use super::key::Segment;
 use super::on_echo;
 use super::on_inbound;
+use super::on_tcp;
 use super::on_udp;
 use super::table::FlowTable;
-use super::tcp_flow::{self};
 use moat_wire::{self as wire, Frame, L4};
 
 /// Routes one frame from the sandbox.
@@ -72,7 +72,7 @@ pub(super) fn on_frame(listeners: &Listeners, table: &mut FlowTable, cx: &mut Cx
                 seq,
                 len: seg_len,
             };
-            tcp_flow::on_segment(table, cx, seg);
+            on_tcp::segment(table, cx, seg);
         }
         L4::Udp {
             src_port,

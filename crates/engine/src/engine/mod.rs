@@ -73,6 +73,7 @@ mod key;
 mod on_echo;
 mod on_inbound;
 mod on_refusal;
+mod on_tcp;
 mod on_udp;
 mod pool;
 mod refusal;
