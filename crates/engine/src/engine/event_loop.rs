@@ -32,7 +32,7 @@ use super::pool::SocketPool;
 use super::stack::Stack;
 use super::table::{Flow, FlowTable};
 use super::tls_shared::TlsShared;
-use super::{dns_flow, ingress, on_echo, on_refusal, on_tcp, on_udp};
+use super::{ingress, on_dns, on_echo, on_refusal, on_tcp, on_udp};
 use moat_dns::filter::DnsRules;
 use moat_dns::pins::Pins;
 use moat_wire::device::{ETH_HEADER, FrameDevice};
@@ -189,7 +189,7 @@ impl Engine {
         match table.get(id) {
             Some(Flow::Tcp(_)) => on_tcp::host_ready(table, cx, id),
             Some(Flow::Udp(_)) => on_udp::readable(table, cx, id),
-            Some(Flow::DnsUpstream(_)) => dns_flow::readable(table, cx, id),
+            Some(Flow::DnsUpstream(_)) => on_dns::readable(table, cx, id),
             Some(Flow::Echo(_)) => on_echo::readable(table, cx, id),
             Some(Flow::DnsStream(_)) => table.touch(id),
             Some(Flow::UdpIn(_) | Flow::DnsQuery(_) | Flow::Refusal(_)) | None => {}
@@ -284,7 +284,7 @@ pub(super) fn sweep(table: &mut FlowTable, cx: &mut Cx) {
         };
         match due {
             Due::Expire => table.remove(id, CloseReason::Idle, cx),
-            Due::NextResolver => dns_flow::next_resolver(table, cx, id),
+            Due::NextResolver => on_dns::next_resolver(table, cx, id),
             Due::DialTimedOut => on_tcp::dial_timed_out(table, cx, id),
             Due::CloseTimedOut => on_tcp::close_timed_out(table, cx, id),
             Due::Relay => service(table, cx, id),
@@ -297,7 +297,7 @@ pub(super) fn sweep(table: &mut FlowTable, cx: &mut Cx) {
 pub(super) fn service(table: &mut FlowTable, cx: &mut Cx, id: FlowId) {
     match table.get(id) {
         Some(Flow::Tcp(_)) => on_tcp::relay(table, cx, id),
-        Some(Flow::DnsStream(_)) => dns_flow::stream_relay(table, cx, id),
+        Some(Flow::DnsStream(_)) => on_dns::stream_relay(table, cx, id),
         Some(Flow::Refusal(_)) => on_refusal::relay(table, cx, id),
         Some(Flow::Udp(_)) => on_udp::readable(table, cx, id),
         _ => {}

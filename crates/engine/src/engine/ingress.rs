@@ -16,11 +16,12 @@
 use std::net::{IpAddr, SocketAddr};
 
 use super::cx::Cx;
-use super::dns_flow::{self, ReplyTo};
+use super::dns_flow::ReplyTo;
 use super::echo::Request;
 use super::inbound::Listeners;
 use super::key::FlowKey;
 use super::key::Segment;
+use super::on_dns;
 use super::on_echo;
 use super::on_inbound;
 use super::on_tcp;
@@ -97,7 +98,7 @@ pub(super) fn on_frame(listeners: &Listeners, table: &mut FlowTable, cx: &mut Cx
                     guest: key.guest,
                     asked: key.host,
                 };
-                dns_flow::from_guest(table, cx, payload, reply);
+                on_dns::query(table, cx, payload, reply);
                 return;
             }
             on_udp::datagram(table, cx, frame, key, payload);

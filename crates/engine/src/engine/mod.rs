@@ -70,6 +70,7 @@ mod http_stage;
 mod inbound;
 mod ingress;
 mod key;
+mod on_dns;
 mod on_echo;
 mod on_inbound;
 mod on_refusal;

@@ -15,9 +15,9 @@ use super::close::CloseReason;
 use super::config::DenyMode;
 use super::cx::Cx;
 use super::dial;
-use super::dns_flow;
 use super::http_stage::{Candidate, PlainHttp};
 use super::key::{FlowId, Segment};
+use super::on_dns;
 use super::on_refusal;
 use super::stream::{Stage, Stream};
 use super::table::{Flow, FlowTable};
@@ -58,7 +58,7 @@ pub(super) fn segment(table: &mut FlowTable, cx: &mut Cx, seg: Segment<'_>) {
     }
     if seg.key.host.port() == 53 {
         // Every DNS-over-TCP flow is answered here, whatever address it was sent to.
-        dns_flow::open_stream(table, cx, seg);
+        on_dns::open_stream(table, cx, seg);
         return;
     }
     open(table, cx, seg);
