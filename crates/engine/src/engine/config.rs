@@ -1,17 +1,16 @@
 //! What an engine is given ([`EngineConfig`], [`LinkConfig`], [`DenyMode`]) and what it
 //! gives back ([`Counters`]), with moat's defaults, each defined here once.
 
-use moat_record::Terminate;
 use std::net::{IpAddr, Ipv4Addr, Ipv6Addr, SocketAddr};
 use std::sync::Arc;
 use std::time::Duration;
 
-use moat_policy::{CompiledPolicy, DomainName, DomainSuffix, ViolationAction};
-use rustls::pki_types::CertificateDer;
-
 use moat_inspect::secrets::Secret;
 use moat_inspect::tls::ca::InterceptCa;
+use moat_policy::{CompiledPolicy, DomainName, DomainSuffix, ViolationAction};
+use moat_record::Terminate;
 use moat_record::audit::{AuditLog, Notices};
+use rustls::pki_types::CertificateDer;
 
 /// How denied flows are answered.
 #[derive(Debug, Clone, Copy, PartialEq, Eq, Default)]

@@ -10,9 +10,13 @@
 use std::net::{IpAddr, SocketAddr};
 use std::time::{Duration, Instant};
 
+use moat_dns::filter::DnsRules;
+use moat_dns::pins::Pins;
+use moat_inspect::evidence::Named;
 use moat_policy::{
     Decision, Direction, DomainName, Flow, Permit, Protocol, ViolationAction, canonical_addr,
 };
+use moat_wire::offload::UdpRun;
 use serde_json::Value;
 
 use super::close::CloseReason;
@@ -22,10 +26,6 @@ use super::key::{FlowId, FlowKey};
 use super::pool::SocketPool;
 use super::stack::Stack;
 use super::tls_shared::TlsShared;
-use moat_dns::filter::DnsRules;
-use moat_dns::pins::Pins;
-use moat_inspect::evidence::Named;
-use moat_wire::offload::UdpRun;
 
 /// How often expired pins are dropped.
 const PIN_SWEEP: Duration = Duration::from_secs(10);

@@ -7,7 +7,6 @@ use std::net::{IpAddr, Ipv4Addr, Ipv6Addr, SocketAddr};
 
 use mio::net::{TcpStream, UdpSocket};
 use moat_policy::{NamePermit, Permit, canonical_addr};
-
 use moat_wire::icmp::{self, EchoKind};
 
 fn check(permit: &Permit, addr: IpAddr) -> io::Result<()> {

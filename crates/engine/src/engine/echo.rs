@@ -12,9 +12,9 @@ use std::time::{Duration, Instant};
 
 use mio::Registry;
 use mio::net::UdpSocket;
+use moat_wire::icmp::EchoKind;
 
 use super::key::{Due, EchoKey};
-use moat_wire::icmp::EchoKind;
 
 /// An echo flow without requests for this long is closed.
 const ECHO_IDLE: Duration = Duration::from_secs(10);

@@ -19,6 +19,9 @@ use std::sync::atomic::{AtomicBool, Ordering};
 use std::time::{Duration, Instant};
 
 use mio::{Events, Interest, Poll, Registry, Token};
+use moat_dns::filter::DnsRules;
+use moat_dns::pins::Pins;
+use moat_wire::device::{ETH_HEADER, FrameDevice};
 
 use super::budget::Budget;
 use super::close::CloseReason;
@@ -33,9 +36,6 @@ use super::stack::Stack;
 use super::table::{Flow, FlowTable};
 use super::tls_shared::TlsShared;
 use super::{ingress, on_dns, on_echo, on_refusal, on_tcp, on_udp};
-use moat_dns::filter::DnsRules;
-use moat_dns::pins::Pins;
-use moat_wire::device::{ETH_HEADER, FrameDevice};
 
 /// Frames read per wake before the loop services sockets again.
 const RX_BATCH: usize = 256;

@@ -27,6 +27,10 @@ use std::io::{self, Read, Write};
 use std::net::Shutdown;
 
 use mio::net::TcpStream;
+use moat_inspect::evidence::{Named, request_host};
+use moat_inspect::http::{Authority, Refused, RequestReader, h1, h1_swap};
+use moat_inspect::secrets::swap::Swap;
+use moat_inspect::secrets::{Scan, Scanner};
 use moat_policy::DomainName;
 use smoltcp::socket::tcp;
 
@@ -35,10 +39,6 @@ use super::close::Broken;
 use super::close::CloseReason;
 use super::cx::Tally;
 use super::pool::SocketPool;
-use moat_inspect::evidence::{Named, request_host};
-use moat_inspect::http::{Authority, Refused, RequestReader, h1, h1_swap};
-use moat_inspect::secrets::swap::Swap;
-use moat_inspect::secrets::{Scan, Scanner};
 
 /// The most read from a side at once.
 const CHUNK: usize = 16 * 1024;

@@ -15,6 +15,8 @@
 
 use std::net::{IpAddr, SocketAddr};
 
+use moat_wire::{self as wire, Frame, L4};
+
 use super::cx::Cx;
 use super::dns_flow::ReplyTo;
 use super::echo::Request;
@@ -27,7 +29,6 @@ use super::on_inbound;
 use super::on_tcp;
 use super::on_udp;
 use super::table::FlowTable;
-use moat_wire::{self as wire, Frame, L4};
 
 /// Routes one frame from the sandbox.
 pub(super) fn on_frame(listeners: &Listeners, table: &mut FlowTable, cx: &mut Cx, frame: &[u8]) {

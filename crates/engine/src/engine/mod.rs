@@ -34,22 +34,25 @@
 //! TCP socket buffers share `max_buffer_memory` (see `budget.rs`).
 //!
 //! # Where things are
+//! The files form levels, each naming only those below it (`scripts/layers` checks it):
+//! what names a flow and what flows share at the bottom, the stream stage above them, then
+//! the flow kinds (each one's state and its own I/O), the table (which knows the kinds
+//! through one enum), what the loop does with each kind's events, and the loop.
+//!
 //! | file | what it owns |
 //! |---|---|
-//! | `event_loop.rs` | the thread: poll, route each event to its flow, run the timers |
-//! | `ingress.rs` | a frame from the sandbox, classified and routed to its flow kind |
-//! | `table.rs` | the flow table: slots, tokens, keys, limits, expiry, and every removal |
-//! | `tcp_flow.rs` | a TCP flow's state (judged SYN → dialing → relaying → closing) |
-//! | `stream.rs` | the stream stage inside a TCP flow: where TLS and secrets plug in |
-//! | `tls_stage.rs`, `tls_shared.rs` | TLS interception: the stream stage that terminates both legs, and what its connections share |
-//! | `refusal.rs` | a refused TCP connection moat answers itself (deny mode `explain`) |
-//! | `udp_flow.rs`, `echo.rs`, `dns_flow.rs` | UDP flows, ICMP echo, DNS interception |
-//! | `inbound.rs` | published ports |
+//! | `key.rs`, `close.rs` | poll tokens, a flow's id and ends, a TCP segment, what is due; why a flow ended |
+//! | `config.rs`, `cx.rs` | the engine's configuration; what every flow consults: the policy, the pins, the audit log, the counters |
 //! | `stack.rs` | the smoltcp interface and the frames moat writes itself |
-//! | `cx.rs` | what every flow consults: the policy, the pins, the audit log, the counters |
-//! | `pool.rs`, `budget.rs` | TCP sockets kept for reuse; buffer memory |
-//! | `dial.rs` | the only places sockets toward the world are opened |
-//! | `close.rs` | why a flow ended |
+//! | `pool.rs`, `budget.rs`, `dial.rs`, `host_addrs.rs` | TCP sockets kept for reuse; buffer memory; the only places sockets toward the world are opened; the host's own addresses |
+//! | `stream.rs` | the stream stage inside a TCP flow: where TLS and secrets plug in |
+//! | `tls_stage.rs`, `tls_shared.rs`, `http_stage.rs` | TLS interception (both legs, and what its connections share); secrets on plain HTTP |
+//! | `tcp_flow.rs` | a TCP flow's state (judged SYN → dialing → relaying → closing) |
+//! | `udp_flow.rs`, `echo.rs`, `dns_flow.rs`, `inbound.rs`, `refusal.rs` | UDP flows, ICMP echo, DNS interception, published ports, a refused connection moat answers itself (deny mode `explain`) |
+//! | `table.rs` | the flow table: slots, tokens, keys, limits, and every removal |
+//! | `on_tcp.rs`, `on_udp.rs`, `on_echo.rs`, `on_dns.rs`, `on_inbound.rs`, `on_refusal.rs` | what the loop does with each kind's events: the table's part |
+//! | `ingress.rs` | a frame from the sandbox, classified and routed to its kind |
+//! | `event_loop.rs` | the thread: poll, route each event to its flow, run the timers |
 
 use std::io;
 use std::sync::Arc;

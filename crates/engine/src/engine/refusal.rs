@@ -36,7 +36,10 @@ use std::io::{Read, Write};
 use std::sync::Arc;
 use std::time::{Duration, Instant};
 
+use moat_inspect::http::refusal::{self, FirstBytes};
+use moat_inspect::tls::ca::LeafName;
 use moat_policy::{Decision, DomainName};
+use moat_record::summary;
 use rustls::ServerConnection;
 use rustls::pki_types::ServerName;
 use rustls::server::Acceptor;
@@ -52,9 +55,6 @@ use super::key::Segment;
 use super::pool::REFUSAL_RX;
 use super::tls_shared::Fixed;
 use super::tls_stage::socket_sink;
-use moat_inspect::http::refusal::{self, FirstBytes};
-use moat_inspect::tls::ca::LeafName;
-use moat_record::summary;
 
 /// How long the sandbox has, from its SYN, to send its request's head (and, on an
 /// intercepted port, to finish the TLS handshake).

@@ -17,15 +17,15 @@ use std::net::{IpAddr, Ipv4Addr, Ipv6Addr, SocketAddr};
 use std::os::fd::RawFd;
 use std::time::{Duration, Instant};
 
+use moat_wire::device::{ETH_HEADER, FrameDevice, StackDevice};
+use moat_wire::offload::{self, UdpRun};
+use moat_wire::{self as wire, Link, Unreachable};
 use smoltcp::iface::{Config, Interface, SocketHandle, SocketSet};
 use smoltcp::socket::tcp;
 use smoltcp::wire::{EthernetAddress, HardwareAddress, IpCidr};
 
 use super::config::LinkConfig;
 use super::key::FlowKey;
-use moat_wire::device::{ETH_HEADER, FrameDevice, StackDevice};
-use moat_wire::offload::{self, UdpRun};
-use moat_wire::{self as wire, Link, Unreachable};
 
 /// The gateway's link-local address, the source of its router advertisements.
 const GATEWAY_LINK_LOCAL: Ipv6Addr = Ipv6Addr::new(0xfe80, 0, 0, 0, 0, 0, 0, 1);

@@ -33,6 +33,9 @@ use std::io::{self, Read, Write};
 use std::net::Shutdown;
 
 use mio::net::TcpStream;
+use moat_inspect::evidence::{First, Named};
+use moat_inspect::secrets::{Scan, Scanner};
+use moat_inspect::tls::sni::{self, Sni};
 use smoltcp::socket::tcp;
 
 use super::budget::Grant;
@@ -42,9 +45,6 @@ use super::http_stage::PlainHttp;
 use super::pool::SocketPool;
 use super::tls_shared::TlsShared;
 use super::tls_stage::{Intercept, TlsNote};
-use moat_inspect::evidence::{First, Named};
-use moat_inspect::secrets::{Scan, Scanner};
-use moat_inspect::tls::sni::{self, Sni};
 
 /// What happens to the bytes on their way.
 pub(super) enum Stage {

@@ -10,6 +10,8 @@ use std::time::{Duration, Instant};
 
 use mio::Poll;
 use moat_policy::NetworkPolicy;
+use moat_record::audit::AuditLog;
+use moat_wire::device::SharedMemoryDevice;
 use smoltcp::phy::ChecksumCapabilities;
 use smoltcp::wire::{
     ArpOperation, ArpPacket, ArpRepr, EthernetAddress, EthernetFrame, EthernetProtocol,
@@ -26,8 +28,6 @@ use super::ingress;
 use super::key::FlowKey;
 use super::on_udp;
 use super::table::FlowTable;
-use moat_record::audit::AuditLog;
-use moat_wire::device::SharedMemoryDevice;
 
 const GUEST_MAC: EthernetAddress = EthernetAddress([0x02, 0, 0, 0, 0, 0x42]);
 /// The sandbox's source port in every frame built here.

@@ -6,6 +6,7 @@
 
 use std::sync::Arc;
 
+use moat_inspect::tls::ca::{InterceptCa, LeafCache};
 use moat_policy::{DomainName, DomainSuffix};
 use rustls::pki_types::ServerName;
 use rustls::server::{ClientHello, ResolvesServerCert};
@@ -13,7 +14,6 @@ use rustls::sign::CertifiedKey;
 use rustls::{ClientConfig, RootCertStore, ServerConfig};
 
 use super::config::TlsConfig;
-use moat_inspect::tls::ca::{InterceptCa, LeafCache};
 
 /// Leaves kept at once.
 const LEAF_CACHE: usize = 1024;

@@ -44,6 +44,10 @@ use std::net::{IpAddr, Shutdown};
 use std::sync::Arc;
 
 use mio::net::TcpStream;
+use moat_inspect::http::{Authority, Refused, RequestReader, h1, h1_swap, h2, h2_swap, refusal};
+use moat_inspect::secrets::swap::Swap;
+use moat_inspect::secrets::{Scan, Scanner};
+use moat_inspect::tls::ca::LeafName;
 use moat_policy::DomainName;
 use rustls::pki_types::ServerName;
 use rustls::server::{Accepted, Acceptor};
@@ -56,10 +60,6 @@ use super::cx::Tally;
 use super::pool::SocketPool;
 use super::tls_shared::Fixed;
 use super::tls_shared::TlsShared;
-use moat_inspect::http::{Authority, Refused, RequestReader, h1, h1_swap, h2, h2_swap, refusal};
-use moat_inspect::secrets::swap::Swap;
-use moat_inspect::secrets::{Scan, Scanner};
-use moat_inspect::tls::ca::LeafName;
 
 /// Plaintext moved per step between the legs.
 const CHUNK: usize = 16 * 1024;
