@@ -87,6 +87,7 @@ mod table;
 mod tcp_flow;
 mod tls_shared;
 mod tls_stage;
+mod tls_swaps;
 mod udp_flow;
 
 pub use self::config::{

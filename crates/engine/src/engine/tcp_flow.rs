@@ -50,7 +50,8 @@ use super::close::{Broken, CloseReason, TlsFailure};
 use super::cx::{Cx, TlsAudit};
 use super::key::{Due, FlowKey};
 use super::stream::{Hello, Stage, Stream};
-use super::tls_stage::{Intercept, Swaps, TlsNote};
+use super::tls_stage::{Intercept, TlsNote};
+use super::tls_swaps::Swaps;
 
 /// TCP ports whose first bytes are read for a TLS server name (when the policy has domain
 /// rules).

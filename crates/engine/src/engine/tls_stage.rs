@@ -44,9 +44,8 @@ use std::net::{IpAddr, Shutdown};
 use std::sync::Arc;
 
 use mio::net::TcpStream;
-use moat_inspect::http::{Authority, Refused, RequestReader, h1, h1_swap, h2, h2_swap, refusal};
-use moat_inspect::secrets::swap::Swap;
-use moat_inspect::secrets::{Scan, Scanner};
+use moat_inspect::http::{Authority, RequestReader, h1, h2, refusal};
+use moat_inspect::secrets::Scanner;
 use moat_inspect::tls::ca::LeafName;
 use moat_policy::DomainName;
 use rustls::pki_types::ServerName;
@@ -60,6 +59,7 @@ use super::cx::Tally;
 use super::pool::SocketPool;
 use super::tls_shared::Fixed;
 use super::tls_shared::TlsShared;
+use super::tls_swaps::{Room, Swaps, cleared, end_up, queue_moats_frames, swap_up};
 
 /// Plaintext moved per step between the legs.
 const CHUNK: usize = 16 * 1024;
@@ -96,151 +96,6 @@ enum Reader {
     H2(Box<h2::Requests>, h2::Frames),
     /// Another protocol: not read.
     Unread,
-}
-
-/// The secrets swapped on one intercepted connection: the sandbox's placeholders become
-/// values toward the server, the values placeholders toward the sandbox
-/// (`secrets/swap.rs`), inside the HTTP framing (`http/h1_swap.rs`, `http/h2_swap.rs`).
-pub(super) struct Swaps {
-    /// Placeholder → value, toward the server.
-    sub: Swap,
-    /// Value → placeholder, toward the sandbox.
-    red: Swap,
-    proto: SwapProto,
-    /// What the sandbox's bodies and HTTP/2 header blocks are scanned for once they are
-    /// read (the connection's own scan sees only the bytes as framed).
-    scan: Scanner,
-    /// Rewritten bytes, reused.
-    out: Vec<u8>,
-}
-
-/// How an open connection's messages are rewritten.
-enum SwapProto {
-    /// The protocol is not known yet (handshakes under way).
-    Pending,
-    H1 {
-        up: Box<h1_swap::Messages>,
-        down: Box<h1_swap::Messages>,
-        exchange: h1_swap::Exchange,
-    },
-    H2(Box<h2_swap::Connection>),
-    /// Another protocol: moat cannot read it, so nothing is swapped.
-    Off,
-}
-
-impl Swaps {
-    /// Swaps with `sub` toward the server and `red` toward the sandbox; the sandbox's
-    /// messages are scanned for what `scan` looks for.
-    pub(super) fn new(sub: Swap, red: Swap, scan: Scanner) -> Swaps {
-        Swaps {
-            sub,
-            red,
-            proto: SwapProto::Pending,
-            scan,
-            out: Vec::new(),
-        }
-    }
-
-    /// Runs `f` with the rewriting told what the buffer budget lets it hold, and charges
-    /// what it holds after it (`engine/budget.rs`): an HTTP/1.1 body that does not fit
-    /// streams instead of being held; HTTP/2 DATA waiting for a receiver's window beyond
-    /// it refuses the connection.
-    fn within<T>(&mut self, room: &mut Room<'_>, f: impl FnOnce(&mut Swaps) -> T) -> T {
-        match &mut self.proto {
-            SwapProto::H1 { up, down, .. } => {
-                let all = room.pool.hold_room(room.mem);
-                up.allow(all.saturating_sub(down.held()));
-                down.allow(all.saturating_sub(up.held()));
-            }
-            SwapProto::H2(c) => c.allow(room.pool.hold_room(room.mem)),
-            SwapProto::Pending | SwapProto::Off => {}
-        }
-        let result = f(self);
-        let held = match &self.proto {
-            SwapProto::H1 { up, down, .. } => up.held() + down.held(),
-            SwapProto::H2(c) => c.held(),
-            _ => 0,
-        };
-        room.pool.set_held(room.mem, held);
-        result
-    }
-
-    /// The sandbox's plaintext, rewritten, into `out`.
-    fn up(&mut self, data: &[u8], out: &mut Vec<u8>, room: &mut Room<'_>) -> Result<(), Refused> {
-        self.within(room, |sw| match &mut sw.proto {
-            SwapProto::H1 { up, exchange, .. } => up.push(&mut sw.sub, exchange, data, out),
-            SwapProto::H2(c) => c.up(&mut sw.sub, data, out),
-            SwapProto::Pending | SwapProto::Off => {
-                out.extend_from_slice(data);
-                Ok(())
-            }
-        })
-    }
-
-    /// The server's plaintext, rewritten.
-    fn down(&mut self, data: &[u8], room: &mut Room<'_>) -> Result<&[u8], Refused> {
-        self.out.clear();
-        self.within(room, |sw| match &mut sw.proto {
-            SwapProto::H1 { down, exchange, .. } => {
-                down.push(&mut sw.red, exchange, data, &mut sw.out)
-            }
-            SwapProto::H2(c) => c.down(&mut sw.red, data, &mut sw.out),
-            SwapProto::Pending | SwapProto::Off => {
-                sw.out.extend_from_slice(data);
-                Ok(())
-            }
-        })?;
-        Ok(&self.out)
-    }
-
-    /// The sandbox finished sending: what its side held, into `out`.
-    fn finish_up(&mut self, out: &mut Vec<u8>) {
-        if let SwapProto::H1 { up, .. } = &mut self.proto {
-            up.finish(&mut self.sub, out);
-        }
-    }
-
-    /// The server finished sending: what its side held.
-    fn finish_down(&mut self) -> &[u8] {
-        self.out.clear();
-        if let SwapProto::H1 { down, .. } = &mut self.proto {
-            down.finish(&mut self.red, &mut self.out);
-        }
-        &self.out
-    }
-
-    /// moat's own frames waiting to go to the sandbox (between the server's frames).
-    fn queued_down(&mut self) -> &[u8] {
-        self.out.clear();
-        if let SwapProto::H2(c) = &mut self.proto
-            && c.queued_down()
-        {
-            c.flush_down(&mut self.out);
-        }
-        &self.out
-    }
-
-    /// moat's own frames waiting to go to the server (between the sandbox's frames).
-    fn queued_up(&mut self) -> Vec<u8> {
-        let mut out = Vec::new();
-        if let SwapProto::H2(c) = &mut self.proto
-            && c.queued_up()
-        {
-            c.flush_up(&mut out);
-        }
-        out
-    }
-
-    /// The secrets substituted and redacted since the last call (bit `i`: secret `i`).
-    pub(super) fn take_hits(&mut self) -> (u64, u64) {
-        (self.sub.take_hits(), self.red.take_hits())
-    }
-}
-
-/// The buffer budget and the connection's grant, for what its swaps hold.
-struct Room<'a> {
-    pool: &'a mut SocketPool,
-    mem: &'a mut Grant,
 }
 
 /// A refused HTTP/2 request's answer, waiting for the server's frame under way to end.
@@ -531,19 +386,7 @@ impl Intercept {
             Some(_) => Reader::Unread,
         };
         if let Some(swaps) = &mut self.swaps {
-            swaps.proto = match &reader {
-                Reader::H1(_) => SwapProto::H1 {
-                    up: Box::new(
-                        h1_swap::Messages::new(h1_swap::Side::Request).scanning(swaps.scan.clone()),
-                    ),
-                    down: Box::new(h1_swap::Messages::new(h1_swap::Side::Response)),
-                    exchange: h1_swap::Exchange::default(),
-                },
-                Reader::H2(..) => SwapProto::H2(Box::new(
-                    h2_swap::Connection::new().scanning(swaps.scan.clone()),
-                )),
-                Reader::Unread => SwapProto::Off,
-            };
+            swaps.speak(alpn.as_deref());
         }
         self.phase = Phase::Open {
             server: Box::new(server),
@@ -812,7 +655,7 @@ impl Intercept {
         *swapped = Vec::new();
         *pass = Vec::new();
         if let Some(sw) = swaps.as_deref_mut() {
-            sw.out = Vec::new();
+            sw.shed();
         }
         // A refused HTTP/2 request is answered once the server's frame under way is whole.
         if let (Some(r), Reader::H2(_, frames)) = (refusal.as_ref(), &*reader)
@@ -932,28 +775,6 @@ impl Intercept {
     }
 }
 
-/// Queues moat's own HTTP/2 frames for the server (window given back, DATA the server's
-/// window has room for again) when nothing of the sandbox's is held part-way; whether
-/// there were any.
-fn queue_moats_frames(
-    swaps: Option<&mut Swaps>,
-    up_held: &[u8],
-    client: &mut ClientConnection,
-) -> bool {
-    let Some(sw) = swaps else {
-        return false;
-    };
-    if !up_held.is_empty() {
-        return false;
-    }
-    let queued = sw.queued_up();
-    if queued.is_empty() {
-        return false;
-    }
-    let _ = client.writer().write_all(&queued);
-    true
-}
-
 /// Writes the records rustls has for the server, as far as its socket takes them.
 fn records_to_server(
     client: &mut ClientConnection,
@@ -967,72 +788,6 @@ fn records_to_server(
         }
     }
     Ok(())
-}
-
-/// The sandbox's plaintext `pass`, rewritten when secrets are swapped (into `swapped`).
-fn swap_up<'a>(
-    swaps: Option<&mut Swaps>,
-    pass: &'a [u8],
-    swapped: &'a mut Vec<u8>,
-    room: &mut Room<'_>,
-) -> Result<&'a [u8], TlsFailure> {
-    let Some(sw) = swaps else {
-        return Ok(pass);
-    };
-    swapped.clear();
-    sw.up(pass, swapped, room).map_err(|e| match e {
-        Refused::Secret(i) => TlsFailure::Secret(i),
-        e => TlsFailure::Broken(format!("a request cannot be rewritten: {e}")),
-    })?;
-    Ok(swapped)
-}
-
-/// The sandbox finished sending: what the rewriting held, then what the scanner held, go
-/// to the server, then `close_notify`.
-fn end_up(
-    client: &mut ClientConnection,
-    held: &mut Vec<u8>,
-    swaps: Option<&mut Swaps>,
-    scanner: Option<&mut Scanner>,
-) -> Result<(), TlsFailure> {
-    if let Some(sw) = swaps {
-        let mut last = Vec::new();
-        sw.finish_up(&mut last);
-        if !last.is_empty() {
-            let data = cleared(scanner, held, &last)?;
-            let _ = client.writer().write_all(&data);
-        }
-    }
-    release(client, held);
-    client.send_close_notify();
-    Ok(())
-}
-
-/// What of `held` and then `pass` may go to the server now: scanned for placeholders
-/// (a find stops the connection); an end that may begin one is kept in `held`.
-fn cleared(
-    scanner: Option<&mut Scanner>,
-    held: &mut Vec<u8>,
-    pass: &[u8],
-) -> Result<Vec<u8>, TlsFailure> {
-    let mut out = std::mem::take(held);
-    out.extend_from_slice(pass);
-    if let Some(s) = scanner {
-        match s.scan(&out) {
-            Scan::Found(i) => return Err(TlsFailure::Secret(i)),
-            Scan::Pass(n) => *held = out.split_off(n),
-        }
-    }
-    Ok(out)
-}
-
-/// The sandbox finished sending: bytes held back as a possible start of a placeholder
-/// cannot become one any more, and go to the server.
-fn release(client: &mut ClientConnection, held: &mut Vec<u8>) {
-    if !held.is_empty() {
-        let _ = client.writer().write_all(held);
-        held.clear();
-    }
 }
 
 /// Answers a refused request with `403 Forbidden` and a one-line reason, then ends the
