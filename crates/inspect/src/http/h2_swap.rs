@@ -1957,6 +1957,56 @@ mod tests {
         loona_hpack::Encoder::new().encode([(&b"x-sum"[..], &b"1"[..])])
     }
 
+    #[test]
+    fn lengths_of_every_size_are_encoded_as_hpack_reads_them() {
+        // moat writes each field again as literals: lengths on the 7-bit prefix and on
+        // one, two and three continuation bytes.
+        let s = secrets();
+        for len in [1, 126, 127, 128, 254, 255, 256, 16_383, 16_384, 70_000] {
+            let value = "w".repeat(len);
+            let block = loona_hpack::Encoder::new().encode([
+                (&b":method"[..], &b"GET"[..]),
+                (b"x-long", value.as_bytes()),
+            ]);
+            let mut input = PREFACE.to_vec();
+            frame(&mut input, HEADERS, END_HEADERS | END_STREAM, 1, &block);
+            let mut sub = Swap::substitute(&s, |_| true).unwrap();
+            let mut out = Vec::new();
+            Connection::new().up(&mut sub, &input, &mut out).unwrap();
+            let fields = &seen(&out).headers[&1][0];
+            let got = fields.iter().find(|(n, _)| n == "x-long");
+            assert_eq!(got, Some(&("x-long".to_owned(), value)), "{len}");
+        }
+    }
+
+    #[test]
+    fn a_length_that_swapping_would_falsify_is_dropped() {
+        let block = loona_hpack::Encoder::new()
+            .encode([(&b":method"[..], &b"POST"[..]), (b"content-length", b"37")]);
+        let mut input = PREFACE.to_vec();
+        frame(&mut input, HEADERS, END_HEADERS, 1, &block);
+        frame(&mut input, DATA, END_STREAM, 1, P.as_bytes());
+        let s = secrets();
+        let mut sub = Swap::substitute(&s, |_| true).unwrap();
+        let mut out = Vec::new();
+        Connection::new().up(&mut sub, &input, &mut out).unwrap();
+        let names: Vec<String> = seen(&out).headers[&1][0]
+            .iter()
+            .map(|f| f.0.clone())
+            .collect();
+        assert!(!names.contains(&"content-length".to_owned()), "{names:?}");
+        assert_eq!(seen(&out).data[&1], V.as_bytes());
+        // Where nothing is swapped it stays.
+        let mut out = Vec::new();
+        Connection::new()
+            .up(&mut Swap::none(), &input, &mut out)
+            .unwrap();
+        assert_eq!(
+            seen(&out).headers[&1][0][1],
+            ("content-length".to_owned(), "37".to_owned())
+        );
+    }
+
     proptest! {
         /// However the sandbox's bytes are split, the server reads the same requests.
         #[test]
