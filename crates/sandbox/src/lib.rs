@@ -5,7 +5,7 @@
 //! ends in moat.
 //!
 //! The sandbox is built and run by a *supervisor*: a fresh exec of the host program that
-//! must call [`supervisor_entry`] first thing in `main`. See `supervisor.rs` for the theory
+//! must call [`supervisor_entry`] first thing in `main`. See `supervisor/mod.rs` for the theory
 //! of operation and `proto.rs` for the control channel.
 #![deny(unsafe_code)]
 
