@@ -2007,6 +2007,39 @@ mod tests {
         );
     }
 
+    #[test]
+    fn a_header_block_of_256_kib_is_held_and_a_byte_more_is_refused() {
+        // One field whose block is exactly `MAX_BLOCK` bytes (or one more), in a HEADERS
+        // frame and a CONTINUATION.
+        let block_of = |len: usize| {
+            let mut value_len = len;
+            loop {
+                let value = vec![b'v'; value_len];
+                let block = loona_hpack::Encoder::new().encode([(&b"x-big"[..], &value[..])]);
+                match block.len().cmp(&len) {
+                    std::cmp::Ordering::Equal => return block,
+                    std::cmp::Ordering::Greater => value_len -= block.len() - len,
+                    std::cmp::Ordering::Less => value_len += len - block.len(),
+                }
+            }
+        };
+        for (len, refused) in [(MAX_BLOCK, false), (MAX_BLOCK + 1, true)] {
+            let block = block_of(len);
+            let (a, b) = block.split_at(100_000);
+            let mut input = PREFACE.to_vec();
+            frame(&mut input, HEADERS, END_STREAM, 1, a);
+            frame(&mut input, CONTINUATION, END_HEADERS, 1, b);
+            let mut out = Vec::new();
+            let got = Connection::new().up(&mut Swap::none(), &input, &mut out);
+            if refused {
+                assert_eq!(got, Err(Refused::TooLarge));
+            } else {
+                assert_eq!(got, Ok(()));
+                assert_eq!(seen(&out).headers[&1][0][0].1.len(), len - 11);
+            }
+        }
+    }
+
     proptest! {
         /// However the sandbox's bytes are split, the server reads the same requests.
         #[test]
