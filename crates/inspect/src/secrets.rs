@@ -489,6 +489,28 @@ mod tests {
         .unwrap()
     }
 
+    #[test]
+    fn a_pattern_covers_what_every_name_it_allows_is_allowed_by() {
+        let p = |t: &str| HostPattern::parse(t).unwrap();
+        for (mine, theirs, covers) in [
+            ("api.example.test", "api.example.test", true),
+            ("api.example.test", "other.example.test", false),
+            ("api.example.test", "*.api.example.test", false),
+            ("*.example.test", "api.example.test", true),
+            ("*.example.test", "example.test", false),
+            ("*.example.test", "*.example.test", true),
+            ("*.example.test", "*.api.example.test", true),
+            ("*.api.example.test", "*.example.test", false),
+            ("*.example.test", "*.other.test", false),
+        ] {
+            assert_eq!(p(mine).covers(&p(theirs)), covers, "{mine} covers {theirs}");
+        }
+        assert_eq!(
+            secret("A").hosts(),
+            [p("api.example.test"), p("*.allowed.test")]
+        );
+    }
+
     fn b64_std(data: &[u8]) -> String {
         const A: &[u8; 64] = b"ABCDEFGHIJKLMNOPQRSTUVWXYZabcdefghijklmnopqrstuvwxyz0123456789+/";
         let mut out = String::new();
