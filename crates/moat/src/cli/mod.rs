@@ -3,7 +3,10 @@
 //! `demo.rs`. None of this is part of the library's API: the binary calls
 //! [`crate::command_line`].
 
+mod hints;
+mod learn;
 pub(crate) mod run;
+mod wait;
 
 use std::ffi::OsString;
 use std::net::{IpAddr, Ipv4Addr, Ipv6Addr};
