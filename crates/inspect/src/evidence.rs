@@ -240,6 +240,31 @@ mod tests {
     }
 
     #[test]
+    fn a_hello_still_cut_short_at_the_bound_names_nothing() {
+        // A ClientHello whose extensions run past MAX_FIRST (a padding extension of
+        // 16 KiB): at the bound it is still incomplete, and will never be read whole here.
+        let mut hello = vec![1, 0, 0x3f, 0xfc, 3, 3];
+        hello.extend_from_slice(&[7; 32]); // random
+        hello.extend_from_slice(&[0, 0, 2, 0x13, 0x01, 1, 0]); // session, suites, compression
+        hello.extend_from_slice(&[0x3f, 0xd0, 0x00, 0x15, 0x3f, 0xcc]); // padding extension
+        let mut record = vec![22, 3, 1, 0x40, 0x00];
+        record.extend_from_slice(&hello);
+        record.resize(MAX_FIRST, 0);
+        assert_eq!(sni::parse(&record), Sni::Incomplete);
+        assert_eq!(parse(&record[..MAX_FIRST - 1]), Named::More);
+        assert_eq!(parse(&record), Named::Nothing);
+    }
+
+    #[test]
+    fn a_name_is_the_server_name_or_the_host() {
+        let name = n("api.example.test");
+        assert_eq!(Named::Sni(name.clone()).name(), Some(&name));
+        assert_eq!(Named::Host(name.clone()).name(), Some(&name));
+        assert_eq!(Named::More.name(), None);
+        assert_eq!(Named::Nothing.name(), None);
+    }
+
+    #[test]
     fn the_copy_is_bounded_and_freed() {
         let mut first = First::new();
         for _ in 0..100 {

@@ -186,6 +186,7 @@ mod tests {
             (b"GET  / HTTP/1.1\r\n", NotHttp),
             (b"GET  HTTP/1.1\r\n", NotHttp),
             (b" GET / HTTP/1.1\r\n", NotHttp),
+            (b" / HTTP/1.1\r\n\r\n", NotHttp),
             (b"GET /\x01 HTTP/1.1\r\n", NotHttp),
             (b"GET / HTTP/1.x\r\n", NotHttp),
             (b"GET / HTTP/1.1 \r\n", NotHttp),
@@ -199,6 +200,14 @@ mod tests {
                 String::from_utf8_lossy(bytes)
             );
         }
+    }
+
+    #[test]
+    fn a_request_is_its_line_or_its_whole_head() {
+        assert!(RequestLine.is_request());
+        assert!(RequestHead.is_request());
+        assert!(!Partial.is_request());
+        assert!(!NotHttp.is_request());
     }
 
     #[test]
