@@ -1045,6 +1045,45 @@ mod tests {
     }
 
     #[test]
+    fn an_end_that_counts_dropped_events_says_the_log_was_capped() {
+        for (dropped, capped) in [(0, false), (1, true)] {
+            let mut s = Summary::new();
+            s.add(&ev(
+                json!({"run": "r", "event": "connect", "decision": "allow", "rule": "default",
+                "reason": "x", "proto": "tcp", "dst": "203.0.113.10", "port": 443}),
+            ));
+            s.add(&ev(
+                json!({"run": "r", "event": "end", "decision": "allow", "exit_status": 0,
+                "events_dropped": dropped}),
+            ));
+            let text = s.runs()[0].render();
+            assert_eq!(text.contains("reached --audit-max-size"), capped, "{text}");
+        }
+    }
+
+    #[test]
+    fn a_denied_connection_is_shown_with_the_flag_that_would_allow_it() {
+        let fields = [
+            ("proto", json!("tcp")),
+            ("dst", json!("203.0.113.10")),
+            ("port", json!(443)),
+            ("domain", json!("api.example.test")),
+        ];
+        let flag = || Some("--allow api.example.test:443/tcp".to_owned());
+        // Two `--deny` flags come first (rules 0 and 1): a denial by one of them is not
+        // undone by an `--allow`; the policy's own rules and its default are.
+        for (rule, want) in [("0", None), ("1", None), ("2", flag()), ("default", flag())] {
+            assert_eq!(
+                denied_connect(rule, &fields, 2),
+                ("api.example.test:443/tcp".to_owned(), want),
+                "{rule}"
+            );
+        }
+        // A built-in refusal suggests nothing.
+        assert_eq!(denied_connect("max_connections", &fields, 0).1, None);
+    }
+
+    #[test]
     fn a_connection_is_named_by_its_server_name_before_its_address_names() {
         let mut s = Summary::new();
         // An address DNS answered for two names (and a third only looked up); the
