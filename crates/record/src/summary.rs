@@ -1084,6 +1084,40 @@ mod tests {
     }
 
     #[test]
+    fn a_refused_lookup_suggests_its_name_only_when_the_policy_refused_it() {
+        let flag = || Some("--allow evil.example.test".to_owned());
+        for (blocked_by, rule, want) in [
+            ("policy", "0", None),
+            ("policy", "1", None),
+            ("policy", "2", flag()),
+            ("policy", "default", flag()),
+            ("block_domain", "default", None),
+        ] {
+            assert_eq!(
+                denied_lookup("evil.example.test", blocked_by, rule, 2),
+                want,
+                "{blocked_by} {rule}"
+            );
+        }
+    }
+
+    #[test]
+    fn lookups_are_counted_allowed_and_refused() {
+        let mut s = Summary::new();
+        for (decision, name) in [
+            ("allow", "a.example.test"),
+            ("deny", "b.example.test"),
+            ("allow", "a.example.test"),
+        ] {
+            s.add(&ev(
+                json!({"run": "r", "event": "dns", "decision": decision, "rule": "default",
+                "reason": "x", "name": name, "blocked_by": "policy"}),
+            ));
+        }
+        assert_eq!(s.runs()[0].lookups(), 3);
+    }
+
+    #[test]
     fn a_connection_is_named_by_its_server_name_before_its_address_names() {
         let mut s = Summary::new();
         // An address DNS answered for two names (and a third only looked up); the
