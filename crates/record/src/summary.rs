@@ -1118,6 +1118,30 @@ mod tests {
     }
 
     #[test]
+    fn a_run_with_only_lookups_had_traffic_and_lost_events_are_said() {
+        let mut s = Summary::new();
+        s.add(&ev(
+            json!({"run": "r", "event": "end", "decision": "allow", "exit_status": 0}),
+        ));
+        let text = s.runs()[0].render();
+        assert!(text.contains("no network traffic"), "{text}");
+        assert!(!text.contains("lost"), "{text}");
+        let mut s = Summary::new();
+        s.add(&ev(
+            json!({"run": "r", "event": "dns", "decision": "allow", "rule": "default",
+            "reason": "x", "name": "a.example.test"}),
+        ));
+        s.add(&ev(
+            json!({"run": "r", "event": "end", "decision": "allow", "exit_status": 0,
+            "events_lost": 2}),
+        ));
+        let text = s.runs()[0].render();
+        assert!(!text.contains("no network traffic"), "{text}");
+        assert!(text.contains("1 lookups (0 refused)"), "{text}");
+        assert!(text.contains("2 events lost (a write failed)"), "{text}");
+    }
+
+    #[test]
     fn a_connection_is_named_by_its_server_name_before_its_address_names() {
         let mut s = Summary::new();
         // An address DNS answered for two names (and a third only looked up); the
@@ -1188,7 +1212,11 @@ mod tests {
         ));
         assert_eq!(s.runs().len(), 2);
         assert_eq!(s.runs()[0].denied(), (MAX_GROUPS + 10) as u64);
-        assert!(s.runs()[0].render().contains("more"));
+        let text = s.runs()[0].render();
+        assert!(text.contains("more"), "{text}");
+        // The groups kept and one for the others.
+        let groups = format!("to {} destinations", MAX_GROUPS + 1);
+        assert!(text.lines().next().unwrap().contains(&groups), "{text}");
         assert_eq!(s.runs()[1].allowed(), 1);
     }
 
