@@ -1142,6 +1142,24 @@ mod tests {
     }
 
     #[test]
+    fn a_small_run_says_no_more_than_it_has() {
+        let mut s = Summary::new();
+        s.add(&ev(
+            json!({"run": "r", "event": "connect", "decision": "allow", "rule": "default",
+            "reason": "x", "proto": "tcp", "dst": "203.0.113.10", "port": 443,
+            "domain": "api.example.test"}),
+        ));
+        let run = &s.runs()[0];
+        let text = run.render();
+        assert!(!text.contains("... and"), "{text}");
+        assert!(!text.contains("to allow what was denied"), "{text}");
+        let learned = run.learned_policy("learned");
+        assert!(learned.contains("api.example.test"), "{learned}");
+        assert!(!learned.contains("one of"), "{learned}");
+        assert!(!learned.contains("not grouped"), "{learned}");
+    }
+
+    #[test]
     fn a_connection_is_named_by_its_server_name_before_its_address_names() {
         let mut s = Summary::new();
         // An address DNS answered for two names (and a third only looked up); the
@@ -1217,6 +1235,8 @@ mod tests {
         // The groups kept and one for the others.
         let groups = format!("to {} destinations", MAX_GROUPS + 1);
         assert!(text.lines().next().unwrap().contains(&groups), "{text}");
+        let more = format!("... and {} more", MAX_GROUPS - SHOWN + 10);
+        assert!(text.contains(&more), "{text}");
         assert_eq!(s.runs()[1].allowed(), 1);
     }
 
