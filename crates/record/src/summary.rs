@@ -1160,6 +1160,20 @@ mod tests {
     }
 
     #[test]
+    fn a_learned_string_cannot_break_out_of_its_line() {
+        assert_eq!(toml_string("a\nb\u{7}\"c\\"), "\"ab\\\"c\\\\\"");
+        // A log read back may carry anything in its fields.
+        let mut s = Summary::new();
+        s.add(&ev(
+            json!({"run": "r", "event": "connect", "decision": "allow", "rule": "default",
+            "reason": "x", "proto": "tcp\ndefault_action = \"allow\"", "dst": "203.0.113.10"}),
+        ));
+        let learned = s.runs()[0].learned_policy("learned");
+        let defaults = learned.lines().filter(|l| l.starts_with("default_action"));
+        assert_eq!(defaults.count(), 1, "{learned}");
+    }
+
+    #[test]
     fn a_connection_is_named_by_its_server_name_before_its_address_names() {
         let mut s = Summary::new();
         // An address DNS answered for two names (and a third only looked up); the
