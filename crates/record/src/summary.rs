@@ -1174,6 +1174,20 @@ mod tests {
     }
 
     #[test]
+    fn one_denial_is_one_destination() {
+        let mut s = Summary::new();
+        s.add(&ev(
+            json!({"run": "r", "event": "connect", "decision": "deny", "rule": "default",
+            "reason": "x", "proto": "tcp", "dst": "203.0.113.10", "port": 80}),
+        ));
+        let text = s.runs()[0].render();
+        assert!(
+            text.contains("1 attempt denied to 1 destination,"),
+            "{text}"
+        );
+    }
+
+    #[test]
     fn a_connection_is_named_by_its_server_name_before_its_address_names() {
         let mut s = Summary::new();
         // An address DNS answered for two names (and a third only looked up); the
