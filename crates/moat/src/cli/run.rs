@@ -7,6 +7,7 @@ use std::io::IsTerminal as _;
 use std::net::{IpAddr, SocketAddr};
 use std::os::fd::AsFd;
 use std::path::PathBuf;
+use std::time::Duration;
 
 use anyhow::{Context, bail};
 use moat_engine::LinkConfig;
@@ -19,7 +20,9 @@ use super::hints::{resolves_elsewhere, spawn_failure};
 use super::learn::Learn;
 use super::wait::{FORWARDED, wait_with_signals};
 use crate::builder::Started;
-use crate::{AuditSink, DenyMode, Sandbox, SandboxBuilder, ViolationAction};
+use crate::{
+    AuditSink, DenyMode, NetworkBuilder, Sandbox, SandboxBuilder, TlsBuilder, ViolationAction,
+};
 
 /// Exit status for moat's own failures (the command never ran), as container runtimes do.
 pub const SETUP_FAILED: i32 = 125;
@@ -224,196 +227,32 @@ fn command_env(extra: &[String]) -> anyhow::Result<Vec<(OsString, OsString)>> {
 /// sandbox the same way a program does (see `builder.rs`). What is checked here is what
 /// only flags have (their spelling, sizes in text) so that errors name the flag.
 pub(crate) fn builder(opts: &RunOptions) -> anyhow::Result<SandboxBuilder> {
-    if !moat_sandbox::valid_name(&opts.name) {
-        bail!(
-            "--name {}: expected 1-63 characters of a-z, 0-9, - and _",
-            opts.name
-        );
-    }
-    let policy = build_policy(opts.policy.as_deref(), &opts.rules)?;
-    let dns_servers = opts
-        .dns
-        .iter()
-        .map(|d| parse_dns(d))
-        .collect::<anyhow::Result<Vec<_>>>()?;
-    for d in &opts.block_domains {
-        moat_policy::DomainName::new(d).with_context(|| format!("--block-domain {d}"))?;
-    }
-    for d in &opts.block_domain_suffixes {
-        moat_policy::DomainSuffix::new(d).with_context(|| format!("--block-domain-suffix {d}"))?;
-    }
-    if !opts.publish.is_empty() && policy.is_offline() {
-        bail!(
-            "--publish needs a network, and this policy allows nothing (no interface is created); add an inbound allow rule or use another policy"
-        );
-    }
-    if let Some(mtu) = opts.mtu {
-        LinkConfig::default()
-            .set_mtu(mtu as usize)
-            .map_err(|e| anyhow::anyhow!("--mtu {mtu}: {e}"))?;
-    }
-    let max_buffer_memory = match opts.max_buffer_memory.as_deref() {
-        None => None,
-        Some(m) => {
-            let bytes = moat_sandbox::parse_size(m).with_context(|| {
-                format!("--max-buffer-memory {m}: expected a size such as 64m or 1g")
-            })?;
-            let min = moat_engine::MIN_BUFFER_MEMORY;
-            if bytes < min as u64 {
-                bail!("--max-buffer-memory {m}: expected at least {}m", min >> 20);
-            }
-            Some(bytes)
-        }
-    };
-    let busy_poll = opts.busy_poll.map(std::time::Duration::from_micros);
-    if let Some(window) = busy_poll
-        && window > moat_engine::MAX_BUSY_POLL
-    {
-        bail!(
-            "--busy-poll {}: expected at most {} microseconds",
-            window.as_micros(),
-            moat_engine::MAX_BUSY_POLL.as_micros()
-        );
-    }
-    if opts.max_connections == Some(0) {
-        bail!("--max-connections 0: expected at least 1");
-    }
-    let memory = opts
-        .memory
-        .as_deref()
-        .map(|m| {
-            moat_sandbox::parse_size(m)
-                .with_context(|| format!("--memory {m}: expected a size such as 512m or 2g"))
-        })
-        .transpose()?;
-    if opts.pids_limit == Some(0) {
-        bail!("--pids-limit 0: expected at least 1");
-    }
-    if let Some(c) = opts.cpus
-        && !(c.is_finite() && c >= 0.01)
-    {
-        bail!("--cpus {c}: expected a number of CPUs such as 0.5 or 2");
-    }
-    let audit_max_size = match opts.audit_max_size.as_deref() {
-        None => None,
-        Some(m) => {
-            let bytes = moat_sandbox::parse_size(m).with_context(|| {
-                format!("--audit-max-size {m}: expected a size such as 64m or 1g")
-            })?;
-            let min = moat_engine::MIN_AUDIT_MAX_SIZE;
-            if bytes < min {
-                bail!("--audit-max-size {m}: expected at least {}k", min >> 10);
-            }
-            Some(bytes)
-        }
-    };
-    if opts.audit.is_none() && (audit_max_size.is_some() || opts.audit_required) {
-        bail!(
-            "--{} needs an audit log: add --audit FILE",
-            if opts.audit_required {
-                "audit-required"
-            } else {
-                "audit-max-size"
-            }
-        );
-    }
-    let env = command_env(&opts.env)?;
-    let secrets = opts
-        .secrets
-        .iter()
-        .map(|spec| {
-            let plain = opts
-                .secrets_plain_http
-                .iter()
-                .any(|n| spec.split('@').next() == Some(n.as_str()));
-            crate::secrets::from_flag(spec).map(|s| s.allow_plain_http(plain))
-        })
-        .collect::<anyhow::Result<Vec<_>>>()?;
-    if let Some(name) = opts.secrets_plain_http.iter().find(|n| {
-        !opts
-            .secrets
-            .iter()
-            .any(|s| s.split('@').next() == Some(n.as_str()))
-    }) {
-        bail!("--secret-plain-http {name}: no --secret {name}@HOST names that secret");
-    }
-    let deny_mode = deny_mode(opts.reject, opts.deny_mode.as_deref())?;
-    let on_violation = match opts.on_secret_violation.as_deref() {
-        None | Some("block") => ViolationAction::Block,
-        Some("block-and-log") => ViolationAction::BlockAndLog,
-        Some("block-and-terminate") => ViolationAction::BlockAndTerminate,
-        Some(other) => bail!(
-            "--on-secret-violation {other}: expected block, block-and-log or block-and-terminate"
-        ),
-    };
-
+    let c = Checked::from_flags(opts)?;
+    let Checked {
+        policy,
+        dns_servers,
+        max_buffer_memory,
+        busy_poll,
+        memory,
+        audit_max_size,
+        env,
+        secrets,
+        deny_mode,
+        on_violation,
+    } = c;
     let mut b = Sandbox::builder(opts.name.clone())
         .notices_to_stderr()
-        .network(|mut n| {
-            n = n
+        .network(|n| {
+            let n = n
                 .policy(policy)
                 .dns_rebind_protection(!opts.no_dns_rebind_protection)
                 .on_secret_violation(on_violation)
                 .deny_mode(deny_mode)
                 .flag_rules(opts.rules.len());
-            for d in &opts.block_domains {
-                n = n.block_domain(d);
-            }
-            for d in &opts.block_domain_suffixes {
-                n = n.block_domain_suffix(d);
-            }
-            for addr in dns_servers {
-                n = n.dns_server_addr(addr);
-            }
-            if let Some(max) = opts.max_connections {
-                n = n.max_connections(max);
-            }
-            if let Some(bytes) = max_buffer_memory {
-                n = n.max_buffer_memory(bytes);
-            }
-            if let Some(mtu) = opts.mtu {
-                n = n.mtu(mtu);
-            }
-            if let Some(window) = busy_poll {
-                n = n.busy_poll(window);
-            }
-            if let Some(tls) = &opts.tls {
-                n = n.tls(|mut t| {
-                    for pattern in &tls.bypass {
-                        t = t.bypass(pattern.clone());
-                    }
-                    if !tls.ports.is_empty() {
-                        t = t.intercepted_ports(tls.ports.clone());
-                    }
-                    if let Some(cert) = &tls.ca_cert {
-                        t = t.intercept_ca_cert(cert.clone());
-                    }
-                    if let Some(key) = &tls.ca_key {
-                        t = t.intercept_ca_key(key.clone());
-                    }
-                    for ca in &tls.upstream_cas {
-                        t = t.upstream_ca_cert(ca.clone());
-                    }
-                    t.verify_upstream(!tls.no_verify_upstream)
-                        .block_quic(!tls.allow_quic)
-                });
-            }
-            n
+            network(n, opts, dns_servers, max_buffer_memory, busy_poll)
         });
     if let Some(dir) = &opts.workdir {
-        let given = dir.display().to_string();
-        crate::setup::not_a_link("-w", dir)?;
-        let dir = dir
-            .canonicalize()
-            .with_context(|| format!("-w {given}: no such directory"))?;
-        if !dir.is_dir() {
-            bail!("-w {given}: not a directory; give the directory the command should work in");
-        }
-        if dir == std::path::Path::new("/") {
-            bail!(
-                "-w {given}: the root would make the whole host writable; give a project directory"
-            );
-        }
+        let dir = workdir(dir)?;
         b = b.workdir(dir.clone()).workdir_from_host(dir);
     }
     for spec in &opts.publish {
@@ -452,6 +291,237 @@ pub(crate) fn builder(opts: &RunOptions) -> anyhow::Result<SandboxBuilder> {
         b = b.audit_max_size(bytes);
     }
     Ok(b.audit_required(opts.audit_required))
+}
+
+/// What the flags say, each checked (an error names the flag and what it expects).
+struct Checked {
+    policy: NetworkPolicy,
+    dns_servers: Vec<SocketAddr>,
+    max_buffer_memory: Option<u64>,
+    busy_poll: Option<Duration>,
+    memory: Option<u64>,
+    audit_max_size: Option<u64>,
+    env: Vec<(OsString, OsString)>,
+    secrets: Vec<crate::SecretBuilder>,
+    deny_mode: DenyMode,
+    on_violation: ViolationAction,
+}
+
+impl Checked {
+    fn from_flags(opts: &RunOptions) -> anyhow::Result<Checked> {
+        if !moat_sandbox::valid_name(&opts.name) {
+            bail!(
+                "--name {}: expected 1-63 characters of a-z, 0-9, - and _",
+                opts.name
+            );
+        }
+        let policy = build_policy(opts.policy.as_deref(), &opts.rules)?;
+        let dns_servers = opts
+            .dns
+            .iter()
+            .map(|d| parse_dns(d))
+            .collect::<anyhow::Result<Vec<_>>>()?;
+        for d in &opts.block_domains {
+            moat_policy::DomainName::new(d).with_context(|| format!("--block-domain {d}"))?;
+        }
+        for d in &opts.block_domain_suffixes {
+            moat_policy::DomainSuffix::new(d)
+                .with_context(|| format!("--block-domain-suffix {d}"))?;
+        }
+        if !opts.publish.is_empty() && policy.is_offline() {
+            bail!(
+                "--publish needs a network, and this policy allows nothing (no interface is created); add an inbound allow rule or use another policy"
+            );
+        }
+        if let Some(mtu) = opts.mtu {
+            LinkConfig::default()
+                .set_mtu(mtu as usize)
+                .map_err(|e| anyhow::anyhow!("--mtu {mtu}: {e}"))?;
+        }
+        let max_buffer_memory = size_flag(
+            "--max-buffer-memory",
+            opts.max_buffer_memory.as_deref(),
+            "64m or 1g",
+            moat_engine::MIN_BUFFER_MEMORY as u64,
+        )?;
+        let busy_poll = opts.busy_poll.map(Duration::from_micros);
+        if let Some(window) = busy_poll
+            && window > moat_engine::MAX_BUSY_POLL
+        {
+            bail!(
+                "--busy-poll {}: expected at most {} microseconds",
+                window.as_micros(),
+                moat_engine::MAX_BUSY_POLL.as_micros()
+            );
+        }
+        if opts.max_connections == Some(0) {
+            bail!("--max-connections 0: expected at least 1");
+        }
+        let memory = size_flag("--memory", opts.memory.as_deref(), "512m or 2g", 0)?;
+        if opts.pids_limit == Some(0) {
+            bail!("--pids-limit 0: expected at least 1");
+        }
+        if let Some(c) = opts.cpus
+            && !(c.is_finite() && c >= 0.01)
+        {
+            bail!("--cpus {c}: expected a number of CPUs such as 0.5 or 2");
+        }
+        let audit_max_size = size_flag(
+            "--audit-max-size",
+            opts.audit_max_size.as_deref(),
+            "64m or 1g",
+            moat_engine::MIN_AUDIT_MAX_SIZE,
+        )?;
+        if opts.audit.is_none() && (audit_max_size.is_some() || opts.audit_required) {
+            bail!(
+                "--{} needs an audit log: add --audit FILE",
+                if opts.audit_required {
+                    "audit-required"
+                } else {
+                    "audit-max-size"
+                }
+            );
+        }
+        Ok(Checked {
+            policy,
+            dns_servers,
+            max_buffer_memory,
+            busy_poll,
+            memory,
+            audit_max_size,
+            env: command_env(&opts.env)?,
+            secrets: secrets_of(opts)?,
+            deny_mode: deny_mode(opts.reject, opts.deny_mode.as_deref())?,
+            on_violation: violation_action(opts.on_secret_violation.as_deref())?,
+        })
+    }
+}
+
+/// A size flag's bytes (`64m`, `1g`), at least `min` when one is given.
+fn size_flag(
+    flag: &str,
+    value: Option<&str>,
+    example: &str,
+    min: u64,
+) -> anyhow::Result<Option<u64>> {
+    let Some(m) = value else {
+        return Ok(None);
+    };
+    let bytes = moat_sandbox::parse_size(m)
+        .with_context(|| format!("{flag} {m}: expected a size such as {example}"))?;
+    if bytes < min {
+        if min >= 1 << 20 {
+            bail!("{flag} {m}: expected at least {}m", min >> 20);
+        }
+        bail!("{flag} {m}: expected at least {}k", min >> 10);
+    }
+    Ok(Some(bytes))
+}
+
+/// The secrets of `--secret NAME@HOST...`, those named by `--secret-plain-http` allowed
+/// over plain HTTP (each of which must name a secret given).
+fn secrets_of(opts: &RunOptions) -> anyhow::Result<Vec<crate::SecretBuilder>> {
+    let named = |spec: &str, n: &str| spec.split('@').next() == Some(n);
+    let secrets = opts
+        .secrets
+        .iter()
+        .map(|spec| {
+            let plain = opts.secrets_plain_http.iter().any(|n| named(spec, n));
+            crate::secrets::from_flag(spec).map(|s| s.allow_plain_http(plain))
+        })
+        .collect::<anyhow::Result<Vec<_>>>()?;
+    if let Some(name) = opts
+        .secrets_plain_http
+        .iter()
+        .find(|n| !opts.secrets.iter().any(|s| named(s, n)))
+    {
+        bail!("--secret-plain-http {name}: no --secret {name}@HOST names that secret");
+    }
+    Ok(secrets)
+}
+
+/// `--on-secret-violation`'s action (block when not given).
+fn violation_action(flag: Option<&str>) -> anyhow::Result<ViolationAction> {
+    Ok(match flag {
+        None | Some("block") => ViolationAction::Block,
+        Some("block-and-log") => ViolationAction::BlockAndLog,
+        Some("block-and-terminate") => ViolationAction::BlockAndTerminate,
+        Some(other) => bail!(
+            "--on-secret-violation {other}: expected block, block-and-log or block-and-terminate"
+        ),
+    })
+}
+
+/// The network flags beyond the policy and the deny mode.
+fn network(
+    mut n: NetworkBuilder,
+    opts: &RunOptions,
+    dns_servers: Vec<SocketAddr>,
+    max_buffer_memory: Option<u64>,
+    busy_poll: Option<Duration>,
+) -> NetworkBuilder {
+    for d in &opts.block_domains {
+        n = n.block_domain(d);
+    }
+    for d in &opts.block_domain_suffixes {
+        n = n.block_domain_suffix(d);
+    }
+    for addr in dns_servers {
+        n = n.dns_server_addr(addr);
+    }
+    if let Some(max) = opts.max_connections {
+        n = n.max_connections(max);
+    }
+    if let Some(bytes) = max_buffer_memory {
+        n = n.max_buffer_memory(bytes);
+    }
+    if let Some(mtu) = opts.mtu {
+        n = n.mtu(mtu);
+    }
+    if let Some(window) = busy_poll {
+        n = n.busy_poll(window);
+    }
+    if let Some(tls) = &opts.tls {
+        n = n.tls(|t| tls_flags(t, tls));
+    }
+    n
+}
+
+/// The `--tls-*` flags.
+fn tls_flags(mut t: TlsBuilder, tls: &TlsOptions) -> TlsBuilder {
+    for pattern in &tls.bypass {
+        t = t.bypass(pattern.clone());
+    }
+    if !tls.ports.is_empty() {
+        t = t.intercepted_ports(tls.ports.clone());
+    }
+    if let Some(cert) = &tls.ca_cert {
+        t = t.intercept_ca_cert(cert.clone());
+    }
+    if let Some(key) = &tls.ca_key {
+        t = t.intercept_ca_key(key.clone());
+    }
+    for ca in &tls.upstream_cas {
+        t = t.upstream_ca_cert(ca.clone());
+    }
+    t.verify_upstream(!tls.no_verify_upstream)
+        .block_quic(!tls.allow_quic)
+}
+
+/// `-w DIR`: an existing directory (not a link, not the root), made absolute.
+fn workdir(dir: &std::path::Path) -> anyhow::Result<PathBuf> {
+    let given = dir.display().to_string();
+    crate::setup::not_a_link("-w", dir)?;
+    let dir = dir
+        .canonicalize()
+        .with_context(|| format!("-w {given}: no such directory"))?;
+    if !dir.is_dir() {
+        bail!("-w {given}: not a directory; give the directory the command should work in");
+    }
+    if dir == std::path::Path::new("/") {
+        bail!("-w {given}: the root would make the whole host writable; give a project directory");
+    }
+    Ok(dir)
 }
 
 /// The deny mode of `--reject` and `--deny-mode MODE` (drop when neither is given); the two
