@@ -46,7 +46,7 @@
 //! | `stack.rs` | the smoltcp interface and the frames moat writes itself |
 //! | `pool.rs`, `budget.rs`, `dial.rs`, `host_addrs.rs` | TCP sockets kept for reuse; buffer memory; the only places sockets toward the world are opened; the host's own addresses |
 //! | `stream.rs` | the stream stage inside a TCP flow: where TLS and secrets plug in |
-//! | `tls_stage.rs`, `tls_shared.rs`, `http_stage.rs` | TLS interception (both legs, and what its connections share); secrets on plain HTTP |
+//! | `tls_stage.rs`, `tls_relay.rs`, `tls_swaps.rs`, `tls_shared.rs`, `http_stage.rs` | TLS interception (the handshakes; an open connection's turn; the secrets swapped inside it; what its connections share); secrets on plain HTTP |
 //! | `tcp_flow.rs` | a TCP flow's state (judged SYN → dialing → relaying → closing) |
 //! | `udp_flow.rs`, `echo.rs`, `dns_flow.rs`, `inbound.rs`, `refusal.rs` | UDP flows, ICMP echo, DNS interception, published ports, a refused connection moat answers itself (deny mode `explain`) |
 //! | `table.rs` | the flow table: slots, tokens, keys, limits, and every removal |
@@ -85,6 +85,7 @@ mod stack;
 mod stream;
 mod table;
 mod tcp_flow;
+mod tls_relay;
 mod tls_shared;
 mod tls_stage;
 mod tls_swaps;
