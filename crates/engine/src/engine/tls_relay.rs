@@ -233,18 +233,10 @@ impl Relay {
                 forbid(legs.server, &mut io.sandbox_writer(), &why);
                 return Err(TlsFailure::Refused(why));
             };
-            // The frames before the refused request pass; its own never do.
+            // Answered at the server's next frame boundary; the frames before the refused
+            // request pass, its own never do.
             let answer = h2::forbidden(requests.stream(), &why);
             self.refusal = Some(Refusal { why, answer });
-            let pass = swap_up(
-                self.swaps.as_deref_mut(),
-                &self.pass,
-                &mut self.swapped,
-                &mut io.room(),
-            )?;
-            let out = cleared(io.scanner.as_deref_mut(), &mut self.up_held, pass)?;
-            let _ = legs.client.writer().write_all(&out);
-            return Ok(false);
         }
         // Placeholders this host may receive become values; one it may not stops here.
         let pass = swap_up(
@@ -254,7 +246,11 @@ impl Relay {
             &mut io.room(),
         )?;
         let data = cleared(io.scanner.as_deref_mut(), &mut self.up_held, pass)?;
-        if legs.client.writer().write_all(&data).is_err() {
+        let written = legs.client.writer().write_all(&data);
+        if self.refusal.is_some() {
+            return Ok(false);
+        }
+        if written.is_err() {
             return Err(TlsFailure::Broken("the server's TLS refused data".into()));
         }
         Ok(true)

@@ -228,28 +228,16 @@ fn command_env(extra: &[String]) -> anyhow::Result<Vec<(OsString, OsString)>> {
 /// only flags have (their spelling, sizes in text) so that errors name the flag.
 pub(crate) fn builder(opts: &RunOptions) -> anyhow::Result<SandboxBuilder> {
     let c = Checked::from_flags(opts)?;
-    let Checked {
-        policy,
-        dns_servers,
-        max_buffer_memory,
-        busy_poll,
-        memory,
-        audit_max_size,
-        env,
-        secrets,
-        deny_mode,
-        on_violation,
-    } = c;
     let mut b = Sandbox::builder(opts.name.clone())
         .notices_to_stderr()
         .network(|n| {
             let n = n
-                .policy(policy)
+                .policy(c.policy)
                 .dns_rebind_protection(!opts.no_dns_rebind_protection)
-                .on_secret_violation(on_violation)
-                .deny_mode(deny_mode)
+                .on_secret_violation(c.on_violation)
+                .deny_mode(c.deny_mode)
                 .flag_rules(opts.rules.len());
-            network(n, opts, dns_servers, max_buffer_memory, busy_poll)
+            network(n, opts, c.dns_servers, c.max_buffer_memory, c.busy_poll)
         });
     if let Some(dir) = &opts.workdir {
         let dir = workdir(dir)?;
@@ -264,7 +252,7 @@ pub(crate) fn builder(opts: &RunOptions) -> anyhow::Result<SandboxBuilder> {
     for path in &opts.rw {
         b = b.rw(path.clone());
     }
-    if let Some(bytes) = memory {
+    if let Some(bytes) = c.memory {
         b = b.memory(bytes);
     }
     if let Some(n) = opts.pids_limit {
@@ -273,10 +261,10 @@ pub(crate) fn builder(opts: &RunOptions) -> anyhow::Result<SandboxBuilder> {
     if let Some(c) = opts.cpus {
         b = b.cpus(c);
     }
-    for (k, v) in env {
+    for (k, v) in c.env {
         b = b.env(k, v);
     }
-    for secret in secrets {
+    for secret in c.secrets {
         b = b.secret(|_| secret);
     }
     if !opts.quiet || opts.learn.is_some() {
@@ -287,7 +275,7 @@ pub(crate) fn builder(opts: &RunOptions) -> anyhow::Result<SandboxBuilder> {
         Some("-") => b.audit(AuditSink::Stderr),
         Some(path) => b.audit(AuditSink::file(path)),
     };
-    if let Some(bytes) = audit_max_size {
+    if let Some(bytes) = c.audit_max_size {
         b = b.audit_max_size(bytes);
     }
     Ok(b.audit_required(opts.audit_required))
