@@ -1227,6 +1227,44 @@ mod tests {
     #![allow(clippy::unwrap_used)] // Test code: a panic is the failure report.
     use super::*;
 
+    /// The name trie's probe sequences stay short with many names: its seeded hash spreads
+    /// the edges, and the table is at most two thirds full. 8,188 names under one suffix
+    /// make 8,190 edges, just under a power of two, where a table sized without its third
+    /// of room would be full.
+    #[test]
+    fn name_probes_stay_short() {
+        let rules = (0..8188)
+            .map(|i| {
+                Rule::allow_outbound(Destination::domain(&format!("n{i}.example.test")).unwrap())
+            })
+            .collect();
+        let policy = NetworkPolicy {
+            default_action: Action::Deny,
+            rules,
+        };
+        let compiled = policy.compile().unwrap();
+        let trie = &compiled.names;
+        let mask = trie.edges.len() - 1;
+        assert!(trie.edges.len() >= 8190 * 3 / 2, "{}", trie.edges.len());
+        let mut longest = 0;
+        for (i, e) in trie.edges.iter().enumerate() {
+            if e.len == 0 {
+                continue;
+            }
+            let len = usize::from(e.len);
+            let mut label = e.head[..len.min(INLINE)].to_vec();
+            if len > INLINE {
+                let tail = e.tail as usize;
+                label.extend_from_slice(&trie.tails[tail..tail + len - INLINE]);
+            }
+            let home = trie.hash(e.parent, &label) as usize & mask;
+            longest = longest.max(i.wrapping_sub(home) & mask);
+        }
+        assert!(longest < 64, "a probe sequence {longest} long");
+        let name = DomainName::new("n8187.example.test").unwrap();
+        assert_eq!(compiled.decide_name(&name).by, DecidedBy::Rule(8187));
+    }
+
     /// The bucketed and the sampled searches answer as a linear scan does, at bucket
     /// edges, at the ends of the address space and between keys.
     #[test]
