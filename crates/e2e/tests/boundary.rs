@@ -1369,3 +1369,84 @@ fn package_tools_write_under_home() {
 fn sh_chown(path: &std::path::Path, uid: u32) {
     moat_e2e::sh(&["chown", &uid.to_string(), path.to_str().unwrap()]);
 }
+
+/// Every mount of the view is nosuid and nodev, and the host's system directories and a
+/// read-only grant are read-only — as the mount table says, not only as a write that fails:
+/// as root, the sandbox's root is an unprivileged id, and a write to `/usr` fails for lack
+/// of permission whether or not the mount is read-only.
+#[test]
+fn every_mount_is_nosuid_and_nodev_and_the_system_read_only() {
+    let dir = std::path::PathBuf::from(format!("/var/tmp/moat-e2e-mounts-{}", std::process::id()));
+    let _ = std::fs::remove_dir_all(&dir);
+    std::fs::create_dir_all(dir.join("ro")).unwrap();
+    std::fs::create_dir_all(dir.join("rw")).unwrap();
+    struct Remove(std::path::PathBuf);
+    impl Drop for Remove {
+        fn drop(&mut self) {
+            let _ = std::fs::remove_dir_all(&self.0);
+        }
+    }
+    let _cleanup = Remove(dir.clone());
+    let (ro, rw) = (dir.join("ro"), dir.join("rw"));
+    for who in [As::Root, As::User] {
+        if who == As::User {
+            std::fs::set_permissions(&dir, std::fs::Permissions::from_mode(0o777)).unwrap();
+            std::fs::set_permissions(&ro, std::fs::Permissions::from_mode(0o777)).unwrap();
+            std::fs::set_permissions(&rw, std::fs::Permissions::from_mode(0o777)).unwrap();
+        }
+        let s = Scratch::new("mounts");
+        let out = who.run_offline(
+            &s,
+            &["--ro", ro.to_str().unwrap(), "--rw", rw.to_str().unwrap()],
+            "cat /proc/self/mountinfo",
+            T,
+        );
+        let text = stdout(&out);
+        // Mount point → its per-mount options (the last mount at a point is what shows).
+        let mut options = std::collections::HashMap::new();
+        for line in text.lines() {
+            let f: Vec<&str> = line.split(' ').collect();
+            if f.len() > 5 {
+                options.insert(f[4].to_owned(), f[5].to_owned());
+            }
+        }
+        let has = |point: &str, flag: &str| {
+            options
+                .get(point)
+                .is_some_and(|o| o.split(',').any(|x| x == flag))
+        };
+        // /var/tmp is a link to the sandbox's /tmp: the grants show there.
+        let inside = |p: &std::path::Path| p.to_str().unwrap().replacen("/var/tmp/", "/tmp/", 1);
+        let (ro_inside, rw_inside) = (inside(&ro), inside(&rw));
+        let (ro_path, rw_path) = (ro_inside.as_str(), rw_inside.as_str());
+        for point in [
+            "/", "/usr", "/etc", "/tmp", "/run", "/dev", "/dev/shm", "/sys", "/proc", ro_path,
+            rw_path,
+        ] {
+            assert!(
+                options.contains_key(point),
+                "{who:?}: no mount at {point}: {text} {}",
+                stderr(&out)
+            );
+            assert!(
+                has(point, "nosuid") && has(point, "nodev"),
+                "{who:?}: {point}: {:?}",
+                options.get(point)
+            );
+        }
+        for point in ["/", "/usr", "/etc", "/sys", ro_path] {
+            assert!(
+                has(point, "ro"),
+                "{who:?}: {point} writable: {:?}",
+                options.get(point)
+            );
+        }
+        for point in ["/tmp", "/run", rw_path] {
+            assert!(
+                has(point, "rw"),
+                "{who:?}: {point}: {:?}",
+                options.get(point)
+            );
+        }
+    }
+}
