@@ -398,3 +398,33 @@ pub(super) fn resolve_inside(root: &Path, rel: &Path) -> Option<PathBuf> {
     }
     None
 }
+
+#[cfg(test)]
+mod tests {
+    #![allow(clippy::unwrap_used)] // Test code: a panic is the failure report.
+
+    use super::*;
+
+    /// A path inside the new root that an absolute link would lead out of is refused; one
+    /// whose links stay inside (or that does not exist yet) is taken.
+    #[test]
+    fn a_path_that_leads_out_of_the_root_is_refused() {
+        let base = std::env::temp_dir().join(format!("moat-within-{}", std::process::id()));
+        let _ = std::fs::remove_dir_all(&base);
+        let (root, outside) = (base.join("root"), base.join("outside"));
+        std::fs::create_dir_all(root.join("a/b")).unwrap();
+        std::fs::create_dir_all(&outside).unwrap();
+        std::os::unix::fs::symlink(&outside, root.join("a/out")).unwrap();
+        std::os::unix::fs::symlink("b", root.join("a/in")).unwrap();
+        let checked = |rel: &str| within_root(&root, &root.join(rel));
+        assert!(checked("a/b/new/deeper").is_ok());
+        assert!(checked("a/in/x").is_ok());
+        let refused = checked("a/out/x").unwrap_err();
+        assert!(
+            refused.to_string().contains("through a symbolic link"),
+            "{refused}"
+        );
+        assert!(checked("a/out").is_err());
+        std::fs::remove_dir_all(&base).unwrap();
+    }
+}
