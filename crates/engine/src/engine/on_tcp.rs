@@ -248,6 +248,33 @@ mod tests {
 
     const GATEWAY: Ipv4Addr = Ipv4Addr::new(10, 0, 2, 2);
 
+    /// DNS over TLS would carry lookups past the interceptor: refused (reset, audited, never
+    /// dialed) unless a rule names port 853, and not refused when one does.
+    #[test]
+    fn dns_over_tls_needs_a_rule_that_names_its_port() {
+        let mut h = Harness::new(NetworkPolicy::allow_all(), DenyMode::Drop);
+        h.frame(&syn(GATEWAY, 853));
+        assert!(sent_reset(&mut h, 853));
+        assert!(
+            h.audit().contains("DNS over TLS is refused"),
+            "{}",
+            h.audit()
+        );
+        assert_eq!(h.cx.counters.dial_failures, 0, "never dialed");
+        let named = NetworkPolicy {
+            default_action: moat_policy::Action::Deny,
+            rules: vec![
+                moat_policy::Rule::allow_outbound(moat_policy::Destination::Group(
+                    moat_policy::DestinationGroup::Loopback,
+                ))
+                .with_ports(moat_policy::PortRange::single(853)),
+            ],
+        };
+        let mut h = Harness::new(named, DenyMode::Drop);
+        h.frame(&syn(GATEWAY, 853));
+        assert!(!h.audit().contains("DNS over TLS"), "{}", h.audit());
+    }
+
     /// Whether the sandbox got a RST from `port` since the last look.
     fn sent_reset(h: &mut Harness, port: u16) -> bool {
         h.sent()
