@@ -14,6 +14,15 @@ use moat_e2e::{As, Running, Scratch, World, moat_bin, run_with_timeout, stderr, 
 
 const T: Duration = Duration::from_secs(60);
 
+/// A host directory a test made, removed when the test ends (also on panic).
+struct RemoveDir(std::path::PathBuf);
+
+impl Drop for RemoveDir {
+    fn drop(&mut self) {
+        let _ = std::fs::remove_dir_all(&self.0);
+    }
+}
+
 fn uid_of(who: As) -> u32 {
     match who {
         As::Root => 0,
@@ -547,13 +556,7 @@ fn host_secrets_are_hidden() {
     let s = Scratch::new("secrets");
     // A home directory with a readable secret, as a user's ~/.ssh or cloud credentials.
     let home = std::path::PathBuf::from(format!("/home/moat-e2e-victim-{}", std::process::id()));
-    struct Remove(std::path::PathBuf);
-    impl Drop for Remove {
-        fn drop(&mut self) {
-            let _ = std::fs::remove_dir_all(&self.0);
-        }
-    }
-    let _cleanup = Remove(home.clone());
+    let _cleanup = RemoveDir(home.clone());
     std::fs::create_dir_all(home.join(".ssh")).unwrap();
     std::fs::write(home.join(".ssh/id_ed25519"), "PRIVATE-KEY-MATERIAL\n").unwrap();
     for p in [&home, &home.join(".ssh")] {
@@ -736,13 +739,7 @@ fn root_inside_is_not_the_hosts_root() {
     let s = Scratch::new("ident");
     let hidden =
         std::path::PathBuf::from(format!("/usr/local/share/moat-e2e-{}", std::process::id()));
-    struct Remove(std::path::PathBuf);
-    impl Drop for Remove {
-        fn drop(&mut self) {
-            let _ = std::fs::remove_dir_all(&self.0);
-        }
-    }
-    let _cleanup = Remove(hidden.clone());
+    let _cleanup = RemoveDir(hidden.clone());
     std::fs::create_dir_all(&hidden).unwrap();
     std::fs::write(hidden.join("key"), "ROOT-ONLY-UNDER-USR").unwrap();
     std::fs::set_permissions(&hidden, std::fs::Permissions::from_mode(0o700)).unwrap();
@@ -788,7 +785,7 @@ fn root_inside_is_not_the_hosts_root() {
     // Root's supplementary groups (0 among them, as from a login or sudo) do not follow
     // the unprivileged id inside: a file only group root may read stays closed.
     let grouped = std::path::PathBuf::from(format!("/opt/moat-e2e-group-{}", std::process::id()));
-    let _cleanup_group = Remove(grouped.clone());
+    let _cleanup_group = RemoveDir(grouped.clone());
     std::fs::create_dir_all(&grouped).unwrap();
     std::fs::write(grouped.join("f"), "GROUP-ROOT-ONLY").unwrap();
     std::fs::set_permissions(grouped.join("f"), std::fs::Permissions::from_mode(0o640)).unwrap();
@@ -1293,13 +1290,7 @@ fn grants_under_var_tmp_land_inside() {
     std::fs::create_dir_all(dir.join("work")).unwrap();
     std::fs::create_dir_all(dir.join("ro")).unwrap();
     std::fs::write(dir.join("ro/file"), "granted\n").unwrap();
-    struct Remove(std::path::PathBuf);
-    impl Drop for Remove {
-        fn drop(&mut self) {
-            let _ = std::fs::remove_dir_all(&self.0);
-        }
-    }
-    let _cleanup = Remove(dir.clone());
+    let _cleanup = RemoveDir(dir.clone());
     let s = Scratch::new("vartmp");
     let work = dir.join("work");
     let ro = dir.join("ro");
@@ -1380,13 +1371,7 @@ fn every_mount_is_nosuid_and_nodev_and_the_system_read_only() {
     let _ = std::fs::remove_dir_all(&dir);
     std::fs::create_dir_all(dir.join("ro")).unwrap();
     std::fs::create_dir_all(dir.join("rw")).unwrap();
-    struct Remove(std::path::PathBuf);
-    impl Drop for Remove {
-        fn drop(&mut self) {
-            let _ = std::fs::remove_dir_all(&self.0);
-        }
-    }
-    let _cleanup = Remove(dir.clone());
+    let _cleanup = RemoveDir(dir.clone());
     let (ro, rw) = (dir.join("ro"), dir.join("rw"));
     for who in [As::Root, As::User] {
         if who == As::User {
