@@ -643,7 +643,7 @@ mod tests {
 
     use super::*;
     use crate::engine::testing::{Harness, udp, udp_to_guest};
-    use moat_dns::message::{Question, name, rtype};
+    use moat_dns::message::{Question, RData, Record, name, rtype};
 
     fn query(host: &str) -> Vec<u8> {
         Message {
@@ -835,5 +835,881 @@ mod tests {
         h.frame(&udp(Ipv4Addr::new(10, 0, 2, 2), 53, b"not dns at all"));
         assert_eq!(answer(&mut h), None);
         assert_eq!(h.cx.counters.dns_dropped, 1);
+    }
+
+    /// A resolver on loopback that the test drives: it reads what moat sent and answers
+    /// what the test says.
+    struct Upstream(std::net::UdpSocket);
+
+    impl Upstream {
+        fn new() -> Upstream {
+            let sock = std::net::UdpSocket::bind("127.0.0.1:0").unwrap();
+            sock.set_read_timeout(Some(std::time::Duration::from_secs(3)))
+                .unwrap();
+            Upstream(sock)
+        }
+
+        fn addr(&self) -> SocketAddr {
+            self.0.local_addr().unwrap()
+        }
+
+        /// The next query moat sent here, and where from.
+        fn query(&self) -> (Message, SocketAddr) {
+            let mut buf = [0u8; 1500];
+            let (n, peer) = self
+                .0
+                .recv_from(&mut buf)
+                .expect("no query reached the resolver");
+            (Message::parse(&buf[..n]).unwrap(), peer)
+        }
+
+        /// Whether a query reaches this resolver within `ms`.
+        fn asked_within(&self, ms: u64) -> bool {
+            let wait = std::time::Duration::from_millis(ms);
+            self.0.set_read_timeout(Some(wait)).unwrap();
+            let got = self.0.recv_from(&mut [0u8; 1500]).is_ok();
+            self.0
+                .set_read_timeout(Some(std::time::Duration::from_secs(3)))
+                .unwrap();
+            got
+        }
+
+        fn send(&self, peer: SocketAddr, bytes: &[u8]) {
+            self.0.send_to(bytes, peer).unwrap();
+        }
+
+        /// Answers `q` (as sent to `peer`) with `records`.
+        fn answer(&self, q: &Message, peer: SocketAddr, records: Vec<Record>) {
+            self.send(peer, &reply(q, records).to_bytes());
+        }
+    }
+
+    /// An answer to `q` holding `records`.
+    fn reply(q: &Message, records: Vec<Record>) -> Message {
+        Message {
+            id: q.id,
+            flags: flags::QR | flags::RD | flags::RA,
+            questions: q.questions.clone(),
+            answers: records,
+            ..Message::default()
+        }
+    }
+
+    fn a(owner: &str, addr: [u8; 4]) -> Record {
+        Record {
+            name: name(owner),
+            rtype: rtype::A,
+            class: 1,
+            ttl: 60,
+            data: RData::A(addr.into()),
+        }
+    }
+
+    fn cname(owner: &str, target: &str) -> Record {
+        Record {
+            name: name(owner),
+            rtype: rtype::CNAME,
+            class: 1,
+            ttl: 60,
+            data: RData::Name(name(target)),
+        }
+    }
+
+    const GATEWAY: Ipv4Addr = Ipv4Addr::new(10, 0, 2, 2);
+
+    /// The sandbox asks for `host`'s A records (ID 0x1234).
+    fn ask(h: &mut Harness, host: &str) {
+        h.frame(&udp(GATEWAY, 53, &query(host)));
+    }
+
+    /// The upstream sockets moat has open.
+    fn upstreams(h: &Harness) -> Vec<FlowId> {
+        h.table
+            .ids()
+            .into_iter()
+            .filter(|&f| matches!(h.table.get(f), Some(Flow::DnsUpstream(_))))
+            .collect()
+    }
+
+    /// A query waiting on a resolver.
+    fn waiting(h: &Harness) -> Option<FlowId> {
+        h.table
+            .ids()
+            .into_iter()
+            .find(|&f| matches!(h.table.get(f), Some(Flow::DnsQuery(_))))
+    }
+
+    /// The answer the sandbox gets once moat reads its upstream sockets (bounded: 3 s).
+    fn delivered(h: &mut Harness) -> Option<Message> {
+        let mut got = None;
+        h.until(|h| {
+            for up in upstreams(h) {
+                readable(&mut h.table, &mut h.cx, up);
+            }
+            h.cx.stack.egress();
+            got = answer_message(h);
+            got.is_some()
+        });
+        got
+    }
+
+    /// Reads the upstream sockets for a while; what the sandbox got meanwhile.
+    fn delivered_within(h: &mut Harness, ms: u64) -> Vec<Message> {
+        let mut got = Vec::new();
+        let end = Instant::now() + std::time::Duration::from_millis(ms);
+        while Instant::now() < end {
+            for up in upstreams(h) {
+                readable(&mut h.table, &mut h.cx, up);
+            }
+            h.cx.stack.egress();
+            got.extend(
+                h.sent()
+                    .iter()
+                    .filter_map(|f| udp_to_guest(f))
+                    .filter_map(|(_, data)| Message::parse(&data).ok()),
+            );
+            std::thread::sleep(std::time::Duration::from_millis(5));
+        }
+        got
+    }
+
+    fn addresses_in(m: &Message) -> Vec<std::net::IpAddr> {
+        filter::addresses(m).into_iter().map(|(a, _)| a).collect()
+    }
+
+    /// The audit's `dns` events, parsed.
+    fn lookups(h: &Harness) -> Vec<Value> {
+        h.audit()
+            .lines()
+            .map(|l| serde_json::from_str::<Value>(l).unwrap())
+            .filter(|e| e["event"] == "dns")
+            .collect()
+    }
+
+    #[test]
+    fn only_a_single_question_is_asked_and_other_opcodes_are_not_implemented() {
+        let up = Upstream::new();
+        let mut h = Harness::with_resolvers(NetworkPolicy::allow_all(), vec![up.addr()]);
+        let one = Message::parse(&query("api.example.com")).unwrap();
+        // An answer, two questions, none: dropped and counted, never asked upstream.
+        let mut answer = one.clone();
+        answer.flags |= flags::QR;
+        let mut two = one.clone();
+        two.questions.push(one.questions[0].clone());
+        let mut none = one.clone();
+        none.questions.clear();
+        for (i, m) in [answer, two, none].iter().enumerate() {
+            h.frame(&udp(GATEWAY, 53, &m.to_bytes()));
+            assert_eq!(h.cx.counters.dns_dropped, i as u64 + 1);
+            assert_eq!(answer_message(&mut h), None);
+        }
+        assert!(
+            !up.asked_within(100),
+            "a dropped message was asked upstream"
+        );
+        // Another opcode (STATUS): NOTIMP, here.
+        let mut status = one.clone();
+        status.flags |= 2 << 11;
+        h.frame(&udp(GATEWAY, 53, &status.to_bytes()));
+        assert_eq!(
+            answer_message(&mut h).map(|m| m.rcode()),
+            Some(rcode::NOTIMP)
+        );
+        // The control: the plain query is asked upstream and counted.
+        ask(&mut h, "api.example.com");
+        let (q, _) = up.query();
+        assert!(q.questions[0].name.eq_ignore_case(&name("api.example.com")));
+        assert_eq!(h.cx.counters.dns_queries, 1);
+        assert_eq!(h.cx.counters.dns_dropped, 3);
+    }
+
+    #[test]
+    fn an_answer_is_filtered_pinned_and_delivered_under_the_querys_id() {
+        let up = Upstream::new();
+        let mut h = Harness::with_resolvers(NetworkPolicy::allow_all(), vec![up.addr()]);
+        ask(&mut h, "api.example.com");
+        let (q, peer) = up.query();
+        assert_ne!(q.id, 0x1234, "the sandbox's ID went upstream");
+        up.answer(
+            &q,
+            peer,
+            vec![
+                cname("api.example.com", "edge.example.net"),
+                a("edge.example.net", [203, 0, 113, 7]),
+                a("edge.example.net", [10, 1, 2, 3]),
+            ],
+        );
+        let m = delivered(&mut h).expect("no answer reached the sandbox");
+        assert_eq!(m.id, 0x1234);
+        assert_eq!(m.rcode(), 0);
+        // The inward address is gone; the public one pinned to both names of the chain.
+        assert_eq!(addresses_in(&m), vec![Ipv4Addr::new(203, 0, 113, 7)]);
+        let pinned =
+            h.cx.pins
+                .names(Ipv4Addr::new(203, 0, 113, 7).into(), Instant::now());
+        let pinned: Vec<&str> = pinned.iter().map(|n| n.as_str()).collect();
+        assert!(pinned.contains(&"api.example.com"), "{pinned:?}");
+        assert!(pinned.contains(&"edge.example.net"), "{pinned:?}");
+        assert!(
+            h.cx.pins
+                .names(Ipv4Addr::new(10, 1, 2, 3).into(), Instant::now())
+                .is_empty()
+        );
+        let events = lookups(&h);
+        assert_eq!(events.len(), 1, "{events:?}");
+        assert_eq!(events[0]["decision"], "allow");
+        assert_eq!(
+            events[0]["reason"],
+            "forwarded; 1 inward address(es) removed (rebind protection)"
+        );
+        assert_eq!(events[0]["answers"], serde_json::json!(["203.0.113.7"]));
+        // Answered: nothing waits any more, and a second answer to it goes nowhere.
+        assert!(waiting(&h).is_none());
+        up.answer(&q, peer, vec![a("api.example.com", [203, 0, 113, 9])]);
+        assert!(delivered_within(&mut h, 100).is_empty());
+        // A clean answer says "forwarded" alone.
+        ask(&mut h, "www.example.com");
+        let (q, peer) = up.query();
+        up.answer(&q, peer, vec![a("www.example.com", [203, 0, 113, 8])]);
+        assert!(delivered(&mut h).is_some());
+        assert_eq!(lookups(&h)[1]["reason"], "forwarded");
+    }
+
+    #[test]
+    fn an_answer_of_only_inward_addresses_is_refused_unless_rebinding_is_allowed() {
+        for protect in [true, false] {
+            let up = Upstream::new();
+            let mut h = Harness::with_config(NetworkPolicy::allow_all(), |cfg| {
+                cfg.dns_servers = vec![up.addr()];
+                cfg.dns_rebind_protection = protect;
+            });
+            ask(&mut h, "intranet.example.com");
+            let (q, peer) = up.query();
+            up.answer(&q, peer, vec![a("intranet.example.com", [192, 168, 1, 10])]);
+            let m = delivered(&mut h).expect("no answer");
+            let event = &lookups(&h)[0];
+            if protect {
+                assert_eq!(m.rcode(), rcode::NXDOMAIN);
+                assert!(m.answers.is_empty());
+                assert_eq!(event["decision"], "deny");
+                assert_eq!(event["blocked_by"], "rebind_protection");
+            } else {
+                assert_eq!(m.rcode(), 0);
+                assert_eq!(addresses_in(&m), vec![Ipv4Addr::new(192, 168, 1, 10)]);
+                assert_eq!(event["reason"], "forwarded");
+            }
+        }
+    }
+
+    /// Everything allowed but connections to `host`.
+    fn denying(host: &str) -> NetworkPolicy {
+        use moat_policy::{Action, Destination, Rule};
+        NetworkPolicy {
+            default_action: Action::Allow,
+            rules: vec![Rule::deny_outbound(Destination::domain(host).unwrap())],
+        }
+    }
+
+    #[test]
+    fn a_cname_chain_through_a_blocked_name_is_refused() {
+        // Blocked by the DNS block list, and by a policy rule that denies the name.
+        let policy = denying("tracker.example.org");
+        let cases = [
+            (NetworkPolicy::allow_all(), true, "tracker.example.net"),
+            (policy.clone(), false, "tracker.example.org"),
+            // The control: a chain through a name nothing blocks.
+            (policy, true, "cdn.example.net"),
+        ];
+        for (policy, block_list, through) in cases {
+            let up = Upstream::new();
+            let mut h = Harness::with_config(policy, |cfg| {
+                cfg.dns_servers = vec![up.addr()];
+                if block_list {
+                    cfg.block_domains = vec![DomainName::new("tracker.example.net").unwrap()];
+                }
+            });
+            ask(&mut h, "api.example.com");
+            let (q, peer) = up.query();
+            up.answer(
+                &q,
+                peer,
+                vec![
+                    cname("api.example.com", through),
+                    a(through, [203, 0, 113, 7]),
+                ],
+            );
+            let m = delivered(&mut h).expect("no answer");
+            let event = &lookups(&h)[0];
+            if through == "cdn.example.net" {
+                assert_eq!(m.rcode(), 0, "{through}");
+                assert_eq!(event["decision"], "allow");
+            } else {
+                assert_eq!(m.rcode(), rcode::NXDOMAIN, "{through}");
+                assert!(m.answers.is_empty(), "{through}");
+                assert_eq!(event["decision"], "deny");
+                assert_eq!(event["blocked_by"], "cname");
+                assert!(event["reason"].as_str().unwrap().contains(through));
+                let pinned =
+                    h.cx.pins
+                        .names(Ipv4Addr::new(203, 0, 113, 7).into(), Instant::now());
+                assert!(pinned.is_empty(), "a refused answer pinned {pinned:?}");
+            }
+        }
+    }
+
+    #[test]
+    fn what_does_not_answer_the_question_is_ignored_and_the_query_waits() {
+        let up = Upstream::new();
+        let mut h = Harness::with_resolvers(NetworkPolicy::allow_all(), vec![up.addr()]);
+        ask(&mut h, "api.example.com");
+        let (q, peer) = up.query();
+        // Another name, another type, a question more, a query (not a response), another ID.
+        let mut other_name = reply(&q, vec![a("evil.example.com", [203, 0, 113, 66])]);
+        other_name.questions[0].name = name("evil.example.com");
+        let mut other_type = reply(&q, Vec::new());
+        other_type.questions[0].qtype = rtype::AAAA;
+        let mut two = reply(&q, Vec::new());
+        two.questions.push(q.questions[0].clone());
+        let mut not_response = reply(&q, vec![a("api.example.com", [203, 0, 113, 66])]);
+        not_response.flags &= !flags::QR;
+        let mut other_id = reply(&q, vec![a("api.example.com", [203, 0, 113, 66])]);
+        other_id.id = q.id.wrapping_add(1);
+        for m in [other_name, other_type, two, not_response, other_id] {
+            up.send(peer, &m.to_bytes());
+        }
+        assert!(delivered_within(&mut h, 150).is_empty());
+        // The real answer, in another case, still reaches the sandbox.
+        let mut upper = q.clone();
+        upper.questions[0].name = name("API.Example.COM");
+        up.answer(&upper, peer, vec![a("api.example.com", [203, 0, 113, 7])]);
+        let m = delivered(&mut h).expect("the query stopped waiting");
+        assert_eq!(addresses_in(&m), vec![Ipv4Addr::new(203, 0, 113, 7)]);
+    }
+
+    #[test]
+    fn a_malformed_answer_is_servfail() {
+        let up = Upstream::new();
+        let mut h = Harness::with_resolvers(NetworkPolicy::allow_all(), vec![up.addr()]);
+        ask(&mut h, "api.example.com");
+        let (q, peer) = up.query();
+        // A response header with our ID, then a question cut short.
+        let mut bytes = reply(&q, Vec::new()).to_bytes();
+        bytes.truncate(16);
+        up.send(peer, &bytes);
+        let m = delivered(&mut h).expect("no answer");
+        assert_eq!(m.id, 0x1234);
+        assert_eq!(m.rcode(), rcode::SERVFAIL);
+        assert_eq!(
+            lookups(&h)[0]["reason"],
+            "malformed upstream answer: SERVFAIL"
+        );
+    }
+
+    #[test]
+    fn an_answer_too_big_for_the_clients_udp_limit_is_truncated() {
+        let up = Upstream::new();
+        let mut h = Harness::with_resolvers(NetworkPolicy::allow_all(), vec![up.addr()]);
+        for (count, truncated) in [(25u8, false), (40, true)] {
+            ask(&mut h, "many.example.com");
+            let (q, peer) = up.query();
+            let records = (0..count)
+                .map(|i| a("many.example.com", [203, 0, 113, i]))
+                .collect();
+            let mut answer = reply(&q, records);
+            answer.flags |= 0x0400; // AA
+            let bytes = answer.to_bytes();
+            // No EDNS: the client takes 512 bytes.
+            assert_eq!(bytes.len() > 512, truncated, "{}", bytes.len());
+            up.send(peer, &bytes);
+            let m = delivered(&mut h).expect("no answer");
+            assert_eq!(m.id, 0x1234);
+            assert_eq!(m.flags & flags::TC != 0, truncated);
+            assert_eq!(m.flags & 0x0400, 0x0400, "AA kept");
+            assert_eq!(
+                m.answers.len(),
+                if truncated { 0 } else { usize::from(count) }
+            );
+        }
+    }
+
+    /// A loopback port nothing listens on: a datagram to it comes back as a refusal.
+    fn closed_port() -> SocketAddr {
+        let sock = std::net::UdpSocket::bind("127.0.0.1:0").unwrap();
+        sock.local_addr().unwrap()
+    }
+
+    #[test]
+    fn a_resolver_that_refuses_gives_way_to_the_next_and_with_none_left_the_answer_is_servfail() {
+        let up = Upstream::new();
+        let mut h =
+            Harness::with_resolvers(NetworkPolicy::allow_all(), vec![closed_port(), up.addr()]);
+        ask(&mut h, "api.example.com");
+        // The first's refusal surfaces on its socket when moat reads it.
+        let mut asked = None;
+        h.until(|h| {
+            for s in upstreams(h) {
+                readable(&mut h.table, &mut h.cx, s);
+            }
+            asked = up.asked_within(20).then_some(());
+            asked.is_some()
+        });
+        assert!(asked.is_some(), "the second resolver was never asked");
+        // Every resolver refusing: SERVFAIL, counted and audited, and nothing waits.
+        let mut h = Harness::with_resolvers(
+            NetworkPolicy::allow_all(),
+            vec![closed_port(), closed_port()],
+        );
+        ask(&mut h, "api.example.com");
+        let m = delivered(&mut h).expect("no answer");
+        assert_eq!(m.rcode(), rcode::SERVFAIL);
+        assert_eq!(m.id, 0x1234);
+        assert_eq!(h.cx.counters.dns_servfail, 1);
+        assert_eq!(
+            lookups(&h)[0]["reason"],
+            "every upstream resolver failed: SERVFAIL"
+        );
+        assert!(waiting(&h).is_none());
+    }
+
+    #[test]
+    fn a_query_that_timed_out_asks_the_next_resolver_and_the_late_answer_is_ignored() {
+        let (silent, up) = (Upstream::new(), Upstream::new());
+        let mut h =
+            Harness::with_resolvers(NetworkPolicy::allow_all(), vec![silent.addr(), up.addr()]);
+        ask(&mut h, "api.example.com");
+        let (late, late_peer) = silent.query();
+        let id = waiting(&h).unwrap();
+        next_resolver(&mut h.table, &mut h.cx, id);
+        let (q, peer) = up.query();
+        // The first's late answer finds no query waiting on it.
+        silent.answer(
+            &late,
+            late_peer,
+            vec![a("api.example.com", [203, 0, 113, 66])],
+        );
+        assert!(delivered_within(&mut h, 100).is_empty());
+        up.answer(&q, peer, vec![a("api.example.com", [203, 0, 113, 7])]);
+        let m = delivered(&mut h).expect("no answer");
+        assert_eq!(addresses_in(&m), vec![Ipv4Addr::new(203, 0, 113, 7)]);
+        // Past the last resolver: SERVFAIL.
+        ask(&mut h, "www.example.com");
+        let _ = silent.query();
+        for _ in 0..2 {
+            let id = waiting(&h).unwrap();
+            next_resolver(&mut h.table, &mut h.cx, id);
+        }
+        h.cx.stack.egress();
+        assert_eq!(
+            answer_message(&mut h).map(|m| m.rcode()),
+            Some(rcode::SERVFAIL)
+        );
+        assert_eq!(h.cx.counters.dns_servfail, 1);
+    }
+
+    #[test]
+    fn each_query_type_is_named_in_the_audit_log() {
+        let mut h = Harness::new(NetworkPolicy::none(), DenyMode::Drop);
+        let types = [
+            (rtype::A, "A"),
+            (rtype::AAAA, "AAAA"),
+            (rtype::CNAME, "CNAME"),
+            (rtype::MX, "MX"),
+            (rtype::NS, "NS"),
+            (rtype::PTR, "PTR"),
+            (rtype::SOA, "SOA"),
+            (rtype::SRV, "SRV"),
+            (rtype::TXT, "TXT"),
+            (rtype::SVCB, "SVCB"),
+            (rtype::HTTPS, "HTTPS"),
+            (99, "TYPE99"),
+        ];
+        for (qtype, _) in types {
+            let mut m = Message::parse(&query("api.example.com")).unwrap();
+            m.questions[0].qtype = qtype;
+            h.frame(&udp(GATEWAY, 53, &m.to_bytes()));
+        }
+        let named: Vec<Value> = lookups(&h).iter().map(|e| e["qtype"].clone()).collect();
+        let want: Vec<Value> = types.iter().map(|(_, n)| Value::from(*n)).collect();
+        assert_eq!(named, want);
+    }
+
+    /// The sandbox opens a DNS-over-TCP connection to the gateway: after the handshake,
+    /// the sandbox's next sequence number and moat's.
+    fn tcp_open(h: &mut Harness) -> (u32, u32) {
+        use crate::engine::testing::{GUEST_PORT, tcp_from, tcp_segment_to_guest};
+        use smoltcp::wire::TcpControl;
+        h.frame(&tcp_from(
+            GUEST_PORT,
+            GATEWAY,
+            53,
+            TcpControl::Syn,
+            1000,
+            None,
+            &[],
+        ));
+        let syn_ack = h
+            .sent()
+            .iter()
+            .filter_map(|f| tcp_segment_to_guest(f))
+            .find(|s| s.syn && s.src_port == 53)
+            .expect("no SYN-ACK");
+        let ours = syn_ack.seq.wrapping_add(1);
+        h.frame(&tcp_from(
+            GUEST_PORT,
+            GATEWAY,
+            53,
+            TcpControl::None,
+            1001,
+            Some(ours),
+            &[],
+        ));
+        (1001, ours)
+    }
+
+    /// The sandbox sends `messages`, each with its length, in one segment.
+    fn tcp_send(h: &mut Harness, seq: &mut u32, ack: u32, messages: &[Vec<u8>]) {
+        use crate::engine::testing::{GUEST_PORT, tcp_from};
+        use smoltcp::wire::TcpControl;
+        let mut bytes = Vec::new();
+        for m in messages {
+            bytes.extend_from_slice(&(m.len() as u16).to_be_bytes());
+            bytes.extend_from_slice(m);
+        }
+        h.frame(&tcp_from(
+            GUEST_PORT,
+            GATEWAY,
+            53,
+            TcpControl::Psh,
+            *seq,
+            Some(ack),
+            &bytes,
+        ));
+        *seq = seq.wrapping_add(bytes.len() as u32);
+    }
+
+    /// What moat sent the sandbox on its DNS-over-TCP connection, read as messages, once
+    /// the loop has served the marked flows and the upstream sockets (bounded: `ms`).
+    fn tcp_answers(h: &mut Harness, want: usize, ms: u64) -> Vec<Message> {
+        use crate::engine::testing::tcp_segment_to_guest;
+        let mut stream = Vec::new();
+        let end = Instant::now() + std::time::Duration::from_millis(ms);
+        let mut got = Vec::new();
+        while Instant::now() < end && got.len() < want {
+            for id in h.table.take_dirty() {
+                crate::engine::event_loop::service(&mut h.table, &mut h.cx, id);
+            }
+            for up in upstreams(h) {
+                readable(&mut h.table, &mut h.cx, up);
+            }
+            h.cx.stack.egress();
+            for seg in h.sent().iter().filter_map(|f| tcp_segment_to_guest(f)) {
+                if seg.src_port == 53 {
+                    stream.extend_from_slice(&seg.payload);
+                }
+            }
+            got.clear();
+            let mut rest = &stream[..];
+            while rest.len() >= 2 {
+                let len = usize::from(u16::from_be_bytes([rest[0], rest[1]]));
+                if rest.len() < 2 + len {
+                    break;
+                }
+                got.push(Message::parse(&rest[2..2 + len]).unwrap());
+                rest = &rest[2 + len..];
+            }
+            std::thread::sleep(std::time::Duration::from_millis(5));
+        }
+        got
+    }
+
+    fn dns_streams(h: &Harness) -> usize {
+        h.table
+            .ids()
+            .into_iter()
+            .filter(|&f| matches!(h.table.get(f), Some(Flow::DnsStream(_))))
+            .count()
+    }
+
+    #[test]
+    fn dns_over_tcp_is_answered_here_whole_and_in_order() {
+        let up = Upstream::new();
+        let mut h = Harness::with_resolvers(NetworkPolicy::allow_all(), vec![up.addr()]);
+        let (mut seq, ack) = tcp_open(&mut h);
+        assert_eq!(dns_streams(&h), 1);
+        // Two queries in one segment: both go upstream, each answer comes back framed.
+        let mut second = Message::parse(&query("www.example.com")).unwrap();
+        second.id = 0x5678;
+        tcp_send(
+            &mut h,
+            &mut seq,
+            ack,
+            &[query("many.example.com"), second.to_bytes()],
+        );
+        assert!(tcp_answers(&mut h, 1, 50).is_empty());
+        let mut asked = Vec::new();
+        for _ in 0..2 {
+            asked.push(up.query());
+        }
+        for (q, peer) in &asked {
+            let host = q.questions[0].name.to_text().unwrap();
+            // Too big for UDP; TCP takes it whole.
+            let records = (0..40).map(|i| a(&host, [203, 0, 113, i])).collect();
+            up.answer(q, *peer, records);
+        }
+        let mut got = tcp_answers(&mut h, 2, 3000);
+        got.sort_by_key(|m| m.id);
+        assert_eq!(got.len(), 2, "{got:?}");
+        assert_eq!((got[0].id, got[1].id), (0x1234, 0x5678));
+        for m in &got {
+            assert_eq!(m.flags & flags::TC, 0, "truncated over TCP");
+            assert_eq!(m.answers.len(), 40);
+        }
+        // A name no rule allows is refused on the same connection.
+        let mut h = Harness::new(NetworkPolicy::none(), DenyMode::Drop);
+        let (mut seq, ack) = tcp_open(&mut h);
+        tcp_send(&mut h, &mut seq, ack, &[query("api.example.com")]);
+        let got = tcp_answers(&mut h, 1, 3000);
+        assert_eq!(got.len(), 1);
+        assert_eq!(got[0].rcode(), rcode::NXDOMAIN);
+        // The sandbox closes: so does moat, and the flow ends.
+        use crate::engine::testing::{GUEST_PORT, tcp_from};
+        use smoltcp::wire::TcpControl;
+        // The FIN acknowledges moat's answer.
+        let fin_ack = ack.wrapping_add(got[0].to_bytes().len() as u32 + 2);
+        h.frame(&tcp_from(
+            GUEST_PORT,
+            GATEWAY,
+            53,
+            TcpControl::Fin,
+            seq,
+            Some(fin_ack),
+            &[],
+        ));
+        let closed = h.until(|h| {
+            for id in h.table.take_dirty() {
+                crate::engine::event_loop::service(&mut h.table, &mut h.cx, id);
+            }
+            h.cx.stack.egress();
+            let fin = h
+                .sent()
+                .iter()
+                .filter_map(|f| crate::engine::testing::tcp_segment_to_guest(f))
+                .find(|s| s.fin && s.src_port == 53);
+            if let Some(fin) = fin {
+                let last = fin.seq.wrapping_add(1);
+                h.frame(&tcp_from(
+                    GUEST_PORT,
+                    GATEWAY,
+                    53,
+                    TcpControl::None,
+                    seq + 1,
+                    Some(last),
+                    &[],
+                ));
+                for id in h.table.take_dirty() {
+                    crate::engine::event_loop::service(&mut h.table, &mut h.cx, id);
+                }
+            }
+            dns_streams(h) == 0
+        });
+        assert!(closed, "the DNS-over-TCP flow outlived its connection");
+    }
+
+    #[test]
+    fn a_name_carrying_a_placeholder_is_refused_and_never_asked() {
+        use moat_inspect::secrets::Secret;
+        let up = Upstream::new();
+        let placeholder = "moatph0123456789abcdef";
+        let mut h = Harness::with_config(NetworkPolicy::allow_all(), |cfg| {
+            cfg.dns_servers = vec![up.addr()];
+            cfg.secrets = vec![
+                Secret::new(
+                    "TOKEN",
+                    zeroize::Zeroizing::new(b"the-real-value".to_vec()),
+                    Some(placeholder.to_owned()),
+                    &["api.example.com".to_owned()],
+                    false,
+                )
+                .unwrap(),
+            ];
+        });
+        // Over UDP, and in another case (names are folded first).
+        ask(
+            &mut h,
+            &format!("{}.evil.example.com", placeholder.to_uppercase()),
+        );
+        assert_eq!(
+            answer_message(&mut h).map(|m| m.rcode()),
+            Some(rcode::NXDOMAIN)
+        );
+        let violation = r#""secret":"violation""#;
+        assert!(h.audit().contains(violation), "{}", h.audit());
+        assert!(!up.asked_within(100), "the placeholder went upstream");
+        // Over TCP, the same.
+        let (mut seq, ack) = tcp_open(&mut h);
+        tcp_send(
+            &mut h,
+            &mut seq,
+            ack,
+            &[query(&format!("x.{placeholder}.example.com"))],
+        );
+        let got = tcp_answers(&mut h, 1, 3000);
+        assert_eq!(
+            got.iter().map(|m| m.rcode()).collect::<Vec<_>>(),
+            [rcode::NXDOMAIN]
+        );
+        assert!(!up.asked_within(100), "the placeholder went upstream");
+        // Audited (the log folds the second: the same source and destination) and counted.
+        assert_eq!(h.cx.counters.denied, 2);
+        // The control: a name without it is asked.
+        ask(&mut h, "api.example.com");
+        assert!(up.asked_within(3000));
+    }
+
+    #[test]
+    fn names_on_the_block_lists_are_refused_here() {
+        use moat_policy::DomainSuffix;
+        let up = Upstream::new();
+        let mut h = Harness::with_config(NetworkPolicy::allow_all(), |cfg| {
+            cfg.dns_servers = vec![up.addr()];
+            cfg.block_domains = vec![DomainName::new("ads.example.com").unwrap()];
+            cfg.block_domain_suffixes = vec![DomainSuffix::new(".tracker.example").unwrap()];
+        });
+        for blocked in ["ads.example.com", "a.b.tracker.example"] {
+            ask(&mut h, blocked);
+            assert_eq!(
+                answer_message(&mut h).map(|m| m.rcode()),
+                Some(rcode::NXDOMAIN)
+            );
+        }
+        assert!(!up.asked_within(100), "a blocked name went upstream");
+        let events = lookups(&h);
+        assert_eq!(events.len(), 2);
+        for e in &events {
+            assert_eq!(e["decision"], "deny");
+            assert!(e["reason"].as_str().unwrap().contains("list"), "{e}");
+        }
+        assert_ne!(events[0]["blocked_by"], events[1]["blocked_by"]);
+        // The control: a name below the blocked one, not on a list, is asked.
+        ask(&mut h, "www.ads.example.com");
+        assert!(up.asked_within(3000));
+    }
+
+    #[test]
+    fn a_lookup_a_rule_denies_says_the_rule() {
+        let mut h = Harness::new(denying("api.example.com"), DenyMode::Drop);
+        ask(&mut h, "api.example.com");
+        assert_eq!(
+            answer_message(&mut h).map(|m| m.rcode()),
+            Some(rcode::NXDOMAIN)
+        );
+        let e = &lookups(&h)[0];
+        assert_eq!(e["decision"], "deny");
+        assert_eq!(e["blocked_by"], "policy");
+        assert!(
+            !e["reason"].as_str().unwrap().contains("DNS is egress"),
+            "{e}"
+        );
+        assert_ne!(e["rule"], "default", "{e}");
+    }
+
+    #[test]
+    fn a_socket_that_carried_its_share_is_replaced_once_nothing_waits_on_it() {
+        let up = Upstream::new();
+        let mut h = Harness::with_resolvers(NetworkPolicy::allow_all(), vec![up.addr()]);
+        // Fill every slot, then wear the sockets out.
+        for i in 0..SOCKETS_PER_RESOLVER {
+            ask(&mut h, &format!("q{i}.example.com"));
+            let (q, peer) = up.query();
+            up.answer(&q, peer, Vec::new());
+            assert!(delivered(&mut h).is_some());
+        }
+        let first = upstreams(&h);
+        assert_eq!(first.len(), SOCKETS_PER_RESOLVER);
+        let ports = |h: &Harness| -> Vec<u16> {
+            upstreams(h)
+                .iter()
+                .filter_map(|&f| match h.table.get(f) {
+                    Some(Flow::DnsUpstream(u)) => u.sock.local_addr().ok().map(|a| a.port()),
+                    _ => None,
+                })
+                .collect()
+        };
+        let before = ports(&h);
+        assert_eq!(before.len(), SOCKETS_PER_RESOLVER);
+        let worn = upstreams(&h)[0];
+        let worn_port = before[0];
+        if let Some(Flow::DnsUpstream(u)) = h.table.get_mut(worn) {
+            u.sent = QUERIES_PER_SOCKET;
+        }
+        ask(&mut h, "next.example.com");
+        let (_, peer) = up.query();
+        let after = ports(&h);
+        assert_eq!(after.len(), SOCKETS_PER_RESOLVER);
+        assert!(!after.contains(&worn_port), "a worn-out socket was kept");
+        assert!(
+            before.iter().all(|p| *p == worn_port || after.contains(p)),
+            "a socket with its share left was closed"
+        );
+        // The new query went out on the socket moat just opened, from a new port.
+        assert!(!before.contains(&peer.port()), "sent from an old socket");
+        // With every slot filled, queries take the sockets in turn.
+        let mut from = std::collections::HashSet::new();
+        for i in 0..SOCKETS_PER_RESOLVER {
+            ask(&mut h, &format!("turn{i}.example.com"));
+            let (q, peer) = up.query();
+            from.insert(peer.port());
+            up.answer(&q, peer, Vec::new());
+            assert!(delivered(&mut h).is_some());
+        }
+        assert_eq!(from.len(), SOCKETS_PER_RESOLVER, "{from:?}");
+        assert_eq!(ports(&h).len(), SOCKETS_PER_RESOLVER);
+    }
+
+    #[test]
+    fn one_dns_over_tcp_connection_has_at_most_its_share_upstream_at_once() {
+        let up = Upstream::new();
+        let mut h = Harness::with_resolvers(NetworkPolicy::allow_all(), vec![up.addr()]);
+        let (mut seq, ack) = tcp_open(&mut h);
+        let extra = 5;
+        let all: Vec<Vec<u8>> = (0..MAX_PENDING_PER_STREAM + extra)
+            .map(|i| {
+                let mut m = Message::parse(&query(&format!("q{i}.example.com"))).unwrap();
+                m.id = i as u16;
+                m.to_bytes()
+            })
+            .collect();
+        for chunk in all.chunks(7) {
+            tcp_send(&mut h, &mut seq, ack, chunk);
+            for id in h.table.take_dirty() {
+                crate::engine::event_loop::service(&mut h.table, &mut h.cx, id);
+            }
+        }
+        let mut asked = Vec::new();
+        for _ in 0..MAX_PENDING_PER_STREAM {
+            asked.push(up.query());
+        }
+        assert!(!up.asked_within(100), "more than its share went upstream");
+        // Answered, the rest go.
+        for (q, peer) in asked.drain(..) {
+            up.answer(&q, peer, Vec::new());
+        }
+        let first = tcp_answers(&mut h, MAX_PENDING_PER_STREAM, 3000);
+        assert_eq!(first.len(), MAX_PENDING_PER_STREAM);
+        // The loop's next turn serves the flow the answers marked: it takes the rest.
+        for id in h.table.take_dirty() {
+            crate::engine::event_loop::service(&mut h.table, &mut h.cx, id);
+        }
+        for _ in 0..extra {
+            asked.push(up.query());
+        }
+        for (q, peer) in asked.drain(..) {
+            up.answer(&q, peer, Vec::new());
+        }
+        let rest = tcp_answers(&mut h, extra, 3000);
+        let mut ids: Vec<u16> = first.iter().chain(&rest).map(|m| m.id).collect();
+        ids.sort_unstable();
+        let want: Vec<u16> = (0..(MAX_PENDING_PER_STREAM + extra) as u16).collect();
+        assert_eq!(ids, want);
     }
 }

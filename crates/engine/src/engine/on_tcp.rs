@@ -244,7 +244,10 @@ mod tests {
 
     use super::*;
     use crate::engine::key::{Due, FlowKey};
-    use crate::engine::testing::{Harness, key_to, loopback_listener, syn, tcp_to_guest};
+    use crate::engine::testing::{
+        GUEST_PORT, Harness, key_to, loopback_listener, syn, tcp_from, tcp_segment_to_guest,
+        tcp_to_guest,
+    };
 
     const GATEWAY: Ipv4Addr = Ipv4Addr::new(10, 0, 2, 2);
 
@@ -418,12 +421,15 @@ mod tests {
         let (_server, _filler, port) = full_listener();
         let mut h = Harness::new(NetworkPolicy::allow_all(), DenyMode::Drop);
         let (_, id) = open_to(&mut h, port);
-        let due = match h.table.get(id) {
-            Some(Flow::Tcp(f)) => f.due(Instant::now() + Duration::from_secs(16)),
+        let due = |h: &Harness, at: Instant| match h.table.get(id) {
+            Some(Flow::Tcp(f)) => f.due(at),
             _ => Due::Nothing,
         };
-        assert!(matches!(due, Due::DialTimedOut));
+        assert!(matches!(due(&h, Instant::now()), Due::Nothing));
+        let later = Instant::now() + Duration::from_secs(16);
+        assert!(matches!(due(&h, later), Due::DialTimedOut));
         dial_timed_out(&mut h.table, &mut h.cx, id);
+        assert_eq!(h.cx.counters.dial_failures, 1);
         assert_eq!(state(&h, id), "gone");
         let reset = sent_reset(&mut h, port);
         assert!(reset);
@@ -432,5 +438,304 @@ mod tests {
             "{}",
             h.audit()
         );
+    }
+
+    /// The sandbox connects to the gateway's `port` (a loopback listener) and the
+    /// handshake completes: the flow, the sandbox's next sequence number and moat's.
+    fn connected(h: &mut Harness, port: u16) -> (FlowId, u32, u32) {
+        let (_, id) = open_to(h, port);
+        assert_eq!(state(h, id), "relaying");
+        h.cx.stack.egress();
+        let syn_ack = h
+            .sent()
+            .iter()
+            .filter_map(|f| tcp_segment_to_guest(f))
+            .find(|s| s.syn && s.src_port == port)
+            .expect("no SYN-ACK");
+        let ours = syn_ack.seq.wrapping_add(1);
+        h.frame(&tcp_from(
+            GUEST_PORT,
+            GATEWAY,
+            port,
+            TcpControl::None,
+            1001,
+            Some(ours),
+            &[],
+        ));
+        (id, 1001, ours)
+    }
+
+    /// The sandbox sends `bytes` on its connection to the gateway's `port`.
+    fn send(h: &mut Harness, port: u16, seq: u32, ack: u32, bytes: &[u8]) {
+        h.frame(&tcp_from(
+            GUEST_PORT,
+            GATEWAY,
+            port,
+            TcpControl::Psh,
+            seq,
+            Some(ack),
+            bytes,
+        ));
+    }
+
+    /// The loop serves the flows an event marked, as its turn does.
+    fn serve(h: &mut Harness) {
+        for id in h.table.take_dirty() {
+            crate::engine::event_loop::service(&mut h.table, &mut h.cx, id);
+        }
+        h.table.remove_doomed(&mut h.cx);
+        h.cx.stack.egress();
+    }
+
+    /// What the server reads of the connection it accepted, until `want` bytes (bounded).
+    fn read_at_server(h: &mut Harness, conn: &mut std::net::TcpStream, want: usize) -> Vec<u8> {
+        use std::io::Read;
+        conn.set_nonblocking(true).unwrap();
+        let mut got = Vec::new();
+        h.until(|h| {
+            serve(h);
+            let mut buf = [0u8; 4096];
+            while let Ok(n) = conn.read(&mut buf) {
+                if n == 0 {
+                    break;
+                }
+                got.extend_from_slice(&buf[..n]);
+            }
+            got.len() >= want
+        });
+        got
+    }
+
+    #[test]
+    fn the_sandboxs_bytes_reach_the_host_on_an_established_flow() {
+        let server = TcpListener::bind("127.0.0.1:0").unwrap();
+        let port = server.local_addr().unwrap().port();
+        let mut h = Harness::new(NetworkPolicy::allow_all(), DenyMode::Drop);
+        let (_, seq, ack) = connected(&mut h, port);
+        let (mut conn, _) = server.accept().unwrap();
+        h.frame(&tcp_from(
+            GUEST_PORT,
+            GATEWAY,
+            port,
+            TcpControl::Psh,
+            seq,
+            Some(ack),
+            b"hello",
+        ));
+        assert_eq!(read_at_server(&mut h, &mut conn, 5), b"hello");
+    }
+
+    #[test]
+    fn a_reset_while_dialing_ends_the_flow_and_nothing_else_does() {
+        let (_server, _filler, port) = full_listener();
+        let mut h = Harness::new(NetworkPolicy::allow_all(), DenyMode::Drop);
+        let (key, id) = open_to(&mut h, port);
+        assert_eq!(state(&h, id), "dialing");
+        // The SYN again (the sandbox retransmits): the flow waits on.
+        h.frame(&syn(GATEWAY, port));
+        assert_eq!(state(&h, id), "dialing");
+        h.frame(&tcp_from(
+            GUEST_PORT,
+            GATEWAY,
+            port,
+            TcpControl::Rst,
+            1001,
+            None,
+            &[],
+        ));
+        assert_eq!(state(&h, id), "gone");
+        assert!(h.table.find_tcp(&key).is_none());
+        assert!(h.audit().contains("\"event\":\"close\""), "{}", h.audit());
+    }
+
+    #[test]
+    fn a_segment_that_opens_nothing_is_dropped_and_counted() {
+        let server = TcpListener::bind("127.0.0.1:0").unwrap();
+        server.set_nonblocking(true).unwrap();
+        let port = server.local_addr().unwrap().port();
+        let mut h = Harness::new(NetworkPolicy::allow_all(), DenyMode::Drop);
+        h.frame(&tcp_from(
+            GUEST_PORT,
+            GATEWAY,
+            port,
+            TcpControl::None,
+            5000,
+            Some(1),
+            b"x",
+        ));
+        assert_eq!(h.cx.counters.dropped_unsupported, 1);
+        assert!(h.table.ids().is_empty());
+        std::thread::sleep(Duration::from_millis(20));
+        assert!(server.accept().is_err(), "a segment without SYN was dialed");
+        // The control: a SYN opens a flow, uncounted.
+        h.frame(&syn(GATEWAY, port));
+        assert_eq!(h.cx.counters.dropped_unsupported, 1);
+        assert_eq!(h.table.ids().len(), 1);
+    }
+
+    /// Whether flow `id`'s stream waits for a ClientHello, or reads HTTP for secrets.
+    fn stage(h: &Harness, id: FlowId) -> &'static str {
+        match h.table.get(id) {
+            Some(Flow::Tcp(f)) if f.stream.awaits_client_hello() => "hello",
+            Some(Flow::Tcp(f)) if f.stream.is_plain_http() => "http",
+            Some(Flow::Tcp(_)) => "opaque",
+            _ => "gone",
+        }
+    }
+
+    #[test]
+    fn a_connection_waits_for_its_client_hello_only_where_tls_is_read() {
+        use moat_policy::{Action, Destination, DestinationGroup, Rule};
+        let server = TcpListener::bind("127.0.0.1:0").unwrap();
+        let port = server.local_addr().unwrap().port();
+        // A policy with a name rule: TLS on port 443 is read for its name, not elsewhere.
+        let named = NetworkPolicy {
+            default_action: Action::Deny,
+            rules: vec![
+                Rule::allow_outbound(Destination::domain("api.example.com").unwrap()),
+                Rule::allow_outbound(Destination::Group(DestinationGroup::Loopback)),
+            ],
+        };
+        let mut h = Harness::new(named, DenyMode::Drop);
+        let (_, id) = open_to(&mut h, port);
+        assert_eq!(stage(&h, id), "opaque");
+        // Intercepted on this port: its ClientHello is awaited, name rules or not.
+        let mut h = Harness::with_config(NetworkPolicy::allow_all(), |cfg| {
+            cfg.tls = Some(crate::engine::testing::intercepting(port));
+        });
+        let (_, id) = open_to(&mut h, port);
+        assert_eq!(stage(&h, id), "hello");
+    }
+
+    #[test]
+    fn plain_http_is_read_only_for_a_secret_that_allows_it_to_a_name_of_this_address() {
+        use moat_inspect::secrets::Secret;
+        let server = TcpListener::bind("127.0.0.1:0").unwrap();
+        let port = server.local_addr().unwrap().port();
+        let secret = |plain: bool, host: &str| {
+            Secret::new(
+                "TOKEN",
+                zeroize::Zeroizing::new(b"the-real-value".to_vec()),
+                Some("moatph0123456789abcdef".to_owned()),
+                &[host.to_owned()],
+                plain,
+            )
+            .unwrap()
+        };
+        let cases = [
+            (secret(true, "api.example.com"), "http"),
+            (secret(false, "api.example.com"), "opaque"),
+            (secret(true, "other.example.com"), "opaque"),
+        ];
+        for (s, want) in cases {
+            let mut h = Harness::with_config(NetworkPolicy::allow_all(), |cfg| {
+                cfg.secrets = vec![s];
+            });
+            // A lookup of api.example.com answered the address the gateway stands for.
+            let name = moat_policy::DomainName::new("api.example.com").unwrap();
+            h.cx.pins.pin(
+                std::net::Ipv4Addr::LOCALHOST.into(),
+                &name,
+                60,
+                Instant::now(),
+            );
+            let (_, id) = open_to(&mut h, port);
+            assert_eq!(stage(&h, id), want);
+        }
+    }
+
+    #[test]
+    fn on_plain_http_the_secret_goes_in_and_another_hosts_placeholder_is_stopped() {
+        use moat_inspect::secrets::Secret;
+        let server = TcpListener::bind("127.0.0.1:0").unwrap();
+        let port = server.local_addr().unwrap().port();
+        let secret = |name: &str, value: &[u8], placeholder: &str, host: &str| {
+            let value = zeroize::Zeroizing::new(value.to_vec());
+            let hosts = [host.to_owned()];
+            Secret::new(name, value, Some(placeholder.to_owned()), &hosts, true).unwrap()
+        };
+        let ours = secret(
+            "OURS",
+            b"value-of-ours",
+            "moatphours0123456789",
+            "api.example.com",
+        );
+        let theirs = secret(
+            "THEIRS",
+            b"value-of-theirs",
+            "moatphtheirs01234567",
+            "other.example.com",
+        );
+        let mut h = Harness::with_config(NetworkPolicy::allow_all(), |cfg| {
+            cfg.secrets = vec![ours, theirs];
+        });
+        let name = moat_policy::DomainName::new("api.example.com").unwrap();
+        h.cx.pins.pin(
+            std::net::Ipv4Addr::LOCALHOST.into(),
+            &name,
+            60,
+            Instant::now(),
+        );
+        let (_, seq, ack) = connected(&mut h, port);
+        let (mut conn, _) = server.accept().unwrap();
+        let request = b"GET / HTTP/1.1\r\nHost: api.example.com\r\nAuthorization: moatphours0123456789\r\n\r\n";
+        send(&mut h, port, seq, ack, request);
+        // Swapped, and the answer asked for uncompressed (so the value cannot come back in
+        // a form redaction does not know).
+        let head = "GET / HTTP/1.1\r\nHost: api.example.com\r\nAuthorization: value-of-ours\r\nAccept-Encoding: identity\r\n\r\n";
+        let got = read_at_server(&mut h, &mut conn, head.len());
+        assert_eq!(String::from_utf8_lossy(&got), head);
+        // The other host's placeholder, on the same connection: stopped, never sent.
+        let seq = seq.wrapping_add(request.len() as u32);
+        let request =
+            b"GET / HTTP/1.1\r\nHost: api.example.com\r\nX-Other: moatphtheirs01234567\r\n\r\n";
+        send(&mut h, port, seq, ack, request);
+        let mut got = Vec::new();
+        for _ in 0..40 {
+            serve(&mut h);
+            let mut buf = [0u8; 4096];
+            while let Ok(n @ 1..) = std::io::Read::read(&mut conn, &mut buf) {
+                got.extend_from_slice(&buf[..n]);
+            }
+            std::thread::sleep(Duration::from_millis(5));
+        }
+        assert!(!String::from_utf8_lossy(&got).contains("theirs"), "{got:?}");
+        assert!(
+            h.audit().contains(r#""secret":"violation""#),
+            "{}",
+            h.audit()
+        );
+        assert!(h.audit().contains(r#""name":"THEIRS""#), "{}", h.audit());
+    }
+
+    #[test]
+    fn a_close_that_takes_too_long_resets_the_sandbox_with_the_reason_it_had() {
+        let server = TcpListener::bind("127.0.0.1:0").unwrap();
+        let port = server.local_addr().unwrap().port();
+        let mut h = Harness::new(NetworkPolicy::allow_all(), DenyMode::Drop);
+        let (id, _, _) = connected(&mut h, port);
+        close_timed_out(&mut h.table, &mut h.cx, id);
+        // The loop sends what the turn made, then removes the doomed.
+        h.cx.stack.egress();
+        h.table.remove_doomed(&mut h.cx);
+        assert!(sent_reset(&mut h, port), "no RST");
+        assert_eq!(state(&h, id), "gone");
+        assert!(h.audit().contains("close timed out"), "{}", h.audit());
+        // A flow already resetting for the host's failure ends with that reason.
+        let mut h = Harness::new(NetworkPolicy::allow_all(), DenyMode::Drop);
+        let (id, _, _) = connected(&mut h, port);
+        if let Some(Flow::Tcp(f)) = h.table.get_mut(id) {
+            let handle = f.handle().unwrap();
+            f.state = TcpState::Resetting {
+                handle,
+                why: CloseReason::UpstreamRead("connection reset by peer".into()),
+                deadline: Instant::now(),
+            };
+        }
+        close_timed_out(&mut h.table, &mut h.cx, id);
+        h.table.remove_doomed(&mut h.cx);
+        let audit = h.audit();
+        assert!(audit.contains("upstream read failed"), "{audit}");
+        assert!(!audit.contains("close timed out"), "{audit}");
     }
 }

@@ -387,4 +387,53 @@ mod tests {
         assert!(!h.sent().is_empty());
         assert!(h.audit().contains("dns_bypass"), "{}", h.audit());
     }
+
+    #[test]
+    fn a_refusal_waiting_on_the_socket_does_not_hide_the_datagrams_behind_it() {
+        let (server, port, mut h, id, flow_addr) = flow_to_server();
+        // The server goes; the sandbox's next datagram comes back as port unreachable,
+        // which waits on the flow's socket as an error.
+        drop(server);
+        h.frame(&udp(GATEWAY, port, b"anyone?"));
+        std::thread::sleep(Duration::from_millis(20));
+        // A server on the same port again sends to the flow: behind the error, a datagram.
+        let Ok(again) = std::net::UdpSocket::bind(("127.0.0.1", port)) else {
+            return; // the port was taken meanwhile: nothing to show
+        };
+        again.send_to(b"back", flow_addr).unwrap();
+        std::thread::sleep(Duration::from_millis(20));
+        // One readiness event reads past the error to the datagram.
+        readable(&mut h.table, &mut h.cx, id);
+        let got: Vec<Vec<u8>> = h
+            .sent()
+            .iter()
+            .filter_map(|f| udp_to_guest(f))
+            .map(|(_, d)| d)
+            .collect();
+        assert_eq!(got, vec![b"back".to_vec()]);
+        let down = match h.table.get(id) {
+            Some(Flow::Udp(f)) => f.tally.down,
+            _ => 0,
+        };
+        assert_eq!(down, 4, "bytes counted down");
+    }
+
+    #[test]
+    fn quic_to_an_intercepted_port_is_refused_and_counted() {
+        let server = std::net::UdpSocket::bind("127.0.0.1:0").unwrap();
+        server
+            .set_read_timeout(Some(Duration::from_millis(100)))
+            .unwrap();
+        let port = server.local_addr().unwrap().port();
+        let mut h = Harness::with_config(NetworkPolicy::allow_all(), |cfg| {
+            cfg.tls = Some(crate::engine::testing::intercepting(port));
+        });
+        h.frame(&udp(GATEWAY, port, b"quic initial"));
+        assert_eq!(h.cx.counters.denied, 1);
+        assert!(
+            server.recv_from(&mut [0u8; 64]).is_err(),
+            "QUIC was relayed"
+        );
+        assert!(h.audit().contains("quic"), "{}", h.audit());
+    }
 }

@@ -131,6 +131,12 @@ impl Stream {
         self.tally.down > 0
     }
 
+    /// Whether plain HTTP is read on this stream for secrets (`http_stage.rs`).
+    #[cfg(test)]
+    pub(super) fn is_plain_http(&self) -> bool {
+        matches!(self.stage, Stage::Http(_))
+    }
+
     /// Whether the stream waits on the sandbox's ClientHello to be judged.
     pub(super) fn awaits_client_hello(&self) -> bool {
         matches!(self.stage, Stage::AwaitClientHello)

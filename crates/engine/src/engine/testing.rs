@@ -59,7 +59,7 @@ pub(super) struct Harness {
 
 impl Harness {
     pub(super) fn new(policy: NetworkPolicy, deny_mode: DenyMode) -> Harness {
-        Harness::with_published(policy, deny_mode, Vec::new())
+        Harness::with_config(policy, |cfg| cfg.deny_mode = deny_mode)
     }
 
     /// A harness with published ports.
@@ -68,28 +68,28 @@ impl Harness {
         deny_mode: DenyMode,
         published: Vec<Published>,
     ) -> Harness {
-        Harness::build(policy, deny_mode, published, Vec::new())
+        Harness::with_config(policy, |cfg| {
+            cfg.deny_mode = deny_mode;
+            cfg.published = published;
+        })
     }
 
     /// A harness whose DNS goes to `resolvers`.
     pub(super) fn with_resolvers(policy: NetworkPolicy, resolvers: Vec<SocketAddr>) -> Harness {
-        Harness::build(policy, DenyMode::Drop, Vec::new(), resolvers)
+        Harness::with_config(policy, |cfg| cfg.dns_servers = resolvers)
     }
 
-    fn build(
+    /// A harness whose configuration `set` changes from the engine's defaults.
+    pub(super) fn with_config(
         policy: NetworkPolicy,
-        deny_mode: DenyMode,
-        published: Vec<Published>,
-        resolvers: Vec<SocketAddr>,
+        set: impl FnOnce(&mut EngineConfig),
     ) -> Harness {
         let poll = Poll::new().unwrap();
         let dev = SharedMemoryDevice::default();
         let audit = Lines::default();
         let log = AuditLog::new("unit", Some(Box::new(audit.clone())));
         let mut cfg = EngineConfig::new(policy.compile().unwrap(), log);
-        cfg.deny_mode = deny_mode;
-        cfg.published = published;
-        cfg.dns_servers = resolvers;
+        set(&mut cfg);
         let (table, cx, listeners) = parts(poll.registry(), Box::new(dev.clone()), cfg).unwrap();
         let mut h = Harness {
             _poll: poll,
@@ -140,6 +140,20 @@ impl Harness {
             std::thread::sleep(Duration::from_millis(5));
         }
         false
+    }
+}
+
+/// TLS interception on `port` (a fresh CA; upstream certificates not verified; QUIC
+/// blocked).
+pub(super) fn intercepting(port: u16) -> super::config::TlsConfig {
+    let (ca, _) = moat_inspect::tls::ca::InterceptCa::generate("unit", 1).unwrap();
+    super::config::TlsConfig {
+        ca: Arc::new(ca),
+        ports: vec![port],
+        bypass: Vec::new(),
+        block_quic: true,
+        verify_upstream: false,
+        roots: Vec::new(),
     }
 }
 
