@@ -642,6 +642,7 @@ mod tests {
     use moat_policy::NetworkPolicy;
 
     use super::*;
+    use crate::engine::key::Due;
     use crate::engine::testing::{Harness, udp, udp_to_guest};
     use moat_dns::message::{Question, RData, Record, name, rtype};
 
@@ -831,6 +832,11 @@ mod tests {
         ));
         assert_eq!(answer(&mut h), Some(rcode::SERVFAIL));
         assert!(!h.table.dns_full());
+        // Answered at once: counted, and nothing was asked or audited as asked.
+        assert_eq!(h.cx.counters.dns_servfail, 1);
+        assert_eq!(h.cx.counters.dns_queries, 0);
+        assert!(waiting(&h).is_none());
+        assert!(lookups(&h).is_empty(), "{}", h.audit());
         // Not DNS: dropped and counted, never answered or forwarded.
         h.frame(&udp(Ipv4Addr::new(10, 0, 2, 2), 53, b"not dns at all"));
         assert_eq!(answer(&mut h), None);
@@ -1197,8 +1203,7 @@ mod tests {
         bytes.truncate(16);
         up.send(peer, &bytes);
         let m = delivered(&mut h).expect("no answer");
-        assert_eq!(m.id, 0x1234);
-        assert_eq!(m.rcode(), rcode::SERVFAIL);
+        is_servfail_for(&m, "api.example.com");
         assert_eq!(
             lookups(&h)[0]["reason"],
             "malformed upstream answer: SERVFAIL"
@@ -1209,26 +1214,46 @@ mod tests {
     fn an_answer_too_big_for_the_clients_udp_limit_is_truncated() {
         let up = Upstream::new();
         let mut h = Harness::with_resolvers(NetworkPolicy::allow_all(), vec![up.addr()]);
-        for (count, truncated) in [(25u8, false), (40, true)] {
-            ask(&mut h, "many.example.com");
+        // A name whose answer of 29 addresses is exactly 512 bytes, what a client without
+        // EDNS takes; 30 are a record more.
+        let host = "xxxxxxxxxxxxxxxxxx.example.com";
+        for (count, aa, truncated) in [(29u8, false, false), (30, true, true), (30, false, true)] {
+            ask(&mut h, host);
             let (q, peer) = up.query();
-            let records = (0..count)
-                .map(|i| a("many.example.com", [203, 0, 113, i]))
-                .collect();
+            let records = (0..count).map(|i| a(host, [203, 0, 113, i])).collect();
             let mut answer = reply(&q, records);
-            answer.flags |= 0x0400; // AA
+            if aa {
+                answer.flags |= 0x0400;
+            }
             let bytes = answer.to_bytes();
-            // No EDNS: the client takes 512 bytes.
-            assert_eq!(bytes.len() > 512, truncated, "{}", bytes.len());
+            assert_eq!(bytes.len(), if truncated { 528 } else { 512 });
             up.send(peer, &bytes);
             let m = delivered(&mut h).expect("no answer");
             assert_eq!(m.id, 0x1234);
             assert_eq!(m.flags & flags::TC != 0, truncated);
-            assert_eq!(m.flags & 0x0400, 0x0400, "AA kept");
-            assert_eq!(
-                m.answers.len(),
-                if truncated { 0 } else { usize::from(count) }
-            );
+            assert_eq!(m.flags & 0x0400 != 0, aa, "AA as the resolver said");
+            let kept = if truncated { 0 } else { usize::from(count) };
+            assert_eq!(m.answers.len(), kept);
+        }
+    }
+
+    /// `m` is moat's own SERVFAIL for the sandbox's query of `host`, whole.
+    fn is_servfail_for(m: &Message, host: &str) {
+        assert_eq!(m.id, 0x1234);
+        assert_eq!(m.flags, flags::QR | flags::RD | flags::RA | rcode::SERVFAIL);
+        assert_eq!(m.questions, Message::parse(&query(host)).unwrap().questions);
+        assert!(m.answers.is_empty());
+    }
+
+    /// Every socket moat lists for a resolver is open.
+    fn listed_sockets_are_open(h: &Harness) {
+        for list in &h.table.resolvers.by_server {
+            for &f in list {
+                assert!(
+                    matches!(h.table.get(f), Some(Flow::DnsUpstream(_))),
+                    "{f:?}"
+                );
+            }
         }
     }
 
@@ -1254,6 +1279,9 @@ mod tests {
             asked.is_some()
         });
         assert!(asked.is_some(), "the second resolver was never asked");
+        // The failed socket is closed and no longer listed.
+        listed_sockets_are_open(&h);
+        assert_eq!(h.table.resolvers.by_server[0].len(), 0);
         // Every resolver refusing: SERVFAIL, counted and audited, and nothing waits.
         let mut h = Harness::with_resolvers(
             NetworkPolicy::allow_all(),
@@ -1261,8 +1289,7 @@ mod tests {
         );
         ask(&mut h, "api.example.com");
         let m = delivered(&mut h).expect("no answer");
-        assert_eq!(m.rcode(), rcode::SERVFAIL);
-        assert_eq!(m.id, 0x1234);
+        is_servfail_for(&m, "api.example.com");
         assert_eq!(h.cx.counters.dns_servfail, 1);
         assert_eq!(
             lookups(&h)[0]["reason"],
@@ -1279,6 +1306,13 @@ mod tests {
         ask(&mut h, "api.example.com");
         let (late, late_peer) = silent.query();
         let id = waiting(&h).unwrap();
+        let due = |h: &Harness, at: Instant| match h.table.get(id) {
+            Some(Flow::DnsQuery(q)) => q.due(at),
+            _ => Due::Nothing,
+        };
+        assert!(matches!(due(&h, Instant::now()), Due::Nothing));
+        let later = Instant::now() + h.cx.cfg.dns_timeout;
+        assert!(matches!(due(&h, later), Due::NextResolver));
         next_resolver(&mut h.table, &mut h.cx, id);
         let (q, peer) = up.query();
         // The first's late answer finds no query waiting on it.
@@ -1621,10 +1655,19 @@ mod tests {
         for i in 0..SOCKETS_PER_RESOLVER {
             ask(&mut h, &format!("q{i}.example.com"));
             let (q, peer) = up.query();
+            // No data: an answer without addresses is delivered as it is.
             up.answer(&q, peer, Vec::new());
-            assert!(delivered(&mut h).is_some());
+            assert_eq!(delivered(&mut h).map(|m| m.rcode()), Some(0));
         }
+        assert!(lookups(&h).iter().all(|e| e["reason"] == "forwarded"));
         let first = upstreams(&h);
+        for &f in &first {
+            let sent = match h.table.get(f) {
+                Some(Flow::DnsUpstream(u)) => u.sent,
+                _ => 0,
+            };
+            assert_eq!(sent, 1, "each socket counts what it carried");
+        }
         assert_eq!(first.len(), SOCKETS_PER_RESOLVER);
         let ports = |h: &Harness| -> Vec<u16> {
             upstreams(h)
@@ -1711,5 +1754,77 @@ mod tests {
         ids.sort_unstable();
         let want: Vec<u16> = (0..(MAX_PENDING_PER_STREAM + extra) as u16).collect();
         assert_eq!(ids, want);
+    }
+
+    #[test]
+    fn a_send_that_fails_asks_the_next_resolver() {
+        let up = Upstream::new();
+        let refuses = closed_port();
+        let mut h = Harness::with_resolvers(NetworkPolicy::allow_all(), vec![refuses, up.addr()]);
+        // A query on each of the first resolver's sockets, unread: each socket now holds
+        // the refusal, which its next send reports.
+        for i in 0..SOCKETS_PER_RESOLVER {
+            ask(&mut h, &format!("q{i}.example.com"));
+        }
+        assert!(!up.asked_within(50), "the second resolver was asked early");
+        assert_eq!(h.table.resolvers.by_server[0].len(), SOCKETS_PER_RESOLVER);
+        ask(&mut h, "next.example.com");
+        let (q, _) = up.query();
+        assert!(
+            q.questions[0]
+                .name
+                .eq_ignore_case(&name("next.example.com"))
+        );
+    }
+
+    #[test]
+    fn queries_sent_before_the_sandbox_closes_are_answered_before_moat_closes() {
+        use crate::engine::testing::{GUEST_PORT, tcp_from};
+        use smoltcp::wire::TcpControl;
+        // Answered here: the query and the FIN in one segment.
+        let mut h = Harness::new(NetworkPolicy::none(), DenyMode::Drop);
+        let (seq, ack) = tcp_open(&mut h);
+        let q = query("api.example.com");
+        let mut bytes = (q.len() as u16).to_be_bytes().to_vec();
+        bytes.extend_from_slice(&q);
+        h.frame(&tcp_from(
+            GUEST_PORT,
+            GATEWAY,
+            53,
+            TcpControl::Fin,
+            seq,
+            Some(ack),
+            &bytes,
+        ));
+        let got = tcp_answers(&mut h, 1, 3000);
+        assert_eq!(
+            got.iter().map(|m| m.rcode()).collect::<Vec<_>>(),
+            [rcode::NXDOMAIN]
+        );
+        // Asked upstream, the FIN before the answer: the answer still comes.
+        let up = Upstream::new();
+        let mut h = Harness::with_resolvers(NetworkPolicy::allow_all(), vec![up.addr()]);
+        let (mut seq, ack) = tcp_open(&mut h);
+        tcp_send(&mut h, &mut seq, ack, &[query("api.example.com")]);
+        for id in h.table.take_dirty() {
+            crate::engine::event_loop::service(&mut h.table, &mut h.cx, id);
+        }
+        let (q, peer) = up.query();
+        h.frame(&tcp_from(
+            GUEST_PORT,
+            GATEWAY,
+            53,
+            TcpControl::Fin,
+            seq,
+            Some(ack),
+            &[],
+        ));
+        for id in h.table.take_dirty() {
+            crate::engine::event_loop::service(&mut h.table, &mut h.cx, id);
+        }
+        up.answer(&q, peer, vec![a("api.example.com", [203, 0, 113, 7])]);
+        let got = tcp_answers(&mut h, 1, 3000);
+        assert_eq!(got.len(), 1, "the answer was lost to the close");
+        assert_eq!(addresses_in(&got[0]), vec![Ipv4Addr::new(203, 0, 113, 7)]);
     }
 }
