@@ -738,4 +738,19 @@ mod tests {
         assert!(audit.contains("upstream read failed"), "{audit}");
         assert!(!audit.contains("close timed out"), "{audit}");
     }
+
+    #[test]
+    fn a_dial_the_host_refuses_at_once_resets_the_sandbox_and_is_counted() {
+        // A loopback port nothing listens on: loopback refuses inside connect().
+        let port = TcpListener::bind("127.0.0.1:0")
+            .unwrap()
+            .local_addr()
+            .unwrap()
+            .port();
+        let mut h = Harness::new(NetworkPolicy::allow_all(), DenyMode::Drop);
+        h.frame(&syn(GATEWAY, port));
+        assert!(h.table.ids().is_empty(), "a refused dial kept a flow");
+        assert_eq!(h.cx.counters.dial_failures, 1);
+        assert!(sent_reset(&mut h, port), "no RST for a refused dial");
+    }
 }
