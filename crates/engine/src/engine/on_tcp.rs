@@ -740,8 +740,9 @@ mod tests {
     }
 
     #[test]
-    fn a_dial_the_host_refuses_at_once_resets_the_sandbox_and_is_counted() {
-        // A loopback port nothing listens on: loopback refuses inside connect().
+    fn a_dial_the_host_refuses_resets_the_sandbox_in_the_same_turn_and_is_counted() {
+        // A loopback port nothing listens on: connect() is under way when it returns, and
+        // the refusal is there when moat looks, in the same turn.
         let port = TcpListener::bind("127.0.0.1:0")
             .unwrap()
             .local_addr()
