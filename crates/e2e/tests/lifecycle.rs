@@ -240,3 +240,29 @@ fn rootless_basic_allow_and_deny() {
     // The moat process itself ran as the user.
     assert!(Path::new(&bin).exists());
 }
+
+/// Orphans that end together are all reaped by the sandbox's init, though their SIGCHLDs
+/// arrive as one: none is left a zombie.
+#[test]
+fn orphans_that_end_together_are_all_reaped() {
+    let w = World::new();
+    // Thirty orphans (their parent subshells exit at once) block on one FIFO; closing it
+    // ends them in the same instant.
+    let script = "mkfifo /tmp/gate; \
+        for i in $(seq 1 30); do (cat /tmp/gate >/dev/null &); done; \
+        exec 3>/tmp/gate; sleep 0.5; \
+        orphans=$(grep -lx cat /proc/[0-9]*/comm 2>/dev/null | wc -l); \
+        exec 3>&-; sleep 1; \
+        zombies=0; \
+        for s in /proc/[0-9]*/stat; do set -- $(cat $s 2>/dev/null); [ \"$3\" = Z ] && zombies=$((zombies+1)); done; \
+        echo orphans=$orphans zombies=$zombies";
+    let out = w.moat(
+        &["run", "--policy", "none", "--", "sh", "-c", script],
+        Duration::from_secs(30),
+    );
+    let text = stdout(&out);
+    assert!(out.status.success(), "{text}{}", stderr(&out));
+    // The orphans were there to be reaped, and none is left unreaped.
+    assert!(text.contains("orphans=30 "), "{text}");
+    assert!(text.contains("zombies=0"), "{text}");
+}
