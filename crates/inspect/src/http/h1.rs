@@ -196,56 +196,83 @@ impl Requests {
         {
             self.expect.check(authority)?;
         }
-        let field = |name: &'static str| {
-            req.headers
-                .iter()
-                .filter(move |h| h.name.eq_ignore_ascii_case(name))
-                .map(|h| String::from_utf8_lossy(h.value).trim().to_ascii_lowercase())
-        };
-        let codings: Vec<String> = field("transfer-encoding").collect();
-        let lengths: Vec<String> = field("content-length").collect();
-        let upgrade = field("connection").any(|v| v.split(',').any(|t| t.trim() == "upgrade"))
-            && field("upgrade").next().is_some();
-        let next = if !codings.is_empty() {
-            if !lengths.is_empty() {
-                return Err(Refused::Malformed(
-                    "both Transfer-Encoding and Content-Length",
-                ));
-            }
-            let last = codings
-                .iter()
-                .flat_map(|v| v.split(','))
-                .map(str::trim)
-                .rfind(|t| !t.is_empty());
-            if last != Some("chunked") {
-                return Err(Refused::Malformed(
-                    "a request's last transfer coding must be chunked",
-                ));
-            }
-            State::ChunkSize
-        } else if let Some(first) = lengths.first() {
-            if lengths.iter().any(|l| l != first) {
-                return Err(Refused::Malformed("differing Content-Length values"));
-            }
-            if first.is_empty() || !first.bytes().all(|b| b.is_ascii_digit()) {
-                return Err(Refused::Malformed("a Content-Length that is not a number"));
-            }
-            match first
-                .parse::<u64>()
-                .map_err(|_| Refused::Malformed("a Content-Length too large"))?
-            {
-                0 => State::Head,
-                n => State::Body(n),
-            }
-        } else {
-            State::Head
-        };
-        Ok(if upgrade && next == State::Head {
-            State::Tunnel
-        } else {
-            next
+        Ok(match request_framing(req.headers)? {
+            RequestFraming::None => State::Head,
+            RequestFraming::Length(n) => State::Body(n),
+            RequestFraming::Chunked => State::ChunkSize,
+            RequestFraming::Tunnel => State::Tunnel,
         })
     }
+}
+
+/// How a request frames its body (RFC 9112 §6.3). The anti-fronting reader here and the
+/// swap's request side (`h1_swap.rs`) both follow this one definition, so they cannot
+/// disagree on where a request ends and the next begins.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub(super) enum RequestFraming {
+    /// No body: the next request follows the head.
+    None,
+    /// A body of this many bytes (more than 0).
+    Length(u64),
+    /// A chunked body.
+    Chunked,
+    /// An upgrade without a body: what follows is not HTTP/1.1.
+    Tunnel,
+}
+
+/// The framing of a request from its header fields. Ambiguous framing, where request
+/// smuggling lives, is refused: both `Transfer-Encoding` and `Content-Length`, a last
+/// transfer coding other than chunked, differing lengths, a length that is not digits.
+pub(super) fn request_framing(fields: &[httparse::Header<'_>]) -> Result<RequestFraming, Refused> {
+    let field = |name: &'static str| {
+        fields
+            .iter()
+            .filter(move |h| h.name.eq_ignore_ascii_case(name))
+            .map(|h| String::from_utf8_lossy(h.value).trim().to_ascii_lowercase())
+    };
+    let codings: Vec<String> = field("transfer-encoding").collect();
+    let lengths: Vec<String> = field("content-length").collect();
+    let upgrade = field("connection").any(|v| v.split(',').any(|t| t.trim() == "upgrade"))
+        && field("upgrade").next().is_some();
+    let framing = if !codings.is_empty() {
+        if !lengths.is_empty() {
+            return Err(Refused::Malformed(
+                "both Transfer-Encoding and Content-Length",
+            ));
+        }
+        let last = codings
+            .iter()
+            .flat_map(|v| v.split(','))
+            .map(str::trim)
+            .rfind(|t| !t.is_empty());
+        if last != Some("chunked") {
+            return Err(Refused::Malformed(
+                "a request's last transfer coding must be chunked",
+            ));
+        }
+        RequestFraming::Chunked
+    } else if let Some(first) = lengths.first() {
+        if lengths.iter().any(|l| l != first) {
+            return Err(Refused::Malformed("differing Content-Length values"));
+        }
+        if first.is_empty() || !first.bytes().all(|b| b.is_ascii_digit()) {
+            return Err(Refused::Malformed("a Content-Length that is not a number"));
+        }
+        match first
+            .parse::<u64>()
+            .map_err(|_| Refused::Malformed("a Content-Length too large"))?
+        {
+            0 => RequestFraming::None,
+            n => RequestFraming::Length(n),
+        }
+    } else {
+        RequestFraming::None
+    };
+    Ok(if upgrade && framing == RequestFraming::None {
+        RequestFraming::Tunnel
+    } else {
+        framing
+    })
 }
 
 /// The authority of an absolute-form request target (`http://host:port/path`).

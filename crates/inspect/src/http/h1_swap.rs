@@ -34,14 +34,16 @@
 //!
 //! Responses are matched to requests in order: the request side records which requests
 //! were HEAD ([`Exchange`]). The request side reads what the anti-fronting reader
-//! (`h1.rs`) already checked, so its framing is known to be unambiguous; a server's
-//! response that cannot be framed ends the connection.
+//! (`h1.rs`) already checked, and frames each request by that reader's own definition
+//! (`h1::request_framing`): the two cannot disagree on where a request ends, so the request
+//! the check saw is the request rewritten. A server's response that cannot be framed ends
+//! the connection.
 
 use std::collections::VecDeque;
 use std::io::Write as _;
 
 use super::Refused;
-use super::h1::chunk_size;
+use super::h1::{RequestFraming, chunk_size, request_framing};
 use crate::secrets::swap::{Swap, SwapStream};
 use crate::secrets::{BodyScan, Scanner};
 
@@ -451,6 +453,14 @@ impl Messages {
         match self.side {
             Side::Request => {
                 exchange.heads.push_back(method.as_deref() == Some("HEAD"));
+                // The anti-fronting reader's own definition (`h1.rs`): the two cannot
+                // disagree on where this request ends.
+                return Ok(match request_framing(fields)? {
+                    RequestFraming::None => (Framing::None, waits),
+                    RequestFraming::Length(n) => (Framing::Length(n), waits),
+                    RequestFraming::Chunked => (Framing::Chunked, waits),
+                    RequestFraming::Tunnel => (Framing::Tunnel, false),
+                });
             }
             Side::Response => match status {
                 Some(101) => return Ok((Framing::Tunnel, false)),
@@ -466,9 +476,10 @@ impl Messages {
         }
         let codings: Vec<String> = values("transfer-encoding").collect();
         let lengths: Vec<String> = values("content-length").collect();
-        // A coded answer on a connection that carries a value cannot be searched for it
-        // (see the module header); one without a body carries nothing.
-        if self.side == Side::Response && redacting {
+        // A response from here on. A coded answer on a connection that carries a value
+        // cannot be searched for it (see the module header); one without a body carries
+        // nothing.
+        if redacting {
             let coded = values("content-encoding")
                 .chain(codings.iter().cloned())
                 .flat_map(|v| {
@@ -487,14 +498,9 @@ impl Messages {
                 .flat_map(|v| v.split(','))
                 .map(str::trim)
                 .rfind(|t| !t.is_empty());
-            match (last, self.side) {
-                (Some("chunked"), _) => Framing::Chunked,
-                (_, Side::Response) => Framing::Close,
-                (_, Side::Request) => {
-                    return Err(Refused::Malformed(
-                        "a request's last transfer coding must be chunked",
-                    ));
-                }
+            match last {
+                Some("chunked") => Framing::Chunked,
+                _ => Framing::Close,
             }
         } else if let Some(first) = lengths.first() {
             if lengths.iter().any(|l| l != first) {
@@ -505,10 +511,8 @@ impl Messages {
                 Ok(n) => Framing::Length(n),
                 Err(_) => return Err(Refused::Malformed("a Content-Length that is not a number")),
             }
-        } else if self.side == Side::Response {
-            Framing::Close
         } else {
-            Framing::None
+            Framing::Close
         };
         Ok(match framing {
             Framing::None if upgrade => (Framing::Tunnel, false),
@@ -1153,6 +1157,64 @@ mod tests {
                 &format!("{}\r\n\r\n{P}", P.len()),
             );
             assert_eq!(String::from_utf8(out).unwrap(), expected, "{status}");
+        }
+    }
+
+    /// The request side frames requests by the anti-fronting reader's definition: what
+    /// that reader refuses as ambiguous, this side refuses too, and what it reads as one
+    /// request, so does this side.
+    #[test]
+    fn requests_are_framed_as_the_anti_fronting_reader_frames_them() {
+        use crate::http::h1::Requests;
+        use crate::http::{Authority, RequestReader};
+        let host = "Host: api.example.com\r\n";
+        let cases = [
+            format!(
+                "POST / HTTP/1.1\r\n{host}Transfer-Encoding: chunked\r\nContent-Length: 5\r\n\r\n"
+            ),
+            format!("POST / HTTP/1.1\r\n{host}Content-Length: +5\r\n\r\n"),
+            format!("POST / HTTP/1.1\r\n{host}Content-Length: 5\r\nContent-Length: 6\r\n\r\n"),
+            format!("POST / HTTP/1.1\r\n{host}Transfer-Encoding: chunked, gzip\r\n\r\n"),
+            // The controls: framings both read alike.
+            format!(
+                "POST / HTTP/1.1\r\n{host}Content-Length: 5\r\n\r\nhelloGET / HTTP/1.1\r\n{host}\r\n"
+            ),
+            format!(
+                "POST / HTTP/1.1\r\n{host}Transfer-Encoding: chunked\r\n\r\n5\r\nhello\r\n0\r\n\r\n"
+            ),
+        ];
+        for case in cases {
+            let mut checked = Vec::new();
+            let mut check = Requests::new(Authority::Name(
+                moat_policy::DomainName::new("api.example.com").unwrap(),
+            ));
+            let mut rest = case.as_bytes();
+            let mut read = Ok(());
+            while !rest.is_empty() {
+                match check.step(rest, &mut checked) {
+                    Ok(more) => rest = more,
+                    Err(e) => {
+                        read = Err(e);
+                        break;
+                    }
+                }
+            }
+            let mut swapped = Vec::new();
+            let got = Messages::new(Side::Request).push(
+                &mut Swap::none(),
+                &mut Exchange::default(),
+                case.as_bytes(),
+                &mut swapped,
+            );
+            assert_eq!(
+                got.is_ok(),
+                read.is_ok(),
+                "{case:?}: {got:?} against {read:?}"
+            );
+            if read.is_ok() {
+                // Nothing to swap: each request passes as the reader passed it.
+                assert_eq!(swapped, checked, "{case:?}");
+            }
         }
     }
 
