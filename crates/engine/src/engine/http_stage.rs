@@ -12,10 +12,10 @@
 //!    `evidence.rs`, which names the connection with it too) is not one candidate,
 //!    nothing is swapped on this connection and every placeholder is watched: the stage
 //!    becomes a scanning relay.
-//! 2. **Requests.** Otherwise every request on the connection must name that host (the
-//!    anti-fronting reader, `http/h1.rs`; another host ends the connection): each is
-//!    rewritten (`http/h1_swap.rs`) and scanned for the placeholders its host may not
-//!    receive.
+//! 2. **Requests.** Otherwise every request on the connection must name that host
+//!    (the anti-fronting check, `http/h1.rs`; another host ends the connection): each is
+//!    read once, checked and rewritten by the same reader (`http/h1_swap.rs`, checking),
+//!    and scanned for the placeholders its host may not receive.
 //! 3. **Answers** are rewritten back (`http/h1_swap.rs`, the response side).
 //!
 //! Back-pressure: rewritten bytes wait in a buffer until the other side takes them, and
@@ -28,7 +28,7 @@ use std::net::Shutdown;
 
 use mio::net::TcpStream;
 use moat_inspect::evidence::{Named, request_host};
-use moat_inspect::http::{Authority, Refused, RequestReader, h1, h1_swap};
+use moat_inspect::http::{Authority, Refused, h1, h1_swap};
 use moat_inspect::secrets::swap::Swap;
 use moat_inspect::secrets::{Scan, Scanner};
 use moat_policy::DomainName;
@@ -66,7 +66,6 @@ enum Phase {
 }
 
 struct Swapping {
-    check: h1::Requests,
     sub: Swap,
     red: Swap,
     up: h1_swap::Messages,
@@ -267,9 +266,7 @@ impl PlainHttp {
                 return self.up(&held);
             }
             Phase::Swapping(s) => {
-                let mut checked = Vec::with_capacity(data.len());
-                s.check.push(data, &mut checked).map_err(refused)?;
-                s.up.push(&mut s.sub, &mut s.exchange, &checked, &mut out)
+                s.up.push(&mut s.sub, &mut s.exchange, data, &mut out)
                     .map_err(refused)?;
             }
             Phase::Relay => out.extend_from_slice(data),
@@ -289,12 +286,14 @@ impl PlainHttp {
         self.candidates.clear();
         self.chosen = Some(chosen.host.clone());
         self.scan = chosen.scan.clone();
-        let mut up = h1_swap::Messages::new(h1_swap::Side::Request).scanning(chosen.scan);
+        // One reading of each request, for the anti-fronting check and the rewrite alike.
+        let mut up = h1_swap::Messages::new(h1_swap::Side::Request)
+            .scanning(chosen.scan)
+            .checking(Authority::Name(chosen.host.clone()));
         let mut down = h1_swap::Messages::new(h1_swap::Side::Response);
         up.allow(self.hold_room);
         down.allow(self.hold_room);
         self.phase = Phase::Swapping(Box::new(Swapping {
-            check: h1::Requests::new(Authority::Name(chosen.host.clone())),
             sub: chosen.sub,
             red: chosen.red,
             up,

@@ -483,8 +483,9 @@ mod tests {
         for id in h.table.take_dirty() {
             crate::engine::event_loop::service(&mut h.table, &mut h.cx, id);
         }
-        h.table.remove_doomed(&mut h.cx);
+        // Sent first, then the doomed removed, as the loop's turn ends.
         h.cx.stack.egress();
+        h.table.remove_doomed(&mut h.cx);
     }
 
     /// What the server reads of the connection it accepted, until `want` bytes (bounded).
@@ -503,6 +504,30 @@ mod tests {
             }
             got.len() >= want
         });
+        got
+    }
+
+    /// A lookup of api.example.com answered the address the gateway stands for.
+    fn api_answered_for_the_gateway(h: &mut Harness) {
+        let name = moat_policy::DomainName::new("api.example.com").unwrap();
+        let loopback = std::net::Ipv4Addr::LOCALHOST.into();
+        h.cx.pins.pin(loopback, &name, 60, Instant::now());
+    }
+
+    /// What the server reads in `ms` while the loop turns: for what must not arrive.
+    fn arrives_within(h: &mut Harness, conn: &mut std::net::TcpStream, ms: u64) -> Vec<u8> {
+        use std::io::Read;
+        conn.set_nonblocking(true).unwrap();
+        let mut got = Vec::new();
+        let end = Instant::now() + Duration::from_millis(ms);
+        while Instant::now() < end {
+            serve(h);
+            let mut buf = [0u8; 4096];
+            while let Ok(n @ 1..) = conn.read(&mut buf) {
+                got.extend_from_slice(&buf[..n]);
+            }
+            std::thread::sleep(Duration::from_millis(5));
+        }
         got
     }
 
@@ -632,13 +657,7 @@ mod tests {
                 cfg.secrets = vec![s];
             });
             // A lookup of api.example.com answered the address the gateway stands for.
-            let name = moat_policy::DomainName::new("api.example.com").unwrap();
-            h.cx.pins.pin(
-                std::net::Ipv4Addr::LOCALHOST.into(),
-                &name,
-                60,
-                Instant::now(),
-            );
+            api_answered_for_the_gateway(&mut h);
             let (_, id) = open_to(&mut h, port);
             assert_eq!(stage(&h, id), want);
         }
@@ -669,13 +688,7 @@ mod tests {
         let mut h = Harness::with_config(NetworkPolicy::allow_all(), |cfg| {
             cfg.secrets = vec![ours, theirs];
         });
-        let name = moat_policy::DomainName::new("api.example.com").unwrap();
-        h.cx.pins.pin(
-            std::net::Ipv4Addr::LOCALHOST.into(),
-            &name,
-            60,
-            Instant::now(),
-        );
+        api_answered_for_the_gateway(&mut h);
         let (_, seq, ack) = connected(&mut h, port);
         let (mut conn, _) = server.accept().unwrap();
         let request = b"GET / HTTP/1.1\r\nHost: api.example.com\r\nAuthorization: moatphours0123456789\r\n\r\n";
@@ -690,15 +703,7 @@ mod tests {
         let request =
             b"GET / HTTP/1.1\r\nHost: api.example.com\r\nX-Other: moatphtheirs01234567\r\n\r\n";
         send(&mut h, port, seq, ack, request);
-        let mut got = Vec::new();
-        for _ in 0..40 {
-            serve(&mut h);
-            let mut buf = [0u8; 4096];
-            while let Ok(n @ 1..) = std::io::Read::read(&mut conn, &mut buf) {
-                got.extend_from_slice(&buf[..n]);
-            }
-            std::thread::sleep(Duration::from_millis(5));
-        }
+        let got = arrives_within(&mut h, &mut conn, 200);
         assert!(!String::from_utf8_lossy(&got).contains("theirs"), "{got:?}");
         assert!(
             h.audit().contains(r#""secret":"violation""#),
@@ -753,5 +758,36 @@ mod tests {
         assert!(h.table.ids().is_empty(), "a refused dial kept a flow");
         assert_eq!(h.cx.counters.dial_failures, 1);
         assert!(sent_reset(&mut h, port), "no RST for a refused dial");
+    }
+
+    #[test]
+    fn on_plain_http_a_later_request_for_another_host_ends_the_connection() {
+        use moat_inspect::secrets::Secret;
+        let server = TcpListener::bind("127.0.0.1:0").unwrap();
+        let port = server.local_addr().unwrap().port();
+        let value = zeroize::Zeroizing::new(b"value-of-ours".to_vec());
+        let hosts = ["api.example.com".to_owned()];
+        let placeholder = Some("moatphours0123456789".to_owned());
+        let ours = Secret::new("OURS", value, placeholder, &hosts, true).unwrap();
+        let mut h = Harness::with_config(NetworkPolicy::allow_all(), |cfg| {
+            cfg.secrets = vec![ours];
+        });
+        api_answered_for_the_gateway(&mut h);
+        let (_, seq, ack) = connected(&mut h, port);
+        let (mut conn, _) = server.accept().unwrap();
+        // The first request chooses the host; the second names another on the same
+        // connection (fronting), with the placeholder the first could carry.
+        let first = b"GET /a HTTP/1.1\r\nHost: api.example.com\r\n\r\n";
+        let second = b"GET /b?k=moatphours0123456789 HTTP/1.1\r\nHost: evil.example.com\r\n\r\n";
+        send(&mut h, port, seq, ack, first);
+        let head = "GET /a HTTP/1.1\r\nHost: api.example.com\r\nAccept-Encoding: identity\r\n\r\n";
+        // The control: the first went, rewritten.
+        let got = read_at_server(&mut h, &mut conn, head.len());
+        assert_eq!(String::from_utf8_lossy(&got), head);
+        send(&mut h, port, seq + first.len() as u32, ack, second);
+        let more = arrives_within(&mut h, &mut conn, 200);
+        assert!(more.is_empty(), "{:?}", String::from_utf8_lossy(&more));
+        assert!(sent_reset(&mut h, port), "the connection was not ended");
+        assert!(h.audit().contains("evil.example.com"), "{}", h.audit());
     }
 }

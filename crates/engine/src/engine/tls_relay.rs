@@ -1,5 +1,6 @@
 //! An open intercepted connection's turn (`tls_stage.rs` makes it open): the sandbox's
-//! records into its leg, its plaintext read for its host (`moat-inspect`'s `http/`),
+//! records into its leg, its plaintext read for its host (`moat-inspect`'s `http/`; with
+//! secrets on HTTP/1.1, by the swap's own reader, so each request is read once),
 //! swapped and scanned (`tls_swaps.rs`) into the server's leg, the server's plaintext back
 //! the same way, and the records of both legs written as far as each socket and the buffer
 //! budget take them. A refused HTTP/1.1 request is answered 403 at once; a refused HTTP/2
@@ -9,7 +10,7 @@ use std::io::{self, Read, Write};
 use std::net::Shutdown;
 
 use mio::net::TcpStream;
-use moat_inspect::http::{RequestReader, h1, h2, refusal};
+use moat_inspect::http::{Refused, RequestReader, h1, h2, refusal};
 use moat_inspect::secrets::Scanner;
 use rustls::{ClientConnection, ServerConnection};
 use smoltcp::socket::tcp;
@@ -28,6 +29,9 @@ pub(super) enum Reader {
     H2(Box<h2::Requests>, h2::Frames),
     /// Another protocol: not read.
     Unread,
+    /// HTTP/1.1 on a connection that swaps secrets: the swap's request side reads, checks
+    /// (as [`h1::Requests`] would) and rewrites each request (`tls_swaps.rs`).
+    Swapped,
 }
 
 /// Plaintext moved per step between the legs.
@@ -222,7 +226,7 @@ impl Relay {
         let read = match legs.reader {
             Reader::H1(requests) => requests.push(&io.buf[..n], &mut self.pass),
             Reader::H2(requests, _) => requests.push(&io.buf[..n], &mut self.pass),
-            Reader::Unread => {
+            Reader::Unread | Reader::Swapped => {
                 self.pass.extend_from_slice(&io.buf[..n]);
                 Ok(())
             }
@@ -239,12 +243,26 @@ impl Relay {
             self.refusal = Some(Refusal { why, answer });
         }
         // Placeholders this host may receive become values; one it may not stops here.
-        let pass = swap_up(
+        let pass = match swap_up(
             self.swaps.as_deref_mut(),
             &self.pass,
             &mut self.swapped,
             &mut io.room(),
-        )?;
+        ) {
+            Ok(pass) => pass,
+            Err(Refused::Secret(i)) => return Err(TlsFailure::Secret(i)),
+            // The swap's check refused the request, as the reader would have.
+            Err(refused) if matches!(legs.reader, Reader::Swapped) => {
+                let why = refused.to_string();
+                forbid(legs.server, &mut io.sandbox_writer(), &why);
+                return Err(TlsFailure::Refused(why));
+            }
+            Err(e) => {
+                return Err(TlsFailure::Broken(format!(
+                    "a request cannot be rewritten: {e}"
+                )));
+            }
+        };
         let data = cleared(io.scanner.as_deref_mut(), &mut self.up_held, pass)?;
         let written = legs.client.writer().write_all(&data);
         if self.refusal.is_some() {

@@ -303,13 +303,21 @@ impl Intercept {
             Some(name) => Authority::Name(name.clone()),
             None => Authority::Ip(self.addr),
         };
-        let reader = match alpn.as_deref() {
-            None | Some(b"http/1.1") => Reader::H1(h1::Requests::new(expect)),
-            Some(b"h2") => Reader::H2(Box::new(h2::Requests::new(expect)), h2::Frames::default()),
+        let mut reader = match alpn.as_deref() {
+            None | Some(b"http/1.1") => Reader::H1(h1::Requests::new(expect.clone())),
+            Some(b"h2") => Reader::H2(
+                Box::new(h2::Requests::new(expect.clone())),
+                h2::Frames::default(),
+            ),
             Some(_) => Reader::Unread,
         };
         if let Some(swaps) = &mut self.relay.swaps {
-            swaps.speak(alpn.as_deref());
+            swaps.speak(alpn.as_deref(), &expect);
+            if swaps.checks_requests() {
+                // The swap's request side reads, checks and rewrites each request: one
+                // reading for both.
+                reader = Reader::Swapped;
+            }
         }
         self.phase = Phase::Open {
             server: Box::new(server),

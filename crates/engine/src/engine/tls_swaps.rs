@@ -8,7 +8,7 @@
 
 use std::io::Write;
 
-use moat_inspect::http::{Refused, h1_swap, h2_swap};
+use moat_inspect::http::{Authority, Refused, h1_swap, h2_swap};
 use moat_inspect::secrets::swap::Swap;
 use moat_inspect::secrets::{Scan, Scanner};
 use rustls::ClientConnection;
@@ -61,12 +61,16 @@ impl Swaps {
     }
 
     /// The protocol the server chose (ALPN; none is HTTP/1.1): how messages are rewritten
-    /// from now on. Another protocol cannot be read, so nothing is swapped on it.
-    pub(super) fn speak(&mut self, alpn: Option<&[u8]>) {
+    /// from now on. Another protocol cannot be read, so nothing is swapped on it. HTTP/1.1
+    /// requests are also checked here against `expect`, the authority the handshake named
+    /// (see [`Swaps::checks_requests`]).
+    pub(super) fn speak(&mut self, alpn: Option<&[u8]>, expect: &Authority) {
         self.proto = match alpn {
             None | Some(b"http/1.1") => SwapProto::H1 {
                 up: Box::new(
-                    h1_swap::Messages::new(h1_swap::Side::Request).scanning(self.scan.clone()),
+                    h1_swap::Messages::new(h1_swap::Side::Request)
+                        .scanning(self.scan.clone())
+                        .checking(expect.clone()),
                 ),
                 down: Box::new(h1_swap::Messages::new(h1_swap::Side::Response)),
                 exchange: h1_swap::Exchange::default(),
@@ -117,6 +121,12 @@ impl Swaps {
                 Ok(())
             }
         })
+    }
+
+    /// Whether the request side checks each request as the anti-fronting reader does
+    /// (HTTP/1.1): the relay then needs no reader of its own, and a request is read once.
+    pub(super) fn checks_requests(&self) -> bool {
+        matches!(self.proto, SwapProto::H1 { .. })
     }
 
     /// The server's plaintext, rewritten.
@@ -218,15 +228,12 @@ pub(super) fn swap_up<'a>(
     pass: &'a [u8],
     swapped: &'a mut Vec<u8>,
     room: &mut Room<'_>,
-) -> Result<&'a [u8], TlsFailure> {
+) -> Result<&'a [u8], Refused> {
     let Some(sw) = swaps else {
         return Ok(pass);
     };
     swapped.clear();
-    sw.up(pass, swapped, room).map_err(|e| match e {
-        Refused::Secret(i) => TlsFailure::Secret(i),
-        e => TlsFailure::Broken(format!("a request cannot be rewritten: {e}")),
-    })?;
+    sw.up(pass, swapped, room)?;
     Ok(swapped)
 }
 

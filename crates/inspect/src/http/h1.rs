@@ -19,6 +19,10 @@
 //!   server the handshake named).
 //!
 //! The outcome does not depend on how the bytes were split ([`Requests`]' property test).
+//!
+//! On a connection that swaps secrets, the swap's request side (`h1_swap.rs`, checking)
+//! reads the requests instead of [`Requests`], with the same check and framing
+//! (`check_request`, `request_framing`): each request is read once.
 
 pub use super::{Authority, Refused, RequestReader};
 
@@ -27,7 +31,7 @@ pub const MAX_HEAD: usize = 64 * 1024;
 /// The longest chunk-size or trailer line.
 const MAX_LINE: usize = 4096;
 /// Header fields read per request.
-const MAX_HEADERS: usize = 128;
+pub(super) const MAX_HEADERS: usize = 128;
 
 #[derive(Debug, Clone, PartialEq, Eq)]
 enum State {
@@ -167,42 +171,59 @@ impl Requests {
 
     /// Checks the whole head in `held`; the state its body starts in.
     fn check_head(&self) -> Result<State, Refused> {
-        let mut headers = [httparse::EMPTY_HEADER; MAX_HEADERS];
-        let mut req = httparse::Request::new(&mut headers);
-        match req.parse(&self.held) {
-            Ok(httparse::Status::Complete(_)) => {}
-            Ok(httparse::Status::Partial) => return Err(Refused::Malformed("incomplete head")),
-            Err(httparse::Error::TooManyHeaders) => {
-                return Err(Refused::Malformed("too many header fields"));
-            }
-            Err(_) => return Err(Refused::Malformed("not an HTTP/1.x request head")),
-        }
-        if req.method == Some("CONNECT") {
-            return Err(Refused::Connect);
-        }
-        let mut hosts = req
-            .headers
-            .iter()
-            .filter(|h| h.name.eq_ignore_ascii_case("host"));
-        let host = match (hosts.next(), hosts.next()) {
-            (Some(h), None) => std::str::from_utf8(h.value)
-                .map_err(|_| Refused::Host("names a host that is not text"))?,
-            (None, _) => return Err(Refused::Host("names no host (no Host header)")),
-            (Some(_), Some(_)) => return Err(Refused::Host("has several Host headers")),
-        };
-        self.expect.check(host)?;
-        if let Some(path) = req.path
-            && let Some(authority) = absolute_authority(path)
-        {
-            self.expect.check(authority)?;
-        }
-        Ok(match request_framing(req.headers)? {
+        let mut fields = [httparse::EMPTY_HEADER; MAX_HEADERS];
+        let req = parse_request(&self.held, &mut fields)?;
+        Ok(match check_request(&req, &self.expect)? {
             RequestFraming::None => State::Head,
             RequestFraming::Length(n) => State::Body(n),
             RequestFraming::Chunked => State::ChunkSize,
             RequestFraming::Tunnel => State::Tunnel,
         })
     }
+}
+
+/// A whole request head, parsed into `fields` (at most [`MAX_HEADERS`] of them).
+pub(super) fn parse_request<'h, 'b>(
+    head: &'b [u8],
+    fields: &'h mut [httparse::Header<'b>],
+) -> Result<httparse::Request<'h, 'b>, Refused> {
+    let mut req = httparse::Request::new(fields);
+    match req.parse(head) {
+        Ok(httparse::Status::Complete(_)) => Ok(req),
+        Ok(httparse::Status::Partial) => Err(Refused::Malformed("incomplete head")),
+        Err(httparse::Error::TooManyHeaders) => Err(Refused::Malformed("too many header fields")),
+        Err(_) => Err(Refused::Malformed("not an HTTP/1.x request head")),
+    }
+}
+
+/// What moat asks of a request on a connection for `expect` (see the module header): not
+/// CONNECT, exactly one `Host`, it and an absolute-form target's authority naming `expect`;
+/// then how its body is framed. The anti-fronting reader here and the swap's request side
+/// (`h1_swap.rs`, when it checks) both ask it.
+pub(super) fn check_request(
+    req: &httparse::Request<'_, '_>,
+    expect: &Authority,
+) -> Result<RequestFraming, Refused> {
+    if req.method == Some("CONNECT") {
+        return Err(Refused::Connect);
+    }
+    let mut hosts = req
+        .headers
+        .iter()
+        .filter(|h| h.name.eq_ignore_ascii_case("host"));
+    let host = match (hosts.next(), hosts.next()) {
+        (Some(h), None) => std::str::from_utf8(h.value)
+            .map_err(|_| Refused::Host("names a host that is not text"))?,
+        (None, _) => return Err(Refused::Host("names no host (no Host header)")),
+        (Some(_), Some(_)) => return Err(Refused::Host("has several Host headers")),
+    };
+    expect.check(host)?;
+    if let Some(path) = req.path
+        && let Some(authority) = absolute_authority(path)
+    {
+        expect.check(authority)?;
+    }
+    request_framing(req.headers)
 }
 
 /// How a request frames its body (RFC 9112 §6.3). The anti-fronting reader here and the

@@ -33,17 +33,19 @@
 //! `chunked`) is refused: it cannot be searched.
 //!
 //! Responses are matched to requests in order: the request side records which requests
-//! were HEAD ([`Exchange`]). The request side reads what the anti-fronting reader
-//! (`h1.rs`) already checked, and frames each request by that reader's own definition
-//! (`h1::request_framing`): the two cannot disagree on where a request ends, so the request
-//! the check saw is the request rewritten. A server's response that cannot be framed ends
-//! the connection.
+//! were HEAD ([`Exchange`]). On a connection that swaps, the request side is also the
+//! anti-fronting reader ([`Messages::checking`]): each request head is read once, checked
+//! by `h1.rs`'s own rule (`h1::check_request`: one `Host` naming the connection's
+//! authority, no CONNECT) and framed by its own definition (`h1::request_framing`), so the
+//! request the check passed is, by construction, the request rewritten. A server's
+//! response that cannot be framed ends the connection.
 
 use std::collections::VecDeque;
 use std::io::Write as _;
 
+use super::Authority;
 use super::Refused;
-use super::h1::{RequestFraming, chunk_size, request_framing};
+use super::h1::{RequestFraming, check_request, chunk_size, parse_request, request_framing};
 use crate::secrets::swap::{Swap, SwapStream};
 use crate::secrets::{BodyScan, Scanner};
 
@@ -121,6 +123,9 @@ pub struct Messages {
     guard: Option<BodyScan>,
     /// How many bytes of body this side may hold (the buffer budget's room).
     allowance: usize,
+    /// The authority every request must name, when this side also checks requests as
+    /// the anti-fronting reader does ([`Messages::checking`]).
+    expect: Option<Authority>,
 }
 
 impl std::fmt::Debug for Messages {
@@ -146,6 +151,7 @@ impl Messages {
             scan: None,
             guard: None,
             allowance: usize::MAX,
+            expect: None,
         }
     }
 
@@ -168,6 +174,15 @@ impl Messages {
     /// Bodies sent re-framed are scanned for what `template` looks for.
     pub fn scanning(mut self, template: Scanner) -> Messages {
         self.scan = (!template.is_idle()).then_some(template);
+        self
+    }
+
+    /// The request side also checks each request as the anti-fronting reader does
+    /// (`h1::check_request`: not CONNECT, one `Host`, naming `expect`), so a connection
+    /// that swaps reads each request once, for the check and the rewrite alike, and what
+    /// the check passed is what is rewritten. A refused request is this side's error.
+    pub fn checking(mut self, expect: Authority) -> Messages {
+        self.expect = Some(expect);
         self
     }
 
@@ -227,6 +242,10 @@ impl Messages {
                     return Ok(&input[take..]);
                 };
                 let end = start + at + 4;
+                // A request head past the reader's bound is refused here too.
+                if self.side == Side::Request && end > MAX_HEAD {
+                    return Err(Refused::TooLarge);
+                }
                 let unused = self.held.len() - end;
                 self.held.truncate(end);
                 let head = std::mem::take(&mut self.held);
@@ -428,51 +447,40 @@ impl Messages {
         redacting: bool,
     ) -> Result<(Framing, bool), Refused> {
         let mut fields = [httparse::EMPTY_HEADER; MAX_HEADERS];
-        let (status, method, fields) = match self.side {
-            Side::Request => {
-                let mut req = httparse::Request::new(&mut fields);
-                parsed(req.parse(head))?;
-                let method = req.method.map(str::to_owned);
-                (None, method, req.headers)
-            }
-            Side::Response => {
-                let mut res = httparse::Response::new(&mut fields);
-                parsed(res.parse(head))?;
-                (res.code, None, res.headers)
-            }
-        };
-        let values = |name: &'static str| {
-            fields
-                .iter()
-                .filter(move |h| h.name.eq_ignore_ascii_case(name))
-                .map(|h| String::from_utf8_lossy(h.value).trim().to_ascii_lowercase())
-        };
+        if self.side == Side::Request {
+            let req = parse_request(head, &mut fields)?;
+            // The anti-fronting reader's own check and framing (`h1.rs`): the two cannot
+            // disagree on whether a request may go, or on where it ends.
+            let framing = match &self.expect {
+                Some(expect) => check_request(&req, expect)?,
+                None => request_framing(req.headers)?,
+            };
+            let waits = values(req.headers, "expect").any(|v| v == "100-continue");
+            exchange.heads.push_back(req.method == Some("HEAD"));
+            return Ok(match framing {
+                RequestFraming::None => (Framing::None, waits),
+                RequestFraming::Length(n) => (Framing::Length(n), waits),
+                RequestFraming::Chunked => (Framing::Chunked, waits),
+                RequestFraming::Tunnel => (Framing::Tunnel, false),
+            });
+        }
+        let mut res = httparse::Response::new(&mut fields);
+        parsed(res.parse(head))?;
+        let fields = res.headers;
+        let values = |name: &'static str| values(fields, name);
         let upgrade = values("connection").any(|v| v.split(',').any(|t| t.trim() == "upgrade"))
             && values("upgrade").next().is_some();
         let waits = values("expect").any(|v| v == "100-continue");
-        match self.side {
-            Side::Request => {
-                exchange.heads.push_back(method.as_deref() == Some("HEAD"));
-                // The anti-fronting reader's own definition (`h1.rs`): the two cannot
-                // disagree on where this request ends.
-                return Ok(match request_framing(fields)? {
-                    RequestFraming::None => (Framing::None, waits),
-                    RequestFraming::Length(n) => (Framing::Length(n), waits),
-                    RequestFraming::Chunked => (Framing::Chunked, waits),
-                    RequestFraming::Tunnel => (Framing::Tunnel, false),
-                });
-            }
-            Side::Response => match status {
-                Some(101) => return Ok((Framing::Tunnel, false)),
-                Some(100..=199) => return Ok((Framing::None, false)),
-                Some(code) => {
-                    let to_head = exchange.heads.pop_front().unwrap_or(false);
-                    if to_head || code == 204 || code == 304 {
-                        return Ok((Framing::None, false));
-                    }
+        match res.code {
+            Some(101) => return Ok((Framing::Tunnel, false)),
+            Some(100..=199) => return Ok((Framing::None, false)),
+            Some(code) => {
+                let to_head = exchange.heads.pop_front().unwrap_or(false);
+                if to_head || code == 204 || code == 304 {
+                    return Ok((Framing::None, false));
                 }
-                None => return Err(Refused::Malformed("a response without a status")),
-            },
+            }
+            None => return Err(Refused::Malformed("a response without a status")),
         }
         let codings: Vec<String> = values("transfer-encoding").collect();
         let lengths: Vec<String> = values("content-length").collect();
@@ -529,6 +537,17 @@ fn parsed(result: httparse::Result<usize>) -> Result<(), Refused> {
         Err(httparse::Error::TooManyHeaders) => Err(Refused::Malformed("too many header fields")),
         Err(_) => Err(Refused::Malformed("not an HTTP/1.x head")),
     }
+}
+
+/// The values of the fields named `name`, trimmed and lowercase.
+fn values<'a>(
+    fields: &'a [httparse::Header<'_>],
+    name: &'static str,
+) -> impl Iterator<Item = String> + 'a {
+    fields
+        .iter()
+        .filter(move |h| h.name.eq_ignore_ascii_case(name))
+        .map(|h| String::from_utf8_lossy(h.value).trim().to_ascii_lowercase())
 }
 
 /// Whether a request field asks for an answer redaction could not search: in a content or
@@ -1216,6 +1235,62 @@ mod tests {
                 assert_eq!(swapped, checked, "{case:?}");
             }
         }
+    }
+
+    /// A checking request side refuses what the anti-fronting reader refuses, on any
+    /// request of the connection, and passes what it passes: it can stand in for it.
+    #[test]
+    fn a_checking_request_side_refuses_what_the_reader_refuses() {
+        use crate::http::h1::{MAX_HEAD, Requests};
+        use crate::http::{Authority, RequestReader};
+        let api = || Authority::Name(moat_policy::DomainName::new("api.example.com").unwrap());
+        let ok = "GET / HTTP/1.1\r\nHost: api.example.com\r\n\r\n";
+        // A head that ends 2 bytes past the bound: within what is taken to look for its
+        // end, and still too large.
+        let prefix = "GET / HTTP/1.1\r\nHost: api.example.com\r\nX: ";
+        let long = format!(
+            "{prefix}{}\r\n\r\n",
+            "a".repeat(MAX_HEAD - 2 - prefix.len())
+        );
+        assert_eq!(long.len(), MAX_HEAD + 2);
+        let cases = [
+            format!("{ok}GET / HTTP/1.1\r\nHost: evil.example.com\r\n\r\n"),
+            format!("{ok}GET http://evil.example.com/ HTTP/1.1\r\nHost: api.example.com\r\n\r\n"),
+            format!("{ok}GET / HTTP/1.1\r\nHost: api.example.com\r\nHost: api.example.com\r\n\r\n"),
+            format!("{ok}GET / HTTP/1.1\r\n\r\n"),
+            format!("{ok}CONNECT api.example.com:443 HTTP/1.1\r\nHost: api.example.com\r\n\r\n"),
+            long,
+            // The controls.
+            format!("{ok}{ok}"),
+            format!("{ok}GET http://api.example.com/ HTTP/1.1\r\nHost: API.example.com\r\n\r\n"),
+        ];
+        for case in cases {
+            let mut passed = Vec::new();
+            let read = Requests::new(api()).push(case.as_bytes(), &mut passed);
+            let mut swapped = Vec::new();
+            let got = Messages::new(Side::Request).checking(api()).push(
+                &mut Swap::none(),
+                &mut Exchange::default(),
+                case.as_bytes(),
+                &mut swapped,
+            );
+            assert_eq!(got, read, "{:?}", &case[..case.len().min(200)]);
+            if read.is_ok() {
+                assert_eq!(swapped, passed);
+            } else {
+                // Nothing of the refused request went: only the requests before it.
+                assert!(swapped.len() <= ok.len(), "{}", swapped.len());
+            }
+        }
+        // Without the check, another host's request is the swap's to rewrite.
+        let fronted = format!("{ok}GET / HTTP/1.1\r\nHost: evil.example.com\r\n\r\n");
+        let unchecked = Messages::new(Side::Request).push(
+            &mut Swap::none(),
+            &mut Exchange::default(),
+            fronted.as_bytes(),
+            &mut Vec::new(),
+        );
+        assert_eq!(unchecked, Ok(()));
     }
 
     #[test]
