@@ -74,6 +74,31 @@ if "bulk" in KINDS:  # a BENCH_ONLY run may not have it
                 label, dname = bulk_label(mode, d)
                 print(f"| {label} | {dname} | {s} | {c['veth']:.2f} | {c['moat']:.2f} | {engine(rs['moat'])} | {g['veth']:.2f} | {g['moat']:.2f} | {ratio(g['moat'], g['veth'])} |")
 
+def against_baseline():
+    """With BENCH_BASELINE, this build against the other one, measured interleaved in the
+    same runs: the bulk and connection rows side by side."""
+    if not any(r.get("path") == "baseline" for r in rows):
+        return
+    print("\n## This build against the baseline (BENCH_BASELINE, interleaved in the same runs)\n")
+    print("| row | this build | baseline | this / baseline |")
+    print("|---|---|---|---|")
+    for mode in ["best", "1500"]:
+        for d in ["up", "down"]:
+            for s in [1, 4]:
+                v = {p: [r["gbps"] for r in bulk_runs(mode, d, s, p)] for p in ["moat", "baseline"]}
+                if not v["baseline"]:
+                    continue
+                label, dname = bulk_label(mode, d)
+                m = {p: med(x) for p, x in v.items()}
+                print(f"| bulk {label} {dname} ×{s} (Gbit/s) | {m['moat']:.2f} ({span(v['moat'])}) | {m['baseline']:.2f} ({span(v['baseline'])}) | {ratio(m['moat'], m['baseline'])} |")
+    for c in [1, 32]:
+        v = {p: [r["result"].get("per_sec", 0) for r in rows if r["kind"] == "conn" and r["conc"] == c and r["path"] == p] for p in ["moat", "baseline"]}
+        if not v["baseline"]:
+            continue
+        m = {p: med(x) for p, x in v.items()}
+        spans = {p: f"{min(x):.0f}–{max(x):.0f}" for p, x in v.items()}
+        print(f"| connections/s, concurrency {c} | {m['moat']:.0f} ({spans['moat']}) | {m['baseline']:.0f} ({spans['baseline']}) | {ratio(m['moat'], m['baseline'])} |")
+
 if "conn" in KINDS:  # a BENCH_ONLY run may not have it
     print("\n## Connections (connect + request + response + close)\n")
     print(f"| concurrency | path | conn/s (median) | p50 µs | p99 µs | cores busy (of {os.cpu_count()}) | moat engine (of a core) | conn/s per busy core |")
@@ -95,6 +120,8 @@ if "conn" in KINDS:  # a BENCH_ONLY run may not have it
     for c in [1, 32]:
         print(f"- concurrency {c}: moat / better peer = {ratio(conn[(c, 'moat')][0], best_peer[c])}; moat / veth = {ratio(conn[(c, 'moat')][0], conn[(c, 'veth')][0])}; per busy core, moat / veth = {ratio(conn[(c, 'moat')][3], conn[(c, 'veth')][3])}")
     print(f"- connect latency added over veth (p50, concurrency 1): moat {conn[(1, 'moat')][1] - conn[(1, 'veth')][1]:.0f} µs, pasta {conn[(1, 'pasta')][1] - conn[(1, 'veth')][1]:.0f} µs, slirp4netns {conn[(1, 'slirp4netns')][1] - conn[(1, 'veth')][1]:.0f} µs")
+
+against_baseline()
 
 bp = [r for r in rows if r["kind"] == "busypoll"]
 if bp:

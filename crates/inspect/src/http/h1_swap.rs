@@ -212,6 +212,10 @@ impl Messages {
                 swap.replace(&self.body, out);
                 self.state = State::Head;
             }
+            // A request's unfinished head, chunk-size or trailer line was never read whole,
+            // so never checked: it goes nowhere, as the anti-fronting reader never passed
+            // one (a head cut short by a half-close could otherwise name any host).
+            _ if self.side == Side::Request => {}
             _ => out.extend_from_slice(&self.held),
         }
         self.held.clear();
@@ -395,8 +399,12 @@ impl Messages {
         }
         let mut rewritten = Vec::with_capacity(head.len());
         let mut lines = head[..head.len() - 2].split_inclusive(|&b| b == b'\n');
+        // Whether a value went where it could change the host the request names: its
+        // target, its Host, or a line it ends early.
+        let mut renamed = false;
         if let Some(first) = lines.next() {
             swap.replace(first, &mut rewritten);
+            renamed |= rewritten != first;
         }
         let identity = self.side == Side::Request && !swap.is_empty();
         for line in lines {
@@ -405,7 +413,20 @@ impl Messages {
             if is_length && (hold || rechunk) || identity && asks_unreadable(name) {
                 continue;
             }
+            let at = rewritten.len();
             rewrite_field(swap, line, &mut rewritten);
+            let new = &rewritten[at..];
+            renamed |= new != line
+                && (name.eq_ignore_ascii_case(b"host")
+                    || memchr::memchr_iter(b'\n', new).count() > 1);
+        }
+        if let (Some(expect), true) = (&self.expect, renamed) {
+            // The check read the sandbox's head; a secret's value (a `/` or `@` in it, say)
+            // could make the rewritten one name another host: it is checked again.
+            let mut whole = rewritten.clone();
+            whole.extend_from_slice(b"\r\n");
+            let mut fields = [httparse::EMPTY_HEADER; MAX_HEADERS];
+            check_request(&parse_request(&whole, &mut fields)?, expect)?;
         }
         if identity {
             rewritten.extend_from_slice(b"Accept-Encoding: identity\r\n");
@@ -959,7 +980,8 @@ mod tests {
         assert_eq!(String::from_utf8(out).unwrap(), sent);
         assert_eq!(m.held(), 0);
 
-        // A head not yet ended goes as it came.
+        // A request head not yet ended goes nowhere: it was never checked (see
+        // `an_unfinished_request_head_goes_nowhere_when_the_sandbox_finishes`).
         let mut m = Messages::new(Side::Request);
         let mut out = Vec::new();
         let part = b"GET / HTTP/1.1\r\nHost: api.exa";
@@ -967,7 +989,7 @@ mod tests {
             .unwrap();
         assert_eq!(out, b"");
         m.finish(&mut sub, &mut out);
-        assert_eq!(out, part);
+        assert_eq!(out, b"");
     }
 
     #[test]
@@ -1291,6 +1313,80 @@ mod tests {
             &mut Vec::new(),
         );
         assert_eq!(unchecked, Ok(()));
+    }
+
+    /// A half-close sends nothing of a request head that never ended: it was never
+    /// checked (with a bare LF, a server could read it as a request for another host).
+    #[test]
+    fn an_unfinished_request_head_goes_nowhere_when_the_sandbox_finishes() {
+        use crate::http::testing::api;
+        let ok = b"GET / HTTP/1.1\r\nHost: api.example.test\r\n\r\n";
+        let cut = b"POST /x HTTP/1.1\nHost: evil.example.com\nContent-Length: 5\n\nhello";
+        for checking in [true, false] {
+            let mut m = Messages::new(Side::Request);
+            if checking {
+                m = m.checking(api());
+            }
+            let (mut swap, mut exchange, mut out) = (Swap::none(), Exchange::default(), Vec::new());
+            m.push(&mut swap, &mut exchange, ok, &mut out).unwrap();
+            m.push(&mut swap, &mut exchange, cut, &mut out).unwrap();
+            m.finish(&mut swap, &mut out);
+            assert_eq!(out, ok, "{}", String::from_utf8_lossy(&out));
+        }
+        // The control: an answer cut short still reaches the sandbox as it came.
+        let mut m = Messages::new(Side::Response);
+        let mut exchange = Exchange {
+            heads: [false].into(),
+        };
+        let (mut swap, mut out) = (Swap::none(), Vec::new());
+        m.push(
+            &mut swap,
+            &mut exchange,
+            b"HTTP/1.1 200 OK\r\nX: y",
+            &mut out,
+        )
+        .unwrap();
+        m.finish(&mut swap, &mut out);
+        assert_eq!(out, b"HTTP/1.1 200 OK\r\nX: y");
+    }
+
+    /// A value put into an absolute-form target can change the host the request names
+    /// (here in its userinfo, which the check reads past): the rewritten head is checked
+    /// again.
+    #[test]
+    fn a_value_that_would_rename_the_host_is_refused() {
+        use crate::http::testing::api;
+        let value = "user@evil.example.com/";
+        let secrets = [crate::secrets::Secret::new(
+            "API_KEY",
+            zeroize::Zeroizing::new(value.as_bytes().to_vec()),
+            Some(P.to_owned()),
+            &["api.example.test".into()],
+            false,
+        )
+        .unwrap()];
+        let push = |head: String| {
+            let mut swap = Swap::substitute(&secrets, |_| true).unwrap();
+            let mut out = Vec::new();
+            let got = Messages::new(Side::Request).checking(api()).push(
+                &mut swap,
+                &mut Exchange::default(),
+                head.as_bytes(),
+                &mut out,
+            );
+            (got, String::from_utf8_lossy(&out).into_owned())
+        };
+        let (got, out) = push(format!(
+            "GET http://{P}@api.example.test/ HTTP/1.1\r\nHost: api.example.test\r\n\r\n"
+        ));
+        assert!(matches!(got, Err(Refused::Fronting { .. })), "{got:?}");
+        assert!(!out.contains(value), "{out}");
+        // The control: the same value in the path names no host, and goes.
+        let (got, out) = push(format!(
+            "GET http://api.example.test/?k={P} HTTP/1.1\r\nHost: api.example.test\r\n\r\n"
+        ));
+        assert_eq!(got, Ok(()));
+        assert!(out.contains(&format!("?k={value}")), "{out}");
     }
 
     #[test]

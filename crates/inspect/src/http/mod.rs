@@ -130,7 +130,19 @@ impl Authority {
 /// The host of `host[:port]` or `[v6][:port]`.
 pub fn host_of(authority: &str) -> &str {
     if let Some(rest) = authority.strip_prefix('[') {
-        return rest.split(']').next().unwrap_or(rest);
+        // An IPv6 literal, then nothing or a port: anything else is not a host, and the
+        // whole is returned (to match nothing).
+        return match rest.split_once(']') {
+            Some((host, "")) => host,
+            Some((host, port))
+                if port
+                    .strip_prefix(':')
+                    .is_some_and(|p| p.bytes().all(|b| b.is_ascii_digit())) =>
+            {
+                host
+            }
+            _ => authority,
+        };
     }
     match authority.rsplit_once(':') {
         Some((host, port)) if port.bytes().all(|b| b.is_ascii_digit()) => host,
@@ -144,6 +156,25 @@ mod tests {
 
     use super::testing::api;
     use super::*;
+
+    #[test]
+    fn an_ipv6_literal_is_followed_by_a_port_or_nothing() {
+        let ip = Authority::Ip("2001:db8::1".parse().unwrap());
+        for same in ["[2001:db8::1]", "[2001:db8::1]:443"] {
+            assert_eq!(ip.check(same), Ok(()), "{same}");
+        }
+        let v4 = Authority::Ip("203.0.113.10".parse().unwrap());
+        for other in [
+            "[2001:db8::1]x",
+            "[2001:db8::1]evil.example.com",
+            "[203.0.113.10]x",
+        ] {
+            assert!(
+                ip.check(other).is_err() && v4.check(other).is_err(),
+                "{other}"
+            );
+        }
+    }
 
     #[test]
     fn an_authority_is_the_server_name_exactly() {
