@@ -1388,36 +1388,39 @@ mod tests {
             .find(|s| s.syn && s.src_port == 53)
             .expect("no SYN-ACK");
         let ours = syn_ack.seq.wrapping_add(1);
+        to_port_53(h, TcpControl::None, 1001, ours, &[]);
+        (1001, ours)
+    }
+
+    /// A segment from the sandbox's DNS-over-TCP connection, acknowledging `ack`.
+    fn to_port_53(
+        h: &mut Harness,
+        control: smoltcp::wire::TcpControl,
+        seq: u32,
+        ack: u32,
+        data: &[u8],
+    ) {
+        use crate::engine::testing::{GUEST_PORT, tcp_from};
         h.frame(&tcp_from(
             GUEST_PORT,
             GATEWAY,
             53,
-            TcpControl::None,
-            1001,
-            Some(ours),
-            &[],
+            control,
+            seq,
+            Some(ack),
+            data,
         ));
-        (1001, ours)
     }
 
     /// The sandbox sends `messages`, each with its length, in one segment.
     fn tcp_send(h: &mut Harness, seq: &mut u32, ack: u32, messages: &[Vec<u8>]) {
-        use crate::engine::testing::{GUEST_PORT, tcp_from};
         use smoltcp::wire::TcpControl;
         let mut bytes = Vec::new();
         for m in messages {
             bytes.extend_from_slice(&(m.len() as u16).to_be_bytes());
             bytes.extend_from_slice(m);
         }
-        h.frame(&tcp_from(
-            GUEST_PORT,
-            GATEWAY,
-            53,
-            TcpControl::Psh,
-            *seq,
-            Some(ack),
-            &bytes,
-        ));
+        to_port_53(h, TcpControl::Psh, *seq, ack, &bytes);
         *seq = seq.wrapping_add(bytes.len() as u32);
     }
 
@@ -1429,9 +1432,7 @@ mod tests {
         let end = Instant::now() + std::time::Duration::from_millis(ms);
         let mut got = Vec::new();
         while Instant::now() < end && got.len() < want {
-            for id in h.table.take_dirty() {
-                crate::engine::event_loop::service(&mut h.table, &mut h.cx, id);
-            }
+            h.serve_marked();
             for up in upstreams(h) {
                 readable(&mut h.table, &mut h.cx, up);
             }
@@ -1506,23 +1507,12 @@ mod tests {
         assert_eq!(got.len(), 1);
         assert_eq!(got[0].rcode(), rcode::NXDOMAIN);
         // The sandbox closes: so does moat, and the flow ends.
-        use crate::engine::testing::{GUEST_PORT, tcp_from};
         use smoltcp::wire::TcpControl;
         // The FIN acknowledges moat's answer.
         let fin_ack = ack.wrapping_add(got[0].to_bytes().len() as u32 + 2);
-        h.frame(&tcp_from(
-            GUEST_PORT,
-            GATEWAY,
-            53,
-            TcpControl::Fin,
-            seq,
-            Some(fin_ack),
-            &[],
-        ));
+        to_port_53(&mut h, TcpControl::Fin, seq, fin_ack, &[]);
         let closed = h.until(|h| {
-            for id in h.table.take_dirty() {
-                crate::engine::event_loop::service(&mut h.table, &mut h.cx, id);
-            }
+            h.serve_marked();
             h.cx.stack.egress();
             let fin = h
                 .sent()
@@ -1531,18 +1521,8 @@ mod tests {
                 .find(|s| s.fin && s.src_port == 53);
             if let Some(fin) = fin {
                 let last = fin.seq.wrapping_add(1);
-                h.frame(&tcp_from(
-                    GUEST_PORT,
-                    GATEWAY,
-                    53,
-                    TcpControl::None,
-                    seq + 1,
-                    Some(last),
-                    &[],
-                ));
-                for id in h.table.take_dirty() {
-                    crate::engine::event_loop::service(&mut h.table, &mut h.cx, id);
-                }
+                to_port_53(h, TcpControl::None, seq + 1, last, &[]);
+                h.serve_marked();
             }
             dns_streams(h) == 0
         });
@@ -1724,9 +1704,7 @@ mod tests {
             .collect();
         for chunk in all.chunks(7) {
             tcp_send(&mut h, &mut seq, ack, chunk);
-            for id in h.table.take_dirty() {
-                crate::engine::event_loop::service(&mut h.table, &mut h.cx, id);
-            }
+            h.serve_marked();
         }
         let mut asked = Vec::new();
         for _ in 0..MAX_PENDING_PER_STREAM {
@@ -1740,9 +1718,7 @@ mod tests {
         let first = tcp_answers(&mut h, MAX_PENDING_PER_STREAM, 3000);
         assert_eq!(first.len(), MAX_PENDING_PER_STREAM);
         // The loop's next turn serves the flow the answers marked: it takes the rest.
-        for id in h.table.take_dirty() {
-            crate::engine::event_loop::service(&mut h.table, &mut h.cx, id);
-        }
+        h.serve_marked();
         for _ in 0..extra {
             asked.push(up.query());
         }
@@ -1779,7 +1755,6 @@ mod tests {
 
     #[test]
     fn queries_sent_before_the_sandbox_closes_are_answered_before_moat_closes() {
-        use crate::engine::testing::{GUEST_PORT, tcp_from};
         use smoltcp::wire::TcpControl;
         // Answered here: the query and the FIN in one segment.
         let mut h = Harness::new(NetworkPolicy::none(), DenyMode::Drop);
@@ -1787,15 +1762,7 @@ mod tests {
         let q = query("api.example.com");
         let mut bytes = (q.len() as u16).to_be_bytes().to_vec();
         bytes.extend_from_slice(&q);
-        h.frame(&tcp_from(
-            GUEST_PORT,
-            GATEWAY,
-            53,
-            TcpControl::Fin,
-            seq,
-            Some(ack),
-            &bytes,
-        ));
+        to_port_53(&mut h, TcpControl::Fin, seq, ack, &bytes);
         let got = tcp_answers(&mut h, 1, 3000);
         assert_eq!(
             got.iter().map(|m| m.rcode()).collect::<Vec<_>>(),
@@ -1806,22 +1773,10 @@ mod tests {
         let mut h = Harness::with_resolvers(NetworkPolicy::allow_all(), vec![up.addr()]);
         let (mut seq, ack) = tcp_open(&mut h);
         tcp_send(&mut h, &mut seq, ack, &[query("api.example.com")]);
-        for id in h.table.take_dirty() {
-            crate::engine::event_loop::service(&mut h.table, &mut h.cx, id);
-        }
+        h.serve_marked();
         let (q, peer) = up.query();
-        h.frame(&tcp_from(
-            GUEST_PORT,
-            GATEWAY,
-            53,
-            TcpControl::Fin,
-            seq,
-            Some(ack),
-            &[],
-        ));
-        for id in h.table.take_dirty() {
-            crate::engine::event_loop::service(&mut h.table, &mut h.cx, id);
-        }
+        to_port_53(&mut h, TcpControl::Fin, seq, ack, &[]);
+        h.serve_marked();
         up.answer(&q, peer, vec![a("api.example.com", [203, 0, 113, 7])]);
         let got = tcp_answers(&mut h, 1, 3000);
         assert_eq!(got.len(), 1, "the answer was lost to the close");

@@ -480,9 +480,7 @@ mod tests {
 
     /// The loop serves the flows an event marked, as its turn does.
     fn serve(h: &mut Harness) {
-        for id in h.table.take_dirty() {
-            crate::engine::event_loop::service(&mut h.table, &mut h.cx, id);
-        }
+        h.serve_marked();
         // Sent first, then the doomed removed, as the loop's turn ends.
         h.cx.stack.egress();
         h.table.remove_doomed(&mut h.cx);
@@ -538,15 +536,7 @@ mod tests {
         let mut h = Harness::new(NetworkPolicy::allow_all(), DenyMode::Drop);
         let (_, seq, ack) = connected(&mut h, port);
         let (mut conn, _) = server.accept().unwrap();
-        h.frame(&tcp_from(
-            GUEST_PORT,
-            GATEWAY,
-            port,
-            TcpControl::Psh,
-            seq,
-            Some(ack),
-            b"hello",
-        ));
+        send(&mut h, port, seq, ack, b"hello");
         assert_eq!(read_at_server(&mut h, &mut conn, 5), b"hello");
     }
 

@@ -120,6 +120,13 @@ impl Harness {
         self.cx.stack.egress();
     }
 
+    /// Serves the flows an event marked, as the loop's next turn does.
+    pub(super) fn serve_marked(&mut self) {
+        for id in self.table.take_dirty() {
+            super::event_loop::service(&mut self.table, &mut self.cx, id);
+        }
+    }
+
     /// The frames sent to the sandbox since the last call.
     pub(super) fn sent(&mut self) -> Vec<Vec<u8>> {
         self.dev.0.lock().unwrap().outbound.drain(..).collect()
