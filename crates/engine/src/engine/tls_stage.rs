@@ -315,8 +315,11 @@ impl Intercept {
             swaps.speak(alpn.as_deref(), &expect);
             if swaps.checks_requests() {
                 // The swap's request side reads, checks and rewrites each request: one
-                // reading for both.
-                reader = Reader::Swapped;
+                // reading for both. The server's HTTP/2 frames are still followed.
+                reader = match reader {
+                    Reader::H2(_, frames) => Reader::Swapped(Some(frames)),
+                    _ => Reader::Swapped(None),
+                };
             }
         }
         self.phase = Phase::Open {

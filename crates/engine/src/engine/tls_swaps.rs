@@ -61,8 +61,8 @@ impl Swaps {
     }
 
     /// The protocol the server chose (ALPN; none is HTTP/1.1): how messages are rewritten
-    /// from now on. Another protocol cannot be read, so nothing is swapped on it. HTTP/1.1
-    /// requests are also checked here against `expect`, the authority the handshake named
+    /// from now on. Another protocol cannot be read, so nothing is swapped on it. Requests
+    /// are also checked here against `expect`, the authority the handshake named
     /// (see [`Swaps::checks_requests`]).
     pub(super) fn speak(&mut self, alpn: Option<&[u8]>, expect: &Authority) {
         self.proto = match alpn {
@@ -76,7 +76,9 @@ impl Swaps {
                 exchange: h1_swap::Exchange::default(),
             },
             Some(b"h2") => SwapProto::H2(Box::new(
-                h2_swap::Connection::new().scanning(self.scan.clone()),
+                h2_swap::Connection::new()
+                    .scanning(self.scan.clone())
+                    .checking(expect.clone()),
             )),
             Some(_) => SwapProto::Off,
         };
@@ -124,9 +126,18 @@ impl Swaps {
     }
 
     /// Whether the request side checks each request as the anti-fronting reader does
-    /// (HTTP/1.1): the relay then needs no reader of its own, and a request is read once.
+    /// (HTTP/1.1 and HTTP/2): the relay then needs no reader of its own, and a request is
+    /// read once.
     pub(super) fn checks_requests(&self) -> bool {
-        matches!(self.proto, SwapProto::H1 { .. })
+        matches!(self.proto, SwapProto::H1 { .. } | SwapProto::H2(_))
+    }
+
+    /// The HTTP/2 stream of the request being read or refused (0: none, or not HTTP/2).
+    pub(super) fn stream(&self) -> u32 {
+        match &self.proto {
+            SwapProto::H2(c) => c.stream(),
+            _ => 0,
+        }
     }
 
     /// The server's plaintext, rewritten.

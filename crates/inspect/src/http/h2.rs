@@ -10,7 +10,9 @@
 //! and every `:authority` and `host` in it must be the host the handshake named; a request
 //! (`:method`) must name one. Then the held frames pass. Any other frame passes at once.
 //! A header block interrupted by another frame, a PUSH_PROMISE from the client, CONNECT,
-//! and a block HPACK cannot decode are refused.
+//! and a block HPACK cannot decode are refused. Where a frame may come (`in_place`) and
+//! what a block must say (`BlockCheck`) are also the swap's request side's rules
+//! (`h2_swap.rs`), which reads instead of this reader on a connection that swaps secrets.
 //!
 //! [`Frames`] follows the server's frames in the other direction, so that a refusal can
 //! be answered at a frame boundary with a `403` of moat's ([`forbidden`]).
@@ -170,15 +172,9 @@ impl Requests {
         let len = u32::from_be_bytes([0, h[0], h[1], h[2]]);
         let (kind, flags) = (h[3], h[4]);
         let stream = u32::from_be_bytes([h[5], h[6], h[7], h[8]]) & 0x7fff_ffff;
-        let in_block = self.block_stream != 0;
-        if in_block && (kind != CONTINUATION || stream != self.block_stream) {
-            return Err(Refused::Malformed("an HTTP/2 header block interrupted"));
-        }
+        in_place(kind, stream, self.block_stream, true)?;
         match kind {
             HEADERS | CONTINUATION => {
-                if stream == 0 || (kind == CONTINUATION && !in_block) {
-                    return Err(Refused::Malformed("an HTTP/2 header frame out of place"));
-                }
                 self.block_stream = stream;
                 let start = self.held.len();
                 self.state = State::Hold {
@@ -191,7 +187,6 @@ impl Requests {
                     self.payload_held(kind, flags, start, out)?;
                 }
             }
-            PUSH_PROMISE => return Err(Refused::Malformed("a client does not push")),
             _ => {
                 out.extend_from_slice(&self.held);
                 self.held.clear();
@@ -256,28 +251,79 @@ impl Requests {
 
     /// Decodes the whole header block and checks its authority.
     fn check_block(&mut self) -> Result<(), Refused> {
-        let (mut authorities, mut method, mut not_text) = (Vec::new(), None, false);
+        let mut check = BlockCheck::default();
         self.decoder
-            .decode_with_cb(&self.block, |name, value| match &name[..] {
-                b":authority" | b"host" => match std::str::from_utf8(&value) {
-                    Ok(v) => authorities.push(v.to_owned()),
-                    Err(_) => not_text = true,
-                },
-                b":method" => method = Some(value.into_owned()),
-                _ => {}
-            })
-            .map_err(|_| Refused::Malformed("an HTTP/2 header block HPACK cannot decode"))?;
-        if not_text {
+            .decode_with_cb(&self.block, |name, value| check.field(&name, &value))
+            .map_err(|_| Refused::Malformed(UNDECODABLE))?;
+        check.verdict(&self.expect)
+    }
+}
+
+/// Why a header block HPACK cannot decode is refused.
+pub(super) const UNDECODABLE: &str = "an HTTP/2 header block HPACK cannot decode";
+
+/// Whether a frame of `kind` on `stream` may come here, `block_stream` being the stream
+/// whose header block is being assembled (0: none). A header block is never interrupted,
+/// not even by its own stream's other frames; HEADERS and CONTINUATION name a stream and
+/// a CONTINUATION continues a block; a client (`from_client`) does not push. The reader
+/// and the swap's sides follow frames by this one rule.
+pub(super) fn in_place(
+    kind: u8,
+    stream: u32,
+    block_stream: u32,
+    from_client: bool,
+) -> Result<(), Refused> {
+    let in_block = block_stream != 0;
+    if in_block && (kind != CONTINUATION || stream != block_stream) {
+        return Err(Refused::Malformed("an HTTP/2 header block interrupted"));
+    }
+    match kind {
+        HEADERS | CONTINUATION if stream == 0 || (kind == CONTINUATION && !in_block) => {
+            Err(Refused::Malformed("an HTTP/2 header frame out of place"))
+        }
+        PUSH_PROMISE if from_client => Err(Refused::Malformed("a client does not push")),
+        _ => Ok(()),
+    }
+}
+
+/// What a request's header block says of its host, gathered field by field as HPACK
+/// decodes them ([`BlockCheck::field`]) and then judged ([`BlockCheck::verdict`]): every
+/// `:authority` and `host` must name the host the handshake named, a request (`:method`)
+/// must name one, and CONNECT is refused. The reader and the swap's request side
+/// (`h2_swap.rs`) judge each block by it.
+#[derive(Debug, Default)]
+pub(super) struct BlockCheck {
+    authorities: Vec<String>,
+    method: Option<Vec<u8>>,
+    not_text: bool,
+}
+
+impl BlockCheck {
+    /// One decoded field.
+    pub(super) fn field(&mut self, name: &[u8], value: &[u8]) {
+        match name {
+            b":authority" | b"host" => match std::str::from_utf8(value) {
+                Ok(v) => self.authorities.push(v.to_owned()),
+                Err(_) => self.not_text = true,
+            },
+            b":method" => self.method = Some(value.to_vec()),
+            _ => {}
+        }
+    }
+
+    /// The block, whole, against `expect`.
+    pub(super) fn verdict(&self, expect: &Authority) -> Result<(), Refused> {
+        if self.not_text {
             return Err(Refused::Host("names a host that is not text"));
         }
-        if method.as_deref() == Some(b"CONNECT") {
+        if self.method.as_deref() == Some(b"CONNECT") {
             return Err(Refused::Connect);
         }
-        if method.is_some() && authorities.is_empty() {
+        if self.method.is_some() && self.authorities.is_empty() {
             return Err(Refused::Host("names no host (no :authority)"));
         }
-        for authority in &authorities {
-            self.expect.check(authority)?;
+        for authority in &self.authorities {
+            expect.check(authority)?;
         }
         Ok(())
     }

@@ -34,19 +34,25 @@
 //!   response with a body in a `content-encoding` other than identity is refused: redaction
 //!   reads only what is not compressed, and a value cut in ranges would match in no piece
 //!   (the reasons are `h1_swap.rs`'s).
+//! - **Requests checked** ([`Connection::checking`]): the sandbox's frames follow the
+//!   anti-fronting reader's rule and each block it decodes here passes its check (`h2.rs`),
+//!   so on a connection that swaps a block is decoded once; a refused request's frames
+//!   never go, and [`Connection::stream`] names it for moat's answer. A header block is
+//!   measured as the reader measures it (its frames whole, at most 256 KiB).
 //! - Every other frame passes as it comes. moat's own frames are put in between frames,
 //!   never inside one.
 
 use std::collections::HashMap;
 
-use super::Refused;
+use super::{Authority, Refused};
 use crate::secrets::swap::{Swap, SwapStream};
-use crate::secrets::{BodyScan, Scan, Scanner};
+use crate::secrets::{BodyScan, Scanner};
 
 use super::h2::{
     CONTINUATION, DATA, END_HEADERS, END_STREAM, FRAME_HEADER, HEADERS, MAX_TABLE, PADDED, PREFACE,
-    PRIORITY, PUSH_PROMISE, frame,
+    PRIORITY, PUSH_PROMISE, frame, in_place,
 };
+use super::h2_block::{Coding, Judge, reencode};
 
 /// The largest payload moat writes in one frame (every peer accepts 16 KiB).
 const MAX_FRAME: usize = 16 * 1024;
@@ -101,6 +107,14 @@ struct Direction {
     block: Vec<u8>,
     block_frame: Option<Frame>,
     promised: u32,
+    /// The stream whose header block is being read or was refused (0: none), and the
+    /// bytes of its frames before the one being read (headers and payloads: the reader's
+    /// measure of a block, `h2.rs`).
+    block_stream: u32,
+    block_raw: usize,
+    /// The authority every request must name (the sandbox's direction, when this side
+    /// checks requests as the anti-fronting reader does).
+    check: Option<Authority>,
     decoder: loona_hpack::Decoder<'static>,
     /// Each stream's DATA being rewritten.
     streams: HashMap<u32, SwapStream>,
@@ -149,6 +163,9 @@ impl Direction {
             block: Vec::new(),
             block_frame: None,
             promised: 0,
+            block_stream: 0,
+            block_raw: 0,
+            check: None,
             decoder,
             streams: HashMap::new(),
             scan: None,
@@ -317,6 +334,21 @@ impl Connection {
         self.up.stalled.len() + self.down.stalled.len()
     }
 
+    /// Every request must name `expect`, checked as the anti-fronting reader checks it
+    /// (`h2.rs`'s `in_place` and `BlockCheck`) on the block this side decodes anyway: a
+    /// connection that swaps reads each request once, and the request the check passed is
+    /// the request rewritten. A refused request's frames never pass; those before it do.
+    pub fn checking(mut self, expect: Authority) -> Connection {
+        self.up.check = Some(expect);
+        self
+    }
+
+    /// The stream of the sandbox's header block being read, or refused (0: none): where
+    /// moat's answer to a refused request goes.
+    pub fn stream(&self) -> u32 {
+        self.up.block_stream
+    }
+
     /// The sandbox's header blocks and DATA are scanned for what `template` looks for.
     pub fn scanning(mut self, template: Scanner) -> Connection {
         self.up.scan = (!template.is_idle()).then_some(template);
@@ -442,7 +474,12 @@ fn step<'a>(
         }
         State::Hold(left) => {
             let n = input.len().min(left as usize);
-            if this.payload.len() + this.block.len() + n > MAX_BLOCK {
+            // A header block is measured as the reader measures it: its frames whole.
+            let held = match this.frame.kind {
+                HEADERS | PUSH_PROMISE | CONTINUATION => this.block_raw + FRAME_HEADER,
+                _ => 0,
+            };
+            if held + this.payload.len() + n > MAX_BLOCK {
                 return Err(Refused::TooLarge);
             }
             this.payload.extend_from_slice(&input[..n]);
@@ -517,17 +554,12 @@ fn frame_header(
         stream: u32::from_be_bytes([h[5], h[6], h[7], h[8]]) & 0x7fff_ffff,
     };
     this.frame = f;
-    let in_block = this.block_frame.is_some();
-    if in_block && f.kind != CONTINUATION {
-        return Err(Refused::Malformed("an HTTP/2 header block interrupted"));
-    }
+    // As the reader follows frames (`h2.rs`), both ways.
+    in_place(f.kind, f.stream, this.block_stream, way == Way::Up)?;
     match f.kind {
         HEADERS | PUSH_PROMISE | CONTINUATION | WINDOW_UPDATE | SETTINGS => {
-            if f.kind == CONTINUATION && !in_block {
-                return Err(Refused::Malformed("an HTTP/2 header frame out of place"));
-            }
-            if f.kind == PUSH_PROMISE && way == Way::Up {
-                return Err(Refused::Malformed("a client does not push"));
+            if matches!(f.kind, HEADERS | PUSH_PROMISE) {
+                this.block_stream = f.stream;
             }
             this.payload.clear();
             this.state = State::Hold(f.len);
@@ -729,10 +761,12 @@ fn payload_held(
     if this.block_frame.is_none() {
         this.block_frame = Some(f);
     }
-    this.payload = payload;
     if f.flags & END_HEADERS == 0 {
+        this.block_raw += FRAME_HEADER + payload.len();
+        this.payload = payload;
         return Ok(());
     }
+    this.payload = payload;
     let Some(first) = this.block_frame.take() else {
         return Ok(());
     };
@@ -745,9 +779,20 @@ fn payload_held(
         Way::Down if first.flags & END_STREAM == 0 => Coding::Refuse,
         Way::Down => Coding::Any,
     };
-    let encoded = reencode(&mut this.decoder, swap, this.scan.as_ref(), guard, &block)?;
+    let encoded = reencode(
+        &mut this.decoder,
+        swap,
+        Judge {
+            scan: this.scan.as_ref(),
+            coding: guard,
+            check: this.check.as_ref(),
+        },
+        &block,
+    )?;
     this.block = block;
     this.block.clear();
+    this.block_stream = 0;
+    this.block_raw = 0;
     // Trailers come after the stream's DATA: what the DATA held goes first.
     if first.kind == HEADERS
         && let Some(mut stream) = this.streams.remove(&first.stream)
@@ -786,101 +831,6 @@ fn payload_held(
         this.debt.remove(&first.stream);
     }
     Ok(())
-}
-
-/// What a header block may say of content codings and ranges.
-#[derive(Debug, Clone, Copy, PartialEq, Eq)]
-enum Coding {
-    /// Anything (no value on this connection, or no body follows).
-    Any,
-    /// A request's: `accept-encoding: identity`, no range.
-    Ask,
-    /// A response's: no coding but identity.
-    Refuse,
-}
-
-/// Decodes a header block and encodes it again with every field swapped (see the module
-/// header), and what `coding` asks of it done.
-fn reencode(
-    decoder: &mut loona_hpack::Decoder<'static>,
-    swap: &mut Swap,
-    scan: Option<&Scanner>,
-    coding: Coding,
-    block: &[u8],
-) -> Result<Vec<u8>, Refused> {
-    let mut fields: Vec<(Vec<u8>, Vec<u8>)> = Vec::new();
-    decoder
-        .decode_with_cb(block, |name, value| {
-            fields.push((name.into_owned(), value.into_owned()));
-        })
-        .map_err(|_| Refused::Malformed("an HTTP/2 header block HPACK cannot decode"))?;
-    // Inside HPACK (often Huffman-coded) a placeholder is only seen decoded.
-    if let Some(template) = scan {
-        let mut text = Vec::new();
-        for (name, value) in &fields {
-            text.extend_from_slice(name);
-            text.extend_from_slice(b": ");
-            text.extend_from_slice(value);
-            text.push(b'\n');
-        }
-        if let Scan::Found(i) = template.clone().scan(&text) {
-            return Err(Refused::Secret(i));
-        }
-    }
-    if coding == Coding::Refuse
-        && let Some((_, coded)) = fields.iter().find(|(n, v)| {
-            n.as_slice() == b"content-encoding" && !v.trim_ascii().eq_ignore_ascii_case(b"identity")
-        })
-    {
-        return Err(Refused::Coded(String::from_utf8_lossy(coded).into_owned()));
-    }
-    let mut out = Vec::with_capacity(block.len() + 64);
-    let mut value = Vec::new();
-    // A request's head (not its trailers) asks for identity.
-    if coding == Coding::Ask && fields.iter().any(|(n, _)| n.as_slice() == b":method") {
-        fields.retain(|(n, _)| !super::h1_swap::asks_unreadable(n));
-        let at = fields
-            .iter()
-            .position(|(n, _)| !n.starts_with(b":"))
-            .unwrap_or(fields.len());
-        fields.insert(at, (b"accept-encoding".to_vec(), b"identity".to_vec()));
-    }
-    for (name, raw) in &fields {
-        // Swapping may change a body's length, which END_STREAM delimits anyway.
-        if !swap.is_empty() && name.as_slice() == b"content-length" {
-            continue;
-        }
-        value.clear();
-        let changed = swap.field(name, raw, &mut value);
-        // Literal field, new name: never indexed (0x10) when it carries a swapped value,
-        // else without indexing (0x00); neither touches a dynamic table.
-        out.push(if changed { 0x10 } else { 0x00 });
-        string(&mut out, name);
-        string(&mut out, &value);
-    }
-    Ok(out)
-}
-
-/// An HPACK string literal without Huffman coding (RFC 7541 §5.2).
-fn string(out: &mut Vec<u8>, s: &[u8]) {
-    integer(out, 0x00, 7, s.len());
-    out.extend_from_slice(s);
-}
-
-/// An HPACK integer with an `n`-bit prefix after `first`'s high bits (RFC 7541 §5.1).
-fn integer(out: &mut Vec<u8>, first: u8, n: u32, mut value: usize) {
-    let max = (1usize << n) - 1;
-    if value < max {
-        out.push(first | value as u8);
-        return;
-    }
-    out.push(first | max as u8);
-    value -= max;
-    while value >= 128 {
-        out.push((value % 128) as u8 | 0x80);
-        value /= 128;
-    }
-    out.push(value as u8);
 }
 
 /// `data` as DATA frames of at most [`MAX_FRAME`] on `stream`, `flags` on the last; nothing
@@ -2009,8 +1959,9 @@ mod tests {
 
     #[test]
     fn a_header_block_of_256_kib_is_held_and_a_byte_more_is_refused() {
-        // One field whose block is exactly `MAX_BLOCK` bytes (or one more), in a HEADERS
-        // frame and a CONTINUATION.
+        // One field whose block in a HEADERS frame and a CONTINUATION comes to exactly
+        // `MAX_BLOCK` bytes with the two frame headers (or one more), as the reader
+        // measures it.
         let block_of = |len: usize| {
             let mut value_len = len;
             loop {
@@ -2023,7 +1974,8 @@ mod tests {
                 }
             }
         };
-        for (len, refused) in [(MAX_BLOCK, false), (MAX_BLOCK + 1, true)] {
+        let len = MAX_BLOCK - 2 * FRAME_HEADER;
+        for (len, refused) in [(len, false), (len + 1, true)] {
             let block = block_of(len);
             let (a, b) = block.split_at(100_000);
             let mut input = PREFACE.to_vec();
@@ -2038,6 +1990,144 @@ mod tests {
                 assert_eq!(seen(&out).headers[&1][0][0].1.len(), len - 11);
             }
         }
+    }
+
+    /// A checking request side refuses what the anti-fronting reader (`h2.rs`) refuses, on
+    /// any request of the connection, names the same stream for moat's answer, and lets
+    /// the same requests reach the server: it can stand in for the reader.
+    #[test]
+    fn a_checking_side_refuses_what_the_reader_refuses() {
+        use crate::http::RequestReader;
+        use crate::http::h2::Requests;
+        use crate::http::testing::api;
+        let get = |authority: &'static [u8]| {
+            vec![
+                (&b":method"[..], &b"GET"[..]),
+                (b":scheme", b"https"),
+                (b":path", b"/"),
+                (b":authority", authority),
+            ]
+        };
+        let encode =
+            |fields: &[(&[u8], &[u8])]| loona_hpack::Encoder::new().encode(fields.iter().copied());
+        let one = |kind: u8, flags: u8, stream: u32, payload: &[u8]| {
+            let mut v = Vec::new();
+            frame(&mut v, kind, flags, stream, payload);
+            v
+        };
+        // A good request on stream 1, then what the case sends.
+        let with = |rest: &[u8]| {
+            let mut v = PREFACE.to_vec();
+            frame(&mut v, SETTINGS, 0, 0, &[0, 3, 0, 0, 0, 100]);
+            v.extend(one(
+                HEADERS,
+                END_HEADERS | END_STREAM,
+                1,
+                &encode(&get(b"api.example.test")),
+            ));
+            v.extend_from_slice(rest);
+            v
+        };
+        let request =
+            |fields: &[(&[u8], &[u8])]| one(HEADERS, END_HEADERS | END_STREAM, 3, &encode(fields));
+        let mut other_host = get(b"api.example.test");
+        other_host.push((b"host", b"evil.example.test"));
+        let mut two = get(b"api.example.test");
+        two.push((b":authority", b"evil.example.test"));
+        let mut connect = get(b"api.example.test");
+        connect[0].1 = b"CONNECT";
+        let good = encode(&get(b"api.example.test"));
+        let (a, b) = good.split_at(4);
+        // A request whose header block's frames, with their headers, come to `len` bytes
+        // (HEADERS and CONTINUATIONs of 16 KiB).
+        let big = |len: usize| {
+            let frames = |value_len: usize| {
+                let value = vec![b'v'; value_len];
+                let mut fields = get(b"api.example.test");
+                fields.push((b"x-big", &value));
+                let block = encode(&fields);
+                let pieces: Vec<&[u8]> = block.chunks(16_384).collect();
+                let mut v = Vec::new();
+                for (i, piece) in pieces.iter().enumerate() {
+                    let kind = if i == 0 { HEADERS } else { CONTINUATION };
+                    let last = if i + 1 == pieces.len() {
+                        END_HEADERS
+                    } else {
+                        0
+                    };
+                    frame(&mut v, kind, last, 3, piece);
+                }
+                v
+            };
+            let mut value_len = len - 200;
+            loop {
+                let v = frames(value_len);
+                match v.len().cmp(&len) {
+                    std::cmp::Ordering::Equal => return v,
+                    std::cmp::Ordering::Less => value_len += len - v.len(),
+                    std::cmp::Ordering::Greater => value_len -= v.len() - len,
+                }
+            }
+        };
+        let cases: Vec<(&str, Vec<u8>)> = vec![
+            ("another authority", request(&get(b"evil.example.test"))),
+            ("another host field", request(&other_host)),
+            ("two authorities", request(&two)),
+            ("no authority", request(&get(b"api.example.test")[..3])),
+            ("CONNECT", request(&connect)),
+            ("not text", request(&get(b"api.example.test\xff"))),
+            (
+                "undecodable",
+                one(HEADERS, END_HEADERS, 3, &[0xff, 0xff, 0xff, 0xff]),
+            ),
+            ("stream 0", one(HEADERS, END_HEADERS, 0, &good)),
+            (
+                "interrupted",
+                [one(HEADERS, 0, 3, a), one(DATA, 0, 3, b"x")].concat(),
+            ),
+            (
+                "continued on another stream",
+                [one(HEADERS, 0, 3, a), one(CONTINUATION, END_HEADERS, 5, b)].concat(),
+            ),
+            (
+                "continuation alone",
+                one(CONTINUATION, END_HEADERS, 3, &good),
+            ),
+            ("a block over 256 KiB", big(MAX_BLOCK + 1)),
+            (
+                "a client's push",
+                one(PUSH_PROMISE, END_HEADERS, 1, &[0, 0, 0, 2]),
+            ),
+            // The controls.
+            ("same host", request(&get(b"API.example.test:443"))),
+            ("a block of 256 KiB", big(MAX_BLOCK)),
+            (
+                "continued",
+                [one(HEADERS, 0, 3, a), one(CONTINUATION, END_HEADERS, 3, b)].concat(),
+            ),
+        ];
+        for (what, rest) in cases {
+            let input = with(&rest);
+            let mut reader = Requests::new(api());
+            let mut passed = Vec::new();
+            let read = reader.push(&input, &mut passed);
+            let mut side = Connection::new().checking(api());
+            let mut swapped = Vec::new();
+            let got = side.up(&mut Swap::none(), &input, &mut swapped);
+            assert_eq!(got, read, "{what}");
+            assert_eq!(side.stream(), reader.stream(), "{what}");
+            // The server reads the same requests (moat encodes each block again).
+            assert_eq!(seen(&swapped), seen(&passed), "{what}");
+            assert!(!seen(&swapped).headers.is_empty(), "{what}");
+        }
+        // Without the check, another host's request is the swap's to rewrite.
+        let fronted = with(&request(&get(b"evil.example.test")));
+        let mut out = Vec::new();
+        assert_eq!(
+            Connection::new().up(&mut Swap::none(), &fronted, &mut out),
+            Ok(())
+        );
+        assert_eq!(seen(&out).headers.len(), 2);
     }
 
     proptest! {

@@ -5,6 +5,11 @@
 //! Both readers take the sandbox's plaintext in whatever pieces it arrives and pass on
 //! what may go to the server; a request for a host other than the one the TLS handshake
 //! named (domain fronting) stops the connection with a [`Refused`].
+//!
+//! On a connection that swaps secrets the swap's request side (`h1_swap.rs`; `h2_swap.rs`
+//! with `h2_block.rs`) reads instead, by the readers' own rules (`h1::check_request` and
+//! framing; `h2::in_place` and `h2::BlockCheck`): a request is read once, and the request
+//! the check passed is the request rewritten.
 
 use std::net::IpAddr;
 
@@ -13,6 +18,7 @@ use moat_policy::{DomainName, canonical_addr};
 pub mod h1;
 pub mod h1_swap;
 pub mod h2;
+mod h2_block;
 pub mod h2_swap;
 pub mod refusal;
 
