@@ -60,10 +60,12 @@ pub const HOST_ADDR: &str = "172.31.0.1";
 static COUNTER: AtomicUsize = AtomicUsize::new(0);
 
 mod events;
+mod guest;
 mod process;
 mod users;
 
 pub use events::{rules_of, times, validate_event};
+pub use guest::Guest;
 pub use process::{Background, Running, peak_rss_kib, rss_kib, run_with_timeout, stderr, stdout};
 pub use users::{As, Scratch, TEST_USER, ensure_test_user, test_uid};
 

@@ -39,6 +39,18 @@ impl Background {
         self.child.id()
     }
 
+    /// Whether the process ends by itself within `limit`.
+    pub fn exits_within(&mut self, limit: Duration) -> bool {
+        let deadline = Instant::now() + limit;
+        while Instant::now() < deadline {
+            if matches!(self.child.try_wait(), Ok(Some(_))) {
+                return true;
+            }
+            std::thread::sleep(Duration::from_millis(20));
+        }
+        false
+    }
+
     /// Ends the process and returns what it printed.
     pub fn finish(mut self) -> Output {
         let status = end(&mut self.child).unwrap();

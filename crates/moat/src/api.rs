@@ -68,6 +68,9 @@ pub enum Error {
     /// started, or was stopped.
     #[error("{0}")]
     AuditFailed(String),
+    /// A network namespace cannot be served ([`SandboxBuilder::attach`]).
+    #[error(transparent)]
+    Attach(#[from] moat_sandbox::netns::AttachError),
     /// An I/O operation on moat's side failed.
     #[error("{what}: {source}")]
     Io {

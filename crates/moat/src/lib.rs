@@ -21,6 +21,7 @@
 #![forbid(unsafe_code)]
 
 mod api;
+mod attach;
 mod builder;
 mod cli;
 mod demo;
@@ -42,6 +43,7 @@ pub use api::{
     AuditSink, Child, DenyMode, Error, ExitStatus, Fs, NetworkBuilder, Output, Sandbox,
     SandboxBuilder, init,
 };
+pub use attach::{Attached, Netns};
 pub use moat_policy::{
     Action, CompiledPolicy, DecidedBy, Decision, Destination, DestinationGroup, Direction,
     DomainName, DomainSuffix, Flow, IpNetwork, NetworkPolicy, PolicyError, PolicyFileError,

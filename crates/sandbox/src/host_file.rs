@@ -277,23 +277,46 @@ impl HostFile {
                 | OFlag::O_CLOEXEC,
             Mode::from_bits_truncate(mode),
         )
-        .map_err(|e| match e {
-            Errno::ELOOP => HostFileError::NotRegular {
-                path: self.path(),
-                what: "a symbolic link",
-            },
-            // A FIFO with no reader, swapped in after the check above.
-            Errno::ENXIO => HostFileError::NotRegular {
-                path: self.path(),
-                what: "a FIFO",
-            },
-            e => self.io("open for appending", e.into()),
-        })?;
+        .map_err(|e| self.open_error("open for appending", e))?;
         let file = self.regular(fd)?;
         // Back to blocking writes: O_NONBLOCK only kept a FIFO from blocking the open.
         nix::fcntl::fcntl(&file, nix::fcntl::FcntlArg::F_SETFL(OFlag::O_APPEND))
             .map_err(|e| self.io("open for appending", e.into()))?;
         Ok(file)
+    }
+
+    /// Why opening the name with `O_NOFOLLOW | O_NONBLOCK` failed: a link (`ELOOP`), a FIFO
+    /// with no reader (`ENXIO`, swapped in after a check), or the OS's reason.
+    fn open_error(&self, op: &'static str, e: Errno) -> HostFileError {
+        match e {
+            Errno::ELOOP => HostFileError::NotRegular {
+                path: self.path(),
+                what: "a symbolic link",
+            },
+            Errno::ENXIO => HostFileError::NotRegular {
+                path: self.path(),
+                what: "a FIFO",
+            },
+            e => self.io(op, e.into()),
+        }
+    }
+
+    /// Writes `contents` over an existing regular file, in place (the same inode: a file
+    /// bind-mounted elsewhere, such as a container's resolv.conf, shows the new contents
+    /// there). Refused when the name is a link or anything but a regular file.
+    pub fn overwrite(&self, contents: &[u8]) -> Result<(), HostFileError> {
+        self.check_unchanged()?;
+        let fd = nix::fcntl::openat(
+            &self.dir,
+            self.name.as_os_str(),
+            OFlag::O_WRONLY | OFlag::O_NOFOLLOW | OFlag::O_NONBLOCK | OFlag::O_CLOEXEC,
+            Mode::empty(),
+        )
+        .map_err(|e| self.open_error("open for writing", e))?;
+        let file = self.regular(fd)?;
+        file.set_len(0)
+            .and_then(|()| (&file).write_all(contents))
+            .map_err(|e| self.io("write", e))
     }
 
     /// Writes `contents` as the whole file (mode `mode`, less the umask), replacing what
@@ -581,6 +604,38 @@ mod tests {
             "one\ntwo\n"
         );
         assert_eq!(std::fs::read_to_string(&victim).unwrap(), "host file\n");
+    }
+
+    #[test]
+    fn overwrite_writes_in_place_and_refuses_links_and_missing_files() {
+        let s = Scratch::new("overwrite");
+        let conf = s.0.join("resolv.conf");
+        std::fs::write(&conf, "nameserver 192.0.2.53\nsearch a.long.example.test\n").unwrap();
+        let inode = std::fs::metadata(&conf).unwrap().ino();
+        HostFile::open(&conf)
+            .unwrap()
+            .overwrite(b"nameserver 10.0.2.2\n")
+            .unwrap();
+        // The same file (a bind mount of it shows the change), shorter contents whole.
+        assert_eq!(std::fs::metadata(&conf).unwrap().ino(), inode);
+        assert_eq!(
+            std::fs::read_to_string(&conf).unwrap(),
+            "nameserver 10.0.2.2\n"
+        );
+        let victim = s.0.join("victim");
+        std::fs::write(&victim, "host file").unwrap();
+        symlink(&victim, s.0.join("link")).unwrap();
+        let err = HostFile::open(&s.0.join("link"))
+            .unwrap()
+            .overwrite(b"x")
+            .unwrap_err();
+        assert!(err.to_string().contains("symbolic link"), "{err}");
+        assert_eq!(std::fs::read_to_string(&victim).unwrap(), "host file");
+        let missing = HostFile::open(&s.0.join("missing"))
+            .unwrap()
+            .overwrite(b"x");
+        assert!(missing.is_err());
+        assert!(!s.0.join("missing").exists());
     }
 
     #[test]

@@ -11,11 +11,13 @@
 
 mod host_file;
 mod limits;
+pub mod netns;
 mod proto;
 mod seccomp;
 mod state;
 mod supervisor;
 mod sys;
+mod tap;
 
 use std::collections::VecDeque;
 use std::ffi::OsString;

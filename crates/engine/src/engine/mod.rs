@@ -120,6 +120,12 @@ impl EngineHandle {
             None => Ok(Counters::default()),
         }
     }
+
+    /// Whether the engine has stopped on its own (its device gone, or an error): what
+    /// [`EngineHandle::stop`] returns then says why.
+    pub fn finished(&self) -> bool {
+        self.thread.as_ref().is_none_or(|t| t.is_finished())
+    }
 }
 
 impl Drop for EngineHandle {

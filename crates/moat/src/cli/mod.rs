@@ -3,8 +3,10 @@
 //! `demo.rs`. None of this is part of the library's API: the binary calls
 //! [`crate::command_line`].
 
+mod attach;
 mod hints;
 mod learn;
+mod netns;
 pub(crate) mod run;
 mod wait;
 
@@ -31,6 +33,13 @@ struct Cli {
 enum Command {
     /// Run a command in a sandbox whose network goes only through moat's policy.
     Run(Box<RunArgs>),
+    /// Serve a network namespace someone else made (a container's): moat's interface goes
+    /// in as eth0, and its traffic is judged by the policy as in `moat run`, until the
+    /// namespace's last process is gone; then the summary.
+    Attach(Box<AttachArgs>),
+    /// Named network namespaces (/run/netns/NAME) served by moat, for containers to join.
+    #[command(subcommand)]
+    Netns(NetnsCommand),
     /// A self-contained tour: sandboxes under several policies on a throwaway local world.
     Demo,
     /// Run the boundary probes on this host: a line per probe (held, LEAK or skipped) and what
@@ -77,6 +86,49 @@ enum CaCommand {
     after_help = "DEST = IP | CIDR | DOMAIN | *.SUFFIX | any | group:private|loopback|link-local|metadata|multicast,\n       optional :PORT or :START-END, optional /tcp /udp /icmp\n\nThe sandbox sees /usr, /bin, /sbin, /lib*, /etc (secrets masked) and /opt read-only, a fresh\nHOME (/root), /tmp and /run, the work directory, and what --ro/--rw grant; nothing else of the host.\n\nThe exit status is the command's (128+N when signal N killed it); 125 when moat itself failed,\n126 when the command cannot be executed, 127 when it is not found, 122 when a limit ended the run,\n123 when a secret's placeholder headed elsewhere under --on-secret-violation block-and-terminate,\n121 when the audit log could not be written under --audit-required (moat stopped the sandbox)."
 )]
 struct RunArgs {
+    #[command(flatten)]
+    net: NetArgs,
+    /// Learn mode: run under the policy as usual (public-only unless given), then write FILE,
+    /// a deny-by-default policy with the fewest rules that allow what the run used. An
+    /// existing FILE is extended (what it holds is kept, comments too); a run whose command
+    /// did not start leaves it as it was.
+    #[arg(long, value_name = "FILE", conflicts_with = "learn_fresh")]
+    learn: Option<PathBuf>,
+    /// Learn mode, starting over: FILE is replaced by what this run used alone.
+    #[arg(long, value_name = "FILE")]
+    learn_fresh: Option<PathBuf>,
+    /// Host directory to mount writable at the same path, and start in.
+    #[arg(short = 'w', long, value_name = "DIR")]
+    workdir: Option<std::path::PathBuf>,
+    /// Set an environment variable inside the sandbox (K alone: the caller's value).
+    #[arg(short = 'e', long = "env", value_name = "K=V")]
+    env: Vec<String>,
+    /// Make a host path visible inside, read-only, at the same path; repeatable.
+    #[arg(long, value_name = "PATH")]
+    ro: Vec<PathBuf>,
+    /// Make a host path visible and writable inside, at the same path; repeatable.
+    #[arg(long, value_name = "PATH")]
+    rw: Vec<PathBuf>,
+    /// Pass moat's descriptors 3 to 2+N on to the command (all others are closed).
+    #[arg(long, value_name = "N", default_value_t = 0)]
+    preserve_fds: usize,
+    /// Memory for everything in the sandbox, e.g. 512m or 2g (the kernel kills what goes over).
+    #[arg(long, value_name = "SIZE")]
+    memory: Option<String>,
+    /// At most N processes and threads in the sandbox (default 4096).
+    #[arg(long, value_name = "N")]
+    pids_limit: Option<u64>,
+    /// CPUs' worth of time, e.g. 0.5 or 2.
+    #[arg(long, value_name = "F")]
+    cpus: Option<f64>,
+    /// The command and its arguments (after `--`, or simply after moat's own options).
+    #[arg(required = true, trailing_var_arg = true, value_name = "COMMAND")]
+    command: Vec<OsString>,
+}
+
+/// The network options of `moat run`, which `moat attach` and `moat netns create` take too.
+#[derive(Args)]
+struct NetArgs {
     /// public-only (default), allow-all, none, or a TOML/JSON policy file.
     #[arg(long, value_name = "POLICY")]
     policy: Option<String>,
@@ -143,39 +195,6 @@ struct RunArgs {
     /// denial on a terminal).
     #[arg(long)]
     quiet: bool,
-    /// Learn mode: run under the policy as usual (public-only unless given), then write FILE,
-    /// a deny-by-default policy with the fewest rules that allow what the run used. An
-    /// existing FILE is extended (what it holds is kept, comments too); a run whose command
-    /// did not start leaves it as it was.
-    #[arg(long, value_name = "FILE", conflicts_with = "learn_fresh")]
-    learn: Option<PathBuf>,
-    /// Learn mode, starting over: FILE is replaced by what this run used alone.
-    #[arg(long, value_name = "FILE")]
-    learn_fresh: Option<PathBuf>,
-    /// Host directory to mount writable at the same path, and start in.
-    #[arg(short = 'w', long, value_name = "DIR")]
-    workdir: Option<std::path::PathBuf>,
-    /// Set an environment variable inside the sandbox (K alone: the caller's value).
-    #[arg(short = 'e', long = "env", value_name = "K=V")]
-    env: Vec<String>,
-    /// Make a host path visible inside, read-only, at the same path; repeatable.
-    #[arg(long, value_name = "PATH")]
-    ro: Vec<PathBuf>,
-    /// Make a host path visible and writable inside, at the same path; repeatable.
-    #[arg(long, value_name = "PATH")]
-    rw: Vec<PathBuf>,
-    /// Pass moat's descriptors 3 to 2+N on to the command (all others are closed).
-    #[arg(long, value_name = "N", default_value_t = 0)]
-    preserve_fds: usize,
-    /// Memory for everything in the sandbox, e.g. 512m or 2g (the kernel kills what goes over).
-    #[arg(long, value_name = "SIZE")]
-    memory: Option<String>,
-    /// At most N processes and threads in the sandbox (default 4096).
-    #[arg(long, value_name = "N")]
-    pids_limit: Option<u64>,
-    /// CPUs' worth of time, e.g. 0.5 or 2.
-    #[arg(long, value_name = "F")]
-    cpus: Option<f64>,
     /// Intercept TLS on the intercepted ports (443 unless --tls-port): the sandbox trusts a
     /// CA of moat's; moat verifies the servers.
     #[arg(long)]
@@ -213,12 +232,69 @@ struct RunArgs {
     /// block-and-terminate (and stop the sandbox; exit status 123).
     #[arg(long, value_name = "ACTION")]
     on_secret_violation: Option<String>,
-    /// The sandbox's name (also its host name).
-    #[arg(long, default_value = "moat", value_name = "NAME")]
-    name: String,
-    /// The command and its arguments (after `--`, or simply after moat's own options).
-    #[arg(required = true, trailing_var_arg = true, value_name = "COMMAND")]
-    command: Vec<OsString>,
+    /// The sandbox's name (also its host name; `moat attach`: the name in the audit log).
+    #[arg(long, value_name = "NAME")]
+    name: Option<String>,
+}
+
+#[derive(Args)]
+#[command(
+    group(clap::ArgGroup::new("target").required(true).args(["netns", "pid"])),
+    after_help = "With Podman: `podman run --network none ...`, then
+  moat attach --pid \"$(podman inspect -f '{{.State.Pid}}' C)\" --resolv-conf \"$(podman inspect -f '{{.ResolvConfPath}}' C)\" [options]
+or run containers in a namespace of `moat netns create NAME` (--network ns:/run/netns/NAME).
+The exit status is 0, 123 when a secret violation under block-and-terminate stopped it, 121 when the
+audit log could not be written under --audit-required, 125 when moat could not serve the namespace."
+)]
+struct AttachArgs {
+    /// The network namespace to serve: /run/netns/NAME, /proc/PID/ns/net, ...
+    #[arg(long, value_name = "PATH")]
+    netns: Option<PathBuf>,
+    /// Serve the network namespace process PID runs in.
+    #[arg(long, value_name = "PID")]
+    pid: Option<u32>,
+    /// Take over the namespace's eth0 (taken down and renamed eth0-pre-moat) instead of
+    /// refusing a namespace that has one.
+    #[arg(long)]
+    replace: bool,
+    /// Stay until signalled, even when no process is left in the namespace.
+    #[arg(long)]
+    keep: bool,
+    /// Write a resolv.conf that sends lookups to moat over FILE, in place (a container's:
+    /// podman inspect -f '{{.ResolvConfPath}}' C).
+    #[arg(long, value_name = "FILE")]
+    resolv_conf: Option<PathBuf>,
+    /// Write the interception CA's certificate (PEM) to FILE, for the namespace's programs
+    /// to trust (mount it into the container).
+    #[arg(long, value_name = "FILE", requires = "tls_intercept")]
+    ca_out: Option<PathBuf>,
+    /// Write each secret's NAME=PLACEHOLDER to FILE (mode 0600), for `podman run
+    /// --env-file FILE`.
+    #[arg(long, value_name = "FILE")]
+    env_out: Option<PathBuf>,
+    /// Write moat's process id to FILE once the namespace is served.
+    #[arg(long, value_name = "FILE")]
+    ready_file: Option<PathBuf>,
+    #[command(flatten)]
+    net: NetArgs,
+}
+
+#[derive(Subcommand)]
+enum NetnsCommand {
+    /// Make /run/netns/NAME and serve it with moat in the background (its output in
+    /// /run/moat/netns/NAME.log); prints the namespace's path.
+    Create {
+        /// The namespace's name: letters, digits, '-', '_' and '.'.
+        #[arg(value_name = "NAME")]
+        namespace: String,
+        #[command(flatten)]
+        net: Box<NetArgs>,
+    },
+    /// Stop the moat serving NAME (printing its summary) and remove the namespace.
+    Rm {
+        /// The namespace's name.
+        name: String,
+    },
 }
 
 #[derive(Subcommand)]
@@ -286,6 +362,51 @@ pub(crate) fn main() -> ExitCode {
                 }
             };
         }
+        Command::Attach(args) => {
+            let sub = matches.subcommand_matches("attach");
+            let args = *args;
+            let name = args
+                .netns
+                .as_deref()
+                .and_then(|p| p.file_name())
+                .and_then(|n| n.to_str())
+                .filter(|n| moat_sandbox::valid_name(n))
+                .map(str::to_owned)
+                .or_else(|| args.pid.map(|p| format!("pid-{p}")))
+                .unwrap_or_else(|| "moat".to_owned());
+            let opts = net_options(args.net, sub, &name);
+            let netns = match (args.netns, args.pid) {
+                (Some(path), _) => Some(crate::Netns::at(path)),
+                (None, Some(pid)) => Some(crate::Netns::of_pid(pid)),
+                (None, None) => None,
+            }
+            .map(|n| n.replace(args.replace));
+            let a = attach::AttachOptions {
+                netns,
+                keep: args.keep,
+                resolv_conf: args.resolv_conf,
+                ca_out: args.ca_out,
+                env_out: args.env_out,
+                ready_file: args.ready_file,
+            };
+            return exit_of(attach::attach(opts, a));
+        }
+        Command::Netns(NetnsCommand::Create {
+            namespace: name,
+            net,
+        }) => {
+            let sub = matches
+                .subcommand_matches("netns")
+                .and_then(|m| m.subcommand_matches("create"));
+            let default = if moat_sandbox::valid_name(&name) {
+                name.as_str()
+            } else {
+                "moat"
+            };
+            let opts = net_options(*net, sub, default);
+            return exit_of(netns::create(&name, opts));
+        }
+        Command::Netns(NetnsCommand::Rm { name }) => return exit_of(netns::rm(&name)),
         Command::Demo => {
             return match crate::demo::demo() {
                 Ok(code) => ExitCode::from(code.clamp(0, 255) as u8),
@@ -309,6 +430,17 @@ pub(crate) fn main() -> ExitCode {
         Err(e) => {
             eprintln!("moat: {}", describe(&e));
             ExitCode::FAILURE
+        }
+    }
+}
+
+/// A command's exit status, or moat's own failure (125) said on stderr.
+fn exit_of(result: anyhow::Result<i32>) -> ExitCode {
+    match result {
+        Ok(code) => ExitCode::from(code.clamp(0, 255) as u8),
+        Err(e) => {
+            eprintln!("moat: {}", describe(&e));
+            ExitCode::from(run::SETUP_FAILED as u8)
         }
     }
 }
@@ -361,8 +493,26 @@ fn audit(file: &Path, json: bool) -> anyhow::Result<()> {
     Ok(())
 }
 
-/// `--allow` and `--deny` merged in the order they were given.
+/// `moat run`'s options: the network's, then the sandbox's.
 fn run_options(args: RunArgs, matches: Option<&clap::ArgMatches>) -> run::RunOptions {
+    let mut opts = net_options(args.net, matches, "moat");
+    opts.workdir = args.workdir;
+    opts.env = args.env;
+    opts.ro = args.ro;
+    opts.rw = args.rw;
+    opts.preserve_fds = args.preserve_fds;
+    opts.memory = args.memory;
+    opts.pids_limit = args.pids_limit;
+    opts.cpus = args.cpus;
+    opts.learn_fresh = args.learn_fresh.is_some();
+    opts.learn = args.learn.or(args.learn_fresh);
+    opts.command = args.command;
+    opts
+}
+
+/// The network options, with `--allow` and `--deny` merged in the order they were given
+/// (`matches`: the subcommand's) and `name` when `--name` is not given.
+fn net_options(args: NetArgs, matches: Option<&clap::ArgMatches>, name: &str) -> run::RunOptions {
     let mut rules: Vec<(usize, bool, String)> = Vec::new();
     for (id, allow, values) in [("allow", true, &args.allow), ("deny", false, &args.deny)] {
         let indices: Vec<usize> = matches
@@ -395,14 +545,6 @@ fn run_options(args: RunArgs, matches: Option<&clap::ArgMatches>) -> run::RunOpt
         audit: args.audit,
         audit_max_size: args.audit_max_size,
         audit_required: args.audit_required,
-        workdir: args.workdir,
-        env: args.env,
-        ro: args.ro,
-        rw: args.rw,
-        preserve_fds: args.preserve_fds,
-        memory: args.memory,
-        pids_limit: args.pids_limit,
-        cpus: args.cpus,
         tls: args.tls_intercept.then_some(run::TlsOptions {
             bypass: args.tls_bypass,
             ports: args.tls_port,
@@ -415,11 +557,9 @@ fn run_options(args: RunArgs, matches: Option<&clap::ArgMatches>) -> run::RunOpt
         secrets: args.secret,
         secrets_plain_http: args.secret_plain_http,
         quiet: args.quiet,
-        learn_fresh: args.learn_fresh.is_some(),
-        learn: args.learn.or(args.learn_fresh),
         on_secret_violation: args.on_secret_violation,
-        name: args.name,
-        command: args.command,
+        name: args.name.unwrap_or_else(|| name.to_owned()),
+        ..run::RunOptions::default()
     }
 }
 
@@ -603,6 +743,13 @@ mod tests {
             Command::Run(run) => run.command,
             _ => panic!("not run"),
         }
+    }
+
+    /// Every subcommand's arguments are well formed (clap's own checks: unique names,
+    /// groups naming arguments that exist).
+    #[test]
+    fn the_command_line_is_well_formed() {
+        Cli::command().debug_assert();
     }
 
     #[test]

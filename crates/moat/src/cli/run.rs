@@ -664,7 +664,7 @@ pub(crate) fn run(opts: RunOptions) -> anyhow::Result<i32> {
 /// The end of a run: the summary on stderr (unless `--quiet`), what the audit log could
 /// not hold (always), the learned policy (`--learn FILE`). Returns the exit status: under
 /// `--audit-required`, a log with a hole in it (the `end` event lost too) is a failure.
-fn finish(
+pub(super) fn finish(
     opts: &RunOptions,
     learn: Option<&Learn>,
     audit: &moat_engine::AuditLog,

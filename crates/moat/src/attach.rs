@@ -1,0 +1,226 @@
+//! Serving a network namespace someone else made: [`SandboxBuilder::attach`] (`moat
+//! attach`, `moat netns create`). The settings are a sandbox's, assembled the same way
+//! (`builder.rs`); only the network ones apply — policy, DNS, TLS, secrets, published
+//! ports, limits on connections and buffers, the audit log and its summary — and instead
+//! of a sandbox of moat's own, moat's TAP goes into the namespace given
+//! (`moat_sandbox::netns`), while the engine runs here.
+//!
+//! What runs in that namespace was started by someone else (a container runtime), so moat
+//! cannot give it the environment a sandbox gets: [`Attached::placeholders`] and
+//! [`Attached::ca_pem`] say what its programs need (the secrets' placeholders, the
+//! interception CA to trust), and [`Attached::resolv_conf`] the resolver line.
+
+use std::ffi::OsString;
+use std::path::{Path, PathBuf};
+
+use moat_engine::{AuditLog, EngineHandle, TapDevice, Terminate};
+use moat_sandbox::NetSpec;
+use moat_sandbox::netns::{self, NsId, Takeover, Watch};
+
+use crate::api::{Error, SandboxBuilder, io_err};
+
+/// A network namespace to serve.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct Netns {
+    path: PathBuf,
+    takeover: Takeover,
+}
+
+impl Netns {
+    /// The namespace at `path` (`/run/netns/NAME`, `/proc/PID/ns/net`).
+    pub fn at(path: impl Into<PathBuf>) -> Netns {
+        Netns {
+            path: path.into(),
+            takeover: Takeover::Refuse,
+        }
+    }
+
+    /// The namespace process `pid` runs in.
+    pub fn of_pid(pid: u32) -> Netns {
+        Netns::at(format!("/proc/{pid}/ns/net"))
+    }
+
+    /// Take the namespace's `eth0` over (down, renamed) instead of refusing a namespace
+    /// that has one.
+    pub fn replace(mut self, replace: bool) -> Netns {
+        self.takeover = if replace {
+            Takeover::Replace
+        } else {
+            Takeover::Refuse
+        };
+        self
+    }
+
+    /// The namespace's path.
+    pub fn path(&self) -> &Path {
+        &self.path
+    }
+}
+
+/// A namespace moat serves: its engine runs until [`Attached::stop`].
+pub struct Attached {
+    engine: Option<EngineHandle>,
+    audit: AuditLog,
+    watch: Watch,
+    terminate: Terminate,
+    placeholders: Vec<(OsString, OsString)>,
+    ca_pem: Option<String>,
+    resolv_conf: String,
+    replaced: Option<String>,
+    spec: NetSpec,
+}
+
+impl std::fmt::Debug for Attached {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.debug_struct("Attached")
+            .field("watch", &self.watch)
+            .field("replaced", &self.replaced)
+            .finish_non_exhaustive()
+    }
+}
+
+impl SandboxBuilder {
+    /// Serves the network namespace `netns` with this builder's network settings instead
+    /// of making a sandbox: moat's TAP goes into it as `eth0` (addresses, routes, MTU; the
+    /// gateway answers DNS), and the engine runs in this process's namespace, so its
+    /// sockets leave from here. The file system, limit and command settings do not apply.
+    ///
+    /// Refused, with the reason, when `netns` is not a network namespace, is this
+    /// process's own, cannot be entered, or already has a default route or an `eth0`
+    /// (unless [`Netns::replace`]).
+    pub fn attach(self, netns: Netns) -> Result<Attached, Error> {
+        let assembly = self.assemble()?;
+        let Some(spec) = assembly.sandbox.network.clone() else {
+            return Err(Error::Io {
+                what: "attach to a network namespace",
+                source: std::io::Error::new(
+                    std::io::ErrorKind::InvalidInput,
+                    "this policy allows nothing, so there is no interface to serve a namespace with (--policy none); give a policy that allows something",
+                ),
+            });
+        };
+        let attached = netns::attach(&netns.path, &spec, netns.takeover)?;
+        let placeholders = assembly
+            .env
+            .iter()
+            .filter(|(k, _)| assembly.engine.secrets.iter().any(|s| k == s.name()))
+            .cloned()
+            .collect();
+        let ca_pem = assembly
+            .engine
+            .tls
+            .as_ref()
+            .map(|t| t.ca.cert_pem().to_owned());
+        let resolv_conf = assembly.sandbox.resolv_conf.clone().unwrap_or_default();
+        let terminate = assembly.engine.terminate.clone();
+        assembly.audit.event(
+            "start",
+            "allow",
+            "-",
+            "the namespace is served",
+            vec![
+                (
+                    "version",
+                    serde_json::Value::from(env!("CARGO_PKG_VERSION")),
+                ),
+                ("network", serde_json::Value::from("moat")),
+            ],
+        );
+        let device = TapDevice::with_offloads(attached.tap).map_err(io_err("use the TAP"))?;
+        moat_sandbox::memory::large_allocations_from_fresh_pages();
+        let engine = moat_engine::spawn(Box::new(device), assembly.engine)
+            .map_err(io_err("start the engine"))?;
+        Ok(Attached {
+            engine: Some(engine),
+            audit: assembly.audit,
+            watch: Watch::new(attached.ns, &netns.path),
+            terminate,
+            placeholders,
+            ca_pem,
+            resolv_conf,
+            replaced: attached.replaced,
+            spec,
+        })
+    }
+}
+
+impl Attached {
+    /// How many processes are in the namespace now (see `moat_sandbox::netns::Watch`).
+    pub fn occupied(&mut self) -> usize {
+        self.watch.occupied()
+    }
+
+    /// Whether the namespace's path still names it (its runtime has not removed it).
+    pub fn named(&self) -> bool {
+        self.watch.named()
+    }
+
+    /// The interface moat made in the namespace: its name, addresses and gateway.
+    pub fn interface(&self) -> &NetSpec {
+        &self.spec
+    }
+
+    /// Why serving must end because the namespace's own traffic asked for it, once it has:
+    /// a secret violation under `BlockAndTerminate`, or an audit log that cannot be written
+    /// under `audit_required`.
+    pub fn terminated(&self) -> Option<String> {
+        self.terminate.requested()
+    }
+
+    /// Why serving must end, once it must: a secret violation under `BlockAndTerminate`
+    /// or an audit log that cannot be written under `audit_required` asked to stop, or the
+    /// engine stopped on its own (its interface failed).
+    pub fn must_stop(&self) -> Option<String> {
+        if let Some(why) = self.terminate.requested() {
+            return Some(why);
+        }
+        self.engine
+            .as_ref()
+            .is_none_or(EngineHandle::finished)
+            .then(|| "moat's interface in the namespace failed".to_owned())
+    }
+
+    /// Each secret's variable and placeholder: what the namespace's programs must hold
+    /// (e.g. `podman run -e NAME=PLACEHOLDER`).
+    pub fn placeholders(&self) -> &[(OsString, OsString)] {
+        &self.placeholders
+    }
+
+    /// The interception CA's certificate (PEM), which the namespace's programs must trust,
+    /// when TLS is intercepted.
+    pub fn ca_pem(&self) -> Option<&str> {
+        self.ca_pem.as_deref()
+    }
+
+    /// The resolv.conf that sends lookups to moat (the gateway).
+    pub fn resolv_conf(&self) -> &str {
+        &self.resolv_conf
+    }
+
+    /// The namespace's own interface moat took over, under its new name.
+    pub fn replaced(&self) -> Option<&str> {
+        self.replaced.as_deref()
+    }
+
+    /// The audit log (its summary, for the end).
+    pub(crate) fn audit(&self) -> AuditLog {
+        self.audit.clone()
+    }
+
+    /// Stops the engine (the TAP goes with it) and writes the `end` event; what the
+    /// engine counted.
+    pub fn stop(mut self) -> moat_engine::Counters {
+        let counters = self
+            .engine
+            .take()
+            .and_then(|e| e.stop().ok())
+            .unwrap_or_default();
+        crate::builder::audit_end(&self.audit, None, &counters);
+        counters
+    }
+
+    /// The namespace served.
+    pub fn namespace(&self) -> NsId {
+        self.watch.namespace()
+    }
+}
