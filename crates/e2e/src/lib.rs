@@ -61,6 +61,7 @@ static COUNTER: AtomicUsize = AtomicUsize::new(0);
 
 mod events;
 mod guest;
+pub mod podman;
 mod process;
 mod users;
 
@@ -475,6 +476,18 @@ impl World {
             .current_dir(cwd)
             .envs(env.iter().copied());
         run_with_timeout(cmd, timeout)
+    }
+
+    /// Runs `moat ARGS` in the host network namespace but in this mount namespace (where
+    /// `ip netns` and Podman look for named namespaces; `ip netns exec` would give moat a
+    /// mount namespace of its own), killed after `timeout`. /etc/resolv.conf is then this
+    /// machine's: give `--dns`.
+    pub fn moat_in_host_net(&self, args: &[&str], timeout: Duration) -> Output {
+        let mut c = Command::new("nsenter");
+        c.arg(format!("--net=/run/netns/{}", self.host))
+            .arg(moat_bin())
+            .args(args);
+        run_with_timeout(c, timeout)
     }
 
     /// Runs a python3 script in the host namespace, bounded.

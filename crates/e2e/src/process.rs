@@ -39,6 +39,25 @@ impl Background {
         self.child.id()
     }
 
+    /// Waits (at most 15 s) until `file` exists (a moat's `--ready-file`), failing the test
+    /// with what the process printed when it does not appear.
+    pub fn ready(self, file: &std::path::Path) -> Background {
+        let deadline = Instant::now() + Duration::from_secs(15);
+        while !file.exists() {
+            if Instant::now() > deadline {
+                let out = self.finish();
+                panic!(
+                    "{} did not appear: {}{}",
+                    file.display(),
+                    String::from_utf8_lossy(&out.stdout),
+                    String::from_utf8_lossy(&out.stderr)
+                );
+            }
+            std::thread::sleep(Duration::from_millis(20));
+        }
+        self
+    }
+
     /// Whether the process ends by itself within `limit`.
     pub fn exits_within(&mut self, limit: Duration) -> bool {
         let deadline = Instant::now() + limit;

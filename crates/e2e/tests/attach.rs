@@ -3,25 +3,12 @@
 #![allow(clippy::unwrap_used, clippy::expect_used)] // Test code: a panic is the failure report.
 
 use std::path::Path;
-use std::time::{Duration, Instant};
+use std::time::Duration;
 
-use moat_e2e::{Background, Guest, HOST_ADDR, World, stderr, stdout, validate_event};
+use moat_e2e::{Guest, HOST_ADDR, World, stderr, stdout, validate_event};
 use serde_json::Value;
 
 const T: Duration = Duration::from_secs(60);
-
-/// Waits (at most 15 s) until moat wrote its `--ready-file`: the namespace is served.
-fn await_ready(file: &Path, moat: Background) -> Background {
-    let deadline = Instant::now() + Duration::from_secs(15);
-    while !file.exists() {
-        if Instant::now() > deadline {
-            let out = moat.finish();
-            panic!("moat did not serve: {}{}", stdout(&out), stderr(&out));
-        }
-        std::thread::sleep(Duration::from_millis(20));
-    }
-    moat
-}
 
 fn events(path: &Path) -> Vec<Value> {
     std::fs::read_to_string(path)
@@ -63,7 +50,7 @@ fn an_attached_namespace_reaches_only_what_the_policy_allows() {
         "--ready-file",
         ready.to_str().unwrap(),
     ]);
-    let mut moat = await_ready(&ready, moat);
+    let mut moat = moat.ready(&ready);
     let out = g.run(
         r#"
 cat /etc/resolv.conf
@@ -136,7 +123,7 @@ fn a_process_namespace_is_served_by_its_pid_until_it_ends() {
         "--ready-file",
         ready.to_str().unwrap(),
     ]);
-    let mut moat = await_ready(&ready, moat);
+    let mut moat = moat.ready(&ready);
     let out = g.run(
         "curl -sS -m 10 -o /dev/null -w 'code=%{http_code}\\n' http://api.example.test/by-pid",
         T,
@@ -276,7 +263,7 @@ fn what_cannot_be_served_is_refused_and_left_as_it_was() {
         );
         let mut args = vec!["attach", "--netns", &path, "--ready-file", &ready_s];
         args.extend(extra);
-        let moat = await_ready(&ready, w.spawn_moat(&args));
+        let moat = w.spawn_moat(&args).ready(&ready);
         let links = stdout(&guest.run("ip -br link", T));
         assert!(links.contains("eth0 "), "{links}");
         if extra.is_some() {
@@ -302,7 +289,7 @@ fn moat_ends_when_the_namespace_is_gone() {
         "--ready-file",
         ready.to_str().unwrap(),
     ]);
-    let mut moat = await_ready(&ready, moat);
+    let mut moat = moat.ready(&ready);
     // Served: moat's interface is there.
     assert!(stdout(&g.run("ip -br link", T)).contains("eth0 "));
     // --keep: an empty namespace is still served.
@@ -327,13 +314,7 @@ fn a_named_namespace_is_served_until_removed() {
     let path = format!("/run/netns/{name}");
     // In the host namespace, but in this mount namespace (where `ip netns` looks; `ip
     // netns exec` would make moat a mount namespace of its own), so with the world's DNS.
-    let netns_moat = |args: &[&str]| {
-        let mut c = std::process::Command::new("nsenter");
-        c.arg(format!("--net=/run/netns/{}", w.host))
-            .arg(moat_e2e::moat_bin())
-            .args(args);
-        moat_e2e::run_with_timeout(c, T)
-    };
+    let netns_moat = |args: &[&str]| w.moat_in_host_net(args, T);
     let out = netns_moat(&[
         "netns",
         "create",

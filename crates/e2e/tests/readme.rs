@@ -56,6 +56,14 @@ const FIXTURES: &[(&str, Fixture)] = &[
         policy_explain,
     ),
     ("moat selftest", selftest),
+    (
+        "moat netns create agents --policy policy.toml",
+        podman_netns,
+    ),
+    (
+        "moat attach --pid \"$(podman inspect -f '{{.State.Pid}}' job)\" --resolv-conf resolv.conf --policy policy.toml",
+        podman_attach,
+    ),
 ];
 
 /// Command lines the README shows that other tests run, and which.
@@ -67,6 +75,22 @@ const ELSEWHERE: &[(&str, &str)] = &[
     (
         "scripts/test",
         "CI runs it (.ci/run); it is the command that runs this test",
+    ),
+    (
+        "podman run --rm --network ns:/run/netns/agents --dns 10.0.2.2 IMAGE COMMAND",
+        "run as written, in order, by the fixture of `moat netns create agents ...`",
+    ),
+    (
+        "moat netns rm agents",
+        "run as written, in order, by the fixture of `moat netns create agents ...`",
+    ),
+    (
+        "touch resolv.conf",
+        "run as written, in order, by the fixture of `moat attach --pid ...`",
+    ),
+    (
+        "podman run -d --name job --network none -v \"$PWD/resolv.conf:/etc/resolv.conf\" IMAGE COMMAND",
+        "run as written, in order, by the fixture of `moat attach --pid ...`",
     ),
 ];
 
@@ -218,6 +242,152 @@ fn script(path: &Path, text: &str) {
     use std::os::unix::fs::PermissionsExt;
     std::fs::write(path, text).unwrap();
     std::fs::set_permissions(path, std::fs::Permissions::from_mode(0o755)).unwrap();
+}
+
+/// The README block that holds `line`, its command lines in order.
+fn block_of(readme: &str, line: &str) -> Vec<String> {
+    let block = blocks(readme)
+        .into_iter()
+        .find(|(_, _, lines)| lines.iter().any(|l| strip_comment(l) == line))
+        .expect("the line's block");
+    block
+        .2
+        .iter()
+        .map(|l| strip_comment(l).to_owned())
+        .filter(|l| !l.is_empty())
+        .collect()
+}
+
+/// What the README's Podman examples run in their containers: an allowed request
+/// (`*.example.com:443` in the README's policy), then one to an address the policy does not
+/// allow.
+fn container_command(path: &str) -> String {
+    format!(
+        "sh -c 'n=0; until grep -q nameserver /etc/resolv.conf || test $n -gt 100; do n=$((n+1)); sleep 0.1; done; \
+         curl -sk -m 10 -o /dev/null -w \"allowed %{{http_code}}\\n\" https://api.example.com{path}; \
+         curl -sS -m 3 -o /dev/null http://203.0.113.10{path}-denied; echo \"denied exit $?\"'"
+    )
+}
+
+/// Runs the lines of a README block in order, as written (placeholders filled), in one
+/// shell in the host namespace, with Podman set up for this machine; then `after`.
+fn run_block(cx: &Cx, lines: &[String], fills: &[(&str, &str)], dir: &Path, after: &str) -> Output {
+    let podman = moat_e2e::podman::Podman::get().unwrap();
+    let conf = podman.containers_conf(dir);
+    let script: Vec<String> = lines
+        .iter()
+        .map(|l| {
+            if l.contains("IMAGE") {
+                fill(l, fills)
+            } else {
+                l.clone()
+            }
+        })
+        .collect();
+    let script = format!("{}\n{after}", script.join("\n"));
+    let path = format!(
+        "{}:{}",
+        cx.w.moat_on_path().display(),
+        std::env::var("PATH").unwrap_or_default()
+    );
+    // The host namespace as `ip netns exec` gives it (the world's resolver over
+    // /etc/resolv.conf, in a mount namespace of its own), but keeping /sys as it is:
+    // Podman's runtime finds the control groups there.
+    let resolv = format!("/etc/netns/{}/resolv.conf", cx.w.host);
+    let mut c = std::process::Command::new("nsenter");
+    c.arg(format!("--net=/run/netns/{}", cx.w.host))
+        .args(["unshare", "--mount", "--propagation", "private", "sh", "-c"])
+        .arg("mount --bind \"$1\" /etc/resolv.conf && exec sh -c \"$2\"")
+        .args(["sh", &resolv, &script])
+        .current_dir(dir)
+        .env("PATH", &path)
+        .env("CONTAINERS_CONF", &conf);
+    moat_e2e::run_with_timeout(c, T)
+}
+
+/// `moat netns create agents --policy policy.toml`, then a container in it, then `moat
+/// netns rm agents`: the container reaches what the policy allows and nothing else, and
+/// `rm` prints the summary and removes the namespace.
+fn podman_netns(cx: &Cx, line: &str) {
+    if moat_e2e::podman::podman_or_skip().is_none() {
+        return;
+    }
+    let w = &cx.w;
+    let dir = Scratch::new("readme-netns");
+    std::fs::write(dir.path("policy.toml"), example_policy(&cx.readme)).unwrap();
+    let lines = block_of(&cx.readme, line);
+    assert_eq!(lines.len(), 3, "{lines:?}");
+    let since = w.log().len();
+    let command = container_command("/readme-netns");
+    let out = run_block(
+        cx,
+        &lines,
+        &[("IMAGE", moat_e2e::podman::IMAGE), ("COMMAND", &command)],
+        &dir.dir,
+        "test ! -e /run/netns/agents && echo removed",
+    );
+    let text = stdout(&out);
+    assert!(out.status.success(), "{}", show(line, &out));
+    assert!(text.contains("/run/netns/agents"), "{}", show(line, &out));
+    assert!(text.contains("allowed 200"), "{}", show(line, &out));
+    assert!(
+        text.contains("denied exit") && !text.contains("denied exit 0"),
+        "{}",
+        show(line, &out)
+    );
+    assert!(text.contains("removed"), "{}", show(line, &out));
+    assert!(
+        stderr(&out).contains("moat: run "),
+        "no summary: {}",
+        show(line, &out)
+    );
+    let got = arrivals(w, since);
+    assert!(
+        got.len() == 1 && got[0]["path"] == "/readme-netns",
+        "the world saw {got:?}"
+    );
+}
+
+/// `touch resolv.conf`, a container without a network, and `moat attach --pid ...`: moat
+/// writes the resolver, the container reaches what the policy allows and nothing else, and
+/// moat ends with its summary when the container does.
+fn podman_attach(cx: &Cx, line: &str) {
+    let Some(podman) = moat_e2e::podman::podman_or_skip() else {
+        return;
+    };
+    let w = &cx.w;
+    let dir = Scratch::new("readme-attach");
+    std::fs::write(dir.path("policy.toml"), example_policy(&cx.readme)).unwrap();
+    let lines = block_of(&cx.readme, line);
+    assert_eq!(lines.len(), 3, "{lines:?}");
+    let _ = podman.run(&["rm", "-f", "-t", "0", "job"], T);
+    let since = w.log().len();
+    let command = container_command("/readme-attach");
+    let out = run_block(
+        cx,
+        &lines,
+        &[("IMAGE", moat_e2e::podman::IMAGE), ("COMMAND", &command)],
+        &dir.dir,
+        "echo \"attach exit $?\"; podman logs job; podman rm -f -t 0 job >/dev/null",
+    );
+    let text = stdout(&out);
+    assert!(text.contains("attach exit 0"), "{}", show(line, &out));
+    assert!(text.contains("allowed 200"), "{}", show(line, &out));
+    assert!(
+        text.contains("denied exit") && !text.contains("denied exit 0"),
+        "{}",
+        show(line, &out)
+    );
+    assert!(
+        stderr(&out).contains("its last process is gone") && stderr(&out).contains("moat: run "),
+        "{}",
+        show(line, &out)
+    );
+    let got = arrivals(w, since);
+    assert!(
+        got.len() == 1 && got[0]["path"] == "/readme-attach",
+        "the world saw {got:?}"
+    );
 }
 
 /// `# default policy: public_only` — curl reaches example.com over HTTPS, verified against

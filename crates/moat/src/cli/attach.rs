@@ -137,7 +137,7 @@ fn write_outputs(attached: &crate::Attached, outputs: &Outputs) -> anyhow::Resul
         let pem = attached
             .ca_pem()
             .context("--ca-out: TLS is not intercepted (--tls-intercept)")?;
-        file.replace(pem.as_bytes(), 0o644).context("--ca-out")?;
+        write(file, pem.as_bytes(), 0o644).context("--ca-out")?;
     }
     if let Some(file) = &outputs.env_out {
         let text: String = attached
@@ -145,9 +145,20 @@ fn write_outputs(attached: &crate::Attached, outputs: &Outputs) -> anyhow::Resul
             .iter()
             .map(|(k, v)| format!("{}={}\n", k.to_string_lossy(), v.to_string_lossy()))
             .collect();
-        file.replace(text.as_bytes(), 0o600).context("--env-out")?;
+        write(file, text.as_bytes(), 0o600).context("--env-out")?;
     }
     Ok(())
+}
+
+/// Writes a file for the namespace's programs: in place when it exists (a container that
+/// already runs sees it through the mount it was started with, which follows the file, not
+/// the name), else as a new file of `mode`.
+fn write(file: &HostFile, contents: &[u8], mode: u32) -> Result<(), moat_sandbox::HostFileError> {
+    if file.path().exists() {
+        file.overwrite(contents)
+    } else {
+        file.replace(contents, mode)
+    }
 }
 
 /// Serves until there is a reason to stop; the reason.

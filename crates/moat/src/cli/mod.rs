@@ -240,9 +240,9 @@ struct NetArgs {
 #[derive(Args)]
 #[command(
     group(clap::ArgGroup::new("target").required(true).args(["netns", "pid"])),
-    after_help = "With Podman: `podman run --network none ...`, then
-  moat attach --pid \"$(podman inspect -f '{{.State.Pid}}' C)\" --resolv-conf \"$(podman inspect -f '{{.ResolvConfPath}}' C)\" [options]
-or run containers in a namespace of `moat netns create NAME` (--network ns:/run/netns/NAME).
+    after_help = "With Podman: `touch resolv.conf; podman run --network none -v $PWD/resolv.conf:/etc/resolv.conf ...`, then
+  moat attach --pid \"$(podman inspect -f '{{.State.Pid}}' C)\" --resolv-conf resolv.conf [options]
+or run containers in a namespace of `moat netns create NAME` (podman run --network ns:/run/netns/NAME --dns 10.0.2.2).
 The exit status is 0, 123 when a secret violation under block-and-terminate stopped it, 121 when the
 audit log could not be written under --audit-required, 125 when moat could not serve the namespace."
 )]
@@ -260,8 +260,8 @@ struct AttachArgs {
     /// Stay until signalled, even when no process is left in the namespace.
     #[arg(long)]
     keep: bool,
-    /// Write a resolv.conf that sends lookups to moat over FILE, in place (a container's:
-    /// podman inspect -f '{{.ResolvConfPath}}' C).
+    /// Write a resolv.conf that sends lookups to moat over FILE, in place (one mounted at a
+    /// container's /etc/resolv.conf).
     #[arg(long, value_name = "FILE")]
     resolv_conf: Option<PathBuf>,
     /// Write the interception CA's certificate (PEM) to FILE, for the namespace's programs

@@ -1,0 +1,265 @@
+//! moat as the network of Podman containers (rootful): a running container served with
+//! `moat attach --pid`, and containers started in a namespace of `moat netns create`,
+//! against the test world. The image is built here (`moat_e2e::podman`), never pulled.
+//!
+//! Without podman, or with no OCI runtime that runs a container on this machine, each test
+//! says why and stops — unless MOAT_REQUIRE_PODMAN=1 (as `.ci/run` sets), when that is a
+//! failure. Rootless Podman is not run here: moat would have to enter the container's user
+//! namespace (`podman unshare moat attach ...`), and the tests' user has no subordinate ids.
+#![allow(clippy::unwrap_used, clippy::expect_used)] // Test code: a panic is the failure report.
+
+use std::sync::atomic::{AtomicUsize, Ordering};
+use std::time::Duration;
+
+use moat_e2e::podman::{IMAGE, Podman, RUN_LIMITS};
+use moat_e2e::{HOST_ADDR, World, stderr, stdout, validate_event};
+use serde_json::Value;
+
+const T: Duration = Duration::from_secs(90);
+
+static N: AtomicUsize = AtomicUsize::new(0);
+
+fn podman() -> Option<Podman> {
+    moat_e2e::podman::podman_or_skip()
+}
+
+/// A container, removed (with `podman rm -f`) on drop.
+struct Container<'a> {
+    podman: &'a Podman,
+    name: String,
+}
+
+impl<'a> Container<'a> {
+    /// `podman run -d --name NAME ARGS... IMAGE sleep 120`.
+    fn start(podman: &'a Podman, args: &[&str]) -> Container<'a> {
+        let name = format!(
+            "moat-e2e-{}-{}",
+            std::process::id(),
+            N.fetch_add(1, Ordering::SeqCst)
+        );
+        let mut all = vec!["run", "-d", "--name", &name];
+        all.extend(RUN_LIMITS);
+        all.extend(args);
+        all.extend([IMAGE, "sleep", "120"]);
+        podman.ok(&all);
+        Container { podman, name }
+    }
+
+    fn inspect(&self, format: &str) -> String {
+        self.podman
+            .ok(&["inspect", "-f", format, &self.name])
+            .trim()
+            .to_owned()
+    }
+
+    fn exec(&self, script: &str) -> std::process::Output {
+        self.podman
+            .run(&["exec", &self.name, "sh", "-c", script], T)
+    }
+}
+
+impl Drop for Container<'_> {
+    fn drop(&mut self) {
+        let _ = self.podman.run(
+            &["rm", "-f", "-t", "0", &self.name],
+            Duration::from_secs(60),
+        );
+    }
+}
+
+fn arrived(w: &World, path: &str) -> Option<Value> {
+    w.log().into_iter().find(|l| {
+        l["path"]
+            .as_str()
+            .is_some_and(|p| p.split('?').next() == Some(path))
+    })
+}
+
+/// A running container (`--network none`) served with `moat attach --pid`: it reaches what
+/// the policy allows (by name, through moat's DNS, its resolv.conf written by moat) and
+/// nothing else; a port it serves is published on the host; interception works with moat's
+/// CA mounted where the container's curl looks; the audit log names the container; moat
+/// ends, with its summary, when the container stops.
+#[test]
+fn a_running_container_is_confined_by_moat_attach() {
+    let Some(podman) = podman() else { return };
+    let w = World::new();
+    // Files moat fills in once it serves the container, mounted when it starts (Podman
+    // gives a container without a network no resolv.conf, and refuses --dns for one).
+    let ca = w.file("moat-ca.pem", "");
+    let resolv = w.file("resolv.conf", "");
+    let c = Container::start(
+        &podman,
+        &[
+            "--network",
+            "none",
+            "-v",
+            &format!("{}:/etc/ssl/certs/ca-certificates.crt:ro", ca.display()),
+            "-v",
+            &format!("{}:/etc/resolv.conf:ro", resolv.display()),
+        ],
+    );
+    let pid = c.inspect("{{.State.Pid}}");
+    let resolv = resolv.display().to_string();
+    let audit = w.dir.join("podman-audit.jsonl");
+    let ready = w.dir.join("podman-ready");
+    let world_ca = w.dir.join("world-ca.pem");
+    let moat = w.spawn_moat(&[
+        "attach",
+        "--pid",
+        &pid,
+        "--name",
+        &c.name,
+        "--allow",
+        "api.example.test:80/tcp",
+        "--allow",
+        "api.example.test:8443/tcp",
+        "--deny",
+        "203.0.113.11",
+        "--block-domain",
+        "blocked.example.test",
+        "-p",
+        "18090:8000",
+        "--tls-intercept",
+        "--tls-port",
+        "8443",
+        "--tls-upstream-ca",
+        world_ca.to_str().unwrap(),
+        "--ca-out",
+        ca.to_str().unwrap(),
+        "--resolv-conf",
+        &resolv,
+        "--audit",
+        audit.to_str().unwrap(),
+        "--ready-file",
+        ready.to_str().unwrap(),
+    ]);
+    let mut moat = moat.ready(&ready);
+    let out = c.exec(
+        r#"
+cat /etc/resolv.conf
+wget -q -O - http://api.example.test/podman-allowed >/dev/null && echo allowed=ok
+curl -sS -m 3 -o /dev/null http://203.0.113.11/podman-denied; echo "denied_exit=$?"
+nslookup blocked.example.test >/dev/null 2>&1; echo "blocked_exit=$?"
+busybox httpd -p 8000 -h /www && echo httpd=up
+"#,
+    );
+    let text = stdout(&out);
+    assert!(
+        text.contains("nameserver 10.0.2.2"),
+        "{text}{}",
+        stderr(&out)
+    );
+    assert!(text.contains("allowed=ok"), "{text}{}", stderr(&out));
+    assert!(!text.contains("denied_exit=0"), "{text}");
+    assert!(!text.contains("blocked_exit=0"), "{text}");
+    assert!(text.contains("httpd=up"), "{text}");
+    let said = stderr(&out);
+    let got = arrived(&w, "/podman-allowed").expect("the allowed request arrived");
+    assert!(
+        got["client"].as_str().unwrap().ends_with(HOST_ADDR),
+        "{got}"
+    );
+    assert!(arrived(&w, "/podman-denied").is_none(), "{:?}", w.log());
+    // The published port, from the host namespace.
+    let mut curl = w.in_host("curl");
+    curl.args(["-sS", "-m", "10", "http://127.0.0.1:18090/index.html"]);
+    let page = moat_e2e::run_with_timeout(curl, T);
+    assert!(
+        stdout(&page).contains("served from the container"),
+        "{}{}",
+        stdout(&page),
+        stderr(&page)
+    );
+    // TLS, intercepted: the container trusts moat's CA (written by --ca-out into the file
+    // the container was started with, bound where its curl looks).
+    let pem = std::fs::read_to_string(&ca).unwrap();
+    assert!(pem.contains("BEGIN CERTIFICATE"), "{pem}");
+    let out = c.exec(
+        "curl -sS -m 10 --cacert /etc/ssl/certs/ca-certificates.crt -o /dev/null -w 'tls=%{http_code}\\n' https://api.example.test:8443/podman-tls",
+    );
+    let tls = stdout(&out);
+    assert!(tls.contains("tls=200"), "{tls}{}", stderr(&out));
+    assert!(arrived(&w, "/podman-tls").is_some());
+    // The container stops: moat ends by itself.
+    podman.ok(&["stop", "-t", "0", &c.name]);
+    assert!(
+        moat.exits_within(Duration::from_secs(15)),
+        "moat still serves a stopped container"
+    );
+    let out = moat.finish();
+    assert!(out.status.success(), "{}", stderr(&out));
+    assert!(stderr(&out).contains("moat: run "), "{}", stderr(&out));
+    let events: Vec<Value> = std::fs::read_to_string(&audit)
+        .unwrap()
+        .lines()
+        .map(|l| serde_json::from_str(l).unwrap())
+        .collect();
+    for e in &events {
+        validate_event(e).unwrap_or_else(|why| panic!("{why}: {e}"));
+        assert_eq!(e["sandbox"], c.name.as_str(), "{e}");
+    }
+    assert!(
+        events
+            .iter()
+            .any(|e| e["event"] == "tls" && e["tls"] == "intercepted")
+    );
+    assert!(
+        events.iter().any(|e| e["event"] == "connect"
+            && e["decision"] == "deny"
+            && e["dst"] == "203.0.113.11"),
+        "{said}"
+    );
+    assert!(
+        events
+            .iter()
+            .any(|e| e["event"] == "dns" && e["name"] == "blocked.example.test")
+    );
+}
+
+/// A namespace of `moat netns create`: a container started in it later
+/// (`--network ns:PATH`) is confined by the namespace's policy; two containers share it.
+#[test]
+fn containers_started_in_a_moat_namespace_are_confined() {
+    let Some(podman) = podman() else { return };
+    let w = World::new();
+    let name = format!("moatpn{}", std::process::id() % 100_000);
+    let netns_moat = |args: &[&str]| w.moat_in_host_net(args, T);
+    let out = netns_moat(&[
+        "netns",
+        "create",
+        &name,
+        "--dns",
+        moat_e2e::WORLD_DNS,
+        "--allow",
+        "api.example.test:80/tcp",
+        "--deny",
+        "203.0.113.11",
+    ]);
+    assert!(out.status.success(), "{}", stderr(&out));
+    struct Rm(String);
+    impl Drop for Rm {
+        fn drop(&mut self) {
+            let mut c = std::process::Command::new(moat_e2e::moat_bin());
+            c.args(["netns", "rm", &self.0]);
+            let _ = moat_e2e::run_with_timeout(c, Duration::from_secs(30));
+        }
+    }
+    let _rm = Rm(name.clone());
+    let resolv = w.file("resolv.conf", "nameserver 10.0.2.2\n");
+    let mount = format!("{}:/etc/resolv.conf:ro", resolv.display());
+    let network = format!("ns:/run/netns/{name}");
+    let first = Container::start(&podman, &["--network", &network, "-v", &mount]);
+    let second = Container::start(&podman, &["--network", &network, "-v", &mount]);
+    for (c, path) in [(&first, "/ns-first"), (&second, "/ns-second")] {
+        let out = c.exec(&format!(
+            "wget -q -O - http://api.example.test{path} >/dev/null && echo allowed=ok; \
+             curl -sS -m 3 -o /dev/null http://203.0.113.11{path}-denied; echo denied_exit=$?"
+        ));
+        let text = stdout(&out);
+        assert!(text.contains("allowed=ok"), "{text}{}", stderr(&out));
+        assert!(!text.contains("denied_exit=0"), "{text}");
+        assert!(arrived(&w, path).is_some(), "{path}: {:?}", w.log());
+        assert!(arrived(&w, &format!("{path}-denied")).is_none());
+    }
+}
