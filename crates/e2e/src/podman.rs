@@ -10,7 +10,7 @@ use std::time::Duration;
 use crate::{run_with_timeout, stderr, stdout};
 
 /// The image the tests run.
-pub const IMAGE: &str = "localhost/moat-e2e:1";
+pub const IMAGE: &str = "localhost/moat-e2e:2";
 
 /// Podman, as the tests run it.
 #[derive(Debug, Clone)]
@@ -165,8 +165,22 @@ fn fill_root(root: &Path) -> Result<(), String> {
         .find(|p| p.exists())
         .ok_or("no busybox (apt-get install busybox-static)")?;
     let bin = root.join("bin");
-    for dir in ["bin", "etc/ssl/certs", "tmp", "www", "proc", "sys", "dev"] {
+    for dir in [
+        "bin",
+        "etc/ssl/certs",
+        "tmp",
+        "www",
+        "proc",
+        "sys",
+        "dev",
+        "run",
+    ] {
         std::fs::create_dir_all(root.join(dir)).map_err(|e| e.to_string())?;
+    }
+    {
+        use std::os::unix::fs::PermissionsExt;
+        std::fs::set_permissions(root.join("tmp"), std::fs::Permissions::from_mode(0o1777))
+            .map_err(|e| e.to_string())?;
     }
     std::fs::copy(busybox, bin.join("busybox")).map_err(|e| e.to_string())?;
     for applet in [
@@ -178,14 +192,18 @@ fn fill_root(root: &Path) -> Result<(), String> {
         .map_err(|e| e.to_string())?;
     std::fs::write(root.join("etc/passwd"), "root:x:0:0:root:/root:/bin/sh\n")
         .map_err(|e| e.to_string())?;
-    // curl and every library it loads, at the same paths.
+    std::fs::write(root.join("etc/group"), "root:x:0:\n").map_err(|e| e.to_string())?;
+    // curl and every library it and moat load, at the same paths (the image is also the
+    // base of moat's own, deploy/container/Containerfile).
     let curl = PathBuf::from("/usr/bin/curl");
     let ldd = Command::new("ldd")
         .arg(&curl)
+        .arg(crate::moat_bin())
         .output()
         .map_err(|e| e.to_string())?;
     let mut files = vec![curl];
-    for line in stdout(&ldd).lines() {
+    // Given two files, ldd heads each one's list with its name and a colon.
+    for line in stdout(&ldd).lines().filter(|l| !l.ends_with(':')) {
         let path = line
             .split("=>")
             .last()
@@ -193,6 +211,8 @@ fn fill_root(root: &Path) -> Result<(), String> {
             .filter(|p| p.starts_with('/'));
         files.extend(path.map(PathBuf::from));
     }
+    files.sort();
+    files.dedup();
     for file in files {
         let to = root.join(file.strip_prefix("/").unwrap_or(&file));
         if let Some(dir) = to.parent() {

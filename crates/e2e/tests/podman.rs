@@ -8,6 +8,7 @@
 //! namespace (`podman unshare moat attach ...`), and the tests' user has no subordinate ids.
 #![allow(clippy::unwrap_used, clippy::expect_used)] // Test code: a panic is the failure report.
 
+use std::path::Path;
 use std::sync::atomic::{AtomicUsize, Ordering};
 use std::time::Duration;
 
@@ -261,5 +262,110 @@ fn containers_started_in_a_moat_namespace_are_confined() {
         assert!(!text.contains("denied_exit=0"), "{text}");
         assert!(arrived(&w, path).is_some(), "{path}: {:?}", w.log());
         assert!(arrived(&w, &format!("{path}-denied")).is_none());
+    }
+}
+
+/// moat inside a container, built from this repository's `deploy/container/Containerfile`
+/// (with the binary under test, on the tests' base image): with the smallest set of
+/// options (`--device /dev/net/tun`, seccomp and system paths unconfined) the workload
+/// reaches what the policy mounted at /etc/moat/policy.toml allows and nothing else, while
+/// moat's own sockets leave from the container's network (here the test's host namespace,
+/// `--network ns:`); with the root file system read-only too. Without each option, moat
+/// says which one is missing, and the workload never runs.
+#[test]
+fn moat_inside_a_container_confines_the_workload() {
+    let Some(podman) = podman() else { return };
+    let w = World::new();
+    let context = w.dir.join("image");
+    std::fs::create_dir_all(&context).unwrap();
+    std::fs::copy(moat_e2e::moat_bin(), context.join("moat")).unwrap();
+    let containerfile =
+        Path::new(env!("CARGO_MANIFEST_DIR")).join("../../deploy/container/Containerfile");
+    let tag = format!("localhost/moat-e2e-moat:{}", std::process::id());
+    podman.ok(&[
+        "build",
+        "-q",
+        "--build-arg",
+        &format!("BASE={IMAGE}"),
+        "-t",
+        &tag,
+        "-f",
+        containerfile.to_str().unwrap(),
+        context.to_str().unwrap(),
+    ]);
+    struct Untag<'a>(&'a Podman, &'a str);
+    impl Drop for Untag<'_> {
+        fn drop(&mut self) {
+            let _ = self.0.run(&["rmi", "-f", self.1], Duration::from_secs(60));
+        }
+    }
+    let _untag = Untag(&podman, &tag);
+    let policy = w.file(
+        "policy.toml",
+        "default_action = \"deny\"\n[[rules]]\naction = \"allow\"\ndestination = \"api.example.test\"\nprotocol = \"tcp\"\nports = \"80\"\n",
+    );
+    let network = format!("ns:/run/netns/{}", w.host);
+    let mount = format!("{}:/etc/moat/policy.toml:ro", policy.display());
+    let run = |options: &[&str], script: &str| {
+        let mut args = vec!["run", "--rm"];
+        args.extend(RUN_LIMITS);
+        args.extend([
+            "--network",
+            &network,
+            "--dns",
+            moat_e2e::WORLD_DNS,
+            "-v",
+            &mount,
+        ]);
+        args.extend(options);
+        args.extend([tag.as_str(), "sh", "-c", script]);
+        podman.run(&args, T)
+    };
+    let smallest = [
+        "--device",
+        "/dev/net/tun",
+        "--security-opt",
+        "seccomp=unconfined",
+        "--security-opt",
+        "systempaths=unconfined",
+    ];
+    let workload = "curl -sS -m 10 -o /dev/null -w 'allowed=%{http_code}\\n' http://api.example.test/inside-allowed; \
+                    curl -sS -m 3 -o /dev/null http://203.0.113.11/inside-denied; echo denied_exit=$?";
+    for read_only in [false, true] {
+        let mut options = smallest.to_vec();
+        if read_only {
+            options.push("--read-only");
+        }
+        let out = run(&options, workload);
+        let text = stdout(&out);
+        assert!(out.status.success(), "{text}{}", stderr(&out));
+        assert!(text.contains("allowed=200"), "{text}{}", stderr(&out));
+        assert!(!text.contains("denied_exit=0"), "{text}");
+        // moat's summary, from inside the container.
+        assert!(stderr(&out).contains("moat: run "), "{}", stderr(&out));
+    }
+    let got = arrived(&w, "/inside-allowed").expect("the allowed request arrived");
+    // From moat's socket in the container's network: the host namespace's address.
+    assert!(
+        got["client"].as_str().unwrap().ends_with(HOST_ADDR),
+        "{got}"
+    );
+    assert!(arrived(&w, "/inside-denied").is_none(), "{:?}", w.log());
+    // Each option left out: moat names it, and the workload never runs.
+    for (left_out, says) in [
+        (1, "--device /dev/net/tun"),
+        (3, "--security-opt seccomp=unconfined"),
+        (5, "--security-opt systempaths=unconfined"),
+    ] {
+        let options: Vec<&str> = smallest
+            .iter()
+            .enumerate()
+            .filter(|&(i, _)| i != left_out && i != left_out - 1)
+            .map(|(_, o)| *o)
+            .collect();
+        let out = run(&options, "echo the workload ran");
+        assert_eq!(out.status.code(), Some(125), "{says}: {}", stderr(&out));
+        assert!(stderr(&out).contains(says), "{says}: {}", stderr(&out));
+        assert!(!stdout(&out).contains("the workload ran"), "{says}");
     }
 }
