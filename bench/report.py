@@ -255,6 +255,21 @@ if many:
     if b1 and b16:
         print(f"| bulk Gbit/s (one iperf3 stream each), aggregate | {b1['value']:.2f} | {b16['value']:.2f} | {ratio(b16['value'], b1['value'])} (target ≥ 0.8×) |")
 
+attach = {r["n"]: r for r in rows if r["kind"] == "attach"}
+if 1 in attach and 64 in attach:
+    one, all64 = attach[1], attach[64]
+    print("\n## Many namespaces (64 served by 64 `moat attach` started together vs one alone)\n")
+    print("| measure | one | 64 together | 64 / one |")
+    print("|---|---|---|---|")
+    print(f"| time until every namespace is served | {one['all_up_ms']:.0f} ms | {all64['all_up_ms']:.0f} ms | |")
+    print(f"| moat's RSS per served namespace, idle | {one['idle_rss_total_kib'] / 1024:.1f} MiB | "
+          f"{all64['idle_rss_total_kib'] / 64 / 1024:.1f} MiB (total {all64['idle_rss_total_kib'] / 1024:.0f} MiB) | (target ≤ 8 MiB) |")
+    print(f"| moat's RSS per served namespace, after the load | {one['load_rss_total_kib'] / 1024:.1f} MiB | "
+          f"{all64['load_rss_total_kib'] / 64 / 1024:.1f} MiB | |")
+    print(f"| a connection each per second (3 s): completed | {one['paced_ok']} / {one['paced_of']} | {all64['paced_ok']} / {all64['paced_of']} | |")
+    print(f"| connections/s (concurrency 1 each), aggregate | {one['conn_per_sec']:.0f} | {all64['conn_per_sec']:.0f} | {ratio(all64['conn_per_sec'], one['conn_per_sec'])} |")
+    print(f"| bulk Gbit/s (one iperf3 stream each), aggregate | {one['bulk_gbps']:.2f} | {all64['bulk_gbps']:.2f} | {ratio(all64['bulk_gbps'], one['bulk_gbps'])} |")
+
 samples = [r for r in rows if r["kind"] == "soak_sample"]
 soak = next((r for r in rows if r["kind"] == "soak"), None)
 if samples and soak:

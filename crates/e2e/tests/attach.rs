@@ -142,136 +142,158 @@ fn a_process_namespace_is_served_by_its_pid_until_it_ends() {
     assert!(err.contains("its last process is gone"), "{err}");
 }
 
-/// What moat cannot serve is refused with the reason, and nothing is made in it: a file
-/// that is not a namespace, a path that does not exist, moat's own namespace, and a
-/// namespace that has an eth0 or a default route of its own; `--replace` takes an eth0
-/// over.
-#[test]
-fn what_cannot_be_served_is_refused_and_left_as_it_was() {
-    let w = World::new();
-    let not_ns = w.file("not-a-namespace", "x");
-    let own = "/proc/self/ns/net".to_owned();
-    let g = Guest::new();
-    // A guest with an eth0 (a veth, as a bridge network gives a container) and one with a
-    // default route through another interface.
-    let with_eth0 = Guest::new();
-    let peer = format!("{}p", with_eth0.name);
+/// Adds a veth named `name` in `guest`, its peer (returned) in this namespace.
+fn veth_in(guest: &Guest, name: &str) -> String {
+    let peer = format!("{}{}", guest.name, &name[name.len() - 1..]);
     moat_e2e::sh(&[
         "ip",
         "link",
         "add",
-        "eth0",
+        name,
         "netns",
-        &with_eth0.name,
+        &guest.name,
         "type",
         "veth",
         "peer",
         "name",
         &peer,
     ]);
-    let routed = Guest::new();
-    let peer2 = format!("{}p", routed.name);
+    peer
+}
+
+/// What moat cannot serve is refused with the reason, and the namespace is left as it was:
+/// a file that is not a namespace, a path that does not exist, moat's own namespace, and a
+/// namespace with any way out of its own — an eth0, any other interface (through which any
+/// route or rule could lead), a default route (even through lo); `--replace` takes an eth0
+/// over (deleting it, a veth with its peer) but not another interface.
+#[test]
+fn what_cannot_be_served_is_refused_and_left_as_it_was() {
+    let w = World::new();
+    let not_ns = w.file("not-a-namespace", "x");
+    let own = "/proc/self/ns/net".to_owned();
+    let g = Guest::new();
+    let with_eth0 = Guest::new();
+    let eth0_peer = veth_in(&with_eth0, "eth0");
+    let other = Guest::new();
+    veth_in(&other, "eth1");
+    let both = Guest::new();
+    veth_in(&both, "eth0");
+    veth_in(&both, "eth1");
+    let lo_route = Guest::new();
+    moat_e2e::sh(&["ip", "-n", &lo_route.name, "link", "set", "lo", "up"]);
     moat_e2e::sh(&[
         "ip",
-        "link",
+        "-n",
+        &lo_route.name,
+        "route",
         "add",
-        "eth1",
-        "netns",
-        &routed.name,
-        "type",
-        "veth",
-        "peer",
-        "name",
-        &peer2,
+        "default",
+        "dev",
+        "lo",
     ]);
-    for args in [
-        ["ip", "-n", &routed.name, "link", "set", "eth1", "up"].as_slice(),
-        &[
-            "ip",
-            "-n",
-            &routed.name,
-            "addr",
-            "add",
-            "192.0.2.5/24",
-            "dev",
-            "eth1",
-        ],
-        &[
-            "ip",
-            "-n",
-            &routed.name,
-            "route",
-            "add",
-            "default",
-            "via",
-            "192.0.2.1",
-        ],
-    ] {
-        moat_e2e::sh(args);
-    }
-    let cases: [(&str, String, &str); 5] = [
+    let path = |g: &Guest| g.path().display().to_string();
+    let cases: [(&str, String, bool, &str); 7] = [
         (
             "not a namespace",
             not_ns.display().to_string(),
+            false,
             "is not a network namespace",
         ),
         (
             "missing",
             "/run/netns/moat-no-such-ns".into(),
+            false,
             "no such file",
         ),
-        ("moat's own", own, "the network namespace moat runs in"),
+        (
+            "moat's own",
+            own,
+            false,
+            "the network namespace moat runs in",
+        ),
         (
             "an eth0",
-            with_eth0.path().display().to_string(),
+            path(&with_eth0),
+            false,
             "already has an interface named eth0",
         ),
         (
+            "another interface",
+            path(&other),
+            false,
+            "interfaces of its own (eth1)",
+        ),
+        (
+            "--replace with another interface",
+            path(&both),
+            true,
+            "interfaces of its own (eth1)",
+        ),
+        (
             "a default route",
-            routed.path().display().to_string(),
-            "already has an IPv4 default route through eth1",
+            path(&lo_route),
+            false,
+            "an IPv4 default route through lo",
         ),
     ];
-    for (what, path, says) in cases {
-        let out = w.moat(&["attach", "--netns", &path, "--keep"], T);
+    for (what, path, replace, says) in cases {
+        let mut args = vec!["attach", "--netns", &path, "--keep"];
+        if replace {
+            args.push("--replace");
+        }
+        let out = w.moat(&args, T);
         assert_eq!(out.status.code(), Some(125), "{what}: {}", stderr(&out));
         assert!(stderr(&out).contains(says), "{what}: {}", stderr(&out));
     }
-    // Nothing was made in them: no interface of moat's, lo still down.
-    for guest in [&with_eth0, &routed] {
-        let text = stdout(&guest.run("ip -br link show lo; ip -br link show eth0", T));
+    // Nothing was changed in them: lo still down, their interfaces all there.
+    for (guest, links) in [(&with_eth0, "eth0"), (&other, "eth1"), (&both, "eth0 eth1")] {
+        let text = stdout(&guest.run("ip -br link", T));
         assert!(
             text.lines()
                 .any(|l| l.starts_with("lo ") && l.contains("DOWN")),
             "{text}"
         );
-        if guest.name == routed.name {
-            assert!(!text.contains("eth0"), "{text}");
+        for name in links.split(' ') {
+            assert!(text.contains(&format!("{name}@")), "{name}: {text}");
         }
     }
+    // The same moat serves a namespace it may serve (the refusals above were the checks'),
+    // and takes an eth0 over when asked: moat's TAP in its place, the veth gone (its peer
+    // here too).
     let mut served = g;
     served.hold(30);
-    // The same moat serves a namespace it may serve (the refusals above were the checks'),
-    // and takes an eth0 over when asked.
     let mut with_eth0 = with_eth0;
     with_eth0.hold(30);
     for (guest, extra) in [(&served, None), (&with_eth0, Some("--replace"))] {
         let ready = w.dir.join(format!("ready-{}", guest.name));
-        let (path, ready_s) = (
-            guest.path().display().to_string(),
-            ready.display().to_string(),
-        );
+        let (path, ready_s) = (path(guest), ready.display().to_string());
         let mut args = vec!["attach", "--netns", &path, "--ready-file", &ready_s];
         args.extend(extra);
         let moat = w.spawn_moat(&args).ready(&ready);
-        let links = stdout(&guest.run("ip -br link", T));
-        assert!(links.contains("eth0 "), "{links}");
-        if extra.is_some() {
-            assert!(links.contains("eth0-pre-moat"), "{links}");
-        }
+        let links = stdout(&guest.run("ip -d link show eth0; ip -br link", T));
+        assert!(links.contains("tun type tap"), "{links}");
+        assert!(
+            !links.contains("veth") && !links.contains("eth0@"),
+            "{links}"
+        );
         let out = moat.finish();
         assert!(stderr(&out).contains("SIGTERM"), "{}", stderr(&out));
+        if extra.is_some() {
+            assert!(
+                stderr(&out).contains("its own eth0 is deleted"),
+                "{}",
+                stderr(&out)
+            );
+        }
     }
+    let peer = std::process::Command::new("ip")
+        .args(["link", "show", &eth0_peer])
+        .output()
+        .unwrap();
+    assert!(
+        !peer.status.success(),
+        "the replaced veth's peer is still here"
+    );
 }
 
 /// A namespace that goes away while moat serves it (its last process gone and its name
@@ -371,9 +393,58 @@ fn a_named_namespace_is_served_until_removed() {
     assert!(!Path::new(&format!("/run/moat/netns/{name}.pid")).exists());
     let gone = w.moat(&["netns", "rm", &name], T);
     assert_eq!(gone.status.code(), Some(125));
+    assert!(stderr(&gone).contains("did not make"), "{}", stderr(&gone));
+}
+
+/// `moat netns rm` removes only what `moat netns create` made, and signals only the moat
+/// it left serving: not a runtime's namespace, and not a process that merely has that
+/// moat's id and command line (its start time tells them apart); that moat still ends
+/// once its namespace is gone.
+#[test]
+fn netns_rm_touches_only_what_create_made() {
+    let w = World::new();
+    let foreign = Guest::new();
+    let out = w.moat_in_host_net(&["netns", "rm", &foreign.name], T);
+    assert_eq!(out.status.code(), Some(125), "{}", stderr(&out));
+    assert!(stderr(&out).contains("did not make"), "{}", stderr(&out));
+    assert!(foreign.path().exists(), "a foreign namespace was removed");
+    let name = format!("moatr{}", std::process::id() % 100_000);
+    let out = w.moat_in_host_net(&["netns", "create", &name, "--dns", moat_e2e::WORLD_DNS], T);
+    assert!(out.status.success(), "{}", stderr(&out));
+    let pid_file = format!("/run/moat/netns/{name}.pid");
+    let real: u32 = std::fs::read_to_string(&pid_file)
+        .unwrap()
+        .split_whitespace()
+        .next()
+        .unwrap()
+        .parse()
+        .unwrap();
+    // A process with the same command line words, named in the pid file with a start
+    // time that is not its own.
+    let mut decoy = std::process::Command::new("sh")
+        .args(["-c", "sleep 30", "x", "netns", "create", &name])
+        .spawn()
+        .unwrap();
+    std::fs::write(&pid_file, format!("{} 1\n", decoy.id())).unwrap();
+    let out = w.moat_in_host_net(&["netns", "rm", &name], T);
+    let alive = decoy.try_wait().unwrap().is_none();
+    let _ = decoy.kill();
+    let _ = decoy.wait();
+    assert!(out.status.success(), "{}", stderr(&out));
+    assert!(alive, "rm signalled a process that is not the moat it left");
     assert!(
-        stderr(&gone).contains("no such namespace"),
+        stderr(&out).contains("no moat was serving"),
         "{}",
-        stderr(&gone)
+        stderr(&out)
     );
+    assert!(!Path::new(&format!("/run/netns/{name}")).exists());
+    // The real one ends by itself: its namespace is gone and nothing runs in it.
+    let deadline = std::time::Instant::now() + Duration::from_secs(10);
+    while Path::new(&format!("/proc/{real}")).exists() {
+        assert!(
+            std::time::Instant::now() < deadline,
+            "moat {real} still serves"
+        );
+        std::thread::sleep(Duration::from_millis(50));
+    }
 }

@@ -89,7 +89,7 @@ const ELSEWHERE: &[(&str, &str)] = &[
         "run as written, in order, by the fixture of `moat attach --pid ...`",
     ),
     (
-        "podman run -d --name job --network none -v \"$PWD/resolv.conf:/etc/resolv.conf\" IMAGE COMMAND",
+        "podman run -d --name job --network none -v \"$PWD/resolv.conf:/etc/resolv.conf:ro\" IMAGE COMMAND",
         "run as written, in order, by the fixture of `moat attach --pid ...`",
     ),
 ];

@@ -40,7 +40,7 @@ impl Netns {
         Netns::at(format!("/proc/{pid}/ns/net"))
     }
 
-    /// Take the namespace's `eth0` over (down, renamed) instead of refusing a namespace
+    /// Take the namespace's `eth0` over (it is deleted) instead of refusing a namespace
     /// that has one.
     pub fn replace(mut self, replace: bool) -> Netns {
         self.takeover = if replace {
@@ -66,7 +66,7 @@ pub struct Attached {
     placeholders: Vec<(OsString, OsString)>,
     ca_pem: Option<String>,
     resolv_conf: String,
-    replaced: Option<String>,
+    replaced: bool,
     spec: NetSpec,
 }
 
@@ -86,8 +86,8 @@ impl SandboxBuilder {
     /// sockets leave from here. The file system, limit and command settings do not apply.
     ///
     /// Refused, with the reason, when `netns` is not a network namespace, is this
-    /// process's own, cannot be entered, or already has a default route or an `eth0`
-    /// (unless [`Netns::replace`]).
+    /// process's own, cannot be entered, or already has a way out: an interface other than
+    /// `lo`, or a default route (an `eth0` is taken over with [`Netns::replace`]).
     pub fn attach(self, netns: Netns) -> Result<Attached, Error> {
         let assembly = self.assemble()?;
         let Some(spec) = assembly.sandbox.network.clone() else {
@@ -145,8 +145,8 @@ impl SandboxBuilder {
 }
 
 impl Attached {
-    /// How many processes are in the namespace now (see `moat_sandbox::netns::Watch`).
-    pub fn occupied(&mut self) -> usize {
+    /// Whether a process is in the namespace now (see `moat_sandbox::netns::Watch`).
+    pub fn occupied(&mut self) -> bool {
         self.watch.occupied()
     }
 
@@ -197,9 +197,9 @@ impl Attached {
         &self.resolv_conf
     }
 
-    /// The namespace's own interface moat took over, under its new name.
-    pub fn replaced(&self) -> Option<&str> {
-        self.replaced.as_deref()
+    /// Whether the namespace's own `eth0` was deleted to make room for moat's.
+    pub fn replaced(&self) -> bool {
+        self.replaced
     }
 
     /// The audit log (its summary, for the end).

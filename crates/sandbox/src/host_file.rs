@@ -303,17 +303,57 @@ impl HostFile {
 
     /// Writes `contents` over an existing regular file, in place (the same inode: a file
     /// bind-mounted elsewhere, such as a container's resolv.conf, shows the new contents
-    /// there). Refused when the name is a link or anything but a regular file.
-    pub fn overwrite(&self, contents: &[u8]) -> Result<(), HostFileError> {
+    /// there), and sets its mode to `mode` when given. The name is first opened as a path
+    /// only (`O_PATH | O_NOFOLLOW`), so nothing but a regular file with one name is ever
+    /// opened for writing: a link, a FIFO or a device planted there (opening some devices
+    /// has effects of its own) is refused unopened, and so is a hard link to a file
+    /// elsewhere.
+    pub fn overwrite(&self, contents: &[u8], mode: Option<u32>) -> Result<(), HostFileError> {
         self.check_unchanged()?;
-        let fd = nix::fcntl::openat(
+        let at = nix::fcntl::openat(
             &self.dir,
             self.name.as_os_str(),
-            OFlag::O_WRONLY | OFlag::O_NOFOLLOW | OFlag::O_NONBLOCK | OFlag::O_CLOEXEC,
+            OFlag::O_PATH | OFlag::O_NOFOLLOW | OFlag::O_CLOEXEC,
             Mode::empty(),
         )
         .map_err(|e| self.open_error("open for writing", e))?;
+        let seen =
+            nix::sys::stat::fstat(&at).map_err(|e| self.io("read the file's type", e.into()))?;
+        let is_link = SFlag::from_bits_truncate(seen.st_mode) & SFlag::S_IFMT == SFlag::S_IFLNK;
+        if is_link || SFlag::from_bits_truncate(seen.st_mode) & SFlag::S_IFMT != SFlag::S_IFREG {
+            return Err(HostFileError::NotRegular {
+                path: self.path(),
+                what: kind(seen.st_mode),
+            });
+        }
+        if seen.st_nlink != 1 {
+            return Err(HostFileError::NotRegular {
+                path: self.path(),
+                what: "a file with other names (a hard link)",
+            });
+        }
+        // The file just checked, opened again through its descriptor.
+        let fd = nix::fcntl::open(
+            format!("/proc/self/fd/{}", at.as_raw_fd()).as_str(),
+            OFlag::O_WRONLY | OFlag::O_NOCTTY | OFlag::O_NONBLOCK | OFlag::O_CLOEXEC,
+            Mode::empty(),
+        )
+        .map_err(|e| self.io("open for writing", e.into()))?;
         let file = self.regular(fd)?;
+        let now = file
+            .metadata()
+            .map_err(|e| self.io("read the file's type", e))?;
+        if (now.dev(), now.ino()) != (seen.st_dev, seen.st_ino) {
+            return Err(self.io(
+                "open for writing",
+                io::Error::other("the file was replaced while it was opened"),
+            ));
+        }
+        if let Some(mode) = mode {
+            use std::os::unix::fs::PermissionsExt;
+            file.set_permissions(std::fs::Permissions::from_mode(mode))
+                .map_err(|e| self.io("set the mode", e))?;
+        }
         file.set_len(0)
             .and_then(|()| (&file).write_all(contents))
             .map_err(|e| self.io("write", e))
@@ -614,7 +654,7 @@ mod tests {
         let inode = std::fs::metadata(&conf).unwrap().ino();
         HostFile::open(&conf)
             .unwrap()
-            .overwrite(b"nameserver 10.0.2.2\n")
+            .overwrite(b"nameserver 10.0.2.2\n", None)
             .unwrap();
         // The same file (a bind mount of it shows the change), shorter contents whole.
         assert_eq!(std::fs::metadata(&conf).unwrap().ino(), inode);
@@ -627,13 +667,40 @@ mod tests {
         symlink(&victim, s.0.join("link")).unwrap();
         let err = HostFile::open(&s.0.join("link"))
             .unwrap()
-            .overwrite(b"x")
+            .overwrite(b"x", None)
             .unwrap_err();
         assert!(err.to_string().contains("symbolic link"), "{err}");
         assert_eq!(std::fs::read_to_string(&victim).unwrap(), "host file");
+        // A hard link to a file elsewhere, a FIFO: refused, and nothing written.
+        std::fs::hard_link(&victim, s.0.join("hard")).unwrap();
+        let err = HostFile::open(&s.0.join("hard"))
+            .unwrap()
+            .overwrite(b"x", None)
+            .unwrap_err();
+        assert!(err.to_string().contains("hard link"), "{err}");
+        assert_eq!(std::fs::read_to_string(&victim).unwrap(), "host file");
+        nix::unistd::mkfifo(&s.0.join("fifo"), Mode::from_bits_truncate(0o600)).unwrap();
+        let err = HostFile::open(&s.0.join("fifo"))
+            .unwrap()
+            .overwrite(b"x", None)
+            .unwrap_err();
+        assert!(err.to_string().contains("FIFO"), "{err}");
+        // The mode, when asked.
+        let env = s.0.join("env");
+        std::fs::write(&env, "").unwrap();
+        {
+            use std::os::unix::fs::PermissionsExt;
+            std::fs::set_permissions(&env, std::fs::Permissions::from_mode(0o644)).unwrap();
+        }
+        HostFile::open(&env)
+            .unwrap()
+            .overwrite(b"K=V\n", Some(0o600))
+            .unwrap();
+        assert_eq!(std::fs::metadata(&env).unwrap().mode() & 0o777, 0o600);
+        assert_eq!(std::fs::read_to_string(&env).unwrap(), "K=V\n");
         let missing = HostFile::open(&s.0.join("missing"))
             .unwrap()
-            .overwrite(b"x");
+            .overwrite(b"x", None);
         assert!(missing.is_err());
         assert!(!s.0.join("missing").exists());
     }

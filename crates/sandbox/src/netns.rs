@@ -10,12 +10,19 @@
 //! interface belongs to the namespace its device was opened in), makes and configures the
 //! TAP, hands its descriptor back and ends. Nothing else of moat ever leaves its namespace.
 //!
-//! Before anything is made, the target is checked, and refused with the reason: a path that
-//! is not a network namespace (setns says EINVAL), moat's own namespace (serving it would
-//! take the host's network away), one moat may not enter, and one that already has a way
-//! out of its own — a default route, or an interface named `eth0` — unless the caller asked
-//! to take it over ([`Takeover::Replace`]: that `eth0` is taken down and renamed, which
-//! removes its routes; a default route through another interface still refuses).
+//! Before anything is changed, the target is checked, and refused with the reason: a path
+//! that is not a network namespace (setns says EINVAL), moat's own namespace (checked on
+//! the descriptor opened and again from inside: serving it would take the host's network
+//! away), one moat may not enter, and one with any way out of its own: an interface other
+//! than `lo` (so no route of any table, and no rule, can lead past moat) or a default route.
+//! An `eth0` may be taken over when the caller asks ([`Takeover::Replace`]): it is deleted
+//! (a veth with its peer), not kept down, so nothing inside can bring it back. Only then is
+//! the namespace changed: `lo` up, the TAP made.
+//!
+//! What this guarantees: when moat starts serving, moat's interface is the namespace's one
+//! way out. A program inside with CAP_NET_ADMIN over the namespace cannot make another (an
+//! interface leading elsewhere needs a peer in a namespace it does not own), unless someone
+//! outside moves one in.
 //!
 //! How long a namespace is served is the caller's choice; [`Watch`] tells when no process
 //! is left in it: it follows the processes it found by one `stat` each, and reads `/proc`
@@ -64,7 +71,7 @@ pub enum Takeover {
     /// Refuse, saying why.
     #[default]
     Refuse,
-    /// Take its `eth0` down and rename it (`eth0-pre-moat`), which removes its routes.
+    /// Delete its `eth0` (with its routes; a veth's peer goes too).
     Replace,
 }
 
@@ -125,12 +132,9 @@ pub struct Attached {
     pub tap: OwnedFd,
     /// The namespace served.
     pub ns: NsId,
-    /// The interface the namespace had under the TAP's name, taken down and renamed.
-    pub replaced: Option<String>,
+    /// Whether the namespace's own interface under the TAP's name was deleted.
+    pub replaced: bool,
 }
-
-/// The name a replaced interface is given.
-pub const REPLACED_NAME: &str = "eth0-pre-moat";
 
 /// Makes moat's TAP (`net.tap_name`, configured as `net` says) inside the network
 /// namespace `path`, after the checks of the module header.
@@ -146,14 +150,20 @@ pub fn attach(path: &Path, net: &NetSpec, takeover: Takeover) -> Result<Attached
         path: path.to_owned(),
         source,
     };
-    let ns = NsId::of(path).map_err(enter_err)?;
-    if NsId::own().ok() == Some(ns) {
+    // The namespace opened, not whatever the path names a moment later.
+    let m = file.metadata().map_err(enter_err)?;
+    let ns = NsId {
+        dev: m.dev(),
+        ino: m.ino(),
+    };
+    let own = NsId::own().map_err(enter_err)?;
+    if own == ns {
         return Err(AttachError::Own(path.to_owned()));
     }
     let net = net.clone();
     let path_owned = path.to_owned();
     std::thread::scope(|s| {
-        s.spawn(move || inside(file, &path_owned, &net, takeover))
+        s.spawn(move || inside(file, &path_owned, &net, takeover, own))
             .join()
             .unwrap_or_else(|_| {
                 Err(AttachError::Setup {
@@ -166,13 +176,18 @@ pub fn attach(path: &Path, net: &NetSpec, takeover: Takeover) -> Result<Attached
     .map(|(tap, replaced)| Attached { tap, ns, replaced })
 }
 
-/// The thread inside the namespace: enter, check, make the TAP.
+/// Where the thread that enters a namespace reads which one it is in.
+const THREAD_NS: &str = "/proc/thread-self/ns/net";
+
+/// The thread inside the namespace: enter, check everything, then change it: the
+/// replaced interface deleted, `lo` up, the TAP made.
 fn inside(
     file: File,
     path: &Path,
     net: &NetSpec,
     takeover: Takeover,
-) -> Result<(OwnedFd, Option<String>), AttachError> {
+    own: NsId,
+) -> Result<(OwnedFd, bool), AttachError> {
     setns(&file, CloneFlags::CLONE_NEWNET).map_err(|e| match e {
         Errno::EINVAL => AttachError::NotNetns(path.to_owned()),
         e => AttachError::Enter {
@@ -193,23 +208,43 @@ fn inside(
         what,
         hint,
     };
-    let mut replaced = None;
-    if sys::if_index(&net.tap_name).is_ok() {
-        if takeover == Takeover::Refuse {
-            return Err(occupied(
-                format!("an interface named {}", net.tap_name),
-                "give --replace to take it over, or serve a namespace made without one: podman run --network none",
-            ));
-        }
-        sys::set_down(&net.tap_name).map_err(setup("take the namespace's eth0 down"))?;
-        sys::rename(&net.tap_name, REPLACED_NAME).map_err(setup("rename the namespace's eth0"))?;
-        replaced = Some(REPLACED_NAME.to_owned());
+    // Where this thread is now, whatever the path named when it was checked.
+    if NsId::of(Path::new(THREAD_NS)).map_err(setup("read the namespace entered"))? == own {
+        return Err(AttachError::Own(path.to_owned()));
     }
-    if let Some(route) = default_route().map_err(setup("read the namespace's routes"))? {
+    // moat must be the only way out: nothing but lo, and an eth0 only when it is to go.
+    let names = interfaces().map_err(setup("read the namespace's interfaces"))?;
+    let has_tap_name = names.contains(&net.tap_name);
+    let others: Vec<&String> = names
+        .iter()
+        .filter(|n| *n != "lo" && **n != net.tap_name)
+        .collect();
+    if !others.is_empty() {
+        let list: Vec<&str> = others.iter().map(|n| n.as_str()).collect();
+        return Err(occupied(
+            format!("interfaces of its own ({})", list.join(", ")),
+            "serve a namespace that has only lo: podman run --network none",
+        ));
+    }
+    if has_tap_name && takeover == Takeover::Refuse {
+        return Err(occupied(
+            format!("an interface named {}", net.tap_name),
+            "give --replace to take it over (it is deleted), or serve a namespace made without one: podman run --network none",
+        ));
+    }
+    // A default route through the interface to be replaced goes with it; one through lo
+    // leads nowhere, but would stand in the TAP's way.
+    let going = has_tap_name.then_some(net.tap_name.as_str());
+    if let Some((route, _)) = default_route(going).map_err(setup("read the namespace's routes"))? {
         return Err(occupied(
             route,
             "remove it, or serve a namespace made without one: podman run --network none",
         ));
+    }
+    // Every check passed: now the namespace is changed.
+    if has_tap_name {
+        let index = sys::if_index(&net.tap_name).map_err(setup("find the namespace's eth0"))?;
+        delete_link(index).map_err(setup("delete the namespace's eth0"))?;
     }
     // Loopback, as every program expects (a namespace from `ip netns add` has it down).
     sys::set_up("lo").map_err(setup("bring up lo"))?;
@@ -219,38 +254,118 @@ fn inside(
         step,
         source,
     })?;
-    Ok((tap, replaced))
+    Ok((tap, has_tap_name))
+}
+
+/// The interfaces of the calling thread's namespace (`/proc/net/dev`'s names).
+fn interfaces() -> io::Result<Vec<String>> {
+    let text = std::fs::read_to_string("/proc/thread-self/net/dev")?;
+    Ok(interface_names(&text))
+}
+
+/// The names in `/proc/net/dev`'s text (two header lines, then `name: counters`).
+fn interface_names(text: &str) -> Vec<String> {
+    text.lines()
+        .skip(2)
+        .filter_map(|l| l.split_once(':'))
+        .map(|(name, _)| name.trim().to_owned())
+        .filter(|n| !n.is_empty())
+        .collect()
+}
+
+/// Deletes interface `index` of the calling thread's namespace (rtnetlink RTM_DELLINK; a
+/// veth takes its peer with it).
+fn delete_link(index: u32) -> io::Result<()> {
+    use nix::sys::socket::{
+        AddressFamily, MsgFlags, NetlinkAddr, SockFlag, SockProtocol, SockType, recv, sendto,
+        socket,
+    };
+    use std::os::fd::AsRawFd;
+    const RTM_DELLINK: u16 = 17;
+    const NLM_F_REQUEST: u16 = 0x1;
+    const NLM_F_ACK: u16 = 0x4;
+    const NLMSG_ERROR: u16 = 2;
+    let sock = socket(
+        AddressFamily::Netlink,
+        SockType::Raw,
+        SockFlag::SOCK_CLOEXEC,
+        SockProtocol::NetlinkRoute,
+    )?;
+    // struct nlmsghdr, then struct ifinfomsg (rtnetlink(7)).
+    let mut msg = Vec::with_capacity(32);
+    msg.extend_from_slice(&32u32.to_ne_bytes());
+    msg.extend_from_slice(&RTM_DELLINK.to_ne_bytes());
+    msg.extend_from_slice(&(NLM_F_REQUEST | NLM_F_ACK).to_ne_bytes());
+    msg.extend_from_slice(&1u32.to_ne_bytes());
+    msg.extend_from_slice(&0u32.to_ne_bytes());
+    msg.extend_from_slice(&[0, 0, 0, 0]);
+    msg.extend_from_slice(&(index as i32).to_ne_bytes());
+    msg.extend_from_slice(&[0; 8]);
+    sendto(
+        sock.as_raw_fd(),
+        &msg,
+        &NetlinkAddr::new(0, 0),
+        MsgFlags::empty(),
+    )?;
+    let mut buf = [0u8; 1024];
+    let n = recv(sock.as_raw_fd(), &mut buf, MsgFlags::empty())?;
+    let kind = buf
+        .get(4..6)
+        .map(|b| u16::from_ne_bytes([b[0], b[1]]))
+        .filter(|_| n >= 20);
+    match (kind, buf.get(16..20)) {
+        (Some(NLMSG_ERROR), Some(code)) => {
+            let code = i32::from_ne_bytes([code[0], code[1], code[2], code[3]]);
+            if code == 0 {
+                Ok(())
+            } else {
+                Err(io::Error::from_raw_os_error(-code))
+            }
+        }
+        _ => Err(io::Error::other("no answer from rtnetlink")),
+    }
 }
 
 /// A default route of the calling thread's namespace, described (`None`: there is none).
-fn default_route() -> io::Result<Option<String>> {
+/// A default route of the calling thread's namespace through another interface than
+/// `except`, described, with its interface (`None`: there is none).
+fn default_route(except: Option<&str>) -> io::Result<Option<(String, String)>> {
     // `thread-self`: this thread's namespace, not the process's.
     let v4 = std::fs::read_to_string("/proc/thread-self/net/route")?;
-    if let Some(dev) = default_v4(&v4) {
-        return Ok(Some(format!("an IPv4 default route through {dev}")));
-    }
     let v6 = std::fs::read_to_string("/proc/thread-self/net/ipv6_route").unwrap_or_default();
-    Ok(default_v6(&v6).map(|dev| format!("an IPv6 default route through {dev}")))
+    let keep = |dev: &String| Some(dev.as_str()) != except;
+    if let Some(dev) = default_v4(&v4).into_iter().find(keep) {
+        return Ok(Some((format!("an IPv4 default route through {dev}"), dev)));
+    }
+    Ok(default_v6(&v6)
+        .into_iter()
+        .find(keep)
+        .map(|dev| (format!("an IPv6 default route through {dev}"), dev)))
 }
 
-/// The interface of a default route in `/proc/net/route`'s text.
-fn default_v4(text: &str) -> Option<String> {
-    text.lines().skip(1).find_map(|line| {
-        let f: Vec<&str> = line.split_whitespace().collect();
-        // Iface Destination Gateway Flags RefCnt Use Metric Mask ...
-        (f.len() > 7 && f[1] == "00000000" && f[7] == "00000000").then(|| f[0].to_owned())
-    })
+/// The interfaces of the default routes in `/proc/net/route`'s text.
+fn default_v4(text: &str) -> Vec<String> {
+    text.lines()
+        .skip(1)
+        .filter_map(|line| {
+            let f: Vec<&str> = line.split_whitespace().collect();
+            // Iface Destination Gateway Flags RefCnt Use Metric Mask ...
+            (f.len() > 7 && f[1] == "00000000" && f[7] == "00000000").then(|| f[0].to_owned())
+        })
+        .collect()
 }
 
-/// The interface of a default route in `/proc/net/ipv6_route`'s text (the kernel's
+/// The interfaces of the default routes in `/proc/net/ipv6_route`'s text (the kernel's
 /// unreachable route on `lo` is not one).
-fn default_v6(text: &str) -> Option<String> {
-    text.lines().find_map(|line| {
-        let f: Vec<&str> = line.split_whitespace().collect();
-        // dst dst_len src src_len next_hop metric refcnt use flags iface
-        let default = f.len() == 10 && f[0].bytes().all(|b| b == b'0') && f[1] == "00";
-        (default && f[9] != "lo").then(|| f[9].to_owned())
-    })
+fn default_v6(text: &str) -> Vec<String> {
+    text.lines()
+        .filter_map(|line| {
+            let f: Vec<&str> = line.split_whitespace().collect();
+            // dst dst_len src src_len next_hop metric refcnt use flags iface
+            let default = f.len() == 10 && f[0].bytes().all(|b| b == b'0') && f[1] == "00";
+            (default && f[9] != "lo").then(|| f[9].to_owned())
+        })
+        .collect()
 }
 
 /// Which processes are in a namespace, followed cheaply (see the module header), and
@@ -290,17 +405,23 @@ impl Watch {
         self.ns
     }
 
-    /// How many of the processes found in the namespace are still there; when none is,
-    /// `/proc` is read again for any that came since (at most once a second).
-    pub fn occupied(&mut self) -> usize {
+    /// Whether a process is in the namespace: one of those found is followed (one `stat`
+    /// a call), the next when it is gone; when none is left, `/proc` is read again for any
+    /// that came since (at most once a second).
+    pub fn occupied(&mut self) -> bool {
         let ns = self.ns;
-        self.pids.retain(|&pid| ns_of(pid) == Some(ns));
+        while let Some(&pid) = self.pids.last() {
+            if ns_of(pid) == Some(ns) {
+                return true;
+            }
+            self.pids.pop();
+        }
         let due = self.scanned.is_none_or(|t| t.elapsed() >= RESCAN);
-        if self.pids.is_empty() && due {
+        if due {
             self.pids = processes_in(ns);
             self.scanned = Some(std::time::Instant::now());
         }
-        self.pids.len()
+        !self.pids.is_empty()
     }
 }
 
@@ -319,20 +440,37 @@ pub fn processes_in(ns: NsId) -> Vec<u32> {
         .collect()
 }
 
+/// When process `pid` started (clock ticks since boot: `/proc/PID/stat`'s 22nd field), which
+/// tells it from a later process given the same number.
+pub fn start_time(pid: u32) -> Option<u64> {
+    let stat = std::fs::read_to_string(format!("/proc/{pid}/stat")).ok()?;
+    // The command name (field 2) is in parentheses and may hold anything: count after it.
+    let (_, rest) = stat.rsplit_once(')')?;
+    rest.split_whitespace().nth(19)?.parse().ok()
+}
+
 /// Forks this process to go on in the background: the child (`None`) leaves the caller's
 /// session, reads nothing (stdin is /dev/null) and writes to `output`; the parent gets the
-/// child's process id. Refused unless this process has one thread (a fork copies only the
+/// child's process id. The child keeps the working directory (relative paths it was
+/// given still name the same files) until it changes it. Refused unless this process has one thread (a fork copies only the
 /// calling thread: locks another thread held would stay held in the child).
 pub fn detach(output: OwnedFd) -> io::Result<Option<u32>> {
-    let status = std::fs::read_to_string("/proc/self/status")?;
-    let threads = status
-        .lines()
-        .find_map(|l| l.strip_prefix("Threads:"))
-        .and_then(|n| n.trim().parse::<u32>().ok());
-    if threads != Some(1) {
-        return Err(io::Error::other(
-            "a process with more than one thread cannot start one in the background",
-        ));
+    let threads = || -> io::Result<Option<u32>> {
+        let status = std::fs::read_to_string("/proc/self/status")?;
+        Ok(status
+            .lines()
+            .find_map(|l| l.strip_prefix("Threads:"))
+            .and_then(|n| n.trim().parse::<u32>().ok()))
+    };
+    // A thread just joined may still be counted for a moment.
+    let deadline = std::time::Instant::now() + std::time::Duration::from_secs(1);
+    while threads()? != Some(1) {
+        if std::time::Instant::now() > deadline {
+            return Err(io::Error::other(
+                "a process with more than one thread cannot start one in the background",
+            ));
+        }
+        std::thread::sleep(std::time::Duration::from_millis(5));
     }
     let null = File::open("/dev/null")?;
     match sys::fork()? {
@@ -469,21 +607,21 @@ mod tests {
         let v4 = "Iface\tDestination\tGateway \tFlags\tRefCnt\tUse\tMetric\tMask\t\tMTU\tWindow\tIRTT\n\
                   eth0\t0000FEA9\t00000000\t0001\t0\t0\t0\t0000FFFF\t0\t0\t0\n\
                   eth0\t00000000\t0102A8C0\t0003\t0\t0\t0\t00000000\t0\t0\t0\n";
-        assert_eq!(default_v4(v4).as_deref(), Some("eth0"));
+        assert_eq!(default_v4(v4), ["eth0"]);
         // A route to 0.0.0.0/16 is not a default route.
         let not = "Iface\tDestination\tGateway \tFlags\tRefCnt\tUse\tMetric\tMask\n\
                    eth0\t00000000\t00000000\t0001\t0\t0\t0\t0000FFFF\n";
-        assert_eq!(default_v4(not), None);
+        assert!(default_v4(not).is_empty());
         let v6 = "00000000000000000000000000000001 80 00000000000000000000000000000000 00 00000000000000000000000000000000 00000000 00000002 00000000 80200001       lo\n\
                   00000000000000000000000000000000 00 00000000000000000000000000000000 00 00000000000000000000000000000000 ffffffff 00000001 00000000 00200200       lo\n";
-        assert_eq!(default_v6(v6), None);
+        assert!(default_v6(v6).is_empty());
         let with = format!(
             "{v6}00000000000000000000000000000000 00 00000000000000000000000000000000 00 fe800000000000000000000000000001 00000400 00000001 00000000 00000003     eth1\n"
         );
-        assert_eq!(default_v6(&with).as_deref(), Some("eth1"));
+        assert_eq!(default_v6(&with), ["eth1"]);
         // ::/64 is not a default route.
         let prefix = "00000000000000000000000000000000 40 00000000000000000000000000000000 00 00000000000000000000000000000000 00000100 00000001 00000000 00000001     eth1\n";
-        assert_eq!(default_v6(prefix), None);
+        assert!(default_v6(prefix).is_empty());
     }
 
     #[test]

@@ -146,26 +146,6 @@ pub fn set_up(name: &str) -> io::Result<()> {
     ioctl_ifreq(sock.as_raw_fd(), libc::SIOCSIFFLAGS, &mut req)
 }
 
-/// Takes `name` down.
-pub fn set_down(name: &str) -> io::Result<()> {
-    let sock = inet_socket(libc::AF_INET)?;
-    let mut req = ifreq(name)?;
-    ioctl_ifreq(sock.as_raw_fd(), libc::SIOCGIFFLAGS, &mut req)?;
-    // SAFETY: SIOCGIFFLAGS filled the flags member of the union.
-    let flags = unsafe { req.ifr_ifru.ifru_flags };
-    req.ifr_ifru.ifru_flags = flags & !(libc::IFF_UP as libc::c_short);
-    ioctl_ifreq(sock.as_raw_fd(), libc::SIOCSIFFLAGS, &mut req)
-}
-
-/// Renames interface `name` (which must be down) to `new`.
-pub fn rename(name: &str, new: &str) -> io::Result<()> {
-    let sock = inet_socket(libc::AF_INET)?;
-    let mut req = ifreq(name)?;
-    let to = ifreq(new)?;
-    req.ifr_ifru.ifru_newname = to.ifr_name;
-    ioctl_ifreq(sock.as_raw_fd(), libc::SIOCSIFNAME, &mut req)
-}
-
 /// The kernel's `struct rtentry` (include/uapi/linux/route.h), which the libc crate lacks.
 #[repr(C)]
 struct RtEntry {

@@ -34,6 +34,9 @@ pub(crate) struct AttachOptions {
     pub(crate) env_out: Option<PathBuf>,
     /// `--ready-file FILE`.
     pub(crate) ready_file: Option<PathBuf>,
+    /// In the background (`moat netns create`): once serving, leave the working directory
+    /// (every file given has been opened), so that it keeps no file system busy.
+    pub(crate) detached: bool,
 }
 
 /// Files moat writes for the namespace's programs, opened before anything is served.
@@ -51,8 +54,19 @@ impl Outputs {
                 .map(|p| HostFile::open(p).with_context(|| format!("{flag} {}", p.display())))
                 .transpose()
         };
+        let resolv_conf = open(&a.resolv_conf, "--resolv-conf")?;
+        // Written in place, so it must be there before anything is served.
+        if let Some(file) = &resolv_conf {
+            let existing = file.read_existing(1 << 20).context("--resolv-conf")?;
+            if existing.is_none() {
+                anyhow::bail!(
+                    "--resolv-conf {}: no such file (moat writes it in place: create it, and mount it at the container's /etc/resolv.conf)",
+                    file.path().display()
+                );
+            }
+        }
         Ok(Outputs {
-            resolv_conf: open(&a.resolv_conf, "--resolv-conf")?,
+            resolv_conf,
             ca_out: open(&a.ca_out, "--ca-out")?,
             env_out: open(&a.env_out, "--env-out")?,
             ready: open(&a.ready_file, "--ready-file")?,
@@ -94,10 +108,11 @@ pub(crate) fn attach(opts: RunOptions, a: AttachOptions) -> anyhow::Result<i32> 
         spec.guest_v4,
         spec.prefix_v4,
         spec.gateway_v4,
-        attached
-            .replaced()
-            .map(|r| format!("; its own eth0 is down, as {r}"))
-            .unwrap_or_default()
+        if attached.replaced() {
+            "; its own eth0 is deleted"
+        } else {
+            ""
+        }
     );
     if outputs.env_out.is_none() {
         for (k, v) in attached.placeholders() {
@@ -109,9 +124,16 @@ pub(crate) fn attach(opts: RunOptions, a: AttachOptions) -> anyhow::Result<i32> 
         }
     }
     if let Some(ready) = &outputs.ready {
+        // The process id, and when the process started (which tells it from a later one
+        // given the same id).
+        let pid = std::process::id();
+        let started = moat_sandbox::netns::start_time(pid).unwrap_or(0);
         ready
-            .replace(format!("{}\n", std::process::id()).as_bytes(), 0o600)
+            .replace(format!("{pid} {started}\n").as_bytes(), 0o600)
             .context("--ready-file")?;
+    }
+    if a.detached {
+        let _ = nix::unistd::chdir("/");
     }
     let why = serve(&mut attached, &sigfd, a.keep)?;
     eprintln!("moat: stopped serving {}: {why}", netns.path().display());
@@ -130,7 +152,7 @@ pub(crate) fn attach(opts: RunOptions, a: AttachOptions) -> anyhow::Result<i32> 
 /// The files the namespace's programs need, written once it is served.
 fn write_outputs(attached: &crate::Attached, outputs: &Outputs) -> anyhow::Result<()> {
     if let Some(file) = &outputs.resolv_conf {
-        file.overwrite(attached.resolv_conf().as_bytes())
+        file.overwrite(attached.resolv_conf().as_bytes(), None)
             .context("--resolv-conf")?;
     }
     if let Some(file) = &outputs.ca_out {
@@ -150,12 +172,12 @@ fn write_outputs(attached: &crate::Attached, outputs: &Outputs) -> anyhow::Resul
     Ok(())
 }
 
-/// Writes a file for the namespace's programs: in place when it exists (a container that
-/// already runs sees it through the mount it was started with, which follows the file, not
-/// the name), else as a new file of `mode`.
+/// Writes a file for the namespace's programs, of `mode`: in place when it exists (a
+/// container that already runs sees it through the mount it was started with, which
+/// follows the file, not the name), else as a new file.
 fn write(file: &HostFile, contents: &[u8], mode: u32) -> Result<(), moat_sandbox::HostFileError> {
-    if file.path().exists() {
-        file.overwrite(contents)
+    if std::fs::symlink_metadata(file.path()).is_ok() {
+        file.overwrite(contents, Some(mode))
     } else {
         file.replace(contents, mode)
     }
@@ -173,19 +195,17 @@ fn serve(attached: &mut crate::Attached, sigfd: &SignalFd, keep: bool) -> anyhow
         // path is gone (then nobody else can reach it).
         let named = attached.named();
         if !keep || !named {
-            let n = attached.occupied();
-            if n > 0 && !seen {
+            let occupied = attached.occupied();
+            if occupied && !seen {
                 seen = true;
                 if live {
-                    eprintln!(
-                        "moat: {n} process(es) in the namespace; serving until the last is gone"
-                    );
+                    eprintln!("moat: serving until the namespace's last process is gone");
                 }
             }
-            if !keep && seen && n == 0 {
+            if !keep && seen && !occupied {
                 return Ok("its last process is gone".to_owned());
             }
-            if n == 0 && !named {
+            if !occupied && !named {
                 return Ok(
                     "the namespace is gone (no process runs in it, and its path no longer names it)"
                         .to_owned(),

@@ -253,7 +253,7 @@ struct AttachArgs {
     /// Serve the network namespace process PID runs in.
     #[arg(long, value_name = "PID")]
     pid: Option<u32>,
-    /// Take over the namespace's eth0 (taken down and renamed eth0-pre-moat) instead of
+    /// Take over the namespace's eth0 (it is deleted, a veth with its peer) instead of
     /// refusing a namespace that has one.
     #[arg(long)]
     replace: bool,
@@ -272,7 +272,8 @@ struct AttachArgs {
     /// --env-file FILE`.
     #[arg(long, value_name = "FILE")]
     env_out: Option<PathBuf>,
-    /// Write moat's process id to FILE once the namespace is served.
+    /// Write moat's process id and its start time (/proc/PID/stat's 22nd field) to FILE
+    /// once the namespace is served.
     #[arg(long, value_name = "FILE")]
     ready_file: Option<PathBuf>,
     #[command(flatten)]
@@ -388,6 +389,7 @@ pub(crate) fn main() -> ExitCode {
                 ca_out: args.ca_out,
                 env_out: args.env_out,
                 ready_file: args.ready_file,
+                detached: false,
             };
             return exit_of(attach::attach(opts, a));
         }

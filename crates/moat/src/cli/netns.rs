@@ -30,11 +30,21 @@ fn state(name: &str, ext: &str) -> PathBuf {
     Path::new(STATE_DIR).join(format!("{name}.{ext}"))
 }
 
+/// `moat netns` makes and removes namespaces under /run/netns and signals the moat it
+/// left serving one: root's business.
+fn need_root() -> anyhow::Result<()> {
+    if !nix::unistd::geteuid().is_root() {
+        bail!("moat netns needs root (it makes and removes namespaces under /run/netns)");
+    }
+    Ok(())
+}
+
 /// `moat netns create NAME [network options]`.
 pub(crate) fn create(name: &str, opts: RunOptions) -> anyhow::Result<i32> {
     if !netns::valid_named(name) {
         bail!("{name:?}: a namespace's name is letters, digits, '-', '_' and '.' (at most 64)");
     }
+    need_root()?;
     // Every option is checked before anything is made.
     super::run::builder(&opts)?;
     std::fs::create_dir_all(STATE_DIR)
@@ -75,6 +85,7 @@ pub(crate) fn create(name: &str, opts: RunOptions) -> anyhow::Result<i32> {
         Ok(child) => child,
         Err(e) => {
             let _ = netns::remove_named(name);
+            let _ = std::fs::remove_file(&log_path);
             return Err(e).context("start the moat that serves it");
         }
     };
@@ -85,6 +96,7 @@ pub(crate) fn create(name: &str, opts: RunOptions) -> anyhow::Result<i32> {
             AttachOptions {
                 netns: Some(Netns::at(&path)),
                 keep: true,
+                detached: true,
                 ready_file: Some(pid_path),
                 ..AttachOptions::default()
             },
@@ -113,6 +125,13 @@ pub(crate) fn create(name: &str, opts: RunOptions) -> anyhow::Result<i32> {
                     | nix::sys::wait::WaitStatus::Signaled(..))
             );
         if ended || Instant::now() > deadline {
+            if !ended {
+                // It must not go on serving, or write its pid file, after this.
+                let pid = nix::unistd::Pid::from_raw(child as i32);
+                let _ = nix::sys::signal::kill(pid, nix::sys::signal::Signal::SIGKILL);
+                let _ = nix::sys::wait::waitpid(pid, None);
+            }
+            let _ = std::fs::remove_file(&pid_path);
             let said = std::fs::read_to_string(&log_path).unwrap_or_default();
             eprint!("{said}");
             let _ = netns::remove_named(name);
@@ -139,10 +158,24 @@ pub(crate) fn rm(name: &str) -> anyhow::Result<i32> {
     if !netns::valid_named(name) {
         bail!("{name:?} is not a namespace's name");
     }
+    need_root()?;
     let (pid_path, log_path) = (state(name, "pid"), state(name, "log"));
-    let pid = std::fs::read_to_string(&pid_path)
-        .ok()
-        .and_then(|t| t.trim().parse::<u32>().ok());
+    // Only what `create` made: a runtime's namespace (Podman's netns-...) is not moat's to
+    // remove.
+    if !log_path.exists() && !pid_path.exists() {
+        bail!(
+            "moat netns create did not make {name} (there is no {}); if it is yours, remove it with ip netns del {name}",
+            log_path.display()
+        );
+    }
+    // "PID START": the process, and when it started (a later process given the same id
+    // is not it).
+    let pid = std::fs::read_to_string(&pid_path).ok().and_then(|t| {
+        let mut words = t.split_whitespace();
+        let pid = words.next()?.parse::<u32>().ok()?;
+        let started = words.next()?.parse::<u64>().ok()?;
+        (netns::start_time(pid) == Some(started)).then_some(pid)
+    });
     match pid.filter(|&p| started_by_create(p, name)) {
         Some(pid) => {
             let _ = nix::sys::signal::kill(
@@ -150,7 +183,8 @@ pub(crate) fn rm(name: &str) -> anyhow::Result<i32> {
                 nix::sys::signal::Signal::SIGTERM,
             );
             let deadline = Instant::now() + WAIT;
-            while Path::new(&format!("/proc/{pid}")).exists() && started_by_create(pid, name) {
+            let started = netns::start_time(pid);
+            while netns::start_time(pid).is_some() && netns::start_time(pid) == started {
                 if Instant::now() > deadline {
                     bail!("the moat serving {name} (process {pid}) did not stop within 15 s");
                 }
@@ -168,9 +202,20 @@ pub(crate) fn rm(name: &str) -> anyhow::Result<i32> {
     Ok(0)
 }
 
-/// Whether process `pid` is the moat `moat netns create NAME` left serving (a process id
-/// from a file may have been given to another process since).
+/// Whether process `pid` is root's and runs `moat netns create NAME` (with its start time
+/// checked by the caller, the moat `create` left serving).
 fn started_by_create(pid: u32, name: &str) -> bool {
+    let root = std::fs::read_to_string(format!("/proc/{pid}/status"))
+        .ok()
+        .and_then(|s| {
+            s.lines()
+                .find_map(|l| l.strip_prefix("Uid:"))
+                .map(|u| u.split_whitespace().all(|id| id == "0"))
+        })
+        .unwrap_or(false);
+    if !root {
+        return false;
+    }
     let Ok(cmdline) = std::fs::read(format!("/proc/{pid}/cmdline")) else {
         return false;
     };
