@@ -373,69 +373,13 @@ impl SandboxBuilder {
     /// Checks every setting and turns them into the sandbox's and the engine's
     /// configuration, binding the published ports and opening the audit log. Nothing runs
     /// yet. The CLI comes through here too (see `cli/run.rs`).
-    pub(crate) fn assemble(self) -> Result<Assembly, Error> {
+    pub(crate) fn assemble(mut self) -> Result<Assembly, Error> {
         if !moat_sandbox::valid_name(&self.name) {
             return Err(Error::Name(self.name));
         }
-        let invalid = |what: &'static str, message: String| Error::Io {
-            what,
-            source: io::Error::new(io::ErrorKind::InvalidInput, message),
-        };
-        let net = self.network;
-        let compiled = net.policy.compile()?;
-        let block_domains = net
-            .block_domains
-            .iter()
-            .map(|d| moat_policy::DomainName::new(d))
-            .collect::<Result<Vec<_>, _>>()?;
-        let block_domain_suffixes = net
-            .block_domain_suffixes
-            .iter()
-            .map(|d| moat_policy::DomainSuffix::new(d))
-            .collect::<Result<Vec<_>, _>>()?;
-        if net.max_buffer_memory < moat_engine::MIN_BUFFER_MEMORY {
-            return Err(invalid(
-                "set max_buffer_memory",
-                format!(
-                    "{} bytes is below the least accepted, {} MiB",
-                    net.max_buffer_memory,
-                    moat_engine::MIN_BUFFER_MEMORY >> 20
-                ),
-            ));
-        }
-        if net.busy_poll > moat_engine::MAX_BUSY_POLL {
-            return Err(invalid(
-                "set busy_poll",
-                format!(
-                    "{:?} is longer than the longest accepted, {:?}",
-                    net.busy_poll,
-                    moat_engine::MAX_BUSY_POLL
-                ),
-            ));
-        }
-        if net.max_connections == 0 {
-            return Err(invalid(
-                "set max_connections",
-                "0 would refuse every connection; expected at least 1".to_owned(),
-            ));
-        }
-        if self.limits.pids == Some(0) {
-            return Err(invalid("set pids_limit", "expected at least 1".to_owned()));
-        }
-        if let Some(c) = self.limits.cpus
-            && !(c.is_finite() && c >= 0.01)
-        {
-            return Err(invalid(
-                "set cpus",
-                format!("{c}: expected a number of CPUs such as 0.5 or 2"),
-            ));
-        }
-        let mut link = LinkConfig::default();
-        if let Some(mtu) = net.mtu {
-            link.set_mtu(mtu)
-                .map_err(|e| invalid("set the MTU", format!("MTU {mtu}: {e}")))?;
-        }
-        let offline = net.policy.is_offline();
+        let checked = self.network.checked()?;
+        self.check_limits()?;
+        let offline = self.network.policy.is_offline();
         let specs = self
             .publish
             .iter()
@@ -447,7 +391,61 @@ impl SandboxBuilder {
                 "this policy allows nothing, so the sandbox has no interface to publish on; add an inbound allow rule or use another policy".to_owned(),
             ));
         }
-        let network = (!offline).then(|| crate::setup::net_spec(&link));
+        let mut sandbox = self.sandbox_config(offline, &checked.link)?;
+        // Bound now, before anything runs: a taken port stops here.
+        let published = crate::publish::bind_all(&specs)?;
+        let audit = self.open_audit(&sandbox)?;
+        let secrets = std::mem::take(&mut self.secrets)
+            .into_iter()
+            .map(SecretBuilder::build)
+            .collect::<Result<Vec<_>, _>>()?;
+        moat_engine::check_secrets(&secrets)?;
+        if !offline {
+            reachable(&secrets, self.network.tls.as_ref())?;
+        }
+        let mut engine = self.engine_config(checked, &audit);
+        engine.published = published;
+        let mut env = crate::setup::base_env();
+        if let Some(tls) = self.network.tls.as_ref().filter(|_| !offline) {
+            let trust = tls.assemble(&self.name)?;
+            engine.tls = Some(trust.engine);
+            sandbox.files.extend(trust.files);
+            env.extend(trust.env);
+        }
+        env.extend(crate::secrets::env_of(&secrets));
+        engine.secrets = secrets;
+        for (k, v) in std::mem::take(&mut self.env) {
+            env.retain(|(key, _)| *key != k);
+            env.push((k, v));
+        }
+        Ok(Assembly {
+            sandbox,
+            engine,
+            env,
+            workdir: self.workdir,
+            audit,
+        })
+    }
+
+    /// The limits asked for, checked.
+    fn check_limits(&self) -> Result<(), Error> {
+        if self.limits.pids == Some(0) {
+            return Err(invalid("set pids_limit", "expected at least 1".to_owned()));
+        }
+        if let Some(c) = self.limits.cpus
+            && !(c.is_finite() && c >= 0.01)
+        {
+            return Err(invalid(
+                "set cpus",
+                format!("{c}: expected a number of CPUs such as 0.5 or 2"),
+            ));
+        }
+        Ok(())
+    }
+
+    /// The sandbox's namespaces, view, interface and limits.
+    fn sandbox_config(&mut self, offline: bool, link: &LinkConfig) -> Result<SandboxConfig, Error> {
+        let network = (!offline).then(|| crate::setup::net_spec(link));
         let mut sandbox = SandboxConfig::new(self.name.clone());
         sandbox.workdir = self.workdir.clone();
         if let Some(dir) = &self.workdir_host {
@@ -455,16 +453,20 @@ impl SandboxBuilder {
             let resolved = dir.canonicalize().unwrap_or_else(|_| dir.clone());
             crate::setup::not_home("-w", &resolved)?;
         }
-        sandbox.workdir_host = self.workdir_host;
-        sandbox.resolv_conf = network.as_ref().map(|_| crate::setup::resolv_conf(&link));
-        sandbox.hosts = Some(crate::setup::hosts_file(&self.name, &link));
+        sandbox.workdir_host = self.workdir_host.take();
+        sandbox.resolv_conf = network.as_ref().map(|_| crate::setup::resolv_conf(link));
+        sandbox.hosts = Some(crate::setup::hosts_file(&self.name, link));
         sandbox.network = network;
-        sandbox.helper = self.helper;
+        sandbox.helper = self.helper.take();
         sandbox.grants = crate::setup::grants(&self.ro, &self.rw)?;
         sandbox.limits = crate::setup::limits(&self.limits);
         sandbox.asked_limits = self.limits;
-        // Bound now, before anything runs: a taken port stops here.
-        let published = crate::publish::bind_all(&specs)?;
+        Ok(sandbox)
+    }
+
+    /// The audit log, opened (refused inside anything the sandbox may write), with the
+    /// summary counting when asked.
+    fn open_audit(&mut self, sandbox: &SandboxConfig) -> Result<AuditLog, Error> {
         let options = self.audit_options;
         if options.max_size < moat_engine::MIN_AUDIT_MAX_SIZE {
             return Err(invalid(
@@ -495,7 +497,7 @@ impl SandboxBuilder {
             Some(AuditSink::File(path)) => path.display().to_string(),
             _ => "the audit log".to_owned(),
         };
-        let out = self.audit.map(|s| s.open(&writable)).transpose()?;
+        let out = self.audit.take().map(|s| s.open(&writable)).transpose()?;
         let audit = AuditLog::with_options(&self.name, out, options);
         if audit.room() == 0 {
             return Err(invalid(
@@ -511,16 +513,22 @@ impl SandboxBuilder {
                 live.then(|| Box::new(stderr_lines()) as Box<dyn std::io::Write + Send>);
             audit.summarize(live);
         }
-        let mut engine = EngineConfig::new(compiled, audit.clone());
+        Ok(audit)
+    }
+
+    /// The engine's configuration from the network settings (TLS, secrets and published
+    /// ports are the caller's to add).
+    fn engine_config(&mut self, checked: CheckedNetwork, audit: &AuditLog) -> EngineConfig {
+        let net = &mut self.network;
+        let mut engine = EngineConfig::new(checked.compiled, audit.clone());
         // A loss is never silent; under `required` it stops the sandbox, as a secret
         // violation under BlockAndTerminate does.
         audit.on_loss(Some(Box::new(stderr_lines())), engine.terminate.clone());
         engine.deny_mode = net.deny_mode;
         engine.flag_rules = net.flag_rules;
-        engine.block_domains = block_domains;
-        engine.block_domain_suffixes = block_domain_suffixes;
+        engine.block_domains = checked.block_domains;
+        engine.block_domain_suffixes = checked.block_domain_suffixes;
         engine.dns_rebind_protection = net.dns_rebind_protection;
-        engine.published = published;
         engine.max_connections = net.max_connections;
         engine.max_buffer_memory = net.max_buffer_memory;
         engine.busy_poll = net.busy_poll;
@@ -529,65 +537,114 @@ impl SandboxBuilder {
                 .map(|t| crate::setup::resolv_conf_servers(&t))
                 .unwrap_or_default()
         } else {
-            net.dns_servers
+            std::mem::take(&mut net.dns_servers)
         };
-        engine.link = link;
-        engine.simulated_hosts = self.simulated_hosts;
+        engine.link = checked.link;
+        engine.simulated_hosts = std::mem::take(&mut self.simulated_hosts);
         if self.notices {
             engine.notices = moat_engine::Notices::to(Box::new(stderr_lines()));
         }
-        let secrets = self
-            .secrets
-            .into_iter()
-            .map(SecretBuilder::build)
-            .collect::<Result<Vec<_>, _>>()?;
-        moat_engine::check_secrets(&secrets)?;
-        if !offline {
-            for secret in secrets.iter().filter(|s| !s.allows_plain_http()) {
-                let unreachable = |why: String| moat_engine::SecretError::Unreachable {
-                    name: secret.name().to_owned(),
-                    why,
-                };
-                match &net.tls {
-                    None => {
-                        return Err(unreachable(format!(
-                            "it goes only into requests moat reads, and without TLS interception it reads none: add --tls-intercept (API: network(|n| n.tls(|t| t))), or let plain HTTP carry it (--secret-plain-http {}) if its host speaks plain HTTP",
-                            secret.name()
-                        ))
-                        .into());
-                    }
-                    Some(tls) if secret.hosts().iter().all(|h| tls.bypasses(h)) => {
-                        return Err(unreachable(
-                            "every host it may go to is bypassed (--tls-bypass), so moat never reads those connections: remove the bypass of its host".to_owned(),
-                        )
-                        .into());
-                    }
-                    Some(_) => {}
-                }
-            }
-        }
-        let mut env = crate::setup::base_env();
-        if let Some(tls) = net.tls.as_ref().filter(|_| !offline) {
-            let trust = tls.assemble(&self.name)?;
-            engine.tls = Some(trust.engine);
-            sandbox.files.extend(trust.files);
-            env.extend(trust.env);
-        }
-        env.extend(crate::secrets::env_of(&secrets));
-        engine.secrets = secrets;
         engine.on_secret_violation = net.on_secret_violation;
-        for (k, v) in self.env {
-            env.retain(|(key, _)| *key != k);
-            env.push((k, v));
+        engine
+    }
+}
+
+/// A setting that is out of range, as an error that names it.
+fn invalid(what: &'static str, message: String) -> Error {
+    Error::Io {
+        what,
+        source: io::Error::new(io::ErrorKind::InvalidInput, message),
+    }
+}
+
+/// The network settings checked: what the engine's configuration starts from.
+struct CheckedNetwork {
+    compiled: moat_policy::CompiledPolicy,
+    block_domains: Vec<moat_policy::DomainName>,
+    block_domain_suffixes: Vec<moat_policy::DomainSuffix>,
+    link: LinkConfig,
+}
+
+impl NetworkBuilder {
+    /// Every network setting checked (an error names the setting and what it expects).
+    fn checked(&self) -> Result<CheckedNetwork, Error> {
+        let compiled = self.policy.compile()?;
+        let block_domains = self
+            .block_domains
+            .iter()
+            .map(|d| moat_policy::DomainName::new(d))
+            .collect::<Result<Vec<_>, _>>()?;
+        let block_domain_suffixes = self
+            .block_domain_suffixes
+            .iter()
+            .map(|d| moat_policy::DomainSuffix::new(d))
+            .collect::<Result<Vec<_>, _>>()?;
+        if self.max_buffer_memory < moat_engine::MIN_BUFFER_MEMORY {
+            return Err(invalid(
+                "set max_buffer_memory",
+                format!(
+                    "{} bytes is below the least accepted, {} MiB",
+                    self.max_buffer_memory,
+                    moat_engine::MIN_BUFFER_MEMORY >> 20
+                ),
+            ));
         }
-        Ok(Assembly {
-            sandbox,
-            engine,
-            env,
-            workdir: self.workdir,
-            audit,
+        if self.busy_poll > moat_engine::MAX_BUSY_POLL {
+            return Err(invalid(
+                "set busy_poll",
+                format!(
+                    "{:?} is longer than the longest accepted, {:?}",
+                    self.busy_poll,
+                    moat_engine::MAX_BUSY_POLL
+                ),
+            ));
+        }
+        if self.max_connections == 0 {
+            return Err(invalid(
+                "set max_connections",
+                "0 would refuse every connection; expected at least 1".to_owned(),
+            ));
+        }
+        let mut link = LinkConfig::default();
+        if let Some(mtu) = self.mtu {
+            link.set_mtu(mtu)
+                .map_err(|e| invalid("set the MTU", format!("MTU {mtu}: {e}")))?;
+        }
+        Ok(CheckedNetwork {
+            compiled,
+            block_domains,
+            block_domain_suffixes,
+            link,
         })
     }
+}
+
+/// Every secret that may not go over plain HTTP can reach a host: TLS is intercepted, and
+/// not every one of its hosts is bypassed.
+fn reachable(secrets: &[moat_engine::Secret], tls: Option<&TlsBuilder>) -> Result<(), Error> {
+    for secret in secrets.iter().filter(|s| !s.allows_plain_http()) {
+        let unreachable = |why: String| moat_engine::SecretError::Unreachable {
+            name: secret.name().to_owned(),
+            why,
+        };
+        match tls {
+            None => {
+                return Err(unreachable(format!(
+                    "it goes only into requests moat reads, and without TLS interception it reads none: add --tls-intercept (API: network(|n| n.tls(|t| t))), or let plain HTTP carry it (--secret-plain-http {}) if its host speaks plain HTTP",
+                    secret.name()
+                ))
+                .into());
+            }
+            Some(tls) if secret.hosts().iter().all(|h| tls.bypasses(h)) => {
+                return Err(unreachable(
+                    "every host it may go to is bypassed (--tls-bypass), so moat never reads those connections: remove the bypass of its host".to_owned(),
+                )
+                .into());
+            }
+            Some(_) => {}
+        }
+    }
+    Ok(())
 }
 
 /// A sandbox ready to start: what [`SandboxBuilder::assemble`] made of the settings.

@@ -44,6 +44,7 @@ pub use api::{
     SandboxBuilder, init,
 };
 pub use attach::{Attached, Netns};
+pub use moat_engine::Counters;
 pub use moat_policy::{
     Action, CompiledPolicy, DecidedBy, Decision, Destination, DestinationGroup, Direction,
     DomainName, DomainSuffix, Flow, IpNetwork, NetworkPolicy, PolicyError, PolicyFileError,

@@ -7,7 +7,7 @@ use std::io::{Read, Write};
 use std::net::TcpListener;
 use std::time::Duration;
 
-use moat::{ExitStatus, NetworkPolicy, Sandbox};
+use moat::{ExitStatus, Netns, NetworkPolicy, Sandbox};
 
 fn offline_exec_fs_and_status() {
     let sb = Sandbox::builder("api-offline")
@@ -207,9 +207,88 @@ fn an_audit_log_that_cannot_be_written_fails_closed_when_required() {
     assert!(err.to_string().contains("16 KiB"), "{err}");
 }
 
+/// `SandboxBuilder::attach`: a namespace made outside moat (as a runtime makes one) is
+/// served with the builder's policy; a program in it reaches the host's loopback through
+/// the gateway under allow-all; the process watch sees it; a file that is not a namespace
+/// is an `Error::Attach`.
+fn attach_serves_a_namespace_made_elsewhere() {
+    let name = format!("moatapi{}", std::process::id() % 100_000);
+    let ran = |args: &[&str]| {
+        std::process::Command::new("ip")
+            .args(args)
+            .status()
+            .unwrap()
+            .success()
+    };
+    assert!(ran(&["netns", "add", &name]), "ip netns add (needs root)");
+    struct Del(String);
+    impl Drop for Del {
+        fn drop(&mut self) {
+            let _ = std::process::Command::new("ip")
+                .args(["netns", "del", &self.0])
+                .status();
+        }
+    }
+    let _del = Del(name.clone());
+    let err = Sandbox::builder("api-attach")
+        .network(|n| n.policy(NetworkPolicy::allow_all()))
+        .attach(Netns::at("/etc/hostname"))
+        .expect_err("a file that is not a namespace was served");
+    assert!(matches!(err, moat::Error::Attach(_)), "{err}");
+    assert!(err.to_string().contains("not a network namespace"), "{err}");
+    let mut attached = Sandbox::builder("api-attach")
+        .network(|n| n.policy(NetworkPolicy::allow_all()))
+        .attach(Netns::at(format!("/run/netns/{name}")))
+        .unwrap();
+    assert!(!attached.occupied());
+    assert_eq!(attached.resolv_conf().trim(), "nameserver 10.0.2.2");
+    let listener = TcpListener::bind("127.0.0.1:0").unwrap();
+    let url = format!(
+        "http://10.0.2.2:{}/api",
+        listener.local_addr().unwrap().port()
+    );
+    let server = std::thread::spawn(move || {
+        let (mut conn, _) = listener.accept().unwrap();
+        conn.set_read_timeout(Some(Duration::from_secs(10)))
+            .unwrap();
+        let mut buf = [0u8; 1024];
+        let _ = conn.read(&mut buf).unwrap();
+        conn.write_all(
+            b"HTTP/1.1 200 OK\r\nContent-Length: 8\r\nConnection: close\r\n\r\nattached",
+        )
+        .unwrap();
+    });
+    let mut curl = std::process::Command::new("ip")
+        .args(["netns", "exec", &name, "curl", "-sS", "-m", "10", &url])
+        .stdout(std::process::Stdio::piped())
+        .spawn()
+        .unwrap();
+    // The process in the namespace is seen.
+    let deadline = std::time::Instant::now() + Duration::from_secs(5);
+    while !attached.occupied() && curl.try_wait().unwrap().is_none() {
+        assert!(
+            std::time::Instant::now() < deadline,
+            "no process seen in the namespace"
+        );
+        std::thread::sleep(Duration::from_millis(10));
+    }
+    let mut body = String::new();
+    curl.stdout
+        .take()
+        .unwrap()
+        .read_to_string(&mut body)
+        .unwrap();
+    assert!(curl.wait().unwrap().success());
+    assert_eq!(body, "attached");
+    server.join().unwrap();
+    assert!(attached.must_stop().is_none());
+    let counters = attached.stop();
+    assert!(counters.allowed >= 1, "{counters:?}");
+}
+
 fn main() {
     moat::init();
-    let tests: [(&str, fn()); 6] = [
+    let tests: [(&str, fn()); 7] = [
         ("offline_exec_fs_and_status", offline_exec_fs_and_status),
         (
             "network_to_the_host_loopback_through_the_gateway",
@@ -224,6 +303,10 @@ fn main() {
         (
             "network_options_out_of_range_are_errors",
             network_options_out_of_range_are_errors,
+        ),
+        (
+            "attach_serves_a_namespace_made_elsewhere",
+            attach_serves_a_namespace_made_elsewhere,
         ),
     ];
     let (mut passed, mut failed) = (0, 0);

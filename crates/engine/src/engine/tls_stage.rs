@@ -303,25 +303,22 @@ impl Intercept {
             Some(name) => Authority::Name(name.clone()),
             None => Authority::Ip(self.addr),
         };
-        let mut reader = match alpn.as_deref() {
-            None | Some(b"http/1.1") => Reader::H1(h1::Requests::new(expect.clone())),
-            Some(b"h2") => Reader::H2(
+        // With secrets, the swap's request side reads, checks and rewrites each request:
+        // one reading for both (the server's HTTP/2 frames are still followed).
+        let swapping = self.relay.swaps.as_mut().is_some_and(|swaps| {
+            swaps.speak(alpn.as_deref(), &expect);
+            swaps.checks_requests()
+        });
+        let reader = match (alpn.as_deref(), swapping) {
+            (None | Some(b"http/1.1"), false) => Reader::H1(h1::Requests::new(expect.clone())),
+            (None | Some(b"http/1.1"), true) => Reader::Swapped(None),
+            (Some(b"h2"), false) => Reader::H2(
                 Box::new(h2::Requests::new(expect.clone())),
                 h2::Frames::default(),
             ),
-            Some(_) => Reader::Unread,
+            (Some(b"h2"), true) => Reader::Swapped(Some(h2::Frames::default())),
+            (Some(_), _) => Reader::Unread,
         };
-        if let Some(swaps) = &mut self.relay.swaps {
-            swaps.speak(alpn.as_deref(), &expect);
-            if swaps.checks_requests() {
-                // The swap's request side reads, checks and rewrites each request: one
-                // reading for both. The server's HTTP/2 frames are still followed.
-                reader = match reader {
-                    Reader::H2(_, frames) => Reader::Swapped(Some(frames)),
-                    _ => Reader::Swapped(None),
-                };
-            }
-        }
         self.phase = Phase::Open {
             server: Box::new(server),
             client,

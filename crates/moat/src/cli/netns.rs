@@ -110,6 +110,20 @@ pub(crate) fn create(name: &str, opts: RunOptions) -> anyhow::Result<i32> {
         };
         std::process::exit(code);
     };
+    wait_served(name, child, &pid_path, &log_path)?;
+    println!("{}", path.display());
+    eprintln!(
+        "moat: {} is served by moat (process {child}; its output in {}). Run a container in it:\n  podman run --network ns:{} ...\nthen: moat netns rm {name}",
+        path.display(),
+        log_path.display(),
+        path.display(),
+    );
+    Ok(0)
+}
+
+/// Waits until the background moat (`child`) serves `name` (its pid file appears); when
+/// it ends first, or does not serve in time, says what it wrote and undoes `create`.
+fn wait_served(name: &str, child: u32, pid_path: &Path, log_path: &Path) -> anyhow::Result<()> {
     let deadline = Instant::now() + WAIT;
     loop {
         if pid_path.exists() {
@@ -131,11 +145,11 @@ pub(crate) fn create(name: &str, opts: RunOptions) -> anyhow::Result<i32> {
                 let _ = nix::sys::signal::kill(pid, nix::sys::signal::Signal::SIGKILL);
                 let _ = nix::sys::wait::waitpid(pid, None);
             }
-            let _ = std::fs::remove_file(&pid_path);
-            let said = std::fs::read_to_string(&log_path).unwrap_or_default();
+            let _ = std::fs::remove_file(pid_path);
+            let said = std::fs::read_to_string(log_path).unwrap_or_default();
             eprint!("{said}");
             let _ = netns::remove_named(name);
-            let _ = std::fs::remove_file(&log_path);
+            let _ = std::fs::remove_file(log_path);
             bail!(
                 "the namespace {name} could not be served{}",
                 if ended { "" } else { " within 15 s" }
@@ -143,14 +157,7 @@ pub(crate) fn create(name: &str, opts: RunOptions) -> anyhow::Result<i32> {
         }
         std::thread::sleep(Duration::from_millis(20));
     }
-    println!("{}", path.display());
-    eprintln!(
-        "moat: {} is served by moat (process {child}; its output in {}). Run a container in it:\n  podman run --network ns:{} ...\nthen: moat netns rm {name}",
-        path.display(),
-        log_path.display(),
-        path.display(),
-    );
-    Ok(0)
+    Ok(())
 }
 
 /// `moat netns rm NAME`.
