@@ -245,6 +245,19 @@ fn what_cannot_be_served_is_refused_and_left_as_it_was() {
         assert_eq!(out.status.code(), Some(125), "{what}: {}", stderr(&out));
         assert!(stderr(&out).contains(says), "{what}: {}", stderr(&out));
     }
+    // One moat may not enter: root's namespace, to an unprivileged user.
+    let scratch = moat_e2e::Scratch::new("attach-user");
+    let g_path = path(&g);
+    let out = moat_e2e::run_with_timeout(
+        moat_e2e::As::User.moat(&scratch, &["attach", "--netns", &g_path, "--keep"]),
+        T,
+    );
+    assert_eq!(out.status.code(), Some(125), "{}", stderr(&out));
+    assert!(
+        stderr(&out).contains("cannot enter") && stderr(&out).contains("CAP_SYS_ADMIN"),
+        "{}",
+        stderr(&out)
+    );
     // Nothing was changed in them: lo still down, their interfaces all there.
     for (guest, links) in [(&with_eth0, "eth0"), (&other, "eth1"), (&both, "eth0 eth1")] {
         let text = stdout(&guest.run("ip -br link", T));
