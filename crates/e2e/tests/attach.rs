@@ -432,6 +432,24 @@ fn netns_rm_touches_only_what_create_made() {
         .unwrap()
         .parse()
         .unwrap();
+    // On a failure below: the moat it left ended, and the namespace and files removed.
+    struct Cleanup(u32, String);
+    impl Drop for Cleanup {
+        fn drop(&mut self) {
+            if moat_sandbox_is(self.0) {
+                let _ = std::process::Command::new("kill")
+                    .arg(self.0.to_string())
+                    .status();
+            }
+            let _ = std::process::Command::new("ip")
+                .args(["netns", "del", &self.1])
+                .status();
+            for ext in ["pid", "log"] {
+                let _ = std::fs::remove_file(format!("/run/moat/netns/{}.{ext}", self.1));
+            }
+        }
+    }
+    let _cleanup = Cleanup(real, name.clone());
     // A process with the same command line words, named in the pid file with a start
     // time that is not its own.
     let mut decoy = std::process::Command::new("sh")
@@ -460,4 +478,10 @@ fn netns_rm_touches_only_what_create_made() {
         );
         std::thread::sleep(Duration::from_millis(50));
     }
+}
+
+/// Whether process `pid` is a moat `moat netns create` left (its command line says so).
+fn moat_sandbox_is(pid: u32) -> bool {
+    std::fs::read(format!("/proc/{pid}/cmdline"))
+        .is_ok_and(|c| c.split(|&b| b == 0).any(|w| w == b"create"))
 }
