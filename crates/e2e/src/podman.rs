@@ -35,6 +35,11 @@ impl Podman {
         ONCE.get_or_init(detect).clone()
     }
 
+    /// The OCI runtime that works here.
+    pub fn runtime(&self) -> &str {
+        &self.runtime
+    }
+
     /// `podman` with its global options.
     pub fn cmd(&self) -> Command {
         let mut c = Command::new("podman");

@@ -34,6 +34,11 @@ pub struct Background {
 }
 
 impl Background {
+    /// A process started by the caller (stdout and stderr piped), ended on drop.
+    pub fn from_child(child: Child) -> Background {
+        Background { child }
+    }
+
     /// The process id.
     pub fn id(&self) -> u32 {
         self.child.id()

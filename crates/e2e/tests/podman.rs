@@ -1,11 +1,12 @@
-//! moat as the network of Podman containers (rootful): a running container served with
+//! moat as the network of Podman containers, rootful and rootless: a running container served with
 //! `moat attach --pid`, and containers started in a namespace of `moat netns create`,
 //! against the test world. The image is built here (`moat_e2e::podman`), never pulled.
 //!
 //! Without podman, or with no OCI runtime that runs a container on this machine, each test
 //! says why and stops — unless MOAT_REQUIRE_PODMAN=1 (as `.ci/run` sets), when that is a
-//! failure. Rootless Podman is not run here: moat would have to enter the container's user
-//! namespace (`podman unshare moat attach ...`), and the tests' user has no subordinate ids.
+//! failure. Rootless Podman runs as the tests' user, with subordinate ids and /dev/net/tun
+//! set up for it as distributions ship them (and restored after); moat serves its
+//! container from that user's namespace (`podman unshare moat attach ...`).
 #![allow(clippy::unwrap_used, clippy::expect_used)] // Test code: a panic is the failure report.
 
 use std::path::Path;
@@ -368,4 +369,162 @@ fn moat_inside_a_container_confines_the_workload() {
         assert!(stderr(&out).contains(says), "{says}: {}", stderr(&out));
         assert!(!stdout(&out).contains("the workload ran"), "{says}");
     }
+}
+
+/// Rootless Podman: a container the tests' user runs (`--network none`) is served by
+/// `moat attach --pid` run inside that user's namespace (`podman unshare`), unprivileged on
+/// the host, in the test's host network namespace; it reaches what the policy allows and
+/// nothing else. The machine is set up as distributions ship it for rootless containers:
+/// subordinate ids for the user, /dev/net/tun open to users (both restored after).
+#[test]
+fn a_rootless_container_is_served_from_its_user_namespace() {
+    use std::os::unix::fs::PermissionsExt;
+    let Some(podman) = podman() else { return };
+    let w = World::new();
+    let user = moat_e2e::TEST_USER;
+    let uid = moat_e2e::test_uid();
+    // Restored when the test ends, whatever happens.
+    struct Machine(u32, bool);
+    impl Drop for Machine {
+        fn drop(&mut self) {
+            let _ =
+                std::fs::set_permissions("/dev/net/tun", std::fs::Permissions::from_mode(self.0));
+            if self.1 {
+                for file in ["/etc/subuid", "/etc/subgid"] {
+                    let text = std::fs::read_to_string(file).unwrap_or_default();
+                    let kept: String = text
+                        .lines()
+                        .filter(|l| *l != SUBIDS)
+                        .map(|l| format!("{l}\n"))
+                        .collect();
+                    let _ = std::fs::write(file, kept);
+                }
+            }
+        }
+    }
+    const SUBIDS: &str = "moat-e2e:400000:65536";
+    let tun = std::fs::metadata("/dev/net/tun")
+        .unwrap()
+        .permissions()
+        .mode()
+        & 0o7777;
+    let had = std::fs::read_to_string("/etc/subuid")
+        .unwrap_or_default()
+        .lines()
+        .any(|l| l.starts_with("moat-e2e:"));
+    let _machine = Machine(tun, !had);
+    if !had {
+        for file in ["/etc/subuid", "/etc/subgid"] {
+            let mut text = std::fs::read_to_string(file).unwrap_or_default();
+            text.push_str(SUBIDS);
+            text.push('\n');
+            std::fs::write(file, text).unwrap();
+        }
+    }
+    std::fs::set_permissions("/dev/net/tun", std::fs::Permissions::from_mode(0o666)).unwrap();
+    let scratch = moat_e2e::Scratch::new("rootless-podman");
+    let home = scratch.owned_dir("home", uid);
+    let run = scratch.owned_dir("run", uid);
+    let files = scratch.owned_dir("files", uid);
+    let bin = scratch.user_bin();
+    let env = [
+        format!("HOME={}", home.display()),
+        format!("XDG_RUNTIME_DIR={}", run.display()),
+    ];
+    let as_user = |args: &[&str]| {
+        let mut c = std::process::Command::new("runuser");
+        c.args(["-u", user, "--", "env"])
+            .args(&env)
+            .args(["podman", "--runtime", podman.runtime()])
+            .args(args);
+        c
+    };
+    let ok = |args: &[&str]| {
+        let out = moat_e2e::run_with_timeout(as_user(args), T);
+        assert!(out.status.success(), "podman {args:?}: {}", stderr(&out));
+        stdout(&out).trim().to_owned()
+    };
+    // The image, into the user's store.
+    let tar = files.join("image.tar");
+    podman.ok(&["save", "-q", "-o", tar.to_str().unwrap(), IMAGE]);
+    sh_chown(&tar, uid);
+    ok(&["load", "-q", "-i", tar.to_str().unwrap()]);
+    let resolv = files.join("resolv.conf");
+    std::fs::write(&resolv, "").unwrap();
+    sh_chown(&resolv, uid);
+    let mount = format!("{}:/etc/resolv.conf:ro", resolv.display());
+    let mut run_args = vec!["run", "-d", "--network", "none", "-v", &mount];
+    run_args.extend(RUN_LIMITS);
+    run_args.extend([IMAGE, "sleep", "120"]);
+    let id = ok(&run_args);
+    // Ended, and the user's podman with it, when the test ends.
+    struct Rootless<'a>(&'a dyn Fn(&[&str]) -> std::process::Command, String);
+    impl Drop for Rootless<'_> {
+        fn drop(&mut self) {
+            let _ = moat_e2e::run_with_timeout((self.0)(&["rm", "-f", "-t", "0", &self.1]), T);
+            let _ = moat_e2e::run_with_timeout((self.0)(&["system", "migrate"]), T);
+        }
+    }
+    let _container = Rootless(&as_user, id.clone());
+    let pid = ok(&["inspect", "-f", "{{.State.Pid}}", &id]);
+    let ready = files.join("ready");
+    // moat in the user's namespace (root there, the user on the host), in the test's host
+    // network namespace; the world's resolver given (podman unshare's mount namespace
+    // shows the machine's /etc/resolv.conf).
+    let mut attach = w.in_host("runuser");
+    attach
+        .args(["-u", user, "--", "env"])
+        .args(&env)
+        .args(["podman", "--runtime", podman.runtime(), "unshare"])
+        .arg(&bin)
+        .args(["attach", "--pid", &pid, "--dns", moat_e2e::WORLD_DNS])
+        .args([
+            "--allow",
+            "api.example.test:80/tcp",
+            "--deny",
+            "203.0.113.11",
+        ])
+        .arg("--resolv-conf")
+        .arg(&resolv)
+        .arg("--ready-file")
+        .arg(&ready)
+        .stdin(std::process::Stdio::null())
+        .stdout(std::process::Stdio::piped())
+        .stderr(std::process::Stdio::piped());
+    let mut moat = moat_e2e::Background::from_child(attach.spawn().unwrap()).ready(&ready);
+    let out = moat_e2e::run_with_timeout(
+        as_user(&[
+            "exec",
+            &id,
+            "sh",
+            "-c",
+            "curl -sS -m 10 -o /dev/null -w 'allowed=%{http_code}\\n' http://api.example.test/rootless-allowed; \
+             curl -sS -m 3 -o /dev/null http://203.0.113.11/rootless-denied; echo denied_exit=$?",
+        ]),
+        T,
+    );
+    let text = stdout(&out);
+    assert!(text.contains("allowed=200"), "{text}{}", stderr(&out));
+    assert!(!text.contains("denied_exit=0"), "{text}");
+    let got = arrived(&w, "/rootless-allowed").expect("the allowed request arrived");
+    assert!(
+        got["client"].as_str().unwrap().ends_with(HOST_ADDR),
+        "{got}"
+    );
+    assert!(arrived(&w, "/rootless-denied").is_none());
+    ok(&["stop", "-t", "0", &id]);
+    assert!(
+        moat.exits_within(Duration::from_secs(15)),
+        "moat still serves"
+    );
+    let out = moat.finish();
+    assert!(
+        stderr(&out).contains("its last process is gone"),
+        "{}",
+        stderr(&out)
+    );
+}
+
+fn sh_chown(path: &Path, uid: u32) {
+    moat_e2e::sh(&["chown", &uid.to_string(), path.to_str().unwrap()]);
 }
