@@ -369,6 +369,17 @@ fn moat_inside_a_container_confines_the_workload() {
         assert!(stderr(&out).contains(says), "{says}: {}", stderr(&out));
         assert!(!stdout(&out).contains("the workload ran"), "{says}");
     }
+    // Root without the runtime's default capabilities: said, not a raw EPERM.
+    let mut options = smallest.to_vec();
+    options.extend(["--cap-drop", "all"]);
+    let out = run(&options, "echo the workload ran");
+    assert_eq!(out.status.code(), Some(125), "{}", stderr(&out));
+    assert!(
+        stderr(&out).contains("no --cap-drop all"),
+        "{}",
+        stderr(&out)
+    );
+    assert!(!stdout(&out).contains("the workload ran"));
 }
 
 /// Rootless Podman: a container the tests' user runs (`--network none`) is served by

@@ -26,6 +26,9 @@ fn hint_where(stage: &str, error: &str, container: bool) -> &'static str {
         (true, s) if denied && (s.contains("mount") || s.contains("proc")) => {
             "; in a container, mounting takes --security-opt systempaths=unconfined (a masked /proc cannot be mounted again) and a seccomp profile that allows mount: --security-opt seccomp=unconfined (moat filters what it runs with its own)"
         }
+        (true, s) if denied && s.contains("groups") => {
+            "; in a container without the runtime's default capabilities, moat as root cannot set its groups: keep them (no --cap-drop all), or run moat as another user"
+        }
         (true, _) if denied || error.contains("ENOSPC") => {
             "; in a container this is its seccomp profile refusing what builds the sandbox: run it with --security-opt seccomp=unconfined (moat filters what it runs with its own)"
         }
@@ -68,6 +71,7 @@ mod tests {
             ("set host name", eperm, "seccomp=unconfined"),
             ("mount proc", eperm, "systempaths=unconfined"),
             ("create namespaces", eperm, "seccomp=unconfined"),
+            ("drop the supplementary groups", eperm, "--cap-drop all"),
         ];
         for (stage, error, option) in cases {
             assert!(hint_where(stage, error, true).contains(option), "{stage}");
