@@ -9,6 +9,19 @@ use std::time::Duration;
 
 use crate::{COUNTER, run_with_timeout, sh};
 
+/// Runs `moat netns rm NAME` when dropped: a namespace of `moat netns create` is removed,
+/// and the moat serving it stopped, also when a test fails. [`std::mem::forget`] it once
+/// the test has removed the namespace itself.
+pub struct NetnsRm(pub String);
+
+impl Drop for NetnsRm {
+    fn drop(&mut self) {
+        let mut c = Command::new(crate::moat_bin());
+        c.args(["netns", "rm", &self.0]);
+        let _ = run_with_timeout(c, Duration::from_secs(30));
+    }
+}
+
 /// A namespace made by the test (see the module header).
 pub struct Guest {
     /// Its name under /run/netns.

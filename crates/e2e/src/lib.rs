@@ -66,7 +66,7 @@ mod process;
 mod users;
 
 pub use events::{rules_of, times, validate_event};
-pub use guest::Guest;
+pub use guest::{Guest, NetnsRm};
 pub use process::{Background, Running, peak_rss_kib, rss_kib, run_with_timeout, stderr, stdout};
 pub use users::{As, Scratch, TEST_USER, ensure_test_user, test_uid};
 

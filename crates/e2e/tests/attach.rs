@@ -112,18 +112,37 @@ fn a_process_namespace_is_served_by_its_pid_until_it_ends() {
     let mut g = Guest::new();
     let pid = g.hold(60);
     let ready = w.dir.join("pid-ready");
-    let moat = w.spawn_moat(&[
-        "attach",
-        "--pid",
-        &pid.to_string(),
-        "--allow",
-        "api.example.test:80/tcp",
-        "--resolv-conf",
-        g.resolv_conf().to_str().unwrap(),
-        "--ready-file",
-        ready.to_str().unwrap(),
-    ]);
+    // A secret: what the namespace's programs must hold goes to --env-out, the value never.
+    let env_out = w.file("secrets.env", "");
+    let value = "sk-attach-VALUE-0123456789";
+    let moat = w.spawn_moat_env(
+        &[("API_KEY", value)],
+        &[
+            "attach",
+            "--pid",
+            &pid.to_string(),
+            "--allow",
+            "api.example.test:80/tcp",
+            "--tls-intercept",
+            "--secret",
+            "API_KEY@api.example.test",
+            "--env-out",
+            env_out.to_str().unwrap(),
+            "--resolv-conf",
+            g.resolv_conf().to_str().unwrap(),
+            "--ready-file",
+            ready.to_str().unwrap(),
+        ],
+    );
     let mut moat = moat.ready(&ready);
+    let written = std::fs::read_to_string(&env_out).unwrap();
+    assert!(written.starts_with("API_KEY=moat_"), "{written}");
+    assert!(!written.contains(value), "{written}");
+    {
+        use std::os::unix::fs::PermissionsExt;
+        let mode = std::fs::metadata(&env_out).unwrap().permissions().mode();
+        assert_eq!(mode & 0o777, 0o600);
+    }
     let out = g.run(
         "curl -sS -m 10 -o /dev/null -w 'code=%{http_code}\\n' http://api.example.test/by-pid",
         T,
@@ -364,15 +383,7 @@ fn a_named_namespace_is_served_until_removed() {
     assert!(out.status.success(), "{}", stderr(&out));
     assert_eq!(stdout(&out).trim(), path);
     // Removed on panic too.
-    struct Rm<'a>(&'a World, &'a str);
-    impl Drop for Rm<'_> {
-        fn drop(&mut self) {
-            let _ = self
-                .0
-                .moat(&["netns", "rm", self.1], Duration::from_secs(30));
-        }
-    }
-    let rm = Rm(&w, &name);
+    let rm = moat_e2e::NetnsRm(name.clone());
     let again = w.moat(&["netns", "create", &name], T);
     assert_eq!(again.status.code(), Some(125));
     assert!(

@@ -239,15 +239,7 @@ fn containers_started_in_a_moat_namespace_are_confined() {
         "203.0.113.11",
     ]);
     assert!(out.status.success(), "{}", stderr(&out));
-    struct Rm(String);
-    impl Drop for Rm {
-        fn drop(&mut self) {
-            let mut c = std::process::Command::new(moat_e2e::moat_bin());
-            c.args(["netns", "rm", &self.0]);
-            let _ = moat_e2e::run_with_timeout(c, Duration::from_secs(30));
-        }
-    }
-    let _rm = Rm(name.clone());
+    let _rm = moat_e2e::NetnsRm(name.clone());
     let resolv = w.file("resolv.conf", "nameserver 10.0.2.2\n");
     let mount = format!("{}:/etc/resolv.conf:ro", resolv.display());
     let network = format!("ns:/run/netns/{name}");

@@ -100,12 +100,7 @@ impl SandboxBuilder {
             });
         };
         let attached = netns::attach(&netns.path, &spec, netns.takeover)?;
-        let placeholders = assembly
-            .env
-            .iter()
-            .filter(|(k, _)| assembly.engine.secrets.iter().any(|s| k == s.name()))
-            .cloned()
-            .collect();
+        let placeholders = crate::secrets::env_of(&assembly.engine.secrets);
         let ca_pem = assembly
             .engine
             .tls

@@ -50,7 +50,10 @@ pub(super) fn reencode(
     let mut sent = BlockCheck::default();
     decoder
         .decode_with_cb(block, |name, value| {
-            sent.field(&name, &value);
+            // Only a side that checks gathers what it needs (the host fields, kept as text).
+            if check.is_some() {
+                sent.field(&name, &value);
+            }
             fields.push((name.into_owned(), value.into_owned()));
         })
         .map_err(|_| Refused::Malformed(UNDECODABLE))?;
