@@ -446,11 +446,14 @@ class UdpBurst(socketserver.BaseRequestHandler):
         sock.sendmsg([body], [(socket.SOL_UDP, 103, size.to_bytes(2, sys.byteorder))], 0,
                      self.client_address)
 
-def gro_sink(addr):
+def gro_socket(addr):
     family = socket.AF_INET6 if ":" in addr else socket.AF_INET
     s = socket.socket(family, socket.SOCK_DGRAM)
     s.setsockopt(socket.SOL_UDP, 104, 1)  # UDP_GRO: a run sent as one arrives as one read
     s.bind((addr, 7779))
+    return s
+
+def gro_sink(s):
     while True:
         data, anc, _, peer = s.recvmsg(65536, 64)
         size = next((int.from_bytes(d[:4], sys.byteorder) for lvl, t, d in anc
@@ -559,7 +562,8 @@ for addr in sys.argv[2:]:
     servers += [cls((addr, 7777), UdpEcho), cls((addr, 7778), UdpBurst), cls((addr, 53), DnsUdp)]
 for s in servers:
     threading.Thread(target=s.serve_forever, daemon=True).start()
-for addr in sys.argv[2:]:
-    threading.Thread(target=gro_sink, args=(addr,), daemon=True).start()
+# Bound before "ready", so a run sent at once finds its socket.
+for sink in [gro_socket(addr) for addr in sys.argv[2:]]:
+    threading.Thread(target=gro_sink, args=(sink,), daemon=True).start()
 print("ready", flush=True)
 sys.stdin.read()  # runs until the harness closes our stdin (or kills us)

@@ -269,6 +269,24 @@ impl World {
             .collect()
     }
 
+    /// The world's log once `done` holds for it, or as it stands after `limit`. For what the
+    /// world logs with no answer to wait for (a datagram sink): its line may land a moment
+    /// after the client is done, later still on a loaded machine.
+    pub fn log_once(
+        &self,
+        limit: Duration,
+        done: impl Fn(&[serde_json::Value]) -> bool,
+    ) -> Vec<serde_json::Value> {
+        let end = Instant::now() + limit;
+        loop {
+            let log = self.log();
+            if done(&log) || Instant::now() >= end {
+                return log;
+            }
+            std::thread::sleep(Duration::from_millis(50));
+        }
+    }
+
     /// Writes a file into the scratch directory and returns its path.
     pub fn file(&self, name: &str, text: &str) -> PathBuf {
         let p = self.dir.join(name);

@@ -508,7 +508,19 @@ sleep 1"#;
         "{}",
         stderr(&out)
     );
-    let log = w.log();
+    // The sink logs what it read with no answer to wait for: give both families' lines
+    // time to land (bounded), then hold them to every count below.
+    let sum = |log: &[Value], v6: bool| -> u64 {
+        log.iter()
+            .filter(|l| {
+                l["server"] == "udp-gro" && l["client"].as_str().unwrap_or("").contains(':') == v6
+            })
+            .map(|l| l["bytes"].as_u64().unwrap_or(0))
+            .sum()
+    };
+    let log = w.log_once(Duration::from_secs(10), |log| {
+        sum(log, false) >= 20 * 1000 + 300 && sum(log, true) >= 20 * 1000 + 300
+    });
     for (v6, family) in [(false, "IPv4"), (true, "IPv6")] {
         let reads: Vec<&Value> = log
             .iter()
