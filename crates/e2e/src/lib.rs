@@ -59,6 +59,7 @@ pub const HOST_ADDR: &str = "172.31.0.1";
 /// Numbers the scratch directories and namespaces of this process's tests.
 static COUNTER: AtomicUsize = AtomicUsize::new(0);
 
+pub mod cni;
 mod events;
 mod guest;
 pub mod podman;
@@ -67,7 +68,9 @@ mod users;
 
 pub use events::{rules_of, times, validate_event};
 pub use guest::{Guest, NetnsRm};
-pub use process::{Background, Running, peak_rss_kib, rss_kib, run_with_timeout, stderr, stdout};
+pub use process::{
+    Background, Running, peak_rss_kib, rss_kib, run_with_timeout, stderr, stdout, wait_output,
+};
 pub use users::{As, Scratch, TEST_USER, ensure_test_user, test_uid};
 
 /// Runs a command to completion, failing the test with its output when it fails.

@@ -123,12 +123,17 @@ pub(crate) fn end(child: &mut Child) -> std::io::Result<std::process::ExitStatus
 
 /// Runs `cmd` with piped output, killing it after `timeout`.
 pub fn run_with_timeout(mut cmd: Command, timeout: Duration) -> Output {
-    let mut child = cmd
+    let child = cmd
         .stdin(Stdio::null())
         .stdout(Stdio::piped())
         .stderr(Stdio::piped())
         .spawn()
         .unwrap();
+    wait_output(child, timeout)
+}
+
+/// Collects the piped output of `child`, killing it after `timeout`.
+pub fn wait_output(mut child: Child, timeout: Duration) -> Output {
     let mut stdout = child.stdout.take().unwrap();
     let mut stderr = child.stderr.take().unwrap();
     let out_t = std::thread::spawn(move || {

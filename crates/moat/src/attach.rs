@@ -11,9 +11,10 @@
 //! interception CA to trust), and [`Attached::resolv_conf`] the resolver line.
 
 use std::ffi::OsString;
+use std::net::{Ipv4Addr, Ipv6Addr};
 use std::path::{Path, PathBuf};
 
-use moat_engine::{AuditLog, EngineHandle, TapDevice, Terminate};
+use moat_engine::{AuditLog, EngineHandle, LinkConfig, TapDevice, Terminate};
 use moat_sandbox::NetSpec;
 use moat_sandbox::netns::{self, NsId, Takeover, Watch};
 
@@ -24,6 +25,49 @@ use crate::api::{Error, SandboxBuilder, io_err};
 pub struct Netns {
     path: PathBuf,
     takeover: Takeover,
+    interface: String,
+    pod: Option<PodAddresses>,
+}
+
+/// One address family of a pod's interface as its network plugin gave it (moat-cni): the
+/// pod's address, the prefix of its network, and its gateway.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub(crate) struct PodAddress<A> {
+    pub(crate) address: A,
+    pub(crate) prefix: u8,
+    pub(crate) gateway: A,
+}
+
+/// The addresses a pod keeps when moat's TAP takes its interface's place: each given as a
+/// host address (/32, /128) with its gateway on the link, so that everything the pod
+/// sends, to its own network's other pods too, goes through moat; moat's side of the link
+/// (the engine) keeps the network's prefix.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Default)]
+pub(crate) struct PodAddresses {
+    pub(crate) v4: Option<PodAddress<Ipv4Addr>>,
+    pub(crate) v6: Option<PodAddress<Ipv6Addr>>,
+}
+
+impl PodAddresses {
+    /// The engine's link with the pod's addresses in place of moat's defaults.
+    pub(crate) fn apply(&self, link: &mut LinkConfig) {
+        if let Some(v4) = self.v4 {
+            (link.guest_v4, link.prefix_v4, link.gateway_v4) = (v4.address, v4.prefix, v4.gateway);
+        }
+        if let Some(v6) = self.v6 {
+            (link.guest_v6, link.prefix_v6, link.gateway_v6) = (v6.address, v6.prefix, v6.gateway);
+        }
+    }
+
+    /// The TAP's side: host addresses where the pod's are given.
+    fn narrow(&self, spec: &mut NetSpec) {
+        if self.v4.is_some() {
+            spec.prefix_v4 = 32;
+        }
+        if self.v6.is_some() {
+            spec.prefix_v6 = 128;
+        }
+    }
 }
 
 impl Netns {
@@ -32,7 +76,17 @@ impl Netns {
         Netns {
             path: path.into(),
             takeover: Takeover::Refuse,
+            interface: "eth0".to_owned(),
+            pod: None,
         }
+    }
+
+    /// moat's interface in the namespace is called `name` instead of `eth0`, and carries
+    /// the pod's `addresses` (moat-cni).
+    pub(crate) fn pod(mut self, name: &str, addresses: PodAddresses) -> Netns {
+        self.interface = name.to_owned();
+        self.pod = Some(addresses);
+        self
     }
 
     /// The namespace process `pid` runs in.
@@ -89,8 +143,14 @@ impl SandboxBuilder {
     /// process's own, cannot be entered, or already has a way out: an interface other than
     /// `lo`, or a default route (an `eth0` is taken over with [`Netns::replace`]).
     pub fn attach(self, netns: Netns) -> Result<Attached, Error> {
-        let assembly = self.assemble()?;
-        let Some(spec) = assembly.sandbox.network.clone() else {
+        let pod = netns.pod;
+        let assembly = self
+            .network(|mut n| {
+                n.pod = pod;
+                n
+            })
+            .assemble()?;
+        let Some(mut spec) = assembly.sandbox.network.clone() else {
             return Err(Error::Io {
                 what: "attach to a network namespace",
                 source: std::io::Error::new(
@@ -99,6 +159,10 @@ impl SandboxBuilder {
                 ),
             });
         };
+        spec.tap_name.clone_from(&netns.interface);
+        if let Some(pod) = &netns.pod {
+            pod.narrow(&mut spec);
+        }
         let attached = netns::attach(&netns.path, &spec, netns.takeover)?;
         let placeholders = crate::secrets::env_of(&assembly.engine.secrets);
         let ca_pem = assembly

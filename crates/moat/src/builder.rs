@@ -43,6 +43,8 @@ pub struct NetworkBuilder {
     flag_rules: usize,
     tls: Option<TlsBuilder>,
     on_secret_violation: ViolationAction,
+    /// A pod's own addresses on the link instead of moat's (moat-cni).
+    pub(crate) pod: Option<crate::attach::PodAddresses>,
 }
 
 impl Default for NetworkBuilder {
@@ -61,6 +63,7 @@ impl Default for NetworkBuilder {
             flag_rules: 0,
             tls: None,
             on_secret_violation: ViolationAction::Block,
+            pod: None,
         }
     }
 }
@@ -609,6 +612,9 @@ impl NetworkBuilder {
         if let Some(mtu) = self.mtu {
             link.set_mtu(mtu)
                 .map_err(|e| invalid("set the MTU", format!("MTU {mtu}: {e}")))?;
+        }
+        if let Some(pod) = &self.pod {
+            pod.apply(&mut link);
         }
         Ok(CheckedNetwork {
             compiled,

@@ -14,6 +14,8 @@ mod host_file;
 mod limits;
 pub mod netns;
 mod proto;
+pub mod relink;
+mod rtnl;
 mod seccomp;
 mod state;
 mod supervisor;

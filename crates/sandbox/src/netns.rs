@@ -244,7 +244,7 @@ fn inside(
     // Every check passed: now the namespace is changed.
     if has_tap_name {
         let index = sys::if_index(&net.tap_name).map_err(setup("find the namespace's eth0"))?;
-        delete_link(index).map_err(setup("delete the namespace's eth0"))?;
+        crate::rtnl::delete_link(index).map_err(setup("delete the namespace's eth0"))?;
     }
     // Loopback, as every program expects (a namespace from `ip netns add` has it down).
     sys::set_up("lo").map_err(setup("bring up lo"))?;
@@ -271,59 +271,6 @@ fn interface_names(text: &str) -> Vec<String> {
         .map(|(name, _)| name.trim().to_owned())
         .filter(|n| !n.is_empty())
         .collect()
-}
-
-/// Deletes interface `index` of the calling thread's namespace (rtnetlink RTM_DELLINK; a
-/// veth takes its peer with it).
-fn delete_link(index: u32) -> io::Result<()> {
-    use nix::sys::socket::{
-        AddressFamily, MsgFlags, NetlinkAddr, SockFlag, SockProtocol, SockType, recv, sendto,
-        socket,
-    };
-    use std::os::fd::AsRawFd;
-    const RTM_DELLINK: u16 = 17;
-    const NLM_F_REQUEST: u16 = 0x1;
-    const NLM_F_ACK: u16 = 0x4;
-    const NLMSG_ERROR: u16 = 2;
-    let sock = socket(
-        AddressFamily::Netlink,
-        SockType::Raw,
-        SockFlag::SOCK_CLOEXEC,
-        SockProtocol::NetlinkRoute,
-    )?;
-    // struct nlmsghdr, then struct ifinfomsg (rtnetlink(7)).
-    let mut msg = Vec::with_capacity(32);
-    msg.extend_from_slice(&32u32.to_ne_bytes());
-    msg.extend_from_slice(&RTM_DELLINK.to_ne_bytes());
-    msg.extend_from_slice(&(NLM_F_REQUEST | NLM_F_ACK).to_ne_bytes());
-    msg.extend_from_slice(&1u32.to_ne_bytes());
-    msg.extend_from_slice(&0u32.to_ne_bytes());
-    msg.extend_from_slice(&[0, 0, 0, 0]);
-    msg.extend_from_slice(&(index as i32).to_ne_bytes());
-    msg.extend_from_slice(&[0; 8]);
-    sendto(
-        sock.as_raw_fd(),
-        &msg,
-        &NetlinkAddr::new(0, 0),
-        MsgFlags::empty(),
-    )?;
-    let mut buf = [0u8; 1024];
-    let n = recv(sock.as_raw_fd(), &mut buf, MsgFlags::empty())?;
-    let kind = buf
-        .get(4..6)
-        .map(|b| u16::from_ne_bytes([b[0], b[1]]))
-        .filter(|_| n >= 20);
-    match (kind, buf.get(16..20)) {
-        (Some(NLMSG_ERROR), Some(code)) => {
-            let code = i32::from_ne_bytes([code[0], code[1], code[2], code[3]]);
-            if code == 0 {
-                Ok(())
-            } else {
-                Err(io::Error::from_raw_os_error(-code))
-            }
-        }
-        _ => Err(io::Error::other("no answer from rtnetlink")),
-    }
 }
 
 /// A default route of the calling thread's namespace, described (`None`: there is none).

@@ -4,6 +4,7 @@
 //! [`crate::command_line`].
 
 mod attach;
+mod cni;
 mod hints;
 mod learn;
 mod netns;
@@ -333,6 +334,10 @@ pub(crate) fn main() -> ExitCode {
     if let Some(code) = moat_sandbox::supervisor_entry() {
         std::process::exit(code);
     }
+    // Called by a container runtime as its CNI plugin (a link or copy named moat-cni).
+    if cni::called_as_plugin() {
+        return cni::main();
+    }
     // Usage errors exit 125 like moat's other failures (as podman does); help and the
     // version exit 0.
     let usage_error = |e: clap::Error| -> ExitCode {
@@ -574,7 +579,7 @@ const NAME_STAND_IN: &str = "192.0.2.1";
 
 /// An error and its causes on one line, each cause once: errors that already show their
 /// source (moat's own, "what: why") are not followed by it again.
-fn describe(e: &anyhow::Error) -> String {
+pub(crate) fn describe(e: &anyhow::Error) -> String {
     let mut out = e.to_string();
     for cause in e.chain().skip(1) {
         let text = cause.to_string();

@@ -96,6 +96,8 @@ pub struct RunOptions {
     pub secrets: Vec<String>,
     /// `--secret-plain-http NAME`.
     pub secrets_plain_http: Vec<String>,
+    /// Secrets whose values are in files (moat-cni's, from the node).
+    pub secret_files: Vec<SecretFile>,
     /// `--quiet`: no summary at the end.
     pub quiet: bool,
     /// `--learn FILE` (or `--learn-fresh FILE`).
@@ -108,6 +110,59 @@ pub struct RunOptions {
     pub name: String,
     /// The command.
     pub command: Vec<OsString>,
+}
+
+/// A secret whose value is read from a file when the sandbox is built (moat-cni: a file
+/// the node holds), with a placeholder given rather than made up (the pod's manifest holds
+/// it).
+#[derive(Debug, Default, Clone)]
+pub struct SecretFile {
+    /// The variable the placeholder is known by.
+    pub name: String,
+    /// Where the value is (its last line break is not part of it).
+    pub file: PathBuf,
+    /// What the programs hold instead of the value.
+    pub placeholder: String,
+    /// Where the value may go.
+    pub hosts: Vec<String>,
+    /// Whether plain HTTP may carry it.
+    pub plain_http: bool,
+}
+
+/// The largest secret value read from a file.
+const MAX_SECRET_FILE: u64 = 64 << 10;
+
+impl SecretFile {
+    fn builder(&self) -> anyhow::Result<crate::SecretBuilder> {
+        use std::io::Read;
+        let mut value = Vec::new();
+        std::fs::File::open(&self.file)
+            .and_then(|f| f.take(MAX_SECRET_FILE + 1).read_to_end(&mut value))
+            .with_context(|| format!("secret {}: read {}", self.name, self.file.display()))?;
+        if value.len() as u64 > MAX_SECRET_FILE {
+            bail!(
+                "secret {}: {} is over {} KiB; a secret's value is smaller",
+                self.name,
+                self.file.display(),
+                MAX_SECRET_FILE >> 10
+            );
+        }
+        if value.ends_with(b"\n") {
+            value.pop();
+        }
+        let value = String::from_utf8(value).with_context(|| {
+            format!("secret {}: {} is not text", self.name, self.file.display())
+        })?;
+        let mut b = crate::SecretBuilder::default()
+            .env(self.name.clone())
+            .value(value)
+            .placeholder(self.placeholder.clone())
+            .allow_plain_http(self.plain_http);
+        for h in &self.hosts {
+            b = b.allow_host(h.clone());
+        }
+        Ok(b)
+    }
 }
 
 /// `--tls-*` (with `--tls-intercept`).
@@ -424,6 +479,10 @@ fn secrets_of(opts: &RunOptions) -> anyhow::Result<Vec<crate::SecretBuilder>> {
         .find(|n| !opts.secrets.iter().any(|s| named(s, n)))
     {
         bail!("--secret-plain-http {name}: no --secret {name}@HOST names that secret");
+    }
+    let mut secrets = secrets;
+    for file in &opts.secret_files {
+        secrets.push(file.builder()?);
     }
     Ok(secrets)
 }

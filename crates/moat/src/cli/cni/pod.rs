@@ -1,0 +1,538 @@
+//! ADD, DEL and CHECK for one pod (see `mod.rs` for what each does), and what moat keeps
+//! of a pod between them: `/run/moat/cni/ID/` holds `state.json` (the pod's namespace,
+//! its interface, moat's namespace), `pid` ("PID START" of the engine, written once it
+//! serves) and `engine.log` (what the engine said, its summary at the end).
+
+use std::net::{IpAddr, Ipv4Addr, Ipv6Addr};
+use std::path::{Path, PathBuf};
+use std::time::{Duration, Instant};
+
+use moat_sandbox::netns;
+use moat_sandbox::relink::{self, Addressing, Route};
+use serde_json::{Value, json};
+
+use super::config::{Conf, Env};
+use super::{CniError, code};
+use crate::Netns;
+use crate::attach::{PodAddress, PodAddresses};
+use crate::cli::attach::{AttachOptions, attach};
+
+/// Where moat keeps what it did for each pod.
+const STATE_ROOT: &str = "/run/moat/cni";
+
+/// How long ADD waits for the engine to serve, and DEL for it to stop.
+const WAIT: Duration = Duration::from_secs(15);
+
+fn state_dir(id: &str) -> PathBuf {
+    Path::new(STATE_ROOT).join(id)
+}
+
+/// moat's namespace for the pod (a name `ip netns` shows; the id is cut to fit).
+fn moat_ns(id: &str) -> String {
+    format!("moat-{}", &id[..id.len().min(40)])
+}
+
+fn setup(what: &str) -> impl FnOnce(std::io::Error) -> CniError + '_ {
+    move |e| CniError::new(code::SETUP, format!("{what}: {e}"))
+}
+
+/// What the previous plugin gave the pod, read from its result.
+struct Given {
+    /// The interface's place in the result's `interfaces`.
+    index: usize,
+    /// Its addresses and routes (what moat's namespace gives it back).
+    addressing: Addressing,
+    /// The pod's addresses on moat's link.
+    pod: PodAddresses,
+}
+
+fn prefixed(text: &str) -> Option<(IpAddr, u8)> {
+    let (ip, len) = text.split_once('/')?;
+    let ip: IpAddr = ip.parse().ok()?;
+    let len: u8 = len.parse().ok()?;
+    (len <= if ip.is_ipv4() { 32 } else { 128 }).then_some((ip, len))
+}
+
+/// The first host of `ip/prefix` other than `ip` (a gateway when the result names none).
+fn first_host(ip: IpAddr, prefix: u8) -> IpAddr {
+    match ip {
+        IpAddr::V4(a) => {
+            let mask = u32::MAX.checked_shl(32 - u32::from(prefix)).unwrap_or(0);
+            let first = (u32::from(a) & mask) + 1;
+            let gw = if first == u32::from(a) {
+                first + 1
+            } else {
+                first
+            };
+            IpAddr::V4(Ipv4Addr::from(gw))
+        }
+        IpAddr::V6(a) => {
+            let mask = u128::MAX.checked_shl(128 - u32::from(prefix)).unwrap_or(0);
+            let first = (u128::from(a) & mask) + 1;
+            let gw = if first == u128::from(a) {
+                first + 1
+            } else {
+                first
+            };
+            IpAddr::V6(Ipv6Addr::from(gw))
+        }
+    }
+}
+
+/// Reads the previous result: the pod's interface `ifname`, its addresses and routes.
+fn given(prev: &Value, ifname: &str) -> Result<Given, CniError> {
+    let bad = |msg: String| CniError::new(code::INVALID_CONFIG, msg);
+    let index = prev["interfaces"]
+        .as_array()
+        .and_then(|list| {
+            list.iter().position(|i| {
+                i["name"] == ifname && i["sandbox"].as_str().is_some_and(|s| !s.is_empty())
+            })
+        })
+        .ok_or_else(|| {
+            bad(format!(
+                "the previous plugin's result has no interface {ifname} in the pod (moat-cni goes after the plugin that makes it)"
+            ))
+        })?;
+    let mut addressing = Addressing::default();
+    let mut pod = PodAddresses::default();
+    for ip in prev["ips"].as_array().into_iter().flatten() {
+        if ip["interface"]
+            .as_u64()
+            .is_some_and(|i| i as usize != index)
+        {
+            continue;
+        }
+        let text = ip["address"].as_str().unwrap_or("");
+        let (addr, prefix) =
+            prefixed(text).ok_or_else(|| bad(format!("ips: address {text:?} is not IP/PREFIX")))?;
+        let gateway = match ip["gateway"].as_str() {
+            Some(g) => g
+                .parse::<IpAddr>()
+                .map_err(|_| bad(format!("ips: gateway {g:?} is not an IP address")))?,
+            None => first_host(addr, prefix),
+        };
+        addressing.addresses.push((addr, prefix));
+        match (addr, gateway) {
+            (IpAddr::V4(address), IpAddr::V4(gateway)) if pod.v4.is_none() => {
+                pod.v4 = Some(PodAddress {
+                    address,
+                    prefix,
+                    gateway,
+                });
+            }
+            (IpAddr::V6(address), IpAddr::V6(gateway)) if pod.v6.is_none() => {
+                pod.v6 = Some(PodAddress {
+                    address,
+                    prefix,
+                    gateway,
+                });
+            }
+            _ => {}
+        }
+    }
+    if pod.v4.is_none() && pod.v6.is_none() {
+        return Err(bad(format!(
+            "the previous plugin's result gives {ifname} no address"
+        )));
+    }
+    for r in prev["routes"].as_array().into_iter().flatten() {
+        let text = r["dst"].as_str().unwrap_or("");
+        let (dst, prefix) =
+            prefixed(text).ok_or_else(|| bad(format!("routes: dst {text:?} is not IP/PREFIX")))?;
+        let gateway = match r["gw"].as_str() {
+            Some(g) => Some(
+                g.parse::<IpAddr>()
+                    .map_err(|_| bad(format!("routes: gw {g:?} is not an IP address")))?,
+            ),
+            None => match dst {
+                IpAddr::V4(_) => pod.v4.map(|p| IpAddr::V4(p.gateway)),
+                IpAddr::V6(_) => pod.v6.map(|p| IpAddr::V6(p.gateway)),
+            },
+        };
+        addressing.routes.push(Route {
+            dst,
+            prefix,
+            gateway,
+        });
+    }
+    Ok(Given {
+        index,
+        addressing,
+        pod,
+    })
+}
+
+/// What moat keeps of a pod.
+struct State {
+    netns: PathBuf,
+    ifname: String,
+    moat_ns: String,
+}
+
+impl State {
+    fn write(&self, dir: &Path) -> std::io::Result<()> {
+        let text = json!({
+            "netns": self.netns.to_string_lossy(),
+            "ifname": self.ifname,
+            "moatNetns": self.moat_ns,
+        });
+        std::fs::write(dir.join("state.json"), text.to_string())
+    }
+
+    fn read(dir: &Path) -> Option<State> {
+        let text = std::fs::read(dir.join("state.json")).ok()?;
+        let v: Value = serde_json::from_slice(&text).ok()?;
+        let moat_ns = v["moatNetns"].as_str()?.to_owned();
+        netns::valid_named(&moat_ns).then_some(())?;
+        Some(State {
+            netns: PathBuf::from(v["netns"].as_str()?),
+            ifname: v["ifname"].as_str()?.to_owned(),
+            moat_ns,
+        })
+    }
+
+    fn moat_path(&self) -> PathBuf {
+        Path::new(netns::NAMED_DIR).join(&self.moat_ns)
+    }
+}
+
+/// ADD: the pod served; the previous result, with the interface as the pod sees it.
+pub(super) fn add(env: &Env, conf: &Conf) -> Result<Value, CniError> {
+    let id = env.container_id()?;
+    let ifname = env.interface()?;
+    let pod_ns = env
+        .netns
+        .clone()
+        .ok_or_else(|| CniError::new(code::ENV, "CNI_NETNS is not set"))?;
+    let prev = &conf.raw["prevResult"];
+    if prev.is_null() {
+        return Err(CniError::new(
+            code::INVALID_CONFIG,
+            "there is no prevResult: moat-cni goes in a conflist after the plugin that gives the pod its interface (bridge, the cluster's own)",
+        ));
+    }
+    let given = given(prev, ifname)?;
+    let opts = conf.options(env)?;
+    if let Some(dir) = opts.audit.as_deref().map(Path::new).and_then(Path::parent) {
+        std::fs::create_dir_all(dir).map_err(setup("make the audit directory"))?;
+    }
+    // Every option checked (the policy read, the secrets' files too) before anything is made.
+    crate::cli::run::builder(&opts)
+        .map_err(|e| CniError::new(code::INVALID_CONFIG, crate::cli::describe(&e)))?;
+    std::fs::create_dir_all(STATE_ROOT).map_err(setup("make /run/moat/cni"))?;
+    let dir = state_dir(id);
+    std::fs::create_dir(&dir).map_err(|e| match e.kind() {
+        std::io::ErrorKind::AlreadyExists => CniError::new(
+            code::ALREADY,
+            format!("container {id} is served already (a second ADD; DEL it first)"),
+        ),
+        _ => setup("make the pod's state directory")(e),
+    })?;
+    let state = State {
+        netns: pod_ns,
+        ifname: ifname.to_owned(),
+        moat_ns: moat_ns(id),
+    };
+    match serve(&state, &dir, &given, opts) {
+        Ok(mac) => {
+            let mut result = prev.clone();
+            result["cniVersion"] = Value::from(conf.version.clone());
+            result["interfaces"][given.index]["mac"] = Value::from(mac);
+            Ok(result)
+        }
+        Err(e) => {
+            undo(&state, &dir);
+            Err(e)
+        }
+    }
+}
+
+/// The steps of ADD that change something; on an error the caller undoes them all.
+fn serve(
+    state: &State,
+    dir: &Path,
+    given: &Given,
+    opts: crate::cli::run::RunOptions,
+) -> Result<String, CniError> {
+    state.write(dir).map_err(setup("write the pod's state"))?;
+    // A namespace left by a DEL that could not finish is not the pod's any more.
+    let _ = netns::remove_named(&state.moat_ns);
+    let moat_path =
+        netns::create_named(&state.moat_ns).map_err(setup("make moat's namespace for the pod"))?;
+    relink::lend(&state.ifname, &state.netns, &moat_path, &given.addressing)
+        .map_err(setup("move the pod's interface into moat's namespace"))?;
+    let log = moat_sandbox::HostFile::open(&dir.join("engine.log"))
+        .and_then(|f| f.append(0o600))
+        .map_err(|e| CniError::new(code::SETUP, format!("open the engine's log: {e}")))?;
+    let child = netns::detach(log.into()).map_err(setup("start the pod's engine"))?;
+    let Some(child) = child else {
+        // The engine: in moat's namespace, serving the pod's until DEL.
+        let served = std::fs::File::open(&moat_path)
+            .and_then(|f| Ok(nix::sched::setns(f, nix::sched::CloneFlags::CLONE_NEWNET)?))
+            .map_err(anyhow::Error::from)
+            .and_then(|()| {
+                attach(
+                    opts,
+                    AttachOptions {
+                        netns: Some(Netns::at(&state.netns).pod(&state.ifname, given.pod)),
+                        keep: true,
+                        detached: true,
+                        ready_file: Some(dir.join("pid")),
+                        ..AttachOptions::default()
+                    },
+                )
+            });
+        let code = served.unwrap_or_else(|e| {
+            eprintln!("moat: {}", crate::cli::describe(&e));
+            crate::cli::run::SETUP_FAILED
+        });
+        std::process::exit(code);
+    };
+    wait_served(child, dir)?;
+    let mac =
+        relink::mac(&state.netns, &state.ifname).map_err(setup("read the pod's interface"))?;
+    Ok(mac
+        .iter()
+        .map(|b| format!("{b:02x}"))
+        .collect::<Vec<_>>()
+        .join(":"))
+}
+
+/// Waits until the engine (`child`) serves (its pid file appears); when it ends first or
+/// does not serve in time, the error says what it wrote.
+fn wait_served(child: u32, dir: &Path) -> Result<(), CniError> {
+    use nix::sys::wait::{WaitPidFlag, WaitStatus, waitpid};
+    let pid = nix::unistd::Pid::from_raw(child as i32);
+    let deadline = Instant::now() + WAIT;
+    while !dir.join("pid").exists() {
+        let ended = matches!(
+            waitpid(pid, Some(WaitPidFlag::WNOHANG)),
+            Ok(WaitStatus::Exited(..) | WaitStatus::Signaled(..)) | Err(_)
+        );
+        if ended || Instant::now() > deadline {
+            if !ended {
+                let _ = nix::sys::signal::kill(pid, nix::sys::signal::Signal::SIGKILL);
+                let _ = waitpid(pid, None);
+            }
+            let said = std::fs::read_to_string(dir.join("engine.log")).unwrap_or_default();
+            return Err(CniError::new(
+                code::SETUP,
+                if ended {
+                    "the pod's engine did not start"
+                } else {
+                    "the pod's engine did not serve within 15 s"
+                },
+            )
+            .details(said.trim().to_owned()));
+        }
+        std::thread::sleep(Duration::from_millis(10));
+    }
+    Ok(())
+}
+
+/// The engine's process, when the pid file names one that runs (the one ADD started: same
+/// start time, root's, called moat-cni).
+fn engine(dir: &Path) -> Option<u32> {
+    let text = std::fs::read_to_string(dir.join("pid")).ok()?;
+    let mut words = text.split_whitespace();
+    let pid: u32 = words.next()?.parse().ok()?;
+    let started: u64 = words.next()?.parse().ok()?;
+    (netns::start_time(pid) == Some(started) && running(pid)).then_some(())?;
+    let status = std::fs::read_to_string(format!("/proc/{pid}/status")).ok()?;
+    let root = status
+        .lines()
+        .find_map(|l| l.strip_prefix("Uid:"))
+        .is_some_and(|u| u.split_whitespace().all(|id| id == "0"));
+    let cmdline = std::fs::read(format!("/proc/{pid}/cmdline")).ok()?;
+    let argv0 = cmdline.split(|&b| b == 0).next()?;
+    (root && argv0.ends_with(b"moat-cni")).then_some(pid)
+}
+
+/// Whether `pid` runs (a zombie has ended: its descriptors, the TAP's among them, are closed).
+fn running(pid: u32) -> bool {
+    std::fs::read_to_string(format!("/proc/{pid}/stat"))
+        .ok()
+        .and_then(|s| {
+            s.rsplit_once(')')
+                .map(|(_, rest)| rest.trim_start().to_owned())
+        })
+        .is_some_and(|rest| !rest.starts_with('Z') && !rest.starts_with('X'))
+}
+
+/// Stops the engine of the pod at `dir`, if one runs: SIGTERM (it writes its summary and
+/// the audit log's end), SIGKILL when it has not ended in time.
+fn stop_engine(dir: &Path) {
+    let Some(pid) = engine(dir) else { return };
+    let started = netns::start_time(pid);
+    let gone = || netns::start_time(pid) != started || !running(pid);
+    let target = nix::unistd::Pid::from_raw(pid as i32);
+    for (signal, wait) in [
+        (nix::sys::signal::Signal::SIGTERM, WAIT),
+        (nix::sys::signal::Signal::SIGKILL, Duration::from_secs(5)),
+    ] {
+        let _ = nix::sys::signal::kill(target, signal);
+        let deadline = Instant::now() + wait;
+        while !gone() && Instant::now() < deadline {
+            std::thread::sleep(Duration::from_millis(10));
+        }
+        if gone() {
+            return;
+        }
+    }
+}
+
+/// Undoes whatever of ADD was done for `state` (each step skipped when there is nothing
+/// to undo): the engine stopped, the interface back in the pod, moat's namespace and the
+/// state removed.
+fn undo(state: &State, dir: &Path) {
+    stop_engine(dir);
+    let moat_path = state.moat_path();
+    if moat_path.exists() && state.netns.exists() {
+        let _ = relink::give_back(
+            &state.ifname,
+            &moat_path,
+            &state.netns,
+            Duration::from_secs(5),
+        );
+    }
+    let _ = netns::remove_named(&state.moat_ns);
+    let _ = std::fs::remove_dir_all(dir);
+}
+
+/// DEL: nothing of the pod's left; what is missing already is skipped.
+pub(super) fn del(env: &Env) -> Result<(), CniError> {
+    let id = env.container_id()?;
+    let dir = state_dir(id);
+    let Some(state) = State::read(&dir) else {
+        // Never added, deleted already, or an ADD that had not written its state: moat's
+        // namespace, if one is left, holds nothing the pod needs back.
+        let _ = netns::remove_named(&moat_ns(id));
+        let _ = std::fs::remove_dir_all(&dir);
+        return Ok(());
+    };
+    stop_engine(&dir);
+    let moat_path = state.moat_path();
+    if moat_path.exists() && state.netns.exists() {
+        relink::give_back(
+            &state.ifname,
+            &moat_path,
+            &state.netns,
+            Duration::from_secs(5),
+        )
+        .map_err(|e| {
+            CniError::new(
+                code::AGAIN,
+                format!("move {} back into the pod: {e}", state.ifname),
+            )
+        })?;
+    }
+    match netns::remove_named(&state.moat_ns) {
+        Ok(()) => {}
+        Err(e) if e.kind() == std::io::ErrorKind::NotFound => {}
+        Err(e) => {
+            return Err(CniError::new(
+                code::AGAIN,
+                format!("remove moat's namespace {}: {e}", state.moat_ns),
+            ));
+        }
+    }
+    std::fs::remove_dir_all(&dir)
+        .or_else(|e| match e.kind() {
+            std::io::ErrorKind::NotFound => Ok(()),
+            _ => Err(e),
+        })
+        .map_err(|e| CniError::new(code::AGAIN, format!("remove {}: {e}", dir.display())))
+}
+
+/// CHECK: the engine runs and the pod has moat's interface.
+pub(super) fn check(env: &Env, _conf: &Conf) -> Result<(), CniError> {
+    let id = env.container_id()?;
+    let dir = state_dir(id);
+    let not = |why: String| CniError::new(code::NOT_SERVED, why);
+    let state = State::read(&dir).ok_or_else(|| {
+        not(format!(
+            "container {id} is not served by moat (no {})",
+            dir.display()
+        ))
+    })?;
+    if engine(&dir).is_none() {
+        return Err(not(format!(
+            "the engine serving container {id} is not running (see {})",
+            dir.join("engine.log").display()
+        )));
+    }
+    let has = relink::has_interface(&state.netns, &state.ifname).map_err(|e| {
+        not(format!(
+            "enter the pod's namespace {}: {e}",
+            state.netns.display()
+        ))
+    })?;
+    if !has {
+        return Err(not(format!("the pod has no interface {}", state.ifname)));
+    }
+    Ok(())
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn a_bridge_result_gives_the_pods_addresses_and_routes() {
+        let prev = json!({
+            "cniVersion": "1.0.0",
+            "interfaces": [
+                {"name": "cni0", "mac": "aa:aa:aa:aa:aa:aa"},
+                {"name": "veth1", "mac": "bb:bb:bb:bb:bb:bb"},
+                {"name": "eth0", "mac": "cc:cc:cc:cc:cc:cc", "sandbox": "/run/netns/p"}
+            ],
+            "ips": [
+                {"address": "10.89.0.5/24", "gateway": "10.89.0.1", "interface": 2},
+                {"address": "fd89::5/64", "interface": 2}
+            ],
+            "routes": [{"dst": "0.0.0.0/0"}, {"dst": "192.0.2.0/24", "gw": "10.89.0.254"}]
+        });
+        let g = given(&prev, "eth0").unwrap();
+        assert_eq!(g.index, 2);
+        let v4 = g.pod.v4.unwrap();
+        assert_eq!(
+            (v4.address, v4.prefix, v4.gateway),
+            (
+                "10.89.0.5".parse().unwrap(),
+                24,
+                "10.89.0.1".parse().unwrap()
+            )
+        );
+        // No gateway given: the network's first host.
+        assert_eq!(
+            g.pod.v6.unwrap().gateway,
+            "fd89::1".parse::<Ipv6Addr>().unwrap()
+        );
+        assert_eq!(g.addressing.addresses.len(), 2);
+        assert_eq!(
+            g.addressing.routes[0].gateway,
+            Some("10.89.0.1".parse().unwrap())
+        );
+        assert_eq!(
+            g.addressing.routes[1].gateway,
+            Some("10.89.0.254".parse().unwrap())
+        );
+        // The interface must be the pod's (in a sandbox), and carry an address.
+        assert!(given(&prev, "veth1").is_err());
+        let mut bare = prev.clone();
+        bare["ips"] = json!([]);
+        assert!(given(&bare, "eth0").is_err());
+        let mut wrong = prev.clone();
+        wrong["ips"][0]["address"] = json!("10.89.0.5");
+        assert!(given(&wrong, "eth0").is_err());
+    }
+
+    #[test]
+    fn a_gateway_when_none_is_given_is_the_first_host_but_the_pods_own() {
+        let host = |ip: &str, p| first_host(ip.parse().unwrap(), p).to_string();
+        assert_eq!(host("10.89.0.5", 24), "10.89.0.1");
+        assert_eq!(host("10.89.0.1", 24), "10.89.0.2");
+        assert_eq!(host("fd89::1", 64), "fd89::2");
+    }
+}
