@@ -70,6 +70,9 @@ pub struct Runtime {
     bin: PathBuf,
     host: String,
     pods: Vec<String>,
+    /// Containers moat-cni was asked to ADD: given a DEL on drop, so that a failed test
+    /// leaves no engine, namespace or state behind.
+    added: std::cell::RefCell<Vec<(String, PathBuf)>>,
 }
 
 impl Runtime {
@@ -105,6 +108,7 @@ impl Runtime {
             bin,
             host: w.host.clone(),
             pods: Vec::new(),
+            added: Default::default(),
         }
     }
 
@@ -125,6 +129,11 @@ impl Runtime {
         args: &str,
         conf: &Value,
     ) -> Called {
+        if plugin == "moat-cni" && command == "ADD" {
+            self.added
+                .borrow_mut()
+                .push((id.to_owned(), netns.to_owned()));
+        }
         let mut c = Command::new("nsenter");
         c.arg(format!("--net=/run/netns/{}", self.host))
             .arg(self.bin.join(plugin))
@@ -218,6 +227,12 @@ impl Runtime {
 
 impl Drop for Runtime {
     fn drop(&mut self) {
+        let conf = json!({"cniVersion": "1.0.0", "name": "moat-e2e", "type": "moat-cni"});
+        for (id, netns) in self.added.take() {
+            if state_dir(&id).exists() {
+                let _ = self.call("moat-cni", "DEL", &id, &netns, "", &conf);
+            }
+        }
         for p in &self.pods {
             let _ = Command::new("ip").args(["netns", "del", p]).status();
         }

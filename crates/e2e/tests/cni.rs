@@ -3,6 +3,8 @@
 //! bridge gave it, reaches what its policy allows and nothing else, and the world sees the
 //! pod's own address; DEL gives the interface back and leaves nothing of moat's.
 
+#![allow(clippy::unwrap_used, clippy::expect_used)] // Test code: a panic is the failure report.
+
 use std::path::Path;
 use std::time::Duration;
 

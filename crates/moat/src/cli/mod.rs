@@ -338,6 +338,12 @@ pub(crate) fn main() -> ExitCode {
     if cni::called_as_plugin() {
         return cni::main();
     }
+    // `moat cni install ...`: what `moat-cni install ...` does (a DaemonSet runs it from
+    // moat's image, which has no moat-cni link).
+    if std::env::args_os().nth(1).is_some_and(|a| a == "cni") {
+        let args: Vec<String> = std::env::args().skip(2).collect();
+        return cni::tool(&args);
+    }
     // Usage errors exit 125 like moat's other failures (as podman does); help and the
     // version exit 0.
     let usage_error = |e: clap::Error| -> ExitCode {

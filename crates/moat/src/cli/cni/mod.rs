@@ -26,6 +26,7 @@
 //! left it.
 
 mod config;
+mod install;
 mod pod;
 
 use std::io::{Read, Write};
@@ -91,6 +92,10 @@ pub(crate) fn called_as_plugin() -> bool {
 
 /// The plugin's entry point.
 pub(crate) fn main() -> ExitCode {
+    let args: Vec<String> = std::env::args().skip(1).collect();
+    if !args.is_empty() {
+        return tool(&args);
+    }
     let env = Env::from_process();
     let version = std::cell::RefCell::new(String::from("1.0.0"));
     let outcome = env.and_then(|env| run(&env, &version));
@@ -117,6 +122,23 @@ pub(crate) fn main() -> ExitCode {
                     format!(": {}", e.details)
                 }
             );
+            ExitCode::FAILURE
+        }
+    }
+}
+
+/// moat-cni's own commands (`install`), for setting a node up.
+pub(crate) fn tool(args: &[String]) -> ExitCode {
+    let done = match args.first().map(String::as_str) {
+        Some("install") => install::main(&args[1..]),
+        _ => Err(anyhow::anyhow!(
+            "expected: moat-cni install --help (a runtime runs moat-cni with no arguments, CNI_COMMAND set)"
+        )),
+    };
+    match done {
+        Ok(()) => ExitCode::SUCCESS,
+        Err(e) => {
+            eprintln!("moat-cni: {e:#}");
             ExitCode::FAILURE
         }
     }

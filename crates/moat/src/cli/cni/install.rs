@@ -1,0 +1,264 @@
+//! `moat-cni install`: what a node needs to run moat-cni, put in place the way network
+//! plugins install themselves from a DaemonSet (deploy/kubernetes): this executable copied
+//! into the runtime's plugin directory as `moat-cni`, and moat-cni's entry appended to the
+//! node's network configuration (the first conflist of the configuration directory, as
+//! runtimes choose it), after the cluster's own plugin. Run again, it replaces the entry
+//! it added before rather than adding a second. `--wait` then stays until signalled (the
+//! DaemonSet's pod runs on; the node keeps its configuration when it stops, so pods made
+//! while moat's pod restarts are still served).
+//!
+//! Every file is written beside its target and renamed over it: a runtime reading the
+//! configuration sees the old one or the new one, never half of one.
+
+use std::path::{Path, PathBuf};
+
+use anyhow::{Context, bail};
+use serde_json::Value;
+
+/// `install`'s arguments.
+#[derive(Debug, Default)]
+struct Args {
+    bin_dir: PathBuf,
+    conf_dir: PathBuf,
+    entry: PathBuf,
+    policies: Option<PathBuf>,
+    wait: bool,
+}
+
+const USAGE: &str = "usage: moat-cni install --bin-dir DIR --conf-dir DIR --entry FILE [--policies DIR] [--wait]\n  \
+    --bin-dir DIR   the runtime's plugin directory (/opt/cni/bin)\n  \
+    --conf-dir DIR  the runtime's network configuration directory (/etc/cni/net.d)\n  \
+    --entry FILE    moat-cni's entry for the conflist (JSON, \"type\": \"moat-cni\")\n  \
+    --policies DIR  named policies (NAME.toml, NAME.json) to put where the entry's policyDir says\n  \
+    --wait          stay until signalled once installed";
+
+fn parse(args: &[String]) -> anyhow::Result<Args> {
+    let mut a = Args::default();
+    let mut it = args.iter();
+    while let Some(flag) = it.next() {
+        let mut value = || {
+            it.next()
+                .map(PathBuf::from)
+                .with_context(|| format!("{flag} needs a value\n{USAGE}"))
+        };
+        match flag.as_str() {
+            "--bin-dir" => a.bin_dir = value()?,
+            "--conf-dir" => a.conf_dir = value()?,
+            "--entry" => a.entry = value()?,
+            "--policies" => a.policies = Some(value()?),
+            "--wait" => a.wait = true,
+            "-h" | "--help" => bail!("{USAGE}"),
+            other => bail!("{other}: unknown option\n{USAGE}"),
+        }
+    }
+    for (p, flag) in [
+        (&a.bin_dir, "--bin-dir"),
+        (&a.conf_dir, "--conf-dir"),
+        (&a.entry, "--entry"),
+    ] {
+        if p.as_os_str().is_empty() {
+            bail!("{flag} is needed\n{USAGE}");
+        }
+    }
+    Ok(a)
+}
+
+/// Writes `contents` to `path` by a rename from beside it.
+fn replace(path: &Path, contents: &[u8], mode: u32) -> anyhow::Result<()> {
+    use std::os::unix::fs::PermissionsExt;
+    let name = path.file_name().context("a file name")?.to_string_lossy();
+    let tmp = path.with_file_name(format!(".{name}.moat-new"));
+    std::fs::write(&tmp, contents).with_context(|| format!("write {}", tmp.display()))?;
+    std::fs::set_permissions(&tmp, std::fs::Permissions::from_mode(mode))?;
+    std::fs::rename(&tmp, path).with_context(|| format!("replace {}", path.display()))
+}
+
+/// The configuration a runtime uses: the first `.conflist` (or `.conf`, `.json`) by name.
+fn chosen(conf_dir: &Path) -> anyhow::Result<PathBuf> {
+    let mut names: Vec<PathBuf> = std::fs::read_dir(conf_dir)
+        .with_context(|| format!("read {}", conf_dir.display()))?
+        .filter_map(|e| e.ok().map(|e| e.path()))
+        .filter(|p| {
+            p.extension()
+                .is_some_and(|e| e == "conflist" || e == "conf" || e == "json")
+                && !p
+                    .file_name()
+                    .is_some_and(|n| n.to_string_lossy().starts_with('.'))
+        })
+        .collect();
+    names.sort();
+    names.into_iter().next().with_context(|| {
+        format!(
+            "{} holds no network configuration: install the cluster's network plugin first (moat-cni goes after it)",
+            conf_dir.display()
+        )
+    })
+}
+
+/// `conf` (a conflist, or a single plugin's configuration) with `entry` as its last plugin,
+/// in place of any moat-cni entry it had.
+pub(super) fn chained(conf: &Value, entry: &Value) -> anyhow::Result<Value> {
+    if entry["type"] != "moat-cni" {
+        bail!("the entry's \"type\" must be \"moat-cni\"");
+    }
+    let mut list = if conf["plugins"].is_array() {
+        conf.clone()
+    } else if conf["type"].is_string() {
+        // A single plugin's file becomes a list of it and moat-cni.
+        let mut single = conf.clone();
+        let mut list = serde_json::json!({"cniVersion": conf["cniVersion"], "name": conf["name"]});
+        if let Some(o) = single.as_object_mut() {
+            o.remove("cniVersion");
+            o.remove("name");
+        }
+        list["plugins"] = Value::Array(vec![single]);
+        list
+    } else {
+        bail!("not a CNI network configuration (no \"plugins\" and no \"type\")");
+    };
+    let Some(plugins) = list["plugins"].as_array_mut() else {
+        bail!("\"plugins\" is not a list");
+    };
+    plugins.retain(|p| p["type"] != "moat-cni");
+    if plugins.is_empty() {
+        bail!("the configuration has no plugin to chain moat-cni after");
+    }
+    plugins.push(entry.clone());
+    Ok(list)
+}
+
+/// Whether `path` names a policy file (`NAME.toml`, `NAME.json`).
+fn is_policy(path: &Path) -> bool {
+    path.extension().is_some_and(|e| e == "toml" || e == "json")
+        && !path
+            .file_name()
+            .is_some_and(|n| n.to_string_lossy().starts_with('.'))
+}
+
+/// Makes `to`'s policies those of `from`: each copied (by a rename), and one no longer in
+/// `from` removed (a pod naming it is then refused, not served by a policy withdrawn).
+fn sync_policies(from: &Path, to: &Path) -> anyhow::Result<()> {
+    std::fs::create_dir_all(to).with_context(|| format!("make {}", to.display()))?;
+    let listed = |dir: &Path| -> anyhow::Result<Vec<PathBuf>> {
+        Ok(std::fs::read_dir(dir)
+            .with_context(|| format!("read {}", dir.display()))?
+            .filter_map(|e| e.ok().map(|e| e.path()))
+            .filter(|p| is_policy(p) && p.is_file())
+            .collect())
+    };
+    let new = listed(from)?;
+    for p in &new {
+        let name = p.file_name().context("a file name")?;
+        replace(&to.join(name), &std::fs::read(p)?, 0o644)?;
+    }
+    for old in listed(to)? {
+        if !new.iter().any(|p| p.file_name() == old.file_name()) {
+            std::fs::remove_file(&old)?;
+        }
+    }
+    Ok(())
+}
+
+/// `moat-cni install ...`.
+pub(crate) fn main(args: &[String]) -> anyhow::Result<()> {
+    let a = parse(args)?;
+    let entry: Value = serde_json::from_slice(
+        &std::fs::read(&a.entry).with_context(|| format!("read {}", a.entry.display()))?,
+    )
+    .with_context(|| format!("{} is not JSON", a.entry.display()))?;
+    if let Some(from) = &a.policies {
+        let to = entry["policyDir"].as_str().with_context(|| {
+            format!(
+                "--policies: the entry ({}) names no policyDir to put them in",
+                a.entry.display()
+            )
+        })?;
+        sync_policies(from, Path::new(to))?;
+    }
+    let exe = std::fs::read("/proc/self/exe").context("read this executable")?;
+    std::fs::create_dir_all(&a.bin_dir)?;
+    replace(&a.bin_dir.join("moat-cni"), &exe, 0o755)?;
+    let path = chosen(&a.conf_dir)?;
+    let conf: Value = serde_json::from_slice(&std::fs::read(&path)?)
+        .with_context(|| format!("{} is not JSON", path.display()))?;
+    let list = chained(&conf, &entry).with_context(|| path.display().to_string())?;
+    // A single plugin's file becomes a conflist: the runtime reads it by that name.
+    let target = path.with_extension("conflist");
+    replace(
+        &target,
+        serde_json::to_string_pretty(&list)?.as_bytes(),
+        0o644,
+    )?;
+    if target != path {
+        std::fs::remove_file(&path)?;
+    }
+    eprintln!(
+        "moat-cni: installed in {} and chained in {}",
+        a.bin_dir.display(),
+        target.display()
+    );
+    if a.wait {
+        use nix::sys::signal::{SigSet, Signal};
+        let mut mask = SigSet::empty();
+        for s in [Signal::SIGINT, Signal::SIGTERM, Signal::SIGHUP] {
+            mask.add(s);
+        }
+        mask.thread_block()?;
+        let signal = mask.wait()?;
+        eprintln!("moat-cni: {signal}: stopping (the node keeps moat-cni chained)");
+    }
+    Ok(())
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use serde_json::json;
+
+    #[test]
+    fn moat_goes_last_and_once() {
+        let entry = json!({"type": "moat-cni", "policy": "public-only"});
+        let list = json!({"cniVersion": "1.0.0", "name": "k8s", "plugins": [{"type": "bridge"}, {"type": "portmap"}]});
+        let once = chained(&list, &entry).unwrap();
+        assert_eq!(once["plugins"].as_array().unwrap().len(), 3);
+        assert_eq!(once["plugins"][2], entry);
+        // Again, with another entry: replaced, not added.
+        let other = json!({"type": "moat-cni", "policy": "allow-all"});
+        let twice = chained(&once, &other).unwrap();
+        assert_eq!(twice["plugins"].as_array().unwrap().len(), 3);
+        assert_eq!(twice["plugins"][2], other);
+        // A single plugin's configuration becomes a list.
+        let single =
+            json!({"cniVersion": "0.4.0", "name": "net", "type": "bridge", "bridge": "cni0"});
+        let made = chained(&single, &entry).unwrap();
+        assert_eq!(made["name"], "net");
+        assert_eq!(
+            made["plugins"][0],
+            json!({"type": "bridge", "bridge": "cni0"})
+        );
+        assert_eq!(made["plugins"][1], entry);
+        // Not moat's entry, not a configuration, nothing to chain after: refused.
+        assert!(chained(&list, &json!({"type": "bridge"})).is_err());
+        assert!(chained(&json!({"x": 1}), &entry).is_err());
+        assert!(chained(&json!({"plugins": [{"type": "moat-cni"}]}), &entry).is_err());
+    }
+
+    #[test]
+    fn every_path_is_asked_for() {
+        let s = |v: &[&str]| v.iter().map(|x| x.to_string()).collect::<Vec<_>>();
+        assert!(parse(&s(&["--bin-dir", "/b", "--conf-dir", "/c"])).is_err());
+        assert!(parse(&s(&["--bin-dir"])).is_err());
+        assert!(parse(&s(&["--what"])).is_err());
+        let a = parse(&s(&[
+            "--bin-dir",
+            "/b",
+            "--conf-dir",
+            "/c",
+            "--entry",
+            "/e",
+            "--wait",
+        ]))
+        .unwrap();
+        assert!(a.wait && a.entry == Path::new("/e"));
+    }
+}
