@@ -270,6 +270,18 @@ if 1 in attach and 64 in attach:
     print(f"| connections/s (concurrency 1 each), aggregate | {one['conn_per_sec']:.0f} | {all64['conn_per_sec']:.0f} | {ratio(all64['conn_per_sec'], one['conn_per_sec'])} |")
     print(f"| bulk Gbit/s (one iperf3 stream each), aggregate | {one['bulk_gbps']:.2f} | {all64['bulk_gbps']:.2f} | {ratio(all64['bulk_gbps'], one['bulk_gbps'])} |")
 
+cni = next((r for r in rows if r["kind"] == "cni"), None)
+if cni:
+    print(f"\n## moat-cni ({cni['n']} pods, each ADD run through bridge, host-local and loopback, with and without moat-cni)\n")
+    print("| measure | p50 | p99 |")
+    print("|---|---|---|")
+    print(f"| ADD without moat-cni | {cni['add_plain_p50']:.1f} ms | {cni['add_plain_p99']:.1f} ms |")
+    print(f"| ADD with moat-cni | {cni['add_moat_p50']:.1f} ms | {cni['add_moat_p99']:.1f} ms |")
+    print(f"| moat-cni's own ADD (what it adds; target ≤ 20 ms at p99) | {cni['moat_alone_p50']:.1f} ms | {cni['moat_alone_p99']:.1f} ms |")
+    print(f"| DEL with moat-cni | {cni['del_moat_p50']:.1f} ms | {cni['del_moat_p99']:.1f} ms |")
+    print(f"\n- moat's RSS per pod, idle: {cni['rss_per_pod_kib'] / 1024:.1f} MiB ({cni['engines']} engines)")
+    print(f"- served: the first and the last pod made {', '.join(f'{c:.0f}' for c in cni['served_conn_per_sec'])} connections/s to the world")
+
 samples = [r for r in rows if r["kind"] == "soak_sample"]
 soak = next((r for r in rows if r["kind"] == "soak"), None)
 if samples and soak:

@@ -5,7 +5,7 @@
 
 #![allow(clippy::unwrap_used, clippy::expect_used)] // Test code: a panic is the failure report.
 
-use std::path::Path;
+use std::path::{Path, PathBuf};
 use std::time::Duration;
 
 use moat_e2e::cni::{Runtime, conflist, engine_pid, moat_entry, runs, state_dir};
@@ -373,4 +373,74 @@ fn fifty_pods_added_and_deleted_leave_nothing() {
     for (id, _) in &pods {
         assert!(!state_dir(id).exists(), "{id}");
     }
+}
+
+/// What moat-cni refuses to touch and what it reports: the node's own namespace as
+/// CNI_NETNS (nothing moved), a way out added to the pod after ADD (CHECK fails), and DEL
+/// of a pod whose workload still runs (the interface is deleted, not handed back to it).
+#[test]
+fn the_nodes_namespace_a_second_way_out_and_a_live_pod_at_del() {
+    let w = World::new();
+    let mut rt = Runtime::new(&w);
+    let list = conflist(&w, moat_entry(&w, json!({})));
+    let pod = rt.pod(&format!("{}pl", w.host));
+    let other = id(&w, "cx");
+    let id = id(&w, "cl");
+    let added = rt.run("ADD", &id, &pod, "", &list, None);
+    assert!(added.ok, "{added:?}");
+    // The host namespace as CNI_NETNS, with a result that names it: refused, code 4, and
+    // the host keeps its interfaces.
+    let host_ns = PathBuf::from(format!("/run/netns/{}", w.host));
+    let mut forged = added.out.clone();
+    forged["interfaces"][2]["sandbox"] = json!(host_ns.to_string_lossy());
+    forged["interfaces"][2]["name"] = json!(format!("vh{}", &w.host["moath".len()..]));
+    let own = rt.moat("ADD", &other, &host_ns, "", &list, Some(&forged));
+    assert_eq!(own.out["code"], 4, "{own:?}");
+    assert!(
+        own.out["msg"].as_str().unwrap().contains("runs in"),
+        "{own:?}"
+    );
+    assert!(!state_dir(&other).exists());
+    // A second way out appears in the pod: CHECK says so.
+    let check = rt.moat("CHECK", &id, &pod, "", &list, Some(&added.out));
+    assert!(check.ok, "{check:?}");
+    moat_e2e::sh(&[
+        "ip",
+        "link",
+        "add",
+        "extra0",
+        "netns",
+        pod.to_str().unwrap(),
+        "type",
+        "veth",
+        "peer",
+        "name",
+        &format!("x{}", &w.host["moath".len()..]),
+    ]);
+    let check = rt.moat("CHECK", &id, &pod, "", &list, Some(&added.out));
+    assert_eq!(check.out["code"], 103, "{check:?}");
+    assert!(
+        check.out["msg"].as_str().unwrap().contains("extra0"),
+        "{check:?}"
+    );
+    // DEL while a process still runs in the pod: the bridge's veth is deleted, never
+    // handed to what runs there.
+    let mut sleeper = std::process::Command::new("nsenter")
+        .arg(format!("--net={}", pod.display()))
+        .args(["sleep", "60"])
+        .spawn()
+        .unwrap();
+    let del = rt.moat("DEL", &id, &pod, "", &list, None);
+    let _ = sleeper.kill();
+    let _ = sleeper.wait();
+    assert!(del.ok, "{del:?}");
+    let (out, _) = in_pod(&pod, "ip -o link show");
+    assert!(
+        !out.contains("eth0"),
+        "the interface went back to a live pod: {out}"
+    );
+    assert!(!state_dir(&id).exists());
+    // The bridge's own DEL copes with its veth gone.
+    let bridge_del = rt.run("DEL", &id, &pod, "", &list, None);
+    assert!(bridge_del.ok, "{bridge_del:?}");
 }

@@ -69,6 +69,10 @@ const FIXTURES: &[(&str, Fixture)] = &[
 /// Command lines the README shows that other tests run, and which.
 const ELSEWHERE: &[(&str, &str)] = &[
     (
+        "kubectl apply -k deploy/kubernetes",
+        "there is no cluster here: tests/cni_runtimes.rs sets a node up with `moat cni install` from exactly these manifests' files (and holds the manifests to them), then runs containerd and Podman on it",
+    ),
+    (
         "cargo run --release -p moat -- demo",
         "tests/demo.rs runs `moat demo` and checks the decisions it shows",
     ),

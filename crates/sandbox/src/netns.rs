@@ -63,6 +63,16 @@ impl NsId {
     pub fn own() -> io::Result<NsId> {
         NsId::of(Path::new("/proc/self/ns/net"))
     }
+
+    /// The namespace as two numbers (its nsfs device and inode), to keep in a file.
+    pub fn to_pair(self) -> (u64, u64) {
+        (self.dev, self.ino)
+    }
+
+    /// The namespace [`NsId::to_pair`] kept.
+    pub fn from_pair((dev, ino): (u64, u64)) -> NsId {
+        NsId { dev, ino }
+    }
 }
 
 /// What to do when the namespace already has an `eth0` or a default route.
@@ -258,7 +268,7 @@ fn inside(
 }
 
 /// The interfaces of the calling thread's namespace (`/proc/net/dev`'s names).
-fn interfaces() -> io::Result<Vec<String>> {
+pub(crate) fn interfaces() -> io::Result<Vec<String>> {
     let text = std::fs::read_to_string("/proc/thread-self/net/dev")?;
     Ok(interface_names(&text))
 }
@@ -417,7 +427,7 @@ pub fn detach(output: OwnedFd) -> io::Result<Option<u32>> {
                 "a process with more than one thread cannot start one in the background",
             ));
         }
-        std::thread::sleep(std::time::Duration::from_millis(5));
+        std::thread::sleep(std::time::Duration::from_millis(1));
     }
     let null = File::open("/dev/null")?;
     match sys::fork()? {

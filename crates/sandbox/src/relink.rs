@@ -64,6 +64,18 @@ pub fn has_interface(ns: &Path, name: &str) -> io::Result<bool> {
     })
 }
 
+/// The interfaces of the namespace at `ns`, `lo` among them.
+pub fn interfaces(ns: &Path) -> io::Result<Vec<String>> {
+    within(ns, crate::netns::interfaces)
+}
+
+/// Deletes interface `name` of the namespace at `ns` (a veth takes its peer with it; a
+/// physical interface cannot be deleted, and says so).
+pub fn delete_interface(ns: &Path, name: &str) -> io::Result<()> {
+    let name = name.to_owned();
+    within(ns, move || rtnl::delete_link(sys::if_index(&name)?))
+}
+
 /// The hardware address of interface `name` in the namespace at `ns`.
 pub fn mac(ns: &Path, name: &str) -> io::Result<[u8; 6]> {
     let name = name.to_owned();
@@ -137,7 +149,7 @@ pub fn give_back(name: &str, from: &Path, to: &Path, wait: Duration) -> io::Resu
                 format!("{} still has an interface named {name}", to.display()),
             ));
         }
-        std::thread::sleep(Duration::from_millis(10));
+        std::thread::sleep(Duration::from_millis(2));
     }
     move_interface(name, from, to)?;
     Ok(true)

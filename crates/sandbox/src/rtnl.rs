@@ -15,7 +15,8 @@ use std::net::IpAddr;
 use std::os::fd::{AsRawFd, BorrowedFd};
 
 use nix::sys::socket::{
-    AddressFamily, MsgFlags, NetlinkAddr, SockFlag, SockProtocol, SockType, recv, sendto, socket,
+    AddressFamily, MsgFlags, NetlinkAddr, SockFlag, SockProtocol, SockType, recvfrom, sendto,
+    socket,
 };
 
 const RTM_NEWLINK: u16 = 16;
@@ -24,6 +25,8 @@ const RTM_GETLINK: u16 = 18;
 const RTM_NEWADDR: u16 = 20;
 const RTM_NEWROUTE: u16 = 24;
 const NLMSG_ERROR: u16 = 2;
+/// Each request's sequence number (one request per socket).
+const SEQ: u32 = 0x6d6f_6174;
 const NLM_F_REQUEST: u16 = 0x1;
 const NLM_F_ACK: u16 = 0x4;
 const NLM_F_EXCL: u16 = 0x200;
@@ -67,7 +70,7 @@ impl Request {
         msg.extend_from_slice(&0u32.to_ne_bytes());
         msg.extend_from_slice(&kind.to_ne_bytes());
         msg.extend_from_slice(&(NLM_F_REQUEST | flags).to_ne_bytes());
-        msg.extend_from_slice(&1u32.to_ne_bytes());
+        msg.extend_from_slice(&SEQ.to_ne_bytes());
         msg.extend_from_slice(&0u32.to_ne_bytes());
         msg.extend_from_slice(fixed);
         Request(msg)
@@ -98,10 +101,24 @@ impl Request {
             &NetlinkAddr::new(0, 0),
             MsgFlags::empty(),
         )?;
+        // Only the kernel's answer to this request counts (port 0, this sequence number):
+        // on a socket opened inside a namespace someone else controls, another process
+        // could send one of its own.
         let mut buf = vec![0u8; 8192];
-        let n = recv(sock.as_raw_fd(), &mut buf, MsgFlags::empty())?;
-        buf.truncate(n);
-        Ok(buf)
+        for _ in 0..16 {
+            let (n, from) = recvfrom::<NetlinkAddr>(sock.as_raw_fd(), &mut buf)?;
+            let kernel = from.is_some_and(|a| a.pid() == 0);
+            let seq = buf
+                .get(8..12)
+                .map(|b| u32::from_ne_bytes([b[0], b[1], b[2], b[3]]));
+            if kernel && n >= 16 && seq == Some(SEQ) {
+                buf.truncate(n);
+                return Ok(buf);
+            }
+        }
+        Err(io::Error::other(
+            "no answer from the kernel to the rtnetlink request",
+        ))
     }
 
     /// Sends the request and waits for its acknowledgement.

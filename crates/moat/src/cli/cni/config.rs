@@ -14,9 +14,16 @@
 //! - `denyMode`: `drop`, `reject` or `explain`;
 //! - `tlsIntercept`, `tlsCaCert`, `tlsCaKey`, `tlsBypass`: TLS interception with a CA
 //!   the node holds (the pods must trust its certificate);
-//! - `secrets`: `[{"name", "file", "hosts", "placeholder", "plainHttp"}]`: the value is
-//!   read from `file` on the node when the pod is added (never from the conflist); the pod
-//!   holds `placeholder` (the pod's manifest sets it, so it is given here, not made up).
+//! - `allowedPolicies`: `{"NAMESPACE": [NAMES], "*": [NAMES]}`: which named policies the
+//!   pods of a namespace may choose (without it, any in `policyDir`): whoever can make a
+//!   pod chooses its policy, so a cluster says who may choose what;
+//! - `maxConnections`, `maxBufferMemory` (e.g. `"64m"`), `busyPoll` (microseconds; 0, no
+//!   busy polling, unless given: an engine per pod shares the node's cores);
+//! - `secrets`: `[{"name", "file", "hosts", "placeholder", "plainHttp", "policies"}]`: the
+//!   value is read from `file` on the node when the pod is added (never from the conflist);
+//!   the pod holds `placeholder` (the pod's manifest sets it, so it is given here, not made
+//!   up); with `policies`, only pods under one of those named policies (`"default"`: the
+//!   conflist's) get it.
 
 use std::net::IpAddr;
 use std::path::{Path, PathBuf};
@@ -104,7 +111,7 @@ impl Env {
         let name = self.ifname.as_str();
         let ok = !name.is_empty()
             && name.len() < 16
-            && name != "lo"
+            && !matches!(name, "lo" | "." | "..")
             && name
                 .bytes()
                 .all(|b| b.is_ascii_alphanumeric() || matches!(b, b'_' | b'.' | b'-'));
@@ -196,11 +203,15 @@ impl Conf {
 
     /// The policy this pod gets: its own by name (from `CNI_ARGS` or its annotation), else
     /// the conflist's default.
-    pub(super) fn policy_for(&self, env: &Env) -> Result<Option<String>, CniError> {
+    /// With it, the name chosen (`None`: the default).
+    pub(super) fn policy_for(
+        &self,
+        env: &Env,
+    ) -> Result<(Option<String>, Option<String>), CniError> {
         let annotated =
             self.raw["runtimeConfig"]["io.kubernetes.cri.pod-annotations"][ANNOTATION].as_str();
         let Some(name) = env.arg(ARG).or(annotated) else {
-            return Ok(self.str_key("policy")?.map(str::to_owned));
+            return Ok((self.str_key("policy")?.map(str::to_owned), None));
         };
         let valid = !name.is_empty()
             && name.len() <= 63
@@ -212,6 +223,7 @@ impl Conf {
                 "policy name {name:?}: expected letters, digits, '-' and '_' (at most 63)"
             )));
         }
+        self.allowed_in_namespace(name, env)?;
         let dir = self.str_key("policyDir")?.ok_or_else(|| {
             invalid(format!(
                 "the pod asks for policy {name:?}, and the conflist has no policyDir to find it in"
@@ -221,7 +233,12 @@ impl Conf {
             .iter()
             .map(|ext| Path::new(dir).join(format!("{name}.{ext}")))
             .find(|p| p.is_file())
-            .map(|p| Some(p.to_string_lossy().into_owned()))
+            .map(|p| {
+                (
+                    Some(p.to_string_lossy().into_owned()),
+                    Some(name.to_owned()),
+                )
+            })
             .ok_or_else(|| {
                 CniError::new(
                     code::UNKNOWN_POLICY,
@@ -230,12 +247,60 @@ impl Conf {
             })
     }
 
+    /// With `allowedPolicies` (a map from a pod's namespace, or `*` for every one, to the
+    /// names its pods may choose), whether the pod's namespace may choose `name`: whoever
+    /// can make a pod chooses its policy, so a cluster limits which a namespace may.
+    fn allowed_in_namespace(&self, name: &str, env: &Env) -> Result<(), CniError> {
+        let map = &self.raw["allowedPolicies"];
+        if map.is_null() {
+            return Ok(());
+        }
+        if !map.is_object() {
+            return Err(invalid(
+                "allowedPolicies: expected a map from a namespace (or \"*\") to a list of policy names".to_owned(),
+            ));
+        }
+        let namespace = env.pod().map(|(ns, _)| ns).unwrap_or("");
+        let lists = |key: &str| {
+            map[key]
+                .as_array()
+                .is_some_and(|l| l.iter().any(|n| n.as_str() == Some(name)))
+        };
+        if lists(namespace) || lists("*") {
+            return Ok(());
+        }
+        Err(CniError::new(
+            code::NOT_ALLOWED,
+            format!(
+                "policy {name:?} is not one namespace {namespace:?} may choose (allowedPolicies)"
+            ),
+        ))
+    }
+
+    fn number_key(&self, key: &str) -> Result<Option<u64>, CniError> {
+        match &self.raw[key] {
+            Value::Null => Ok(None),
+            v => v
+                .as_u64()
+                .map(Some)
+                .ok_or_else(|| invalid(format!("{key}: expected a whole number"))),
+        }
+    }
+
     /// `moat attach`'s options for this pod.
     pub(super) fn options(&self, env: &Env) -> Result<RunOptions, CniError> {
+        let (policy, chosen) = self.policy_for(env)?;
         let mut opts = RunOptions {
-            policy: self.policy_for(env)?,
+            policy,
             name: audit_name(env),
             quiet: false,
+            // An engine per pod on a shared node: no busy polling unless asked (it spends a
+            // core's time for each pod's traffic).
+            busy_poll: Some(self.number_key("busyPoll")?.unwrap_or(0)),
+            max_connections: self
+                .number_key("maxConnections")?
+                .map(|n| usize::try_from(n).unwrap_or(usize::MAX)),
+            max_buffer_memory: self.str_key("maxBufferMemory")?.map(str::to_owned),
             ..RunOptions::default()
         };
         opts.dns = self.list_key("dns")?;
@@ -255,11 +320,14 @@ impl Conf {
                 ..TlsOptions::default()
             });
         }
-        opts.secret_files = self.secrets()?;
+        opts.secret_files = self.secrets(chosen.as_deref())?;
         Ok(opts)
     }
 
-    fn secrets(&self) -> Result<Vec<SecretFile>, CniError> {
+    /// The secrets for a pod under the named policy `chosen` (`None`: the default): each
+    /// secret with `"policies"` only for pods under one of those names (`"default"` for the
+    /// conflist's default), one without for every pod.
+    fn secrets(&self, chosen: Option<&str>) -> Result<Vec<SecretFile>, CniError> {
         let items = match &self.raw["secrets"] {
             Value::Null => return Ok(Vec::new()),
             Value::Array(items) => items,
@@ -280,14 +348,26 @@ impl Conf {
                     .map(|h| h.iter().filter_map(Value::as_str).map(str::to_owned).collect::<Vec<_>>())
                     .filter(|h| !h.is_empty())
                     .ok_or_else(|| invalid("secrets: \"hosts\" is a list of the hosts its value may go to".to_owned()))?;
-                Ok(SecretFile {
+                let under = match &s["policies"] {
+                    Value::Null => true,
+                    Value::Array(names) => names
+                        .iter()
+                        .any(|n| n.as_str() == Some(chosen.unwrap_or("default"))),
+                    _ => {
+                        return Err(invalid(
+                            "secrets: \"policies\" is a list of policy names".to_owned(),
+                        ));
+                    }
+                };
+                Ok(under.then_some(SecretFile {
                     name: text("name")?,
                     file: PathBuf::from(text("file")?),
                     placeholder: text("placeholder")?,
                     hosts,
                     plain_http: s["plainHttp"].as_bool().unwrap_or(false),
-                })
+                }))
             })
+            .filter_map(Result::transpose)
             .collect()
     }
 }
@@ -329,8 +409,120 @@ fn audit_file(env: &Env) -> Result<String, CniError> {
                 .all(|b| b.is_ascii_lowercase() || b.is_ascii_digit() || b == b'-' || b == b'.')
             && !s.starts_with('.')
     };
+    // Within a file name's 255 bytes (a long pod name falls back to the id alone).
     Ok(match env.pod() {
-        Some((ns, pod)) if dns_label(ns) && dns_label(pod) => format!("{ns}_{pod}_{id}"),
+        Some((ns, pod))
+            if dns_label(ns) && dns_label(pod) && ns.len() + pod.len() + id.len() < 240 =>
+        {
+            format!("{ns}_{pod}_{id}")
+        }
         _ => id.to_owned(),
     })
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use serde_json::json;
+
+    fn env(args: &str) -> Env {
+        Env {
+            command: "ADD".into(),
+            container: "c1".into(),
+            netns: None,
+            ifname: "eth0".into(),
+            args: args
+                .split(';')
+                .filter_map(|kv| kv.split_once('='))
+                .map(|(k, v)| (k.to_owned(), v.to_owned()))
+                .collect(),
+        }
+    }
+
+    fn conf(extra: Value) -> Conf {
+        let mut raw = json!({"cniVersion": "1.0.0", "name": "n", "type": "moat-cni"});
+        if let (Some(o), Value::Object(more)) = (raw.as_object_mut(), extra) {
+            o.extend(more);
+        }
+        Conf::parse(raw.to_string().as_bytes()).unwrap()
+    }
+
+    #[test]
+    fn a_namespace_chooses_only_the_policies_it_may() {
+        let dir = std::env::temp_dir().join(format!("moat-cni-conf-{}", std::process::id()));
+        std::fs::create_dir_all(&dir).unwrap();
+        std::fs::write(dir.join("open.toml"), "").unwrap();
+        let c = conf(json!({
+            "policy": "public-only",
+            "policyDir": dir.to_string_lossy(),
+            "allowedPolicies": {"team-a": ["open"]},
+        }));
+        let asks = |ns: &str| {
+            env(&format!(
+                "K8S_POD_NAMESPACE={ns};K8S_POD_NAME=p;MOAT_POLICY=open"
+            ))
+        };
+        let (policy, chosen) = c.policy_for(&asks("team-a")).unwrap();
+        assert!(policy.unwrap().ends_with("open.toml"));
+        assert_eq!(chosen.as_deref(), Some("open"));
+        assert_eq!(
+            c.policy_for(&asks("team-b")).unwrap_err().code,
+            code::NOT_ALLOWED
+        );
+        // No name asked: the default, whatever the namespace.
+        let (policy, chosen) = c.policy_for(&env("K8S_POD_NAMESPACE=team-b")).unwrap();
+        assert_eq!((policy.as_deref(), chosen), (Some("public-only"), None));
+        // "*" opens a name to every namespace; without the map, every name is open.
+        let star =
+            conf(json!({"policyDir": dir.to_string_lossy(), "allowedPolicies": {"*": ["open"]}}));
+        assert!(star.policy_for(&asks("team-b")).is_ok());
+        let all = conf(json!({"policyDir": dir.to_string_lossy()}));
+        assert!(all.policy_for(&asks("team-b")).is_ok());
+        let _ = std::fs::remove_dir_all(&dir);
+    }
+
+    #[test]
+    fn a_secret_goes_only_to_pods_under_its_policies() {
+        let c = conf(json!({"secrets": [
+            {"name": "A", "file": "/a", "placeholder": "moat_a", "hosts": ["x.test"]},
+            {"name": "B", "file": "/b", "placeholder": "moat_b", "hosts": ["x.test"], "policies": ["open"]},
+            {"name": "C", "file": "/c", "placeholder": "moat_c", "hosts": ["x.test"], "policies": ["default"]},
+        ]}));
+        let names = |chosen| -> Vec<String> {
+            c.secrets(chosen)
+                .unwrap()
+                .into_iter()
+                .map(|s| s.name)
+                .collect()
+        };
+        assert_eq!(names(None), ["A", "C"]);
+        assert_eq!(names(Some("open")), ["A", "B"]);
+        assert_eq!(names(Some("other")), ["A"]);
+        let bad = conf(
+            json!({"secrets": [{"name": "A", "file": "/a", "placeholder": "p", "hosts": []}]}),
+        );
+        assert!(bad.secrets(None).is_err());
+    }
+
+    #[test]
+    fn names_from_the_runtime_are_checked() {
+        let mut e = env("");
+        for bad in ["", ".", "..", "lo", "a/b", "x".repeat(16).as_str()] {
+            e.ifname = bad.to_owned();
+            assert!(e.interface().is_err(), "{bad:?}");
+        }
+        for bad in ["", "-x", "../x", "a b", &"f".repeat(129)] {
+            e.container = bad.to_owned();
+            assert!(e.container_id().is_err(), "{bad:?}");
+        }
+        // A pod name too long for a file name falls back to the container's id.
+        let long = env(&format!(
+            "K8S_POD_NAMESPACE=ns;K8S_POD_NAME={}",
+            "p".repeat(250)
+        ));
+        assert_eq!(audit_file(&long).unwrap(), "c1");
+        let k8s = env("K8S_POD_NAMESPACE=ns;K8S_POD_NAME=web-1");
+        assert_eq!(audit_file(&k8s).unwrap(), "ns_web-1_c1");
+        assert_eq!(audit_name(&k8s), "ns_web-1");
+    }
 }

@@ -63,13 +63,29 @@ fn parse(args: &[String]) -> anyhow::Result<Args> {
     Ok(a)
 }
 
-/// Writes `contents` to `path` by a rename from beside it.
+/// Writes `contents` to `path` by a rename from beside it: a new file of its own (a link
+/// planted at the temporary name is removed, never followed), written out before the
+/// rename.
 fn replace(path: &Path, contents: &[u8], mode: u32) -> anyhow::Result<()> {
-    use std::os::unix::fs::PermissionsExt;
+    use std::io::Write;
+    use std::os::unix::fs::OpenOptionsExt;
     let name = path.file_name().context("a file name")?.to_string_lossy();
     let tmp = path.with_file_name(format!(".{name}.moat-new"));
-    std::fs::write(&tmp, contents).with_context(|| format!("write {}", tmp.display()))?;
-    std::fs::set_permissions(&tmp, std::fs::Permissions::from_mode(mode))?;
+    match std::fs::remove_file(&tmp) {
+        Err(e) if e.kind() != std::io::ErrorKind::NotFound => {
+            return Err(e).with_context(|| format!("remove {}", tmp.display()));
+        }
+        _ => {}
+    }
+    let mut file = std::fs::OpenOptions::new()
+        .write(true)
+        .create_new(true)
+        .mode(mode)
+        .open(&tmp)
+        .with_context(|| format!("create {}", tmp.display()))?;
+    file.write_all(contents)
+        .and_then(|()| file.sync_all())
+        .with_context(|| format!("write {}", tmp.display()))?;
     std::fs::rename(&tmp, path).with_context(|| format!("replace {}", path.display()))
 }
 
@@ -116,6 +132,13 @@ pub(super) fn chained(conf: &Value, entry: &Value) -> anyhow::Result<Value> {
     } else {
         bail!("not a CNI network configuration (no \"plugins\" and no \"type\")");
     };
+    let version = list["cniVersion"].as_str().unwrap_or("");
+    if !super::config::VERSIONS.contains(&version) {
+        bail!(
+            "its cniVersion is {version:?}, and moat-cni speaks {}: every ADD on the node would fail",
+            super::config::VERSIONS.join(", ")
+        );
+    }
     let Some(plugins) = list["plugins"].as_array_mut() else {
         bail!("\"plugins\" is not a list");
     };
@@ -178,11 +201,26 @@ pub(crate) fn main(args: &[String]) -> anyhow::Result<()> {
     let exe = std::fs::read("/proc/self/exe").context("read this executable")?;
     std::fs::create_dir_all(&a.bin_dir)?;
     replace(&a.bin_dir.join("moat-cni"), &exe, 0o755)?;
-    let path = chosen(&a.conf_dir)?;
+    let target = chain_in(&a.conf_dir, &entry)?;
+    eprintln!(
+        "moat-cni: installed in {} and chained in {}",
+        a.bin_dir.display(),
+        target.display()
+    );
+    if a.wait {
+        watch(&a.conf_dir, &entry)?;
+    }
+    Ok(())
+}
+
+/// Chains `entry` into the configuration the runtime chooses in `conf_dir`; that file.
+fn chain_in(conf_dir: &Path, entry: &Value) -> anyhow::Result<PathBuf> {
+    let path = chosen(conf_dir)?;
     let conf: Value = serde_json::from_slice(&std::fs::read(&path)?)
         .with_context(|| format!("{} is not JSON", path.display()))?;
-    let list = chained(&conf, &entry).with_context(|| path.display().to_string())?;
-    // A single plugin's file becomes a conflist: the runtime reads it by that name.
+    let list = chained(&conf, entry).with_context(|| path.display().to_string())?;
+    // A single plugin's file becomes a conflist: the runtime reads it by that name (the
+    // single file goes: sorting first, it would still be the one chosen).
     let target = path.with_extension("conflist");
     replace(
         &target,
@@ -192,22 +230,63 @@ pub(crate) fn main(args: &[String]) -> anyhow::Result<()> {
     if target != path {
         std::fs::remove_file(&path)?;
     }
-    eprintln!(
-        "moat-cni: installed in {} and chained in {}",
-        a.bin_dir.display(),
-        target.display()
-    );
-    if a.wait {
-        use nix::sys::signal::{SigSet, Signal};
-        let mut mask = SigSet::empty();
-        for s in [Signal::SIGINT, Signal::SIGTERM, Signal::SIGHUP] {
-            mask.add(s);
-        }
-        mask.thread_block()?;
-        let signal = mask.wait()?;
-        eprintln!("moat-cni: {signal}: stopping (the node keeps moat-cni chained)");
+    Ok(target)
+}
+
+/// Whether the configuration the runtime chooses in `conf_dir` ends with `entry`.
+fn still_chained(conf_dir: &Path, entry: &Value) -> bool {
+    chosen(conf_dir)
+        .ok()
+        .and_then(|p| std::fs::read(p).ok())
+        .and_then(|b| serde_json::from_slice::<Value>(&b).ok())
+        .is_some_and(|c| c["plugins"].as_array().and_then(|p| p.last()) == Some(entry))
+}
+
+/// How often `--wait` looks at the node's configuration.
+const RECHECK: std::time::Duration = std::time::Duration::from_secs(2);
+
+/// Stays until signalled, chaining `entry` again whenever the configuration the runtime
+/// chooses no longer ends with it: a cluster's network agent rewrites its own file when it
+/// restarts or upgrades, and a new file may come to sort first; pods made then would
+/// otherwise get no moat.
+fn watch(conf_dir: &Path, entry: &Value) -> anyhow::Result<()> {
+    use nix::sys::signal::{SigSet, Signal};
+    use nix::sys::signalfd::{SfdFlags, SignalFd};
+    use std::os::fd::AsFd;
+    let mut mask = SigSet::empty();
+    for s in [Signal::SIGINT, Signal::SIGTERM, Signal::SIGHUP] {
+        mask.add(s);
     }
-    Ok(())
+    mask.thread_block()?;
+    let sigfd = SignalFd::with_flags(&mask, SfdFlags::SFD_CLOEXEC | SfdFlags::SFD_NONBLOCK)?;
+    loop {
+        let mut fds = [nix::poll::PollFd::new(
+            sigfd.as_fd(),
+            nix::poll::PollFlags::POLLIN,
+        )];
+        let timeout = nix::poll::PollTimeout::try_from(RECHECK.as_millis() as i32)
+            .unwrap_or(nix::poll::PollTimeout::MAX);
+        match nix::poll::poll(&mut fds, timeout) {
+            Ok(_) | Err(nix::errno::Errno::EINTR) => {}
+            Err(e) => return Err(e.into()),
+        }
+        if let Ok(Some(info)) = sigfd.read_signal() {
+            eprintln!(
+                "moat-cni: signal {}: stopping (the node keeps moat-cni chained)",
+                info.ssi_signo
+            );
+            return Ok(());
+        }
+        if !still_chained(conf_dir, entry) {
+            match chain_in(conf_dir, entry) {
+                Ok(p) => eprintln!(
+                    "moat-cni: chained again in {} (it had been rewritten)",
+                    p.display()
+                ),
+                Err(e) => eprintln!("moat-cni: cannot chain again: {e:#} (trying again in 2 s)"),
+            }
+        }
+    }
 }
 
 #[cfg(test)]
@@ -240,6 +319,9 @@ mod tests {
         // Not moat's entry, not a configuration, nothing to chain after: refused.
         assert!(chained(&list, &json!({"type": "bridge"})).is_err());
         assert!(chained(&json!({"x": 1}), &entry).is_err());
+        // A version moat-cni does not speak: every ADD would fail, so it is refused now.
+        let newer = json!({"cniVersion": "1.1.0", "name": "k8s", "plugins": [{"type": "bridge"}]});
+        assert!(format!("{:#}", chained(&newer, &entry).unwrap_err()).contains("1.1.0"));
         assert!(chained(&json!({"plugins": [{"type": "moat-cni"}]}), &entry).is_err());
     }
 

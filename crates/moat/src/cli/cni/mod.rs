@@ -56,6 +56,8 @@ pub(super) mod code {
     pub(crate) const SETUP: u32 = 102;
     /// CHECK found the pod not served.
     pub(crate) const NOT_SERVED: u32 = 103;
+    /// The pod's namespace may not choose the policy it names (`allowedPolicies`).
+    pub(crate) const NOT_ALLOWED: u32 = 104;
 }
 
 /// An error result: its code, what went wrong, and more detail when there is some.

@@ -7,7 +7,7 @@ use std::net::{IpAddr, Ipv4Addr, Ipv6Addr};
 use std::path::{Path, PathBuf};
 use std::time::{Duration, Instant};
 
-use moat_sandbox::netns;
+use moat_sandbox::netns::{self, NsId};
 use moat_sandbox::relink::{self, Addressing, Route};
 use serde_json::{Value, json};
 
@@ -27,9 +27,18 @@ fn state_dir(id: &str) -> PathBuf {
     Path::new(STATE_ROOT).join(id)
 }
 
-/// moat's namespace for the pod (a name `ip netns` shows; the id is cut to fit).
+/// moat's namespace for the pod (a name `ip netns` shows): the id whole when it fits,
+/// else its first 40 characters and a hash of the whole, so that two ids alike in their
+/// first 40 never share a namespace.
 fn moat_ns(id: &str) -> String {
-    format!("moat-{}", &id[..id.len().min(40)])
+    if id.len() <= 58 {
+        return format!("moat-{id}");
+    }
+    // FNV-1a, 64 bits: stable across builds (the name is kept in files between calls).
+    let hash = id.bytes().fold(0xcbf2_9ce4_8422_2325u64, |h, b| {
+        (h ^ u64::from(b)).wrapping_mul(0x100_0000_01b3)
+    });
+    format!("moat-{}-{hash:016x}", &id[..40])
 }
 
 fn setup(what: &str) -> impl FnOnce(std::io::Error) -> CniError + '_ {
@@ -58,9 +67,9 @@ fn first_host(ip: IpAddr, prefix: u8) -> IpAddr {
     match ip {
         IpAddr::V4(a) => {
             let mask = u32::MAX.checked_shl(32 - u32::from(prefix)).unwrap_or(0);
-            let first = (u32::from(a) & mask) + 1;
+            let first = (u32::from(a) & mask).wrapping_add(1);
             let gw = if first == u32::from(a) {
-                first + 1
+                first.wrapping_add(1)
             } else {
                 first
             };
@@ -68,9 +77,9 @@ fn first_host(ip: IpAddr, prefix: u8) -> IpAddr {
         }
         IpAddr::V6(a) => {
             let mask = u128::MAX.checked_shl(128 - u32::from(prefix)).unwrap_or(0);
-            let first = (u128::from(a) & mask) + 1;
+            let first = (u128::from(a) & mask).wrapping_add(1);
             let gw = if first == u128::from(a) {
-                first + 1
+                first.wrapping_add(1)
             } else {
                 first
             };
@@ -80,18 +89,21 @@ fn first_host(ip: IpAddr, prefix: u8) -> IpAddr {
 }
 
 /// Reads the previous result: the pod's interface `ifname`, its addresses and routes.
-fn given(prev: &Value, ifname: &str) -> Result<Given, CniError> {
+fn given(prev: &Value, ifname: &str, pod_ns: NsId) -> Result<Given, CniError> {
     let bad = |msg: String| CniError::new(code::INVALID_CONFIG, msg);
     let index = prev["interfaces"]
         .as_array()
         .and_then(|list| {
             list.iter().position(|i| {
-                i["name"] == ifname && i["sandbox"].as_str().is_some_and(|s| !s.is_empty())
+                i["name"] == ifname
+                    && i["sandbox"]
+                        .as_str()
+                        .is_some_and(|s| NsId::of(Path::new(s)).ok() == Some(pod_ns))
             })
         })
         .ok_or_else(|| {
             bad(format!(
-                "the previous plugin's result has no interface {ifname} in the pod (moat-cni goes after the plugin that makes it)"
+                "the previous plugin's result has no interface {ifname} in the pod's namespace (CNI_NETNS) (moat-cni goes after the plugin that makes it)"
             ))
         })?;
     let mut addressing = Addressing::default();
@@ -106,12 +118,25 @@ fn given(prev: &Value, ifname: &str) -> Result<Given, CniError> {
         let text = ip["address"].as_str().unwrap_or("");
         let (addr, prefix) =
             prefixed(text).ok_or_else(|| bad(format!("ips: address {text:?} is not IP/PREFIX")))?;
+        let host_only = prefix == if addr.is_ipv4() { 32 } else { 128 };
         let gateway = match ip["gateway"].as_str() {
             Some(g) => g
                 .parse::<IpAddr>()
                 .map_err(|_| bad(format!("ips: gateway {g:?} is not an IP address")))?,
+            // A host address has no network to take a gateway from (the next address is
+            // another pod's).
+            None if host_only => {
+                return Err(bad(format!(
+                    "ips: {text} is a host address with no gateway; moat-cni needs the gateway the pod's routes go through"
+                )));
+            }
             None => first_host(addr, prefix),
         };
+        if gateway == addr {
+            return Err(bad(format!(
+                "ips: {text}'s gateway is the pod's own address"
+            )));
+        }
         addressing.addresses.push((addr, prefix));
         match (addr, gateway) {
             (IpAddr::V4(address), IpAddr::V4(gateway)) if pod.v4.is_none() => {
@@ -166,18 +191,27 @@ fn given(prev: &Value, ifname: &str) -> Result<Given, CniError> {
 /// What moat keeps of a pod.
 struct State {
     netns: PathBuf,
+    /// The pod's namespace as it was at ADD: a path naming another one later (a process
+    /// id reused) is not the pod's.
+    pod_id: NsId,
     ifname: String,
     moat_ns: String,
+    /// moat's namespace, once made.
+    moat_id: Option<NsId>,
 }
 
 impl State {
     fn write(&self, dir: &Path) -> std::io::Result<()> {
         let text = json!({
             "netns": self.netns.to_string_lossy(),
+            "netnsId": self.pod_id.to_pair(),
             "ifname": self.ifname,
             "moatNetns": self.moat_ns,
+            "moatNetnsId": self.moat_id.map(NsId::to_pair),
         });
-        std::fs::write(dir.join("state.json"), text.to_string())
+        let tmp = dir.join(".state.json");
+        std::fs::write(&tmp, text.to_string())?;
+        std::fs::rename(tmp, dir.join("state.json"))
     }
 
     fn read(dir: &Path) -> Option<State> {
@@ -185,15 +219,29 @@ impl State {
         let v: Value = serde_json::from_slice(&text).ok()?;
         let moat_ns = v["moatNetns"].as_str()?.to_owned();
         netns::valid_named(&moat_ns).then_some(())?;
+        let pair = |v: &Value| Some((v[0].as_u64()?, v[1].as_u64()?));
         Some(State {
             netns: PathBuf::from(v["netns"].as_str()?),
+            pod_id: NsId::from_pair(pair(&v["netnsId"])?),
             ifname: v["ifname"].as_str()?.to_owned(),
             moat_ns,
+            moat_id: pair(&v["moatNetnsId"]).map(NsId::from_pair),
         })
     }
 
     fn moat_path(&self) -> PathBuf {
         Path::new(netns::NAMED_DIR).join(&self.moat_ns)
+    }
+
+    /// The pod's namespace, when its path still names the one of ADD.
+    fn pod(&self) -> Option<&Path> {
+        (NsId::of(&self.netns).ok() == Some(self.pod_id)).then_some(self.netns.as_path())
+    }
+
+    /// moat's namespace, when its path still names the one ADD made.
+    fn moat(&self) -> Option<PathBuf> {
+        let path = self.moat_path();
+        (self.moat_id.is_some() && NsId::of(&path).ok() == self.moat_id).then_some(path)
     }
 }
 
@@ -205,6 +253,19 @@ pub(super) fn add(env: &Env, conf: &Conf) -> Result<Value, CniError> {
         .netns
         .clone()
         .ok_or_else(|| CniError::new(code::ENV, "CNI_NETNS is not set"))?;
+    // The namespace given, checked before anything is moved out of it: never the one
+    // moat-cni runs in (the node's), whose interfaces are not a pod's to lend.
+    let pod_id = NsId::of(&pod_ns)
+        .map_err(|e| CniError::new(code::ENV, format!("CNI_NETNS {}: {e}", pod_ns.display())))?;
+    if NsId::own().ok() == Some(pod_id) {
+        return Err(CniError::new(
+            code::ENV,
+            format!(
+                "CNI_NETNS {} is the network namespace moat-cni runs in (the node's), not a pod's",
+                pod_ns.display()
+            ),
+        ));
+    }
     let prev = &conf.raw["prevResult"];
     if prev.is_null() {
         return Err(CniError::new(
@@ -212,7 +273,7 @@ pub(super) fn add(env: &Env, conf: &Conf) -> Result<Value, CniError> {
             "there is no prevResult: moat-cni goes in a conflist after the plugin that gives the pod its interface (bridge, the cluster's own)",
         ));
     }
-    let given = given(prev, ifname)?;
+    let given = given(prev, ifname, pod_id)?;
     let opts = conf.options(env)?;
     if let Some(dir) = opts.audit.as_deref().map(Path::new).and_then(Path::parent) {
         std::fs::create_dir_all(dir).map_err(setup("make the audit directory"))?;
@@ -229,12 +290,14 @@ pub(super) fn add(env: &Env, conf: &Conf) -> Result<Value, CniError> {
         ),
         _ => setup("make the pod's state directory")(e),
     })?;
-    let state = State {
+    let mut state = State {
         netns: pod_ns,
+        pod_id,
         ifname: ifname.to_owned(),
         moat_ns: moat_ns(id),
+        moat_id: None,
     };
-    match serve(&state, &dir, &given, opts) {
+    match serve(&mut state, &dir, &given, opts) {
         Ok(mac) => {
             let mut result = prev.clone();
             result["cniVersion"] = Value::from(conf.version.clone());
@@ -250,16 +313,24 @@ pub(super) fn add(env: &Env, conf: &Conf) -> Result<Value, CniError> {
 
 /// The steps of ADD that change something; on an error the caller undoes them all.
 fn serve(
-    state: &State,
+    state: &mut State,
     dir: &Path,
     given: &Given,
     opts: crate::cli::run::RunOptions,
 ) -> Result<String, CniError> {
     state.write(dir).map_err(setup("write the pod's state"))?;
-    // A namespace left by a DEL that could not finish is not the pod's any more.
-    let _ = netns::remove_named(&state.moat_ns);
-    let moat_path =
-        netns::create_named(&state.moat_ns).map_err(setup("make moat's namespace for the pod"))?;
+    // A namespace of that name already (a DEL that could not finish) is left alone: ADD
+    // fails rather than take it.
+    let moat_path = netns::create_named(&state.moat_ns).map_err(|e| {
+        let code = if e.kind() == std::io::ErrorKind::AlreadyExists {
+            code::ALREADY
+        } else {
+            code::SETUP
+        };
+        CniError::new(code, format!("make moat's namespace for the pod: {e}"))
+    })?;
+    state.moat_id = Some(NsId::of(&moat_path).map_err(setup("read moat's namespace"))?);
+    state.write(dir).map_err(setup("write the pod's state"))?;
     relink::lend(&state.ifname, &state.netns, &moat_path, &given.addressing)
         .map_err(setup("move the pod's interface into moat's namespace"))?;
     let log = moat_sandbox::HostFile::open(&dir.join("engine.log"))
@@ -267,7 +338,10 @@ fn serve(
         .map_err(|e| CniError::new(code::SETUP, format!("open the engine's log: {e}")))?;
     let child = netns::detach(log.into()).map_err(setup("start the pod's engine"))?;
     let Some(child) = child else {
-        // The engine: in moat's namespace, serving the pod's until DEL.
+        // The engine: in moat's namespace, serving the pod's until DEL. It runs for the
+        // pod, so the node's out-of-memory killer weighs it as any process, not as the
+        // runtime that started it (which may have made itself unkillable).
+        let _ = std::fs::write("/proc/self/oom_score_adj", "0");
         let served = std::fs::File::open(&moat_path)
             .and_then(|f| Ok(nix::sched::setns(f, nix::sched::CloneFlags::CLONE_NEWNET)?))
             .map_err(anyhow::Error::from)
@@ -306,10 +380,12 @@ fn wait_served(child: u32, dir: &Path) -> Result<(), CniError> {
     let pid = nix::unistd::Pid::from_raw(child as i32);
     let deadline = Instant::now() + WAIT;
     while !dir.join("pid").exists() {
-        let ended = matches!(
-            waitpid(pid, Some(WaitPidFlag::WNOHANG)),
-            Ok(WaitStatus::Exited(..) | WaitStatus::Signaled(..)) | Err(_)
-        );
+        let ended = match waitpid(pid, Some(WaitPidFlag::WNOHANG)) {
+            Ok(WaitStatus::Exited(..) | WaitStatus::Signaled(..)) => true,
+            Ok(_) => false,
+            // Not waitable (SIGCHLD ignored by whoever started us): look at it instead.
+            Err(_) => !running(child),
+        };
         if ended || Instant::now() > deadline {
             if !ended {
                 let _ = nix::sys::signal::kill(pid, nix::sys::signal::Signal::SIGKILL);
@@ -326,7 +402,7 @@ fn wait_served(child: u32, dir: &Path) -> Result<(), CniError> {
             )
             .details(said.trim().to_owned()));
         }
-        std::thread::sleep(Duration::from_millis(10));
+        std::thread::sleep(Duration::from_millis(1));
     }
     Ok(())
 }
@@ -374,7 +450,7 @@ fn stop_engine(dir: &Path) {
         let _ = nix::sys::signal::kill(target, signal);
         let deadline = Instant::now() + wait;
         while !gone() && Instant::now() < deadline {
-            std::thread::sleep(Duration::from_millis(10));
+            std::thread::sleep(Duration::from_millis(2));
         }
         if gone() {
             return;
@@ -383,21 +459,46 @@ fn stop_engine(dir: &Path) {
 }
 
 /// Undoes whatever of ADD was done for `state` (each step skipped when there is nothing
-/// to undo): the engine stopped, the interface back in the pod, moat's namespace and the
-/// state removed.
+/// to undo): the engine stopped, the interface returned, moat's namespace and the state
+/// removed.
 fn undo(state: &State, dir: &Path) {
     stop_engine(dir);
-    let moat_path = state.moat_path();
-    if moat_path.exists() && state.netns.exists() {
-        let _ = relink::give_back(
-            &state.ifname,
-            &moat_path,
-            &state.netns,
-            Duration::from_secs(5),
-        );
-    }
-    let _ = netns::remove_named(&state.moat_ns);
+    let _ = release(state);
     let _ = std::fs::remove_dir_all(dir);
+}
+
+/// The interface returned and moat's namespace removed, each only when its path still
+/// names what ADD recorded (never another pod's namespace, nor one reused by another).
+/// The interface goes back to the pod when nothing runs there any more; while something
+/// does (a runtime that DELs a live sandbox), it is deleted instead (a veth with its peer,
+/// which the previous plugin's DEL tolerates), so that nothing inside can take the way out
+/// over. One that cannot be deleted (a physical device) goes back.
+fn release(state: &State) -> Result<(), CniError> {
+    let Some(moat_path) = state.moat() else {
+        return Ok(());
+    };
+    if let Some(pod) = state.pod() {
+        let busy = !netns::processes_in(state.pod_id).is_empty();
+        let deleted = busy && relink::delete_interface(&moat_path, &state.ifname).is_ok();
+        if !deleted {
+            relink::give_back(&state.ifname, &moat_path, pod, Duration::from_secs(5)).map_err(
+                |e| {
+                    CniError::new(
+                        code::AGAIN,
+                        format!("move {} back into the pod: {e}", state.ifname),
+                    )
+                },
+            )?;
+        }
+    }
+    match netns::remove_named(&state.moat_ns) {
+        Ok(()) => Ok(()),
+        Err(e) if e.kind() == std::io::ErrorKind::NotFound => Ok(()),
+        Err(e) => Err(CniError::new(
+            code::AGAIN,
+            format!("remove moat's namespace {}: {e}", state.moat_ns),
+        )),
+    }
 }
 
 /// DEL: nothing of the pod's left; what is missing already is skipped.
@@ -405,38 +506,13 @@ pub(super) fn del(env: &Env) -> Result<(), CniError> {
     let id = env.container_id()?;
     let dir = state_dir(id);
     let Some(state) = State::read(&dir) else {
-        // Never added, deleted already, or an ADD that had not written its state: moat's
-        // namespace, if one is left, holds nothing the pod needs back.
-        let _ = netns::remove_named(&moat_ns(id));
+        // Never added, deleted already, or an ADD that had not written its state (and so
+        // had made nothing).
         let _ = std::fs::remove_dir_all(&dir);
         return Ok(());
     };
     stop_engine(&dir);
-    let moat_path = state.moat_path();
-    if moat_path.exists() && state.netns.exists() {
-        relink::give_back(
-            &state.ifname,
-            &moat_path,
-            &state.netns,
-            Duration::from_secs(5),
-        )
-        .map_err(|e| {
-            CniError::new(
-                code::AGAIN,
-                format!("move {} back into the pod: {e}", state.ifname),
-            )
-        })?;
-    }
-    match netns::remove_named(&state.moat_ns) {
-        Ok(()) => {}
-        Err(e) if e.kind() == std::io::ErrorKind::NotFound => {}
-        Err(e) => {
-            return Err(CniError::new(
-                code::AGAIN,
-                format!("remove moat's namespace {}: {e}", state.moat_ns),
-            ));
-        }
-    }
+    release(&state)?;
     std::fs::remove_dir_all(&dir)
         .or_else(|e| match e.kind() {
             std::io::ErrorKind::NotFound => Ok(()),
@@ -462,14 +538,29 @@ pub(super) fn check(env: &Env, _conf: &Conf) -> Result<(), CniError> {
             dir.join("engine.log").display()
         )));
     }
-    let has = relink::has_interface(&state.netns, &state.ifname).map_err(|e| {
+    let pod = state.pod().ok_or_else(|| {
         not(format!(
-            "enter the pod's namespace {}: {e}",
+            "the pod's namespace {} is gone (or names another now)",
             state.netns.display()
         ))
     })?;
-    if !has {
+    let names = relink::interfaces(pod)
+        .map_err(|e| not(format!("enter the pod's namespace {}: {e}", pod.display())))?;
+    if !names.contains(&state.ifname) {
         return Err(not(format!("the pod has no interface {}", state.ifname)));
+    }
+    // moat must be the pod's one way out: another network's plugin (a second network, a
+    // multi-network plugin) may have added an interface after moat's ADD.
+    let others: Vec<&str> = names
+        .iter()
+        .map(String::as_str)
+        .filter(|n| *n != "lo" && *n != state.ifname)
+        .collect();
+    if !others.is_empty() {
+        return Err(not(format!(
+            "the pod has a way out that is not moat's: {} (moat-cni must be the last plugin of the pod's only network)",
+            others.join(", ")
+        )));
     }
     Ok(())
 }
@@ -485,7 +576,7 @@ mod tests {
             "interfaces": [
                 {"name": "cni0", "mac": "aa:aa:aa:aa:aa:aa"},
                 {"name": "veth1", "mac": "bb:bb:bb:bb:bb:bb"},
-                {"name": "eth0", "mac": "cc:cc:cc:cc:cc:cc", "sandbox": "/run/netns/p"}
+                {"name": "eth0", "mac": "cc:cc:cc:cc:cc:cc", "sandbox": "/proc/self/ns/net"}
             ],
             "ips": [
                 {"address": "10.89.0.5/24", "gateway": "10.89.0.1", "interface": 2},
@@ -493,7 +584,8 @@ mod tests {
             ],
             "routes": [{"dst": "0.0.0.0/0"}, {"dst": "192.0.2.0/24", "gw": "10.89.0.254"}]
         });
-        let g = given(&prev, "eth0").unwrap();
+        let own = NsId::own().unwrap();
+        let g = given(&prev, "eth0", own).unwrap();
         assert_eq!(g.index, 2);
         let v4 = g.pod.v4.unwrap();
         assert_eq!(
@@ -519,13 +611,27 @@ mod tests {
             Some("10.89.0.254".parse().unwrap())
         );
         // The interface must be the pod's (in a sandbox), and carry an address.
-        assert!(given(&prev, "veth1").is_err());
+        assert!(given(&prev, "veth1", own).is_err());
+        // The interface must be in the namespace given (CNI_NETNS), not merely in one.
+        let other = NsId::from_pair((0, 1));
+        assert!(given(&prev, "eth0", other).is_err());
+        // A host address needs its gateway named; a gateway that is the pod is refused.
+        let mut host = prev.clone();
+        host["ips"] = json!([{"address": "10.89.0.5/32", "interface": 2}]);
+        assert!(given(&host, "eth0", own).is_err());
+        host["ips"][0]["gateway"] = json!("10.89.0.5");
+        assert!(given(&host, "eth0", own).is_err());
+        host["ips"][0]["gateway"] = json!("169.254.1.1");
+        assert_eq!(
+            given(&host, "eth0", own).unwrap().pod.v4.unwrap().gateway,
+            Ipv4Addr::new(169, 254, 1, 1)
+        );
         let mut bare = prev.clone();
         bare["ips"] = json!([]);
-        assert!(given(&bare, "eth0").is_err());
+        assert!(given(&bare, "eth0", own).is_err());
         let mut wrong = prev.clone();
         wrong["ips"][0]["address"] = json!("10.89.0.5");
-        assert!(given(&wrong, "eth0").is_err());
+        assert!(given(&wrong, "eth0", own).is_err());
     }
 
     #[test]
@@ -534,5 +640,17 @@ mod tests {
         assert_eq!(host("10.89.0.5", 24), "10.89.0.1");
         assert_eq!(host("10.89.0.1", 24), "10.89.0.2");
         assert_eq!(host("fd89::1", 64), "fd89::2");
+        // The top of the space wraps instead of overflowing.
+        assert_eq!(host("255.255.255.255", 32), "0.0.0.0");
+    }
+
+    #[test]
+    fn a_namespace_name_is_whole_or_cut_with_a_hash_of_the_whole() {
+        assert_eq!(moat_ns("abc"), "moat-abc");
+        let a = format!("{}{}", "a".repeat(40), "x".repeat(24));
+        let b = format!("{}{}", "a".repeat(40), "y".repeat(24));
+        assert_ne!(moat_ns(&a), moat_ns(&b));
+        assert!(netns::valid_named(&moat_ns(&a)), "{}", moat_ns(&a));
+        assert!(netns::valid_named(&moat_ns(&"f".repeat(128))));
     }
 }
