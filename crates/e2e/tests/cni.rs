@@ -444,3 +444,52 @@ fn the_nodes_namespace_a_second_way_out_and_a_live_pod_at_del() {
     let bridge_del = rt.run("DEL", &id, &pod, "", &list, None);
     assert!(bridge_del.ok, "{bridge_del:?}");
 }
+
+/// A pod given a host address whose gateway lies outside it (as Calico gives: a /32 and
+/// 169.254.1.1): in moat's namespace the interface gets the on-link route to that gateway
+/// before the default route through it, as the plugin that made it had.
+#[test]
+fn a_host_address_with_a_gateway_outside_it_is_routed_on_the_link() {
+    let w = World::new();
+    let mut rt = Runtime::new(&w);
+    let list = conflist(&w, moat_entry(&w, json!({})));
+    let mut bridge_only = list.clone();
+    bridge_only["plugins"].as_array_mut().unwrap().pop();
+    let pod = rt.pod(&format!("{}ph", w.host));
+    let id = id(&w, "ch");
+    let bridged = rt.run("ADD", &id, &pod, "", &bridge_only, None);
+    assert!(bridged.ok, "{bridged:?}");
+    let mut prev = bridged.out.clone();
+    let address = prev["ips"][0]["address"].as_str().unwrap().to_owned();
+    let ip = address.split('/').next().unwrap().to_owned();
+    prev["ips"][0]["address"] = json!(format!("{ip}/32"));
+    prev["ips"][0]["gateway"] = json!("169.254.1.1");
+    let added = rt.moat("ADD", &id, &pod, "", &list, Some(&prev));
+    assert!(added.ok, "{added:?}");
+    let moat_ns = format!("/run/netns/moat-{id}");
+    let routes = moat_e2e::run_with_timeout(
+        {
+            let mut c = std::process::Command::new("ip");
+            c.args([
+                "-n",
+                moat_ns.trim_start_matches("/run/netns/"),
+                "-4",
+                "route",
+            ]);
+            c
+        },
+        Duration::from_secs(10),
+    );
+    let text = stdout(&routes);
+    assert!(text.contains("169.254.1.1 dev eth0"), "{text}");
+    assert!(text.contains("default via 169.254.1.1 dev eth0"), "{text}");
+    // The pod sees the same: its address, the gateway on moat's link.
+    let (pod_routes, _) = in_pod(&pod, "ip -4 route");
+    assert!(
+        pod_routes.contains("default via 169.254.1.1"),
+        "{pod_routes}"
+    );
+    let del = rt.run("DEL", &id, &pod, "", &list, None);
+    assert!(del.ok, "{del:?}");
+    assert!(!state_dir(&id).exists());
+}

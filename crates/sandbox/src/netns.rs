@@ -227,7 +227,7 @@ fn inside(
     let has_tap_name = names.contains(&net.tap_name);
     let others: Vec<&String> = names
         .iter()
-        .filter(|n| *n != "lo" && **n != net.tap_name)
+        .filter(|n| *n != "lo" && **n != net.tap_name && !fallback_tunnel(n))
         .collect();
     if !others.is_empty() {
         let list: Vec<&str> = others.iter().map(|n| n.as_str()).collect();
@@ -265,6 +265,27 @@ fn inside(
         source,
     })?;
     Ok((tap, has_tap_name))
+}
+
+/// Whether `name` is one of the tunnel devices the kernel puts in every namespace once
+/// its module is loaded (`tunl0` when a node runs IP-in-IP, ...). They lead nowhere of
+/// their own: what they carry is wrapped in packets that leave by a route like any other,
+/// which in a served namespace is moat's, where the wrapping protocol is not TCP or UDP
+/// and is dropped.
+pub fn fallback_tunnel(name: &str) -> bool {
+    matches!(
+        name,
+        "tunl0"
+            | "sit0"
+            | "ip6tnl0"
+            | "gre0"
+            | "gretap0"
+            | "erspan0"
+            | "ip_vti0"
+            | "ip6_vti0"
+            | "ip6gre0"
+            | "ip6erspan0"
+    )
 }
 
 /// The interfaces of the calling thread's namespace (`/proc/net/dev`'s names).

@@ -105,6 +105,21 @@ pub fn lend(name: &str, from: &Path, to: &Path, addressing: &Addressing) -> io::
             exists_ok(rtnl::add_address(index, ip, prefix))?;
         }
         rtnl::set_up(index)?;
+        // A gateway outside every address's prefix (a pod given a /32 with a gateway such
+        // as 169.254.1.1) is on the link: a route to it first, as the plugin that made
+        // the interface had.
+        for r in &addressing.routes {
+            if let Some(gw) = r.gateway {
+                let covered = addressing
+                    .addresses
+                    .iter()
+                    .any(|&(ip, prefix)| crate::tap::within(ip, prefix, gw));
+                if !covered {
+                    let host = if gw.is_ipv4() { 32 } else { 128 };
+                    exists_ok(rtnl::add_route(index, gw, host, None))?;
+                }
+            }
+        }
         // On the link first: a route through a gateway needs the gateway reachable.
         let (on_link, via): (Vec<Route>, Vec<Route>) =
             addressing.routes.iter().partition(|r| r.gateway.is_none());

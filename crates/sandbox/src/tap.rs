@@ -83,7 +83,7 @@ pub(crate) fn make(net: &NetSpec, tun: OwnedFd) -> Step<OwnedFd> {
 }
 
 /// Whether `other` lies in `addr/prefix`.
-fn within(addr: std::net::IpAddr, prefix: u8, other: std::net::IpAddr) -> bool {
+pub(crate) fn within(addr: std::net::IpAddr, prefix: u8, other: std::net::IpAddr) -> bool {
     use std::net::IpAddr::{V4, V6};
     let (a, b, bits) = match (addr, other) {
         (V4(a), V4(b)) => (u128::from(u32::from(a)), u128::from(u32::from(b)), 32u32),

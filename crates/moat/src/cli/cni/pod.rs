@@ -554,7 +554,7 @@ pub(super) fn check(env: &Env, _conf: &Conf) -> Result<(), CniError> {
     let others: Vec<&str> = names
         .iter()
         .map(String::as_str)
-        .filter(|n| *n != "lo" && *n != state.ifname)
+        .filter(|n| *n != "lo" && *n != state.ifname && !netns::fallback_tunnel(n))
         .collect();
     if !others.is_empty() {
         return Err(not(format!(
