@@ -493,3 +493,70 @@ fn a_host_address_with_a_gateway_outside_it_is_routed_on_the_link() {
     assert!(del.ok, "{del:?}");
     assert!(!state_dir(&id).exists());
 }
+
+/// Traffic to the pod's own address (a Service's, the kubelet's probes) reaches the ports
+/// the conflist publishes, through moat, judged as inbound; any other port is not served.
+#[test]
+fn published_ports_reach_the_pod_at_its_own_address() {
+    let w = World::new();
+    let mut rt = Runtime::new(&w);
+    let list = conflist(&w, moat_entry(&w, json!({"publish": ["8080"]})));
+    let pod = rt.pod(&format!("{}pp", w.host));
+    let second = id(&w, "cq");
+    let id = id(&w, "cp");
+    let added = rt.run("ADD", &id, &pod, "", &list, None);
+    assert!(added.ok, "{added:?}");
+    let ip = added.out["ips"][0]["address"]
+        .as_str()
+        .unwrap()
+        .split('/')
+        .next()
+        .unwrap()
+        .to_owned();
+    let server = std::process::Command::new("nsenter")
+        .arg(format!("--net={}", pod.display()))
+        .args(["python3", "-m", "http.server", "--bind", "0.0.0.0"])
+        .args(["8080", "--directory"])
+        .arg(&w.dir)
+        .stdout(std::process::Stdio::piped())
+        .stderr(std::process::Stdio::piped())
+        .spawn()
+        .unwrap();
+    let _server = moat_e2e::Background::from_child(server);
+    // From the node (the host namespace): the published port answers, once it listens.
+    let node = |url: &str| {
+        let mut c = std::process::Command::new("nsenter");
+        c.arg(format!("--net=/run/netns/{}", w.host)).args([
+            "curl",
+            "-s",
+            "-o",
+            "/dev/null",
+            "-w",
+            "%{http_code}",
+            "--max-time",
+            "3",
+            url,
+        ]);
+        stdout(&moat_e2e::run_with_timeout(c, Duration::from_secs(10)))
+    };
+    let mut answered = String::new();
+    for _ in 0..50 {
+        answered = node(&format!("http://{ip}:8080/"));
+        if answered == "200" {
+            break;
+        }
+        std::thread::sleep(Duration::from_millis(100));
+    }
+    assert_eq!(answered, "200");
+    assert_eq!(node(&format!("http://{ip}:8081/")), "000");
+    let audit = std::fs::read_to_string(w.dir.join(format!("audit/{id}.jsonl"))).unwrap();
+    assert!(audit.contains("\"direction\":\"inbound\""), "{audit}");
+    let del = rt.run("DEL", &id, &pod, "", &list, None);
+    assert!(del.ok, "{del:?}");
+    // A port spec that is not one: refused with the configuration's code.
+    let bad = conflist(&w, moat_entry(&w, json!({"publish": ["http"]})));
+    let pod2 = rt.pod(&format!("{}pq", w.host));
+    let refused = rt.run("ADD", &second, &pod2, "", &bad, None);
+    assert_eq!(refused.out["code"], 7, "{refused:?}");
+    let _ = rt.run("DEL", &second, &pod2, "", &bad, None);
+}

@@ -17,6 +17,8 @@
 //! - `allowedPolicies`: `{"NAMESPACE": [NAMES], "*": [NAMES]}`: which named policies the
 //!   pods of a namespace may choose (without it, any in `policyDir`): whoever can make a
 //!   pod chooses its policy, so a cluster says who may choose what;
+//! - `publish`: the pod's ports that traffic to the pod's own address reaches (`"8080"`,
+//!   `"53/udp"`; a Service's, the kubelet's probes), judged as inbound traffic;
 //! - `maxConnections`, `maxBufferMemory` (e.g. `"64m"`), `busyPoll` (microseconds; 0, no
 //!   busy polling, unless given: an engine per pod shares the node's cores);
 //! - `secrets`: `[{"name", "file", "hosts", "placeholder", "plainHttp", "policies"}]`: the
@@ -322,6 +324,29 @@ impl Conf {
         }
         opts.secret_files = self.secrets(chosen.as_deref())?;
         Ok(opts)
+    }
+
+    /// `publish`: the pod's ports reached at its own address (a Service, the kubelet's
+    /// probes), each `PORT` or `PORT/tcp|udp`, as `moat attach --publish` takes them with
+    /// the pod's address `at` on both sides.
+    pub(super) fn published(&self, at: IpAddr) -> Result<Vec<String>, CniError> {
+        self.list_key("publish")?
+            .iter()
+            .map(|spec| {
+                let (port, proto) = spec.split_once('/').unwrap_or((spec, "tcp"));
+                let ok = port.parse::<u16>().is_ok_and(|p| p > 0) && matches!(proto, "tcp" | "udp");
+                if !ok {
+                    return Err(invalid(format!(
+                        "publish {spec:?}: expected PORT or PORT/tcp|udp, e.g. 8080"
+                    )));
+                }
+                let host = match at {
+                    IpAddr::V4(a) => a.to_string(),
+                    IpAddr::V6(a) => format!("[{a}]"),
+                };
+                Ok(format!("{host}:{port}:{port}/{proto}"))
+            })
+            .collect()
     }
 
     /// The secrets for a pod under the named policy `chosen` (`None`: the default): each

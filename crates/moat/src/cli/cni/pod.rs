@@ -274,7 +274,17 @@ pub(super) fn add(env: &Env, conf: &Conf) -> Result<Value, CniError> {
         ));
     }
     let given = given(prev, ifname, pod_id)?;
-    let opts = conf.options(env)?;
+    let mut opts = conf.options(env)?;
+    // Traffic to the pod's own address arrives in moat's namespace, where that address now
+    // is: the ports published are carried on to the pod.
+    let at = given
+        .pod
+        .v4
+        .map(|a| IpAddr::V4(a.address))
+        .or(given.pod.v6.map(|a| IpAddr::V6(a.address)));
+    if let Some(at) = at {
+        opts.publish = conf.published(at)?;
+    }
     if let Some(dir) = opts.audit.as_deref().map(Path::new).and_then(Path::parent) {
         std::fs::create_dir_all(dir).map_err(setup("make the audit directory"))?;
     }
