@@ -655,6 +655,40 @@ mod tests {
     }
 
     #[test]
+    fn any_shape_of_previous_result_is_an_error_or_a_reading_never_a_panic() {
+        let own = NsId::own().unwrap();
+        let sandbox = "/proc/self/ns/net";
+        let shapes = [
+            json!(null),
+            json!([]),
+            json!("x"),
+            json!({"interfaces": "eth0"}),
+            json!({"interfaces": [{"name": 5, "sandbox": sandbox}]}),
+            json!({"interfaces": [{"name": "eth0", "sandbox": 7}]}),
+            json!({"interfaces": [{"name": "eth0", "sandbox": sandbox}], "ips": "10.0.0.1/8"}),
+            json!({"interfaces": [{"name": "eth0", "sandbox": sandbox}], "ips": [{"address": 1}]}),
+            json!({"interfaces": [{"name": "eth0", "sandbox": sandbox}], "ips": [{"address": "10.0.0.1/99"}]}),
+            json!({"interfaces": [{"name": "eth0", "sandbox": sandbox}], "ips": [{"address": "10.0.0.1/8", "interface": -1}]}),
+            json!({"interfaces": [{"name": "eth0", "sandbox": sandbox}], "ips": [{"address": "10.0.0.1/8", "interface": 1u64 << 60}]}),
+            json!({"interfaces": [{"name": "eth0", "sandbox": sandbox}], "ips": [{"address": "10.0.0.1/8", "gateway": "::1"}]}),
+            json!({"interfaces": [{"name": "eth0", "sandbox": sandbox}], "ips": [{"address": "10.0.0.1/8"}], "routes": [{"dst": 5}]}),
+            json!({"interfaces": [{"name": "eth0", "sandbox": sandbox}], "ips": [{"address": "10.0.0.1/8"}], "routes": [{"dst": "0.0.0.0/0", "gw": "nope"}]}),
+            json!({"interfaces": [{"name": "eth0", "sandbox": sandbox}], "ips": [{"address": "::/0"}]}),
+            json!({"interfaces": [{"name": "eth0", "sandbox": sandbox}], "ips": [{"address": "255.255.255.255/0"}]}),
+        ];
+        for prev in &shapes {
+            // An error or a reading; the test fails only by a panic.
+            let _ = given(prev, "eth0", own);
+        }
+        // The IPv4 /8 without a gateway reads with the network's first host.
+        let ok = json!({"interfaces": [{"name": "eth0", "sandbox": sandbox}], "ips": [{"address": "10.0.0.9/8"}]});
+        assert_eq!(
+            given(&ok, "eth0", own).unwrap().pod.v4.unwrap().gateway,
+            Ipv4Addr::new(10, 0, 0, 1)
+        );
+    }
+
+    #[test]
     fn a_namespace_name_is_whole_or_cut_with_a_hash_of_the_whole() {
         assert_eq!(moat_ns("abc"), "moat-abc");
         let a = format!("{}{}", "a".repeat(40), "x".repeat(24));
