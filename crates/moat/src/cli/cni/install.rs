@@ -184,6 +184,10 @@ fn sync_policies(from: &Path, to: &Path) -> anyhow::Result<()> {
 
 /// `moat-cni install ...`.
 pub(crate) fn main(args: &[String]) -> anyhow::Result<()> {
+    if args.iter().any(|a| a == "-h" || a == "--help") {
+        println!("{USAGE}");
+        return Ok(());
+    }
     let a = parse(args)?;
     let entry: Value = serde_json::from_slice(
         &std::fs::read(&a.entry).with_context(|| format!("read {}", a.entry.display()))?,
