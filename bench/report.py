@@ -279,8 +279,12 @@ if cni:
     print(f"| ADD with moat-cni | {cni['add_moat_p50']:.1f} ms | {cni['add_moat_p99']:.1f} ms |")
     print(f"| moat-cni's own ADD (what it adds; target ≤ 20 ms at p99) | {cni['moat_alone_p50']:.1f} ms | {cni['moat_alone_p99']:.1f} ms |")
     print(f"| DEL with moat-cni | {cni['del_moat_p50']:.1f} ms | {cni['del_moat_p99']:.1f} ms |")
+    if "add_deleg_p50" in cni:
+        print(f"| ADD with moat-cni delegating to the bridge (nothing moved) | {cni['add_deleg_p50']:.1f} ms | {cni['add_deleg_p99']:.1f} ms |")
+        print(f"| what the delegating moat-cni adds to the same pod's ADD (target ≤ 20 ms at p99) | {cni['deleg_adds_p50']:.1f} ms | {cni['deleg_adds_p99']:.1f} ms |")
+        print(f"| DEL with moat-cni delegating | {cni['del_deleg_p50']:.1f} ms | {cni['del_deleg_p99']:.1f} ms |")
     print(f"\n- moat's RSS per pod, idle: {cni['rss_per_pod_kib'] / 1024:.1f} MiB ({cni['engines']} engines)")
-    print(f"- served: the first and the last pod made {', '.join(f'{c:.0f}' for c in cni['served_conn_per_sec'])} connections/s to the world")
+    print(f"- served: the first and the last pod (following, then delegating) made {', '.join(f'{c:.0f}' for c in cni['served_conn_per_sec'])} connections/s to the world")
 
 samples = [r for r in rows if r["kind"] == "soak_sample"]
 soak = next((r for r in rows if r["kind"] == "soak"), None)

@@ -53,6 +53,16 @@ pub fn conflist(w: &World, moat: Value) -> Value {
     })
 }
 
+/// The conflist of a delegating moat-cni: loopback, then moat-cni with the bridge (and its
+/// addresses) as its delegate, which it runs in moat's namespace.
+pub fn delegating(w: &World, extra: Value) -> Value {
+    let mut list = conflist(w, moat_entry(w, extra));
+    let plugins = list["plugins"].as_array_mut().unwrap();
+    let bridge = plugins.remove(0);
+    plugins[1]["delegate"] = bridge;
+    list
+}
+
 /// One plugin call's outcome.
 #[derive(Debug)]
 pub struct Called {

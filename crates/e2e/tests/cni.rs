@@ -8,7 +8,7 @@
 use std::path::{Path, PathBuf};
 use std::time::Duration;
 
-use moat_e2e::cni::{Runtime, conflist, engine_pid, moat_entry, runs, state_dir};
+use moat_e2e::cni::{Runtime, conflist, delegating, engine_pid, moat_entry, runs, state_dir};
 use moat_e2e::{World, stderr, stdout};
 use serde_json::{Value, json};
 
@@ -559,4 +559,83 @@ fn published_ports_reach_the_pod_at_its_own_address() {
     let refused = rt.run("ADD", &second, &pod2, "", &bad, None);
     assert_eq!(refused.out["code"], 7, "{refused:?}");
     let _ = rt.run("DEL", &second, &pod2, "", &bad, None);
+}
+
+/// moat-cni delegating: it runs the bridge itself with moat's namespace as CNI_NETNS, so
+/// the interface is made where moat serves from and nothing moves. The pod gets the
+/// bridge's address on moat's TAP, the world sees it, the policy holds, the result places
+/// the interface in the pod; DEL runs the bridge's DEL there, and the address is free again.
+#[test]
+fn a_delegating_moat_cni_makes_the_interface_where_it_serves() {
+    let w = World::new();
+    let mut rt = Runtime::new(&w);
+    let list = delegating(&w, json!({"dns": [moat_e2e::WORLD_DNS]}));
+    let pod = rt.pod(&format!("{}pg", w.host));
+    let refused_id = id(&w, "cz");
+    let id = id(&w, "cg");
+    let added = rt.run("ADD", &id, &pod, "", &list, None);
+    assert!(added.ok, "{added:?}");
+    let result = &added.out;
+    let index = result["ips"][0]["interface"].as_u64().unwrap() as usize;
+    assert_eq!(
+        result["interfaces"][index]["sandbox"],
+        json!(pod.to_string_lossy()),
+        "{result}"
+    );
+    let (mac, v4) = interface(&pod);
+    assert_eq!(result["interfaces"][index]["mac"], mac);
+    let ip = result["ips"][0]["address"]
+        .as_str()
+        .unwrap()
+        .split('/')
+        .next()
+        .unwrap()
+        .to_owned();
+    assert_eq!(v4, [format!("{ip}/32")]);
+    // The bridge's interface is in moat's namespace, made there.
+    let moat_ns = format!("moat-{id}");
+    let out = moat_e2e::run_with_timeout(
+        {
+            let mut c = std::process::Command::new("ip");
+            c.args(["-n", &moat_ns, "-4", "-o", "addr", "show", "dev", "eth0"]);
+            c
+        },
+        Duration::from_secs(10),
+    );
+    assert!(
+        stdout(&out).contains(&format!("{ip}/24")),
+        "{}",
+        stdout(&out)
+    );
+    assert_eq!(fetch(&pod, "http://203.0.113.10/delegated"), "200");
+    assert_eq!(fetch(&pod, "http://10.1.0.10/delegated-private"), "000");
+    let seen: Vec<Value> = w
+        .log()
+        .into_iter()
+        .filter(|l| l["path"] == "/delegated")
+        .collect();
+    assert!(
+        seen.len() == 1 && seen[0]["client"].as_str().unwrap().ends_with(&ip),
+        "{seen:?}"
+    );
+    assert!(w.dir.join(format!("ipam/moat-e2e/{ip}")).exists());
+    let check = rt.moat("CHECK", &id, &pod, "", &list, Some(result));
+    assert!(check.ok, "{check:?}");
+    let del = rt.run("DEL", &id, &pod, "", &list, None);
+    assert!(del.ok, "{del:?}");
+    assert!(!state_dir(&id).exists());
+    assert!(!Path::new(&format!("/run/netns/{moat_ns}")).exists());
+    let (gone, _) = interface(&pod);
+    assert!(gone.is_empty(), "{gone}");
+    // The bridge's address management let the address go (host-local keeps a file per
+    // address held), and a second DEL is no error.
+    assert!(!w.dir.join(format!("ipam/moat-e2e/{ip}")).exists());
+    let again = rt.run("DEL", &id, &pod, "", &list, None);
+    assert!(again.ok, "{again:?}");
+    let pod2 = rt.pod(&format!("{}pg2", w.host));
+    // A delegate that is not a plugin's configuration: refused before anything is made.
+    let mut bad = list.clone();
+    bad["plugins"][1]["delegate"] = json!({"type": "../bridge"});
+    let refused = rt.run("ADD", &refused_id, &pod2, "", &bad, None);
+    assert_eq!(refused.out["code"], 7, "{refused:?}");
 }

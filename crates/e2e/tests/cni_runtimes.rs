@@ -1,7 +1,8 @@
 //! moat-cni under real runtimes: Debian's containerd (`ctr run --cni`) and Podman's CNI
 //! backend, each running the locally built test image, with the node set up from
 //! deploy/kubernetes exactly as the DaemonSet sets one up (`moat cni install` with the
-//! manifests' moat-cni.json and policies/), chained after a bridge. The containers reach
+//! manifests' moat-cni.json and policies/ and `--delegate`), in the place of a bridge, which
+//! becomes its delegate. The containers reach
 //! what their policy allows and nothing else, the world sees their own address, and
 //! nothing of moat's is left when they are gone.
 //!
@@ -86,7 +87,8 @@ impl Node {
                     .arg("--entry")
                     .arg(deploy().join("moat-cni.json"))
                     .arg("--policies")
-                    .arg(deploy().join("policies"));
+                    .arg(deploy().join("policies"))
+                    .arg("--delegate");
                 c
             },
             Duration::from_secs(60),
@@ -96,11 +98,14 @@ impl Node {
             conf_dir: conf_dir.to_owned(),
         };
         assert!(out.status.success(), "{}", stderr(&out));
-        // The entry went after the bridge, in the conflist the runtime chooses.
+        // The entry took the bridge's place with the bridge as its delegate, in the
+        // conflist the runtime chooses (as the DaemonSet's --delegate puts it).
         let installed: Value = serde_json::from_slice(&std::fs::read(&conf).unwrap()).unwrap();
-        let plugins = installed["plugins"].as_array().unwrap();
-        assert_eq!(plugins.last(), Some(&entry()), "{installed}");
-        assert_eq!(plugins[0]["type"], "bridge");
+        let mut moat = installed["plugins"][0].clone();
+        assert_eq!(moat["delegate"]["type"], "bridge", "{installed}");
+        moat.as_object_mut().unwrap().remove("delegate");
+        assert_eq!(moat, entry(), "{installed}");
+        assert_eq!(installed["plugins"][1]["type"], "loopback");
         node
     }
 
@@ -109,8 +114,13 @@ impl Node {
         let conf = self.conf_dir.join("10-moat-e2e.conflist");
         let mut list: Value = serde_json::from_slice(&std::fs::read(conf).unwrap()).unwrap();
         list["name"] = json!(name);
-        let last = list["plugins"].as_array().unwrap().len() - 1;
-        list["plugins"][last]["policy"] = json!(policy);
+        let at = list["plugins"]
+            .as_array()
+            .unwrap()
+            .iter()
+            .position(|p| p["type"] == "moat-cni")
+            .unwrap();
+        list["plugins"][at]["policy"] = json!(policy);
         std::fs::write(
             self.conf_dir.join(format!("20-{name}.conflist")),
             list.to_string(),
@@ -413,6 +423,7 @@ fn the_manifests_install_what_the_runtime_tests_ran() {
     for needed in [
         "- cni\n",
         "- install\n",
+        "- --delegate\n",
         "- /etc/moat-cni/moat-cni.json\n",
         "- /etc/moat-cni/policies\n",
         "mountPath: /etc/moat-cni\n",

@@ -22,15 +22,17 @@ struct Args {
     conf_dir: PathBuf,
     entry: PathBuf,
     policies: Option<PathBuf>,
+    delegate: bool,
     wait: bool,
 }
 
-const USAGE: &str = "usage: moat-cni install --bin-dir DIR --conf-dir DIR --entry FILE [--policies DIR] [--wait]\n  \
+const USAGE: &str = "usage: moat-cni install --bin-dir DIR --conf-dir DIR --entry FILE [--policies DIR] [--delegate] [--wait]\n  \
     --bin-dir DIR   the runtime's plugin directory (/opt/cni/bin)\n  \
     --conf-dir DIR  the runtime's network configuration directory (/etc/cni/net.d)\n  \
     --entry FILE    moat-cni's entry for the conflist (JSON, \"type\": \"moat-cni\")\n  \
     --policies DIR  named policies (NAME.toml, NAME.json) to put where the entry's policyDir says\n  \
-    --wait          stay until signalled once installed";
+    --delegate      put moat-cni in the place of the plugin that makes the interface, as its delegate\n                  (nothing moves between namespaces: faster ADDs), instead of after it\n  \
+    --wait          stay until signalled once installed, chaining again when the file is rewritten";
 
 fn parse(args: &[String]) -> anyhow::Result<Args> {
     let mut a = Args::default();
@@ -47,6 +49,7 @@ fn parse(args: &[String]) -> anyhow::Result<Args> {
             "--entry" => a.entry = value()?,
             "--policies" => a.policies = Some(value()?),
             "--wait" => a.wait = true,
+            "--delegate" => a.delegate = true,
             "-h" | "--help" => bail!("{USAGE}"),
             other => bail!("{other}: unknown option\n{USAGE}"),
         }
@@ -111,9 +114,12 @@ fn chosen(conf_dir: &Path) -> anyhow::Result<PathBuf> {
     })
 }
 
-/// `conf` (a conflist, or a single plugin's configuration) with `entry` as its last plugin,
-/// in place of any moat-cni entry it had.
-pub(super) fn chained(conf: &Value, entry: &Value) -> anyhow::Result<Value> {
+/// `conf` (a conflist, or a single plugin's configuration) with moat-cni in `entry`'s form: following the cluster's plugin (the last of
+/// the list), or, `delegating`, in the place of the plugin that makes the interface (the
+/// first that is not `loopback`), which becomes its delegate. A moat-cni entry already
+/// there goes first (its delegate put back in its place), so that installing again, in
+/// either form, gives the same list.
+fn placed(conf: &Value, entry: &Value, delegating: bool) -> anyhow::Result<Value> {
     if entry["type"] != "moat-cni" {
         bail!("the entry's \"type\" must be \"moat-cni\"");
     }
@@ -142,11 +148,28 @@ pub(super) fn chained(conf: &Value, entry: &Value) -> anyhow::Result<Value> {
     let Some(plugins) = list["plugins"].as_array_mut() else {
         bail!("\"plugins\" is not a list");
     };
-    plugins.retain(|p| p["type"] != "moat-cni");
+    let unwrapped: Vec<Value> = plugins
+        .iter()
+        .filter_map(|p| match (&p["type"], &p["delegate"]) {
+            (t, d) if t == "moat-cni" && d.is_object() => Some(d.clone()),
+            (t, _) if t == "moat-cni" => None,
+            _ => Some(p.clone()),
+        })
+        .collect();
+    *plugins = unwrapped;
     if plugins.is_empty() {
         bail!("the configuration has no plugin to chain moat-cni after");
     }
-    plugins.push(entry.clone());
+    if delegating {
+        let Some(at) = plugins.iter().position(|p| p["type"] != "loopback") else {
+            bail!("the configuration has no plugin that makes the pod's interface to delegate to");
+        };
+        let mut wrapper = entry.clone();
+        wrapper["delegate"] = plugins[at].clone();
+        plugins[at] = wrapper;
+    } else {
+        plugins.push(entry.clone());
+    }
     Ok(list)
 }
 
@@ -205,24 +228,24 @@ pub(crate) fn main(args: &[String]) -> anyhow::Result<()> {
     let exe = std::fs::read("/proc/self/exe").context("read this executable")?;
     std::fs::create_dir_all(&a.bin_dir)?;
     replace(&a.bin_dir.join("moat-cni"), &exe, 0o755)?;
-    let target = chain_in(&a.conf_dir, &entry)?;
+    let target = chain_in(&a.conf_dir, &entry, a.delegate)?;
     eprintln!(
         "moat-cni: installed in {} and chained in {}",
         a.bin_dir.display(),
         target.display()
     );
     if a.wait {
-        watch(&a.conf_dir, &entry)?;
+        watch(&a.conf_dir, &entry, a.delegate)?;
     }
     Ok(())
 }
 
 /// Chains `entry` into the configuration the runtime chooses in `conf_dir`; that file.
-fn chain_in(conf_dir: &Path, entry: &Value) -> anyhow::Result<PathBuf> {
+fn chain_in(conf_dir: &Path, entry: &Value, delegating: bool) -> anyhow::Result<PathBuf> {
     let path = chosen(conf_dir)?;
     let conf: Value = serde_json::from_slice(&std::fs::read(&path)?)
         .with_context(|| format!("{} is not JSON", path.display()))?;
-    let list = chained(&conf, entry).with_context(|| path.display().to_string())?;
+    let list = placed(&conf, entry, delegating).with_context(|| path.display().to_string())?;
     // A single plugin's file becomes a conflist: the runtime reads it by that name (the
     // single file goes: sorting first, it would still be the one chosen).
     let target = path.with_extension("conflist");
@@ -237,13 +260,14 @@ fn chain_in(conf_dir: &Path, entry: &Value) -> anyhow::Result<PathBuf> {
     Ok(target)
 }
 
-/// Whether the configuration the runtime chooses in `conf_dir` ends with `entry`.
-fn still_chained(conf_dir: &Path, entry: &Value) -> bool {
+/// Whether the configuration the runtime chooses in `conf_dir` has moat-cni as `entry`
+/// places it (placing it again changes nothing).
+fn still_chained(conf_dir: &Path, entry: &Value, delegating: bool) -> bool {
     chosen(conf_dir)
         .ok()
         .and_then(|p| std::fs::read(p).ok())
         .and_then(|b| serde_json::from_slice::<Value>(&b).ok())
-        .is_some_and(|c| c["plugins"].as_array().and_then(|p| p.last()) == Some(entry))
+        .is_some_and(|c| placed(&c, entry, delegating).is_ok_and(|again| again == c))
 }
 
 /// How often `--wait` looks at the node's configuration.
@@ -253,7 +277,7 @@ const RECHECK: std::time::Duration = std::time::Duration::from_secs(2);
 /// chooses no longer ends with it: a cluster's network agent rewrites its own file when it
 /// restarts or upgrades, and a new file may come to sort first; pods made then would
 /// otherwise get no moat.
-fn watch(conf_dir: &Path, entry: &Value) -> anyhow::Result<()> {
+fn watch(conf_dir: &Path, entry: &Value, delegating: bool) -> anyhow::Result<()> {
     use nix::sys::signal::{SigSet, Signal};
     use nix::sys::signalfd::{SfdFlags, SignalFd};
     use std::os::fd::AsFd;
@@ -281,8 +305,8 @@ fn watch(conf_dir: &Path, entry: &Value) -> anyhow::Result<()> {
             );
             return Ok(());
         }
-        if !still_chained(conf_dir, entry) {
-            match chain_in(conf_dir, entry) {
+        if !still_chained(conf_dir, entry, delegating) {
+            match chain_in(conf_dir, entry, delegating) {
                 Ok(p) => eprintln!(
                     "moat-cni: chained again in {} (it had been rewritten)",
                     p.display()
@@ -302,18 +326,18 @@ mod tests {
     fn moat_goes_last_and_once() {
         let entry = json!({"type": "moat-cni", "policy": "public-only"});
         let list = json!({"cniVersion": "1.0.0", "name": "k8s", "plugins": [{"type": "bridge"}, {"type": "portmap"}]});
-        let once = chained(&list, &entry).unwrap();
+        let once = placed(&list, &entry, false).unwrap();
         assert_eq!(once["plugins"].as_array().unwrap().len(), 3);
         assert_eq!(once["plugins"][2], entry);
         // Again, with another entry: replaced, not added.
         let other = json!({"type": "moat-cni", "policy": "allow-all"});
-        let twice = chained(&once, &other).unwrap();
+        let twice = placed(&once, &other, false).unwrap();
         assert_eq!(twice["plugins"].as_array().unwrap().len(), 3);
         assert_eq!(twice["plugins"][2], other);
         // A single plugin's configuration becomes a list.
         let single =
             json!({"cniVersion": "0.4.0", "name": "net", "type": "bridge", "bridge": "cni0"});
-        let made = chained(&single, &entry).unwrap();
+        let made = placed(&single, &entry, false).unwrap();
         assert_eq!(made["name"], "net");
         assert_eq!(
             made["plugins"][0],
@@ -321,12 +345,33 @@ mod tests {
         );
         assert_eq!(made["plugins"][1], entry);
         // Not moat's entry, not a configuration, nothing to chain after: refused.
-        assert!(chained(&list, &json!({"type": "bridge"})).is_err());
-        assert!(chained(&json!({"x": 1}), &entry).is_err());
+        assert!(placed(&list, &json!({"type": "bridge"}), false).is_err());
+        assert!(placed(&json!({"x": 1}), &entry, false).is_err());
+        // Delegating: moat-cni takes the place of the first plugin that is not loopback,
+        // which becomes its delegate; again, or back to following, from either form.
+        let with_lo = json!({"cniVersion": "1.0.0", "name": "k8s", "plugins": [{"type": "loopback"}, {"type": "bridge", "bridge": "cni0"}, {"type": "portmap"}]});
+        let wrapped = placed(&with_lo, &entry, true).unwrap();
+        assert_eq!(wrapped["plugins"][1]["type"], "moat-cni");
+        assert_eq!(
+            wrapped["plugins"][1]["delegate"],
+            json!({"type": "bridge", "bridge": "cni0"})
+        );
+        assert_eq!(wrapped["plugins"][2]["type"], "portmap");
+        assert_eq!(placed(&wrapped, &entry, true).unwrap(), wrapped);
+        let back = placed(&wrapped, &entry, false).unwrap();
+        assert_eq!(back, placed(&with_lo, &entry, false).unwrap());
+        assert!(
+            placed(
+                &json!({"cniVersion": "1.0.0", "plugins": [{"type": "loopback"}]}),
+                &entry,
+                true
+            )
+            .is_err()
+        );
         // A version moat-cni does not speak: every ADD would fail, so it is refused now.
         let newer = json!({"cniVersion": "1.1.0", "name": "k8s", "plugins": [{"type": "bridge"}]});
-        assert!(format!("{:#}", chained(&newer, &entry).unwrap_err()).contains("1.1.0"));
-        assert!(chained(&json!({"plugins": [{"type": "moat-cni"}]}), &entry).is_err());
+        assert!(format!("{:#}", placed(&newer, &entry, false).unwrap_err()).contains("1.1.0"));
+        assert!(placed(&json!({"plugins": [{"type": "moat-cni"}]}), &entry, false).is_err());
     }
 
     #[test]

@@ -21,6 +21,11 @@
 //!   whenever nothing of the pod's is left.
 //! - **CHECK**: the engine runs and the pod has moat's interface.
 //!
+//! Delegating (`pod/delegate.rs`): with the entry's `"delegate"` (the configuration of the
+//! plugin that makes the interface), moat-cni runs that plugin itself with moat's namespace
+//! as `CNI_NETNS`, so the interface is made where moat serves from and nothing moves; DEL
+//! runs the delegate's DEL there.
+//!
 //! Everything given is checked before anything is changed (`config.rs`), and an ADD that
 //! fails part way undoes what it did, so an error leaves the pod as the previous plugin
 //! left it.
@@ -171,7 +176,7 @@ fn run(env: &Env, version: &std::cell::RefCell<String>) -> Result<Option<Value>,
     version.borrow_mut().clone_from(&conf.version);
     match env.command.as_str() {
         "ADD" => pod::add(env, &conf).map(Some),
-        "DEL" => pod::del(env).map(|()| None),
+        "DEL" => pod::del(env, &conf).map(|()| None),
         "CHECK" => pod::check(env, &conf).map(|()| None),
         other => Err(CniError::new(
             code::ENV,

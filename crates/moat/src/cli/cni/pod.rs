@@ -12,6 +12,8 @@ use moat_sandbox::relink::{self, Addressing, Route};
 use serde_json::{Value, json};
 
 use super::config::{Conf, Env};
+
+mod delegate;
 use super::{CniError, code};
 use crate::Netns;
 use crate::attach::{PodAddress, PodAddresses};
@@ -198,6 +200,9 @@ struct State {
     moat_ns: String,
     /// moat's namespace, once made.
     moat_id: Option<NsId>,
+    /// Whether the interface was made by moat-cni's delegate in moat's namespace (given
+    /// back to the delegate's DEL) rather than lent by the pod.
+    delegated: bool,
 }
 
 impl State {
@@ -208,6 +213,7 @@ impl State {
             "ifname": self.ifname,
             "moatNetns": self.moat_ns,
             "moatNetnsId": self.moat_id.map(NsId::to_pair),
+            "delegated": self.delegated,
         });
         let tmp = dir.join(".state.json");
         std::fs::write(&tmp, text.to_string())?;
@@ -226,6 +232,7 @@ impl State {
             ifname: v["ifname"].as_str()?.to_owned(),
             moat_ns,
             moat_id: pair(&v["moatNetnsId"]).map(NsId::from_pair),
+            delegated: v["delegated"].as_bool().unwrap_or(false),
         })
     }
 
@@ -266,25 +273,22 @@ pub(super) fn add(env: &Env, conf: &Conf) -> Result<Value, CniError> {
             ),
         ));
     }
+    let delegating = delegate::configured(conf)?;
     let prev = &conf.raw["prevResult"];
-    if prev.is_null() {
-        return Err(CniError::new(
-            code::INVALID_CONFIG,
-            "there is no prevResult: moat-cni goes in a conflist after the plugin that gives the pod its interface (bridge, the cluster's own)",
-        ));
-    }
-    let given = given(prev, ifname, pod_id)?;
-    let mut opts = conf.options(env)?;
-    // Traffic to the pod's own address arrives in moat's namespace, where that address now
-    // is: the ports published are carried on to the pod.
-    let at = given
-        .pod
-        .v4
-        .map(|a| IpAddr::V4(a.address))
-        .or(given.pod.v6.map(|a| IpAddr::V6(a.address)));
-    if let Some(at) = at {
-        opts.publish = conf.published(at)?;
-    }
+    // Following the plugin that made the interface, its result says what to lend; when
+    // delegating, the delegate's result will.
+    let chained = if delegating {
+        None
+    } else {
+        if prev.is_null() {
+            return Err(CniError::new(
+                code::INVALID_CONFIG,
+                "there is no prevResult: moat-cni goes in a conflist after the plugin that gives the pod its interface (bridge, the cluster's own), or names that plugin as its \"delegate\"",
+            ));
+        }
+        Some(given(prev, ifname, pod_id)?)
+    };
+    let opts = conf.options(env)?;
     if let Some(dir) = opts.audit.as_deref().map(Path::new).and_then(Path::parent) {
         std::fs::create_dir_all(dir).map_err(setup("make the audit directory"))?;
     }
@@ -306,19 +310,46 @@ pub(super) fn add(env: &Env, conf: &Conf) -> Result<Value, CniError> {
         ifname: ifname.to_owned(),
         moat_ns: moat_ns(id),
         moat_id: None,
+        delegated: delegating,
     };
-    match serve(&mut state, &dir, &given, opts) {
-        Ok(mac) => {
-            let mut result = prev.clone();
+    let served = match &chained {
+        Some(given) => published(conf, opts, given)
+            .and_then(|opts| serve(&mut state, &dir, given, opts))
+            .map(|mac| {
+                let mut result = prev.clone();
+                result["interfaces"][given.index]["mac"] = Value::from(mac);
+                result
+            }),
+        None => delegate::serve(&mut state, &dir, conf, env, opts),
+    };
+    match served {
+        Ok(mut result) => {
             result["cniVersion"] = Value::from(conf.version.clone());
-            result["interfaces"][given.index]["mac"] = Value::from(mac);
             Ok(result)
         }
         Err(e) => {
-            undo(&state, &dir);
+            undo(&state, &dir, conf, env);
             Err(e)
         }
     }
+}
+
+/// `opts` with the conflist's published ports at the pod's address: traffic to it
+/// arrives in moat's namespace, where that address now is, and is carried on to the pod.
+fn published(
+    conf: &Conf,
+    mut opts: crate::cli::run::RunOptions,
+    given: &Given,
+) -> Result<crate::cli::run::RunOptions, CniError> {
+    let at = given
+        .pod
+        .v4
+        .map(|a| IpAddr::V4(a.address))
+        .or(given.pod.v6.map(|a| IpAddr::V6(a.address)));
+    if let Some(at) = at {
+        opts.publish = conf.published(at)?;
+    }
+    Ok(opts)
 }
 
 /// The steps of ADD that change something; on an error the caller undoes them all.
@@ -328,6 +359,14 @@ fn serve(
     given: &Given,
     opts: crate::cli::run::RunOptions,
 ) -> Result<String, CniError> {
+    let moat_path = make_ns(state, dir)?;
+    relink::lend(&state.ifname, &state.netns, &moat_path, &given.addressing)
+        .map_err(setup("move the pod's interface into moat's namespace"))?;
+    start_engine(state, dir, given.pod, opts)
+}
+
+/// Makes moat's namespace for the pod, recorded in its state; its path.
+fn make_ns(state: &mut State, dir: &Path) -> Result<PathBuf, CniError> {
     state.write(dir).map_err(setup("write the pod's state"))?;
     // A namespace of that name already (a DEL that could not finish) is left alone: ADD
     // fails rather than take it.
@@ -341,8 +380,18 @@ fn serve(
     })?;
     state.moat_id = Some(NsId::of(&moat_path).map_err(setup("read moat's namespace"))?);
     state.write(dir).map_err(setup("write the pod's state"))?;
-    relink::lend(&state.ifname, &state.netns, &moat_path, &given.addressing)
-        .map_err(setup("move the pod's interface into moat's namespace"))?;
+    Ok(moat_path)
+}
+
+/// Starts the pod's engine in moat's namespace (made, holding the pod's interface) with
+/// its TAP in the pod carrying `pod`'s addresses; the TAP's MAC once it serves.
+fn start_engine(
+    state: &State,
+    dir: &Path,
+    pod: PodAddresses,
+    opts: crate::cli::run::RunOptions,
+) -> Result<String, CniError> {
+    let moat_path = state.moat_path();
     let log = moat_sandbox::HostFile::open(&dir.join("engine.log"))
         .and_then(|f| f.append(0o600))
         .map_err(|e| CniError::new(code::SETUP, format!("open the engine's log: {e}")))?;
@@ -359,7 +408,7 @@ fn serve(
                 attach(
                     opts,
                     AttachOptions {
-                        netns: Some(Netns::at(&state.netns).pod(&state.ifname, given.pod)),
+                        netns: Some(Netns::at(&state.netns).pod(&state.ifname, pod)),
                         keep: true,
                         detached: true,
                         ready_file: Some(dir.join("pid")),
@@ -471,9 +520,9 @@ fn stop_engine(dir: &Path) {
 /// Undoes whatever of ADD was done for `state` (each step skipped when there is nothing
 /// to undo): the engine stopped, the interface returned, moat's namespace and the state
 /// removed.
-fn undo(state: &State, dir: &Path) {
+fn undo(state: &State, dir: &Path, conf: &Conf, env: &Env) {
     stop_engine(dir);
-    let _ = release(state);
+    let _ = release(state, conf, env);
     let _ = std::fs::remove_dir_all(dir);
 }
 
@@ -483,11 +532,18 @@ fn undo(state: &State, dir: &Path) {
 /// does (a runtime that DELs a live sandbox), it is deleted instead (a veth with its peer,
 /// which the previous plugin's DEL tolerates), so that nothing inside can take the way out
 /// over. One that cannot be deleted (a physical device) goes back.
-fn release(state: &State) -> Result<(), CniError> {
+fn release(state: &State, conf: &Conf, env: &Env) -> Result<(), CniError> {
+    if state.delegated && delegate::configured(conf).unwrap_or(false) {
+        // The delegate made the interface in moat's namespace: its DEL removes it (and
+        // gives its address back), whether or not that namespace is still there. (A DEL
+        // given no delegate cannot run its DEL; moat's namespace still goes, and the
+        // interface with it.)
+        delegate::call(conf, env, "DEL", state.moat().as_deref(), None)?;
+    }
     let Some(moat_path) = state.moat() else {
         return Ok(());
     };
-    if let Some(pod) = state.pod() {
+    if let (Some(pod), false) = (state.pod(), state.delegated) {
         let busy = !netns::processes_in(state.pod_id).is_empty();
         let deleted = busy && relink::delete_interface(&moat_path, &state.ifname).is_ok();
         if !deleted {
@@ -512,17 +568,21 @@ fn release(state: &State) -> Result<(), CniError> {
 }
 
 /// DEL: nothing of the pod's left; what is missing already is skipped.
-pub(super) fn del(env: &Env) -> Result<(), CniError> {
+pub(super) fn del(env: &Env, conf: &Conf) -> Result<(), CniError> {
     let id = env.container_id()?;
     let dir = state_dir(id);
     let Some(state) = State::read(&dir) else {
         // Never added, deleted already, or an ADD that had not written its state (and so
-        // had made nothing).
+        // had made nothing of moat's). A delegate's DEL still runs: it may hold an address
+        // for the container (DEL is idempotent for it too).
+        if delegate::configured(conf)? {
+            delegate::call(conf, env, "DEL", None, None)?;
+        }
         let _ = std::fs::remove_dir_all(&dir);
         return Ok(());
     };
     stop_engine(&dir);
-    release(&state)?;
+    release(&state, conf, env)?;
     std::fs::remove_dir_all(&dir)
         .or_else(|e| match e.kind() {
             std::io::ErrorKind::NotFound => Ok(()),
