@@ -45,6 +45,12 @@ fn interface(pod: &Path) -> (String, Vec<String>) {
     (mac, v4)
 }
 
+/// The pod's address in a result (its first, without the prefix).
+fn pod_ip(result: &Value) -> String {
+    let address = result["ips"][0]["address"].as_str().unwrap();
+    address.split('/').next().unwrap().to_owned()
+}
+
 fn id(w: &World, n: &str) -> String {
     format!("{}{n}", w.host)
 }
@@ -506,13 +512,7 @@ fn published_ports_reach_the_pod_at_its_own_address() {
     let id = id(&w, "cp");
     let added = rt.run("ADD", &id, &pod, "", &list, None);
     assert!(added.ok, "{added:?}");
-    let ip = added.out["ips"][0]["address"]
-        .as_str()
-        .unwrap()
-        .split('/')
-        .next()
-        .unwrap()
-        .to_owned();
+    let ip = pod_ip(&added.out);
     let server = std::process::Command::new("nsenter")
         .arg(format!("--net={}", pod.display()))
         .args(["python3", "-m", "http.server", "--bind", "0.0.0.0"])
@@ -584,13 +584,7 @@ fn a_delegating_moat_cni_makes_the_interface_where_it_serves() {
     );
     let (mac, v4) = interface(&pod);
     assert_eq!(result["interfaces"][index]["mac"], mac);
-    let ip = result["ips"][0]["address"]
-        .as_str()
-        .unwrap()
-        .split('/')
-        .next()
-        .unwrap()
-        .to_owned();
+    let ip = pod_ip(result);
     assert_eq!(v4, [format!("{ip}/32")]);
     // The bridge's interface is in moat's namespace, made there.
     let moat_ns = format!("moat-{id}");
