@@ -122,6 +122,14 @@ impl Runtime {
         }
     }
 
+    /// Adds an executable plugin `name` (a shell script) to the plugin directory.
+    pub fn plugin(&self, name: &str, script: &str) {
+        use std::os::unix::fs::PermissionsExt;
+        let path = self.bin.join(name);
+        std::fs::write(&path, script).unwrap();
+        std::fs::set_permissions(&path, std::fs::Permissions::from_mode(0o755)).unwrap();
+    }
+
     /// A new pod namespace (removed on drop), its path.
     pub fn pod(&mut self, name: &str) -> PathBuf {
         sh(&["ip", "netns", "add", name]);

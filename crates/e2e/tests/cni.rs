@@ -572,6 +572,7 @@ fn a_delegating_moat_cni_makes_the_interface_where_it_serves() {
     let list = delegating(&w, json!({"dns": [moat_e2e::WORLD_DNS]}));
     let pod = rt.pod(&format!("{}pg", w.host));
     let refused_id = id(&w, "cz");
+    let loud_id = id(&w, "cl2");
     let id = id(&w, "cg");
     let added = rt.run("ADD", &id, &pod, "", &list, None);
     assert!(added.ok, "{added:?}");
@@ -627,6 +628,24 @@ fn a_delegating_moat_cni_makes_the_interface_where_it_serves() {
     let again = rt.run("DEL", &id, &pod, "", &list, None);
     assert!(again.ok, "{again:?}");
     let pod2 = rt.pod(&format!("{}pg2", w.host));
+    // A delegate that writes much (300 kB on stderr, past a pipe's buffer) before it
+    // answers: moat-cni still gets its result, at once.
+    rt.plugin(
+        "noisy-bridge",
+        "#!/bin/sh\nhead -c 300000 /dev/zero | tr '\\0' x >&2\nexec /usr/lib/cni/bridge\n",
+    );
+    let mut noisy = list.clone();
+    noisy["plugins"][1]["delegate"]["type"] = json!("noisy-bridge");
+    let started = std::time::Instant::now();
+    let loud = rt.run("ADD", &loud_id, &pod2, "", &noisy, None);
+    assert!(loud.ok, "{loud:?}");
+    assert!(
+        started.elapsed() < Duration::from_secs(30),
+        "{:?}",
+        started.elapsed()
+    );
+    let del_loud = rt.run("DEL", &loud_id, &pod2, "", &noisy, None);
+    assert!(del_loud.ok, "{del_loud:?}");
     // A delegate that is not a plugin's configuration: refused before anything is made.
     let mut bad = list.clone();
     bad["plugins"][1]["delegate"] = json!({"type": "../bridge"});

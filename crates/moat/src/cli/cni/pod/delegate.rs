@@ -7,7 +7,7 @@
 //! the pod (where moat's TAP has its name and addresses) and the TAP's MAC. DEL runs the
 //! delegate's DEL in moat's namespace (it removes the interface and frees its address).
 
-use std::io::{Read, Write};
+use std::io::{Read, Seek, SeekFrom, Write};
 use std::path::{Path, PathBuf};
 use std::process::{Command, Stdio};
 use std::time::{Duration, Instant};
@@ -82,25 +82,33 @@ pub(super) fn call(
     if let Some(prev) = prev.filter(|p| !p.is_null()) {
         net["prevResult"] = prev.clone();
     }
+    let failed = |msg: String| CniError::new(code::SETUP, format!("delegate {kind}: {msg}"));
+    // Its configuration, its output and its errors in memory files, not pipes: a delegate
+    // that writes much, or leaves a process holding its output open (a daemon it starts),
+    // cannot make moat-cni wait on a pipe.
+    let files = (|| -> std::io::Result<_> {
+        let out = memory_file(b"")?;
+        let err = memory_file(b"")?;
+        Ok((memory_file(net.to_string().as_bytes())?, out, err))
+    })();
+    let (input, mut out, mut err) = files.map_err(|e| failed(format!("its files: {e}")))?;
+    let (out_w, err_w) = out
+        .try_clone()
+        .and_then(|o| Ok((o, err.try_clone()?)))
+        .map_err(|e| failed(format!("its files: {e}")))?;
     let mut c = Command::new(executable(&kind)?);
     c.env("CNI_COMMAND", command)
         .env("CNI_CONTAINERID", &env.container)
         .env("CNI_IFNAME", &env.ifname)
-        .stdin(Stdio::piped())
-        .stdout(Stdio::piped())
-        .stderr(Stdio::piped());
+        .stdin(Stdio::from(input))
+        .stdout(Stdio::from(out_w))
+        .stderr(Stdio::from(err_w));
     match netns {
         Some(ns) => c.env("CNI_NETNS", ns),
         None => c.env_remove("CNI_NETNS"),
     };
-    let failed = |msg: String| CniError::new(code::SETUP, format!("delegate {kind}: {msg}"));
     let mut child = c.spawn().map_err(|e| failed(format!("start it: {e}")))?;
-    if let Some(mut stdin) = child.stdin.take() {
-        stdin
-            .write_all(net.to_string().as_bytes())
-            .map_err(|e| failed(format!("give it its configuration: {e}")))?;
-    }
-    // Its output is small (a result or an error): read after it ends, bounded in time.
+    drop(c);
     let deadline = Instant::now() + LIMIT;
     let status = loop {
         match child.try_wait() {
@@ -113,15 +121,15 @@ pub(super) fn call(
             }
         }
     };
-    let mut out = Vec::new();
-    let mut err = String::new();
-    if let Some(mut o) = child.stdout.take() {
-        let _ = o.by_ref().take(1 << 20).read_to_end(&mut out);
-    }
-    if let Some(mut e) = child.stderr.take() {
-        let _ = e.by_ref().take(64 << 10).read_to_string(&mut err);
-    }
-    let answer: Value = serde_json::from_slice(&out).unwrap_or(Value::Null);
+    let read = |f: &mut std::fs::File, limit: u64| {
+        let mut bytes = Vec::new();
+        let _ = f
+            .seek(SeekFrom::Start(0))
+            .and_then(|_| f.take(limit).read_to_end(&mut bytes));
+        bytes
+    };
+    let answer: Value = serde_json::from_slice(&read(&mut out, 1 << 20)).unwrap_or(Value::Null);
+    let err = String::from_utf8_lossy(&read(&mut err, 64 << 10)).into_owned();
     if !status.success() {
         // Its own error, passed on with its code.
         let code = answer["code"]
@@ -133,6 +141,15 @@ pub(super) fn call(
             .details(answer["details"].as_str().unwrap_or_default().to_owned()));
     }
     Ok((!answer.is_null()).then_some(answer))
+}
+
+/// A file in memory holding `contents`, read from its start.
+fn memory_file(contents: &[u8]) -> std::io::Result<std::fs::File> {
+    let fd = nix::sys::memfd::memfd_create(c"moat-cni", nix::sys::memfd::MFdFlags::MFD_CLOEXEC)?;
+    let mut file = std::fs::File::from(fd);
+    file.write_all(contents)?;
+    file.seek(SeekFrom::Start(0))?;
+    Ok(file)
 }
 
 /// ADD through the delegate: moat's namespace made, the delegate's ADD run there, the
