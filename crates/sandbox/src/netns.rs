@@ -418,6 +418,27 @@ pub fn processes_in(ns: NsId) -> Vec<u32> {
         .collect()
 }
 
+/// The process a `--ready-file` names ("PID START"), when that process still runs: the
+/// same id and the same start time (a later process given the id is not it).
+pub fn recorded_process(text: &str) -> Option<u32> {
+    let mut words = text.split_whitespace();
+    let pid = words.next()?.parse::<u32>().ok()?;
+    let started = words.next()?.parse::<u64>().ok()?;
+    (start_time(pid) == Some(started)).then_some(pid)
+}
+
+/// Whether process `pid` runs as root (every one of its user ids 0).
+pub fn runs_as_root(pid: u32) -> bool {
+    std::fs::read_to_string(format!("/proc/{pid}/status"))
+        .ok()
+        .and_then(|s| {
+            s.lines()
+                .find_map(|l| l.strip_prefix("Uid:"))
+                .map(|u| u.split_whitespace().all(|id| id == "0"))
+        })
+        .unwrap_or(false)
+}
+
 /// When process `pid` started (clock ticks since boot: `/proc/PID/stat`'s 22nd field), which
 /// tells it from a later process given the same number.
 pub fn start_time(pid: u32) -> Option<u64> {

@@ -177,12 +177,9 @@ pub(crate) fn rm(name: &str) -> anyhow::Result<i32> {
     }
     // "PID START": the process, and when it started (a later process given the same id
     // is not it).
-    let pid = std::fs::read_to_string(&pid_path).ok().and_then(|t| {
-        let mut words = t.split_whitespace();
-        let pid = words.next()?.parse::<u32>().ok()?;
-        let started = words.next()?.parse::<u64>().ok()?;
-        (netns::start_time(pid) == Some(started)).then_some(pid)
-    });
+    let pid = std::fs::read_to_string(&pid_path)
+        .ok()
+        .and_then(|t| netns::recorded_process(&t));
     match pid.filter(|&p| started_by_create(p, name)) {
         Some(pid) => {
             let _ = nix::sys::signal::kill(
@@ -212,15 +209,7 @@ pub(crate) fn rm(name: &str) -> anyhow::Result<i32> {
 /// Whether process `pid` is root's and runs `moat netns create NAME` (with its start time
 /// checked by the caller, the moat `create` left serving).
 fn started_by_create(pid: u32, name: &str) -> bool {
-    let root = std::fs::read_to_string(format!("/proc/{pid}/status"))
-        .ok()
-        .and_then(|s| {
-            s.lines()
-                .find_map(|l| l.strip_prefix("Uid:"))
-                .map(|u| u.split_whitespace().all(|id| id == "0"))
-        })
-        .unwrap_or(false);
-    if !root {
+    if !netns::runs_as_root(pid) {
         return false;
     }
     let Ok(cmdline) = std::fs::read(format!("/proc/{pid}/cmdline")) else {

@@ -470,15 +470,8 @@ fn wait_served(child: u32, dir: &Path) -> Result<(), CniError> {
 /// start time, root's, called moat-cni).
 fn engine(dir: &Path) -> Option<u32> {
     let text = std::fs::read_to_string(dir.join("pid")).ok()?;
-    let mut words = text.split_whitespace();
-    let pid: u32 = words.next()?.parse().ok()?;
-    let started: u64 = words.next()?.parse().ok()?;
-    (netns::start_time(pid) == Some(started) && running(pid)).then_some(())?;
-    let status = std::fs::read_to_string(format!("/proc/{pid}/status")).ok()?;
-    let root = status
-        .lines()
-        .find_map(|l| l.strip_prefix("Uid:"))
-        .is_some_and(|u| u.split_whitespace().all(|id| id == "0"));
+    let pid = netns::recorded_process(&text).filter(|&p| running(p))?;
+    let root = netns::runs_as_root(pid);
     let cmdline = std::fs::read(format!("/proc/{pid}/cmdline")).ok()?;
     let argv0 = cmdline.split(|&b| b == 0).next()?;
     (root && argv0.ends_with(b"moat-cni")).then_some(pid)
