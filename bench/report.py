@@ -5,7 +5,10 @@ import json, os, platform, statistics, subprocess, sys, time
 raw, secs, reps = sys.argv[1], sys.argv[2], sys.argv[3]
 rows = [json.loads(l) for l in open(raw) if l.strip()]
 KINDS = {r["kind"] for r in rows}
-PATHS = ["veth", "moat", "pasta", "slirp4netns"]
+# The peers: Debian's pasta, a current one when BENCH_PASTA_CURRENT named it, slirp4netns.
+PEERS = [p for p in ["pasta", "pasta-current", "slirp4netns"] if p != "pasta-current" or any(r.get("path") == p for r in rows)]
+PATHS = ["veth", "moat"] + PEERS
+VERSIONS = next((r for r in rows if r["kind"] == "peers"), {})
 
 def med(v):
     return statistics.median(v) if v else 0.0
@@ -40,7 +43,13 @@ print("# moat benchmark results\n")
 print(f"- date: {time.strftime('%Y-%m-%d %H:%M UTC', time.gmtime())}")
 print(f"- machine: {os.cpu_count()} cores, {cpu}, kernel {platform.release()}")
 print(f"- iperf3 {secs} s per run, {reps} interleaved repetitions; medians, min–max in Gbit/s")
-print("- paths: veth = the kernel path (host namespace straight to the world over veth); moat, pasta and slirp4netns each carry a namespace's traffic to the same world\n")
+print("- paths: veth = the kernel path (host namespace straight to the world over veth); moat, " + ", ".join(PEERS) + " each carry a namespace's traffic to the same world")
+versions = [f"pasta {VERSIONS['pasta']} (Debian's)"] if VERSIONS.get("pasta") else []
+if VERSIONS.get("pasta-current"):
+    versions.append(f"pasta-current {VERSIONS['pasta-current']} (BENCH_PASTA_CURRENT)")
+if versions:
+    print("- peers' versions: " + "; ".join(versions))
+print()
 
 def bulk_runs(mode, d, s, p):
     """The bulk runs of one table cell."""
@@ -51,8 +60,8 @@ def bulk_label(mode, d):
 
 if "bulk" in KINDS:  # a BENCH_ONLY run may not have it
     print("## Bulk TCP\n")
-    print("| MTU | direction | streams | veth | moat | pasta | slirp4netns | moat/veth | moat/pasta | moat/slirp4netns |")
-    print("|---|---|---|---|---|---|---|---|---|---|")
+    print("| MTU | direction | streams | " + " | ".join(PATHS) + " | moat/veth | " + " | ".join(f"moat/{p}" for p in PEERS) + " |")
+    print("|---|---|---|" + "---|" * (len(PATHS) + 1 + len(PEERS)))
     for mode in ["best", "1500"]:
         for d in ["up", "down"]:
             for s in [1, 4]:
@@ -60,7 +69,8 @@ if "bulk" in KINDS:  # a BENCH_ONLY run may not have it
                 m = {p: med(v) for p, v in vals.items()}
                 cells = " | ".join(f"{m[p]:.2f} ({span(vals[p])})" for p in PATHS)
                 label, dname = bulk_label(mode, d)
-                print(f"| {label} | {dname} | {s} | {cells} | {ratio(m['moat'], m['veth'])} | {ratio(m['moat'], m['pasta'])} | {ratio(m['moat'], m['slirp4netns'])} |")
+                peers = " | ".join(ratio(m["moat"], m[p]) for p in PEERS)
+                print(f"| {label} | {dname} | {s} | {cells} | {ratio(m['moat'], m['veth'])} | {peers} |")
 
     print(f"\n### Bulk TCP per busy core (cores busy machine-wide during the run, of {os.cpu_count()}; moat's engine thread, share of one core; Gbit/s per busy core)\n")
     print("| MTU | direction | streams | veth cores | moat cores | moat engine | veth Gbit/s per core | moat Gbit/s per core | moat/veth per core |")
@@ -91,13 +101,14 @@ def against_baseline():
                 label, dname = bulk_label(mode, d)
                 m = {p: med(x) for p, x in v.items()}
                 print(f"| bulk {label} {dname} ×{s} (Gbit/s) | {m['moat']:.2f} ({span(v['moat'])}) | {m['baseline']:.2f} ({span(v['baseline'])}) | {ratio(m['moat'], m['baseline'])} |")
-    for c in [1, 32]:
-        v = {p: [r["result"].get("per_sec", 0) for r in rows if r["kind"] == "conn" and r["conc"] == c and r["path"] == p] for p in ["moat", "baseline"]}
-        if not v["baseline"]:
-            continue
-        m = {p: med(x) for p, x in v.items()}
-        spans = {p: f"{min(x):.0f}–{max(x):.0f}" for p, x in v.items()}
-        print(f"| connections/s, concurrency {c} | {m['moat']:.0f} ({spans['moat']}) | {m['baseline']:.0f} ({spans['baseline']}) | {ratio(m['moat'], m['baseline'])} |")
+    for kind, concs, label in [("conn", [1, 32], "connections/s"), ("dns", [1, 16], "DNS queries/s")]:
+        for c in concs:
+            v = {p: [r["result"].get("per_sec", 0) for r in rows if r["kind"] == kind and r["conc"] == c and r["path"] == p] for p in ["moat", "baseline"]}
+            if not v["baseline"]:
+                continue
+            m = {p: med(x) for p, x in v.items()}
+            spans = {p: f"{min(x):.0f}–{max(x):.0f}" for p, x in v.items()}
+            print(f"| {label}, concurrency {c} | {m['moat']:.0f} ({spans['moat']}) | {m['baseline']:.0f} ({spans['baseline']}) | {ratio(m['moat'], m['baseline'])} |")
 
 if "conn" in KINDS:  # a BENCH_ONLY run may not have it
     print("\n## Connections (connect + request + response + close)\n")
@@ -115,11 +126,12 @@ if "conn" in KINDS:  # a BENCH_ONLY run may not have it
             busy = cores(runs)
             conn[(c, p)] = (rate, p50, p99, per_core(rate, busy))
             print(f"| {c} | {p} | {rate:.0f} | {p50:.0f} | {p99:.0f} | {busy:.2f} | {engine(runs)} | {per_core(rate, busy):.0f} |")
-    best_peer = {c: max(conn[(c, 'pasta')][0], conn[(c, 'slirp4netns')][0]) for c in [1, 32]}
+    best_peer = {c: max(conn[(c, p)][0] for p in PEERS) for c in [1, 32]}
     print()
     for c in [1, 32]:
         print(f"- concurrency {c}: moat / better peer = {ratio(conn[(c, 'moat')][0], best_peer[c])}; moat / veth = {ratio(conn[(c, 'moat')][0], conn[(c, 'veth')][0])}; per busy core, moat / veth = {ratio(conn[(c, 'moat')][3], conn[(c, 'veth')][3])}")
-    print(f"- connect latency added over veth (p50, concurrency 1): moat {conn[(1, 'moat')][1] - conn[(1, 'veth')][1]:.0f} µs, pasta {conn[(1, 'pasta')][1] - conn[(1, 'veth')][1]:.0f} µs, slirp4netns {conn[(1, 'slirp4netns')][1] - conn[(1, 'veth')][1]:.0f} µs")
+    added = ", ".join(f"{p} {conn[(1, p)][1] - conn[(1, 'veth')][1]:.0f} µs" for p in ["moat"] + PEERS)
+    print(f"- connect latency added over veth (p50, concurrency 1): {added}")
 
 against_baseline()
 
@@ -150,6 +162,61 @@ if "dns" in KINDS:  # a BENCH_ONLY run may not have it
     print()
     for c in [1, 16]:
         print(f"- concurrency {c}: moat / direct = {ratio(dns[(c, 'moat')][0], dns[(c, 'direct')][0])}; per busy core = {ratio(dns[(c, 'moat')][1], dns[(c, 'direct')][1])}")
+
+def speed_targets():
+    """The speed targets (per busy core against the kernel path, against today's pasta, the
+    connect latency moat adds), each read off the tables above; a part not run is left out."""
+    lines = []
+    def held(ok):
+        return "held" if ok else "NOT held"
+    if "bulk" in KINDS:
+        worst = None
+        for mode in ["best", "1500"]:
+            for d in ["up", "down"]:
+                for st in [1, 4]:
+                    rs = {p: bulk_runs(mode, d, st, p) for p in ["veth", "moat"]}
+                    g = {p: per_core(med([r["gbps"] for r in v]), cores(v)) for p, v in rs.items()}
+                    if g["veth"]:
+                        r = g["moat"] / g["veth"]
+                        label, dname = bulk_label(mode, d)
+                        if worst is None or r < worst[0]:
+                            worst = (r, f"{label} {dname} ×{st}")
+        if worst:
+            lines.append(f"| bulk per busy core, every row (moat/veth) | ≥ 0.75× | {worst[0]:.2f}× (lowest: {worst[1]}) | {held(worst[0] >= 0.75)} |")
+    if "conn" in KINDS:
+        for c in [1, 32]:
+            r = conn[(c, "moat")][3] / conn[(c, "veth")][3] if conn[(c, "veth")][3] else 0
+            lines.append(f"| connections/s per busy core, c={c} (moat/veth) | ≥ 0.6× | {r:.2f}× | {held(r >= 0.6)} |")
+        added = conn[(1, "moat")][1] - conn[(1, "veth")][1]
+        lines.append(f"| connect latency added at p50, c=1 | ≤ +40 µs | {added:+.0f} µs | {held(added <= 40)} |")
+    if "dns" in KINDS:
+        for c in [1, 16]:
+            r = dns[(c, "moat")][1] / dns[(c, "direct")][1] if dns[(c, "direct")][1] else 0
+            lines.append(f"| DNS queries/s per busy core, c={c} (moat/direct) | ≥ 0.7× | {r:.2f}× | {held(r >= 0.7)} |")
+    today = "pasta-current" if "pasta-current" in PEERS else "pasta"
+    against = []
+    if "bulk" in KINDS:
+        for mode in ["best", "1500"]:
+            for d in ["up", "down"]:
+                for st in [1, 4]:
+                    m = {p: med([r["gbps"] for r in bulk_runs(mode, d, st, p)]) for p in ["moat", today]}
+                    label, dname = bulk_label(mode, d)
+                    if m[today]:
+                        against.append((m["moat"] / m[today], f"bulk {label} {dname} ×{st}"))
+    if "conn" in KINDS:
+        for c in [1, 32]:
+            if conn[(c, today)][0]:
+                against.append((conn[(c, "moat")][0] / conn[(c, today)][0], f"connections c={c}"))
+    if against:
+        r, row = min(against)
+        lines.append(f"| against {today} {VERSIONS.get(today, '')}, every bulk and connection row | ≥ 1.1× | {r:.2f}× (lowest: {row}) | {held(r >= 1.1)} |")
+    if lines:
+        print("\n## Speed targets (read off the tables above)\n")
+        print("| row | target | this run | |")
+        print("|---|---|---|---|")
+        print("\n".join(lines))
+
+speed_targets()
 
 if "publish" in KINDS:  # a BENCH_ONLY run may not have it
     print(f"\n## Published port (iperf3, 1 stream, MTU 65520, {max(int(secs) // 2, 1)} s runs)\n")
