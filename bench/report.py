@@ -44,11 +44,12 @@ print(f"- date: {time.strftime('%Y-%m-%d %H:%M UTC', time.gmtime())}")
 print(f"- machine: {os.cpu_count()} cores, {cpu}, kernel {platform.release()}")
 print(f"- iperf3 {secs} s per run, {reps} interleaved repetitions; medians, min–max in Gbit/s")
 print("- paths: veth = the kernel path (host namespace straight to the world over veth); moat, " + ", ".join(PEERS) + " each carry a namespace's traffic to the same world")
-versions = [f"pasta {VERSIONS['pasta']} (Debian's)"] if VERSIONS.get("pasta") else []
+versions = [f"pasta {VERSIONS['pasta']}"] if VERSIONS.get("pasta") else []
 if VERSIONS.get("pasta-current"):
     versions.append(f"pasta-current {VERSIONS['pasta-current']} (BENCH_PASTA_CURRENT)")
 if versions:
     print("- peers' versions: " + "; ".join(versions))
+    print("- how the peers are started, and what is known of pasta's uploads on this kind of machine: bench/README.md, \"The peers\"")
 print()
 
 def bulk_runs(mode, d, s, p):
