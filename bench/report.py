@@ -59,6 +59,8 @@ def bulk_runs(mode, d, s, p):
 def bulk_label(mode, d):
     return ("65520" if mode == "best" else "1500"), ("sandbox→world" if d == "up" else "world→sandbox")
 
+# moat/veth per busy core for each bulk row (the per-core table fills it; the targets read it).
+bulk_per_core = {}
 if "bulk" in KINDS:  # a BENCH_ONLY run may not have it
     print("## Bulk TCP\n")
     print("| MTU | direction | streams | " + " | ".join(PATHS) + " | moat/veth | " + " | ".join(f"moat/{p}" for p in PEERS) + " |")
@@ -83,6 +85,8 @@ if "bulk" in KINDS:  # a BENCH_ONLY run may not have it
                 c = {p: cores(v) for p, v in rs.items()}
                 g = {p: per_core(med([r["gbps"] for r in v]), c[p]) for p, v in rs.items()}
                 label, dname = bulk_label(mode, d)
+                if g["veth"]:
+                    bulk_per_core[f"{label} {dname} ×{s}"] = g["moat"] / g["veth"]
                 print(f"| {label} | {dname} | {s} | {c['veth']:.2f} | {c['moat']:.2f} | {engine(rs['moat'])} | {g['veth']:.2f} | {g['moat']:.2f} | {ratio(g['moat'], g['veth'])} |")
 
 def against_baseline():
@@ -170,20 +174,9 @@ def speed_targets():
     lines = []
     def held(ok):
         return "held" if ok else "NOT held"
-    if "bulk" in KINDS:
-        worst = None
-        for mode in ["best", "1500"]:
-            for d in ["up", "down"]:
-                for st in [1, 4]:
-                    rs = {p: bulk_runs(mode, d, st, p) for p in ["veth", "moat"]}
-                    g = {p: per_core(med([r["gbps"] for r in v]), cores(v)) for p, v in rs.items()}
-                    if g["veth"]:
-                        r = g["moat"] / g["veth"]
-                        label, dname = bulk_label(mode, d)
-                        if worst is None or r < worst[0]:
-                            worst = (r, f"{label} {dname} ×{st}")
-        if worst:
-            lines.append(f"| bulk per busy core, every row (moat/veth) | ≥ 0.75× | {worst[0]:.2f}× (lowest: {worst[1]}) | {held(worst[0] >= 0.75)} |")
+    if bulk_per_core:
+        row, r = min(bulk_per_core.items(), key=lambda kv: kv[1])
+        lines.append(f"| bulk per busy core, every row (moat/veth) | ≥ 0.75× | {r:.2f}× (lowest: {row}) | {held(r >= 0.75)} |")
     if "conn" in KINDS:
         for c in [1, 32]:
             r = conn[(c, "moat")][3] / conn[(c, "veth")][3] if conn[(c, "veth")][3] else 0
