@@ -23,14 +23,19 @@ def cores(rs):
     """Median cores busy machine-wide over runs `rs` (0 when not recorded)."""
     return med([r["cores"] for r in rs if r.get("cores")])
 
-def engine(rs):
+def engine_parts(rs):
     """Median share of a core moat's engine thread used over runs `rs`, and of it in user
-    space ("-" when not recorded)."""
+    space; None for what was not recorded."""
     v = [r["engine"] for r in rs if r.get("engine")]
     u = [r["engine_user"] for r in rs if "engine_user" in r]
-    if not v:
+    return (med(v) if v else None), (med(u) if u else None)
+
+def engine(rs):
+    """engine_parts as a table cell ("-" when not recorded)."""
+    e, u = engine_parts(rs)
+    if e is None:
         return "-"
-    return f"{med(v):.2f} (user {med(u):.2f})" if u else f"{med(v):.2f}"
+    return f"{e:.2f}" if u is None else f"{e:.2f} (user {u:.2f})"
 
 def per_core(value, busy):
     return value / busy if busy else 0.0
@@ -40,19 +45,18 @@ def per_core_free(value, rs):
     moat's own code, smoltcp and their copies free, the kernel's work inside the engine's
     system calls (both ends' TCP, the TAP, the host sockets, and the calls and wake-ups moat's
     choices make) left as measured. 0 when the user time was not recorded."""
-    u = [r["engine_user"] for r in rs if "engine_user" in r]
-    return per_core(value, cores(rs) - med(u)) if u else 0.0
+    _, u = engine_parts(rs)
+    return 0.0 if u is None else per_core(value, cores(rs) - u)
 
 def kernel_cut(value, rs, wanted):
     """With the engine's user space free, the share of its kernel time that would also have
     to go for `value` over runs `rs` to reach `wanted` per busy core (0 when it already
     does; None when not recorded)."""
-    u = [r["engine_user"] for r in rs if "engine_user" in r]
-    e = [r["engine"] for r in rs if r.get("engine")]
-    if not u or not e or not wanted or med(e) <= med(u):
+    e, u = engine_parts(rs)
+    if e is None or u is None or not wanted or e <= u:
         return None
-    excess = cores(rs) - med(u) - value / wanted
-    return max(0.0, excess / (med(e) - med(u)))
+    excess = cores(rs) - u - value / wanted
+    return max(0.0, excess / (e - u))
 
 # Per target row: the ratio per busy core if moat's user space cost nothing, and the share
 # of the engine's kernel time that would have to go as well to meet the target; the better
